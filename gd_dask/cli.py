@@ -1,0 +1,166 @@
+"""The ``gd-dask`` command.
+
+Exit status: 0 success; 2 bad usage or bad config; 1 anything else. Errors are one line
+on stderr naming the culprit; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+
+import click
+
+from . import __version__
+from .errors import ConfigError, GdDaskError
+
+log = logging.getLogger("gd_dask")
+_state = {"debug": False}
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gd_dask").setLevel(level)
+    for noisy in ("distributed", "tornado", "bokeh", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gd-dask")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(debug: bool, verbose: int) -> None:
+    """Linear regression by gradient descent on Dask, from partitioned Parquet data."""
+    _state["debug"] = debug
+    _setup_logging(verbose)
+
+
+@cli.command("make-data")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--rows", default=100_000, show_default=True, type=click.IntRange(1))
+@click.option("--features", default=1, show_default=True, type=click.IntRange(1),
+              help="Number of feature columns (height_cm, then x1, x2, ...).")
+@click.option("--days", default=7, show_default=True, type=click.IntRange(1))
+@click.option("--files-per-day", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+def make_data(out_dir, rows, features, days, files_per_day, seed):
+    """Write the students' height → weight example as DIR/date=YYYY-MM-DD/part-NNNN.parquet."""
+    from .makedata import make_students
+
+    truth = make_students(out_dir, rows=rows, features=features, days=days,
+                          files_per_day=files_per_day, seed=seed)
+    slopes = ", ".join(f"{f}={v:g}" for f, v in zip(truth["features"], truth["m"]))
+    click.echo(f"wrote {rows} rows in {len(truth['files'])} files to {out_dir}; "
+               f"true m: {slopes}; true b: {truth['b']:g}")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a config key (repeatable), e.g. optimizer.epochs=200.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Address of a running dask scheduler (wins over cluster.address).")
+def train(config, overrides, scheduler):
+    """Train m and b as CONFIG describes; write model.json and history.csv."""
+    from .cluster import connect
+    from .config import load_config
+    from .data import open_source
+    from .store import save_run
+    from .train import fit
+
+    cfg = load_config(config, overrides)
+    source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
+    with connect(cfg.cluster, scheduler) as client:
+        result = fit(cfg, client, on_epoch=_Progress(cfg.optimizer.epochs), source=source)
+    path = save_run(cfg.output_dir, cfg, result)
+    m = ", ".join(f"{f}={v:.6g}" for f, v in zip(cfg.data.features, result.m))
+    click.echo(
+        f"m: {m}; b: {result.b:.6g}; final loss (mse): {result.final_loss:.6g}; "
+        f"epochs: {result.epochs_run}{'' if result.converged else ' (not converged)'}; "
+        f"seconds: {result.seconds:.2f}; model: {path}"
+    )
+
+
+@cli.command("config-check")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+def config_check(config, overrides):
+    """Validate CONFIG without running anything; print the resolved config as JSON."""
+    from .config import load_config
+
+    cfg = load_config(config, overrides)
+    click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
+@cli.command("config-schema")
+def config_schema():
+    """Print the JSON Schema of run configs (for editors)."""
+    from .config import config_schema as schema
+
+    click.echo(json.dumps(schema(), indent=2))
+
+
+class _Progress:
+    """Per-epoch progress: a live line on a terminal, periodic log lines otherwise."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.tty = sys.stderr.isatty()
+        self.every = max(1, epochs // 20)
+        self.last = 0.0
+
+    def __call__(self, row: dict) -> None:
+        e = row["epoch"]
+        if self.tty:
+            now = time.monotonic()
+            if now - self.last > 0.1 or e == self.epochs:
+                self.last = now
+                sys.stderr.write(f"\repoch {e}/{self.epochs} loss {row['loss']:.6g}   ")
+                sys.stderr.flush()
+        elif e == 1 or e % self.every == 0:
+            log.info("epoch %d/%d loss %.6g grad_norm %.3g", e, self.epochs, row["loss"], row["grad_norm"])
+
+
+def main(argv=None) -> int:
+    """Entry point: run the command and map failures to exit status and one line."""
+    try:
+        cli.main(args=argv, prog_name="gd-dask", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except GdDaskError as e:
+        _clear_progress()
+        if _state["debug"]:
+            traceback.print_exc()
+        click.echo(f"gd-dask: error: {e}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("gd-dask: interrupted", err=True)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        _clear_progress()
+        if _state["debug"]:
+            traceback.print_exc()
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        click.echo(f"gd-dask: error: {type(e).__name__}: {text} (--debug for the traceback)", err=True)
+        return 1
+    _clear_progress()
+    return 0
+
+
+def _clear_progress() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+
+
+__all__ = ["cli", "main", "ConfigError"]

@@ -1,0 +1,106 @@
+"""A dask client: an embedded LocalCluster by default, or an existing scheduler.
+
+The job only ever closes what it started: with an address or a scheduler file it closes
+its client, never the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from .errors import ClusterError
+
+log = logging.getLogger(__name__)
+
+
+def _seconds(timeout) -> float:
+    if isinstance(timeout, (int, float)):
+        return float(timeout)
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(timeout))
+
+
+def _security(tls):
+    if not (tls.ca_file or tls.cert or tls.key):
+        return None
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=tls.ca_file,
+        tls_client_cert=tls.cert,
+        tls_client_key=tls.key,
+        require_encryption=True,
+    )
+
+
+def quiet_distributed(level: int = logging.ERROR) -> None:
+    """distributed configures its loggers at import; keep them to errors unless -vv.
+
+    Shutdown races ("CommClosedError" while workers close) are logged by
+    ``distributed.batched`` and are not the user's concern.
+    """
+    if logging.getLogger("gd_dask").getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
+                 "distributed.worker", "distributed.http.proxy", "tornado", "bokeh"):
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger("distributed.batched").setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def connect(cfg, address: str | None = None):
+    """Yield a ``distributed.Client`` for the run.
+
+    Parameters
+    ----------
+    cfg : ClusterConfig
+    address : str, optional
+        ``--scheduler`` from the command line; wins over the config.
+    """
+    from distributed import Client, LocalCluster
+
+    quiet_distributed()
+    address = address or cfg.address
+    timeout = _seconds(cfg.timeout)
+    if address or cfg.scheduler_file:
+        where = address or f"scheduler file {cfg.scheduler_file}"
+        try:
+            client = Client(
+                address=address,
+                scheduler_file=None if address else cfg.scheduler_file,
+                timeout=timeout,
+                security=_security(cfg.tls),
+                set_as_default=False,
+            )
+        except (OSError, TimeoutError) as e:
+            raise ClusterError(
+                f"cannot reach dask scheduler at {where} within {timeout:g}s "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
+        log.info("connected to %s; dashboard: %s", where, client.dashboard_link)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+
+    try:
+        cluster = LocalCluster(
+            n_workers=cfg.n_workers,
+            threads_per_worker=cfg.threads_per_worker,
+            memory_limit=cfg.memory_limit,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        )
+    except Exception as e:  # noqa: BLE001 - start-up failures come in many types
+        raise ClusterError(f"cannot start the embedded LocalCluster: {e}") from None
+    client = Client(cluster, set_as_default=False)
+    log.info("embedded LocalCluster with %d workers; dashboard: %s", cfg.n_workers, client.dashboard_link)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

@@ -1,0 +1,300 @@
+"""Run configuration: YAML (safe loader only) → one typed, validated tree.
+
+The tree mirrors the YAML file section by section. Every section rejects unknown keys,
+and every constraint is declared once on its field, so pydantic generates the error text;
+``load_config`` turns the first error into one line that names the key path, what is
+allowed, and what was given. Checks that involve two fields live in ``model_validator``s
+of their own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+# Strict types: YAML ``true`` is not an epoch count and ``"10"`` is not a number.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # strict float still accepts ints, never bools
+PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
+NonNegFloat = Annotated[float, Strict(), Field(ge=0)]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")]
+Column = Annotated[str, StringConstraints(min_length=1)]
+FilterOp = Literal["=", "==", "!=", "<", "<=", ">", ">=", "in", "not in"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(_Section):
+    path: Annotated[str, StringConstraints(min_length=1)] = Field(
+        description="Directory, glob or URL of Parquet files (hive partitions allowed)."
+    )
+    features: Annotated[list[Column], Field(min_length=1)] = Field(
+        description="Feature columns; one weight m per feature."
+    )
+    target: Column = Field(description="Target column y.")
+    filters: list[tuple[str, FilterOp, Any]] = Field(
+        default_factory=list,
+        description='Row/partition filters, e.g. [[date, ">=", "2026-11-01"]].',
+    )
+    window_days: Annotated[int, Strict(), Field(ge=1)] | None = Field(
+        default=None, description="refit: train on the last N date partitions."
+    )
+    missing: Literal["error", "drop"] = Field(
+        default="error", description="What to do with NaN/inf rows."
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to fsspec."
+    )
+    weight: Column | None = Field(default=None, description="Sample-weight column.")
+
+    @model_validator(mode="after")
+    def _columns_distinct(self) -> DataConfig:
+        seen: set[str] = set()
+        for f in self.features:
+            if f in seen:
+                raise ValueError(f"features: '{f}' is listed twice")
+            seen.add(f)
+        if self.target in seen:
+            raise ValueError(f"target '{self.target}' is also listed among features")
+        if self.weight is not None and self.weight in seen | {self.target}:
+            raise ValueError(f"weight column '{self.weight}' is also a feature or the target")
+        return self
+
+
+class ModelConfig(_Section):
+    fit_intercept: Annotated[bool, Strict()] = True
+    standardize: Annotated[bool, Strict()] = Field(
+        default=True,
+        description="Train on features scaled by mean and standard deviation; "
+        "m and b are saved in original units.",
+    )
+    loss: Literal["squared"] = "squared"
+    l2: NonNegFloat = 0.0
+    l1: NonNegFloat = 0.0
+
+    @model_validator(mode="after")
+    def _penalties_not_yet(self) -> ModelConfig:
+        if self.l1 or self.l2:
+            raise ValueError("l1/l2 penalties are not supported yet; set them to 0")
+        return self
+
+
+class OptimizerConfig(_Section):
+    method: Literal["batch"] = "batch"
+    learning_rate: Union[PositiveFloat, Literal["auto"]] = Field(
+        default="auto",
+        description="A positive number, or 'auto' (the fastest stable constant rate "
+        "from the Hessian's eigenvalues).",
+    )
+    momentum: Union[Annotated[float, Strict(), Field(ge=0, lt=1)], Literal["auto"]] = Field(
+        default=0.0, description="Heavy-ball momentum in [0, 1), or 'auto'."
+    )
+    schedule: Literal["constant"] = "constant"
+    epochs: Annotated[int, Strict(), Field(ge=1)] = Field(
+        default=1000, description="Upper bound on the number of epochs."
+    )
+    tol: PositiveFloat = Field(
+        default=1e-9, description="Stop when the relative loss change falls below tol."
+    )
+    batch_size: Annotated[int, Strict(), Field(ge=1)] | None = None
+    seed: Annotated[int, Strict(), Field(ge=0)] = 0
+    strategy: Literal["auto", "stream", "gram"] = "auto"
+    cache: Literal["auto", "memory", "none"] = "auto"
+
+
+class TLSConfig(_Section):
+    ca_file: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+class ClusterConfig(_Section):
+    address: Annotated[
+        str, StringConstraints(pattern=r"^(tcp|tls|ucx|ws|wss|inproc)://.+")
+    ] | None = Field(default=None, description="null → embedded LocalCluster.")
+    scheduler_file: str | None = None
+    n_workers: Annotated[int, Strict(), Field(ge=1)] = 2
+    threads_per_worker: Annotated[int, Strict(), Field(ge=1)] = 1
+    memory_limit: Union[Annotated[int, Strict(), Field(gt=0)], str] = "auto"
+    timeout: Union[PositiveFloat, Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?\s*(ms|s|m|h)?$")]] = "30s"
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+    @model_validator(mode="after")
+    def _one_way_to_connect(self) -> ClusterConfig:
+        if self.address and self.scheduler_file:
+            raise ValueError("give cluster.address or cluster.scheduler_file, not both")
+        return self
+
+
+class OutputConfig(_Section):
+    dir: str | None = Field(default=None, description="Default: runs/<name>.")
+    checkpoint_every: Annotated[int, Strict(), Field(ge=0)] = 50
+
+
+class PromoteConfig(_Section):
+    metric: Literal["rmse", "mse", "mae", "r2"] = "rmse"
+    max_regression: NonNegFloat = 0.02
+
+
+class RegistryConfig(_Section):
+    dir: str = "models"
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
+
+
+class RunConfig(_Section):
+    """The whole run configuration, one section per YAML mapping."""
+
+    name: Name
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @property
+    def output_dir(self) -> str:
+        return self.output.dir or f"runs/{self.name}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config, apply ``key.path=value`` overrides, validate.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file and the key path at fault.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+    return parse_config(text, overrides, source=str(path))
+
+
+def parse_config(text: str, overrides=(), source: str = "<config>") -> RunConfig:
+    """Validate YAML text (see ``load_config``)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a run config must be a mapping, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item, source)
+    return validate_config(raw, source)
+
+
+def validate_config(raw: dict, source: str = "<config>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        errors = e.errors()
+        first = _clean_loc(errors[0]["loc"])
+        # A union (a number or 'auto') reports one error per alternative: list them all.
+        alternatives = [x for x in errors if _clean_loc(x["loc"]) == first]
+        raise ConfigError(f"{source}: {_describe(alternatives)}") from None
+
+
+def apply_override(raw: dict, item: str, source: str = "<config>") -> None:
+    """Apply one ``--set a.b.c=value``; the value is parsed as YAML (safe loader)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    parts = key.split(".")
+    _check_key_path(parts, key)
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError:
+        parsed = value
+    node = raw
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise ConfigError(f"{source}: {p}: must be a mapping to --set {key}")
+        node = node[p]
+    node[parts[-1]] = parsed
+
+
+def _check_key_path(parts: list[str], key: str) -> None:
+    model: type[BaseModel] | None = RunConfig
+    for i, p in enumerate(parts):
+        if model is None:
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[:i])}' has no sub-keys")
+        fields = model.model_fields
+        if p not in fields:
+            prefix = ".".join(parts[:i])
+            raise ConfigError(f"--set {key}: unknown key{_suggest(p, fields, prefix)}")
+        ann = fields[p].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _suggest(word: str, options, prefix: str = "") -> str:
+    near = difflib.get_close_matches(word, list(options), n=1)
+    if not near:
+        return ""
+    full = f"{prefix}.{near[0]}" if prefix else near[0]
+    return f" (did you mean '{full}'?)"
+
+
+def _clean_loc(loc) -> list[str]:
+    """Key path of an error; union members add their type names to it, drop them."""
+    return [str(p) for p in loc
+            if not re.match(r"^(function-|literal\[|constrained-|json-or|lax-|strict-|int$|float$|str$|bool$)", str(p))]
+
+
+def _describe(errs: list[dict]) -> str:
+    """One line for the errors of one key: key path, what is allowed, what was given."""
+    err = errs[0]
+    loc = _clean_loc(err["loc"])
+    path = ".".join(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        model: Any = RunConfig
+        for p in parent:
+            ann = model.model_fields[p].annotation if p in getattr(model, "model_fields", {}) else None
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if model is None:
+                break
+        hint = _suggest(loc[-1], model.model_fields, ".".join(parent)) if model else ""
+        return f"unknown key '{path}'{hint}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        return f"{path}: {msg}" if path else msg
+    allowed = " or ".join(dict.fromkeys(x["msg"][0].lower() + x["msg"][1:] for x in errs))
+    return f"{path}: {allowed} (got {err.get('input')!r})"
+
+
+def config_schema() -> dict:
+    """JSON Schema of the run config, for editors."""
+    return RunConfig.model_json_schema()

@@ -1,0 +1,309 @@
+"""Parquet → dask arrays, with chunk sizes from the Parquet footers (no extra pass).
+
+The client lists the files and reads only their footers: row counts per row group and
+the schema, enough to check columns and types and to lay out the chunks. The rows
+themselves are read inside worker tasks (``read_block``), one chunk = some row groups of
+one file, so no process ever needs a whole file and the client never holds the data.
+
+``data.filters`` on hive partition keys (``date=2026-11-01/``) prune files before any
+footer is read; filters on data columns are applied to rows while reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: Upper bound on the bytes of one chunk (rows × columns × 8) when grouping row groups.
+CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One chunk: some consecutive row groups of one file."""
+
+    path: str
+    row_groups: tuple[int, ...]
+    rows: int
+
+
+@dataclass
+class ParquetSource:
+    """What the client knows about a dataset after reading footers only.
+
+    pieces : the chunks, in a fixed order (sorted file paths, then row groups)
+    columns : features, then target (then weight), the order of the block columns
+    """
+
+    fs: Any
+    protocol: str
+    files: list[dict]
+    pieces: list[Piece]
+    columns: list[str]
+    partitions: dict[str, dict[str, str]] = field(default_factory=dict)
+    row_filters: list = field(default_factory=list)
+    storage_options: dict = field(default_factory=dict)
+    missing: str = "error"
+
+    @property
+    def n_rows(self) -> int:
+        return sum(p.rows for p in self.pieces)
+
+    def fingerprint(self) -> dict:
+        return {
+            "files": [{"path": f["path"], "size": f["size"], "rows": f["rows"]} for f in self.files],
+            "n_files": len(self.files),
+            "n_rows": self.n_rows,
+            "total_bytes": sum(f["size"] for f in self.files),
+        }
+
+
+# --------------------------------------------------------------------------- discovery
+
+_OPS = {
+    "=": operator.eq, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
+    "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+
+
+def _hive_keys(rel_path: str) -> dict[str, str]:
+    keys = {}
+    for seg in rel_path.split("/")[:-1]:
+        k, sep, v = seg.partition("=")
+        if sep:
+            keys[k] = v
+    return keys
+
+
+def _coerce_pair(a: str, b: Any):
+    """Compare a partition value (a string) with a filter value of any YAML type."""
+    if isinstance(b, (int, float)) and not isinstance(b, bool):
+        try:
+            return float(a), float(b)
+        except ValueError:
+            pass
+    return a, str(b)
+
+
+def _keep(keys: dict[str, str], filters) -> bool:
+    for col, op, value in filters:
+        if col not in keys:
+            continue
+        if op in ("in", "not in"):
+            vals = value if isinstance(value, (list, tuple)) else [value]
+            hit = any(operator.eq(*_coerce_pair(keys[col], v)) for v in vals)
+            if hit != (op == "in"):
+                return False
+        elif not _OPS[op](*_coerce_pair(keys[col], value)):
+            return False
+    return True
+
+
+def list_files(path: str, storage_options: dict | None = None):
+    """All Parquet files under a directory, matching a glob, or the file itself.
+
+    Returns (fs, protocol, [(full_path, path_relative_to_root)], root). Files and folders
+    whose names start with ``_`` or ``.`` are skipped, as Spark and pyarrow do.
+    """
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    try:
+        if any(ch in root for ch in "*?["):
+            found = sorted(fs.glob(root))
+            base = root.split("*")[0].rsplit("/", 1)[0]
+        elif fs.isdir(root):
+            found = sorted(fs.find(root))
+            base = root
+        elif fs.exists(root):
+            found, base = [root], posixpath.dirname(root)
+        else:
+            raise DataError(f"data.path '{path}' does not exist")
+    except (PermissionError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise DataError(f"data.path '{path}' does not exist") from None
+        raise DataError(f"data.path '{path}': cannot list: {e}") from None
+    out = []
+    for f in found:
+        rel = f[len(base):].lstrip("/") if f.startswith(base) else posixpath.basename(f)
+        if any(seg.startswith(("_", ".")) for seg in rel.split("/")):
+            continue
+        if fs.isdir(f):
+            continue
+        out.append((f, rel))
+    return fs, protocol, out, root
+
+
+def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: int = CHUNK_BYTES) -> ParquetSource:
+    """Discover files, prune by partition filters, read footers, lay out chunks.
+
+    Raises
+    ------
+    DataError
+        Naming the path, file or column at fault.
+    """
+    columns = list(data_cfg.features) + [data_cfg.target]
+    if data_cfg.weight:
+        columns.append(data_cfg.weight)
+    columns += list(extra_columns or [])
+    fs, protocol, found, _ = list_files(data_cfg.path, data_cfg.storage_options)
+    if not found:
+        raise DataError(f"data.path '{data_cfg.path}' holds no Parquet files")
+
+    partitions, kept = {}, []
+    for full, rel in found:
+        keys = _hive_keys(rel)
+        if _keep(keys, data_cfg.filters):
+            kept.append(full)
+            partitions[full] = keys
+    if not kept:
+        raise DataError(f"data.filters {data_cfg.filters} select no files under '{data_cfg.path}'")
+
+    part_keys = set().union(*partitions.values()) if partitions else set()
+    row_filters = [f for f in data_cfg.filters if f[0] not in part_keys]
+
+    files, pieces, types = [], [], {}
+    for full in kept:
+        meta, schema, size = _read_footer(fs, full)
+        _check_columns(full, schema, columns + [f[0] for f in row_filters], types)
+        max_rows = max(1, chunk_bytes // (8 * len(columns)))
+        files.append({"path": _display(protocol, full), "size": size, "rows": meta.num_rows})
+        group, rows = [], 0
+        for rg in range(meta.num_row_groups):
+            n = meta.row_group(rg).num_rows
+            if group and rows + n > max_rows:
+                pieces.append(Piece(full, tuple(group), rows))
+                group, rows = [], 0
+            group.append(rg)
+            rows += n
+        if group:
+            pieces.append(Piece(full, tuple(group), rows))
+    pieces = [p for p in pieces if p.rows > 0]
+    if not pieces:
+        raise DataError(f"data.path '{data_cfg.path}': the selected files hold no rows")
+    return ParquetSource(
+        fs=fs, protocol=protocol, files=files, pieces=pieces, columns=columns,
+        partitions=partitions, row_filters=row_filters,
+        storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing,
+    )
+
+
+def _display(protocol: str, path: str) -> str:
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+def _read_footer(fs, path: str):
+    try:
+        with fs.open(path, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            meta, schema = pf.metadata, pf.schema_arrow
+        size = fs.size(path)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+    return meta, schema, size
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _check_columns(path: str, schema: pa.Schema, columns: list[str], types: dict) -> None:
+    """Every needed column present and numeric, with one type across all files."""
+    names = set(schema.names)
+    for col in columns:
+        if col not in names:
+            raise DataError(f"{path}: column '{col}' not found (has: {', '.join(schema.names)})")
+        t = schema.field(col).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                or pa.types.is_decimal(t)):
+            raise DataError(f"{path}: column '{col}' is {t}, not numeric")
+        first = types.setdefault(col, (t, path))
+        if first[0] != t:
+            raise DataError(
+                f"column '{col}' is {first[0]} in {first[1]} but {t} in {path}"
+            )
+
+
+# --------------------------------------------------------------------------- reading (workers)
+
+
+def read_block(path, row_groups, columns, storage_options, protocol, row_filters, missing):
+    """Read one chunk as a float64 array of shape (rows, len(columns)).
+
+    Runs inside a worker task. Non-finite values are an error naming the column, the
+    count and the file (``missing: error``), or their rows are dropped (``drop``).
+    """
+    fs = fsspec.filesystem(protocol, **(storage_options or {}))
+    filter_cols = [f[0] for f in row_filters if f[0] not in columns]
+    try:
+        with fs.open(path, "rb") as fh:
+            table = pq.ParquetFile(fh).read_row_groups(list(row_groups), columns=columns + filter_cols)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read row groups {list(row_groups)} ({_first_line(e)})") from None
+    if row_filters:
+        table = table.filter(_row_mask(table, row_filters))
+    out = np.empty((table.num_rows, len(columns)), dtype=np.float64)
+    for j, col in enumerate(columns):
+        out[:, j] = table.column(col).to_numpy(zero_copy_only=False)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        if missing == "drop":
+            return out[~bad.any(axis=1)]
+        counts = bad.sum(axis=0)
+        j = int(np.flatnonzero(counts)[0])
+        raise DataError(
+            f"{path}: column '{columns[j]}' has {int(counts[j])} NaN/inf/null values "
+            f"(set data.missing: drop to skip such rows)"
+        )
+    return out
+
+
+def _row_mask(table: pa.Table, row_filters):
+    mask = None
+    for col, op, value in row_filters:
+        arr = table.column(col)
+        if op in ("in", "not in"):
+            vals = pa.array(value if isinstance(value, (list, tuple)) else [value])
+            m = pc.is_in(arr, value_set=vals)
+            m = pc.invert(m) if op == "not in" else m
+        else:
+            fn = {"=": pc.equal, "==": pc.equal, "!=": pc.not_equal, "<": pc.less,
+                  "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}[op]
+            m = fn(arr, pa.scalar(value))
+        mask = m if mask is None else pc.and_(mask, m)
+    return pc.fill_null(mask, False)
+
+
+def to_dask_array(src: ParquetSource):
+    """The dataset as one dask array of shape (n, len(columns)): X = [:, :-1], y = [:, -1].
+
+    Chunk sizes come from the footers; with row filters or ``missing: drop`` the row
+    counts of chunks are not known in advance (NaN), which the reductions do not need.
+    """
+    import dask
+    import dask.array as da
+
+    exact = not src.row_filters and src.missing == "error"
+    k = len(src.columns)
+    blocks = []
+    for p in src.pieces:
+        task = dask.delayed(read_block, pure=True)(
+            p.path, p.row_groups, src.columns, src.storage_options, src.protocol,
+            src.row_filters, src.missing,
+            dask_key_name=f"read-{dask.base.tokenize(p, src.columns, src.row_filters, src.missing)}",
+        )
+        blocks.append(da.from_delayed(task, shape=(p.rows if exact else math.nan, k), dtype=np.float64))
+    return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]

@@ -1,0 +1,118 @@
+"""The only code that builds dask graphs.
+
+An ``Executor`` holds the dataset as a dask array of blocks ``[X | y]`` and offers three
+distributed passes, each a map of a pure-NumPy function from ``gradient`` over every block
+followed by a reduction in a *fixed* tree (adjacent blocks, ``FAN_IN`` at a time, folded
+left to right). The tree depends only on the number of blocks, never on which worker ran
+what or in which order results arrived, so the results are bit-identical with any number
+of workers and after dask recomputes blocks lost with a dead worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import reduce
+
+import dask
+import numpy as np
+
+from . import gradient as g
+from .data import ParquetSource, to_dask_array
+
+log = logging.getLogger(__name__)
+
+#: Partial results merged per reduction task.
+FAN_IN = 8
+#: Fraction of the cluster's total worker memory that ``cache: auto`` may fill.
+CACHE_FRACTION = 0.4
+
+
+def _fold(combine, parts):
+    return reduce(combine, parts)
+
+
+class Executor:
+    """Distributed passes over one dataset.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    source : ParquetSource
+        Files and chunk layout from the footers.
+    cache : bool
+        Keep the blocks in cluster memory after the first pass (``persist``) instead of
+        re-reading the Parquet files on every pass.
+    """
+
+    def __init__(self, client, source: ParquetSource, cache: bool):
+        self.client = client
+        self.source = source
+        self.cache = cache
+        array = to_dask_array(source)
+        if cache:
+            # Persist: every later pass (each stream epoch, the metrics pass) reads the
+            # blocks from worker memory; dask keeps the read tasks to recompute any
+            # block lost with a worker.
+            array = client.persist(array)
+        self.array = array
+        self.blocks = list(array.to_delayed().ravel())
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    def _reduce(self, func, combine, *args):
+        """Map ``func(block, *args)`` over the blocks, reduce in the fixed tree, compute."""
+        fn = dask.delayed(func, pure=True)
+        level = [fn(b, *args) for b in self.blocks]
+        fold = dask.delayed(_fold, pure=True)
+        while len(level) > 1:
+            level = [
+                fold(combine, level[i:i + FAN_IN]) if len(level[i:i + FAN_IN]) > 1 else level[i]
+                for i in range(0, len(level), FAN_IN)
+            ]
+        # Compute: one small result (a few numbers) comes back to the client.
+        return self.client.compute(level[0], sync=True)
+
+    def moments(self) -> g.Moments:
+        """n, means and co-moments of [X, y]: one pass, stable pairwise merges."""
+        return self._reduce(g.block_moments, g.merge_moments)
+
+    def gradient_sums(self, m, b, std: g.Standardizer) -> g.BlockSums:
+        """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch)."""
+        return self._reduce(g.block_sums, g.add_sums, np.asarray(m), float(b), std.center, std.scale,
+                            std.y_center)
+
+    def error_sums(self, m, b) -> g.ErrorSums:
+        """Metric sums for a model (m, b) in original units."""
+        return self._reduce(g.block_errors, g.add_errors, np.asarray(m), float(b))
+
+    def release(self) -> None:
+        """Drop the cached blocks from cluster memory."""
+        self.blocks = []
+        self.array = None
+
+
+def cluster_memory(client) -> int:
+    """Total worker memory limit in bytes (0 when any worker is unlimited)."""
+    workers = client.scheduler_info().get("workers", {})
+    limits = [w.get("memory_limit") or 0 for w in workers.values()]
+    if not limits or any(x == 0 for x in limits):
+        return 0
+    return int(sum(limits))
+
+
+def decide_cache(setting: str, source: ParquetSource, client) -> bool:
+    """``memory`` / ``none`` as given; ``auto`` caches only when the blocks fit."""
+    if setting != "auto":
+        return setting == "memory"
+    need = source.n_rows * len(source.columns) * 8
+    have = cluster_memory(client)
+    if have == 0:
+        import psutil
+
+        have = psutil.virtual_memory().total
+    fits = need <= CACHE_FRACTION * have
+    log.info("cache: %s (data %.1f MiB, cluster memory %.1f MiB)",
+             "memory" if fits else "none", need / 2**20, have / 2**20)
+    return fits

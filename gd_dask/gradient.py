@@ -1,0 +1,221 @@
+"""Per-block math in plain NumPy: no dask import here.
+
+Two kinds of partial results, both in the shape of dask's own reductions (a chunk returns
+sums and a count; one aggregate step divides once):
+
+* ``BlockSums`` — what one partition contributes to the batch gradient at (m, b):
+  ``(Σ err·x, Σ err, Σ err², n)`` with ``err = x·m + b − y``. Used each epoch by the
+  ``stream`` strategy.
+* ``Moments`` — n, column means and the co-moment matrix of ``Z = [X, y]``. Merged
+  pairwise with the update of Chan, Golub & LeVeque, they are the sufficient statistics
+  of squared loss: ``gram_sums`` turns them into the very same ``BlockSums`` for any
+  (m, b), so the ``gram`` strategy needs one pass over the data for all epochs.
+
+Features enter the gradient *standardized*: ``xs = (x − center) / scale`` (center 0 and
+scale 1 when standardization is off), so the steps follow the gradient in the space where
+training happens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class BlockSums(NamedTuple):
+    """Partial sums of one block (or of several, once merged).
+
+    grad : ndarray of shape (n_features,) — Σ err·xs
+    err : float — Σ err
+    sq_err : float — Σ err²
+    n : int — number of rows
+    """
+
+    grad: np.ndarray
+    err: float
+    sq_err: float
+    n: int
+
+
+def block_sums(block, m, b, center, scale, y_center=0.0) -> BlockSums:
+    """Gradient sums of one block at (m, b).
+
+    Parameters
+    ----------
+    block : ndarray of shape (n_rows, n_features + 1)
+        Feature columns followed by the target column.
+    m : ndarray of shape (n_features,)
+        Coefficients in the training (standardized) space.
+    b : float
+        Intercept in the training space.
+    center, scale : ndarray of shape (n_features,)
+    y_center : float
+        Subtracted from both b and y: the same err, but with y ≈ 1e6 ± 1 the
+        difference of two large numbers is taken once per row on exact operands
+        (``y − ȳ``), not after adding the prediction.
+    """
+    xs = (block[:, :-1] - center) / scale
+    err = xs @ m + (b - y_center) - (block[:, -1] - y_center)
+    return BlockSums(xs.T @ err, float(err.sum()), float(err @ err), block.shape[0])
+
+
+def add_sums(a: BlockSums, b: BlockSums) -> BlockSums:
+    """Merge two partial sums; associative, so any fixed tree gives fixed bits."""
+    return BlockSums(a.grad + b.grad, a.err + b.err, a.sq_err + b.sq_err, a.n + b.n)
+
+
+class Moments(NamedTuple):
+    """Sufficient statistics of ``Z = [X, y]`` (k = n_features + 1 columns).
+
+    n : int
+    mean : ndarray of shape (k,)
+    comoment : ndarray of shape (k, k) — Σ (z − mean)(z − mean)ᵀ
+    """
+
+    n: int
+    mean: np.ndarray
+    comoment: np.ndarray
+
+
+def block_moments(block) -> Moments:
+    """Moments of one block, two-pass (mean first) so a large mean costs no digits."""
+    n = block.shape[0]
+    k = block.shape[1]
+    if n == 0:
+        return Moments(0, np.zeros(k), np.zeros((k, k)))
+    mean = block.mean(axis=0)
+    centered = block - mean
+    return Moments(n, mean, centered.T @ centered)
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """Pairwise update of Chan, Golub & LeVeque (1979): stable for any split."""
+    if a.n == 0:
+        return b
+    if b.n == 0:
+        return a
+    n = a.n + b.n
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.n / n)
+    comoment = a.comoment + b.comoment + np.outer(delta, delta) * (a.n * b.n / n)
+    return Moments(n, mean, comoment)
+
+
+def gram_sums(mom: Moments, m, b, center, scale) -> BlockSums:
+    """The ``BlockSums`` of the whole dataset at (m, b), from its moments alone.
+
+    With ``xs̄`` the mean of the standardized features and ``ē = xs̄·m + b − ȳ``:
+    ``Σ err·xs = n·ē·xs̄ + Cs·m − Csy``, ``Σ err = n·ē`` and
+    ``Σ err² = n·ē² + mᵀCs·m − 2·mᵀCsy + Cyy``, where C are centered co-moments
+    (scaled by ``scale``). Centering keeps large means from cancelling digits.
+    """
+    n = mom.n
+    cxx = mom.comoment[:-1, :-1] / np.outer(scale, scale)
+    cxy = mom.comoment[:-1, -1] / scale
+    cyy = mom.comoment[-1, -1]
+    xs_mean = (mom.mean[:-1] - center) / scale
+    e_mean = xs_mean @ m + b - mom.mean[-1]
+    cm = cxx @ m
+    grad = n * e_mean * xs_mean + cm - cxy
+    sq = n * e_mean * e_mean + m @ cm - 2.0 * (m @ cxy) + cyy
+    return BlockSums(grad, float(n * e_mean), float(max(sq, 0.0)), n)
+
+
+class Standardizer(NamedTuple):
+    """``xs = (x − center) / scale``; maps trained (m, b) back to original units.
+
+    ``y_center`` (ȳ when centering) only improves the rounding of ``err``.
+    """
+
+    center: np.ndarray
+    scale: np.ndarray
+    y_center: float = 0.0
+
+    @classmethod
+    def identity(cls, d: int) -> Standardizer:
+        return cls(np.zeros(d), np.ones(d))
+
+    @classmethod
+    def from_moments(cls, mom: Moments, fit_intercept: bool) -> Standardizer:
+        """Mean/std scaling with an intercept; without one, scale by the root mean
+        square and do not center (centering would imply an intercept)."""
+        var = np.diag(mom.comoment)[:-1] / mom.n
+        mean = mom.mean[:-1]
+        if fit_intercept:
+            return cls(mean.copy(), np.sqrt(var), float(mom.mean[-1]))
+        return cls(np.zeros_like(mean), np.sqrt(var + mean * mean))
+
+    def to_original(self, m, b) -> tuple[np.ndarray, float]:
+        m_orig = np.asarray(m) / self.scale
+        return m_orig, float(b - self.center @ m_orig)
+
+    def to_training(self, m_orig, b_orig) -> tuple[np.ndarray, float]:
+        m = np.asarray(m_orig) * self.scale
+        return m, float(b_orig + self.center @ np.asarray(m_orig))
+
+
+def hessian(mom: Moments, std: Standardizer, fit_intercept: bool) -> np.ndarray:
+    """Hessian of ½·MSE in the training space, shape (d + 1, d + 1) or (d, d)."""
+    n = mom.n
+    cxx = mom.comoment[:-1, :-1] / np.outer(std.scale, std.scale)
+    xs_mean = (mom.mean[:-1] - std.center) / std.scale
+    hxx = cxx / n + np.outer(xs_mean, xs_mean)
+    if not fit_intercept:
+        return hxx
+    d = hxx.shape[0]
+    h = np.empty((d + 1, d + 1))
+    h[:d, :d] = hxx
+    h[:d, d] = h[d, :d] = xs_mean
+    h[d, d] = 1.0
+    return h
+
+
+class ErrorSums(NamedTuple):
+    """Partial sums for evaluation metrics of a fixed model.
+
+    abs_err, sq_err : float — Σ|err|, Σ err²
+    n : int
+    y_mean, y_m2 : float — mean of y and Σ (y − ȳ)², merged like ``Moments``
+    """
+
+    abs_err: float
+    sq_err: float
+    n: int
+    y_mean: float
+    y_m2: float
+
+
+def block_errors(block, m, b) -> ErrorSums:
+    """Metric sums of one block for a model (m, b) in original units."""
+    y = block[:, -1]
+    n = block.shape[0]
+    if n == 0:
+        return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
+    err = block[:, :-1] @ m + b - y
+    y_mean = float(y.mean())
+    dev = y - y_mean
+    return ErrorSums(float(np.abs(err).sum()), float(err @ err), n, y_mean, float(dev @ dev))
+
+
+def add_errors(a: ErrorSums, b: ErrorSums) -> ErrorSums:
+    if a.n == 0:
+        return b
+    if b.n == 0:
+        return a
+    n = a.n + b.n
+    delta = b.y_mean - a.y_mean
+    return ErrorSums(
+        a.abs_err + b.abs_err,
+        a.sq_err + b.sq_err,
+        n,
+        a.y_mean + delta * b.n / n,
+        a.y_m2 + b.y_m2 + delta * delta * a.n * b.n / n,
+    )
+
+
+def metrics(e: ErrorSums) -> dict:
+    """mse, rmse, mae, r2, n — the same definitions as scikit-learn's metrics."""
+    mse = e.sq_err / e.n
+    r2 = 1.0 - e.sq_err / e.y_m2 if e.y_m2 > 0 else (1.0 if e.sq_err == 0 else 0.0)
+    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": e.abs_err / e.n, "r2": r2, "n": e.n}

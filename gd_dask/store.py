@@ -1,0 +1,134 @@
+"""Artifacts: model.json (JSON only, never pickle) and history.csv, written atomically.
+
+Each file is written to a temporary name in the same folder and moved into place with
+``os.replace``, and model.json is written last: a run that fails at any point leaves no
+file that claims to be a model and leaves earlier artifacts byte-identical.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import ArtifactError
+
+FORMAT = "gd_dask.model/1"
+HISTORY_FIELDS = ["epoch", "loss", "grad_norm", "learning_rate", "seconds"]
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise ArtifactError(f"{path.parent}: cannot write output ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with _quiet():
+            os.unlink(tmp)
+        raise ArtifactError(f"{path}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        with _quiet():
+            os.unlink(tmp)
+        raise
+
+
+class _quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def _finite(x: float):
+    return float(x) if math.isfinite(x) else None
+
+
+def model_document(cfg, result) -> dict:
+    """The model.json document for a ``FitResult``."""
+    return {
+        "format": FORMAT,
+        "name": cfg.name,
+        "features": list(cfg.data.features),
+        "target": cfg.data.target,
+        "m": [float(v) for v in np.asarray(result.m)],
+        "b": float(result.b),
+        "fit_intercept": cfg.model.fit_intercept,
+        "epochs_run": result.epochs_run,
+        "converged": result.converged,
+        "final_loss": _finite(result.final_loss),
+        "metrics": result.metrics,
+        "learning_rate": result.learning_rate,
+        "momentum": result.momentum,
+        "strategy": result.strategy,
+        "curvature": None if result.curvature is None else {
+            "lambda_min": result.curvature.lmin, "lambda_max": result.curvature.lmax},
+        "config": cfg.model_dump(mode="json"),
+        "data": result.source.fingerprint() if result.source is not None else None,
+        "seconds": result.seconds,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "version": __version__,
+    }
+
+
+def history_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: repr(row[k]) if isinstance(row[k], float) else row[k] for k in HISTORY_FIELDS})
+    return buf.getvalue()
+
+
+def save_run(out_dir: str | Path, cfg, result) -> Path:
+    """Write history.csv then model.json into ``out_dir``; returns model.json's path."""
+    out = Path(out_dir)
+    atomic_write(out / "history.csv", history_csv(result.history))
+    path = out / "model.json"
+    atomic_write(path, json.dumps(model_document(cfg, result), indent=2) + "\n")
+    return path
+
+
+def load_model(path: str | Path) -> dict:
+    """Read and check a model.json document.
+
+    Raises
+    ------
+    ArtifactError
+        Unreadable, not JSON, another format version, or inconsistent fields.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read model ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: not a valid model.json (truncated or not JSON: {e.msg} at line {e.lineno})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ArtifactError(f"{path}: model format {got!r} is not supported (expected {FORMAT!r})")
+    feats, m = doc.get("features"), doc.get("m")
+    if not isinstance(feats, list) or not isinstance(m, list) or len(feats) != len(m):
+        raise ArtifactError(
+            f"{path}: model has {len(feats) if isinstance(feats, list) else '?'} features "
+            f"but {len(m) if isinstance(m, list) else '?'} coefficients m")
+    if not isinstance(doc.get("b"), (int, float)) or not all(isinstance(v, (int, float)) for v in m):
+        raise ArtifactError(f"{path}: m and b must be numbers")
+    return doc

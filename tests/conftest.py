@@ -1,0 +1,71 @@
+"""Shared fixtures: small Parquet datasets written by the tests, and a real cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_parquet(root: Path, X: np.ndarray, y: np.ndarray, n_files: int = 3, names=None,
+                  target: str = "y", row_group_rows: int | None = None, days: int = 1) -> dict:
+    """Split (X, y) in order over ``n_files`` files under ``root/date=.../``.
+
+    Returns the minimal ``data`` config section for it.
+    """
+    X = np.asarray(X, dtype=float).reshape(len(y), -1)
+    names = names or [f"x{j}" for j in range(X.shape[1])]
+    bounds = np.linspace(0, len(y), n_files + 1).astype(int)
+    for i in range(n_files):
+        lo, hi = bounds[i], bounds[i + 1]
+        day = root / f"date=2026-11-{1 + i * days // n_files:02d}"
+        day.mkdir(parents=True, exist_ok=True)
+        cols = {n: X[lo:hi, j] for j, n in enumerate(names)}
+        cols[target] = np.asarray(y, dtype=float)[lo:hi]
+        pq.write_table(pa.table(cols), day / f"part-{i:04d}.parquet",
+                       row_group_size=row_group_rows or max(1, hi - lo))
+    return {"path": str(root), "features": list(names), "target": target}
+
+
+def make_config(data: dict, tmp_path: Path, **sections):
+    """A validated RunConfig for tests, with the output in tmp_path."""
+    from gd_dask.config import validate_config
+
+    raw = {"name": "t", "data": data, "output": {"dir": str(tmp_path / "out")}}
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    return validate_config(raw)
+
+
+def run_cli(*args, cwd=None, timeout=240, env=None):
+    """Run ``python -m gd_dask ARGS`` in a real subprocess; returns CompletedProcess."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "gd_dask", *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=e)
+
+
+@pytest.fixture(scope="session")
+def client():
+    """One real LocalCluster (2 worker processes) for the whole session."""
+    from distributed import Client, LocalCluster
+
+    from gd_dask.cluster import quiet_distributed
+
+    quiet_distributed()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as c:
+        yield c
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
