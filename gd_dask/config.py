@@ -104,7 +104,9 @@ class OptimizerConfig(_Section):
         "from the Hessian's eigenvalues).",
     )
     momentum: Union[Annotated[float, Strict(), Field(ge=0, lt=1)], Literal["auto"]] = Field(
-        default=0.0, description="Heavy-ball momentum in [0, 1), or 'auto'."
+        default="auto",
+        description="Heavy-ball momentum in [0, 1), or 'auto': tuned from the curvature "
+        "when learning_rate is auto, none (plain descent) with a fixed learning_rate.",
     )
     schedule: Literal["constant"] = "constant"
     epochs: Annotated[int, Strict(), Field(ge=1)] = Field(

@@ -102,24 +102,51 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     return Moments(n, mean, comoment)
 
 
-def gram_sums(mom: Moments, m, b, center, scale) -> BlockSums:
-    """The ``BlockSums`` of the whole dataset at (m, b), from its moments alone.
+#: Up to this many features the gram gradient is evaluated in extended precision.
+EXTENDED_MAX_FEATURES = 512
+
+
+class Gram:
+    """The whole dataset's ``BlockSums`` at any (m, b), from its moments alone.
 
     With ``xs̄`` the mean of the standardized features and ``ē = xs̄·m + b − ȳ``:
     ``Σ err·xs = n·ē·xs̄ + Cs·m − Csy``, ``Σ err = n·ē`` and
     ``Σ err² = n·ē² + mᵀCs·m − 2·mᵀCsy + Cyy``, where C are centered co-moments
     (scaled by ``scale``). Centering keeps large means from cancelling digits.
+
+    Near the solution ``Cs·m − Csy`` is a small difference of large terms, and descent
+    (heavy ball above all, which sums ~1/(1−β) gradients) turns its rounding noise into
+    error along the flattest direction. The O(d²) work runs on the client, so for up to
+    ``EXTENDED_MAX_FEATURES`` features it is done in ``np.longdouble`` (64-bit mantissa
+    on x86-64; on platforms where it equals float64 nothing changes).
     """
-    n = mom.n
-    cxx = mom.comoment[:-1, :-1] / np.outer(scale, scale)
-    cxy = mom.comoment[:-1, -1] / scale
-    cyy = mom.comoment[-1, -1]
-    xs_mean = (mom.mean[:-1] - center) / scale
-    e_mean = xs_mean @ m + b - mom.mean[-1]
-    cm = cxx @ m
-    grad = n * e_mean * xs_mean + cm - cxy
-    sq = n * e_mean * e_mean + m @ cm - 2.0 * (m @ cxy) + cyy
-    return BlockSums(grad, float(n * e_mean), float(max(sq, 0.0)), n)
+
+    def __init__(self, mom: Moments, std: Standardizer):
+        d = mom.mean.shape[0] - 1
+        L = np.longdouble if d <= EXTENDED_MAX_FEATURES else np.float64
+        scale = std.scale.astype(L)
+        self.n = mom.n
+        self.cxx = mom.comoment[:-1, :-1].astype(L) / np.outer(scale, scale)
+        self.cxy = mom.comoment[:-1, -1].astype(L) / scale
+        self.cyy = L(mom.comoment[-1, -1])
+        self.xs_mean = (mom.mean[:-1].astype(L) - std.center) / scale
+        self.y_mean = L(mom.mean[-1])
+        self.dtype = L
+
+    def sums(self, m, b) -> BlockSums:
+        m = np.asarray(m).astype(self.dtype)
+        n = self.n
+        e_mean = self.xs_mean @ m + self.dtype(b) - self.y_mean
+        cm = self.cxx @ m
+        grad = n * e_mean * self.xs_mean + (cm - self.cxy)
+        sq = n * e_mean * e_mean + (m @ cm - 2 * (m @ self.cxy) + self.cyy)
+        # grad keeps the extended precision: the caller iterates in it (train.fit).
+        return BlockSums(grad, float(n * e_mean), float(max(sq, 0)), n)
+
+
+def gram_sums(mom: Moments, m, b, center, scale) -> BlockSums:
+    """``Gram(mom, Standardizer(center, scale)).sums(m, b)`` (one-off use)."""
+    return Gram(mom, Standardizer(np.asarray(center), np.asarray(scale))).sums(m, b)
 
 
 class Standardizer(NamedTuple):
@@ -146,9 +173,10 @@ class Standardizer(NamedTuple):
             return cls(mean.copy(), np.sqrt(var), float(mom.mean[-1]))
         return cls(np.zeros_like(mean), np.sqrt(var + mean * mean))
 
-    def to_original(self, m, b) -> tuple[np.ndarray, float]:
+    def to_original(self, m, b):
+        """(m, b) in original units, in the precision of the inputs."""
         m_orig = np.asarray(m) / self.scale
-        return m_orig, float(b - self.center @ m_orig)
+        return m_orig, b - self.center @ m_orig
 
     def to_training(self, m_orig, b_orig) -> tuple[np.ndarray, float]:
         m = np.asarray(m_orig) * self.scale

@@ -20,6 +20,10 @@ from typing import NamedTuple
 import numpy as np
 
 
+#: Largest condition number taken at face value (float64 resolves no more).
+MAX_CONDITION = 1e12
+
+
 class Curvature(NamedTuple):
     """Extreme eigenvalues of the Hessian of ½·MSE in the training space."""
 
@@ -28,9 +32,14 @@ class Curvature(NamedTuple):
 
     @classmethod
     def of(cls, hessian: np.ndarray) -> Curvature:
+        """Eigenvalues of ``hessian``, with λmin floored at ``λmax / MAX_CONDITION``.
+
+        Below that floor λmin is rounding noise (or 0 for collinear features); the floor
+        keeps heavy ball's β measurably below 1 and its rate below the stable limit.
+        """
         ev = np.linalg.eigvalsh(hessian)
         lmax = float(ev[-1])
-        return cls(max(float(ev[0]), 0.0), lmax)
+        return cls(max(float(ev[0]), lmax / MAX_CONDITION), lmax)
 
     @property
     def condition(self) -> float:
@@ -54,14 +63,16 @@ def choose_rates(curv: Curvature, learning_rate, momentum) -> Rates:
     ----------
     learning_rate : float or "auto"
     momentum : float or "auto"
+        ``auto`` with ``learning_rate: auto`` is the optimal heavy ball; with a fixed
+        learning rate it is 0 (the article's plain descent).
     """
     L, mu = curv.lmax, curv.lmin
     if momentum == "auto":
         if learning_rate == "auto":
             sl, sm = np.sqrt(L), np.sqrt(mu)
             return Rates(4.0 / (sl + sm) ** 2, float(((sl - sm) / (sl + sm)) ** 2))
-        beta = float((1.0 - np.sqrt(min(learning_rate * mu, 1.0))) ** 2)
-        return Rates(float(learning_rate), beta)
+        # A tuned β needs its matched rate; with the user's own rate, plain descent.
+        return Rates(float(learning_rate), 0.0)
     if learning_rate == "auto":
         return Rates((1.0 + momentum) * 2.0 / (L + mu), float(momentum))
     return Rates(float(learning_rate), float(momentum))

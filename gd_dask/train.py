@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 #: Epochs of consecutive loss growth (above the starting loss) that count as divergence.
 GROWTH_EPOCHS = 5
+#: With momentum the loss oscillates and its change passes through zero at every turn,
+#: so convergence needs the change below tol for this many consecutive epochs.
+CALM_EPOCHS_MOMENTUM = 10
 #: Largest number of features for which ``strategy: auto`` picks gram.
 GRAM_MAX_FEATURES = 4096
 
@@ -106,9 +109,11 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     log.info("curvature λmin=%.3g λmax=%.3g (κ=%.3g); learning rate %.6g, momentum %.6g",
              curv.lmin, curv.lmax, curv.condition, rates.learning_rate, rates.momentum)
 
+    hess = None
     if strategy == "gram":
-        def oracle(m, b):
-            return g.gram_sums(mom, m, b, std.center, std.scale)
+        hess = g.hessian(mom, std, fit_b)
+        gram = g.Gram(mom, std)
+        oracle = gram.sums
     else:
         def oracle(m, b):
             return ex.gradient_sums(m, b, std)
@@ -118,9 +123,15 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         params = np.append(m0, b0 if fit_b else 0.0)
     else:
         params = np.zeros(d + 1)
-    params, history, converged = _descend(cfg, oracle, params, rates, curv, fit_b, on_epoch)
+    if strategy == "gram":
+        # Iterate in the gram's precision: with momentum near 1 the rounding of θ + step
+        # would otherwise set the accuracy floor (see gradient.Gram).
+        params = params.astype(gram.dtype)
+    params, history, converged = _descend(cfg, oracle, params, rates, curv, fit_b, on_epoch, hess)
 
     m, b = std.to_original(params[:d], params[d])
+    m, b = np.asarray(m, dtype=np.float64), float(b)
+    params = params.astype(np.float64)
     metrics = g.metrics(ex.error_sums(m, b))
     ex.release()
     epochs = len(history)
@@ -136,16 +147,23 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     )
 
 
-def _descend(cfg, oracle, params, rates, curv, fit_b, on_epoch):
-    """The loop proper: evaluate, record, check, step. Returns (params, history, converged)."""
+def _descend(cfg, oracle, params, rates, curv, fit_b, on_epoch, hess=None):
+    """The loop proper: evaluate, record, check, step. Returns (params, history, converged).
+
+    ``hess`` (gram only): the exact Hessian of ½·MSE. A loss computed from moments carries
+    an absolute rounding error of about ε·Var(y), which near a good fit can exceed the
+    change between epochs; for a quadratic that change is known exactly from small terms,
+    ``ΔJ = 2·g·s + sᵀ·H·s``, so the tol test uses it instead of differencing two losses.
+    """
     opt = cfg.optimizer
     d = params.shape[0] - 1
     init, update = heavy_ball(rates)
     state = init(params)
     history, converged = [], False
-    prev = None
+    prev = prev_grads = step = None
     start_loss = None
-    growth = 0
+    growth = calm = 0
+    needed_calm = 1 if rates.momentum == 0 else CALM_EPOCHS_MOMENTUM
     t_last = time.perf_counter()
     for epoch in range(1, opt.epochs + 1):
         s = oracle(params[:d], params[d])
@@ -159,17 +177,37 @@ def _descend(cfg, oracle, params, rates, curv, fit_b, on_epoch):
         if on_epoch is not None:
             on_epoch(row)
         start_loss = loss if start_loss is None else start_loss
-        growth = growth + 1 if prev is not None and loss > prev and loss > start_loss else 0
-        if not math.isfinite(loss) or growth >= GROWTH_EPOCHS:
+        growth = growth + 1 if prev is not None and loss > prev else 0
+        if not math.isfinite(loss) or (growth >= GROWTH_EPOCHS and loss > start_loss
+                                       and _may_diverge(rates, curv)):
             raise TrainingError(_divergence_message(rates, curv, epoch, loss))
-        if prev is not None and abs(prev - loss) <= opt.tol * max(prev, np.finfo(float).tiny):
-            converged = True
+        if prev is not None:
+            change = _quadratic_change(prev_grads, step, hess, fit_b) if hess is not None else loss - prev
+            calm = calm + 1 if abs(change) <= opt.tol * max(prev, np.finfo(float).tiny) else 0
+            converged = calm >= needed_calm
         step, state = update(grads, state)
         params = params + step
-        prev = loss
+        prev, prev_grads = loss, grads
         if converged:
             break
     return params, history, converged
+
+
+def _may_diverge(rates, curv) -> bool:
+    """Whether sustained loss growth means divergence.
+
+    Plain descent never raises the loss of a quadratic at a stable rate, so sustained
+    growth is divergence. Heavy ball oscillates and may rise for many epochs before it
+    falls; for squared loss its stable limit is exact, so growth counts only beyond it.
+    """
+    return rates.momentum == 0 or rates.learning_rate > stable_limit(curv, rates.momentum) * (1 + 1e-9)
+
+
+def _quadratic_change(grads, step, hess, fit_b) -> float:
+    """Exact J(θ + s) − J(θ) for J = MSE with ∇(½J) = grads and Hessian of ½J = hess."""
+    if not fit_b:
+        grads, step = grads[:-1], step[:-1]
+    return float(2.0 * grads @ step + step @ hess @ step)
 
 
 def _divergence_message(rates, curv, epoch, loss) -> str:

@@ -98,3 +98,26 @@ def test_stream_and_gram_give_the_same_iterates_on_large_mean_data(client, tmp_p
     # by ~1e-11; mid-descent the loss amplifies that by ≈ 2·|gradient|/loss.
     np.testing.assert_allclose([h["loss"] for h in out["stream"].history],
                                [h["loss"] for h in out["gram"].history], rtol=1e-8)
+
+
+def test_a_rate_that_diverges_stops_naming_the_epoch_and_the_stable_rate(client, tmp_path, rng):
+    from gd_dask.errors import TrainingError
+
+    X, y = _problem(rng)
+    data = write_parquet(tmp_path / "d", X, y, n_files=2)
+    cfg = make_config(data, tmp_path, optimizer={"learning_rate": 5.0, "epochs": 500})
+    with pytest.raises(TrainingError, match=r"learning rate 5 diverged at epoch \d+ .*largest stable rate for this data is"):
+        fit(cfg, client)
+
+
+@pytest.mark.parametrize("scale", [1e-2, 1.0, 1e2])
+def test_learning_rate_auto_converges_whatever_the_scale_of_the_data(client, tmp_path, rng, scale):
+    """Unstandardized features scaled by 1e-2..1e2: the best rate differs by 1e4×."""
+    X, y = _problem(rng, d=2)
+    X = (X - X.mean(0)) * scale  # same conditioning at every scale; the best rate moves by scale⁻²
+    data = write_parquet(tmp_path / "d", X, y, n_files=2)
+    cfg = make_config(data, tmp_path, model={"standardize": False}, optimizer={"epochs": 5000, "tol": 1e-20})
+    res = fit(cfg, client)
+    coef, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(y))]), y, rcond=None)
+    np.testing.assert_allclose(res.m, coef[:2], rtol=1e-6)
+    assert res.converged
