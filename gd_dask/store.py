@@ -83,6 +83,7 @@ def model_document(cfg, result) -> dict:
         "config": cfg.model_dump(mode="json"),
         "data": result.source.fingerprint() if result.source is not None else None,
         "seconds": result.seconds,
+        "resumed_from_epoch": result.resumed_from,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "version": __version__,
     }
@@ -98,12 +99,45 @@ def history_csv(history: list[dict]) -> str:
 
 
 def save_run(out_dir: str | Path, cfg, result) -> Path:
-    """Write history.csv then model.json into ``out_dir``; returns model.json's path."""
+    """Write history.csv then model.json into ``out_dir``; returns model.json's path.
+
+    The checkpoint of the run is removed once model.json is in place.
+    """
     out = Path(out_dir)
     atomic_write(out / "history.csv", history_csv(result.history))
     path = out / "model.json"
     atomic_write(path, json.dumps(model_document(cfg, result), indent=2) + "\n")
+    remove_checkpoint(out)
     return path
+
+
+CHECKPOINT = "checkpoint.json"
+CHECKPOINT_FORMAT = "gd_dask.checkpoint/1"
+
+
+def write_checkpoint(out_dir: str | Path, key: str, state: dict) -> None:
+    """Atomically replace ``out_dir/checkpoint.json`` (a loop state, not a model)."""
+    doc = {"format": CHECKPOINT_FORMAT, "key": key, "state": state}
+    atomic_write(Path(out_dir) / CHECKPOINT, json.dumps(doc))
+
+
+def read_checkpoint(out_dir: str | Path, key: str) -> dict | None:
+    """The saved loop state if there is one for this very run (same ``key``), else None."""
+    path = Path(out_dir) / CHECKPOINT
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT or doc.get("key") != key:
+        return None
+    return doc.get("state")
+
+
+def remove_checkpoint(out_dir: str | Path) -> None:
+    try:
+        (Path(out_dir) / CHECKPOINT).unlink()
+    except FileNotFoundError:
+        pass
 
 
 def load_model(path: str | Path) -> dict:

@@ -9,8 +9,9 @@ the sums divided by N.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -18,17 +19,14 @@ import numpy as np
 
 from . import gradient as g
 from .data import ParquetSource, open_source
-from .errors import DataError, TrainingError
+from . import store
+from .errors import DataError
 from .executor import Executor, decide_cache
-from .optim import Curvature, choose_rates, heavy_ball, stable_limit
+from .loop import LoopState, descend, state_from_dict, state_to_dict
+from .optim import Curvature, choose_rates
 
 log = logging.getLogger(__name__)
 
-#: Epochs of consecutive loss growth (above the starting loss) that count as divergence.
-GROWTH_EPOCHS = 5
-#: With momentum the loss oscillates and its change passes through zero at every turn,
-#: so convergence needs the change below tol for this many consecutive epochs.
-CALM_EPOCHS_MOMENTUM = 10
 #: Largest number of features for which ``strategy: auto`` picks gram.
 GRAM_MAX_FEATURES = 4096
 
@@ -51,6 +49,7 @@ class FitResult:
     curvature: Curvature | None = None
     seconds: float = 0.0
     source: ParquetSource | None = None
+    resumed_from: int | None = None  # epoch of the checkpoint this run resumed from
 
 
 def pick_strategy(cfg) -> str:
@@ -127,95 +126,49 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         # Iterate in the gram's precision: with momentum near 1 the rounding of θ + step
         # would otherwise set the accuracy floor (see gradient.Gram).
         params = params.astype(gram.dtype)
-    params, history, converged = _descend(cfg, oracle, params, rates, curv, fit_b, on_epoch, hess)
 
-    m, b = std.to_original(params[:d], params[d])
+    key = run_key(cfg, source, init)
+    state = _resume(cfg, key, params.dtype) or LoopState.start(params)
+    resumed_from = state.epoch or None
+    state = descend(
+        state, oracle, rates, curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
+        fit_intercept=fit_b, hess=hess, on_epoch=on_epoch,
+        checkpoint=lambda st: store.write_checkpoint(cfg.output_dir, key, state_to_dict(st)),
+        checkpoint_every=cfg.output.checkpoint_every,
+    )
+
+    m, b = std.to_original(state.params[:d], state.params[d])
     m, b = np.asarray(m, dtype=np.float64), float(b)
-    params = params.astype(np.float64)
     metrics = g.metrics(ex.error_sums(m, b))
     ex.release()
-    epochs = len(history)
-    if not converged:
+    if not state.converged:
         log.warning(
             "not converged after %d epochs (relative loss change above tol=%g); "
-            "raise optimizer.epochs or set optimizer.momentum: auto", epochs, cfg.optimizer.tol)
+            "raise optimizer.epochs or loosen optimizer.tol", state.epoch, cfg.optimizer.tol)
     return FitResult(
-        m=m, b=b, epochs_run=epochs, converged=converged, final_loss=metrics["mse"],
+        m=m, b=b, epochs_run=state.epoch, converged=state.converged, final_loss=metrics["mse"],
         learning_rate=rates.learning_rate, momentum=rates.momentum, strategy=strategy,
-        metrics=metrics, history=history, params=params, curvature=curv,
-        seconds=time.perf_counter() - t0, source=source,
+        metrics=metrics, history=state.history, params=state.params.astype(np.float64),
+        curvature=curv, seconds=time.perf_counter() - t0, source=source, resumed_from=resumed_from,
     )
 
 
-def _descend(cfg, oracle, params, rates, curv, fit_b, on_epoch, hess=None):
-    """The loop proper: evaluate, record, check, step. Returns (params, history, converged).
-
-    ``hess`` (gram only): the exact Hessian of ½·MSE. A loss computed from moments carries
-    an absolute rounding error of about ε·Var(y), which near a good fit can exceed the
-    change between epochs; for a quadratic that change is known exactly from small terms,
-    ``ΔJ = 2·g·s + sᵀ·H·s``, so the tol test uses it instead of differencing two losses.
-    """
-    opt = cfg.optimizer
-    d = params.shape[0] - 1
-    init, update = heavy_ball(rates)
-    state = init(params)
-    history, converged = [], False
-    prev = prev_grads = step = None
-    start_loss = None
-    growth = calm = 0
-    needed_calm = 1 if rates.momentum == 0 else CALM_EPOCHS_MOMENTUM
-    t_last = time.perf_counter()
-    for epoch in range(1, opt.epochs + 1):
-        s = oracle(params[:d], params[d])
-        loss = s.sq_err / s.n
-        grads = np.append(s.grad / s.n, s.err / s.n if fit_b else 0.0)
-        now = time.perf_counter()
-        row = {"epoch": epoch, "loss": loss, "grad_norm": float(np.linalg.norm(grads)),
-               "learning_rate": rates.learning_rate, "seconds": now - t_last}
-        t_last = now
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        start_loss = loss if start_loss is None else start_loss
-        growth = growth + 1 if prev is not None and loss > prev else 0
-        if not math.isfinite(loss) or (growth >= GROWTH_EPOCHS and loss > start_loss
-                                       and _may_diverge(rates, curv)):
-            raise TrainingError(_divergence_message(rates, curv, epoch, loss))
-        if prev is not None:
-            change = _quadratic_change(prev_grads, step, hess, fit_b) if hess is not None else loss - prev
-            calm = calm + 1 if abs(change) <= opt.tol * max(prev, np.finfo(float).tiny) else 0
-            converged = calm >= needed_calm
-        step, state = update(grads, state)
-        params = params + step
-        prev, prev_grads = loss, grads
-        if converged:
-            break
-    return params, history, converged
+def run_key(cfg, source: ParquetSource, init) -> str:
+    """What a checkpoint must match to be resumed: everything but cluster and output."""
+    doc = cfg.model_dump(mode="json", exclude={"cluster", "output", "registry"})
+    doc["data_fingerprint"] = source.fingerprint()
+    doc["init"] = None if init is None else [list(map(float, init[0])), float(init[1])]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def _may_diverge(rates, curv) -> bool:
-    """Whether sustained loss growth means divergence.
-
-    Plain descent never raises the loss of a quadratic at a stable rate, so sustained
-    growth is divergence. Heavy ball oscillates and may rise for many epochs before it
-    falls; for squared loss its stable limit is exact, so growth counts only beyond it.
-    """
-    return rates.momentum == 0 or rates.learning_rate > stable_limit(curv, rates.momentum) * (1 + 1e-9)
-
-
-def _quadratic_change(grads, step, hess, fit_b) -> float:
-    """Exact J(θ + s) − J(θ) for J = MSE with ∇(½J) = grads and Hessian of ½J = hess."""
-    if not fit_b:
-        grads, step = grads[:-1], step[:-1]
-    return float(2.0 * grads @ step + step @ hess @ step)
-
-
-def _divergence_message(rates, curv, epoch, loss) -> str:
-    limit = stable_limit(curv, rates.momentum)
-    auto = choose_rates(curv, "auto", rates.momentum).learning_rate
-    what = "is not finite" if not math.isfinite(loss) else f"{loss:.3g} and growing"
-    return (
-        f"learning rate {rates.learning_rate:g} diverged at epoch {epoch} (loss {what}); "
-        f"the largest stable rate for this data is {limit:.4g} — use a smaller "
-        f"optimizer.learning_rate or 'auto' ({auto:.4g})"
-    )
+def _resume(cfg, key: str, dtype) -> LoopState | None:
+    if not cfg.output.checkpoint_every:
+        return None
+    doc = store.read_checkpoint(cfg.output_dir, key)
+    if doc is None:
+        return None
+    state = state_from_dict(doc)
+    if state.params.dtype != dtype:
+        return None
+    log.info("resuming from the checkpoint at epoch %d", state.epoch)
+    return state

@@ -1,0 +1,179 @@
+"""The epoch loop proper: evaluate, record, check, step. Pure: no dask, no I/O.
+
+Everything that decides later epochs lives in ``LoopState``, so a checkpoint of it
+resumes to the very same bits as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import TrainingError
+from .optim import Curvature, HeavyBallState, Rates, choose_rates, heavy_ball, stable_limit
+
+#: Epochs of consecutive loss growth (above the starting loss) that count as divergence.
+GROWTH_EPOCHS = 5
+#: Checkpoints are written at most this often (seconds): gram epochs take microseconds.
+CHECKPOINT_MIN_SECONDS = 1.0
+#: With momentum the loss oscillates and its change passes through zero at every turn,
+#: so convergence needs the change below tol for this many consecutive epochs.
+CALM_EPOCHS_MOMENTUM = 10
+
+
+@dataclass
+class LoopState:
+    """The loop's whole state after ``epoch`` completed epochs.
+
+    params, velocity : ndarray of shape (n_features + 1,) — [m..., b] in training space
+    prev_loss : loss at the previous epoch's parameters
+    prev_grads : ∇(½·MSE) at the previous epoch's parameters
+    """
+
+    params: np.ndarray
+    velocity: np.ndarray
+    epoch: int = 0
+    prev_loss: float | None = None
+    prev_grads: np.ndarray | None = None
+    start_loss: float | None = None
+    growth: int = 0
+    calm: int = 0
+    converged: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, params: np.ndarray) -> LoopState:
+        return cls(params=params, velocity=np.zeros_like(params))
+
+
+def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: int, tol: float,
+            fit_intercept: bool, hess=None, on_epoch=None, checkpoint=None, checkpoint_every=0):
+    """Run epochs until ``epochs`` in all, convergence, or divergence; returns the state.
+
+    Parameters
+    ----------
+    oracle : callable(m, b) -> BlockSums
+        The global gradient sums at (m, b).
+    hess : ndarray, optional
+        Exact Hessian of ½·MSE (gram). A loss computed from moments carries an absolute
+        rounding error of about ε·Var(y), which near a good fit exceeds the change between
+        epochs; for a quadratic that change is exact from small terms, ``ΔJ = 2·g·s + sᵀHs``,
+        so the tol test uses it instead of differencing two losses.
+    checkpoint : callable(LoopState), optional
+        Called every ``checkpoint_every`` epochs, at most once per
+        ``CHECKPOINT_MIN_SECONDS``.
+
+    Raises
+    ------
+    TrainingError
+        The loss is not finite, or grows where a stable rate cannot make it grow.
+    """
+    d = state.params.shape[0] - 1
+    _, update = heavy_ball(rates)
+    needed_calm = 1 if rates.momentum == 0 else CALM_EPOCHS_MOMENTUM
+    t_last = t_saved = time.perf_counter()
+    while state.epoch < epochs and not state.converged:
+        params = state.params
+        s = oracle(params[:d], params[d])
+        loss = s.sq_err / s.n
+        grads = np.append(s.grad / s.n, s.err / s.n if fit_intercept else 0.0)
+        epoch = state.epoch + 1
+        now = time.perf_counter()
+        row = {"epoch": epoch, "loss": loss, "grad_norm": float(np.linalg.norm(grads)),
+               "learning_rate": rates.learning_rate, "seconds": now - t_last}
+        t_last = now
+        state.history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+
+        prev = state.prev_loss
+        if state.start_loss is None:
+            state.start_loss = loss
+        state.growth = state.growth + 1 if prev is not None and loss > prev else 0
+        if not math.isfinite(loss) or (state.growth >= GROWTH_EPOCHS and loss > state.start_loss
+                                       and _may_diverge(rates, curv)):
+            raise TrainingError(divergence_message(rates, curv, epoch, loss))
+        if prev is not None:
+            change = (_quadratic_change(state.prev_grads, state.velocity, hess, fit_intercept)
+                      if hess is not None else loss - prev)
+            state.calm = state.calm + 1 if abs(change) <= tol * max(prev, np.finfo(float).tiny) else 0
+            state.converged = state.calm >= needed_calm
+
+        step, hb = update(grads, HeavyBallState(state.velocity))
+        state.params = params + step
+        state.velocity = hb.velocity
+        state.prev_loss, state.prev_grads = loss, grads
+        state.epoch = epoch
+        if (checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0
+                and now - t_saved >= CHECKPOINT_MIN_SECONDS):
+            checkpoint(state)
+            t_saved = time.perf_counter()
+    return state
+
+
+def _may_diverge(rates: Rates, curv: Curvature) -> bool:
+    """Whether sustained loss growth means divergence.
+
+    Plain descent never raises the loss of a quadratic at a stable rate, so sustained
+    growth is divergence. Heavy ball oscillates and may rise for many epochs before it
+    falls; for squared loss its stable limit is exact, so growth counts only beyond it.
+    """
+    return rates.momentum == 0 or rates.learning_rate > stable_limit(curv, rates.momentum) * (1 + 1e-9)
+
+
+def _quadratic_change(grads, step, hess, fit_intercept) -> float:
+    """Exact J(θ + s) − J(θ) for J = MSE with ∇(½J) = grads and Hessian of ½J = hess."""
+    if not fit_intercept:
+        grads, step = grads[:-1], step[:-1]
+    return float(2.0 * grads @ step + step @ hess @ step)
+
+
+def divergence_message(rates: Rates, curv: Curvature, epoch: int, loss: float) -> str:
+    limit = stable_limit(curv, rates.momentum)
+    auto = choose_rates(curv, "auto", rates.momentum).learning_rate
+    what = "is not finite" if not math.isfinite(loss) else f"{loss:.3g} and growing"
+    return (
+        f"learning rate {rates.learning_rate:g} diverged at epoch {epoch} (loss {what}); "
+        f"the largest stable rate for this data is {limit:.4g} — use a smaller "
+        f"optimizer.learning_rate or 'auto' ({auto:.4g})"
+    )
+
+
+# --------------------------------------------------------------------------- serialization
+
+
+def _pairs(a: np.ndarray) -> list[list[float]]:
+    """Exact JSON form of a float64 or long double array: (hi, lo) float64 pairs."""
+    hi = a.astype(np.float64)
+    lo = (a - hi).astype(np.float64)
+    return [[float(h), float(lw)] for h, lw in zip(hi, lo)]
+
+
+def _unpairs(pairs, dtype) -> np.ndarray:
+    arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+    return arr[:, 0].astype(dtype) + arr[:, 1].astype(dtype)
+
+
+def state_to_dict(state: LoopState) -> dict:
+    return {
+        "params": _pairs(state.params), "velocity": _pairs(state.velocity),
+        "dtype": "longdouble" if state.params.dtype == np.longdouble else "float64",
+        "epoch": state.epoch, "prev_loss": state.prev_loss,
+        "prev_grads": None if state.prev_grads is None else _pairs(state.prev_grads),
+        "start_loss": state.start_loss, "growth": state.growth, "calm": state.calm,
+        "converged": state.converged, "history": state.history,
+    }
+
+
+def state_from_dict(doc: dict) -> LoopState:
+    dtype = np.longdouble if doc["dtype"] == "longdouble" else np.float64
+    return LoopState(
+        params=_unpairs(doc["params"], dtype), velocity=_unpairs(doc["velocity"], dtype),
+        epoch=int(doc["epoch"]), prev_loss=doc["prev_loss"],
+        prev_grads=None if doc["prev_grads"] is None else _unpairs(doc["prev_grads"], dtype),
+        start_loss=doc["start_loss"], growth=int(doc["growth"]), calm=int(doc["calm"]),
+        converged=bool(doc["converged"]), history=list(doc["history"]),
+    )
