@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -15,7 +16,7 @@ import traceback
 import click
 
 from . import __version__
-from .errors import ConfigError, GdDaskError
+from .errors import ClusterError, ConfigError, GdDaskError
 
 log = logging.getLogger("gd_dask")
 _state = {"debug": False}
@@ -140,6 +141,7 @@ def main(argv=None) -> int:
         return 1
     except GdDaskError as e:
         _clear_progress()
+        _state["abandoned_client"] = isinstance(e, ClusterError)
         if _state["debug"]:
             traceback.print_exc()
         click.echo(f"gd-dask: error: {e}", err=True)
@@ -158,9 +160,24 @@ def main(argv=None) -> int:
     return 0
 
 
+def run() -> None:
+    """Console entry point (``gd-dask``, ``python -m gd_dask``).
+
+    After a failed connection, distributed's half-built client would spend its own timeout
+    closing itself in a finalizer at exit and print a traceback; the error line is already
+    out, so leave at once.
+    """
+    code = main()
+    if _state.get("abandoned_client"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _clear_progress() -> None:
     if sys.stderr.isatty():
         sys.stderr.write("\n")
 
 
-__all__ = ["cli", "main", "ConfigError"]
+__all__ = ["cli", "main", "run"]

@@ -14,6 +14,11 @@ from .errors import ClusterError
 log = logging.getLogger(__name__)
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def _seconds(timeout) -> float:
     if isinstance(timeout, (int, float)):
         return float(timeout)
@@ -66,6 +71,9 @@ def connect(cfg, address: str | None = None):
     timeout = _seconds(cfg.timeout)
     if address or cfg.scheduler_file:
         where = address or f"scheduler file {cfg.scheduler_file}"
+        if address and address.startswith("tls://") and not (cfg.tls.ca_file and cfg.tls.cert and cfg.tls.key):
+            raise ClusterError(f"cannot connect to dask scheduler at {address}: a tls:// address needs "
+                               "cluster.tls.ca_file, cluster.tls.cert and cluster.tls.key")
         try:
             client = Client(
                 address=address,
@@ -76,9 +84,10 @@ def connect(cfg, address: str | None = None):
             )
         except (OSError, TimeoutError) as e:
             raise ClusterError(
-                f"cannot reach dask scheduler at {where} within {timeout:g}s "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                f"cannot reach dask scheduler at {where} within {timeout:g}s ({_first_line(e)})"
             ) from None
+        except Exception as e:  # noqa: BLE001 - TLS and address errors come in many types
+            raise ClusterError(f"cannot connect to dask scheduler at {where}: {_first_line(e)}") from None
         log.info("connected to %s; dashboard: %s", where, client.dashboard_link)
         try:
             yield client

@@ -179,6 +179,31 @@ class RunConfig(_Section):
 # --------------------------------------------------------------------------- loading
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-9`` as a float, as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-9``) and ``1e-9`` is a
+    string — a trap for every ``tol:`` ever written.
+    """
+
+
+_SafeLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str):
+    """YAML through the safe loader (no Python objects), with YAML 1.2 floats."""
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - _SafeLoader is a SafeLoader
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML run config, apply ``key.path=value`` overrides, validate.
 
@@ -198,7 +223,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def parse_config(text: str, overrides=(), source: str = "<config>") -> RunConfig:
     """Validate YAML text (see ``load_config``)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -231,7 +256,7 @@ def apply_override(raw: dict, item: str, source: str = "<config>") -> None:
     parts = key.split(".")
     _check_key_path(parts, key)
     try:
-        parsed = yaml.safe_load(value) if value != "" else None
+        parsed = safe_load(value) if value != "" else None
     except yaml.YAMLError:
         parsed = value
     node = raw

@@ -7,7 +7,8 @@ No math here: load the config, connect, fit, save, exit status — all through t
 
 import sys
 
-from gd_dask.cli import main
+from gd_dask.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.argv[1:1] = ["train"]
+    run()

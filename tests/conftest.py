@@ -69,3 +69,15 @@ def client():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    from dask_processes import DaskProcesses
+
+    procs = DaskProcesses(n_workers=2).start()
+    try:
+        yield procs
+    finally:
+        procs.stop()

@@ -100,3 +100,9 @@ def test_config_schema_is_json_schema_with_all_sections(capsys):
     assert main(["config-schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["properties"]) >= {"name", "data", "model", "optimizer", "cluster", "output", "registry"}
+
+
+def test_floats_without_a_dot_are_numbers_as_in_yaml_1_2():
+    cfg = parse_config(MINIMAL + "optimizer: {tol: 1e-12, learning_rate: 5e-2}")
+    assert cfg.optimizer.tol == 1e-12 and cfg.optimizer.learning_rate == 0.05
+    assert parse_config(MINIMAL, ["optimizer.tol=1e-20"]).optimizer.tol == 1e-20

@@ -1,0 +1,119 @@
+"""Real `dask scheduler` and `dask worker` processes on 127.0.0.1 for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_certs(folder: Path) -> dict:
+    """A throwaway CA and one certificate for 127.0.0.1 signed by it (openssl)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "node.key", "node.csr", "node.pem"))
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run = lambda *a: subprocess.run(["openssl", *map(str, a)], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+        "-subj", "/CN=gd-dask-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+        "-days", "2", "-extfile", ext)
+    return {"ca_file": str(ca), "cert": str(cert), "key": str(key)}
+
+
+class DaskProcesses:
+    """A scheduler and workers as separate OS processes; ``stop`` ends them all."""
+
+    def __init__(self, n_workers: int = 2, tls: dict | None = None, memory_limit: str = "2GiB"):
+        self.tls = tls
+        self.protocol = "tls" if tls else "tcp"
+        self.port = free_port()
+        self.address = f"{self.protocol}://127.0.0.1:{self.port}"
+        self.memory_limit = memory_limit
+        self.scheduler = None
+        self.workers: list[subprocess.Popen] = []
+        self.n_workers = n_workers
+
+    def _tls_args(self) -> list[str]:
+        if not self.tls:
+            return []
+        return ["--tls-ca-file", self.tls["ca_file"], "--tls-cert", self.tls["cert"],
+                "--tls-key", self.tls["key"]]
+
+    def _spawn(self, args) -> subprocess.Popen:
+        return subprocess.Popen([DASK, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+
+    def start(self) -> DaskProcesses:
+        self.scheduler = self._spawn(["scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+                                      "--protocol", self.protocol, "--dashboard-address", "127.0.0.1:0",
+                                      *self._tls_args()])
+        for _ in range(self.n_workers):
+            self.add_worker(wait=False)
+        self.wait_for_workers(self.n_workers)
+        return self
+
+    def add_worker(self, wait: bool = True) -> None:
+        self.workers.append(self._spawn(["worker", self.address, "--nthreads", "1", "--host", "127.0.0.1",
+                                         "--memory-limit", self.memory_limit,
+                                         "--dashboard-address", "127.0.0.1:0", *self._tls_args()]))
+        if wait:
+            self.wait_for_workers(len(self.workers))
+
+    def client(self, **kw):
+        from distributed import Client
+        from distributed.security import Security
+
+        sec = None
+        if self.tls:
+            sec = Security(tls_ca_file=self.tls["ca_file"], tls_client_cert=self.tls["cert"],
+                           tls_client_key=self.tls["key"], require_encryption=True)
+        return Client(self.address, security=sec, timeout=30, set_as_default=False, **kw)
+
+    def wait_for_workers(self, n: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.client() as c:
+                    c.wait_for_workers(n, timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def worker_pids(self) -> dict[str, int]:
+        """Worker address → pid of the worker process (under its nanny)."""
+        with self.client() as c:
+            return c.run(os.getpid)
+
+    def stop(self) -> None:
+        procs = [*self.workers, self.scheduler]
+        for p in procs:
+            if p is not None and p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in procs:
+            if p is None:
+                continue
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()

@@ -1,0 +1,184 @@
+"""Remote clusters, determinism, worker loss and client loss — with real processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, make_config, run_cli, write_parquet
+from dask_processes import DaskProcesses, free_port, make_certs
+
+EPOCHS = 120
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """16 blocks of a 3-feature problem; a fixed rate that does not converge early."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(16000, 3)) * [1.0, 2.0, 0.5] + [3.0, -1.0, 0.0]
+    y = X @ [1.5, -0.7, 2.0] + 3.0 + rng.normal(size=len(X))
+    root = tmp_path_factory.mktemp("cluster-data")
+    data = write_parquet(root / "d", X, y, n_files=8, row_group_rows=1000)
+    cfg = root / "run.yaml"
+    cfg.write_text(json.dumps({
+        "name": "det", "data": data,
+        "optimizer": {"learning_rate": 0.05, "epochs": EPOCHS, "tol": 1e-300, "strategy": "stream",
+                      "cache": "memory"},
+        "output": {"checkpoint_every": 10},
+    }))
+    return {"data": data, "config": cfg, "root": root}
+
+
+def _train(config, out, *args, **kw):
+    res = run_cli("train", config, "--set", f"output.dir={out}", *args, **kw)
+    assert res.returncode == 0, res.stderr
+    return json.loads((out / "model.json").read_text()), res
+
+
+def _losses(out):
+    return [line.split(",")[1] for line in (out / "history.csv").read_text().splitlines()[1:]]
+
+
+@pytest.fixture(scope="module")
+def embedded(dataset):
+    """The reference: the same job on the embedded LocalCluster."""
+    out = dataset["root"] / "embedded"
+    model, res = _train(dataset["config"], out)
+    assert "dashboard:" in res.stderr
+    return model, _losses(out)
+
+
+def test_a_job_submitted_by_address_is_bit_identical_to_the_embedded_run(dataset, embedded, dask_cluster, tmp_path):
+    model, res = _train(dataset["config"], tmp_path / "o", "--scheduler", dask_cluster.address)
+    assert f"connected to {dask_cluster.address}" in res.stderr
+    assert model["m"] == embedded[0]["m"] and model["b"] == embedded[0]["b"]
+    assert _losses(tmp_path / "o") == embedded[1]
+    # The job closed only its client: the cluster still serves.
+    assert len(dask_cluster.worker_pids()) == 2
+
+
+def test_cluster_address_in_the_config_works_like_the_flag(dataset, embedded, dask_cluster, tmp_path):
+    model, _ = _train(dataset["config"], tmp_path / "o", "--set", f"cluster.address={dask_cluster.address}")
+    assert model["m"] == embedded[0]["m"] and model["b"] == embedded[0]["b"]
+
+
+@pytest.mark.parametrize("strategy", ["stream", "gram"])
+def test_one_two_and_three_workers_give_identical_weights(dataset, tmp_path, strategy):
+    from distributed import Client, LocalCluster
+
+    from gd_dask.train import fit
+
+    cfg = make_config(dataset["data"], tmp_path, optimizer={
+        "learning_rate": 0.05, "epochs": 40, "tol": 1e-300, "strategy": strategy, "cache": "memory"})
+    results = []
+    for n in (1, 2, 3):
+        with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0") as lc, \
+                Client(lc, set_as_default=False) as c:
+            results.append(fit(cfg, c))
+    for r in results[1:]:
+        assert list(r.m) == list(results[0].m) and r.b == results[0].b
+        assert [h["loss"] for h in r.history] == [h["loss"] for h in results[0].history]
+
+
+def _start_train(config, out, *args):
+    proc = subprocess.Popen([sys.executable, "-m", "gd_dask", "train", str(config), "--set", f"output.dir={out}",
+                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    lines: list[str] = []
+
+    def pump():
+        for line in proc.stderr:
+            lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, lines
+
+
+def _wait_for_epoch(lines, epoch, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            if " epoch " in line and int(line.split(" epoch ")[1].split("/")[0]) >= epoch:
+                return
+        assert proc.poll() is None, "".join(lines)
+        time.sleep(0.05)
+    raise AssertionError("training did not progress:\n" + "".join(lines))
+
+
+def test_a_worker_killed_mid_training_changes_nothing(dataset, embedded, tmp_path):
+    procs = DaskProcesses(n_workers=2).start()
+    try:
+        proc, lines = _start_train(dataset["config"], tmp_path / "o", "--scheduler", procs.address)
+        _wait_for_epoch(lines, 20, proc)
+        victim = sorted(procs.worker_pids().values())[0]
+        os.kill(victim, signal.SIGKILL)  # the worker process, not its nanny
+        out, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0, "".join(lines)
+        assert victim not in procs.worker_pids().values()
+    finally:
+        procs.stop()
+    model = json.loads((tmp_path / "o" / "model.json").read_text())
+    assert model["m"] == embedded[0]["m"] and model["b"] == embedded[0]["b"]
+
+
+def test_a_killed_train_process_resumes_from_its_checkpoint(dataset, embedded, tmp_path):
+    out = tmp_path / "o"
+    proc, lines = _start_train(dataset["config"], out, "--set", "cluster.n_workers=1")
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the client and its embedded cluster, all at once
+    proc.wait()
+    assert not (out / "model.json").exists()
+    saved = json.loads((out / "checkpoint.json").read_text())["state"]["epoch"]
+    assert 0 < saved < EPOCHS
+
+    model, res = _train(dataset["config"], out)
+    assert f"resuming from the checkpoint at epoch {saved}" in res.stderr
+    assert model["resumed_from_epoch"] == saved and model["epochs_run"] == EPOCHS
+    assert model["m"] == embedded[0]["m"] and model["b"] == embedded[0]["b"]
+    assert _losses(out) == embedded[1]
+    assert not (out / "checkpoint.json").exists()
+
+
+def test_a_tls_scheduler_accepts_the_configured_client_and_refuses_others(dataset, embedded, tmp_path):
+    tls = make_certs(tmp_path / "certs")
+    procs = DaskProcesses(n_workers=1, tls=tls).start()
+    try:
+        sets = ["--set", f"cluster.address={procs.address}"]
+        for k, v in tls.items():
+            sets += ["--set", f"cluster.tls.{k}={v}"]
+        model, _ = _train(dataset["config"], tmp_path / "ok", *sets)
+        assert model["m"] == embedded[0]["m"]
+
+        wrong = make_certs(tmp_path / "other-ca")  # valid certificates, another authority
+        for tls_sets in ([], [x for k, v in wrong.items() for x in ("--set", f"cluster.tls.{k}={v}")]):
+            t = time.monotonic()
+            refused = run_cli("train", dataset["config"], "--set", f"output.dir={tmp_path / 'no'}",
+                              "--set", f"cluster.address={procs.address}", "--set", "cluster.timeout=5s",
+                              *tls_sets)
+            assert refused.returncode == 1
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+            assert procs.address in refused.stderr
+            assert time.monotonic() - t < 30
+            assert not (tmp_path / "no" / "model.json").exists()
+    finally:
+        procs.stop()
+
+
+def test_an_unreachable_scheduler_fails_in_bounded_time_naming_the_address(dataset, tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    t = time.monotonic()
+    res = run_cli("train", dataset["config"], "--scheduler", address, "--set", "cluster.timeout=3s",
+                  "--set", f"output.dir={tmp_path}")
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()
+    assert len(last) == 1 and address in last[0], res.stderr
+    assert time.monotonic() - t < 30
