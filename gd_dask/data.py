@@ -61,7 +61,29 @@ class ParquetSource:
 
     @property
     def n_rows(self) -> int:
-        return sum(p.rows for p in self.pieces)
+        return sum(f["rows"] for f in self.files)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the dataset as float64 blocks."""
+        return self.n_rows * len(self.columns) * 8
+
+    def layout(self, chunk_bytes: int) -> None:
+        """Group consecutive row groups of each file into chunks of at most
+        ``chunk_bytes`` (as float64), never splitting a row group or crossing files."""
+        max_rows = max(1, chunk_bytes // (8 * len(self.columns)))
+        pieces = []
+        for f in self.files:
+            group, rows = [], 0
+            for rg, n in enumerate(f["row_groups"]):
+                if group and rows + n > max_rows:
+                    pieces.append(Piece(f["full_path"], tuple(group), rows))
+                    group, rows = [], 0
+                group.append(rg)
+                rows += n
+            if group:
+                pieces.append(Piece(f["full_path"], tuple(group), rows))
+        self.pieces = [p for p in pieces if p.rows > 0]
 
     def fingerprint(self) -> dict:
         return {
@@ -175,30 +197,22 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     part_keys = set().union(*partitions.values()) if partitions else set()
     row_filters = [f for f in data_cfg.filters if f[0] not in part_keys]
 
-    files, pieces, types = [], [], {}
+    files, types = [], {}
     for full in kept:
         meta, schema, size = _read_footer(fs, full)
         _check_columns(full, schema, columns + [f[0] for f in row_filters], types)
-        max_rows = max(1, chunk_bytes // (8 * len(columns)))
-        files.append({"path": _display(protocol, full), "size": size, "rows": meta.num_rows})
-        group, rows = [], 0
-        for rg in range(meta.num_row_groups):
-            n = meta.row_group(rg).num_rows
-            if group and rows + n > max_rows:
-                pieces.append(Piece(full, tuple(group), rows))
-                group, rows = [], 0
-            group.append(rg)
-            rows += n
-        if group:
-            pieces.append(Piece(full, tuple(group), rows))
-    pieces = [p for p in pieces if p.rows > 0]
-    if not pieces:
-        raise DataError(f"data.path '{data_cfg.path}': the selected files hold no rows")
-    return ParquetSource(
-        fs=fs, protocol=protocol, files=files, pieces=pieces, columns=columns,
+        files.append({"path": _display(protocol, full), "size": size, "rows": meta.num_rows,
+                      "full_path": full,
+                      "row_groups": [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]})
+    src = ParquetSource(
+        fs=fs, protocol=protocol, files=files, pieces=[], columns=columns,
         partitions=partitions, row_filters=row_filters,
         storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing,
     )
+    src.layout(chunk_bytes)
+    if not src.pieces:
+        raise DataError(f"data.path '{data_cfg.path}': the selected files hold no rows")
+    return src
 
 
 def _display(protocol: str, path: str) -> str:

@@ -38,8 +38,35 @@ class BlockSums(NamedTuple):
     n: int
 
 
+def standardize_block(block, center, scale, y_center=0.0):
+    """``[(x − center)/scale, y − y_center]`` of one block, shape unchanged.
+
+    ``y_center`` (ȳ when centering) keeps y ≈ 1e6 ± 1 from costing digits in ``err``.
+    """
+    out = np.empty_like(block, dtype=np.float64)
+    np.subtract(block[:, :-1], center, out=out[:, :-1])
+    out[:, :-1] /= scale
+    np.subtract(block[:, -1], y_center, out=out[:, -1])
+    return out
+
+
+def block_sums_std(zs, m, b_centered) -> BlockSums:
+    """Gradient sums of one *standardized* block (see ``standardize_block``).
+
+    Parameters
+    ----------
+    zs : ndarray of shape (n_rows, n_features + 1)
+    m : ndarray of shape (n_features,)
+    b_centered : float
+        ``b − y_center``.
+    """
+    xs = zs[:, :-1]
+    err = xs @ m + b_centered - zs[:, -1]
+    return BlockSums(xs.T @ err, float(err.sum()), float(err @ err), zs.shape[0])
+
+
 def block_sums(block, m, b, center, scale, y_center=0.0) -> BlockSums:
-    """Gradient sums of one block at (m, b).
+    """Gradient sums of one raw block at (m, b): ``(Σ err·xs, Σ err, Σ err², n)``.
 
     Parameters
     ----------
@@ -51,13 +78,11 @@ def block_sums(block, m, b, center, scale, y_center=0.0) -> BlockSums:
         Intercept in the training space.
     center, scale : ndarray of shape (n_features,)
     y_center : float
-        Subtracted from both b and y: the same err, but with y ≈ 1e6 ± 1 the
-        difference of two large numbers is taken once per row on exact operands
-        (``y − ȳ``), not after adding the prediction.
+
+    Same bits as ``block_sums_std(standardize_block(...), m, b − y_center)``, which is
+    what it computes, so cached standardized blocks and re-read raw ones agree exactly.
     """
-    xs = (block[:, :-1] - center) / scale
-    err = xs @ m + (b - y_center) - (block[:, -1] - y_center)
-    return BlockSums(xs.T @ err, float(err.sum()), float(err @ err), block.shape[0])
+    return block_sums_std(standardize_block(block, center, scale, y_center), m, b - y_center)
 
 
 def add_sums(a: BlockSums, b: BlockSums) -> BlockSums:
@@ -224,6 +249,18 @@ def block_errors(block, m, b) -> ErrorSums:
     y_mean = float(y.mean())
     dev = y - y_mean
     return ErrorSums(float(np.abs(err).sum()), float(err @ err), n, y_mean, float(dev @ dev))
+
+
+def block_errors_std(zs, m, b_centered, y_center) -> ErrorSums:
+    """``block_errors`` of a standardized block, for training-space (m, b − y_center)."""
+    n = zs.shape[0]
+    if n == 0:
+        return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
+    err = zs[:, :-1] @ m + b_centered - zs[:, -1]
+    yc = zs[:, -1]
+    y_mean = float(yc.mean())
+    dev = yc - y_mean
+    return ErrorSums(float(np.abs(err).sum()), float(err @ err), n, y_mean + y_center, float(dev @ dev))
 
 
 def add_errors(a: ErrorSums, b: ErrorSums) -> ErrorSums:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import gradient as g
-from .data import ParquetSource, open_source
+from .data import CHUNK_BYTES, ParquetSource, open_source
 from . import store
 from .errors import DataError
-from .executor import Executor, decide_cache
+from .executor import Executor, chunk_bytes_for, decide_cache
 from .loop import LoopState, descend, state_from_dict, state_to_dict
 from .optim import Curvature, choose_rates
 
@@ -93,6 +93,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     """
     t0 = time.perf_counter()
     source = source or open_source(cfg.data)
+    source.layout(chunk_bytes_for(client, CHUNK_BYTES))
     d = len(cfg.data.features)
     strategy = pick_strategy(cfg)
     cache = decide_cache(cfg.optimizer.cache, source, client)
@@ -114,8 +115,8 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         gram = g.Gram(mom, std)
         oracle = gram.sums
     else:
-        def oracle(m, b):
-            return ex.gradient_sums(m, b, std)
+        ex.standardize(std)
+        oracle = ex.gradient_sums
 
     if init is not None:
         m0, b0 = std.to_training(*init)

@@ -1,0 +1,76 @@
+"""Data bigger than the cluster's memory trains to completion within the memory limit."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT
+
+ROWS = 18_000_000          # × 4 float64 columns = 576 MB, more than 2 × 250 MiB
+LIMIT = 250 * 2**20
+
+
+@pytest.fixture(scope="module")
+def big_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(3)
+    per_file = ROWS // 12
+    for i in range(12):
+        X = rng.normal(size=(per_file, 3))
+        y = X @ [1.5, -0.7, 2.0] + 3.0 + rng.normal(size=per_file)
+        folder = root / "d" / f"date=2026-11-{i + 1:02d}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "y": y}),
+                       folder / "part-0000.parquet", row_group_size=200_000)
+    cfg = root / "run.yaml"
+    cfg.write_text(json.dumps({
+        "name": "big", "data": {"path": str(root / "d"), "features": ["a", "b", "c"], "target": "y"},
+        "cluster": {"n_workers": 2, "memory_limit": LIMIT},
+        "output": {"checkpoint_every": 0},
+    }))
+    return cfg
+
+
+def _peak_worker_rss(proc, stop, peaks):
+    parent = psutil.Process(proc.pid)
+    while not stop.is_set():
+        try:
+            for child in parent.children(recursive=True):
+                try:
+                    rss = child.memory_info().rss
+                except psutil.Error:
+                    continue
+                peaks[child.pid] = max(peaks.get(child.pid, 0), rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("strategy,epochs", [("gram", 100), ("stream", 3)])
+def test_data_bigger_than_worker_memory_trains_within_the_limit(big_dataset, tmp_path, strategy, epochs):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gd_dask", "train", str(big_dataset), "--set", f"output.dir={tmp_path}",
+         "--set", f"optimizer.strategy={strategy}", "--set", f"optimizer.epochs={epochs}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop, peaks = threading.Event(), {}
+    watcher = threading.Thread(target=_peak_worker_rss, args=(proc, stop, peaks), daemon=True)
+    watcher.start()
+    out, err = proc.communicate(timeout=400)
+    stop.set()
+    watcher.join()
+    assert proc.returncode == 0, err
+    assert "cache: none" in err  # the blocks do not fit, so they are re-read each pass
+    model = json.loads((tmp_path / "model.json").read_text())
+    assert model["metrics"]["n"] == ROWS
+    np.testing.assert_allclose(model["m"], [1.5, -0.7, 2.0], atol=2e-3)
+    workers = sorted(peaks.values())[-2:]  # the two largest children are the workers
+    print(f"{strategy}: peak worker RSS {[round(w / 2**20) for w in workers]} MiB (limit {LIMIT // 2**20})")
+    assert max(workers) < LIMIT
