@@ -71,10 +71,11 @@ def train(config, overrides, scheduler):
     from .cluster import connect
     from .config import load_config
     from .data import open_source
-    from .store import save_run
+    from .store import check_writable, save_run
     from .train import fit
 
     cfg = load_config(config, overrides)
+    check_writable(cfg.output_dir)
     source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
     with connect(cfg.cluster, scheduler) as client:
         result = fit(cfg, client, on_epoch=_Progress(cfg.optimizer.epochs), source=source)
@@ -85,6 +86,42 @@ def train(config, overrides, scheduler):
         f"epochs: {result.epochs_run}{'' if result.converged else ' (not converged)'}; "
         f"seconds: {result.seconds:.2f}; model: {path}"
     )
+
+
+@cli.command()
+@click.argument("model_json", type=click.Path(dir_okay=False))
+@click.argument("data_path")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
+def evaluate(model_json, data_path, scheduler):
+    """Print n, mse, rmse, mae and r2 of MODEL_JSON on DATA_PATH as JSON (one pass)."""
+    from .cluster import connect
+    from .config import ClusterConfig
+    from .model import load_model
+    from .score import evaluate as run_evaluate
+
+    model = load_model(model_json)
+    with connect(ClusterConfig(), scheduler) as client:
+        click.echo(json.dumps(run_evaluate(model, data_path, client)))
+
+
+@cli.command()
+@click.argument("model_json", type=click.Path(dir_okay=False))
+@click.argument("data_path")
+@click.argument("out_dir")
+@click.option("--keys", default="", metavar="COL,COL", help="Columns copied next to the prediction.")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
+def predict(model_json, data_path, out_dir, keys, scheduler):
+    """Score DATA_PATH with MODEL_JSON into Parquet files under OUT_DIR (same layout)."""
+    from .cluster import connect
+    from .config import ClusterConfig
+    from .model import load_model
+    from .score import predict as run_predict
+
+    model = load_model(model_json)
+    key_cols = [k for k in keys.split(",") if k]
+    with connect(ClusterConfig(), scheduler) as client:
+        res = run_predict(model, data_path, out_dir, client, keys=key_cols)
+    click.echo(f"wrote predictions for {res['rows']} rows in {res['files']} files to {out_dir}")
 
 
 @cli.command("config-check")

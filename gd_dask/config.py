@@ -227,7 +227,8 @@ def parse_config(text: str, overrides=(), source: str = "<config>") -> RunConfig
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
+        what = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{source}:{where} not valid YAML: {' '.join(str(what).split())}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

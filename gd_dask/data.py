@@ -28,6 +28,8 @@ from .errors import DataError
 
 log = logging.getLogger(__name__)
 
+#: File names taken as Parquet when listing a directory or a glob.
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 #: Upper bound on the bytes of one chunk (rows × columns × 8) when grouping row groups.
 CHUNK_BYTES = 64 * 2**20
 
@@ -158,14 +160,21 @@ def list_files(path: str, storage_options: dict | None = None):
         if isinstance(e, FileNotFoundError):
             raise DataError(f"data.path '{path}' does not exist") from None
         raise DataError(f"data.path '{path}': cannot list: {e}") from None
-    out = []
+    out, others = [], []
+    listing = len(found) > 1 or (found and found[0] != root)
     for f in found:
         rel = f[len(base):].lstrip("/") if f.startswith(base) else posixpath.basename(f)
         if any(seg.startswith(("_", ".")) for seg in rel.split("/")):
             continue
         if fs.isdir(f):
             continue
+        if listing and not f.endswith(PARQUET_SUFFIXES):
+            others.append(rel)
+            continue
         out.append((f, rel))
+    if not out and others:
+        raise DataError(f"data.path '{path}' holds no Parquet files (*.parquet); found {len(others)} "
+                        f"other file(s), e.g. {others[0]}")
     return fs, protocol, out, root
 
 
@@ -257,8 +266,8 @@ def _check_columns(path: str, schema: pa.Schema, columns: list[str], types: dict
 def read_block(path, row_groups, columns, storage_options, protocol, row_filters, missing):
     """Read one chunk as a float64 array of shape (rows, len(columns)).
 
-    Runs inside a worker task. Non-finite values are an error naming the column, the
-    count and the file (``missing: error``), or their rows are dropped (``drop``).
+    Runs inside a worker task. With ``missing: drop`` rows holding NaN/inf/null are
+    dropped here; with ``error`` they are kept for the client to report.
     """
     fs = fsspec.filesystem(protocol, **(storage_options or {}))
     filter_cols = [f[0] for f in row_filters if f[0] not in columns]
@@ -272,17 +281,18 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
     out = np.empty((table.num_rows, len(columns)), dtype=np.float64)
     for j, col in enumerate(columns):
         out[:, j] = table.column(col).to_numpy(zero_copy_only=False)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        if missing == "drop":
-            return out[~bad.any(axis=1)]
-        counts = bad.sum(axis=0)
-        j = int(np.flatnonzero(counts)[0])
-        raise DataError(
-            f"{path}: column '{columns[j]}' has {int(counts[j])} NaN/inf/null values "
-            f"(set data.missing: drop to skip such rows)"
-        )
+    if missing == "drop":
+        good = np.isfinite(out).all(axis=1)
+        if not good.all():
+            return out[good]
+    # With missing: error the values stay: they make the moments non-finite, and only then
+    # does ``count_nonfinite`` find them, in file order, for a deterministic message.
     return out
+
+
+def count_nonfinite(block) -> np.ndarray:
+    """NaN/±inf count per column of one block, shape (n_columns,)."""
+    return (~np.isfinite(block)).sum(axis=0)
 
 
 def _row_mask(table: pa.Table, row_filters):

@@ -17,7 +17,7 @@ import dask
 import numpy as np
 
 from . import gradient as g
-from .data import ParquetSource, to_dask_array
+from .data import ParquetSource, count_nonfinite, to_dask_array
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,12 @@ class Executor:
     def moments(self) -> g.Moments:
         """n, means and co-moments of [X, y]: one pass, stable pairwise merges."""
         return self._reduce(g.block_moments, g.merge_moments)
+
+    def nonfinite_by_block(self) -> list[np.ndarray]:
+        """NaN/inf counts per column for every block, in block order (diagnosis only)."""
+        parts = [dask.delayed(count_nonfinite, pure=True)(b) for b in self.blocks]
+        # Compute: one small vector per block comes back, to name the first file at fault.
+        return self.client.compute(parts, sync=True)
 
     def standardize(self, std: g.Standardizer) -> None:
         """Train on standardized blocks from now on.

@@ -57,6 +57,18 @@ class _quiet:
         return exc[0] is not None and issubclass(exc[0], OSError)
 
 
+def check_writable(out_dir: str | Path) -> None:
+    """Fail before training, not after, when the output folder cannot take files."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ArtifactError(f"output.dir '{out}' is not writable ({e.strerror or e})") from None
+
+
 def _finite(x: float):
     return float(x) if math.isfinite(x) else None
 
@@ -84,6 +96,7 @@ def model_document(cfg, result) -> dict:
         "data": result.source.fingerprint() if result.source is not None else None,
         "seconds": result.seconds,
         "resumed_from_epoch": result.resumed_from,
+        "rows_dropped": result.rows_dropped,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "version": __version__,
     }

@@ -50,6 +50,7 @@ class FitResult:
     seconds: float = 0.0
     source: ParquetSource | None = None
     resumed_from: int | None = None  # epoch of the checkpoint this run resumed from
+    rows_dropped: int = 0  # rows with NaN/inf/null skipped (data.missing: drop)
 
 
 def pick_strategy(cfg) -> str:
@@ -59,21 +60,50 @@ def pick_strategy(cfg) -> str:
     return "gram" if ok and len(cfg.data.features) <= GRAM_MAX_FEATURES else "stream"
 
 
-def check_moments(mom: g.Moments, cfg) -> None:
-    """Data problems that the moments reveal, each naming the column."""
+def check_moments(mom: g.Moments, cfg, ex: Executor) -> int:
+    """Data problems that the moments reveal, each naming the column; returns the number
+    of rows dropped for NaN/inf/null values (``missing: drop``)."""
+    cols = ex.source.columns
+    if not (np.all(np.isfinite(mom.mean)) and np.all(np.isfinite(mom.comoment))):
+        _diagnose_nonfinite(mom, ex)
+    dropped = 0
+    if cfg.data.missing == "drop" and not ex.source.row_filters:
+        dropped = ex.source.n_rows - mom.n
+        if dropped:
+            log.warning("dropped %d of %d rows holding NaN/inf/null values (data.missing: drop)",
+                        dropped, ex.source.n_rows)
     d = len(cfg.data.features)
+    need = d + int(cfg.model.fit_intercept)
     if mom.n == 0:
         raise DataError(f"data.path '{cfg.data.path}': no rows left to train on")
-    if mom.n < d + int(cfg.model.fit_intercept):
-        raise DataError(f"only {mom.n} rows for {d} features: need at least {d + int(cfg.model.fit_intercept)}")
-    if not np.all(np.isfinite(mom.comoment)):
-        raise DataError("values too large: the moments of the data overflow float64")
+    if mom.n < need:
+        raise DataError(f"only {mom.n} rows for {d} features{' and an intercept' * cfg.model.fit_intercept}: "
+                        f"need at least {need}")
     if cfg.model.standardize:
         var = np.diag(mom.comoment)[:-1]
-        for j, f in enumerate(cfg.data.features):
+        for j, f in enumerate(cols[:d]):
             rms = var[j] + (0 if cfg.model.fit_intercept else mom.n * mom.mean[j] ** 2)
             if rms <= 0:
-                raise DataError(f"feature '{f}' is constant ({mom.mean[j]:g}): it cannot be standardized; drop it")
+                raise DataError(f"feature '{f}' is constant ({mom.mean[j]:g}): it cannot be standardized; "
+                                "drop it from data.features")
+    return dropped
+
+
+def _diagnose_nonfinite(mom: g.Moments, ex: Executor) -> None:
+    """Non-finite moments: NaN/inf in the data (a second pass names column, count and
+    first file, in file order), or values whose squares overflow float64."""
+    cols = ex.source.columns
+    counts = np.asarray(ex.nonfinite_by_block())
+    total = counts.sum(axis=0)
+    if total.any():
+        j = int(np.flatnonzero(total)[0])
+        first = ex.source.pieces[int(np.flatnonzero(counts[:, j])[0])].path
+        raise DataError(f"column '{cols[j]}' has {int(total[j])} NaN/inf/null values (first in {first}); "
+                        "fix the data or set data.missing: drop to skip such rows")
+    bad = ~(np.isfinite(mom.mean) & np.isfinite(np.diag(mom.comoment)))
+    j = int(np.flatnonzero(bad)[0]) if bad.any() else int(np.flatnonzero(~np.isfinite(mom.comoment).all(0))[0])
+    raise DataError(f"column '{cols[j]}' has values too large for float64 (their squares overflow); "
+                    "rescale the column")
 
 
 def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None,
@@ -101,7 +131,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     log.info("%d rows in %d files, %d blocks; strategy %s", source.n_rows, len(source.files), ex.n_blocks, strategy)
 
     mom = ex.moments()
-    check_moments(mom, cfg)
+    dropped = check_moments(mom, cfg, ex)
     fit_b = cfg.model.fit_intercept
     std = g.Standardizer.from_moments(mom, fit_b) if cfg.model.standardize else g.Standardizer.identity(d)
     curv = Curvature.of(g.hessian(mom, std, fit_b))
@@ -151,6 +181,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         learning_rate=rates.learning_rate, momentum=rates.momentum, strategy=strategy,
         metrics=metrics, history=state.history, params=state.params.astype(np.float64),
         curvature=curv, seconds=time.perf_counter() - t0, source=source, resumed_from=resumed_from,
+        rows_dropped=dropped,
     )
 
 

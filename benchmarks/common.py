@@ -1,0 +1,85 @@
+"""Helpers for the benchmarks: data generation, clusters, worker memory sampling."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TRUE_M = np.array([1.5, -0.7, 2.0, 0.3, -1.1, 0.8, 0.05, -0.4])
+
+
+def write_days(root: Path, days: int, rows_per_day: int, d: int = 8, seed: int = 0,
+               row_group_rows: int = 250_000) -> list[str]:
+    """``root/date=.../part-0000.parquet``, one file per day, d features + y; skips days present."""
+    rng = np.random.default_rng(seed)
+    names = [f"x{j}" for j in range(d)]
+    for day in range(days):
+        folder = root / f"date=2026-{1 + day // 28:02d}-{1 + day % 28:02d}"
+        path = folder / "part-0000.parquet"
+        if path.exists():
+            rng.normal(size=1)  # keep the stream of days independent of what exists
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        X = rng.normal(size=(rows_per_day, d)) * np.linspace(0.5, 3.0, d) + np.linspace(-2, 5, d)
+        y = X @ TRUE_M[:d] + 3.0 + rng.normal(size=rows_per_day)
+        cols = {n: X[:, j] for j, n in enumerate(names)}
+        cols["y"] = y
+        pq.write_table(pa.table(cols), path, row_group_size=row_group_rows)
+    return names
+
+
+def data_config(root: Path, names, **optimizer) -> dict:
+    return {"name": "bench", "data": {"path": str(root), "features": list(names), "target": "y"},
+            "optimizer": optimizer, "output": {"checkpoint_every": 0}}
+
+
+@contextlib.contextmanager
+def local_client(n_workers: int = 2, memory_limit="auto"):
+    from distributed import Client, LocalCluster
+
+    from gd_dask.cluster import quiet_distributed
+
+    quiet_distributed()
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, memory_limit=memory_limit,
+                      dashboard_address=":0") as lc, Client(lc) as c:  # default: dask-ml computes on it
+        yield c
+
+
+class WorkerRSS:
+    """Samples the RSS of every worker process of a client's cluster in the background."""
+
+    def __init__(self, client, every: float = 0.05):
+        import psutil
+
+        self.procs = [psutil.Process(pid) for pid in client.run(__import__("os").getpid).values()]
+        self.every = every
+        self.peak = {p.pid: 0 for p in self.procs}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for p in self.procs:
+                with contextlib.suppress(Exception):
+                    self.peak[p.pid] = max(self.peak[p.pid], p.memory_info().rss)
+            time.sleep(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def timed(fn, *args, **kw):
+    t = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - t

@@ -1,0 +1,236 @@
+"""`make bench`: gd-dask side by side with its peers, in one run, on this machine.
+
+1. speed — on the same generated data: one pyarrow scan (the floor), gd-dask gram,
+   gd-dask stream with the memory cache, dask-ml LinearRegression(gradient_descent), and
+   a plain in-memory NumPy loop; same epochs; final loss and time ratios.
+2. memory — a dataset ≥ 4 × the workers' total memory limit trained with both
+   strategies; peak RSS of every worker against its limit.
+3. scaling — gram training time at 1, 2, 4, 8 × a base size with 1 and 2 workers
+   (bench.png).
+4. accuracy — NIST StRD LRE, gd-dask vs numpy lstsq.
+
+Results: a table on stdout, benchmarks/results/bench.json and bench.png.
+`--quick` shrinks every size (a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import data_config, local_client, timed, write_days, WorkerRSS  # noqa: E402
+
+from gd_dask.config import validate_config  # noqa: E402
+from gd_dask.train import fit  # noqa: E402
+
+EPOCHS = 100
+
+
+def pyarrow_scan(root: Path, columns) -> float:
+    """One multi-threaded scan of the files into Arrow memory: the floor."""
+    _, t = timed(lambda: pads.dataset(root, format="parquet", partitioning="hive").to_table(columns=columns))
+    return t
+
+
+def numpy_loop(root: Path, names, lr: float, epochs: int):
+    """The article's loop on data already in memory; returns (seconds per epoch, final loss)."""
+    table = pads.dataset(root, format="parquet", partitioning="hive").to_table(columns=[*names, "y"])
+    X = np.column_stack([table.column(n).to_numpy() for n in names])
+    y = table.column("y").to_numpy()
+    Xs = (X - X.mean(0)) / X.std(0)
+    m, b = np.zeros(X.shape[1]), 0.0
+    t = time.perf_counter()
+    for _ in range(epochs):
+        err = Xs @ m + b - y
+        m, b = m - lr * (Xs.T @ err) / len(y), b - lr * err.mean()
+    per_epoch = (time.perf_counter() - t) / epochs
+    return per_epoch, float(np.mean((Xs @ m + b - y) ** 2))
+
+
+def dask_ml(client, root: Path, names, epochs: int):
+    """dask-ml's LinearRegression with its gradient_descent solver, same data and epochs."""
+    import dask.dataframe as dd
+    from dask_ml.linear_model import LinearRegression
+
+    df = dd.read_parquet(str(root), columns=[*names, "y"])
+    arr = df.to_dask_array(lengths=True)  # whole frame: lengths of a column subset can mismatch
+    X, y = arr[:, :-1], arr[:, -1]
+    X, y = client.persist([X, y])  # like our memory cache: time the solver, not the reads
+    model, t = timed(LinearRegression(solver="gradient_descent", max_iter=epochs, tol=1e-300,
+                                      fit_intercept=True).fit, X, y)
+    loss = float(((model.predict(X) - y) ** 2).mean().compute())
+    return t, loss
+
+
+def warm_up(client, root: Path, names) -> None:
+    """One tiny fit so workers have imported pyarrow and friends before timing."""
+    cfg = data_config(root, names, epochs=1)
+    cfg["data"]["filters"] = [["date", "<=", "2026-01-01"]]
+    fit(validate_config(cfg), client)
+
+
+def speed(work: Path, quick: bool) -> dict:
+    rows_per_day, days = (50_000, 4) if quick else (1_000_000, 8)
+    root = work / "speed"
+    names = write_days(root, days, rows_per_day)
+    pyarrow_scan(root, [*names, "y"])  # warm the page cache for everyone
+    scan = min(pyarrow_scan(root, [*names, "y"]) for _ in range(3))
+    out = {"rows": rows_per_day * days, "features": len(names), "epochs": EPOCHS, "scan_s": scan}
+    with local_client(2) as client:
+        warm_up(client, root, names)
+        gram_cfg = validate_config(data_config(root, names, strategy="gram", epochs=EPOCHS, tol=1e-300,
+                                               momentum=0.0))
+        gram, t = timed(fit, gram_cfg, client)
+        out.update(gram_s=t, gram_loss=gram.final_loss, learning_rate=gram.learning_rate)
+        stream_cfg = validate_config(data_config(root, names, strategy="stream", cache="memory",
+                                                 epochs=EPOCHS, tol=1e-300, momentum=0.0))
+        stream, t = timed(fit, stream_cfg, client)
+        epoch_s = float(np.median([h["seconds"] for h in stream.history[1:]]))
+        out.update(stream_s=t, stream_epoch_s=epoch_s, stream_loss=stream.final_loss)
+        try:
+            out["dask_ml_s"], out["dask_ml_loss"] = dask_ml(client, root, names, EPOCHS)
+        except ImportError:
+            out["dask_ml_s"] = out["dask_ml_loss"] = None
+    out["numpy_epoch_s"], out["numpy_loss"] = numpy_loop(root, names, gram.learning_rate, EPOCHS)
+    out["ratio_gram_vs_scan"] = out["gram_s"] / scan
+    out["ratio_stream_epoch_vs_numpy_epoch"] = epoch_s / out["numpy_epoch_s"]
+    if out["dask_ml_s"]:
+        out["ratio_dask_ml_vs_gram"] = out["dask_ml_s"] / out["gram_s"]
+    return out
+
+
+def memory(work: Path, quick: bool) -> dict:
+    limit = 300 * 2**20
+    n_workers = 2
+    total = n_workers * limit
+    d = 3
+    rows_per_day = 2_000_000 if not quick else 200_000
+    days = int(np.ceil(4 * total / (rows_per_day * (d + 1) * 8))) if not quick else 2
+    root = work / "memory"
+    names = write_days(root, days, rows_per_day, d=d, seed=1)
+    out = {"worker_limit_mib": limit / 2**20, "workers": n_workers,
+           "data_mib": days * rows_per_day * (d + 1) * 8 / 2**20}
+    for strategy, epochs in (("gram", EPOCHS), ("stream", 2)):
+        cfg = validate_config(data_config(root, names, strategy=strategy, epochs=epochs, tol=1e-300))
+        with local_client(n_workers, memory_limit=limit) as client, WorkerRSS(client) as rss:
+            res, t = timed(fit, cfg, client)
+        out[strategy] = {"seconds": t, "epochs": res.epochs_run, "loss": res.final_loss,
+                         "peak_worker_rss_mib": [round(v / 2**20, 1) for v in rss.peak.values()]}
+    return out
+
+
+def scaling(work: Path, quick: bool) -> dict:
+    base = 25_000 if quick else 500_000
+    root = work / "scaling"
+    names = write_days(root, 8, base, seed=2)
+    out = {"base_rows": base, "points": []}
+    for n_workers in (1, 2):
+        with local_client(n_workers) as client:
+            warm_up(client, root, names)
+            for k in (1, 2, 4, 8):
+                cfg = data_config(root, names, strategy="gram", epochs=EPOCHS, tol=1e-300)
+                cfg["data"]["filters"] = [["date", "<=", f"2026-01-{k:02d}"]]
+                _, t = timed(fit, validate_config(cfg), client)
+                out["points"].append({"workers": n_workers, "size": k, "rows": k * base, "seconds": t})
+    return out
+
+
+def plot(scale: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for w in (1, 2):
+        pts = [p for p in scale["points"] if p["workers"] == w]
+        ax.plot([p["rows"] for p in pts], [p["seconds"] for p in pts], "o-", label=f"{w} worker{'s' * (w > 1)}")
+    ax.set_xlabel("rows (8 features)")
+    ax.set_ylabel(f"gram training time, {EPOCHS} epochs (s)")
+    ax.set_title("gd-dask: training time vs data size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(res: dict) -> None:
+    if "speed" in res:
+        report_speed(res["speed"])
+    if "memory" in res:
+        report_memory(res["memory"])
+    if "scaling" in res:
+        report_scaling(res["scaling"])
+
+
+def report_speed(s: dict) -> None:
+    print(f"\n## Speed: {s['rows']:,} rows × {s['features']} features, {s['epochs']} epochs, 2 workers\n")
+    print("| method | seconds | final loss (mse) | ratio |")
+    print("|---|---|---|---|")
+    print(f"| pyarrow scan (floor) | {s['scan_s']:.2f} | – | 1.00 |")
+    print(f"| gd-dask gram | {s['gram_s']:.2f} | {s['gram_loss']:.6g} | {s['ratio_gram_vs_scan']:.2f} × scan |")
+    print(f"| gd-dask stream, memory cache | {s['stream_s']:.2f} ({s['stream_epoch_s'] * 1e3:.1f} ms/epoch) | "
+          f"{s['stream_loss']:.6g} | {s['ratio_stream_epoch_vs_numpy_epoch']:.2f} × NumPy epoch |")
+    if s.get("dask_ml_s"):
+        print(f"| dask-ml LinearRegression(gradient_descent) | {s['dask_ml_s']:.2f} | {s['dask_ml_loss']:.6g} | "
+              f"{s['ratio_dask_ml_vs_gram']:.1f} × gram |")
+    print(f"| NumPy in-memory loop | {s['numpy_epoch_s'] * EPOCHS:.2f} ({s['numpy_epoch_s'] * 1e3:.1f} ms/epoch) | "
+          f"{s['numpy_loss']:.6g} | 1.00 |")
+
+
+def report_memory(m: dict) -> None:
+    print(f"\n## Memory: {m['data_mib']:.0f} MiB of float64 data, {m['workers']} workers × "
+          f"{m['worker_limit_mib']:.0f} MiB limit\n")
+    print("| strategy | seconds | epochs | peak worker RSS (MiB) |")
+    print("|---|---|---|---|")
+    for k in ("gram", "stream"):
+        print(f"| {k} | {m[k]['seconds']:.1f} | {m[k]['epochs']} | {m[k]['peak_worker_rss_mib']} |")
+
+
+def report_scaling(scale: dict) -> None:
+    print("\n## Scaling (gram, 100 epochs)\n")
+    print("| rows | 1 worker (s) | 2 workers (s) |")
+    print("|---|---|---|")
+    for k in (1, 2, 4, 8):
+        row = {p["workers"]: p["seconds"] for p in scale["points"] if p["size"] == k}
+        print(f"| {k * scale['base_rows']:,} | {row[1]:.2f} | {row[2]:.2f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--only", nargs="*", default=["speed", "memory", "scaling", "accuracy"])
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("gd_dask").setLevel(logging.ERROR)  # fixed-epoch runs warn by design
+    out = Path(args.out)
+    work = out / "data"
+    work.mkdir(parents=True, exist_ok=True)
+    res = {}
+    for name in args.only:
+        if name == "accuracy":
+            import nist_accuracy
+
+            print("\n## Accuracy: NIST StRD, LRE of the worst coefficient\n")
+            res["accuracy"] = nist_accuracy.main()
+        else:
+            res[name] = globals()[name](work, args.quick)
+            print(f"{name}: done", file=sys.stderr)
+        (out / "bench.json").write_text(json.dumps(res, indent=2))  # keep what is done
+    report(res)
+    if "scaling" in res:
+        plot(res["scaling"], out / "bench.png")
+
+
+if __name__ == "__main__":
+    main()

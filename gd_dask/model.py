@@ -1,0 +1,52 @@
+"""A trained model as a Python object: ``gd_dask.load_model(path).predict(X)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactError
+from .store import load_model as _load_document
+
+
+@dataclass(frozen=True)
+class Model:
+    """y' = X·m + b in original units.
+
+    features : list of str, in the order of ``m``
+    m : ndarray of shape (n_features,)
+    b : float
+    """
+
+    features: list[str]
+    target: str
+    m: np.ndarray
+    b: float
+    document: dict
+
+    def predict(self, X):
+        """Predictions for a NumPy array (n, d), a pandas DataFrame (columns by name) or a
+        dask array (lazy, blockwise)."""
+        try:
+            import pandas as pd
+
+            if isinstance(X, pd.DataFrame):
+                missing = [f for f in self.features if f not in X.columns]
+                if missing:
+                    raise ArtifactError(f"DataFrame lacks the model's features: {', '.join(missing)}")
+                X = X[self.features].to_numpy(dtype=np.float64)
+        except ImportError:  # pragma: no cover - pandas is a dependency
+            pass
+        if X.ndim != 2 or X.shape[1] != len(self.features):
+            raise ArtifactError(f"X has shape {X.shape}, the model has {len(self.features)} features "
+                                f"({', '.join(self.features)})")
+        return X @ self.m + self.b
+
+
+def load_model(path: str | Path) -> Model:
+    """Read a model.json (checked: format, features vs coefficients)."""
+    doc = _load_document(path)
+    return Model(features=list(doc["features"]), target=doc.get("target", "y"),
+                 m=np.asarray(doc["m"], dtype=np.float64), b=float(doc["b"]), document=doc)
