@@ -89,6 +89,87 @@ def train(config, overrides, scheduler):
 
 
 @cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--as-of", "as_of", default=None, metavar="YYYY-MM-DD", help="Refit as of this date (default: today, UTC).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
+def refit(config, as_of, overrides, scheduler):
+    """Nightly refit: train on the window, judge on the newest day, promote or keep current."""
+    from datetime import date, datetime, timezone
+
+    from .cluster import connect
+    from .config import load_config
+    from .refit import refit as run_refit
+
+    cfg = load_config(config, overrides)
+    try:
+        day = date.fromisoformat(as_of) if as_of else datetime.now(timezone.utc).date()
+    except ValueError:
+        raise ConfigError(f"--as-of {as_of!r}: expected YYYY-MM-DD") from None
+    with connect(cfg.cluster, scheduler) as client:
+        outcome = run_refit(cfg, client, day)
+    click.echo(outcome.message)
+
+
+@cli.group()
+def models():
+    """Inspect the model registry and roll back: MODEL is registry.dir/NAME."""
+
+
+def _registry(model: str):
+    from pathlib import Path
+
+    from .registry import Registry
+
+    path = Path(model)
+    if not (path / "versions").is_dir():
+        raise ConfigError(f"{model}: not a model in a registry (no versions/ folder)")
+    return Registry(path.parent, path.name)
+
+
+@models.command("list")
+@click.argument("model")
+def models_list(model):
+    """One line per version: current marker, verdict, metric, as-of."""
+    reg = _registry(model)
+    current = reg.current()
+    for v in reg.versions():
+        verdict = reg.verdict(v)
+        metric = verdict.get("metric", "rmse")
+        score = (verdict.get("challenger") or {}).get(metric)
+        status = "promoted" if verdict.get("promoted") else "rejected"
+        mark = "*" if v == current else " "
+        click.echo(f"{mark} {v}  {status:8s}  {metric}={score:.6g}  as-of {verdict.get('as_of')}")
+
+
+@models.command("show")
+@click.argument("model")
+@click.argument("version", required=False)
+def models_show(model, version):
+    """model.json and verdict of VERSION (default: the current one) as JSON."""
+    from .store import load_model as read
+
+    reg = _registry(model)
+    version = version or reg.current()
+    if version is None:
+        raise ConfigError(f"{model}: no current version; name one")
+    doc = {"version": version, "current": version == reg.current(),
+           "model": read(reg.version_dir(version) / "model.json"), "verdict": reg.verdict(version)}
+    click.echo(json.dumps(doc, indent=2))
+
+
+@models.command("promote")
+@click.argument("model")
+@click.argument("version")
+def models_promote(model, version):
+    """Make VERSION current (roll back or forward)."""
+    reg = _registry(model)
+    before = reg.current()
+    reg.promote(version, reason=f"promoted by hand (was {before})")
+    click.echo(f"current: {version} (was {before})")
+
+
+@cli.command()
 @click.argument("model_json", type=click.Path(dir_okay=False))
 @click.argument("data_path")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")

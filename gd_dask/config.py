@@ -156,8 +156,10 @@ class PromoteConfig(_Section):
 
 
 class RegistryConfig(_Section):
-    dir: str = "models"
+    dir: str = Field(default="models", description="Registry root; versions go to DIR/<name>/.")
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    holdout_days: Annotated[int, Strict(), Field(ge=1)] = Field(
+        default=1, description="refit: the newest N dates of the window judge the challenger.")
 
 
 class RunConfig(_Section):

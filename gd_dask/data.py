@@ -15,6 +15,7 @@ import logging
 import math
 import operator
 import posixpath
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,7 @@ class ParquetSource:
     row_filters: list = field(default_factory=list)
     storage_options: dict = field(default_factory=dict)
     missing: str = "error"
+    _chunk_bytes: int = CHUNK_BYTES
 
     @property
     def n_rows(self) -> int:
@@ -73,6 +75,7 @@ class ParquetSource:
     def layout(self, chunk_bytes: int) -> None:
         """Group consecutive row groups of each file into chunks of at most
         ``chunk_bytes`` (as float64), never splitting a row group or crossing files."""
+        self._chunk_bytes = chunk_bytes
         max_rows = max(1, chunk_bytes // (8 * len(self.columns)))
         pieces = []
         for f in self.files:
@@ -86,6 +89,18 @@ class ParquetSource:
             if group:
                 pieces.append(Piece(f["full_path"], tuple(group), rows))
         self.pieces = [p for p in pieces if p.rows > 0]
+
+    def subset(self, full_paths) -> ParquetSource:
+        """The same dataset restricted to some files (layout redone)."""
+        keep = set(full_paths)
+        sub = dataclasses.replace(self, files=[f for f in self.files if f["full_path"] in keep], pieces=[])
+        sub.layout(self._chunk_bytes)
+        return sub
+
+    def file_key(self, f: dict) -> dict:
+        """Identity of one file's statistics: rewritten files get a new key."""
+        return {"path": f["path"], "size": f["size"], "stamp": f["stamp"], "columns": self.columns,
+                "missing": self.missing, "row_filters": [list(x) for x in self.row_filters]}
 
     def fingerprint(self) -> dict:
         return {
@@ -208,10 +223,10 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
 
     files, types = [], {}
     for full in kept:
-        meta, schema, size = _read_footer(fs, full)
+        meta, schema, info = _read_footer(fs, full)
         _check_columns(full, schema, columns + [f[0] for f in row_filters], types)
-        files.append({"path": _display(protocol, full), "size": size, "rows": meta.num_rows,
-                      "full_path": full,
+        files.append({"path": _display(protocol, full), "size": info.get("size"), "rows": meta.num_rows,
+                      "full_path": full, "stamp": _stamp(info), "partition": partitions[full],
                       "row_groups": [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]})
     src = ParquetSource(
         fs=fs, protocol=protocol, files=files, pieces=[], columns=columns,
@@ -230,13 +245,22 @@ def _display(protocol: str, path: str) -> str:
 
 def _read_footer(fs, path: str):
     try:
+        info = fs.info(path)
         with fs.open(path, "rb") as fh:
             pf = pq.ParquetFile(fh)
             meta, schema = pf.metadata, pf.schema_arrow
-        size = fs.size(path)
     except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
-    return meta, schema, size
+    return meta, schema, info
+
+
+def _stamp(info: dict):
+    """What changes when a file is rewritten: ETag on object stores, else mtime."""
+    for k in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(k) is not None:
+            v = info[k]
+            return v if isinstance(v, (int, float, str)) else str(v)
+    return None
 
 
 def _first_line(e: Exception) -> str:

@@ -62,18 +62,31 @@ class Executor:
     def n_blocks(self) -> int:
         return len(self.blocks)
 
-    def _reduce(self, func, combine, *args):
-        """Map ``func(block, *args)`` over the blocks, reduce in the fixed tree, compute."""
+    def _tree(self, func, combine, blocks, *args):
+        """Delayed: ``func(block, *args)`` over ``blocks``, reduced in the fixed tree."""
         fn = dask.delayed(func, pure=True)
-        level = [fn(b, *args) for b in self.blocks]
+        level = [fn(b, *args) for b in blocks]
         fold = dask.delayed(_fold, pure=True)
         while len(level) > 1:
             level = [
                 fold(combine, level[i:i + FAN_IN]) if len(level[i:i + FAN_IN]) > 1 else level[i]
                 for i in range(0, len(level), FAN_IN)
             ]
+        return level[0]
+
+    def _reduce(self, func, combine, *args):
+        """Map ``func(block, *args)`` over the blocks, reduce in the fixed tree, compute."""
         # Compute: one small result (a few numbers) comes back to the client.
-        return self.client.compute(level[0], sync=True)
+        return self.client.compute(self._tree(func, combine, self.blocks, *args), sync=True)
+
+    def reduce_by_file(self, func, combine, *args) -> dict[str, object]:
+        """Like ``_reduce`` but one result per file: {full path: result}."""
+        groups: dict[str, list] = {}
+        for piece, block in zip(self.source.pieces, self.blocks):
+            groups.setdefault(piece.path, []).append(block)
+        roots = [self._tree(func, combine, blocks, *args) for blocks in groups.values()]
+        # Compute: a few numbers per file come back (statistics to cache on the client).
+        return dict(zip(groups, self.client.compute(roots, sync=True)))
 
     def moments(self) -> g.Moments:
         """n, means and co-moments of [X, y]: one pass, stable pairwise merges."""

@@ -284,3 +284,13 @@ def metrics(e: ErrorSums) -> dict:
     mse = e.sq_err / e.n
     r2 = 1.0 - e.sq_err / e.y_m2 if e.y_m2 > 0 else (1.0 if e.sq_err == 0 else 0.0)
     return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": e.abs_err / e.n, "r2": r2, "n": e.n}
+
+
+def block_moments_and_errors(block, models) -> tuple:
+    """``(block_moments(block), [block_errors(block, m, b) for (m, b) in models])``:
+    one read of a holdout block serves the gate and next night's statistics."""
+    return block_moments(block), [block_errors(block, m, b) for m, b in models]
+
+
+def add_moments_and_errors(a, b) -> tuple:
+    return merge_moments(a[0], b[0]), [add_errors(x, y) for x, y in zip(a[1], b[1])]

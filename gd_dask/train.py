@@ -106,6 +106,73 @@ def _diagnose_nonfinite(mom: g.Moments, ex: Executor) -> None:
                     "rescale the column")
 
 
+@dataclass
+class Setup:
+    """What the moments decide before the first epoch: scaling, curvature, rates."""
+
+    std: g.Standardizer
+    curv: Curvature
+    rates: object
+    fit_b: bool
+    mom: g.Moments
+
+    @classmethod
+    def of(cls, cfg, mom: g.Moments) -> Setup:
+        d = mom.mean.shape[0] - 1
+        fit_b = cfg.model.fit_intercept
+        std = g.Standardizer.from_moments(mom, fit_b) if cfg.model.standardize else g.Standardizer.identity(d)
+        curv = Curvature.of(g.hessian(mom, std, fit_b))
+        rates = choose_rates(curv, cfg.optimizer.learning_rate, cfg.optimizer.momentum)
+        log.info("curvature λmin=%.3g λmax=%.3g (κ=%.3g); learning rate %.6g, momentum %.6g",
+                 curv.lmin, curv.lmax, curv.condition, rates.learning_rate, rates.momentum)
+        return cls(std, curv, rates, fit_b, mom)
+
+    @property
+    def hessian(self) -> np.ndarray:
+        return g.hessian(self.mom, self.std, self.fit_b)
+
+    @property
+    def gram(self) -> g.Gram:
+        return g.Gram(self.mom, self.std)
+
+    def initial_params(self, init, extended: bool) -> np.ndarray:
+        """[m..., b] in the training space: zeros, or the warm start ``init`` (original
+        units). ``extended``: iterate in the gram's precision, since with momentum near 1
+        the rounding of θ + step would otherwise set the accuracy floor (gradient.Gram)."""
+        d = self.mom.mean.shape[0] - 1
+        if init is not None:
+            m0, b0 = self.std.to_training(*init)
+            params = np.append(m0, b0 if self.fit_b else 0.0)
+        else:
+            params = np.zeros(d + 1)
+        return params.astype(self.gram.dtype) if extended else params
+
+
+def fit_moments(cfg, mom: g.Moments, init=None, on_epoch=None) -> FitResult:
+    """gram training from moments alone: no pass over the data (nightly refits).
+
+    ``metrics`` are exact from the moments (mse, rmse, r2, n); mae needs the rows and is
+    None.
+    """
+    t0 = time.perf_counter()
+    setup = Setup.of(cfg, mom)
+    gram = setup.gram
+    state = descend(LoopState.start(setup.initial_params(init, extended=True)), gram.sums, setup.rates,
+                    setup.curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
+                    fit_intercept=setup.fit_b, hess=setup.hessian, on_epoch=on_epoch)
+    d = mom.mean.shape[0] - 1
+    m, b = setup.std.to_original(state.params[:d], state.params[d])
+    sq = gram.sums(state.params[:d], state.params[d]).sq_err
+    cyy = mom.comoment[-1, -1]
+    metrics = {"mse": sq / mom.n, "rmse": float(np.sqrt(sq / mom.n)), "mae": None,
+               "r2": 1.0 - sq / cyy if cyy > 0 else 0.0, "n": mom.n}
+    return FitResult(
+        m=np.asarray(m, dtype=np.float64), b=float(b), epochs_run=state.epoch, converged=state.converged,
+        final_loss=metrics["mse"], learning_rate=setup.rates.learning_rate, momentum=setup.rates.momentum,
+        strategy="gram", metrics=metrics, history=state.history, params=state.params.astype(np.float64),
+        curvature=setup.curv, seconds=time.perf_counter() - t0)
+
+
 def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None,
         source: ParquetSource | None = None) -> FitResult:
     """Train (m, b) on ``cfg.data`` with the client's cluster.
@@ -132,35 +199,18 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
 
     mom = ex.moments()
     dropped = check_moments(mom, cfg, ex)
-    fit_b = cfg.model.fit_intercept
-    std = g.Standardizer.from_moments(mom, fit_b) if cfg.model.standardize else g.Standardizer.identity(d)
-    curv = Curvature.of(g.hessian(mom, std, fit_b))
-    rates = choose_rates(curv, cfg.optimizer.learning_rate, cfg.optimizer.momentum)
-    log.info("curvature λmin=%.3g λmax=%.3g (κ=%.3g); learning rate %.6g, momentum %.6g",
-             curv.lmin, curv.lmax, curv.condition, rates.learning_rate, rates.momentum)
-
-    hess = None
+    setup = Setup.of(cfg, mom)
     if strategy == "gram":
-        hess = g.hessian(mom, std, fit_b)
-        gram = g.Gram(mom, std)
-        oracle = gram.sums
+        oracle, hess = setup.gram.sums, setup.hessian
     else:
-        ex.standardize(std)
-        oracle = ex.gradient_sums
-
-    if init is not None:
-        m0, b0 = std.to_training(*init)
-        params = np.append(m0, b0 if fit_b else 0.0)
-    else:
-        params = np.zeros(d + 1)
-    if strategy == "gram":
-        # Iterate in the gram's precision: with momentum near 1 the rounding of θ + step
-        # would otherwise set the accuracy floor (see gradient.Gram).
-        params = params.astype(gram.dtype)
+        ex.standardize(setup.std)
+        oracle, hess = ex.gradient_sums, None
+    params = setup.initial_params(init, extended=strategy == "gram")
 
     key = run_key(cfg, source, init)
     state = _resume(cfg, key, params.dtype) or LoopState.start(params)
     resumed_from = state.epoch or None
+    rates, curv, std, fit_b = setup.rates, setup.curv, setup.std, setup.fit_b
     state = descend(
         state, oracle, rates, curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
         fit_intercept=fit_b, hess=hess, on_epoch=on_epoch,

@@ -1,0 +1,199 @@
+"""Nightly refit: window of date partitions, warm start, incremental statistics, gate.
+
+For an as-of date D the window is the last ``data.window_days`` date partitions up to D.
+Its newest ``registry.holdout_days`` dates are the holdout; the challenger trains on the
+rest (forward chaining: both models are judged on days neither has seen, so a night of
+corrupted labels is caught when it enters training, and a corrupted holdout cannot pass
+a model that learnt from it). Training uses the ``gram`` strategy from per-file moments
+cached in the registry (keyed by path, size, mtime/ETag): only files never seen are read.
+The holdout pass also computes and caches the holdout files' moments, so on a regular
+night only the newest day is read, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+
+from . import gradient as g
+from .data import CHUNK_BYTES, ParquetSource, _hive_keys, list_files, open_source
+from .errors import ArtifactError, ConfigError, DataError
+from .executor import Executor, chunk_bytes_for
+from .registry import Registry
+from .store import history_csv, model_document
+from .train import fit_moments
+
+log = logging.getLogger(__name__)
+
+DATE_KEY = "date"
+LOWER_IS_BETTER = {"rmse", "mse", "mae"}
+
+
+@dataclass
+class RefitOutcome:
+    version: str | None
+    promoted: bool
+    verdict: dict
+    files_read: int
+    message: str
+
+
+def window_dates(cfg, as_of: date) -> list[str]:
+    """The date partitions of the window, oldest first."""
+    _, _, found, _ = list_files(cfg.data.path, cfg.data.storage_options)
+    dates = sorted({k[DATE_KEY] for _, rel in found for k in [_hive_keys(rel)] if DATE_KEY in k})
+    dates = [d for d in dates if d <= as_of.isoformat()]
+    if cfg.data.window_days:
+        dates = dates[-cfg.data.window_days:]
+    need = cfg.registry.holdout_days + 1
+    if len(dates) < need:
+        raise DataError(f"data.path '{cfg.data.path}': {len(dates)} date partitions (date=YYYY-MM-DD/) up to "
+                        f"{as_of.isoformat()}; a refit needs at least {need}")
+    return dates
+
+
+def _with_dates(data_cfg, dates):
+    return data_cfg.model_copy(update={"filters": [*data_cfg.filters, (DATE_KEY, "in", list(dates))]})
+
+
+def _check_current(current: dict | None, cfg) -> tuple | None:
+    if current is None:
+        return None
+    if current["features"] != list(cfg.data.features) or current.get("target") != cfg.data.target:
+        raise ArtifactError(
+            f"the current model has features {current['features']} → {current.get('target')}, the config "
+            f"{list(cfg.data.features)} → {cfg.data.target}: promote a compatible version or use another name")
+    return np.asarray(current["m"], dtype=np.float64), float(current["b"])
+
+
+def _merge(moments: list[g.Moments]) -> g.Moments:
+    total = moments[0]
+    for m in moments[1:]:
+        total = g.merge_moments(total, m)
+    return total
+
+
+def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Moments, int]:
+    """Moments of the training files, cached per file; returns (moments, files read)."""
+    cached, unseen = {}, []
+    for f in src.files:
+        mom = reg.cached_moments(src.file_key(f))
+        if mom is None:
+            unseen.append(f)
+        else:
+            cached[f["full_path"]] = mom
+    if unseen:
+        sub = src.subset([f["full_path"] for f in unseen])
+        fresh = Executor(client, sub, cache=False).reduce_by_file(g.block_moments, g.merge_moments)
+        for f in unseen:
+            mom = fresh[f["full_path"]]
+            _check_finite(mom, f, src)
+            reg.cache_moments(src.file_key(f), mom)
+            cached[f["full_path"]] = mom
+    # Merge in file order: the same total whichever files came from the cache.
+    return _merge([cached[f["full_path"]] for f in src.files]), len(unseen)
+
+
+def _check_finite(mom: g.Moments, f: dict, src: ParquetSource) -> None:
+    if not (np.isfinite(mom.mean).all() and np.isfinite(mom.comoment).all()):
+        j = int(np.flatnonzero(~np.isfinite(np.diag(mom.comoment)) | ~np.isfinite(mom.mean))[0])
+        raise DataError(f"{f['path']}: column '{src.columns[j]}' has NaN/inf/null or overflowing values; "
+                        "fix the file or set data.missing: drop")
+
+
+def judge(metric: str, max_regression: float, challenger: dict, current: dict | None) -> tuple[bool, str]:
+    if current is None:
+        return True, "first model"
+    ch, cur = challenger[metric], current[metric]
+    if metric in LOWER_IS_BETTER:
+        ok = ch <= cur * (1 + max_regression)
+        return ok, f"{metric} {ch:.6g} vs current {cur:.6g} (allowed up to +{max_regression:.1%})"
+    ok = ch >= cur - max_regression
+    return ok, f"{metric} {ch:.6g} vs current {cur:.6g} (allowed down to -{max_regression:g})"
+
+
+def refit(cfg, client, as_of: date) -> RefitOutcome:
+    """One night's refit (see module docstring). Safe to rerun: the same as-of date and
+    data give no second version."""
+    if cfg.optimizer.strategy == "stream" or cfg.optimizer.method != "batch":
+        raise ConfigError("refit trains from cached statistics: optimizer.strategy must be auto or gram "
+                          "and optimizer.method batch")
+    reg = Registry(cfg.registry.dir, cfg.name)
+    with reg.lock():
+        dates = window_dates(cfg, as_of)
+        hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]
+        train_src = open_source(_with_dates(cfg.data, train_dates))
+        hold_src = open_source(_with_dates(cfg.data, hold_dates))
+        chunk = chunk_bytes_for(client, CHUNK_BYTES)
+        train_src.layout(chunk)
+        hold_src.layout(chunk)
+
+        fingerprint = _fingerprint(cfg, train_src, hold_src)
+        for v in reg.versions():
+            if v.startswith(as_of.isoformat()) and reg.verdict(v).get("fingerprint") == fingerprint:
+                promoted = reg.verdict(v)["promoted"]
+                msg = f"already refit for {as_of.isoformat()} with the same data: version {v} " \
+                      f"({'promoted' if promoted else 'rejected'}); nothing to do"
+                return RefitOutcome(v, False, reg.verdict(v), 0, msg)
+
+        current_version = reg.current()
+        current = reg.current_model()
+        init = _check_current(current, cfg)
+        mom, files_read = training_moments(train_src, reg, client)
+        if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
+            raise DataError(f"only {mom.n} training rows in {train_dates[0]}..{train_dates[-1]}")
+        result = fit_moments(cfg, mom, init=init)
+
+        models = [(result.m, result.b)] + ([init] if init is not None else [])
+        per_file = Executor(client, hold_src, cache=False).reduce_by_file(
+            g.block_moments_and_errors, g.add_moments_and_errors, models)
+        for f in hold_src.files:
+            hmom, _ = per_file[f["full_path"]]
+            if np.isfinite(hmom.comoment).all():
+                reg.cache_moments(hold_src.file_key(f), hmom)
+        files_read += len(hold_src.files)
+        errors = [per_file[f["full_path"]][1] for f in hold_src.files]
+        merged = [errors[0][i] for i in range(len(models))]
+        for errs in errors[1:]:
+            merged = [g.add_errors(a, b) for a, b in zip(merged, errs)]
+        scores = [g.metrics(e) for e in merged]
+        if not all(np.isfinite(s["mse"]) for s in scores):
+            raise DataError(f"the holdout {hold_dates} holds NaN/inf/null values; fix the data or set data.missing: drop")
+        challenger_score = scores[0]
+        current_score = scores[1] if init is not None else None
+
+        promote, why = judge(cfg.registry.promote.metric, cfg.registry.promote.max_regression,
+                             challenger_score, current_score)
+        verdict = {"promoted": promote, "reason": why, "as_of": as_of.isoformat(),
+                   "metric": cfg.registry.promote.metric, "holdout_dates": hold_dates,
+                   "train_dates": [train_dates[0], train_dates[-1]],
+                   "challenger": challenger_score, "current": current_score,
+                   "current_version": current_version, "files_read": files_read,
+                   "fingerprint": fingerprint}
+        result.source = train_src
+        doc = model_document(cfg, result)
+        doc.update({"as_of": as_of.isoformat(), "holdout_metrics": challenger_score,
+                    "warm_start": current_version})
+        version = reg.new_version(as_of.isoformat(), {
+            "model.json": json.dumps(doc, indent=2) + "\n",
+            "history.csv": history_csv(result.history),
+            "verdict.json": json.dumps(verdict, indent=2) + "\n",
+        })
+        if promote:
+            reg.promote(version, why)
+            msg = f"promoted {version}: {why}; {files_read} file(s) read"
+        else:
+            msg = f"rejected {version}: {why}; current stays {current_version}; {files_read} file(s) read"
+        return RefitOutcome(version, promote, verdict, files_read, msg)
+
+
+def _fingerprint(cfg, train_src, hold_src) -> str:
+    doc = {"config": cfg.model_dump(mode="json", exclude={"cluster", "output"}),
+           "train": [train_src.file_key(f) for f in train_src.files],
+           "holdout": [hold_src.file_key(f) for f in hold_src.files]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

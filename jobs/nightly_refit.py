@@ -1,0 +1,16 @@
+"""Schedulable entry point: the nightly refit (cron, systemd timer, Kubernetes CronJob).
+
+    python jobs/nightly_refit.py configs/nightly.yaml [--as-of YYYY-MM-DD] [--scheduler ADDR]
+
+No math here: window, warm start, statistics cache, gate and promotion live in
+gd_dask.refit. Exit status 0 whether or not the challenger was promoted (the verdict is
+printed); 1 on failure, 2 on a bad config.
+"""
+
+import sys
+
+from gd_dask.cli import run
+
+if __name__ == "__main__":
+    sys.argv[1:1] = ["refit"]
+    run()

@@ -1,0 +1,138 @@
+"""Nightly refits: ten simulated nights of appended partitions, the gate, the registry."""
+
+import json
+from datetime import date, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli
+from gd_dask.config import validate_config
+from gd_dask.registry import Registry
+from gd_dask.refit import refit
+
+START = date(2026, 11, 1)
+ROWS = 400
+
+
+def slope(day: int) -> float:
+    return 1.0 + 0.15 * day  # the truth drifts every night
+
+
+def add_day(root, day: int, corrupt: bool = False, seed: int = 0):
+    """Two files for ``day``: y = slope(day)·x1 − 0.5·x2 + 2 + noise."""
+    rng = np.random.default_rng(seed * 1000 + day)
+    folder = root / f"date={(START + timedelta(days=day)).isoformat()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in range(2):
+        X = rng.normal(size=(ROWS, 2)) + [3.0, -1.0]
+        y = slope(day) * X[:, 0] - 0.5 * X[:, 1] + 2.0 + rng.normal(scale=0.3, size=ROWS)
+        if corrupt:
+            y = rng.permutation(y) * 3  # labels no longer belong to their rows
+        pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "y": y}), folder / f"part-{f:04d}.parquet")
+
+
+def config(tmp_path, registry="models", **extra):
+    raw = {"name": "nightly",
+           "data": {"path": str(tmp_path / "data"), "features": ["x1", "x2"], "target": "y", "window_days": 4},
+           "optimizer": {"epochs": 2000, "tol": 1e-20},
+           "registry": {"dir": str(tmp_path / registry), "promote": {"metric": "rmse", "max_regression": 0.02}}}
+    for k, v in extra.items():
+        raw.setdefault(k, {}).update(v)
+    return validate_config(raw)
+
+
+def night(day: int) -> date:
+    return START + timedelta(days=day)
+
+
+def test_ten_nights_read_only_new_files_track_the_drift_and_match_a_scratch_fit(client, tmp_path):
+    cfg = config(tmp_path)
+    reg = Registry(cfg.registry.dir, cfg.name)
+    for day in range(3):
+        add_day(tmp_path / "data", day)
+    reads = []
+    for day in range(3, 13):
+        add_day(tmp_path / "data", day)
+        outcome = refit(cfg, client, night(day))
+        reads.append(outcome.files_read)
+        assert outcome.promoted, outcome.message
+        current = reg.current_model()
+        trained_on = [slope(d) for d in range(day - 3, day)]  # window of 4, newest day held out
+        assert current["m"][0] == pytest.approx(np.mean(trained_on), abs=0.05)
+    assert reads[0] == 8 and reads[1:] == [2] * 9  # first night: 4 days; then the newest day only
+    assert len(reg.versions()) == 10
+
+    # Incremental statistics give the model of a fit from scratch on the same days.
+    scratch = config(tmp_path, registry="scratch")
+    refit(scratch, client, night(12))
+    fresh = Registry(scratch.registry.dir, scratch.name).current_model()
+    np.testing.assert_allclose(fresh["m"], current["m"], rtol=1e-9)
+    assert fresh["b"] == pytest.approx(current["b"], rel=1e-9)
+
+
+def test_a_corrupted_night_is_rejected_and_reruns_change_nothing(client, tmp_path):
+    cfg = config(tmp_path)
+    reg = Registry(cfg.registry.dir, cfg.name)
+    for day in range(4):
+        add_day(tmp_path / "data", day)
+    assert refit(cfg, client, night(3)).promoted
+    add_day(tmp_path / "data", 4, corrupt=True)
+    refit(cfg, client, night(4))  # judged on the corrupted day, trained on clean ones
+    good = reg.current()
+    add_day(tmp_path / "data", 5)
+    outcome = refit(cfg, client, night(5))  # the corrupted day now enters training
+    assert not outcome.promoted and "rejected" in outcome.message
+    assert reg.current() == good
+    assert reg.verdict(outcome.version)["promoted"] is False
+
+    before = (reg.root / "current.json").read_bytes(), reg.versions()
+    again = refit(cfg, client, night(5))
+    assert "nothing to do" in again.message
+    assert ((reg.root / "current.json").read_bytes(), reg.versions()) == before
+
+
+def test_a_second_refit_is_refused_while_one_holds_the_lock(tmp_path):
+    cfg = config(tmp_path)
+    for day in range(3):
+        add_day(tmp_path / "data", day)
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    with Registry(cfg.registry.dir, cfg.name).lock():
+        res = run_cli("refit", path, "--as-of", night(2).isoformat())
+    assert res.returncode == 1
+    line = res.stderr.strip().splitlines()[-1]
+    assert "another refit holds the lock" in line and "pid" in line
+
+
+def test_models_list_show_and_promote_roll_back(client, tmp_path):
+    cfg = config(tmp_path)
+    reg = Registry(cfg.registry.dir, cfg.name)
+    for day in range(5):
+        add_day(tmp_path / "data", day)
+    first = refit(cfg, client, night(3)).version
+    second = refit(cfg, client, night(4)).version
+    assert reg.current() == second
+    model = str(reg.root)
+    res = run_cli("models", "promote", model, first)
+    assert res.returncode == 0 and reg.current() == first
+    listed = run_cli("models", "list", model).stdout.splitlines()
+    assert listed[0].startswith(f"* {first}") and listed[1].startswith(f"  {second}")
+    shown = json.loads(run_cli("models", "show", model).stdout)
+    assert shown["version"] == first and shown["model"]["m"] == reg.current_model()["m"]
+    bad = run_cli("models", "promote", model, "1999-01-01T000000Z")
+    assert bad.returncode == 1 and "no version" in bad.stderr
+
+
+def test_a_warm_start_from_a_model_with_other_features_is_refused(client, tmp_path):
+    cfg = config(tmp_path)
+    for day in range(4):
+        add_day(tmp_path / "data", day)
+    refit(cfg, client, night(3))
+    other = config(tmp_path, data={"features": ["x1"]})
+    from gd_dask.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match=r"current model has features \['x1', 'x2'\]"):
+        refit(other, client, night(3))
