@@ -7,7 +7,8 @@
    strategies; peak RSS of every worker against its limit.
 3. scaling — gram training time at 1, 2, 4, 8 × a base size with 1 and 2 workers
    (bench.png).
-4. accuracy — NIST StRD LRE, gd-dask vs numpy lstsq.
+4. refit_cost — a nightly refit after one new day of 30 vs training on that day alone.
+5. accuracy — NIST StRD LRE, gd-dask vs numpy lstsq.
 
 Results: a table on stdout, benchmarks/results/bench.json and bench.png.
 `--quick` shrinks every size (a smoke run).
@@ -144,6 +145,32 @@ def scaling(work: Path, quick: bool) -> dict:
     return out
 
 
+def refit_cost(work: Path, quick: bool) -> dict:
+    """Refit after one new day of 30 vs training on that one day alone."""
+    import shutil
+    from datetime import date
+
+    from gd_dask.refit import refit
+
+    rows = 20_000 if quick else 300_000
+    root = work / "refit"
+    shutil.rmtree(root / "registry", ignore_errors=True)
+    names = write_days(root / "data", 31, rows, seed=4)  # dates 2026-01-01 … 2026-02-03
+    days = sorted(p.name.split("=")[1] for p in (root / "data").iterdir())
+    cfg = data_config(root / "data", names, epochs=1000, tol=1e-20)
+    cfg["data"]["window_days"] = 30
+    cfg["registry"] = {"dir": str(root / "registry")}
+    with local_client(2) as client:
+        warm_up(client, root / "data", names)
+        refit(validate_config(cfg), client, date.fromisoformat(days[-2]))  # the nights before: cache filled
+        outcome, t_refit = timed(refit, validate_config(cfg), client, date.fromisoformat(days[-1]))
+        one = data_config(root / "data", names, epochs=1000, tol=1e-20)
+        one["data"]["filters"] = [["date", "==", days[-1]]]
+        _, t_one = timed(fit, validate_config(one), client)
+    return {"rows_per_day": rows, "window_days": 30, "files_read": outcome.files_read,
+            "refit_s": t_refit, "train_one_day_s": t_one, "ratio": t_refit / t_one}
+
+
 def plot(scale: dict, path: Path) -> None:
     import matplotlib
 
@@ -170,6 +197,11 @@ def report(res: dict) -> None:
         report_memory(res["memory"])
     if "scaling" in res:
         report_scaling(res["scaling"])
+    if "refit_cost" in res:
+        r = res["refit_cost"]
+        print(f"\n## Nightly refit: one new day of {r['window_days']} ({r['rows_per_day']:,} rows a day)\n")
+        print(f"refit {r['refit_s']:.2f} s ({r['files_read']} file read) vs training on that day alone "
+              f"{r['train_one_day_s']:.2f} s: {r['ratio']:.2f} ×")
 
 
 def report_speed(s: dict) -> None:
@@ -209,7 +241,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--only", nargs="*", default=["speed", "memory", "scaling", "accuracy"])
+    ap.add_argument("--only", nargs="*", default=["speed", "memory", "scaling", "refit_cost", "accuracy"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("gd_dask").setLevel(logging.ERROR)  # fixed-epoch runs warn by design

@@ -103,15 +103,28 @@ class Moments(NamedTuple):
     comoment: np.ndarray
 
 
+#: Rows per slice in ``block_moments``: a centered slice stays in the CPU cache.
+MOMENT_SLICE_ROWS = 8192
+
+
+def _slice_moments(z) -> Moments:
+    mean = z.mean(axis=0)
+    centered = z - mean
+    return Moments(z.shape[0], mean, centered.T @ centered)
+
+
 def block_moments(block) -> Moments:
-    """Moments of one block, two-pass (mean first) so a large mean costs no digits."""
-    n = block.shape[0]
-    k = block.shape[1]
+    """Moments of one block: two-pass (mean first) per slice of ``MOMENT_SLICE_ROWS``
+    rows, so a large mean costs no digits, merged with the pairwise update; slicing keeps
+    each centered copy in cache instead of writing a copy of the whole block."""
+    n, k = block.shape
     if n == 0:
         return Moments(0, np.zeros(k), np.zeros((k, k)))
-    mean = block.mean(axis=0)
-    centered = block - mean
-    return Moments(n, mean, centered.T @ centered)
+    total = None
+    for lo in range(0, n, MOMENT_SLICE_ROWS):
+        part = _slice_moments(block[lo:lo + MOMENT_SLICE_ROWS])
+        total = part if total is None else merge_moments(total, part)
+    return total
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:
