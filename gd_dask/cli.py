@@ -66,7 +66,8 @@ def make_data(out_dir, rows, features, days, files_per_day, seed):
               help="Override a config key (repeatable), e.g. optimizer.epochs=200.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Address of a running dask scheduler (wins over cluster.address).")
-def train(config, overrides, scheduler):
+@click.option("--no-plot", is_flag=True, help="Do not write loss.png.")
+def train(config, overrides, scheduler, no_plot):
     """Train m and b as CONFIG describes; write model.json and history.csv."""
     from .cluster import connect
     from .config import load_config
@@ -79,13 +80,53 @@ def train(config, overrides, scheduler):
     source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
     with connect(cfg.cluster, scheduler) as client:
         result = fit(cfg, client, on_epoch=_Progress(cfg.optimizer.epochs), source=source)
-    path = save_run(cfg.output_dir, cfg, result)
+    path = save_run(cfg.output_dir, cfg, result, plot=not no_plot)
     m = ", ".join(f"{f}={v:.6g}" for f, v in zip(cfg.data.features, result.m))
     click.echo(
         f"m: {m}; b: {result.b:.6g}; final loss (mse): {result.final_loss:.6g}; "
         f"epochs: {result.epochs_run}{'' if result.converged else ' (not converged)'}; "
         f"seconds: {result.seconds:.2f}; model: {path}"
     )
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--learning-rates", "rates", required=True, metavar="R,R,...",
+              help="Comma-separated rates; 'auto' for the rate from the Hessian, e.g. 0.01,0.1,1,auto.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
+def sweep(config, rates, overrides, scheduler):
+    """Train once per learning rate; plot the curves (sweep.png) and print a table."""
+    from pathlib import Path
+
+    from .cluster import connect
+    from .config import load_config
+    from .plots import sweep_png
+    from .store import atomic_write, check_writable
+    from .sweep import sweep as run_sweep
+
+    cfg = load_config(config, overrides)
+    parsed = []
+    for r in rates.split(","):
+        r = r.strip()
+        try:
+            parsed.append("auto" if r == "auto" else float(r))
+        except ValueError:
+            raise ConfigError(f"--learning-rates: {r!r} is not a number or 'auto'") from None
+        if parsed[-1] != "auto" and not parsed[-1] > 0:
+            raise ConfigError(f"--learning-rates: {r} must be > 0")
+    check_writable(cfg.output_dir)
+    with connect(cfg.cluster, scheduler) as client:
+        rows = run_sweep(cfg, client, parsed)
+    out = Path(cfg.output_dir) / "sweep.png"
+    curves = [(f"lr={r['rate']}" + (f" ({r['learning_rate']:.3g})" if r["rate"] == "auto" else ""),
+               r["losses"], r["status"]) for r in rows]
+    atomic_write(out, sweep_png(curves, f"{cfg.name}: loss per epoch by learning rate"))
+    click.echo(f"{'rate':>10}  {'used':>10}  {'status':<14} {'epochs':>7}  final loss")
+    for r in rows:
+        loss = "-" if r["status"] == "diverged" else f"{r['final_loss']:.6g}"
+        click.echo(f"{r['rate']:>10}  {r['learning_rate']:>10.4g}  {r['status']:<14} {r['epochs']:>7}  {loss}")
+    click.echo(f"curves: {out}")
 
 
 @cli.command()

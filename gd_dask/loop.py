@@ -20,7 +20,8 @@ GROWTH_EPOCHS = 5
 #: Checkpoints are written at most this often (seconds): gram epochs take microseconds.
 CHECKPOINT_MIN_SECONDS = 1.0
 #: With momentum the loss oscillates and its change passes through zero at every turn,
-#: so convergence needs the change below tol for this many consecutive epochs.
+#: so convergence needs the change below tol for several consecutive epochs (at most
+#: this many; see ``calm_epochs``).
 CALM_EPOCHS_MOMENTUM = 10
 
 
@@ -73,7 +74,7 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
     """
     d = state.params.shape[0] - 1
     _, update = heavy_ball(rates)
-    needed_calm = 1 if rates.momentum == 0 else CALM_EPOCHS_MOMENTUM
+    needed_calm = calm_epochs(rates.momentum)
     t_last = t_saved = time.perf_counter()
     while state.epoch < epochs and not state.converged:
         params = state.params
@@ -95,7 +96,9 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
         state.growth = state.growth + 1 if prev is not None and loss > prev else 0
         if not math.isfinite(loss) or (state.growth >= GROWTH_EPOCHS and loss > state.start_loss
                                        and _may_diverge(rates, curv)):
-            raise TrainingError(divergence_message(rates, curv, epoch, loss))
+            err = TrainingError(divergence_message(rates, curv, epoch, loss))
+            err.history = state.history  # the curve up to here, for sweeps and plots
+            raise err
         if prev is not None:
             change = (_quadratic_change(state.prev_grads, state.velocity, hess, fit_intercept)
                       if hess is not None else loss - prev)
@@ -112,6 +115,16 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
             checkpoint(state)
             t_saved = time.perf_counter()
     return state
+
+
+def calm_epochs(momentum: float) -> int:
+    """Consecutive calm epochs that mean convergence: 1 for plain descent (its loss falls
+    monotonically); with heavy ball about the decay time of its oscillation,
+    √β/(1−√β) epochs, at most ``CALM_EPOCHS_MOMENTUM``."""
+    if momentum == 0:
+        return 1
+    r = math.sqrt(momentum)
+    return min(CALM_EPOCHS_MOMENTUM, 1 + math.ceil(r / (1 - r)))
 
 
 def _may_diverge(rates: Rates, curv: Curvature) -> bool:

@@ -22,6 +22,8 @@ from . import __version__
 from .errors import ArtifactError
 
 FORMAT = "gd_dask.model/1"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 HISTORY_FIELDS = ["epoch", "loss", "grad_norm", "learning_rate", "seconds"]
 
 
@@ -38,6 +40,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are shared files
         os.replace(tmp, path)
     except OSError as e:
         with _quiet():
@@ -111,13 +114,18 @@ def history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def save_run(out_dir: str | Path, cfg, result) -> Path:
-    """Write history.csv then model.json into ``out_dir``; returns model.json's path.
-
-    The checkpoint of the run is removed once model.json is in place.
+def save_run(out_dir: str | Path, cfg, result, plot: bool = True) -> Path:
+    """Write history.csv (and loss.png) then model.json into ``out_dir``; returns
+    model.json's path. The checkpoint of the run is removed once model.json is in place.
     """
     out = Path(out_dir)
     atomic_write(out / "history.csv", history_csv(result.history))
+    if plot:
+        from .plots import loss_png
+
+        title = (f"{cfg.name}: {result.strategy}, learning rate {result.learning_rate:.4g}"
+                 f"{f', momentum {result.momentum:.4g}' if result.momentum else ''}")
+        atomic_write(out / "loss.png", loss_png(result.history, title))
     path = out / "model.json"
     atomic_write(path, json.dumps(model_document(cfg, result), indent=2) + "\n")
     remove_checkpoint(out)

@@ -1,0 +1,62 @@
+"""Pictures of the loss: one run's curve (loss.png) and a learning-rate sweep (sweep.png)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _positive(losses):
+    """Log scale needs positive values: an exact fit (loss 0) is drawn at the floor."""
+    arr = np.asarray(losses, dtype=float)
+    arr = np.where(np.isfinite(arr), arr, np.nan)
+    floor = np.nanmin(arr[arr > 0]) if np.any(arr > 0) else 1.0
+    return np.where(arr > 0, arr, floor)
+
+
+def loss_png(history: list[dict], title: str) -> bytes:
+    """Loss per epoch on a log scale, as PNG bytes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot([h["epoch"] for h in history], _positive([h["loss"] for h in history]), lw=1.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (mean squared error)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    return _save(plt, fig)
+
+
+def sweep_png(curves: list[tuple[str, list[float], str]], title: str) -> bytes:
+    """Several loss curves, one per learning rate: (label, losses, status)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for label, losses, status in curves:
+        style = "--" if status == "diverged" else "-"
+        ax.plot(np.arange(1, len(losses) + 1), _positive(losses), style, lw=1.6, label=f"{label} ({status})")
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (mean squared error)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(plt, fig)
+
+
+def _save(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

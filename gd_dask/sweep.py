@@ -1,0 +1,44 @@
+"""The article's lesson made real: the same data at several learning rates.
+
+With the gram strategy one pass over the data serves every rate (each run then costs
+O(d²) per epoch on the client); otherwise each rate is a full training run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .data import CHUNK_BYTES, open_source
+from .errors import TrainingError
+from .executor import Executor, chunk_bytes_for
+from .train import check_moments, fit, fit_moments, pick_strategy
+
+log = logging.getLogger(__name__)
+
+
+def sweep(cfg, client, rates: list) -> list[dict]:
+    """One row per rate: rate, learning rate used, status, epochs, final loss, losses."""
+    gram = pick_strategy(cfg) == "gram"
+    mom = None
+    if gram:
+        source = open_source(cfg.data)
+        source.layout(chunk_bytes_for(client, CHUNK_BYTES))
+        ex = Executor(client, source, cache=False)
+        mom = ex.moments()
+        check_moments(mom, cfg, ex)
+    rows = []
+    for rate in rates:
+        run_cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(
+            update={"learning_rate": rate}), "output": cfg.output.model_copy(update={"checkpoint_every": 0})})
+        try:
+            res = fit_moments(run_cfg, mom) if gram else fit(run_cfg, client)
+            status = "converged" if res.converged else "not converged"
+            rows.append({"rate": str(rate), "learning_rate": res.learning_rate, "momentum": res.momentum,
+                         "status": status, "epochs": res.epochs_run, "final_loss": res.final_loss,
+                         "losses": [h["loss"] for h in res.history]})
+        except TrainingError as e:
+            hist = getattr(e, "history", [])
+            rows.append({"rate": str(rate), "learning_rate": float(rate), "momentum": 0.0, "status": "diverged",
+                         "epochs": len(hist), "final_loss": float("nan"),
+                         "losses": [h["loss"] for h in hist], "message": str(e)})
+    return rows
