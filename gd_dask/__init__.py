@@ -3,8 +3,8 @@
 __version__ = "0.1.0"
 
 
-def load_model(path):
-    """Load a model.json; the result has ``predict(X)`` (see ``gd_dask.model.Model``)."""
+def load_model(path, storage_options=None):
+    """Load a model.json (path or URL); the result has ``predict(X)`` (``gd_dask.model.Model``)."""
     from .model import load_model as _load
 
-    return _load(path)
+    return _load(path, storage_options)

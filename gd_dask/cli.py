@@ -76,7 +76,7 @@ def train(config, overrides, scheduler, no_plot):
     from .train import fit
 
     cfg = load_config(config, overrides)
-    check_writable(cfg.output_dir)
+    check_writable(cfg.output_dir, cfg.data.storage_options)
     source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
     with connect(cfg.cluster, scheduler) as client:
         result = fit(cfg, client, on_epoch=_Progress(cfg.optimizer.epochs), source=source)
@@ -210,39 +210,61 @@ def models_promote(model, version):
     click.echo(f"current: {version} (was {before})")
 
 
+def _parse_storage_options(ctx, param, value):
+    if not value:
+        return {}
+    from .config import safe_load
+
+    try:
+        parsed = safe_load(value)
+    except Exception:  # noqa: BLE001 - any parse failure is a usage error
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("expected a mapping, e.g. '{endpoint_url: http://host:9000}'")
+    return parsed
+
+
+_storage_option = click.option(
+    "--storage-options", "storage_options", default="", callback=_parse_storage_options,
+    metavar="YAML", help="fsspec options for s3:// and other URLs, e.g. '{endpoint_url: http://…}' "
+    "(credentials also come from the environment).")
+
+
 @cli.command()
-@click.argument("model_json", type=click.Path(dir_okay=False))
+@click.argument("model_json")
 @click.argument("data_path")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
-def evaluate(model_json, data_path, scheduler):
+@_storage_option
+def evaluate(model_json, data_path, scheduler, storage_options):
     """Print n, mse, rmse, mae and r2 of MODEL_JSON on DATA_PATH as JSON (one pass)."""
     from .cluster import connect
     from .config import ClusterConfig
     from .model import load_model
     from .score import evaluate as run_evaluate
 
-    model = load_model(model_json)
+    model = load_model(model_json, storage_options)
     with connect(ClusterConfig(), scheduler) as client:
-        click.echo(json.dumps(run_evaluate(model, data_path, client)))
+        click.echo(json.dumps(run_evaluate(model, data_path, client, storage_options)))
 
 
 @cli.command()
-@click.argument("model_json", type=click.Path(dir_okay=False))
+@click.argument("model_json")
 @click.argument("data_path")
 @click.argument("out_dir")
 @click.option("--keys", default="", metavar="COL,COL", help="Columns copied next to the prediction.")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
-def predict(model_json, data_path, out_dir, keys, scheduler):
+@_storage_option
+def predict(model_json, data_path, out_dir, keys, scheduler, storage_options):
     """Score DATA_PATH with MODEL_JSON into Parquet files under OUT_DIR (same layout)."""
     from .cluster import connect
     from .config import ClusterConfig
     from .model import load_model
     from .score import predict as run_predict
 
-    model = load_model(model_json)
+    model = load_model(model_json, storage_options)
     key_cols = [k for k in keys.split(",") if k]
     with connect(ClusterConfig(), scheduler) as client:
-        res = run_predict(model, data_path, out_dir, client, keys=key_cols)
+        res = run_predict(model, data_path, out_dir, client, keys=key_cols, storage_options=storage_options)
     click.echo(f"wrote predictions for {res['rows']} rows in {res['files']} files to {out_dir}")
 
 

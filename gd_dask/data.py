@@ -171,10 +171,12 @@ def list_files(path: str, storage_options: dict | None = None):
             found, base = [root], posixpath.dirname(root)
         else:
             raise DataError(f"data.path '{path}' does not exist")
-    except (PermissionError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise DataError(f"data.path '{path}' does not exist") from None
-        raise DataError(f"data.path '{path}': cannot list: {e}") from None
+    except FileNotFoundError:
+        raise DataError(f"data.path '{path}' does not exist") from None
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - object stores fail in many types (auth, network)
+        raise DataError(f"data.path '{path}': cannot list ({_first_line(e)})") from None
     out, others = [], []
     listing = len(found) > 1 or (found and found[0] != root)
     for f in found:
@@ -246,7 +248,9 @@ def _display(protocol: str, path: str) -> str:
 def _read_footer(fs, path: str):
     try:
         info = fs.info(path)
-        with fs.open(path, "rb") as fh:
+        # Object stores: small range reads, so only the footer is fetched, not the file.
+        opener = _Native(path) if _is_local(fs) else fs.open(path, "rb", block_size=2**16, cache_type="bytes")
+        with opener as fh:
             pf = pq.ParquetFile(fh)
             meta, schema = pf.metadata, pf.schema_arrow
     except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as e:
@@ -327,6 +331,11 @@ class _Native:
 
     def __exit__(self, *exc):
         return False
+
+
+def _is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
 
 
 def _open(path, protocol, storage_options):

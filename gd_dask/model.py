@@ -45,8 +45,8 @@ class Model:
         return X @ self.m + self.b
 
 
-def load_model(path: str | Path) -> Model:
-    """Read a model.json (checked: format, features vs coefficients)."""
-    doc = _load_document(path)
+def load_model(path: str | Path, storage_options: dict | None = None) -> Model:
+    """Read a model.json, local or URL (checked: format, features vs coefficients)."""
+    doc = _load_document(path, storage_options)
     return Model(features=list(doc["features"]), target=doc.get("target", "y"),
                  m=np.asarray(doc["m"], dtype=np.float64), b=float(doc["b"]), document=doc)

@@ -20,14 +20,15 @@ from .model import Model
 log = logging.getLogger(__name__)
 
 
-def data_for(model: Model, path: str, extra_columns=()) -> DataConfig:
+def data_for(model: Model, path: str, storage_options: dict | None = None) -> DataConfig:
     missing = (model.document.get("config") or {}).get("data", {}).get("missing", "error")
-    return DataConfig(path=path, features=model.features, target=model.target, missing=missing)
+    return DataConfig(path=path, features=model.features, target=model.target, missing=missing,
+                      storage_options=storage_options or {})
 
 
-def evaluate(model: Model, path: str, client) -> dict:
+def evaluate(model: Model, path: str, client, storage_options: dict | None = None) -> dict:
     """n, mse, rmse, mae, r2 of ``model`` on the Parquet data at ``path``: one pass."""
-    source = open_source(data_for(model, path))
+    source = open_source(data_for(model, path, storage_options))
     ex = Executor(client, source, cache=False)
     sums = ex.error_sums(model.m, model.b)
     if not np.isfinite([sums.sq_err, sums.abs_err, sums.y_mean]).all():
@@ -37,13 +38,16 @@ def evaluate(model: Model, path: str, client) -> dict:
     return g.metrics(sums)
 
 
-def _predict_file(src_path, dst_path, protocol, storage_options, features, keys, m, b):
-    """Read one file row group by row group, write keys + prediction (worker task)."""
-    fs = fsspec.filesystem(protocol, **(storage_options or {}))
+def _predict_file(src_path, dst_path, protocol, storage_options, out_protocol, features, keys, m, b):
+    """Read one file row group by row group, write keys + prediction (worker task).
+
+    The output goes to a hidden temporary name first and is moved into place."""
+    src_fs = fsspec.filesystem(protocol, **(storage_options or {}))
+    fs = fsspec.filesystem(out_protocol, **(storage_options or {}))
     tmp = f"{posixpath.dirname(dst_path)}/.{posixpath.basename(dst_path)}.tmp"
     fs.makedirs(posixpath.dirname(dst_path), exist_ok=True)
     rows = 0
-    with fs.open(src_path, "rb") as fh:
+    with src_fs.open(src_path, "rb") as fh:
         pf = pq.ParquetFile(fh)
         writer = None
         try:
@@ -68,21 +72,21 @@ def _predict_file(src_path, dst_path, protocol, storage_options, features, keys,
     return rows
 
 
-def predict(model: Model, path: str, out_dir: str, client, keys=()) -> dict:
+def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_options: dict | None = None) -> dict:
     """Score every file under ``path`` into ``out_dir``, keeping the relative layout
     (hive partitions included); one worker task per file, row group by row group."""
     import dask
 
-    source = open_source(data_for(model, path), extra_columns=list(keys))
+    source = open_source(data_for(model, path, storage_options), extra_columns=list(keys))
     root = source.fs._strip_protocol(path) if "*" not in path else path.split("*")[0].rsplit("/", 1)[0]
-    out_fs, out_root = fsspec.core.url_to_fs(out_dir)
+    out_fs, out_root = fsspec.core.url_to_fs(out_dir, **source.storage_options)
     out_protocol = out_fs.protocol if isinstance(out_fs.protocol, str) else out_fs.protocol[0]
     tasks = []
     for f in source.files:
         src = f["full_path"]
         rel = src[len(root):].lstrip("/") if src.startswith(root) else posixpath.basename(src)
         tasks.append(dask.delayed(_predict_file)(
-            src, f"{out_root.rstrip('/')}/{rel}", out_protocol, source.storage_options,
+            src, f"{out_root.rstrip('/')}/{rel}", source.protocol, source.storage_options, out_protocol,
             model.features, list(keys), model.m, model.b))
     # Compute: each task writes its own file; only row counts come back.
     rows = client.compute(tasks, sync=True)

@@ -27,8 +27,27 @@ os.umask(_UMASK)
 HISTORY_FIELDS = ["epoch", "loss", "grad_norm", "learning_rate", "seconds"]
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+def is_url(path) -> bool:
+    """An fsspec URL other than a local file (s3://, gs://, memory://, …)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def atomic_write(path: str | Path, data: str | bytes, storage_options: dict | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old content or the new, whole.
+
+    Local files: a temporary file in the same folder and a rename. Object stores
+    (``s3://…``): one PUT, which makes an object visible whole or not at all.
+    """
+    if is_url(path):
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+        try:
+            fs.pipe_file(p, data.encode() if isinstance(data, str) else data)
+        except Exception as e:  # noqa: BLE001 - object stores fail in many types
+            raise ArtifactError(f"{path}: cannot write ({_first_line(e)})") from None
+        return
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,8 +79,21 @@ class _quiet:
         return exc[0] is not None and issubclass(exc[0], OSError)
 
 
-def check_writable(out_dir: str | Path) -> None:
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def check_writable(out_dir: str | Path, storage_options: dict | None = None) -> None:
     """Fail before training, not after, when the output folder cannot take files."""
+    if is_url(out_dir):
+        probe = f"{str(out_dir).rstrip('/')}/.write-test"
+        atomic_write(probe, b"", storage_options)
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(probe, **(storage_options or {}))
+        fs.rm_file(p)
+        return
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +127,7 @@ def model_document(cfg, result) -> dict:
         "strategy": result.strategy,
         "curvature": None if result.curvature is None else {
             "lambda_min": result.curvature.lmin, "lambda_max": result.curvature.lmax},
-        "config": cfg.model_dump(mode="json"),
+        "config": redact(cfg.model_dump(mode="json")),
         "data": result.source.fingerprint() if result.source is not None else None,
         "seconds": result.seconds,
         "resumed_from_epoch": result.resumed_from,
@@ -103,6 +135,20 @@ def model_document(cfg, result) -> dict:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "version": __version__,
     }
+
+
+_SECRET = ("key", "secret", "token", "password", "credential", "session")
+
+
+def redact(doc):
+    """The config as saved: values of credential-like keys (storage_options' key, secret,
+    token, …) replaced by "***", at any depth."""
+    if isinstance(doc, dict):
+        return {k: "***" if any(w in str(k).lower() for w in _SECRET) and v is not None
+                and not isinstance(v, (dict, list)) else redact(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [redact(v) for v in doc]
+    return doc
 
 
 def history_csv(history: list[dict]) -> str:
@@ -114,21 +160,26 @@ def history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def save_run(out_dir: str | Path, cfg, result, plot: bool = True) -> Path:
-    """Write history.csv (and loss.png) then model.json into ``out_dir``; returns
-    model.json's path. The checkpoint of the run is removed once model.json is in place.
-    """
-    out = Path(out_dir)
-    atomic_write(out / "history.csv", history_csv(result.history))
+def _join(out_dir, name: str):
+    return f"{str(out_dir).rstrip('/')}/{name}" if is_url(out_dir) else Path(out_dir) / name
+
+
+def save_run(out_dir: str | Path, cfg, result, plot: bool = True):
+    """Write history.csv (and loss.png) then model.json into ``out_dir`` (a folder or an
+    object-store prefix); returns model.json's path. model.json goes last, so it never
+    points at missing files; the run's checkpoint is removed once it is in place."""
+    so = cfg.data.storage_options
+    atomic_write(_join(out_dir, "history.csv"), history_csv(result.history), so)
     if plot:
         from .plots import loss_png
 
         title = (f"{cfg.name}: {result.strategy}, learning rate {result.learning_rate:.4g}"
                  f"{f', momentum {result.momentum:.4g}' if result.momentum else ''}")
-        atomic_write(out / "loss.png", loss_png(result.history, title))
-    path = out / "model.json"
-    atomic_write(path, json.dumps(model_document(cfg, result), indent=2) + "\n")
-    remove_checkpoint(out)
+        atomic_write(_join(out_dir, "loss.png"), loss_png(result.history, title), so)
+    path = _join(out_dir, "model.json")
+    atomic_write(path, json.dumps(model_document(cfg, result), indent=2) + "\n", so)
+    if not is_url(out_dir):
+        remove_checkpoint(out_dir)
     return path
 
 
@@ -161,19 +212,27 @@ def remove_checkpoint(out_dir: str | Path) -> None:
         pass
 
 
-def load_model(path: str | Path) -> dict:
-    """Read and check a model.json document.
+def read_text(path, storage_options: dict | None = None) -> str:
+    if is_url(path):
+        import fsspec
+
+        with fsspec.open(str(path), "rt", **(storage_options or {})) as fh:
+            return fh.read()
+    return Path(path).read_text()
+
+
+def load_model(path: str | Path, storage_options: dict | None = None) -> dict:
+    """Read and check a model.json document (a local path or a URL).
 
     Raises
     ------
     ArtifactError
         Unreadable, not JSON, another format version, or inconsistent fields.
     """
-    path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_text(path, storage_options))
     except OSError as e:
-        raise ArtifactError(f"{path}: cannot read model ({e.strerror or e})") from None
+        raise ArtifactError(f"{path}: cannot read model ({e.strerror or _first_line(e)})") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path}: not a valid model.json (truncated or not JSON: {e.msg} at line {e.lineno})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

@@ -215,7 +215,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         state, oracle, rates, curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
         fit_intercept=fit_b, hess=hess, on_epoch=on_epoch,
         checkpoint=lambda st: store.write_checkpoint(cfg.output_dir, key, state_to_dict(st)),
-        checkpoint_every=cfg.output.checkpoint_every,
+        checkpoint_every=cfg.output.checkpoint_every if _checkpoints(cfg) else 0,
     )
 
     m, b = std.to_original(state.params[:d], state.params[d])
@@ -243,8 +243,13 @@ def run_key(cfg, source: ParquetSource, init) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def _checkpoints(cfg) -> bool:
+    """Checkpoints live next to the output; object-store outputs are not checkpointed."""
+    return bool(cfg.output.checkpoint_every) and not store.is_url(cfg.output_dir)
+
+
 def _resume(cfg, key: str, dtype) -> LoopState | None:
-    if not cfg.output.checkpoint_every:
+    if not _checkpoints(cfg):
         return None
     doc = store.read_checkpoint(cfg.output_dir, key)
     if doc is None:
