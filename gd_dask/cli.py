@@ -31,6 +31,26 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+def _parse_storage_options(ctx, param, value):
+    if not value:
+        return {}
+    from .config import safe_load
+
+    try:
+        parsed = safe_load(value)
+    except Exception:  # noqa: BLE001 - any parse failure is a usage error
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("expected a mapping, e.g. '{endpoint_url: http://host:9000}'")
+    return parsed
+
+
+_storage_option = click.option(
+    "--storage-options", "storage_options", default="", callback=_parse_storage_options,
+    metavar="YAML", help="fsspec options for s3:// and other URLs, e.g. '{endpoint_url: http://…}' "
+    "(credentials also come from the environment).")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gd-dask")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
@@ -157,22 +177,24 @@ def models():
     """Inspect the model registry and roll back: MODEL is registry.dir/NAME."""
 
 
-def _registry(model: str):
-    from pathlib import Path
+def _registry(model: str, storage_options: dict | None = None):
+    import posixpath
 
     from .registry import Registry
 
-    path = Path(model)
-    if not (path / "versions").is_dir():
+    model = model.rstrip("/")
+    reg = Registry(posixpath.dirname(model) or ".", posixpath.basename(model), storage_options)
+    if not reg.fs.isdir(reg.versions_dir):
         raise ConfigError(f"{model}: not a model in a registry (no versions/ folder)")
-    return Registry(path.parent, path.name)
+    return reg
 
 
 @models.command("list")
 @click.argument("model")
-def models_list(model):
+@_storage_option
+def models_list(model, storage_options):
     """One line per version: current marker, verdict, metric, as-of."""
-    reg = _registry(model)
+    reg = _registry(model, storage_options)
     current = reg.current()
     for v in reg.versions():
         verdict = reg.verdict(v)
@@ -186,48 +208,31 @@ def models_list(model):
 @models.command("show")
 @click.argument("model")
 @click.argument("version", required=False)
-def models_show(model, version):
+@_storage_option
+def models_show(model, version, storage_options):
     """model.json and verdict of VERSION (default: the current one) as JSON."""
     from .store import load_model as read
 
-    reg = _registry(model)
+    reg = _registry(model, storage_options)
     version = version or reg.current()
     if version is None:
         raise ConfigError(f"{model}: no current version; name one")
     doc = {"version": version, "current": version == reg.current(),
-           "model": read(reg.version_dir(version) / "model.json"), "verdict": reg.verdict(version)}
+           "model": read(reg.url(f"{reg.version_dir(version)}/model.json"), storage_options),
+           "verdict": reg.verdict(version)}
     click.echo(json.dumps(doc, indent=2))
 
 
 @models.command("promote")
 @click.argument("model")
 @click.argument("version")
-def models_promote(model, version):
+@_storage_option
+def models_promote(model, version, storage_options):
     """Make VERSION current (roll back or forward)."""
-    reg = _registry(model)
+    reg = _registry(model, storage_options)
     before = reg.current()
     reg.promote(version, reason=f"promoted by hand (was {before})")
     click.echo(f"current: {version} (was {before})")
-
-
-def _parse_storage_options(ctx, param, value):
-    if not value:
-        return {}
-    from .config import safe_load
-
-    try:
-        parsed = safe_load(value)
-    except Exception:  # noqa: BLE001 - any parse failure is a usage error
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise click.BadParameter("expected a mapping, e.g. '{endpoint_url: http://host:9000}'")
-    return parsed
-
-
-_storage_option = click.option(
-    "--storage-options", "storage_options", default="", callback=_parse_storage_options,
-    metavar="YAML", help="fsspec options for s3:// and other URLs, e.g. '{endpoint_url: http://…}' "
-    "(credentials also come from the environment).")
 
 
 @cli.command()

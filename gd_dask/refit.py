@@ -123,7 +123,7 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
     if cfg.optimizer.strategy == "stream" or cfg.optimizer.method != "batch":
         raise ConfigError("refit trains from cached statistics: optimizer.strategy must be auto or gram "
                           "and optimizer.method batch")
-    reg = Registry(cfg.registry.dir, cfg.name)
+    reg = Registry(cfg.registry.dir, cfg.name, cfg.data.storage_options)
     with reg.lock():
         dates = window_dates(cfg, as_of)
         hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]

@@ -19,9 +19,11 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import socket
 import tempfile
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from .errors import ArtifactError, GdDaskError
 from .gradient import Moments
-from .store import atomic_write, load_model
+from .store import atomic_write, is_url, load_model
 
 
 class RegistryError(GdDaskError):
@@ -37,68 +39,106 @@ class RegistryError(GdDaskError):
 
 
 class Registry:
-    """One model's folder in the registry."""
+    """One model's folder in the registry: a local folder or an object-store prefix."""
 
-    def __init__(self, root: str | Path, name: str):
-        self.root = Path(root) / name
+    def __init__(self, root: str | Path, name: str, storage_options: dict | None = None):
+        import fsspec
+
+        self.storage_options = dict(storage_options or {})
+        self.remote = is_url(root)
+        self.fs, base = fsspec.core.url_to_fs(str(root), **self.storage_options)
+        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.base = base.rstrip("/")
+        self.root = f"{self.base}/{name}"
         self.name = name
-        self.versions_dir = self.root / "versions"
-        self.stats_dir = self.root / "stats"
+        self.versions_dir = f"{self.root}/versions"
+        self.stats_dir = f"{self.root}/stats"
+
+    def url(self, path: str) -> str:
+        """``path`` as the user gave it: a local path, or protocol://path."""
+        return f"{self.protocol}://{path}" if self.remote else path
+
+    # ------------------------------------------------------------------ files
+
+    def _read_json(self, path: str):
+        try:
+            return json.loads(self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None
+
+    def _write(self, path: str, data: str | bytes) -> None:
+        atomic_write(self.url(path), data, self.storage_options)
 
     # ------------------------------------------------------------------ versions
 
     def versions(self) -> list[str]:
-        if not self.versions_dir.is_dir():
+        """Complete versions, oldest first (a version counts once its verdict exists)."""
+        try:
+            entries = self.fs.ls(self.versions_dir, detail=False)
+        except FileNotFoundError:
             return []
-        return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+        return [v for v in names if not v.startswith(".")
+                and self.fs.exists(f"{self.versions_dir}/{v}/verdict.json")]
 
-    def version_dir(self, version: str) -> Path:
-        path = self.versions_dir / version
-        if not path.is_dir() or version.startswith("."):
-            raise RegistryError(f"{self.root}: no version {version!r} (have: {', '.join(self.versions()) or 'none'})")
-        return path
+    def version_dir(self, version: str) -> str:
+        if version.startswith(".") or not self.fs.exists(f"{self.versions_dir}/{version}/verdict.json"):
+            raise RegistryError(f"{self.url(self.root)}: no version {version!r} "
+                                f"(have: {', '.join(self.versions()) or 'none'})")
+        return f"{self.versions_dir}/{version}"
 
     def verdict(self, version: str) -> dict:
-        return json.loads((self.version_dir(version) / "verdict.json").read_text())
+        return self._read_json(f"{self.version_dir(version)}/verdict.json")
 
     def current(self) -> str | None:
-        path = self.root / "current.json"
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
+        path = f"{self.root}/current.json"
+        if not self.fs.exists(path):
             return None
-        except (OSError, ValueError) as e:
-            raise ArtifactError(f"{path}: unreadable ({e})") from None
+        doc = self._read_json(path)
+        if not isinstance(doc, dict):
+            raise ArtifactError(f"{self.url(path)}: unreadable")
         return doc.get("version")
 
     def current_model(self) -> dict | None:
         version = self.current()
-        return None if version is None else load_model(self.version_dir(version) / "model.json")
+        if version is None:
+            return None
+        return load_model(self.url(f"{self.version_dir(version)}/model.json"), self.storage_options)
 
     def new_version(self, as_of: str, files: dict[str, str | bytes]) -> str:
-        """Write ``files`` as a new immutable version (folder renamed into place)."""
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        """Write ``files`` as a new immutable version; ``verdict.json`` must be among them.
+
+        Local: into a hidden folder renamed into place. Object store: one PUT per file,
+        verdict.json last, so a version is complete when it is listed."""
         stamp = datetime.now(timezone.utc).strftime("%H%M%S")
         version = f"{as_of}T{stamp}Z"
         n = 1
-        while (self.versions_dir / version).exists():
+        while self.fs.exists(f"{self.versions_dir}/{version}"):
             n += 1
             version = f"{as_of}T{stamp}Z-{n}"
+        ordered = sorted(files, key=lambda k: k == "verdict.json")
+        if self.remote:
+            for name in ordered:
+                self._write(f"{self.versions_dir}/{version}/{name}", files[name])
+            return version
+        Path(self.versions_dir).mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.versions_dir))
         try:
-            for name, data in files.items():
-                atomic_write(tmp / name, data)
-            os.replace(tmp, self.versions_dir / version)
+            for name in ordered:
+                atomic_write(tmp / name, files[name])
+            os.replace(tmp, Path(self.versions_dir) / version)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return version
 
     def promote(self, version: str, reason: str = "") -> None:
-        """Point current.json at ``version`` (atomic replace)."""
+        """Point current.json at ``version`` (atomic replace, or one PUT)."""
         self.version_dir(version)
         doc = {"version": version, "promoted_at": _now(), "reason": reason}
-        atomic_write(self.root / "current.json", json.dumps(doc, indent=2) + "\n")
+        self._write(f"{self.root}/current.json", json.dumps(doc, indent=2) + "\n")
 
     # ------------------------------------------------------------------ lock
 
@@ -106,25 +146,38 @@ class Registry:
     def lock(self):
         """Exclusive lock for a refit; a second one fails naming the holder.
 
-        A lock left by a dead process on this host is taken over.
+        Local: an O_EXCL file; a lock left by a dead process on this host is taken over.
+        Object store: a lock object written and read back (best effort: two refits
+        starting in the same instant could both pass; schedule one per model).
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / ".lock"
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
+              "token": uuid.uuid4().hex}
+        path = f"{self.root}/.lock"
+        if self.remote:
+            holder = self._read_json(path)
+            if holder:
+                raise RegistryError(_held(self.url(self.root), holder, self.url(path)))
+            self._write(path, json.dumps(me))
+            if (self._read_json(path) or {}).get("token") != me["token"]:
+                raise RegistryError(_held(self.url(self.root), self._read_json(path) or {}, self.url(path)))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(path)
+            return
+        Path(self.root).mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
                 break
             except FileExistsError:
-                holder = _read_json(path)
+                holder = self._read_json(path)
                 if holder and holder.get("host") == me["host"] and not _alive(holder.get("pid")):
                     with contextlib.suppress(FileNotFoundError):
-                        path.unlink()  # stale: its process is gone
+                        os.unlink(path)  # stale: its process is gone
                     continue
-                who = (f"host {holder.get('host')} pid {holder.get('pid')} since {holder.get('since')}"
-                       if holder else "an unknown holder")
-                raise RegistryError(f"{self.root}: another refit holds the lock ({who}); "
-                                    f"remove {path} if that process is gone") from None
+                raise RegistryError(_held(self.root, holder, path)) from None
         else:
             raise RegistryError(f"{self.root}: could not take the lock {path}")
         with os.fdopen(fd, "w") as fh:
@@ -133,12 +186,12 @@ class Registry:
             yield
         finally:
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                os.unlink(path)
 
     # ------------------------------------------------------------------ statistics cache
 
     def cached_moments(self, key: dict) -> Moments | None:
-        doc = _read_json(self._stats_path(key))
+        doc = self._read_json(self._stats_path(key))
         if not doc or doc.get("key") != key:
             return None
         m = doc["moments"]
@@ -148,22 +201,21 @@ class Registry:
     def cache_moments(self, key: dict, mom: Moments) -> None:
         doc = {"key": key, "moments": {"n": int(mom.n), "mean": mom.mean.tolist(),
                                        "comoment": mom.comoment.tolist()}}
-        atomic_write(self._stats_path(key), json.dumps(doc))
+        self._write(self._stats_path(key), json.dumps(doc))
 
-    def _stats_path(self, key: dict) -> Path:
+    def _stats_path(self, key: dict) -> str:
         digest = hashlib.sha256(json.dumps([key["path"], key["columns"]]).encode()).hexdigest()[:24]
-        return self.stats_dir / f"{digest}.json"
+        return f"{self.stats_dir}/{digest}.json"
+
+
+def _held(root, holder: dict | None, path) -> str:
+    who = (f"host {holder.get('host')} pid {holder.get('pid')} since {holder.get('since')}"
+           if holder else "an unknown holder")
+    return f"{root}: another refit holds the lock ({who}); remove {path} if that process is gone"
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _alive(pid) -> bool:

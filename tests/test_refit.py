@@ -1,6 +1,7 @@
 """Nightly refits: ten simulated nights of appended partitions, the gate, the registry."""
 
 import json
+from pathlib import Path
 from datetime import date, timedelta
 
 import numpy as np
@@ -88,10 +89,10 @@ def test_a_corrupted_night_is_rejected_and_reruns_change_nothing(client, tmp_pat
     assert reg.current() == good
     assert reg.verdict(outcome.version)["promoted"] is False
 
-    before = (reg.root / "current.json").read_bytes(), reg.versions()
+    before = (Path(reg.root) / "current.json").read_bytes(), reg.versions()
     again = refit(cfg, client, night(5))
     assert "nothing to do" in again.message
-    assert ((reg.root / "current.json").read_bytes(), reg.versions()) == before
+    assert ((Path(reg.root) / "current.json").read_bytes(), reg.versions()) == before
 
 
 def test_a_second_refit_is_refused_while_one_holds_the_lock(tmp_path):

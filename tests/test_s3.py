@@ -81,3 +81,38 @@ def test_a_missing_bucket_is_a_clear_error(s3, tmp_path, capsys):
     assert main(["train", str(cfg)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "s3://no-such-bucket/students" in err and SECRET not in err
+
+
+def test_a_two_night_refit_runs_entirely_on_s3(s3, tmp_path, client, capsys):
+    from datetime import date, timedelta
+
+    from gd_dask.config import validate_config
+    from gd_dask.refit import refit
+    from gd_dask.registry import Registry
+    from test_refit import START, add_day
+
+    local = tmp_path / "nightly"
+    for day in range(4):
+        add_day(local, day)
+    s3["fs"].put(str(local), "lake/nightly", recursive=True)
+    cfg = validate_config({
+        "name": "nightly",
+        "data": {"path": "s3://lake/nightly", "features": ["x1", "x2"], "target": "y", "window_days": 3,
+                 "storage_options": s3["options"]},
+        "optimizer": {"epochs": 2000, "tol": 1e-20},
+        "registry": {"dir": "s3://lake/models"}})
+    first = refit(cfg, client, START + timedelta(days=2))
+    second = refit(cfg, client, START + timedelta(days=3))
+    assert first.promoted and first.files_read == 6  # two training days and the holdout day
+    assert second.files_read == 2  # only the new day: the rest comes from the s3 stats cache
+    reg = Registry("s3://lake/models", "nightly", s3["options"])
+    assert reg.versions() == [first.version, second.version]
+    assert reg.current() == (second.version if second.promoted else first.version)
+    assert s3["fs"].exists("lake/models/nightly/current.json")
+    assert not s3["fs"].exists("lake/models/nightly/.lock")
+    model = s3["fs"].cat_file(f"lake/models/nightly/versions/{second.version}/model.json").decode()
+    assert SECRET not in model
+    capsys.readouterr()
+    assert main(["models", "list", "s3://lake/models/nightly", "--storage-options", json.dumps(s3["options"])]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert refit(cfg, client, START + timedelta(days=3)).message.endswith("nothing to do")
