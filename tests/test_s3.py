@@ -2,7 +2,12 @@
 server (moto's server mode) on 127.0.0.1."""
 
 import json
-import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,30 +18,53 @@ from gd_dask.cli import main
 
 s3fs = pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
-KEY, SECRET = "testing-key", "testing-secret-do-not-log"
+
+
+def _moto_server():
+    """moto's S3 server as a separate process on 127.0.0.1, checking credentials: the
+    first three requests (creating an IAM user, its key and its policy) are the only
+    unauthenticated ones it accepts."""
+    port = free_port()
+    exe = str(Path(sys.executable).parent / "moto_server")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "moto_server did not start"
+            time.sleep(0.1)
+    endpoint = f"http://127.0.0.1:{port}"
+    iam = boto3.client("iam", endpoint_url=endpoint, aws_access_key_id="bootstrap",
+                       aws_secret_access_key="bootstrap", region_name="us-east-1")
+    iam.create_user(UserName="gd-dask")
+    key = iam.create_access_key(UserName="gd-dask")["AccessKey"]
+    iam.put_user_policy(UserName="gd-dask", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    return proc, endpoint, key["AccessKeyId"], key["SecretAccessKey"]
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET,
-                 region_name="us-east-1").create_bucket(Bucket="lake")
-    fs = s3fs.S3FileSystem(key=KEY, secret=SECRET, endpoint_url=endpoint)
-    rng = np.random.default_rng(11)
-    X = rng.normal(size=(3000, 2)) + [170, 0]
-    y = X @ [0.6, 2.0] - 40 + rng.normal(size=3000)
-    local = tmp_path_factory.mktemp("s3src")
-    data = write_parquet(local / "students", X, y, n_files=4, days=2)
-    fs.put(str(local / "students"), "lake/students", recursive=True)
-    yield {"endpoint": endpoint, "fs": fs, "local": data,
-           "options": {"endpoint_url": endpoint, "key": KEY, "secret": SECRET}}
-    server.stop()
+    proc, endpoint, key, secret = _moto_server()
+    try:
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
+                     region_name="us-east-1").create_bucket(Bucket="lake")
+        fs = s3fs.S3FileSystem(key=key, secret=secret, endpoint_url=endpoint)
+        rng = np.random.default_rng(11)
+        X = rng.normal(size=(3000, 2)) + [170, 0]
+        y = X @ [0.6, 2.0] - 40 + rng.normal(size=3000)
+        local = tmp_path_factory.mktemp("s3src")
+        data = write_parquet(local / "students", X, y, n_files=4, days=2)
+        fs.put(str(local / "students"), "lake/students", recursive=True)
+        yield {"endpoint": endpoint, "fs": fs, "local": data, "key": key, "secret": secret,
+               "options": {"endpoint_url": endpoint, "key": key, "secret": secret}}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def _config(tmp_path, data_path, out, options):
@@ -55,9 +83,9 @@ def test_training_from_and_to_s3_matches_the_local_run_and_keeps_secrets_out(s3,
     local = json.loads((tmp_path / "local" / "model.json").read_text())
     doc = json.loads(remote)
     assert doc["m"] == local["m"] and doc["b"] == local["b"]  # same bytes in, same bits out
-    assert SECRET not in remote and KEY not in remote
+    assert s3["secret"] not in remote and s3["key"] not in remote
     assert doc["config"]["data"]["storage_options"]["secret"] == "***"
-    assert SECRET not in capsys.readouterr().err
+    assert s3["secret"] not in capsys.readouterr().err
     assert s3["fs"].exists("lake/runs/s3run/history.csv") and s3["fs"].exists("lake/runs/s3run/loss.png")
     assert doc["data"]["files"][0]["path"].startswith("s3://lake/students/date=")
 
@@ -80,7 +108,15 @@ def test_a_missing_bucket_is_a_clear_error(s3, tmp_path, capsys):
     cfg = _config(tmp_path, "s3://no-such-bucket/students", str(tmp_path / "o"), s3["options"])
     assert main(["train", str(cfg)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "s3://no-such-bucket/students" in err and SECRET not in err
+    assert "s3://no-such-bucket/students" in err and s3["secret"] not in err
+
+
+def test_wrong_credentials_are_a_clear_error_that_does_not_echo_them(s3, tmp_path, capsys):
+    wrong = dict(s3["options"], secret="not-the-secret-123")
+    assert main(["train", str(_config(tmp_path, "s3://lake/students", str(tmp_path / "o"), wrong))]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "s3://lake/students" in err[0] and "signature" in err[0]
+    assert "not-the-secret-123" not in err[0] and not (tmp_path / "o" / "model.json").exists()
 
 
 def test_a_two_night_refit_runs_entirely_on_s3(s3, tmp_path, client, capsys):
@@ -111,7 +147,7 @@ def test_a_two_night_refit_runs_entirely_on_s3(s3, tmp_path, client, capsys):
     assert s3["fs"].exists("lake/models/nightly/current.json")
     assert not s3["fs"].exists("lake/models/nightly/.lock")
     model = s3["fs"].cat_file(f"lake/models/nightly/versions/{second.version}/model.json").decode()
-    assert SECRET not in model
+    assert s3["secret"] not in model
     capsys.readouterr()
     assert main(["models", "list", "s3://lake/models/nightly", "--storage-options", json.dumps(s3["options"])]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
