@@ -86,14 +86,9 @@ class ModelConfig(_Section):
         "m and b are saved in original units.",
     )
     loss: Literal["squared"] = "squared"
-    l2: NonNegFloat = 0.0
-    l1: NonNegFloat = 0.0
-
-    @model_validator(mode="after")
-    def _penalties_not_yet(self) -> ModelConfig:
-        if self.l1 or self.l2:
-            raise ValueError("l1/l2 penalties are not supported yet; set them to 0")
-        return self
+    l2: NonNegFloat = Field(default=0.0, description="Ridge: adds (l2/2)·‖m‖² to ½·MSE (not on b).")
+    l1: NonNegFloat = Field(default=0.0, description="Lasso: adds l1·‖m‖₁ to ½·MSE (not on b); "
+                            "proximal steps (soft thresholding).")
 
 
 class OptimizerConfig(_Section):
@@ -108,7 +103,12 @@ class OptimizerConfig(_Section):
         description="Heavy-ball momentum in [0, 1), or 'auto': tuned from the curvature "
         "when learning_rate is auto, none (plain descent) with a fixed learning_rate.",
     )
-    schedule: Literal["constant"] = "constant"
+    schedule: Literal["constant", "invscaling", "step"] = Field(
+        default="constant",
+        description="constant: lr; invscaling: lr / t^power_t; step: lr · gamma^floor((t−1)/step_size).")
+    power_t: Annotated[float, Strict(), Field(ge=0)] = 0.25
+    step_size: Annotated[int, Strict(), Field(ge=1)] = 100
+    gamma: Annotated[float, Strict(), Field(gt=0, le=1)] = 0.5
     epochs: Annotated[int, Strict(), Field(ge=1)] = Field(
         default=1000, description="Upper bound on the number of epochs."
     )
@@ -119,6 +119,12 @@ class OptimizerConfig(_Section):
     seed: Annotated[int, Strict(), Field(ge=0)] = 0
     strategy: Literal["auto", "stream", "gram"] = "auto"
     cache: Literal["auto", "memory", "none"] = "auto"
+
+
+def _check_l1_momentum(cfg: "RunConfig") -> None:
+    m = cfg.optimizer.momentum
+    if cfg.model.l1 and m != "auto" and m > 0:
+        raise ValueError("model.l1 takes proximal steps without momentum: set optimizer.momentum to 0 or auto")
 
 
 class TLSConfig(_Section):
@@ -172,6 +178,11 @@ class RunConfig(_Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> RunConfig:
+        _check_l1_momentum(self)
+        return self
 
     @property
     def output_dir(self) -> str:

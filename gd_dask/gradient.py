@@ -221,12 +221,12 @@ class Standardizer(NamedTuple):
         return m, float(b_orig + self.center @ np.asarray(m_orig))
 
 
-def hessian(mom: Moments, std: Standardizer, fit_intercept: bool) -> np.ndarray:
-    """Hessian of ½·MSE in the training space, shape (d + 1, d + 1) or (d, d)."""
+def hessian(mom: Moments, std: Standardizer, fit_intercept: bool, l2: float = 0.0) -> np.ndarray:
+    """Hessian of ½·MSE + (l2/2)·‖m‖² in the training space, shape (d + 1, d + 1) or (d, d)."""
     n = mom.n
     cxx = mom.comoment[:-1, :-1] / np.outer(std.scale, std.scale)
     xs_mean = (mom.mean[:-1] - std.center) / std.scale
-    hxx = cxx / n + np.outer(xs_mean, xs_mean)
+    hxx = cxx / n + np.outer(xs_mean, xs_mean) + l2 * np.eye(cxx.shape[0])
     if not fit_intercept:
         return hxx
     d = hxx.shape[0]

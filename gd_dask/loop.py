@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import TrainingError
-from .optim import Curvature, HeavyBallState, Rates, choose_rates, heavy_ball, stable_limit
+from .optim import (Curvature, HeavyBallState, Rates, choose_rates, heavy_ball, schedule, soft_threshold,
+                    stable_limit)
 
 #: Epochs of consecutive loss growth (above the starting loss) that count as divergence.
 GROWTH_EPOCHS = 5
@@ -25,12 +26,34 @@ CHECKPOINT_MIN_SECONDS = 1.0
 CALM_EPOCHS_MOMENTUM = 10
 
 
+@dataclass(frozen=True)
+class Rules:
+    """Penalties on m (never on b) and the learning-rate schedule.
+
+    The objective is ½·MSE + (l2/2)·‖m‖² + l1·‖m‖₁ in the training space; l2 enters the
+    gradient, l1 a proximal step (soft thresholding) after each gradient step.
+    """
+
+    l2: float = 0.0
+    l1: float = 0.0
+    schedule: str = "constant"
+    power_t: float = 0.25
+    step_size: int = 100
+    gamma: float = 0.5
+
+    @classmethod
+    def of(cls, cfg) -> Rules:
+        o = cfg.optimizer
+        return cls(cfg.model.l2, cfg.model.l1, o.schedule, o.power_t, o.step_size, o.gamma)
+
+
 @dataclass
 class LoopState:
     """The loop's whole state after ``epoch`` completed epochs.
 
     params, velocity : ndarray of shape (n_features + 1,) — [m..., b] in training space
-    prev_loss : loss at the previous epoch's parameters
+    prev_loss : objective (MSE + l2·‖m‖² + 2·l1·‖m‖₁; the MSE without penalties) at
+        the previous epoch's parameters
     prev_grads : ∇(½·MSE) at the previous epoch's parameters
     """
 
@@ -51,7 +74,8 @@ class LoopState:
 
 
 def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: int, tol: float,
-            fit_intercept: bool, hess=None, on_epoch=None, checkpoint=None, checkpoint_every=0):
+            fit_intercept: bool, hess=None, on_epoch=None, checkpoint=None, checkpoint_every=0,
+            rules: Rules | None = None):
     """Run epochs until ``epochs`` in all, convergence, or divergence; returns the state.
 
     Parameters
@@ -66,25 +90,35 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
     checkpoint : callable(LoopState), optional
         Called every ``checkpoint_every`` epochs, at most once per
         ``CHECKPOINT_MIN_SECONDS``.
+    rules : Rules, optional
+        Penalties and schedule; none and constant by default.
 
     Raises
     ------
     TrainingError
         The loss is not finite, or grows where a stable rate cannot make it grow.
     """
+    rules = rules or Rules()
     d = state.params.shape[0] - 1
     _, update = heavy_ball(rates)
+    rate_at = schedule(rules.schedule, rates.learning_rate, power_t=rules.power_t,
+                       step_size=rules.step_size, gamma=rules.gamma)
     needed_calm = calm_epochs(rates.momentum)
     t_last = t_saved = time.perf_counter()
     while state.epoch < epochs and not state.converged:
         params = state.params
-        s = oracle(params[:d], params[d])
+        m = params[:d]
+        s = oracle(m, params[d])
         loss = s.sq_err / s.n
-        grads = np.append(s.grad / s.n, s.err / s.n if fit_intercept else 0.0)
+        grads = np.append(s.grad / s.n + rules.l2 * m, s.err / s.n if fit_intercept else 0.0)
+        objective = loss
+        if rules.l2 or rules.l1:
+            objective = loss + rules.l2 * float(m @ m) + 2.0 * rules.l1 * float(np.abs(m).sum())
         epoch = state.epoch + 1
+        lr_t = rate_at(epoch)
         now = time.perf_counter()
         row = {"epoch": epoch, "loss": loss, "grad_norm": float(np.linalg.norm(grads)),
-               "learning_rate": rates.learning_rate, "seconds": now - t_last}
+               "learning_rate": lr_t, "seconds": now - t_last}
         t_last = now
         state.history.append(row)
         if on_epoch is not None:
@@ -92,23 +126,27 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
 
         prev = state.prev_loss
         if state.start_loss is None:
-            state.start_loss = loss
-        state.growth = state.growth + 1 if prev is not None and loss > prev else 0
-        if not math.isfinite(loss) or (state.growth >= GROWTH_EPOCHS and loss > state.start_loss
+            state.start_loss = objective
+        state.growth = state.growth + 1 if prev is not None and objective > prev else 0
+        if not math.isfinite(loss) or (state.growth >= GROWTH_EPOCHS and objective > state.start_loss
                                        and _may_diverge(rates, curv)):
             err = TrainingError(divergence_message(rates, curv, epoch, loss))
             err.history = state.history  # the curve up to here, for sweeps and plots
             raise err
         if prev is not None:
+            exact = hess is not None and not rules.l1  # the l1 prox makes steps non-linear
             change = (_quadratic_change(state.prev_grads, state.velocity, hess, fit_intercept)
-                      if hess is not None else loss - prev)
+                      if exact else objective - prev)
             state.calm = state.calm + 1 if abs(change) <= tol * max(prev, np.finfo(float).tiny) else 0
             state.converged = state.calm >= needed_calm
 
-        step, hb = update(grads, HeavyBallState(state.velocity))
-        state.params = params + step
+        step, hb = update(grads, HeavyBallState(state.velocity), lr_t)
+        new = params + step
+        if rules.l1:
+            new[:d] = soft_threshold(new[:d], lr_t * rules.l1)
+        state.params = new
         state.velocity = hb.velocity
-        state.prev_loss, state.prev_grads = loss, grads
+        state.prev_loss, state.prev_grads = objective, grads
         state.epoch = epoch
         if (checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0
                 and now - t_saved >= CHECKPOINT_MIN_SECONDS):

@@ -56,7 +56,27 @@ def stable_limit(curv: Curvature, momentum: float = 0.0) -> float:
     return 2.0 * (1.0 + momentum) / curv.lmax
 
 
-def choose_rates(curv: Curvature, learning_rate, momentum) -> Rates:
+def schedule(name: str, eta0: float, *, power_t: float = 0.25, step_size: int = 100, gamma: float = 0.5):
+    """The learning rate of step t = 1, 2, … as a pure function of t.
+
+    constant: eta0; invscaling: eta0 / t^power_t (scikit-learn's); step: eta0 ·
+    gamma^floor((t − 1) / step_size).
+    """
+    if name == "constant":
+        return lambda t: eta0
+    if name == "invscaling":
+        return lambda t: eta0 / t ** power_t
+    if name == "step":
+        return lambda t: eta0 * gamma ** ((t - 1) // step_size)
+    raise ValueError(f"unknown schedule {name!r}")
+
+
+def soft_threshold(x: np.ndarray, threshold: float) -> np.ndarray:
+    """Proximal map of threshold·‖x‖₁: shrink toward 0, exactly 0 inside ±threshold."""
+    return np.sign(x) * np.maximum(np.abs(x) - threshold, 0.0)
+
+
+def choose_rates(curv: Curvature, learning_rate, momentum, l1: float = 0.0) -> Rates:
     """Resolve ``auto`` settings against the curvature; numbers pass through.
 
     Parameters
@@ -67,6 +87,8 @@ def choose_rates(curv: Curvature, learning_rate, momentum) -> Rates:
         learning rate it is 0 (the article's plain descent).
     """
     L, mu = curv.lmax, curv.lmin
+    if momentum == "auto" and l1:
+        momentum = 0.0  # proximal (lasso) steps go without momentum
     if momentum == "auto":
         if learning_rate == "auto":
             sl, sm = np.sqrt(L), np.sqrt(mu)
@@ -92,11 +114,13 @@ def heavy_ball(rates: Rates):
     def init(params) -> HeavyBallState:
         return HeavyBallState(np.zeros_like(params))
 
-    def update(grads, state: HeavyBallState):
+    def update(grads, state: HeavyBallState, rate=None):
+        """``rate``: this step's learning rate (a schedule); the base rate otherwise."""
+        eta = lr if rate is None else rate
         if beta == 0.0:
-            step = -lr * grads
+            step = -eta * grads
         else:
-            step = beta * state.velocity - lr * grads
+            step = beta * state.velocity - eta * grads
         return step, HeavyBallState(step)
 
     return init, update

@@ -124,6 +124,8 @@ def model_document(cfg, result) -> dict:
         "metrics": result.metrics,
         "learning_rate": result.learning_rate,
         "momentum": result.momentum,
+        "schedule": {k: getattr(cfg.optimizer, k) for k in ("schedule", "power_t", "step_size", "gamma")},
+        "penalty": {"l2": cfg.model.l2, "l1": cfg.model.l1},
         "strategy": result.strategy,
         "curvature": None if result.curvature is None else {
             "lambda_min": result.curvature.lmin, "lambda_max": result.curvature.lmax},

@@ -22,7 +22,7 @@ from .data import CHUNK_BYTES, ParquetSource, open_source
 from . import store
 from .errors import DataError
 from .executor import Executor, chunk_bytes_for, decide_cache
-from .loop import LoopState, descend, state_from_dict, state_to_dict
+from .loop import LoopState, Rules, descend, state_from_dict, state_to_dict
 from .optim import Curvature, choose_rates
 
 log = logging.getLogger(__name__)
@@ -115,21 +115,22 @@ class Setup:
     rates: object
     fit_b: bool
     mom: g.Moments
+    l2: float = 0.0
 
     @classmethod
     def of(cls, cfg, mom: g.Moments) -> Setup:
         d = mom.mean.shape[0] - 1
         fit_b = cfg.model.fit_intercept
         std = g.Standardizer.from_moments(mom, fit_b) if cfg.model.standardize else g.Standardizer.identity(d)
-        curv = Curvature.of(g.hessian(mom, std, fit_b))
-        rates = choose_rates(curv, cfg.optimizer.learning_rate, cfg.optimizer.momentum)
+        curv = Curvature.of(g.hessian(mom, std, fit_b, cfg.model.l2))
+        rates = choose_rates(curv, cfg.optimizer.learning_rate, cfg.optimizer.momentum, cfg.model.l1)
         log.info("curvature λmin=%.3g λmax=%.3g (κ=%.3g); learning rate %.6g, momentum %.6g",
                  curv.lmin, curv.lmax, curv.condition, rates.learning_rate, rates.momentum)
-        return cls(std, curv, rates, fit_b, mom)
+        return cls(std, curv, rates, fit_b, mom, cfg.model.l2)
 
     @property
     def hessian(self) -> np.ndarray:
-        return g.hessian(self.mom, self.std, self.fit_b)
+        return g.hessian(self.mom, self.std, self.fit_b, self.l2)
 
     @property
     def gram(self) -> g.Gram:
@@ -159,7 +160,7 @@ def fit_moments(cfg, mom: g.Moments, init=None, on_epoch=None) -> FitResult:
     gram = setup.gram
     state = descend(LoopState.start(setup.initial_params(init, extended=True)), gram.sums, setup.rates,
                     setup.curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
-                    fit_intercept=setup.fit_b, hess=setup.hessian, on_epoch=on_epoch)
+                    fit_intercept=setup.fit_b, hess=setup.hessian, on_epoch=on_epoch, rules=Rules.of(cfg))
     d = mom.mean.shape[0] - 1
     m, b = setup.std.to_original(state.params[:d], state.params[d])
     sq = gram.sums(state.params[:d], state.params[d]).sq_err
@@ -213,7 +214,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     rates, curv, std, fit_b = setup.rates, setup.curv, setup.std, setup.fit_b
     state = descend(
         state, oracle, rates, curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
-        fit_intercept=fit_b, hess=hess, on_epoch=on_epoch,
+        fit_intercept=fit_b, hess=hess, on_epoch=on_epoch, rules=Rules.of(cfg),
         checkpoint=lambda st: store.write_checkpoint(cfg.output_dir, key, state_to_dict(st)),
         checkpoint_every=cfg.output.checkpoint_every if _checkpoints(cfg) else 0,
     )

@@ -1,0 +1,84 @@
+"""Optimizer breadth: schedules, ridge, lasso — against closed forms and scikit-learn."""
+
+import numpy as np
+import pytest
+
+from conftest import make_config, write_parquet
+from gd_dask.config import parse_config
+from gd_dask.errors import ConfigError
+from gd_dask.optim import schedule, soft_threshold
+from gd_dask.train import fit
+
+
+def test_schedules_are_pure_functions_of_the_step():
+    assert [schedule("constant", 0.5)(t) for t in (1, 10, 1000)] == [0.5, 0.5, 0.5]
+    inv = schedule("invscaling", 0.8, power_t=0.25)
+    assert inv(1) == 0.8 and inv(16) == pytest.approx(0.4)
+    step = schedule("step", 1.0, step_size=100, gamma=0.5)
+    assert step(1) == step(100) == 1.0 and step(101) == 0.5 and step(201) == 0.25
+
+
+def test_soft_threshold_shrinks_and_zeroes():
+    np.testing.assert_array_equal(soft_threshold(np.array([-3.0, -0.5, 0.0, 0.2, 2.0]), 1.0),
+                                  [-2.0, 0.0, 0.0, 0.0, 1.0])
+
+
+@pytest.fixture
+def problem(tmp_path, rng):
+    X = rng.normal(size=(2000, 4)) * [1.0, 2.0, 0.5, 1.5] + [1.0, -2.0, 0.5, 0.0]
+    y = X @ [1.5, -0.7, 0.0, 0.3] + 2.0 + rng.normal(size=2000)
+    return X, y, write_parquet(tmp_path / "d", X, y, n_files=3)
+
+
+@pytest.mark.parametrize("strategy", ["gram", "stream"])
+def test_ridge_matches_the_closed_form(client, tmp_path, problem, strategy):
+    X, y, data = problem
+    lam, n = 0.3, len(y)
+    cfg = make_config(data, tmp_path, model={"l2": lam, "standardize": False, "fit_intercept": False},
+                      optimizer={"epochs": 3000, "tol": 1e-20, "strategy": strategy})
+    res = fit(cfg, client)
+    closed = np.linalg.solve(X.T @ X + n * lam * np.eye(4), X.T @ y)  # (XᵀX + λI)⁻¹Xᵀy, λ scaled by n
+    np.testing.assert_allclose(res.m, closed, rtol=1e-8)
+    assert res.b == 0.0
+
+
+def test_ridge_penalizes_standardized_coefficients_never_the_intercept(client, tmp_path, problem):
+    X, y, data = problem
+    lam, n = 0.5, len(y)
+    res = fit(make_config(data, tmp_path, model={"l2": lam}, optimizer={"epochs": 3000, "tol": 1e-20}), client)
+    mu, sd = X.mean(0), X.std(0)
+    Xs = (X - mu) / sd
+    ms = np.linalg.solve(Xs.T @ Xs / n + lam * np.eye(4), Xs.T @ (y - y.mean()) / n)
+    np.testing.assert_allclose(res.m, ms / sd, rtol=1e-8)
+    assert res.b == pytest.approx(y.mean() - mu @ (ms / sd), rel=1e-8)
+
+
+def test_lasso_matches_scikit_learn(client, tmp_path, problem):
+    from sklearn.linear_model import Lasso
+
+    X, y, data = problem
+    alpha = 0.2
+    res = fit(make_config(data, tmp_path, model={"l1": alpha, "standardize": False},
+                          optimizer={"epochs": 20000, "tol": 1e-22}), client)
+    ref = Lasso(alpha=alpha, tol=1e-14, max_iter=100000).fit(X, y)  # (1/2n)‖y − Xw − b‖² + α‖w‖₁
+    np.testing.assert_allclose(res.m, ref.coef_, atol=1e-7)
+    assert res.b == pytest.approx(ref.intercept_, abs=1e-7)
+    assert res.m[2] == 0.0  # the irrelevant feature is exactly zero, as with coordinate descent
+    assert res.momentum == 0.0  # momentum auto means plain proximal steps under l1
+
+
+@pytest.mark.parametrize("name,extra", [("invscaling", {"power_t": 0.1}), ("step", {"step_size": 5, "gamma": 0.9})])
+def test_decaying_schedules_still_reach_the_least_squares_solution(client, tmp_path, problem, name, extra):
+    X, y, data = problem
+    res = fit(make_config(data, tmp_path, optimizer={"schedule": name, "epochs": 4000, "tol": 1e-22,
+                                                     "momentum": 0.0, **extra}), client)
+    coef, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(y))]), y, rcond=None)
+    np.testing.assert_allclose(res.m, coef[:4], rtol=1e-6)
+    lrs = [h["learning_rate"] for h in res.history]
+    assert lrs[0] > lrs[-1]  # the schedule is applied and recorded per epoch
+
+
+def test_lasso_with_explicit_momentum_is_a_config_error():
+    text = "name: n\ndata: {path: p, features: [a], target: y}\nmodel: {l1: 0.1}\noptimizer: {momentum: 0.5}"
+    with pytest.raises(ConfigError, match="model.l1 takes proximal steps without momentum"):
+        parse_config(text)
