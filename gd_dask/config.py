@@ -85,7 +85,9 @@ class ModelConfig(_Section):
         description="Train on features scaled by mean and standard deviation; "
         "m and b are saved in original units.",
     )
-    loss: Literal["squared"] = "squared"
+    loss: Literal["squared", "huber"] = Field(
+        default="squared", description="squared, or huber (robust to outliers; needs strategy stream).")
+    huber_delta: PositiveFloat = Field(default=1.35, description="Huber threshold, in units of the target.")
     l2: NonNegFloat = Field(default=0.0, description="Ridge: adds (l2/2)·‖m‖² to ½·MSE (not on b).")
     l1: NonNegFloat = Field(default=0.0, description="Lasso: adds l1·‖m‖₁ to ½·MSE (not on b); "
                             "proximal steps (soft thresholding).")
@@ -182,6 +184,9 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _across_sections(self) -> RunConfig:
         _check_l1_momentum(self)
+        if self.model.loss == "huber" and self.optimizer.strategy == "gram":
+            raise ValueError("model.loss huber needs optimizer.strategy stream (or auto): its gradient "
+                             "is not a function of the moments")
         return self
 
     @property

@@ -57,6 +57,7 @@ class Executor:
         self.array = array
         self.blocks = list(array.to_delayed().ravel())
         self.std: g.Standardizer | None = None
+        self.huber_delta: float | None = None  # set: Huber loss instead of squared
 
     @property
     def n_blocks(self) -> int:
@@ -115,11 +116,17 @@ class Executor:
             self.blocks = list(self.array.to_delayed().ravel())
 
     def gradient_sums(self, m, b) -> g.BlockSums:
-        """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch)."""
+        """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch);
+        the Huber sums when ``huber_delta`` is set."""
         std = self.std
         m = np.asarray(m, dtype=np.float64)
+        delta = self.huber_delta
         if self.cache:
+            if delta is not None:
+                return self._reduce(g.block_huber_std, g.add_sums, m, float(b) - std.y_center, delta)
             return self._reduce(g.block_sums_std, g.add_sums, m, float(b) - std.y_center)
+        if delta is not None:
+            return self._reduce(g.block_huber, g.add_sums, m, float(b), std.center, std.scale, std.y_center, delta)
         return self._reduce(g.block_sums, g.add_sums, m, float(b), std.center, std.scale, std.y_center)
 
     def error_sums(self, m, b) -> g.ErrorSums:

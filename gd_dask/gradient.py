@@ -65,6 +65,23 @@ def block_sums_std(zs, m, b_centered) -> BlockSums:
     return BlockSums(xs.T @ err, float(err.sum()), float(err @ err), zs.shape[0])
 
 
+def block_huber_std(zs, m, b_centered, delta) -> BlockSums:
+    """Huber counterpart of ``block_sums_std``: ``(Σ ψ(err)·xs, Σ ψ(err), Σ 2ρ(err), n)``
+    with ρ(r) = r²/2 for |r| ≤ delta, delta·(|r| − delta/2) beyond, and ψ = ρ′; ``2ρ``
+    so that the loss column reads like an MSE inside the quadratic zone."""
+    xs = zs[:, :-1]
+    err = xs @ m + b_centered - zs[:, -1]
+    psi = np.clip(err, -delta, delta)
+    a = np.abs(err)
+    two_rho = np.where(a <= delta, err * err, delta * (2.0 * a - delta))
+    return BlockSums(xs.T @ psi, float(psi.sum()), float(two_rho.sum()), zs.shape[0])
+
+
+def block_huber(block, m, b, center, scale, y_center, delta) -> BlockSums:
+    """``block_huber_std`` of a raw block (standardized on the fly)."""
+    return block_huber_std(standardize_block(block, center, scale, y_center), m, b - y_center, delta)
+
+
 def block_sums(block, m, b, center, scale, y_center=0.0) -> BlockSums:
     """Gradient sums of one raw block at (m, b): ``(Σ err·xs, Σ err, Σ err², n)``.
 

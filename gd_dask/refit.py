@@ -26,7 +26,7 @@ from .errors import ArtifactError, ConfigError, DataError
 from .executor import Executor, chunk_bytes_for
 from .registry import Registry
 from .store import history_csv, model_document
-from .train import fit_moments
+from .train import fit_moments, pick_strategy
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,9 @@ def judge(metric: str, max_regression: float, challenger: dict, current: dict | 
 def refit(cfg, client, as_of: date) -> RefitOutcome:
     """One night's refit (see module docstring). Safe to rerun: the same as-of date and
     data give no second version."""
-    if cfg.optimizer.strategy == "stream" or cfg.optimizer.method != "batch":
-        raise ConfigError("refit trains from cached statistics: optimizer.strategy must be auto or gram "
-                          "and optimizer.method batch")
+    if pick_strategy(cfg) != "gram":
+        raise ConfigError("refit trains from cached statistics (the gram strategy): it needs model.loss "
+                          "squared, optimizer.method batch and optimizer.strategy auto or gram")
     reg = Registry(cfg.registry.dir, cfg.name, cfg.data.storage_options)
     with reg.lock():
         dates = window_dates(cfg, as_of)

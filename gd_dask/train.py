@@ -205,6 +205,9 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         oracle, hess = setup.gram.sums, setup.hessian
     else:
         ex.standardize(setup.std)
+        if cfg.model.loss == "huber":
+            # The squared loss's curvature bounds Huber's (ψ′ ≤ 1): its rates stay stable.
+            ex.huber_delta = cfg.model.huber_delta
         oracle, hess = ex.gradient_sums, None
     params = setup.initial_params(init, extended=strategy == "gram")
 

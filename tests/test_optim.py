@@ -82,3 +82,35 @@ def test_lasso_with_explicit_momentum_is_a_config_error():
     text = "name: n\ndata: {path: p, features: [a], target: y}\nmodel: {l1: 0.1}\noptimizer: {momentum: 0.5}"
     with pytest.raises(ConfigError, match="model.l1 takes proximal steps without momentum"):
         parse_config(text)
+
+
+def test_huber_matches_a_direct_minimization_of_the_same_objective(client, tmp_path, rng):
+    from scipy.optimize import minimize
+
+    X = rng.normal(size=(1500, 2)) * [1.0, 3.0]
+    y = X @ [2.0, -0.5] + 1.0 + rng.normal(scale=0.5, size=1500)
+    y[rng.random(1500) < 0.05] += 40.0  # outliers that squared loss would chase
+    data = write_parquet(tmp_path / "d", X, y, n_files=3)
+    delta = 1.0
+    res = fit(make_config(data, tmp_path, model={"loss": "huber", "huber_delta": delta, "standardize": False},
+                          optimizer={"epochs": 3000, "tol": 1e-20}), client)
+    assert res.strategy == "stream"
+
+    def objective(theta):
+        r = X @ theta[:2] + theta[2] - y
+        a = np.abs(r)
+        rho = np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+        psi = np.clip(r, -delta, delta)
+        return rho.mean(), np.append(X.T @ psi, psi.sum()) / len(y)
+
+    ref = minimize(objective, np.zeros(3), jac=True, method="BFGS", options={"gtol": 1e-12, "maxiter": 10000})
+    np.testing.assert_allclose(res.m, ref.x[:2], rtol=1e-6)
+    assert res.b == pytest.approx(ref.x[2], rel=1e-6)
+    lsq, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(y))]), y, rcond=None)
+    assert abs(res.b - 1.0) < abs(lsq[2] - 1.0)  # robust: the outliers pull the intercept less
+
+
+def test_huber_with_gram_is_a_config_error():
+    text = "name: n\ndata: {path: p, features: [a], target: y}\nmodel: {loss: huber}\noptimizer: {strategy: gram}"
+    with pytest.raises(ConfigError, match="huber needs optimizer.strategy stream"):
+        parse_config(text)
