@@ -75,6 +75,8 @@ class DataConfig(_Section):
             raise ValueError(f"target '{self.target}' is also listed among features")
         if self.weight is not None and self.weight in seen | {self.target}:
             raise ValueError(f"weight column '{self.weight}' is also a feature or the target")
+        if self.weight is not None:
+            raise ValueError("sample weights (data.weight) are not supported yet; remove the key")
         return self
 
 

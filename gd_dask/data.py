@@ -203,10 +203,9 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     DataError
         Naming the path, file or column at fault.
     """
+    # Block layout: features, then target (then any extra columns, e.g. predict's keys).
     columns = list(data_cfg.features) + [data_cfg.target]
-    if data_cfg.weight:
-        columns.append(data_cfg.weight)
-    columns += list(extra_columns or [])
+    columns += [c for c in extra_columns or [] if c not in columns]
     fs, protocol, found, _ = list_files(data_cfg.path, data_cfg.storage_options)
     if not found:
         raise DataError(f"data.path '{data_cfg.path}' holds no Parquet files")

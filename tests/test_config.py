@@ -106,3 +106,8 @@ def test_floats_without_a_dot_are_numbers_as_in_yaml_1_2():
     cfg = parse_config(MINIMAL + "optimizer: {tol: 1e-12, learning_rate: 5e-2}")
     assert cfg.optimizer.tol == 1e-12 and cfg.optimizer.learning_rate == 0.05
     assert parse_config(MINIMAL, ["optimizer.tol=1e-20"]).optimizer.tol == 1e-20
+
+
+def test_sample_weights_are_refused_until_supported():
+    with pytest.raises(ConfigError, match="data.weight"):
+        parse_config("name: n\ndata: {path: p, features: [a], target: y, weight: w}")
