@@ -3,19 +3,20 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 GD     := $(VENV)/bin/gd-dask
-# Reinstall when pyproject.toml changes.
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# Reinstall when pyproject.toml or the pins change.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints/dev.txt | cksum | cut -d' ' -f1)
+PIP    := $(PY) -m pip install -q -c constraints/dev.txt
 
 .PHONY: run test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PIP) -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 $(VENV)/.bench-installed: $(STAMP)
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PIP) -e ".[test,bench]"
 	touch $@
 
 # The main job, end to end, on the bundled example (data generated if absent).
