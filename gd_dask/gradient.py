@@ -269,44 +269,33 @@ class ErrorSums(NamedTuple):
     y_m2: float
 
 
+def _error_sums(err, y, y_center: float = 0.0) -> ErrorSums:
+    n = y.shape[0]
+    if n == 0:
+        return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
+    y_mean = float(y.mean())
+    dev = y - y_mean
+    return ErrorSums(float(np.abs(err).sum()), float(err @ err), n, y_mean + y_center, float(dev @ dev))
+
+
 def block_errors(block, m, b) -> ErrorSums:
     """Metric sums of one block for a model (m, b) in original units."""
     y = block[:, -1]
-    n = block.shape[0]
-    if n == 0:
-        return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
-    err = block[:, :-1] @ m + b - y
-    y_mean = float(y.mean())
-    dev = y - y_mean
-    return ErrorSums(float(np.abs(err).sum()), float(err @ err), n, y_mean, float(dev @ dev))
+    return _error_sums(block[:, :-1] @ m + b - y, y)
 
 
 def block_errors_std(zs, m, b_centered, y_center) -> ErrorSums:
     """``block_errors`` of a standardized block, for training-space (m, b − y_center)."""
-    n = zs.shape[0]
-    if n == 0:
-        return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
-    err = zs[:, :-1] @ m + b_centered - zs[:, -1]
     yc = zs[:, -1]
-    y_mean = float(yc.mean())
-    dev = yc - y_mean
-    return ErrorSums(float(np.abs(err).sum()), float(err @ err), n, y_mean + y_center, float(dev @ dev))
+    return _error_sums(zs[:, :-1] @ m + b_centered - yc, yc, y_center)
 
 
 def add_errors(a: ErrorSums, b: ErrorSums) -> ErrorSums:
-    if a.n == 0:
-        return b
-    if b.n == 0:
-        return a
-    n = a.n + b.n
-    delta = b.y_mean - a.y_mean
-    return ErrorSums(
-        a.abs_err + b.abs_err,
-        a.sq_err + b.sq_err,
-        n,
-        a.y_mean + delta * b.n / n,
-        a.y_m2 + b.y_m2 + delta * delta * a.n * b.n / n,
-    )
+    """Sums add; y's mean and Σ(y − ȳ)² merge like any ``Moments``."""
+    ya = Moments(a.n, np.array([a.y_mean]), np.array([[a.y_m2]]))
+    yb = Moments(b.n, np.array([b.y_mean]), np.array([[b.y_m2]]))
+    y = merge_moments(ya, yb)
+    return ErrorSums(a.abs_err + b.abs_err, a.sq_err + b.sq_err, y.n, float(y.mean[0]), float(y.comoment[0, 0]))
 
 
 def metrics(e: ErrorSums) -> dict:
