@@ -96,7 +96,9 @@ class ModelConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    method: Literal["batch"] = "batch"
+    method: Literal["batch", "minibatch"] = Field(
+        default="batch", description="batch: every row each epoch; minibatch: each step samples about "
+        "batch_size rows across all partitions (then epochs counts steps).")
     learning_rate: Union[PositiveFloat, Literal["auto"]] = Field(
         default="auto",
         description="A positive number, or 'auto' (the fastest stable constant rate "
@@ -186,6 +188,12 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _across_sections(self) -> RunConfig:
         _check_l1_momentum(self)
+        if self.optimizer.method == "minibatch":
+            if self.optimizer.batch_size is None:
+                raise ValueError("optimizer.batch_size is required with optimizer.method minibatch")
+            if self.optimizer.strategy == "gram" or self.model.loss != "squared" or self.model.l1:
+                raise ValueError("optimizer.method minibatch needs strategy stream (or auto), squared loss "
+                                 "and no l1")
         if self.model.loss == "huber" and self.optimizer.strategy == "gram":
             raise ValueError("model.loss huber needs optimizer.strategy stream (or auto): its gradient "
                              "is not a function of the moments")

@@ -63,10 +63,11 @@ class Executor:
     def n_blocks(self) -> int:
         return len(self.blocks)
 
-    def _tree(self, func, combine, blocks, *args):
-        """Delayed: ``func(block, *args)`` over ``blocks``, reduced in the fixed tree."""
+    def _tree(self, func, combine, blocks, *args, indexed=False):
+        """Delayed: ``func(block, *args)`` over ``blocks`` (``indexed``: with the block's
+        index appended), reduced in the fixed tree."""
         fn = dask.delayed(func, pure=True)
-        level = [fn(b, *args) for b in blocks]
+        level = [fn(b, *args, i) if indexed else fn(b, *args) for i, b in enumerate(blocks)]
         fold = dask.delayed(_fold, pure=True)
         while len(level) > 1:
             level = [
@@ -128,6 +129,19 @@ class Executor:
         if delta is not None:
             return self._reduce(g.block_huber, g.add_sums, m, float(b), std.center, std.scale, std.y_center, delta)
         return self._reduce(g.block_sums, g.add_sums, m, float(b), std.center, std.scale, std.y_center)
+
+    def sampled_sums(self, m, b, fraction: float, seed: int, step: int) -> g.BlockSums:
+        """Minibatch gradient sums: every block samples its rows (seeded by seed, step and
+        block index) in parallel; one reduction per step."""
+        std = self.std
+        blocks = self.blocks
+        if not self.cache:
+            fn = dask.delayed(g.standardize_block, pure=True)
+            blocks = [fn(b, std.center, std.scale, std.y_center) for b in blocks]
+        root = self._tree(g.block_sums_sampled, g.add_sums, blocks, np.asarray(m, dtype=np.float64),
+                          float(b) - std.y_center, fraction, seed, step, indexed=True)
+        # Compute: one small result (a few numbers) comes back to the client.
+        return self.client.compute(root, sync=True)
 
     def error_sums(self, m, b) -> g.ErrorSums:
         """Metric sums for a model (m, b) in original units."""

@@ -65,6 +65,17 @@ def block_sums_std(zs, m, b_centered) -> BlockSums:
     return BlockSums(xs.T @ err, float(err.sum()), float(err @ err), zs.shape[0])
 
 
+def sample_rows(n: int, fraction: float, seed: int, step: int, index: int) -> np.ndarray:
+    """Boolean mask of a Bernoulli(fraction) sample of a block's n rows, drawn from a
+    generator seeded by (seed, step, block index): the same rows whichever worker runs it."""
+    return np.random.default_rng([seed, step, index]).random(n) < fraction
+
+
+def block_sums_sampled(zs, m, b_centered, fraction, seed, step, index) -> BlockSums:
+    """``block_sums_std`` over a seeded random sample of the rows (minibatch)."""
+    return block_sums_std(zs[sample_rows(zs.shape[0], fraction, seed, step, index)], m, b_centered)
+
+
 def block_huber_std(zs, m, b_centered, delta) -> BlockSums:
     """Huber counterpart of ``block_sums_std``: ``(Σ ψ(err)·xs, Σ ψ(err), Σ 2ρ(err), n)``
     with ρ(r) = r²/2 for |r| ≤ delta, delta·(|r| − delta/2) beyond, and ψ = ρ′; ``2ρ``

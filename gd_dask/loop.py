@@ -40,11 +40,13 @@ class Rules:
     power_t: float = 0.25
     step_size: int = 100
     gamma: float = 0.5
+    sampled: bool = False  # minibatch: losses are sample estimates, so no tol test
 
     @classmethod
     def of(cls, cfg) -> Rules:
         o = cfg.optimizer
-        return cls(cfg.model.l2, cfg.model.l1, o.schedule, o.power_t, o.step_size, o.gamma)
+        return cls(cfg.model.l2, cfg.model.l1, o.schedule, o.power_t, o.step_size, o.gamma,
+                   o.method == "minibatch")
 
 
 @dataclass
@@ -133,7 +135,7 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
             err = TrainingError(divergence_message(rates, curv, epoch, loss))
             err.history = state.history  # the curve up to here, for sweeps and plots
             raise err
-        if prev is not None:
+        if prev is not None and not rules.sampled:
             exact = hess is not None and not rules.l1  # the l1 prox makes steps non-linear
             change = (_quadratic_change(state.prev_grads, state.velocity, hess, fit_intercept)
                       if exact else objective - prev)

@@ -214,6 +214,8 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     key = run_key(cfg, source, init)
     state = _resume(cfg, key, params.dtype) or LoopState.start(params)
     resumed_from = state.epoch or None
+    if cfg.optimizer.method == "minibatch":
+        oracle = _minibatch_oracle(cfg, ex, mom.n, state.epoch)  # steps continue after a resume
     rates, curv, std, fit_b = setup.rates, setup.curv, setup.std, setup.fit_b
     state = descend(
         state, oracle, rates, curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
@@ -237,6 +239,19 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         curvature=curv, seconds=time.perf_counter() - t0, source=source, resumed_from=resumed_from,
         rows_dropped=dropped,
     )
+
+
+def _minibatch_oracle(cfg, ex: Executor, n: int, done: int = 0):
+    """Gradient sums of a fresh seeded sample of about batch_size rows at each call;
+    ``done`` steps were taken before (a resumed run draws the samples it would have)."""
+    fraction = min(1.0, cfg.optimizer.batch_size / n)
+    step = [done]
+
+    def oracle(m, b):
+        step[0] += 1
+        return ex.sampled_sums(m, b, fraction, cfg.optimizer.seed, step[0])
+
+    return oracle
 
 
 def run_key(cfg, source: ParquetSource, init) -> str:

@@ -114,3 +114,36 @@ def test_huber_with_gram_is_a_config_error():
     text = "name: n\ndata: {path: p, features: [a], target: y}\nmodel: {loss: huber}\noptimizer: {strategy: gram}"
     with pytest.raises(ConfigError, match="huber needs optimizer.strategy stream"):
         parse_config(text)
+
+
+def test_minibatch_gets_near_least_squares_and_is_reproducible_across_workers(tmp_path, problem):
+    from distributed import Client, LocalCluster
+
+    X, y, data = problem
+    cfg = make_config(data, tmp_path, optimizer={"method": "minibatch", "batch_size": 200, "epochs": 300,
+                                                 "learning_rate": 0.3, "schedule": "invscaling",
+                                                 "power_t": 0.5, "seed": 7})
+    results = []
+    for n in (1, 3):
+        with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0") as lc, \
+                Client(lc, set_as_default=False) as c:
+            results.append(fit(cfg, c))
+    a, b = results
+    assert list(a.m) == list(b.m) and a.b == b.b  # the samples do not depend on the workers
+    coef, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(y))]), y, rcond=None)
+    np.testing.assert_allclose(a.m, coef[:4], atol=0.05)
+    assert a.strategy == "stream" and a.epochs_run == 300
+
+
+def test_sampled_rows_depend_only_on_seed_step_and_block():
+    from gd_dask.gradient import sample_rows
+
+    a = sample_rows(10000, 0.1, seed=1, step=5, index=3)
+    assert (a == sample_rows(10000, 0.1, seed=1, step=5, index=3)).all()
+    assert not (a == sample_rows(10000, 0.1, seed=1, step=6, index=3)).all()
+    assert 800 < a.sum() < 1200
+
+
+def test_minibatch_needs_a_batch_size():
+    with pytest.raises(ConfigError, match="batch_size is required"):
+        parse_config("name: n\ndata: {path: p, features: [a], target: y}\noptimizer: {method: minibatch}")
