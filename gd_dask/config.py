@@ -75,8 +75,6 @@ class DataConfig(_Section):
             raise ValueError(f"target '{self.target}' is also listed among features")
         if self.weight is not None and self.weight in seen | {self.target}:
             raise ValueError(f"weight column '{self.weight}' is also a feature or the target")
-        if self.weight is not None:
-            raise ValueError("sample weights (data.weight) are not supported yet; remove the key")
         return self
 
 
@@ -194,6 +192,9 @@ class RunConfig(_Section):
             if self.optimizer.strategy == "gram" or self.model.loss != "squared" or self.model.l1:
                 raise ValueError("optimizer.method minibatch needs strategy stream (or auto), squared loss "
                                  "and no l1")
+        if self.data.weight and (self.model.loss != "squared" or self.optimizer.method != "batch"):
+            raise ValueError("data.weight works with squared loss and batch training (not yet with huber "
+                             "or minibatch)")
         if self.model.loss == "huber" and self.optimizer.strategy == "gram":
             raise ValueError("model.loss huber needs optimizer.strategy stream (or auto): its gradient "
                              "is not a function of the moments")

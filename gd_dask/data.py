@@ -63,6 +63,12 @@ class ParquetSource:
     missing: str = "error"
     _chunk_bytes: int = CHUNK_BYTES
 
+    weight: str | None = None
+
+    @property
+    def weighted(self) -> bool:
+        return self.weight is not None
+
     @property
     def n_rows(self) -> int:
         return sum(f["rows"] for f in self.files)
@@ -203,8 +209,11 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     DataError
         Naming the path, file or column at fault.
     """
-    # Block layout: features, then target (then any extra columns, e.g. predict's keys).
+    # Block layout: features, target, then the weight column if any (then any extra
+    # columns the caller reads for itself, e.g. predict's keys).
     columns = list(data_cfg.features) + [data_cfg.target]
+    if data_cfg.weight:
+        columns.append(data_cfg.weight)
     columns += [c for c in extra_columns or [] if c not in columns]
     fs, protocol, found, _ = list_files(data_cfg.path, data_cfg.storage_options)
     if not found:
@@ -232,7 +241,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     src = ParquetSource(
         fs=fs, protocol=protocol, files=files, pieces=[], columns=columns,
         partitions=partitions, row_filters=row_filters,
-        storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing,
+        storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing, weight=data_cfg.weight,
     )
     src.layout(chunk_bytes)
     if not src.pieces:

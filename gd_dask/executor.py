@@ -90,9 +90,13 @@ class Executor:
         # Compute: a few numbers per file come back (statistics to cache on the client).
         return dict(zip(groups, self.client.compute(roots, sync=True)))
 
+    @property
+    def weighted(self) -> bool:
+        return self.source.weighted
+
     def moments(self) -> g.Moments:
-        """n, means and co-moments of [X, y]: one pass, stable pairwise merges."""
-        return self._reduce(g.block_moments, g.merge_moments)
+        """n (Σw with weights), means and co-moments of [X, y]: one pass, stable merges."""
+        return self._reduce(g.block_moments_w if self.weighted else g.block_moments, g.merge_moments)
 
     def nonfinite_by_block(self) -> list[np.ndarray]:
         """NaN/inf counts per column for every block, in block order (diagnosis only)."""
@@ -111,8 +115,8 @@ class Executor:
         if self.cache:
             # Persist: the standardized blocks are what every later epoch reads; dask
             # keeps the graph back to the read tasks for blocks lost with a worker.
-            array = self.array.map_blocks(g.standardize_block, std.center, std.scale, std.y_center,
-                                          dtype=np.float64)
+            fn = g.standardize_block_w if self.weighted else g.standardize_block
+            array = self.array.map_blocks(fn, std.center, std.scale, std.y_center, dtype=np.float64)
             self.array = self.client.persist(array)
             self.blocks = list(self.array.to_delayed().ravel())
 
@@ -122,6 +126,10 @@ class Executor:
         std = self.std
         m = np.asarray(m, dtype=np.float64)
         delta = self.huber_delta
+        if self.weighted:  # squared loss only (config)
+            if self.cache:
+                return self._reduce(g.block_sums_std_w, g.add_sums, m, float(b) - std.y_center)
+            return self._reduce(g.block_sums_w, g.add_sums, m, float(b), std.center, std.scale, std.y_center)
         if self.cache:
             if delta is not None:
                 return self._reduce(g.block_huber_std, g.add_sums, m, float(b) - std.y_center, delta)
@@ -148,9 +156,9 @@ class Executor:
         m = np.asarray(m, dtype=np.float64)
         if self.cache and self.std is not None:
             m_s, b_s = self.std.to_training(m, b)
-            return self._reduce(g.block_errors_std, g.add_errors, m_s, float(b_s) - self.std.y_center,
-                                self.std.y_center)
-        return self._reduce(g.block_errors, g.add_errors, m, float(b))
+            fn = g.block_errors_std_w if self.weighted else g.block_errors_std
+            return self._reduce(fn, g.add_errors, m_s, float(b_s) - self.std.y_center, self.std.y_center)
+        return self._reduce(g.block_errors_w if self.weighted else g.block_errors, g.add_errors, m, float(b))
 
     def release(self) -> None:
         """Drop the cached blocks from cluster memory."""

@@ -324,3 +324,63 @@ def block_moments_and_errors(block, models) -> tuple:
 
 def add_moments_and_errors(a, b) -> tuple:
     return merge_moments(a[0], b[0]), [add_errors(x, y) for x, y in zip(a[1], b[1])]
+
+
+# --------------------------------------------------------------------------- sample weights
+# Weighted blocks carry the weight as their last column: [X, y, w]. The weighted functions
+# replace the count n by Σw, so everything built on Moments and BlockSums (standardization,
+# curvature, the gram formulas, the reductions) becomes weighted least squares unchanged.
+
+
+def block_moments_w(block) -> Moments:
+    """Weighted moments of [X, y]: n = Σw, mean = Σw·z/Σw, comoment = Σ w (z − mean)(z − mean)ᵀ."""
+    z, w = block[:, :-1], block[:, -1]
+    total = float(w.sum())
+    if block.shape[0] == 0 or total == 0:
+        k = z.shape[1]
+        return Moments(0, np.zeros(k), np.zeros((k, k)))
+    mean = (w @ z) / total
+    centered = z - mean
+    return Moments(total, mean, (centered * w[:, None]).T @ centered)
+
+
+def standardize_block_w(block, center, scale, y_center=0.0):
+    """``standardize_block`` of [X, y, w]: the weight column is kept as is."""
+    out = np.empty_like(block, dtype=np.float64)
+    np.subtract(block[:, :-2], center, out=out[:, :-2])
+    out[:, :-2] /= scale
+    np.subtract(block[:, -2], y_center, out=out[:, -2])
+    out[:, -1] = block[:, -1]
+    return out
+
+
+def block_sums_std_w(zs, m, b_centered) -> BlockSums:
+    """Weighted ``block_sums_std``: (Σ w·err·xs, Σ w·err, Σ w·err², Σw)."""
+    xs, w = zs[:, :-2], zs[:, -1]
+    err = xs @ m + b_centered - zs[:, -2]
+    we = w * err
+    return BlockSums(xs.T @ we, float(we.sum()), float(we @ err), float(w.sum()))
+
+
+def block_sums_w(block, m, b, center, scale, y_center=0.0) -> BlockSums:
+    return block_sums_std_w(standardize_block_w(block, center, scale, y_center), m, b - y_center)
+
+
+def _error_sums_w(err, y, w, y_center: float = 0.0) -> ErrorSums:
+    total = float(w.sum())
+    if y.shape[0] == 0 or total == 0:
+        return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
+    y_mean = float(w @ y) / total
+    dev = y - y_mean
+    return ErrorSums(float(w @ np.abs(err)), float(w @ (err * err)), total, y_mean + y_center, float(w @ (dev * dev)))
+
+
+def block_errors_w(block, m, b) -> ErrorSums:
+    """Weighted metric sums (scikit-learn's sample_weight definitions); n is Σw."""
+    y = block[:, -2]
+    return _error_sums_w(block[:, :-2] @ m + b - y, y, block[:, -1])
+
+
+def block_errors_std_w(zs, m, b_centered, y_center) -> ErrorSums:
+    yc = zs[:, -2]
+    return _error_sums_w(zs[:, :-2] @ m + b_centered - yc, yc, zs[:, -1], y_center)

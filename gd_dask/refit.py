@@ -120,6 +120,8 @@ def judge(metric: str, max_regression: float, challenger: dict, current: dict | 
 def refit(cfg, client, as_of: date) -> RefitOutcome:
     """One night's refit (see module docstring). Safe to rerun: the same as-of date and
     data give no second version."""
+    if cfg.data.weight:
+        raise ConfigError("refit does not support data.weight yet")
     if pick_strategy(cfg) != "gram":
         raise ConfigError("refit trains from cached statistics (the gram strategy): it needs model.loss "
                           "squared, optimizer.method batch and optimizer.strategy auto or gram")

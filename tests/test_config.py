@@ -108,6 +108,6 @@ def test_floats_without_a_dot_are_numbers_as_in_yaml_1_2():
     assert parse_config(MINIMAL, ["optimizer.tol=1e-20"]).optimizer.tol == 1e-20
 
 
-def test_sample_weights_are_refused_until_supported():
-    with pytest.raises(ConfigError, match="data.weight"):
-        parse_config("name: n\ndata: {path: p, features: [a], target: y, weight: w}")
+def test_sample_weights_are_refused_where_not_supported_yet():
+    with pytest.raises(ConfigError, match="data.weight works with squared loss and batch training"):
+        parse_config("name: n\ndata: {path: p, features: [a], target: y, weight: w}\nmodel: {loss: huber}")

@@ -147,3 +147,29 @@ def test_sampled_rows_depend_only_on_seed_step_and_block():
 def test_minibatch_needs_a_batch_size():
     with pytest.raises(ConfigError, match="batch_size is required"):
         parse_config("name: n\ndata: {path: p, features: [a], target: y}\noptimizer: {method: minibatch}")
+
+
+@pytest.mark.parametrize("strategy", ["gram", "stream"])
+def test_sample_weights_equal_row_repetition(client, tmp_path, rng, strategy):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X = rng.normal(size=(400, 2)) * [1.0, 2.0] + [3.0, -1.0]
+    y = X @ [1.5, -0.7] + 2.0 + rng.normal(size=400)
+    w = rng.integers(0, 4, size=400).astype(float)  # 0 drops a row, 3 triples it
+    (tmp_path / "w").mkdir()
+    (tmp_path / "r").mkdir()
+    for i, part in enumerate(np.array_split(np.arange(400), 3)):
+        pq.write_table(pa.table({"x0": X[part, 0], "x1": X[part, 1], "y": y[part], "w": w[part]}),
+                       tmp_path / "w" / f"p{i}.parquet")
+        rep = np.repeat(part, w[part].astype(int))
+        pq.write_table(pa.table({"x0": X[rep, 0], "x1": X[rep, 1], "y": y[rep]}), tmp_path / "r" / f"p{i}.parquet")
+    opt = {"epochs": 2000, "tol": 1e-20, "strategy": strategy}
+    weighted = fit(make_config({"path": str(tmp_path / "w"), "features": ["x0", "x1"], "target": "y",
+                                "weight": "w"}, tmp_path, optimizer=opt), client)
+    repeated = fit(make_config({"path": str(tmp_path / "r"), "features": ["x0", "x1"], "target": "y"},
+                               tmp_path, optimizer=opt), client)
+    np.testing.assert_allclose(weighted.m, repeated.m, rtol=1e-10)
+    assert weighted.b == pytest.approx(repeated.b, rel=1e-10)
+    for k in ("mse", "mae", "r2", "n"):
+        assert weighted.metrics[k] == pytest.approx(repeated.metrics[k], rel=1e-10)
