@@ -43,11 +43,11 @@ def data_config(root: Path, names, **optimizer) -> dict:
 def local_client(n_workers: int = 2, memory_limit="auto"):
     from distributed import Client, LocalCluster
 
-    from gd_dask.cluster import quiet_distributed
+    from gd_dask.cluster import WORKER_ENV, quiet_distributed
 
     quiet_distributed()
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, memory_limit=memory_limit,
-                      dashboard_address=":0") as lc, Client(lc) as c:  # default: dask-ml computes on it
+                      dashboard_address=":0", env=WORKER_ENV) as lc, Client(lc) as c:  # default: dask-ml computes on it
         yield c
 
 

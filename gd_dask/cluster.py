@@ -40,6 +40,12 @@ def _security(tls):
     )
 
 
+#: Environment of embedded workers. Arrow's default pool (mimalloc) keeps freed memory;
+#: with the system allocator and distributed's MALLOC_TRIM_THRESHOLD_ a worker reading
+#: Parquet blocks peaked ~50 MiB lower (measured: 116 vs 170 MiB over a 69 MiB start).
+WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+
+
 def quiet_distributed(level: int = logging.ERROR) -> None:
     """distributed configures its loggers at import; keep them to errors unless -vv.
 
@@ -103,6 +109,7 @@ def connect(cfg, address: str | None = None):
             processes=True,
             dashboard_address=":0",
             silence_logs=logging.ERROR,
+            env=WORKER_ENV,
         )
     except Exception as e:  # noqa: BLE001 - start-up failures come in many types
         raise ClusterError(f"cannot start the embedded LocalCluster: {e}") from None

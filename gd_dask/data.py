@@ -318,6 +318,10 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
     out = np.empty((table.num_rows, len(columns)), dtype=np.float64, order="F")
     for j, col in enumerate(columns):
         out[:, j] = table.column(col).to_numpy(zero_copy_only=False)
+    del table
+    # Give Arrow's freed buffers back to the OS: its pools keep them otherwise, and a worker
+    # near its memory limit is paused by distributed (cluster.WORKER_ENV does more).
+    pa.default_memory_pool().release_unused()
     if missing == "drop":
         good = np.isfinite(out).all(axis=1)
         if not good.all():

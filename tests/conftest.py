@@ -58,11 +58,11 @@ def client():
     """One real LocalCluster (2 worker processes) for the whole session."""
     from distributed import Client, LocalCluster
 
-    from gd_dask.cluster import quiet_distributed
+    from gd_dask.cluster import WORKER_ENV, quiet_distributed
 
     quiet_distributed()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as c:
+                      dashboard_address=":0", env=WORKER_ENV) as cluster, Client(cluster, set_as_default=False) as c:
         yield c
 
 

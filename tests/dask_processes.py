@@ -55,8 +55,10 @@ class DaskProcesses:
                 "--tls-key", self.tls["key"]]
 
     def _spawn(self, args) -> subprocess.Popen:
+        from gd_dask.cluster import WORKER_ENV
+
         return subprocess.Popen([DASK, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **WORKER_ENV})
 
     def start(self) -> DaskProcesses:
         self.scheduler = self._spawn(["scheduler", "--host", "127.0.0.1", "--port", str(self.port),
