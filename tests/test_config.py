@@ -111,3 +111,12 @@ def test_floats_without_a_dot_are_numbers_as_in_yaml_1_2():
 def test_sample_weights_are_refused_where_not_supported_yet():
     with pytest.raises(ConfigError, match="data.weight works with squared loss and batch training"):
         parse_config("name: n\ndata: {path: p, features: [a], target: y, weight: w}\nmodel: {loss: huber}")
+
+
+def test_the_readme_config_reference_is_a_valid_config():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Run config.*?```yaml\n(.*?)```", text, re.S).group(1)
+    assert parse_config(block, source="README").name == "students"
