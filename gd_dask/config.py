@@ -230,7 +230,11 @@ _SafeLoader.add_implicit_resolver(
 
 def safe_load(text: str):
     """YAML through the safe loader (no Python objects), with YAML 1.2 floats."""
-    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - _SafeLoader is a SafeLoader
+    loader = _SafeLoader(text)  # a yaml.SafeLoader: plain data only
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
