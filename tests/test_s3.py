@@ -120,7 +120,7 @@ def test_wrong_credentials_are_a_clear_error_that_does_not_echo_them(s3, tmp_pat
 
 
 def test_a_two_night_refit_runs_entirely_on_s3(s3, tmp_path, client, capsys):
-    from datetime import date, timedelta
+    from datetime import timedelta
 
     from gd_dask.config import validate_config
     from gd_dask.refit import refit
