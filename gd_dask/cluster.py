@@ -9,14 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from .errors import ClusterError
+from .errors import ClusterError, first_line as _first_line
 
 log = logging.getLogger(__name__)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _seconds(timeout) -> float:

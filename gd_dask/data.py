@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -219,12 +219,13 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     if not found:
         raise DataError(f"data.path '{data_cfg.path}' holds no Parquet files")
 
-    partitions, kept = {}, []
+    partitions, kept, rels = {}, [], {}
     for full, rel in found:
         keys = _hive_keys(rel)
         if _keep(keys, data_cfg.filters):
             kept.append(full)
             partitions[full] = keys
+            rels[full] = rel
     if not kept:
         raise DataError(f"data.filters {data_cfg.filters} select no files under '{data_cfg.path}'")
 
@@ -236,7 +237,8 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
         meta, schema, info = _read_footer(fs, full)
         _check_columns(full, schema, columns + [f[0] for f in row_filters], types)
         files.append({"path": _display(protocol, full), "size": info.get("size"), "rows": meta.num_rows,
-                      "full_path": full, "stamp": _stamp(info), "partition": partitions[full],
+                      "full_path": full, "rel": rels[full], "stamp": _stamp(info),
+                      "partition": partitions[full],
                       "row_groups": [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]})
     src = ParquetSource(
         fs=fs, protocol=protocol, files=files, pieces=[], columns=columns,
@@ -276,7 +278,7 @@ def _stamp(info: dict):
 
 
 def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return first_line(e, with_type=False)
 
 
 def _check_columns(path: str, schema: pa.Schema, columns: list[str], types: dict) -> None:

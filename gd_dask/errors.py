@@ -6,6 +6,14 @@ culprit (file, key, column, partition). The CLI prints ``str(error)`` and exits 
 """
 
 
+def first_line(e: BaseException, with_type: bool = True) -> str:
+    """An exception as one line: its first line of text, led by its type name."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if with_type else text.splitlines()[0]
+
+
 class GdDaskError(Exception):
     """Base class: a failure with a one-line message for the user (exit status 1)."""
 

@@ -129,11 +129,11 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
     with reg.lock():
         dates = window_dates(cfg, as_of)
         hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]
-        train_src = open_source(_with_dates(cfg.data, train_dates))
-        hold_src = open_source(_with_dates(cfg.data, hold_dates))
-        chunk = chunk_bytes_for(client, CHUNK_BYTES)
-        train_src.layout(chunk)
-        hold_src.layout(chunk)
+        window = open_source(_with_dates(cfg.data, dates))  # one listing, one footer read each
+        window.layout(chunk_bytes_for(client, CHUNK_BYTES))
+        train_src, hold_src = (window.subset([f["full_path"] for f in window.files
+                                              if f["partition"].get(DATE_KEY) in part])
+                               for part in (set(train_dates), set(hold_dates)))
 
         fingerprint = _fingerprint(cfg, train_src, hold_src)
         for v in reg.versions():

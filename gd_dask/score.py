@@ -78,15 +78,12 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     import dask
 
     source = open_source(data_for(model, path, storage_options), extra_columns=list(keys))
-    root = source.fs._strip_protocol(path) if "*" not in path else path.split("*")[0].rsplit("/", 1)[0]
     out_fs, out_root = fsspec.core.url_to_fs(out_dir, **source.storage_options)
     out_protocol = out_fs.protocol if isinstance(out_fs.protocol, str) else out_fs.protocol[0]
     tasks = []
     for f in source.files:
-        src = f["full_path"]
-        rel = src[len(root):].lstrip("/") if src.startswith(root) else posixpath.basename(src)
         tasks.append(dask.delayed(_predict_file)(
-            src, f"{out_root.rstrip('/')}/{rel}", source.protocol, source.storage_options, out_protocol,
+            f["full_path"], f"{out_root.rstrip('/')}/{f['rel']}", source.protocol, source.storage_options, out_protocol,
             model.features, list(keys), model.m, model.b))
     # Compute: each task writes its own file; only row counts come back.
     rows = client.compute(tasks, sync=True)

@@ -7,6 +7,7 @@ file that claims to be a model and leaves earlier artifacts byte-identical.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import ArtifactError
+from .errors import ArtifactError, first_line as _first_line
 
 FORMAT = "gd_dask.model/1"
 _UMASK = os.umask(0)
@@ -62,26 +63,13 @@ def atomic_write(path: str | Path, data: str | bytes, storage_options: dict | No
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are shared files
         os.replace(tmp, path)
     except OSError as e:
-        with _quiet():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise ArtifactError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
-        with _quiet():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def check_writable(out_dir: str | Path, storage_options: dict | None = None) -> None:

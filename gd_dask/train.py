@@ -9,6 +9,7 @@ the sums divided by N.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -132,7 +133,7 @@ class Setup:
     def hessian(self) -> np.ndarray:
         return g.hessian(self.mom, self.std, self.fit_b, self.l2)
 
-    @property
+    @functools.cached_property
     def gram(self) -> g.Gram:
         return g.Gram(self.mom, self.std)
 
