@@ -56,13 +56,13 @@ def run_cli(*args, cwd=None, timeout=240, env=None):
 @pytest.fixture(scope="session")
 def client():
     """One real LocalCluster (2 worker processes) for the whole session."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from gd_dask.cluster import WORKER_ENV, quiet_distributed
+    from gd_dask.cluster import local_cluster, quiet_distributed
 
     quiet_distributed()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", env=WORKER_ENV) as cluster, Client(cluster, set_as_default=False) as c:
+    with local_cluster(n_workers=2, threads_per_worker=1, processes=True,
+                       dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as c:
         yield c
 
 
