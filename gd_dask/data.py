@@ -301,29 +301,58 @@ def _check_columns(path: str, schema: pa.Schema, columns: list[str], types: dict
 # --------------------------------------------------------------------------- reading (workers)
 
 
+def _read_row_groups(pf, path, row_groups, columns, row_filters) -> pa.Table:
+    """Some row groups of an open ``ParquetFile`` with the row filters applied."""
+    filter_cols = [f[0] for f in row_filters if f[0] not in columns]
+    try:
+        table = pf.read_row_groups(list(row_groups), columns=columns + filter_cols)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read row groups {list(row_groups)} ({_first_line(e)})") from None
+    return table.filter(_row_mask(table, row_filters)) if row_filters else table
+
+
+def _parquet_file(fh, path):
+    try:
+        return pq.ParquetFile(fh)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read ({_first_line(e)})") from None
+
+
+def _release_arrow_memory() -> None:
+    # Give Arrow's freed buffers back to the OS: its pools keep them otherwise, and a worker
+    # near its memory limit is paused by distributed.
+    pa.default_memory_pool().release_unused()
+
+
 def read_block(path, row_groups, columns, storage_options, protocol, row_filters, missing):
     """Read one chunk as a float64 array of shape (rows, len(columns)).
 
     Runs inside a worker task. With ``missing: drop`` rows holding NaN/inf/null are
     dropped here; with ``error`` they are kept for the client to report.
     """
-    filter_cols = [f[0] for f in row_filters if f[0] not in columns]
-    try:
-        with _open(path, protocol, storage_options) as fh:
-            table = pq.ParquetFile(fh).read_row_groups(list(row_groups), columns=columns + filter_cols)
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read row groups {list(row_groups)} ({_first_line(e)})") from None
-    if row_filters:
-        table = table.filter(_row_mask(table, row_filters))
-    # Column-major: each column is one contiguous copy from Arrow (row-major costs 40×
-    # as much in strided writes); NumPy and BLAS take either order.
-    out = np.empty((table.num_rows, len(columns)), dtype=np.float64, order="F")
-    for j, col in enumerate(columns):
-        out[:, j] = table.column(col).to_numpy(zero_copy_only=False)
-    del table
-    # Give Arrow's freed buffers back to the OS: its pools keep them otherwise, and a worker
-    # near its memory limit is paused by distributed (cluster.WORKER_ENV does more).
-    pa.default_memory_pool().release_unused()
+    with _open(path, protocol, storage_options) as fh:
+        pf = _parquet_file(fh, path)
+        if row_filters:  # rows per row group unknown until filtered
+            parts = [_read_row_groups(pf, path, [rg], columns, row_filters) for rg in row_groups]
+            sizes = [t.num_rows for t in parts]
+        else:
+            parts, sizes = None, [pf.metadata.row_group(rg).num_rows for rg in row_groups]
+        # Column-major: each column is a contiguous copy from Arrow (row-major costs 40×
+        # as much in strided writes); NumPy and BLAS take either order. Row group by row
+        # group, so Arrow holds one decoded row group at a time and reuses its buffers.
+        out = np.empty((sum(sizes), len(columns)), dtype=np.float64, order="F")
+        lo = 0
+        for i, rg in enumerate(row_groups):
+            table = parts[i] if parts else _read_row_groups(pf, path, [rg], columns, row_filters)
+            for j, col in enumerate(columns):
+                at = lo
+                for chunk in table.column(col).chunks:  # zero-copy views where the type allows
+                    out[at:at + len(chunk), j] = chunk.to_numpy(zero_copy_only=False)
+                    at += len(chunk)
+            lo += sizes[i]
+            del table
+    del parts
+    _release_arrow_memory()
     if missing == "drop":
         good = np.isfinite(out).all(axis=1)
         if not good.all():
@@ -331,6 +360,42 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
     # With missing: error the values stay: they make the moments non-finite, and only then
     # does ``count_nonfinite`` find them, in file order, for a deterministic message.
     return out
+
+
+def read_slices(path, row_groups, columns, storage_options, protocol, row_filters, missing, rows):
+    """The slices of ``rows`` rows that ``gradient.block_slices(read_block(...))`` would
+    give, without ever building the block: one row group is decoded at a time and copied
+    slice by slice into one small reused buffer. So a pass that only adds up over rows needs memory for one row
+    group, and never touches freshly mapped pages for a whole chunk.
+
+    Each slice is a view of the same buffer: use it before asking for the next.
+    """
+    buf = np.empty((rows, len(columns)), dtype=np.float64, order="F")
+    fill, emitted = 0, False
+    with _open(path, protocol, storage_options) as fh:
+        pf = _parquet_file(fh, path)
+        for rg in row_groups:
+            table = _read_row_groups(pf, path, [rg], columns, row_filters).select(columns)
+            for batch in table.to_batches():
+                # Zero-copy views of Arrow's buffers where the type allows (float64, no nulls).
+                arrays = [col.to_numpy(zero_copy_only=False) for col in batch.columns]
+                if missing == "drop" and batch.num_rows:
+                    good = np.logical_and.reduce([np.isfinite(a.astype(np.float64, copy=False)) for a in arrays])
+                    if not good.all():
+                        arrays = [a[good] for a in arrays]
+                n, pos = arrays[0].shape[0], 0
+                while pos < n:
+                    take = min(rows - fill, n - pos)
+                    for j, a in enumerate(arrays):
+                        buf[fill:fill + take, j] = a[pos:pos + take]
+                    fill, pos = fill + take, pos + take
+                    if fill == rows:
+                        yield buf
+                        fill, emitted = 0, True
+            del table, batch, arrays
+    _release_arrow_memory()
+    if fill or not emitted:
+        yield buf[:fill]
 
 
 class _Native:

@@ -17,7 +17,7 @@ import dask
 import numpy as np
 
 from . import gradient as g
-from .data import ParquetSource, count_nonfinite, to_dask_array
+from .data import ParquetSource, count_nonfinite, read_slices, to_dask_array
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,12 @@ CACHE_FRACTION = 0.4
 
 def _fold(combine, parts):
     return reduce(combine, parts)
+
+
+def fold_piece(func, combine, read_args, *args):
+    """``gradient.fold_block(func, combine, read_block(*read_args), *args)`` without
+    building the block: the chunk streams from the file slice by slice."""
+    return g.fold_slices(func, combine, read_slices(*read_args, g.SLICE_ROWS), *args)
 
 
 class Executor:
@@ -67,26 +73,38 @@ class Executor:
         """Delayed: ``func(block, *args)`` over ``blocks`` (``indexed``: with the block's
         index appended), reduced in the fixed tree."""
         fn = dask.delayed(func, pure=True)
-        level = [fn(b, *args, i) if indexed else fn(b, *args) for i, b in enumerate(blocks)]
-        fold = dask.delayed(_fold, pure=True)
-        while len(level) > 1:
-            level = [
-                fold(combine, level[i:i + FAN_IN]) if len(level[i:i + FAN_IN]) > 1 else level[i]
-                for i in range(0, len(level), FAN_IN)
-            ]
-        return level[0]
+        return _reduce_tree([fn(b, *args, i) if indexed else fn(b, *args) for i, b in enumerate(blocks)],
+                            combine)
+
+    def _row_leaves(self, func, combine, *args) -> list:
+        """Delayed, one per block: ``func`` (a function that adds up over rows) folded over
+        the block's slices. Cached blocks are sliced in memory; otherwise each chunk
+        streams from its file, so the pass needs no memory for whole blocks."""
+        if self.cache:
+            fn = dask.delayed(g.fold_block, pure=True)
+            return [fn(func, combine, b, *args) for b in self.blocks]
+        fn = dask.delayed(fold_piece, pure=True)
+        src = self.source
+        return [fn(func, combine, (p.path, p.row_groups, src.columns, src.storage_options, src.protocol,
+                                   src.row_filters, src.missing), *args)
+                for p in src.pieces]
 
     def _reduce(self, func, combine, *args):
         """Map ``func(block, *args)`` over the blocks, reduce in the fixed tree, compute."""
         # Compute: one small result (a few numbers) comes back to the client.
         return self.client.compute(self._tree(func, combine, self.blocks, *args), sync=True)
 
+    def _reduce_rows(self, func, combine, *args):
+        """``_reduce`` for functions that add up over rows, slice by slice (``_row_leaves``)."""
+        # Compute: one small result (a few numbers) comes back to the client.
+        return self.client.compute(_reduce_tree(self._row_leaves(func, combine, *args), combine), sync=True)
+
     def reduce_by_file(self, func, combine, *args) -> dict[str, object]:
-        """Like ``_reduce`` but one result per file: {full path: result}."""
+        """``_reduce_rows`` with one result per file: {full path: result}."""
         groups: dict[str, list] = {}
-        for piece, block in zip(self.source.pieces, self.blocks):
-            groups.setdefault(piece.path, []).append(block)
-        roots = [self._tree(func, combine, blocks, *args) for blocks in groups.values()]
+        for piece, leaf in zip(self.source.pieces, self._row_leaves(func, combine, *args)):
+            groups.setdefault(piece.path, []).append(leaf)
+        roots = [_reduce_tree(leaves, combine) for leaves in groups.values()]
         # Compute: a few numbers per file come back (statistics to cache on the client).
         return dict(zip(groups, self.client.compute(roots, sync=True)))
 
@@ -96,11 +114,11 @@ class Executor:
 
     def moments(self) -> g.Moments:
         """n (Σw with weights), means and co-moments of [X, y]: one pass, stable merges."""
-        return self._reduce(g.block_moments_w if self.weighted else g.block_moments, g.merge_moments)
+        return self._reduce_rows(g.block_moments_w if self.weighted else g.slice_moments, g.merge_moments)
 
     def nonfinite_by_block(self) -> list[np.ndarray]:
         """NaN/inf counts per column for every block, in block order (diagnosis only)."""
-        parts = [dask.delayed(count_nonfinite, pure=True)(b) for b in self.blocks]
+        parts = self._row_leaves(count_nonfinite, np.add)
         # Compute: one small vector per block comes back, to name the first file at fault.
         return self.client.compute(parts, sync=True)
 
@@ -157,13 +175,25 @@ class Executor:
         if self.cache and self.std is not None:
             m_s, b_s = self.std.to_training(m, b)
             fn = g.block_errors_std_w if self.weighted else g.block_errors_std
-            return self._reduce(fn, g.add_errors, m_s, float(b_s) - self.std.y_center, self.std.y_center)
-        return self._reduce(g.block_errors_w if self.weighted else g.block_errors, g.add_errors, m, float(b))
+            return self._reduce_rows(fn, g.add_errors, m_s, float(b_s) - self.std.y_center, self.std.y_center)
+        return self._reduce_rows(g.block_errors_w if self.weighted else g.block_errors, g.add_errors, m, float(b))
 
     def release(self) -> None:
         """Drop the cached blocks from cluster memory."""
         self.blocks = []
         self.array = None
+
+
+def _reduce_tree(level: list, combine):
+    """Delayed: the fixed reduction tree over ``level`` (adjacent items, ``FAN_IN`` at a
+    time, folded left to right); it depends only on the number of items."""
+    fold = dask.delayed(_fold, pure=True)
+    while len(level) > 1:
+        level = [
+            fold(combine, level[i:i + FAN_IN]) if len(level[i:i + FAN_IN]) > 1 else level[i]
+            for i in range(0, len(level), FAN_IN)
+        ]
+    return level[0]
 
 
 def chunk_bytes_for(client, default: int) -> int:
@@ -188,10 +218,15 @@ def cluster_memory(client) -> int:
     return int(sum(limits))
 
 
-def decide_cache(setting: str, source: ParquetSource, client) -> bool:
-    """``memory`` / ``none`` as given; ``auto`` caches only when the blocks fit."""
+def decide_cache(setting: str, source: ParquetSource, client, strategy: str = "stream") -> bool:
+    """``memory`` / ``none`` as given. ``auto``: stream caches only when the blocks fit;
+    gram never does, since it reads the data only twice (moments, then the metrics) and
+    streaming a chunk from its file costs less than filling fresh memory with it."""
     if setting != "auto":
         return setting == "memory"
+    if strategy == "gram":
+        log.info("cache: none (gram reads the data for its moments and for the metrics only)")
+        return False
     need = source.nbytes
     have = cluster_memory(client)
     if have == 0:

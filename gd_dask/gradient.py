@@ -18,6 +18,7 @@ training happens.
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -131,28 +132,63 @@ class Moments(NamedTuple):
     comoment: np.ndarray
 
 
-#: Rows per slice in ``block_moments``: a centered slice stays in the CPU cache.
-MOMENT_SLICE_ROWS = 8192
+#: Rows per slice for passes that add up over rows (moments, metrics): a slice of a few
+#: columns and its centered copy stay in the CPU cache.
+SLICE_ROWS = 8192
 
 
-def _slice_moments(z) -> Moments:
+def block_slices(block, rows: int = SLICE_ROWS):
+    """A block's consecutive slices of ``rows`` rows (at least one, maybe empty)."""
+    if block.shape[0] == 0:
+        yield block
+    for lo in range(0, block.shape[0], rows):
+        yield block[lo:lo + rows]
+
+
+def fold_slices(func, combine, slices, *args):
+    """``func(slice, *args)`` folded left to right with ``combine``: for functions that
+    add up over rows, the same value as on the whole block; the same bits whether the
+    slices come from a cached block or straight from the file (``data.read_slices``)."""
+    total = None
+    for z in slices:
+        part = func(z, *args)
+        total = part if total is None else combine(total, part)
+    return total
+
+
+def fold_block(func, combine, block, *args):
+    """``fold_slices`` over a block in memory."""
+    return fold_slices(func, combine, block_slices(block), *args)
+
+
+_scratch = threading.local()
+
+
+def _scratch_like(z) -> np.ndarray:
+    """A per-thread reused column-major array of ``z``'s shape. dask workers set
+    MALLOC_TRIM_THRESHOLD_, which pins glibc's mmap threshold at 128 KiB: a fresh
+    slice-sized temporary would be mapped and faulted in anew for every slice."""
+    size = z.shape[0] * z.shape[1]
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _scratch.buf = np.empty(size)
+    return buf[:size].reshape(z.shape, order="F")
+
+
+def slice_moments(z) -> Moments:
+    """Moments of a few rows: mean first, then the centered co-moments (two-pass), so a
+    large mean costs no digits."""
+    n, k = z.shape
+    if n == 0:
+        return Moments(0, np.zeros(k), np.zeros((k, k)))
     mean = z.mean(axis=0)
-    centered = z - mean
-    return Moments(z.shape[0], mean, centered.T @ centered)
+    centered = np.subtract(z, mean, out=_scratch_like(z))
+    return Moments(n, mean, centered.T @ centered)
 
 
 def block_moments(block) -> Moments:
-    """Moments of one block: two-pass (mean first) per slice of ``MOMENT_SLICE_ROWS``
-    rows, so a large mean costs no digits, merged with the pairwise update; slicing keeps
-    each centered copy in cache instead of writing a copy of the whole block."""
-    n, k = block.shape
-    if n == 0:
-        return Moments(0, np.zeros(k), np.zeros((k, k)))
-    total = None
-    for lo in range(0, n, MOMENT_SLICE_ROWS):
-        part = _slice_moments(block[lo:lo + MOMENT_SLICE_ROWS])
-        total = part if total is None else merge_moments(total, part)
-    return total
+    """Moments of one block: ``slice_moments`` per slice, merged with the pairwise update."""
+    return fold_block(slice_moments, merge_moments, block)
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:

@@ -89,7 +89,7 @@ def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Momen
             cached[f["full_path"]] = mom
     if unseen:
         sub = src.subset([f["full_path"] for f in unseen])
-        fresh = Executor(client, sub, cache=False).reduce_by_file(g.block_moments, g.merge_moments)
+        fresh = Executor(client, sub, cache=False).reduce_by_file(g.slice_moments, g.merge_moments)
         for f in unseen:
             mom = fresh[f["full_path"]]
             _check_finite(mom, f, src)
