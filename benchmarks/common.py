@@ -41,13 +41,13 @@ def data_config(root: Path, names, **optimizer) -> dict:
 
 @contextlib.contextmanager
 def local_client(n_workers: int = 2, memory_limit="auto"):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from gd_dask.cluster import WORKER_ENV, quiet_distributed
+    from gd_dask.cluster import local_cluster, quiet_distributed
 
     quiet_distributed()
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, memory_limit=memory_limit,
-                      dashboard_address=":0", env=WORKER_ENV) as lc, Client(lc) as c:  # default: dask-ml computes on it
+    with local_cluster(n_workers=n_workers, threads_per_worker=1, memory_limit=memory_limit,
+                       dashboard_address=":0") as lc, Client(lc) as c:  # default: dask-ml computes on it
         yield c
 
 
@@ -83,3 +83,9 @@ def timed(fn, *args, **kw):
     t = time.perf_counter()
     out = fn(*args, **kw)
     return out, time.perf_counter() - t
+
+
+def best_of(k: int, fn, *args, **kw):
+    """(result, seconds) of the fastest of ``k`` calls."""
+    runs = [timed(fn, *args, **kw) for _ in range(k)]
+    return min(runs, key=lambda r: r[1])

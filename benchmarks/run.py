@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import data_config, local_client, timed, write_days, WorkerRSS  # noqa: E402
+from common import best_of, data_config, local_client, timed, write_days, WorkerRSS  # noqa: E402
 
 from gd_dask.config import validate_config  # noqa: E402
 from gd_dask.train import fit  # noqa: E402
@@ -88,10 +88,15 @@ def speed(work: Path, quick: bool) -> dict:
     out = {"rows": rows_per_day * days, "features": len(names), "epochs": EPOCHS, "scan_s": scan}
     with local_client(2) as client:
         warm_up(client, root, names)
+        # Best of 3, like the scan: same warm page cache for both.
         gram_cfg = validate_config(data_config(root, names, strategy="gram", epochs=EPOCHS, tol=1e-300,
                                                momentum=0.0))
-        gram, t = timed(fit, gram_cfg, client)
+        gram, t = best_of(3, fit, gram_cfg, client)
         out.update(gram_s=t, gram_loss=gram.final_loss, learning_rate=gram.learning_rate)
+        # output.metrics: moments — the training alone: one pass, no second pass for mae.
+        one_pass = data_config(root, names, strategy="gram", epochs=EPOCHS, tol=1e-300, momentum=0.0)
+        one_pass["output"]["metrics"] = "moments"
+        _, out["gram_one_pass_s"] = best_of(3, fit, validate_config(one_pass), client)
         stream_cfg = validate_config(data_config(root, names, strategy="stream", cache="memory",
                                                  epochs=EPOCHS, tol=1e-300, momentum=0.0))
         stream, t = timed(fit, stream_cfg, client)
@@ -103,6 +108,7 @@ def speed(work: Path, quick: bool) -> dict:
             out["dask_ml_s"] = out["dask_ml_loss"] = None
     out["numpy_epoch_s"], out["numpy_loss"] = numpy_loop(root, names, gram.learning_rate, EPOCHS)
     out["ratio_gram_vs_scan"] = out["gram_s"] / scan
+    out["ratio_gram_one_pass_vs_scan"] = out["gram_one_pass_s"] / scan
     out["ratio_stream_epoch_vs_numpy_epoch"] = epoch_s / out["numpy_epoch_s"]
     if out["dask_ml_s"]:
         out["ratio_dask_ml_vs_gram"] = out["dask_ml_s"] / out["gram_s"]
@@ -209,7 +215,10 @@ def report_speed(s: dict) -> None:
     print("| method | seconds | final loss (mse) | ratio |")
     print("|---|---|---|---|")
     print(f"| pyarrow scan (floor) | {s['scan_s']:.2f} | – | 1.00 |")
-    print(f"| gd-dask gram | {s['gram_s']:.2f} | {s['gram_loss']:.6g} | {s['ratio_gram_vs_scan']:.2f} × scan |")
+    print(f"| gd-dask gram (metrics incl. mae: a second pass) | {s['gram_s']:.2f} | {s['gram_loss']:.6g} | "
+          f"{s['ratio_gram_vs_scan']:.2f} × scan |")
+    print(f"| gd-dask gram, output.metrics: moments (one pass) | {s['gram_one_pass_s']:.2f} | {s['gram_loss']:.6g} | "
+          f"{s['ratio_gram_one_pass_vs_scan']:.2f} × scan |")
     print(f"| gd-dask stream, memory cache | {s['stream_s']:.2f} ({s['stream_epoch_s'] * 1e3:.1f} ms/epoch) | "
           f"{s['stream_loss']:.6g} | {s['ratio_stream_epoch_vs_numpy_epoch']:.2f} × NumPy epoch |")
     if s.get("dask_ml_s"):

@@ -137,6 +137,15 @@ class Setup:
     def gram(self) -> g.Gram:
         return g.Gram(self.mom, self.std)
 
+    def moments_metrics(self, params) -> dict:
+        """mse, rmse, r2 and n at ``params`` (training space), exact from the moments
+        alone; mae needs the rows and is None."""
+        d, mom = self.mom.mean.shape[0] - 1, self.mom
+        sq = float(self.gram.sums(params[:d], params[d]).sq_err)
+        cyy = mom.comoment[-1, -1]
+        return {"mse": sq / mom.n, "rmse": float(np.sqrt(sq / mom.n)), "mae": None,
+                "r2": 1.0 - sq / cyy if cyy > 0 else 0.0, "n": mom.n}
+
     def initial_params(self, init, extended: bool) -> np.ndarray:
         """[m..., b] in the training space: zeros, or the warm start ``init`` (original
         units). ``extended``: iterate in the gram's precision, since with momentum near 1
@@ -164,10 +173,7 @@ def fit_moments(cfg, mom: g.Moments, init=None, on_epoch=None) -> FitResult:
                     fit_intercept=setup.fit_b, hess=setup.hessian, on_epoch=on_epoch, rules=Rules.of(cfg))
     d = mom.mean.shape[0] - 1
     m, b = setup.std.to_original(state.params[:d], state.params[d])
-    sq = gram.sums(state.params[:d], state.params[d]).sq_err
-    cyy = mom.comoment[-1, -1]
-    metrics = {"mse": sq / mom.n, "rmse": float(np.sqrt(sq / mom.n)), "mae": None,
-               "r2": 1.0 - sq / cyy if cyy > 0 else 0.0, "n": mom.n}
+    metrics = setup.moments_metrics(state.params)
     return FitResult(
         m=np.asarray(m, dtype=np.float64), b=float(b), epochs_run=state.epoch, converged=state.converged,
         final_loss=metrics["mse"], learning_rate=setup.rates.learning_rate, momentum=setup.rates.momentum,
@@ -195,7 +201,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     source.layout(chunk_bytes_for(client, CHUNK_BYTES))
     d = len(cfg.data.features)
     strategy = pick_strategy(cfg)
-    cache = decide_cache(cfg.optimizer.cache, source, client)
+    cache = decide_cache(cfg.optimizer.cache, source, client, strategy)
     ex = Executor(client, source, cache)
     log.info("%d rows in %d files, %d blocks; strategy %s", source.n_rows, len(source.files), ex.n_blocks, strategy)
 
@@ -227,7 +233,10 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
 
     m, b = std.to_original(state.params[:d], state.params[d])
     m, b = np.asarray(m, dtype=np.float64), float(b)
-    metrics = g.metrics(ex.error_sums(m, b))
+    if cfg.output.metrics == "moments":
+        metrics = setup.moments_metrics(state.params)
+    else:
+        metrics = g.metrics(ex.error_sums(m, b))
     ex.release()
     if not state.converged:
         log.warning(
