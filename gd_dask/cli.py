@@ -102,10 +102,14 @@ def train(config, overrides, scheduler, no_plot):
         result = fit(cfg, client, on_epoch=_Progress(cfg.optimizer.epochs), source=source)
     path = save_run(cfg.output_dir, cfg, result, plot=not no_plot)
     m = ", ".join(f"{f}={v:.6g}" for f, v in zip(cfg.data.features, result.m))
+    v = result.validation
+    if v and v["stopped_early"]:
+        status = f" (stopped early; kept epoch {v['best_epoch']}, validation mse {v['metrics']['mse']:.6g})"
+    else:
+        status = "" if result.converged else " (not converged)"
     click.echo(
         f"m: {m}; b: {result.b:.6g}; final loss (mse): {result.final_loss:.6g}; "
-        f"epochs: {result.epochs_run}{'' if result.converged else ' (not converged)'}; "
-        f"seconds: {result.seconds:.2f}; model: {path}"
+        f"epochs: {result.epochs_run}{status}; seconds: {result.seconds:.2f}; model: {path}"
     )
 
 

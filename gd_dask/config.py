@@ -121,6 +121,12 @@ class OptimizerConfig(_Section):
     )
     batch_size: Annotated[int, Strict(), Field(ge=1)] | None = None
     seed: Annotated[int, Strict(), Field(ge=0)] = 0
+    validation_fraction: Annotated[float, Strict(), Field(ge=0, lt=1)] = Field(
+        default=0.0,
+        description="Early stopping: hold out this fraction of rows (chosen by a hash of seed, file and row, "
+        "so stable between runs) and stop when their loss has not improved by tol for n_iter_no_change "
+        "epochs; the model is the one with the lowest validation loss. 0: off.")
+    n_iter_no_change: Annotated[int, Strict(), Field(ge=1)] = 5
     strategy: Literal["auto", "stream", "gram"] = "auto"
     cache: Literal["auto", "memory", "none"] = "auto"
 

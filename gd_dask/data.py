@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import operator
-import posixpath
 import dataclasses
+import posixpath
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,11 +38,31 @@ CHUNK_BYTES = 64 * 2**20
 
 @dataclass(frozen=True)
 class Piece:
-    """One chunk: some consecutive row groups of one file."""
+    """One chunk: some consecutive row groups of one file.
+
+    first_rows : index in the file of each row group's first row
+    file_id : CRC-32 of the file's path below ``data.path`` (names it in the holdout hash)
+    """
 
     path: str
     row_groups: tuple[int, ...]
     rows: int
+    first_rows: tuple[int, ...] = ()
+    file_id: int = 0
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """One side of a seeded validation split (early stopping).
+
+    A row is held out when a hash of (seed, file, row index within the file) falls below
+    ``fraction``: the same rows whatever the chunking, the workers, the filters or the
+    order of the files, and so the same between runs.
+    """
+
+    seed: int
+    fraction: float
+    validation: bool  # True: read the held-out rows; False: the rest
 
 
 @dataclass
@@ -64,10 +85,30 @@ class ParquetSource:
     _chunk_bytes: int = CHUNK_BYTES
 
     weight: str | None = None
+    holdout: Holdout | None = None
 
     @property
     def weighted(self) -> bool:
         return self.weight is not None
+
+    @property
+    def rows_known(self) -> bool:
+        """Whether the footers give the rows read (no row filters, no holdout)."""
+        return not self.row_filters and self.holdout is None
+
+    def split(self, seed: int, fraction: float) -> tuple[ParquetSource, ParquetSource]:
+        """(training rows, validation rows) of a seeded split; same files and chunks."""
+        return (dataclasses.replace(self, holdout=Holdout(seed, fraction, False)),
+                dataclasses.replace(self, holdout=Holdout(seed, fraction, True)))
+
+    def read_args(self, piece: Piece) -> tuple:
+        """The arguments of ``read_block`` and ``read_slices`` for one chunk."""
+        holdout = None
+        if self.holdout is not None:
+            h = self.holdout
+            holdout = (h.seed, h.fraction, h.validation, piece.file_id, piece.first_rows)
+        return (piece.path, piece.row_groups, self.columns, self.storage_options, self.protocol,
+                self.row_filters, self.missing, holdout)
 
     @property
     def n_rows(self) -> int:
@@ -85,15 +126,21 @@ class ParquetSource:
         max_rows = max(1, chunk_bytes // (8 * len(self.columns)))
         pieces = []
         for f in self.files:
+            starts = np.concatenate([[0], np.cumsum(f["row_groups"])]).astype(int).tolist()
+            file_id = zlib.crc32(f["rel"].encode())
+
+            def piece(group, rows):
+                return Piece(f["full_path"], tuple(group), rows, tuple(starts[rg] for rg in group), file_id)
+
             group, rows = [], 0
             for rg, n in enumerate(f["row_groups"]):
                 if group and rows + n > max_rows:
-                    pieces.append(Piece(f["full_path"], tuple(group), rows))
+                    pieces.append(piece(group, rows))
                     group, rows = [], 0
                 group.append(rg)
                 rows += n
             if group:
-                pieces.append(Piece(f["full_path"], tuple(group), rows))
+                pieces.append(piece(group, rows))
         self.pieces = [p for p in pieces if p.rows > 0]
 
     def subset(self, full_paths) -> ParquetSource:
@@ -301,14 +348,33 @@ def _check_columns(path: str, schema: pa.Schema, columns: list[str], types: dict
 # --------------------------------------------------------------------------- reading (workers)
 
 
-def _read_row_groups(pf, path, row_groups, columns, row_filters) -> pa.Table:
-    """Some row groups of an open ``ParquetFile`` with the row filters applied."""
+def _read_row_group(pf, path, rg, columns, row_filters, holdout=None, first_row=0) -> pa.Table:
+    """One row group of an open ``ParquetFile``, with the row filters and the holdout
+    applied (``first_row``: the index in the file of its first row)."""
     filter_cols = [f[0] for f in row_filters if f[0] not in columns]
     try:
-        table = pf.read_row_groups(list(row_groups), columns=columns + filter_cols)
+        table = pf.read_row_group(rg, columns=columns + filter_cols)
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read row groups {list(row_groups)} ({_first_line(e)})") from None
-    return table.filter(_row_mask(table, row_filters)) if row_filters else table
+        raise DataError(f"{path}: cannot read row group {rg} ({_first_line(e)})") from None
+    mask = _row_mask(table, row_filters) if row_filters else None
+    if holdout is not None:
+        seed, fraction, validation, file_id, _ = holdout
+        held = holdout_rows(seed, file_id, first_row, table.num_rows, fraction)
+        keep = pa.array(held if validation else ~held)
+        mask = keep if mask is None else pc.and_(mask, keep)
+    return table.filter(mask) if mask is not None else table
+
+
+def holdout_rows(seed: int, file_id: int, first_row: int, n: int, fraction: float) -> np.ndarray:
+    """Whether each of rows ``first_row … first_row + n − 1`` of a file is held out:
+    SplitMix64 of (seed, file, row index) as a uniform number in [0, 1), below ``fraction``."""
+    with np.errstate(over="ignore"):
+        x = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) ^ (np.uint64(file_id) * np.uint64(0xD1B54A32D192ED03))
+        z = np.arange(first_row, first_row + n, dtype=np.uint64) + x
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
 
 
 def _parquet_file(fh, path):
@@ -324,16 +390,19 @@ def _release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def read_block(path, row_groups, columns, storage_options, protocol, row_filters, missing):
+def read_block(path, row_groups, columns, storage_options, protocol, row_filters, missing, holdout=None):
     """Read one chunk as a float64 array of shape (rows, len(columns)).
 
     Runs inside a worker task. With ``missing: drop`` rows holding NaN/inf/null are
-    dropped here; with ``error`` they are kept for the client to report.
+    dropped here; with ``error`` they are kept for the client to report. ``holdout``:
+    one side of a validation split (``ParquetSource.read_args``).
     """
+    first_rows = holdout[4] if holdout else (0,) * len(row_groups)
     with _open(path, protocol, storage_options) as fh:
         pf = _parquet_file(fh, path)
-        if row_filters:  # rows per row group unknown until filtered
-            parts = [_read_row_groups(pf, path, [rg], columns, row_filters) for rg in row_groups]
+        if row_filters or holdout:  # rows per row group unknown until filtered
+            parts = [_read_row_group(pf, path, rg, columns, row_filters, holdout, first)
+                     for rg, first in zip(row_groups, first_rows)]
             sizes = [t.num_rows for t in parts]
         else:
             parts, sizes = None, [pf.metadata.row_group(rg).num_rows for rg in row_groups]
@@ -343,7 +412,7 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
         out = np.empty((sum(sizes), len(columns)), dtype=np.float64, order="F")
         lo = 0
         for i, rg in enumerate(row_groups):
-            table = parts[i] if parts else _read_row_groups(pf, path, [rg], columns, row_filters)
+            table = parts[i] if parts else _read_row_group(pf, path, rg, columns, row_filters)
             for j, col in enumerate(columns):
                 at = lo
                 for chunk in table.column(col).chunks:  # zero-copy views where the type allows
@@ -362,7 +431,8 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
     return out
 
 
-def read_slices(path, row_groups, columns, storage_options, protocol, row_filters, missing, rows):
+def read_slices(path, row_groups, columns, storage_options, protocol, row_filters, missing, holdout=None, *,
+                rows: int):
     """The slices of ``rows`` rows that ``gradient.block_slices(read_block(...))`` would
     give, without ever building the block: one row group is decoded at a time and copied
     slice by slice into one small reused buffer. So a pass that only adds up over rows needs memory for one row
@@ -374,8 +444,9 @@ def read_slices(path, row_groups, columns, storage_options, protocol, row_filter
     fill, emitted = 0, False
     with _open(path, protocol, storage_options) as fh:
         pf = _parquet_file(fh, path)
-        for rg in row_groups:
-            table = _read_row_groups(pf, path, [rg], columns, row_filters).select(columns)
+        first_rows = holdout[4] if holdout else (0,) * len(row_groups)
+        for rg, first in zip(row_groups, first_rows):
+            table = _read_row_group(pf, path, rg, columns, row_filters, holdout, first).select(columns)
             for batch in table.to_batches():
                 # Zero-copy views of Arrow's buffers where the type allows (float64, no nulls).
                 arrays = [col.to_numpy(zero_copy_only=False) for col in batch.columns]
@@ -453,14 +524,11 @@ def to_dask_array(src: ParquetSource):
     import dask
     import dask.array as da
 
-    exact = not src.row_filters and src.missing == "error"
+    exact = src.rows_known and src.missing == "error"
     k = len(src.columns)
     blocks = []
     for p in src.pieces:
-        task = dask.delayed(read_block, pure=True)(
-            p.path, p.row_groups, src.columns, src.storage_options, src.protocol,
-            src.row_filters, src.missing,
-            dask_key_name=f"read-{dask.base.tokenize(p, src.columns, src.row_filters, src.missing)}",
-        )
+        args = src.read_args(p)
+        task = dask.delayed(read_block, pure=True)(*args, dask_key_name=f"read-{dask.base.tokenize(args)}")
         blocks.append(da.from_delayed(task, shape=(p.rows if exact else math.nan, k), dtype=np.float64))
     return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]

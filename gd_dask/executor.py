@@ -34,7 +34,7 @@ def _fold(combine, parts):
 def fold_piece(func, combine, read_args, *args):
     """``gradient.fold_block(func, combine, read_block(*read_args), *args)`` without
     building the block: the chunk streams from the file slice by slice."""
-    return g.fold_slices(func, combine, read_slices(*read_args, g.SLICE_ROWS), *args)
+    return g.fold_slices(func, combine, read_slices(*read_args, rows=g.SLICE_ROWS), *args)
 
 
 class Executor:
@@ -84,10 +84,7 @@ class Executor:
             fn = dask.delayed(g.fold_block, pure=True)
             return [fn(func, combine, b, *args) for b in self.blocks]
         fn = dask.delayed(fold_piece, pure=True)
-        src = self.source
-        return [fn(func, combine, (p.path, p.row_groups, src.columns, src.storage_options, src.protocol,
-                                   src.row_filters, src.missing), *args)
-                for p in src.pieces]
+        return [fn(func, combine, self.source.read_args(p), *args) for p in self.source.pieces]
 
     def _reduce(self, func, combine, *args):
         """Map ``func(block, *args)`` over the blocks, reduce in the fixed tree, compute."""

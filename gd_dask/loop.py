@@ -41,12 +41,13 @@ class Rules:
     step_size: int = 100
     gamma: float = 0.5
     sampled: bool = False  # minibatch: losses are sample estimates, so no tol test
+    patience: int = 5  # early stopping: epochs without a better validation loss
 
     @classmethod
     def of(cls, cfg) -> Rules:
         o = cfg.optimizer
         return cls(cfg.model.l2, cfg.model.l1, o.schedule, o.power_t, o.step_size, o.gamma,
-                   o.method == "minibatch")
+                   o.method == "minibatch", o.n_iter_no_change)
 
 
 @dataclass
@@ -57,6 +58,8 @@ class LoopState:
     prev_loss : objective (MSE + l2·‖m‖² + 2·l1·‖m‖₁; the MSE without penalties) at
         the previous epoch's parameters
     prev_grads : ∇(½·MSE) at the previous epoch's parameters
+    best_val, best_params, best_epoch, waiting : early stopping — the lowest validation
+        loss so far, the parameters it was measured at, its epoch, and the epochs since
     """
 
     params: np.ndarray
@@ -69,6 +72,11 @@ class LoopState:
     calm: int = 0
     converged: bool = False
     history: list[dict] = field(default_factory=list)
+    best_val: float | None = None
+    best_params: np.ndarray | None = None
+    best_epoch: int = 0
+    waiting: int = 0
+    stopped_early: bool = False
 
     @classmethod
     def start(cls, params: np.ndarray) -> LoopState:
@@ -77,8 +85,9 @@ class LoopState:
 
 def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: int, tol: float,
             fit_intercept: bool, hess=None, on_epoch=None, checkpoint=None, checkpoint_every=0,
-            rules: Rules | None = None):
-    """Run epochs until ``epochs`` in all, convergence, or divergence; returns the state.
+            rules: Rules | None = None, validate=None):
+    """Run epochs until ``epochs`` in all, convergence, divergence, or (with ``validate``)
+    an early stop; returns the state.
 
     Parameters
     ----------
@@ -94,6 +103,11 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
         ``CHECKPOINT_MIN_SECONDS``.
     rules : Rules, optional
         Penalties and schedule; none and constant by default.
+    validate : callable(m, b) -> float, optional
+        The validation loss at (m, b). Each epoch measures it at the epoch's parameters;
+        after ``rules.patience`` epochs without it falling below best·(1 − tol), the
+        loop stops early (``stopped_early``). Either way the state ends at the
+        parameters with the lowest validation loss.
 
     Raises
     ------
@@ -107,7 +121,7 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
                        step_size=rules.step_size, gamma=rules.gamma)
     needed_calm = calm_epochs(rates.momentum)
     t_last = t_saved = time.perf_counter()
-    while state.epoch < epochs and not state.converged:
+    while state.epoch < epochs and not state.converged and not state.stopped_early:
         params = state.params
         m = params[:d]
         s = oracle(m, params[d])
@@ -121,6 +135,8 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
         now = time.perf_counter()
         row = {"epoch": epoch, "loss": loss, "grad_norm": float(np.linalg.norm(grads)),
                "learning_rate": lr_t, "seconds": now - t_last}
+        if validate is not None:
+            row["val_loss"] = _watch(state, validate, epoch, tol, rules.patience)
         t_last = now
         state.history.append(row)
         if on_epoch is not None:
@@ -135,6 +151,9 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
             err = TrainingError(divergence_message(rates, curv, epoch, loss))
             err.history = state.history  # the curve up to here, for sweeps and plots
             raise err
+        if state.stopped_early:
+            state.epoch = epoch
+            break
         if prev is not None and not rules.sampled:
             exact = hess is not None and not rules.l1  # the l1 prox makes steps non-linear
             change = (_quadratic_change(state.prev_grads, state.velocity, hess, fit_intercept)
@@ -154,7 +173,21 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
                 and now - t_saved >= CHECKPOINT_MIN_SECONDS):
             checkpoint(state)
             t_saved = time.perf_counter()
+    if validate is not None and state.best_params is not None:
+        state.params = state.best_params  # the model is the best one on the validation rows
     return state
+
+
+def _watch(state: LoopState, validate, epoch: int, tol: float, patience: int) -> float:
+    """Early stopping's bookkeeping for one epoch; returns the validation loss."""
+    d = state.params.shape[0] - 1
+    val = float(validate(state.params[:d], state.params[d]))
+    if state.best_val is None or val < state.best_val - tol * abs(state.best_val):
+        state.best_val, state.best_params, state.best_epoch, state.waiting = val, state.params.copy(), epoch, 0
+    else:
+        state.waiting += 1
+        state.stopped_early = state.waiting >= patience
+    return val
 
 
 def calm_epochs(momentum: float) -> int:
@@ -218,6 +251,9 @@ def state_to_dict(state: LoopState) -> dict:
         "prev_grads": None if state.prev_grads is None else _pairs(state.prev_grads),
         "start_loss": state.start_loss, "growth": state.growth, "calm": state.calm,
         "converged": state.converged, "history": state.history,
+        "best_val": state.best_val, "best_epoch": state.best_epoch, "waiting": state.waiting,
+        "best_params": None if state.best_params is None else _pairs(state.best_params),
+        "stopped_early": state.stopped_early,
     }
 
 
@@ -229,4 +265,7 @@ def state_from_dict(doc: dict) -> LoopState:
         prev_grads=None if doc["prev_grads"] is None else _unpairs(doc["prev_grads"], dtype),
         start_loss=doc["start_loss"], growth=int(doc["growth"]), calm=int(doc["calm"]),
         converged=bool(doc["converged"]), history=list(doc["history"]),
+        best_val=doc.get("best_val"), best_epoch=int(doc.get("best_epoch", 0)), waiting=int(doc.get("waiting", 0)),
+        best_params=None if doc.get("best_params") is None else _unpairs(doc["best_params"], dtype),
+        stopped_early=bool(doc.get("stopped_early", False)),
     )

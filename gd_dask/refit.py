@@ -122,6 +122,9 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
     data give no second version."""
     if cfg.data.weight:
         raise ConfigError("refit does not support data.weight yet")
+    if cfg.optimizer.validation_fraction:
+        raise ConfigError("refit judges each challenger on its newest days (registry.holdout_days): "
+                          "set optimizer.validation_fraction to 0")
     if pick_strategy(cfg) != "gram":
         raise ConfigError("refit trains from cached statistics (the gram strategy): it needs model.loss "
                           "squared, optimizer.method batch and optimizer.strategy auto or gram")

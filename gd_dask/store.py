@@ -122,6 +122,7 @@ def model_document(cfg, result) -> dict:
         "seconds": result.seconds,
         "resumed_from_epoch": result.resumed_from,
         "rows_dropped": result.rows_dropped,
+        "validation": result.validation,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "version": __version__,
     }
@@ -142,11 +143,13 @@ def redact(doc):
 
 
 def history_csv(history: list[dict]) -> str:
+    """One row per epoch; a ``val_loss`` column when early stopping measured one."""
+    fields = HISTORY_FIELDS + (["val_loss"] if history and "val_loss" in history[0] else [])
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for row in history:
-        w.writerow({k: repr(row[k]) if isinstance(row[k], float) else row[k] for k in HISTORY_FIELDS})
+        w.writerow({k: repr(row[k]) if isinstance(row[k], float) else row[k] for k in fields})
     return buf.getvalue()
 
 

@@ -11,7 +11,7 @@ import logging
 from .data import CHUNK_BYTES, open_source
 from .errors import TrainingError
 from .executor import Executor, chunk_bytes_for
-from .train import check_moments, fit, fit_moments, pick_strategy
+from .train import check_moments, fit, fit_moments, pick_strategy, validation_moments
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +19,13 @@ log = logging.getLogger(__name__)
 def sweep(cfg, client, rates: list) -> list[dict]:
     """One row per rate: rate, learning rate used, status, epochs, final loss, losses."""
     gram = pick_strategy(cfg) == "gram"
-    mom = None
+    mom = val_mom = None
     if gram:
         source = open_source(cfg.data)
         source.layout(chunk_bytes_for(client, CHUNK_BYTES))
+        if cfg.optimizer.validation_fraction:
+            source, val_source = source.split(cfg.optimizer.seed, cfg.optimizer.validation_fraction)
+            val_mom = validation_moments(Executor(client, val_source, cache=False), cfg)
         ex = Executor(client, source, cache=False)
         mom = ex.moments()
         check_moments(mom, cfg, ex)
@@ -31,7 +34,7 @@ def sweep(cfg, client, rates: list) -> list[dict]:
         run_cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(
             update={"learning_rate": rate}), "output": cfg.output.model_copy(update={"checkpoint_every": 0})})
         try:
-            res = fit_moments(run_cfg, mom) if gram else fit(run_cfg, client)
+            res = fit_moments(run_cfg, mom, val_mom=val_mom) if gram else fit(run_cfg, client)
             status = "converged" if res.converged else "not converged"
             rows.append({"rate": str(rate), "learning_rate": res.learning_rate, "momentum": res.momentum,
                          "status": status, "epochs": res.epochs_run, "final_loss": res.final_loss,

@@ -52,6 +52,7 @@ class FitResult:
     source: ParquetSource | None = None
     resumed_from: int | None = None  # epoch of the checkpoint this run resumed from
     rows_dropped: int = 0  # rows with NaN/inf/null skipped (data.missing: drop)
+    validation: dict | None = None  # early stopping: split, best epoch, metrics on held-out rows
 
 
 def pick_strategy(cfg) -> str:
@@ -68,7 +69,7 @@ def check_moments(mom: g.Moments, cfg, ex: Executor) -> int:
     if not (np.all(np.isfinite(mom.mean)) and np.all(np.isfinite(mom.comoment))):
         _diagnose_nonfinite(mom, ex)
     dropped = 0
-    if cfg.data.missing == "drop" and not ex.source.row_filters:
+    if cfg.data.missing == "drop" and ex.source.rows_known and not ex.source.weighted:
         dropped = ex.source.n_rows - mom.n
         if dropped:
             log.warning("dropped %d of %d rows holding NaN/inf/null values (data.missing: drop)",
@@ -137,14 +138,21 @@ class Setup:
     def gram(self) -> g.Gram:
         return g.Gram(self.mom, self.std)
 
-    def moments_metrics(self, params) -> dict:
+    def moments_metrics(self, params, mom: g.Moments | None = None) -> dict:
         """mse, rmse, r2 and n at ``params`` (training space), exact from the moments
-        alone; mae needs the rows and is None."""
-        d, mom = self.mom.mean.shape[0] - 1, self.mom
-        sq = float(self.gram.sums(params[:d], params[d]).sq_err)
+        alone (the training rows', or ``mom``); mae needs the rows and is None."""
+        d = self.mom.mean.shape[0] - 1
+        gram = self.gram if mom is None else g.Gram(mom, self.std)
+        mom = mom or self.mom
+        sq = float(gram.sums(params[:d], params[d]).sq_err)
         cyy = mom.comoment[-1, -1]
         return {"mse": sq / mom.n, "rmse": float(np.sqrt(sq / mom.n)), "mae": None,
                 "r2": 1.0 - sq / cyy if cyy > 0 else 0.0, "n": mom.n}
+
+    def validation_loss(self, val_mom: g.Moments):
+        """The loss on the validation rows at any (m, b), exact from their moments."""
+        gram = g.Gram(val_mom, self.std)
+        return lambda m, b: float(gram.sums(m, b).sq_err) / val_mom.n
 
     def initial_params(self, init, extended: bool) -> np.ndarray:
         """[m..., b] in the training space: zeros, or the warm start ``init`` (original
@@ -159,26 +167,51 @@ class Setup:
         return params.astype(self.gram.dtype) if extended else params
 
 
-def fit_moments(cfg, mom: g.Moments, init=None, on_epoch=None) -> FitResult:
-    """gram training from moments alone: no pass over the data (nightly refits).
+def fit_moments(cfg, mom: g.Moments, init=None, on_epoch=None, val_mom: g.Moments | None = None) -> FitResult:
+    """gram training from moments alone: no pass over the data (nightly refits, sweeps).
 
     ``metrics`` are exact from the moments (mse, rmse, r2, n); mae needs the rows and is
-    None.
+    None. ``val_mom``: moments of the validation rows, for early stopping.
     """
     t0 = time.perf_counter()
     setup = Setup.of(cfg, mom)
     gram = setup.gram
+    validate = None if val_mom is None else setup.validation_loss(val_mom)
     state = descend(LoopState.start(setup.initial_params(init, extended=True)), gram.sums, setup.rates,
                     setup.curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
-                    fit_intercept=setup.fit_b, hess=setup.hessian, on_epoch=on_epoch, rules=Rules.of(cfg))
+                    fit_intercept=setup.fit_b, hess=setup.hessian, on_epoch=on_epoch, rules=Rules.of(cfg),
+                    validate=validate)
     d = mom.mean.shape[0] - 1
     m, b = setup.std.to_original(state.params[:d], state.params[d])
     metrics = setup.moments_metrics(state.params)
+    validation = None
+    if val_mom is not None:
+        validation = validation_summary(cfg, state, val_mom.n, setup.moments_metrics(state.params, val_mom))
     return FitResult(
         m=np.asarray(m, dtype=np.float64), b=float(b), epochs_run=state.epoch, converged=state.converged,
         final_loss=metrics["mse"], learning_rate=setup.rates.learning_rate, momentum=setup.rates.momentum,
         strategy="gram", metrics=metrics, history=state.history, params=state.params.astype(np.float64),
-        curvature=setup.curv, seconds=time.perf_counter() - t0)
+        curvature=setup.curv, seconds=time.perf_counter() - t0, validation=validation)
+
+
+def validation_summary(cfg, state: LoopState, rows, metrics: dict) -> dict:
+    """model.json's ``validation``: the split, where early stopping ended, and the
+    model's metrics on the held-out rows."""
+    o = cfg.optimizer
+    return {"fraction": o.validation_fraction, "seed": o.seed, "n_iter_no_change": o.n_iter_no_change,
+            "rows": rows, "stopped_early": state.stopped_early, "best_epoch": state.best_epoch,
+            "best_loss": state.best_val, "metrics": metrics}
+
+
+def validation_moments(ex: Executor, cfg) -> g.Moments:
+    """Moments of the held-out rows, checked: some rows, all values finite."""
+    mom = ex.moments()
+    if not (np.all(np.isfinite(mom.mean)) and np.all(np.isfinite(mom.comoment))):
+        _diagnose_nonfinite(mom, ex)
+    if mom.n == 0:
+        raise DataError(f"optimizer.validation_fraction {cfg.optimizer.validation_fraction:g} holds out "
+                        f"no rows of {ex.source.n_rows}: raise it")
+    return mom
 
 
 def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None,
@@ -202,20 +235,34 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     d = len(cfg.data.features)
     strategy = pick_strategy(cfg)
     cache = decide_cache(cfg.optimizer.cache, source, client, strategy)
+    log.info("%d rows in %d files, %d blocks; strategy %s", source.n_rows, len(source.files),
+             len(source.pieces), strategy)
+    val_ex = None
+    if cfg.optimizer.validation_fraction:
+        source, val_source = source.split(cfg.optimizer.seed, cfg.optimizer.validation_fraction)
+        val_ex = Executor(client, val_source, cache)
     ex = Executor(client, source, cache)
-    log.info("%d rows in %d files, %d blocks; strategy %s", source.n_rows, len(source.files), ex.n_blocks, strategy)
 
     mom = ex.moments()
     dropped = check_moments(mom, cfg, ex)
     setup = Setup.of(cfg, mom)
+    val_mom = validation_moments(val_ex, cfg) if val_ex else None
+    if val_mom is not None and cfg.data.missing == "drop" and not source.row_filters and not source.weighted:
+        dropped = source.n_rows - mom.n - val_mom.n
+    validate = None
     if strategy == "gram":
         oracle, hess = setup.gram.sums, setup.hessian
+        if val_ex:
+            validate = setup.validation_loss(val_mom)
     else:
-        ex.standardize(setup.std)
-        if cfg.model.loss == "huber":
+        huber = cfg.model.huber_delta if cfg.model.loss == "huber" else None
+        for e in filter(None, (ex, val_ex)):
+            e.standardize(setup.std)
             # The squared loss's curvature bounds Huber's (ψ′ ≤ 1): its rates stay stable.
-            ex.huber_delta = cfg.model.huber_delta
+            e.huber_delta = huber
         oracle, hess = ex.gradient_sums, None
+        if val_ex:
+            validate = _stream_validation(val_ex)
     params = setup.initial_params(init, extended=strategy == "gram")
 
     key = run_key(cfg, source, init)
@@ -228,7 +275,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         state, oracle, rates, curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
         fit_intercept=fit_b, hess=hess, on_epoch=on_epoch, rules=Rules.of(cfg),
         checkpoint=lambda st: store.write_checkpoint(cfg.output_dir, key, state_to_dict(st)),
-        checkpoint_every=cfg.output.checkpoint_every if _checkpoints(cfg) else 0,
+        checkpoint_every=cfg.output.checkpoint_every if _checkpoints(cfg) else 0, validate=validate,
     )
 
     m, b = std.to_original(state.params[:d], state.params[d])
@@ -237,8 +284,17 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         metrics = setup.moments_metrics(state.params)
     else:
         metrics = g.metrics(ex.error_sums(m, b))
+    validation = None
+    if val_ex:
+        val_metrics = (setup.moments_metrics(state.params, val_mom) if cfg.output.metrics == "moments"
+                       else g.metrics(val_ex.error_sums(m, b)))
+        validation = validation_summary(cfg, state, val_mom.n, val_metrics)
+        val_ex.release()
+        if state.stopped_early:
+            log.info("early stop at epoch %d: no better validation loss for %d epochs; kept epoch %d (%.6g)",
+                     state.epoch, cfg.optimizer.n_iter_no_change, state.best_epoch, state.best_val)
     ex.release()
-    if not state.converged:
+    if not state.converged and not state.stopped_early:
         log.warning(
             "not converged after %d epochs (relative loss change above tol=%g); "
             "raise optimizer.epochs or loosen optimizer.tol", state.epoch, cfg.optimizer.tol)
@@ -247,8 +303,17 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         learning_rate=rates.learning_rate, momentum=rates.momentum, strategy=strategy,
         metrics=metrics, history=state.history, params=state.params.astype(np.float64),
         curvature=curv, seconds=time.perf_counter() - t0, source=source, resumed_from=resumed_from,
-        rows_dropped=dropped,
+        rows_dropped=dropped, validation=validation,
     )
+
+
+def _stream_validation(val_ex: Executor):
+    """The loss on the validation rows at (m, b): one distributed pass over them."""
+    def loss(m, b):
+        s = val_ex.gradient_sums(m, b)
+        return s.sq_err / s.n
+
+    return loss
 
 
 def _minibatch_oracle(cfg, ex: Executor, n: int, done: int = 0):

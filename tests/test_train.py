@@ -121,3 +121,17 @@ def test_learning_rate_auto_converges_whatever_the_scale_of_the_data(client, tmp
     coef, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(y))]), y, rcond=None)
     np.testing.assert_allclose(res.m, coef[:2], rtol=1e-6)
     assert res.converged
+
+
+@pytest.mark.parametrize("strategy", ["stream", "gram"])
+def test_metrics_from_moments_equal_the_full_pass_but_mae(client, tmp_path, rng, strategy):
+    X, y = _problem(rng, n=5000)
+    X[:, 0] += 1e6  # large mean, small spread: the moments must not lose digits
+    data = write_parquet(tmp_path / "d", X, y, n_files=3)
+    opt = {"epochs": 300, "strategy": strategy}
+    full = fit(make_config(data, tmp_path, optimizer=opt), client)
+    fast = fit(make_config(data, tmp_path, optimizer=opt, output={"metrics": "moments"}), client)
+    assert fast.metrics["mae"] is None and full.metrics["mae"] > 0
+    for k in ("mse", "rmse", "r2"):
+        assert fast.metrics[k] == pytest.approx(full.metrics[k], rel=1e-9), k
+    assert fast.metrics["n"] == full.metrics["n"] == 5000
