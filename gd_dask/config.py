@@ -202,9 +202,6 @@ class RunConfig(_Section):
             if self.optimizer.strategy == "gram" or self.model.loss != "squared" or self.model.l1:
                 raise ValueError("optimizer.method minibatch needs strategy stream (or auto), squared loss "
                                  "and no l1")
-        if self.data.weight and (self.model.loss != "squared" or self.optimizer.method != "batch"):
-            raise ValueError("data.weight works with squared loss and batch training (not yet with huber "
-                             "or minibatch)")
         if self.model.loss == "huber" and self.optimizer.strategy == "gram":
             raise ValueError("model.loss huber needs optimizer.strategy stream (or auto): its gradient "
                              "is not a function of the moments")

@@ -137,21 +137,18 @@ class Executor:
 
     def gradient_sums(self, m, b) -> g.BlockSums:
         """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch);
-        the Huber sums when ``huber_delta`` is set."""
+        the Huber sums when ``huber_delta`` is set; weighted when the data has weights."""
         std = self.std
         m = np.asarray(m, dtype=np.float64)
-        delta = self.huber_delta
-        if self.weighted:  # squared loss only (config)
-            if self.cache:
-                return self._reduce(g.block_sums_std_w, g.add_sums, m, float(b) - std.y_center)
-            return self._reduce(g.block_sums_w, g.add_sums, m, float(b), std.center, std.scale, std.y_center)
+        huber = () if self.huber_delta is None else (self.huber_delta,)
+        kind = (self.weighted, bool(huber))
         if self.cache:
-            if delta is not None:
-                return self._reduce(g.block_huber_std, g.add_sums, m, float(b) - std.y_center, delta)
-            return self._reduce(g.block_sums_std, g.add_sums, m, float(b) - std.y_center)
-        if delta is not None:
-            return self._reduce(g.block_huber, g.add_sums, m, float(b), std.center, std.scale, std.y_center, delta)
-        return self._reduce(g.block_sums, g.add_sums, m, float(b), std.center, std.scale, std.y_center)
+            fn = {(False, False): g.block_sums_std, (False, True): g.block_huber_std,
+                  (True, False): g.block_sums_std_w, (True, True): g.block_huber_std_w}[kind]
+            return self._reduce(fn, g.add_sums, m, float(b) - std.y_center, *huber)
+        fn = {(False, False): g.block_sums, (False, True): g.block_huber,
+              (True, False): g.block_sums_w, (True, True): g.block_huber_w}[kind]
+        return self._reduce(fn, g.add_sums, m, float(b), std.center, std.scale, std.y_center, *huber)
 
     def sampled_sums(self, m, b, fraction: float, seed: int, step: int) -> g.BlockSums:
         """Minibatch gradient sums: every block samples its rows (seeded by seed, step and
@@ -159,10 +156,11 @@ class Executor:
         std = self.std
         blocks = self.blocks
         if not self.cache:
-            fn = dask.delayed(g.standardize_block, pure=True)
+            fn = dask.delayed(g.standardize_block_w if self.weighted else g.standardize_block, pure=True)
             blocks = [fn(b, std.center, std.scale, std.y_center) for b in blocks]
-        root = self._tree(g.block_sums_sampled, g.add_sums, blocks, np.asarray(m, dtype=np.float64),
-                          float(b) - std.y_center, fraction, seed, step, indexed=True)
+        root = self._tree(g.block_sums_sampled_w if self.weighted else g.block_sums_sampled, g.add_sums, blocks,
+                          np.asarray(m, dtype=np.float64), float(b) - std.y_center, fraction, seed, step,
+                          indexed=True)
         # Compute: one small result (a few numbers) comes back to the client.
         return self.client.compute(root, sync=True)
 

@@ -402,6 +402,31 @@ def block_sums_w(block, m, b, center, scale, y_center=0.0) -> BlockSums:
     return block_sums_std_w(standardize_block_w(block, center, scale, y_center), m, b - y_center)
 
 
+def block_sums_sampled_w(zs, m, b_centered, fraction, seed, step, index) -> BlockSums:
+    """Weighted ``block_sums_sampled``: the rows are sampled uniformly (the same rows as
+    unweighted), their sums weighted, so Σ w·err·xs / Σw estimates the weighted gradient."""
+    return block_sums_std_w(zs[sample_rows(zs.shape[0], fraction, seed, step, index)], m, b_centered)
+
+
+def block_huber_std_w(zs, m, b_centered, delta) -> BlockSums:
+    """Weighted ``block_huber_std``: (Σ w·ψ·xs, Σ w·ψ, Σ w·2ρ, Σw)."""
+    xs, w = zs[:, :-2], zs[:, -1]
+    err = xs @ m + b_centered - zs[:, -2]
+    wpsi = w * np.clip(err, -delta, delta)
+    a = np.abs(err)
+    two_rho = np.where(a <= delta, err * err, delta * (2.0 * a - delta))
+    return BlockSums(xs.T @ wpsi, float(wpsi.sum()), float(w @ two_rho), float(w.sum()))
+
+
+def block_huber_w(block, m, b, center, scale, y_center, delta) -> BlockSums:
+    return block_huber_std_w(standardize_block_w(block, center, scale, y_center), m, b - y_center, delta)
+
+
+def block_moments_and_errors_w(block, models) -> tuple:
+    """Weighted ``block_moments_and_errors``."""
+    return block_moments_w(block), [block_errors_w(block, m, b) for m, b in models]
+
+
 def _error_sums_w(err, y, w, y_center: float = 0.0) -> ErrorSums:
     total = float(w.sum())
     if y.shape[0] == 0 or total == 0:

@@ -89,7 +89,8 @@ def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Momen
             cached[f["full_path"]] = mom
     if unseen:
         sub = src.subset([f["full_path"] for f in unseen])
-        fresh = Executor(client, sub, cache=False).reduce_by_file(g.slice_moments, g.merge_moments)
+        fresh = Executor(client, sub, cache=False).reduce_by_file(
+            g.block_moments_w if src.weighted else g.slice_moments, g.merge_moments)
         for f in unseen:
             mom = fresh[f["full_path"]]
             _check_finite(mom, f, src)
@@ -120,8 +121,6 @@ def judge(metric: str, max_regression: float, challenger: dict, current: dict | 
 def refit(cfg, client, as_of: date) -> RefitOutcome:
     """One night's refit (see module docstring). Safe to rerun: the same as-of date and
     data give no second version."""
-    if cfg.data.weight:
-        raise ConfigError("refit does not support data.weight yet")
     if cfg.optimizer.validation_fraction:
         raise ConfigError("refit judges each challenger on its newest days (registry.holdout_days): "
                           "set optimizer.validation_fraction to 0")
@@ -156,7 +155,8 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
 
         models = [(result.m, result.b)] + ([init] if init is not None else [])
         per_file = Executor(client, hold_src, cache=False).reduce_by_file(
-            g.block_moments_and_errors, g.add_moments_and_errors, models)
+            g.block_moments_and_errors_w if hold_src.weighted else g.block_moments_and_errors,
+            g.add_moments_and_errors, models)
         for f in hold_src.files:
             hmom, _ = per_file[f["full_path"]]
             if np.isfinite(hmom.comoment).all():

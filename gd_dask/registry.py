@@ -195,11 +195,13 @@ class Registry:
         if not doc or doc.get("key") != key:
             return None
         m = doc["moments"]
-        return Moments(int(m["n"]), np.asarray(m["mean"], dtype=np.float64),
+        return Moments(m["n"], np.asarray(m["mean"], dtype=np.float64),
                        np.asarray(m["comoment"], dtype=np.float64))
 
     def cache_moments(self, key: dict, mom: Moments) -> None:
-        doc = {"key": key, "moments": {"n": int(mom.n), "mean": mom.mean.tolist(),
+        # n is a row count, or Σw (a float) with sample weights: JSON keeps either exactly.
+        n = int(mom.n) if isinstance(mom.n, (int, np.integer)) else float(mom.n)
+        doc = {"key": key, "moments": {"n": n, "mean": mom.mean.tolist(),
                                        "comoment": mom.comoment.tolist()}}
         self._write(self._stats_path(key), json.dumps(doc))
 

@@ -108,9 +108,10 @@ def test_floats_without_a_dot_are_numbers_as_in_yaml_1_2():
     assert parse_config(MINIMAL, ["optimizer.tol=1e-20"]).optimizer.tol == 1e-20
 
 
-def test_sample_weights_are_refused_where_not_supported_yet():
-    with pytest.raises(ConfigError, match="data.weight works with squared loss and batch training"):
-        parse_config("name: n\ndata: {path: p, features: [a], target: y, weight: w}\nmodel: {loss: huber}")
+def test_a_weight_column_may_not_be_a_feature_or_the_target():
+    for weight in ("a", "y"):
+        with pytest.raises(ConfigError, match="weight column .* is also a feature or the target"):
+            parse_config(f"name: n\ndata: {{path: p, features: [a], target: y, weight: {weight}}}")
 
 
 def test_the_readme_config_reference_is_a_valid_config():

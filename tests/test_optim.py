@@ -149,27 +149,53 @@ def test_minibatch_needs_a_batch_size():
         parse_config("name: n\ndata: {path: p, features: [a], target: y}\noptimizer: {method: minibatch}")
 
 
-@pytest.mark.parametrize("strategy", ["gram", "stream"])
-def test_sample_weights_equal_row_repetition(client, tmp_path, rng, strategy):
+def _weighted_and_repeated(tmp_path, rng, n=400, outliers=True):
+    """The same rows twice: with an integer weight column under w/, and repeated that
+    many times under r/ (weight 0 drops a row)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    X = rng.normal(size=(400, 2)) * [1.0, 2.0] + [3.0, -1.0]
-    y = X @ [1.5, -0.7] + 2.0 + rng.normal(size=400)
-    w = rng.integers(0, 4, size=400).astype(float)  # 0 drops a row, 3 triples it
+    X = rng.normal(size=(n, 2)) * [1.0, 2.0] + [3.0, -1.0]
+    y = X @ [1.5, -0.7] + 2.0 + rng.normal(size=n)
+    if outliers:  # a few, for Huber's linear zone
+        y[rng.random(n) < 0.05] += 15.0
+    w = rng.integers(0, 4, size=n).astype(float)
     (tmp_path / "w").mkdir()
     (tmp_path / "r").mkdir()
-    for i, part in enumerate(np.array_split(np.arange(400), 3)):
+    for i, part in enumerate(np.array_split(np.arange(n), 3)):
         pq.write_table(pa.table({"x0": X[part, 0], "x1": X[part, 1], "y": y[part], "w": w[part]}),
                        tmp_path / "w" / f"p{i}.parquet")
         rep = np.repeat(part, w[part].astype(int))
         pq.write_table(pa.table({"x0": X[rep, 0], "x1": X[rep, 1], "y": y[rep]}), tmp_path / "r" / f"p{i}.parquet")
+    weighted = {"path": str(tmp_path / "w"), "features": ["x0", "x1"], "target": "y", "weight": "w"}
+    repeated = {"path": str(tmp_path / "r"), "features": ["x0", "x1"], "target": "y"}
+    return X, y, w, weighted, repeated
+
+
+@pytest.mark.parametrize("strategy,loss", [("gram", "squared"), ("stream", "squared"), ("stream", "huber")])
+def test_sample_weights_equal_row_repetition(client, tmp_path, rng, strategy, loss):
+    _, _, _, weighted, repeated = _weighted_and_repeated(tmp_path, rng)
     opt = {"epochs": 2000, "tol": 1e-20, "strategy": strategy}
-    weighted = fit(make_config({"path": str(tmp_path / "w"), "features": ["x0", "x1"], "target": "y",
-                                "weight": "w"}, tmp_path, optimizer=opt), client)
-    repeated = fit(make_config({"path": str(tmp_path / "r"), "features": ["x0", "x1"], "target": "y"},
-                               tmp_path, optimizer=opt), client)
-    np.testing.assert_allclose(weighted.m, repeated.m, rtol=1e-10)
-    assert weighted.b == pytest.approx(repeated.b, rel=1e-10)
+    model = {"loss": loss, "huber_delta": 1.0}
+    a = fit(make_config(weighted, tmp_path, optimizer=opt, model=model), client)
+    b = fit(make_config(repeated, tmp_path, optimizer=opt, model=model), client)
+    np.testing.assert_allclose(a.m, b.m, rtol=1e-10)
+    assert a.b == pytest.approx(b.b, rel=1e-10)
     for k in ("mse", "mae", "r2", "n"):
-        assert weighted.metrics[k] == pytest.approx(repeated.metrics[k], rel=1e-10)
+        assert a.metrics[k] == pytest.approx(b.metrics[k], rel=1e-10)
+    if loss == "huber":  # and the weights matter: an unweighted Huber fit lands elsewhere
+        plain = fit(make_config({**weighted, "weight": None}, tmp_path, optimizer=opt, model=model), client)
+        assert np.abs(plain.m - a.m).max() > 1e-3
+
+
+def test_weighted_minibatch_reaches_weighted_least_squares_reproducibly(client, tmp_path, rng):
+    X, y, w, weighted, _ = _weighted_and_repeated(tmp_path, rng, n=3000, outliers=False)
+    cfg = make_config(weighted, tmp_path, optimizer={
+        "method": "minibatch", "batch_size": 300, "epochs": 400, "learning_rate": 0.3,
+        "schedule": "invscaling", "power_t": 0.5, "seed": 3})
+    a, b = fit(cfg, client), fit(cfg, client)
+    assert a.m.tobytes() == b.m.tobytes() and a.b == b.b
+    sw = np.sqrt(w)
+    coef, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(y))]) * sw[:, None], y * sw, rcond=None)
+    np.testing.assert_allclose(a.m, coef[:2], atol=0.05)
+    assert a.b == pytest.approx(coef[2], abs=0.05)

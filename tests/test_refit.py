@@ -137,3 +137,29 @@ def test_a_warm_start_from_a_model_with_other_features_is_refused(client, tmp_pa
 
     with pytest.raises(ArtifactError, match=r"current model has features \['x1', 'x2'\]"):
         refit(other, client, night(3))
+
+
+def test_weighted_refits_use_weighted_statistics(client, tmp_path):
+    """With data.weight the cached per-file statistics are weighted: night two, built
+    from the cache plus one new day, equals weighted least squares on its training days."""
+    rng = np.random.default_rng(5)
+    rows = {}
+    for day in range(4):
+        folder = tmp_path / "data" / f"date={night(day).isoformat()}"
+        folder.mkdir(parents=True)
+        X = rng.normal(size=(ROWS, 2)) + [3.0, -1.0]
+        y = X @ [1.0 + day, -0.5] + 2.0 + rng.normal(scale=0.3, size=ROWS)
+        w = rng.uniform(0.1, 3.0, size=ROWS)
+        pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "y": y, "w": w}), folder / "part-0000.parquet")
+        rows[day] = (X, y, w)
+    cfg = config(tmp_path, data={"weight": "w", "window_days": 3})
+    refit(cfg, client, night(2))
+    second = refit(cfg, client, night(3))  # trains on days 1, 2 (day 1 from the cache); holds out 3
+    assert second.files_read == 1  # only the new day; day 2 came with the holdout pass of night one
+    X, y, w = (np.concatenate([rows[d][i] for d in (1, 2)]) for i in range(3))
+    sw = np.sqrt(w)
+    coef, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(y))]) * sw[:, None], y * sw, rcond=None)
+    reg = Registry(cfg.registry.dir, cfg.name)
+    doc = json.loads(Path(reg.version_dir(second.version), "model.json").read_text())
+    np.testing.assert_allclose(doc["m"], coef[:2], rtol=1e-8)
+    assert doc["b"] == pytest.approx(coef[2], rel=1e-8)
