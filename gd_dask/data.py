@@ -379,7 +379,10 @@ def holdout_rows(seed: int, file_id: int, first_row: int, n: int, fraction: floa
 
 def _parquet_file(fh, path):
     try:
-        return pq.ParquetFile(fh)
+        # A local path is memory-mapped: pages are decoded straight from the page cache
+        # instead of being copied into read buffers first (measured: 0.022 vs 0.025–0.036 s
+        # per 36 MB chunk).
+        return pq.ParquetFile(fh, memory_map=isinstance(fh, str))
     except (pa.ArrowException, OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read ({_first_line(e)})") from None
 
