@@ -77,7 +77,7 @@ def connect(cfg, address: str | None = None):
     address : str, optional
         ``--scheduler`` from the command line; wins over the config.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     quiet_distributed()
     address = address or cfg.address

@@ -1,7 +1,8 @@
 """The only code that builds dask graphs.
 
-An ``Executor`` holds the dataset as a dask array of blocks ``[X | y]`` and offers three
+An ``Executor`` holds the dataset as a dask array of blocks ``[X | y]`` and offers
 distributed passes, each a map of a pure-NumPy function from ``gradient`` over every block
+(slice by slice, for the functions that add up over rows: moments, metrics, gradient sums)
 followed by a reduction in a *fixed* tree (adjacent blocks, ``FAN_IN`` at a time, folded
 left to right). The tree depends only on the number of blocks, never on which worker ran
 what or in which order results arrived, so the results are bit-identical with any number
@@ -86,13 +87,9 @@ class Executor:
         fn = dask.delayed(fold_piece, pure=True)
         return [fn(func, combine, self.source.read_args(p), *args) for p in self.source.pieces]
 
-    def _reduce(self, func, combine, *args):
-        """Map ``func(block, *args)`` over the blocks, reduce in the fixed tree, compute."""
-        # Compute: one small result (a few numbers) comes back to the client.
-        return self.client.compute(self._tree(func, combine, self.blocks, *args), sync=True)
-
     def _reduce_rows(self, func, combine, *args):
-        """``_reduce`` for functions that add up over rows, slice by slice (``_row_leaves``)."""
+        """Map ``func`` (a function that adds up over rows) over every block slice by
+        slice (``_row_leaves``), reduce in the fixed tree, compute."""
         # Compute: one small result (a few numbers) comes back to the client.
         return self.client.compute(_reduce_tree(self._row_leaves(func, combine, *args), combine), sync=True)
 
@@ -142,13 +139,15 @@ class Executor:
         m = np.asarray(m, dtype=np.float64)
         huber = () if self.huber_delta is None else (self.huber_delta,)
         kind = (self.weighted, bool(huber))
+        # Slice by slice (``_reduce_rows``): faster than whole-block temporaries in workers,
+        # and the same bits from cached standardized blocks as from re-read raw ones.
         if self.cache:
             fn = {(False, False): g.block_sums_std, (False, True): g.block_huber_std,
                   (True, False): g.block_sums_std_w, (True, True): g.block_huber_std_w}[kind]
-            return self._reduce(fn, g.add_sums, m, float(b) - std.y_center, *huber)
+            return self._reduce_rows(fn, g.add_sums, m, float(b) - std.y_center, *huber)
         fn = {(False, False): g.block_sums, (False, True): g.block_huber,
               (True, False): g.block_sums_w, (True, True): g.block_huber_w}[kind]
-        return self._reduce(fn, g.add_sums, m, float(b), std.center, std.scale, std.y_center, *huber)
+        return self._reduce_rows(fn, g.add_sums, m, float(b), std.center, std.scale, std.y_center, *huber)
 
     def sampled_sums(self, m, b, fraction: float, seed: int, step: int) -> g.BlockSums:
         """Minibatch gradient sums: every block samples its rows (seeded by seed, step and

@@ -39,12 +39,27 @@ class BlockSums(NamedTuple):
     n: int
 
 
-def standardize_block(block, center, scale, y_center=0.0):
+_scratch = threading.local()
+
+
+def _scratch_like(z) -> np.ndarray:
+    """A per-thread reused column-major array of ``z``'s shape. dask workers set
+    MALLOC_TRIM_THRESHOLD_, which pins glibc's mmap threshold at 128 KiB: a fresh
+    slice-sized temporary would be mapped and faulted in anew for every slice."""
+    size = z.shape[0] * z.shape[1]
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _scratch.buf = np.empty(size)
+    return buf[:size].reshape(z.shape, order="F")
+
+
+def standardize_block(block, center, scale, y_center=0.0, out=None):
     """``[(x − center)/scale, y − y_center]`` of one block, shape unchanged.
 
     ``y_center`` (ȳ when centering) keeps y ≈ 1e6 ± 1 from costing digits in ``err``.
+    ``out``: where to write (a scratch array for a slice that is used once), else new.
     """
-    out = np.empty_like(block, dtype=np.float64)
+    out = np.empty_like(block, dtype=np.float64) if out is None else out
     np.subtract(block[:, :-1], center, out=out[:, :-1])
     out[:, :-1] /= scale
     np.subtract(block[:, -1], y_center, out=out[:, -1])
@@ -91,7 +106,8 @@ def block_huber_std(zs, m, b_centered, delta) -> BlockSums:
 
 def block_huber(block, m, b, center, scale, y_center, delta) -> BlockSums:
     """``block_huber_std`` of a raw block (standardized on the fly)."""
-    return block_huber_std(standardize_block(block, center, scale, y_center), m, b - y_center, delta)
+    return block_huber_std(standardize_block(block, center, scale, y_center, _scratch_like(block)), m,
+                           b - y_center, delta)
 
 
 def block_sums(block, m, b, center, scale, y_center=0.0) -> BlockSums:
@@ -111,7 +127,7 @@ def block_sums(block, m, b, center, scale, y_center=0.0) -> BlockSums:
     Same bits as ``block_sums_std(standardize_block(...), m, b − y_center)``, which is
     what it computes, so cached standardized blocks and re-read raw ones agree exactly.
     """
-    return block_sums_std(standardize_block(block, center, scale, y_center), m, b - y_center)
+    return block_sums_std(standardize_block(block, center, scale, y_center, _scratch_like(block)), m, b - y_center)
 
 
 def add_sums(a: BlockSums, b: BlockSums) -> BlockSums:
@@ -159,20 +175,6 @@ def fold_slices(func, combine, slices, *args):
 def fold_block(func, combine, block, *args):
     """``fold_slices`` over a block in memory."""
     return fold_slices(func, combine, block_slices(block), *args)
-
-
-_scratch = threading.local()
-
-
-def _scratch_like(z) -> np.ndarray:
-    """A per-thread reused column-major array of ``z``'s shape. dask workers set
-    MALLOC_TRIM_THRESHOLD_, which pins glibc's mmap threshold at 128 KiB: a fresh
-    slice-sized temporary would be mapped and faulted in anew for every slice."""
-    size = z.shape[0] * z.shape[1]
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.size < size:
-        buf = _scratch.buf = np.empty(size)
-    return buf[:size].reshape(z.shape, order="F")
 
 
 def slice_moments(z) -> Moments:
@@ -380,9 +382,9 @@ def block_moments_w(block) -> Moments:
     return Moments(total, mean, (centered * w[:, None]).T @ centered)
 
 
-def standardize_block_w(block, center, scale, y_center=0.0):
+def standardize_block_w(block, center, scale, y_center=0.0, out=None):
     """``standardize_block`` of [X, y, w]: the weight column is kept as is."""
-    out = np.empty_like(block, dtype=np.float64)
+    out = np.empty_like(block, dtype=np.float64) if out is None else out
     np.subtract(block[:, :-2], center, out=out[:, :-2])
     out[:, :-2] /= scale
     np.subtract(block[:, -2], y_center, out=out[:, -2])
@@ -399,7 +401,8 @@ def block_sums_std_w(zs, m, b_centered) -> BlockSums:
 
 
 def block_sums_w(block, m, b, center, scale, y_center=0.0) -> BlockSums:
-    return block_sums_std_w(standardize_block_w(block, center, scale, y_center), m, b - y_center)
+    return block_sums_std_w(standardize_block_w(block, center, scale, y_center, _scratch_like(block)), m,
+                            b - y_center)
 
 
 def block_sums_sampled_w(zs, m, b_centered, fraction, seed, step, index) -> BlockSums:
@@ -419,7 +422,8 @@ def block_huber_std_w(zs, m, b_centered, delta) -> BlockSums:
 
 
 def block_huber_w(block, m, b, center, scale, y_center, delta) -> BlockSums:
-    return block_huber_std_w(standardize_block_w(block, center, scale, y_center), m, b - y_center, delta)
+    return block_huber_std_w(standardize_block_w(block, center, scale, y_center, _scratch_like(block)), m,
+                             b - y_center, delta)
 
 
 def block_moments_and_errors_w(block, models) -> tuple:

@@ -21,7 +21,7 @@ from datetime import date
 import numpy as np
 
 from . import gradient as g
-from .data import CHUNK_BYTES, ParquetSource, _hive_keys, list_files, open_source
+from .data import CHUNK_BYTES, ParquetSource, hive_keys, list_files, open_source
 from .errors import ArtifactError, ConfigError, DataError
 from .executor import Executor, chunk_bytes_for
 from .registry import Registry
@@ -46,7 +46,7 @@ class RefitOutcome:
 def window_dates(cfg, as_of: date) -> list[str]:
     """The date partitions of the window, oldest first."""
     _, _, found, _ = list_files(cfg.data.path, cfg.data.storage_options)
-    dates = sorted({k[DATE_KEY] for _, rel in found for k in [_hive_keys(rel)] if DATE_KEY in k})
+    dates = sorted({k[DATE_KEY] for _, rel in found for k in [hive_keys(rel)] if DATE_KEY in k})
     dates = [d for d in dates if d <= as_of.isoformat()]
     if cfg.data.window_days:
         dates = dates[-cfg.data.window_days:]
