@@ -55,20 +55,27 @@ class Executor:
         self.client = client
         self.source = source
         self.cache = cache
-        array = to_dask_array(source)
+        self.array = None
+        self._blocks: list | None = None
         if cache:
             # Persist: every later pass (each stream epoch, the metrics pass) reads the
             # blocks from worker memory; dask keeps the read tasks to recompute any
             # block lost with a worker.
-            array = client.persist(array)
-        self.array = array
-        self.blocks = list(array.to_delayed().ravel())
+            self._keep(client.persist(to_dask_array(source)))
         self.std: g.Standardizer | None = None
         self.huber_delta: float | None = None  # set: Huber loss instead of squared
 
+    def _keep(self, array) -> None:
+        self.array = array
+        self._blocks = list(array.to_delayed().ravel())
+
     @property
-    def n_blocks(self) -> int:
-        return len(self.blocks)
+    def blocks(self) -> list:
+        """Delayed blocks: persisted ones, or (no cache) read tasks built on first use —
+        passes that add up over rows stream from the files and never need them."""
+        if self._blocks is None:
+            self._keep(to_dask_array(self.source))
+        return self._blocks
 
     def _tree(self, func, combine, blocks, *args, indexed=False):
         """Delayed: ``func(block, *args)`` over ``blocks`` (``indexed``: with the block's
@@ -129,8 +136,7 @@ class Executor:
             # keeps the graph back to the read tasks for blocks lost with a worker.
             fn = g.standardize_block_w if self.weighted else g.standardize_block
             array = self.array.map_blocks(fn, std.center, std.scale, std.y_center, dtype=np.float64)
-            self.array = self.client.persist(array)
-            self.blocks = list(self.array.to_delayed().ravel())
+            self._keep(self.client.persist(array))
 
     def gradient_sums(self, m, b) -> g.BlockSums:
         """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch);
@@ -174,7 +180,7 @@ class Executor:
 
     def release(self) -> None:
         """Drop the cached blocks from cluster memory."""
-        self.blocks = []
+        self._blocks = []
         self.array = None
 
 
