@@ -142,8 +142,10 @@ class Setup:
         """mse, rmse, r2 and n at ``params`` (training space), exact from the moments
         alone (the training rows', or ``mom``); mae needs the rows and is None."""
         d = self.mom.mean.shape[0] - 1
-        gram = self.gram if mom is None else g.Gram(mom, self.std)
-        mom = mom or self.mom
+        if mom is None:
+            gram, mom = self.gram, self.mom
+        else:
+            gram = g.Gram(mom, self.std)
         sq = float(gram.sums(params[:d], params[d]).sq_err)
         cyy = mom.comoment[-1, -1]
         return {"mse": sq / mom.n, "rmse": float(np.sqrt(sq / mom.n)), "mae": None,
