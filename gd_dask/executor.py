@@ -141,19 +141,26 @@ class Executor:
     def gradient_sums(self, m, b) -> g.BlockSums:
         """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch);
         the Huber sums when ``huber_delta`` is set; weighted when the data has weights."""
+        # Compute: one small result (a few numbers) comes back to the client.
+        return self.client.compute(self.gradient_graph(m, b), sync=True)
+
+    def gradient_graph(self, m, b):
+        """Delayed ``gradient_sums(m, b)``, to compute together with other passes."""
         std = self.std
         m = np.asarray(m, dtype=np.float64)
         huber = () if self.huber_delta is None else (self.huber_delta,)
         kind = (self.weighted, bool(huber))
-        # Slice by slice (``_reduce_rows``): faster than whole-block temporaries in workers,
+        # Slice by slice (``_row_leaves``): faster than whole-block temporaries in workers,
         # and the same bits from cached standardized blocks as from re-read raw ones.
         if self.cache:
             fn = {(False, False): g.block_sums_std, (False, True): g.block_huber_std,
                   (True, False): g.block_sums_std_w, (True, True): g.block_huber_std_w}[kind]
-            return self._reduce_rows(fn, g.add_sums, m, float(b) - std.y_center, *huber)
-        fn = {(False, False): g.block_sums, (False, True): g.block_huber,
-              (True, False): g.block_sums_w, (True, True): g.block_huber_w}[kind]
-        return self._reduce_rows(fn, g.add_sums, m, float(b), std.center, std.scale, std.y_center, *huber)
+            args = (m, float(b) - std.y_center, *huber)
+        else:
+            fn = {(False, False): g.block_sums, (False, True): g.block_huber,
+                  (True, False): g.block_sums_w, (True, True): g.block_huber_w}[kind]
+            args = (m, float(b), std.center, std.scale, std.y_center, *huber)
+        return _reduce_tree(self._row_leaves(fn, g.add_sums, *args), g.add_sums)
 
     def sampled_sums(self, m, b, fraction: float, seed: int, step: int) -> g.BlockSums:
         """Minibatch gradient sums: every block samples its rows (seeded by seed, step and

@@ -264,7 +264,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
             e.huber_delta = huber
         oracle, hess = ex.gradient_sums, None
         if val_ex:
-            validate = _stream_validation(val_ex)
+            oracle, validate = _paired_passes(ex, val_ex)
     params = setup.initial_params(init, extended=strategy == "gram")
 
     key = run_key(cfg, source, init)
@@ -309,13 +309,25 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     )
 
 
-def _stream_validation(val_ex: Executor):
-    """The loss on the validation rows at (m, b): one distributed pass over them."""
-    def loss(m, b):
-        s = val_ex.gradient_sums(m, b)
-        return s.sq_err / s.n
+def _paired_passes(ex: Executor, val_ex: Executor):
+    """(oracle, validate) for stream with early stopping: one round trip per epoch
+    computes the training sums and the validation loss at the same (m, b); ``validate``
+    hands back that loss (or makes its own pass at other parameters)."""
+    last: dict = {}
 
-    return loss
+    def oracle(m, b):
+        # Compute: two small results (a few numbers each) come back to the client.
+        s, v = ex.client.compute([ex.gradient_graph(m, b), val_ex.gradient_graph(m, b)], sync=True)
+        last.update(m=np.array(m, copy=True), b=float(b), loss=v.sq_err / v.n)
+        return s
+
+    def validate(m, b):
+        if last and float(b) == last["b"] and np.array_equal(m, last["m"]):
+            return last["loss"]
+        v = val_ex.gradient_sums(m, b)
+        return v.sq_err / v.n
+
+    return oracle, validate
 
 
 def _minibatch_oracle(cfg, ex: Executor, n: int, done: int = 0):
