@@ -38,6 +38,11 @@ def fold_piece(func, combine, read_args, *args):
     return g.fold_slices(func, combine, read_slices(*read_args, rows=g.SLICE_ROWS), *args)
 
 
+def piece_moments(read_args) -> g.Moments:
+    """``gradient.block_moments(read_block(*read_args))``, to the bit, streamed."""
+    return g.shifted_moments(read_slices(*read_args, rows=g.SLICE_ROWS, shifted=True))
+
+
 class Executor:
     """Distributed passes over one dataset.
 
@@ -84,7 +89,7 @@ class Executor:
         return _reduce_tree([fn(b, *args, i) if indexed else fn(b, *args) for i, b in enumerate(blocks)],
                             combine)
 
-    def _row_leaves(self, func, combine, *args) -> list:
+    def row_leaves(self, func, combine, *args) -> list:
         """Delayed, one per block: ``func`` (a function that adds up over rows) folded over
         the block's slices. Cached blocks are sliced in memory; otherwise each chunk
         streams from its file, so the pass needs no memory for whole blocks."""
@@ -96,14 +101,25 @@ class Executor:
 
     def _reduce_rows(self, func, combine, *args):
         """Map ``func`` (a function that adds up over rows) over every block slice by
-        slice (``_row_leaves``), reduce in the fixed tree, compute."""
+        slice (``row_leaves``), reduce in the fixed tree, compute."""
         # Compute: one small result (a few numbers) comes back to the client.
-        return self.client.compute(_reduce_tree(self._row_leaves(func, combine, *args), combine), sync=True)
+        return self.client.compute(_reduce_tree(self.row_leaves(func, combine, *args), combine), sync=True)
 
-    def reduce_by_file(self, func, combine, *args) -> dict[str, object]:
-        """``_reduce_rows`` with one result per file: {full path: result}."""
+    def moment_leaves(self) -> list:
+        """Delayed, one per block: its ``Moments`` (``gradient.block_moments``)."""
+        if self.weighted:
+            return self.row_leaves(g.block_moments_w, g.merge_moments)
+        if self.cache:
+            fn = dask.delayed(g.block_moments, pure=True)
+            return [fn(b) for b in self.blocks]
+        fn = dask.delayed(piece_moments, pure=True)
+        return [fn(self.source.read_args(p)) for p in self.source.pieces]
+
+    def reduce_by_file(self, leaves: list, combine) -> dict[str, object]:
+        """Per-block delayed results (``row_leaves``, ``moment_leaves``) reduced per file
+        in the fixed tree: {full path: result}."""
         groups: dict[str, list] = {}
-        for piece, leaf in zip(self.source.pieces, self._row_leaves(func, combine, *args)):
+        for piece, leaf in zip(self.source.pieces, leaves):
             groups.setdefault(piece.path, []).append(leaf)
         roots = [_reduce_tree(leaves, combine) for leaves in groups.values()]
         # Compute: a few numbers per file come back (statistics to cache on the client).
@@ -115,11 +131,12 @@ class Executor:
 
     def moments(self) -> g.Moments:
         """n (Σw with weights), means and co-moments of [X, y]: one pass, stable merges."""
-        return self._reduce_rows(g.block_moments_w if self.weighted else g.slice_moments, g.merge_moments)
+        # Compute: one small result (a few numbers) comes back to the client.
+        return self.client.compute(_reduce_tree(self.moment_leaves(), g.merge_moments), sync=True)
 
     def nonfinite_by_block(self) -> list[np.ndarray]:
         """NaN/inf counts per column for every block, in block order (diagnosis only)."""
-        parts = self._row_leaves(count_nonfinite, np.add)
+        parts = self.row_leaves(count_nonfinite, np.add)
         # Compute: one small vector per block comes back, to name the first file at fault.
         return self.client.compute(parts, sync=True)
 
@@ -150,7 +167,7 @@ class Executor:
         m = np.asarray(m, dtype=np.float64)
         huber = () if self.huber_delta is None else (self.huber_delta,)
         kind = (self.weighted, bool(huber))
-        # Slice by slice (``_row_leaves``): faster than whole-block temporaries in workers,
+        # Slice by slice (``row_leaves``): faster than whole-block temporaries in workers,
         # and the same bits from cached standardized blocks as from re-read raw ones.
         if self.cache:
             fn = {(False, False): g.block_sums_std, (False, True): g.block_huber_std,
@@ -160,7 +177,7 @@ class Executor:
             fn = {(False, False): g.block_sums, (False, True): g.block_huber,
                   (True, False): g.block_sums_w, (True, True): g.block_huber_w}[kind]
             args = (m, float(b), std.center, std.scale, std.y_center, *huber)
-        return _reduce_tree(self._row_leaves(fn, g.add_sums, *args), g.add_sums)
+        return _reduce_tree(self.row_leaves(fn, g.add_sums, *args), g.add_sums)
 
     def sampled_sums(self, m, b, fraction: float, seed: int, step: int) -> g.BlockSums:
         """Minibatch gradient sums: every block samples its rows (seeded by seed, step and

@@ -177,20 +177,42 @@ def fold_block(func, combine, block, *args):
     return fold_slices(func, combine, block_slices(block), *args)
 
 
-def slice_moments(z) -> Moments:
-    """Moments of a few rows: mean first, then the centered co-moments (two-pass), so a
-    large mean costs no digits."""
-    n, k = z.shape
+def block_slices_shifted(block, rows: int = SLICE_ROWS):
+    """``(slice − shift, shift)`` for each of ``block_slices(block)``, with ``shift`` the
+    mean of the first slice; each shifted slice is a reused scratch array."""
+    shift = None
+    for z in block_slices(block, rows):
+        if shift is None:
+            shift = z.mean(axis=0) if z.shape[0] else np.zeros(z.shape[1])
+        yield np.subtract(z, shift, out=_scratch_like(z)), shift
+
+
+def shifted_moments(pairs) -> Moments:
+    """Moments from ``(z − shift, shift)`` slices (``block_slices_shifted`` or
+    ``data.read_slices(shifted=True)``): with s = Σ(z − shift) and S = Σ(z − shift)(z − shift)ᵀ,
+    mean = shift + s/n and comoment = S − s·sᵀ/n.
+
+    The shifted-data algorithm: with the shift at the first slice's mean, z − shift is of
+    the order of the spread, so S − s·sᵀ/n cancels no more digits than the two-pass
+    algorithm unless the data drift by many standard deviations from their first rows;
+    one pass, and no mean and no centered copy per slice (the shift is subtracted while
+    the slice is copied out of Arrow).
+    """
+    n, s, S, shift = 0, None, None, None
+    for z, shift in pairs:
+        if s is None:
+            s, S = np.zeros(z.shape[1]), np.zeros((z.shape[1], z.shape[1]))
+        s += z.sum(axis=0)
+        S += z.T @ z
+        n += z.shape[0]
     if n == 0:
-        return Moments(0, np.zeros(k), np.zeros((k, k)))
-    mean = z.mean(axis=0)
-    centered = np.subtract(z, mean, out=_scratch_like(z))
-    return Moments(n, mean, centered.T @ centered)
+        return Moments(0, np.zeros_like(s), np.zeros_like(S))
+    return Moments(n, shift + s / n, S - np.outer(s, s) / n)
 
 
 def block_moments(block) -> Moments:
-    """Moments of one block: ``slice_moments`` per slice, merged with the pairwise update."""
-    return fold_block(slice_moments, merge_moments, block)
+    """Moments of one block [X, y] (``shifted_moments``)."""
+    return shifted_moments(block_slices_shifted(block))
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:

@@ -89,8 +89,8 @@ def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Momen
             cached[f["full_path"]] = mom
     if unseen:
         sub = src.subset([f["full_path"] for f in unseen])
-        fresh = Executor(client, sub, cache=False).reduce_by_file(
-            g.block_moments_w if src.weighted else g.slice_moments, g.merge_moments)
+        ex = Executor(client, sub, cache=False)
+        fresh = ex.reduce_by_file(ex.moment_leaves(), g.merge_moments)
         for f in unseen:
             mom = fresh[f["full_path"]]
             _check_finite(mom, f, src)
@@ -154,9 +154,9 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
         result = fit_moments(cfg, mom, init=init)
 
         models = [(result.m, result.b)] + ([init] if init is not None else [])
-        per_file = Executor(client, hold_src, cache=False).reduce_by_file(
-            g.block_moments_and_errors_w if hold_src.weighted else g.block_moments_and_errors,
-            g.add_moments_and_errors, models)
+        ex = Executor(client, hold_src, cache=False)
+        fn = g.block_moments_and_errors_w if hold_src.weighted else g.block_moments_and_errors
+        per_file = ex.reduce_by_file(ex.row_leaves(fn, g.add_moments_and_errors, models), g.add_moments_and_errors)
         for f in hold_src.files:
             hmom, _ = per_file[f["full_path"]]
             if np.isfinite(hmom.comoment).all():

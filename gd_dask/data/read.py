@@ -113,16 +113,31 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
 
 
 def read_slices(path, row_groups, columns, storage_options, protocol, row_filters, missing, holdout=None, *,
-                rows: int):
+                rows: int, shifted: bool = False):
     """The slices of ``rows`` rows that ``gradient.block_slices(read_block(...))`` would
     give, without ever building the block: one row group is decoded at a time and copied
-    slice by slice into one small reused buffer. So a pass that only adds up over rows needs memory for one row
-    group, and never touches freshly mapped pages for a whole chunk.
+    slice by slice into one small reused buffer. So a pass that only adds up over rows
+    needs memory for one row group, and never touches freshly mapped pages for a whole
+    chunk.
+
+    ``shifted``: yield ``(slice − shift, shift)`` instead, with ``shift`` the mean of the
+    first slice, subtracted while copying (``gradient.block_slices_shifted`` of the block,
+    to the bit).
 
     Each slice is a view of the same buffer: use it before asking for the next.
     """
-    buf = np.empty((rows, len(columns)), dtype=np.float64, order="F")
-    fill, emitted = 0, False
+    k = len(columns)
+    buf = np.empty((rows, k), dtype=np.float64, order="F")
+    fill, shift, emitted = 0, None, False
+
+    def first_slice():
+        nonlocal shift
+        shift = buf[:fill].mean(axis=0) if fill else np.zeros(k)
+        buf[:fill] -= shift
+
+    def emit(z):
+        return (z, shift) if shifted else z
+
     with open_file(path, protocol, storage_options) as fh:
         pf = _parquet_file(fh, path)
         first_rows = holdout[4] if holdout else (0,) * len(row_groups)
@@ -139,15 +154,22 @@ def read_slices(path, row_groups, columns, storage_options, protocol, row_filter
                 while pos < n:
                     take = min(rows - fill, n - pos)
                     for j, a in enumerate(arrays):
-                        buf[fill:fill + take, j] = a[pos:pos + take]
+                        if shift is None:
+                            buf[fill:fill + take, j] = a[pos:pos + take]
+                        else:
+                            np.subtract(a[pos:pos + take], shift[j], out=buf[fill:fill + take, j])
                     fill, pos = fill + take, pos + take
                     if fill == rows:
-                        yield buf
+                        if shifted and shift is None:
+                            first_slice()
+                        yield emit(buf)
                         fill, emitted = 0, True
-            del table, batch, arrays
+            del table
     _release_arrow_memory()
-    if fill or not emitted:
-        yield buf[:fill]
+    if fill or not emitted:  # the last partial slice, or an empty chunk's one empty slice
+        if shifted and shift is None:
+            first_slice()
+        yield emit(buf[:fill])
 
 
 class NativePath:
