@@ -192,11 +192,12 @@ def shifted_moments(pairs) -> Moments:
     ``data.read_slices(shifted=True)``): with s = Σ(z − shift) and S = Σ(z − shift)(z − shift)ᵀ,
     mean = shift + s/n and comoment = S − s·sᵀ/n.
 
-    The shifted-data algorithm: with the shift at the first slice's mean, z − shift is of
-    the order of the spread, so S − s·sᵀ/n cancels no more digits than the two-pass
-    algorithm unless the data drift by many standard deviations from their first rows;
+    The shifted-data algorithm: S − s·sᵀ/n cancels log10(1 + (mean − shift)²/σ²) digits,
+    none when the first slice looks like the rest. Since the first slice is part of the
+    data, σ² ≥ (rows/n)·(mean − shift)², so even a first slice far from all other rows
+    costs at most log10(1 + n/rows) digits (under 2 for a 64 MiB chunk). In exchange:
     one pass, and no mean and no centered copy per slice (the shift is subtracted while
-    the slice is copied out of Arrow).
+    the slice is copied out of Arrow). Chunks are merged pairwise (``merge_moments``).
     """
     n, s, S, shift = 0, None, None, None
     for z, shift in pairs:
