@@ -74,3 +74,32 @@ def test_data_bigger_than_worker_memory_trains_within_the_limit(big_dataset, tmp
     workers = sorted(peaks.values())[-2:]  # the two largest children are the workers
     print(f"{strategy}: peak worker RSS {[round(w / 2**20) for w in workers]} MiB (limit {LIMIT // 2**20})")
     assert max(workers) < LIMIT
+
+
+def test_embedded_workers_run_on_the_configured_arrow_pool(tmp_path):
+    """The pool must be in the environment before a worker process loads pyarrow. Worker
+    processes re-import the main module, and once that module imports pyarrow.compute
+    (as gd-dask's entry point does) the nanny's ``env`` comes too late: workers silently
+    ran on another allocator."""
+    from gd_dask.cluster import WORKER_ENV
+
+    wanted = WORKER_ENV["ARROW_DEFAULT_MEMORY_POOL"]
+    try:
+        getattr(pa, f"{wanted}_memory_pool")()
+    except (NotImplementedError, AttributeError):
+        pytest.skip(f"this pyarrow build has no {wanted} pool")
+    script = tmp_path / "pools.py"
+    script.write_text(
+        "import pyarrow.compute  # noqa: F401  (like the CLI: loaded before any cluster)\n"
+        "from distributed import Client\n"
+        "from gd_dask.cluster import local_cluster\n"
+        "if __name__ == '__main__':\n"
+        "    with local_cluster(n_workers=1, threads_per_worker=1, dashboard_address=':0') as lc, \\\n"
+        "            Client(lc, set_as_default=False) as c:\n"
+        "        pools = c.run(lambda: __import__('pyarrow').default_memory_pool().backend_name)\n"
+        "    print(' '.join(pools.values()))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [wanted]
