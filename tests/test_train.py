@@ -135,3 +135,35 @@ def test_metrics_from_moments_equal_the_full_pass_but_mae(client, tmp_path, rng,
     for k in ("mse", "rmse", "r2"):
         assert fast.metrics[k] == pytest.approx(full.metrics[k], rel=1e-9), k
     assert fast.metrics["n"] == full.metrics["n"] == 5000
+
+
+@pytest.mark.parametrize("strategy", ["stream", "gram"])
+def test_decimal_bool_and_int_columns_train_like_their_float_values(client, tmp_path, rng, strategy):
+    """Arrow casts every numeric type to float64, also past the first slice of a chunk
+    (where slices are copied with the moments' shift subtracted); null bools are dropped."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 20_000
+    x = np.round(rng.normal(size=n), 4)
+    flag = rng.random(n) > 0.5
+    k = np.arange(n) % 7
+    y = 2.0 * x - 0.5 * flag + 0.3 * k + 1.0 + rng.normal(scale=0.1, size=n)
+    null = np.arange(n) % 50 == 0
+    (tmp_path / "d").mkdir()
+    for i, part in enumerate(np.array_split(np.arange(n), 2)):
+        pq.write_table(pa.table({
+            "d": pa.array([decimal.Decimal(f"{v:.4f}") for v in x[part]], type=pa.decimal128(10, 4)),
+            "b": pa.array([None if null[j] else bool(flag[j]) for j in part], type=pa.bool_()),
+            "k": pa.array(k[part], type=pa.int32()), "y": y[part]}),
+            tmp_path / "d" / f"p{i}.parquet", row_group_size=3000)
+    data = {"path": str(tmp_path / "d"), "features": ["d", "b", "k"], "target": "y", "missing": "drop"}
+    res = fit(make_config(data, tmp_path, optimizer={"strategy": strategy, "epochs": 3000, "tol": 1e-20}), client)
+    keep = ~null
+    A = np.column_stack([x, flag, k, np.ones(n)])[keep]
+    coef, *_ = np.linalg.lstsq(A, y[keep], rcond=None)
+    np.testing.assert_allclose(res.m, coef[:3], rtol=1e-7)
+    assert res.b == pytest.approx(coef[3], rel=1e-7)
+    assert res.rows_dropped == null.sum() and res.metrics["n"] == keep.sum()

@@ -96,8 +96,8 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
             table = parts[i] if parts else _read_row_group(pf, path, rg, columns, row_filters)
             for j, col in enumerate(columns):
                 at = lo
-                for chunk in table.column(col).chunks:  # zero-copy views where the type allows
-                    out[at:at + len(chunk), j] = chunk.to_numpy(zero_copy_only=False)
+                for chunk in table.column(col).chunks:
+                    out[at:at + len(chunk), j] = _as_float64(chunk)
                     at += len(chunk)
             lo += sizes[i]
             del table
@@ -110,6 +110,14 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
     # With missing: error the values stay: they make the moments non-finite, and only then
     # does ``count_nonfinite`` find them, in file order, for a deterministic message.
     return out
+
+
+def _as_float64(arr: pa.Array) -> np.ndarray:
+    """One Arrow column chunk as float64: a zero-copy view for float64 without nulls;
+    ints, bools and decimals cast by Arrow; nulls become NaN."""
+    if arr.type != pa.float64():
+        arr = arr.cast(pa.float64())
+    return arr.to_numpy(zero_copy_only=False)
 
 
 def read_slices(path, row_groups, columns, storage_options, protocol, row_filters, missing, holdout=None, *,
@@ -144,10 +152,9 @@ def read_slices(path, row_groups, columns, storage_options, protocol, row_filter
         for rg, first in zip(row_groups, first_rows):
             table = _read_row_group(pf, path, rg, columns, row_filters, holdout, first).select(columns)
             for batch in table.to_batches():
-                # Zero-copy views of Arrow's buffers where the type allows (float64, no nulls).
-                arrays = [col.to_numpy(zero_copy_only=False) for col in batch.columns]
+                arrays = [_as_float64(col) for col in batch.columns]
                 if missing == "drop" and batch.num_rows:
-                    good = np.logical_and.reduce([np.isfinite(a.astype(np.float64, copy=False)) for a in arrays])
+                    good = np.logical_and.reduce([np.isfinite(a) for a in arrays])
                     if not good.all():
                         arrays = [a[good] for a in arrays]
                 n, pos = arrays[0].shape[0], 0
