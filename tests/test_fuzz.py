@@ -1,6 +1,8 @@
 """Property-based: random configs and random Parquet inputs end in a valid result or a
 clean, one-line error — never another exception."""
 
+import decimal
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,12 +56,14 @@ def test_random_set_overrides_give_a_config_or_a_clean_error(overrides):
     _outcome(lambda: parse_config(yaml.safe_dump(BASE), items))
 
 
-column_kinds = st.sampled_from(["float", "int", "bool", "string", "float_with_bad"])
+column_kinds = st.sampled_from(["float", "int", "bool", "string", "float_with_bad", "decimal", "int_with_null",
+                                "bool_with_null"])
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(kinds=st.lists(column_kinds, min_size=2, max_size=3), n_files=st.integers(1, 3),
-       rows=st.integers(1, 40), seed=st.integers(0, 2**16), missing=st.sampled_from(["error", "drop"]))
+       rows=st.one_of(st.integers(1, 40), st.integers(8190, 8200)),  # a chunk's slices are 8192 rows
+       seed=st.integers(0, 2**16), missing=st.sampled_from(["error", "drop"]))
 def test_random_parquet_inputs_give_a_model_or_a_clean_error(client, tmp_path_factory, kinds, n_files, rows, seed, missing):
     rng = np.random.default_rng(seed)
     root = tmp_path_factory.mktemp("fuzz")
@@ -73,6 +77,12 @@ def test_random_parquet_inputs_give_a_model_or_a_clean_error(client, tmp_path_fa
                 cols[name] = rng.random(rows) > 0.5
             elif kind == "string":
                 cols[name] = [str(v) for v in rng.integers(0, 9, rows)]
+            elif kind == "decimal":
+                cols[name] = pa.array([decimal.Decimal(int(v)).scaleb(-2) for v in rng.integers(-999, 999, rows)],
+                                      type=pa.decimal128(6, 2))
+            elif kind in ("int_with_null", "bool_with_null"):
+                v = rng.integers(-5, 5, rows) if kind == "int_with_null" else rng.random(rows) > 0.5
+                cols[name] = pa.array([None if bad else x.item() for x, bad in zip(v, rng.random(rows) < 0.1)])
             else:
                 v = rng.normal(size=rows)
                 if kind == "float_with_bad":
