@@ -35,7 +35,10 @@ def sweep(cfg, client, rates: list) -> list[dict]:
             update={"learning_rate": rate}), "output": cfg.output.model_copy(update={"checkpoint_every": 0})})
         try:
             res = fit_moments(run_cfg, mom, val_mom=val_mom) if gram else fit(run_cfg, client)
-            status = "converged" if res.converged else "not converged"
+            if res.validation and res.validation["stopped_early"]:
+                status = "stopped early"
+            else:
+                status = "converged" if res.converged else "not converged"
             rows.append({"rate": str(rate), "learning_rate": res.learning_rate, "momentum": res.momentum,
                          "status": status, "epochs": res.epochs_run, "final_loss": res.final_loss,
                          "losses": [h["loss"] for h in res.history]})

@@ -147,3 +147,16 @@ def test_refit_refuses_a_validation_split(tmp_path):
                    f"optimizer: {{validation_fraction: 0.2}}\nregistry: {{dir: {tmp_path / 'reg'}}}\n")
     r = run_cli("refit", cfg, "--as-of", "2026-11-02")
     assert r.returncode == 2 and "validation_fraction" in r.stderr
+
+
+def test_sweep_stops_early_at_the_reference_epoch(client, tmp_path):
+    """sweep trains every rate from one moments pass (fit_moments) and validates too."""
+    from gd_dask.sweep import sweep
+
+    X, y = _overfitting_problem()
+    data = write_parquet(tmp_path / "d", X, y, n_files=3)
+    cfg = make_config(data, tmp_path, optimizer={
+        "epochs": 500, "tol": 1e-300, "seed": SEED, "validation_fraction": FRACTION, "n_iter_no_change": PATIENCE})
+    (row,) = sweep(cfg, client, [LR])
+    _, _, _, stop_epoch, _ = numpy_early_stopping(X, y, _held_out(tmp_path / "d"), LR, PATIENCE, 500)
+    assert row["status"] == "stopped early" and row["epochs"] == stop_epoch
