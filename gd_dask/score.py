@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from . import gradient as g
 from .config import DataConfig
-from .data import open_source
+from .data import as_float64, open_source
 from .errors import DataError
 from .executor import Executor
 from .model import Model
@@ -54,8 +54,7 @@ def _predict_file(src_path, dst_path, protocol, storage_options, out_protocol, f
             with fs.open(tmp, "wb") as out:
                 for rg in range(pf.num_row_groups):
                     t = pf.read_row_group(rg, columns=list(dict.fromkeys([*keys, *features])))
-                    X = np.column_stack([t.column(f).to_numpy(zero_copy_only=False).astype(np.float64)
-                                         for f in features])
+                    X = np.column_stack([as_float64(t.column(f)) for f in features])
                     cols = {k: t.column(k) for k in keys}
                     cols["prediction"] = pa.array(X @ m + b)
                     batch = pa.table(cols)
@@ -77,7 +76,7 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     (hive partitions included); one worker task per file, row group by row group."""
     import dask
 
-    source = open_source(data_for(model, path, storage_options), extra_columns=list(keys))
+    source = open_source(data_for(model, path, storage_options), extra_columns=list(keys), with_target=False)
     out_fs, out_root = fsspec.core.url_to_fs(out_dir, **source.storage_options)
     out_protocol = out_fs.protocol if isinstance(out_fs.protocol, str) else out_fs.protocol[0]
     tasks = []

@@ -112,3 +112,24 @@ def test_the_json_schema_validates_the_example_configs_and_rejects_unknown_keys(
 def test_config_check_validates_without_running(capsys):
     assert main(["config-check", str(ROOT / "configs" / "example.yaml")]) == 0
     assert json.loads(capsys.readouterr().out)["optimizer"]["learning_rate"] == "auto"
+
+
+def test_predict_reads_decimal_and_nullable_columns(tmp_path, capsys):
+    """Any numeric Parquet type predicts like its float64 value; a null gives a NaN."""
+    import decimal
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "d").mkdir()
+    pq.write_table(pa.table({"d": pa.array([decimal.Decimal("1.50"), decimal.Decimal("-2.25"), None],
+                                           type=pa.decimal128(5, 2)),
+                             "b": pa.array([True, None, False])}), tmp_path / "d" / "p.parquet")
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"format": "gd_dask.model/1", "features": ["d", "b"], "target": "y",
+                                 "m": [2.0, 10.0], "b": 1.0}))
+    assert main(["predict", str(model), str(tmp_path / "d"), str(tmp_path / "out")]) == 0
+    pred = pq.read_table(tmp_path / "out" / "p.parquet").column("prediction").to_numpy()
+    np.testing.assert_array_equal(pred[:1], [14.0])
+    assert np.isnan(pred[1:]).all()

@@ -4,9 +4,9 @@
 its chunk layout. ``read``: in worker tasks, chunks become float64 blocks or slices.
 """
 
-from .read import count_nonfinite, holdout_rows, read_block, read_slices, to_dask_array
+from .read import as_float64, count_nonfinite, holdout_rows, read_block, read_slices, to_dask_array
 from .source import (CHUNK_BYTES, PARQUET_SUFFIXES, Holdout, ParquetSource, Piece, hive_keys, list_files,
                      open_source)
 
-__all__ = ["CHUNK_BYTES", "PARQUET_SUFFIXES", "Holdout", "ParquetSource", "Piece", "count_nonfinite",
+__all__ = ["CHUNK_BYTES", "PARQUET_SUFFIXES", "Holdout", "ParquetSource", "Piece", "as_float64", "count_nonfinite",
            "hive_keys", "holdout_rows", "list_files", "open_source", "read_block", "read_slices", "to_dask_array"]

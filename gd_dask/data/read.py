@@ -97,7 +97,7 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
             for j, col in enumerate(columns):
                 at = lo
                 for chunk in table.column(col).chunks:
-                    out[at:at + len(chunk), j] = _as_float64(chunk)
+                    out[at:at + len(chunk), j] = as_float64(chunk)
                     at += len(chunk)
             lo += sizes[i]
             del table
@@ -112,9 +112,9 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
     return out
 
 
-def _as_float64(arr: pa.Array) -> np.ndarray:
-    """One Arrow column chunk as float64: a zero-copy view for float64 without nulls;
-    ints, bools and decimals cast by Arrow; nulls become NaN."""
+def as_float64(arr) -> np.ndarray:
+    """An Arrow column (or chunk) as float64: a zero-copy view for one float64 chunk
+    without nulls; ints, bools and decimals cast by Arrow; nulls become NaN."""
     if arr.type != pa.float64():
         arr = arr.cast(pa.float64())
     return arr.to_numpy(zero_copy_only=False)
@@ -152,7 +152,7 @@ def read_slices(path, row_groups, columns, storage_options, protocol, row_filter
         for rg, first in zip(row_groups, first_rows):
             table = _read_row_group(pf, path, rg, columns, row_filters, holdout, first).select(columns)
             for batch in table.to_batches():
-                arrays = [_as_float64(col) for col in batch.columns]
+                arrays = [as_float64(col) for col in batch.columns]
                 if missing == "drop" and batch.num_rows:
                     good = np.logical_and.reduce([np.isfinite(a) for a in arrays])
                     if not good.all():

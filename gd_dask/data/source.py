@@ -247,8 +247,11 @@ def list_files(path: str, storage_options: dict | None = None):
     return fs, protocol, out, root
 
 
-def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: int = CHUNK_BYTES) -> ParquetSource:
+def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: int = CHUNK_BYTES,
+                with_target: bool = True) -> ParquetSource:
     """Discover files, prune by partition filters, read footers, lay out chunks.
+
+    ``with_target=False``: the data need not hold the target (new data to predict on).
 
     Raises
     ------
@@ -257,7 +260,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     """
     # Block layout: features, target, then the weight column if any (then any extra
     # columns the caller reads for itself, e.g. predict's keys).
-    columns = list(data_cfg.features) + [data_cfg.target]
+    columns = list(data_cfg.features) + ([data_cfg.target] if with_target else [])
     if data_cfg.weight:
         columns.append(data_cfg.weight)
     columns += [c for c in extra_columns or [] if c not in columns]
