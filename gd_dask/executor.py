@@ -32,10 +32,10 @@ def _fold(combine, parts):
     return reduce(combine, parts)
 
 
-def fold_piece(func, combine, read_args, *args):
-    """``gradient.fold_block(func, combine, read_block(*read_args), *args)`` without
+def fold_piece(read_args, func, combine, *args):
+    """``gradient.fold_block(read_block(*read_args), func, combine, *args)`` without
     building the block: the chunk streams from the file slice by slice."""
-    return g.fold_slices(func, combine, read_slices(*read_args, rows=g.SLICE_ROWS), *args)
+    return g.fold_slices(read_slices(*read_args, rows=g.SLICE_ROWS), func, combine, *args)
 
 
 def piece_moments(read_args) -> g.Moments:
@@ -89,15 +89,20 @@ class Executor:
         return _reduce_tree([fn(b, *args, i) if indexed else fn(b, *args) for i, b in enumerate(blocks)],
                             combine)
 
+    def _leaves(self, on_block, on_piece, *args) -> list:
+        """Delayed, one per block: ``on_block(block, *args)`` on the cached blocks, else
+        ``on_piece(read_args, *args)``, which streams the chunk from its file (the same
+        bits, and no memory for whole blocks)."""
+        if self.cache:
+            fn = dask.delayed(on_block, pure=True)
+            return [fn(b, *args) for b in self.blocks]
+        fn = dask.delayed(on_piece, pure=True)
+        return [fn(self.source.read_args(p), *args) for p in self.source.pieces]
+
     def row_leaves(self, func, combine, *args) -> list:
         """Delayed, one per block: ``func`` (a function that adds up over rows) folded over
-        the block's slices. Cached blocks are sliced in memory; otherwise each chunk
-        streams from its file, so the pass needs no memory for whole blocks."""
-        if self.cache:
-            fn = dask.delayed(g.fold_block, pure=True)
-            return [fn(func, combine, b, *args) for b in self.blocks]
-        fn = dask.delayed(fold_piece, pure=True)
-        return [fn(func, combine, self.source.read_args(p), *args) for p in self.source.pieces]
+        the block's slices."""
+        return self._leaves(g.fold_block, fold_piece, func, combine, *args)
 
     def _reduce_rows(self, func, combine, *args):
         """Map ``func`` (a function that adds up over rows) over every block slice by
@@ -109,11 +114,7 @@ class Executor:
         """Delayed, one per block: its ``Moments`` (``gradient.block_moments``)."""
         if self.weighted:
             return self.row_leaves(g.block_moments_w, g.merge_moments)
-        if self.cache:
-            fn = dask.delayed(g.block_moments, pure=True)
-            return [fn(b) for b in self.blocks]
-        fn = dask.delayed(piece_moments, pure=True)
-        return [fn(self.source.read_args(p)) for p in self.source.pieces]
+        return self._leaves(g.block_moments, piece_moments)
 
     def reduce_by_file(self, leaves: list, combine) -> dict[str, object]:
         """Per-block delayed results (``row_leaves``, ``moment_leaves``) reduced per file
@@ -220,14 +221,17 @@ def _reduce_tree(level: list, combine):
     return level[0]
 
 
+def _memory_limits(client) -> list[int]:
+    """Each worker's memory limit in bytes (0: unlimited)."""
+    return [w.get("memory_limit") or 0 for w in client.scheduler_info().get("workers", {}).values()]
+
+
 def chunk_bytes_for(client, default: int) -> int:
     """Chunk size for this cluster: a block in flight costs a few times its size
     (Arrow table, float64 block, a standardized or centered copy), so keep chunks to
     1/32 of the smallest worker memory limit (measured: a worker at 250 MiB peaked at
     ~220 MiB with 1/16)."""
-    workers = client.scheduler_info().get("workers", {})
-    limits = [w.get("memory_limit") or 0 for w in workers.values()]
-    limits = [x for x in limits if x > 0]
+    limits = [x for x in _memory_limits(client) if x > 0]
     if not limits:
         return default
     return int(max(2**20, min(default, min(limits) // 32)))
@@ -235,9 +239,8 @@ def chunk_bytes_for(client, default: int) -> int:
 
 def cluster_memory(client) -> int:
     """Total worker memory limit in bytes (0 when any worker is unlimited)."""
-    workers = client.scheduler_info().get("workers", {})
-    limits = [w.get("memory_limit") or 0 for w in workers.values()]
-    if not limits or any(x == 0 for x in limits):
+    limits = _memory_limits(client)
+    if not limits or 0 in limits:
         return 0
     return int(sum(limits))
 

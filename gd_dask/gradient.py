@@ -147,9 +147,13 @@ class Moments(NamedTuple):
     mean: np.ndarray
     comoment: np.ndarray
 
+    def finite(self) -> bool:
+        """No NaN or ±inf in the means or co-moments (bad values, or squares that overflow)."""
+        return bool(np.isfinite(self.mean).all() and np.isfinite(self.comoment).all())
 
-#: Rows per slice for passes that add up over rows (moments, metrics): a slice of a few
-#: columns and its centered copy stay in the CPU cache.
+
+#: Rows per slice for passes that add up over rows (moments, metrics, gradient sums): a
+#: slice of a few columns and its shifted or standardized copy stay in the CPU cache.
 SLICE_ROWS = 8192
 
 
@@ -161,7 +165,7 @@ def block_slices(block, rows: int = SLICE_ROWS):
         yield block[lo:lo + rows]
 
 
-def fold_slices(func, combine, slices, *args):
+def fold_slices(slices, func, combine, *args):
     """``func(slice, *args)`` folded left to right with ``combine``: for functions that
     add up over rows, the same value as on the whole block; the same bits whether the
     slices come from a cached block or straight from the file (``data.read_slices``)."""
@@ -172,9 +176,9 @@ def fold_slices(func, combine, slices, *args):
     return total
 
 
-def fold_block(func, combine, block, *args):
+def fold_block(block, func, combine, *args):
     """``fold_slices`` over a block in memory."""
-    return fold_slices(func, combine, block_slices(block), *args)
+    return fold_slices(block_slices(block), func, combine, *args)
 
 
 def block_slices_shifted(block, rows: int = SLICE_ROWS):
@@ -195,9 +199,10 @@ def shifted_moments(pairs) -> Moments:
     The shifted-data algorithm: S − s·sᵀ/n cancels log10(1 + (mean − shift)²/σ²) digits,
     none when the first slice looks like the rest. Since the first slice is part of the
     data, σ² ≥ (rows/n)·(mean − shift)², so even a first slice far from all other rows
-    costs at most log10(1 + n/rows) digits (under 2.3 for a 128 MiB chunk of 10 columns). In exchange:
-    one pass, and no mean and no centered copy per slice (the shift is subtracted while
-    the slice is copied out of Arrow). Chunks are merged pairwise (``merge_moments``).
+    costs at most log10(1 + n/rows) digits (under 2.3 for a 128 MiB chunk of 10
+    columns). In exchange: one pass, and no mean and no centered copy per slice (the
+    shift is subtracted while the slice is copied out of Arrow). Chunks are merged
+    pairwise (``merge_moments``).
     """
     n, s, S, shift = 0, None, None, None
     for z, shift in pairs:

@@ -101,7 +101,7 @@ def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Momen
 
 
 def _check_finite(mom: g.Moments, f: dict, src: ParquetSource) -> None:
-    if not (np.isfinite(mom.mean).all() and np.isfinite(mom.comoment).all()):
+    if not mom.finite():
         j = int(np.flatnonzero(~np.isfinite(np.diag(mom.comoment)) | ~np.isfinite(mom.mean))[0])
         raise DataError(f"{f['path']}: column '{src.columns[j]}' has NaN/inf/null or overflowing values; "
                         "fix the file or set data.missing: drop")
@@ -159,7 +159,7 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
         per_file = ex.reduce_by_file(ex.row_leaves(fn, g.add_moments_and_errors, models), g.add_moments_and_errors)
         for f in hold_src.files:
             hmom, _ = per_file[f["full_path"]]
-            if np.isfinite(hmom.comoment).all():
+            if hmom.finite():
                 reg.cache_moments(hold_src.file_key(f), hmom)
         files_read += len(hold_src.files)
         errors = [per_file[f["full_path"]][1] for f in hold_src.files]

@@ -62,18 +62,11 @@ def pick_strategy(cfg) -> str:
     return "gram" if ok and len(cfg.data.features) <= GRAM_MAX_FEATURES else "stream"
 
 
-def check_moments(mom: g.Moments, cfg, ex: Executor) -> int:
-    """Data problems that the moments reveal, each naming the column; returns the number
-    of rows dropped for NaN/inf/null values (``missing: drop``)."""
+def check_moments(mom: g.Moments, cfg, ex: Executor) -> None:
+    """Data problems that the moments reveal, each naming the column."""
     cols = ex.source.columns
-    if not (np.all(np.isfinite(mom.mean)) and np.all(np.isfinite(mom.comoment))):
+    if not mom.finite():
         _diagnose_nonfinite(mom, ex)
-    dropped = 0
-    if cfg.data.missing == "drop" and ex.source.rows_known and not ex.source.weighted:
-        dropped = ex.source.n_rows - mom.n
-        if dropped:
-            log.warning("dropped %d of %d rows holding NaN/inf/null values (data.missing: drop)",
-                        dropped, ex.source.n_rows)
     d = len(cfg.data.features)
     need = d + int(cfg.model.fit_intercept)
     if mom.n == 0:
@@ -88,6 +81,18 @@ def check_moments(mom: g.Moments, cfg, ex: Executor) -> int:
             if rms <= 0:
                 raise DataError(f"feature '{f}' is constant ({mom.mean[j]:g}): it cannot be standardized; "
                                 "drop it from data.features")
+
+
+def rows_dropped(cfg, source: ParquetSource, kept) -> int:
+    """Rows skipped for NaN/inf/null values (``missing: drop``): the footers' row count
+    minus the rows ``kept`` (training and validation); 0 where row filters or weights
+    leave no count to compare with."""
+    if cfg.data.missing != "drop" or source.row_filters or source.weighted:
+        return 0
+    dropped = source.n_rows - kept
+    if dropped:
+        log.warning("dropped %d of %d rows holding NaN/inf/null values (data.missing: drop)",
+                    dropped, source.n_rows)
     return dropped
 
 
@@ -208,7 +213,7 @@ def validation_summary(cfg, state: LoopState, rows, metrics: dict) -> dict:
 def validation_moments(ex: Executor, cfg) -> g.Moments:
     """Moments of the held-out rows, checked: some rows, all values finite."""
     mom = ex.moments()
-    if not (np.all(np.isfinite(mom.mean)) and np.all(np.isfinite(mom.comoment))):
+    if not mom.finite():
         _diagnose_nonfinite(mom, ex)
     if mom.n == 0:
         raise DataError(f"optimizer.validation_fraction {cfg.optimizer.validation_fraction:g} holds out "
@@ -246,11 +251,10 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     ex = Executor(client, source, cache)
 
     mom = ex.moments()
-    dropped = check_moments(mom, cfg, ex)
+    check_moments(mom, cfg, ex)
     setup = Setup.of(cfg, mom)
     val_mom = validation_moments(val_ex, cfg) if val_ex else None
-    if val_mom is not None and cfg.data.missing == "drop" and not source.row_filters and not source.weighted:
-        dropped = source.n_rows - mom.n - val_mom.n
+    dropped = rows_dropped(cfg, source, mom.n + (val_mom.n if val_mom else 0))
     validate = None
     if strategy == "gram":
         oracle, hess = setup.gram.sums, setup.hessian

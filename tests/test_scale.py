@@ -83,11 +83,7 @@ def test_embedded_workers_run_on_the_configured_arrow_pool(tmp_path):
     ran on another allocator."""
     from gd_dask.cluster import WORKER_ENV
 
-    wanted = WORKER_ENV["ARROW_DEFAULT_MEMORY_POOL"]
-    try:
-        getattr(pa, f"{wanted}_memory_pool")()
-    except (NotImplementedError, AttributeError):
-        pytest.skip(f"this pyarrow build has no {wanted} pool")
+    wanted = WORKER_ENV["ARROW_DEFAULT_MEMORY_POOL"]  # the fastest pool this pyarrow build has
     script = tmp_path / "pools.py"
     script.write_text(
         "import pyarrow.compute  # noqa: F401  (like the CLI: loaded before any cluster)\n"

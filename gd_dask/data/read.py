@@ -43,6 +43,13 @@ def _read_row_group(pf, path, rg, columns, row_filters, holdout=None, first_row=
     return table.filter(mask) if mask is not None else table
 
 
+def _row_group_tables(pf, path, row_groups, columns, row_filters, holdout):
+    """The chunk's row groups one at a time, filtered and on one side of the holdout."""
+    first_rows = holdout[4] if holdout else (0,) * len(row_groups)
+    for rg, first in zip(row_groups, first_rows):
+        yield _read_row_group(pf, path, rg, columns, row_filters, holdout, first)
+
+
 def holdout_rows(seed: int, file_id: int, first_row: int, n: int, fraction: float) -> np.ndarray:
     """Whether each of rows ``first_row … first_row + n − 1`` of a file is held out:
     SplitMix64 of (seed, file, row index) as a uniform number in [0, 1), below ``fraction``."""
@@ -78,30 +85,27 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
     dropped here; with ``error`` they are kept for the client to report. ``holdout``:
     one side of a validation split (``ParquetSource.read_args``).
     """
-    first_rows = holdout[4] if holdout else (0,) * len(row_groups)
     with open_file(path, protocol, storage_options) as fh:
         pf = _parquet_file(fh, path)
+        tables = _row_group_tables(pf, path, row_groups, columns, row_filters, holdout)
         if row_filters or holdout:  # rows per row group unknown until filtered
-            parts = [_read_row_group(pf, path, rg, columns, row_filters, holdout, first)
-                     for rg, first in zip(row_groups, first_rows)]
-            sizes = [t.num_rows for t in parts]
+            tables = list(tables)
+            sizes = [t.num_rows for t in tables]
         else:
-            parts, sizes = None, [pf.metadata.row_group(rg).num_rows for rg in row_groups]
+            sizes = [pf.metadata.row_group(rg).num_rows for rg in row_groups]
         # Column-major: each column is a contiguous copy from Arrow (row-major costs 40×
-        # as much in strided writes); NumPy and BLAS take either order. Row group by row
-        # group, so Arrow holds one decoded row group at a time and reuses its buffers.
+        # as much in strided writes); NumPy and BLAS take either order. Unfiltered, row
+        # group by row group, so Arrow holds one decoded row group at a time.
         out = np.empty((sum(sizes), len(columns)), dtype=np.float64, order="F")
         lo = 0
-        for i, rg in enumerate(row_groups):
-            table = parts[i] if parts else _read_row_group(pf, path, rg, columns, row_filters)
+        for table, size in zip(tables, sizes):
             for j, col in enumerate(columns):
                 at = lo
                 for chunk in table.column(col).chunks:
                     out[at:at + len(chunk), j] = as_float64(chunk)
                     at += len(chunk)
-            lo += sizes[i]
-            del table
-    del parts
+            lo += size
+        table = tables = None  # let go of Arrow's buffers before returning them
     _release_arrow_memory()
     if missing == "drop":
         good = np.isfinite(out).all(axis=1)
@@ -148,10 +152,8 @@ def read_slices(path, row_groups, columns, storage_options, protocol, row_filter
 
     with open_file(path, protocol, storage_options) as fh:
         pf = _parquet_file(fh, path)
-        first_rows = holdout[4] if holdout else (0,) * len(row_groups)
-        for rg, first in zip(row_groups, first_rows):
-            table = _read_row_group(pf, path, rg, columns, row_filters, holdout, first).select(columns)
-            for batch in table.to_batches():
+        for table in _row_group_tables(pf, path, row_groups, columns, row_filters, holdout):
+            for batch in table.select(columns).to_batches():
                 arrays = [as_float64(col) for col in batch.columns]
                 if missing == "drop" and batch.num_rows:
                     good = np.logical_and.reduce([np.isfinite(a) for a in arrays])
@@ -171,7 +173,7 @@ def read_slices(path, row_groups, columns, storage_options, protocol, row_filter
                             first_slice()
                         yield emit(buf)
                         fill, emitted = 0, True
-            del table
+            table = batch = arrays = None  # this row group's Arrow buffers can go
     _release_arrow_memory()
     if fill or not emitted:  # the last partial slice, or an empty chunk's one empty slice
         if shifted and shift is None:

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import DataError, first_line
-from .read import NativePath, is_local
+from ..errors import DataError
+from .read import NativePath, _first_line, is_local
 
 log = logging.getLogger(__name__)
 
@@ -324,10 +324,6 @@ def _stamp(info: dict):
             v = info[k]
             return v if isinstance(v, (int, float, str)) else str(v)
     return None
-
-
-def _first_line(e: Exception) -> str:
-    return first_line(e, with_type=False)
 
 
 def _check_columns(path: str, schema: pa.Schema, columns: list[str], types: dict) -> None:
