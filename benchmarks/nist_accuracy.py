@@ -22,10 +22,6 @@ import pyarrow.parquet as pq
 NIST = Path(__file__).resolve().parents[1] / "tests" / "data" / "nist"
 DATASETS = ["Norris", "Pontius", "NoInt1", "NoInt2", "Longley",
             "Wampler1", "Wampler2", "Wampler3", "Wampler4", "Wampler5", "Filip"]
-#: Optimizer settings per dataset: the defaults apart from epochs and tol.
-SETTINGS = {name: {"epochs": 20000, "tol": 1e-26} for name in DATASETS}
-SETTINGS.update({f"Wampler{i}": {"epochs": 60000, "tol": 1e-30} for i in range(1, 6)})
-SETTINGS["Filip"] = {"epochs": 60000, "tol": 1e-30}
 
 
 def certified() -> dict:
@@ -53,7 +49,6 @@ def write_dataset(name: str, root: Path, n_files: int = 3) -> dict:
         "name": name,
         "data": {"path": str(root), "features": feats, "target": "y"},
         "model": {"fit_intercept": cert["intercept"]},
-        "optimizer": dict(SETTINGS[name]),
         "cluster": {"n_workers": 1},
         "output": {"dir": str(root.parent / "out")},
     }

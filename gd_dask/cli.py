@@ -109,8 +109,18 @@ def train(config, overrides, scheduler, no_plot):
         status = "" if result.converged else " (not converged)"
     click.echo(
         f"m: {m}; b: {result.b:.6g}; final loss (mse): {result.final_loss:.6g}; "
-        f"epochs: {result.epochs_run}{status}; seconds: {result.seconds:.2f}; model: {path}"
+        f"epochs: {result.epochs_run}{status}; {_digits(result.convergence)}seconds: {result.seconds:.2f}; "
+        f"model: {path}"
     )
+
+
+def _digits(conv: dict | None) -> str:
+    """'coefficients: 12.3 digits (2 refinements); ' — how right the model is."""
+    if not conv or conv.get("digits") is None:
+        return f"criterion: {conv['criterion']}; " if conv else ""
+    refined = conv.get("refinements") or 0
+    extra = f", {refined} refinement{'s' * (refined != 1)}" if refined else ""
+    return f"coefficients: {conv['digits']:.1f} digits ({conv['criterion']}{extra}); "
 
 
 @cli.command()
@@ -299,11 +309,13 @@ def config_schema():
 class _Progress:
     """Per-epoch progress: a live line on a terminal, periodic log lines otherwise."""
 
-    def __init__(self, epochs: int):
-        self.epochs = epochs
+    def __init__(self, epochs):
+        """``epochs``: the bound, or "auto" (resolved only once the data is seen)."""
+        self.epochs = epochs if isinstance(epochs, int) else None
         self.tty = sys.stderr.isatty()
-        self.every = max(1, epochs // 20)
+        self.every = max(1, self.epochs // 20) if self.epochs else 50
         self.last = 0.0
+        self.of = f"/{self.epochs}" if self.epochs else ""
 
     def __call__(self, row: dict) -> None:
         e = row["epoch"]
@@ -311,10 +323,12 @@ class _Progress:
             now = time.monotonic()
             if now - self.last > 0.1 or e == self.epochs:
                 self.last = now
-                sys.stderr.write(f"\repoch {e}/{self.epochs} loss {row['loss']:.6g}   ")
+                sys.stderr.write(f"\repoch {e}{self.of} loss {row['loss']:.6g}   ")
                 sys.stderr.flush()
         elif e == 1 or e % self.every == 0:
-            log.info("epoch %d/%d loss %.6g grad_norm %.3g", e, self.epochs, row["loss"], row["grad_norm"])
+            if self.epochs is None and e >= 20 * self.every:
+                self.every *= 10  # an open-ended run: log lines thin out as it goes
+            log.info("epoch %d%s loss %.6g grad_norm %.3g", e, self.of, row["loss"], row["grad_norm"])
 
 
 def main(argv=None) -> int:

@@ -113,12 +113,18 @@ class OptimizerConfig(_Section):
     power_t: Annotated[float, Strict(), Field(ge=0)] = 0.25
     step_size: Annotated[int, Strict(), Field(ge=1)] = 100
     gamma: Annotated[float, Strict(), Field(gt=0, le=1)] = 0.5
-    epochs: Annotated[int, Strict(), Field(ge=1)] = Field(
-        default=1000, description="Upper bound on the number of epochs."
-    )
-    tol: PositiveFloat = Field(
-        default=1e-9, description="Stop when the relative loss change falls below tol."
-    )
+    epochs: Union[Annotated[int, Strict(), Field(ge=1)], Literal["auto"]] = Field(
+        default="auto", description="Upper bound on the number of epochs. auto: enough for the defaults to "
+        "converge — for gram about 4·√κ·ln(1e6/tol) + 1000 (κ: the Hessian's condition number), 1000 "
+        "for stream.")
+    tol: NonNegFloat = Field(
+        default=1e-9, description="The coefficients' relative error you accept: converged when a certified "
+        "bound on every coefficient's relative error is ≤ tol (squared loss; l1: the proximal gradient "
+        "mapping's bound on the norm; huber: the relative loss change). 0: run exactly `epochs` epochs.")
+    refine: Union[Annotated[int, Strict(), Field(ge=0)], Literal["auto"]] = Field(
+        default="auto", description="Passes of iterative refinement (the gradient from the residuals in "
+        "double-double) once the float64 gradient is at its rounding floor above tol. auto: until tol, "
+        "at most 10, while each pass halves the bound; 0: none.")
     batch_size: Annotated[int, Strict(), Field(ge=1)] | None = None
     seed: Annotated[int, Strict(), Field(ge=0)] = 0
     validation_fraction: Annotated[float, Strict(), Field(ge=0, lt=1)] = Field(

@@ -18,6 +18,7 @@ import dask
 import numpy as np
 
 from . import gradient as g
+from .compensated import RefineSums, add_refine, refine_sums
 from .data import ParquetSource, count_nonfinite, read_slices, to_dask_array
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,18 @@ class Executor:
                           indexed=True)
         # Compute: one small result (a few numbers) comes back to the client.
         return self.client.compute(root, sync=True)
+
+    def refine_sums(self, m_hi, m_lo, b_hi: float, b_lo: float) -> RefineSums:
+        """The gradient's sums at m = m_hi + m_lo, b = b_hi + b_lo (original units), in
+        double-double (``compensated``): iterative refinement's pass. Always read from
+        the files, slice by slice: cached blocks are standardized, and these sums need
+        the raw rows."""
+        fn = dask.delayed(fold_piece, pure=True)
+        args = (np.asarray(m_hi, dtype=np.float64), np.asarray(m_lo, dtype=np.float64), float(b_hi), float(b_lo),
+                self.weighted)
+        leaves = [fn(self.source.read_args(p), refine_sums, add_refine, *args) for p in self.source.pieces]
+        # Compute: one small result (a few numbers) comes back to the client.
+        return self.client.compute(_reduce_tree(leaves, add_refine), sync=True)
 
     def error_sums(self, m, b) -> g.ErrorSums:
         """Metric sums for a model (m, b) in original units."""

@@ -20,6 +20,10 @@ from .optim import (Curvature, HeavyBallState, Rates, choose_rates, heavy_ball, 
 GROWTH_EPOCHS = 5
 #: Checkpoints are written at most this often (seconds): gram epochs take microseconds.
 CHECKPOINT_MIN_SECONDS = 1.0
+#: Epochs below 10 ** HISTORY_DIGITS keep every history row (``keep_row``).
+HISTORY_DIGITS = 4
+#: Consecutive epochs with the gradient inside its rounding error that count as a stall.
+STALL_EPOCHS = 3
 #: With momentum the loss oscillates and its change passes through zero at every turn,
 #: so convergence needs the change below tol for several consecutive epochs (at most
 #: this many; see ``calm_epochs``).
@@ -57,7 +61,10 @@ class LoopState:
     params, velocity : ndarray of shape (n_features + 1,) — [m..., b] in training space
     prev_loss : objective (MSE + l2·‖m‖² + 2·l1·‖m‖₁; the MSE without penalties) at
         the previous epoch's parameters
-    prev_grads : ∇(½·MSE) at the previous epoch's parameters
+    bound : the certified relative error of the coefficients at ``params`` (``certify``),
+        None where the criterion gives none
+    stalled : the gradient reached its rounding floor before the bound reached tol
+        (refinement may go on from here)
     best_val, best_params, best_epoch, waiting : early stopping — the lowest validation
         loss so far, the parameters it was measured at, its epoch, and the epochs since
     """
@@ -66,12 +73,15 @@ class LoopState:
     velocity: np.ndarray
     epoch: int = 0
     prev_loss: float | None = None
-    prev_grads: np.ndarray | None = None
     start_loss: float | None = None
     growth: int = 0
     calm: int = 0
     converged: bool = False
     history: list[dict] = field(default_factory=list)
+    bound: float | None = None
+    stalled: bool = False
+    refinements: int = 0
+    point: tuple | None = None  # refinement's (m, b) in original units, long double
     best_val: float | None = None
     best_params: np.ndarray | None = None
     best_epoch: int = 0
@@ -83,21 +93,28 @@ class LoopState:
         return cls(params=params, velocity=np.zeros_like(params))
 
 
+def criterion_name(certifier, rules: Rules) -> str:
+    """What ``converged`` rests on (``certify``)."""
+    if rules.sampled:
+        return "none"
+    return certifier.name if certifier is not None else "loss_change"
+
+
 def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: int, tol: float,
-            fit_intercept: bool, hess=None, on_epoch=None, checkpoint=None, checkpoint_every=0,
+            fit_intercept: bool, certifier=None, on_epoch=None, checkpoint=None, checkpoint_every=0,
             rules: Rules | None = None, validate=None):
-    """Run epochs until ``epochs`` in all, convergence, divergence, or (with ``validate``)
-    an early stop; returns the state.
+    """Run epochs until ``epochs`` in all, convergence, a stall at the rounding floor,
+    divergence, or (with ``validate``) an early stop; returns the state.
 
     Parameters
     ----------
     oracle : callable(m, b) -> BlockSums
         The global gradient sums at (m, b).
-    hess : ndarray, optional
-        Exact Hessian of ½·MSE (gram). A loss computed from moments carries an absolute
-        rounding error of about ε·Var(y), which near a good fit exceeds the change between
-        epochs; for a quadratic that change is exact from small terms, ``ΔJ = 2·g·s + sᵀHs``,
-        so the tol test uses it instead of differencing two losses.
+    certifier : certify.CoefficientBound or certify.ProxBound, optional
+        Bounds the coefficients' error each epoch; converged when the bound ≤ ``tol``
+        (the parameters are then those the bound holds for: no step follows). Without
+        one (Huber) the relative loss change must stay below ``tol`` for
+        ``calm_epochs`` epochs. ``tol`` 0: run all ``epochs``.
     checkpoint : callable(LoopState), optional
         Called every ``checkpoint_every`` epochs, at most once per
         ``CHECKPOINT_MIN_SECONDS``.
@@ -120,25 +137,42 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
     rate_at = schedule(rules.schedule, rates.learning_rate, power_t=rules.power_t,
                        step_size=rules.step_size, gamma=rules.gamma)
     needed_calm = calm_epochs(rates.momentum)
+    coefficient_rule = certifier is not None and not rules.l1 and not rules.sampled
+    last_row = last_eval = None
     t_last = t_saved = time.perf_counter()
-    while state.epoch < epochs and not state.converged and not state.stopped_early:
+    while state.epoch < epochs and not state.converged and not state.stopped_early and not state.stalled:
         params = state.params
         m = params[:d]
         s = oracle(m, params[d])
         loss = s.sq_err / s.n
-        grads = np.append(s.grad / s.n + rules.l2 * m, s.err / s.n if fit_intercept else 0.0)
+        grads = _grads(s, m, rules.l2, fit_intercept)
         objective = loss
         if rules.l2 or rules.l1:
             objective = loss + rules.l2 * float(m @ m) + 2.0 * rules.l1 * float(np.abs(m).sum())
         epoch = state.epoch + 1
+        last_eval = (params, grads)
         lr_t = rate_at(epoch)
+        step, hb = update(grads, HeavyBallState(state.velocity), lr_t)
+        new = params + step
+        if rules.l1:
+            new[:d] = soft_threshold(new[:d], lr_t * rules.l1)
+        grad_norm = math.sqrt(float(grads @ grads))
+        may_converge = stalled = False
+        if coefficient_rule:
+            may_converge, stalled = certifier.screen(params, grad_norm, tol)
+            if may_converge and tol > 0:
+                state.bound = certifier.bound(params, grads, certifier.grad_error(params))
+        elif certifier is not None and rules.l1 and not rules.sampled:
+            state.bound = certifier.bound(params, new, lr_t, certifier.grad_error(params))
         now = time.perf_counter()
-        row = {"epoch": epoch, "loss": loss, "grad_norm": float(np.linalg.norm(grads)),
+        row = {"epoch": epoch, "loss": loss, "grad_norm": grad_norm,
                "learning_rate": lr_t, "seconds": now - t_last}
         if validate is not None:
             row["val_loss"] = _watch(state, validate, epoch, tol, rules.patience)
         t_last = now
-        state.history.append(row)
+        last_row = row
+        if keep_row(epoch):
+            state.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
 
@@ -151,31 +185,75 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
             err = TrainingError(divergence_message(rates, curv, epoch, loss))
             err.history = state.history  # the curve up to here, for sweeps and plots
             raise err
+        state.epoch = epoch
         if state.stopped_early:
-            state.epoch = epoch
             break
-        if prev is not None and not rules.sampled:
-            exact = hess is not None and not rules.l1  # the l1 prox makes steps non-linear
-            change = (_quadratic_change(state.prev_grads, state.velocity, hess, fit_intercept)
-                      if exact else objective - prev)
+        if coefficient_rule:
+            state.converged = bool(may_converge and tol > 0 and state.bound <= tol)
+        elif tol > 0 and state.bound is not None:
+            state.converged = state.bound <= tol
+        elif tol > 0 and certifier is None and prev is not None and not rules.sampled:
+            change = objective - prev
             state.calm = state.calm + 1 if abs(change) <= tol * max(prev, np.finfo(float).tiny) else 0
             state.converged = state.calm >= needed_calm
-
-        step, hb = update(grads, HeavyBallState(state.velocity), lr_t)
-        new = params + step
-        if rules.l1:
-            new[:d] = soft_threshold(new[:d], lr_t * rules.l1)
+        if state.converged:
+            break  # the bound holds for these parameters: keep them
+        if coefficient_rule and tol > 0:
+            state.calm = state.calm + 1 if stalled else 0
+            if state.calm >= STALL_EPOCHS:
+                state.stalled = True
+                break
+        last_eval = None  # the parameters move on: the gradient below is not theirs
         state.params = new
         state.velocity = hb.velocity
-        state.prev_loss, state.prev_grads = objective, grads
-        state.epoch = epoch
+        state.prev_loss = objective
         if (checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0
                 and now - t_saved >= CHECKPOINT_MIN_SECONDS):
             checkpoint(state)
             t_saved = time.perf_counter()
+    if last_row is not None and (not state.history or state.history[-1] is not last_row):
+        state.history.append(last_row)  # the last epoch's row, whatever keep_row says
     if validate is not None and state.best_params is not None:
         state.params = state.best_params  # the model is the best one on the validation rows
+    if certifier is not None and not rules.sampled and not state.converged:
+        # The bound reported is for the parameters kept: their own gradient where it was
+        # the last one computed, else one more evaluation (an epoch bound reached after a
+        # step, or early stopping's best epoch).
+        params = state.params
+        grads = last_eval[1] if last_eval is not None and last_eval[0] is params else \
+            _gradient_at(oracle, params, rules, fit_intercept)
+        if rules.l1:
+            lr_t = rate_at(max(state.epoch, 1))
+            new = params - lr_t * grads
+            new[:d] = soft_threshold(new[:d], lr_t * rules.l1)
+            state.bound = certifier.bound(params, new, lr_t, certifier.grad_error(params))
+        else:
+            state.bound = certifier.bound(params, grads, certifier.grad_error(params))
+        state.converged = bool(tol > 0 and state.bound <= tol)
     return state
+
+
+def _grads(s, m, l2: float, fit_intercept: bool) -> np.ndarray:
+    """∇J = [Σerr·x/n + l2·m, Σerr/n] (the intercept's 0 without one) from the sums."""
+    gm = s.grad / s.n
+    if l2:
+        gm = gm + l2 * m
+    return np.concatenate((gm, (s.err / s.n if fit_intercept else 0.0,)))
+
+
+def _gradient_at(oracle, params, rules: Rules, fit_intercept: bool) -> np.ndarray:
+    """∇J at ``params`` (one more oracle call)."""
+    d = params.shape[0] - 1
+    return _grads(oracle(params[:d], params[d]), params[:d], rules.l2, fit_intercept)
+
+
+def keep_row(epoch: int) -> bool:
+    """Whether the history keeps this epoch's row: all below 10^HISTORY_DIGITS, then
+    every 10th up to ten times that, every 100th … (long ill-conditioned runs take
+    millions of O(d²) epochs; the curve needs no more)."""
+    if epoch < 10 ** HISTORY_DIGITS:
+        return True
+    return epoch % 10 ** (len(str(epoch)) - HISTORY_DIGITS) == 0
 
 
 def _watch(state: LoopState, validate, epoch: int, tol: float, patience: int) -> float:
@@ -210,13 +288,6 @@ def _may_diverge(rates: Rates, curv: Curvature) -> bool:
     return rates.momentum == 0 or rates.learning_rate > stable_limit(curv, rates.momentum) * (1 + 1e-9)
 
 
-def _quadratic_change(grads, step, hess, fit_intercept) -> float:
-    """Exact J(θ + s) − J(θ) for J = MSE with ∇(½J) = grads and Hessian of ½J = hess."""
-    if not fit_intercept:
-        grads, step = grads[:-1], step[:-1]
-    return float(2.0 * grads @ step + step @ hess @ step)
-
-
 def divergence_message(rates: Rates, curv: Curvature, epoch: int, loss: float) -> str:
     limit = stable_limit(curv, rates.momentum)
     auto = choose_rates(curv, "auto", rates.momentum).learning_rate
@@ -247,8 +318,7 @@ def state_to_dict(state: LoopState) -> dict:
     return {
         "params": _pairs(state.params), "velocity": _pairs(state.velocity),
         "dtype": "longdouble" if state.params.dtype == np.longdouble else "float64",
-        "epoch": state.epoch, "prev_loss": state.prev_loss,
-        "prev_grads": None if state.prev_grads is None else _pairs(state.prev_grads),
+        "epoch": state.epoch, "prev_loss": state.prev_loss, "bound": state.bound, "stalled": state.stalled,
         "start_loss": state.start_loss, "growth": state.growth, "calm": state.calm,
         "converged": state.converged, "history": state.history,
         "best_val": state.best_val, "best_epoch": state.best_epoch, "waiting": state.waiting,
@@ -261,8 +331,8 @@ def state_from_dict(doc: dict) -> LoopState:
     dtype = np.longdouble if doc["dtype"] == "longdouble" else np.float64
     return LoopState(
         params=_unpairs(doc["params"], dtype), velocity=_unpairs(doc["velocity"], dtype),
-        epoch=int(doc["epoch"]), prev_loss=doc["prev_loss"],
-        prev_grads=None if doc["prev_grads"] is None else _unpairs(doc["prev_grads"], dtype),
+        epoch=int(doc["epoch"]), prev_loss=doc["prev_loss"], bound=doc.get("bound"),
+        stalled=bool(doc.get("stalled", False)),
         start_loss=doc["start_loss"], growth=int(doc["growth"]), calm=int(doc["calm"]),
         converged=bool(doc["converged"]), history=list(doc["history"]),
         best_val=doc.get("best_val"), best_epoch=int(doc.get("best_epoch", 0)), waiting=int(doc.get("waiting", 0)),

@@ -151,7 +151,8 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
         mom, files_read = training_moments(train_src, reg, client)
         if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
             raise DataError(f"only {mom.n} training rows in {train_dates[0]}..{train_dates[-1]}")
-        result = fit_moments(cfg, mom, init=init)
+        # Refinement reads the training files only where the float64 gradient stalls above tol.
+        result = fit_moments(cfg, mom, init=init, refine_pass=Executor(client, train_src, cache=False).refine_sums)
 
         models = [(result.m, result.b)] + ([init] if init is not None else [])
         ex = Executor(client, hold_src, cache=False)

@@ -108,6 +108,7 @@ def model_document(cfg, result) -> dict:
         "fit_intercept": cfg.model.fit_intercept,
         "epochs_run": result.epochs_run,
         "converged": result.converged,
+        "convergence": result.convergence,
         "final_loss": _finite(result.final_loss),
         "metrics": result.metrics,
         "learning_rate": result.learning_rate,

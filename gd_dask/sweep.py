@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def sweep(cfg, client, rates: list) -> list[dict]:
     """One row per rate: rate, learning rate used, status, epochs, final loss, losses."""
     gram = pick_strategy(cfg) == "gram"
-    mom = val_mom = None
+    mom = val_mom = ex = None
     if gram:
         source = open_source(cfg.data)
         source.layout(chunk_bytes_for(client, CHUNK_BYTES))
@@ -34,7 +34,8 @@ def sweep(cfg, client, rates: list) -> list[dict]:
         run_cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(
             update={"learning_rate": rate}), "output": cfg.output.model_copy(update={"checkpoint_every": 0})})
         try:
-            res = fit_moments(run_cfg, mom, val_mom=val_mom) if gram else fit(run_cfg, client)
+            res = (fit_moments(run_cfg, mom, val_mom=val_mom, refine_pass=ex.refine_sums) if gram
+                   else fit(run_cfg, client))
             if res.validation and res.validation["stopped_early"]:
                 status = "stopped early"
             else:

@@ -23,13 +23,20 @@ from .data import CHUNK_BYTES, ParquetSource, open_source
 from . import store
 from .errors import DataError
 from .executor import Executor, chunk_bytes_for, decide_cache
-from .loop import LoopState, Rules, descend, state_from_dict, state_to_dict
+from .certify import CoefficientBound, ProxBound, digits, sums_accuracy
+from .loop import LoopState, Rules, criterion_name, descend, state_from_dict, state_to_dict
 from .optim import Curvature, choose_rates
+from .refine import AUTO_PASSES, Refiner, refine
 
 log = logging.getLogger(__name__)
 
 #: Largest number of features for which ``strategy: auto`` picks gram.
 GRAM_MAX_FEATURES = 4096
+#: ``epochs: auto`` for stream and minibatch (every epoch is a pass over the data).
+STREAM_EPOCHS = 1000
+#: ``epochs: auto`` for gram: heavy ball needs about √κ·ln(1/tol) epochs; this many
+#: times that, plus ``STREAM_EPOCHS``, leaves room for refinement's corrections.
+GRAM_EPOCHS_PER_ROOT_KAPPA = 4
 
 
 @dataclass
@@ -53,6 +60,7 @@ class FitResult:
     resumed_from: int | None = None  # epoch of the checkpoint this run resumed from
     rows_dropped: int = 0  # rows with NaN/inf/null skipped (data.missing: drop)
     validation: dict | None = None  # early stopping: split, best epoch, metrics on held-out rows
+    convergence: dict | None = None  # criterion, bound, digits, epochs, refinements (``certify``)
 
 
 def pick_strategy(cfg) -> str:
@@ -139,6 +147,36 @@ class Setup:
     def hessian(self) -> np.ndarray:
         return g.hessian(self.mom, self.std, self.fit_b, self.l2)
 
+    def certifier(self, cfg):
+        """What bounds the coefficients' error (``certify``): per coefficient for squared
+        loss, the proximal mapping's norm bound with l1, none for Huber."""
+        if cfg.model.loss != "squared":
+            return None
+        n = self.mom.n
+        rms_y = float(np.sqrt(max(self.mom.comoment[-1, -1], 0.0) / n + self.mom.mean[-1] ** 2))
+        hess = self.hessian
+        if cfg.model.l1:
+            ev = np.linalg.eigvalsh(hess)
+            lmin = float(ev[0]) - sums_accuracy(n) * float(ev[-1])  # the true λmin is at least this
+            return ProxBound(lmin, float(ev[-1]), hess.shape[0], n, float(np.sqrt(max(ev[-1], 0.0))) * rms_y)
+        return CoefficientBound(hess, self.std.center, self.std.scale, self.fit_b, n, rms_y)
+
+    def refiner(self) -> Refiner:
+        return Refiner(self.hessian, self.std.center, self.std.scale, self.fit_b, self.l2)
+
+    def epochs(self, cfg, strategy: str, certifier=None) -> int:
+        """``optimizer.epochs``, with ``auto`` resolved against the curvature (and
+        ``STREAM_EPOCHS`` where nothing can be certified: more epochs cannot make
+        ``converged`` true)."""
+        o = cfg.optimizer
+        if o.epochs != "auto":
+            return o.epochs
+        if strategy != "gram" or (isinstance(certifier, CoefficientBound) and not certifier.certifiable):
+            return STREAM_EPOCHS
+        tol = max(o.tol, 1e-16)
+        root_kappa = float(np.sqrt(min(self.curv.condition, 1e12)))
+        return STREAM_EPOCHS + int(np.ceil(GRAM_EPOCHS_PER_ROOT_KAPPA * root_kappa * np.log(1e6 / tol)))
+
     @functools.cached_property
     def gram(self) -> g.Gram:
         return g.Gram(self.mom, self.std)
@@ -174,31 +212,90 @@ class Setup:
         return params.astype(self.gram.dtype) if extended else params
 
 
-def fit_moments(cfg, mom: g.Moments, init=None, on_epoch=None, val_mom: g.Moments | None = None) -> FitResult:
+def fit_moments(cfg, mom: g.Moments, init=None, on_epoch=None, val_mom: g.Moments | None = None,
+                refine_pass=None) -> FitResult:
     """gram training from moments alone: no pass over the data (nightly refits, sweeps).
 
     ``metrics`` are exact from the moments (mse, rmse, r2, n); mae needs the rows and is
     None. ``val_mom``: moments of the validation rows, for early stopping.
+    ``refine_pass``: ``Executor.refine_sums`` of the training rows, for refinement past
+    the float64 floor (read only when the descent stalls there).
     """
     t0 = time.perf_counter()
     setup = Setup.of(cfg, mom)
     gram = setup.gram
     validate = None if val_mom is None else setup.validation_loss(val_mom)
+    certifier = setup.certifier(cfg)
+    epochs = setup.epochs(cfg, "gram", certifier)
     state = descend(LoopState.start(setup.initial_params(init, extended=True)), gram.sums, setup.rates,
-                    setup.curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
-                    fit_intercept=setup.fit_b, hess=setup.hessian, on_epoch=on_epoch, rules=Rules.of(cfg),
+                    setup.curv, epochs=epochs, tol=cfg.optimizer.tol,
+                    fit_intercept=setup.fit_b, certifier=certifier, on_epoch=on_epoch, rules=Rules.of(cfg),
                     validate=validate)
-    d = mom.mean.shape[0] - 1
-    m, b = setup.std.to_original(state.params[:d], state.params[d])
+    state = finish(cfg, setup, state, certifier, refine_pass, epochs, on_epoch)
+    m, b = final_coefficients(setup, state)
     metrics = setup.moments_metrics(state.params)
     validation = None
     if val_mom is not None:
         validation = validation_summary(cfg, state, val_mom.n, setup.moments_metrics(state.params, val_mom))
     return FitResult(
-        m=np.asarray(m, dtype=np.float64), b=float(b), epochs_run=state.epoch, converged=state.converged,
+        m=m, b=b, epochs_run=state.epoch, converged=state.converged,
         final_loss=metrics["mse"], learning_rate=setup.rates.learning_rate, momentum=setup.rates.momentum,
         strategy="gram", metrics=metrics, history=state.history, params=state.params.astype(np.float64),
-        curvature=setup.curv, seconds=time.perf_counter() - t0, validation=validation)
+        curvature=setup.curv, seconds=time.perf_counter() - t0, validation=validation,
+        convergence=convergence_report(cfg, state, certifier))
+
+
+def finish(cfg, setup: Setup, state: LoopState, certifier, refine_pass, epochs: int, on_epoch=None) -> LoopState:
+    """After the descent: refinement where it stalled at the float64 floor above tol
+    (``refine``), and the warning a user needs where it did not converge."""
+    o = cfg.optimizer
+    passes = AUTO_PASSES if o.refine == "auto" else o.refine
+    if (state.stalled and refine_pass is not None and passes and o.tol > 0
+            and isinstance(certifier, CoefficientBound) and certifier.certifiable):
+        log.info("the float64 gradient reached its rounding floor at epoch %d (coefficients' relative "
+                 "error ≤ %.3g): refining", state.epoch, state.bound)
+        state = refine(state, refine_pass, setup.refiner(), certifier, setup.curv, tol=o.tol, passes=passes,
+                       epochs=max(epochs, state.epoch + 1), on_epoch=on_epoch)
+    if not state.converged and not state.stopped_early and o.tol > 0:
+        reached = digits(state.bound)
+        how = f"{reached:.1f} digits of {-np.log10(o.tol):.1f} reached" if reached is not None else \
+            f"relative loss change above tol={o.tol:g}"
+        if isinstance(certifier, CoefficientBound) and not certifier.certifiable:
+            log.warning("not converged after %d epochs: the Hessian's condition number %.3g is beyond what "
+                        "float64 moments certify (at most %.3g); drop or combine near-collinear features, the "
+                        "model is saved with converged: false", state.epoch, setup.curv.condition,
+                        0.5 / certifier.eta)
+        elif state.stalled:
+            log.warning("not converged after %d epochs (%s): the gradient is at its rounding floor%s; the model "
+                        "is saved with converged: false", state.epoch, how,
+                        "" if o.refine else " (optimizer.refine is 0)")
+        else:
+            log.warning("not converged after %d epochs (%s); raise optimizer.epochs or loosen optimizer.tol",
+                        state.epoch, how)
+    return state
+
+
+def final_coefficients(setup: Setup, state: LoopState) -> tuple[np.ndarray, float]:
+    """m, b in original units: refinement's point where there is one (exact), else the
+    training-space parameters mapped back."""
+    if state.point is not None:
+        m, b = state.point
+    else:
+        d = state.params.shape[0] - 1
+        m, b = setup.std.to_original(state.params[:d], state.params[d])
+    return np.asarray(m, dtype=np.float64), float(b)
+
+
+def convergence_report(cfg, state: LoopState, certifier) -> dict:
+    """model.json's ``convergence``: what ``converged`` rests on and how right the
+    coefficients are (``bound``: relative error of the worst coefficient; null where
+    the criterion gives none or nothing can be certified)."""
+    bound = state.bound
+    finite = bound is not None and np.isfinite(bound)
+    return {"criterion": criterion_name(certifier, Rules.of(cfg)), "tol": cfg.optimizer.tol,
+            "bound": float(bound) if finite else None,
+            "digits": digits(bound) if bound is not None else None,
+            "epochs": state.epoch, "refinements": state.refinements}
 
 
 def validation_summary(cfg, state: LoopState, rows, metrics: dict) -> dict:
@@ -239,7 +336,6 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     t0 = time.perf_counter()
     source = source or open_source(cfg.data)
     source.layout(chunk_bytes_for(client, CHUNK_BYTES))
-    d = len(cfg.data.features)
     strategy = pick_strategy(cfg)
     cache = decide_cache(cfg.optimizer.cache, source, client, strategy)
     log.info("%d rows in %d files, %d blocks; strategy %s", source.n_rows, len(source.files),
@@ -257,7 +353,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     dropped = rows_dropped(cfg, source, mom.n + (val_mom.n if val_mom else 0))
     validate = None
     if strategy == "gram":
-        oracle, hess = setup.gram.sums, setup.hessian
+        oracle = setup.gram.sums
         if val_ex:
             validate = setup.validation_loss(val_mom)
     else:
@@ -266,10 +362,12 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
             e.standardize(setup.std)
             # The squared loss's curvature bounds Huber's (ψ′ ≤ 1): its rates stay stable.
             e.huber_delta = huber
-        oracle, hess = ex.gradient_sums, None
+        oracle = ex.gradient_sums
         if val_ex:
             oracle, validate = _paired_passes(ex, val_ex)
     params = setup.initial_params(init, extended=strategy == "gram")
+    certifier = setup.certifier(cfg)
+    epochs = setup.epochs(cfg, strategy, certifier)
 
     key = run_key(cfg, source, init)
     state = _resume(cfg, key, params.dtype) or LoopState.start(params)
@@ -278,14 +376,16 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         oracle = _minibatch_oracle(cfg, ex, mom.n, state.epoch)  # steps continue after a resume
     rates, curv, std, fit_b = setup.rates, setup.curv, setup.std, setup.fit_b
     state = descend(
-        state, oracle, rates, curv, epochs=cfg.optimizer.epochs, tol=cfg.optimizer.tol,
-        fit_intercept=fit_b, hess=hess, on_epoch=on_epoch, rules=Rules.of(cfg),
+        state, oracle, rates, curv, epochs=epochs, tol=cfg.optimizer.tol,
+        fit_intercept=fit_b, certifier=certifier, on_epoch=on_epoch, rules=Rules.of(cfg),
         checkpoint=lambda st: store.write_checkpoint(cfg.output_dir, key, state_to_dict(st)),
         checkpoint_every=cfg.output.checkpoint_every if _checkpoints(cfg) else 0, validate=validate,
     )
+    if cfg.optimizer.method == "minibatch" and isinstance(certifier, CoefficientBound):
+        _certify_full_gradient(cfg, state, ex, certifier)
+    state = finish(cfg, setup, state, certifier, ex.refine_sums, epochs, on_epoch)
 
-    m, b = std.to_original(state.params[:d], state.params[d])
-    m, b = np.asarray(m, dtype=np.float64), float(b)
+    m, b = final_coefficients(setup, state)
     if cfg.output.metrics == "moments":
         metrics = setup.moments_metrics(state.params)
     else:
@@ -300,17 +400,24 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
             log.info("early stop at epoch %d: no better validation loss for %d epochs; kept epoch %d (%.6g)",
                      state.epoch, cfg.optimizer.n_iter_no_change, state.best_epoch, state.best_val)
     ex.release()
-    if not state.converged and not state.stopped_early:
-        log.warning(
-            "not converged after %d epochs (relative loss change above tol=%g); "
-            "raise optimizer.epochs or loosen optimizer.tol", state.epoch, cfg.optimizer.tol)
     return FitResult(
         m=m, b=b, epochs_run=state.epoch, converged=state.converged, final_loss=metrics["mse"],
         learning_rate=rates.learning_rate, momentum=rates.momentum, strategy=strategy,
         metrics=metrics, history=state.history, params=state.params.astype(np.float64),
         curvature=curv, seconds=time.perf_counter() - t0, source=source, resumed_from=resumed_from,
-        rows_dropped=dropped, validation=validation,
+        rows_dropped=dropped, validation=validation, convergence=convergence_report(cfg, state, certifier),
     )
+
+
+def _certify_full_gradient(cfg, state: LoopState, ex: Executor, certifier: CoefficientBound) -> None:
+    """Minibatch steps see samples: after the last one, one full pass gives the exact
+    gradient, and with it the same certified bound as batch training."""
+    d = state.params.shape[0] - 1
+    params = state.params
+    s = ex.gradient_sums(params[:d], params[d])
+    grads = np.append(s.grad / s.n + cfg.model.l2 * params[:d], s.err / s.n if cfg.model.fit_intercept else 0.0)
+    state.bound = certifier.bound(params, grads, certifier.grad_error(params))
+    state.converged = cfg.optimizer.tol > 0 and state.bound <= cfg.optimizer.tol
 
 
 def _paired_passes(ex: Executor, val_ex: Executor):

@@ -28,7 +28,7 @@ def dataset(tmp_path_factory):
     cfg = root / "run.yaml"
     cfg.write_text(json.dumps({
         "name": "det", "data": data,
-        "optimizer": {"learning_rate": 0.05, "epochs": EPOCHS, "tol": 1e-300, "strategy": "stream",
+        "optimizer": {"learning_rate": 0.05, "epochs": EPOCHS, "tol": 0, "strategy": "stream",
                       "cache": "memory"},
         "output": {"checkpoint_every": 10},
     }))
@@ -75,7 +75,7 @@ def test_one_two_and_three_workers_give_identical_weights(dataset, tmp_path, str
     from gd_dask.train import fit
 
     cfg = make_config(dataset["data"], tmp_path, optimizer={
-        "learning_rate": 0.05, "epochs": 40, "tol": 1e-300, "strategy": strategy, "cache": "memory"})
+        "learning_rate": 0.05, "epochs": 40, "tol": 0, "strategy": strategy, "cache": "memory"})
     results = []
     for n in (1, 2, 3):
         with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0") as lc, \

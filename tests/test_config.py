@@ -17,7 +17,8 @@ data:
 
 def test_the_smallest_config_needs_four_keys_and_gets_defaults():
     cfg = parse_config(MINIMAL)
-    assert cfg.optimizer.learning_rate == "auto" and cfg.optimizer.epochs == 1000
+    assert cfg.optimizer.learning_rate == "auto" and cfg.optimizer.epochs == "auto"
+    assert cfg.optimizer.tol == 1e-9 and cfg.optimizer.refine == "auto"
     assert cfg.model.standardize and cfg.model.fit_intercept
     assert cfg.cluster.address is None and cfg.output_dir == "runs/students"
 
@@ -42,7 +43,7 @@ BAD = [
     (MINIMAL + "optimizer: {epochs: 0}", "optimizer.epochs: input should be greater than or equal to 1"),
     (MINIMAL + "optimizer: {learning_rate: -0.1}", "optimizer.learning_rate"),
     (MINIMAL + "optimizer: {learning_rate: 0}", "optimizer.learning_rate"),
-    (MINIMAL + "optimizer: {tol: 0}", "optimizer.tol"),
+    (MINIMAL + "optimizer: {refine: -1}", "optimizer.refine"),
     (MINIMAL + "optimizer: {tol: -1}", "optimizer.tol"),
     (MINIMAL + "optimizer: {method: sgd}", "optimizer.method: input should be 'batch'"),
     (MINIMAL + "optimizer: {strategy: magic}", "optimizer.strategy: input should be 'auto', 'stream' or 'gram'"),

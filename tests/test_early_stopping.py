@@ -61,7 +61,7 @@ def test_early_stopping_keeps_the_best_epoch_of_a_plain_numpy_loop(client, tmp_p
     X, y = _overfitting_problem()
     data = write_parquet(tmp_path / "d", X, y, n_files=3)
     cfg = make_config(data, tmp_path, optimizer={
-        "learning_rate": LR, "epochs": 500, "tol": 1e-300, "strategy": strategy, "seed": SEED,
+        "learning_rate": LR, "epochs": 500, "tol": 0, "strategy": strategy, "seed": SEED,
         "validation_fraction": FRACTION, "n_iter_no_change": PATIENCE})
     res = fit(cfg, client)
     held = _held_out(tmp_path / "d")
@@ -103,7 +103,7 @@ def test_the_split_does_not_depend_on_chunking_and_holds_the_fraction(tmp_path, 
 def test_gram_and_stream_agree_and_reruns_are_identical(client, tmp_path):
     X, y = _overfitting_problem(seed=1)
     data = write_parquet(tmp_path / "d", X, y, n_files=2)
-    opt = {"learning_rate": LR, "epochs": 500, "tol": 1e-300, "seed": SEED,
+    opt = {"learning_rate": LR, "epochs": 500, "tol": 0, "seed": SEED,
            "validation_fraction": FRACTION, "n_iter_no_change": PATIENCE}
     gram = fit(make_config(data, tmp_path, optimizer={**opt, "strategy": "gram"}), client)
     again = fit(make_config(data, tmp_path, optimizer={**opt, "strategy": "gram"}), client)
@@ -156,7 +156,7 @@ def test_sweep_stops_early_at_the_reference_epoch(client, tmp_path):
     X, y = _overfitting_problem()
     data = write_parquet(tmp_path / "d", X, y, n_files=3)
     cfg = make_config(data, tmp_path, optimizer={
-        "epochs": 500, "tol": 1e-300, "seed": SEED, "validation_fraction": FRACTION, "n_iter_no_change": PATIENCE})
+        "epochs": 500, "tol": 0, "seed": SEED, "validation_fraction": FRACTION, "n_iter_no_change": PATIENCE})
     (row,) = sweep(cfg, client, [LR])
     _, _, _, stop_epoch, _ = numpy_early_stopping(X, y, _held_out(tmp_path / "d"), LR, PATIENCE, 500)
     assert row["status"] == "stopped early" and row["epochs"] == stop_epoch

@@ -1,0 +1,193 @@
+"""How right the coefficients are: bounds on their error that never understate it.
+Pure NumPy; no dask, no I/O.
+
+``converged: true`` is a promise that every coefficient is within ``tol`` (relative) of
+the exact minimizer of the training objective. What a bound means, per criterion:
+
+``coefficients`` (squared loss, with or without l2)
+    The objective J is a quadratic in θ = [m..., b] (the training space: standardized
+    features, target in its own units) with Hessian H, so θ − θ* = H⁻¹∇J(θ) exactly.
+    Each reported coefficient is a linear function c = uᵀθ: a slope m_j = θ_j / σ_j, the
+    intercept in original units b = θ_b − Σ_j (center_j/σ_j)·θ_j. Hence, by
+    Cauchy–Schwarz, ``|c − c*| ≤ ‖H⁻¹u‖·‖∇J(θ)‖``. A coefficient's relative error is
+    that over ``max(|c*|, ZERO_FLOOR · s)``, with ``|c*| ≥ |c| − |c − c*|`` and ``s`` the
+    largest standardized slope |θ_j| (in the target's units): a coefficient a million times
+    smaller than the largest standardized slope is judged against a millionth of it
+    instead of against itself, so an exact zero does not make convergence impossible.
+    The slopes' relative errors are the same in original and standardized units. The
+    reported ``bound`` is the largest over the coefficients, so ``digits`` (−log10
+    bound) is the number of correct digits of the worst coefficient, as NIST's LRE.
+
+    Floating point enters three ways, each added to the bound: the gradient's rounding
+    (``grad_error``: float64 moments or sums, or a compensated refinement pass), H's
+    (its inverse is used through ``1/(1 − κ·η)``; beyond κ·η = ½ nothing is certified
+    and the bound is infinite), and the final rounding of m, b to float64.
+
+``prox_gradient`` (l1)
+    With the proximal gradient mapping G = (θ − prox(θ − η∇f(θ)))/η and the contraction
+    q = max(|1 − ημ|, |1 − ηL|) of a proximal step, ``‖θ − θ*‖ ≤ η‖G‖/(1 − q)``: a bound
+    on the training-space norm, relative to ‖θ*‖ (lasso sets coefficients to zero, so
+    per coefficient would mean nothing).
+
+``loss_change`` (Huber)
+    No certified bound: the relative change of the loss stays below tol for several
+    epochs. ``bound`` is null.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EPS = float(np.finfo(np.float64).eps)
+EPS_LONG = float(np.finfo(np.longdouble).eps)
+#: Relative accuracy taken for float64 moments and row sums (per slice merged, see
+#: ``sums_accuracy``): generous, so that the bound stays an upper bound.
+ETA = 64 * EPS
+#: Coefficients below this fraction of the largest |θ| are judged against that floor.
+ZERO_FLOOR = 1e-6
+#: Epochs between refreshes of the magnitudes ``CoefficientBound.screen`` caches.
+REFRESH_EPOCHS = 16
+#: ``screen`` asks for the full bound once its estimate is within this factor of tol.
+SCREEN_FACTOR = 8.0
+#: Rows per slice (``gradient.SLICE_ROWS``): sums over rows are merged slice by slice.
+_SLICE_ROWS = 8192
+
+
+def sums_accuracy(n: float) -> float:
+    """Relative accuracy assumed of float64 moments and gradient sums over ``n`` rows:
+    ``ETA`` per slice sum, growing like the square root of the number of slices merged."""
+    return ETA * (1.0 + math.sqrt(max(float(n), 1.0) / _SLICE_ROWS))
+
+
+def digits(bound: float | None) -> float | None:
+    """Correct digits a relative error bound promises: −log10(bound), 0 to 17."""
+    if bound is None:
+        return None
+    if not math.isfinite(bound):
+        return 0.0
+    return float(min(17.0, max(0.0, -math.log10(bound)))) if bound > 0 else 17.0
+
+
+class CoefficientBound:
+    """The ``coefficients`` criterion (module docstring).
+
+    Parameters
+    ----------
+    hess : ndarray (k, k)
+        Hessian of the objective in the training space (k = d + 1 with an intercept,
+        d without), l2 included.
+    center, scale : ndarray (d,)
+        The standardization (zeros and ones without it).
+    fit_intercept : bool
+    n : float
+        Rows (Σw with weights).
+    rms_y : float
+        √(Σy²/n): the size of the gradient's constant term.
+    """
+
+    name = "coefficients"
+
+    def __init__(self, hess, center, scale, fit_intercept: bool, n: float, rms_y: float):
+        hess = np.asarray(hess, dtype=np.float64)
+        self.k = hess.shape[0]
+        self.d = len(scale)
+        self.fit_intercept = fit_intercept
+        self.ratio = np.asarray(center, dtype=np.float64) / np.asarray(scale, dtype=np.float64)
+        self.eta = sums_accuracy(n)
+        ev = np.linalg.eigvalsh(hess)
+        self.lmax = float(ev[-1])
+        kappa_eta = self.lmax / ev[0] * self.eta if ev[0] > 0 else math.inf
+        self.certifiable = kappa_eta <= 0.5
+        self.w = None
+        if self.certifiable:
+            u = np.eye(self.k)
+            if fit_intercept:
+                u[:self.d, self.d] = -self.ratio
+            # ‖H⁻¹u‖ for the true H, from the computed one: ‖H⁻¹‖ grows by 1/(1 − κη) at most.
+            self.w = np.linalg.norm(np.linalg.solve(hess, u), axis=0) / (1.0 - kappa_eta) * (1.0 + 1e-6)
+        self.grad_scale = math.sqrt(self.lmax) * rms_y
+        self._screened = 0
+        self._grad_err = 0.0
+        self._w_over_c = math.inf
+
+    def screen(self, params, grad_norm: float, tol: float) -> tuple[bool, bool]:
+        """``(may_converge, stalled)`` at θ from magnitudes cached every
+        ``REFRESH_EPOCHS`` calls: a gram epoch costs microseconds, the full bound tens of
+        them. ``may_converge``: the full ``bound`` is worth computing; ``stalled``: the
+        gradient is within its rounding error, so more descent cannot shrink the bound."""
+        if self._screened % REFRESH_EPOCHS == 0:
+            self._grad_err = self.grad_error(params)
+            if self.w is not None:
+                c = np.abs(self.coefficients(params))
+                self._w_over_c = float((self.w / np.maximum(c, 1e-300)).max())
+        self._screened += 1
+        estimate = (grad_norm + self._grad_err) * self._w_over_c
+        return estimate <= SCREEN_FACTOR * tol, grad_norm <= self._grad_err
+
+    def grad_error(self, params) -> float:
+        """What float64 moments or float64 sums over rows may be off by in ∇J at θ:
+        η·(‖H‖·‖θ‖ + √λmax·rms(y)), the sizes of the two terms of Hθ − Xᵀy/n."""
+        theta = np.asarray(params[:self.k], dtype=np.float64)
+        return self.eta * (self.lmax * float(np.linalg.norm(theta)) + self.grad_scale)
+
+    def coefficients(self, params) -> np.ndarray:
+        """The reported coefficients' training-space forms: θ_j for the slopes (same
+        relative error as m_j), the original-units intercept last (with one)."""
+        theta = np.asarray(params, dtype=np.longdouble)
+        slopes = theta[:self.d]
+        if not self.fit_intercept:
+            return slopes.astype(np.float64)
+        b = theta[self.d] - slopes @ self.ratio.astype(np.longdouble)
+        return np.append(slopes, b).astype(np.float64)
+
+    def rounding(self, params) -> np.ndarray:
+        """Absolute error of mapping θ to original units and storing m, b as float64."""
+        theta = np.abs(np.asarray(params[:self.k], dtype=np.float64))
+        out = 3 * EPS * theta[:self.d]
+        if self.fit_intercept:
+            b_terms = theta[self.d] + theta[:self.d] @ np.abs(self.ratio)
+            out = np.append(out, 4 * EPS_LONG * b_terms + 2 * EPS * abs(float(self.coefficients(params)[-1])))
+        return out
+
+    def bound(self, params, grads, grad_error: float) -> float:
+        """Largest relative error of a reported coefficient at θ = ``params``, given the
+        computed ∇J (``grads``, length d + 1) and a bound on its rounding error."""
+        if self.w is None:
+            return math.inf
+        g = float(np.linalg.norm(np.asarray(grads[:self.k], dtype=np.float64))) + grad_error
+        err = self.w * g + self.rounding(params)
+        c = np.abs(self.coefficients(params))
+        theta = np.abs(np.asarray(params[:self.k], dtype=np.float64))
+        slopes = float(theta[:self.d].max())
+        floor = ZERO_FLOOR * (slopes if slopes > 0 else float(theta.max()))
+        den = np.maximum(c - err, floor)
+        if not np.all(den > 0) or not np.all(np.isfinite(err)):
+            return math.inf
+        return float((err / den).max())
+
+
+class ProxBound:
+    """The ``prox_gradient`` criterion (l1; module docstring)."""
+
+    name = "prox_gradient"
+
+    def __init__(self, lmin: float, lmax: float, k: int, n: float, lmax_rms_y: float = 0.0):
+        self.lmin, self.lmax, self.k = lmin, lmax, k
+        self.eta = sums_accuracy(n)
+        self.grad_scale = lmax_rms_y
+
+    def bound(self, params, new_params, rate: float, grad_error: float = 0.0) -> float:
+        q = max(abs(1 - rate * self.lmin), abs(1 - rate * self.lmax))
+        if q >= 1:
+            return math.inf
+        theta = np.asarray(params[:self.k], dtype=np.float64)
+        step = float(np.linalg.norm((np.asarray(new_params[:self.k], dtype=np.float64) - theta)))
+        dist = (step + rate * grad_error) / (1 - q)
+        size = float(np.linalg.norm(theta)) - dist
+        return dist / size if size > 0 else math.inf
+
+    def grad_error(self, params) -> float:
+        theta = np.asarray(params[:self.k], dtype=np.float64)
+        return self.eta * (self.lmax * float(np.linalg.norm(theta)) + self.grad_scale)
