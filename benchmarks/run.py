@@ -89,16 +89,16 @@ def speed(work: Path, quick: bool) -> dict:
     with local_client(2) as client:
         warm_up(client, root, names)
         # Best of 3, like the scan: same warm page cache for both.
-        gram_cfg = validate_config(data_config(root, names, strategy="gram", epochs=EPOCHS, tol=1e-300,
+        gram_cfg = validate_config(data_config(root, names, strategy="gram", epochs=EPOCHS, tol=0,
                                                momentum=0.0))
         gram, t = best_of(3, fit, gram_cfg, client)
         out.update(gram_s=t, gram_loss=gram.final_loss, learning_rate=gram.learning_rate)
         # output.metrics: moments — the training alone: one pass, no second pass for mae.
-        one_pass = data_config(root, names, strategy="gram", epochs=EPOCHS, tol=1e-300, momentum=0.0)
+        one_pass = data_config(root, names, strategy="gram", epochs=EPOCHS, tol=0, momentum=0.0)
         one_pass["output"]["metrics"] = "moments"
         _, out["gram_one_pass_s"] = best_of(3, fit, validate_config(one_pass), client)
         stream_cfg = validate_config(data_config(root, names, strategy="stream", cache="memory",
-                                                 epochs=EPOCHS, tol=1e-300, momentum=0.0))
+                                                 epochs=EPOCHS, tol=0, momentum=0.0))
         stream, t = timed(fit, stream_cfg, client)
         epoch_s = float(np.median([h["seconds"] for h in stream.history[1:]]))
         out.update(stream_s=t, stream_epoch_s=epoch_s, stream_loss=stream.final_loss)
@@ -127,7 +127,7 @@ def memory(work: Path, quick: bool) -> dict:
     out = {"worker_limit_mib": limit / 2**20, "workers": n_workers,
            "data_mib": days * rows_per_day * (d + 1) * 8 / 2**20}
     for strategy, epochs in (("gram", EPOCHS), ("stream", 2)):
-        cfg = validate_config(data_config(root, names, strategy=strategy, epochs=epochs, tol=1e-300))
+        cfg = validate_config(data_config(root, names, strategy=strategy, epochs=epochs, tol=0))
         with local_client(n_workers, memory_limit=limit) as client, WorkerRSS(client) as rss:
             res, t = timed(fit, cfg, client)
         out[strategy] = {"seconds": t, "epochs": res.epochs_run, "loss": res.final_loss,
@@ -144,7 +144,7 @@ def scaling(work: Path, quick: bool) -> dict:
         with local_client(n_workers) as client:
             warm_up(client, root, names)
             for k in (1, 2, 4, 8):
-                cfg = data_config(root, names, strategy="gram", epochs=EPOCHS, tol=1e-300)
+                cfg = data_config(root, names, strategy="gram", epochs=EPOCHS, tol=0)
                 cfg["data"]["filters"] = [["date", "<=", f"2026-01-{k:02d}"]]
                 _, t = timed(fit, validate_config(cfg), client)
                 out["points"].append({"workers": n_workers, "size": k, "rows": k * base, "seconds": t})
@@ -163,14 +163,14 @@ def refit_cost(work: Path, quick: bool) -> dict:
     shutil.rmtree(root / "registry", ignore_errors=True)
     names = write_days(root / "data", 31, rows, seed=4)  # dates 2026-01-01 … 2026-02-03
     days = sorted(p.name.split("=")[1] for p in (root / "data").iterdir())
-    cfg = data_config(root / "data", names, epochs=1000, tol=1e-20)
+    cfg = data_config(root / "data", names, epochs="auto")
     cfg["data"]["window_days"] = 30
     cfg["registry"] = {"dir": str(root / "registry")}
     with local_client(2) as client:
         warm_up(client, root / "data", names)
         refit(validate_config(cfg), client, date.fromisoformat(days[-2]))  # the nights before: cache filled
         outcome, t_refit = timed(refit, validate_config(cfg), client, date.fromisoformat(days[-1]))
-        one = data_config(root / "data", names, epochs=1000, tol=1e-20)
+        one = data_config(root / "data", names, epochs="auto")
         one["data"]["filters"] = [["date", "==", days[-1]]]
         _, t_one = timed(fit, validate_config(one), client)
     return {"rows_per_day": rows, "window_days": 30, "files_read": outcome.files_read,

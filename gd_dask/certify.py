@@ -117,14 +117,16 @@ class CoefficientBound:
         ``REFRESH_EPOCHS`` calls: a gram epoch costs microseconds, the full bound tens of
         them. ``may_converge``: the full ``bound`` is worth computing; ``stalled``: the
         gradient is within its rounding error, so more descent cannot shrink the bound."""
-        if self._screened % REFRESH_EPOCHS == 0:
+        if self._screened < REFRESH_EPOCHS or self._screened % REFRESH_EPOCHS == 0:
             self._grad_err = self.grad_error(params)
             if self.w is not None:
                 c = np.abs(self.coefficients(params))
                 self._w_over_c = float((self.w / np.maximum(c, 1e-300)).max())
         self._screened += 1
         estimate = (grad_norm + self._grad_err) * self._w_over_c
-        return estimate <= SCREEN_FACTOR * tol, grad_norm <= self._grad_err
+        stalled = grad_norm <= self._grad_err
+        # At a stall the full bound decides: it may well be below tol already.
+        return stalled or estimate <= SCREEN_FACTOR * tol, stalled
 
     def grad_error(self, params) -> float:
         """What float64 moments or float64 sums over rows may be off by in ∇J at θ:

@@ -22,9 +22,9 @@ def test_certified_coefficients_are_reproduced(tmp_path, name):
           f"refinements {conv['refinements']}")
     assert result["lre"] >= THRESHOLDS[name]
     assert model["converged"] and conv["criterion"] == "coefficients"
-    # The bound is honest: the true error (against NIST's 15-digit values, so no better
-    # than ~1e-15 can be seen) is never above it.
-    assert 10 ** -result["lre"] <= max(conv["bound"], 1e-15)
+    # The bound is honest: the true error is never above it (NIST gives 15 significant
+    # digits, so the comparison itself is uncertain by up to 5e-15).
+    assert 10 ** -result["lre"] <= conv["bound"] + 5e-15
 
 
 def test_filip_is_not_claimed(tmp_path):
