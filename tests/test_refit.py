@@ -38,7 +38,7 @@ def add_day(root, day: int, corrupt: bool = False, seed: int = 0):
 def config(tmp_path, registry="models", **extra):
     raw = {"name": "nightly",
            "data": {"path": str(tmp_path / "data"), "features": ["x1", "x2"], "target": "y", "window_days": 4},
-           "optimizer": {"epochs": 2000, "tol": 1e-20},
+           "optimizer": {},
            "registry": {"dir": str(tmp_path / registry), "promote": {"metric": "rmse", "max_regression": 0.02}}}
     for k, v in extra.items():
         raw.setdefault(k, {}).update(v)

@@ -135,7 +135,7 @@ def test_a_two_night_refit_runs_entirely_on_s3(s3, tmp_path, client, capsys):
         "name": "nightly",
         "data": {"path": "s3://lake/nightly", "features": ["x1", "x2"], "target": "y", "window_days": 3,
                  "storage_options": s3["options"]},
-        "optimizer": {"epochs": 2000, "tol": 1e-20},
+        "optimizer": {},
         "registry": {"dir": "s3://lake/models"}})
     first = refit(cfg, client, START + timedelta(days=2))
     second = refit(cfg, client, START + timedelta(days=3))
