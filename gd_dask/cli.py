@@ -271,10 +271,14 @@ def evaluate(model_json, data_path, scheduler, storage_options):
 @click.argument("data_path")
 @click.argument("out_dir")
 @click.option("--keys", default="", metavar="COL,COL", help="Columns copied next to the prediction.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT_DIR whole (refused otherwise).")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
 @_storage_option
-def predict(model_json, data_path, out_dir, keys, scheduler, storage_options):
-    """Score DATA_PATH with MODEL_JSON into Parquet files under OUT_DIR (same layout)."""
+def predict(model_json, data_path, out_dir, keys, overwrite, scheduler, storage_options):
+    """Score DATA_PATH with MODEL_JSON into Parquet files under OUT_DIR (same layout).
+
+    OUT_DIR must be outside the data, and empty unless --overwrite; it is written whole
+    (staged next to it, then moved into place)."""
     from .cluster import connect
     from .config import ClusterConfig
     from .model import load_model
@@ -283,7 +287,8 @@ def predict(model_json, data_path, out_dir, keys, scheduler, storage_options):
     model = load_model(model_json, storage_options)
     key_cols = [k for k in keys.split(",") if k]
     with connect(ClusterConfig(), scheduler) as client:
-        res = run_predict(model, data_path, out_dir, client, keys=key_cols, storage_options=storage_options)
+        res = run_predict(model, data_path, out_dir, client, keys=key_cols, storage_options=storage_options,
+                          overwrite=overwrite)
     click.echo(f"wrote predictions for {res['rows']} rows in {res['files']} files to {out_dir}")
 
 

@@ -32,7 +32,8 @@ Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]  # strict float still accepts ints, never bools
 PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
 NonNegFloat = Annotated[float, Strict(), Field(ge=0)]
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")]
+# A name becomes a folder (runs/NAME, registry.dir/NAME): never '.', '..' or hidden.
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")]
 Column = Annotated[str, StringConstraints(min_length=1)]
 FilterOp = Literal["=", "==", "!=", "<", "<=", ">", ">=", "in", "not in"]
 
@@ -221,12 +222,54 @@ class RunConfig(_Section):
 # --------------------------------------------------------------------------- loading
 
 
+#: Bounds on a config file: its size, the nesting of its values, and the number of values
+#: once aliases are expanded (a real config has a few dozen; a "billion laughs" alias
+#: bomb of 1 KB expands to billions).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NODES = 10_000
+
+
+class YAMLBomb(yaml.YAMLError):
+    """A config past one of the bounds above."""
+
+
 class _SafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that reads ``1e-9`` as a float, as YAML 1.2 does.
+    """``yaml.SafeLoader`` that reads ``1e-9`` as a float, as YAML 1.2 does, and refuses
+    documents nested deeper than ``MAX_DEPTH``.
 
     PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-9``) and ``1e-9`` is a
     string — a trap for every ``tol:`` ever written.
     """
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise YAMLBomb(f"values nested deeper than {MAX_DEPTH} levels")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Values in ``node`` with every alias expanded, counted without expanding them (each
+    node once, memoized): an alias bomb is caught before anything is built from it."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a node inside itself (a recursive alias) counts once
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            size = 1
+        memo[key] = size
+        if size > MAX_NODES:
+            raise YAMLBomb(f"more than {MAX_NODES} values once aliases are expanded (an alias bomb?)")
+    return memo[key]
 
 
 _SafeLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
@@ -242,10 +285,17 @@ _SafeLoader.add_implicit_resolver(
 
 
 def safe_load(text: str):
-    """YAML through the safe loader (no Python objects), with YAML 1.2 floats."""
+    """YAML through the safe loader (no Python objects), with YAML 1.2 floats, bounded in
+    size, depth and alias expansion (``YAMLBomb``)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise YAMLBomb(f"{len(text)} bytes; a config may have at most {MAX_CONFIG_BYTES} (1 MiB)")
     loader = _SafeLoader(text)  # a yaml.SafeLoader: plain data only
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {})
+        return loader.construct_document(node)
     finally:
         loader.dispose()
 
@@ -260,9 +310,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # never more than the bound into memory
+        text = raw.decode("utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: refused: larger than {MAX_CONFIG_BYTES} bytes (1 MiB), the limit for a config")
     return parse_config(text, overrides, source=str(path))
 
 
@@ -270,6 +326,8 @@ def parse_config(text: str, overrides=(), source: str = "<config>") -> RunConfig
     """Validate YAML text (see ``load_config``)."""
     try:
         raw = safe_load(text)
+    except YAMLBomb as e:
+        raise ConfigError(f"{source}: refused: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

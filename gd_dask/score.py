@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import posixpath
+import uuid
 
 import fsspec
 import numpy as np
@@ -13,7 +16,7 @@ import pyarrow.parquet as pq
 from . import gradient as g
 from .config import DataConfig
 from .data import as_float64, open_source
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .executor import Executor
 from .model import Model
 
@@ -71,19 +74,62 @@ def _predict_file(src_path, dst_path, protocol, storage_options, out_protocol, f
     return rows
 
 
-def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_options: dict | None = None) -> dict:
+def check_output(source, out_fs, out_root: str, overwrite: bool, out_dir: str) -> None:
+    """Refuse, before anything is written, an output that would replace or sit inside
+    the input (the next training run would read predictions as data), and a non-empty
+    output folder unless ``overwrite``."""
+    def norm(p: str) -> str:
+        p = p.rstrip("/")
+        return os.path.realpath(p) if source.protocol in ("file", "local") else p
+
+    out, root = norm(out_root), norm(source.root)
+    inputs = [norm(f["full_path"]) for f in source.files]
+    if out == root or out.startswith(root + "/") or any(i == out or i.startswith(out + "/") for i in inputs):
+        raise ConfigError(f"OUT_DIR '{out_dir}' is or holds the input data '{source.root}': predictions would "
+                          "replace or mix with the data; choose a folder outside it")
+    if out_fs.exists(out_root) and not out_fs.isdir(out_root):
+        raise ConfigError(f"OUT_DIR '{out_dir}' is a file, not a folder")
+    if out_fs.exists(out_root) and out_fs.ls(out_root) and not overwrite:
+        raise ConfigError(f"OUT_DIR '{out_dir}' is not empty: older predictions would mix with new ones; "
+                          "choose an empty folder or pass --overwrite to replace it whole")
+
+
+def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_options: dict | None = None,
+            overwrite: bool = False) -> dict:
     """Score every file under ``path`` into ``out_dir``, keeping the relative layout
-    (hive partitions included); one worker task per file, row group by row group."""
+    (hive partitions included); one worker task per file, row group by row group.
+
+    The files are written into a hidden staging folder next to ``out_dir``, which then
+    takes its place whole (replacing the old one with ``overwrite``): a failed run
+    leaves ``out_dir`` as it was, a finished one leaves only this model's predictions.
+    """
     import dask
 
     source = open_source(data_for(model, path, storage_options), extra_columns=list(keys), with_target=False)
     out_fs, out_root = fsspec.core.url_to_fs(out_dir, **source.storage_options)
+    out_root = out_root.rstrip("/")
+    check_output(source, out_fs, out_root, overwrite, out_dir)
     out_protocol = out_fs.protocol if isinstance(out_fs.protocol, str) else out_fs.protocol[0]
+    parent, name = posixpath.split(out_root)
+    tag = uuid.uuid4().hex[:8]
+    staging, old = f"{parent}/.{name}.staging-{tag}", f"{parent}/.{name}.old-{tag}"
     tasks = []
     for f in source.files:
         tasks.append(dask.delayed(_predict_file)(
-            f["full_path"], f"{out_root.rstrip('/')}/{f['rel']}", source.protocol, source.storage_options, out_protocol,
+            f["full_path"], f"{staging}/{f['rel']}", source.protocol, source.storage_options, out_protocol,
             model.features, list(keys), model.m, model.b))
-    # Compute: each task writes its own file; only row counts come back.
-    rows = client.compute(tasks, sync=True)
+    try:
+        # Compute: each task writes its own file; only row counts come back.
+        rows = client.compute(tasks, sync=True)
+        if out_fs.exists(out_root):
+            out_fs.mv(out_root, old, recursive=True)
+        out_fs.mv(staging, out_root, recursive=True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            out_fs.rm(staging, recursive=True)
+        if out_fs.exists(old) and not out_fs.exists(out_root):
+            out_fs.mv(old, out_root, recursive=True)  # put the earlier predictions back
+        raise
+    with contextlib.suppress(Exception):
+        out_fs.rm(old, recursive=True)
     return {"files": len(rows), "rows": int(sum(rows)), "out_dir": out_dir}

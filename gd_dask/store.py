@@ -239,4 +239,8 @@ def load_model(path: str | Path, storage_options: dict | None = None) -> dict:
             f"but {len(m) if isinstance(m, list) else '?'} coefficients m")
     if not isinstance(doc.get("b"), (int, float)) or not all(isinstance(v, (int, float)) for v in m):
         raise ArtifactError(f"{path}: m and b must be numbers")
+    bad = [f"m[{f}]" for f, v in zip(feats, m) if not math.isfinite(v)] + ([] if math.isfinite(doc["b"]) else ["b"])
+    if bad:
+        raise ArtifactError(f"{path}: the model holds NaN or infinite coefficients ({', '.join(bad[:3])}); "
+                            "it cannot score anything: retrain it or restore a good copy")
     return doc

@@ -206,6 +206,8 @@ def test_a_full_disk_while_writing_leaves_no_model_and_the_earlier_one_intact(tm
     (lambda t: t[: len(t) // 2], "not a valid model.json"),
     (lambda t: t.replace("gd_dask.model/1", "gd_dask.model/9"), "model format 'gd_dask.model/9' is not supported"),
     (lambda t: json.dumps({**json.loads(t), "features": ["x0"]}), "model has 1 features but 2 coefficients m"),
+    (lambda t: json.dumps({**json.loads(t), "m": [float("nan"), 1.0]}), "NaN or infinite coefficients (m[x0])"),
+    (lambda t: json.dumps({**json.loads(t), "b": float("inf")}), "NaN or infinite coefficients (b)"),
 ])
 def test_a_damaged_model_json_is_refused_by_evaluate_and_predict(tmp_path, capsys, earlier_run, damage, message):
     _, data, _ = earlier_run

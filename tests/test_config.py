@@ -3,7 +3,7 @@
 import pytest
 
 from gd_dask.cli import main
-from gd_dask.config import parse_config
+from gd_dask.config import load_config, parse_config
 from gd_dask.errors import ConfigError
 
 MINIMAL = """
@@ -122,3 +122,35 @@ def test_the_readme_config_reference_is_a_valid_config():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = re.search(r"## Run config.*?```yaml\n(.*?)```", text, re.S).group(1)
     assert parse_config(block, source="README").name == "students"
+
+
+HOSTILE = {
+    "alias bomb": "name: n\ndata:\n  path: p\n  features: [a]\n  target: y\n  storage_options:\n"
+                  + "    a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+                  + "".join(f"    {n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")),
+    "deep nesting": MINIMAL + "model: " + "[" * 10000 + "]" * 10000 + "\n",
+    "huge file": MINIMAL + "#" + "x" * 5_000_000 + "\n",
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_yaml_is_refused_at_once_naming_the_file(tmp_path, kind):
+    """Each of these used to climb past 1.5 GiB, crash with RecursionError, or take 40 s."""
+    import time
+
+    from conftest import run_cli
+
+    path = tmp_path / "c.yaml"
+    path.write_text(HOSTILE[kind])
+    t = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"c\.yaml: refused: "):
+        load_config(path)
+    assert time.perf_counter() - t < 5  # a hang guard, not a benchmark
+    res = run_cli("config-check", path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and str(path) in res.stderr
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden"])
+def test_names_that_are_not_plain_folders_are_refused(name):
+    with pytest.raises(ConfigError, match="name: string should match pattern"):
+        parse_config(MINIMAL.replace("name: students", f"name: '{name}'"))

@@ -133,3 +133,35 @@ def test_predict_reads_decimal_and_nullable_columns(tmp_path, capsys):
     pred = pq.read_table(tmp_path / "out" / "p.parquet").column("prediction").to_numpy()
     np.testing.assert_array_equal(pred[:1], [14.0])
     assert np.isnan(pred[1:]).all()
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "parent"])
+def test_predict_never_writes_into_or_over_its_input(trained, capsys, where):
+    """`predict model.json d1 d1` used to replace the training files with predictions."""
+    data = Path(trained["data"]["path"])
+    out = {"same": data, "inside": data / "preds", "parent": data.parent}[where]
+    before = _tree(data.parent)
+    capsys.readouterr()
+    assert main(["predict", str(trained["model"]), str(data), str(out), "--keys", "y", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the input data" in err
+    assert _tree(data.parent) == before  # nothing written, nothing replaced
+
+
+def test_predict_refuses_a_non_empty_folder_and_overwrite_replaces_it_whole(trained, capsys):
+    out = trained["tmp"] / "pred-overwrite"
+    (out / "date=1999-01-01").mkdir(parents=True)
+    stale = out / "date=1999-01-01" / "old.parquet"
+    stale.write_bytes(b"older predictions")
+    capsys.readouterr()
+    assert main(["predict", str(trained["model"]), trained["data"]["path"], str(out)]) == 2
+    assert "is not empty" in capsys.readouterr().err and stale.exists()
+    assert main(["predict", str(trained["model"]), trained["data"]["path"], str(out), "--overwrite"]) == 0
+    assert not stale.exists()
+    src = sorted(p.relative_to(trained["data"]["path"]) for p in Path(trained["data"]["path"]).rglob("*.parquet"))
+    assert sorted(p.relative_to(out) for p in out.rglob("*.parquet")) == src
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".pred-overwrite")]  # no staging left

@@ -85,6 +85,7 @@ class ParquetSource:
 
     weight: str | None = None
     holdout: Holdout | None = None
+    root: str = ""  # what was listed: the folder, the glob's folder, or the file
 
     @property
     def weighted(self) -> bool:
@@ -264,7 +265,9 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     if data_cfg.weight:
         columns.append(data_cfg.weight)
     columns += [c for c in extra_columns or [] if c not in columns]
-    fs, protocol, found, _ = list_files(data_cfg.path, data_cfg.storage_options)
+    fs, protocol, found, root = list_files(data_cfg.path, data_cfg.storage_options)
+    if any(ch in root for ch in "*?["):
+        root = root.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
     if not found:
         raise DataError(f"data.path '{data_cfg.path}' holds no Parquet files")
 
@@ -293,6 +296,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
         fs=fs, protocol=protocol, files=files, pieces=[], columns=columns,
         partitions=partitions, row_filters=row_filters,
         storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing, weight=data_cfg.weight,
+        root=root,
     )
     src.layout(chunk_bytes)
     if not src.pieces:
