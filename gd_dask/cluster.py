@@ -129,7 +129,8 @@ def connect(cfg, address: str | None = None):
             threads_per_worker=cfg.threads_per_worker,
             memory_limit=cfg.memory_limit,
             processes=True,
-            dashboard_address=":0",
+            host="127.0.0.1",  # scheduler and workers listen on loopback only
+            dashboard_address=cfg.dashboard_address,
             silence_logs=logging.ERROR,
         )
     except Exception as e:  # noqa: BLE001 - start-up failures come in many types

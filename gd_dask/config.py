@@ -158,8 +158,13 @@ class ClusterConfig(_Section):
     n_workers: Annotated[int, Strict(), Field(ge=1)] = 2
     threads_per_worker: Annotated[int, Strict(), Field(ge=1)] = 1
     memory_limit: Union[Annotated[int, Strict(), Field(gt=0)], str] = "auto"
-    timeout: Union[PositiveFloat, Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?\s*(ms|s|m|h)?$")]] = "30s"
+    timeout: Union[PositiveFloat, Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?\s*(ms|s|m|h)?$")]] = Field(
+        default="30s", description="Connecting to a remote scheduler, checking its workers, and waiting for "
+        "workers when the cluster has none.")
     tls: TLSConfig = Field(default_factory=TLSConfig)
+    dashboard_address: Annotated[str, StringConstraints(min_length=1)] | None = Field(
+        default="127.0.0.1:0", description="Embedded cluster's dashboard: host:port (port 0: any free one); "
+        "'0.0.0.0:8787' exposes it on every interface; null: no dashboard.")
 
     @model_validator(mode="after")
     def _one_way_to_connect(self) -> ClusterConfig:

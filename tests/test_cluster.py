@@ -182,3 +182,21 @@ def test_an_unreachable_scheduler_fails_in_bounded_time_naming_the_address(datas
     last = res.stderr.strip().splitlines()
     assert len(last) == 1 and address in last[0], res.stderr
     assert time.monotonic() - t < 30
+
+
+def test_the_embedded_cluster_listens_on_loopback_only():
+    """The dashboard used to bind 0.0.0.0 while the log said 127.0.0.1."""
+    import os
+    from urllib.parse import urlparse
+
+    import psutil
+
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig
+
+    with connect(ClusterConfig(n_workers=1)) as c:
+        ports = {urlparse(c.dashboard_link).port, urlparse(c.scheduler.address).port}
+        listening = [x for x in psutil.Process(os.getpid()).net_connections()
+                     if x.status == "LISTEN" and x.laddr.port in ports]
+        assert len({x.laddr.port for x in listening}) == 2
+        assert {x.laddr.ip for x in listening} == {"127.0.0.1"}
