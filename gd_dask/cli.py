@@ -216,7 +216,8 @@ def models_list(model, storage_options):
         score = (verdict.get("challenger") or {}).get(metric)
         status = "promoted" if verdict.get("promoted") else "rejected"
         mark = "*" if v == current else " "
-        click.echo(f"{mark} {v}  {status:8s}  {metric}={score:.6g}  as-of {verdict.get('as_of')}")
+        shown = "-" if score is None else f"{score:.6g}"
+        click.echo(f"{mark} {v}  {status:8s}  {metric}={shown}  as-of {verdict.get('as_of')}")
 
 
 @models.command("show")

@@ -50,10 +50,9 @@ def window_dates(cfg, as_of: date) -> list[str]:
     dates = [d for d in dates if d <= as_of.isoformat()]
     if cfg.data.window_days:
         dates = dates[-cfg.data.window_days:]
-    need = cfg.registry.holdout_days + 1
-    if len(dates) < need:
-        raise DataError(f"data.path '{cfg.data.path}': {len(dates)} date partitions (date=YYYY-MM-DD/) up to "
-                        f"{as_of.isoformat()}; a refit needs at least {need}")
+    if not dates:
+        raise DataError(f"data.path '{cfg.data.path}': no date partitions (date=YYYY-MM-DD/) up to "
+                        f"{as_of.isoformat()}")
     return dates
 
 
@@ -130,7 +129,18 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
     reg = Registry(cfg.registry.dir, cfg.name, cfg.data.storage_options)
     with reg.lock():
         dates = window_dates(cfg, as_of)
-        hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]
+        need = cfg.registry.holdout_days + 1
+        # The first night of a new pipeline: no current model to compare with, and maybe
+        # too few days to hold some out. Train on all there is and promote it.
+        first_night = len(dates) < need and reg.current() is None
+        if len(dates) < need and not first_night:
+            raise DataError(f"data.path '{cfg.data.path}': {len(dates)} date partitions (date=YYYY-MM-DD/) up to "
+                            f"{as_of.isoformat()}; a refit needs at least {need} ({cfg.registry.holdout_days} "
+                            "held out)")
+        if first_night:
+            hold_dates, train_dates = [], dates
+        else:
+            hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]
         window = open_source(_with_dates(cfg.data, dates))  # one listing, one footer read each
         window.layout(chunk_bytes_for(client, CHUNK_BYTES))
         train_src, hold_src = (window.subset([f["full_path"] for f in window.files
@@ -154,27 +164,18 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
         # Refinement reads the training files only where the float64 gradient stalls above tol.
         result = fit_moments(cfg, mom, init=init, refine_pass=Executor(client, train_src, cache=False).refine_sums)
 
-        models = [(result.m, result.b)] + ([init] if init is not None else [])
-        ex = Executor(client, hold_src, cache=False)
-        fn = g.block_moments_and_errors_w if hold_src.weighted else g.block_moments_and_errors
-        per_file = ex.reduce_by_file(ex.row_leaves(fn, g.add_moments_and_errors, models), g.add_moments_and_errors)
-        for f in hold_src.files:
-            hmom, _ = per_file[f["full_path"]]
-            if hmom.finite():
-                reg.cache_moments(hold_src.file_key(f), hmom)
-        files_read += len(hold_src.files)
-        errors = [per_file[f["full_path"]][1] for f in hold_src.files]
-        merged = [errors[0][i] for i in range(len(models))]
-        for errs in errors[1:]:
-            merged = [g.add_errors(a, b) for a, b in zip(merged, errs)]
-        scores = [g.metrics(e) for e in merged]
-        if not all(np.isfinite(s["mse"]) for s in scores):
-            raise DataError(f"the holdout {hold_dates} holds NaN/inf/null values; fix the data or set data.missing: drop")
-        challenger_score = scores[0]
-        current_score = scores[1] if init is not None else None
+        if first_night:
+            challenger_score, current_score = dict(result.metrics), None
+        else:
+            challenger_score, current_score = _judge_on_holdout(client, reg, hold_src, hold_dates, result, init)
+            files_read += len(hold_src.files)
 
-        promote, why = judge(cfg.registry.promote.metric, cfg.registry.promote.max_regression,
-                             challenger_score, current_score)
+        if first_night:
+            promote, why = True, (f"first model: trained on all {len(dates)} date partition(s), none held out "
+                                  "(no current model to compare with)")
+        else:
+            promote, why = judge(cfg.registry.promote.metric, cfg.registry.promote.max_regression,
+                                 challenger_score, current_score)
         verdict = {"promoted": promote, "reason": why, "as_of": as_of.isoformat(),
                    "metric": cfg.registry.promote.metric, "holdout_dates": hold_dates,
                    "train_dates": [train_dates[0], train_dates[-1]],
@@ -196,6 +197,27 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
         else:
             msg = f"rejected {version}: {why}; current stays {current_version}; {files_read} file(s) read"
         return RefitOutcome(version, promote, verdict, files_read, msg)
+
+
+def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates, result, init) -> tuple:
+    """The challenger's (and the current model's) metrics on the holdout days, in one
+    pass that also caches the holdout files' moments for the nights to come."""
+    models = [(result.m, result.b)] + ([init] if init is not None else [])
+    ex = Executor(client, hold_src, cache=False)
+    fn = g.block_moments_and_errors_w if hold_src.weighted else g.block_moments_and_errors
+    per_file = ex.reduce_by_file(ex.row_leaves(fn, g.add_moments_and_errors, models), g.add_moments_and_errors)
+    for f in hold_src.files:
+        hmom, _ = per_file[f["full_path"]]
+        if hmom.finite():
+            reg.cache_moments(hold_src.file_key(f), hmom)
+    errors = [per_file[f["full_path"]][1] for f in hold_src.files]
+    merged = [errors[0][i] for i in range(len(models))]
+    for errs in errors[1:]:
+        merged = [g.add_errors(a, b) for a, b in zip(merged, errs)]
+    scores = [g.metrics(e) for e in merged]
+    if not all(np.isfinite(s["mse"]) for s in scores):
+        raise DataError(f"the holdout {hold_dates} holds NaN/inf/null values; fix the data or set data.missing: drop")
+    return scores[0], (scores[1] if init is not None else None)
 
 
 def _fingerprint(cfg, train_src, hold_src) -> str:

@@ -163,3 +163,20 @@ def test_weighted_refits_use_weighted_statistics(client, tmp_path):
     doc = json.loads(Path(reg.version_dir(second.version), "model.json").read_text())
     np.testing.assert_allclose(doc["m"], coef[:2], rtol=1e-8)
     assert doc["b"] == pytest.approx(coef[2], rel=1e-8)
+
+
+def test_the_first_night_of_a_new_pipeline_trains_on_what_there_is_and_promotes_it(client, tmp_path):
+    """One date partition and no current model used to exit 1 ("a refit needs at least
+    2"): a cron job must work from day one."""
+    cfg = config(tmp_path)
+    reg = Registry(cfg.registry.dir, cfg.name)
+    add_day(tmp_path / "data", 0)
+    first = refit(cfg, client, night(0))
+    assert first.promoted and "first model" in first.message and reg.current() == first.version
+    assert first.verdict["holdout_dates"] == [] and first.verdict["challenger"]["n"] == 2 * ROWS
+    assert reg.current_model()["m"][0] == pytest.approx(slope(0), abs=0.05)
+    add_day(tmp_path / "data", 1)
+    second = refit(cfg, client, night(1))  # from now on: trained on day 0, judged on day 1
+    assert second.verdict["holdout_dates"] == [night(1).isoformat()] and second.verdict["current"] is not None
+    res = run_cli("models", "list", str(tmp_path / "models" / "nightly"))
+    assert res.returncode == 0 and first.version in res.stdout
