@@ -27,8 +27,11 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("gd_dask").setLevel(level)
-    for noisy in ("distributed", "tornado", "bokeh", "asyncio"):
+    for noisy in ("distributed", "tornado", "bokeh"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # asyncio's "Task exception was never retrieved" comes from distributed's tasks
+    # cancelled at shutdown, never from gd-dask's own work.
+    logging.getLogger("asyncio").setLevel(logging.DEBUG if verbose > 1 else logging.CRITICAL)
 
 
 def _parse_storage_options(ctx, param, value):
@@ -51,7 +54,30 @@ _storage_option = click.option(
     "(credentials also come from the environment).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """click turns KeyboardInterrupt into Abort (and a blank line); a stop by signal is
+    ours to report: one line and 130 or 143."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise _Stopped(e) from None
+
+
+class _Stopped(GdDaskError):
+    def __init__(self, e: KeyboardInterrupt):
+        import signal
+
+        signum = getattr(e, "signum", signal.SIGINT)
+        self.exit_code = 128 + signum
+        what = "interrupted (SIGINT)" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        epoch = getattr(e, "checkpoint_epoch", None)
+        resume = f"; rerun the same command to resume from the checkpoint at epoch {epoch}" if epoch else ""
+        super().__init__(what + resume)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gd-dask")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -339,6 +365,12 @@ class _Progress:
 
 def main(argv=None) -> int:
     """Entry point: run the command and map failures to exit status and one line."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        from .interrupt import install
+
+        install()  # Ctrl-C and SIGTERM: a clean stop at an epoch boundary (interrupt)
     try:
         cli.main(args=argv, prog_name="gd-dask", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -352,13 +384,17 @@ def main(argv=None) -> int:
     except GdDaskError as e:
         _clear_progress()
         _state["abandoned_client"] = isinstance(e, ClusterError)
+        if isinstance(e, _Stopped):
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # shutdown noise after the stop
         if _state["debug"]:
             traceback.print_exc()
-        click.echo(f"gd-dask: error: {e}", err=True)
+        click.echo(f"gd-dask: {e}" if isinstance(e, _Stopped) else f"gd-dask: error: {e}", err=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        click.echo("gd-dask: interrupted", err=True)
-        return 130
+    except KeyboardInterrupt as e:  # outside a command (click's own parsing)
+        _clear_progress()
+        err = _Stopped(e)
+        click.echo(f"gd-dask: {err}", err=True)
+        return err.exit_code
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
         _clear_progress()
         if _state["debug"]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import interrupt
 from .errors import TrainingError
 from .optim import (Curvature, HeavyBallState, Rates, choose_rates, heavy_ball, schedule, soft_threshold,
                     stable_limit)
@@ -140,77 +141,87 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
     coefficient_rule = certifier is not None and not rules.l1 and not rules.sampled
     last_row = last_eval = None
     t_last = t_saved = time.perf_counter()
-    while state.epoch < epochs and not state.converged and not state.stopped_early and not state.stalled:
-        params = state.params
-        m = params[:d]
-        s = oracle(m, params[d])
-        loss = s.sq_err / s.n
-        grads = _grads(s, m, rules.l2, fit_intercept)
-        objective = loss
-        if rules.l2 or rules.l1:
-            objective = loss + rules.l2 * float(m @ m) + 2.0 * rules.l1 * float(np.abs(m).sum())
-        epoch = state.epoch + 1
-        last_eval = (params, grads)
-        lr_t = rate_at(epoch)
-        step, hb = update(grads, HeavyBallState(state.velocity), lr_t)
-        new = params + step
-        if rules.l1:
-            new[:d] = soft_threshold(new[:d], lr_t * rules.l1)
-        grad_norm = math.sqrt(float(grads @ grads))
-        may_converge = stalled = False
-        if coefficient_rule:
-            may_converge, stalled = certifier.screen(params, grad_norm, tol)
-            if may_converge and tol > 0:
-                state.bound = certifier.bound(params, grads, certifier.grad_error(params))
-        elif certifier is not None and rules.l1 and not rules.sampled:
-            state.bound = certifier.bound(params, new, lr_t, certifier.grad_error(params))
-        now = time.perf_counter()
-        row = {"epoch": epoch, "loss": loss, "grad_norm": grad_norm,
-               "learning_rate": lr_t, "seconds": now - t_last}
-        if validate is not None:
-            row["val_loss"] = _watch(state, validate, epoch, tol, rules.patience)
-        t_last = now
-        last_row = row
-        if keep_row(epoch):
-            state.history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
 
-        prev = state.prev_loss
-        if state.start_loss is None:
-            state.start_loss = objective
-        state.growth = state.growth + 1 if prev is not None and objective > prev else 0
-        if not math.isfinite(loss) or (state.growth >= GROWTH_EPOCHS and objective > state.start_loss
-                                       and _may_diverge(rates, curv)):
-            err = TrainingError(divergence_message(rates, curv, epoch, loss))
-            err.history = state.history  # the curve up to here, for sweeps and plots
-            raise err
-        state.epoch = epoch
-        if state.stopped_early:
-            break
-        if coefficient_rule:
-            state.converged = bool(may_converge and tol > 0 and state.bound <= tol)
-        elif tol > 0 and state.bound is not None:
-            state.converged = state.bound <= tol
-        elif tol > 0 and certifier is None and prev is not None and not rules.sampled:
-            change = objective - prev
-            state.calm = state.calm + 1 if abs(change) <= tol * max(prev, np.finfo(float).tiny) else 0
-            state.converged = state.calm >= needed_calm
-        if state.converged:
-            break  # the bound holds for these parameters: keep them
-        if coefficient_rule and tol > 0:
-            state.calm = state.calm + 1 if stalled else 0
-            if state.calm >= STALL_EPOCHS:
-                state.stalled = True
+    def stop() -> int | None:
+        """On a signal, at an epoch boundary: save the state a rerun resumes from."""
+        if checkpoint is None or not checkpoint_every or not state.epoch:
+            return None
+        checkpoint(state)
+        return state.epoch
+
+    with interrupt.deferred():  # Ctrl-C and SIGTERM wait for the epoch boundary
+        while state.epoch < epochs and not state.converged and not state.stopped_early and not state.stalled:
+            interrupt.raise_if_pending(stop)
+            params = state.params
+            m = params[:d]
+            s = oracle(m, params[d])
+            loss = s.sq_err / s.n
+            grads = _grads(s, m, rules.l2, fit_intercept)
+            objective = loss
+            if rules.l2 or rules.l1:
+                objective = loss + rules.l2 * float(m @ m) + 2.0 * rules.l1 * float(np.abs(m).sum())
+            epoch = state.epoch + 1
+            last_eval = (params, grads)
+            lr_t = rate_at(epoch)
+            step, hb = update(grads, HeavyBallState(state.velocity), lr_t)
+            new = params + step
+            if rules.l1:
+                new[:d] = soft_threshold(new[:d], lr_t * rules.l1)
+            grad_norm = math.sqrt(float(grads @ grads))
+            may_converge = stalled = False
+            if coefficient_rule:
+                may_converge, stalled = certifier.screen(params, grad_norm, tol)
+                if may_converge and tol > 0:
+                    state.bound = certifier.bound(params, grads, certifier.grad_error(params))
+            elif certifier is not None and rules.l1 and not rules.sampled:
+                state.bound = certifier.bound(params, new, lr_t, certifier.grad_error(params))
+            now = time.perf_counter()
+            row = {"epoch": epoch, "loss": loss, "grad_norm": grad_norm,
+                   "learning_rate": lr_t, "seconds": now - t_last}
+            if validate is not None:
+                row["val_loss"] = _watch(state, validate, epoch, tol, rules.patience)
+            t_last = now
+            last_row = row
+            if keep_row(epoch):
+                state.history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+
+            prev = state.prev_loss
+            if state.start_loss is None:
+                state.start_loss = objective
+            state.growth = state.growth + 1 if prev is not None and objective > prev else 0
+            if not math.isfinite(loss) or (state.growth >= GROWTH_EPOCHS and objective > state.start_loss
+                                           and _may_diverge(rates, curv)):
+                err = TrainingError(divergence_message(rates, curv, epoch, loss))
+                err.history = state.history  # the curve up to here, for sweeps and plots
+                raise err
+            state.epoch = epoch
+            if state.stopped_early:
                 break
-        last_eval = None  # the parameters move on: the gradient below is not theirs
-        state.params = new
-        state.velocity = hb.velocity
-        state.prev_loss = objective
-        if (checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0
-                and now - t_saved >= CHECKPOINT_MIN_SECONDS):
-            checkpoint(state)
-            t_saved = time.perf_counter()
+            if coefficient_rule:
+                state.converged = bool(may_converge and tol > 0 and state.bound <= tol)
+            elif tol > 0 and state.bound is not None:
+                state.converged = state.bound <= tol
+            elif tol > 0 and certifier is None and prev is not None and not rules.sampled:
+                change = objective - prev
+                state.calm = state.calm + 1 if abs(change) <= tol * max(prev, np.finfo(float).tiny) else 0
+                state.converged = state.calm >= needed_calm
+            if state.converged:
+                break  # the bound holds for these parameters: keep them
+            if coefficient_rule and tol > 0:
+                state.calm = state.calm + 1 if stalled else 0
+                if state.calm >= STALL_EPOCHS:
+                    state.stalled = True
+                    break
+            last_eval = None  # the parameters move on: the gradient below is not theirs
+            state.params = new
+            state.velocity = hb.velocity
+            state.prev_loss = objective
+            if (checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0
+                    and now - t_saved >= CHECKPOINT_MIN_SECONDS):
+                checkpoint(state)
+                t_saved = time.perf_counter()
     if last_row is not None and (not state.history or state.history[-1] is not last_row):
         state.history.append(last_row)  # the last epoch's row, whatever keep_row says
     if validate is not None and state.best_params is not None:

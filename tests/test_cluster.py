@@ -200,3 +200,34 @@ def test_the_embedded_cluster_listens_on_loopback_only():
                      if x.status == "LISTEN" and x.laddr.port in ports]
         assert len({x.laddr.port for x in listening}) == 2
         assert {x.laddr.ip for x in listening} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize("sig,code,words", [(signal.SIGINT, 130, "interrupted (SIGINT)"),
+                                            (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_ctrl_c_and_sigterm_stop_cleanly_with_a_checkpoint(dataset, tmp_path, sig, code, words):
+    """Ctrl-C used to print asyncio tracebacks and exit 1 ("aborted"); SIGTERM is what
+    Kubernetes and systemd send. Now: one line, 130 or 143, a checkpoint, no process left."""
+    import psutil
+
+    out = tmp_path / "o"
+    proc, lines = _start_train(dataset["config"], out, "--set", "optimizer.epochs=1000000")
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.json").exists():  # well into the epochs
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.05)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert family  # the embedded cluster's processes
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while not (lines and lines[-1].startswith("gd-dask:")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the stderr pump thread catching up
+    assert proc.returncode == code, "".join(lines)
+    last = lines[-1]
+    assert last.startswith(f"gd-dask: {words}; rerun the same command to resume from the checkpoint at epoch")
+    assert not any("Traceback" in line or "Task exception" in line for line in lines)
+    saved = json.loads((out / "checkpoint.json").read_text())["state"]["epoch"]
+    assert last.rstrip().endswith(f"epoch {saved}") and saved >= 10
+    assert not (out / "model.json").exists()
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, [p.cmdline() for p in alive]
