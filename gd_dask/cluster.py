@@ -8,10 +8,112 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+import weakref
 
+from . import __version__
 from .errors import ClusterError, first_line as _first_line
 
 log = logging.getLogger(__name__)
+
+#: Seconds between looks at the cluster while a distributed result is awaited.
+POLL_SECONDS = 0.5
+#: cluster.timeout of each client ``connect`` made: how long a cluster may have no
+#: workers before a wait gives up.
+_timeouts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: Packages whose versions must agree between the client and every worker.
+MATCHED = ("gd_dask", "dask", "distributed")
+
+
+def compute(client, graphs, *, what: str = "a pass over the data"):
+    """``client.compute(graphs, sync=True)`` with no unbounded wait: a cluster that has
+    had no worker for ``cluster.timeout``, or a client that lost its scheduler, ends the
+    wait with one ``ClusterError`` line instead of hanging or a page of tracebacks."""
+    from distributed import wait
+
+    single = not isinstance(graphs, (list, tuple))
+    futures = client.compute([graphs] if single else list(graphs))
+    timeout = _timeouts.get(client, 30.0)
+    address = getattr(client.scheduler, "address", "?")
+    empty_since = None
+    try:
+        while True:
+            try:
+                with client.as_current():  # wait() looks for its client there
+                    wait(futures, timeout=POLL_SECONDS)
+                break
+            except TimeoutError:
+                pass
+            if client.status not in ("running", "connecting"):
+                raise ClusterError(f"lost the dask scheduler at {address} during {what}")
+            if client.scheduler_info().get("workers"):
+                empty_since = None
+            elif empty_since is None:
+                empty_since = time.monotonic()
+            elif time.monotonic() - empty_since > timeout:
+                raise ClusterError(f"the dask cluster at {address} has had no workers for {timeout:g}s "
+                                   f"(cluster.timeout) during {what}; start workers and rerun")
+        results = client.gather(futures)
+    except ClusterError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a lost connection surfaces in many types
+        if client.status not in ("running", "connecting") or _is_comm_loss(e):
+            raise ClusterError(f"lost the dask scheduler at {address} during {what} ({_first_line(e)})") from None
+        raise
+    return results[0] if single else results
+
+
+def _is_comm_loss(e: BaseException) -> bool:
+    from asyncio import CancelledError
+
+    from distributed.comm.core import CommClosedError
+
+    # Futures of a lost scheduler end as Future(s)CancelledError, whose types vary by version.
+    return isinstance(e, (CommClosedError, CancelledError)) or "Cancelled" in type(e).__name__
+
+
+def _probe():
+    """A function shipped by value (not by reference to gd_dask), so it runs on a worker
+    that lacks gd_dask and reports what the worker has."""
+    def probe():
+        import importlib
+
+        out = {}
+        for name in ("gd_dask", "dask", "distributed"):
+            try:
+                out[name] = importlib.import_module(name).__version__
+            except Exception as e:  # noqa: BLE001 - report, never fail the probe
+                out[name] = f"missing ({type(e).__name__})"
+        return out
+    return probe
+
+
+def check_workers(client, timeout: float, where: str) -> None:
+    """Every worker of a remote cluster can run gd_dask's tasks: at least one worker
+    within ``timeout``, and the same gd_dask, dask and distributed versions as here
+    (a worker without gd_dask used to die on each task while the client waited)."""
+    import concurrent.futures
+    import importlib
+
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (TimeoutError, OSError):
+        raise ClusterError(f"dask scheduler at {where} has no workers (waited {timeout:g}s, cluster.timeout); "
+                           "start some with: dask worker <address>") from None
+    mine = {name: importlib.import_module(name).__version__ for name in MATCHED}
+    mine["gd_dask"] = __version__
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        job = pool.submit(client.run, _probe())
+        try:
+            theirs = job.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            raise ClusterError(f"the workers of {where} did not answer a version check within {timeout:g}s") from None
+    for worker, versions in sorted(theirs.items()):
+        for name in MATCHED:
+            if versions.get(name) != mine[name]:
+                raise ClusterError(
+                    f"worker {worker} has {name} {versions.get(name)}, this client {mine[name]}: install the same "
+                    f"versions of {', '.join(MATCHED)} where the workers run (see README, Running on a cluster)")
 
 
 def _seconds(timeout) -> float:
@@ -68,16 +170,17 @@ def local_cluster(**kwargs):
         return LocalCluster(**kwargs)
 
 
-def quiet_distributed(level: int = logging.ERROR) -> None:
-    """distributed configures its loggers at import; keep them to errors unless -vv.
+def quiet_distributed(level: int = logging.CRITICAL) -> None:
+    """distributed configures its loggers at import; keep them quiet unless -vv.
 
-    Shutdown races ("CommClosedError" while workers close) are logged by
-    ``distributed.batched`` and are not the user's concern.
+    What goes wrong in the cluster reaches the user as gd-dask's own one line (``compute``);
+    distributed's tracebacks (a lost scheduler, shutdown races) are for -vv.
     """
     if logging.getLogger("gd_dask").getEffectiveLevel() <= logging.DEBUG:
         return
-    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
-                 "distributed.worker", "distributed.http.proxy", "tornado", "bokeh"):
+    # distributed's config gives some of its loggers levels of their own: set them all.
+    names = [n for n in logging.Logger.manager.loggerDict if n.split(".")[0] in ("distributed", "tornado", "bokeh")]
+    for name in {"distributed", "tornado", "bokeh", *names}:
         logging.getLogger(name).setLevel(level)
     logging.getLogger("distributed.batched").setLevel(logging.CRITICAL)
 
@@ -117,7 +220,9 @@ def connect(cfg, address: str | None = None):
         except Exception as e:  # noqa: BLE001 - TLS and address errors come in many types
             raise ClusterError(f"cannot connect to dask scheduler at {where}: {_first_line(e)}") from None
         log.info("connected to %s; dashboard: %s", where, client.dashboard_link)
+        _timeouts[client] = timeout
         try:
+            check_workers(client, timeout, where)
             yield client
         finally:
             client.close()
@@ -136,6 +241,7 @@ def connect(cfg, address: str | None = None):
     except Exception as e:  # noqa: BLE001 - start-up failures come in many types
         raise ClusterError(f"cannot start the embedded LocalCluster: {e}") from None
     client = Client(cluster, set_as_default=False)
+    _timeouts[client] = timeout
     log.info("embedded LocalCluster with %d workers; dashboard: %s", cfg.n_workers, client.dashboard_link)
     try:
         yield client

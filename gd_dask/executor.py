@@ -18,6 +18,7 @@ import dask
 import numpy as np
 
 from . import gradient as g
+from .cluster import compute
 from .compensated import RefineSums, add_refine, refine_sums
 from .data import ParquetSource, count_nonfinite, read_slices, to_dask_array
 
@@ -109,7 +110,7 @@ class Executor:
         """Map ``func`` (a function that adds up over rows) over every block slice by
         slice (``row_leaves``), reduce in the fixed tree, compute."""
         # Compute: one small result (a few numbers) comes back to the client.
-        return self.client.compute(_reduce_tree(self.row_leaves(func, combine, *args), combine), sync=True)
+        return compute(self.client, _reduce_tree(self.row_leaves(func, combine, *args), combine))
 
     def moment_leaves(self) -> list:
         """Delayed, one per block: its ``Moments`` (``gradient.block_moments``)."""
@@ -125,7 +126,7 @@ class Executor:
             groups.setdefault(piece.path, []).append(leaf)
         roots = [_reduce_tree(leaves, combine) for leaves in groups.values()]
         # Compute: a few numbers per file come back (statistics to cache on the client).
-        return dict(zip(groups, self.client.compute(roots, sync=True)))
+        return dict(zip(groups, compute(self.client, roots)))
 
     @property
     def weighted(self) -> bool:
@@ -134,13 +135,13 @@ class Executor:
     def moments(self) -> g.Moments:
         """n (Σw with weights), means and co-moments of [X, y]: one pass, stable merges."""
         # Compute: one small result (a few numbers) comes back to the client.
-        return self.client.compute(_reduce_tree(self.moment_leaves(), g.merge_moments), sync=True)
+        return compute(self.client, _reduce_tree(self.moment_leaves(), g.merge_moments))
 
     def nonfinite_by_block(self) -> list[np.ndarray]:
         """NaN/inf counts per column for every block, in block order (diagnosis only)."""
         parts = self.row_leaves(count_nonfinite, np.add)
         # Compute: one small vector per block comes back, to name the first file at fault.
-        return self.client.compute(parts, sync=True)
+        return compute(self.client, parts)
 
     def standardize(self, std: g.Standardizer) -> None:
         """Train on standardized blocks from now on.
@@ -161,7 +162,7 @@ class Executor:
         """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch);
         the Huber sums when ``huber_delta`` is set; weighted when the data has weights."""
         # Compute: one small result (a few numbers) comes back to the client.
-        return self.client.compute(self.gradient_graph(m, b), sync=True)
+        return compute(self.client, self.gradient_graph(m, b))
 
     def gradient_graph(self, m, b):
         """Delayed ``gradient_sums(m, b)``, to compute together with other passes."""
@@ -193,7 +194,7 @@ class Executor:
                           np.asarray(m, dtype=np.float64), float(b) - std.y_center, fraction, seed, step,
                           indexed=True)
         # Compute: one small result (a few numbers) comes back to the client.
-        return self.client.compute(root, sync=True)
+        return compute(self.client, root)
 
     def refine_sums(self, m_hi, m_lo, b_hi: float, b_lo: float) -> RefineSums:
         """The gradient's sums at m = m_hi + m_lo, b = b_hi + b_lo (original units), in
@@ -205,7 +206,7 @@ class Executor:
                 self.weighted)
         leaves = [fn(self.source.read_args(p), refine_sums, add_refine, *args) for p in self.source.pieces]
         # Compute: one small result (a few numbers) comes back to the client.
-        return self.client.compute(_reduce_tree(leaves, add_refine), sync=True)
+        return compute(self.client, _reduce_tree(leaves, add_refine))
 
     def error_sums(self, m, b) -> g.ErrorSums:
         """Metric sums for a model (m, b) in original units."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import interrupt
-from .errors import TrainingError
+from .errors import ClusterError, TrainingError
 from .optim import (Curvature, HeavyBallState, Rates, choose_rates, heavy_ball, schedule, soft_threshold,
                     stable_limit)
 
@@ -154,7 +154,14 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
             interrupt.raise_if_pending(stop)
             params = state.params
             m = params[:d]
-            s = oracle(m, params[d])
+            try:
+                s = oracle(m, params[d])
+            except ClusterError as e:  # the cluster is gone: leave a way back
+                saved = stop()
+                if saved is None:
+                    raise
+                raise ClusterError(f"{e}; rerun the same command to resume from the checkpoint at epoch "
+                                   f"{saved}") from None
             loss = s.sq_err / s.n
             grads = _grads(s, m, rules.l2, fit_intercept)
             objective = loss

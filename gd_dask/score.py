@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import gradient as g
+from .cluster import compute
 from .config import DataConfig
 from .data import as_float64, open_source
 from .errors import ConfigError, DataError
@@ -120,7 +121,7 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
             model.features, list(keys), model.m, model.b))
     try:
         # Compute: each task writes its own file; only row counts come back.
-        rows = client.compute(tasks, sync=True)
+        rows = compute(client, tasks, what="predict")
         if out_fs.exists(out_root):
             out_fs.mv(out_root, old, recursive=True)
         out_fs.mv(staging, out_root, recursive=True)

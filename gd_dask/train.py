@@ -23,6 +23,7 @@ from .data import CHUNK_BYTES, ParquetSource, open_source
 from . import store
 from .errors import DataError
 from .executor import Executor, chunk_bytes_for, decide_cache
+from .cluster import compute
 from .certify import CoefficientBound, ProxBound, digits, sums_accuracy
 from .loop import LoopState, Rules, criterion_name, descend, state_from_dict, state_to_dict
 from .optim import Curvature, choose_rates
@@ -428,7 +429,7 @@ def _paired_passes(ex: Executor, val_ex: Executor):
 
     def oracle(m, b):
         # Compute: two small results (a few numbers each) come back to the client.
-        s, v = ex.client.compute([ex.gradient_graph(m, b), val_ex.gradient_graph(m, b)], sync=True)
+        s, v = compute(ex.client, [ex.gradient_graph(m, b), val_ex.gradient_graph(m, b)])
         last.update(m=np.array(m, copy=True), b=float(b), loss=v.sq_err / v.n)
         return s
 

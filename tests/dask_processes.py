@@ -38,8 +38,10 @@ def make_certs(folder: Path) -> dict:
 class DaskProcesses:
     """A scheduler and workers as separate OS processes; ``stop`` ends them all."""
 
-    def __init__(self, n_workers: int = 2, tls: dict | None = None, memory_limit: str = "2GiB"):
+    def __init__(self, n_workers: int = 2, tls: dict | None = None, memory_limit: str = "2GiB",
+                 worker_env: dict | None = None):
         self.tls = tls
+        self.worker_env = worker_env or {}
         self.protocol = "tls" if tls else "tcp"
         self.port = free_port()
         self.address = f"{self.protocol}://127.0.0.1:{self.port}"
@@ -54,11 +56,11 @@ class DaskProcesses:
         return ["--tls-ca-file", self.tls["ca_file"], "--tls-cert", self.tls["cert"],
                 "--tls-key", self.tls["key"]]
 
-    def _spawn(self, args) -> subprocess.Popen:
+    def _spawn(self, args, env=None) -> subprocess.Popen:
         from gd_dask.cluster import WORKER_ENV
 
         return subprocess.Popen([DASK, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **WORKER_ENV})
+                                start_new_session=True, env={**os.environ, **WORKER_ENV, **(env or {})})
 
     def start(self) -> DaskProcesses:
         self.scheduler = self._spawn(["scheduler", "--host", "127.0.0.1", "--port", str(self.port),
@@ -72,7 +74,8 @@ class DaskProcesses:
     def add_worker(self, wait: bool = True) -> None:
         self.workers.append(self._spawn(["worker", self.address, "--nthreads", "1", "--host", "127.0.0.1",
                                          "--memory-limit", self.memory_limit,
-                                         "--dashboard-address", "127.0.0.1:0", *self._tls_args()]))
+                                         "--dashboard-address", "127.0.0.1:0", *self._tls_args()],
+                                        self.worker_env))
         if wait:
             self.wait_for_workers(len(self.workers))
 

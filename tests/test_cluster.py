@@ -231,3 +231,72 @@ def test_ctrl_c_and_sigterm_stop_cleanly_with_a_checkpoint(dataset, tmp_path, si
     assert not (out / "model.json").exists()
     gone, alive = psutil.wait_procs(family, timeout=15)
     assert not alive, [p.cmdline() for p in alive]
+
+
+def _fake_gd_dask(folder, body: str) -> dict:
+    """An environment whose ``import gd_dask`` finds ``body`` first (PYTHONPATH)."""
+    pkg = folder / "gd_dask"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(body)
+    return {"PYTHONPATH": str(folder)}
+
+
+@pytest.mark.parametrize("body,words", [
+    ("raise ModuleNotFoundError(\"No module named 'gd_dask'\")\n", "has gd_dask missing (ModuleNotFoundError)"),
+    ("__version__ = '0.0.1'\n", "has gd_dask 0.0.1, this client"),
+])
+def test_workers_without_the_same_gd_dask_fail_at_once_in_one_line(dataset, tmp_path, body, words):
+    """A stock `dask worker` without gd_dask used to make `train --scheduler` hang forever."""
+    procs = DaskProcesses(n_workers=1, worker_env=_fake_gd_dask(tmp_path / "env", body)).start()
+    try:
+        t = time.monotonic()
+        res = run_cli("train", dataset["config"], "--set", f"output.dir={tmp_path / 'o'}",
+                      "--scheduler", procs.address, timeout=120)
+        assert time.monotonic() - t < 60
+    finally:
+        procs.stop()
+    assert res.returncode == 1 and words in res.stderr and "install the same versions" in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("gd-dask: error: worker tcp://127.0.0.1:")
+    assert "Traceback" not in res.stderr
+
+
+def test_a_cluster_that_loses_every_worker_ends_the_job_within_its_timeout(dataset, tmp_path):
+    procs = DaskProcesses(n_workers=1).start()
+    try:
+        proc, lines = _start_train(dataset["config"], tmp_path / "o", "--scheduler", procs.address,
+                                   "--set", "optimizer.epochs=1000000", "--set", "cluster.timeout=3s")
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "o" / "checkpoint.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        for p in procs.workers:
+            os.killpg(p.pid, signal.SIGKILL)  # the workers and their nannies: nothing comes back
+        proc.wait(timeout=60)
+    finally:
+        procs.stop()
+    time.sleep(0.5)
+    assert proc.returncode == 1, "".join(lines)
+    assert "has had no workers for 3s (cluster.timeout)" in lines[-1], "".join(lines)
+    assert "resume from the checkpoint at epoch" in lines[-1] and "Traceback" not in "".join(lines)
+
+
+def test_a_lost_scheduler_is_one_line_naming_it_and_the_checkpoint(dataset, tmp_path):
+    """It used to end in 32 lines of distributed's tracebacks and FutureCancelledError."""
+    procs = DaskProcesses(n_workers=1).start()
+    try:
+        proc, lines = _start_train(dataset["config"], tmp_path / "o", "--scheduler", procs.address,
+                                   "--set", "optimizer.epochs=1000000")
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "o" / "checkpoint.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        os.killpg(procs.scheduler.pid, signal.SIGKILL)
+        proc.wait(timeout=90)
+    finally:
+        procs.stop()
+    time.sleep(0.5)
+    assert proc.returncode == 1, "".join(lines)
+    last = lines[-1]
+    assert last.startswith(f"gd-dask: error: lost the dask scheduler at {procs.address}"), "".join(lines)
+    assert "resume from the checkpoint at epoch" in last
+    assert "Traceback" not in "".join(lines) and len([x for x in lines if "gd-dask:" in x]) == 1
