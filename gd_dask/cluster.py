@@ -25,7 +25,7 @@ _timeouts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 MATCHED = ("gd_dask", "dask", "distributed")
 
 
-def compute(client, graphs, *, what: str = "a pass over the data"):
+def compute(client, graphs, *, what: str = "a pass over the data", explain=None):
     """``client.compute(graphs, sync=True)`` with no unbounded wait: a cluster that has
     had no worker for ``cluster.timeout``, or a client that lost its scheduler, ends the
     wait with one ``ClusterError`` line instead of hanging or a page of tracebacks."""
@@ -57,6 +57,9 @@ def compute(client, graphs, *, what: str = "a pass over the data"):
     except ClusterError:
         raise
     except Exception as e:  # noqa: BLE001 - a lost connection surfaces in many types
+        if type(e).__name__ == "KilledWorker":
+            hint = f"; {explain()}" if explain is not None else ""
+            raise ClusterError(f"workers kept dying during {what} (out of memory?){hint}") from None
         if client.status not in ("running", "connecting") or _is_comm_loss(e):
             raise ClusterError(f"lost the dask scheduler at {address} during {what} ({_first_line(e)})") from None
         raise

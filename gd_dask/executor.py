@@ -72,6 +72,18 @@ class Executor:
         self.std: g.Standardizer | None = None
         self.huber_delta: float | None = None  # set: Huber loss instead of squared
 
+    def _compute(self, graphs):
+        """``cluster.compute``, explaining a worker that keeps dying by the data's sizes."""
+        return compute(self.client, graphs, explain=self._memory_hint)
+
+    def _memory_hint(self) -> str:
+        f = max(self.source.files, key=lambda f: f.get("row_group_bytes") or 0)
+        limits = [x for x in _memory_limits(self.client) if x > 0]
+        limit = f"{min(limits) / 2**20:.0f} MiB" if limits else "no"
+        return (f"the largest row group, in {f['path']}, is {(f.get('row_group_bytes') or 0) / 2**20:.0f} MiB "
+                f"on disk and the smallest worker memory limit {limit}: raise cluster.memory_limit, or "
+                "rewrite the files with smaller row groups")
+
     def _keep(self, array) -> None:
         self.array = array
         self._blocks = list(array.to_delayed().ravel())
@@ -110,7 +122,7 @@ class Executor:
         """Map ``func`` (a function that adds up over rows) over every block slice by
         slice (``row_leaves``), reduce in the fixed tree, compute."""
         # Compute: one small result (a few numbers) comes back to the client.
-        return compute(self.client, _reduce_tree(self.row_leaves(func, combine, *args), combine))
+        return self._compute(_reduce_tree(self.row_leaves(func, combine, *args), combine))
 
     def moment_leaves(self) -> list:
         """Delayed, one per block: its ``Moments`` (``gradient.block_moments``)."""
@@ -126,7 +138,7 @@ class Executor:
             groups.setdefault(piece.path, []).append(leaf)
         roots = [_reduce_tree(leaves, combine) for leaves in groups.values()]
         # Compute: a few numbers per file come back (statistics to cache on the client).
-        return dict(zip(groups, compute(self.client, roots)))
+        return dict(zip(groups, self._compute(roots)))
 
     @property
     def weighted(self) -> bool:
@@ -135,13 +147,13 @@ class Executor:
     def moments(self) -> g.Moments:
         """n (Σw with weights), means and co-moments of [X, y]: one pass, stable merges."""
         # Compute: one small result (a few numbers) comes back to the client.
-        return compute(self.client, _reduce_tree(self.moment_leaves(), g.merge_moments))
+        return self._compute(_reduce_tree(self.moment_leaves(), g.merge_moments))
 
     def nonfinite_by_block(self) -> list[np.ndarray]:
         """NaN/inf counts per column for every block, in block order (diagnosis only)."""
         parts = self.row_leaves(count_nonfinite, np.add)
         # Compute: one small vector per block comes back, to name the first file at fault.
-        return compute(self.client, parts)
+        return self._compute(parts)
 
     def standardize(self, std: g.Standardizer) -> None:
         """Train on standardized blocks from now on.
@@ -162,7 +174,7 @@ class Executor:
         """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch);
         the Huber sums when ``huber_delta`` is set; weighted when the data has weights."""
         # Compute: one small result (a few numbers) comes back to the client.
-        return compute(self.client, self.gradient_graph(m, b))
+        return self._compute(self.gradient_graph(m, b))
 
     def gradient_graph(self, m, b):
         """Delayed ``gradient_sums(m, b)``, to compute together with other passes."""
@@ -194,7 +206,7 @@ class Executor:
                           np.asarray(m, dtype=np.float64), float(b) - std.y_center, fraction, seed, step,
                           indexed=True)
         # Compute: one small result (a few numbers) comes back to the client.
-        return compute(self.client, root)
+        return self._compute(root)
 
     def refine_sums(self, m_hi, m_lo, b_hi: float, b_lo: float) -> RefineSums:
         """The gradient's sums at m = m_hi + m_lo, b = b_hi + b_lo (original units), in
@@ -206,7 +218,7 @@ class Executor:
                 self.weighted)
         leaves = [fn(self.source.read_args(p), refine_sums, add_refine, *args) for p in self.source.pieces]
         # Compute: one small result (a few numbers) comes back to the client.
-        return compute(self.client, _reduce_tree(leaves, add_refine))
+        return self._compute(_reduce_tree(leaves, add_refine))
 
     def error_sums(self, m, b) -> g.ErrorSums:
         """Metric sums for a model (m, b) in original units."""

@@ -75,6 +75,19 @@ def _predict_file(src_path, dst_path, protocol, storage_options, out_protocol, f
     return rows
 
 
+def _move_tree(fs, src: str, dst: str) -> None:
+    """Move a folder: one rename on a local disk; object by object on an object store
+    (which has no folders to rename)."""
+    if fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ()):
+        os.rename(src, dst)
+        return
+    for path in fs.find(src):
+        fs.mv(path, f"{dst}/{path[len(src):].lstrip('/')}")
+    with contextlib.suppress(Exception):
+        fs.rm(src, recursive=True)
+    fs.invalidate_cache()
+
+
 def check_output(source, out_fs, out_root: str, overwrite: bool, out_dir: str) -> None:
     """Refuse, before anything is written, an output that would replace or sit inside
     the input (the next training run would read predictions as data), and a non-empty
@@ -122,14 +135,16 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     try:
         # Compute: each task writes its own file; only row counts come back.
         rows = compute(client, tasks, what="predict")
+        out_fs.invalidate_cache()  # the workers wrote: listings cached here are stale
         if out_fs.exists(out_root):
-            out_fs.mv(out_root, old, recursive=True)
-        out_fs.mv(staging, out_root, recursive=True)
+            _move_tree(out_fs, out_root, old)
+        _move_tree(out_fs, staging, out_root)
     except BaseException:
+        out_fs.invalidate_cache()
         with contextlib.suppress(Exception):
             out_fs.rm(staging, recursive=True)
         if out_fs.exists(old) and not out_fs.exists(out_root):
-            out_fs.mv(old, out_root, recursive=True)  # put the earlier predictions back
+            _move_tree(out_fs, old, out_root)  # put the earlier predictions back
         raise
     with contextlib.suppress(Exception):
         out_fs.rm(old, recursive=True)

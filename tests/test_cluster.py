@@ -1,5 +1,6 @@
 """Remote clusters, determinism, worker loss and client loss — with real processes."""
 
+import contextlib
 import json
 import os
 import signal
@@ -86,10 +87,26 @@ def test_one_two_and_three_workers_give_identical_weights(dataset, tmp_path, str
         assert [h["loss"] for h in r.history] == [h["loss"] for h in results[0].history]
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_train_left_running():
+    """A failed test must not leave a million-epoch run (and its cluster) behind."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _start_train(config, out, *args):
     proc = subprocess.Popen([sys.executable, "-m", "gd_dask", "train", str(config), "--set", f"output.dir={out}",
                              *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    _started.append(proc)
     lines: list[str] = []
 
     def pump():

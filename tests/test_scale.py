@@ -99,3 +99,30 @@ def test_embedded_workers_run_on_the_configured_arrow_pool(tmp_path):
                          cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [wanted]
+
+
+READ_ONE_CHUNK = """
+import resource, sys
+from gd_dask.data.read import read_slices
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+total = 0.0
+for z in read_slices(sys.argv[1], (0,), [f"c{j}" for j in range(10)], {}, "file", [], "error", rows=8192):
+    total += float(z.sum())
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_a_large_row_group_is_read_a_batch_at_a_time(tmp_path):
+    """One 64 MB row group (pyarrow's default 1M-row groups and Spark's 128 MB ones look
+    like this): a pass over it must not hold the row group, decoded or mapped. A 20-file
+    dataset of 174 MB row groups used to kill every worker at a 400 MB limit."""
+    rng = np.random.default_rng(0)
+    n = 800_000
+    path = tmp_path / "one-group.parquet"
+    pq.write_table(pa.table({f"c{j}": rng.normal(size=n) for j in range(10)}), path, row_group_size=n)
+    assert pq.ParquetFile(path).metadata.row_group(0).total_byte_size > 60 * 2**20
+    res = subprocess.run([sys.executable, "-c", READ_ONE_CHUNK, str(path)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    grew = int(res.stdout.strip())
+    assert grew < 20 * 2**20, f"peak memory grew by {grew / 2**20:.0f} MiB reading one row group"

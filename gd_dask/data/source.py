@@ -291,7 +291,9 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
         files.append({"path": _display(protocol, full), "size": info.get("size"), "rows": meta.num_rows,
                       "full_path": full, "rel": rels[full], "stamp": _stamp(info),
                       "partition": partitions[full],
-                      "row_groups": [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]})
+                      "row_groups": [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)],
+                      "row_group_bytes": max((meta.row_group(rg).total_byte_size
+                                              for rg in range(meta.num_row_groups)), default=0)})
     src = ParquetSource(
         fs=fs, protocol=protocol, files=files, pieces=[], columns=columns,
         partitions=partitions, row_filters=row_filters,
