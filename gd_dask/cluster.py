@@ -29,31 +29,31 @@ def compute(client, graphs, *, what: str = "a pass over the data", explain=None)
     """``client.compute(graphs, sync=True)`` with no unbounded wait: a cluster that has
     had no worker for ``cluster.timeout``, or a client that lost its scheduler, ends the
     wait with one ``ClusterError`` line instead of hanging or a page of tracebacks."""
-    from distributed import wait
-
     single = not isinstance(graphs, (list, tuple))
     futures = client.compute([graphs] if single else list(graphs))
     timeout = _timeouts.get(client, 30.0)
     address = getattr(client.scheduler, "address", "?")
     empty_since = None
+    results = []
     try:
-        while True:
-            try:
-                with client.as_current():  # wait() looks for its client there
-                    wait(futures, timeout=POLL_SECONDS)
-                break
-            except TimeoutError:
-                pass
-            if client.status not in ("running", "connecting"):
-                raise ClusterError(f"lost the dask scheduler at {address} during {what}")
-            if client.scheduler_info().get("workers"):
-                empty_since = None
-            elif empty_since is None:
-                empty_since = time.monotonic()
-            elif time.monotonic() - empty_since > timeout:
-                raise ClusterError(f"the dask cluster at {address} has had no workers for {timeout:g}s "
-                                   f"(cluster.timeout) during {what}; start workers and rerun")
-        results = client.gather(futures)
+        for future in futures:
+            while True:
+                # Each result with a deadline: a worker lost after a task finished but
+                # before its result came back makes dask recompute it, on no worker.
+                try:
+                    results.append(future.result(timeout=POLL_SECONDS))
+                    break
+                except TimeoutError:
+                    pass
+                if client.status not in ("running", "connecting"):
+                    raise ClusterError(f"lost the dask scheduler at {address} during {what}")
+                if client.scheduler_info().get("workers"):
+                    empty_since = None
+                elif empty_since is None:
+                    empty_since = time.monotonic()
+                elif time.monotonic() - empty_since > timeout:
+                    raise ClusterError(f"the dask cluster at {address} has had no workers for {timeout:g}s "
+                                       f"(cluster.timeout) during {what}")
     except ClusterError:
         raise
     except Exception as e:  # noqa: BLE001 - a lost connection surfaces in many types

@@ -103,9 +103,10 @@ def _no_train_left_running():
 
 
 def _start_train(config, out, *args):
+    # PYTHONFAULTHANDLER: a run that hangs can be made to print where (SIGABRT).
     proc = subprocess.Popen([sys.executable, "-m", "gd_dask", "train", str(config), "--set", f"output.dir={out}",
                              *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     _started.append(proc)
     lines: list[str] = []
 
@@ -288,7 +289,12 @@ def test_a_cluster_that_loses_every_worker_ends_the_job_within_its_timeout(datas
             time.sleep(0.05)
         for p in procs.workers:
             os.killpg(p.pid, signal.SIGKILL)  # the workers and their nannies: nothing comes back
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGABRT)  # faulthandler prints every thread's stack
+            time.sleep(2)
+            raise AssertionError("the job did not end:\n" + "".join(lines)) from None
     finally:
         procs.stop()
     time.sleep(0.5)
