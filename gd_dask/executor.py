@@ -11,6 +11,7 @@ of workers and after dask recomputes blocks lost with a dead worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 from functools import reduce
 
@@ -70,7 +71,7 @@ class Executor:
             # block lost with a worker.
             self._keep(client.persist(to_dask_array(source)))
         self.std: g.Standardizer | None = None
-        self.huber_delta: float | None = None  # set: Huber loss instead of squared
+        self.loss: g.Loss = g.SQUARED  # the stream kernels' per-row loss
 
     def _compute(self, graphs):
         """``cluster.compute``, explaining a worker that keeps dying by the data's sizes."""
@@ -166,13 +167,13 @@ class Executor:
         if self.cache:
             # Persist: the standardized blocks are what every later epoch reads; dask
             # keeps the graph back to the read tasks for blocks lost with a worker.
-            fn = g.standardize_block_w if self.weighted else g.standardize_block
-            array = self.array.map_blocks(fn, std.center, std.scale, std.y_center, dtype=np.float64)
+            array = self.array.map_blocks(g.standardize_block, std.center, std.scale, std.y_center, None,
+                                          self.weighted, dtype=np.float64)
             self._keep(self.client.persist(array))
 
     def gradient_sums(self, m, b) -> g.BlockSums:
-        """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch);
-        the Huber sums when ``huber_delta`` is set; weighted when the data has weights."""
+        """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch), for
+        ``self.loss`` (ψ and 2ρ in place of err and err²); weighted when the data has weights."""
         # Compute: one small result (a few numbers) comes back to the client.
         return self._compute(self.gradient_graph(m, b))
 
@@ -180,19 +181,13 @@ class Executor:
         """Delayed ``gradient_sums(m, b)``, to compute together with other passes."""
         std = self.std
         m = np.asarray(m, dtype=np.float64)
-        huber = () if self.huber_delta is None else (self.huber_delta,)
-        kind = (self.weighted, bool(huber))
         # Slice by slice (``row_leaves``): faster than whole-block temporaries in workers,
         # and the same bits from cached standardized blocks as from re-read raw ones.
         if self.cache:
-            fn = {(False, False): g.block_sums_std, (False, True): g.block_huber_std,
-                  (True, False): g.block_sums_std_w, (True, True): g.block_huber_std_w}[kind]
-            args = (m, float(b) - std.y_center, *huber)
+            fn, args = g.block_sums_std, (m, float(b) - std.y_center)
         else:
-            fn = {(False, False): g.block_sums, (False, True): g.block_huber,
-                  (True, False): g.block_sums_w, (True, True): g.block_huber_w}[kind]
-            args = (m, float(b), std.center, std.scale, std.y_center, *huber)
-        return _reduce_tree(self.row_leaves(fn, g.add_sums, *args), g.add_sums)
+            fn, args = g.block_sums, (m, float(b), std.center, std.scale, std.y_center)
+        return _reduce_tree(self.row_leaves(fn, g.add_sums, *args, self.loss, self.weighted), g.add_sums)
 
     def sampled_sums(self, m, b, fraction: float, seed: int, step: int) -> g.BlockSums:
         """Minibatch gradient sums: every block samples its rows (seeded by seed, step and
@@ -200,11 +195,11 @@ class Executor:
         std = self.std
         blocks = self.blocks
         if not self.cache:
-            fn = dask.delayed(g.standardize_block_w if self.weighted else g.standardize_block, pure=True)
-            blocks = [fn(b, std.center, std.scale, std.y_center) for b in blocks]
-        root = self._tree(g.block_sums_sampled_w if self.weighted else g.block_sums_sampled, g.add_sums, blocks,
-                          np.asarray(m, dtype=np.float64), float(b) - std.y_center, fraction, seed, step,
-                          indexed=True)
+            fn = dask.delayed(g.standardize_block, pure=True)
+            blocks = [fn(b, std.center, std.scale, std.y_center, None, self.weighted) for b in blocks]
+        sampled = functools.partial(g.block_sums_sampled, weighted=self.weighted)
+        root = self._tree(sampled, g.add_sums, blocks, np.asarray(m, dtype=np.float64), float(b) - std.y_center,
+                          fraction, seed, step, indexed=True)
         # Compute: one small result (a few numbers) comes back to the client.
         return self._compute(root)
 

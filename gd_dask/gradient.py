@@ -53,32 +53,65 @@ def _scratch_like(z) -> np.ndarray:
     return buf[:size].reshape(z.shape, order="F")
 
 
-def standardize_block(block, center, scale, y_center=0.0, out=None):
-    """``[(x − center)/scale, y − y_center]`` of one block, shape unchanged.
+def standardize_block(block, center, scale, y_center=0.0, out=None, weighted: bool = False):
+    """``[(x − center)/scale, y − y_center]`` of one block (``[…, w]`` with the weight
+    column kept as is when ``weighted``), shape unchanged.
 
     ``y_center`` (ȳ when centering) keeps y ≈ 1e6 ± 1 from costing digits in ``err``.
     ``out``: where to write (a scratch array for a slice that is used once), else new.
     """
     out = np.empty_like(block, dtype=np.float64) if out is None else out
-    np.subtract(block[:, :-1], center, out=out[:, :-1])
-    out[:, :-1] /= scale
-    np.subtract(block[:, -1], y_center, out=out[:, -1])
+    k = block.shape[1] - (2 if weighted else 1)
+    np.subtract(block[:, :k], center, out=out[:, :k])
+    out[:, :k] /= scale
+    np.subtract(block[:, k], y_center, out=out[:, k])
+    if weighted:
+        out[:, -1] = block[:, -1]
     return out
 
 
-def block_sums_std(zs, m, b_centered) -> BlockSums:
-    """Gradient sums of one *standardized* block (see ``standardize_block``).
+class Loss(NamedTuple):
+    """The per-row loss of the stream kernels: squared (``delta`` None), or Huber with
+    threshold ``delta``: ρ(r) = r²/2 for |r| ≤ delta, delta·(|r| − delta/2) beyond, ψ = ρ′.
+    The kernels sum ψ(err) and 2ρ(err), so the loss column reads like an MSE."""
+
+    name: str = "squared"
+    delta: float | None = None
+
+
+SQUARED = Loss()
+
+
+def block_sums_std(zs, m, b_centered, loss: Loss = SQUARED, weighted: bool = False) -> BlockSums:
+    """Gradient sums of one *standardized* block (see ``standardize_block``):
+    ``(Σ w·ψ(err)·xs, Σ w·ψ(err), Σ w·2ρ(err), Σw)`` with ``err = xs·m + b − y``; for
+    squared loss ψ(err) = err and 2ρ = err², without weights w = 1 and Σw = n.
 
     Parameters
     ----------
-    zs : ndarray of shape (n_rows, n_features + 1)
+    zs : ndarray of shape (n_rows, n_features + 1), or + 2 with a weight column
     m : ndarray of shape (n_features,)
     b_centered : float
         ``b − y_center``.
     """
-    xs = zs[:, :-1]
-    err = xs @ m + b_centered - zs[:, -1]
-    return BlockSums(xs.T @ err, float(err.sum()), float(err @ err), zs.shape[0])
+    k = zs.shape[1] - (2 if weighted else 1)
+    xs = zs[:, :k]
+    err = xs @ m + b_centered - zs[:, k]
+    if loss.delta is None:
+        if not weighted:
+            return BlockSums(xs.T @ err, float(err.sum()), float(err @ err), zs.shape[0])
+        w = zs[:, -1]
+        we = w * err
+        return BlockSums(xs.T @ we, float(we.sum()), float(we @ err), float(w.sum()))
+    delta = loss.delta
+    psi = np.clip(err, -delta, delta)
+    a = np.abs(err)
+    two_rho = np.where(a <= delta, err * err, delta * (2.0 * a - delta))
+    if not weighted:
+        return BlockSums(xs.T @ psi, float(psi.sum()), float(two_rho.sum()), zs.shape[0])
+    w = zs[:, -1]
+    wpsi = w * psi
+    return BlockSums(xs.T @ wpsi, float(wpsi.sum()), float(w @ two_rho), float(w.sum()))
 
 
 def sample_rows(n: int, fraction: float, seed: int, step: int, index: int) -> np.ndarray:
@@ -87,36 +120,22 @@ def sample_rows(n: int, fraction: float, seed: int, step: int, index: int) -> np
     return np.random.default_rng([seed, step, index]).random(n) < fraction
 
 
-def block_sums_sampled(zs, m, b_centered, fraction, seed, step, index) -> BlockSums:
-    """``block_sums_std`` over a seeded random sample of the rows (minibatch)."""
-    return block_sums_std(zs[sample_rows(zs.shape[0], fraction, seed, step, index)], m, b_centered)
+def block_sums_sampled(zs, m, b_centered, fraction, seed, step, index, weighted: bool = False) -> BlockSums:
+    """``block_sums_std`` over a seeded random sample of the rows (minibatch). With
+    weights the rows are sampled uniformly (the same rows as unweighted), their sums
+    weighted, so Σ w·err·xs / Σw estimates the weighted gradient."""
+    return block_sums_std(zs[sample_rows(zs.shape[0], fraction, seed, step, index)], m, b_centered,
+                          weighted=weighted)
 
 
-def block_huber_std(zs, m, b_centered, delta) -> BlockSums:
-    """Huber counterpart of ``block_sums_std``: ``(Σ ψ(err)·xs, Σ ψ(err), Σ 2ρ(err), n)``
-    with ρ(r) = r²/2 for |r| ≤ delta, delta·(|r| − delta/2) beyond, and ψ = ρ′; ``2ρ``
-    so that the loss column reads like an MSE inside the quadratic zone."""
-    xs = zs[:, :-1]
-    err = xs @ m + b_centered - zs[:, -1]
-    psi = np.clip(err, -delta, delta)
-    a = np.abs(err)
-    two_rho = np.where(a <= delta, err * err, delta * (2.0 * a - delta))
-    return BlockSums(xs.T @ psi, float(psi.sum()), float(two_rho.sum()), zs.shape[0])
-
-
-def block_huber(block, m, b, center, scale, y_center, delta) -> BlockSums:
-    """``block_huber_std`` of a raw block (standardized on the fly)."""
-    return block_huber_std(standardize_block(block, center, scale, y_center, _scratch_like(block)), m,
-                           b - y_center, delta)
-
-
-def block_sums(block, m, b, center, scale, y_center=0.0) -> BlockSums:
-    """Gradient sums of one raw block at (m, b): ``(Σ err·xs, Σ err, Σ err², n)``.
+def block_sums(block, m, b, center, scale, y_center=0.0, loss: Loss = SQUARED, weighted: bool = False) -> BlockSums:
+    """Gradient sums of one raw block at (m, b): ``block_sums_std`` of the block
+    standardized on the fly.
 
     Parameters
     ----------
     block : ndarray of shape (n_rows, n_features + 1)
-        Feature columns followed by the target column.
+        Feature columns followed by the target column (then the weight, if ``weighted``).
     m : ndarray of shape (n_features,)
         Coefficients in the training (standardized) space.
     b : float
@@ -127,7 +146,8 @@ def block_sums(block, m, b, center, scale, y_center=0.0) -> BlockSums:
     Same bits as ``block_sums_std(standardize_block(...), m, b − y_center)``, which is
     what it computes, so cached standardized blocks and re-read raw ones agree exactly.
     """
-    return block_sums_std(standardize_block(block, center, scale, y_center, _scratch_like(block)), m, b - y_center)
+    zs = standardize_block(block, center, scale, y_center, _scratch_like(block), weighted)
+    return block_sums_std(zs, m, b - y_center, loss, weighted)
 
 
 def add_sums(a: BlockSums, b: BlockSums) -> BlockSums:
@@ -408,50 +428,6 @@ def block_moments_w(block) -> Moments:
     mean = (w @ z) / total
     centered = z - mean
     return Moments(total, mean, (centered * w[:, None]).T @ centered)
-
-
-def standardize_block_w(block, center, scale, y_center=0.0, out=None):
-    """``standardize_block`` of [X, y, w]: the weight column is kept as is."""
-    out = np.empty_like(block, dtype=np.float64) if out is None else out
-    np.subtract(block[:, :-2], center, out=out[:, :-2])
-    out[:, :-2] /= scale
-    np.subtract(block[:, -2], y_center, out=out[:, -2])
-    out[:, -1] = block[:, -1]
-    return out
-
-
-def block_sums_std_w(zs, m, b_centered) -> BlockSums:
-    """Weighted ``block_sums_std``: (Σ w·err·xs, Σ w·err, Σ w·err², Σw)."""
-    xs, w = zs[:, :-2], zs[:, -1]
-    err = xs @ m + b_centered - zs[:, -2]
-    we = w * err
-    return BlockSums(xs.T @ we, float(we.sum()), float(we @ err), float(w.sum()))
-
-
-def block_sums_w(block, m, b, center, scale, y_center=0.0) -> BlockSums:
-    return block_sums_std_w(standardize_block_w(block, center, scale, y_center, _scratch_like(block)), m,
-                            b - y_center)
-
-
-def block_sums_sampled_w(zs, m, b_centered, fraction, seed, step, index) -> BlockSums:
-    """Weighted ``block_sums_sampled``: the rows are sampled uniformly (the same rows as
-    unweighted), their sums weighted, so Σ w·err·xs / Σw estimates the weighted gradient."""
-    return block_sums_std_w(zs[sample_rows(zs.shape[0], fraction, seed, step, index)], m, b_centered)
-
-
-def block_huber_std_w(zs, m, b_centered, delta) -> BlockSums:
-    """Weighted ``block_huber_std``: (Σ w·ψ·xs, Σ w·ψ, Σ w·2ρ, Σw)."""
-    xs, w = zs[:, :-2], zs[:, -1]
-    err = xs @ m + b_centered - zs[:, -2]
-    wpsi = w * np.clip(err, -delta, delta)
-    a = np.abs(err)
-    two_rho = np.where(a <= delta, err * err, delta * (2.0 * a - delta))
-    return BlockSums(xs.T @ wpsi, float(wpsi.sum()), float(w @ two_rho), float(w.sum()))
-
-
-def block_huber_w(block, m, b, center, scale, y_center, delta) -> BlockSums:
-    return block_huber_std_w(standardize_block_w(block, center, scale, y_center, _scratch_like(block)), m,
-                             b - y_center, delta)
 
 
 def block_moments_and_errors_w(block, models) -> tuple:

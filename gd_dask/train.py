@@ -358,11 +358,11 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         if val_ex:
             validate = setup.validation_loss(val_mom)
     else:
-        huber = cfg.model.huber_delta if cfg.model.loss == "huber" else None
+        loss = g.Loss("huber", cfg.model.huber_delta) if cfg.model.loss == "huber" else g.SQUARED
         for e in filter(None, (ex, val_ex)):
             e.standardize(setup.std)
             # The squared loss's curvature bounds Huber's (ψ′ ≤ 1): its rates stay stable.
-            e.huber_delta = huber
+            e.loss = loss
         oracle = ex.gradient_sums
         if val_ex:
             oracle, validate = _paired_passes(ex, val_ex)
