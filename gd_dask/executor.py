@@ -128,7 +128,7 @@ class Executor:
     def moment_leaves(self) -> list:
         """Delayed, one per block: its ``Moments`` (``gradient.block_moments``)."""
         if self.weighted:
-            return self.row_leaves(g.block_moments_w, g.merge_moments)
+            return self.row_leaves(g.block_moments, g.merge_moments, True)
         return self._leaves(g.block_moments, piece_moments)
 
     def reduce_by_file(self, leaves: list, combine) -> dict[str, object]:
@@ -220,9 +220,9 @@ class Executor:
         m = np.asarray(m, dtype=np.float64)
         if self.cache and self.std is not None:
             m_s, b_s = self.std.to_training(m, b)
-            fn = g.block_errors_std_w if self.weighted else g.block_errors_std
-            return self._reduce_rows(fn, g.add_errors, m_s, float(b_s) - self.std.y_center, self.std.y_center)
-        return self._reduce_rows(g.block_errors_w if self.weighted else g.block_errors, g.add_errors, m, float(b))
+            return self._reduce_rows(g.block_errors_std, g.add_errors, m_s, float(b_s) - self.std.y_center,
+                                     self.std.y_center, self.weighted)
+        return self._reduce_rows(g.block_errors, g.add_errors, m, float(b), self.weighted)
 
     def release(self) -> None:
         """Drop the cached blocks from cluster memory."""

@@ -236,8 +236,11 @@ def shifted_moments(pairs) -> Moments:
     return Moments(n, shift + s / n, S - np.outer(s, s) / n)
 
 
-def block_moments(block) -> Moments:
-    """Moments of one block [X, y] (``shifted_moments``)."""
+def block_moments(block, weighted: bool = False) -> Moments:
+    """Moments of one block [X, y] (``shifted_moments``); of [X, y, w] with n = Σw when
+    ``weighted``."""
+    if weighted:
+        return _weighted_moments(block)
     return shifted_moments(block_slices_shifted(block))
 
 
@@ -366,25 +369,41 @@ class ErrorSums(NamedTuple):
     y_m2: float
 
 
-def _error_sums(err, y, y_center: float = 0.0) -> ErrorSums:
-    n = y.shape[0]
-    if n == 0:
+def split_block(z, weighted: bool = False):
+    """``(X, y, w)`` views of a block ``[X, y]`` or ``[X, y, w]``; w is None unweighted."""
+    if weighted:
+        return z[:, :-2], z[:, -2], z[:, -1]
+    return z[:, :-1], z[:, -1], None
+
+
+def _error_sums(err, y, w=None, y_center: float = 0.0) -> ErrorSums:
+    """Metric sums of residuals ``err`` of targets ``y``; with weights ``w``, the
+    weighted sums (scikit-learn's sample_weight definitions) and n = Σw."""
+    if w is None:
+        n = y.shape[0]
+        if n == 0:
+            return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
+        y_mean = float(y.mean())
+        dev = y - y_mean
+        return ErrorSums(float(np.abs(err).sum()), float(err @ err), n, y_mean + y_center, float(dev @ dev))
+    total = float(w.sum())
+    if y.shape[0] == 0 or total == 0:
         return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
-    y_mean = float(y.mean())
+    y_mean = float(w @ y) / total
     dev = y - y_mean
-    return ErrorSums(float(np.abs(err).sum()), float(err @ err), n, y_mean + y_center, float(dev @ dev))
+    return ErrorSums(float(w @ np.abs(err)), float(w @ (err * err)), total, y_mean + y_center, float(w @ (dev * dev)))
 
 
-def block_errors(block, m, b) -> ErrorSums:
+def block_errors(block, m, b, weighted: bool = False) -> ErrorSums:
     """Metric sums of one block for a model (m, b) in original units."""
-    y = block[:, -1]
-    return _error_sums(block[:, :-1] @ m + b - y, y)
+    X, y, w = split_block(block, weighted)
+    return _error_sums(X @ m + b - y, y, w)
 
 
-def block_errors_std(zs, m, b_centered, y_center) -> ErrorSums:
+def block_errors_std(zs, m, b_centered, y_center, weighted: bool = False) -> ErrorSums:
     """``block_errors`` of a standardized block, for training-space (m, b − y_center)."""
-    yc = zs[:, -1]
-    return _error_sums(zs[:, :-1] @ m + b_centered - yc, yc, y_center)
+    X, yc, w = split_block(zs, weighted)
+    return _error_sums(X @ m + b_centered - yc, yc, w, y_center)
 
 
 def add_errors(a: ErrorSums, b: ErrorSums) -> ErrorSums:
@@ -402,10 +421,10 @@ def metrics(e: ErrorSums) -> dict:
     return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": e.abs_err / e.n, "r2": r2, "n": e.n}
 
 
-def block_moments_and_errors(block, models) -> tuple:
+def block_moments_and_errors(block, models, weighted: bool = False) -> tuple:
     """``(block_moments(block), [block_errors(block, m, b) for (m, b) in models])``:
     one read of a holdout block serves the gate and next night's statistics."""
-    return block_moments(block), [block_errors(block, m, b) for m, b in models]
+    return block_moments(block, weighted), [block_errors(block, m, b, weighted) for m, b in models]
 
 
 def add_moments_and_errors(a, b) -> tuple:
@@ -413,12 +432,12 @@ def add_moments_and_errors(a, b) -> tuple:
 
 
 # --------------------------------------------------------------------------- sample weights
-# Weighted blocks carry the weight as their last column: [X, y, w]. The weighted functions
+# Weighted blocks carry the weight as their last column: [X, y, w]. The weighted sums
 # replace the count n by Σw, so everything built on Moments and BlockSums (standardization,
 # curvature, the gram formulas, the reductions) becomes weighted least squares unchanged.
 
 
-def block_moments_w(block) -> Moments:
+def _weighted_moments(block) -> Moments:
     """Weighted moments of [X, y]: n = Σw, mean = Σw·z/Σw, comoment = Σ w (z − mean)(z − mean)ᵀ."""
     z, w = block[:, :-1], block[:, -1]
     total = float(w.sum())
@@ -428,28 +447,3 @@ def block_moments_w(block) -> Moments:
     mean = (w @ z) / total
     centered = z - mean
     return Moments(total, mean, (centered * w[:, None]).T @ centered)
-
-
-def block_moments_and_errors_w(block, models) -> tuple:
-    """Weighted ``block_moments_and_errors``."""
-    return block_moments_w(block), [block_errors_w(block, m, b) for m, b in models]
-
-
-def _error_sums_w(err, y, w, y_center: float = 0.0) -> ErrorSums:
-    total = float(w.sum())
-    if y.shape[0] == 0 or total == 0:
-        return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
-    y_mean = float(w @ y) / total
-    dev = y - y_mean
-    return ErrorSums(float(w @ np.abs(err)), float(w @ (err * err)), total, y_mean + y_center, float(w @ (dev * dev)))
-
-
-def block_errors_w(block, m, b) -> ErrorSums:
-    """Weighted metric sums (scikit-learn's sample_weight definitions); n is Σw."""
-    y = block[:, -2]
-    return _error_sums_w(block[:, :-2] @ m + b - y, y, block[:, -1])
-
-
-def block_errors_std_w(zs, m, b_centered, y_center) -> ErrorSums:
-    yc = zs[:, -2]
-    return _error_sums_w(zs[:, :-2] @ m + b_centered - yc, yc, zs[:, -1], y_center)

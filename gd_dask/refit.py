@@ -204,8 +204,8 @@ def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates
     pass that also caches the holdout files' moments for the nights to come."""
     models = [(result.m, result.b)] + ([init] if init is not None else [])
     ex = Executor(client, hold_src, cache=False)
-    fn = g.block_moments_and_errors_w if hold_src.weighted else g.block_moments_and_errors
-    per_file = ex.reduce_by_file(ex.row_leaves(fn, g.add_moments_and_errors, models), g.add_moments_and_errors)
+    per_file = ex.reduce_by_file(ex.row_leaves(g.block_moments_and_errors, g.add_moments_and_errors, models,
+                                               hold_src.weighted), g.add_moments_and_errors)
     for f in hold_src.files:
         hmom, _ = per_file[f["full_path"]]
         if hmom.finite():

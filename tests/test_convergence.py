@@ -75,7 +75,7 @@ def in_memory_fit(X, y, w=None, **sections):
     """``fit_moments`` with refinement passes over the rows in memory: the client side
     of the real path (the moments and the passes are what a cluster would return)."""
     Z = np.column_stack([X, y] + ([w] if w is not None else []))
-    mom = g.block_moments_w(Z) if w is not None else g.block_moments(Z)
+    mom = g.block_moments(Z, weighted=w is not None)
     raw = {"name": "t", "data": {"path": "unused", "features": [f"x{j}" for j in range(X.shape[1])],
                                  "target": "y", "weight": "w" if w is not None else None}}
     for key, value in sections.items():
