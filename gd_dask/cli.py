@@ -365,12 +365,18 @@ class _Progress:
 
 def main(argv=None) -> int:
     """Entry point: run the command and map failures to exit status and one line."""
+    import contextlib
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        from .interrupt import install
+    from .interrupt import installed
 
-        install()  # Ctrl-C and SIGTERM: a clean stop at an epoch boundary (interrupt)
+    # Ctrl-C and SIGTERM: a clean stop at an epoch boundary (``interrupt``).
+    guard = installed() if threading.current_thread() is threading.main_thread() else contextlib.nullcontext()
+    with guard:
+        return _main(argv)
+
+
+def _main(argv) -> int:
     try:
         cli.main(args=argv, prog_name="gd-dask", standalone_mode=False)
     except click.exceptions.Exit as e:

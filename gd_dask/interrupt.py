@@ -37,10 +37,17 @@ def on_signal(signum, frame) -> None:
     raise Interrupted(signum)
 
 
-def install() -> None:
-    """Route SIGINT and SIGTERM to ``on_signal`` (main thread only)."""
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+@contextlib.contextmanager
+def installed():
+    """Route SIGINT and SIGTERM to ``on_signal`` inside the block (main thread only),
+    and give the caller's handlers back after it (``main`` runs inside tests too)."""
+    before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        _state["pending"] = None
 
 
 @contextlib.contextmanager

@@ -52,3 +52,15 @@ def test_a_runtime_error_is_one_line_with_exit_1(tmp_path):
     res = run_cli("train", cfg)
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == f"gd-dask: error: data.path '{tmp_path}/absent' does not exist"
+
+
+def test_main_gives_the_callers_signal_handlers_back(capsys):
+    """main() routes SIGINT/SIGTERM to a clean stop while it runs, and only then: it runs
+    inside notebooks, orchestrators and this test process too."""
+    import signal
+
+    from gd_dask.cli import main
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert main(["config-schema"]) == 0
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
