@@ -61,6 +61,12 @@ def sums_accuracy(n: float) -> float:
     return ETA * (1.0 + math.sqrt(max(float(n), 1.0) / _SLICE_ROWS))
 
 
+def sums_error(eta: float, lmax: float, grad_scale: float, theta) -> float:
+    """What float64 moments or float64 sums over rows may be off by in ∇J at θ:
+    η·(‖H‖·‖θ‖ + √λmax·rms(y)), the sizes of the two terms of Hθ − Xᵀy/n."""
+    return eta * (lmax * float(np.linalg.norm(np.asarray(theta, dtype=np.float64))) + grad_scale)
+
+
 def digits(bound: float | None) -> float | None:
     """Correct digits a relative error bound promises: −log10(bound), 0 to 17."""
     if bound is None:
@@ -129,10 +135,8 @@ class CoefficientBound:
         return stalled or estimate <= SCREEN_FACTOR * tol, stalled
 
     def grad_error(self, params) -> float:
-        """What float64 moments or float64 sums over rows may be off by in ∇J at θ:
-        η·(‖H‖·‖θ‖ + √λmax·rms(y)), the sizes of the two terms of Hθ − Xᵀy/n."""
-        theta = np.asarray(params[:self.k], dtype=np.float64)
-        return self.eta * (self.lmax * float(np.linalg.norm(theta)) + self.grad_scale)
+        """The gradient's float64 rounding at θ (``sums_error``)."""
+        return sums_error(self.eta, self.lmax, self.grad_scale, params[:self.k])
 
     def coefficients(self, params) -> np.ndarray:
         """The reported coefficients' training-space forms: θ_j for the slopes (same
@@ -175,10 +179,13 @@ class ProxBound:
 
     name = "prox_gradient"
 
-    def __init__(self, lmin: float, lmax: float, k: int, n: float, lmax_rms_y: float = 0.0):
-        self.lmin, self.lmax, self.k = lmin, lmax, k
+    def __init__(self, hess, n: float, rms_y: float):
+        ev = np.linalg.eigvalsh(np.asarray(hess, dtype=np.float64))
+        self.k = len(ev)
         self.eta = sums_accuracy(n)
-        self.grad_scale = lmax_rms_y
+        self.lmax = float(ev[-1])
+        self.lmin = float(ev[0]) - self.eta * self.lmax  # the true λmin is at least this
+        self.grad_scale = math.sqrt(max(self.lmax, 0.0)) * rms_y
 
     def bound(self, params, new_params, rate: float, grad_error: float = 0.0) -> float:
         q = max(abs(1 - rate * self.lmin), abs(1 - rate * self.lmax))
@@ -191,5 +198,4 @@ class ProxBound:
         return dist / size if size > 0 else math.inf
 
     def grad_error(self, params) -> float:
-        theta = np.asarray(params[:self.k], dtype=np.float64)
-        return self.eta * (self.lmax * float(np.linalg.norm(theta)) + self.grad_scale)
+        return sums_error(self.eta, self.lmax, self.grad_scale, params[:self.k])

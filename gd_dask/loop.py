@@ -239,7 +239,7 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
         # step, or early stopping's best epoch).
         params = state.params
         grads = last_eval[1] if last_eval is not None and last_eval[0] is params else \
-            _gradient_at(oracle, params, rules, fit_intercept)
+            gradient_at(oracle, params, rules, fit_intercept)
         if rules.l1:
             lr_t = rate_at(max(state.epoch, 1))
             new = params - lr_t * grads
@@ -259,7 +259,7 @@ def _grads(s, m, l2: float, fit_intercept: bool) -> np.ndarray:
     return np.concatenate((gm, (s.err / s.n if fit_intercept else 0.0,)))
 
 
-def _gradient_at(oracle, params, rules: Rules, fit_intercept: bool) -> np.ndarray:
+def gradient_at(oracle, params, rules: Rules, fit_intercept: bool) -> np.ndarray:
     """∇J at ``params`` (one more oracle call)."""
     d = params.shape[0] - 1
     return _grads(oracle(params[:d], params[d]), params[:d], rules.l2, fit_intercept)

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import compensated as c
 from .certify import EPS, EPS_LONG
+from .gradient import Standardizer
 from .optim import Curvature, choose_rates
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,9 @@ class Refiner:
         self.k = self.hess.shape[0]
 
     def to_original(self, params) -> tuple[np.ndarray, np.longdouble]:
+        """(m, b) in original units, in long double (``Standardizer.to_original``)."""
         theta = np.asarray(params, dtype=np.longdouble)
-        m = theta[:self.d] / self.scale
-        return m, theta[self.d] - self.center @ m
+        return Standardizer(self.center, self.scale).to_original(theta[:self.d], theta[self.d])
 
     def to_training(self, m, b) -> np.ndarray:
         return np.append(m * self.scale, b + self.center @ m if self.fit_intercept else 0)
@@ -94,27 +95,24 @@ class Refiner:
 
     def correction(self, g, rates, max_epochs: int):
         """δ (training space, length d + 1) that makes ``Hδ + g`` small, by heavy ball;
-        returns (δ, epochs, [(epoch gradient norm, model mse change)])."""
+        returns (δ, epochs)."""
         H = self.hess.astype(np.longdouble)
         g = np.asarray(g[:self.k], dtype=np.longdouble)
         lr, beta = rates
         delta = np.zeros(self.k, dtype=np.longdouble)
         v = np.zeros_like(delta)
         target = CONTRACTION * float(np.linalg.norm(g.astype(np.float64)))
-        norms = []
         epochs = 0
         while epochs < max_epochs:
             r = H @ delta + g
-            norm = float(np.linalg.norm(r.astype(np.float64)))
-            norms.append(norm)
-            if norm <= target:
+            if float(np.linalg.norm(r.astype(np.float64))) <= target:
                 break
             v = beta * v - lr * r
             delta = delta + v
             epochs += 1
         out = np.zeros(self.d + 1, dtype=np.longdouble)
         out[:self.k] = delta
-        return out, epochs, norms
+        return out, epochs
 
 
 def refine(state, pass_fn, refiner: Refiner, certifier, curv: Curvature, *, tol: float, passes: int,
@@ -149,7 +147,7 @@ def refine(state, pass_fn, refiner: Refiner, certifier, curv: Curvature, *, tol:
         if bound <= tol or bound > previous / 2 or round_ == passes - 1 or state.epoch >= epochs:
             break
         previous = bound
-        delta, spent, norms = refiner.correction(g, rates, epochs - state.epoch)
+        delta, spent = refiner.correction(g, rates, epochs - state.epoch)
         state.epoch += spent
         dm = delta[:refiner.d] / refiner.scale
         m = m + dm

@@ -24,8 +24,8 @@ from . import store
 from .errors import DataError
 from .executor import Executor, chunk_bytes_for, decide_cache
 from .cluster import compute
-from .certify import CoefficientBound, ProxBound, digits, sums_accuracy
-from .loop import LoopState, Rules, criterion_name, descend, state_from_dict, state_to_dict
+from .certify import CoefficientBound, ProxBound, digits
+from .loop import LoopState, Rules, criterion_name, descend, gradient_at, state_from_dict, state_to_dict
 from .optim import Curvature, choose_rates
 from .refine import AUTO_PASSES, Refiner, refine
 
@@ -155,12 +155,9 @@ class Setup:
             return None
         n = self.mom.n
         rms_y = float(np.sqrt(max(self.mom.comoment[-1, -1], 0.0) / n + self.mom.mean[-1] ** 2))
-        hess = self.hessian
         if cfg.model.l1:
-            ev = np.linalg.eigvalsh(hess)
-            lmin = float(ev[0]) - sums_accuracy(n) * float(ev[-1])  # the true λmin is at least this
-            return ProxBound(lmin, float(ev[-1]), hess.shape[0], n, float(np.sqrt(max(ev[-1], 0.0))) * rms_y)
-        return CoefficientBound(hess, self.std.center, self.std.scale, self.fit_b, n, rms_y)
+            return ProxBound(self.hessian, n, rms_y)
+        return CoefficientBound(self.hessian, self.std.center, self.std.scale, self.fit_b, n, rms_y)
 
     def refiner(self) -> Refiner:
         return Refiner(self.hessian, self.std.center, self.std.scale, self.fit_b, self.l2)
@@ -413,10 +410,8 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
 def _certify_full_gradient(cfg, state: LoopState, ex: Executor, certifier: CoefficientBound) -> None:
     """Minibatch steps see samples: after the last one, one full pass gives the exact
     gradient, and with it the same certified bound as batch training."""
-    d = state.params.shape[0] - 1
     params = state.params
-    s = ex.gradient_sums(params[:d], params[d])
-    grads = np.append(s.grad / s.n + cfg.model.l2 * params[:d], s.err / s.n if cfg.model.fit_intercept else 0.0)
+    grads = gradient_at(ex.gradient_sums, params, Rules.of(cfg), cfg.model.fit_intercept)
     state.bound = certifier.bound(params, grads, certifier.grad_error(params))
     state.converged = cfg.optimizer.tol > 0 and state.bound <= cfg.optimizer.tol
 
