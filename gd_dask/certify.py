@@ -29,6 +29,10 @@ the exact minimizer of the training objective. What a bound means, per criterion
     on the training-space norm, relative to ‖θ*‖ (lasso sets coefficients to zero, so
     per coefficient would mean nothing).
 
+``local_curvature`` (logistic: losses with |ℓ‴| ≤ ℓ″)
+    As ``coefficients``, with the Hessian measured at θ by one more pass over the data
+    and a self-concordance factor for how it may change on the way to θ* (``LocalBound``).
+
 ``loss_change`` (Huber)
     No certified bound: the relative change of the loss stays below tol for several
     epochs. ``bound`` is null.
@@ -163,10 +167,14 @@ class CoefficientBound:
         if self.w is None:
             return math.inf
         g = float(np.linalg.norm(np.asarray(grads[:self.k], dtype=np.float64))) + grad_error
-        err = self.w * g + self.rounding(params)
+        return self.relative(params, self.w * g + self.rounding(params))
+
+    def relative(self, params, err) -> float:
+        """The largest relative error of a reported coefficient at θ whose absolute
+        errors are at most ``err`` (each over max(|c| − err, the zero floor))."""
         c = np.abs(self.coefficients(params))
         theta = np.abs(np.asarray(params[:self.k], dtype=np.float64))
-        slopes = float(theta[:self.d].max())
+        slopes = float(theta[:self.d].max()) if self.d else 0.0
         floor = ZERO_FLOOR * (slopes if slopes > 0 else float(theta.max()))
         den = np.maximum(c - err, floor)
         if not np.all(den > 0) or not np.all(np.isfinite(err)):
@@ -199,3 +207,101 @@ class ProxBound:
 
     def grad_error(self, params) -> float:
         return sums_error(self.eta, self.lmax, self.grad_scale, params[:self.k])
+
+
+#: ``LocalBound`` certifies nothing past this x = R·λ/√μ (the bound's factor
+#: −ln(1 − x)/x grows without limit as x → 1).
+LOCAL_X_MAX = 0.5
+
+
+class LocalBound:
+    """The ``local_curvature`` criterion: losses with |ℓ'''| ≤ ℓ'' (logistic).
+
+    For such a loss the Hessian cannot fall fast along a segment: with R = max‖x̃ᵢ‖ over
+    the rows (x̃ = [xs, 1]) and v = θ* − θ, t = ‖v‖, ``F''(θ + s·v) ⪰ e^{−R·t·s}·F''(θ)``
+    (Bach 2010, "Self-concordant analysis for logistic regression", Prop. 1). With
+    H = F''(θ) measured by one pass, μ = λmin(H) and λ = ‖∇F(θ)‖ in the norm of H⁻¹,
+    integrating ∇F(θ*) − ∇F(θ) = ∫ F''(θ + s·v)·v ds against v gives
+    ``‖v‖_H·(1 − e^{−x'})/x' ≤ λ`` with x' = R·‖v‖_H/√μ, hence for x = R·λ/√μ < 1:
+
+        ‖θ − θ*‖_H ≤ a = λ·(−ln(1 − x))/x        (≤ 1.39·λ for x ≤ ½)
+
+    and each reported coefficient c = uᵀθ is off by at most √(uᵀH⁻¹u)·a. The relative
+    error, the zero floor and the float64 terms are those of ``CoefficientBound``; H's
+    own rounding enters through the factor 1/(1 − κ·η). Past x = ``LOCAL_X_MAX`` the
+    bound is infinite: the point is too far from the minimum to say.
+
+    ``curvature(params) -> (H, R²)`` is the pass (H with l2, in the training space).
+    Until the first pass the screen estimates from ``upper``, the Gram bound on the
+    Hessian (optimistic, so the first pass comes early); after it, from the last pass's
+    bound scaled by how much the gradient shrank since.
+    """
+
+    name = "local_curvature"
+
+    def __init__(self, upper, center, scale, fit_intercept: bool, n: float, curvature, grad_scale: float):
+        upper = np.asarray(upper, dtype=np.float64)
+        self.k = upper.shape[0]
+        self.d = len(scale)
+        self.fit_intercept = fit_intercept
+        self.ratio = np.asarray(center, dtype=np.float64) / np.asarray(scale, dtype=np.float64)
+        self.eta = sums_accuracy(n)
+        self.curvature = curvature
+        self.certifiable = True
+        self.lmax = float(np.linalg.eigvalsh(upper)[-1])
+        self.grad_scale = grad_scale
+        self.u = np.eye(self.k)
+        if fit_intercept:
+            self.u[:self.d, self.d] = -self.ratio
+        self._w_upper = self._w(upper)
+        self._last = None  # (gradient norm + its error, bound) at the last pass
+        self.passes = 0
+
+    def _w(self, hess):
+        """√(uᵀH⁻¹u) for each reported coefficient's u, times ‖g‖'s factor 1/√μ."""
+        ev = np.linalg.eigvalsh(hess)
+        if ev[0] <= 0:
+            return np.full(self.k, math.inf)
+        return np.sqrt(np.einsum("ij,ij->j", self.u, np.linalg.solve(hess, self.u))) / math.sqrt(ev[0])
+
+    # The same reported coefficients, rounding and relative error as CoefficientBound.
+    coefficients = CoefficientBound.coefficients
+    rounding = CoefficientBound.rounding
+    relative = CoefficientBound.relative
+
+    def grad_error(self, params) -> float:
+        return sums_error(self.eta, self.lmax, self.grad_scale, params[:self.k])
+
+    def screen(self, params, grad_norm: float, tol: float) -> tuple[bool, bool]:
+        err = self.grad_error(params)
+        stalled = grad_norm <= err
+        if self._last is None:
+            c = np.abs(self.coefficients(params))
+            estimate = float((self._w_upper * (grad_norm + err) / np.maximum(c, 1e-300)).max())
+        else:
+            g0, b0 = self._last
+            estimate = b0 * (grad_norm + err) / g0
+        return stalled or estimate <= tol, stalled
+
+    def bound(self, params, grads, grad_error: float) -> float:
+        hess, radius2 = self.curvature(params)
+        self.passes += 1
+        g = np.asarray(grads[:self.k], dtype=np.float64)
+        bound = self._bound(params, g, grad_error, np.asarray(hess, dtype=np.float64), radius2)
+        self._last = (float(np.linalg.norm(g)) + grad_error, bound)
+        return bound
+
+    def _bound(self, params, g, grad_error: float, hess, radius2: float) -> float:
+        ev = np.linalg.eigvalsh(hess)
+        kappa_eta = ev[-1] / ev[0] * self.eta if ev[0] > 0 else math.inf
+        if kappa_eta > 0.5:
+            return math.inf
+        grow = 1.0 / (1.0 - kappa_eta) * (1.0 + 1e-6)  # H⁻¹ of the true H from the computed one
+        mu = float(ev[0]) * (1.0 - kappa_eta)
+        lam = (math.sqrt(max(float(g @ np.linalg.solve(hess, g)), 0.0) * grow) + grad_error / math.sqrt(mu))
+        x = math.sqrt(radius2) * lam / math.sqrt(mu)
+        if x >= LOCAL_X_MAX:
+            return math.inf
+        a = lam * (-math.log1p(-x) / x if x > 0 else 1.0)
+        spread = np.sqrt(np.einsum("ij,ij->j", self.u, np.linalg.solve(hess, self.u)) * grow)
+        return self.relative(params, spread * a + self.rounding(params))

@@ -16,6 +16,7 @@ import traceback
 import click
 
 from . import __version__
+from . import losses
 from .errors import ClusterError, ConfigError, GdDaskError
 
 log = logging.getLogger("gd_dask")
@@ -128,13 +129,13 @@ def train(config, overrides, scheduler, no_plot):
         result = fit(cfg, client, on_epoch=_Progress(cfg.optimizer.epochs), source=source)
     path = save_run(cfg.output_dir, cfg, result, plot=not no_plot)
     m = ", ".join(f"{f}={v:.6g}" for f, v in zip(cfg.data.features, result.m))
-    v = result.validation
+    v, metric = result.validation, losses.of(cfg.model).metric
     if v and v["stopped_early"]:
-        status = f" (stopped early; kept epoch {v['best_epoch']}, validation mse {v['metrics']['mse']:.6g})"
+        status = f" (stopped early; kept epoch {v['best_epoch']}, validation {metric} {v['metrics'][metric]:.6g})"
     else:
         status = "" if result.converged else " (not converged)"
     click.echo(
-        f"m: {m}; b: {result.b:.6g}; final loss (mse): {result.final_loss:.6g}; "
+        f"m: {m}; b: {result.b:.6g}; final loss ({metric}): {result.final_loss:.6g}; "
         f"epochs: {result.epochs_run}{status}; {_digits(result.convergence)}seconds: {result.seconds:.2f}; "
         f"model: {path}"
     )
@@ -181,7 +182,7 @@ def sweep(config, rates, overrides, scheduler):
     out = Path(cfg.output_dir) / "sweep.png"
     curves = [(f"lr={r['rate']}" + (f" ({r['learning_rate']:.3g})" if r["rate"] == "auto" else ""),
                r["losses"], r["status"]) for r in rows]
-    atomic_write(out, sweep_png(curves, f"{cfg.name}: loss per epoch by learning rate"))
+    atomic_write(out, sweep_png(curves, f"{cfg.name}: loss per epoch by learning rate", losses.of(cfg.model).label))
     click.echo(f"{'rate':>10}  {'used':>10}  {'status':<14} {'epochs':>7}  final loss")
     for r in rows:
         loss = "-" if r["status"] == "diverged" else f"{r['final_loss']:.6g}"
@@ -282,7 +283,9 @@ def models_promote(model, version, storage_options):
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
 @_storage_option
 def evaluate(model_json, data_path, scheduler, storage_options):
-    """Print n, mse, rmse, mae and r2 of MODEL_JSON on DATA_PATH as JSON (one pass)."""
+    """Print the metrics of MODEL_JSON on DATA_PATH as JSON (one pass): n, mse, rmse, mae
+    and r2; for a classifier log_loss, accuracy, precision, recall, roc_auc (with its
+    histogram error bound roc_auc_error) and brier."""
     from .cluster import connect
     from .config import ClusterConfig
     from .model import load_model
@@ -299,10 +302,13 @@ def evaluate(model_json, data_path, scheduler, storage_options):
 @click.argument("out_dir")
 @click.option("--keys", default="", metavar="COL,COL", help="Columns copied next to the prediction.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT_DIR whole (refused otherwise).")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Classifiers: also write a 0/1 `label` column, 1 where the probability is at least this.")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
 @_storage_option
-def predict(model_json, data_path, out_dir, keys, overwrite, scheduler, storage_options):
-    """Score DATA_PATH with MODEL_JSON into Parquet files under OUT_DIR (same layout).
+def predict(model_json, data_path, out_dir, keys, overwrite, threshold, scheduler, storage_options):
+    """Score DATA_PATH with MODEL_JSON into Parquet files under OUT_DIR (same layout):
+    the prediction, a classifier's probability of the label 1.
 
     OUT_DIR must be outside the data, and empty unless --overwrite; it is written whole
     (staged next to it, then moved into place)."""
@@ -312,10 +318,12 @@ def predict(model_json, data_path, out_dir, keys, overwrite, scheduler, storage_
     from .score import predict as run_predict
 
     model = load_model(model_json, storage_options)
+    if threshold is not None and model.loss.task != "classification":
+        raise ConfigError(f"--threshold applies to classifiers; {model_json} is a {model.loss.name} regression")
     key_cols = [k for k in keys.split(",") if k]
     with connect(ClusterConfig(), scheduler) as client:
         res = run_predict(model, data_path, out_dir, client, keys=key_cols, storage_options=storage_options,
-                          overwrite=overwrite)
+                          overwrite=overwrite, threshold=threshold)
     click.echo(f"wrote predictions for {res['rows']} rows in {res['files']} files to {out_dir}")
 
 

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import losses
 from .errors import ConfigError
 
 # Strict types: YAML ``true`` is not an epoch count and ``"10"`` is not a number.
@@ -86,8 +87,7 @@ class ModelConfig(_Section):
         description="Train on features scaled by mean and standard deviation; "
         "m and b are saved in original units.",
     )
-    loss: Literal["squared", "huber"] = Field(
-        default="squared", description="squared, or huber (robust to outliers; needs strategy stream).")
+    loss: Literal[tuple(losses.LOSSES)] = Field(default="squared", description=losses.describe())
     huber_delta: PositiveFloat = Field(default=1.35, description="Huber threshold, in units of the target.")
     l2: NonNegFloat = Field(default=0.0, description="Ridge: adds (l2/2)·‖m‖² to ½·MSE (not on b).")
     l1: NonNegFloat = Field(default=0.0, description="Lasso: adds l1·‖m‖₁ to ½·MSE (not on b); "
@@ -214,9 +214,9 @@ class RunConfig(_Section):
             if self.optimizer.strategy == "gram" or self.model.loss != "squared" or self.model.l1:
                 raise ValueError("optimizer.method minibatch needs strategy stream (or auto), squared loss "
                                  "and no l1")
-        if self.model.loss == "huber" and self.optimizer.strategy == "gram":
-            raise ValueError("model.loss huber needs optimizer.strategy stream (or auto): its gradient "
-                             "is not a function of the moments")
+        if not losses.LOSSES[self.model.loss].quadratic and self.optimizer.strategy == "gram":
+            raise ValueError(f"model.loss {self.model.loss} needs optimizer.strategy stream (or auto): its "
+                             "gradient is not a function of the moments")
         return self
 
     @property

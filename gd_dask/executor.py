@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from functools import reduce
 
 import dask
@@ -21,7 +22,9 @@ import numpy as np
 from . import gradient as g
 from .cluster import compute
 from .compensated import RefineSums, add_refine, refine_sums
-from .data import ParquetSource, count_nonfinite, read_slices, to_dask_array
+from .data import ParquetSource, count_nonfinite, read_block, read_slices
+from .data.write import predict_file
+from .losses import SQUARED, Loss
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +38,33 @@ def _fold(combine, parts):
     return reduce(combine, parts)
 
 
-def fold_piece(read_args, func, combine, *args):
-    """``gradient.fold_block(read_block(*read_args), func, combine, *args)`` without
+def fold_chunk(chunk, spec, func, combine, *args):
+    """``gradient.fold_block(read_block(chunk, spec), func, combine, *args)`` without
     building the block: the chunk streams from the file slice by slice."""
-    return g.fold_slices(read_slices(*read_args, rows=g.SLICE_ROWS), func, combine, *args)
+    return g.fold_slices(read_slices(chunk, spec, rows=g.SLICE_ROWS), func, combine, *args)
 
 
-def piece_moments(read_args) -> g.Moments:
-    """``gradient.block_moments(read_block(*read_args))``, to the bit, streamed."""
-    return g.shifted_moments(read_slices(*read_args, rows=g.SLICE_ROWS, shifted=True))
+def chunk_moments(chunk, spec) -> g.Moments:
+    """``gradient.block_moments(read_block(chunk, spec))``, to the bit, streamed."""
+    return g.shifted_moments(read_slices(chunk, spec, rows=g.SLICE_ROWS, shifted=True))
+
+
+def to_dask_array(src: ParquetSource):
+    """The dataset as one dask array of shape (n, len(columns)), one block per chunk:
+    X = [:, :k], then y (then w).
+
+    Chunk sizes come from the footers; with row filters or ``missing: drop`` the row
+    counts of chunks are not known in advance (NaN), which the reductions do not need.
+    """
+    import dask.array as da
+
+    exact = src.rows_known and src.missing == "error"
+    spec, k = src.spec, len(src.columns)
+    blocks = []
+    for c in src.chunks:
+        task = dask.delayed(read_block, pure=True)(c, spec, dask_key_name=f"read-{dask.base.tokenize(c, spec)}")
+        blocks.append(da.from_delayed(task, shape=(c.rows if exact else math.nan, k), dtype=np.float64))
+    return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
 
 
 class Executor:
@@ -57,12 +78,15 @@ class Executor:
     cache : bool
         Keep the blocks in cluster memory after the first pass (``persist``) instead of
         re-reading the Parquet files on every pass.
+    loss : losses.Loss
+        The per-row loss of the gradient passes.
     """
 
-    def __init__(self, client, source: ParquetSource, cache: bool):
+    def __init__(self, client, source: ParquetSource, cache: bool, loss: Loss = SQUARED):
         self.client = client
         self.source = source
         self.cache = cache
+        self.loss = loss
         self.array = None
         self._blocks: list | None = None
         if cache:
@@ -70,8 +94,7 @@ class Executor:
             # blocks from worker memory; dask keeps the read tasks to recompute any
             # block lost with a worker.
             self._keep(client.persist(to_dask_array(source)))
-        self.std: g.Standardizer | None = None
-        self.loss: g.Loss = g.SQUARED  # the stream kernels' per-row loss
+        self.scaling: g.Standardizer | None = None
 
     def _compute(self, graphs):
         """``cluster.compute``, explaining a worker that keeps dying by the data's sizes."""
@@ -104,20 +127,21 @@ class Executor:
         return _reduce_tree([fn(b, *args, i) if indexed else fn(b, *args) for i, b in enumerate(blocks)],
                             combine)
 
-    def _leaves(self, on_block, on_piece, *args) -> list:
-        """Delayed, one per block: ``on_block(block, *args)`` on the cached blocks, else
-        ``on_piece(read_args, *args)``, which streams the chunk from its file (the same
+    def _leaves(self, on_block, on_chunk, *args) -> list:
+        """Delayed, one per chunk: ``on_block(block, *args)`` on the cached blocks, else
+        ``on_chunk(chunk, spec, *args)``, which streams the chunk from its file (the same
         bits, and no memory for whole blocks)."""
         if self.cache:
             fn = dask.delayed(on_block, pure=True)
             return [fn(b, *args) for b in self.blocks]
-        fn = dask.delayed(on_piece, pure=True)
-        return [fn(self.source.read_args(p), *args) for p in self.source.pieces]
+        fn = dask.delayed(on_chunk, pure=True)
+        spec = self.source.spec
+        return [fn(c, spec, *args) for c in self.source.chunks]
 
     def row_leaves(self, func, combine, *args) -> list:
         """Delayed, one per block: ``func`` (a function that adds up over rows) folded over
         the block's slices."""
-        return self._leaves(g.fold_block, fold_piece, func, combine, *args)
+        return self._leaves(g.fold_block, fold_chunk, func, combine, *args)
 
     def _reduce_rows(self, func, combine, *args):
         """Map ``func`` (a function that adds up over rows) over every block slice by
@@ -129,14 +153,14 @@ class Executor:
         """Delayed, one per block: its ``Moments`` (``gradient.block_moments``)."""
         if self.weighted:
             return self.row_leaves(g.block_moments, g.merge_moments, True)
-        return self._leaves(g.block_moments, piece_moments)
+        return self._leaves(g.block_moments, chunk_moments)
 
     def reduce_by_file(self, leaves: list, combine) -> dict[str, object]:
         """Per-block delayed results (``row_leaves``, ``moment_leaves``) reduced per file
         in the fixed tree: {full path: result}."""
         groups: dict[str, list] = {}
-        for piece, leaf in zip(self.source.pieces, leaves):
-            groups.setdefault(piece.path, []).append(leaf)
+        for chunk, leaf in zip(self.source.chunks, leaves):
+            groups.setdefault(chunk.path, []).append(leaf)
         roots = [_reduce_tree(leaves, combine) for leaves in groups.values()]
         # Compute: a few numbers per file come back (statistics to cache on the client).
         return dict(zip(groups, self._compute(roots)))
@@ -156,49 +180,84 @@ class Executor:
         # Compute: one small vector per block comes back, to name the first file at fault.
         return self._compute(parts)
 
-    def standardize(self, std: g.Standardizer) -> None:
+    def standardize(self, scaling: g.Standardizer) -> None:
         """Train on standardized blocks from now on.
 
         With the cache on, the standardized blocks replace the raw ones in cluster memory
         (same size), so a stream epoch does no more arithmetic than an in-memory NumPy
         epoch; without it each block is standardized as it is read.
         """
-        self.std = std
+        self.scaling = sc = scaling
         if self.cache:
             # Persist: the standardized blocks are what every later epoch reads; dask
             # keeps the graph back to the read tasks for blocks lost with a worker.
-            array = self.array.map_blocks(g.standardize_block, std.center, std.scale, std.y_center, None,
+            array = self.array.map_blocks(g.standardize_block, sc.center, sc.scale, sc.y_center, None,
                                           self.weighted, dtype=np.float64)
             self._keep(self.client.persist(array))
 
     def gradient_sums(self, m, b) -> g.BlockSums:
-        """Σ err·xs, Σ err, Σ err², n at (m, b) over every block (one stream epoch), for
-        ``self.loss`` (ψ and 2ρ in place of err and err²); weighted when the data has weights."""
+        """Σ ψ·xs, Σ ψ, Σ loss, n at (m, b) over every chunk (one stream epoch), for
+        ``self.loss``; weighted when the data has weights."""
         # Compute: one small result (a few numbers) comes back to the client.
         return self._compute(self.gradient_graph(m, b))
 
     def gradient_graph(self, m, b):
         """Delayed ``gradient_sums(m, b)``, to compute together with other passes."""
-        std = self.std
+        sc = self.scaling
         m = np.asarray(m, dtype=np.float64)
         # Slice by slice (``row_leaves``): faster than whole-block temporaries in workers,
         # and the same bits from cached standardized blocks as from re-read raw ones.
         if self.cache:
-            fn, args = g.block_sums_std, (m, float(b) - std.y_center)
+            fn, args = g.block_sums_std, (m, float(b) - sc.y_center)
         else:
-            fn, args = g.block_sums, (m, float(b), std.center, std.scale, std.y_center)
+            fn, args = g.block_sums, (m, float(b), sc.center, sc.scale, sc.y_center)
         return _reduce_tree(self.row_leaves(fn, g.add_sums, *args, self.loss, self.weighted), g.add_sums)
 
+    def curvature_sums(self, m, b) -> g.CurvatureSums:
+        """Σ w·ℓ''·x̃x̃ᵀ, max ‖x̃‖² and n at (m, b) over every chunk (``gradient``): one
+        pass, for the certificate of a loss that is not quadratic."""
+        sc = self.scaling
+        m = np.asarray(m, dtype=np.float64)
+        if self.cache:
+            fn, args = g.block_curvature_std, (m, float(b) - sc.y_center)
+        else:
+            fn, args = g.block_curvature, (m, float(b), sc.center, sc.scale, sc.y_center)
+        return self._reduce_rows(fn, g.add_curvature, *args, self.loss, self.weighted)
+
+    def bad_targets(self) -> tuple[int, tuple]:
+        """(count, a few values) of the target values ``self.loss`` refuses: one pass."""
+        return self._reduce_rows(g.target_values, g.add_target_values, self.loss, self.weighted)
+
+    def paired_with(self, val_ex: Executor):
+        """(oracle, validate) for stream with early stopping: one round trip per epoch
+        computes the training sums and the validation loss at the same (m, b);
+        ``validate`` hands back that loss (or makes its own pass at other parameters)."""
+        last: dict = {}
+
+        def oracle(m, b):
+            # Compute: two small results (a few numbers each) come back to the client.
+            s, v = self._compute([self.gradient_graph(m, b), val_ex.gradient_graph(m, b)])
+            last.update(m=np.array(m, copy=True), b=float(b), loss=v.loss / v.n)
+            return s
+
+        def validate(m, b):
+            if last and float(b) == last["b"] and np.array_equal(m, last["m"]):
+                return last["loss"]
+            v = val_ex.gradient_sums(m, b)
+            return v.loss / v.n
+
+        return oracle, validate
+
     def sampled_sums(self, m, b, fraction: float, seed: int, step: int) -> g.BlockSums:
-        """Minibatch gradient sums: every block samples its rows (seeded by seed, step and
-        block index) in parallel; one reduction per step."""
-        std = self.std
+        """Minibatch gradient sums: every chunk samples its rows (seeded by seed, step and
+        chunk index) in parallel; one reduction per step."""
+        sc = self.scaling
         blocks = self.blocks
         if not self.cache:
             fn = dask.delayed(g.standardize_block, pure=True)
-            blocks = [fn(b, std.center, std.scale, std.y_center, None, self.weighted) for b in blocks]
-        sampled = functools.partial(g.block_sums_sampled, weighted=self.weighted)
-        root = self._tree(sampled, g.add_sums, blocks, np.asarray(m, dtype=np.float64), float(b) - std.y_center,
+            blocks = [fn(b, sc.center, sc.scale, sc.y_center, None, self.weighted) for b in blocks]
+        sampled = functools.partial(g.block_sums_sampled, loss=self.loss, weighted=self.weighted)
+        root = self._tree(sampled, g.add_sums, blocks, np.asarray(m, dtype=np.float64), float(b) - sc.y_center,
                           fraction, seed, step, indexed=True)
         # Compute: one small result (a few numbers) comes back to the client.
         return self._compute(root)
@@ -208,21 +267,50 @@ class Executor:
         double-double (``compensated``): iterative refinement's pass. Always read from
         the files, slice by slice: cached blocks are standardized, and these sums need
         the raw rows."""
-        fn = dask.delayed(fold_piece, pure=True)
+        fn = dask.delayed(fold_chunk, pure=True)
         args = (np.asarray(m_hi, dtype=np.float64), np.asarray(m_lo, dtype=np.float64), float(b_hi), float(b_lo),
                 self.weighted)
-        leaves = [fn(self.source.read_args(p), refine_sums, add_refine, *args) for p in self.source.pieces]
+        spec = self.source.spec
+        leaves = [fn(c, spec, refine_sums, add_refine, *args) for c in self.source.chunks]
         # Compute: one small result (a few numbers) comes back to the client.
         return self._compute(_reduce_tree(leaves, add_refine))
 
     def error_sums(self, m, b) -> g.ErrorSums:
         """Metric sums for a model (m, b) in original units."""
         m = np.asarray(m, dtype=np.float64)
-        if self.cache and self.std is not None:
-            m_s, b_s = self.std.to_training(m, b)
-            return self._reduce_rows(g.block_errors_std, g.add_errors, m_s, float(b_s) - self.std.y_center,
-                                     self.std.y_center, self.weighted)
+        sc = self.scaling
+        if self.cache and sc is not None:
+            m_s, b_s = sc.to_training(m, b)
+            return self._reduce_rows(g.block_errors_std, g.add_errors, m_s, float(b_s) - sc.y_center,
+                                     sc.y_center, self.weighted)
         return self._reduce_rows(g.block_errors, g.add_errors, m, float(b), self.weighted)
+
+    def class_sums(self, m, b, threshold: float = 0.5) -> g.ClassSums:
+        """Metric sums of a classifier (m, b) in original units, read from the files."""
+        m = np.asarray(m, dtype=np.float64)
+        fn = dask.delayed(fold_chunk, pure=True)
+        spec = self.source.spec
+        leaves = [fn(c, spec, g.block_classification, g.add_class_sums, m, float(b), self.loss, threshold,
+                     self.weighted) for c in self.source.chunks]
+        # Compute: a few numbers and two histograms come back.
+        return self._compute(_reduce_tree(leaves, g.add_class_sums))
+
+    def metrics(self, m, b) -> dict:
+        """Every metric of the model (m, b) in original units on these rows: one pass."""
+        if self.loss.task == "classification":
+            return g.class_metrics(self.class_sums(m, b))
+        return g.metrics(self.error_sums(m, b))
+
+    def predict_files(self, dest: dict, out_protocol: str, features, keys, m, b, threshold=None) -> list[int]:
+        """Score every file into ``dest[full path]`` (keys + prediction, row group by row
+        group, through ``self.loss``'s inverse link; + label with ``threshold``): one task
+        per file; returns the row counts."""
+        src = self.source
+        fn = dask.delayed(predict_file)
+        tasks = [fn(f["full_path"], dest[f["full_path"]], src.protocol, src.storage_options, out_protocol,
+                    list(features), list(keys), m, b, self.loss, threshold) for f in src.files]
+        # Compute: each task writes its own file; only row counts come back.
+        return compute(self.client, tasks, what="predict")
 
     def release(self) -> None:
         """Drop the cached blocks from cluster memory."""

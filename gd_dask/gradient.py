@@ -23,19 +23,21 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .losses import SQUARED, Loss
+
 
 class BlockSums(NamedTuple):
     """Partial sums of one block (or of several, once merged).
 
-    grad : ndarray of shape (n_features,) — Σ err·xs
-    err : float — Σ err
-    sq_err : float — Σ err²
-    n : int — number of rows
+    grad : ndarray of shape (n_features,) — Σ ψ·xs (ψ = err for squared loss)
+    err : float — Σ ψ
+    loss : float — Σ of the reported per-row loss (err² for squared loss)
+    n : int — number of rows (Σw with weights)
     """
 
     grad: np.ndarray
     err: float
-    sq_err: float
+    loss: float
     n: int
 
 
@@ -70,22 +72,11 @@ def standardize_block(block, center, scale, y_center=0.0, out=None, weighted: bo
     return out
 
 
-class Loss(NamedTuple):
-    """The per-row loss of the stream kernels: squared (``delta`` None), or Huber with
-    threshold ``delta``: ρ(r) = r²/2 for |r| ≤ delta, delta·(|r| − delta/2) beyond, ψ = ρ′.
-    The kernels sum ψ(err) and 2ρ(err), so the loss column reads like an MSE."""
-
-    name: str = "squared"
-    delta: float | None = None
-
-
-SQUARED = Loss()
-
-
 def block_sums_std(zs, m, b_centered, loss: Loss = SQUARED, weighted: bool = False) -> BlockSums:
     """Gradient sums of one *standardized* block (see ``standardize_block``):
-    ``(Σ w·ψ(err)·xs, Σ w·ψ(err), Σ w·2ρ(err), Σw)`` with ``err = xs·m + b − y``; for
-    squared loss ψ(err) = err and 2ρ = err², without weights w = 1 and Σw = n.
+    ``(Σ w·ψ·xs, Σ w·ψ, Σ w·ℓ, Σw)`` at ``eta = xs·m + b``, with ψ and the reported
+    loss ℓ from ``loss`` (for squared loss ψ = err and ℓ = err²); without weights
+    w = 1 and Σw = n.
 
     Parameters
     ----------
@@ -94,24 +85,9 @@ def block_sums_std(zs, m, b_centered, loss: Loss = SQUARED, weighted: bool = Fal
     b_centered : float
         ``b − y_center``.
     """
-    k = zs.shape[1] - (2 if weighted else 1)
-    xs = zs[:, :k]
-    err = xs @ m + b_centered - zs[:, k]
-    if loss.delta is None:
-        if not weighted:
-            return BlockSums(xs.T @ err, float(err.sum()), float(err @ err), zs.shape[0])
-        w = zs[:, -1]
-        we = w * err
-        return BlockSums(xs.T @ we, float(we.sum()), float(we @ err), float(w.sum()))
-    delta = loss.delta
-    psi = np.clip(err, -delta, delta)
-    a = np.abs(err)
-    two_rho = np.where(a <= delta, err * err, delta * (2.0 * a - delta))
-    if not weighted:
-        return BlockSums(xs.T @ psi, float(psi.sum()), float(two_rho.sum()), zs.shape[0])
-    w = zs[:, -1]
-    wpsi = w * psi
-    return BlockSums(xs.T @ wpsi, float(wpsi.sum()), float(w @ two_rho), float(w.sum()))
+    X, y, w = split_block(zs, weighted)
+    psi, total = loss.terms(X @ m + b_centered, y, w)
+    return BlockSums(X.T @ psi, float(psi.sum()), total, zs.shape[0] if w is None else float(w.sum()))
 
 
 def sample_rows(n: int, fraction: float, seed: int, step: int, index: int) -> np.ndarray:
@@ -120,12 +96,13 @@ def sample_rows(n: int, fraction: float, seed: int, step: int, index: int) -> np
     return np.random.default_rng([seed, step, index]).random(n) < fraction
 
 
-def block_sums_sampled(zs, m, b_centered, fraction, seed, step, index, weighted: bool = False) -> BlockSums:
+def block_sums_sampled(zs, m, b_centered, fraction, seed, step, index, loss: Loss = SQUARED,
+                       weighted: bool = False) -> BlockSums:
     """``block_sums_std`` over a seeded random sample of the rows (minibatch). With
     weights the rows are sampled uniformly (the same rows as unweighted), their sums
     weighted, so Σ w·err·xs / Σw estimates the weighted gradient."""
-    return block_sums_std(zs[sample_rows(zs.shape[0], fraction, seed, step, index)], m, b_centered,
-                          weighted=weighted)
+    return block_sums_std(zs[sample_rows(zs.shape[0], fraction, seed, step, index)], m, b_centered, loss,
+                          weighted)
 
 
 def block_sums(block, m, b, center, scale, y_center=0.0, loss: Loss = SQUARED, weighted: bool = False) -> BlockSums:
@@ -150,9 +127,61 @@ def block_sums(block, m, b, center, scale, y_center=0.0, loss: Loss = SQUARED, w
     return block_sums_std(zs, m, b - y_center, loss, weighted)
 
 
+class CurvatureSums(NamedTuple):
+    """The loss's curvature at (m, b), for losses that are not quadratic (``certify``).
+
+    hess : ndarray (d + 1, d + 1) — Σ w·ℓ''(eta)·x̃x̃ᵀ with x̃ = [xs, 1]
+    radius2 : float — max ‖x̃‖² over the rows (with w > 0)
+    n : float — rows (Σw with weights)
+    """
+
+    hess: np.ndarray
+    radius2: float
+    n: float
+
+
+def block_curvature_std(zs, m, b_centered, loss: Loss, weighted: bool = False) -> CurvatureSums:
+    """``CurvatureSums`` of one standardized block at ``eta = xs·m + b``."""
+    X, y, w = split_block(zs, weighted)
+    xa = np.empty((X.shape[0], X.shape[1] + 1))
+    xa[:, :-1] = X
+    xa[:, -1] = 1.0
+    h = loss.second(X @ m + b_centered, y)
+    kept = xa
+    if w is not None:
+        h = h * w
+        kept = xa[w > 0]
+    r2 = float(np.einsum("ij,ij->i", kept, kept).max()) if kept.shape[0] else 0.0
+    n = zs.shape[0] if w is None else float(w.sum())
+    return CurvatureSums((xa * h[:, None]).T @ xa, r2, n)
+
+
+def block_curvature(block, m, b, center, scale, y_center, loss: Loss, weighted: bool = False) -> CurvatureSums:
+    """``block_curvature_std`` of a raw block, standardized on the fly."""
+    zs = standardize_block(block, center, scale, y_center, _scratch_like(block), weighted)
+    return block_curvature_std(zs, m, b - y_center, loss, weighted)
+
+
+def add_curvature(a: CurvatureSums, b: CurvatureSums) -> CurvatureSums:
+    return CurvatureSums(a.hess + b.hess, max(a.radius2, b.radius2), a.n + b.n)
+
+
+def target_values(block, loss: Loss, weighted: bool = False) -> tuple[int, tuple]:
+    """(count, up to 5 distinct values) of the targets ``loss`` refuses in one block."""
+    _, y, _ = split_block(block, weighted)
+    bad = loss.check_target(y)
+    if bad is None or bad.size == 0:
+        return 0, ()
+    return int(bad.size), tuple(float(v) for v in np.unique(bad)[:5])
+
+
+def add_target_values(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], tuple(sorted(set(a[1]) | set(b[1]), key=lambda v: (v != v, v)))[:5]
+
+
 def add_sums(a: BlockSums, b: BlockSums) -> BlockSums:
     """Merge two partial sums; associative, so any fixed tree gives fixed bits."""
-    return BlockSums(a.grad + b.grad, a.err + b.err, a.sq_err + b.sq_err, a.n + b.n)
+    return BlockSums(a.grad + b.grad, a.err + b.err, a.loss + b.loss, a.n + b.n)
 
 
 class Moments(NamedTuple):
@@ -276,15 +305,15 @@ class Gram:
     on x86-64; on platforms where it equals float64 nothing changes).
     """
 
-    def __init__(self, mom: Moments, std: Standardizer):
+    def __init__(self, mom: Moments, scaling: Standardizer):
         d = mom.mean.shape[0] - 1
         L = np.longdouble if d <= EXTENDED_MAX_FEATURES else np.float64
-        scale = std.scale.astype(L)
+        scale = scaling.scale.astype(L)
         self.n = mom.n
         self.cxx = mom.comoment[:-1, :-1].astype(L) / np.outer(scale, scale)
         self.cxy = mom.comoment[:-1, -1].astype(L) / scale
         self.cyy = L(mom.comoment[-1, -1])
-        self.xs_mean = (mom.mean[:-1].astype(L) - std.center) / scale
+        self.xs_mean = (mom.mean[:-1].astype(L) - scaling.center) / scale
         self.y_mean = L(mom.mean[-1])
         self.dtype = L
 
@@ -338,11 +367,11 @@ class Standardizer(NamedTuple):
         return m, float(b_orig + self.center @ np.asarray(m_orig))
 
 
-def hessian(mom: Moments, std: Standardizer, fit_intercept: bool, l2: float = 0.0) -> np.ndarray:
+def hessian(mom: Moments, scaling: Standardizer, fit_intercept: bool, l2: float = 0.0) -> np.ndarray:
     """Hessian of ½·MSE + (l2/2)·‖m‖² in the training space, shape (d + 1, d + 1) or (d, d)."""
     n = mom.n
-    cxx = mom.comoment[:-1, :-1] / np.outer(std.scale, std.scale)
-    xs_mean = (mom.mean[:-1] - std.center) / std.scale
+    cxx = mom.comoment[:-1, :-1] / np.outer(scaling.scale, scaling.scale)
+    xs_mean = (mom.mean[:-1] - scaling.center) / scaling.scale
     hxx = cxx / n + np.outer(xs_mean, xs_mean) + l2 * np.eye(cxx.shape[0])
     if not fit_intercept:
         return hxx
@@ -447,3 +476,69 @@ def _weighted_moments(block) -> Moments:
     mean = (w @ z) / total
     centered = z - mean
     return Moments(total, mean, (centered * w[:, None]).T @ centered)
+
+
+# --------------------------------------------------------------------------- classification
+#: ROC AUC from histograms of the linear predictor, in this many bins over ±AUC_RANGE.
+AUC_BINS = 4096
+AUC_RANGE = 16.0
+
+
+class ClassSums(NamedTuple):
+    """Partial sums for the metrics of a classifier at a threshold on its probability.
+
+    loss : Σ w·ℓ (log-loss); brier : Σ w·(p − y)²; correct, tp, fp, fn : Σ w over rows;
+    n : Σw; pos, neg : histograms (Σ w) of the linear predictor of positive and negative
+    rows in ``AUC_BINS`` bins over ±``AUC_RANGE`` (the ends take everything beyond).
+    """
+
+    loss: float
+    brier: float
+    correct: float
+    tp: float
+    fp: float
+    fn: float
+    n: float
+    pos: np.ndarray
+    neg: np.ndarray
+
+
+def block_classification(block, m, b, loss: Loss, threshold: float = 0.5, weighted: bool = False) -> ClassSums:
+    """``ClassSums`` of one raw block for a model (m, b) in original units."""
+    X, y, w = split_block(block, weighted)
+    eta = X @ m + b
+    _, total = loss.terms(eta, y, w)
+    p = loss.predict(eta)
+    w = np.ones_like(y) if w is None else w
+    label = p >= threshold
+    pos = y > 0.5
+    bins = np.clip(((eta + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64), 0, AUC_BINS - 1)
+    return ClassSums(total, float(w @ ((p - y) ** 2)), float(w @ (label == pos)), float(w @ (label & pos)),
+                     float(w @ (label & ~pos)), float(w @ (~label & pos)), float(w.sum()),
+                     np.bincount(bins[pos], w[pos], AUC_BINS), np.bincount(bins[~pos], w[~pos], AUC_BINS))
+
+
+def add_class_sums(a: ClassSums, b: ClassSums) -> ClassSums:
+    return ClassSums(*(x + y for x, y in zip(a, b)))
+
+
+def class_metrics(s: ClassSums) -> dict:
+    """log_loss, accuracy, precision, recall, brier, roc_auc with ``roc_auc_error``, n
+    (scikit-learn's definitions, weighted by sample weights).
+
+    ROC AUC counts, over pairs of a positive and a negative row, those ranked right plus
+    half the ties. Pairs in different bins are ranked as their predictors are; pairs in
+    one bin count one half whatever their order, so the histogram's AUC is within
+    ``roc_auc_error`` = Σ_bins pos·neg / (2·P·N) of the exact one.
+    """
+    P, N = float(s.pos.sum()), float(s.neg.sum())
+    below = np.concatenate(([0.0], np.cumsum(s.neg)[:-1]))
+    if P > 0 and N > 0:
+        auc = float(s.pos @ below + 0.5 * (s.pos @ s.neg)) / (P * N)
+        auc_err = float(s.pos @ s.neg) / (2 * P * N)
+    else:
+        auc = auc_err = None
+    return {"log_loss": s.loss / s.n, "accuracy": s.correct / s.n,
+            "precision": s.tp / (s.tp + s.fp) if s.tp + s.fp else 0.0,
+            "recall": s.tp / (s.tp + s.fn) if s.tp + s.fn else 0.0,
+            "roc_auc": auc, "roc_auc_error": auc_err, "brier": s.brier / s.n, "n": s.n}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import interrupt
+from . import interrupt, losses
 from .errors import ClusterError, TrainingError
 from .optim import (Curvature, HeavyBallState, Rates, choose_rates, heavy_ball, schedule, soft_threshold,
                     stable_limit)
@@ -33,10 +33,13 @@ CALM_EPOCHS_MOMENTUM = 10
 
 @dataclass(frozen=True)
 class Rules:
-    """Penalties on m (never on b) and the learning-rate schedule.
+    """The objective and its schedule: penalties on m (never on b), whether b is free,
+    the loss's penalty scale, the learning-rate schedule, early stopping's patience.
 
-    The objective is ½·MSE + (l2/2)·‖m‖² + l1·‖m‖₁ in the training space; l2 enters the
-    gradient, l1 a proximal step (soft thresholding) after each gradient step.
+    The objective is ℓ̄ + (l2/2)·‖m‖² + l1·‖m‖₁ in the training space, ℓ̄ the mean loss
+    (½·MSE for squared loss); l2 enters the gradient, l1 a proximal step (soft
+    thresholding) after each gradient step. The loop compares it in the units of the
+    reported loss: ``penalty_scale`` times the objective (``losses.Loss``).
     """
 
     l2: float = 0.0
@@ -47,21 +50,35 @@ class Rules:
     gamma: float = 0.5
     sampled: bool = False  # minibatch: losses are sample estimates, so no tol test
     patience: int = 5  # early stopping: epochs without a better validation loss
+    fit_intercept: bool = True
+    penalty_scale: float = 2.0
 
     @classmethod
     def of(cls, cfg) -> Rules:
         o = cfg.optimizer
         return cls(cfg.model.l2, cfg.model.l1, o.schedule, o.power_t, o.step_size, o.gamma,
-                   o.method == "minibatch", o.n_iter_no_change)
+                   o.method == "minibatch", o.n_iter_no_change, cfg.model.fit_intercept,
+                   losses.of(cfg.model).penalty_scale)
+
+    def objective(self, loss: float, m) -> float:
+        """The reported loss plus the penalties, in the reported loss's units."""
+        if not (self.l2 or self.l1):
+            return loss
+        s = self.penalty_scale
+        return loss + s * self.l2 / 2 * float(m @ m) + s * self.l1 * float(np.abs(m).sum())
+
+    def grads(self, s, m) -> np.ndarray:
+        """∇J = [Σψ·x/n + l2·m, Σψ/n] (the intercept's 0 without one) from the sums."""
+        return _grads(s, m, self.l2, self.fit_intercept)
 
 
 @dataclass
 class LoopState:
     """The loop's whole state after ``epoch`` completed epochs.
 
-    params, velocity : ndarray of shape (n_features + 1,) — [m..., b] in training space
-    prev_loss : objective (MSE + l2·‖m‖² + 2·l1·‖m‖₁; the MSE without penalties) at
-        the previous epoch's parameters
+    params : ndarray of shape (n_features + 1,) — [m..., b] in training space
+    opt : the optimizer's state (``optim.heavy_ball``'s, from its ``init``)
+    prev_loss : objective (``Rules.objective``) at the previous epoch's parameters
     bound : the certified relative error of the coefficients at ``params`` (``certify``),
         None where the criterion gives none
     stalled : the gradient reached its rounding floor before the bound reached tol
@@ -71,7 +88,7 @@ class LoopState:
     """
 
     params: np.ndarray
-    velocity: np.ndarray
+    opt: HeavyBallState
     epoch: int = 0
     prev_loss: float | None = None
     start_loss: float | None = None
@@ -90,8 +107,14 @@ class LoopState:
     stopped_early: bool = False
 
     @classmethod
-    def start(cls, params: np.ndarray) -> LoopState:
-        return cls(params=params, velocity=np.zeros_like(params))
+    def start(cls, params: np.ndarray, init=None) -> LoopState:
+        """Epoch 0 at ``params``, the optimizer's state from its ``init``."""
+        init = init or heavy_ball(Rates(0.0, 0.0))[0]
+        return cls(params=params, opt=init(params))
+
+    @property
+    def running(self) -> bool:
+        return not (self.converged or self.stopped_early or self.stalled)
 
 
 def criterion_name(certifier, rules: Rules) -> str:
@@ -101,11 +124,20 @@ def criterion_name(certifier, rules: Rules) -> str:
     return certifier.name if certifier is not None else "loss_change"
 
 
-def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: int, tol: float,
-            fit_intercept: bool, certifier=None, on_epoch=None, checkpoint=None, checkpoint_every=0,
-            rules: Rules | None = None, validate=None):
-    """Run epochs until ``epochs`` in all, convergence, a stall at the rounding floor,
-    divergence, or (with ``validate``) an early stop; returns the state.
+@dataclass(frozen=True)
+class Checkpoints:
+    """``write(state)`` every ``every`` epochs, at most once per ``CHECKPOINT_MIN_SECONDS``."""
+
+    write: object
+    every: int
+
+    def due(self, epoch: int, seconds_since: float) -> bool:
+        return bool(self.every) and epoch % self.every == 0 and seconds_since >= CHECKPOINT_MIN_SECONDS
+
+
+class Descent:
+    """Epochs of heavy ball on one objective, until ``epochs`` in all, convergence, a
+    stall at the rounding floor, divergence, or (with ``validate``) an early stop.
 
     Parameters
     ----------
@@ -116,139 +148,178 @@ def descend(state: LoopState, oracle, rates: Rates, curv: Curvature, *, epochs: 
         (the parameters are then those the bound holds for: no step follows). Without
         one (Huber) the relative loss change must stay below ``tol`` for
         ``calm_epochs`` epochs. ``tol`` 0: run all ``epochs``.
-    checkpoint : callable(LoopState), optional
-        Called every ``checkpoint_every`` epochs, at most once per
-        ``CHECKPOINT_MIN_SECONDS``.
-    rules : Rules, optional
-        Penalties and schedule; none and constant by default.
     validate : callable(m, b) -> float, optional
         The validation loss at (m, b). Each epoch measures it at the epoch's parameters;
         after ``rules.patience`` epochs without it falling below best·(1 − tol), the
         loop stops early (``stopped_early``). Either way the state ends at the
         parameters with the lowest validation loss.
-
-    Raises
-    ------
-    TrainingError
-        The loss is not finite, or grows where a stable rate cannot make it grow.
     """
-    rules = rules or Rules()
-    d = state.params.shape[0] - 1
-    _, update = heavy_ball(rates)
-    rate_at = schedule(rules.schedule, rates.learning_rate, power_t=rules.power_t,
-                       step_size=rules.step_size, gamma=rules.gamma)
-    needed_calm = calm_epochs(rates.momentum)
-    coefficient_rule = certifier is not None and not rules.l1 and not rules.sampled
-    last_row = last_eval = None
-    t_last = t_saved = time.perf_counter()
 
-    def stop() -> int | None:
-        """On a signal, at an epoch boundary: save the state a rerun resumes from."""
-        if checkpoint is None or not checkpoint_every or not state.epoch:
+    def __init__(self, oracle, rates: Rates, curv: Curvature, rules: Rules | None = None, *, certifier=None,
+                 validate=None):
+        self.oracle, self.rates, self.curv = oracle, rates, curv
+        self.rules = rules = rules or Rules()
+        self.init, self.update = heavy_ball(rates)
+        self.rate_at = schedule(rules.schedule, rates.learning_rate, power_t=rules.power_t,
+                                step_size=rules.step_size, gamma=rules.gamma)
+        self.certifier = certifier
+        self.validate = validate
+        self.needed_calm = calm_epochs(rates.momentum)
+        self.coefficient_rule = certifier is not None and not rules.l1 and not rules.sampled
+
+    def start(self, params) -> LoopState:
+        return LoopState.start(params, self.init)
+
+    def run(self, state: LoopState, *, epochs: int, tol: float, on_epoch=None,
+            checkpoints: Checkpoints | None = None) -> LoopState:
+        """Run epochs from ``state`` (see the class); returns the state.
+
+        Raises
+        ------
+        TrainingError
+            The loss is not finite, or grows where a stable rate cannot make it grow.
+        """
+        self.tol, self.on_epoch, self.checkpoints = tol, on_epoch, checkpoints
+        self.last_row = self.last_eval = None
+        self.t_last = self.t_saved = time.perf_counter()
+        with interrupt.deferred():  # Ctrl-C and SIGTERM wait for the epoch boundary
+            while state.epoch < epochs and state.running:
+                interrupt.raise_if_pending(lambda: self._save_now(state))
+                if not self._epoch(state):
+                    break
+        if self.last_row is not None and (not state.history or state.history[-1] is not self.last_row):
+            state.history.append(self.last_row)  # the last epoch's row, whatever keep_row says
+        if self.validate is not None and state.best_params is not None:
+            state.params = state.best_params  # the model is the best one on the validation rows
+        if self.certifier is not None and not self.rules.sampled and not state.converged:
+            self._final_bound(state)
+        return state
+
+    def _save_now(self, state: LoopState) -> int | None:
+        """On a signal or a lost cluster, at an epoch boundary: save the state a rerun
+        resumes from; its epoch, or None where nothing is checkpointed."""
+        c = self.checkpoints
+        if c is None or not c.every or not state.epoch:
             return None
-        checkpoint(state)
+        c.write(state)
         return state.epoch
 
-    with interrupt.deferred():  # Ctrl-C and SIGTERM wait for the epoch boundary
-        while state.epoch < epochs and not state.converged and not state.stopped_early and not state.stalled:
-            interrupt.raise_if_pending(stop)
-            params = state.params
-            m = params[:d]
-            try:
-                s = oracle(m, params[d])
-            except ClusterError as e:  # the cluster is gone: leave a way back
-                saved = stop()
-                if saved is None:
-                    raise
-                raise ClusterError(f"{e}; rerun the same command to resume from the checkpoint at epoch "
-                                   f"{saved}") from None
-            loss = s.sq_err / s.n
-            grads = _grads(s, m, rules.l2, fit_intercept)
-            objective = loss
-            if rules.l2 or rules.l1:
-                objective = loss + rules.l2 * float(m @ m) + 2.0 * rules.l1 * float(np.abs(m).sum())
-            epoch = state.epoch + 1
-            last_eval = (params, grads)
-            lr_t = rate_at(epoch)
-            step, hb = update(grads, HeavyBallState(state.velocity), lr_t)
-            new = params + step
-            if rules.l1:
-                new[:d] = soft_threshold(new[:d], lr_t * rules.l1)
-            grad_norm = math.sqrt(float(grads @ grads))
-            may_converge = stalled = False
-            if coefficient_rule:
-                may_converge, stalled = certifier.screen(params, grad_norm, tol)
-                if may_converge and tol > 0:
-                    state.bound = certifier.bound(params, grads, certifier.grad_error(params))
-            elif certifier is not None and rules.l1 and not rules.sampled:
-                state.bound = certifier.bound(params, new, lr_t, certifier.grad_error(params))
-            now = time.perf_counter()
-            row = {"epoch": epoch, "loss": loss, "grad_norm": grad_norm,
-                   "learning_rate": lr_t, "seconds": now - t_last}
-            if validate is not None:
-                row["val_loss"] = _watch(state, validate, epoch, tol, rules.patience)
-            t_last = now
-            last_row = row
-            if keep_row(epoch):
-                state.history.append(row)
-            if on_epoch is not None:
-                on_epoch(row)
+    def _evaluate(self, state: LoopState, params):
+        d = params.shape[0] - 1
+        try:
+            return self.oracle(params[:d], params[d])
+        except ClusterError as e:  # the cluster is gone: leave a way back
+            saved = self._save_now(state)
+            if saved is None:
+                raise
+            raise ClusterError(f"{e}; rerun the same command to resume from the checkpoint at epoch "
+                               f"{saved}") from None
 
-            prev = state.prev_loss
-            if state.start_loss is None:
-                state.start_loss = objective
-            state.growth = state.growth + 1 if prev is not None and objective > prev else 0
-            if not math.isfinite(loss) or (state.growth >= GROWTH_EPOCHS and objective > state.start_loss
-                                           and _may_diverge(rates, curv)):
-                err = TrainingError(divergence_message(rates, curv, epoch, loss))
-                err.history = state.history  # the curve up to here, for sweeps and plots
-                raise err
-            state.epoch = epoch
-            if state.stopped_early:
-                break
-            if coefficient_rule:
-                state.converged = bool(may_converge and tol > 0 and state.bound <= tol)
-            elif tol > 0 and state.bound is not None:
-                state.converged = state.bound <= tol
-            elif tol > 0 and certifier is None and prev is not None and not rules.sampled:
-                change = objective - prev
-                state.calm = state.calm + 1 if abs(change) <= tol * max(prev, np.finfo(float).tiny) else 0
-                state.converged = state.calm >= needed_calm
-            if state.converged:
-                break  # the bound holds for these parameters: keep them
-            if coefficient_rule and tol > 0:
-                state.calm = state.calm + 1 if stalled else 0
-                if state.calm >= STALL_EPOCHS:
-                    state.stalled = True
-                    break
-            last_eval = None  # the parameters move on: the gradient below is not theirs
-            state.params = new
-            state.velocity = hb.velocity
-            state.prev_loss = objective
-            if (checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0
-                    and now - t_saved >= CHECKPOINT_MIN_SECONDS):
-                checkpoint(state)
-                t_saved = time.perf_counter()
-    if last_row is not None and (not state.history or state.history[-1] is not last_row):
-        state.history.append(last_row)  # the last epoch's row, whatever keep_row says
-    if validate is not None and state.best_params is not None:
-        state.params = state.best_params  # the model is the best one on the validation rows
-    if certifier is not None and not rules.sampled and not state.converged:
-        # The bound reported is for the parameters kept: their own gradient where it was
-        # the last one computed, else one more evaluation (an epoch bound reached after a
-        # step, or early stopping's best epoch).
+    def _epoch(self, state: LoopState) -> bool:
+        """One epoch: evaluate, step, record, judge. False: the loop ends here."""
+        rules, tol = self.rules, self.tol
         params = state.params
-        grads = last_eval[1] if last_eval is not None and last_eval[0] is params else \
-            gradient_at(oracle, params, rules, fit_intercept)
+        d = params.shape[0] - 1
+        m = params[:d]
+        s = self._evaluate(state, params)
+        loss = s.loss / s.n
+        grads = rules.grads(s, m)
+        objective = rules.objective(loss, m)
+        epoch = state.epoch + 1
+        self.last_eval = (params, grads)
+        lr_t = self.rate_at(epoch)
+        step, opt = self.update(grads, state.opt, lr_t)
+        new = params + step
         if rules.l1:
-            lr_t = rate_at(max(state.epoch, 1))
+            new[:d] = soft_threshold(new[:d], lr_t * rules.l1)
+        grad_norm = math.sqrt(float(grads @ grads))
+        may_converge, stalled = self._bound(state, params, grads, new, lr_t, grad_norm)
+        self._record(state, epoch, loss, grad_norm, lr_t)
+        self._check_growth(state, objective, loss, epoch)
+        state.epoch = epoch
+        if state.stopped_early:
+            return False
+        if self._converged(state, may_converge, objective):
+            return False  # the bound holds for these parameters: keep them
+        if self.coefficient_rule and tol > 0:
+            state.calm = state.calm + 1 if stalled else 0
+            if state.calm >= STALL_EPOCHS:
+                state.stalled = True
+                return False
+        self.last_eval = None  # the parameters move on: the gradient computed is not theirs
+        state.params, state.opt, state.prev_loss = new, opt, objective
+        c = self.checkpoints
+        if c is not None and c.due(epoch, self.t_last - self.t_saved):
+            c.write(state)
+            self.t_saved = time.perf_counter()
+        return True
+
+    def _bound(self, state, params, grads, new, lr_t, grad_norm) -> tuple[bool, bool]:
+        """The certifier's bound at ``params`` where it is worth computing; returns
+        (may converge, stalled at the rounding floor) for the coefficient rule."""
+        c, tol = self.certifier, self.tol
+        if self.coefficient_rule:
+            may_converge, stalled = c.screen(params, grad_norm, tol)
+            if may_converge and tol > 0:
+                state.bound = c.bound(params, grads, c.grad_error(params))
+            return may_converge, stalled
+        if c is not None and self.rules.l1 and not self.rules.sampled:
+            state.bound = c.bound(params, new, lr_t, c.grad_error(params))
+        return False, False
+
+    def _record(self, state: LoopState, epoch: int, loss: float, grad_norm: float, lr_t: float) -> None:
+        now = time.perf_counter()
+        row = {"epoch": epoch, "loss": loss, "grad_norm": grad_norm, "learning_rate": lr_t,
+               "seconds": now - self.t_last}
+        if self.validate is not None:
+            row["val_loss"] = _watch(state, self.validate, epoch, self.tol, self.rules.patience)
+        self.t_last = now
+        self.last_row = row
+        if keep_row(epoch):
+            state.history.append(row)
+        if self.on_epoch is not None:
+            self.on_epoch(row)
+
+    def _check_growth(self, state: LoopState, objective: float, loss: float, epoch: int) -> None:
+        """Raise ``TrainingError`` on a non-finite loss, or growth that means divergence."""
+        prev = state.prev_loss
+        if state.start_loss is None:
+            state.start_loss = objective
+        state.growth = state.growth + 1 if prev is not None and objective > prev else 0
+        if not math.isfinite(loss) or (state.growth >= GROWTH_EPOCHS and objective > state.start_loss
+                                       and _may_diverge(self.rates, self.curv)):
+            err = TrainingError(divergence_message(self.rates, self.curv, epoch, loss))
+            err.history = state.history  # the curve up to here, for sweeps and plots
+            raise err
+
+    def _converged(self, state: LoopState, may_converge: bool, objective: float) -> bool:
+        tol, prev = self.tol, state.prev_loss
+        if self.coefficient_rule:
+            state.converged = bool(may_converge and tol > 0 and state.bound <= tol)
+        elif tol > 0 and state.bound is not None:
+            state.converged = state.bound <= tol
+        elif tol > 0 and self.certifier is None and prev is not None and not self.rules.sampled:
+            change = objective - prev
+            state.calm = state.calm + 1 if abs(change) <= tol * max(prev, np.finfo(float).tiny) else 0
+            state.converged = state.calm >= self.needed_calm
+        return state.converged
+
+    def _final_bound(self, state: LoopState) -> None:
+        """The bound reported is for the parameters kept: their own gradient where it was
+        the last one computed, else one more evaluation (an epoch bound reached after a
+        step, or early stopping's best epoch)."""
+        rules, c, params = self.rules, self.certifier, state.params
+        d = params.shape[0] - 1
+        last = self.last_eval
+        grads = last[1] if last is not None and last[0] is params else gradient_at(self.oracle, params, rules)
+        if rules.l1:
+            lr_t = self.rate_at(max(state.epoch, 1))
             new = params - lr_t * grads
             new[:d] = soft_threshold(new[:d], lr_t * rules.l1)
-            state.bound = certifier.bound(params, new, lr_t, certifier.grad_error(params))
+            state.bound = c.bound(params, new, lr_t, c.grad_error(params))
         else:
-            state.bound = certifier.bound(params, grads, certifier.grad_error(params))
-        state.converged = bool(tol > 0 and state.bound <= tol)
-    return state
+            state.bound = c.bound(params, grads, c.grad_error(params))
+        state.converged = bool(self.tol > 0 and state.bound <= self.tol)
 
 
 def _grads(s, m, l2: float, fit_intercept: bool) -> np.ndarray:
@@ -259,10 +330,10 @@ def _grads(s, m, l2: float, fit_intercept: bool) -> np.ndarray:
     return np.concatenate((gm, (s.err / s.n if fit_intercept else 0.0,)))
 
 
-def gradient_at(oracle, params, rules: Rules, fit_intercept: bool) -> np.ndarray:
+def gradient_at(oracle, params, rules: Rules) -> np.ndarray:
     """∇J at ``params`` (one more oracle call)."""
     d = params.shape[0] - 1
-    return _grads(oracle(params[:d], params[d]), params[:d], rules.l2, fit_intercept)
+    return rules.grads(oracle(params[:d], params[d]), params[:d])
 
 
 def keep_row(epoch: int) -> bool:
@@ -334,7 +405,7 @@ def _unpairs(pairs, dtype) -> np.ndarray:
 
 def state_to_dict(state: LoopState) -> dict:
     return {
-        "params": _pairs(state.params), "velocity": _pairs(state.velocity),
+        "params": _pairs(state.params), "velocity": _pairs(state.opt.velocity),
         "dtype": "longdouble" if state.params.dtype == np.longdouble else "float64",
         "epoch": state.epoch, "prev_loss": state.prev_loss, "bound": state.bound, "stalled": state.stalled,
         "start_loss": state.start_loss, "growth": state.growth, "calm": state.calm,
@@ -348,7 +419,7 @@ def state_to_dict(state: LoopState) -> dict:
 def state_from_dict(doc: dict) -> LoopState:
     dtype = np.longdouble if doc["dtype"] == "longdouble" else np.float64
     return LoopState(
-        params=_unpairs(doc["params"], dtype), velocity=_unpairs(doc["velocity"], dtype),
+        params=_unpairs(doc["params"], dtype), opt=HeavyBallState(_unpairs(doc["velocity"], dtype)),
         epoch=int(doc["epoch"]), prev_loss=doc["prev_loss"], bound=doc.get("bound"),
         stalled=bool(doc.get("stalled", False)),
         start_loss=doc["start_loss"], growth=int(doc["growth"]), calm=int(doc["calm"]),

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
+from . import losses
+from .config import ModelConfig
 from .errors import ArtifactError
+from .losses import Loss
 from .store import load_model as _load_document
 
 
 @dataclass(frozen=True)
 class Model:
-    """y' = X·m + b in original units.
+    """y' = link⁻¹(X·m + b) in original units (the identity for regression losses).
 
     features : list of str, in the order of ``m``
     m : ndarray of shape (n_features,)
@@ -42,7 +45,13 @@ class Model:
         if X.ndim != 2 or X.shape[1] != len(self.features):
             raise ArtifactError(f"X has shape {X.shape}, the model has {len(self.features)} features "
                                 f"({', '.join(self.features)})")
-        return X @ self.m + self.b
+        return self.loss.predict(X @ self.m + self.b)
+
+    @property
+    def loss(self) -> Loss:
+        """The loss it was trained with (``model`` of its config): its inverse link
+        makes predictions."""
+        return losses.of(ModelConfig(**((self.document.get("config") or {}).get("model") or {})))
 
 
 def load_model(path: str | Path, storage_options: dict | None = None) -> Model:

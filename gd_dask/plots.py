@@ -24,20 +24,20 @@ def _positive(losses):
     return np.where(arr > 0, arr, floor)
 
 
-def loss_png(history: list[dict], title: str) -> bytes:
+def loss_png(history: list[dict], title: str, label: str = "mean squared error") -> bytes:
     """Loss per epoch on a log scale, as PNG bytes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot([h["epoch"] for h in history], _positive([h["loss"] for h in history]), lw=1.6)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (mean squared error)")
+    ax.set_ylabel(f"loss ({label})")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     return _save(plt, fig)
 
 
-def sweep_png(curves: list[tuple[str, list[float], str]], title: str) -> bytes:
+def sweep_png(curves: list[tuple[str, list[float], str]], title: str, label: str = "mean squared error") -> bytes:
     """Several loss curves, one per learning rate: (label, losses, status)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
@@ -47,7 +47,7 @@ def sweep_png(curves: list[tuple[str, list[float], str]], title: str) -> bytes:
     ax.set_yscale("log")
     ax.set_xscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (mean squared error)")
+    ax.set_ylabel(f"loss ({label})")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

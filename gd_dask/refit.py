@@ -26,7 +26,8 @@ from .errors import ArtifactError, ConfigError, DataError
 from .executor import Executor, chunk_bytes_for
 from .registry import Registry
 from .store import history_csv, model_document
-from .train import fit_moments, pick_strategy
+from .prepare import pick_strategy
+from .train import fit_moments
 
 log = logging.getLogger(__name__)
 

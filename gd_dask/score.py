@@ -10,13 +10,9 @@ import uuid
 
 import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from . import gradient as g
-from .cluster import compute
 from .config import DataConfig
-from .data import as_float64, open_source
+from .data import open_source
 from .errors import ConfigError, DataError
 from .executor import Executor
 from .model import Model
@@ -31,48 +27,16 @@ def data_for(model: Model, path: str, storage_options: dict | None = None) -> Da
 
 
 def evaluate(model: Model, path: str, client, storage_options: dict | None = None) -> dict:
-    """n, mse, rmse, mae, r2 of ``model`` on the Parquet data at ``path``: one pass."""
+    """n, mse, rmse, mae, r2 of ``model`` on the Parquet data at ``path`` (a classifier:
+    log_loss, accuracy, precision, recall, roc_auc, brier): one pass."""
     source = open_source(data_for(model, path, storage_options))
-    ex = Executor(client, source, cache=False)
-    sums = ex.error_sums(model.m, model.b)
-    if not np.isfinite([sums.sq_err, sums.abs_err, sums.y_mean]).all():
+    ex = Executor(client, source, cache=False, loss=model.loss)
+    metrics = ex.metrics(model.m, model.b)
+    if not all(np.isfinite(v) for k, v in metrics.items() if k in ("mse", "mae", "log_loss", "brier")):
         counts = np.asarray(ex.nonfinite_by_block()).sum(axis=0)
         j = int(np.flatnonzero(counts)[0]) if counts.any() else 0
         raise DataError(f"column '{source.columns[j]}' has {int(counts[j])} NaN/inf/null values in {path}")
-    return g.metrics(sums)
-
-
-def _predict_file(src_path, dst_path, protocol, storage_options, out_protocol, features, keys, m, b):
-    """Read one file row group by row group, write keys + prediction (worker task).
-
-    The output goes to a hidden temporary name first and is moved into place."""
-    src_fs = fsspec.filesystem(protocol, **(storage_options or {}))
-    fs = fsspec.filesystem(out_protocol, **(storage_options or {}))
-    tmp = f"{posixpath.dirname(dst_path)}/.{posixpath.basename(dst_path)}.tmp"
-    fs.makedirs(posixpath.dirname(dst_path), exist_ok=True)
-    rows = 0
-    with src_fs.open(src_path, "rb") as fh:
-        pf = pq.ParquetFile(fh)
-        writer = None
-        try:
-            with fs.open(tmp, "wb") as out:
-                for rg in range(pf.num_row_groups):
-                    t = pf.read_row_group(rg, columns=list(dict.fromkeys([*keys, *features])))
-                    X = np.column_stack([as_float64(t.column(f)) for f in features])
-                    cols = {k: t.column(k) for k in keys}
-                    cols["prediction"] = pa.array(X @ m + b)
-                    batch = pa.table(cols)
-                    if writer is None:
-                        writer = pq.ParquetWriter(out, batch.schema)
-                    writer.write_table(batch)
-                    rows += batch.num_rows
-                if writer is not None:
-                    writer.close()
-        except BaseException:
-            fs.rm(tmp)
-            raise
-    fs.mv(tmp, dst_path)
-    return rows
+    return metrics
 
 
 def _move_tree(fs, src: str, dst: str) -> None:
@@ -109,7 +73,7 @@ def check_output(source, out_fs, out_root: str, overwrite: bool, out_dir: str) -
 
 
 def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_options: dict | None = None,
-            overwrite: bool = False) -> dict:
+            overwrite: bool = False, threshold: float | None = None) -> dict:
     """Score every file under ``path`` into ``out_dir``, keeping the relative layout
     (hive partitions included); one worker task per file, row group by row group.
 
@@ -117,8 +81,6 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     takes its place whole (replacing the old one with ``overwrite``): a failed run
     leaves ``out_dir`` as it was, a finished one leaves only this model's predictions.
     """
-    import dask
-
     source = open_source(data_for(model, path, storage_options), extra_columns=list(keys), with_target=False)
     out_fs, out_root = fsspec.core.url_to_fs(out_dir, **source.storage_options)
     out_root = out_root.rstrip("/")
@@ -127,14 +89,10 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     parent, name = posixpath.split(out_root)
     tag = uuid.uuid4().hex[:8]
     staging, old = f"{parent}/.{name}.staging-{tag}", f"{parent}/.{name}.old-{tag}"
-    tasks = []
-    for f in source.files:
-        tasks.append(dask.delayed(_predict_file)(
-            f["full_path"], f"{staging}/{f['rel']}", source.protocol, source.storage_options, out_protocol,
-            model.features, list(keys), model.m, model.b))
+    ex = Executor(client, source, cache=False, loss=model.loss)
+    dest = {f["full_path"]: f"{staging}/{f['rel']}" for f in source.files}
     try:
-        # Compute: each task writes its own file; only row counts come back.
-        rows = compute(client, tasks, what="predict")
+        rows = ex.predict_files(dest, out_protocol, model.features, keys, model.m, model.b, threshold)
         out_fs.invalidate_cache()  # the workers wrote: listings cached here are stale
         if out_fs.exists(out_root):
             _move_tree(out_fs, out_root, old)

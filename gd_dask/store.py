@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, losses
 from .errors import ArtifactError, first_line as _first_line
 
 FORMAT = "gd_dask.model/1"
@@ -169,7 +169,7 @@ def save_run(out_dir: str | Path, cfg, result, plot: bool = True):
 
         title = (f"{cfg.name}: {result.strategy}, learning rate {result.learning_rate:.4g}"
                  f"{f', momentum {result.momentum:.4g}' if result.momentum else ''}")
-        atomic_write(_join(out_dir, "loss.png"), loss_png(result.history, title), so)
+        atomic_write(_join(out_dir, "loss.png"), loss_png(result.history, title, losses.of(cfg.model).label), so)
     path = _join(out_dir, "model.json")
     atomic_write(path, json.dumps(model_document(cfg, result), indent=2) + "\n", so)
     if not is_url(out_dir):

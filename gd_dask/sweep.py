@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from .data import CHUNK_BYTES, open_source
 from .errors import TrainingError
-from .executor import Executor, chunk_bytes_for
-from .train import check_moments, fit, fit_moments, pick_strategy, validation_moments
+from .prepare import pick_strategy, prepare
+from .train import fit, fit_moments
 
 log = logging.getLogger(__name__)
 
@@ -19,22 +18,13 @@ log = logging.getLogger(__name__)
 def sweep(cfg, client, rates: list) -> list[dict]:
     """One row per rate: rate, learning rate used, status, epochs, final loss, losses."""
     gram = pick_strategy(cfg) == "gram"
-    mom = val_mom = ex = None
-    if gram:
-        source = open_source(cfg.data)
-        source.layout(chunk_bytes_for(client, CHUNK_BYTES))
-        if cfg.optimizer.validation_fraction:
-            source, val_source = source.split(cfg.optimizer.seed, cfg.optimizer.validation_fraction)
-            val_mom = validation_moments(Executor(client, val_source, cache=False), cfg)
-        ex = Executor(client, source, cache=False)
-        mom = ex.moments()
-        check_moments(mom, cfg, ex)
+    prep = prepare(cfg, client) if gram else None  # one moments pass serves every rate
     rows = []
     for rate in rates:
         run_cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(
             update={"learning_rate": rate}), "output": cfg.output.model_copy(update={"checkpoint_every": 0})})
         try:
-            res = (fit_moments(run_cfg, mom, val_mom=val_mom, refine_pass=ex.refine_sums) if gram
+            res = (fit_moments(run_cfg, prep.mom, val_mom=prep.val_mom, refine_pass=prep.ex.refine_sums) if gram
                    else fit(run_cfg, client))
             if res.validation and res.validation["stopped_early"]:
                 status = "stopped early"

@@ -86,7 +86,7 @@ def test_the_split_does_not_depend_on_chunking_and_holds_the_fraction(tmp_path, 
     def validation_rows(chunk_bytes):
         src = open_source(cfg, chunk_bytes=chunk_bytes)
         _, val = src.split(SEED, 0.2)
-        return len(src.pieces), np.concatenate([read_block(*val.read_args(p)) for p in val.pieces])
+        return len(src.chunks), np.concatenate([read_block(*val.read_args(p)) for p in val.chunks])
 
     n_small, small = validation_rows(2**12)  # one row group per chunk
     n_big, big = validation_rows(2**30)  # one chunk per file
@@ -96,7 +96,7 @@ def test_the_split_does_not_depend_on_chunking_and_holds_the_fraction(tmp_path, 
     other_seed = holdout_rows(SEED + 1, 123, 0, 40_000, 0.2)
     assert not np.array_equal(other_seed, holdout_rows(SEED, 123, 0, 40_000, 0.2))
     train_rows = sum(len(read_block(*t.read_args(p))) for t in [open_source(cfg).split(SEED, 0.2)[0]]
-                     for p in t.pieces)
+                     for p in t.chunks)
     assert train_rows + len(small) == 40_000
 
 

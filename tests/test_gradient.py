@@ -31,7 +31,7 @@ def test_block_sums_over_any_chunking_equal_full_batch_gradient(rng, n_parts):
     assert total.n == len(y)
     np.testing.assert_allclose(total.grad / total.n, Xs.T @ err / len(y), rtol=1e-12)
     assert total.err / total.n == pytest.approx(err.mean(), rel=1e-12)
-    assert total.sq_err / total.n == pytest.approx(np.mean(err**2), rel=1e-12)
+    assert total.loss / total.n == pytest.approx(np.mean(err**2), rel=1e-12)
 
 
 def test_gradient_matches_finite_differences_of_half_mse(rng):
@@ -42,7 +42,7 @@ def test_gradient_matches_finite_differences_of_half_mse(rng):
 
     def half_mse(m, b):
         s = g.block_sums(Z, m, b, center, scale)
-        return 0.5 * s.sq_err / s.n
+        return 0.5 * s.loss / s.n
 
     s = g.block_sums(Z, m, b, center, scale)
     h = 1e-6
@@ -83,7 +83,7 @@ def test_gram_sums_equal_block_sums(rng, standardize, fit_intercept):
     gram = g.gram_sums(mom, m, b, std.center, std.scale)
     np.testing.assert_allclose(gram.grad, direct.grad, rtol=1e-9)
     assert gram.err == pytest.approx(direct.err, rel=1e-9)
-    assert gram.sq_err == pytest.approx(direct.sq_err, rel=1e-9)
+    assert gram.loss == pytest.approx(direct.loss, rel=1e-9)
 
 
 def test_standardizer_maps_coefficients_back_to_original_units(rng):

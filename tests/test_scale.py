@@ -103,10 +103,11 @@ def test_embedded_workers_run_on_the_configured_arrow_pool(tmp_path):
 
 READ_ONE_CHUNK = """
 import resource, sys
-from gd_dask.data.read import read_slices
+from gd_dask.data import Chunk, ReadSpec, read_slices
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 total = 0.0
-for z in read_slices(sys.argv[1], (0,), [f"c{j}" for j in range(10)], {}, "file", [], "error", rows=8192):
+spec = ReadSpec(tuple(f"c{j}" for j in range(10)), "file", {})
+for z in read_slices(Chunk(sys.argv[1], (0,), 0), spec, rows=8192):
     total += float(z.sum())
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """

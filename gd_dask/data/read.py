@@ -7,9 +7,6 @@ whole block (``read_block``).
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
-
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -18,8 +15,6 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError, first_line
 
-if TYPE_CHECKING:
-    from .source import ParquetSource
 
 
 def _first_line(e: Exception) -> str:
@@ -31,36 +26,37 @@ def _first_line(e: Exception) -> str:
 BATCH_ROWS = 8192
 
 
-def _filtered(table: pa.Table, row_filters, holdout, first_row: int) -> pa.Table:
+def _filtered(table: pa.Table, spec, file_id: int, first_row: int) -> pa.Table:
     """``table`` with the row filters and one side of the holdout applied
     (``first_row``: the index in the file of its first row)."""
+    row_filters, h = spec.row_filters, spec.holdout
     mask = _row_mask(table, row_filters) if row_filters else None
-    if holdout is not None:
-        seed, fraction, validation, file_id, _ = holdout
-        held = holdout_rows(seed, file_id, first_row, table.num_rows, fraction)
-        keep = pa.array(held if validation else ~held)
+    if h is not None:
+        held = holdout_rows(h.seed, file_id, first_row, table.num_rows, h.fraction)
+        keep = pa.array(held if h.validation else ~held)
         mask = keep if mask is None else pc.and_(mask, keep)
     return table.filter(mask) if mask is not None else table
 
 
-def _row_group_tables(pf, path, row_groups, columns, row_filters, holdout):
+def _row_group_tables(pf, chunk, spec):
     """The chunk's rows as tables in file order, filtered and on one side of the holdout:
     a row group at a time, or ``BATCH_ROWS`` at a time for one larger than
     ``LARGE_ROW_GROUP`` (so a worker's memory is bounded by a batch of rows, not by the
     row groups a file was written with). Same rows, same bits either way."""
-    first_rows = holdout[4] if holdout else (0,) * len(row_groups)
-    read = columns + [f[0] for f in row_filters if f[0] not in columns]
-    for rg, first in zip(row_groups, first_rows):
+    columns = list(spec.columns)
+    read = columns + [f[0] for f in spec.row_filters if f[0] not in columns]
+    first_rows = chunk.first_rows if spec.holdout else (0,) * len(chunk.row_groups)
+    for rg, first in zip(chunk.row_groups, first_rows):
         try:
             if pf.metadata.row_group(rg).total_byte_size <= LARGE_ROW_GROUP:
-                yield _filtered(pf.read_row_group(rg, columns=read), row_filters, holdout, first)
+                yield _filtered(pf.read_row_group(rg, columns=read), spec, chunk.file_id, first)
                 continue
             at = first
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=read, use_threads=False):
-                yield _filtered(pa.Table.from_batches([batch]), row_filters, holdout, at)
+                yield _filtered(pa.Table.from_batches([batch]), spec, chunk.file_id, at)
                 at += batch.num_rows
         except (pa.ArrowException, OSError, ValueError) as e:
-            raise DataError(f"{path}: cannot read row group {rg} ({_first_line(e)})") from None
+            raise DataError(f"{chunk.path}: cannot read row group {rg} ({_first_line(e)})") from None
 
 
 def holdout_rows(seed: int, file_id: int, first_row: int, n: int, fraction: float) -> np.ndarray:
@@ -106,21 +102,22 @@ def _release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def read_block(path, row_groups, columns, storage_options, protocol, row_filters, missing, holdout=None):
-    """Read one chunk as a float64 array of shape (rows, len(columns)).
+def read_block(chunk, spec):
+    """Read one chunk (``source.Chunk``, read as ``source.ReadSpec`` says) as a float64
+    array of shape (rows, len(columns)).
 
     Runs inside a worker task. With ``missing: drop`` rows holding NaN/inf/null are
-    dropped here; with ``error`` they are kept for the client to report. ``holdout``:
-    one side of a validation split (``ParquetSource.read_args``).
+    dropped here; with ``error`` they are kept for the client to report.
     """
-    with open_file(path, protocol, storage_options) as fh:
-        pf = _parquet_file(fh, path, row_groups)
-        tables = _row_group_tables(pf, path, row_groups, columns, row_filters, holdout)
-        if row_filters or holdout:  # rows unknown until filtered
+    columns = spec.columns
+    with open_file(chunk.path, spec.protocol, spec.storage_options) as fh:
+        pf = _parquet_file(fh, chunk.path, chunk.row_groups)
+        tables = _row_group_tables(pf, chunk, spec)
+        if spec.row_filters or spec.holdout:  # rows unknown until filtered
             tables = list(tables)
             total = sum(t.num_rows for t in tables)
         else:
-            total = sum(pf.metadata.row_group(rg).num_rows for rg in row_groups)
+            total = sum(pf.metadata.row_group(rg).num_rows for rg in chunk.row_groups)
         # Column-major: each column is a contiguous copy from Arrow (row-major costs 40×
         # as much in strided writes); NumPy and BLAS take either order. Unfiltered, batch
         # by batch, so Arrow holds one decoded batch at a time.
@@ -135,7 +132,7 @@ def read_block(path, row_groups, columns, storage_options, protocol, row_filters
             lo += table.num_rows
         table = tables = None  # let go of Arrow's buffers before returning them
     _release_arrow_memory()
-    if missing == "drop":
+    if spec.missing == "drop":
         good = np.isfinite(out).all(axis=1)
         if not good.all():
             return out[good]
@@ -152,8 +149,7 @@ def as_float64(arr) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def read_slices(path, row_groups, columns, storage_options, protocol, row_filters, missing, holdout=None, *,
-                rows: int, shifted: bool = False):
+def read_slices(chunk, spec, *, rows: int, shifted: bool = False):
     """The slices of ``rows`` rows that ``gradient.block_slices(read_block(...))`` would
     give, without ever building the block: one row group is decoded at a time and copied
     slice by slice into one small reused buffer. So a pass that only adds up over rows
@@ -166,7 +162,7 @@ def read_slices(path, row_groups, columns, storage_options, protocol, row_filter
 
     Each slice is a view of the same buffer: use it before asking for the next.
     """
-    k = len(columns)
+    columns, k = list(spec.columns), len(spec.columns)
     buf = np.empty((rows, k), dtype=np.float64, order="F")
     fill, shift, emitted = 0, None, False
 
@@ -178,12 +174,12 @@ def read_slices(path, row_groups, columns, storage_options, protocol, row_filter
     def emit(z):
         return (z, shift) if shifted else z
 
-    with open_file(path, protocol, storage_options) as fh:
-        pf = _parquet_file(fh, path, row_groups)
-        for table in _row_group_tables(pf, path, row_groups, columns, row_filters, holdout):
+    with open_file(chunk.path, spec.protocol, spec.storage_options) as fh:
+        pf = _parquet_file(fh, chunk.path, chunk.row_groups)
+        for table in _row_group_tables(pf, chunk, spec):
             for batch in table.select(columns).to_batches():
                 arrays = [as_float64(col) for col in batch.columns]
-                if missing == "drop" and batch.num_rows:
+                if spec.missing == "drop" and batch.num_rows:
                     good = np.logical_and.reduce([np.isfinite(a) for a in arrays])
                     if not good.all():
                         arrays = [a[good] for a in arrays]
@@ -253,22 +249,3 @@ def _row_mask(table: pa.Table, row_filters):
             m = fn(arr, pa.scalar(value))
         mask = m if mask is None else pc.and_(mask, m)
     return pc.fill_null(mask, False)
-
-
-def to_dask_array(src: ParquetSource):
-    """The dataset as one dask array of shape (n, len(columns)): X = [:, :-1], y = [:, -1].
-
-    Chunk sizes come from the footers; with row filters or ``missing: drop`` the row
-    counts of chunks are not known in advance (NaN), which the reductions do not need.
-    """
-    import dask
-    import dask.array as da
-
-    exact = src.rows_known and src.missing == "error"
-    k = len(src.columns)
-    blocks = []
-    for p in src.pieces:
-        args = src.read_args(p)
-        task = dask.delayed(read_block, pure=True)(*args, dask_key_name=f"read-{dask.base.tokenize(args)}")
-        blocks.append(da.from_delayed(task, shape=(p.rows if exact else math.nan, k), dtype=np.float64))
-    return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]

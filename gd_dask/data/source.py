@@ -36,8 +36,8 @@ CHUNK_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
-class Piece:
-    """One chunk: some consecutive row groups of one file.
+class Chunk:
+    """The unit of work, one task per pass: some consecutive row groups of one file.
 
     first_rows : index in the file of each row group's first row
     file_id : CRC-32 of the file's path below ``data.path`` (names it in the holdout hash)
@@ -64,18 +64,32 @@ class Holdout:
     validation: bool  # True: read the held-out rows; False: the rest
 
 
+@dataclass(frozen=True)
+class ReadSpec:
+    """What a worker needs, beside the chunk, to read it: the columns (features, target,
+    then weight), where the files live, the row filters, what to do with NaN/inf/null
+    (``missing``), and one side of a validation split (``holdout``)."""
+
+    columns: tuple[str, ...]
+    protocol: str
+    storage_options: dict
+    row_filters: tuple = ()
+    missing: str = "error"
+    holdout: Holdout | None = None
+
+
 @dataclass
 class ParquetSource:
     """What the client knows about a dataset after reading footers only.
 
-    pieces : the chunks, in a fixed order (sorted file paths, then row groups)
+    chunks : in a fixed order (sorted file paths, then row groups)
     columns : features, then target (then weight), the order of the block columns
     """
 
     fs: Any
     protocol: str
     files: list[dict]
-    pieces: list[Piece]
+    chunks: list[Chunk]
     columns: list[str]
     partitions: dict[str, dict[str, str]] = field(default_factory=dict)
     row_filters: list = field(default_factory=list)
@@ -101,14 +115,15 @@ class ParquetSource:
         return (dataclasses.replace(self, holdout=Holdout(seed, fraction, False)),
                 dataclasses.replace(self, holdout=Holdout(seed, fraction, True)))
 
-    def read_args(self, piece: Piece) -> tuple:
+    @property
+    def spec(self) -> ReadSpec:
+        """How every chunk of this source is read (``read_block``, ``read_slices``)."""
+        return ReadSpec(tuple(self.columns), self.protocol, self.storage_options,
+                        tuple(tuple(f) for f in self.row_filters), self.missing, self.holdout)
+
+    def read_args(self, chunk: Chunk) -> tuple[Chunk, ReadSpec]:
         """The arguments of ``read_block`` and ``read_slices`` for one chunk."""
-        holdout = None
-        if self.holdout is not None:
-            h = self.holdout
-            holdout = (h.seed, h.fraction, h.validation, piece.file_id, piece.first_rows)
-        return (piece.path, piece.row_groups, self.columns, self.storage_options, self.protocol,
-                self.row_filters, self.missing, holdout)
+        return chunk, self.spec
 
     @property
     def n_rows(self) -> int:
@@ -124,29 +139,29 @@ class ParquetSource:
         ``chunk_bytes`` (as float64), never splitting a row group or crossing files."""
         self._chunk_bytes = chunk_bytes
         max_rows = max(1, chunk_bytes // (8 * len(self.columns)))
-        pieces = []
+        chunks = []
         for f in self.files:
             starts = np.concatenate([[0], np.cumsum(f["row_groups"])]).astype(int).tolist()
             file_id = zlib.crc32(f["rel"].encode())
 
-            def piece(group, rows):
-                return Piece(f["full_path"], tuple(group), rows, tuple(starts[rg] for rg in group), file_id)
+            def chunk(group, rows):
+                return Chunk(f["full_path"], tuple(group), rows, tuple(starts[rg] for rg in group), file_id)
 
             group, rows = [], 0
             for rg, n in enumerate(f["row_groups"]):
                 if group and rows + n > max_rows:
-                    pieces.append(piece(group, rows))
+                    chunks.append(chunk(group, rows))
                     group, rows = [], 0
                 group.append(rg)
                 rows += n
             if group:
-                pieces.append(piece(group, rows))
-        self.pieces = [p for p in pieces if p.rows > 0]
+                chunks.append(chunk(group, rows))
+        self.chunks = [c for c in chunks if c.rows > 0]
 
     def subset(self, full_paths) -> ParquetSource:
         """The same dataset restricted to some files (layout redone)."""
         keep = set(full_paths)
-        sub = dataclasses.replace(self, files=[f for f in self.files if f["full_path"] in keep], pieces=[])
+        sub = dataclasses.replace(self, files=[f for f in self.files if f["full_path"] in keep], chunks=[])
         sub.layout(self._chunk_bytes)
         return sub
 
@@ -295,13 +310,13 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
                       "row_group_bytes": max((meta.row_group(rg).total_byte_size
                                               for rg in range(meta.num_row_groups)), default=0)})
     src = ParquetSource(
-        fs=fs, protocol=protocol, files=files, pieces=[], columns=columns,
+        fs=fs, protocol=protocol, files=files, chunks=[], columns=columns,
         partitions=partitions, row_filters=row_filters,
         storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing, weight=data_cfg.weight,
         root=root,
     )
     src.layout(chunk_bytes)
-    if not src.pieces:
+    if not src.chunks:
         raise DataError(f"data.path '{data_cfg.path}': the selected files hold no rows")
     return src
 

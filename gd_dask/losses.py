@@ -1,0 +1,125 @@
+"""Per-row losses: everything the rest of gd_dask needs to know about one, in one place.
+
+A loss sees the linear predictor ``eta = xs·m + b`` of a row and its target ``y``:
+
+* ``terms(eta, y, w)`` gives the derivative ψ = ∂ℓ/∂eta of each row (times its weight)
+  and the sum of the *reported* per-row loss (err² for squared loss, so the loss column
+  reads as an MSE). The gradient kernels (``gradient``) sum ψ·xs and ψ; the training
+  objective is ``reported / penalty_scale`` plus the penalties.
+* ``quadratic``: the objective is a quadratic in (m, b), so its moments are sufficient
+  statistics (the ``gram`` strategy) and the coefficient bound of ``certify`` is exact.
+* ``curvature``: sup ℓ''; the objective's Hessian is at most this times the Gram matrix
+  of [xs, 1], which gives ``learning_rate: auto`` and the stable limit.
+* ``center_target``: whether y may be shifted by its mean (which only improves rounding).
+* ``predict(eta)``: the inverse link, what ``predict`` writes.
+* ``check_target(y)``: the values a target column may not hold, for a one-line error.
+
+Adding a loss is a class here and an entry in ``LOSSES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: ClassVar[str]
+    quadratic: ClassVar[bool] = False
+    curvature: ClassVar[float] = 1.0
+    center_target: ClassVar[bool] = True
+    #: The reported loss over the objective's data term (2 for ½·MSE, whose report is the MSE).
+    penalty_scale: ClassVar[float] = 2.0
+    #: The metric that model.json's ``final_loss`` reports.
+    metric: ClassVar[str] = "mse"
+    #: ``regression`` or ``classification`` (what evaluate and predict report).
+    task: ClassVar[str] = "regression"
+    #: What the loss column of history.csv and loss.png holds.
+    label: ClassVar[str] = "mean squared error"
+    #: One line for the config schema.
+    summary: ClassVar[str] = ""
+    #: The values a target may hold, in words (None: any finite value); ``check_target``.
+    target_rule: ClassVar[str | None] = None
+    #: |ℓ'''| ≤ ℓ'': the curvature changes slowly (Bach 2010), so one pass measuring it
+    #: at θ certifies the coefficients' error (``certify.LocalBound``).
+    self_concordant: ClassVar[bool] = False
+
+    def terms(self, eta, y, w) -> tuple[np.ndarray, float]:
+        """(w·ψ per row, Σ w·reported loss) for predictors ``eta`` and targets ``y``;
+        ``w`` None: unweighted."""
+        raise NotImplementedError
+
+    def predict(self, eta):
+        """The inverse link: what a prediction is (identity for regression)."""
+        return eta
+
+    def second(self, eta, y) -> np.ndarray:
+        """ℓ'' per row, for the certificate of a non-quadratic loss (``certify.LocalBound``)."""
+        raise NotImplementedError
+
+    def check_target(self, y) -> np.ndarray | None:
+        """The values of ``y`` this loss refuses (None: any finite value will do)."""
+        return None
+
+    @classmethod
+    def of(cls, model_cfg) -> Loss:
+        return cls()
+
+
+@dataclass(frozen=True)
+class Squared(Loss):
+    """ℓ = ½(eta − y)²: ψ = err, reported err² (so the loss column is the MSE)."""
+
+    name: ClassVar[str] = "squared"
+    quadratic: ClassVar[bool] = True
+    summary: ClassVar[str] = "least squares"
+
+    def terms(self, eta, y, w):
+        err = eta - y
+        if w is None:
+            return err, float(err @ err)
+        we = w * err
+        return we, float(we @ err)
+
+
+@dataclass(frozen=True)
+class Huber(Loss):
+    """ρ(r) = r²/2 for |r| ≤ delta, delta·(|r| − delta/2) beyond; ψ = ρ′ = clip(r);
+    reported 2ρ, which reads like an MSE. ρ″ ≤ 1: the squared loss's rates stay stable."""
+
+    name: ClassVar[str] = "huber"
+    summary: ClassVar[str] = "robust to outliers (threshold model.huber_delta)"
+    label: ClassVar[str] = "mean of 2·Huber loss"
+    delta: float = 1.35
+
+    def terms(self, eta, y, w):
+        err = eta - y
+        delta = self.delta
+        psi = np.clip(err, -delta, delta)
+        a = np.abs(err)
+        two_rho = np.where(a <= delta, err * err, delta * (2.0 * a - delta))
+        if w is None:
+            return psi, float(two_rho.sum())
+        return w * psi, float(w @ two_rho)
+
+    @classmethod
+    def of(cls, model_cfg) -> Huber:
+        return cls(model_cfg.huber_delta)
+
+
+LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in (Squared, Huber)}
+SQUARED = Squared()
+
+
+def describe() -> str:
+    """The losses for the config schema, one clause each."""
+    return "; ".join(f"{name}: {cls.summary}" + ("" if cls.quadratic else " (strategy stream)")
+                     for name, cls in LOSSES.items()) + "."
+
+
+def of(model_cfg) -> Loss:
+    """The loss a ``model`` config section asks for."""
+    return LOSSES[model_cfg.loss].of(model_cfg)
