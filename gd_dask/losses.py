@@ -110,7 +110,51 @@ class Huber(Loss):
         return cls(model_cfg.huber_delta)
 
 
-LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in (Squared, Huber)}
+def _sigmoid_parts(eta):
+    """(e, p) with e = exp(−|eta|) and p = 1/(1 + exp(−eta)), without overflow."""
+    e = np.exp(-np.abs(eta))
+    r = 1.0 / (1.0 + e)
+    return e, np.where(eta >= 0, r, e * r)
+
+
+@dataclass(frozen=True)
+class Logistic(Loss):
+    """ℓ = log(1 + e^eta) − y·eta for a 0/1 target: the log-loss of p = σ(eta).
+    ψ = p − y, ℓ'' = p(1 − p) ≤ ¼ and |ℓ'''| = ℓ''·|1 − 2p| ≤ ℓ''. Reported as is (the
+    mean log-loss); predictions are the probabilities p."""
+
+    name: ClassVar[str] = "logistic"
+    curvature: ClassVar[float] = 0.25
+    center_target: ClassVar[bool] = False
+    penalty_scale: ClassVar[float] = 1.0
+    metric: ClassVar[str] = "log_loss"
+    task: ClassVar[str] = "classification"
+    summary: ClassVar[str] = "log-loss of a 0/1 target; predictions are probabilities"
+    label: ClassVar[str] = "mean log-loss"
+    target_rule: ClassVar[str | None] = "0 or 1"
+    self_concordant: ClassVar[bool] = True
+
+    def terms(self, eta, y, w):
+        e, p = _sigmoid_parts(eta)
+        psi = p - y
+        # log(1 + e^eta) − y·eta = log1p(e^−|eta|) + (eta⁺ for y = 0, eta⁻ for y = 1)
+        ll = np.log1p(e) + np.maximum(np.where(y > 0.5, -eta, eta), 0.0)
+        if w is None:
+            return psi, float(ll.sum())
+        return w * psi, float(w @ ll)
+
+    def predict(self, eta):
+        return _sigmoid_parts(eta)[1]
+
+    def second(self, eta, y):
+        p = self.predict(eta)
+        return p * (1.0 - p)
+
+    def check_target(self, y):
+        return y[(y != 0.0) & (y != 1.0)]
+
+
+LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in (Squared, Huber, Logistic)}
 SQUARED = Squared()
 
 

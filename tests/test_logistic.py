@@ -1,0 +1,284 @@
+"""Logistic regression (model.loss: logistic) against independent references: scikit-learn's
+LogisticRegression and roc_auc_score, a plain NumPy gradient-descent loop, finite
+differences, the KKT conditions of l1; and the cluster invariants (1, 2, 3 workers, a killed
+worker)."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_config, run_cli, write_parquet
+from dask_processes import DaskProcesses
+from gd_dask import gradient as g
+from gd_dask.losses import Logistic
+from gd_dask.train import fit
+
+TRUE_M = np.array([1.2, -0.6, 2.0])
+TRUE_B = 0.3
+
+
+def _problem(seed=1, n=6000, offset=0.0, scale=(1.0, 2.0, 0.5)):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3)) * scale + offset
+    z = (X - offset) @ TRUE_M + TRUE_B
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    return X, y
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def _sklearn(X, y, C=np.inf, sample_weight=None):
+    """scikit-learn's solution in original units, fit on standardized features (the
+    unpenalized solution does not depend on the scaling; with l2 it is where ours acts)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mu, sd = np.average(X, axis=0, weights=sample_weight), None
+    sd = np.sqrt(np.average((X - mu) ** 2, axis=0, weights=sample_weight))
+    sk = LogisticRegression(C=C, tol=1e-14, max_iter=100_000).fit((X - mu) / sd, y, sample_weight=sample_weight)
+    m = sk.coef_[0] / sd
+    return m, sk.intercept_[0] - mu @ m
+
+
+def _newton(X, y):
+    """The unpenalized minimizer by Newton's method, gradients in long double."""
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    Z = np.column_stack([(X - mu) / sd, np.ones(len(y))]).astype(np.longdouble)
+    theta, yl = np.zeros(Z.shape[1], dtype=np.longdouble), y.astype(np.longdouble)
+    for _ in range(30):
+        p = 1 / (1 + np.exp(-(Z @ theta)))
+        grad = Z.T @ (p - yl) / len(y)
+        hess = (Z * (p * (1 - p))[:, None]).T @ Z / len(y)
+        theta -= np.linalg.solve(hess.astype(float), grad.astype(float)).astype(np.longdouble)
+    m = theta[:-1] / sd
+    return m, theta[-1] - mu @ m
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3], ids=["centered", "offset-1e3"])
+def test_coefficients_match_scikit_learn_and_converged_is_true(client, tmp_path, offset):
+    X, y = _problem(offset=offset)
+    cfg = make_config(write_parquet(tmp_path / "d", X, y), tmp_path, model={"loss": "logistic"})
+    res = fit(cfg, client)
+    m_ref, b_ref = _sklearn(X, y)
+    assert res.converged and res.convergence["criterion"] == "local_curvature"
+    np.testing.assert_allclose(res.m, m_ref, rtol=1e-6)
+    assert res.b == pytest.approx(b_ref, rel=1e-6)
+    # The certified bound is no smaller than the error against Newton's method in long
+    # double (scikit-learn's own lbfgs at tol 1e-14 is off by ~5e-10 here).
+    m_x, b_x = _newton(X, y)
+    err = max(np.abs(res.m / m_x - 1).max(), abs(res.b / b_x - 1))
+    assert err <= res.convergence["bound"] <= cfg.optimizer.tol
+
+
+def test_l2_matches_scikit_learn_with_the_matching_C(client, tmp_path):
+    X, y = _problem(seed=2)
+    l2 = 0.05
+    cfg = make_config(write_parquet(tmp_path / "d", X, y), tmp_path, model={"loss": "logistic", "l2": l2})
+    res = fit(cfg, client)
+    # Ours: mean log-loss + (l2/2)·‖m‖² on standardized features; scikit-learn's:
+    # C·Σ log-loss + ½‖w‖². The same objective for C = 1/(l2·n).
+    m_ref, b_ref = _sklearn(X, y, C=1 / (l2 * len(y)))
+    assert res.converged
+    np.testing.assert_allclose(res.m, m_ref, rtol=1e-6)
+    assert res.b == pytest.approx(b_ref, rel=1e-6)
+
+
+def test_sample_weights_match_scikit_learn(client, tmp_path):
+    X, y = _problem(seed=3, n=4000)
+    w = np.random.default_rng(3).uniform(0.2, 3.0, len(y))
+    root = tmp_path / "d"
+    data = write_parquet(root, np.column_stack([X, w]), y, names=["x0", "x1", "x2", "w"])
+    data["features"], data["weight"] = ["x0", "x1", "x2"], "w"
+    res = fit(make_config(data, tmp_path, model={"loss": "logistic"}), client)
+    m_ref, b_ref = _sklearn(X, y, sample_weight=w)
+    assert res.converged
+    np.testing.assert_allclose(res.m, m_ref, rtol=1e-6)
+    assert res.b == pytest.approx(b_ref, rel=1e-6)
+
+
+def test_iterates_equal_a_plain_numpy_loop(client, tmp_path):
+    X, y = _problem(seed=4, n=3000)
+    lr, epochs = 0.8, 25
+    cfg = make_config(write_parquet(tmp_path / "d", X, y, n_files=4), tmp_path,
+                      model={"loss": "logistic", "standardize": False},
+                      optimizer={"learning_rate": lr, "momentum": 0.0, "epochs": epochs, "tol": 0,
+                                 "strategy": "stream"})
+    res = fit(cfg, client)
+    m, b, losses = np.zeros(3), 0.0, []
+    for _ in range(epochs):
+        z = X @ m + b
+        p = _sigmoid(z)
+        losses.append(np.mean(np.logaddexp(0, z) - y * z))
+        m, b = m - lr * X.T @ (p - y) / len(y), b - lr * np.mean(p - y)
+    assert res.epochs_run == epochs
+    np.testing.assert_allclose([h["loss"] for h in res.history], losses, rtol=1e-10)
+    np.testing.assert_allclose(res.m, m, rtol=1e-10)
+    assert res.b == pytest.approx(b, rel=1e-10)
+
+
+def test_the_gradient_sums_are_the_derivative_of_the_loss():
+    rng = np.random.default_rng(5)
+    Z = np.column_stack([rng.normal(size=(500, 2)), (rng.random(500) < 0.4).astype(float)])
+    loss, m, b = Logistic(), np.array([0.7, -0.2]), 0.1
+
+    def mean_loss(m, b):
+        s = g.block_sums_std(Z, m, b, loss)
+        return s.loss / s.n
+
+    s = g.block_sums_std(Z, m, b, loss)
+    h = 1e-6
+    for j in range(2):
+        e = np.eye(2)[j] * h
+        fd = (mean_loss(m + e, b) - mean_loss(m - e, b)) / (2 * h)
+        assert s.grad[j] / s.n == pytest.approx(fd, rel=1e-7)
+    fd_b = (mean_loss(m, b + h) - mean_loss(m, b - h)) / (2 * h)
+    assert s.err / s.n == pytest.approx(fd_b, rel=1e-7)
+    # ψ and ℓ stay finite where exp would overflow.
+    psi, total = loss.terms(np.array([800.0, -800.0]), np.array([0.0, 1.0]), None)
+    assert np.allclose(psi, [1.0, -1.0]) and total == pytest.approx(1600.0)
+
+
+def test_l1_satisfies_the_lasso_optimality_conditions(client, tmp_path):
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(5000, 4))
+    y = (rng.random(5000) < _sigmoid(X[:, :2] @ [1.5, -1.0])).astype(float)  # x2, x3 irrelevant
+    l1 = 0.02
+    cfg = make_config(write_parquet(tmp_path / "d", X, y), tmp_path,
+                      model={"loss": "logistic", "l1": l1, "standardize": False},
+                      optimizer={"tol": 1e-12, "epochs": 3000})
+    res = fit(cfg, client)
+    grad = X.T @ (_sigmoid(X @ res.m + res.b) - y) / len(y)
+    zero = res.m == 0
+    assert zero[2:].all() and not zero[:2].any()  # exact zeros where lasso puts them
+    # l1 stops on the loss change (no certified bound for a non-quadratic loss with l1):
+    # a relative change of 1e-12 leaves the gradient mapping near √1e-12.
+    assert res.convergence["criterion"] == "loss_change" and res.converged
+    np.testing.assert_allclose(grad[~zero], -l1 * np.sign(res.m[~zero]), atol=1e-6)
+    assert (np.abs(grad[zero]) <= l1).all()
+    assert abs(np.mean(_sigmoid(X @ res.m + res.b) - y)) < 1e-8  # the intercept is not penalized
+
+
+def _cli_dataset(tmp_path, X, y, **optimizer):
+    data = write_parquet(tmp_path / "d", X, y, n_files=4, row_group_rows=500)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps({"name": "clf", "data": data, "model": {"loss": "logistic"},
+                               "optimizer": optimizer, "output": {"dir": str(tmp_path / "out")}}))
+    return data, cfg
+
+
+def test_cli_train_evaluate_predict_report_a_classifier(tmp_path):
+    from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, precision_score, recall_score
+    from sklearn.metrics import roc_auc_score
+
+    X, y = _problem(seed=7, n=8000)
+    data, cfg = _cli_dataset(tmp_path, X, y)
+    r = run_cli("train", cfg, "--no-plot")
+    assert r.returncode == 0, r.stderr
+    assert "final loss (log_loss)" in r.stdout and "local_curvature" in r.stdout
+    model = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert model["converged"] and set(model["metrics"]) >= {"log_loss", "roc_auc", "accuracy", "brier"}
+
+    r = run_cli("evaluate", tmp_path / "out" / "model.json", data["path"])
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    p = _sigmoid(X @ np.array(model["m"]) + model["b"])
+    label = (p >= 0.5).astype(float)
+    assert got["log_loss"] == pytest.approx(log_loss(y, p), rel=1e-12)
+    assert got["brier"] == pytest.approx(brier_score_loss(y, p), rel=1e-12)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y, label), rel=1e-15)
+    assert got["precision"] == pytest.approx(precision_score(y, label), rel=1e-15)
+    assert got["recall"] == pytest.approx(recall_score(y, label), rel=1e-15)
+    assert abs(got["roc_auc"] - roc_auc_score(y, p)) <= got["roc_auc_error"] < 1e-3
+
+    out = tmp_path / "pred"
+    r = run_cli("predict", tmp_path / "out" / "model.json", data["path"], out, "--threshold", "0.7")
+    assert r.returncode == 0, r.stderr
+    files = sorted(out.rglob("*.parquet"))
+    table = pq.ParquetDataset(files).read().to_pandas() if len(files) > 1 else pq.read_table(files[0]).to_pandas()
+    np.testing.assert_allclose(table["prediction"], p, rtol=1e-12)
+    assert (table["label"].to_numpy() == (p >= 0.7)).all()
+
+
+def test_a_target_that_is_not_0_or_1_is_one_line_naming_it(tmp_path):
+    X, y = _problem(seed=8, n=600)
+    y[[5, 77]] = [2.0, -1.0]
+    _, cfg = _cli_dataset(tmp_path, X, y)
+    r = run_cli("train", cfg, "--no-plot")
+    assert r.returncode == 1
+    line = r.stderr.strip().splitlines()[-1]
+    assert "target 'y'" in line and "2 values" in line and "-1, 2" in line and "0 or 1" in line
+
+
+def test_threshold_on_a_regression_model_is_a_usage_error(tmp_path):
+    X, y = _problem(seed=9, n=300)
+    data = write_parquet(tmp_path / "d", X, y)
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(json.dumps({"name": "r", "data": data, "output": {"dir": str(tmp_path / "out")}}))
+    assert run_cli("train", cfg, "--no-plot").returncode == 0
+    r = run_cli("predict", tmp_path / "out" / "model.json", data["path"], tmp_path / "p", "--threshold", "0.5")
+    assert r.returncode == 2 and "--threshold" in r.stderr
+
+
+def test_early_stopping_and_sweep_work_for_logistic(tmp_path):
+    X, y = _problem(seed=10, n=4000)
+    _, cfg = _cli_dataset(tmp_path, X, y, validation_fraction=0.2)
+    r = run_cli("train", cfg, "--no-plot")
+    assert r.returncode == 0, r.stderr
+    model = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert model["validation"]["rows"] > 0 and "log_loss" in model["validation"]["metrics"]
+    r = run_cli("sweep", cfg, "--learning-rates", "0.5,auto", "--set", "optimizer.validation_fraction=0")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def cluster_job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("logistic-cluster")
+    X, y = _problem(seed=11, n=16000)
+    data = write_parquet(root / "d", X, y, n_files=8, row_group_rows=1000)
+    cfg = root / "run.yaml"
+    cfg.write_text(json.dumps({"name": "clf", "data": data, "model": {"loss": "logistic"},
+                               "optimizer": {"learning_rate": 0.5, "epochs": 60, "tol": 0, "cache": "memory"}}))
+    return data, cfg, root
+
+
+def test_one_two_and_three_workers_give_identical_weights(cluster_job, tmp_path):
+    from distributed import Client, LocalCluster
+
+    from gd_dask.config import load_config
+
+    _, cfg, _ = cluster_job
+    results = []
+    for n in (1, 2, 3):
+        with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0") as lc, \
+                Client(lc, set_as_default=False) as c:
+            results.append(fit(load_config(cfg, [f"output.dir={tmp_path / str(n)}"]), c))
+    for r in results[1:]:
+        assert r.m.tobytes() == results[0].m.tobytes() and r.b == results[0].b
+        assert [h["loss"] for h in r.history] == [h["loss"] for h in results[0].history]
+
+
+def test_a_worker_killed_mid_training_changes_nothing(cluster_job, tmp_path):
+    from test_cluster import _start_train, _wait_for_epoch
+
+    _, cfg, _ = cluster_job
+    ref = run_cli("train", cfg, "--no-plot", "--set", f"output.dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr
+    procs = DaskProcesses(n_workers=2).start()
+    try:
+        proc, lines = _start_train(cfg, tmp_path / "o", "--no-plot", "--scheduler", procs.address)
+        _wait_for_epoch(lines, 10, proc)
+        victim = sorted(procs.worker_pids().values())[0]
+        os.kill(victim, signal.SIGKILL)  # the worker process, not its nanny
+        proc.communicate(timeout=240)
+        assert proc.returncode == 0, "".join(lines)
+        assert victim not in procs.worker_pids().values()
+    finally:
+        procs.stop()
+    got = json.loads((tmp_path / "o" / "model.json").read_text())
+    want = json.loads((tmp_path / "ref" / "model.json").read_text())
+    assert got["m"] == want["m"] and got["b"] == want["b"]
