@@ -183,7 +183,9 @@ class OutputConfig(_Section):
 
 
 class PromoteConfig(_Section):
-    metric: Literal["rmse", "mse", "mae", "r2"] = "rmse"
+    metric: Literal[tuple(m for ms in losses.TASK_METRICS.values() for m in ms)] | None = Field(
+        default=None, description="What the holdout compares; default rmse for regression, log_loss for "
+                                  "classification.")
     max_regression: NonNegFloat = 0.02
 
 
@@ -208,6 +210,13 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _across_sections(self) -> RunConfig:
         _check_l1_momentum(self)
+        task = losses.LOSSES[self.model.loss].task
+        allowed = losses.TASK_METRICS[task]
+        if self.registry.promote.metric is None:
+            self.registry.promote.metric = allowed[0]
+        elif self.registry.promote.metric not in allowed:
+            raise ValueError(f"registry.promote.metric {self.registry.promote.metric} does not apply to a "
+                             f"{task} (model.loss {self.model.loss}); use one of {', '.join(allowed)}")
         if self.optimizer.method == "minibatch":
             if self.optimizer.batch_size is None:
                 raise ValueError("optimizer.batch_size is required with optimizer.method minibatch")

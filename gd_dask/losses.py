@@ -154,6 +154,12 @@ class Logistic(Loss):
         return y[(y != 0.0) & (y != 1.0)]
 
 
+#: The metrics each task reports, the first being what refits compare by default.
+TASK_METRICS = {"regression": ("rmse", "mse", "mae", "r2"),
+                "classification": ("log_loss", "roc_auc", "accuracy", "brier", "precision", "recall")}
+#: Metrics where lower is better (refit's gate).
+LOWER_IS_BETTER = frozenset({"rmse", "mse", "mae", "log_loss", "brier"})
+
 LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in (Squared, Huber, Logistic)}
 SQUARED = Squared()
 

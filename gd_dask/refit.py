@@ -4,10 +4,12 @@ For an as-of date D the window is the last ``data.window_days`` date partitions 
 Its newest ``registry.holdout_days`` dates are the holdout; the challenger trains on the
 rest (forward chaining: both models are judged on days neither has seen, so a night of
 corrupted labels is caught when it enters training, and a corrupted holdout cannot pass
-a model that learnt from it). Training uses the ``gram`` strategy from per-file moments
-cached in the registry (keyed by path, size, mtime/ETag): only files never seen are read.
-The holdout pass also computes and caches the holdout files' moments, so on a regular
-night only the newest day is read, once.
+a model that learnt from it). Squared loss trains with the ``gram`` strategy from per-file
+moments cached in the registry (keyed by path, size, mtime/ETag): only files never seen
+are read. The holdout pass also computes and caches the holdout files' moments, so on a
+regular night only the newest day is read, once. A loss without sufficient statistics
+(logistic, Huber) trains by stream epochs over the window, warm-started from the current
+model, and is judged by one pass per model over the holdout.
 """
 
 from __future__ import annotations
@@ -21,18 +23,18 @@ from datetime import date
 import numpy as np
 
 from . import gradient as g
+from . import losses
 from .data import CHUNK_BYTES, ParquetSource, hive_keys, list_files, open_source
 from .errors import ArtifactError, ConfigError, DataError
 from .executor import Executor, chunk_bytes_for
 from .registry import Registry
 from .store import history_csv, model_document
 from .prepare import pick_strategy
-from .train import fit_moments
+from .train import fit, fit_moments
 
 log = logging.getLogger(__name__)
 
 DATE_KEY = "date"
-LOWER_IS_BETTER = {"rmse", "mse", "mae"}
 
 
 @dataclass
@@ -111,7 +113,7 @@ def judge(metric: str, max_regression: float, challenger: dict, current: dict | 
     if current is None:
         return True, "first model"
     ch, cur = challenger[metric], current[metric]
-    if metric in LOWER_IS_BETTER:
+    if metric in losses.LOWER_IS_BETTER:
         ok = ch <= cur * (1 + max_regression)
         return ok, f"{metric} {ch:.6g} vs current {cur:.6g} (allowed up to +{max_regression:.1%})"
     ok = ch >= cur - max_regression
@@ -124,9 +126,9 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
     if cfg.optimizer.validation_fraction:
         raise ConfigError("refit judges each challenger on its newest days (registry.holdout_days): "
                           "set optimizer.validation_fraction to 0")
-    if pick_strategy(cfg) != "gram":
-        raise ConfigError("refit trains from cached statistics (the gram strategy): it needs model.loss "
-                          "squared, optimizer.method batch and optimizer.strategy auto or gram")
+    gram = pick_strategy(cfg) == "gram"
+    if not gram and cfg.optimizer.method != "batch":
+        raise ConfigError("refit trains with optimizer.method batch")
     reg = Registry(cfg.registry.dir, cfg.name, cfg.data.storage_options)
     with reg.lock():
         dates = window_dates(cfg, as_of)
@@ -159,16 +161,23 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
         current_version = reg.current()
         current = reg.current_model()
         init = _check_current(current, cfg)
-        mom, files_read = training_moments(train_src, reg, client)
-        if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
-            raise DataError(f"only {mom.n} training rows in {train_dates[0]}..{train_dates[-1]}")
-        # Refinement reads the training files only where the float64 gradient stalls above tol.
-        result = fit_moments(cfg, mom, init=init, refine_pass=Executor(client, train_src, cache=False).refine_sums)
+        if gram:
+            mom, files_read = training_moments(train_src, reg, client)
+            if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
+                raise DataError(f"only {mom.n} training rows in {train_dates[0]}..{train_dates[-1]}")
+            # Refinement reads the training files only where the float64 gradient stalls above tol.
+            result = fit_moments(cfg, mom, init=init,
+                                 refine_pass=Executor(client, train_src, cache=False).refine_sums)
+        else:  # no sufficient statistics (logistic, Huber): every epoch reads the training window
+            run_cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"checkpoint_every": 0})})
+            result = fit(run_cfg, client, init=init, source=train_src)
+            files_read = len(train_src.files)
 
         if first_night:
             challenger_score, current_score = dict(result.metrics), None
         else:
-            challenger_score, current_score = _judge_on_holdout(client, reg, hold_src, hold_dates, result, init)
+            judge_fn = _judge_on_holdout if gram else _judge_by_passes
+            challenger_score, current_score = judge_fn(client, reg, hold_src, hold_dates, result, init, cfg)
             files_read += len(hold_src.files)
 
         if first_night:
@@ -200,7 +209,17 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
         return RefitOutcome(version, promote, verdict, files_read, msg)
 
 
-def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates, result, init) -> tuple:
+def _judge_by_passes(client, reg: Registry, hold_src: ParquetSource, hold_dates, result, init, cfg) -> tuple:
+    """The challenger's (and the current model's) metrics on the holdout days, one pass
+    each, for losses without cached statistics."""
+    ex = Executor(client, hold_src, cache=False, loss=losses.of(cfg.model))
+    scores = [ex.metrics(m, b) for m, b in [(result.m, result.b)] + ([init] if init is not None else [])]
+    if not all(np.isfinite(s[cfg.registry.promote.metric]) for s in scores):
+        raise DataError(f"the holdout {hold_dates} holds NaN/inf/null values; fix the data or set data.missing: drop")
+    return scores[0], (scores[1] if init is not None else None)
+
+
+def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates, result, init, cfg) -> tuple:
     """The challenger's (and the current model's) metrics on the holdout days, in one
     pass that also caches the holdout files' moments for the nights to come."""
     models = [(result.m, result.b)] + ([init] if init is not None else [])
