@@ -16,8 +16,9 @@ TRUE_M = np.array([1.5, -0.7, 2.0, 0.3, -1.1, 0.8, 0.05, -0.4])
 
 
 def write_days(root: Path, days: int, rows_per_day: int, d: int = 8, seed: int = 0,
-               row_group_rows: int = 250_000) -> list[str]:
-    """``root/date=.../part-0000.parquet``, one file per day, d features + y; skips days present."""
+               row_group_rows: int = 250_000, labels: bool = False) -> list[str]:
+    """``root/date=.../part-0000.parquet``, one file per day, d features + y; skips days present.
+    ``labels``: y is 0/1, drawn with probability σ(standardized X·TRUE_M/2 + 0.3)."""
     rng = np.random.default_rng(seed)
     names = [f"x{j}" for j in range(d)]
     wrote = False
@@ -29,7 +30,11 @@ def write_days(root: Path, days: int, rows_per_day: int, d: int = 8, seed: int =
             continue
         folder.mkdir(parents=True, exist_ok=True)
         X = rng.normal(size=(rows_per_day, d)) * np.linspace(0.5, 3.0, d) + np.linspace(-2, 5, d)
-        y = X @ TRUE_M[:d] + 3.0 + rng.normal(size=rows_per_day)
+        if labels:
+            z = ((X - np.linspace(-2, 5, d)) / np.linspace(0.5, 3.0, d)) @ TRUE_M[:d] / 2 + 0.3
+            y = (rng.random(rows_per_day) < 1 / (1 + np.exp(-z))).astype(np.float64)
+        else:
+            y = X @ TRUE_M[:d] + 3.0 + rng.normal(size=rows_per_day)
         cols = {n: X[:, j] for j, n in enumerate(names)}
         cols["y"] = y
         pq.write_table(pa.table(cols), path, row_group_size=row_group_rows)

@@ -3,12 +3,14 @@
 1. speed — on the same generated data: one pyarrow scan (the floor), gd-dask gram,
    gd-dask stream with the memory cache, dask-ml LinearRegression(gradient_descent), and
    a plain in-memory NumPy loop; same epochs; final loss and time ratios.
-2. memory — a dataset ≥ 4 × the workers' total memory limit trained with both
+2. logistic — a stream epoch vs a NumPy epoch, the default run to a certified model, and
+   dask-ml LogisticRegression (lbfgs, gradient_descent) on the same data.
+3. memory — a dataset ≥ 4 × the workers' total memory limit trained with both
    strategies; peak RSS of every worker against its limit.
-3. scaling — gram training time at 1, 2, 4, 8 × a base size with 1 and 2 workers
+4. scaling — gram training time at 1, 2, 4, 8 × a base size with 1 and 2 workers
    (bench.png).
-4. refit_cost — a nightly refit after one new day of 30 vs training on that day alone.
-5. accuracy — NIST StRD LRE, gd-dask vs numpy lstsq.
+5. refit_cost — a nightly refit after one new day of 30 vs training on that day alone.
+6. accuracy — NIST StRD LRE, gd-dask vs numpy lstsq.
 
 Results: a table on stdout, benchmarks/results/bench.json and bench.png.
 `--quick` shrinks every size (a smoke run).
@@ -115,6 +117,95 @@ def speed(work: Path, quick: bool) -> dict:
     return out
 
 
+LOGISTIC_EPOCHS = 30
+
+
+def _in_memory(root: Path, names):
+    table = pads.dataset(root, format="parquet", partitioning="hive").to_table(columns=[*names, "y"])
+    X = np.column_stack([table.column(n).to_numpy() for n in names])
+    return X, table.column("y").to_numpy()
+
+
+def numpy_logistic(root: Path, names, lr: float, epochs: int):
+    """Plain logistic gradient descent on standardized data in memory; (s per epoch, log-loss)."""
+    X, y = _in_memory(root, names)
+    Xs = (X - X.mean(0)) / X.std(0)
+    m, b = np.zeros(X.shape[1]), 0.0
+    t = time.perf_counter()
+    for _ in range(epochs):
+        z = Xs @ m + b
+        r = (1.0 / (1.0 + np.exp(-z))) - y
+        m, b = m - lr * (Xs.T @ r) / len(y), b - lr * r.mean()
+    per_epoch = (time.perf_counter() - t) / epochs
+    z = Xs @ m + b
+    return per_epoch, float(np.mean(np.logaddexp(0, z) - y * z))
+
+
+def dask_ml_logistic(client, root: Path, names, solver: str, max_iter: int):
+    """dask-ml's LogisticRegression (no penalty to speak of: C = 1e10) on persisted arrays:
+    (seconds, log-loss, iterations asked)."""
+    import dask.array as da
+    import dask.dataframe as dd
+    from dask_ml.linear_model import LogisticRegression
+
+    df = dd.read_parquet(str(root), columns=[*names, "y"])
+    arr = df.to_dask_array(lengths=True)
+    X, y = client.persist([arr[:, :-1], arr[:, -1]])
+    model, t = timed(LogisticRegression(solver=solver, max_iter=max_iter, C=1e10, tol=1e-10,
+                                        fit_intercept=True).fit, X, y)
+    z = X @ da.from_array(np.asarray(model.coef_).ravel()) + model.intercept_
+    loss = float((da.logaddexp(0, z) - y * z).mean().compute())
+    return t, loss
+
+
+def logistic(work: Path, quick: bool) -> dict:
+    """Logistic regression: a stream epoch against a NumPy epoch, the default run to a
+    certified model, and dask-ml's solvers on the same persisted data."""
+    rows_per_day, days = (50_000, 4) if quick else (1_000_000, 8)
+    root = work / "logistic"
+    names = write_days(root, days, rows_per_day, seed=5, labels=True)
+    out = {"rows": rows_per_day * days, "features": len(names), "epochs": LOGISTIC_EPOCHS}
+    with local_client(2) as client:
+        warm_up(client, root, names)
+        fixed = data_config(root, names, strategy="stream", cache="memory", epochs=LOGISTIC_EPOCHS, tol=0)
+        fixed["model"] = {"loss": "logistic"}
+        res, t = timed(fit, validate_config(fixed), client)
+        out.update(fixed_s=t, epoch_s=float(np.median([h["seconds"] for h in res.history[1:]])),
+                   learning_rate=res.learning_rate)
+        default = data_config(root, names)
+        default["model"] = {"loss": "logistic"}
+        res, t = timed(fit, validate_config(default), client)
+        out.update(default_s=t, default_epochs=res.epochs_run, converged=res.converged,
+                   digits=res.convergence["digits"], log_loss=res.final_loss)
+        for solver, iters in (("lbfgs", 1000), ("gradient_descent", 300)):
+            try:
+                out[f"dask_ml_{solver}_s"], out[f"dask_ml_{solver}_loss"] = dask_ml_logistic(
+                    client, root, names, solver, iters)
+                out[f"dask_ml_{solver}_iters"] = iters
+            except ImportError:
+                out[f"dask_ml_{solver}_s"] = None
+    out["numpy_epoch_s"], out["numpy_loss"] = numpy_logistic(root, names, 0.5, LOGISTIC_EPOCHS)
+    out["ratio_epoch_vs_numpy"] = out["epoch_s"] / out["numpy_epoch_s"]
+    return out
+
+
+def report_logistic(s: dict) -> None:
+    print(f"\n## Logistic regression: {s['rows']:,} rows × {s['features']} features, 2 workers, memory cache\n")
+    print("| method | seconds | log-loss | ratio |")
+    print("|---|---|---|---|")
+    print(f"| gd-dask stream epoch ({s['epochs']} epochs, fixed rate) | {s['epoch_s'] * 1e3:.1f} ms/epoch | – | "
+          f"{s['ratio_epoch_vs_numpy']:.2f} × NumPy epoch |")
+    print(f"| NumPy in-memory epoch | {s['numpy_epoch_s'] * 1e3:.1f} ms/epoch | – | 1.00 |")
+    print(f"| gd-dask defaults, to a certified model ({s['default_epochs']} epochs, "
+          f"{s['digits']:.1f} digits) | {s['default_s']:.2f} | {s['log_loss']:.9g} | 1.00 |")
+    for solver in ("lbfgs", "gradient_descent"):
+        t = s.get(f"dask_ml_{solver}_s")
+        if t:
+            loss = s[f"dask_ml_{solver}_loss"]
+            print(f"| dask-ml LogisticRegression({solver}, max_iter {s[f'dask_ml_{solver}_iters']}) | {t:.2f} | "
+                  f"{loss:.9g} ({loss / s['log_loss'] - 1:+.1e}) | {t / s['default_s']:.1f} × gd-dask |")
+
+
 def memory(work: Path, quick: bool) -> dict:
     limit = 300 * 2**20
     n_workers = 2
@@ -199,6 +290,8 @@ def plot(scale: dict, path: Path) -> None:
 def report(res: dict) -> None:
     if "speed" in res:
         report_speed(res["speed"])
+    if "logistic" in res:
+        report_logistic(res["logistic"])
     if "memory" in res:
         report_memory(res["memory"])
     if "scaling" in res:
@@ -250,7 +343,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--only", nargs="*", default=["speed", "memory", "scaling", "refit_cost", "accuracy"])
+    ap.add_argument("--only", nargs="*", default=["speed", "logistic", "memory", "scaling", "refit_cost",
+                                                   "accuracy"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("gd_dask").setLevel(logging.ERROR)  # fixed-epoch runs warn by design
