@@ -203,25 +203,24 @@ class Executor:
 
     def gradient_graph(self, m, b):
         """Delayed ``gradient_sums(m, b)``, to compute together with other passes."""
-        sc = self.scaling
-        m = np.asarray(m, dtype=np.float64)
         # Slice by slice (``row_leaves``): faster than whole-block temporaries in workers,
         # and the same bits from cached standardized blocks as from re-read raw ones.
-        if self.cache:
-            fn, args = g.block_sums_std, (m, float(b) - sc.y_center)
-        else:
-            fn, args = g.block_sums, (m, float(b), sc.center, sc.scale, sc.y_center)
+        fn, args = self._kernel(g.block_sums_std, g.block_sums, m, b)
         return _reduce_tree(self.row_leaves(fn, g.add_sums, *args, self.loss, self.weighted), g.add_sums)
+
+    def _kernel(self, on_standardized, on_raw, m, b) -> tuple:
+        """(function, arguments) of a kernel at training-space (m, b): on the cached
+        standardized blocks, or on raw rows standardized as they are read."""
+        sc = self.scaling
+        m = np.asarray(m, dtype=np.float64)
+        if self.cache:
+            return on_standardized, (m, float(b) - sc.y_center)
+        return on_raw, (m, float(b), sc.center, sc.scale, sc.y_center)
 
     def curvature_sums(self, m, b) -> g.CurvatureSums:
         """Σ w·ℓ''·x̃x̃ᵀ, max ‖x̃‖² and n at (m, b) over every chunk (``gradient``): one
         pass, for the certificate of a loss that is not quadratic."""
-        sc = self.scaling
-        m = np.asarray(m, dtype=np.float64)
-        if self.cache:
-            fn, args = g.block_curvature_std, (m, float(b) - sc.y_center)
-        else:
-            fn, args = g.block_curvature, (m, float(b), sc.center, sc.scale, sc.y_center)
+        fn, args = self._kernel(g.block_curvature_std, g.block_curvature, m, b)
         return self._reduce_rows(fn, g.add_curvature, *args, self.loss, self.weighted)
 
     def bad_targets(self) -> tuple[int, tuple]:

@@ -55,6 +55,15 @@ def _scratch_like(z) -> np.ndarray:
     return buf[:size].reshape(z.shape, order="F")
 
 
+def scratch_vector(n: int) -> np.ndarray:
+    """A per-thread reused vector of length n (``_scratch_like``'s reason), for the linear
+    predictor of a slice; ``Loss.terms`` may overwrite it."""
+    buf = getattr(_scratch, "vec", None)
+    if buf is None or buf.size < n:
+        buf = _scratch.vec = np.empty(max(n, SLICE_ROWS))
+    return buf[:n]
+
+
 def standardize_block(block, center, scale, y_center=0.0, out=None, weighted: bool = False):
     """``[(x − center)/scale, y − y_center]`` of one block (``[…, w]`` with the weight
     column kept as is when ``weighted``), shape unchanged.
@@ -86,7 +95,9 @@ def block_sums_std(zs, m, b_centered, loss: Loss = SQUARED, weighted: bool = Fal
         ``b − y_center``.
     """
     X, y, w = split_block(zs, weighted)
-    psi, total = loss.terms(X @ m + b_centered, y, w)
+    eta = np.matmul(X, m, out=scratch_vector(X.shape[0]))
+    eta += b_centered
+    psi, total = loss.terms(eta, y, w)
     return BlockSums(X.T @ psi, float(psi.sum()), total, zs.shape[0] if w is None else float(w.sum()))
 
 
@@ -507,12 +518,12 @@ def block_classification(block, m, b, loss: Loss, threshold: float = 0.5, weight
     """``ClassSums`` of one raw block for a model (m, b) in original units."""
     X, y, w = split_block(block, weighted)
     eta = X @ m + b
-    _, total = loss.terms(eta, y, w)
     p = loss.predict(eta)
+    bins = np.clip(((eta + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64), 0, AUC_BINS - 1)
+    _, total = loss.terms(eta, y, w)  # may overwrite eta
     w = np.ones_like(y) if w is None else w
     label = p >= threshold
     pos = y > 0.5
-    bins = np.clip(((eta + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64), 0, AUC_BINS - 1)
     return ClassSums(total, float(w @ ((p - y) ** 2)), float(w @ (label == pos)), float(w @ (label & pos)),
                      float(w @ (label & ~pos)), float(w @ (~label & pos)), float(w.sum()),
                      np.bincount(bins[pos], w[pos], AUC_BINS), np.bincount(bins[~pos], w[~pos], AUC_BINS))

@@ -19,6 +19,7 @@ Adding a loss is a class here and an entry in ``LOSSES``.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -49,7 +50,9 @@ class Loss:
 
     def terms(self, eta, y, w) -> tuple[np.ndarray, float]:
         """(w·ψ per row, Σ w·reported loss) for predictors ``eta`` and targets ``y``;
-        ``w`` None: unweighted."""
+        ``w`` None: unweighted. May overwrite ``eta``; ψ may live in a per-thread buffer
+        that the next call reuses (dask workers trim the heap on every free, so
+        slice-sized temporaries would be faulted in anew for every slice)."""
         raise NotImplementedError
 
     def predict(self, eta):
@@ -78,7 +81,7 @@ class Squared(Loss):
     summary: ClassVar[str] = "least squares"
 
     def terms(self, eta, y, w):
-        err = eta - y
+        err = np.subtract(eta, y, out=eta)
         if w is None:
             return err, float(err @ err)
         we = w * err
@@ -110,6 +113,17 @@ class Huber(Loss):
         return cls(model_cfg.huber_delta)
 
 
+_local = threading.local()
+
+
+def _buffers(n: int, k: int) -> list[np.ndarray]:
+    """``k`` per-thread reused vectors of length ``n`` (see ``Loss.terms``)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.shape[0] < k or buf.shape[1] < n:
+        buf = _local.buf = np.empty((k, max(n, 8192)))
+    return [buf[i, :n] for i in range(k)]
+
+
 def _sigmoid_parts(eta):
     """(e, p) with e = exp(−|eta|) and p = 1/(1 + exp(−eta)), without overflow."""
     e = np.exp(-np.abs(eta))
@@ -135,10 +149,20 @@ class Logistic(Loss):
     self_concordant: ClassVar[bool] = True
 
     def terms(self, eta, y, w):
-        e, p = _sigmoid_parts(eta)
-        psi = p - y
+        e, r, psi = _buffers(eta.shape[0], 3)
+        np.abs(eta, out=e)
+        np.negative(e, out=e)
+        np.exp(e, out=e)  # e^−|eta|
+        np.add(e, 1.0, out=r)
+        np.reciprocal(r, out=r)  # σ(|eta|)
+        np.multiply(e, r, out=psi)  # σ(−|eta|)
+        np.copyto(psi, r, where=eta >= 0)  # p = σ(eta)
+        np.subtract(psi, y, out=psi)
         # log(1 + e^eta) − y·eta = log1p(e^−|eta|) + (eta⁺ for y = 0, eta⁻ for y = 1)
-        ll = np.log1p(e) + np.maximum(np.where(y > 0.5, -eta, eta), 0.0)
+        np.negative(eta, out=eta, where=y > 0.5)
+        np.maximum(eta, 0.0, out=eta)
+        ll = np.log1p(e, out=e)
+        ll += eta
         if w is None:
             return psi, float(ll.sum())
         return w * psi, float(w @ ll)

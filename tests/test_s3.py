@@ -152,3 +152,27 @@ def test_a_two_night_refit_runs_entirely_on_s3(s3, tmp_path, client, capsys):
     assert main(["models", "list", "s3://lake/models/nightly", "--storage-options", json.dumps(s3["options"])]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert refit(cfg, client, START + timedelta(days=3)).message.endswith("nothing to do")
+
+
+def test_a_classifier_trains_evaluates_and_predicts_on_s3(s3, tmp_path, capsys):
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(3000, 2))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(X @ [1.5, -1.0] + 0.2)))).astype(float)
+    local = write_parquet(tmp_path / "clicks", X, y, n_files=3)
+    s3["fs"].put(local["path"], "lake/clicks", recursive=True)
+    cfg = json.loads(_config(tmp_path, "s3://lake/clicks", "s3://lake/runs/clf", s3["options"]).read_text())
+    cfg["model"] = {"loss": "logistic"}
+    path = tmp_path / "clf.yaml"
+    path.write_text(json.dumps(cfg))
+    assert main(["train", str(path)]) == 0
+    doc = json.loads(s3["fs"].cat_file("lake/runs/clf/model.json"))
+    assert doc["converged"] and doc["convergence"]["criterion"] == "local_curvature"
+    opts = json.dumps(s3["options"])
+    capsys.readouterr()
+    assert main(["evaluate", "s3://lake/runs/clf/model.json", "s3://lake/clicks", "--storage-options", opts]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == 3000 and metrics["log_loss"] == pytest.approx(doc["metrics"]["log_loss"], rel=1e-12)
+    assert main(["predict", "s3://lake/runs/clf/model.json", "s3://lake/clicks", "s3://lake/clf-preds",
+                 "--threshold", "0.5", "--storage-options", opts]) == 0
+    written = sorted(p for p in s3["fs"].find("lake/clf-preds") if p.endswith(".parquet"))
+    assert len(written) == 3
