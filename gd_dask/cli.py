@@ -17,7 +17,7 @@ import click
 
 from . import __version__
 from . import losses
-from .errors import ClusterError, ConfigError, GdDaskError
+from .errors import ArtifactError, ClusterError, ConfigError, GdDaskError
 
 log = logging.getLogger("gd_dask")
 _state = {"debug": False}
@@ -325,6 +325,29 @@ def predict(model_json, data_path, out_dir, keys, overwrite, threshold, schedule
         res = run_predict(model, data_path, out_dir, client, keys=key_cols, storage_options=storage_options,
                           overwrite=overwrite, threshold=threshold)
     click.echo(f"wrote predictions for {res['rows']} rows in {res['files']} files to {out_dir}")
+
+
+@cli.command()
+@click.argument("model_json")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_storage_option
+def summary(model_json, as_json, storage_options):
+    """Print the statistical summary of MODEL_JSON: each coefficient's standard error, t,
+    p value and 95% interval; R², adjusted R², F, log-likelihood, AIC, BIC (from the
+    moments of training; no pass over the data)."""
+    from .inference import table
+    from .store import load_model as load_document
+
+    doc = load_document(model_json, storage_options)
+    s = doc.get("summary")
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+    elif not s:
+        raise ArtifactError(f"{model_json} has no summary (trained before gd_dask had one): retrain it")
+    elif not s.get("available"):
+        click.echo(f"no inference statistics: {s['reason']}")
+    else:
+        click.echo(table(s, doc["features"], doc.get("target", "y")))
 
 
 @cli.command("config-check")

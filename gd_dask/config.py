@@ -182,6 +182,12 @@ class OutputConfig(_Section):
                     "pass over the data); moments: the same but mae null, exact from the moments, no pass.")
 
 
+class SummaryConfig(_Section):
+    cov_type: Literal["nonrobust", "HC1"] = Field(
+        default="nonrobust", description="Standard errors of the summary: classical, or heteroskedasticity-"
+                                         "robust HC1 (one more pass over the data).")
+
+
 class PromoteConfig(_Section):
     metric: Literal[tuple(m for ms in losses.TASK_METRICS.values() for m in ms)] | None = Field(
         default=None, description="What the holdout compares; default rmse for regression, log_loss for "
@@ -206,6 +212,7 @@ class RunConfig(_Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    summary: SummaryConfig = Field(default_factory=SummaryConfig)
 
     @model_validator(mode="after")
     def _across_sections(self) -> RunConfig:

@@ -286,19 +286,32 @@ class Executor:
 
     def class_sums(self, m, b, threshold: float = 0.5) -> g.ClassSums:
         """Metric sums of a classifier (m, b) in original units, read from the files."""
-        m = np.asarray(m, dtype=np.float64)
-        fn = dask.delayed(fold_chunk, pure=True)
-        spec = self.source.spec
-        leaves = [fn(c, spec, g.block_classification, g.add_class_sums, m, float(b), self.loss, threshold,
-                     self.weighted) for c in self.source.chunks]
-        # Compute: a few numbers and two histograms come back.
-        return self._compute(_reduce_tree(leaves, g.add_class_sums))
+        return self._reduce_raw(g.block_classification, g.add_class_sums, np.asarray(m, dtype=np.float64),
+                                float(b), self.loss, threshold, self.weighted)
 
     def metrics(self, m, b) -> dict:
         """Every metric of the model (m, b) in original units on these rows: one pass."""
         if self.loss.task == "classification":
             return g.class_metrics(self.class_sums(m, b))
         return g.metrics(self.error_sums(m, b))
+
+    def row_sums(self) -> tuple[int, float]:
+        """(rows, Σ log w) over every chunk, read from the files."""
+        return self._reduce_raw(g.row_sums, g.add_row_sums, self.weighted)
+
+    def meat(self, m, b, fit_intercept: bool) -> np.ndarray:
+        """Σ w²·r²·x̃x̃ᵀ for the model (m, b) in original units (HC1), read from the files."""
+        return self._reduce_raw(g.block_meat, np.add, np.asarray(m, dtype=np.float64), float(b), fit_intercept,
+                                self.weighted)
+
+    def _reduce_raw(self, func, combine, *args):
+        """``func`` (adding up over rows) on the raw rows, streamed from the files, reduced
+        in the fixed tree (cached blocks may be standardized)."""
+        fn = dask.delayed(fold_chunk, pure=True)
+        spec = self.source.spec
+        # Compute: one small result comes back to the client.
+        return self._compute(_reduce_tree([fn(c, spec, func, combine, *args) for c in self.source.chunks],
+                                          combine))
 
     def predict_files(self, dest: dict, out_protocol: str, features, keys, m, b, threshold=None) -> list[int]:
         """Score every file into ``dest[full path]`` (keys + prediction, row group by row

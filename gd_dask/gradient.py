@@ -553,3 +553,30 @@ def class_metrics(s: ClassSums) -> dict:
             "precision": s.tp / (s.tp + s.fp) if s.tp + s.fp else 0.0,
             "recall": s.tp / (s.tp + s.fn) if s.tp + s.fn else 0.0,
             "roc_auc": auc, "roc_auc_error": auc_err, "brier": s.brier / s.n, "n": s.n}
+
+
+# --------------------------------------------------------------------------- inference
+def row_sums(block, weighted: bool = False) -> tuple[int, float]:
+    """(rows, Σ log w) of one block: what weighted least squares' summary needs beyond the
+    moments (``inference.RowSums``)."""
+    if not weighted:
+        return block.shape[0], 0.0
+    w = block[:, -1]
+    return block.shape[0], float(np.log(w[w > 0]).sum())
+
+
+def add_row_sums(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], a[1] + b[1]
+
+
+def block_meat(block, m, b, fit_intercept: bool, weighted: bool = False) -> np.ndarray:
+    """Σ w²·r²·x̃x̃ᵀ over one block for the model (m, b) in original units, x̃ = [x, 1]
+    (or x without an intercept): the middle of HC1's sandwich (``inference``)."""
+    X, y, w = split_block(block, weighted)
+    r = X @ m + b - y
+    if w is not None:
+        r = r * w
+    xa = np.column_stack([X, np.ones(X.shape[0])]) if fit_intercept else X
+    xr = xa * r[:, None]
+    return xr.T @ xr
+

@@ -109,6 +109,7 @@ def model_document(cfg, result) -> dict:
         "epochs_run": result.epochs_run,
         "converged": result.converged,
         "convergence": result.convergence,
+        "summary": result.summary,
         "final_loss": _finite(result.final_loss),
         "metrics": result.metrics,
         "learning_rate": result.learning_rate,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import gradient as g
-from . import store
+from . import inference, store
 from .certify import CoefficientBound, digits
 from .data import ParquetSource
 from .executor import Executor
@@ -53,6 +53,7 @@ class FitResult:
     rows_dropped: int = 0  # rows with NaN/inf/null skipped (data.missing: drop)
     validation: dict | None = None  # early stopping: split, best epoch, metrics on held-out rows
     convergence: dict | None = None  # criterion, bound, digits, epochs, refinements (``certify``)
+    summary: dict | None = None  # inference statistics, or why they do not hold (``inference``)
 
 
 def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None,
@@ -93,6 +94,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
 
     m, b = final_coefficients(setup, state)
     metrics = _metrics(cfg, setup, state.params, prep.ex, (m, b))
+    summary = statistics(cfg, setup, state, (m, b), prep.ex)
     val_metrics = None
     if prep.val_ex:
         val_metrics = _metrics(cfg, setup, state.params, prep.val_ex, (m, b), prep.val_mom)
@@ -101,7 +103,30 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
                      state.epoch, cfg.optimizer.n_iter_no_change, state.best_epoch, state.best_val)
     prep.release()
     return _result(cfg, setup, state, certifier, prep.strategy, metrics, val_metrics, prep.val_mom, t0,
-                   source=prep.source, resumed_from=resumed_from, rows_dropped=prep.rows_dropped)
+                   source=prep.source, resumed_from=resumed_from, rows_dropped=prep.rows_dropped, summary=summary)
+
+
+def statistics(cfg, setup: Setup, state: LoopState, model, ex: Executor | None = None) -> dict:
+    """model.json's ``summary`` (``inference``): standard errors, tests, R², F, AIC… from
+    the moments; where they do not hold, why. ``ex``: the training rows, for what the
+    moments lack (weighted data's row count and Σ log w; HC1's middle)."""
+    reason = inference.not_available(cfg)
+    if reason is None and not state.converged:
+        reason = "not converged: these statistics hold at the least-squares solution"
+    weighted = bool(cfg.data.weight)
+    if reason is None and ex is None and (weighted or cfg.summary.cov_type == "HC1"):
+        reason = "computed by train: weighted statistics and HC1 need a pass over the rows"
+    if reason is not None:
+        return {"available": False, "reason": reason}
+    rows = inference.RowSums(*ex.row_sums()) if weighted else None
+    meat = ex.meat(*model, setup.fit_b) if cfg.summary.cov_type == "HC1" else None
+    ssr = inference.moments_ssr(setup.mom, *model)
+    if ex is not None and inference.needs_residual_pass(setup.mom, ssr):
+        ssr = ex.error_sums(*model).sq_err  # a near-exact fit: SSR from the residuals
+    ev = np.linalg.eigvalsh(setup.hessian)
+    cond = float(np.sqrt(ev[-1] / ev[0])) if ev[0] > 0 else None
+    doc = inference.summarize(setup.mom, *model, setup.fit_b, rows, weighted, cond, meat, ssr)
+    return {"available": True, **doc}
 
 
 def _metrics(cfg, setup: Setup, params, ex: Executor, model, mom: g.Moments | None = None) -> dict:
@@ -146,7 +171,8 @@ def fit_moments(cfg, mom: g.Moments, init=None, on_epoch=None, val_mom: g.Moment
     state = finish(cfg, setup, state, certifier, refine_pass, epochs, on_epoch)
     metrics = setup.moments_metrics(state.params)
     val_metrics = None if val_mom is None else setup.moments_metrics(state.params, val_mom)
-    return _result(cfg, setup, state, certifier, "gram", metrics, val_metrics, val_mom, t0)
+    summary = statistics(cfg, setup, state, final_coefficients(setup, state))
+    return _result(cfg, setup, state, certifier, "gram", metrics, val_metrics, val_mom, t0, summary=summary)
 
 
 def _result(cfg, setup: Setup, state: LoopState, certifier, strategy: str, metrics: dict, val_metrics,

@@ -1,13 +1,14 @@
 """NIST StRD certified values reproduced through the whole pipeline (`gd-dask train`),
 with default settings: the configs give no epochs and no tol."""
 
+import math
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from nist_accuracy import train_dataset  # noqa: E402
+from nist_accuracy import certified, train_dataset  # noqa: E402
 
 #: Minimum LRE of the worst coefficient (issue: converged means the coefficients are right).
 THRESHOLDS = {"Norris": 9, "NoInt1": 9, "NoInt2": 9, "Pontius": 9, "Longley": 9,
@@ -25,6 +26,26 @@ def test_certified_coefficients_are_reproduced(tmp_path, name):
     # The bound is honest: the true error is never above it (NIST gives 15 significant
     # digits, so the comparison itself is uncertain by up to 5e-15).
     assert 10 ** -result["lre"] <= conv["bound"] + 5e-15
+    # The summary: certified standard deviations to LRE ≥ 6 where the coefficients reach
+    # 9; residual SD, R² and F to 9 digits (0 where the fit is exact).
+    s, cert = model["summary"], certified()[name]
+    assert s["available"], s
+    if result["lre"] >= 9:
+        sds = [c["std_err"] for c in s["coefficients"]]
+        cert_sd = cert["coef_sd"][1:] + cert["coef_sd"][:1] if cert["intercept"] else cert["coef_sd"]
+        assert min(_lre(a, b) for a, b in zip(sds, cert_sd)) >= 6, (sds, cert_sd)
+    assert _lre(s["residual_std_err"], cert["residual_sd"]) >= 9
+    assert _lre(s["r2"], cert["r_squared"]) >= 9
+    f = float(cert["anova"]["regression_df_ss_ms_F"][3])
+    if f:  # exact fits have an infinite F
+        assert _lre(s["f"], f) >= 9
+
+
+def _lre(got, want) -> float:
+    """NIST's log relative error; against a certified 0, the digits of the absolute error."""
+    if want == 0:
+        return 15.0 if abs(got) < 1e-15 else -math.log10(abs(got))
+    return min(15.0, -math.log10(max(abs(got - want) / abs(want), 1e-16)))
 
 
 def test_filip_is_not_claimed(tmp_path):

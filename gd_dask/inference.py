@@ -1,0 +1,182 @@
+"""Classical inference for least squares from the moments alone: no pass over the rows.
+
+For a model y = X·m + b fitted by (weighted) least squares, everything statsmodels' OLS
+and WLS tables print follows from n, the means and the co-moments of [X, y]: with the
+residual sum of squares ``SSR`` at the fitted coefficients, σ² = SSR / (nobs − k) and
+Cov(θ) = σ²·(X̃ᵀWX̃)⁻¹ over X̃ = [X, 1]. Centering keeps it accurate: the slopes'
+covariance is σ²·Cxx⁻¹ with Cxx the centered co-moments, solved on the correlation scale;
+the intercept's follows as σ²·(1/Σw + x̄ᵀCxx⁻¹x̄), its covariance with the slopes as
+−Cov(m)·x̄.
+
+Definitions follow statsmodels (OLS, WLS): ``nobs`` counts rows (not Σw); without an
+intercept R² is uncentered; the log-likelihood of WLS adds ½·Σ log w. HC1 replaces σ²·A⁻¹
+by nobs/(nobs − k)·A⁻¹·(Σ w²r²·x̃x̃ᵀ)·A⁻¹ (its middle needs one pass over the rows).
+
+Inference holds only for an exact least-squares fit: with l1 or l2 penalties, Huber
+loss, or minibatch steps the summary says why not instead of printing numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .certify import sums_accuracy
+from .gradient import gram_sums
+
+#: Two-sided level of the confidence intervals.
+CONFIDENCE = 0.95
+
+
+class RowSums(NamedTuple):
+    """What the moments lack: rows and Σ log w (weighted data only)."""
+
+    rows: int
+    log_w: float
+
+
+def not_available(cfg) -> str | None:
+    """Why classical inference does not hold for this run, or None where it does."""
+    m, o = cfg.model, cfg.optimizer
+    if m.loss != "squared":
+        return f"model.loss {m.loss}: these standard errors are for least squares"
+    if m.l1 or m.l2:
+        return "penalized fit (l1/l2): the coefficients are biased and the classical covariance does not apply"
+    if o.method != "batch":
+        return "minibatch steps: the coefficients are not an exact least-squares solution"
+    return None
+
+
+#: The moments' SSR is used where its relative error is at most this; else the caller
+#: measures SSR from the residuals (``needs_residual_pass``).
+SSR_ACCURACY = 1e-11
+
+
+def moments_ssr(mom, m, b) -> float:
+    """SSR at (m, b) from the centered moments, in extended precision (gradient.Gram)."""
+    d = mom.mean.shape[0] - 1
+    return float(gram_sums(mom, np.asarray(m, dtype=np.float64), b, np.zeros(d), np.ones(d)).loss)
+
+
+def needs_residual_pass(mom, ssr: float) -> bool:
+    """Whether SSR from float64 moments may be off by more than ``SSR_ACCURACY``: it is a
+    difference of terms as large as Σ(y − ȳ)², so a near-exact fit (R² → 1) cancels the
+    moments' digits (NIST Pontius: R² = 1 − 1e-7)."""
+    return sums_accuracy(mom.n) * float(mom.comoment[-1, -1]) > SSR_ACCURACY * ssr
+
+
+def summarize(mom, m, b, fit_intercept: bool, rows: RowSums | None = None, weighted: bool = False,
+              condition_number: float | None = None, meat: np.ndarray | None = None,
+              ssr: float | None = None) -> dict:
+    """The summary of the least-squares fit (m, b) (original units) of data with moments
+    ``mom`` (of [X, y], n = Σw when ``weighted``).
+
+    rows : rows and Σ log w for weighted data (nobs is then the row count); None: nobs = n
+    meat : Σ w²·r²·x̃x̃ᵀ over the rows (x̃ = [x, 1]), for HC1 standard errors
+    ssr : Σ w·r² measured from the residuals; None: from the moments
+    """
+    from scipy import stats
+
+    m = np.asarray(m, dtype=np.float64)
+    d = m.shape[0]
+    k = d + int(fit_intercept)
+    sw = float(mom.n)
+    nobs = rows.rows if rows is not None else sw
+    df_resid = nobs - k
+    mean_x, mean_y = mom.mean[:-1], float(mom.mean[-1])
+    cxx, cyy = mom.comoment[:-1, :-1], float(mom.comoment[-1, -1])
+
+    ssr = moments_ssr(mom, m, b) if ssr is None else float(ssr)
+    sst = cyy if fit_intercept else cyy + sw * mean_y * mean_y
+    sigma2 = ssr / df_resid if df_resid > 0 else math.nan
+
+    inv = _inverse_design(cxx, mean_x, sw, fit_intercept)  # (X̃ᵀWX̃)⁻¹
+    if meat is not None:
+        order = list(range(d)) + ([d] if fit_intercept else [])
+        meat = np.asarray(meat, dtype=np.float64)[np.ix_(order, order)]
+        cov = inv @ meat @ inv * (nobs / df_resid)
+        cov_type = "HC1"
+    else:
+        cov = sigma2 * inv
+        cov_type = "nonrobust"
+    coef = np.append(m, b) if fit_intercept else m
+    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = coef / se
+    p = 2 * stats.t.sf(np.abs(t), df_resid)
+    q = stats.t.ppf(0.5 + CONFIDENCE / 2, df_resid)
+
+    r2 = 1.0 - ssr / sst if sst > 0 else math.nan
+    k_const = int(fit_intercept)
+    df_model = k - k_const
+    adj = 1.0 - (nobs - k_const) / df_resid * (1.0 - r2) if df_resid > 0 else math.nan
+    if df_model > 0 and ssr > 0:
+        f = ((sst - ssr) / df_model) / (ssr / df_resid)
+        f_p = float(stats.f.sf(f, df_model, df_resid))
+    else:
+        f = f_p = math.nan
+    llf = -nobs / 2 * (math.log(2 * math.pi) + math.log(ssr / nobs) + 1) if ssr > 0 else math.inf
+    if weighted and rows is not None:
+        llf += 0.5 * rows.log_w
+    names = [f"m[{j}]" for j in range(d)] + (["b"] if fit_intercept else [])
+    return {
+        "method": "WLS" if weighted else "OLS", "cov_type": cov_type, "nobs": nobs,
+        "df_model": df_model, "df_resid": df_resid,
+        "coefficients": [
+            {"name": names[i], "coef": float(coef[i]), "std_err": float(se[i]), "t": _num(t[i]),
+             "p_value": _num(p[i]), "ci_low": float(coef[i] - q * se[i]), "ci_high": float(coef[i] + q * se[i])}
+            for i in range(k)],
+        "residual_std_err": math.sqrt(sigma2) if sigma2 == sigma2 else None,
+        "ssr": ssr, "r2": _num(r2), "r2_adj": _num(adj), "f": _num(f), "f_p_value": _num(f_p),
+        "log_likelihood": _num(llf), "aic": _num(-2 * llf + 2 * k), "bic": _num(-2 * llf + k * math.log(nobs)),
+        "condition_number": condition_number, "confidence": CONFIDENCE,
+    }
+
+
+def _inverse_design(cxx, mean_x, sw: float, fit_intercept: bool) -> np.ndarray:
+    """(X̃ᵀWX̃)⁻¹, slopes first then the intercept, from centered co-moments: the slopes'
+    block is Cxx⁻¹ (solved on the correlation scale), the rest by the block inverse."""
+    d = cxx.shape[0]
+    if not fit_intercept:
+        gram = cxx + sw * np.outer(mean_x, mean_x)
+        s = np.sqrt(np.diag(gram))
+        return np.linalg.inv(gram / np.outer(s, s)) / np.outer(s, s)
+    s = np.sqrt(np.diag(cxx))
+    cinv = np.linalg.inv(cxx / np.outer(s, s)) / np.outer(s, s)
+    out = np.empty((d + 1, d + 1))
+    out[:d, :d] = cinv
+    cx = cinv @ mean_x
+    out[:d, d] = out[d, :d] = -cx
+    out[d, d] = 1.0 / sw + float(mean_x @ cx)
+    return out
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def table(doc: dict, features: list[str], target: str) -> str:
+    """A readable summary table, in the manner of statsmodels'."""
+    s = doc
+    names = list(features) + (["(intercept)"] if len(s["coefficients"]) > len(features) else [])
+    lines = [f"{s['method']} regression of {target}: {s['nobs']:g} observations, {s['df_resid']:g} residual df, "
+             f"covariance {s['cov_type']}", ""]
+    lines.append(f"{'':>16} {'coef':>14} {'std err':>12} {'t':>9} {'P>|t|':>9} {'[0.025':>14} {'0.975]':>14}")
+    for name, c in zip(names, s["coefficients"]):
+        t = "nan" if c["t"] is None else f"{c['t']:.3f}"
+        p = "nan" if c["p_value"] is None else f"{c['p_value']:.3g}"
+        lines.append(f"{name[:16]:>16} {c['coef']:>14.6g} {c['std_err']:>12.4g} {t:>9} {p:>9} "
+                     f"{c['ci_low']:>14.6g} {c['ci_high']:>14.6g}")
+    lines.append("")
+
+    def fmt(x):
+        return "nan" if x is None else f"{x:.6g}"
+
+    lines.append(f"R²: {fmt(s['r2'])}   adjusted R²: {fmt(s['r2_adj'])}   F: {fmt(s['f'])} "
+                 f"(p {fmt(s['f_p_value'])})   residual std err: {fmt(s['residual_std_err'])}")
+    lines.append(f"log-likelihood: {fmt(s['log_likelihood'])}   AIC: {fmt(s['aic'])}   BIC: {fmt(s['bic'])}   "
+                 f"condition number (standardized design): {fmt(s['condition_number'])}")
+    return "\n".join(lines)
