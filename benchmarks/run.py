@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 from common import best_of, data_config, local_client, timed, write_days, WorkerRSS  # noqa: E402
 
 from gd_dask.config import validate_config  # noqa: E402
-from gd_dask.train import fit  # noqa: E402
+from gd_dask.training import fit  # noqa: E402
 
 EPOCHS = 100
 

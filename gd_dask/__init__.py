@@ -8,3 +8,19 @@ def load_model(path, storage_options=None):
     from .model import load_model as _load
 
     return _load(path, storage_options)
+
+
+def train(config, overrides=None, scheduler=None):
+    """Run the YAML job ``config`` (a path, a mapping or a RunConfig) as ``gd-dask train``
+    does; returns the model (``gd_dask.api.train``)."""
+    from .api import train as _train
+
+    return _train(config, overrides, scheduler)
+
+
+def __getattr__(name):
+    if name in ("LinearRegression", "LogisticRegression"):
+        from . import estimator
+
+        return getattr(estimator, name)
+    raise AttributeError(f"module 'gd_dask' has no attribute {name!r}")

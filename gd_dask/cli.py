@@ -116,18 +116,11 @@ def make_data(out_dir, rows, features, days, files_per_day, seed):
 @click.option("--no-plot", is_flag=True, help="Do not write loss.png.")
 def train(config, overrides, scheduler, no_plot):
     """Train m and b as CONFIG describes; write model.json and history.csv."""
-    from .cluster import connect
+    from .api import run
     from .config import load_config
-    from .data import open_source
-    from .store import check_writable, save_run
-    from .train import fit
 
     cfg = load_config(config, overrides)
-    check_writable(cfg.output_dir, cfg.data.storage_options)
-    source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
-    with connect(cfg.cluster, scheduler) as client:
-        result = fit(cfg, client, on_epoch=_Progress(cfg.optimizer.epochs), source=source)
-    path = save_run(cfg.output_dir, cfg, result, plot=not no_plot)
+    result, path = run(cfg, scheduler, on_epoch=_Progress(cfg.optimizer.epochs), plot=not no_plot)
     m = ", ".join(f"{f}={v:.6g}" for f, v in zip(cfg.data.features, result.m))
     v, metric = result.validation, losses.of(cfg.model).metric
     if v and v["stopped_early"]:

@@ -30,7 +30,7 @@ from .executor import Executor, chunk_bytes_for
 from .registry import Registry
 from .store import history_csv, model_document
 from .prepare import pick_strategy
-from .train import fit, fit_moments
+from .training import fit, fit_moments
 
 log = logging.getLogger(__name__)
 

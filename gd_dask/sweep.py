@@ -10,7 +10,7 @@ import logging
 
 from .errors import TrainingError
 from .prepare import pick_strategy, prepare
-from .train import fit, fit_moments
+from .training import fit, fit_moments
 
 log = logging.getLogger(__name__)
 

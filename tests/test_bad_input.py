@@ -14,7 +14,7 @@ import pytest
 from conftest import make_config, write_parquet
 from gd_dask.cli import main
 from gd_dask.errors import DataError
-from gd_dask.train import fit
+from gd_dask.training import fit
 
 
 def _config(tmp_path, data, **sections) -> Path:

@@ -73,7 +73,7 @@ def test_cluster_address_in_the_config_works_like_the_flag(dataset, embedded, da
 def test_one_two_and_three_workers_give_identical_weights(dataset, tmp_path, strategy):
     from distributed import Client, LocalCluster
 
-    from gd_dask.train import fit
+    from gd_dask.training import fit
 
     cfg = make_config(dataset["data"], tmp_path, optimizer={
         "learning_rate": 0.05, "epochs": 40, "tol": 0, "strategy": strategy, "cache": "memory"})

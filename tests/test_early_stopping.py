@@ -10,7 +10,7 @@ import pytest
 from conftest import make_config, run_cli, write_parquet
 from gd_dask.data import holdout_rows, open_source, read_block
 from gd_dask.loop import LoopState, state_from_dict, state_to_dict
-from gd_dask.train import fit
+from gd_dask.training import fit
 
 FRACTION, SEED, PATIENCE, LR = 0.3, 11, 5, 0.1
 

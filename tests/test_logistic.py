@@ -15,7 +15,7 @@ from conftest import make_config, run_cli, write_parquet
 from dask_processes import DaskProcesses
 from gd_dask import gradient as g
 from gd_dask.losses import Logistic
-from gd_dask.train import fit
+from gd_dask.training import fit
 
 TRUE_M = np.array([1.2, -0.6, 2.0])
 TRUE_B = 0.3

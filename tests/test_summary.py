@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_config, run_cli, write_parquet
-from gd_dask.train import fit
+from gd_dask.training import fit
 
 sm = pytest.importorskip("statsmodels.api")
 

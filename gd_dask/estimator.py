@@ -1,0 +1,286 @@
+"""scikit-learn estimators on gd_dask's own machinery.
+
+``LinearRegression`` and ``LogisticRegression`` take as parameters the run config's
+``model`` and ``optimizer`` keys, with the config's defaults (read from ``config``: no
+second list). ``fit`` writes the rows to a temporary Parquet dataset, one file of row
+groups no larger than a chunk, and trains on it exactly as ``gd-dask train`` would (so
+the same rows in such a file give the CLI's bits); NumPy, pandas, dask arrays and dask
+DataFrames are accepted. It runs on the current dask client where there is one (as
+dask-ml does), otherwise on an embedded cluster started once per process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from . import inference
+from .config import ModelConfig, OptimizerConfig, validate_config
+from .errors import GdDaskError
+
+#: Rows per row group of the temporary dataset (the chunk size of 8 columns × 2M rows).
+ROW_GROUP_ROWS = 2_000_000
+
+
+def _defaults(section, skip=()) -> dict:
+    return {name: f.get_default(call_default_factory=True) for name, f in section.model_fields.items()
+            if name not in skip}
+
+
+def _with_params(cls, model_skip=(), fixed: dict | None = None):
+    """Give ``cls`` an ``__init__`` whose keyword-only parameters are the config's model
+    and optimizer keys with the config's defaults (what ``get_params`` reads)."""
+    params = {**_defaults(ModelConfig, model_skip), **_defaults(OptimizerConfig)}
+    sig = inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
+        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in params.items()])
+
+    def __init__(self, **kwargs):
+        unknown = set(kwargs) - set(params)
+        if unknown:
+            raise TypeError(f"{cls.__name__}() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        for k, v in params.items():
+            setattr(self, k, kwargs.get(k, v))
+
+    __init__.__signature__ = sig
+    __init__.__doc__ = f"Parameters: the run config's model and optimizer keys ({', '.join(params)})."
+    cls.__init__ = __init__
+    cls._model_keys = [k for k in _defaults(ModelConfig, model_skip)]
+    cls._optimizer_keys = list(_defaults(OptimizerConfig))
+    cls._fixed = fixed or {}
+    return cls
+
+
+_embedded = {"cluster": None, "client": None}
+_lock = threading.Lock()
+
+
+def _client():
+    """The current dask client, else one embedded cluster for this process."""
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        pass
+    with _lock:
+        if _embedded["client"] is None:
+            from distributed import Client
+
+            from .cluster import local_cluster, quiet_distributed
+
+            quiet_distributed()
+            cluster = local_cluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0")
+            _embedded.update(cluster=cluster, client=Client(cluster, set_as_default=False))
+            atexit.register(_close_embedded)
+        return _embedded["client"]
+
+
+def _close_embedded() -> None:
+    for k in ("client", "cluster"):
+        if _embedded[k] is not None:
+            _embedded[k].close()
+            _embedded[k] = None
+
+
+def _is_dask(x) -> bool:
+    return hasattr(x, "dask") and hasattr(x, "compute")
+
+
+class _Base(BaseEstimator):
+    _task = "regression"
+
+    def _config(self, data: dict, out: Path):
+        model = {k: getattr(self, k) for k in self._model_keys}
+        model.update(self._fixed)
+        optimizer = {k: getattr(self, k) for k in self._optimizer_keys}
+        try:
+            return validate_config({"name": "estimator", "data": data, "model": model, "optimizer": optimizer,
+                                    "output": {"dir": str(out), "checkpoint_every": 0, "metrics": "moments"}})
+        except GdDaskError as e:
+            raise ValueError(str(e).removeprefix("<config>: ")) from None
+
+    def _write(self, X, y, w, folder: Path) -> dict:
+        """Rows to ``folder/part-0000.parquet``; returns the data config section."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        names = [f"x{j}" for j in range(X.shape[1])]
+        cols = {n: X[:, j] for j, n in enumerate(names)}
+        cols["y"] = y
+        if w is not None:
+            cols["w"] = w
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table(cols), folder / "part-0000.parquet", row_group_size=ROW_GROUP_ROWS)
+        data = {"path": str(folder), "features": names, "target": "y"}
+        if w is not None:
+            data["weight"] = "w"
+        return data
+
+    def _write_dask(self, X, y, w, folder: Path, client) -> dict:
+        """A dask array or DataFrame (and y, w) to Parquet on the cluster, partition by partition."""
+        import dask.array as da
+        import dask.dataframe as dd
+
+        if isinstance(X, dd.DataFrame):
+            self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+            X = X.to_dask_array(lengths=True)
+        y = y.to_dask_array(lengths=True) if isinstance(y, (dd.Series, dd.DataFrame)) else da.asarray(y)
+        y = self._encode_dask(y.ravel())
+        names = [f"x{j}" for j in range(X.shape[1])]
+        parts = [X.astype(np.float64), y.astype(np.float64)[:, None]]
+        if w is not None:
+            w = w.to_dask_array(lengths=True) if isinstance(w, dd.Series) else da.asarray(w)
+            parts.append(w.astype(np.float64)[:, None])
+        columns = names + ["y"] + (["w"] if w is not None else [])
+        frame = dd.from_dask_array(da.concatenate(parts, axis=1), columns=columns)
+        client.compute(frame.to_parquet(str(folder), write_index=False, compute=False)).result()
+        self.n_features_in_ = X.shape[1]
+        data = {"path": str(folder), "features": names, "target": "y"}
+        if w is not None:
+            data["weight"] = "w"
+        return data
+
+    def _encode_dask(self, y):
+        return y
+
+    def fit(self, X, y, sample_weight=None):
+        """Train on X (n, d) and y (n,): NumPy, pandas, a dask array or DataFrame."""
+        from .training import fit
+
+        client = _client()
+        tmp = Path(tempfile.mkdtemp(prefix="gd_dask-fit-"))
+        try:
+            if _is_dask(X):
+                data = self._write_dask(X, y, sample_weight, tmp / "data", client)
+            else:
+                X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=self._task == "regression")
+                y = self._encode(y)
+                w = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+                need = X.shape[1] + int(self.fit_intercept)
+                if X.shape[0] < need:
+                    raise ValueError(f"n_samples={X.shape[0]}: need at least {need} for {X.shape[1]} features"
+                                     f"{' and an intercept' * bool(self.fit_intercept)}")
+                data = self._write(X, y, w, tmp / "data")
+            cfg = self._config(data, tmp / "out")
+            try:
+                res = fit(cfg, client)
+            except GdDaskError as e:
+                raise ValueError(str(e)) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.coef_ = np.asarray(res.m, dtype=np.float64)
+        self.intercept_ = float(res.b)
+        self.n_iter_ = res.epochs_run
+        self.loss_curve_ = [h["loss"] for h in res.history]
+        self.converged_ = res.converged
+        self.convergence_ = res.convergence
+        self.metrics_ = res.metrics
+        self.summary_ = res.summary
+        return self
+
+    def _eta(self, X):
+        check_is_fitted(self)
+        if _is_dask(X):
+            import dask.dataframe as dd
+
+            if isinstance(X, dd.DataFrame):
+                X = X.to_dask_array(lengths=True)
+            return X.astype(np.float64) @ self.coef_ + self.intercept_
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return X @ self.coef_ + self.intercept_
+
+    def summary(self):
+        """The statistical summary (``gd-dask summary``): a dict that prints as a table."""
+        check_is_fitted(self)
+        return Summary(self.summary_, list(getattr(self, "feature_names_in_", [])) or
+                       [f"x{j}" for j in range(self.n_features_in_)])
+
+
+class Summary(dict):
+    """``summary_`` with a readable ``str``: statsmodels' table, or why there is none."""
+
+    def __init__(self, doc: dict, features: list[str]):
+        super().__init__(doc or {})
+        self._features = features
+
+    def __str__(self) -> str:
+        if not self.get("available"):
+            return f"no inference statistics: {self.get('reason')}"
+        return inference.table(self, self._features, "y")
+
+
+@_with_params
+class LinearRegression(RegressorMixin, _Base):
+    """Linear regression by gradient descent on dask (squared or Huber loss), with
+    ``converged_`` meaning the coefficients are within ``tol`` of the minimizer.
+
+    Fitted attributes: ``coef_``, ``intercept_``, ``n_iter_``, ``loss_curve_``,
+    ``converged_``, ``convergence_``, ``metrics_``, ``summary_``, ``n_features_in_``,
+    ``feature_names_in_`` (from pandas columns).
+    """
+
+    def _encode(self, y):
+        return y
+
+    def predict(self, X):
+        return self._eta(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+class LogisticRegression(ClassifierMixin, _Base):
+    """Binary logistic regression by gradient descent on dask; ``predict_proba`` gives the
+    probabilities of ``classes_``. Same fitted attributes as ``LinearRegression``."""
+
+    _task = "classification"
+
+    def _encode(self, y):
+        from sklearn.utils.multiclass import type_of_target
+
+        kind = type_of_target(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"LogisticRegression needs samples of 2 classes; the data has 1 class: "
+                             f"{self.classes_[0]!r}")
+        if kind not in ("binary",) or len(self.classes_) > 2:
+            raise ValueError(f"LogisticRegression here is binary: y has {len(self.classes_)} classes ({kind})")
+        return (y == self.classes_[1]).astype(np.float64)
+
+    def _encode_dask(self, y):
+        self.classes_ = np.unique(y.compute())
+        if len(self.classes_) != 2:
+            raise ValueError(f"LogisticRegression here is binary: y has {len(self.classes_)} classes")
+        return (y == self.classes_[1]).astype(np.float64)
+
+    def decision_function(self, X):
+        return self._eta(X)
+
+    def predict_proba(self, X):
+        from .losses import Logistic
+
+        p = Logistic().predict(self._eta(X))
+        if _is_dask(p):
+            import dask.array as da
+
+            return da.stack([1 - p, p], axis=1)
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X):
+        eta = self._eta(X)
+        return self.classes_[(eta >= 0).astype(int)] if not _is_dask(eta) else (eta >= 0).map_blocks(
+            lambda b: self.classes_[b.astype(int)], dtype=self.classes_.dtype)
+
+
+LogisticRegression = _with_params(LogisticRegression, model_skip=("loss", "huber_delta"),
+                                  fixed={"loss": "logistic"})

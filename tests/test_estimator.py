@@ -1,0 +1,135 @@
+"""From Python: the scikit-learn estimators (scikit-learn's own checks, Pipeline,
+GridSearchCV, the CLI's bits) and ``gd_dask.train``."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli, write_parquet
+
+import gd_dask
+from gd_dask import LinearRegression, LogisticRegression
+from gd_dask.errors import ConfigError, DataError
+
+#: Checks LinearRegression fails on purpose, and why (scikit-learn's expected failures).
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "fits 30 features on 27 rows: no unique least-squares solution; gd_dask refuses fewer rows than "
+        "parameters instead of returning scikit-learn's minimum-norm one",
+}
+
+
+@pytest.fixture
+def current(client):
+    with client.as_current():
+        yield client
+
+
+def _data(seed=0, n=600):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3)) * [1.0, 2.0, 0.5] + [3.0, -1.0, 10.0]
+    return X, X @ [1.5, -0.7, 2.0] + 3.0 + rng.normal(size=n)
+
+
+def test_linear_regression_passes_scikit_learns_checks(current):
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(LinearRegression(), expected_failed_checks=EXPECTED_FAILED_CHECKS, on_fail=None)
+    failed = [(r["check_name"], str(r["exception"]).splitlines()[0]) for r in results if r["status"] == "failed"]
+    assert not failed
+    assert sum(r["status"] == "passed" for r in results) >= 50
+
+
+def test_parameters_are_the_configs_keys_and_defaults():
+    from gd_dask.config import ModelConfig, OptimizerConfig
+
+    params = LinearRegression().get_params()
+    assert set(params) == set(ModelConfig.model_fields) | set(OptimizerConfig.model_fields)
+    assert params["tol"] == OptimizerConfig().tol and params["learning_rate"] == "auto"
+    assert "loss" not in LogisticRegression().get_params()
+
+
+def test_bit_identical_to_the_cli_on_the_same_rows(current, tmp_path):
+    X, y = _data()
+    data = write_parquet(tmp_path / "d", X, y, n_files=1)  # one file, one row group: the estimator's layout
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "cli", "data": data, "output": {"dir": str(tmp_path / "out")}}))
+    assert run_cli("train", cfg, "--no-plot").returncode == 0
+    doc = json.loads((tmp_path / "out" / "model.json").read_text())
+    est = LinearRegression().fit(X, y)
+    assert est.coef_.tolist() == doc["m"] and est.intercept_ == doc["b"]
+    assert est.converged_ and est.n_iter_ == doc["epochs_run"]
+
+
+def test_pandas_dask_array_and_dask_dataframe_inputs(current):
+    import dask.array as da
+    import dask.dataframe as dd
+
+    X, y = _data(seed=1)
+    frame = pd.DataFrame(X, columns=["height", "age", "score"])
+    est = LinearRegression().fit(frame, y)
+    assert list(est.feature_names_in_) == ["height", "age", "score"] and est.n_features_in_ == 3
+    on_dask = LinearRegression().fit(da.from_array(X, chunks=200), da.from_array(y, chunks=200))
+    np.testing.assert_allclose(on_dask.coef_, est.coef_, rtol=1e-9)
+    ddf = dd.from_pandas(frame, npartitions=3)
+    on_ddf = LinearRegression().fit(ddf, dd.from_pandas(pd.Series(y), npartitions=3))
+    np.testing.assert_allclose(on_ddf.coef_, est.coef_, rtol=1e-9)
+    assert list(on_ddf.feature_names_in_) == ["height", "age", "score"]
+    lazy = on_ddf.predict(ddf)
+    np.testing.assert_allclose(lazy.compute(), est.predict(frame), rtol=1e-9)
+    assert est.score(frame, y) > 0.8
+
+
+def test_pipeline_and_grid_search(current):
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = _data(seed=2, n=300)
+    pipe = make_pipeline(StandardScaler(), LinearRegression(standardize=False))
+    assert pipe.fit(X, y).score(X, y) > 0.8
+    search = GridSearchCV(LinearRegression(), {"l2": [0.0, 0.1, 10.0]}, cv=3).fit(X, y)
+    assert search.best_params_["l2"] == 0.0
+
+
+def test_summary_and_convergence_from_python(current):
+    X, y = _data(seed=3)
+    est = LinearRegression().fit(X, y)
+    s = est.summary()
+    assert s["available"] and len(s["coefficients"]) == 4 and "std err" in str(s)
+    assert est.convergence_["criterion"] == "coefficients" and est.loss_curve_[-1] < est.loss_curve_[0]
+    assert "penalized" in str(LinearRegression(l2=1.0).fit(X, y).summary())
+
+
+def test_logistic_regression_probabilities_and_labels(current):
+    from sklearn.linear_model import LogisticRegression as SkLogistic
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(800, 2))
+    labels = np.where(rng.random(800) < 1 / (1 + np.exp(-(X @ [1.0, -0.5] + 0.2))), "churn", "stay")
+    est = LogisticRegression().fit(X, labels)
+    sk = SkLogistic(C=np.inf, tol=1e-12, max_iter=10_000).fit(X, labels)
+    assert list(est.classes_) == ["churn", "stay"] and est.converged_
+    np.testing.assert_allclose(est.predict_proba(X), sk.predict_proba(X), rtol=1e-6)
+    assert (est.predict(X) == sk.predict(X)).all()
+    with pytest.raises(ValueError, match="binary"):
+        LogisticRegression().fit(X, rng.integers(0, 3, 800))
+
+
+def test_train_from_python_returns_the_model_and_raises_the_clis_errors(tmp_path):
+    X, y = _data(seed=5, n=200)
+    data = write_parquet(tmp_path / "d", X, y)
+    raw = {"name": "py", "data": data, "output": {"dir": str(tmp_path / "out")}, "cluster": {"n_workers": 1}}
+    model = gd_dask.train(raw, overrides=["optimizer.tol=1e-10"])
+    doc = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert model.m.tolist() == doc["m"] and doc["config"]["optimizer"]["tol"] == 1e-10
+    with pytest.raises(ConfigError, match="optimizer.learning_rate"):
+        gd_dask.train(raw, overrides=["optimizer.learning_rate=-1"])
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(json.dumps({**raw, "data": {**data, "features": ["nope"]}}))
+    with pytest.raises(DataError) as err:
+        gd_dask.train(cfg)
+    cli = run_cli("train", cfg)
+    assert cli.returncode == 1 and str(err.value) in cli.stderr
