@@ -82,6 +82,18 @@ def moving_epoch_seconds(history) -> float:
     return float(np.median([h["seconds"] for h in rows or history]))
 
 
+def estimator_from_dask_dataframe(root: Path, names) -> float:
+    """gd_dask.LinearRegression (defaults) fit from a dask DataFrame of the same files, on
+    the current client: what a notebook user pays against the CLI's run."""
+    import dask.dataframe as dd
+
+    from gd_dask import LinearRegression
+
+    ddf = dd.read_parquet(str(root), columns=[*names, "y"])
+    _, t = timed(LinearRegression().fit, ddf[list(names)], ddf["y"])
+    return t
+
+
 def warm_up(client, root: Path, names) -> None:
     """One tiny fit so workers have imported pyarrow and friends before timing."""
     cfg = data_config(root, names, epochs=1)
@@ -112,6 +124,7 @@ def speed(work: Path, quick: bool) -> dict:
         stream, t = timed(fit, stream_cfg, client)
         epoch_s = moving_epoch_seconds(stream.history)
         out.update(stream_s=t, stream_epoch_s=epoch_s, stream_loss=stream.final_loss)
+        out["estimator_ddf_s"] = estimator_from_dask_dataframe(root, names)
         try:
             out["dask_ml_s"], out["dask_ml_loss"] = dask_ml(client, root, names, EPOCHS)
         except ImportError:
@@ -322,6 +335,8 @@ def report_speed(s: dict) -> None:
           f"{s['ratio_gram_one_pass_vs_scan']:.2f} × scan |")
     print(f"| gd-dask stream, memory cache | {s['stream_s']:.2f} ({s['stream_epoch_s'] * 1e3:.1f} ms/epoch) | "
           f"{s['stream_loss']:.6g} | {s['ratio_stream_epoch_vs_numpy_epoch']:.2f} × NumPy epoch |")
+    print(f"| gd_dask.LinearRegression().fit(dask DataFrame) (defaults) | {s['estimator_ddf_s']:.2f} | – | "
+          f"{s['estimator_ddf_s'] / s['gram_s']:.1f} × gram |")
     if s.get("dask_ml_s"):
         print(f"| dask-ml LinearRegression(gradient_descent) | {s['dask_ml_s']:.2f} | {s['dask_ml_loss']:.6g} | "
               f"{s['ratio_dask_ml_vs_gram']:.1f} × gram |")
