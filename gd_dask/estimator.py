@@ -125,24 +125,31 @@ class _Base(BaseEstimator):
         return data
 
     def _write_dask(self, X, y, w, folder: Path, client) -> dict:
-        """A dask array or DataFrame (and y, w) to Parquet on the cluster, partition by partition."""
+        """A dask DataFrame or array (with y, w alike) to Parquet on the cluster,
+        partition by partition: the rows never come to the client."""
         import dask.array as da
         import dask.dataframe as dd
 
+        d = len(X.columns) if isinstance(X, dd.DataFrame) else X.shape[1]
+        names = [f"x{j}" for j in range(d)]
         if isinstance(X, dd.DataFrame):
+            if not isinstance(y, (dd.Series, dd.DataFrame)):
+                raise ValueError("with X a dask DataFrame, y must be a dask Series of the same partitions")
             self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
-            X = X.to_dask_array(lengths=True)
-        y = y.to_dask_array(lengths=True) if isinstance(y, (dd.Series, dd.DataFrame)) else da.asarray(y)
-        y = self._encode_dask(y.ravel())
-        names = [f"x{j}" for j in range(X.shape[1])]
-        parts = [X.astype(np.float64), y.astype(np.float64)[:, None]]
-        if w is not None:
-            w = w.to_dask_array(lengths=True) if isinstance(w, dd.Series) else da.asarray(w)
-            parts.append(w.astype(np.float64)[:, None])
-        columns = names + ["y"] + (["w"] if w is not None else [])
-        frame = dd.from_dask_array(da.concatenate(parts, axis=1), columns=columns)
+            frame = X.astype("float64").rename(columns=dict(zip(X.columns, names)))
+            y = y.iloc[:, 0] if isinstance(y, dd.DataFrame) else y
+            frame = frame.assign(y=self._encode_dask(y).astype("float64"))
+            if w is not None:
+                frame = frame.assign(w=w.astype("float64"))
+        else:
+            y = self._encode_dask(da.asarray(y).ravel())
+            parts = [X.astype(np.float64), y.astype(np.float64)[:, None]]
+            if w is not None:
+                parts.append(da.asarray(w).astype(np.float64)[:, None])
+            columns = names + ["y"] + (["w"] if w is not None else [])
+            frame = dd.from_dask_array(da.concatenate(parts, axis=1), columns=columns)
         client.compute(frame.to_parquet(str(folder), write_index=False, compute=False)).result()
-        self.n_features_in_ = X.shape[1]
+        self.n_features_in_ = d
         data = {"path": str(folder), "features": names, "target": "y"}
         if w is not None:
             data["weight"] = "w"
@@ -258,7 +265,7 @@ class LogisticRegression(ClassifierMixin, _Base):
         return (y == self.classes_[1]).astype(np.float64)
 
     def _encode_dask(self, y):
-        self.classes_ = np.unique(y.compute())
+        self.classes_ = np.unique(np.asarray(y.compute()))
         if len(self.classes_) != 2:
             raise ValueError(f"LogisticRegression here is binary: y has {len(self.classes_)} classes")
         return (y == self.classes_[1]).astype(np.float64)
