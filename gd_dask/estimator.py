@@ -2,10 +2,11 @@
 
 ``LinearRegression`` and ``LogisticRegression`` take as parameters the run config's
 ``model`` and ``optimizer`` keys, with the config's defaults (read from ``config``: no
-second list). ``fit`` writes the rows to a temporary Parquet dataset, one file of row
-groups no larger than a chunk, and trains on it exactly as ``gd-dask train`` would (so
-the same rows in such a file give the CLI's bits); NumPy, pandas, dask arrays and dask
-DataFrames are accepted. It runs on the current dask client where there is one (as
+second list). ``fit`` trains with the very code of ``gd-dask train`` on a dask DataFrame
+source (``data.frame``) whose partitions are the chunks: NumPy and pandas data are
+spread over the workers once in partitions of up to ``PARTITION_ROWS`` rows (so rows
+that the CLI reads as one chunk give the CLI's bits); a dask DataFrame or array is read
+partition by partition where it lives, never gathered and never written. It runs on the current dask client where there is one (as
 dask-ml does), otherwise on an embedded cluster started once per process.
 """
 
@@ -13,10 +14,7 @@ from __future__ import annotations
 
 import atexit
 import inspect
-import shutil
-import tempfile
 import threading
-from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -24,10 +22,11 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from . import inference
 from .config import ModelConfig, OptimizerConfig, validate_config
+from .data.frame import FrameSource
 from .errors import GdDaskError
 
-#: Rows per row group of the temporary dataset (the chunk size of 8 columns × 2M rows).
-ROW_GROUP_ROWS = 2_000_000
+#: Rows per partition of in-memory data: the chunk size for 8 features (128 MiB).
+PARTITION_ROWS = 2_000_000
 
 
 def _defaults(section, skip=()) -> dict:
@@ -97,39 +96,32 @@ def _is_dask(x) -> bool:
 class _Base(BaseEstimator):
     _task = "regression"
 
-    def _config(self, data: dict, out: Path):
+    def _config(self, data: dict):
         model = {k: getattr(self, k) for k in self._model_keys}
         model.update(self._fixed)
         optimizer = {k: getattr(self, k) for k in self._optimizer_keys}
         try:
             return validate_config({"name": "estimator", "data": data, "model": model, "optimizer": optimizer,
-                                    "output": {"dir": str(out), "checkpoint_every": 0, "metrics": "moments"}})
+                                    "output": {"checkpoint_every": 0, "metrics": "moments"}})
         except GdDaskError as e:
             raise ValueError(str(e).removeprefix("<config>: ")) from None
 
-    def _write(self, X, y, w, folder: Path) -> dict:
-        """Rows to ``folder/part-0000.parquet``; returns the data config section."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        names = [f"x{j}" for j in range(X.shape[1])]
-        cols = {n: X[:, j] for j, n in enumerate(names)}
-        cols["y"] = y
-        if w is not None:
-            cols["w"] = w
-        folder.mkdir(parents=True)
-        pq.write_table(pa.table(cols), folder / "part-0000.parquet", row_group_size=ROW_GROUP_ROWS)
-        data = {"path": str(folder), "features": names, "target": "y"}
-        if w is not None:
-            data["weight"] = "w"
-        return data
-
-    def _write_dask(self, X, y, w, folder: Path, client) -> dict:
-        """A dask DataFrame or array (with y, w alike) to Parquet on the cluster,
-        partition by partition: the rows never come to the client."""
+    def _frame(self, X, y, w, client):
+        """The rows as a dask DataFrame of columns x0…, y (and w): in-memory data is
+        spread over the workers once (persisted); a dask collection stays lazy and is
+        read partition by partition by every pass."""
         import dask.array as da
         import dask.dataframe as dd
+        import pandas as pd
 
+        if not _is_dask(X):
+            names = [f"x{j}" for j in range(X.shape[1])]
+            cols = {n: X[:, j] for j, n in enumerate(names)}
+            cols["y"] = y
+            if w is not None:
+                cols["w"] = w
+            parts = max(1, -(-X.shape[0] // PARTITION_ROWS))
+            return client.persist(dd.from_pandas(pd.DataFrame(cols), npartitions=parts, sort=False)), names
         d = len(X.columns) if isinstance(X, dd.DataFrame) else X.shape[1]
         names = [f"x{j}" for j in range(d)]
         if isinstance(X, dd.DataFrame):
@@ -148,12 +140,8 @@ class _Base(BaseEstimator):
                 parts.append(da.asarray(w).astype(np.float64)[:, None])
             columns = names + ["y"] + (["w"] if w is not None else [])
             frame = dd.from_dask_array(da.concatenate(parts, axis=1), columns=columns)
-        client.compute(frame.to_parquet(str(folder), write_index=False, compute=False)).result()
         self.n_features_in_ = d
-        data = {"path": str(folder), "features": names, "target": "y"}
-        if w is not None:
-            data["weight"] = "w"
-        return data
+        return frame, names
 
     def _encode_dask(self, y):
         return y
@@ -163,26 +151,27 @@ class _Base(BaseEstimator):
         from .training import fit
 
         client = _client()
-        tmp = Path(tempfile.mkdtemp(prefix="gd_dask-fit-"))
+        w = sample_weight
+        if not _is_dask(X):
+            X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=self._task == "regression")
+            y = self._encode(y)
+            w = None if w is None else _check_sample_weight(w, X, dtype=np.float64)
+            need = X.shape[1] + int(self.fit_intercept)
+            if X.shape[0] < need:
+                raise ValueError(f"n_samples={X.shape[0]}: need at least {need} for {X.shape[1]} features"
+                                 f"{' and an intercept' * bool(self.fit_intercept)}")
+        frame, names = self._frame(X, y, w, client)
+        data = {"path": "<dask DataFrame>", "features": names, "target": "y"}
+        if w is not None:
+            data["weight"] = "w"
+        cfg = self._config(data)
+        source = FrameSource(frame, [*names, "y"] + (["w"] if w is not None else []), data.get("weight"))
         try:
-            if _is_dask(X):
-                data = self._write_dask(X, y, sample_weight, tmp / "data", client)
-            else:
-                X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=self._task == "regression")
-                y = self._encode(y)
-                w = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
-                need = X.shape[1] + int(self.fit_intercept)
-                if X.shape[0] < need:
-                    raise ValueError(f"n_samples={X.shape[0]}: need at least {need} for {X.shape[1]} features"
-                                     f"{' and an intercept' * bool(self.fit_intercept)}")
-                data = self._write(X, y, w, tmp / "data")
-            cfg = self._config(data, tmp / "out")
-            try:
-                res = fit(cfg, client)
-            except GdDaskError as e:
-                raise ValueError(str(e)) from None
+            res = fit(cfg, client, source=source)
+        except GdDaskError as e:
+            raise ValueError(str(e)) from None
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            del frame, source  # persisted rows leave the workers
         self.coef_ = np.asarray(res.m, dtype=np.float64)
         self.intercept_ = float(res.b)
         self.n_iter_ = res.epochs_run

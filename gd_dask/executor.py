@@ -22,7 +22,7 @@ import numpy as np
 from . import gradient as g
 from .cluster import compute
 from .compensated import RefineSums, add_refine, refine_sums
-from .data import ParquetSource, count_nonfinite, read_block, read_slices
+from .data import ParquetSource, count_nonfinite
 from .data.write import predict_file
 from .losses import SQUARED, Loss
 
@@ -39,14 +39,21 @@ def _fold(combine, parts):
 
 
 def fold_chunk(chunk, spec, func, combine, *args):
-    """``gradient.fold_block(read_block(chunk, spec), func, combine, *args)`` without
-    building the block: the chunk streams from the file slice by slice."""
-    return g.fold_slices(read_slices(chunk, spec, rows=g.SLICE_ROWS), func, combine, *args)
+    """``gradient.fold_block(spec.block(chunk), func, combine, *args)`` without building
+    the block where the spec can stream: a file's chunk comes slice by slice
+    (``data.read_slices``)."""
+    return g.fold_slices(spec.slices(chunk, g.SLICE_ROWS), func, combine, *args)
 
 
 def chunk_moments(chunk, spec) -> g.Moments:
-    """``gradient.block_moments(read_block(chunk, spec))``, to the bit, streamed."""
-    return g.shifted_moments(read_slices(chunk, spec, rows=g.SLICE_ROWS, shifted=True))
+    """``gradient.block_moments(spec.block(chunk))``, to the bit, streamed."""
+    return g.shifted_moments(spec.slices(chunk, g.SLICE_ROWS, shifted=True))
+
+
+def read_chunk(chunk, spec):
+    """One chunk as a float64 block: a Parquet chunk (``data.read_block``) or a dask
+    DataFrame's partition (``data.frame``)."""
+    return spec.block(chunk)
 
 
 def to_dask_array(src: ParquetSource):
@@ -62,7 +69,7 @@ def to_dask_array(src: ParquetSource):
     spec, k = src.spec, len(src.columns)
     blocks = []
     for c in src.chunks:
-        task = dask.delayed(read_block, pure=True)(c, spec, dask_key_name=f"read-{dask.base.tokenize(c, spec)}")
+        task = dask.delayed(read_chunk, pure=True)(c, spec, dask_key_name=f"read-{dask.base.tokenize(c, spec)}")
         blocks.append(da.from_delayed(task, shape=(c.rows if exact else math.nan, k), dtype=np.float64))
     return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
 
@@ -101,6 +108,8 @@ class Executor:
         return compute(self.client, graphs, explain=self._memory_hint)
 
     def _memory_hint(self) -> str:
+        if not self.source.files:
+            return "raise cluster.memory_limit, or use smaller partitions"
         f = max(self.source.files, key=lambda f: f.get("row_group_bytes") or 0)
         limits = [x for x in _memory_limits(self.client) if x > 0]
         limit = f"{min(limits) / 2**20:.0f} MiB" if limits else "no"
@@ -376,6 +385,9 @@ def decide_cache(setting: str, source: ParquetSource, client, strategy: str = "s
         log.info("cache: none (gram reads the data for its moments and for the metrics only)")
         return False
     need = source.nbytes
+    if need is None:
+        log.info("cache: none (the data's size is not known in advance)")
+        return False
     have = cluster_memory(client)
     if have == 0:
         import psutil

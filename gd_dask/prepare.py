@@ -140,7 +140,8 @@ def _diagnose_nonfinite(mom: g.Moments, ex: Executor) -> None:
     total = counts.sum(axis=0)
     if total.any():
         j = int(np.flatnonzero(total)[0])
-        first = ex.source.chunks[int(np.flatnonzero(counts[:, j])[0])].path
+        i = int(np.flatnonzero(counts[:, j])[0])
+        first = getattr(ex.source.chunks[i], "path", f"partition {i}")
         raise DataError(f"column '{cols[j]}' has {int(total[j])} NaN/inf/null values (first in {first}); "
                         "fix the data or set data.missing: drop to skip such rows")
     bad = ~(np.isfinite(mom.mean) & np.isfinite(np.diag(mom.comoment)))

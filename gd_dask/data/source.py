@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from .read import NativePath, _first_line, is_local
+from .read import NativePath, _first_line, is_local, read_block, read_slices
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,12 @@ class ReadSpec:
     row_filters: tuple = ()
     missing: str = "error"
     holdout: Holdout | None = None
+
+    def block(self, chunk):
+        return read_block(chunk, self)
+
+    def slices(self, chunk, rows: int, shifted: bool = False):
+        return read_slices(chunk, self, rows=rows, shifted=shifted)
 
 
 @dataclass
