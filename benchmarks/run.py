@@ -227,6 +227,74 @@ def report_logistic(s: dict) -> None:
                   f"{loss:.9g} ({loss / s['log_loss'] - 1:+.1e}) | {t / s['default_s']:.1f} × gd-dask |")
 
 
+def sgd(work: Path, quick: bool) -> dict:
+    """Minibatch SGD on the speed data: an epoch against a stream batch epoch (cached and
+    not), the loss after 2 epochs against the optimum and scikit-learn's SGDRegressor,
+    and logistic after 3 epochs on the logistic data."""
+    rows_per_day, days = (50_000, 4) if quick else (1_000_000, 8)
+    root, lroot = work / "speed", work / "logistic"
+    names = write_days(root, days, rows_per_day)
+    write_days(lroot, days, rows_per_day, seed=5, labels=True)
+    X, y = _in_memory(root, names)
+    A = np.column_stack([X, np.ones(len(y))])
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    opt = float(np.mean((A @ coef - y) ** 2))
+    out = {"rows": len(y), "optimum_mse": opt, "batches": {}}
+    with local_client(2) as client:
+        warm_up(client, root, names)
+        for cache in ("memory", "none"):
+            batch_cfg = data_config(root, names, strategy="stream", cache=cache, epochs=5, tol=0, momentum=0.0)
+            res = fit(validate_config(batch_cfg), client)
+            out[f"batch_epoch_{cache}_s"] = moving_epoch_seconds(res.history)
+            for batch in (1024, 8192):
+                cfg = data_config(root, names, method="minibatch", batch_size=batch, epochs=2, cache=cache)
+                res, t = timed(fit, validate_config(cfg), client)
+                mse = float(np.mean((X @ res.m + res.b - y) ** 2))
+                out["batches"][f"{batch}_{cache}"] = {
+                    "epoch_s": float(np.median([h["seconds"] for h in res.history])), "total_s": t,
+                    "excess_loss": mse / opt - 1}
+        cfg = data_config(lroot, names, method="minibatch", batch_size=1024, epochs=3, cache="memory")
+        cfg["model"] = {"loss": "logistic"}
+        res = fit(validate_config(cfg), client)
+        full = data_config(lroot, names, cache="memory")
+        full["model"] = {"loss": "logistic"}
+        best = fit(validate_config(full), client)
+    Xl, yl = _in_memory(lroot, names)
+
+    def log_loss(m, b):
+        z = Xl @ m + b
+        return float(np.mean(np.logaddexp(0, z) - yl * z))
+
+    out["logistic_excess"] = log_loss(res.m, res.b) / log_loss(best.m, best.b) - 1
+    out["logistic_batch_epochs"] = best.epochs_run
+    try:
+        from sklearn.linear_model import SGDRegressor
+
+        mu, sd = X.mean(0), X.std(0)
+        sk, t = timed(SGDRegressor(max_iter=2, tol=None, random_state=0).fit, (X - mu) / sd, y)
+        out["sklearn_s"] = t
+        out["sklearn_excess"] = float(np.mean((sk.predict((X - mu) / sd) - y) ** 2)) / opt - 1
+    except ImportError:
+        out["sklearn_s"] = None
+    return out
+
+
+def report_sgd(s: dict) -> None:
+    print(f"\n## Minibatch SGD: {s['rows']:,} rows × 8 features, 2 workers, 2 epochs\n")
+    print("| run | epoch (s) | vs a stream batch epoch | loss after 2 epochs vs optimum |")
+    print("|---|---|---|---|")
+    for key, v in s["batches"].items():
+        batch, cache = key.split("_")
+        base = s[f"batch_epoch_{cache}_s"]
+        print(f"| batch_size {batch}, cache {cache} | {v['epoch_s']:.3f} | {v['epoch_s'] / base:.2f} × "
+              f"({base:.3f} s) | {v['excess_loss']:+.2e} |")
+    if s.get("sklearn_s"):
+        print(f"| scikit-learn SGDRegressor, 2 epochs, in memory | {s['sklearn_s'] / 2:.3f} | – | "
+              f"{s['sklearn_excess']:+.2e} |")
+    print(f"\nlogistic, batch_size 1024, 3 epochs: log-loss {s['logistic_excess']:+.2e} vs the certified optimum "
+          f"({s['logistic_batch_epochs']} batch epochs)")
+
+
 def memory(work: Path, quick: bool) -> dict:
     limit = 300 * 2**20
     n_workers = 2
@@ -313,6 +381,8 @@ def report(res: dict) -> None:
         report_speed(res["speed"])
     if "logistic" in res:
         report_logistic(res["logistic"])
+    if "sgd" in res:
+        report_sgd(res["sgd"])
     if "memory" in res:
         report_memory(res["memory"])
     if "scaling" in res:
@@ -366,8 +436,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--only", nargs="*", default=["speed", "logistic", "memory", "scaling", "refit_cost",
-                                                   "accuracy"])
+    ap.add_argument("--only", nargs="*", default=["speed", "logistic", "sgd", "memory", "scaling",
+                                                   "refit_cost", "accuracy"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("gd_dask").setLevel(logging.ERROR)  # fixed-epoch runs warn by design

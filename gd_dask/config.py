@@ -96,8 +96,9 @@ class ModelConfig(_Section):
 
 class OptimizerConfig(_Section):
     method: Literal["batch", "minibatch"] = Field(
-        default="batch", description="batch: every row each epoch; minibatch: each step samples about "
-        "batch_size rows across all partitions (then epochs counts steps).")
+        default="batch", description="batch: one step per epoch from every row; minibatch: an epoch is one "
+        "pass in which every chunk takes steps of batch_size of its rows, the chunk models averaged "
+        "(weighted by rows) at each round.")
     learning_rate: Union[PositiveFloat, Literal["auto"]] = Field(
         default="auto",
         description="A positive number, or 'auto' (the fastest stable constant rate "
@@ -108,9 +109,10 @@ class OptimizerConfig(_Section):
         description="Heavy-ball momentum in [0, 1), or 'auto': tuned from the curvature "
         "when learning_rate is auto, none (plain descent) with a fixed learning_rate.",
     )
-    schedule: Literal["constant", "invscaling", "step"] = Field(
+    schedule: Literal["constant", "invscaling", "step", "optimal"] = Field(
         default="constant",
-        description="constant: lr; invscaling: lr / t^power_t; step: lr · gamma^floor((t−1)/step_size).")
+        description="constant: lr; invscaling: lr / t^power_t; step: lr · gamma^floor((t−1)/step_size); "
+                    "optimal: 1/(l2·(t0 + t − 1)), starting at lr (scikit-learn's; needs l2 > 0).")
     power_t: Annotated[float, Strict(), Field(ge=0)] = 0.25
     step_size: Annotated[int, Strict(), Field(ge=1)] = 100
     gamma: Annotated[float, Strict(), Field(gt=0, le=1)] = 0.5
@@ -126,7 +128,14 @@ class OptimizerConfig(_Section):
         default="auto", description="Passes of iterative refinement (the gradient from the residuals in "
         "double-double) once the float64 gradient is at its rounding floor above tol. auto: until tol, "
         "at most 10, while each pass halves the bound; 0: none.")
-    batch_size: Annotated[int, Strict(), Field(ge=1)] | None = None
+    batch_size: Annotated[int, Strict(), Field(ge=1)] | None = Field(
+        default=None, description="minibatch: rows per step, within each chunk.")
+    sync_every: Annotated[int, Strict(), Field(ge=1)] | None = Field(
+        default=None, description="minibatch: steps each chunk takes between two averagings (null: one "
+                                  "round per epoch).")
+    average: Annotated[bool, Strict()] = Field(
+        default=True, description="minibatch: report the average of each epoch's iterates (ASGD: far less "
+                                  "noise at the same rate), not the last one.")
     seed: Annotated[int, Strict(), Field(ge=0)] = 0
     validation_fraction: Annotated[float, Strict(), Field(ge=0, lt=1)] = Field(
         default=0.0,
@@ -227,9 +236,10 @@ class RunConfig(_Section):
         if self.optimizer.method == "minibatch":
             if self.optimizer.batch_size is None:
                 raise ValueError("optimizer.batch_size is required with optimizer.method minibatch")
-            if self.optimizer.strategy == "gram" or self.model.loss != "squared" or self.model.l1:
-                raise ValueError("optimizer.method minibatch needs strategy stream (or auto), squared loss "
-                                 "and no l1")
+            if self.optimizer.strategy == "gram":
+                raise ValueError("optimizer.method minibatch needs strategy stream (or auto)")
+        if self.optimizer.schedule == "optimal" and not self.model.l2:
+            raise ValueError("optimizer.schedule optimal needs model.l2 > 0 (its rate is 1/(l2·t))")
         if not losses.LOSSES[self.model.loss].quadratic and self.optimizer.strategy == "gram":
             raise ValueError(f"model.loss {self.model.loss} needs optimizer.strategy stream (or auto): its "
                              "gradient is not a function of the moments")

@@ -11,7 +11,6 @@ of workers and after dask recomputes blocks lost with a dead worker.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from functools import reduce
@@ -48,6 +47,11 @@ def fold_chunk(chunk, spec, func, combine, *args):
 def chunk_moments(chunk, spec) -> g.Moments:
     """``gradient.block_moments(spec.block(chunk))``, to the bit, streamed."""
     return g.shifted_moments(spec.slices(chunk, g.SLICE_ROWS, shifted=True))
+
+
+def sgd_chunk(chunk, spec, theta, index, plan, center, scale, y_center, loss, weighted):
+    """``gradient.sgd_raw`` of one chunk read whole (steps need all its rows at hand)."""
+    return g.sgd_raw(spec.block(chunk), theta, index, plan, center, scale, y_center, loss, weighted)
 
 
 def read_chunk(chunk, spec):
@@ -256,19 +260,27 @@ class Executor:
 
         return oracle, validate
 
-    def sampled_sums(self, m, b, fraction: float, seed: int, step: int) -> g.BlockSums:
-        """Minibatch gradient sums: every chunk samples its rows (seeded by seed, step and
-        chunk index) in parallel; one reduction per step."""
+    def sgd_round(self, theta, plan: g.SGDPlan) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """One round of minibatch steps in every chunk from ``theta`` (training space),
+        the chunk models averaged weighted by rows in the fixed tree (parameter mixing).
+        Returns (mixed θ, mixed average of the iterates, Σ batch losses, rows stepped)."""
         sc = self.scaling
-        blocks = self.blocks
-        if not self.cache:
-            fn = dask.delayed(g.standardize_block, pure=True)
-            blocks = [fn(b, sc.center, sc.scale, sc.y_center, None, self.weighted) for b in blocks]
-        sampled = functools.partial(g.block_sums_sampled, loss=self.loss, weighted=self.weighted)
-        root = self._tree(sampled, g.add_sums, blocks, np.asarray(m, dtype=np.float64), float(b) - sc.y_center,
-                          fraction, seed, step, indexed=True)
-        # Compute: one small result (a few numbers) comes back to the client.
-        return self._compute(root)
+        th = np.array(theta, dtype=np.float64)
+        th[-1] -= sc.y_center
+        if self.cache:
+            fn = dask.delayed(g.sgd_block, pure=True)
+            leaves = [fn(b, th, i, plan, self.loss, self.weighted) for i, b in enumerate(self.blocks)]
+        else:
+            fn = dask.delayed(sgd_chunk, pure=True)
+            spec = self.source.spec
+            leaves = [fn(c, spec, th, i, plan, sc.center, sc.scale, sc.y_center, self.loss, self.weighted)
+                      for i, c in enumerate(self.source.chunks)]
+        # Compute: a few numbers per chunk model come back, mixed.
+        s = self._compute(_reduce_tree(leaves, g.add_sgd))
+        mixed, average = s.theta / s.n, s.average / s.n
+        mixed[-1] += sc.y_center
+        average[-1] += sc.y_center
+        return mixed, average, s.loss, s.rows
 
     def refine_sums(self, m_hi, m_lo, b_hi: float, b_lo: float) -> RefineSums:
         """The gradient's sums at m = m_hi + m_lo, b = b_hi + b_lo (original units), in

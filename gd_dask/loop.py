@@ -119,8 +119,8 @@ class LoopState:
 
 def criterion_name(certifier, rules: Rules) -> str:
     """What ``converged`` rests on (``certify``)."""
-    if rules.sampled:
-        return "none"
+    if rules.sampled:  # minibatch: certified by one full pass at the end (not with l1)
+        return certifier.name if certifier is not None and not rules.l1 else "none"
     return certifier.name if certifier is not None else "loss_change"
 
 
@@ -161,7 +161,7 @@ class Descent:
         self.rules = rules = rules or Rules()
         self.init, self.update = heavy_ball(rates)
         self.rate_at = schedule(rules.schedule, rates.learning_rate, power_t=rules.power_t,
-                                step_size=rules.step_size, gamma=rules.gamma)
+                                step_size=rules.step_size, gamma=rules.gamma, alpha=rules.l2)
         self.certifier = certifier
         self.validate = validate
         self.needed_calm = calm_epochs(rates.momentum)

@@ -56,14 +56,21 @@ def stable_limit(curv: Curvature, momentum: float = 0.0) -> float:
     return 2.0 * (1.0 + momentum) / curv.lmax
 
 
-def schedule(name: str, eta0: float, *, power_t: float = 0.25, step_size: int = 100, gamma: float = 0.5):
+def schedule(name: str, eta0: float, *, power_t: float = 0.25, step_size: int = 100, gamma: float = 0.5,
+             alpha: float = 0.0):
     """The learning rate of step t = 1, 2, … as a pure function of t.
 
     constant: eta0; invscaling: eta0 / t^power_t (scikit-learn's); step: eta0 ·
-    gamma^floor((t − 1) / step_size).
+    gamma^floor((t − 1) / step_size); optimal: 1 / (alpha·(t0 + t − 1)) with
+    t0 = 1/(alpha·eta0), scikit-learn's for an l2 penalty alpha, starting at eta0.
     """
     if name == "constant":
         return lambda t: eta0
+    if name == "optimal":
+        if not alpha > 0:
+            raise ValueError("schedule optimal needs model.l2 > 0 (its rate is 1/(l2·t))")
+        t0 = 1.0 / (alpha * eta0)
+        return lambda t: 1.0 / (alpha * (t0 + t - 1))
     if name == "invscaling":
         return lambda t: eta0 / t ** power_t
     if name == "step":

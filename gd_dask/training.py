@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import gradient as g
-from . import inference, store
-from .certify import CoefficientBound, digits
+from . import inference, sgd, store
+from .certify import CoefficientBound, LocalBound, digits
 from .data import ParquetSource
 from .executor import Executor
 from .loop import Checkpoints, Descent, LoopState, Rules, criterion_name, gradient_at, state_from_dict, state_to_dict
-from .optim import Curvature
+from .optim import Curvature, Rates
 from .prepare import Prepared, Setup, prepare
 from .refine import AUTO_PASSES, refine
 
@@ -83,13 +83,17 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     key = run_key(cfg, prep.source, init)
     state = _resume(cfg, key, params.dtype) or descent.start(params)
     resumed_from = state.epoch or None
-    if cfg.optimizer.method == "minibatch":  # steps continue after a resume
-        descent.oracle = _minibatch_oracle(cfg, prep.ex, prep.mom.n, state.epoch)
     checkpoints = Checkpoints(lambda st: store.write_checkpoint(cfg.output_dir, key, state_to_dict(st)),
                               cfg.output.checkpoint_every if _checkpoints(cfg) else 0)
-    state = descent.run(state, epochs=epochs, tol=cfg.optimizer.tol, on_epoch=on_epoch, checkpoints=checkpoints)
-    if cfg.optimizer.method == "minibatch" and isinstance(certifier, CoefficientBound):
+    if cfg.optimizer.method == "minibatch":
+        eta0 = sgd.base_rate(cfg, setup.curv)
+        setup.rates = Rates(eta0, 0.0)
+        state = sgd.descend(cfg, prep.ex, state, eta0, None if cfg.optimizer.epochs == "auto" else epochs,
+                            validate, on_epoch, checkpoints)
         _certify_full_gradient(cfg, state, prep.ex, certifier)
+    else:
+        state = descent.run(state, epochs=epochs, tol=cfg.optimizer.tol, on_epoch=on_epoch,
+                            checkpoints=checkpoints)
     state = finish(cfg, setup, state, certifier, prep.ex.refine_sums, epochs, on_epoch)
 
     m, b = final_coefficients(setup, state)
@@ -199,6 +203,11 @@ def finish(cfg, setup: Setup, state: LoopState, certifier, refine_pass, epochs: 
                  "error ≤ %.3g): refining", state.epoch, state.bound)
         state = refine(state, refine_pass, setup.refiner(), certifier, setup.curv, tol=o.tol, passes=passes,
                        epochs=max(epochs, state.epoch + 1), on_epoch=on_epoch)
+    if o.method == "minibatch":
+        if state.bound is not None:
+            log.info("minibatch: after %d epochs the coefficients' relative error is at most %.3g", state.epoch,
+                     state.bound)
+        return state
     if not state.converged and not state.stopped_early and o.tol > 0:
         reached = digits(state.bound)
         how = f"{reached:.1f} digits of {-np.log10(o.tol):.1f} reached" if reached is not None else \
@@ -250,26 +259,15 @@ def validation_summary(cfg, state: LoopState, rows, metrics: dict) -> dict:
             "best_loss": state.best_val, "metrics": metrics}
 
 
-def _certify_full_gradient(cfg, state: LoopState, ex: Executor, certifier: CoefficientBound) -> None:
-    """Minibatch steps see samples: after the last one, one full pass gives the exact
-    gradient, and with it the same certified bound as batch training."""
+def _certify_full_gradient(cfg, state: LoopState, ex: Executor, certifier) -> None:
+    """Minibatch steps see batches: after the last one, one full pass gives the exact
+    gradient, and with it the same certified bound as batch training (none with l1)."""
+    if not isinstance(certifier, (CoefficientBound, LocalBound)):
+        return
     params = state.params
     grads = gradient_at(ex.gradient_sums, params, Rules.of(cfg))
     state.bound = certifier.bound(params, grads, certifier.grad_error(params))
     state.converged = cfg.optimizer.tol > 0 and state.bound <= cfg.optimizer.tol
-
-
-def _minibatch_oracle(cfg, ex: Executor, n: int, done: int = 0):
-    """Gradient sums of a fresh seeded sample of about batch_size rows at each call;
-    ``done`` steps were taken before (a resumed run draws the samples it would have)."""
-    fraction = min(1.0, cfg.optimizer.batch_size / n)
-    step = [done]
-
-    def oracle(m, b):
-        step[0] += 1
-        return ex.sampled_sums(m, b, fraction, cfg.optimizer.seed, step[0])
-
-    return oracle
 
 
 def run_key(cfg, source: ParquetSource, init) -> str:

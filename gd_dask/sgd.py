@@ -1,0 +1,139 @@
+"""Minibatch SGD: an epoch is one pass over the training rows.
+
+Each chunk task runs its own minibatch steps over its rows (``gradient.sgd_block``: batches
+of ``batch_size`` consecutive rows, visited in an order drawn from the seed, the epoch and
+the chunk), starting from the round's parameters; the chunk models are then averaged,
+weighted by rows, in the fixed reduction tree — parameter mixing (Zinkevich et al. 2010;
+McDonald et al. 2010). A round is one epoch, or ``sync_every`` steps of every chunk.
+Results depend on the seed and the data only.
+
+The rate: ``learning_rate: auto`` is 1/λmax of the curvature bound (half the batch stable
+limit: a minibatch gradient is noisy), decayed by ``schedule``. ``average: true`` (the
+default) reports the average of each epoch's iterates (ASGD). l1 is a proximal step after every step.
+With ``epochs: auto`` the run stops, as scikit-learn's SGD does, after
+``n_iter_no_change`` epochs whose training loss is not below best·(1 − ``SGD_TOL``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from . import gradient as g
+from . import interrupt
+from .errors import TrainingError
+from .loop import LoopState, _watch, keep_row
+
+#: Relative improvement of the epoch's training loss that counts, for ``epochs: auto``
+#: (scikit-learn's SGD default tol).
+SGD_TOL = 1e-3
+#: Most epochs with ``epochs: auto``.
+SGD_MAX_EPOCHS = 1000
+
+
+def base_rate(cfg, curv) -> float:
+    lr = cfg.optimizer.learning_rate
+    return 1.0 / curv.lmax if lr == "auto" else float(lr)
+
+
+def plan_of(cfg, eta0: float) -> g.SGDPlan:
+    o, m = cfg.optimizer, cfg.model
+    return g.SGDPlan(batch=o.batch_size, seed=o.seed, epoch=1, round=0, sync_every=o.sync_every,
+                     rate=(o.schedule, eta0, o.power_t, o.step_size, o.gamma), l2=m.l2, l1=m.l1,
+                     fit_intercept=m.fit_intercept, average=o.average)
+
+
+def rounds_per_epoch(cfg, source) -> int:
+    """Rounds in an epoch: 1, or enough rounds of ``sync_every`` steps for the largest chunk."""
+    o = cfg.optimizer
+    if not o.sync_every:
+        return 1
+    rows = [getattr(c, "rows", None) for c in source.chunks]
+    if any(r is None for r in rows):
+        return 1
+    return max(1, math.ceil(max(math.ceil(r / o.batch_size) for r in rows) / o.sync_every))
+
+
+def descend(cfg, ex, state: LoopState, eta0: float, epochs: int | None, validate=None, on_epoch=None,
+            checkpoint=None) -> LoopState:
+    """Epochs of minibatch SGD from ``state`` (see the module docstring); ``epochs`` None:
+    ``epochs: auto``'s stopping rule."""
+    plan = plan_of(cfg, eta0)
+    rounds = rounds_per_epoch(cfg, ex.source)
+    limit = epochs or SGD_MAX_EPOCHS
+    patience = cfg.optimizer.n_iter_no_change
+    best, calm = None, 0
+    t_last = time.perf_counter()
+    theta = np.asarray(start_theta(state), dtype=np.float64)
+    steps = _steps(cfg, ex.source)
+    with interrupt.deferred():
+        while state.epoch < limit and not state.stopped_early:
+            interrupt.raise_if_pending(lambda: _save(checkpoint, state))
+            epoch = state.epoch + 1
+            loss_sum = rows = 0.0
+            average = 0.0
+            for r in range(rounds):
+                theta, avg, part, stepped = ex.sgd_round(theta, dataclasses.replace(plan, epoch=epoch, round=r))
+                loss_sum, rows, average = loss_sum + part, rows + stepped, average + avg / rounds
+            loss = loss_sum / rows if rows else math.nan
+            if not math.isfinite(loss) or not np.isfinite(theta).all():
+                err = TrainingError(f"minibatch SGD diverged at epoch {epoch} (loss {loss:.3g}); use a smaller "
+                                    f"optimizer.learning_rate than {eta0:g} or 'auto' (1/λmax)")
+                err.history = state.history
+                raise err
+            state.params = average if plan.average else theta
+            now = time.perf_counter()
+            row = {"epoch": epoch, "loss": loss, "grad_norm": math.nan,
+                   "learning_rate": _rate(plan, epoch * steps), "seconds": now - t_last}
+            t_last = now
+            if validate is not None:
+                row["val_loss"] = _watch(state, validate, epoch, cfg.optimizer.tol, patience)
+            if keep_row(epoch):
+                state.history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+            state.epoch = epoch
+            state.opt = state.opt._replace(velocity=theta)  # the last iterate: where the next epoch starts
+            if epochs is None:
+                if best is None or loss < best * (1 - SGD_TOL):
+                    best, calm = loss, 0
+                else:
+                    calm += 1
+                    if calm >= patience:
+                        break
+            if checkpoint is not None and checkpoint.due(epoch, 1e9):
+                checkpoint.write(state)
+    if validate is not None and state.best_params is not None:
+        state.params = state.best_params
+    return state
+
+
+def start_theta(state: LoopState) -> np.ndarray:
+    """Where a resumed run continues: the last iterate (kept in ``opt``) once an epoch ran."""
+    return state.opt.velocity if state.epoch else state.params
+
+
+def _steps(cfg, source) -> int:
+    """Steps per epoch of the largest chunk (1 where chunk sizes are unknown)."""
+    rows = [getattr(c, "rows", None) for c in source.chunks]
+    if not rows or any(r is None for r in rows):
+        return 1
+    return max(1, math.ceil(max(rows) / cfg.optimizer.batch_size))
+
+
+def _rate(plan: g.SGDPlan, step: int) -> float:
+    """The rate at ``step`` (history's learning_rate: the largest chunk's last step)."""
+    from .optim import schedule
+
+    name, eta0, power_t, step_size, gamma = plan.rate
+    return float(schedule(name, eta0, power_t=power_t, step_size=step_size, gamma=gamma, alpha=plan.l2)(step))
+
+
+def _save(checkpoint, state):
+    if checkpoint is None or not checkpoint.every or not state.epoch:
+        return None
+    checkpoint.write(state)
+    return state.epoch
