@@ -134,3 +134,32 @@ def test_cli_history_has_one_row_per_epoch(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = (tmp_path / "out" / "history.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and (tmp_path / "out" / "loss.png").exists()
+
+
+def test_a_worker_killed_mid_training_changes_nothing(tmp_path):
+    import os
+    import signal
+
+    from dask_processes import DaskProcesses
+    from test_cluster import _start_train, _wait_for_epoch
+
+    X, y = _regression(seed=8, n=40_000)
+    data = write_parquet(tmp_path / "d", X, y, n_files=8, row_group_rows=1000)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps({"name": "sgd", "data": data, "optimizer": {
+        "method": "minibatch", "batch_size": 64, "epochs": 30, "cache": "memory", "sync_every": 20}}))
+    ref = run_cli("train", cfg, "--no-plot", "--set", f"output.dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr
+    procs = DaskProcesses(n_workers=2).start()
+    try:
+        proc, lines = _start_train(cfg, tmp_path / "o", "--no-plot", "--scheduler", procs.address)
+        _wait_for_epoch(lines, 5, proc)
+        victim = sorted(procs.worker_pids().values())[0]
+        os.kill(victim, signal.SIGKILL)
+        proc.communicate(timeout=240)
+        assert proc.returncode == 0, "".join(lines)
+    finally:
+        procs.stop()
+    got = json.loads((tmp_path / "o" / "model.json").read_text())
+    want = json.loads((tmp_path / "ref" / "model.json").read_text())
+    assert got["m"] == want["m"] and got["b"] == want["b"]
