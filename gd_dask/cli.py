@@ -189,7 +189,11 @@ def sweep(config, rates, overrides, scheduler):
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
 def refit(config, as_of, overrides, scheduler):
-    """Nightly refit: train on the window, judge on the newest day, promote or keep current."""
+    """Nightly refit: train on the window, judge on the newest day, promote or keep current.
+
+    Exit 0: promoted, or nothing to do; 3: ran, but the challenger was rejected (current
+    untouched); 1 and 2 as for every command. Each refit appends a line to
+    registry.dir/NAME/events.jsonl (``gd-dask models history``)."""
     from datetime import date, datetime, timezone
 
     from .cluster import connect
@@ -204,6 +208,8 @@ def refit(config, as_of, overrides, scheduler):
     with connect(cfg.cluster, scheduler) as client:
         outcome = run_refit(cfg, client, day)
     click.echo(outcome.message)
+    if outcome.status == "rejected":  # ran, current untouched: monitoring sees exit 3
+        raise click.exceptions.Exit(3)
 
 
 @cli.group()
@@ -256,6 +262,77 @@ def models_show(model, version, storage_options):
            "model": read(reg.url(f"{reg.version_dir(version)}/model.json"), storage_options),
            "verdict": reg.verdict(version)}
     click.echo(json.dumps(doc, indent=2))
+
+
+@models.command("history")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON lines.")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Also draw the promotion metric over nights (challenger and current).")
+@_storage_option
+def models_history(model, as_json, plot_path, storage_options):
+    """The refits of MODEL night by night (events.jsonl): verdict, metric, files read."""
+    reg = _registry(model, storage_options)
+    events = reg.events()
+    if as_json:
+        for e in events:
+            click.echo(json.dumps(e, sort_keys=True))
+        return
+    click.echo(f"{'as of':<11} {'verdict':<14} {'metric':<9} {'challenger':>12} {'current':>12} "
+               f"{'files':>6} {'seconds':>8}  version")
+    for e in events:
+        metric = e.get("metric") or ""
+        ch = (e.get("challenger") or {}).get(metric)
+        cur = (e.get("current") or {}).get(metric)
+        click.echo(f"{e['as_of']:<11} {e['status']:<14} {metric:<9} {_g(ch):>12} {_g(cur):>12} "
+                   f"{e.get('files_read', 0):>6} {e.get('seconds', 0):>8.2f}  {e.get('version') or ''}")
+    if plot_path:
+        from .plots import history_png
+        from .store import atomic_write
+
+        atomic_write(plot_path, history_png(events, f"{reg.name}: promotion metric by night"), storage_options)
+        click.echo(f"wrote {plot_path}")
+
+
+def _g(x) -> str:
+    return "-" if x is None else f"{x:.6g}"
+
+
+@models.command("diff")
+@click.argument("model")
+@click.argument("v1")
+@click.argument("v2")
+@click.option("--json", "as_json", is_flag=True)
+@_storage_option
+def models_diff(model, v1, v2, as_json, storage_options):
+    """Two versions of MODEL side by side: coefficients, metrics and data windows."""
+    from .store import load_model as read
+
+    reg = _registry(model, storage_options)
+    docs = [read(reg.url(f"{reg.version_dir(v)}/model.json"), storage_options) for v in (v1, v2)]
+    verdicts = [reg.verdict(v) for v in (v1, v2)]
+    rows = [(f, a, b) for f, a, b in zip(docs[0]["features"], docs[0]["m"], docs[1]["m"])]
+    rows.append(("(intercept)", docs[0]["b"], docs[1]["b"]))
+    metrics = sorted(set(docs[0].get("holdout_metrics") or {}) | set(docs[1].get("holdout_metrics") or {}))
+    if as_json:
+        click.echo(json.dumps({"versions": [v1, v2],
+                               "coefficients": [{"name": f, v1: a, v2: b} for f, a, b in rows],
+                               "holdout_metrics": [d.get("holdout_metrics") for d in docs],
+                               "windows": [{"train": vd.get("train_dates"), "holdout": vd.get("holdout_dates")}
+                                           for vd in verdicts],
+                               "promoted": [vd.get("promoted") for vd in verdicts]}, indent=2))
+        return
+    click.echo(f"{'':<16} {v1:>22} {v2:>22} {'change':>12}")
+    for f, a, b in rows:
+        rel = f"{(b - a) / abs(a):+.2%}" if a else "-"
+        click.echo(f"{f[:16]:<16} {a:>22.10g} {b:>22.10g} {rel:>12}")
+    for k in metrics:
+        a, b = ((d.get("holdout_metrics") or {}).get(k) for d in docs)
+        click.echo(f"{('holdout ' + k)[:16]:<16} {_g(a):>22} {_g(b):>22}")
+    for label, key in (("train dates", "train_dates"), ("holdout dates", "holdout_dates")):
+        a, b = (vd.get(key) for vd in verdicts)
+        click.echo(f"{label:<16} {'..'.join(a or []) if a else '-':>22} {'..'.join(b or []) if b else '-':>22}")
+    click.echo(f"{'promoted':<16} {str(verdicts[0].get('promoted')):>22} {str(verdicts[1].get('promoted')):>22}")
 
 
 @models.command("promote")
@@ -402,7 +479,10 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     try:
-        cli.main(args=argv, prog_name="gd-dask", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="gd-dask", standalone_mode=False)
+        if isinstance(status, int) and status:  # a command's ctx.exit(N) comes back as N
+            _clear_progress()
+            return status
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:

@@ -60,3 +60,27 @@ def _save(plt, fig) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def history_png(events: list[dict], title: str) -> bytes:
+    """The promotion metric on each night's holdout: the challenger's, and the current
+    model's it was judged against; rejected nights marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    judged = [e for e in events if e.get("metric") and e.get("challenger")]
+    if judged:
+        metric = judged[-1]["metric"]
+        days = [e["as_of"] for e in judged]
+        ax.plot(days, [e["challenger"].get(metric) for e in judged], "o-", label="challenger")
+        cur = [(e["as_of"], (e.get("current") or {}).get(metric)) for e in judged]
+        ax.plot([d for d, v in cur if v is not None], [v for d, v in cur if v is not None], "s--", label="current")
+        bad = [e for e in judged if e["status"] == "rejected"]
+        ax.plot([e["as_of"] for e in bad], [e["challenger"].get(metric) for e in bad], "rx", ms=10,
+                label="rejected")
+        ax.set_ylabel(metric)
+        ax.legend()
+        ax.tick_params(axis="x", rotation=45)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(plt, fig)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timezone
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class RefitOutcome:
     verdict: dict
     files_read: int
     message: str
+    status: str = "promoted"  # promoted | rejected | nothing to do (the CLI's exit 0, 3, 0)
 
 
 def window_dates(cfg, as_of: date) -> list[str]:
@@ -121,92 +123,107 @@ def judge(metric: str, max_regression: float, challenger: dict, current: dict | 
 
 
 def refit(cfg, client, as_of: date) -> RefitOutcome:
-    """One night's refit (see module docstring). Safe to rerun: the same as-of date and
-    data give no second version."""
+    """One night's refit (see module docstring), recorded as one line of the registry's
+    events.jsonl. Safe to rerun: the same as-of date and data give no second version."""
     if cfg.optimizer.validation_fraction:
         raise ConfigError("refit judges each challenger on its newest days (registry.holdout_days): "
                           "set optimizer.validation_fraction to 0")
-    gram = pick_strategy(cfg) == "gram"
-    if not gram and cfg.optimizer.method != "batch":
+    if pick_strategy(cfg) != "gram" and cfg.optimizer.method != "batch":
         raise ConfigError("refit trains with optimizer.method batch")
+    t0 = time.perf_counter()
     reg = Registry(cfg.registry.dir, cfg.name, cfg.data.storage_options)
     with reg.lock():
-        dates = window_dates(cfg, as_of)
-        need = cfg.registry.holdout_days + 1
-        # The first night of a new pipeline: no current model to compare with, and maybe
-        # too few days to hold some out. Train on all there is and promote it.
-        first_night = len(dates) < need and reg.current() is None
-        if len(dates) < need and not first_night:
-            raise DataError(f"data.path '{cfg.data.path}': {len(dates)} date partitions (date=YYYY-MM-DD/) up to "
-                            f"{as_of.isoformat()}; a refit needs at least {need} ({cfg.registry.holdout_days} "
-                            "held out)")
-        if first_night:
-            hold_dates, train_dates = [], dates
-        else:
-            hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]
-        window = open_source(_with_dates(cfg.data, dates))  # one listing, one footer read each
-        window.layout(chunk_bytes_for(client, CHUNK_BYTES))
-        train_src, hold_src = (window.subset([f["full_path"] for f in window.files
-                                              if f["partition"].get(DATE_KEY) in part])
-                               for part in (set(train_dates), set(hold_dates)))
+        outcome = _refit(cfg, client, as_of, reg)
+        v = outcome.verdict or {}
+        reg.append_event({
+            "as_of": as_of.isoformat(), "status": outcome.status, "version": outcome.version,
+            "metric": v.get("metric"), "challenger": v.get("challenger"), "current": v.get("current"),
+            "current_version": v.get("current_version"), "reason": v.get("reason"),
+            "train_dates": v.get("train_dates"), "holdout_dates": v.get("holdout_dates"),
+            "files_read": outcome.files_read, "seconds": round(time.perf_counter() - t0, 3),
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return outcome
 
-        fingerprint = _fingerprint(cfg, train_src, hold_src)
-        for v in reg.versions():
-            if v.startswith(as_of.isoformat()) and reg.verdict(v).get("fingerprint") == fingerprint:
-                promoted = reg.verdict(v)["promoted"]
-                msg = f"already refit for {as_of.isoformat()} with the same data: version {v} " \
-                      f"({'promoted' if promoted else 'rejected'}); nothing to do"
-                return RefitOutcome(v, False, reg.verdict(v), 0, msg)
 
-        current_version = reg.current()
-        current = reg.current_model()
-        init = _check_current(current, cfg)
-        if gram:
-            mom, files_read = training_moments(train_src, reg, client)
-            if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
-                raise DataError(f"only {mom.n} training rows in {train_dates[0]}..{train_dates[-1]}")
-            # Refinement reads the training files only where the float64 gradient stalls above tol.
-            result = fit_moments(cfg, mom, init=init,
-                                 refine_pass=Executor(client, train_src, cache=False).refine_sums)
-        else:  # no sufficient statistics (logistic, Huber): every epoch reads the training window
-            run_cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"checkpoint_every": 0})})
-            result = fit(run_cfg, client, init=init, source=train_src)
-            files_read = len(train_src.files)
+def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
+    gram = pick_strategy(cfg) == "gram"
+    dates = window_dates(cfg, as_of)
+    need = cfg.registry.holdout_days + 1
+    # The first night of a new pipeline: no current model to compare with, and maybe
+    # too few days to hold some out. Train on all there is and promote it.
+    first_night = len(dates) < need and reg.current() is None
+    if len(dates) < need and not first_night:
+        raise DataError(f"data.path '{cfg.data.path}': {len(dates)} date partitions (date=YYYY-MM-DD/) up to "
+                        f"{as_of.isoformat()}; a refit needs at least {need} ({cfg.registry.holdout_days} "
+                        "held out)")
+    if first_night:
+        hold_dates, train_dates = [], dates
+    else:
+        hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]
+    window = open_source(_with_dates(cfg.data, dates))  # one listing, one footer read each
+    window.layout(chunk_bytes_for(client, CHUNK_BYTES))
+    train_src, hold_src = (window.subset([f["full_path"] for f in window.files
+                                          if f["partition"].get(DATE_KEY) in part])
+                           for part in (set(train_dates), set(hold_dates)))
 
-        if first_night:
-            challenger_score, current_score = dict(result.metrics), None
-        else:
-            judge_fn = _judge_on_holdout if gram else _judge_by_passes
-            challenger_score, current_score = judge_fn(client, reg, hold_src, hold_dates, result, init, cfg)
-            files_read += len(hold_src.files)
+    fingerprint = _fingerprint(cfg, train_src, hold_src)
+    for v in reg.versions():
+        if v.startswith(as_of.isoformat()) and reg.verdict(v).get("fingerprint") == fingerprint:
+            promoted = reg.verdict(v)["promoted"]
+            msg = f"already refit for {as_of.isoformat()} with the same data: version {v} " \
+                  f"({'promoted' if promoted else 'rejected'}); nothing to do"
+            return RefitOutcome(v, False, reg.verdict(v), 0, msg, status="nothing to do")
 
-        if first_night:
-            promote, why = True, (f"first model: trained on all {len(dates)} date partition(s), none held out "
-                                  "(no current model to compare with)")
-        else:
-            promote, why = judge(cfg.registry.promote.metric, cfg.registry.promote.max_regression,
-                                 challenger_score, current_score)
-        verdict = {"promoted": promote, "reason": why, "as_of": as_of.isoformat(),
-                   "metric": cfg.registry.promote.metric, "holdout_dates": hold_dates,
-                   "train_dates": [train_dates[0], train_dates[-1]],
-                   "challenger": challenger_score, "current": current_score,
-                   "current_version": current_version, "files_read": files_read,
-                   "fingerprint": fingerprint}
-        result.source = train_src
-        doc = model_document(cfg, result)
-        doc.update({"as_of": as_of.isoformat(), "holdout_metrics": challenger_score,
-                    "warm_start": current_version})
-        version = reg.new_version(as_of.isoformat(), {
-            "model.json": json.dumps(doc, indent=2) + "\n",
-            "history.csv": history_csv(result.history),
-            "verdict.json": json.dumps(verdict, indent=2) + "\n",
-        })
-        if promote:
-            reg.promote(version, why)
-            msg = f"promoted {version}: {why}; {files_read} file(s) read"
-        else:
-            msg = f"rejected {version}: {why}; current stays {current_version}; {files_read} file(s) read"
-        return RefitOutcome(version, promote, verdict, files_read, msg)
+    current_version = reg.current()
+    current = reg.current_model()
+    init = _check_current(current, cfg)
+    if gram:
+        mom, files_read = training_moments(train_src, reg, client)
+        if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
+            raise DataError(f"only {mom.n} training rows in {train_dates[0]}..{train_dates[-1]}")
+        # Refinement reads the training files only where the float64 gradient stalls above tol.
+        result = fit_moments(cfg, mom, init=init,
+                             refine_pass=Executor(client, train_src, cache=False).refine_sums)
+    else:  # no sufficient statistics (logistic, Huber): every epoch reads the training window
+        run_cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"checkpoint_every": 0})})
+        result = fit(run_cfg, client, init=init, source=train_src)
+        files_read = len(train_src.files)
+
+    if first_night:
+        challenger_score, current_score = dict(result.metrics), None
+    else:
+        judge_fn = _judge_on_holdout if gram else _judge_by_passes
+        challenger_score, current_score = judge_fn(client, reg, hold_src, hold_dates, result, init, cfg)
+        files_read += len(hold_src.files)
+
+    if first_night:
+        promote, why = True, (f"first model: trained on all {len(dates)} date partition(s), none held out "
+                              "(no current model to compare with)")
+    else:
+        promote, why = judge(cfg.registry.promote.metric, cfg.registry.promote.max_regression,
+                             challenger_score, current_score)
+    verdict = {"promoted": promote, "reason": why, "as_of": as_of.isoformat(),
+               "metric": cfg.registry.promote.metric, "holdout_dates": hold_dates,
+               "train_dates": [train_dates[0], train_dates[-1]],
+               "challenger": challenger_score, "current": current_score,
+               "current_version": current_version, "files_read": files_read,
+               "fingerprint": fingerprint}
+    result.source = train_src
+    doc = model_document(cfg, result)
+    doc.update({"as_of": as_of.isoformat(), "holdout_metrics": challenger_score,
+                "warm_start": current_version})
+    version = reg.new_version(as_of.isoformat(), {
+        "model.json": json.dumps(doc, indent=2) + "\n",
+        "history.csv": history_csv(result.history),
+        "verdict.json": json.dumps(verdict, indent=2) + "\n",
+    })
+    if promote:
+        reg.promote(version, why)
+        msg = f"promoted {version}: {why}; {files_read} file(s) read"
+    else:
+        msg = f"rejected {version}: {why}; current stays {current_version}; {files_read} file(s) read"
+    return RefitOutcome(version, promote, verdict, files_read, msg,
+                        status="promoted" if promote else "rejected")
 
 
 def _judge_by_passes(client, reg: Registry, hold_src: ParquetSource, hold_dates, result, init, cfg) -> tuple:

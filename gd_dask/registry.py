@@ -5,6 +5,7 @@ Layout under ``registry.dir/NAME/``::
 
     versions/VERSION/     model.json, history.csv, verdict.json — never changed once made
     current.json          {"version": ...}: the promoted version, replaced atomically
+    events.jsonl          one JSON line per refit: as-of, verdict, metrics, files read, seconds
     stats/                per-Parquet-file moments, keyed by path, size and mtime
     .lock                 held by a running refit (holder: host, pid, since)
 
@@ -70,6 +71,43 @@ class Registry:
 
     def _write(self, path: str, data: str | bytes) -> None:
         atomic_write(self.url(path), data, self.storage_options)
+
+    # ------------------------------------------------------------------ events
+
+    @property
+    def events_path(self) -> str:
+        return f"{self.root}/events.jsonl"
+
+    def append_event(self, event: dict) -> None:
+        """One JSON line per refit. Object stores cannot append: the file is rewritten
+        whole (atomically), which the refit lock makes safe."""
+        line = json.dumps(event, sort_keys=True, default=str) + "\n"
+        if not self.remote:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+            with open(self.events_path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return
+        try:
+            old = self.fs.cat_file(self.events_path).decode()
+        except FileNotFoundError:
+            old = ""
+        self._write(self.events_path, old + line)
+
+    def events(self) -> list[dict]:
+        """The refits so far, oldest first (a torn last line is skipped)."""
+        try:
+            text = self.fs.cat_file(self.events_path).decode()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
 
     # ------------------------------------------------------------------ versions
 

@@ -180,3 +180,34 @@ def test_the_first_night_of_a_new_pipeline_trains_on_what_there_is_and_promotes_
     assert second.verdict["holdout_dates"] == [night(1).isoformat()] and second.verdict["current"] is not None
     res = run_cli("models", "list", str(tmp_path / "models" / "nightly"))
     assert res.returncode == 0 and first.version in res.stdout
+
+
+def test_exit_codes_events_history_and_diff_tell_monitoring_what_happened(tmp_path):
+    cfg = config(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({**cfg.model_dump(mode="json"), "cluster": {"n_workers": 1}}))
+    for day in range(4):
+        add_day(tmp_path / "data", day)
+    ok = run_cli("refit", path, "--as-of", night(3).isoformat())
+    assert ok.returncode == 0 and "promoted" in ok.stdout
+    again = run_cli("refit", path, "--as-of", night(3).isoformat())
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    add_day(tmp_path / "data", 4, corrupt=True)
+    assert run_cli("refit", path, "--as-of", night(4).isoformat()).returncode in (0, 3)
+    add_day(tmp_path / "data", 5)
+    rejected = run_cli("refit", path, "--as-of", night(5).isoformat())
+    assert rejected.returncode == 3 and "rejected" in rejected.stdout  # current untouched
+
+    reg = Registry(cfg.registry.dir, cfg.name)
+    events = reg.events()
+    assert [e["status"] for e in events][:2] == ["promoted", "nothing to do"] and events[-1]["status"] == "rejected"
+    assert events[-1]["metric"] == "rmse" and events[-1]["files_read"] >= 1 and events[-1]["seconds"] > 0
+    model = str(reg.root)
+    hist = run_cli("models", "history", model, "--plot", tmp_path / "h.png")
+    assert hist.returncode == 0 and (tmp_path / "h.png").exists()
+    assert len(hist.stdout.splitlines()) == 1 + len(events) + 1 and "rejected" in hist.stdout
+    v1, v2 = reg.versions()[0], reg.versions()[-1]
+    diff = run_cli("models", "diff", model, v1, v2)
+    assert diff.returncode == 0 and "x1" in diff.stdout and "holdout rmse" in diff.stdout
+    doc = json.loads(run_cli("models", "diff", model, v1, v2, "--json").stdout)
+    assert doc["promoted"] == [True, False] and doc["windows"][1]["holdout"] == [night(5).isoformat()]
