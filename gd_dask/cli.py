@@ -208,7 +208,7 @@ def refit(config, as_of, overrides, scheduler):
     with connect(cfg.cluster, scheduler) as client:
         outcome = run_refit(cfg, client, day)
     click.echo(outcome.message)
-    if outcome.status == "rejected":  # ran, current untouched: monitoring sees exit 3
+    if outcome.status in ("rejected", "quarantined"):  # ran, current untouched: monitoring sees exit 3
         raise click.exceptions.Exit(3)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -204,11 +205,30 @@ class PromoteConfig(_Section):
     max_regression: NonNegFloat = 0.02
 
 
-class RegistryConfig(_Section):
-    dir: str = Field(default="models", description="Registry root; versions go to DIR/<name>/.")
-    promote: PromoteConfig = Field(default_factory=PromoteConfig)
-    holdout_days: Annotated[int, Strict(), Field(ge=1)] = Field(
-        default=1, description="refit: the newest N dates of the window judge the challenger.")
+OptionalPositive = Union[PositiveFloat, None]
+
+
+class ValidateConfig(_Section):
+    """Checks a new night must pass before a refit uses it (``gd_dask.validate``); null
+    turns one off."""
+
+    rows: OptionalPositive = Field(default=0.4, description="Rows within (1 ± rows) × the earlier nights' median.")
+    mean_shift: OptionalPositive = Field(
+        default=1.0, description="Each column's mean within this many of the earlier nights' SDs.")
+    sd_ratio: OptionalPositive = Field(default=2.0, description="Each column's SD within [1/r, r] × the earlier nights'.")
+    error_ratio: OptionalPositive = Field(
+        default=1.5, description="The current model's metric on the night within r × its recent median.")
+
+
+with warnings.catch_warnings():  # the key is `validate`, which BaseModel also names (deprecated)
+    warnings.simplefilter("ignore", UserWarning)
+
+    class RegistryConfig(_Section):
+        dir: str = Field(default="models", description="Registry root; versions go to DIR/<name>/.")
+        promote: PromoteConfig = Field(default_factory=PromoteConfig)
+        holdout_days: Annotated[int, Strict(), Field(ge=1)] = Field(
+            default=1, description="refit: the newest N dates of the window judge the challenger.")
+        validate: ValidateConfig = Field(default_factory=ValidateConfig)
 
 
 class RunConfig(_Section):

@@ -24,7 +24,7 @@ from datetime import date, datetime, timezone
 import numpy as np
 
 from . import gradient as g
-from . import losses
+from . import losses, validate
 from .data import CHUNK_BYTES, ParquetSource, hive_keys, list_files, open_source
 from .errors import ArtifactError, ConfigError, DataError
 from .executor import Executor, chunk_bytes_for
@@ -45,14 +45,15 @@ class RefitOutcome:
     verdict: dict
     files_read: int
     message: str
-    status: str = "promoted"  # promoted | rejected | nothing to do (the CLI's exit 0, 3, 0)
+    status: str = "promoted"  # promoted | rejected | quarantined | nothing to do (exit 0, 3, 3, 0)
 
 
-def window_dates(cfg, as_of: date) -> list[str]:
-    """The date partitions of the window, oldest first."""
+def window_dates(cfg, as_of: date, skip=()) -> list[str]:
+    """The date partitions of the window, oldest first, without the nights in ``skip``
+    (quarantined)."""
     _, _, found, _ = list_files(cfg.data.path, cfg.data.storage_options)
     dates = sorted({k[DATE_KEY] for _, rel in found for k in [hive_keys(rel)] if DATE_KEY in k})
-    dates = [d for d in dates if d <= as_of.isoformat()]
+    dates = [d for d in dates if d <= as_of.isoformat() and d not in skip]
     if cfg.data.window_days:
         dates = dates[-cfg.data.window_days:]
     if not dates:
@@ -140,6 +141,7 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
             "metric": v.get("metric"), "challenger": v.get("challenger"), "current": v.get("current"),
             "current_version": v.get("current_version"), "reason": v.get("reason"),
             "train_dates": v.get("train_dates"), "holdout_dates": v.get("holdout_dates"),
+            "checks": v.get("checks", []), "quarantined": v.get("quarantined", []),
             "files_read": outcome.files_read, "seconds": round(time.perf_counter() - t0, 3),
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return outcome
@@ -147,7 +149,7 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
 
 def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
     gram = pick_strategy(cfg) == "gram"
-    dates = window_dates(cfg, as_of)
+    dates = window_dates(cfg, as_of, skip=reg.quarantined())
     need = cfg.registry.holdout_days + 1
     # The first night of a new pipeline: no current model to compare with, and maybe
     # too few days to hold some out. Train on all there is and promote it.
@@ -160,7 +162,13 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
         hold_dates, train_dates = [], dates
     else:
         hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]
-    window = open_source(_with_dates(cfg.data, dates))  # one listing, one footer read each
+    try:
+        window = open_source(_with_dates(cfg.data, dates))  # one listing, one footer read each
+    except DataError as e:
+        if not hold_dates or not gram:
+            raise
+        open_source(_with_dates(cfg.data, train_dates))  # the earlier nights open: the new one is at fault
+        return _quarantine(reg, as_of, hold_dates, [{"check": "schema", "message": str(e)}])
     window.layout(chunk_bytes_for(client, CHUNK_BYTES))
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files
                                           if f["partition"].get(DATE_KEY) in part])
@@ -191,9 +199,15 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
 
     if first_night:
         challenger_score, current_score = dict(result.metrics), None
+    elif gram:
+        challenger_score, current_score, hold_mom = _judge_on_holdout(client, reg, hold_src, hold_dates, result,
+                                                                      init, cfg)
+        files_read += len(hold_src.files)
+        failed = _check_night(cfg, reg, train_src, hold_dates, hold_mom, current_score)
+        if failed:
+            return _quarantine(reg, as_of, hold_dates, failed, files_read)
     else:
-        judge_fn = _judge_on_holdout if gram else _judge_by_passes
-        challenger_score, current_score = judge_fn(client, reg, hold_src, hold_dates, result, init, cfg)
+        challenger_score, current_score = _judge_by_passes(client, reg, hold_src, hold_dates, result, init, cfg)
         files_read += len(hold_src.files)
 
     if first_night:
@@ -226,6 +240,40 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
                         status="promoted" if promote else "rejected")
 
 
+def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_mom, current_score) -> list[dict]:
+    """``validate.check_night`` for the new night(s), from the cache of the earlier nights'
+    per-file moments and the holdout pass; non-finite values fail as ``nulls``."""
+    if not hold_mom.finite() or hold_mom.n == 0:
+        return [{"check": "nulls", "message": f"the night {', '.join(hold_dates)} holds NaN/inf/null values "
+                                              "(or no rows)"}]
+    by_date: dict[str, list] = {}
+    for f in train_src.files:
+        mom = reg.cached_moments(train_src.file_key(f))
+        if mom is not None:
+            by_date.setdefault(f["partition"].get(DATE_KEY), []).append(mom)
+    earlier = [validate.NightStats.of(d, _merge(m)) for d, m in sorted(by_date.items())]
+    metric = cfg.registry.promote.metric
+    # The current model against its own error on earlier nights (each one night ahead of
+    # its training, as now): steady drift keeps the ratio near 1.
+    recent = [(e.get("current") or {}).get(metric) for e in reg.events()
+              if e.get("status") in ("promoted", "rejected") and e.get("current")]
+    current = None if current_score is None else current_score.get(metric)
+    return validate.check_night(validate.NightStats.of(",".join(hold_dates), hold_mom), earlier,
+                                [*cfg.data.features, cfg.data.target], cfg.registry.validate, metric, current,
+                                recent)
+
+
+def _quarantine(reg: Registry, as_of: date, nights, failed: list[dict], files_read: int = 0) -> RefitOutcome:
+    """Leave the night(s) out of this and every later refit; current stays."""
+    for night in nights:
+        reg.quarantine(night, failed)
+    what = "; ".join(f.get("message", f["check"]) for f in failed)
+    verdict = {"promoted": False, "quarantined": list(nights), "checks": failed, "as_of": as_of.isoformat(),
+               "current_version": reg.current(), "reason": f"quarantined {', '.join(nights)}: {what}"}
+    msg = f"quarantined {', '.join(nights)}: {what}; current stays {reg.current()}; {files_read} file(s) read"
+    return RefitOutcome(None, False, verdict, files_read, msg, status="quarantined")
+
+
 def _judge_by_passes(client, reg: Registry, hold_src: ParquetSource, hold_dates, result, init, cfg) -> tuple:
     """The challenger's (and the current model's) metrics on the holdout days, one pass
     each, for losses without cached statistics."""
@@ -252,9 +300,8 @@ def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates
     for errs in errors[1:]:
         merged = [g.add_errors(a, b) for a, b in zip(merged, errs)]
     scores = [g.metrics(e) for e in merged]
-    if not all(np.isfinite(s["mse"]) for s in scores):
-        raise DataError(f"the holdout {hold_dates} holds NaN/inf/null values; fix the data or set data.missing: drop")
-    return scores[0], (scores[1] if init is not None else None)
+    hold_mom = _merge([per_file[f["full_path"]][0] for f in hold_src.files])
+    return scores[0], (scores[1] if init is not None else None), hold_mom
 
 
 def _fingerprint(cfg, train_src, hold_src) -> str:

@@ -6,6 +6,7 @@ Layout under ``registry.dir/NAME/``::
     versions/VERSION/     model.json, history.csv, verdict.json — never changed once made
     current.json          {"version": ...}: the promoted version, replaced atomically
     events.jsonl          one JSON line per refit: as-of, verdict, metrics, files read, seconds
+    quarantine.json       {date: failed checks}: nights no refit trains on or judges by
     stats/                per-Parquet-file moments, keyed by path, size and mtime
     .lock                 held by a running refit (holder: host, pid, since)
 
@@ -108,6 +109,17 @@ class Registry:
             except ValueError:
                 continue
         return out
+
+    # ------------------------------------------------------------------ quarantine
+
+    def quarantined(self) -> dict:
+        """{date: failed checks} of the nights refits leave out."""
+        return self._read_json(f"{self.root}/quarantine.json") or {}
+
+    def quarantine(self, night: str, checks: list[dict]) -> None:
+        doc = self.quarantined()
+        doc[night] = {"checks": checks, "at": _now()}
+        self._write(f"{self.root}/quarantine.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     # ------------------------------------------------------------------ versions
 

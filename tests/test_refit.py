@@ -35,11 +35,16 @@ def add_day(root, day: int, corrupt: bool = False, seed: int = 0):
         pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "y": y}), folder / f"part-{f:04d}.parquet")
 
 
-def config(tmp_path, registry="models", **extra):
+NO_CHECKS = {"rows": None, "mean_shift": None, "sd_ratio": None, "error_ratio": None}
+
+
+def config(tmp_path, registry="models", checks=True, **extra):
     raw = {"name": "nightly",
            "data": {"path": str(tmp_path / "data"), "features": ["x1", "x2"], "target": "y", "window_days": 4},
            "optimizer": {},
            "registry": {"dir": str(tmp_path / registry), "promote": {"metric": "rmse", "max_regression": 0.02}}}
+    if not checks:
+        raw["registry"]["validate"] = NO_CHECKS
     for k, v in extra.items():
         raw.setdefault(k, {}).update(v)
     return validate_config(raw)
@@ -75,7 +80,9 @@ def test_ten_nights_read_only_new_files_track_the_drift_and_match_a_scratch_fit(
 
 
 def test_a_corrupted_night_is_rejected_and_reruns_change_nothing(client, tmp_path):
-    cfg = config(tmp_path)
+    """The gate alone (night checks off): a corrupted night that enters training makes a
+    worse challenger, which is rejected."""
+    cfg = config(tmp_path, checks=False)
     reg = Registry(cfg.registry.dir, cfg.name)
     for day in range(4):
         add_day(tmp_path / "data", day)
@@ -152,7 +159,7 @@ def test_weighted_refits_use_weighted_statistics(client, tmp_path):
         w = rng.uniform(0.1, 3.0, size=ROWS)
         pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "y": y, "w": w}), folder / "part-0000.parquet")
         rows[day] = (X, y, w)
-    cfg = config(tmp_path, data={"weight": "w", "window_days": 3})
+    cfg = config(tmp_path, checks=False, data={"weight": "w", "window_days": 3})  # its truth jumps nightly
     refit(cfg, client, night(2))
     second = refit(cfg, client, night(3))  # trains on days 1, 2 (day 1 from the cache); holds out 3
     assert second.files_read == 1  # only the new day; day 2 came with the holdout pass of night one
@@ -183,7 +190,7 @@ def test_the_first_night_of_a_new_pipeline_trains_on_what_there_is_and_promotes_
 
 
 def test_exit_codes_events_history_and_diff_tell_monitoring_what_happened(tmp_path):
-    cfg = config(tmp_path)
+    cfg = config(tmp_path, checks=False)
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({**cfg.model_dump(mode="json"), "cluster": {"n_workers": 1}}))
     for day in range(4):
@@ -211,3 +218,70 @@ def test_exit_codes_events_history_and_diff_tell_monitoring_what_happened(tmp_pa
     assert diff.returncode == 0 and "x1" in diff.stdout and "holdout rmse" in diff.stdout
     doc = json.loads(run_cli("models", "diff", model, v1, v2, "--json").stdout)
     assert doc["promoted"] == [True, False] and doc["windows"][1]["holdout"] == [night(5).isoformat()]
+
+
+def _bad_night(root, day: int, kind: str):
+    """Night ``day`` gone wrong in one way."""
+    rng = np.random.default_rng(7000 + day)
+    folder = root / f"date={(START + timedelta(days=day)).isoformat()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in range(2):
+        n = ROWS // 2 if kind == "half" else ROWS
+        X = rng.normal(size=(n, 2)) + [3.0, -1.0]
+        y = slope(day) * X[:, 0] - 0.5 * X[:, 1] + 2.0 + rng.normal(scale=0.3, size=n)
+        if kind == "shuffled":
+            y = rng.permutation(y)
+        if kind == "unit":
+            X[:, 1] *= 1000  # x2 now in other units
+        cols = {"x1": X[:, 0], "x2": X[:, 1], "y": y}
+        if kind == "missing":
+            del cols["x2"]
+        table = pa.table(cols)
+        if kind == "duplicated":
+            table = pa.concat_tables([table, table])
+        pq.write_table(table, folder / f"part-{f:04d}.parquet")
+
+
+@pytest.mark.parametrize("kind", ["shuffled", "unit", "half", "missing", "duplicated"])
+def test_a_bad_night_is_quarantined_the_night_it_lands(client, tmp_path, kind):
+    cfg = config(tmp_path)
+    reg = Registry(cfg.registry.dir, cfg.name)
+    for day in range(5):
+        add_day(tmp_path / "data", day)
+    assert refit(cfg, client, night(3)).promoted and refit(cfg, client, night(4)).promoted
+    good = reg.current()
+    _bad_night(tmp_path / "data", 5, kind)
+    outcome = refit(cfg, client, night(5))
+    assert outcome.status == "quarantined" and reg.current() == good, outcome.message
+    assert night(5).isoformat() in reg.quarantined()
+    checks = {c["check"] for c in outcome.verdict["checks"]}
+    expected = {"shuffled": {"error_ratio", "sd_ratio", "mean_shift"}, "unit": {"mean_shift", "sd_ratio"},
+                "half": {"rows"}, "missing": {"schema"}, "duplicated": {"rows"}}[kind]
+    assert checks & expected, outcome.verdict["checks"]
+    add_day(tmp_path / "data", 6)
+    after = refit(cfg, client, night(6))  # trained without the bad night, judged on a good one
+    assert after.promoted, after.message
+    assert night(5).isoformat() not in after.verdict["train_dates"] + after.verdict["holdout_dates"]
+
+
+def test_sixty_nights_of_slow_drift_raise_no_false_alarm(client, tmp_path):
+    cfg = config(tmp_path)
+    for day in range(3):
+        add_day(tmp_path / "data", day)
+    statuses = []
+    for day in range(3, 63):
+        add_day(tmp_path / "data", day)
+        statuses.append(refit(cfg, client, night(day)).status)
+    assert statuses.count("quarantined") == 0, statuses
+
+
+def test_cli_exits_3_on_a_quarantined_night(tmp_path):
+    cfg = config(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({**cfg.model_dump(mode="json"), "cluster": {"n_workers": 1}}))
+    for day in range(4):
+        add_day(tmp_path / "data", day)
+    assert run_cli("refit", path, "--as-of", night(3).isoformat()).returncode == 0
+    _bad_night(tmp_path / "data", 4, "unit")
+    res = run_cli("refit", path, "--as-of", night(4).isoformat())
+    assert res.returncode == 3 and "quarantined" in res.stdout and "'x2'" in res.stdout
