@@ -28,7 +28,7 @@ from . import losses, validate
 from .data import CHUNK_BYTES, ParquetSource, hive_keys, list_files, open_source
 from .errors import ArtifactError, ConfigError, DataError
 from .executor import Executor, chunk_bytes_for
-from .registry import Registry
+from .registry import Registry, RegistryError
 from .store import history_csv, model_document
 from .prepare import pick_strategy
 from .training import fit, fit_moments
@@ -182,6 +182,7 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
                   f"({'promoted' if promoted else 'rejected'}); nothing to do"
             return RefitOutcome(v, False, reg.verdict(v), 0, msg, status="nothing to do")
 
+    current_state = reg.current_state()  # what promote's compare-and-swap expects to find
     current_version = reg.current()
     current = reg.current_model()
     init = _check_current(current, cfg)
@@ -232,7 +233,11 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
         "verdict.json": json.dumps(verdict, indent=2) + "\n",
     })
     if promote:
-        reg.promote(version, why)
+        try:
+            reg.promote(version, why, expect=current_state)
+        except RegistryError:
+            reg.drop_version(version)  # lost a race on current.json: change nothing
+            raise
         msg = f"promoted {version}: {why}; {files_read} file(s) read"
     else:
         msg = f"rejected {version}: {why}; current stays {current_version}; {files_read} file(s) read"

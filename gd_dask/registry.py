@@ -73,6 +73,41 @@ class Registry:
     def _write(self, path: str, data: str | bytes) -> None:
         atomic_write(self.url(path), data, self.storage_options)
 
+    # ------------------------------------------------------------------ conditional writes
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the store takes conditional writes here: S3's If-None-Match / If-Match
+        (s3fs); other object stores keep the best-effort protocol."""
+        return self.remote and self.protocol in ("s3", "s3a") and hasattr(self.fs, "call_s3")
+
+    def _put_if(self, path: str, data: str | bytes, *, absent: bool = False, etag: str | None = None) -> bool:
+        """PUT ``data`` only if the object is absent (``absent``) or still has ``etag``;
+        False where another writer got there first (HTTP 412, or 409 for a racing
+        conditional write)."""
+        bucket, _, key = path.partition("/")
+        cond = {"IfNoneMatch": "*"} if absent else {"IfMatch": etag}
+        body = data.encode() if isinstance(data, str) else data
+        try:
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, **cond)
+        except FileExistsError:  # s3fs's form of 412 PreconditionFailed
+            return False
+        except Exception as e:  # noqa: BLE001 - s3fs maps other S3 errors to OSError subclasses and others
+            text = f"{type(e).__name__} {e}"
+            if any(w in text for w in ("PreconditionFailed", "pre-conditions", "ConditionalRequestConflict")):
+                return False
+            raise
+        self.fs.invalidate_cache(path)
+        return True
+
+    def etag(self, path: str) -> str | None:
+        """The object's ETag now (None where it is absent)."""
+        try:
+            info = self.fs.info(path, refresh=True) if self.remote else None
+        except FileNotFoundError:
+            return None
+        return (info or {}).get("ETag")
+
     # ------------------------------------------------------------------ events
 
     @property
@@ -184,11 +219,33 @@ class Registry:
             raise
         return version
 
-    def promote(self, version: str, reason: str = "") -> None:
-        """Point current.json at ``version`` (atomic replace, or one PUT)."""
+    def promote(self, version: str, reason: str = "", expect: tuple | None = None) -> None:
+        """Point current.json at ``version`` (atomic replace, or one PUT).
+
+        ``expect``: ``(seen, etag)`` from ``current_state()`` when the refit began. On S3
+        the PUT then happens only if current.json is still that object (If-Match, or
+        If-None-Match where there was none): a refit that lost a race raises and changes
+        nothing."""
         self.version_dir(version)
-        doc = {"version": version, "promoted_at": _now(), "reason": reason}
-        self._write(f"{self.root}/current.json", json.dumps(doc, indent=2) + "\n")
+        doc = json.dumps({"version": version, "promoted_at": _now(), "reason": reason}, indent=2) + "\n"
+        path = f"{self.root}/current.json"
+        if expect is not None and self.conditional:
+            seen, etag = expect
+            ok = self._put_if(path, doc, absent=True) if etag is None else self._put_if(path, doc, etag=etag)
+            if not ok:
+                raise RegistryError(f"{self.url(path)} changed since this refit began (it saw {seen or 'none'}): "
+                                    "another refit promoted first; nothing changed")
+            return
+        self._write(path, doc)
+
+    def current_state(self) -> tuple:
+        """(current version, current.json's ETag) for ``promote(expect=...)``."""
+        return self.current(), self.etag(f"{self.root}/current.json") if self.conditional else None
+
+    def drop_version(self, version: str) -> None:
+        """Remove a version this refit made but could not promote (a lost race)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(f"{self.versions_dir}/{version}", recursive=True)
 
     # ------------------------------------------------------------------ lock
 
@@ -197,12 +254,22 @@ class Registry:
         """Exclusive lock for a refit; a second one fails naming the holder.
 
         Local: an O_EXCL file; a lock left by a dead process on this host is taken over.
-        Object store: a lock object written and read back (best effort: two refits
-        starting in the same instant could both pass; schedule one per model).
+        S3: a conditional create (If-None-Match: *), so exactly one of two refits starting
+        together gets it. Other object stores: a lock object written and read back (best
+        effort: two refits starting in the same instant could both pass).
         """
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
               "token": uuid.uuid4().hex}
         path = f"{self.root}/.lock"
+        if self.conditional:
+            if not self._put_if(path, json.dumps(me), absent=True):
+                raise RegistryError(_held(self.url(self.root), self._read_json(path) or {}, self.url(path)))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(path)
+            return
         if self.remote:
             holder = self._read_json(path)
             if holder:

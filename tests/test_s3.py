@@ -176,3 +176,90 @@ def test_a_classifier_trains_evaluates_and_predicts_on_s3(s3, tmp_path, capsys):
                  "--threshold", "0.5", "--storage-options", opts]) == 0
     written = sorted(p for p in s3["fs"].find("lake/clf-preds") if p.endswith(".parquet"))
     assert len(written) == 3
+
+
+def test_the_s3_lock_is_a_conditional_create_exactly_one_of_two_wins(s3):
+    import threading
+
+    from gd_dask.registry import Registry, RegistryError
+
+    reg = Registry("s3://lake/locks", "race", s3["options"])
+    assert reg.conditional
+    wins = []
+    for trial in range(20):
+        start, results = threading.Barrier(2), []
+
+        def attempt():
+            start.wait()
+            try:
+                with Registry("s3://lake/locks", "race", s3["options"]).lock():
+                    results.append("won")
+                    time.sleep(0.3)
+            except RegistryError as e:
+                results.append("refused: " + str(e))
+
+        threads = [threading.Thread(target=attempt) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wins.append(results.count("won"))
+        assert sum(r.startswith("refused") and "holds the lock" in r for r in results) == 1, results
+    assert wins == [1] * 20
+    assert not s3["fs"].exists("lake/locks/race/.lock")
+
+
+def test_current_json_is_replaced_by_compare_and_swap(s3):
+    from gd_dask.registry import Registry, RegistryError
+
+    reg = Registry("s3://lake/cas", "m", s3["options"])
+    a = reg.new_version("2026-11-01", {"model.json": json.dumps({"m": [1.0], "b": 0.0, "features": ["x"]}),
+                                       "verdict.json": "{}"})
+    b = reg.new_version("2026-11-02", {"model.json": json.dumps({"m": [2.0], "b": 0.0, "features": ["x"]}),
+                                       "verdict.json": "{}"})
+    seen = reg.current_state()  # no current.json yet
+    reg.promote(a, "first", expect=seen)
+    stale = reg.current_state()
+    reg.promote(b, "a racing refit", expect=stale)  # the other refit got there first
+    with pytest.raises(RegistryError, match="changed since this refit began"):
+        reg.promote(a, "the loser", expect=stale)
+    assert reg.current() == b
+    with pytest.raises(RegistryError):
+        reg.promote(a, "stale none", expect=seen)  # If-None-Match on an existing object
+
+
+def test_two_refits_started_together_exactly_one_promotes_the_other_fails(s3, tmp_path, client):
+    import threading
+    from datetime import timedelta
+
+    from gd_dask.config import validate_config
+    from gd_dask.refit import refit
+    from gd_dask.registry import Registry, RegistryError
+    from test_refit import START, add_day
+
+    local = tmp_path / "race"
+    for day in range(3):
+        add_day(local, day)
+    s3["fs"].put(str(local), "lake/race", recursive=True)
+    for trial in range(20):
+        cfg = validate_config({
+            "name": f"race{trial}",
+            "data": {"path": "s3://lake/race", "features": ["x1", "x2"], "target": "y", "window_days": 3,
+                     "storage_options": s3["options"]},
+            "registry": {"dir": "s3://lake/race-models"}})
+        start, results = threading.Barrier(2), []
+
+        def attempt():
+            start.wait()
+            try:
+                results.append(refit(cfg, client, START + timedelta(days=2)).status)
+            except RegistryError as e:
+                results.append(f"failed: {e}")
+
+        threads = [threading.Thread(target=attempt) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(r[:7] for r in results) == ["failed:", "promote"], results
+        assert len(Registry("s3://lake/race-models", f"race{trial}", s3["options"]).versions()) == 1
