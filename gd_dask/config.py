@@ -187,9 +187,9 @@ class OutputConfig(_Section):
     dir: str | None = Field(default=None, description="Default: runs/<name>.")
     checkpoint_every: Annotated[int, Strict(), Field(ge=0)] = 50
     metrics: Literal["full", "moments"] = Field(
-        default="full",
-        description="full: mse, rmse, mae, r2, n on the training data (for gram, mae costs one more "
-                    "pass over the data); moments: the same but mae null, exact from the moments, no pass.")
+        default="moments",
+        description="moments: mse, rmse, r2, n on the training data, exact from the moments, no pass (mae "
+                    "null); full: also mae, for one more pass over the data. Classifiers always take the pass.")
 
 
 class SummaryConfig(_Section):

@@ -136,7 +136,7 @@ def test_cli_writes_the_validation_curve_and_summary(tmp_path):
     import json
 
     doc = json.loads((tmp_path / "out" / "model.json").read_text())
-    assert doc["validation"]["stopped_early"] and doc["validation"]["metrics"]["mae"] > 0
+    assert doc["validation"]["stopped_early"] and doc["validation"]["metrics"]["mse"] > 0
 
 
 def test_refit_refuses_a_validation_split(tmp_path):

@@ -170,8 +170,9 @@ def test_sample_weights_equal_row_repetition(client, tmp_path, rng, strategy, lo
     _, _, _, weighted, repeated = _weighted_and_repeated(tmp_path, rng)
     opt = {"strategy": strategy}
     model = {"loss": loss, "huber_delta": 1.0}
-    a = fit(make_config(weighted, tmp_path, optimizer=opt, model=model), client)
-    b = fit(make_config(repeated, tmp_path, optimizer=opt, model=model), client)
+    full = {"metrics": "full"}  # mae too
+    a = fit(make_config(weighted, tmp_path, optimizer=opt, model=model, output=full), client)
+    b = fit(make_config(repeated, tmp_path, optimizer=opt, model=model, output=full), client)
     np.testing.assert_allclose(a.m, b.m, rtol=1e-10)
     assert a.b == pytest.approx(b.b, rel=1e-10)
     for k in ("mse", "mae", "r2", "n"):
