@@ -80,6 +80,15 @@ def digits(bound: float | None) -> float | None:
     return float(min(17.0, max(0.0, -math.log10(bound)))) if bound > 0 else 17.0
 
 
+def coefficient_map(k: int, d: int, ratio, fit_intercept: bool) -> np.ndarray:
+    """Columns u with c = uᵀθ for each reported coefficient: the slopes θ_j (same relative
+    error as m_j), then the original-units intercept b = θ_b − Σ (center_j/σ_j)·θ_j."""
+    u = np.eye(k)
+    if fit_intercept:
+        u[:d, d] = -np.asarray(ratio)
+    return u
+
+
 class CoefficientBound:
     """The ``coefficients`` criterion (module docstring).
 
@@ -112,9 +121,7 @@ class CoefficientBound:
         self.certifiable = kappa_eta <= 0.5
         self.w = None
         if self.certifiable:
-            u = np.eye(self.k)
-            if fit_intercept:
-                u[:self.d, self.d] = -self.ratio
+            u = coefficient_map(self.k, self.d, self.ratio, fit_intercept)
             # ‖H⁻¹u‖ for the true H, from the computed one: ‖H⁻¹‖ grows by 1/(1 − κη) at most.
             self.w = np.linalg.norm(np.linalg.solve(hess, u), axis=0) / (1.0 - kappa_eta) * (1.0 + 1e-6)
         self.grad_scale = math.sqrt(self.lmax) * rms_y
@@ -250,9 +257,7 @@ class LocalBound:
         self.certifiable = True
         self.lmax = float(np.linalg.eigvalsh(upper)[-1])
         self.grad_scale = grad_scale
-        self.u = np.eye(self.k)
-        if fit_intercept:
-            self.u[:self.d, self.d] = -self.ratio
+        self.u = coefficient_map(self.k, self.d, self.ratio, fit_intercept)
         self._w_upper = self._w(upper)
         self._last = None  # (gradient norm + its error, bound) at the last pass
         self.passes = 0

@@ -287,13 +287,8 @@ class Executor:
         double-double (``compensated``): iterative refinement's pass. Always read from
         the files, slice by slice: cached blocks are standardized, and these sums need
         the raw rows."""
-        fn = dask.delayed(fold_chunk, pure=True)
-        args = (np.asarray(m_hi, dtype=np.float64), np.asarray(m_lo, dtype=np.float64), float(b_hi), float(b_lo),
-                self.weighted)
-        spec = self.source.spec
-        leaves = [fn(c, spec, refine_sums, add_refine, *args) for c in self.source.chunks]
-        # Compute: one small result (a few numbers) comes back to the client.
-        return self._compute(_reduce_tree(leaves, add_refine))
+        return self._reduce_raw(refine_sums, add_refine, np.asarray(m_hi, dtype=np.float64),
+                                np.asarray(m_lo, dtype=np.float64), float(b_hi), float(b_lo), self.weighted)
 
     def error_sums(self, m, b) -> g.ErrorSums:
         """Metric sums for a model (m, b) in original units."""

@@ -384,6 +384,14 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     return Moments(n, mean, comoment)
 
 
+def merge_all(moments: list[Moments]) -> Moments:
+    """``merge_moments`` folded left to right over a list (file order: fixed bits)."""
+    total = moments[0]
+    for m in moments[1:]:
+        total = merge_moments(total, m)
+    return total
+
+
 #: Up to this many features the gram gradient is evaluated in extended precision.
 EXTENDED_MAX_FEATURES = 512
 

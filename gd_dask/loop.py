@@ -135,6 +135,15 @@ class Checkpoints:
         return bool(self.every) and epoch % self.every == 0 and seconds_since >= CHECKPOINT_MIN_SECONDS
 
 
+def save_now(checkpoints: Checkpoints | None, state: LoopState) -> int | None:
+    """On a signal or a lost cluster, at an epoch boundary: save the state a rerun resumes
+    from; its epoch, or None where nothing is checkpointed."""
+    if checkpoints is None or not checkpoints.every or not state.epoch:
+        return None
+    checkpoints.write(state)
+    return state.epoch
+
+
 class Descent:
     """Epochs of heavy ball on one objective, until ``epochs`` in all, convergence, a
     stall at the rounding floor, divergence, or (with ``validate``) an early stop.
@@ -196,13 +205,7 @@ class Descent:
         return state
 
     def _save_now(self, state: LoopState) -> int | None:
-        """On a signal or a lost cluster, at an epoch boundary: save the state a rerun
-        resumes from; its epoch, or None where nothing is checkpointed."""
-        c = self.checkpoints
-        if c is None or not c.every or not state.epoch:
-            return None
-        c.write(state)
-        return state.epoch
+        return save_now(self.checkpoints, state)
 
     def _evaluate(self, state: LoopState, params):
         d = params.shape[0] - 1

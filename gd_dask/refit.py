@@ -76,13 +76,6 @@ def _check_current(current: dict | None, cfg) -> tuple | None:
     return np.asarray(current["m"], dtype=np.float64), float(current["b"])
 
 
-def _merge(moments: list[g.Moments]) -> g.Moments:
-    total = moments[0]
-    for m in moments[1:]:
-        total = g.merge_moments(total, m)
-    return total
-
-
 def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Moments, int]:
     """Moments of the training files, cached per file; returns (moments, files read)."""
     cached, unseen = {}, []
@@ -102,7 +95,7 @@ def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Momen
             reg.cache_moments(src.file_key(f), mom)
             cached[f["full_path"]] = mom
     # Merge in file order: the same total whichever files came from the cache.
-    return _merge([cached[f["full_path"]] for f in src.files]), len(unseen)
+    return g.merge_all([cached[f["full_path"]] for f in src.files]), len(unseen)
 
 
 def _check_finite(mom: g.Moments, f: dict, src: ParquetSource) -> None:
@@ -183,7 +176,7 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
             return RefitOutcome(v, False, reg.verdict(v), 0, msg, status="nothing to do")
 
     current_state = reg.current_state()  # what promote's compare-and-swap expects to find
-    current_version = reg.current()
+    current_version = current_state[0]
     current = reg.current_model()
     init = _check_current(current, cfg)
     if gram:
@@ -256,7 +249,7 @@ def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_
         mom = reg.cached_moments(train_src.file_key(f))
         if mom is not None:
             by_date.setdefault(f["partition"].get(DATE_KEY), []).append(mom)
-    earlier = [validate.NightStats.of(d, _merge(m)) for d, m in sorted(by_date.items())]
+    earlier = [validate.NightStats.of(d, g.merge_all(m)) for d, m in sorted(by_date.items())]
     metric = cfg.registry.promote.metric
     # The current model against its own error on earlier nights (each one night ahead of
     # its training, as now): steady drift keeps the ratio near 1.
@@ -305,7 +298,7 @@ def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates
     for errs in errors[1:]:
         merged = [g.add_errors(a, b) for a, b in zip(merged, errs)]
     scores = [g.metrics(e) for e in merged]
-    hold_mom = _merge([per_file[f["full_path"]][0] for f in hold_src.files])
+    hold_mom = g.merge_all([per_file[f["full_path"]][0] for f in hold_src.files])
     return scores[0], (scores[1] if init is not None else None), hold_mom
 
 

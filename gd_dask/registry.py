@@ -261,22 +261,8 @@ class Registry:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
               "token": uuid.uuid4().hex}
         path = f"{self.root}/.lock"
-        if self.conditional:
-            if not self._put_if(path, json.dumps(me), absent=True):
-                raise RegistryError(_held(self.url(self.root), self._read_json(path) or {}, self.url(path)))
-            try:
-                yield
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm_file(path)
-            return
         if self.remote:
-            holder = self._read_json(path)
-            if holder:
-                raise RegistryError(_held(self.url(self.root), holder, self.url(path)))
-            self._write(path, json.dumps(me))
-            if (self._read_json(path) or {}).get("token") != me["token"]:
-                raise RegistryError(_held(self.url(self.root), self._read_json(path) or {}, self.url(path)))
+            self._take_remote_lock(path, me)
             try:
                 yield
             finally:
@@ -304,6 +290,18 @@ class Registry:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+    def _take_remote_lock(self, path: str, me: dict) -> None:
+        """A conditional create where the store has one; else write and read back."""
+        if self.conditional:
+            taken = self._put_if(path, json.dumps(me), absent=True)
+        else:
+            taken = not self._read_json(path)
+            if taken:
+                self._write(path, json.dumps(me))
+                taken = (self._read_json(path) or {}).get("token") == me["token"]
+        if not taken:
+            raise RegistryError(_held(self.url(self.root), self._read_json(path) or {}, self.url(path)))
 
     # ------------------------------------------------------------------ statistics cache
 

@@ -25,7 +25,7 @@ import numpy as np
 from . import gradient as g
 from . import interrupt
 from .errors import TrainingError
-from .loop import LoopState, _watch, keep_row
+from .loop import LoopState, _watch, keep_row, save_now
 
 #: Relative improvement of the epoch's training loss that counts, for ``epochs: auto``
 #: (scikit-learn's SGD default tol).
@@ -49,12 +49,7 @@ def plan_of(cfg, eta0: float) -> g.SGDPlan:
 def rounds_per_epoch(cfg, source) -> int:
     """Rounds in an epoch: 1, or enough rounds of ``sync_every`` steps for the largest chunk."""
     o = cfg.optimizer
-    if not o.sync_every:
-        return 1
-    rows = [getattr(c, "rows", None) for c in source.chunks]
-    if any(r is None for r in rows):
-        return 1
-    return max(1, math.ceil(max(math.ceil(r / o.batch_size) for r in rows) / o.sync_every))
+    return max(1, math.ceil(_steps(cfg, source) / o.sync_every)) if o.sync_every else 1
 
 
 def descend(cfg, ex, state: LoopState, eta0: float, epochs: int | None, validate=None, on_epoch=None,
@@ -71,7 +66,7 @@ def descend(cfg, ex, state: LoopState, eta0: float, epochs: int | None, validate
     steps = _steps(cfg, ex.source)
     with interrupt.deferred():
         while state.epoch < limit and not state.stopped_early:
-            interrupt.raise_if_pending(lambda: _save(checkpoint, state))
+            interrupt.raise_if_pending(lambda: save_now(checkpoint, state))
             epoch = state.epoch + 1
             loss_sum = rows = 0.0
             average = 0.0
@@ -130,10 +125,3 @@ def _rate(plan: g.SGDPlan, step: int) -> float:
 
     name, eta0, power_t, step_size, gamma = plan.rate
     return float(schedule(name, eta0, power_t=power_t, step_size=step_size, gamma=gamma, alpha=plan.l2)(step))
-
-
-def _save(checkpoint, state):
-    if checkpoint is None or not checkpoint.every or not state.epoch:
-        return None
-    checkpoint.write(state)
-    return state.epoch

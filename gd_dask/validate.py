@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gradient import Moments, merge_moments
+from .gradient import Moments
 from .losses import LOWER_IS_BETTER
 
 #: Earlier nights the error check compares with.
@@ -44,13 +44,6 @@ class NightStats:
     def of(cls, date: str, mom: Moments) -> NightStats:
         var = np.diag(mom.comoment) / mom.n if mom.n else np.full(mom.mean.shape, math.nan)
         return cls(date, float(mom.n), mom.mean.copy(), np.sqrt(np.maximum(var, 0.0)))
-
-
-def merged(moments: list[Moments]) -> Moments:
-    total = moments[0]
-    for m in moments[1:]:
-        total = merge_moments(total, m)
-    return total
 
 
 def check_night(new: NightStats, earlier: list[NightStats], columns: list[str], settings,
