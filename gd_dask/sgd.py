@@ -46,10 +46,16 @@ def plan_of(cfg, eta0: float) -> g.SGDPlan:
                      fit_intercept=m.fit_intercept, average=o.average)
 
 
-def rounds_per_epoch(cfg, source) -> int:
-    """Rounds in an epoch: 1, or enough rounds of ``sync_every`` steps for the largest chunk."""
+def rounds_per_epoch(cfg, source) -> int | None:
+    """Rounds in an epoch: 1, or enough rounds of ``sync_every`` steps for the largest
+    chunk; None where chunk sizes are not known in advance (a dask DataFrame): rounds then
+    go on until one takes no step."""
     o = cfg.optimizer
-    return max(1, math.ceil(_steps(cfg, source) / o.sync_every)) if o.sync_every else 1
+    if not o.sync_every:
+        return 1
+    if _chunk_rows(source) is None:
+        return None
+    return max(1, math.ceil(_steps(cfg, source) / o.sync_every))
 
 
 def descend(cfg, ex, state: LoopState, eta0: float, epochs: int | None, validate=None, on_epoch=None,
@@ -70,9 +76,16 @@ def descend(cfg, ex, state: LoopState, eta0: float, epochs: int | None, validate
             epoch = state.epoch + 1
             loss_sum = rows = 0.0
             average = 0.0
-            for r in range(rounds):
-                theta, avg, part, stepped = ex.sgd_round(theta, dataclasses.replace(plan, epoch=epoch, round=r))
-                loss_sum, rows, average = loss_sum + part, rows + stepped, average + avg / rounds
+            done = 0
+            while rounds is None or done < rounds:
+                start = theta
+                theta, avg, part, stepped = ex.sgd_round(theta, dataclasses.replace(plan, epoch=epoch, round=done))
+                if not stepped:  # past every chunk's last step (sizes unknown in advance)
+                    theta = start
+                    break
+                # Each round's average of iterates, weighted by the rows it stepped over.
+                loss_sum, rows, average, done = loss_sum + part, rows + stepped, average + avg * stepped, done + 1
+            average = average / rows if rows else theta
             loss = loss_sum / rows if rows else math.nan
             if not math.isfinite(loss) or not np.isfinite(theta).all():
                 err = TrainingError(f"minibatch SGD diverged at epoch {epoch} (loss {loss:.3g}); use a smaller "
@@ -111,12 +124,17 @@ def start_theta(state: LoopState) -> np.ndarray:
     return state.opt.velocity if state.epoch else state.params
 
 
+def _chunk_rows(source) -> list[int] | None:
+    """Each chunk's rows from the footers; None for a dask DataFrame's partitions
+    (delayed objects: their sizes are known only once read)."""
+    rows = [getattr(c, "rows", None) for c in source.chunks]
+    return rows if rows and all(isinstance(r, int) for r in rows) else None
+
+
 def _steps(cfg, source) -> int:
     """Steps per epoch of the largest chunk (1 where chunk sizes are unknown)."""
-    rows = [getattr(c, "rows", None) for c in source.chunks]
-    if not rows or any(r is None for r in rows):
-        return 1
-    return max(1, math.ceil(max(rows) / cfg.optimizer.batch_size))
+    rows = _chunk_rows(source)
+    return max(1, math.ceil(max(rows) / cfg.optimizer.batch_size)) if rows else 1
 
 
 def _rate(plan: g.SGDPlan, step: int) -> float:

@@ -133,3 +133,17 @@ def test_train_from_python_returns_the_model_and_raises_the_clis_errors(tmp_path
         gd_dask.train(cfg)
     cli = run_cli("train", cfg)
     assert cli.returncode == 1 and str(err.value) in cli.stderr
+
+
+def test_minibatch_from_python_runs_whole_epochs_over_partitions_of_unknown_size(current):
+    X, y = _data(seed=6, n=5000)
+    once = LinearRegression(method="minibatch", batch_size=50, epochs=3).fit(X, y)
+    synced = LinearRegression(method="minibatch", batch_size=50, epochs=3, sync_every=10).fit(X, y)
+    # One partition: averaging after every 10 steps changes nothing, and every round of
+    # the epoch runs although the partition's size is unknown in advance.
+    np.testing.assert_allclose(synced.coef_, once.coef_, rtol=1e-12)
+    assert est_mse(once, X, y) < 1.1
+
+
+def est_mse(est, X, y):
+    return float(np.mean((est.predict(X) - y) ** 2))
