@@ -29,41 +29,56 @@ def compute(client, graphs, *, what: str = "a pass over the data", explain=None)
     """``client.compute(graphs, sync=True)`` with no unbounded wait: a cluster that has
     had no worker for ``cluster.timeout``, or a client that lost its scheduler, ends the
     wait with one ``ClusterError`` line instead of hanging or a page of tracebacks."""
+    import asyncio
+    import concurrent.futures
+
     single = not isinstance(graphs, (list, tuple))
     futures = client.compute([graphs] if single else list(graphs))
     timeout = _timeouts.get(client, 30.0)
     address = getattr(client.scheduler, "address", "?")
     empty_since = None
-    results = []
+    # One gather on the client's event loop, awaited here in slices. Its deadline is ours,
+    # not the loop's: ``Future.result(timeout=)`` cancels the gather when it times out, and
+    # distributed shares a pending gather between callers, so the next result() could
+    # await a cancelled one (on Python 3.11 that surfaced as distributed's sync() raising
+    # UnboundLocalError). The gather also outlives a worker lost after its task finished:
+    # dask recomputes the key and the gather waits for it, while we watch the cluster.
+    job = asyncio.run_coroutine_threadsafe(_gather(client, futures), client.loop.asyncio_loop)
     try:
-        for future in futures:
-            while True:
-                # Each result with a deadline: a worker lost after a task finished but
-                # before its result came back makes dask recompute it, on no worker.
-                try:
-                    results.append(future.result(timeout=POLL_SECONDS))
-                    break
-                except TimeoutError:
-                    pass
-                if client.status not in ("running", "connecting"):
-                    raise ClusterError(f"lost the dask scheduler at {address} during {what}")
-                if client.scheduler_info().get("workers"):
-                    empty_since = None
-                elif empty_since is None:
-                    empty_since = time.monotonic()
-                elif time.monotonic() - empty_since > timeout:
-                    raise ClusterError(f"the dask cluster at {address} has had no workers for {timeout:g}s "
-                                       f"(cluster.timeout) during {what}")
+        while True:
+            try:
+                results = job.result(timeout=POLL_SECONDS)
+                break
+            except concurrent.futures.TimeoutError:
+                pass
+            if client.status not in ("running", "connecting"):
+                raise ClusterError(f"lost the dask scheduler at {address} during {what}")
+            if client.scheduler_info().get("workers"):
+                empty_since = None
+            elif empty_since is None:
+                empty_since = time.monotonic()
+            elif time.monotonic() - empty_since > timeout:
+                raise ClusterError(f"the dask cluster at {address} has had no workers for {timeout:g}s "
+                                   f"(cluster.timeout) during {what}")
     except ClusterError:
+        job.cancel()
         raise
     except Exception as e:  # noqa: BLE001 - a lost connection surfaces in many types
+        job.cancel()
         if type(e).__name__ == "KilledWorker":
             hint = f"; {explain()}" if explain is not None else ""
             raise ClusterError(f"workers kept dying during {what} (out of memory?){hint}") from None
         if client.status not in ("running", "connecting") or _is_comm_loss(e):
             raise ClusterError(f"lost the dask scheduler at {address} during {what} ({_first_line(e)})") from None
         raise
+    except BaseException:  # Ctrl-C, SIGTERM: stop gathering too
+        job.cancel()
+        raise
     return results[0] if single else results
+
+
+async def _gather(client, futures):
+    return await client.gather(futures, asynchronous=True)
 
 
 def _is_comm_loss(e: BaseException) -> bool:

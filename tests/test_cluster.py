@@ -323,3 +323,20 @@ def test_a_lost_scheduler_is_one_line_naming_it_and_the_checkpoint(dataset, tmp_
     assert last.startswith(f"gd-dask: error: lost the dask scheduler at {procs.address}"), "".join(lines)
     assert "resume from the checkpoint at epoch" in last
     assert "Traceback" not in "".join(lines) and len([x for x in lines if "gd-dask:" in x]) == 1
+
+
+def test_results_arrive_whatever_moment_a_wait_slice_ends(client, monkeypatch):
+    """Waits in slices never cancel a gather: with Future.result(timeout=) a slice that
+    ended while a gather was starting left distributed's shared gather cancelled, and every
+    later result on that client failed (UnboundLocalError from distributed's sync())."""
+    import random
+
+    import dask
+
+    from gd_dask import cluster
+
+    monkeypatch.setattr(cluster, "POLL_SECONDS", 0.0005)
+    rng = random.Random(3)
+    for i in range(150):
+        parts = [dask.delayed(time.sleep)(rng.random() * 0.003, dask_key_name=f"nap-{i}-{j}") for j in range(4)]
+        assert cluster.compute(client, parts) == [None] * 4
