@@ -63,6 +63,34 @@ def test_bit_identical_to_the_cli_on_the_same_rows(current, tmp_path):
     assert est.converged_ and est.n_iter_ == doc["epochs_run"]
 
 
+def test_columns_of_read_parquet_train_on_the_files_as_the_cli_does(current, tmp_path):
+    """A dask DataFrame that is nothing but dd.read_parquet's columns is read as the CLI
+    reads those files: the CLI's bits on several files of several row groups; a frame
+    computed from them is read as a frame, and agrees to rounding."""
+    import dask.dataframe as dd
+
+    from gd_dask.estimator import parquet_data
+
+    X, y = _data(seed=4, n=3000)
+    data = write_parquet(tmp_path / "d", X, y, n_files=3, row_group_rows=400)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "cli", "data": data, "output": {"dir": str(tmp_path / "out")}}))
+    assert run_cli("train", cfg, "--no-plot").returncode == 0
+    doc = json.loads((tmp_path / "out" / "model.json").read_text())
+    ddf = dd.read_parquet(data["path"])
+    features = data["features"]
+    assert parquet_data(ddf[features], ddf[data["target"]], None)["path"] == data["path"]
+    est = LinearRegression().fit(ddf[features], ddf[data["target"]])
+    assert est.coef_.tolist() == doc["m"] and est.intercept_ == doc["b"]
+    assert list(est.feature_names_in_) == features
+    scaled = ddf[features] * 1.0
+    assert parquet_data(scaled, ddf[data["target"]], None) is None
+    np.testing.assert_allclose(LinearRegression().fit(scaled, ddf[data["target"]]).coef_, est.coef_, rtol=1e-9)
+    labels = (ddf[data["target"]] > ddf[data["target"]].mean()).astype(int)
+    clf = LogisticRegression().fit(ddf[features], labels)  # computed labels: read as a frame
+    assert clf.classes_.tolist() == [0, 1] and clf.converged_
+
+
 def test_pandas_dask_array_and_dask_dataframe_inputs(current):
     import dask.array as da
     import dask.dataframe as dd
