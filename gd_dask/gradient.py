@@ -194,8 +194,10 @@ def sgd_block(zs, theta, index: int, plan: SGDPlan, loss: Loss = SQUARED, weight
 
 def sgd_raw(block, theta, index: int, plan: SGDPlan, center, scale, y_center, loss: Loss = SQUARED,
             weighted: bool = False) -> SGDSums:
-    """``sgd_block`` on a raw chunk, standardized first (a chunk read from its file)."""
-    zs = standardize_block(block, center, scale, y_center, None, weighted)
+    """``sgd_block`` on a raw chunk, standardized first, in place: ``block`` is a chunk
+    just read from its file, used once (a second chunk-sized array to fault in cost as
+    much as the steps)."""
+    zs = standardize_block(block, center, scale, y_center, block, weighted)
     return sgd_block(zs, theta, index, plan, loss, weighted)
 
 
