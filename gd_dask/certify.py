@@ -260,6 +260,8 @@ class LocalBound:
         self.u = coefficient_map(self.k, self.d, self.ratio, fit_intercept)
         self._w_upper = self._w(upper)
         self._last = None  # (gradient norm + its error, bound) at the last pass
+        self._measured = None  # (params, grads, H, x) of the last pass whose bound held
+        self._x = math.inf
         self.passes = 0
 
     def _w(self, hess):
@@ -285,16 +287,37 @@ class LocalBound:
             estimate = float((self._w_upper * (grad_norm + err) / np.maximum(c, 1e-300)).max())
         else:
             g0, b0 = self._last
-            estimate = b0 * (grad_norm + err) / g0
+            if math.isfinite(b0):
+                estimate = b0 * (grad_norm + err) / g0
+            else:  # too far to say at the last pass: look again once the gradient shrank 4 ×
+                c = np.abs(self.coefficients(params))
+                upper = float((self._w_upper * (grad_norm + err) / np.maximum(c, 1e-300)).max())
+                estimate = upper if grad_norm + err <= g0 / 4 else math.inf
         return stalled or estimate <= tol, stalled
 
     def bound(self, params, grads, grad_error: float) -> float:
         hess, radius2 = self.curvature(params)
         self.passes += 1
         g = np.asarray(grads[:self.k], dtype=np.float64)
-        bound = self._bound(params, g, grad_error, np.asarray(hess, dtype=np.float64), radius2)
+        hess = np.asarray(hess, dtype=np.float64)
+        bound = self._bound(params, g, grad_error, hess, radius2)
         self._last = (float(np.linalg.norm(g)) + grad_error, bound)
+        self._measured = (params, grads, hess, self._x) if math.isfinite(bound) else None
         return bound
+
+    def newton_step(self, params, grads) -> np.ndarray | None:
+        """The damped Newton step −H⁻¹∇F/(1 + x) from the Hessian the last ``bound``
+        measured at these very ``params`` (None where it measured none, or too far from
+        the minimum for its bound to hold). Where the bound holds (x < ½) the log-loss is
+        close to its quadratic model and the step gains digits quadratically; the damping
+        keeps every step a descent one (Bach 2010, Prop. 5)."""
+        if self._measured is None or self._measured[0] is not params or self._measured[1] is not grads:
+            return None
+        _, _, hess, x = self._measured
+        self._last = None  # the next screen looks afresh: the point moves far in one step
+        step = np.zeros_like(params)
+        step[:self.k] = -np.linalg.solve(hess, np.asarray(grads[:self.k], dtype=np.float64)) / (1.0 + x)
+        return step
 
     def _bound(self, params, g, grad_error: float, hess, radius2: float) -> float:
         ev = np.linalg.eigvalsh(hess)
@@ -304,7 +327,7 @@ class LocalBound:
         grow = 1.0 / (1.0 - kappa_eta) * (1.0 + 1e-6)  # H⁻¹ of the true H from the computed one
         mu = float(ev[0]) * (1.0 - kappa_eta)
         lam = (math.sqrt(max(float(g @ np.linalg.solve(hess, g)), 0.0) * grow) + grad_error / math.sqrt(mu))
-        x = math.sqrt(radius2) * lam / math.sqrt(mu)
+        x = self._x = math.sqrt(radius2) * lam / math.sqrt(mu)
         if x >= LOCAL_X_MAX:
             return math.inf
         a = lam * (-math.log1p(-x) / x if x > 0 else 1.0)

@@ -29,6 +29,12 @@ STALL_EPOCHS = 3
 #: so convergence needs the change below tol for several consecutive epochs (at most
 #: this many; see ``calm_epochs``).
 CALM_EPOCHS_MOMENTUM = 10
+#: With a certifier that offers Newton steps (``certify.LocalBound``): the screen's
+#: estimate of the coefficients' relative error below which a curvature pass is made,
+#: whatever tol, for a Newton step where its bound holds (x < ½). Each step then gains
+#: digits quadratically; a pass too far out costs one pass and is retried once the
+#: gradient has shrunk 4 ×.
+NEWTON_FROM = 1.0
 
 
 @dataclass(frozen=True)
@@ -52,13 +58,14 @@ class Rules:
     patience: int = 5  # early stopping: epochs without a better validation loss
     fit_intercept: bool = True
     penalty_scale: float = 2.0
+    newton: bool = True  # Newton steps where the certifier measures the Hessian (optimizer.refine ≠ 0)
 
     @classmethod
     def of(cls, cfg) -> Rules:
         o = cfg.optimizer
         return cls(cfg.model.l2, cfg.model.l1, o.schedule, o.power_t, o.step_size, o.gamma,
                    o.method == "minibatch", o.n_iter_no_change, cfg.model.fit_intercept,
-                   losses.of(cfg.model).penalty_scale)
+                   losses.of(cfg.model).penalty_scale, o.refine != 0)
 
     def objective(self, loss: float, m) -> float:
         """The reported loss plus the penalties, in the reported loss's units."""
@@ -175,6 +182,7 @@ class Descent:
         self.validate = validate
         self.needed_calm = calm_epochs(rates.momentum)
         self.coefficient_rule = certifier is not None and not rules.l1 and not rules.sampled
+        self.newton = self.coefficient_rule and rules.newton and hasattr(certifier, "newton_step")
 
     def start(self, params) -> LoopState:
         return LoopState.start(params, self.init)
@@ -249,6 +257,10 @@ class Descent:
             if state.calm >= STALL_EPOCHS:
                 state.stalled = True
                 return False
+        if self.newton and tol > 0:
+            newton = self.certifier.newton_step(params, grads)
+            if newton is not None:  # the momentum of the descent before it does not carry over
+                new, opt = params + newton, self.init(params)
         self.last_eval = None  # the parameters move on: the gradient computed is not theirs
         state.params, state.opt, state.prev_loss = new, opt, objective
         c = self.checkpoints
@@ -262,7 +274,7 @@ class Descent:
         (may converge, stalled at the rounding floor) for the coefficient rule."""
         c, tol = self.certifier, self.tol
         if self.coefficient_rule:
-            may_converge, stalled = c.screen(params, grad_norm, tol)
+            may_converge, stalled = c.screen(params, grad_norm, max(tol, NEWTON_FROM) if self.newton else tol)
             if may_converge and tol > 0:
                 state.bound = c.bound(params, grads, c.grad_error(params))
             return may_converge, stalled
