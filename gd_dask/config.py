@@ -128,7 +128,8 @@ class OptimizerConfig(_Section):
     refine: Union[Annotated[int, Strict(), Field(ge=0)], Literal["auto"]] = Field(
         default="auto", description="Passes of iterative refinement (the gradient from the residuals in "
         "double-double) once the float64 gradient is at its rounding floor above tol. auto: until tol, "
-        "at most 10, while each pass halves the bound; 0: none.")
+        "at most 10, while each pass halves the bound; 0: none (logistic: also no Newton steps from the "
+        "certificate's Hessian pass).")
     batch_size: Annotated[int, Strict(), Field(ge=1)] | None = Field(
         default=None, description="minibatch: rows per step, within each chunk.")
     sync_every: Annotated[int, Strict(), Field(ge=1)] | None = Field(

@@ -240,20 +240,35 @@ class CurvatureSums(NamedTuple):
     n: float
 
 
+#: Rows per slice of the curvature pass: big enough for BLAS, small enough that the
+#: slice's temporaries stay in cache and are not faulted in afresh for every chunk.
+CURVATURE_ROWS = 65536
+
+
 def block_curvature_std(zs, m, b_centered, loss: Loss, weighted: bool = False) -> CurvatureSums:
-    """``CurvatureSums`` of one standardized block at ``eta = xs·m + b``."""
+    """``CurvatureSums`` of one standardized block at ``eta = xs·m + b``, slice by slice
+    (``CURVATURE_ROWS``): Σ h·xs·xsᵀ, Σ h·xs and Σ h make up H over x̃ = [xs, 1]."""
     X, y, w = split_block(zs, weighted)
-    xa = np.empty((X.shape[0], X.shape[1] + 1))
-    xa[:, :-1] = X
-    xa[:, -1] = 1.0
-    h = loss.second(X @ m + b_centered, y)
-    kept = xa
-    if w is not None:
-        h = h * w
-        kept = xa[w > 0]
-    r2 = float(np.einsum("ij,ij->i", kept, kept).max()) if kept.shape[0] else 0.0
-    n = zs.shape[0] if w is None else float(w.sum())
-    return CurvatureSums((xa * h[:, None]).T @ xa, r2, n)
+    n, d = X.shape
+    hess = np.zeros((d + 1, d + 1))
+    r2 = 0.0
+    for lo in range(0, n, CURVATURE_ROWS):
+        hi = min(lo + CURVATURE_ROWS, n)
+        xs = X[lo:hi]
+        eta = np.matmul(xs, m, out=scratch_vector(hi - lo))
+        eta += b_centered
+        h = loss.second(eta, y[lo:hi])
+        if w is not None:
+            h *= w[lo:hi]
+        xh = xs * h[:, None]
+        hess[:d, :d] += xh.T @ xs
+        hess[:d, d] += xh.sum(axis=0)
+        hess[d, d] += h.sum()
+        rows = xs if w is None else xs[w[lo:hi] > 0]
+        if rows.shape[0]:
+            r2 = max(r2, float(np.einsum("ij,ij->i", rows, rows).max()) + 1.0)
+    hess[d, :d] = hess[:d, d]
+    return CurvatureSums(hess, r2, n if w is None else float(w.sum()))
 
 
 def block_curvature(block, m, b, center, scale, y_center, loss: Loss, weighted: bool = False) -> CurvatureSums:

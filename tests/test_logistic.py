@@ -165,6 +165,31 @@ def test_the_gradient_sums_are_the_derivative_of_the_loss():
     assert np.allclose(psi, [1.0, -1.0]) and total == pytest.approx(1600.0)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_curvature_sums_are_the_derivative_of_the_gradient_sums(weighted):
+    """The Hessian the certificate and the Newton steps use, over several slices of a
+    block, against central differences of the gradient sums; R² is the largest ‖[xs, 1]‖²
+    of the rows that count."""
+    rng = np.random.default_rng(8)
+    n = 2 * g.CURVATURE_ROWS + 123
+    cols = [rng.normal(size=(n, 2)), (rng.random(n) < 0.4).astype(float)]
+    w = rng.random(n) * (rng.random(n) > 0.1)
+    Z = np.asfortranarray(np.column_stack(cols + ([w] if weighted else [])))
+    loss, theta = Logistic(), np.array([0.7, -0.2, 0.1])
+    c = g.block_curvature_std(Z, theta[:2], theta[2], loss, weighted)
+
+    def grad(t):
+        s = g.block_sums_std(Z, t[:2], t[2], loss, weighted)
+        return np.append(s.grad, s.err)
+
+    h = 1e-5
+    fd = np.column_stack([(grad(theta + e) - grad(theta - e)) / (2 * h) for e in np.eye(3) * h])
+    np.testing.assert_allclose(c.hess, fd, rtol=1e-7, atol=1e-9 * n)
+    rows = Z[:, :2] if not weighted else Z[w > 0, :2]
+    assert c.radius2 == pytest.approx((rows ** 2).sum(axis=1).max() + 1.0, rel=1e-15)
+    assert c.n == pytest.approx(w.sum() if weighted else n)
+
+
 def test_l1_satisfies_the_lasso_optimality_conditions(client, tmp_path):
     rng = np.random.default_rng(6)
     X = rng.normal(size=(5000, 4))
