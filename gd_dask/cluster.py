@@ -178,13 +178,21 @@ def _fast_arrow_pool() -> str:
 WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": _fast_arrow_pool()}
 
 
+#: Modules embedded workers import as they start, so the first pass does not wait on
+#: the read path's imports (pyarrow.parquet, the kernels): the two workers import in
+#: parallel while the cluster starts.
+WORKER_PRELOAD = ("gd_dask.executor",)
+
+
 def local_cluster(**kwargs):
-    """A LocalCluster whose worker processes start with ``WORKER_ENV``."""
+    """A LocalCluster whose worker processes start with ``WORKER_ENV`` and import
+    ``WORKER_PRELOAD``."""
     import dask
     from distributed import LocalCluster
 
     pre_spawn = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENV.items()}
     with dask.config.set(pre_spawn):
+        kwargs.setdefault("preload", list(WORKER_PRELOAD))
         return LocalCluster(**kwargs)
 
 
