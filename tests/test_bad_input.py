@@ -71,6 +71,29 @@ def test_a_file_that_is_not_parquet_or_is_truncated_is_named(tmp_path, rng, caps
     assert code == 1 and str(victim) in line and "not a readable Parquet file" in line
 
 
+def test_footers_read_in_parallel_plan_and_fail_as_read_one_by_one(tmp_path, rng, monkeypatch):
+    """40 files: the plan from 16 footer reads in flight equals the plan read one after
+    another; with two damaged files, the error names the first in order."""
+    from gd_dask.config import DataConfig
+    from gd_dask.data import source
+
+    data = _good(tmp_path, rng, n=4000, n_files=40)
+    cfg = DataConfig(**data)
+    plans = []
+    for threads in (1, 16):
+        monkeypatch.setattr(source, "FOOTER_THREADS", threads)
+        src = source.open_source(cfg)
+        plans.append(([f["path"] for f in src.files], [f["row_groups"] for f in src.files],
+                      [(c.path, c.row_groups) for c in src.chunks]))
+    assert plans[0] == plans[1] and len(plans[0][0]) == 40
+    files = sorted(Path(data["path"]).glob("*/*.parquet"))
+    for victim in (files[30], files[5]):
+        victim.write_bytes(b"this is not parquet" * 10)
+    with pytest.raises(DataError, match="not a readable Parquet file") as e:
+        source.open_source(cfg)
+    assert str(files[5]) in str(e.value)
+
+
 def test_a_missing_column_names_the_column_and_the_file(tmp_path, rng, capsys):
     data = _good(tmp_path, rng)
     data["features"] = ["x0", "height"]

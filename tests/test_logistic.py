@@ -278,7 +278,8 @@ def test_early_stopping_and_sweep_work_for_logistic(tmp_path):
     assert r.returncode == 0, r.stderr
     model = json.loads((tmp_path / "out" / "model.json").read_text())
     assert model["validation"]["rows"] > 0 and "log_loss" in model["validation"]["metrics"]
-    r = run_cli("sweep", cfg, "--learning-rates", "0.5,auto", "--set", "optimizer.validation_fraction=0")
+    r = run_cli("sweep", cfg, "--learning-rates", "0.5,auto", "--set", "optimizer.validation_fraction=0",
+                "--set", "optimizer.epochs=60")
     assert r.returncode == 0, r.stderr
 
 
