@@ -232,17 +232,24 @@ def list_files(path: str, storage_options: dict | None = None):
     Returns (fs, protocol, [(full_path, path_relative_to_root)], root). Files and folders
     whose names start with ``_`` or ``.`` are skipped, as Spark and pyarrow do.
     """
+    return list_files_detailed(path, storage_options)[:4]
+
+
+def list_files_detailed(path: str, storage_options: dict | None = None):
+    """``list_files`` and {full_path: the listing's info (size, mtime or ETag)}: one
+    listing, no request per file (a directory test and an info per file were two
+    round trips each on an object store)."""
     fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     try:
         if any(ch in root for ch in "*?["):
-            found = sorted(fs.glob(root))
+            infos = fs.glob(root, detail=True)
             base = root.split("*")[0].rsplit("/", 1)[0]
         elif fs.isdir(root):
-            found = sorted(fs.find(root))
+            infos = fs.find(root, detail=True)
             base = root
         elif fs.exists(root):
-            found, base = [root], posixpath.dirname(root)
+            infos, base = {root: fs.info(root)}, posixpath.dirname(root)
         else:
             raise DataError(f"data.path '{path}' does not exist")
     except FileNotFoundError:
@@ -251,13 +258,14 @@ def list_files(path: str, storage_options: dict | None = None):
         raise
     except Exception as e:  # noqa: BLE001 - object stores fail in many types (auth, network)
         raise DataError(f"data.path '{path}': cannot list ({_first_line(e)})") from None
+    found = sorted(infos)
     out, others = [], []
     listing = len(found) > 1 or (found and found[0] != root)
     for f in found:
         rel = f[len(base):].lstrip("/") if f.startswith(base) else posixpath.basename(f)
         if any(seg.startswith(("_", ".")) for seg in rel.split("/")):
             continue
-        if fs.isdir(f):
+        if infos[f].get("type") == "directory":
             continue
         if listing and not f.endswith(PARQUET_SUFFIXES):
             others.append(rel)
@@ -266,7 +274,7 @@ def list_files(path: str, storage_options: dict | None = None):
     if not out and others:
         raise DataError(f"data.path '{path}' holds no Parquet files (*.parquet); found {len(others)} "
                         f"other file(s), e.g. {others[0]}")
-    return fs, protocol, out, root
+    return fs, protocol, out, root, infos
 
 
 def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: int = CHUNK_BYTES,
@@ -286,7 +294,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     if data_cfg.weight:
         columns.append(data_cfg.weight)
     columns += [c for c in extra_columns or [] if c not in columns]
-    fs, protocol, found, root = list_files(data_cfg.path, data_cfg.storage_options)
+    fs, protocol, found, root, infos = list_files_detailed(data_cfg.path, data_cfg.storage_options)
     if any(ch in root for ch in "*?["):
         root = root.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
     if not found:
@@ -306,7 +314,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     row_filters = [f for f in data_cfg.filters if f[0] not in part_keys]
 
     files, types = [], {}
-    for full, (meta, schema, info) in zip(kept, read_footers(fs, kept)):
+    for full, (meta, schema, info) in zip(kept, read_footers(fs, kept, infos)):
         _check_columns(full, schema, columns + [f[0] for f in row_filters], types)
         files.append({"path": _display(protocol, full), "size": info.get("size"), "rows": meta.num_rows,
                       "full_path": full, "rel": rels[full], "stamp": _stamp(info),
@@ -336,16 +344,18 @@ def _display(protocol: str, path: str) -> str:
 FOOTER_THREADS = 16
 
 
-def read_footers(fs, paths: list[str]):
+def read_footers(fs, paths: list[str], infos: dict | None = None):
     """``_read_footer`` of each path, in order, up to ``FOOTER_THREADS`` at a time. The
-    results and the first error are those of reading them one after another."""
+    results and the first error are those of reading them one after another.
+    ``infos``: what the listing said of each path (else one info request each)."""
+    infos = infos or {}
     if len(paths) < 2:
-        yield from (_read_footer(fs, p) for p in paths)
+        yield from (_read_footer(fs, p, infos.get(p)) for p in paths)
         return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(min(FOOTER_THREADS, len(paths)), thread_name_prefix="gd-dask-footer") as pool:
-        futures = [pool.submit(_read_footer, fs, p) for p in paths]
+        futures = [pool.submit(_read_footer, fs, p, infos.get(p)) for p in paths]
         try:
             for f in futures:
                 yield f.result()
@@ -354,9 +364,9 @@ def read_footers(fs, paths: list[str]):
                 f.cancel()
 
 
-def _read_footer(fs, path: str):
+def _read_footer(fs, path: str, info: dict | None = None):
     try:
-        info = fs.info(path)
+        info = info if info is not None and "size" in info else fs.info(path)
         # Object stores: small range reads, so only the footer is fetched, not the file.
         opener = NativePath(path) if is_local(fs) else fs.open(path, "rb", block_size=2**16, cache_type="bytes")
         with opener as fh:
