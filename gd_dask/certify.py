@@ -261,7 +261,6 @@ class LocalBound:
         self._w_upper = self._w(upper)
         self._last = None  # (gradient norm + its error, bound) at the last pass
         self._measured = None  # (params, grads, H, x) of the last pass whose bound held
-        self._x = math.inf
         self.passes = 0
 
     def _w(self, hess):
@@ -283,26 +282,28 @@ class LocalBound:
         err = self.grad_error(params)
         stalled = grad_norm <= err
         if self._last is None:
-            c = np.abs(self.coefficients(params))
-            estimate = float((self._w_upper * (grad_norm + err) / np.maximum(c, 1e-300)).max())
+            estimate = self._upper_estimate(params, grad_norm + err)
         else:
             g0, b0 = self._last
             if math.isfinite(b0):
                 estimate = b0 * (grad_norm + err) / g0
             else:  # too far to say at the last pass: look again once the gradient shrank 4 ×
-                c = np.abs(self.coefficients(params))
-                upper = float((self._w_upper * (grad_norm + err) / np.maximum(c, 1e-300)).max())
-                estimate = upper if grad_norm + err <= g0 / 4 else math.inf
+                estimate = self._upper_estimate(params, grad_norm + err) if grad_norm + err <= g0 / 4 else math.inf
         return stalled or estimate <= tol, stalled
+
+    def _upper_estimate(self, params, grad_norm: float) -> float:
+        """The relative error the Gram bound on the Hessian suggests (optimistic)."""
+        c = np.abs(self.coefficients(params))
+        return float((self._w_upper * grad_norm / np.maximum(c, 1e-300)).max())
 
     def bound(self, params, grads, grad_error: float) -> float:
         hess, radius2 = self.curvature(params)
         self.passes += 1
         g = np.asarray(grads[:self.k], dtype=np.float64)
         hess = np.asarray(hess, dtype=np.float64)
-        bound = self._bound(params, g, grad_error, hess, radius2)
+        bound, x = self._bound(params, g, grad_error, hess, radius2)
         self._last = (float(np.linalg.norm(g)) + grad_error, bound)
-        self._measured = (params, grads, hess, self._x) if math.isfinite(bound) else None
+        self._measured = (params, grads, hess, x) if math.isfinite(bound) else None
         return bound
 
     def newton_step(self, params, grads) -> np.ndarray | None:
@@ -319,17 +320,18 @@ class LocalBound:
         step[:self.k] = -np.linalg.solve(hess, np.asarray(grads[:self.k], dtype=np.float64)) / (1.0 + x)
         return step
 
-    def _bound(self, params, g, grad_error: float, hess, radius2: float) -> float:
+    def _bound(self, params, g, grad_error: float, hess, radius2: float) -> tuple[float, float]:
+        """(the bound, x = R·λ/√μ) at ``params``; x is inf where H is too ill-conditioned to say."""
         ev = np.linalg.eigvalsh(hess)
         kappa_eta = ev[-1] / ev[0] * self.eta if ev[0] > 0 else math.inf
         if kappa_eta > 0.5:
-            return math.inf
+            return math.inf, math.inf
         grow = 1.0 / (1.0 - kappa_eta) * (1.0 + 1e-6)  # H⁻¹ of the true H from the computed one
         mu = float(ev[0]) * (1.0 - kappa_eta)
         lam = (math.sqrt(max(float(g @ np.linalg.solve(hess, g)), 0.0) * grow) + grad_error / math.sqrt(mu))
-        x = self._x = math.sqrt(radius2) * lam / math.sqrt(mu)
+        x = math.sqrt(radius2) * lam / math.sqrt(mu)
         if x >= LOCAL_X_MAX:
-            return math.inf
+            return math.inf, x
         a = lam * (-math.log1p(-x) / x if x > 0 else 1.0)
         spread = np.sqrt(np.einsum("ij,ij->j", self.u, np.linalg.solve(hess, self.u)) * grow)
-        return self.relative(params, spread * a + self.rounding(params))
+        return self.relative(params, spread * a + self.rounding(params)), x

@@ -30,13 +30,10 @@ def compute(client, graphs, *, what: str = "a pass over the data", explain=None)
     had no worker for ``cluster.timeout``, or a client that lost its scheduler, ends the
     wait with one ``ClusterError`` line instead of hanging or a page of tracebacks."""
     import asyncio
-    import concurrent.futures
 
     single = not isinstance(graphs, (list, tuple))
     futures = client.compute([graphs] if single else list(graphs))
-    timeout = _timeouts.get(client, 30.0)
     address = getattr(client.scheduler, "address", "?")
-    empty_since = None
     # One gather on the client's event loop, awaited here in slices. Its deadline is ours,
     # not the loop's: ``Future.result(timeout=)`` cancels the gather when it times out, and
     # distributed shares a pending gather between callers, so the next result() could
@@ -45,36 +42,40 @@ def compute(client, graphs, *, what: str = "a pass over the data", explain=None)
     # dask recomputes the key and the gather waits for it, while we watch the cluster.
     job = asyncio.run_coroutine_threadsafe(_gather(client, futures), client.loop.asyncio_loop)
     try:
-        while True:
-            try:
-                results = job.result(timeout=POLL_SECONDS)
-                break
-            except concurrent.futures.TimeoutError:
-                pass
-            if client.status not in ("running", "connecting"):
-                raise ClusterError(f"lost the dask scheduler at {address} during {what}")
-            if client.scheduler_info().get("workers"):
-                empty_since = None
-            elif empty_since is None:
-                empty_since = time.monotonic()
-            elif time.monotonic() - empty_since > timeout:
-                raise ClusterError(f"the dask cluster at {address} has had no workers for {timeout:g}s "
-                                   f"(cluster.timeout) during {what}")
-    except ClusterError:
+        results = _await(job, client, address, what)
+    except BaseException as e:  # Ctrl-C and SIGTERM too: stop gathering
         job.cancel()
-        raise
-    except Exception as e:  # noqa: BLE001 - a lost connection surfaces in many types
-        job.cancel()
+        if isinstance(e, ClusterError) or not isinstance(e, Exception):
+            raise
         if type(e).__name__ == "KilledWorker":
             hint = f"; {explain()}" if explain is not None else ""
             raise ClusterError(f"workers kept dying during {what} (out of memory?){hint}") from None
         if client.status not in ("running", "connecting") or _is_comm_loss(e):
             raise ClusterError(f"lost the dask scheduler at {address} during {what} ({_first_line(e)})") from None
         raise
-    except BaseException:  # Ctrl-C, SIGTERM: stop gathering too
-        job.cancel()
-        raise
     return results[0] if single else results
+
+
+def _await(job, client, address: str, what: str):
+    """``job``'s result, looking at the cluster every ``POLL_SECONDS`` while it runs."""
+    import concurrent.futures
+
+    timeout = _timeouts.get(client, 30.0)
+    empty_since = None
+    while True:
+        try:
+            return job.result(timeout=POLL_SECONDS)
+        except concurrent.futures.TimeoutError:
+            pass
+        if client.status not in ("running", "connecting"):
+            raise ClusterError(f"lost the dask scheduler at {address} during {what}")
+        if client.scheduler_info().get("workers"):
+            empty_since = None
+        elif empty_since is None:
+            empty_since = time.monotonic()
+        elif time.monotonic() - empty_since > timeout:
+            raise ClusterError(f"the dask cluster at {address} has had no workers for {timeout:g}s "
+                               f"(cluster.timeout) during {what}")
 
 
 async def _gather(client, futures):

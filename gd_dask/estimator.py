@@ -22,7 +22,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from . import inference
 from .config import ModelConfig, OptimizerConfig, validate_config
-from .data.frame import FrameSource
+from .data.frame import FrameSource, parquet_data
 from .errors import GdDaskError
 
 #: Rows per partition of in-memory data: the chunk size for 8 features (128 MiB).
@@ -93,55 +93,6 @@ def _is_dask(x) -> bool:
     return hasattr(x, "dask") and hasattr(x, "compute")
 
 
-#: ``dd.read_parquet`` arguments a Parquet data config can say the same with; any other
-#: argument away from its default, and the frame is read as a frame.
-_READ_DEFAULTS = {"index": None, "categories": None, "_partitions": None, "kwargs": {"dtype_backend": None}}
-
-
-def _read_parquet_of(obj):
-    """(the ``dd.read_parquet`` expression, its columns) where ``obj`` is nothing but
-    columns of one, else None."""
-    try:
-        from dask.dataframe.dask_expr._expr import Projection
-        from dask.dataframe.dask_expr.io.parquet import ReadParquet
-    except ImportError:  # another dask layout: read it as a frame
-        return None
-    expr = obj.expr.simplify()
-    if isinstance(expr, Projection) and isinstance(expr.operand("columns"), str):
-        expr = expr.operand("frame")
-    if not isinstance(expr, ReadParquet) or not isinstance(expr.operand("path"), str):
-        return None
-    if any(expr.operand(k) != v for k, v in _READ_DEFAULTS.items()):
-        return None
-    return expr, list(expr.operand("columns"))
-
-
-def parquet_data(X, y, w) -> dict | None:
-    """The ``data`` section that reads what ``X``, ``y`` and ``w`` hold where they are all
-    columns of one ``dd.read_parquet``: the estimator then trains as ``gd-dask train``
-    does on those files (same reads, same bits) instead of through dask's own reader."""
-    import dask.dataframe as dd
-
-    if not (isinstance(X, dd.DataFrame) and isinstance(y, dd.Series)) or (w is not None and not isinstance(w, dd.Series)):
-        return None
-    reads = [_read_parquet_of(o) for o in (X, y) + (() if w is None else (w,))]
-    if any(r is None for r in reads):
-        return None
-    same = ("path", "filters", "storage_options", "filesystem", "ignore_metadata_file")
-    first = reads[0][0]
-    if any(r[0].operand(k) != first.operand(k) for r in reads[1:] for k in same):
-        return None
-    features, (target,) = reads[0][1], reads[1][1]
-    if not all(isinstance(c, str) for c in features + [target]):
-        return None
-    data = {"path": first.operand("path"), "features": features, "target": target,
-            "filters": [list(f) for f in first.operand("filters") or []],
-            "storage_options": dict(first.operand("storage_options") or {})}
-    if w is not None:
-        data["weight"] = reads[2][1][0]
-    return data
-
-
 class _Base(BaseEstimator):
     _task = "regression"
 
@@ -195,7 +146,11 @@ class _Base(BaseEstimator):
     def _encode_dask(self, y):
         return y
 
-    def _reads_as_is(self, y) -> bool:
+    def _learn_target(self, y) -> None:
+        """What the target says of the model before training (a classifier's classes),
+        for dask data: one pass."""
+
+    def _reads_as_is(self) -> bool:
         """Whether the target column can be trained on as it is stored."""
         return True
 
@@ -213,8 +168,10 @@ class _Base(BaseEstimator):
             if X.shape[0] < need:
                 raise ValueError(f"n_samples={X.shape[0]}: need at least {need} for {X.shape[1]} features"
                                  f"{' and an intercept' * bool(self.fit_intercept)}")
+        if _is_dask(X):
+            self._learn_target(y)
         files = parquet_data(X, y, w)
-        files = files if files is not None and self._reads_as_is(y) else None
+        files = files if files is not None and self._reads_as_is() else None
         if files is not None:  # columns of one dd.read_parquet: read the files as the CLI does
             self.feature_names_in_ = np.asarray(files["features"], dtype=object)
             self.n_features_in_ = len(files["features"])
@@ -314,12 +271,10 @@ class LogisticRegression(ClassifierMixin, _Base):
         return (y == self.classes_[1]).astype(np.float64)
 
     def _encode_dask(self, y):
-        self._classes_of(y)
         return (y == self.classes_[1]).astype(np.float64)
 
-    def _classes_of(self, y):
-        """``classes_`` from a dask Series or array in one pass; only the distinct values
-        come to the client."""
+    def _learn_target(self, y) -> None:
+        """``classes_`` from the distinct values: only they come to the client."""
         import dask.array as da
 
         values = y.drop_duplicates() if hasattr(y, "drop_duplicates") else da.unique(da.asarray(y))
@@ -327,11 +282,8 @@ class LogisticRegression(ClassifierMixin, _Base):
         if len(self.classes_) != 2:
             raise ValueError(f"LogisticRegression here is binary: y has {len(self.classes_)} classes")
 
-    def _reads_as_is(self, y) -> bool:
+    def _reads_as_is(self) -> bool:
         """A stored target of 0 and 1 (or False and True) is trained on as it is."""
-        if not hasattr(y, "drop_duplicates"):
-            return False
-        self._classes_of(y)
         return set(self.classes_.tolist()) <= {0, 1}
 
     def decision_function(self, X):

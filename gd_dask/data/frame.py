@@ -5,6 +5,9 @@ never come to the client and nothing is written to disk.
 ``FrameSource`` offers what the executor and ``prepare`` use of a ``ParquetSource``:
 columns, chunks with a spec that reads them, a fingerprint; there are no files, so no
 validation split, no per-file statistics and no refinement from files.
+
+``parquet_data`` finds the frames that need none of this: columns of one
+``dd.read_parquet``, which are trained on from their files as the CLI would.
 """
 
 from __future__ import annotations
@@ -80,3 +83,55 @@ class FrameSource:
         from dask.base import tokenize
 
         return {"dask_dataframe": tokenize(self.frame), "partitions": len(self.chunks)}
+
+
+#: ``dd.read_parquet`` arguments a Parquet data config can say the same with; any other
+#: argument away from its default, and the frame is read as a frame.
+_READ_DEFAULTS = {"index": None, "categories": None, "_partitions": None, "kwargs": {"dtype_backend": None}}
+
+
+def _read_parquet_of(obj):
+    """(the ``dd.read_parquet`` expression, its columns) where ``obj`` is nothing but
+    columns of one, else None."""
+    try:
+        from dask.dataframe.dask_expr._expr import Projection
+        from dask.dataframe.dask_expr.io.parquet import ReadParquet
+    except ImportError:  # another dask layout: read it as a frame
+        return None
+    expr = obj.expr.simplify()
+    if isinstance(expr, Projection) and isinstance(expr.operand("columns"), str):
+        expr = expr.operand("frame")
+    if not isinstance(expr, ReadParquet) or not isinstance(expr.operand("path"), str):
+        return None
+    if any(expr.operand(k) != v for k, v in _READ_DEFAULTS.items()):
+        return None
+    return expr, list(expr.operand("columns"))
+
+
+def parquet_data(X, y, w) -> dict | None:
+    """The ``data`` section that reads what ``X``, ``y`` and ``w`` hold where they are all
+    columns of one ``dd.read_parquet``: the estimators (``gd_dask.estimator``) then
+    train as ``gd-dask train`` does on those files (same reads, same bits) instead of through dask's own reader."""
+    import dask.dataframe as dd
+
+    if not (isinstance(X, dd.DataFrame) and isinstance(y, dd.Series)) or (w is not None and not isinstance(w, dd.Series)):
+        return None
+    reads = [_read_parquet_of(o) for o in (X, y) + (() if w is None else (w,))]
+    if any(r is None for r in reads):
+        return None
+    same = ("path", "filters", "storage_options", "filesystem", "ignore_metadata_file")
+    first = reads[0][0]
+    if any(r[0].operand(k) != first.operand(k) for r in reads[1:] for k in same):
+        return None
+    features, targets = reads[0][1], reads[1][1]
+    weights = reads[2][1] if w is not None else []
+    if len(targets) != 1 or (w is not None and len(weights) != 1) or not all(
+            isinstance(c, str) for c in features + targets + weights):
+        return None
+    target = targets[0]
+    data = {"path": first.operand("path"), "features": features, "target": target,
+            "filters": [list(f) for f in first.operand("filters") or []],
+            "storage_options": dict(first.operand("storage_options") or {})}
+    if w is not None:
+        data["weight"] = weights[0]
+    return data
