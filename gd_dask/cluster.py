@@ -29,9 +29,12 @@ def compute(client, graphs, *, what: str = "a pass over the data", explain=None)
     """``client.compute(graphs, sync=True)`` with no unbounded wait: a cluster that has
     had no worker for ``cluster.timeout``, or a client that lost its scheduler, ends the
     wait with one ``ClusterError`` line instead of hanging or a page of tracebacks."""
+    single = not isinstance(graphs, (list, tuple))
+    if getattr(client, "in_process", False):  # threads of this process: nothing to lose or wait on
+        results = client.compute([graphs] if single else list(graphs))
+        return results[0] if single else results
     import asyncio
 
-    single = not isinstance(graphs, (list, tuple))
     futures = client.compute([graphs] if single else list(graphs))
     address = getattr(client.scheduler, "address", "?")
     # One gather on the client's event loop, awaited here in slices. Its deadline is ours,
@@ -197,6 +200,35 @@ def local_cluster(**kwargs):
         return LocalCluster(**kwargs)
 
 
+#: ``cluster.processes: auto`` runs embedded workers as threads when the data, as float64
+#: blocks, is at most this fraction of the machine's memory: such a job fits whatever it
+#: caches, and spawning workers (1 s) and their first pass cold (0.4 s) were most of a
+#: small job's whole command.
+THREADS_DATA_FRACTION = 0.25
+
+
+def use_processes(cfg, data_bytes: int | None) -> bool:
+    """Whether the embedded cluster's workers are processes (``cluster.processes``)."""
+    if cfg.processes != "auto":
+        return cfg.processes
+    if cfg.memory_limit != "auto" or data_bytes is None:
+        return True  # a limit the user set is for the nannies to enforce
+    from .threads import system_memory
+
+    return data_bytes > THREADS_DATA_FRACTION * system_memory()
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """BLAS on one thread while workers are threads of this process, as it is in worker
+    processes (distributed's nanny sets OPENBLAS_NUM_THREADS=1 and friends): no
+    oversubscription, and the same kernels, so the same bits, as process workers."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def quiet_distributed(level: int = logging.CRITICAL) -> None:
     """distributed configures its loggers at import; keep them quiet unless -vv.
 
@@ -213,7 +245,7 @@ def quiet_distributed(level: int = logging.CRITICAL) -> None:
 
 
 @contextlib.contextmanager
-def connect(cfg, address: str | None = None):
+def connect(cfg, address: str | None = None, data_bytes: int | None = None):
     """Yield a ``distributed.Client`` for the run.
 
     Parameters
@@ -221,13 +253,16 @@ def connect(cfg, address: str | None = None):
     cfg : ClusterConfig
     address : str, optional
         ``--scheduler`` from the command line; wins over the config.
+    data_bytes : int, optional
+        The data's size as float64 blocks (``ParquetSource.nbytes``), for
+        ``cluster.processes: auto``; unknown: processes.
     """
-    from distributed import Client
-
-    quiet_distributed()
     address = address or cfg.address
     timeout = _seconds(cfg.timeout)
     if address or cfg.scheduler_file:
+        from distributed import Client
+
+        quiet_distributed()
         where = address or f"scheduler file {cfg.scheduler_file}"
         if address and address.startswith("tls://") and not (cfg.tls.ca_file and cfg.tls.cert and cfg.tls.key):
             raise ClusterError(f"cannot connect to dask scheduler at {address}: a tls:// address needs "
@@ -255,6 +290,21 @@ def connect(cfg, address: str | None = None):
             client.close()
         return
 
+    if not use_processes(cfg, data_bytes):
+        from .threads import ThreadsClient
+
+        with _one_blas_thread():
+            client = ThreadsClient(cfg.n_workers, cfg.threads_per_worker)
+            log.info("embedded cluster: %d threads of this process (cluster.processes: false or auto)",
+                     client.threads)
+            try:
+                yield client
+            finally:
+                client.close()
+        return
+    from distributed import Client
+
+    quiet_distributed()
     try:
         cluster = local_cluster(
             n_workers=cfg.n_workers,
@@ -269,7 +319,7 @@ def connect(cfg, address: str | None = None):
         raise ClusterError(f"cannot start the embedded LocalCluster: {e}") from None
     client = Client(cluster, set_as_default=False)
     _timeouts[client] = timeout
-    log.info("embedded LocalCluster with %d workers; dashboard: %s", cfg.n_workers, client.dashboard_link)
+    log.info("embedded LocalCluster with %d worker processes; dashboard: %s", cfg.n_workers, client.dashboard_link)
     try:
         yield client
     finally:

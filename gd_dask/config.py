@@ -169,6 +169,11 @@ class ClusterConfig(_Section):
     n_workers: Annotated[int, Strict(), Field(ge=1)] = 2
     threads_per_worker: Annotated[int, Strict(), Field(ge=1)] = 1
     memory_limit: Union[Annotated[int, Strict(), Field(gt=0)], str] = "auto"
+    processes: Union[Literal["auto"], Annotated[bool, Strict()]] = Field(
+        default="auto", description="Embedded cluster: workers as processes (true) or as threads of this "
+        "process (false: no spawn, no cold workers; Parquet decoding and BLAS release the GIL). auto: threads "
+        "when the data fits comfortably in memory and memory_limit is auto, else processes, whose limits "
+        "the nannies enforce.")
     timeout: Union[PositiveFloat, Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?\s*(ms|s|m|h)?$")]] = Field(
         default="30s", description="Connecting to a remote scheduler, checking its workers, and waiting for "
         "workers when the cluster has none.")

@@ -1,4 +1,5 @@
-"""Pictures of the loss: one run's curve (loss.png) and a learning-rate sweep (sweep.png)."""
+"""Pictures asked for: a learning-rate sweep (sweep.png) and a model's refit history, with
+matplotlib. (Every run's loss.png is drawn by ``lossplot``, with no matplotlib import.)"""
 
 from __future__ import annotations
 
@@ -18,32 +19,12 @@ def _figure(width: float, height: float):
     return fig, fig.add_subplot()
 
 
-def warm_up() -> None:
-    """Import what drawing needs (run in a background thread while the cluster works)."""
-    from matplotlib.backends import backend_agg  # noqa: F401
-    from matplotlib import font_manager
-
-    font_manager.fontManager  # noqa: B018 - loads the font cache
-
-
 def _positive(losses):
     """Log scale needs positive values: an exact fit (loss 0) is drawn at the floor."""
     arr = np.asarray(losses, dtype=float)
     arr = np.where(np.isfinite(arr), arr, np.nan)
     floor = np.nanmin(arr[arr > 0]) if np.any(arr > 0) else 1.0
     return np.where(arr > 0, arr, floor)
-
-
-def loss_png(history: list[dict], title: str, label: str = "mean squared error") -> bytes:
-    """Loss per epoch on a log scale, as PNG bytes."""
-    fig, ax = _figure(6.4, 4.0)
-    ax.plot([h["epoch"] for h in history], _positive([h["loss"] for h in history]), lw=1.6)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"loss ({label})")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    return _save(fig)
 
 
 def sweep_png(curves: list[tuple[str, list[float], str]], title: str, label: str = "mean squared error") -> bytes:

@@ -166,7 +166,7 @@ def save_run(out_dir: str | Path, cfg, result, plot: bool = True):
     so = cfg.data.storage_options
     atomic_write(_join(out_dir, "history.csv"), history_csv(result.history), so)
     if plot:
-        from .plots import loss_png
+        from .lossplot import loss_png
 
         title = (f"{cfg.name}: {result.strategy}, learning rate {result.learning_rate:.4g}"
                  f"{f', momentum {result.momentum:.4g}' if result.momentum else ''}")

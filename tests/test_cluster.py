@@ -48,10 +48,16 @@ def _losses(out):
 
 @pytest.fixture(scope="module")
 def embedded(dataset):
-    """The reference: the same job on the embedded LocalCluster."""
-    out = dataset["root"] / "embedded"
+    """The reference: the same job on the embedded cluster, as threads of the command's
+    process (``cluster.processes: auto`` for data this small) and as worker processes
+    (a LocalCluster): the same bits, every epoch."""
+    out, procs_out = dataset["root"] / "embedded", dataset["root"] / "embedded-processes"
     model, res = _train(dataset["config"], out)
-    assert "dashboard:" in res.stderr
+    assert "threads of this process" in res.stderr
+    procs, res = _train(dataset["config"], procs_out, "--set", "cluster.processes=true")
+    assert "LocalCluster with 2 worker processes; dashboard:" in res.stderr
+    assert procs["m"] == model["m"] and procs["b"] == model["b"]
+    assert _losses(procs_out) == _losses(out)
     return model, _losses(out)
 
 
@@ -70,9 +76,12 @@ def test_cluster_address_in_the_config_works_like_the_flag(dataset, embedded, da
 
 
 @pytest.mark.parametrize("strategy", ["stream", "gram"])
-def test_one_two_and_three_workers_give_identical_weights(dataset, tmp_path, strategy):
+def test_one_two_and_three_workers_give_identical_weights_as_processes_or_threads(dataset, tmp_path, strategy):
     from distributed import Client, LocalCluster
 
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig
+    from gd_dask.threads import ThreadsClient
     from gd_dask.training import fit
 
     cfg = make_config(dataset["data"], tmp_path, optimizer={
@@ -81,6 +90,10 @@ def test_one_two_and_three_workers_give_identical_weights(dataset, tmp_path, str
     for n in (1, 2, 3):
         with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0") as lc, \
                 Client(lc, set_as_default=False) as c:
+            results.append(fit(cfg, c))
+    for n in (1, 3):  # and as threads of this process (cluster.processes: false)
+        with connect(ClusterConfig(n_workers=n, processes=False)) as c:
+            assert isinstance(c, ThreadsClient)
             results.append(fit(cfg, c))
     for r in results[1:]:
         assert list(r.m) == list(results[0].m) and r.b == results[0].b
@@ -220,21 +233,24 @@ def test_the_embedded_cluster_listens_on_loopback_only():
         assert {x.laddr.ip for x in listening} == {"127.0.0.1"}
 
 
-@pytest.mark.parametrize("sig,code,words", [(signal.SIGINT, 130, "interrupted (SIGINT)"),
-                                            (signal.SIGTERM, 143, "stopped by SIGTERM")])
-def test_ctrl_c_and_sigterm_stop_cleanly_with_a_checkpoint(dataset, tmp_path, sig, code, words):
+@pytest.mark.parametrize("sig,code,words,processes", [(signal.SIGINT, 130, "interrupted (SIGINT)", "true"),
+                                                      (signal.SIGTERM, 143, "stopped by SIGTERM", "true"),
+                                                      (signal.SIGINT, 130, "interrupted (SIGINT)", "false")])
+def test_ctrl_c_and_sigterm_stop_cleanly_with_a_checkpoint(dataset, tmp_path, sig, code, words, processes):
     """Ctrl-C used to print asyncio tracebacks and exit 1 ("aborted"); SIGTERM is what
-    Kubernetes and systemd send. Now: one line, 130 or 143, a checkpoint, no process left."""
+    Kubernetes and systemd send. Now: one line, 130 or 143, a checkpoint, no process left;
+    with worker processes and with worker threads."""
     import psutil
 
     out = tmp_path / "o"
-    proc, lines = _start_train(dataset["config"], out, "--set", "optimizer.epochs=1000000")
+    proc, lines = _start_train(dataset["config"], out, "--set", "optimizer.epochs=1000000",
+                               "--set", f"cluster.processes={processes}")
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.json").exists():  # well into the epochs
         assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
         time.sleep(0.05)
     family = psutil.Process(proc.pid).children(recursive=True)
-    assert family  # the embedded cluster's processes
+    assert bool(family) == (processes == "true")  # the embedded cluster's processes, if any
     os.kill(proc.pid, sig)
     proc.wait(timeout=60)
     deadline = time.monotonic() + 10

@@ -143,10 +143,21 @@ def read_block(chunk, spec):
 
 def as_float64(arr) -> np.ndarray:
     """An Arrow column (or chunk) as float64: a zero-copy view for one float64 chunk
-    without nulls; ints, bools and decimals cast by Arrow; nulls become NaN."""
+    without nulls; ints, bools and decimals cast by Arrow; nulls become NaN.
+
+    A view of the values buffer rather than ``to_numpy``, which imports pandas (0.35 s
+    of a small job's whole command, paid by every fresh worker)."""
+    if isinstance(arr, pa.ChunkedArray):
+        if arr.num_chunks == 1:
+            return as_float64(arr.chunk(0))
+        return np.concatenate([as_float64(c) for c in arr.chunks]) if arr.num_chunks else np.empty(0)
+    if len(arr) == 0:
+        return np.empty(0)
     if arr.type != pa.float64():
         arr = arr.cast(pa.float64())
-    return arr.to_numpy(zero_copy_only=False)
+    if arr.null_count:
+        arr = pc.fill_null(arr, np.nan)
+    return np.frombuffer(arr.buffers()[1], dtype=np.float64, count=len(arr), offset=arr.offset * 8)
 
 
 def read_slices(chunk, spec, *, rows: int, shifted: bool = False):
