@@ -42,7 +42,6 @@ def run(cfg, scheduler: str | None = None, on_epoch=None, plot: bool = True, cli
     from .store import check_writable, save_run
     from .training import fit
 
-    _warm_up()
     check_writable(cfg.output_dir, cfg.data.storage_options)
     source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
     if client is not None:
@@ -51,21 +50,6 @@ def run(cfg, scheduler: str | None = None, on_epoch=None, plot: bool = True, cli
         with connect(cfg.cluster, scheduler, data_bytes=source.nbytes) as c:
             result = fit(cfg, c, on_epoch=on_epoch, source=source)
     return result, save_run(cfg.output_dir, cfg, result, plot=plot)
-
-
-def _warm_up() -> None:
-    """Import, in a background thread, what the end of a run needs (the summary's
-    distributions): while the client waits on the cluster its CPU is idle, and this
-    import was 0.3 s of a small job's whole command."""
-    import threading
-
-    def work():
-        try:
-            from scipy import special  # noqa: F401
-        except Exception:  # noqa: BLE001 - the run imports it again and reports
-            pass
-
-    threading.Thread(target=work, name="gd-dask-warm-up", daemon=True).start()
 
 
 def train(config, overrides=None, scheduler: str | None = None):

@@ -519,7 +519,7 @@ def run() -> None:
     """Console entry point (``gd-dask``, ``python -m gd_dask``)."""
     code = main()
     # Leave at once: everything the command wrote is flushed and fsynced, its clusters
-    # closed. The interpreter's teardown of dask, pyarrow, pydantic and scipy took 0.25 s
+    # closed. The interpreter's teardown of dask, pyarrow, pydantic and matplotlib took 0.25 s
     # of every command; and after a failed connection distributed's half-built client
     # would spend its own timeout closing itself in a finalizer and print a traceback.
     logging.shutdown()

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .certify import sums_accuracy
+from .distributions import f_upper, t_quantile, t_two_sided
 from .gradient import gram_sums
 
 #: Two-sided level of the confidence intervals.
@@ -77,8 +78,6 @@ def summarize(mom, m, b, fit_intercept: bool, rows: RowSums | None = None, weigh
     meat : Σ w²·r²·x̃x̃ᵀ over the rows (x̃ = [x, 1]), for HC1 standard errors
     ssr : Σ w·r² measured from the residuals; None: from the moments
     """
-    from scipy import special  # scipy.stats' t and F are these; its import cost 0.7 s
-
     m = np.asarray(m, dtype=np.float64)
     d = m.shape[0]
     k = d + int(fit_intercept)
@@ -105,8 +104,8 @@ def summarize(mom, m, b, fit_intercept: bool, rows: RowSums | None = None, weigh
     se = np.sqrt(np.maximum(np.diag(cov), 0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         t = coef / se
-    p = 2 * special.stdtr(df_resid, -np.abs(t))
-    q = special.stdtrit(df_resid, 0.5 + CONFIDENCE / 2)
+    p = [t_two_sided(df_resid, float(v)) for v in t]
+    q = t_quantile(df_resid, 0.5 + CONFIDENCE / 2)
 
     r2 = 1.0 - ssr / sst if sst > 0 else math.nan
     k_const = int(fit_intercept)
@@ -114,7 +113,7 @@ def summarize(mom, m, b, fit_intercept: bool, rows: RowSums | None = None, weigh
     adj = 1.0 - (nobs - k_const) / df_resid * (1.0 - r2) if df_resid > 0 else math.nan
     if df_model > 0 and ssr > 0:
         f = ((sst - ssr) / df_model) / (ssr / df_resid)
-        f_p = float(special.fdtrc(df_model, df_resid, f))
+        f_p = f_upper(df_model, df_resid, f)
     else:
         f = f_p = math.nan
     llf = -nobs / 2 * (math.log(2 * math.pi) + math.log(ssr / nobs) + 1) if ssr > 0 else math.inf
