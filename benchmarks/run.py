@@ -11,6 +11,10 @@
    (bench.png).
 5. refit_cost — a nightly refit after one new day of 30 vs training on that day alone.
 6. accuracy — NIST StRD LRE, gd-dask vs numpy lstsq.
+7. time_to_model — the 8M-row job with each peer (pyarrow scan, DuckDB, pandas +
+   scikit-learn, polars, Spark where installed, gd-dask) in a fresh process, and
+   `gd-dask train` as a whole command on it and on a 10,000-row job
+   (``time_to_model.py``).
 
 Results: a table on stdout, benchmarks/results/bench.json and bench.png.
 `--quick` shrinks every size (a smoke run).
@@ -31,6 +35,7 @@ import pyarrow.dataset as pads
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import best_of, data_config, local_client, timed, write_days, WorkerRSS  # noqa: E402
+import time_to_model as ttm  # noqa: E402
 
 from gd_dask.config import validate_config  # noqa: E402
 from gd_dask.training import fit  # noqa: E402
@@ -377,7 +382,17 @@ def plot(scale: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def time_to_model(work: Path, quick: bool) -> dict:
+    rows_per_day, days = (50_000, 4) if quick else (1_000_000, 8)
+    root = work / "speed"
+    write_days(root, days, rows_per_day)
+    pyarrow_scan(root, [f"x{j}" for j in range(8)] + ["y"])  # warm the page cache for everyone
+    return ttm.time_to_model(work, quick, root)
+
+
 def report(res: dict) -> None:
+    if "time_to_model" in res:
+        ttm.report(res["time_to_model"])
     if "speed" in res:
         report_speed(res["speed"])
     if "logistic" in res:
@@ -438,8 +453,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--only", nargs="*", default=["speed", "logistic", "sgd", "memory", "scaling",
-                                                   "refit_cost", "accuracy"])
+    ap.add_argument("--only", nargs="*", default=["time_to_model", "speed", "logistic", "sgd", "memory",
+                                                   "scaling", "refit_cost", "accuracy"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("gd_dask").setLevel(logging.ERROR)  # fixed-epoch runs warn by design
