@@ -21,7 +21,7 @@ import numpy as np
 from . import gradient as g
 from .cluster import compute
 from .compensated import RefineSums, add_refine, refine_sums
-from .data import ParquetSource, count_nonfinite
+from .data import Pack, ParquetSource, count_nonfinite
 from .data.write import predict_file
 from .losses import SQUARED, Loss
 
@@ -172,6 +172,8 @@ class Executor:
         """Per-block delayed results (``row_leaves``, ``moment_leaves``) reduced per file
         in the fixed tree: {full path: result}."""
         groups: dict[str, list] = {}
+        if any(isinstance(c, Pack) for c in self.source.chunks):
+            raise ValueError("reduce_by_file needs a layout whose chunks never cross files (layout(pack=False))")
         for chunk, leaf in zip(self.source.chunks, leaves):
             groups.setdefault(chunk.path, []).append(leaf)
         roots = [_reduce_tree(leaves, combine) for leaves in groups.values()]

@@ -18,7 +18,7 @@ import numpy as np
 from . import gradient as g
 from . import losses
 from .certify import CoefficientBound, LocalBound, ProxBound
-from .data import CHUNK_BYTES, ParquetSource, open_source
+from .data import CHUNK_BYTES, Pack, ParquetSource, open_source
 from .errors import DataError
 from .executor import Executor, chunk_bytes_for, decide_cache
 from .optim import Curvature, choose_rates
@@ -136,6 +136,8 @@ def _diagnose_nonfinite(mom: g.Moments, ex: Executor) -> None:
     """Non-finite moments: NaN/inf in the data (a second pass names column, count and
     first file, in file order), or values whose squares overflow float64."""
     cols = ex.source.columns
+    if any(isinstance(c, Pack) for c in ex.source.chunks):  # packed files: name the very file
+        ex = Executor(ex.client, ex.source.unpacked(), False, ex.loss)
     counts = np.asarray(ex.nonfinite_by_block())
     total = counts.sum(axis=0)
     if total.any():

@@ -162,7 +162,7 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
             raise
         open_source(_with_dates(cfg.data, train_dates))  # the earlier nights open: the new one is at fault
         return _quarantine(reg, as_of, hold_dates, [{"check": "schema", "message": str(e)}])
-    window.layout(chunk_bytes_for(client, CHUNK_BYTES))
+    window.layout(chunk_bytes_for(client, CHUNK_BYTES), pack=False)  # statistics are cached per file
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files
                                           if f["partition"].get(DATE_KEY) in part])
                            for part in (set(train_dates), set(hold_dates)))

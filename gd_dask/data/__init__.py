@@ -5,8 +5,8 @@ its chunk layout. ``read``: in worker tasks, chunks become float64 blocks or sli
 """
 
 from .read import as_float64, count_nonfinite, holdout_rows, read_block, read_slices
-from .source import (CHUNK_BYTES, PARQUET_SUFFIXES, Chunk, Holdout, ParquetSource, ReadSpec, hive_keys, list_files,
-                     open_source)
+from .source import (CHUNK_BYTES, PARQUET_SUFFIXES, Chunk, Holdout, Pack, ParquetSource, ReadSpec, hive_keys,
+                     list_files, open_source)
 
-__all__ = ["CHUNK_BYTES", "PARQUET_SUFFIXES", "Chunk", "Holdout", "ParquetSource", "ReadSpec", "as_float64",
+__all__ = ["CHUNK_BYTES", "PARQUET_SUFFIXES", "Chunk", "Holdout", "Pack", "ParquetSource", "ReadSpec", "as_float64",
            "count_nonfinite", "hive_keys", "holdout_rows", "list_files", "open_source", "read_block", "read_slices"]

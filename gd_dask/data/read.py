@@ -59,6 +59,15 @@ def _row_group_tables(pf, chunk, spec):
             raise DataError(f"{chunk.path}: cannot read row group {rg} ({_first_line(e)})") from None
 
 
+def _chunk_tables(chunk, spec):
+    """``_row_group_tables`` of every file of a chunk (one file, or a ``Pack`` of
+    several), in order, each file open only while its rows are read."""
+    for piece in chunk.pieces:
+        with open_file(piece.path, spec.protocol, spec.storage_options) as fh:
+            pf = _parquet_file(fh, piece.path, piece.row_groups)
+            yield from _row_group_tables(pf, piece, spec)
+
+
 def holdout_rows(seed: int, file_id: int, first_row: int, n: int, fraction: float) -> np.ndarray:
     """Whether each of rows ``first_row … first_row + n − 1`` of a file is held out:
     SplitMix64 of (seed, file, row index) as a uniform number in [0, 1), below ``fraction``."""
@@ -110,27 +119,25 @@ def read_block(chunk, spec):
     dropped here; with ``error`` they are kept for the client to report.
     """
     columns = spec.columns
-    with open_file(chunk.path, spec.protocol, spec.storage_options) as fh:
-        pf = _parquet_file(fh, chunk.path, chunk.row_groups)
-        tables = _row_group_tables(pf, chunk, spec)
-        if spec.row_filters or spec.holdout:  # rows unknown until filtered
-            tables = list(tables)
-            total = sum(t.num_rows for t in tables)
-        else:
-            total = sum(pf.metadata.row_group(rg).num_rows for rg in chunk.row_groups)
-        # Column-major: each column is a contiguous copy from Arrow (row-major costs 40×
-        # as much in strided writes); NumPy and BLAS take either order. Unfiltered, batch
-        # by batch, so Arrow holds one decoded batch at a time.
-        out = np.empty((total, len(columns)), dtype=np.float64, order="F")
-        lo = 0
-        for table in tables:
-            for j, col in enumerate(columns):
-                at = lo
-                for chunk in table.column(col).chunks:
-                    out[at:at + len(chunk), j] = as_float64(chunk)
-                    at += len(chunk)
-            lo += table.num_rows
-        table = tables = None  # let go of Arrow's buffers before returning them
+    tables = _chunk_tables(chunk, spec)
+    if spec.row_filters or spec.holdout:  # rows unknown until filtered
+        tables = list(tables)
+        total = sum(t.num_rows for t in tables)
+    else:
+        total = sum(piece.rows for piece in chunk.pieces)
+    # Column-major: each column is a contiguous copy from Arrow (row-major costs 40×
+    # as much in strided writes); NumPy and BLAS take either order. Unfiltered, batch
+    # by batch, so Arrow holds one decoded batch at a time.
+    out = np.empty((total, len(columns)), dtype=np.float64, order="F")
+    lo = 0
+    for table in tables:
+        for j, col in enumerate(columns):
+            at = lo
+            for part in table.column(col).chunks:
+                out[at:at + len(part), j] = as_float64(part)
+                at += len(part)
+        lo += table.num_rows
+    table = tables = None  # let go of Arrow's buffers before returning them
     _release_arrow_memory()
     if spec.missing == "drop":
         good = np.isfinite(out).all(axis=1)
@@ -185,30 +192,28 @@ def read_slices(chunk, spec, *, rows: int, shifted: bool = False):
     def emit(z):
         return (z, shift) if shifted else z
 
-    with open_file(chunk.path, spec.protocol, spec.storage_options) as fh:
-        pf = _parquet_file(fh, chunk.path, chunk.row_groups)
-        for table in _row_group_tables(pf, chunk, spec):
-            for batch in table.select(columns).to_batches():
-                arrays = [as_float64(col) for col in batch.columns]
-                if spec.missing == "drop" and batch.num_rows:
-                    good = np.logical_and.reduce([np.isfinite(a) for a in arrays])
-                    if not good.all():
-                        arrays = [a[good] for a in arrays]
-                n, pos = arrays[0].shape[0], 0
-                while pos < n:
-                    take = min(rows - fill, n - pos)
-                    for j, a in enumerate(arrays):
-                        if shift is None:
-                            buf[fill:fill + take, j] = a[pos:pos + take]
-                        else:
-                            np.subtract(a[pos:pos + take], shift[j], out=buf[fill:fill + take, j])
-                    fill, pos = fill + take, pos + take
-                    if fill == rows:
-                        if shifted and shift is None:
-                            first_slice()
-                        yield emit(buf)
-                        fill, emitted = 0, True
-            table = batch = arrays = None  # this row group's Arrow buffers can go
+    for table in _chunk_tables(chunk, spec):
+        for batch in table.select(columns).to_batches():
+            arrays = [as_float64(col) for col in batch.columns]
+            if spec.missing == "drop" and batch.num_rows:
+                good = np.logical_and.reduce([np.isfinite(a) for a in arrays])
+                if not good.all():
+                    arrays = [a[good] for a in arrays]
+            n, pos = arrays[0].shape[0], 0
+            while pos < n:
+                take = min(rows - fill, n - pos)
+                for j, a in enumerate(arrays):
+                    if shift is None:
+                        buf[fill:fill + take, j] = a[pos:pos + take]
+                    else:
+                        np.subtract(a[pos:pos + take], shift[j], out=buf[fill:fill + take, j])
+                fill, pos = fill + take, pos + take
+                if fill == rows:
+                    if shifted and shift is None:
+                        first_slice()
+                    yield emit(buf)
+                    fill, emitted = 0, True
+        table = batch = arrays = None  # this row group's Arrow buffers can go
     _release_arrow_memory()
     if fill or not emitted:  # the last partial slice, or an empty chunk's one empty slice
         if shifted and shift is None:

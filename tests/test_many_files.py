@@ -1,0 +1,124 @@
+"""Many small files (issue 21): consecutive small files are packed into one task, as
+Spark packs them; the rows, their order and the holdout are those of reading the files
+one by one, and the layout depends on the files alone."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_config, write_parquet
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory):
+    """300 files of 40 rows each over 3 days, and one big file split into chunks."""
+    rng = np.random.default_rng(21)
+    X = rng.normal(size=(12_000, 3)) * [1.0, 2.0, 0.5] + [3.0, -1.0, 0.0]
+    y = X @ [1.5, -0.7, 2.0] + 3.0 + rng.normal(size=len(X))
+    root = tmp_path_factory.mktemp("many")
+    data = write_parquet(root / "d", X, y, n_files=300, days=3)
+    return {"data": data, "X": X, "y": y, "root": root}
+
+
+def _source(data: dict, chunk_bytes: int, pack: bool = True):
+    from gd_dask.config import DataConfig
+    from gd_dask.data import open_source
+
+    src = open_source(DataConfig(**data))
+    src.layout(chunk_bytes, pack=pack)
+    return src
+
+
+def test_consecutive_small_files_are_packed_up_to_the_chunk_size_with_an_open_cost():
+    from gd_dask.data import Chunk, Pack
+    from gd_dask.data.source import pack_small_files
+
+    files = [Chunk(f"f{i}", (0,), 100) for i in range(10)]
+    big = [Chunk("big", (0,), 1000), Chunk("big", (1,), 1000)]  # a file split in two chunks
+    # 100 rows × 8 bytes + 200 open cost = 1000 a file: 3 files fit in 3000 bytes.
+    out = pack_small_files(files[:5] + big + files[5:], 3000, 200, 8)
+    sizes = [len(c.pieces) for c in out]
+    assert sizes == [3, 2, 1, 1, 3, 2]
+    assert isinstance(out[0], Pack) and out[2] is big[0] and out[3] is big[1]
+    assert [p.path for c in out for p in c.pieces] == [c.path for c in files[:5] + big + files[5:]]
+
+
+def test_a_pack_reads_the_rows_of_its_files_in_order(small_files):
+    from gd_dask.data import Pack, read_block, read_slices
+
+    packed, single = _source(small_files["data"], 16 * 2**20), _source(small_files["data"], 16 * 2**20, pack=False)
+    assert len(single.chunks) == 300 and 1 < len(packed.chunks) < 30
+    assert all(isinstance(c, Pack) for c in packed.chunks)
+    whole = np.vstack([read_block(c, single.spec) for c in single.chunks])
+    assert np.array_equal(np.vstack([read_block(c, packed.spec) for c in packed.chunks]), whole)
+    streamed = np.vstack([z.copy() for c in packed.chunks for z in read_slices(c, packed.spec, rows=1000)])
+    assert np.array_equal(streamed, whole)
+    np.testing.assert_array_equal(whole[:, :3], small_files["X"])
+
+
+def test_the_holdout_holds_out_the_same_rows_whether_files_are_packed_or_not(small_files):
+    from gd_dask.data import read_block
+
+    for validation in (0, 1):
+        blocks = []
+        for pack in (True, False):
+            src = _source(small_files["data"], 16 * 2**20, pack=pack).split(seed=3, fraction=0.2)[validation]
+            blocks.append(np.vstack([read_block(c, src.spec) for c in src.chunks]))
+        assert np.array_equal(blocks[0], blocks[1]) and 0 < len(blocks[0]) < 12_000
+
+
+def test_packed_training_is_bit_identical_on_one_and_three_workers_and_reaches_least_squares(small_files, tmp_path):
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig
+    from gd_dask.training import fit
+
+    cfg = make_config(small_files["data"], tmp_path)
+    results = []
+    for n in (1, 3):
+        with connect(ClusterConfig(n_workers=n, processes=False)) as c:
+            results.append(fit(cfg, c))
+    assert list(results[0].m) == list(results[1].m) and results[0].b == results[1].b
+    X1 = np.column_stack([small_files["X"], np.ones(len(small_files["X"]))])
+    exact = np.linalg.lstsq(X1, small_files["y"], rcond=None)[0]
+    np.testing.assert_allclose(np.append(results[0].m, results[0].b), exact, rtol=1e-9)
+    assert results[0].converged
+
+
+def test_a_bad_value_in_a_packed_file_is_named_by_its_own_file(small_files, tmp_path, client):
+    import pyarrow.parquet as pq
+
+    from gd_dask.errors import DataError
+    from gd_dask.training import fit
+
+    root = tmp_path / "copy"
+    data = write_parquet(root, small_files["X"][:4000], small_files["y"][:4000], n_files=100)
+    victim = sorted(root.rglob("*.parquet"))[37]  # in the middle of a pack
+    table = pq.read_table(victim)
+    x0 = table.column("x0").to_numpy().copy()
+    x0[5] = np.nan
+    pq.write_table(table.set_column(0, "x0", [x0]), victim)
+    with pytest.raises(DataError, match=f"first in .*{victim.name}"):
+        fit(make_config(data, tmp_path), client)
+
+
+def test_per_file_statistics_refuse_a_packed_layout(small_files, client):
+    from gd_dask import gradient as g
+    from gd_dask.executor import Executor
+
+    ex = Executor(client, _source(small_files["data"], 16 * 2**20), cache=False)
+    with pytest.raises(ValueError, match="never cross files"):
+        ex.reduce_by_file(ex.moment_leaves(), g.merge_moments)
+    per_file = Executor(client, _source(small_files["data"], 16 * 2**20, pack=False), cache=False)
+    assert len(per_file.reduce_by_file(per_file.moment_leaves(), g.merge_moments)) == 300
+
+
+def test_the_cli_trains_on_packed_files(small_files, tmp_path):
+    from conftest import run_cli
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps({"name": "many", "data": small_files["data"], "output": {"dir": str(tmp_path / "o")}}))
+    res = run_cli("-v", "train", cfg)
+    assert res.returncode == 0, res.stderr
+    assert "in 300 files, 3 chunks" in res.stderr  # at most 128 files a task (OPEN_COST_BYTES)
+    assert json.loads((tmp_path / "o" / "model.json").read_text())["converged"]
