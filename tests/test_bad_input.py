@@ -84,7 +84,7 @@ def test_footers_read_in_parallel_plan_and_fail_as_read_one_by_one(tmp_path, rng
         monkeypatch.setattr(source, "FOOTER_THREADS", threads)
         src = source.open_source(cfg)
         plans.append(([f["path"] for f in src.files], [f["row_groups"] for f in src.files],
-                      [(c.path, c.row_groups) for c in src.chunks]))
+                      [[(p.path, p.row_groups) for p in c.pieces] for c in src.chunks]))
     assert plans[0] == plans[1] and len(plans[0][0]) == 40
     files = sorted(Path(data["path"]).glob("*/*.parquet"))
     for victim in (files[30], files[5]):

@@ -122,3 +122,55 @@ def test_the_cli_trains_on_packed_files(small_files, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "in 300 files, 3 chunks" in res.stderr  # at most 128 files a task (OPEN_COST_BYTES)
     assert json.loads((tmp_path / "o" / "model.json").read_text())["converged"]
+
+
+def test_latency_fs_plans_with_one_request_a_file_in_parallel_and_reads_the_same_bits(small_files, tmp_path):
+    """latency:// adds a delay to every request of the filesystem it wraps: planning 300
+    files at 20 ms reads each footer in one ranged request, many at a time, and training
+    through it gives the local run's bits."""
+    import time
+
+    import fsspec
+
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig, DataConfig
+    from gd_dask.data import open_source
+    from gd_dask.training import fit
+
+    options = {"delay": 0.02}
+    remote = {**small_files["data"], "path": "latency://" + small_files["data"]["path"], "storage_options": options}
+    fs = fsspec.filesystem("latency", **options)
+    before = fs.requests
+    t = time.perf_counter()
+    src = open_source(DataConfig(**remote))
+    seconds, requests = time.perf_counter() - t, fs.requests - before
+    local = open_source(DataConfig(**small_files["data"]))
+    assert [f["row_groups"] for f in src.files] == [f["row_groups"] for f in local.files]
+    listing = requests - 300
+    assert 0 < listing <= 10, requests  # a few listings, then one request a footer
+    assert seconds < 300 * 0.02 / 8, seconds  # one after another: 6 s
+    with connect(ClusterConfig(processes=False)) as c:
+        a = fit(make_config(remote, tmp_path / "a"), c)
+        b = fit(make_config(small_files["data"], tmp_path / "b"), c)
+    assert list(a.m) == list(b.m) and a.b == b.b
+
+
+def test_a_footer_bigger_than_the_tail_fetch_is_read_all_the_same(tmp_path):
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gd_dask.data import source
+
+    path = tmp_path / "wide.parquet"
+    cols = {f"c{j:04d}": np.arange(3.0) for j in range(800)}  # 800 columns: a footer over 64 KiB
+    pq.write_table(pa.table(cols), path)
+    assert pq.ParquetFile(path).metadata.serialized_size > source.FOOTER_TAIL
+    fs = fsspec.filesystem("latency", delay=0.0)
+    meta, schema, _ = source._read_footer(fs, str(path), {"size": path.stat().st_size})
+    assert meta.num_columns == 800 and schema.names[:2] == ["c0000", "c0001"]
+    small = tmp_path / "small.parquet"
+    pq.write_table(pa.table({"x": np.arange(10.0)}), small)
+    assert source._remote_footer(fs, str(small), small.stat().st_size) is not None
+    meta, _, _ = source._read_footer(fs, str(small), {"size": small.stat().st_size})
+    assert meta.num_rows == 10

@@ -4,6 +4,7 @@
 its chunk layout. ``read``: in worker tasks, chunks become float64 blocks or slices.
 """
 
+from . import latency  # noqa: F401 - registers latency:// with fsspec
 from .read import as_float64, count_nonfinite, holdout_rows, read_block, read_slices
 from .source import (CHUNK_BYTES, PARQUET_SUFFIXES, Chunk, Holdout, Pack, ParquetSource, ReadSpec, hive_keys,
                      list_files, open_source)
