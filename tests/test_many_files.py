@@ -174,3 +174,57 @@ def test_a_footer_bigger_than_the_tail_fetch_is_read_all_the_same(tmp_path):
     assert source._remote_footer(fs, str(small), small.stat().st_size) is not None
     meta, _, _ = source._read_footer(fs, str(small), {"size": small.stat().st_size})
     assert meta.num_rows == 10
+
+
+def _write_summary(root):
+    """root/_metadata as pyarrow and dask write it: every file's row groups, paths relative."""
+    import pyarrow.parquet as pq
+
+    paths = sorted(root.rglob("*.parquet"))
+    total = None
+    for p in paths:
+        meta = pq.read_metadata(p)
+        meta.set_file_path(str(p.relative_to(root)))
+        if total is None:
+            total = meta
+        else:
+            total.append_row_groups(meta)
+    with open(root / "_metadata", "wb") as fh:
+        total.write_metadata_file(fh)
+
+
+def test_a_metadata_summary_plans_without_reading_footers_and_never_over_a_newer_file(small_files, tmp_path,
+                                                                                      monkeypatch):
+    import os
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gd_dask.config import DataConfig
+    from gd_dask.data import source
+
+    root = tmp_path / "d"
+    shutil.copytree(small_files["data"]["path"], root)
+    data = {**small_files["data"], "path": str(root)}
+    expected = source.open_source(DataConfig(**data))
+    _write_summary(root)
+    reads = []
+    real = source._read_footer
+    monkeypatch.setattr(source, "_read_footer", lambda fs, p, info=None: reads.append(p) or real(fs, p, info))
+    planned = source.open_source(DataConfig(**data))
+    assert reads == [] and planned.files == expected.files
+
+    # A file rewritten after the summary (more rows): its own footer, not the summary, decides.
+    victim = sorted(root.rglob("*.parquet"))[7]
+    pq.write_table(pa.concat_tables([pq.read_table(victim)] * 2), victim)
+    later = os.stat(root / "_metadata").st_mtime + 10
+    os.utime(victim, (later, later))
+    planned = source.open_source(DataConfig(**data))
+    assert reads == [str(victim)]
+    assert planned.n_rows == expected.n_rows + 40
+
+    # A damaged summary: every footer is read, as without one.
+    (root / "_metadata").write_bytes(b"not parquet")
+    reads.clear()
+    assert source.open_source(DataConfig(**data)).n_rows == expected.n_rows + 40 and len(reads) == 300

@@ -383,15 +383,22 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     part_keys = set().union(*partitions.values()) if partitions else set()
     row_filters = [f for f in data_cfg.filters if f[0] not in part_keys]
 
+    planned = summary_plan(fs, root, infos, kept, rels)
+    todo = [full for full in kept if full not in planned]
+    footers = dict(zip(todo, read_footers(fs, todo, infos)))
+    if planned:
+        log.info("planned %d files from %s/_metadata; read %d footers", len(planned), root, len(todo))
     files, types = [], {}
-    for full, (meta, schema, info) in zip(kept, read_footers(fs, kept, infos)):
+    for full in kept:
+        if full in planned:
+            (row_groups, rg_bytes, schema), info = planned[full], infos[full]
+        else:
+            meta, schema, info = footers.pop(full)
+            row_groups, rg_bytes = _row_groups(meta)
         _check_columns(full, schema, columns + [f[0] for f in row_filters], types)
-        files.append({"path": _display(protocol, full), "size": info.get("size"), "rows": meta.num_rows,
+        files.append({"path": _display(protocol, full), "size": info.get("size"), "rows": sum(row_groups),
                       "full_path": full, "rel": rels[full], "stamp": _stamp(info),
-                      "partition": partitions[full],
-                      "row_groups": [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)],
-                      "row_group_bytes": max((meta.row_group(rg).total_byte_size
-                                              for rg in range(meta.num_row_groups)), default=0)})
+                      "partition": partitions[full], "row_groups": row_groups, "row_group_bytes": rg_bytes})
     src = ParquetSource(
         fs=fs, protocol=protocol, files=files, chunks=[], columns=columns,
         partitions=partitions, row_filters=row_filters,
@@ -402,6 +409,56 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     if not src.chunks:
         raise DataError(f"data.path '{data_cfg.path}': the selected files hold no rows")
     return src
+
+
+def _row_groups(meta) -> tuple[list[int], int]:
+    """(rows of each row group, the largest row group's bytes) from a file's metadata."""
+    groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+    return [g.num_rows for g in groups], max((g.total_byte_size for g in groups), default=0)
+
+
+def summary_plan(fs, root: str, infos: dict, kept: list[str], rels: dict) -> dict:
+    """What the footers of ``kept`` files would say, from a ``_metadata`` summary file in
+    the listed folder (written by pyarrow, dask and Spark): one read instead of one per
+    file. {full path: (rows of each row group, largest row group's bytes, schema)} for
+    the files it covers and that are not newer than it; the others read their footers.
+    No usable summary: {}."""
+    path = posixpath.join(root, "_metadata")
+    info = infos.get(path)
+    if info is None or info.get("type") == "directory":
+        return {}
+    try:
+        opener = NativePath(path) if is_local(fs) else fs.open(path, "rb")
+        with opener as fh:
+            meta = pq.read_metadata(fh)
+        schema = meta.schema.to_arrow_schema()
+    except (pa.ArrowException, OSError, ValueError) as e:
+        log.info("%s: not a usable summary (%s); reading footers", path, _first_line(e))
+        return {}
+    groups: dict[str, list] = {}
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        if rg.num_columns:
+            groups.setdefault(rg.column(0).file_path, []).append((rg.num_rows, rg.total_byte_size))
+    out = {}
+    for full in kept:
+        found = groups.get(rels[full])
+        if found and _not_newer(infos[full], info):
+            out[full] = ([n for n, _ in found], max(b for _, b in found), schema)
+    return out
+
+
+def _not_newer(file_info: dict, summary_info: dict) -> bool:
+    """Whether a data file was last written no later than the summary (else it may have
+    been rewritten since: its own footer decides)."""
+    for key in ("mtime", "LastModified", "last_modified"):
+        a, b = file_info.get(key), summary_info.get(key)
+        if a is not None and b is not None:
+            try:
+                return a <= b
+            except TypeError:
+                return False
+    return False
 
 
 def _display(protocol: str, path: str) -> str:
