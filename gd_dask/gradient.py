@@ -147,7 +147,7 @@ def sgd_block(zs, theta, index: int, plan: SGDPlan, loss: Loss = SQUARED, weight
     """
     from .optim import schedule, soft_threshold
 
-    X, y, w = split_block(zs, weighted)
+    X, y, w = split_block(aligned(zs), weighted)
     n, d = X.shape
     steps = -(-n // plan.batch) if n else 0
     order = np.random.default_rng([plan.seed, plan.epoch, index]).permutation(steps)
@@ -321,8 +321,19 @@ class Moments(NamedTuple):
 SLICE_ROWS = 8192
 
 
+def aligned(block):
+    """``block`` itself, or a copy in the same order at an aligned address. A block that
+    moved between workers can arrive at an address that is no multiple of 8; NumPy then
+    leaves BLAS for loops of its own whose sums round differently (two workers' loss
+    curves differed in a last digit when a single cached block was stolen)."""
+    if block.flags.aligned:
+        return block
+    return np.array(block, order="F" if block.flags.f_contiguous else "C")
+
+
 def block_slices(block, rows: int = SLICE_ROWS):
     """A block's consecutive slices of ``rows`` rows (at least one, maybe empty)."""
+    block = aligned(block)
     if block.shape[0] == 0:
         yield block
     for lo in range(0, block.shape[0], rows):

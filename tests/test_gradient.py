@@ -123,3 +123,20 @@ def test_error_sums_give_scikit_learn_metrics(rng):
     assert got["mse"] == pytest.approx(mean_squared_error(y, pred), rel=1e-12)
     assert got["mae"] == pytest.approx(mean_absolute_error(y, pred), rel=1e-12)
     assert got["r2"] == pytest.approx(r2_score(y, pred), rel=1e-9)
+
+
+def test_a_block_at_a_misaligned_address_gives_the_same_bits():
+    """A cached block that moved between workers may arrive at an address that is no
+    multiple of 8: NumPy's own loops (not BLAS) then gave other bits for X·m."""
+    from gd_dask import gradient as g
+
+    rng = np.random.default_rng(5)
+    block = np.asfortranarray(rng.normal(size=(5000, 4)))
+    raw = np.empty(block.nbytes + 8, dtype=np.uint8)
+    moved = np.ndarray(block.shape, dtype=np.float64, buffer=raw[4:4 + block.nbytes], order="F")
+    moved[:] = block
+    assert not moved.flags.aligned
+    m = rng.normal(size=3)
+    want = g.fold_block(block, g.block_sums_std, g.add_sums, m, 0.3)
+    got = g.fold_block(moved, g.block_sums_std, g.add_sums, m, 0.3)
+    assert got.loss == want.loss and np.array_equal(got.grad, want.grad) and got.err == want.err
