@@ -160,7 +160,8 @@ def test_a_worker_killed_mid_training_changes_nothing(dataset, embedded, tmp_pat
 
 def test_a_killed_train_process_resumes_from_its_checkpoint(dataset, embedded, tmp_path):
     out = tmp_path / "o"
-    proc, lines = _start_train(dataset["config"], out, "--set", "cluster.n_workers=1")
+    # Worker processes: slow enough to be caught mid-run (threads finish 120 epochs in 0.3 s).
+    proc, lines = _start_train(dataset["config"], out, "--set", "cluster.n_workers=1", "--set", "cluster.processes=true")
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
