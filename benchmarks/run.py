@@ -15,6 +15,9 @@
    scikit-learn, polars, Spark where installed, gd-dask) in a fresh process, and
    `gd-dask train` as a whole command on it and on a 10,000-row job
    (``time_to_model.py``).
+8. many_files — the same rows as 20,000 files of 100 rows and as 8 files: planning
+   (locally, behind 30 ms a request, with and without a ``_metadata`` summary) and
+   training (``many_files.py``).
 
 Results: a table on stdout, benchmarks/results/bench.json and bench.png.
 `--quick` shrinks every size (a smoke run).
@@ -35,6 +38,7 @@ import pyarrow.dataset as pads
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import best_of, data_config, local_client, timed, write_days, WorkerRSS  # noqa: E402
+import many_files as mf  # noqa: E402
 import time_to_model as ttm  # noqa: E402
 
 from gd_dask.config import validate_config  # noqa: E402
@@ -390,9 +394,15 @@ def time_to_model(work: Path, quick: bool) -> dict:
     return ttm.time_to_model(work, quick, root)
 
 
+def many_files(work: Path, quick: bool) -> dict:
+    return mf.many_files(work, quick)
+
+
 def report(res: dict) -> None:
     if "time_to_model" in res:
         ttm.report(res["time_to_model"])
+    if "many_files" in res:
+        mf.report(res["many_files"])
     if "speed" in res:
         report_speed(res["speed"])
     if "logistic" in res:
@@ -453,8 +463,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--only", nargs="*", default=["time_to_model", "speed", "logistic", "sgd", "memory",
-                                                   "scaling", "refit_cost", "accuracy"])
+    ap.add_argument("--only", nargs="*", default=["time_to_model", "many_files", "speed", "logistic", "sgd",
+                                                   "memory", "scaling", "refit_cost", "accuracy"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("gd_dask").setLevel(logging.ERROR)  # fixed-epoch runs warn by design

@@ -1,0 +1,107 @@
+"""`make bench`'s many_files section (issue 21): the same rows as many small files and as
+8 files, with the phases a user waits for: listing and footers (planning), the one pass
+of a default run; and planning behind 30 ms a request (``latency://``), with and
+without a ``_metadata`` summary.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FEATURES = ["x0", "x1", "x2"]
+
+
+def write_files(root: Path, n_files: int, rows: int, seed: int = 0) -> None:
+    """``n_files`` files of ``rows`` rows, 20 date folders; skipped if present."""
+    if root.exists():
+        return
+    rng = np.random.default_rng(seed)
+    per_day = max(1, n_files // 20)
+    for i in range(n_files):
+        folder = root / f"date=2026-01-{1 + i // per_day:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        X = rng.normal(size=(rows, 3))
+        y = X @ [1.5, -0.7, 2.0] + 3.0 + rng.normal(size=rows)
+        pq.write_table(pa.table({"x0": X[:, 0], "x1": X[:, 1], "x2": X[:, 2], "y": y}),
+                       folder / f"part-{i:06d}.parquet")
+    os.sync()
+
+
+def write_summary(root: Path) -> None:
+    """root/_metadata, as pyarrow and dask write it."""
+    total = None
+    for p in sorted(root.rglob("*.parquet")):
+        meta = pq.read_metadata(p)
+        meta.set_file_path(str(p.relative_to(root)))
+        if total is None:
+            total = meta
+        else:
+            total.append_row_groups(meta)
+    with open(root / "_metadata", "wb") as fh:
+        total.write_metadata_file(fh)
+
+
+def _phases(path: str, storage_options: dict | None = None, train: bool = True) -> dict:
+    """Planning (listing + footers) and, with ``train``, the default run on threads."""
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig, validate_config
+    from gd_dask.data import open_source
+    from gd_dask.training import fit
+
+    cfg = validate_config({"name": "many", "data": {"path": path, "features": FEATURES, "target": "y",
+                                                     "storage_options": storage_options or {}},
+                           "output": {"checkpoint_every": 0}})
+    t = time.perf_counter()
+    src = open_source(cfg.data)
+    out = {"planning_s": time.perf_counter() - t, "files": len(src.files)}
+    if train:
+        with connect(ClusterConfig(), data_bytes=src.nbytes) as client:
+            t = time.perf_counter()
+            res = fit(cfg, client, source=src)
+            out.update(train_s=time.perf_counter() - t, chunks=len(src.chunks), converged=res.converged)
+    return out
+
+
+def many_files(work: Path, quick: bool) -> dict:
+    import fsspec
+
+    n_files, rows = (2_000, 100) if quick else (20_000, 100)
+    many, few = work / f"many-{n_files}", work / f"few-{n_files}"
+    write_files(many, n_files, rows)
+    write_files(few, 8, n_files * rows // 8, seed=1)
+    out = {"n_files": n_files, "rows": n_files * rows,
+           "few": _phases(str(few)), "many": _phases(str(many))}
+    latency = {"delay": 0.03}
+    fs = fsspec.filesystem("latency", **latency)
+    before = fs.requests
+    out["many_30ms"] = _phases("latency://" + str(many), latency, train=False) | {"requests": fs.requests - before}
+    write_summary(many)
+    try:
+        out["many_summary"] = _phases(str(many), train=False)
+        before = fs.requests
+        out["many_summary_30ms"] = (_phases("latency://" + str(many), latency, train=False)
+                                    | {"requests": fs.requests - before})
+    finally:
+        (many / "_metadata").unlink()
+    return out
+
+
+def report(r: dict) -> None:
+    print(f"\n## Many files: {r['rows']:,} rows × 3 features as {r['n_files']:,} files and as 8\n")
+    print("| layout | planning (s) | training (s) | tasks a pass | requests |")
+    print("|---|---|---|---|---|")
+    for key, label in (("few", "8 files"), ("many", f"{r['n_files']:,} files"),
+                       ("many_30ms", f"{r['n_files']:,} files, 30 ms a request"),
+                       ("many_summary", f"{r['n_files']:,} files with _metadata"),
+                       ("many_summary_30ms", f"{r['n_files']:,} files with _metadata, 30 ms a request")):
+        p = r[key]
+        train = f"{p['train_s']:.2f}" if "train_s" in p else "–"
+        print(f"| {label} | {p['planning_s']:.2f} | {train} | {p.get('chunks', '–')} | {p.get('requests', '–')} |")
+    ratio = (r["many"]["planning_s"] + r["many"]["train_s"]) / (r["few"]["planning_s"] + r["few"]["train_s"])
+    print(f"\nplanning + training, {r['n_files']:,} files / 8 files: {ratio:.1f} ×")
