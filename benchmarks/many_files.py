@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gd_dask.data.write import write_summary
+
 FEATURES = ["x0", "x1", "x2"]
 
 
@@ -31,20 +33,6 @@ def write_files(root: Path, n_files: int, rows: int, seed: int = 0) -> None:
         pq.write_table(pa.table({"x0": X[:, 0], "x1": X[:, 1], "x2": X[:, 2], "y": y}),
                        folder / f"part-{i:06d}.parquet")
     os.sync()
-
-
-def write_summary(root: Path) -> None:
-    """root/_metadata, as pyarrow and dask write it."""
-    total = None
-    for p in sorted(root.rglob("*.parquet")):
-        meta = pq.read_metadata(p)
-        meta.set_file_path(str(p.relative_to(root)))
-        if total is None:
-            total = meta
-        else:
-            total.append_row_groups(meta)
-    with open(root / "_metadata", "wb") as fh:
-        total.write_metadata_file(fh)
 
 
 def _phases(path: str, storage_options: dict | None = None, train: bool = True) -> dict:
@@ -81,7 +69,7 @@ def many_files(work: Path, quick: bool) -> dict:
     fs = fsspec.filesystem("latency", **latency)
     before = fs.requests
     out["many_30ms"] = _phases("latency://" + str(many), latency, train=False) | {"requests": fs.requests - before}
-    write_summary(many)
+    write_summary(many)  # gd_dask.data.write
     try:
         out["many_summary"] = _phases(str(many), train=False)
         before = fs.requests

@@ -176,23 +176,6 @@ def test_a_footer_bigger_than_the_tail_fetch_is_read_all_the_same(tmp_path):
     assert meta.num_rows == 10
 
 
-def _write_summary(root):
-    """root/_metadata as pyarrow and dask write it: every file's row groups, paths relative."""
-    import pyarrow.parquet as pq
-
-    paths = sorted(root.rglob("*.parquet"))
-    total = None
-    for p in paths:
-        meta = pq.read_metadata(p)
-        meta.set_file_path(str(p.relative_to(root)))
-        if total is None:
-            total = meta
-        else:
-            total.append_row_groups(meta)
-    with open(root / "_metadata", "wb") as fh:
-        total.write_metadata_file(fh)
-
-
 def test_a_metadata_summary_plans_without_reading_footers_and_never_over_a_newer_file(small_files, tmp_path,
                                                                                       monkeypatch):
     import os
@@ -203,12 +186,13 @@ def test_a_metadata_summary_plans_without_reading_footers_and_never_over_a_newer
 
     from gd_dask.config import DataConfig
     from gd_dask.data import source
+    from gd_dask.data.write import write_summary
 
     root = tmp_path / "d"
     shutil.copytree(small_files["data"]["path"], root)
     data = {**small_files["data"], "path": str(root)}
     expected = source.open_source(DataConfig(**data))
-    _write_summary(root)
+    write_summary(root)
     reads = []
     real = source._read_footer
     monkeypatch.setattr(source, "_read_footer", lambda fs, p, info=None: reads.append(p) or real(fs, p, info))

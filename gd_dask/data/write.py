@@ -1,4 +1,5 @@
-"""Writing rows, inside worker tasks: predictions, one output file per input file."""
+"""Writing rows, inside worker tasks: predictions, one output file per input file; and a
+local dataset's ``_metadata`` summary (``write_summary``)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,25 @@ def predict_file(src_path, dst_path, protocol, storage_options, out_protocol, fe
             raise
     fs.mv(tmp, dst_path)
     return rows
+
+
+def write_summary(root) -> str:
+    """Write ``root/_metadata``: every Parquet file's row groups below the local folder
+    ``root``, paths relative to it, as pyarrow, dask and Spark write it, so that planning
+    reads one file instead of every footer (``source.summary_plan``). Returns its path."""
+    from pathlib import Path
+
+    root = Path(root)
+    total = None
+    for path in sorted(root.rglob("*.parquet")):
+        meta = pq.read_metadata(path)
+        meta.set_file_path(path.relative_to(root).as_posix())
+        if total is None:
+            total = meta
+        else:
+            total.append_row_groups(meta)
+    if total is None:
+        raise ValueError(f"{root}: no Parquet files")
+    with open(root / "_metadata", "wb") as fh:
+        total.write_metadata_file(fh)
+    return str(root / "_metadata")
