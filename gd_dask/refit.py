@@ -94,6 +94,7 @@ def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Momen
             _check_finite(mom, f, src)
             reg.cache_moments(src.file_key(f), mom)
             cached[f["full_path"]] = mom
+        reg.flush_stats()
     # Merge in file order: the same total whichever files came from the cache.
     return g.merge_all([cached[f["full_path"]] for f in src.files]), len(unseen)
 
@@ -293,6 +294,7 @@ def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates
         hmom, _ = per_file[f["full_path"]]
         if hmom.finite():
             reg.cache_moments(hold_src.file_key(f), hmom)
+    reg.flush_stats()
     errors = [per_file[f["full_path"]][1] for f in hold_src.files]
     merged = [errors[0][i] for i in range(len(models))]
     for errs in errors[1:]:

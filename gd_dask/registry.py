@@ -7,7 +7,8 @@ Layout under ``registry.dir/NAME/``::
     current.json          {"version": ...}: the promoted version, replaced atomically
     events.jsonl          one JSON line per refit: as-of, verdict, metrics, files read, seconds
     quarantine.json       {date: failed checks}: nights no refit trains on or judges by
-    stats/                per-Parquet-file moments, keyed by path, size and mtime
+    stats/                per-Parquet-file moments, one object per date partition, keyed by
+                          path, size and mtime (or ETag)
     .lock                 held by a running refit (holder: host, pid, since)
 
 VERSION is ``<as-of date>T<HHMMSS>Z`` (UTC), so versions sort by as-of date, then time.
@@ -55,6 +56,8 @@ class Registry:
         self.name = name
         self.versions_dir = f"{self.root}/versions"
         self.stats_dir = f"{self.root}/stats"
+        self._stats_docs: dict[str, dict] = {}  # statistics objects read or written in this refit
+        self._stats_dirty: set[str] = set()
 
     def url(self, path: str) -> str:
         """``path`` as the user gave it: a local path, or protocol://path."""
@@ -306,22 +309,43 @@ class Registry:
     # ------------------------------------------------------------------ statistics cache
 
     def cached_moments(self, key: dict) -> Moments | None:
-        doc = self._read_json(self._stats_path(key))
-        if not doc or doc.get("key") != key:
+        """A file's moments from the statistics cache, if its key (path, size, stamp, …)
+        still matches. The cache holds one object per date partition (``_stats_doc``):
+        a night's refit reads one object per night of its window, not one per file."""
+        entry = self._stats_doc(key)["files"].get(key["path"])
+        if not entry or entry.get("key") != key:
             return None
-        m = doc["moments"]
+        m = entry["moments"]
         return Moments(m["n"], np.asarray(m["mean"], dtype=np.float64),
                        np.asarray(m["comoment"], dtype=np.float64))
 
     def cache_moments(self, key: dict, mom: Moments) -> None:
+        """Note a file's moments; ``flush_stats`` writes each partition's object once."""
         # n is a row count, or Σw (a float) with sample weights: JSON keeps either exactly.
         n = int(mom.n) if isinstance(mom.n, (int, np.integer)) else float(mom.n)
-        doc = {"key": key, "moments": {"n": n, "mean": mom.mean.tolist(),
-                                       "comoment": mom.comoment.tolist()}}
-        self._write(self._stats_path(key), json.dumps(doc))
+        self._stats_doc(key)["files"][key["path"]] = {
+            "key": key, "moments": {"n": n, "mean": mom.mean.tolist(), "comoment": mom.comoment.tolist()}}
+        self._stats_dirty.add(self._stats_path(key))
+
+    def flush_stats(self) -> None:
+        """Write the partitions' statistics objects changed since the last flush."""
+        for path in sorted(self._stats_dirty):
+            self._write(path, json.dumps(self._stats_docs[path]))
+        self._stats_dirty.clear()
+
+    def _stats_doc(self, key: dict) -> dict:
+        """{"files": {path: {key, moments}}} of the key's partition, read once per refit."""
+        path = self._stats_path(key)
+        if path not in self._stats_docs:
+            doc = self._read_json(path)
+            ok = isinstance(doc, dict) and isinstance(doc.get("files"), dict)
+            self._stats_docs[path] = doc if ok else {"files": {}}
+        return self._stats_docs[path]
 
     def _stats_path(self, key: dict) -> str:
-        digest = hashlib.sha256(json.dumps([key["path"], key["columns"]]).encode()).hexdigest()[:24]
+        """One object per date partition and way of reading (columns, missing, filters)."""
+        ident = [key.get("partition"), key["columns"], key["missing"], key["row_filters"]]
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
         return f"{self.stats_dir}/{digest}.json"
 
 

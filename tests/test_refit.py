@@ -285,3 +285,34 @@ def test_cli_exits_3_on_a_quarantined_night(tmp_path):
     _bad_night(tmp_path / "data", 4, "unit")
     res = run_cli("refit", path, "--as-of", night(4).isoformat())
     assert res.returncode == 3 and "quarantined" in res.stdout and "'x2'" in res.stdout
+
+
+def test_a_night_reads_one_statistics_object_per_night_of_its_window_not_one_per_file(client, tmp_path,
+                                                                                      monkeypatch):
+    """Issue 21: the cache held one object per data file, read on the client each night;
+    now one per date partition (ten files a night here)."""
+    def add_night(day: int):
+        rng = np.random.default_rng(day)
+        folder = tmp_path / "data" / f"date={night(day).isoformat()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in range(10):
+            X = rng.normal(size=(50, 2)) + [3.0, -1.0]
+            y = X @ [1.0, -0.5] + 2.0 + rng.normal(scale=0.3, size=50)
+            pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "y": y}), folder / f"part-{f:04d}.parquet")
+
+    cfg = config(tmp_path, checks=False)
+    for day in range(4):
+        add_night(day)
+    refit(cfg, client, night(3))
+    stats = sorted((tmp_path / "models" / "nightly" / "stats").iterdir())
+    assert len(stats) == 4  # one object per night, each with its ten files
+    assert all(len(json.loads(p.read_text())["files"]) == 10 for p in stats)
+
+    read = []
+    real = Registry._read_json
+    monkeypatch.setattr(Registry, "_read_json", lambda self, path: read.append(path) or real(self, path))
+    add_night(4)
+    outcome = refit(cfg, client, night(4))
+    assert outcome.promoted and outcome.files_read == 10  # only the new night's files; days 1-3 cached
+    stats_reads = [p for p in read if "/stats/" in p]
+    assert len(stats_reads) == len(set(stats_reads)) <= 4, stats_reads  # a window of 4 nights: ≤ 4 objects

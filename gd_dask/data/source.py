@@ -214,7 +214,8 @@ class ParquetSource:
     def file_key(self, f: dict) -> dict:
         """Identity of one file's statistics: rewritten files get a new key."""
         return {"path": f["path"], "size": f["size"], "stamp": f["stamp"], "columns": self.columns,
-                "missing": self.missing, "row_filters": [list(x) for x in self.row_filters]}
+                "missing": self.missing, "row_filters": [list(x) for x in self.row_filters],
+                "partition": f["partition"]}
 
     def fingerprint(self) -> dict:
         return {
