@@ -30,12 +30,13 @@ def compute(client, graphs, *, what: str = "a pass over the data", explain=None)
     had no worker for ``cluster.timeout``, or a client that lost its scheduler, ends the
     wait with one ``ClusterError`` line instead of hanging or a page of tracebacks."""
     single = not isinstance(graphs, (list, tuple))
+    graphs = [graphs] if single else list(graphs)
     if getattr(client, "in_process", False):  # threads of this process: nothing to lose or wait on
-        results = client.compute([graphs] if single else list(graphs))
+        results = client.compute(graphs)
         return results[0] if single else results
     import asyncio
 
-    futures = client.compute([graphs] if single else list(graphs))
+    futures = client.compute(graphs)
     address = getattr(client.scheduler, "address", "?")
     # One gather on the client's event loop, awaited here in slices. Its deadline is ours,
     # not the loop's: ``Future.result(timeout=)`` cancels the gather when it times out, and

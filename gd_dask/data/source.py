@@ -8,6 +8,7 @@ filters on data columns are applied to rows while reading (``read``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import operator
@@ -235,24 +236,16 @@ def pack_small_files(chunks: list, chunk_bytes: int, open_cost: int, row_bytes: 
     for c in chunks:
         whole[c.path] = whole.get(c.path, 0) + 1
     out, run, cost = [], [], 0
-
-    def close():
-        if run:
+    for c in [*chunks, None]:  # None: the end, which closes the last run
+        c_cost = None if c is None or whole[c.path] > 1 else c.rows * row_bytes + open_cost
+        if run and (c_cost is None or cost + c_cost > chunk_bytes):
             out.append(run[0] if len(run) == 1 else Pack(tuple(run)))
-
-    for c in chunks:
-        if whole[c.path] > 1:
-            close()
             run, cost = [], 0
+        if c_cost is not None:
+            run.append(c)
+            cost += c_cost
+        elif c is not None:
             out.append(c)
-            continue
-        c_cost = c.rows * row_bytes + open_cost
-        if run and cost + c_cost > chunk_bytes:
-            close()
-            run, cost = [], 0
-        run.append(c)
-        cost += c_cost
-    close()
     return out
 
 
@@ -386,20 +379,21 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
 
     planned = summary_plan(fs, root, infos, kept, rels)
     todo = [full for full in kept if full not in planned]
-    footers = dict(zip(todo, read_footers(fs, todo, infos)))
+    footers = read_footers(fs, todo, infos)  # in ``todo``'s order, read as the loop asks
     if planned:
         log.info("planned %d files from %s/_metadata; read %d footers", len(planned), root, len(todo))
     files, types = [], {}
-    for full in kept:
-        if full in planned:
-            (row_groups, rg_bytes, schema), info = planned[full], infos[full]
-        else:
-            meta, schema, info = footers.pop(full)
-            row_groups, rg_bytes = _row_groups(meta)
-        _check_columns(full, schema, columns + [f[0] for f in row_filters], types)
-        files.append({"path": _display(protocol, full), "size": info.get("size"), "rows": sum(row_groups),
-                      "full_path": full, "rel": rels[full], "stamp": _stamp(info),
-                      "partition": partitions[full], "row_groups": row_groups, "row_group_bytes": rg_bytes})
+    with contextlib.closing(footers):  # a check that fails stops the reads still in flight
+        for full in kept:
+            if full in planned:
+                (row_groups, rg_bytes, schema), info = planned[full], infos[full]
+            else:
+                meta, schema, info = next(footers)
+                row_groups, rg_bytes = _row_groups(meta)
+            _check_columns(full, schema, columns + [f[0] for f in row_filters], types)
+            files.append({"path": _display(protocol, full), "size": info.get("size"), "rows": sum(row_groups),
+                          "full_path": full, "rel": rels[full], "stamp": _stamp(info),
+                          "partition": partitions[full], "row_groups": row_groups, "row_group_bytes": rg_bytes})
     src = ParquetSource(
         fs=fs, protocol=protocol, files=files, chunks=[], columns=columns,
         partitions=partitions, row_filters=row_filters,
