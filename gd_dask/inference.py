@@ -111,7 +111,7 @@ def summarize(mom, m, b, fit_intercept: bool, rows: RowSums | None = None, weigh
     k_const = int(fit_intercept)
     df_model = k - k_const
     adj = 1.0 - (nobs - k_const) / df_resid * (1.0 - r2) if df_resid > 0 else math.nan
-    if df_model > 0 and ssr > 0:
+    if df_model > 0 and df_resid > 0 and ssr > 0:  # F needs residual degrees of freedom
         f = ((sst - ssr) / df_model) / (ssr / df_resid)
         f_p = f_upper(df_model, df_resid, f)
     else:

@@ -97,3 +97,17 @@ def test_cli_summary_prints_a_table_and_json(tmp_path):
     assert "std err" in r.stdout and "(intercept)" in r.stdout and "AIC" in r.stdout
     r = run_cli("summary", tmp_path / "out" / "model.json", "--json")
     assert json.loads(r.stdout)["available"] is True
+
+
+def test_no_residual_degrees_of_freedom_gives_no_f_instead_of_an_error():
+    """Two rows, one feature and an intercept: an exact line through both, df_resid 0.
+    The summary reports what is defined and leaves F, σ² and the t tests empty, as
+    statsmodels does (it gives nan); found by the fuzz test as a ZeroDivisionError when
+    rounding left SSR a hair above 0."""
+    from gd_dask.gradient import Moments
+    from gd_dask.inference import summarize
+
+    mom = Moments(2, np.array([-0.0031873, 0.3726614]),
+                  np.array([[0.03323947, 0.06903825], [0.06903825, 0.14339219]]))
+    s = summarize(mom, np.array([2.07699637]), 0.3792814381379137, True, ssr=3.1e-33)
+    assert s["df_resid"] == 0 and s["f"] is None and s["residual_std_err"] is None
