@@ -1,5 +1,6 @@
 """Data bigger than the cluster's memory trains to completion within the memory limit."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -127,3 +128,34 @@ def test_a_large_row_group_is_read_a_batch_at_a_time(tmp_path):
     assert res.returncode == 0, res.stderr
     grew = int(res.stdout.strip())
     assert grew < 20 * 2**20, f"peak memory grew by {grew / 2**20:.0f} MiB reading one row group"
+
+
+def test_row_groups_stream_above_the_chunk_size_with_the_same_bits(tmp_path):
+    """A row group up to the chunk size is decoded whole (1.6 × faster than streaming a
+    42 MB one); above it, as on a worker with little memory (``chunk_bytes_for``), it is
+    streamed ``BATCH_ROWS`` at a time. Either way every pass sees the same slices, to
+    the bit, also with a holdout (whose row indices come from the batch offsets)."""
+    from gd_dask.config import DataConfig
+    from gd_dask.data import open_source
+    from gd_dask.data.read import BATCH_ROWS
+    from gd_dask.gradient import shifted_moments
+
+    rng = np.random.default_rng(1)
+    n = 3 * BATCH_ROWS + 123
+    pq.write_table(pa.table({"a": rng.normal(size=n), "b": rng.normal(size=n), "y": rng.normal(size=n)}),
+                   tmp_path / "one.parquet", row_group_size=n)
+    src = open_source(DataConfig(path=str(tmp_path), features=["a", "b"], target="y"))
+    src.layout(2**30)
+    whole = src.spec
+    assert whole.stream_above == 2**30
+    train, val = src.split(3, 0.3)
+    for spec in (whole, train.spec, val.spec):
+        streamed = dataclasses.replace(spec, stream_above=0)
+        a = [z.copy() for z in spec.slices(src.chunks[0], 5000)]
+        b = [z.copy() for z in streamed.slices(src.chunks[0], 5000)]
+        assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+        ma = shifted_moments(spec.slices(src.chunks[0], 8192, shifted=True))
+        mb = shifted_moments(streamed.slices(src.chunks[0], 8192, shifted=True))
+        assert np.array_equal(ma.comoment, mb.comoment) and np.array_equal(ma.mean, mb.mean)
+    src.layout(2**20)  # a small worker's chunk: its row groups stream
+    assert src.spec.stream_above == 2**20

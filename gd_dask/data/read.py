@@ -21,7 +21,7 @@ def _first_line(e: Exception) -> str:
     return first_line(e, with_type=False)
 
 
-#: Rows decoded at a time within a row group larger than ``LARGE_ROW_GROUP`` (pyarrow
+#: Rows decoded at a time within a row group larger than ``stream_above`` (pyarrow
 #: writes 1M-row groups by default, Spark 128 MB ones).
 BATCH_ROWS = 8192
 
@@ -41,14 +41,14 @@ def _filtered(table: pa.Table, spec, file_id: int, first_row: int) -> pa.Table:
 def _row_group_tables(pf, chunk, spec):
     """The chunk's rows as tables in file order, filtered and on one side of the holdout:
     a row group at a time, or ``BATCH_ROWS`` at a time for one larger than
-    ``LARGE_ROW_GROUP`` (so a worker's memory is bounded by a batch of rows, not by the
+    ``spec.stream_above`` (so a worker's memory is bounded by a batch of rows, not by the
     row groups a file was written with). Same rows, same bits either way."""
     columns = list(spec.columns)
     read = columns + [f[0] for f in spec.row_filters if f[0] not in columns]
     first_rows = chunk.first_rows if spec.holdout else (0,) * len(chunk.row_groups)
     for rg, first in zip(chunk.row_groups, first_rows):
         try:
-            if pf.metadata.row_group(rg).total_byte_size <= LARGE_ROW_GROUP:
+            if pf.metadata.row_group(rg).total_byte_size <= spec.stream_above:
                 yield _filtered(pf.read_row_group(rg, columns=read), spec, chunk.file_id, first)
                 continue
             at = first
@@ -64,7 +64,7 @@ def _chunk_tables(chunk, spec):
     several), in order, each file open only while its rows are read."""
     for piece in chunk.pieces:
         with open_file(piece.path, spec.protocol, spec.storage_options) as fh:
-            pf = _parquet_file(fh, piece.path, piece.row_groups)
+            pf = _parquet_file(fh, piece.path, piece.row_groups, spec.stream_above)
             yield from _row_group_tables(pf, piece, spec)
 
 
@@ -80,25 +80,29 @@ def holdout_rows(seed: int, file_id: int, first_row: int, n: int, fraction: floa
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
 
 
-#: Row groups larger than this (bytes in the file) are read through a small buffered
-#: stream instead of a memory map: the pages of a mapped 174 MB row group all count in
-#: the worker's memory (measured RSS: 338 MiB mapped, 196 MiB buffered, reading 8192 rows
-#: at a time), and distributed kills a worker past its limit.
+#: The default ``ReadSpec.stream_above``: row groups larger than this (bytes in the file)
+#: are read through a small buffered stream instead of a memory map. The pages of a
+#: mapped 174 MB row group all count in the worker's memory (measured RSS: 338 MiB
+#: mapped, 196 MiB buffered, reading 8192 rows at a time), and distributed kills a worker
+#: past its limit. A source sets it to its chunk size (``ParquetSource.spec``), which
+#: ``chunk_bytes_for`` keeps to 1/32 of the smallest worker's memory: streaming costs
+#: 1.6 × decoding a 42 MB row group whole (a pass over 20 files of 1M rows × 21 columns
+#: on 2 threads: 5.3 s streamed, 3.3 s whole).
 LARGE_ROW_GROUP = 32 * 2**20
 #: The buffered stream's read size for large row groups.
 STREAM_BUFFER = 2**20
 
 
-def _parquet_file(fh, path, row_groups=()):
+def _parquet_file(fh, path, row_groups=(), stream_above: int = LARGE_ROW_GROUP):
     """An open ``ParquetFile``. A local path is memory-mapped: pages decode straight from
     the page cache instead of being copied into read buffers first (measured: 0.022 vs
     0.025–0.036 s per 36 MB chunk) — unless one of ``row_groups`` is larger than
-    ``LARGE_ROW_GROUP``, then it is streamed page by page."""
+    ``stream_above``, then it is streamed page by page."""
     try:
         pf = pq.ParquetFile(fh, memory_map=isinstance(fh, str))
         if isinstance(fh, str) and row_groups:
             largest = max(pf.metadata.row_group(rg).total_byte_size for rg in row_groups)
-            if largest > LARGE_ROW_GROUP:
+            if largest > stream_above:
                 pf = pq.ParquetFile(fh, memory_map=False, buffer_size=STREAM_BUFFER, pre_buffer=False)
         return pf
     except (pa.ArrowException, OSError, ValueError) as e:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from .read import NativePath, _first_line, is_local, read_block, read_slices
+from .read import LARGE_ROW_GROUP, NativePath, _first_line, is_local, read_block, read_slices
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class Holdout:
 class ReadSpec:
     """What a worker needs, beside the chunk, to read it: the columns (features, target,
     then weight), where the files live, the row filters, what to do with NaN/inf/null
-    (``missing``), and one side of a validation split (``holdout``)."""
+    (``missing``), one side of a validation split (``holdout``), and the row group size
+    (bytes in the file) above which a row group is streamed rather than decoded whole."""
 
     columns: tuple[str, ...]
     protocol: str
@@ -103,6 +104,7 @@ class ReadSpec:
     row_filters: tuple = ()
     missing: str = "error"
     holdout: Holdout | None = None
+    stream_above: int = LARGE_ROW_GROUP
 
     def block(self, chunk):
         return read_block(chunk, self)
@@ -151,9 +153,11 @@ class ParquetSource:
 
     @property
     def spec(self) -> ReadSpec:
-        """How every chunk of this source is read (``read_block``, ``read_slices``)."""
+        """How every chunk of this source is read (``read_block``, ``read_slices``): a row
+        group up to the chunk size is decoded whole, a larger one streamed."""
         return ReadSpec(tuple(self.columns), self.protocol, self.storage_options,
-                        tuple(tuple(f) for f in self.row_filters), self.missing, self.holdout)
+                        tuple(tuple(f) for f in self.row_filters), self.missing, self.holdout,
+                        stream_above=self._chunk_bytes)
 
     def read_args(self, chunk: Chunk) -> tuple[Chunk, ReadSpec]:
         """The arguments of ``read_block`` and ``read_slices`` for one chunk."""
