@@ -12,6 +12,7 @@ import time
 import weakref
 
 from . import __version__
+from .data.read import fast_pool_name
 from .errors import ClusterError, first_line as _first_line
 
 log = logging.getLogger(__name__)
@@ -160,27 +161,10 @@ def _security(tls):
     )
 
 
-def _fast_arrow_pool() -> str:
-    """The Arrow memory pool for workers: jemalloc where this pyarrow build has it (Linux
-    and macOS wheels), else mimalloc. jemalloc reused freed buffers fastest in workers
-    (measured per 36 MB chunk: jemalloc 0.043 s, mimalloc 0.06 s, system 0.2 s, the
-    latter paying page faults under distributed's MALLOC_TRIM_THRESHOLD_); ``data``
-    purges the pool after every chunk."""
-    import pyarrow as pa
-
-    for name in ("jemalloc", "mimalloc"):
-        try:
-            getattr(pa, f"{name}_memory_pool")()
-            return name
-        except NotImplementedError:
-            continue
-    return "system"
-
-
 #: Environment of embedded worker processes, set before they start (``local_cluster``):
 #: Arrow picks its memory pool when it loads, so the nanny's ``env``, applied after the
 #: main module's imports, can come too late.
-WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": _fast_arrow_pool()}
+WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": fast_pool_name()}
 
 
 #: Modules embedded workers import as they start, so the first pass does not wait on
@@ -228,6 +212,22 @@ def _one_blas_thread():
 
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+@contextlib.contextmanager
+def _fast_pool():
+    """Arrow's fast pool (``data.read.fast_pool_name``) while workers are threads of this
+    process, as worker processes have it (``WORKER_ENV``); the caller's pool after."""
+    import pyarrow as pa
+
+    from .data.read import use_fast_pool
+
+    before = pa.default_memory_pool()
+    use_fast_pool()
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(before)
 
 
 def quiet_distributed(level: int = logging.CRITICAL) -> None:
@@ -286,6 +286,9 @@ def connect(cfg, address: str | None = None, data_bytes: int | None = None):
         _timeouts[client] = timeout
         try:
             check_workers(client, timeout, where)
+            from .worker import ArrowPool
+
+            client.register_plugin(ArrowPool())  # this and future workers read on the fast pool
             yield client
         finally:
             client.close()
@@ -294,7 +297,7 @@ def connect(cfg, address: str | None = None, data_bytes: int | None = None):
     if not use_processes(cfg, data_bytes):
         from .threads import ThreadsClient
 
-        with _one_blas_thread():
+        with _one_blas_thread(), _fast_pool():
             client = ThreadsClient(cfg.n_workers, cfg.threads_per_worker)
             log.info("embedded cluster: %d threads of this process (cluster.processes: false or auto)",
                      client.threads)

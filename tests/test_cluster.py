@@ -70,6 +70,34 @@ def test_a_job_submitted_by_address_is_bit_identical_to_the_embedded_run(dataset
     assert len(dask_cluster.worker_pids()) == 2
 
 
+def test_workers_started_by_hand_read_on_the_fast_arrow_pool(tmp_path):
+    """`dask worker` gives pyarrow's default pool (mimalloc); connecting registers a
+    worker plugin that sets the fast one (jemalloc: the 3.4 GB job trained in 2.4 s
+    instead of 3.1 s), in a worker that joins later too, and once however often a job
+    connects."""
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig
+    from gd_dask.data.read import fast_pool_name
+
+    def pools(c):
+        return sorted(c.run(lambda: __import__("pyarrow").default_memory_pool().backend_name).values())
+
+    procs = DaskProcesses(n_workers=1, worker_env={"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}).start()
+    try:
+        with procs.client() as c:
+            assert pools(c) == ["mimalloc"]
+        for _ in range(2):
+            with connect(ClusterConfig(), procs.address):
+                pass
+        procs.add_worker()
+        with procs.client() as c:
+            assert pools(c) == [fast_pool_name()] * 2
+            plugins = c.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+            assert plugins.count("gd-dask-arrow-pool") == 1
+    finally:
+        procs.stop()
+
+
 def test_cluster_address_in_the_config_works_like_the_flag(dataset, embedded, dask_cluster, tmp_path):
     model, _ = _train(dataset["config"], tmp_path / "o", "--set", f"cluster.address={dask_cluster.address}")
     assert model["m"] == embedded[0]["m"] and model["b"] == embedded[0]["b"]
@@ -357,3 +385,20 @@ def test_results_arrive_whatever_moment_a_wait_slice_ends(client, monkeypatch):
     for i in range(150):
         parts = [dask.delayed(time.sleep)(rng.random() * 0.003, dask_key_name=f"nap-{i}-{j}") for j in range(4)]
         assert cluster.compute(client, parts) == [None] * 4
+
+
+def test_threads_of_this_process_read_on_the_fast_pool_and_give_the_callers_back():
+    import pyarrow as pa
+
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig
+    from gd_dask.data.read import fast_pool_name
+
+    before = pa.default_memory_pool().backend_name
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        with connect(ClusterConfig(processes=False)):
+            assert pa.default_memory_pool().backend_name == fast_pool_name()
+        assert pa.default_memory_pool().backend_name == "system"
+    finally:
+        pa.set_memory_pool(getattr(pa, f"{before}_memory_pool")())
