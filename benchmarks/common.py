@@ -17,7 +17,8 @@ TRUE_M = np.array([1.5, -0.7, 2.0, 0.3, -1.1, 0.8, 0.05, -0.4])
 
 def write_days(root: Path, days: int, rows_per_day: int, d: int = 8, seed: int = 0,
                row_group_rows: int = 250_000, labels: bool = False) -> list[str]:
-    """``root/date=.../part-0000.parquet``, one file per day, d features + y; skips days present.
+    """``root/date=.../part-0000.parquet``, one file per day, d features + y (TRUE_M
+    repeated past 8 features); skips days present.
     ``labels``: y is 0/1, drawn with probability σ(standardized X·TRUE_M/2 + 0.3)."""
     rng = np.random.default_rng(seed)
     names = [f"x{j}" for j in range(d)]
@@ -34,7 +35,7 @@ def write_days(root: Path, days: int, rows_per_day: int, d: int = 8, seed: int =
             z = ((X - np.linspace(-2, 5, d)) / np.linspace(0.5, 3.0, d)) @ TRUE_M[:d] / 2 + 0.3
             y = (rng.random(rows_per_day) < 1 / (1 + np.exp(-z))).astype(np.float64)
         else:
-            y = X @ TRUE_M[:d] + 3.0 + rng.normal(size=rows_per_day)
+            y = X @ np.resize(TRUE_M, d) + 3.0 + rng.normal(size=rows_per_day)
         cols = {n: X[:, j] for j, n in enumerate(names)}
         cols["y"] = y
         pq.write_table(pa.table(cols), path, row_group_size=row_group_rows)
@@ -59,6 +60,37 @@ def local_client(n_workers: int = 2, memory_limit="auto"):
     with local_cluster(n_workers=n_workers, threads_per_worker=1, memory_limit=memory_limit,
                        dashboard_address=":0") as lc, Client(lc) as c:  # default: dask-ml computes on it
         yield c
+
+
+@contextlib.contextmanager
+def running_cluster(n_workers: int = 2):
+    """A cluster as a user starts one: ``dask scheduler`` and ``dask worker --nworkers N
+    --nthreads 1`` processes on 127.0.0.1 with no settings of ours; yields its address."""
+    import socket
+    import subprocess
+    import sys
+
+    from distributed import Client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", "127.0.0.1:0"], **quiet)]
+    try:
+        procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", str(n_workers), "--nthreads", "1",
+                                       "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"], **quiet))
+        with Client(address, timeout=60) as c:
+            c.wait_for_workers(n_workers, timeout=120)
+        yield address
+    finally:
+        for p in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, 15)
+            p.wait(timeout=60)
 
 
 class WorkerRSS:

@@ -1,5 +1,6 @@
 """Time to model with each peer, run as its own process: ``python peers.py NAME ROOT K``.
 
+``python peers.py NAME ROOT K D``: the data has D features (8 when not given).
 Prints one JSON line: the seconds to a model (reading plus fitting, after the imports)
 of K fits in the same process (the first is what a user's fresh process gets, the rest
 are warm), and the coefficients [m..., b] of the last. ``time_to_model.py`` runs each
@@ -93,7 +94,10 @@ PEERS = {"scan": scan, "duckdb": duckdb, "pandas_sklearn": pandas_sklearn, "pola
 
 
 def main() -> None:
+    global FEATURES
     name, root, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if len(sys.argv) > 4:  # the number of features, x0 … x{d−1}
+        FEATURES = [f"x{j}" for j in range(int(sys.argv[4]))]
     seconds, coef = [], None
     for _ in range(k):
         t = time.perf_counter()

@@ -31,10 +31,10 @@ LABELS = {
 }
 
 
-def _peer(name: str, root: Path, k: int) -> dict | None:
+def _peer(name: str, root: Path, k: int, features: int = 8) -> dict | None:
     """One fresh process running ``k`` fits; None where the tool is not installed."""
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, str(HERE / "peers.py"), name, str(root), str(k)],
+    res = subprocess.run([sys.executable, str(HERE / "peers.py"), name, str(root), str(k), str(features)],
                          capture_output=True, text=True)
     wall = time.perf_counter() - t
     if res.returncode != 0:
@@ -45,6 +45,32 @@ def _peer(name: str, root: Path, k: int) -> dict | None:
     out = json.loads(res.stdout.strip().splitlines()[-1])
     return {"first_s": out["seconds"][0], "warm_s": min(out["seconds"][1:]) if k > 1 else None,
             "process_s": wall, "coef": out["coef"]}
+
+
+#: The issue's large job: 20 files × 1M rows × 20 features and y (3.4 GB as float64).
+WIDE_FILES, WIDE_ROWS, WIDE_FEATURES = 20, 1_000_000, 20
+
+
+def wide_on_a_running_cluster(work: Path, quick: bool, runs: int) -> dict:
+    """The large job submitted to a running cluster started as a user starts one
+    (``dask scheduler``, ``dask worker --nworkers 2 --nthreads 1``, no settings), against
+    one pyarrow scan of the same columns in a fresh process (first scan, and the best
+    of two more in that process)."""
+    from common import running_cluster, write_days
+
+    rows = 50_000 if quick else WIDE_ROWS
+    root = work / f"wide-{rows}"
+    write_days(root, WIDE_FILES, rows, d=WIDE_FEATURES)
+    scans = [_peer("scan", root, 3, WIDE_FEATURES) for _ in range(runs)]
+    cfg = work / "wide.yaml"
+    cfg.write_text(json.dumps({"name": "wide", "data": {"path": str(root), "target": "y",
+                                                         "features": [f"x{j}" for j in range(WIDE_FEATURES)]},
+                               "output": {"dir": str(work / "wide-out")}}))
+    with running_cluster(n_workers=2) as address:
+        trained = [_command(["train", str(cfg), "--no-plot", "--scheduler", address])[1] for _ in range(runs)]
+    return {"rows": rows * WIDE_FILES, "columns": WIDE_FEATURES + 1, "files": WIDE_FILES,
+            "scan_first_s": [r["first_s"] for r in scans], "scan_warm_s": [r["warm_s"] for r in scans],
+            "train_s": trained}
 
 
 def _command(args: list[str]) -> tuple[float, float]:
@@ -81,6 +107,7 @@ def time_to_model(work: Path, quick: bool, speed_root: Path, runs: int = 5) -> d
                                                                 "target": "weight_kg"},
                                      "output": {"dir": str(work / "ttm-small-out")}}))
     out["command_10k"] = [_command(["train", str(cfg_small)]) for _ in range(runs)]
+    out["wide"] = wide_on_a_running_cluster(work, quick, runs)
     return out
 
 
@@ -117,6 +144,17 @@ def report(t: dict) -> None:
     if ref:
         print(f"\ngd-dask's training in the command / DuckDB's time to model: "
               f"{statistics.median(trained) / statistics.median(ref):.2f} ×")
+    w = t.get("wide")
+    if w:
+        print(f"\n{w['rows']:,} rows × {w['columns']} columns in {w['files']} files on a running 2-worker cluster "
+              f"(`dask scheduler`, `dask worker`), defaults, {t['runs']} runs:\n")
+        print("| | seconds |\n|---|---|")
+        print(f"| pyarrow scan, first in a fresh process | {_span(w['scan_first_s'])} |")
+        print(f"| pyarrow scan, warm (best of the next two in that process) | {_span(w['scan_warm_s'])} |")
+        print(f"| gd-dask train --scheduler, training | {_span(w['train_s'])} |")
+        print(f"\ntraining / warm scan: {statistics.median(w['train_s']) / statistics.median(w['scan_warm_s']):.2f} × "
+              f"(target ≤ 1.5 ×); / first scan: "
+              f"{statistics.median(w['train_s']) / statistics.median(w['scan_first_s']):.2f} ×")
     coefs = {k: v["coef"] for k, v in t["peers"].items() if v and v.get("coef")}
     if "gd_dask" in coefs:
         import numpy as np
