@@ -155,6 +155,7 @@ def sweep(config, rates, overrides, scheduler):
 
     from .cluster import connect
     from .config import load_config
+    from .data import open_source
     from .plots import sweep_png
     from .store import atomic_write, check_writable
     from .sweep import sweep as run_sweep
@@ -170,8 +171,9 @@ def sweep(config, rates, overrides, scheduler):
         if parsed[-1] != "auto" and not parsed[-1] > 0:
             raise ConfigError(f"--learning-rates: {r} must be > 0")
     check_writable(cfg.output_dir)
-    with connect(cfg.cluster, scheduler) as client:
-        rows = run_sweep(cfg, client, parsed)
+    source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
+    with connect(cfg.cluster, scheduler, data_bytes=source.nbytes) as client:
+        rows = run_sweep(cfg, client, parsed, source)
     out = Path(cfg.output_dir) / "sweep.png"
     curves = [(f"lr={r['rate']}" + (f" ({r['learning_rate']:.3g})" if r["rate"] == "auto" else ""),
                r["losses"], r["status"]) for r in rows]
@@ -359,11 +361,12 @@ def evaluate(model_json, data_path, scheduler, storage_options):
     from .cluster import connect
     from .config import ClusterConfig
     from .model import load_model
-    from .score import evaluate as run_evaluate
+    from .score import evaluate as run_evaluate, open_for
 
     model = load_model(model_json, storage_options)
-    with connect(ClusterConfig(), scheduler) as client:
-        click.echo(json.dumps(run_evaluate(model, data_path, client, storage_options)))
+    source = open_for(model, data_path, storage_options)
+    with connect(ClusterConfig(), scheduler, data_bytes=source.nbytes) as client:
+        click.echo(json.dumps(run_evaluate(model, data_path, client, storage_options, source=source)))
 
 
 @cli.command()
@@ -385,15 +388,16 @@ def predict(model_json, data_path, out_dir, keys, overwrite, threshold, schedule
     from .cluster import connect
     from .config import ClusterConfig
     from .model import load_model
-    from .score import predict as run_predict
+    from .score import open_for, predict as run_predict
 
     model = load_model(model_json, storage_options)
     if threshold is not None and model.loss.task != "classification":
         raise ConfigError(f"--threshold applies to classifiers; {model_json} is a {model.loss.name} regression")
     key_cols = [k for k in keys.split(",") if k]
-    with connect(ClusterConfig(), scheduler) as client:
+    source = open_for(model, data_path, storage_options, key_cols)
+    with connect(ClusterConfig(), scheduler, data_bytes=source.nbytes) as client:
         res = run_predict(model, data_path, out_dir, client, keys=key_cols, storage_options=storage_options,
-                          overwrite=overwrite, threshold=threshold)
+                          overwrite=overwrite, threshold=threshold, source=source)
     click.echo(f"wrote predictions for {res['rows']} rows in {res['files']} files to {out_dir}")
 
 

@@ -26,10 +26,21 @@ def data_for(model: Model, path: str, storage_options: dict | None = None) -> Da
                       storage_options=storage_options or {})
 
 
-def evaluate(model: Model, path: str, client, storage_options: dict | None = None) -> dict:
+def open_for(model: Model, path: str, storage_options: dict | None = None, keys=None):
+    """The footers of the data at ``path`` as ``evaluate`` (``keys`` None) or ``predict``
+    (the key columns, no target) read it: opened before a cluster starts, so bad paths
+    fail first and the embedded cluster knows the data's size."""
+    cfg = data_for(model, path, storage_options)
+    if keys is None:
+        return open_source(cfg)
+    return open_source(cfg, extra_columns=list(keys), with_target=False)
+
+
+def evaluate(model: Model, path: str, client, storage_options: dict | None = None, source=None) -> dict:
     """n, mse, rmse, mae, r2 of ``model`` on the Parquet data at ``path`` (a classifier:
-    log_loss, accuracy, precision, recall, roc_auc, brier): one pass."""
-    source = open_source(data_for(model, path, storage_options))
+    log_loss, accuracy, precision, recall, roc_auc, brier): one pass. ``source``: the
+    data as ``open_for`` opened it."""
+    source = source or open_for(model, path, storage_options)
     ex = Executor(client, source, cache=False, loss=model.loss)
     metrics = ex.metrics(model.m, model.b)
     if not all(np.isfinite(v) for k, v in metrics.items() if k in ("mse", "mae", "log_loss", "brier")):
@@ -73,15 +84,16 @@ def check_output(source, out_fs, out_root: str, overwrite: bool, out_dir: str) -
 
 
 def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_options: dict | None = None,
-            overwrite: bool = False, threshold: float | None = None) -> dict:
+            overwrite: bool = False, threshold: float | None = None, source=None) -> dict:
     """Score every file under ``path`` into ``out_dir``, keeping the relative layout
     (hive partitions included); one worker task per file, row group by row group.
 
     The files are written into a hidden staging folder next to ``out_dir``, which then
     takes its place whole (replacing the old one with ``overwrite``): a failed run
     leaves ``out_dir`` as it was, a finished one leaves only this model's predictions.
+    ``source``: the data as ``open_for(..., keys)`` opened it.
     """
-    source = open_source(data_for(model, path, storage_options), extra_columns=list(keys), with_target=False)
+    source = source or open_for(model, path, storage_options, keys)
     out_fs, out_root = fsspec.core.url_to_fs(out_dir, **source.storage_options)
     out_root = out_root.rstrip("/")
     check_output(source, out_fs, out_root, overwrite, out_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from .data import open_source
 from .errors import TrainingError
 from .prepare import pick_strategy, prepare
 from .training import fit, fit_moments
@@ -15,17 +16,19 @@ from .training import fit, fit_moments
 log = logging.getLogger(__name__)
 
 
-def sweep(cfg, client, rates: list) -> list[dict]:
-    """One row per rate: rate, learning rate used, status, epochs, final loss, losses."""
+def sweep(cfg, client, rates: list, source=None) -> list[dict]:
+    """One row per rate: rate, learning rate used, status, epochs, final loss, losses.
+    ``source``: ``cfg.data``'s footers, if read already."""
     gram = pick_strategy(cfg) == "gram"
-    prep = prepare(cfg, client) if gram else None  # one moments pass serves every rate
+    source = source or open_source(cfg.data)
+    prep = prepare(cfg, client, source) if gram else None  # one moments pass serves every rate
     rows = []
     for rate in rates:
         run_cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(
             update={"learning_rate": rate}), "output": cfg.output.model_copy(update={"checkpoint_every": 0})})
         try:
             res = (fit_moments(run_cfg, prep.mom, val_mom=prep.val_mom, refine_pass=prep.ex.refine_sums) if gram
-                   else fit(run_cfg, client))
+                   else fit(run_cfg, client, source=source))
             if res.validation and res.validation["stopped_early"]:
                 status = "stopped early"
             else:
