@@ -53,7 +53,7 @@ class Prepared:
     mom: g.Moments
     val_ex: Executor | None = None
     val_mom: g.Moments | None = None
-    rows_dropped: int = 0
+    rows_dropped: int | None = 0
 
     def release(self) -> None:
         for e in filter(None, (self.ex, self.val_ex)):
@@ -67,7 +67,8 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     source.layout(chunk_bytes_for(client, CHUNK_BYTES))
     strategy = pick_strategy(cfg)
     cache = decide_cache(cfg.optimizer.cache, source, client, strategy)
-    log.info("%d rows in %d files, %d chunks; strategy %s", source.n_rows, len(source.files),
+    log.info("%s rows in %d files, %d chunks; strategy %s",
+             "?" if source.n_rows is None else source.n_rows, len(source.files),
              len(source.chunks), strategy)
     loss = losses.of(cfg.model)
     val_ex = val_mom = None
@@ -119,12 +120,16 @@ def check_targets(cfg, *executors) -> None:
                         f"(e.g. {shown}); model.loss {loss.name} needs {loss.target_rule} labels")
 
 
-def rows_dropped(cfg, source: ParquetSource, kept) -> int:
+def rows_dropped(cfg, source: ParquetSource, kept) -> int | None:
     """Rows skipped for NaN/inf/null values (``missing: drop``): the footers' row count
     minus the rows ``kept`` (training and validation); 0 where row filters or weights
-    leave no count to compare with."""
+    leave no count to compare with; None where files planned from the listing have no
+    row count before they are read."""
     if cfg.data.missing != "drop" or source.row_filters or source.weighted:
         return 0
+    if source.n_rows is None:
+        log.info("rows dropped for NaN/inf/null values: not counted (small files planned from the listing)")
+        return None
     dropped = source.n_rows - kept
     if dropped:
         log.warning("dropped %d of %d rows holding NaN/inf/null values (data.missing: drop)",

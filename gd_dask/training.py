@@ -50,7 +50,7 @@ class FitResult:
     seconds: float = 0.0
     source: ParquetSource | None = None
     resumed_from: int | None = None  # epoch of the checkpoint this run resumed from
-    rows_dropped: int = 0  # rows with NaN/inf/null skipped (data.missing: drop)
+    rows_dropped: int | None = 0  # rows with NaN/inf/null skipped (data.missing: drop); None: not counted
     validation: dict | None = None  # early stopping: split, best epoch, metrics on held-out rows
     convergence: dict | None = None  # criterion, bound, digits, epochs, refinements (``certify``)
     summary: dict | None = None  # inference statistics, or why they do not hold (``inference``)

@@ -212,3 +212,82 @@ def test_a_metadata_summary_plans_without_reading_footers_and_never_over_a_newer
     (root / "_metadata").write_bytes(b"not parquet")
     reads.clear()
     assert source.open_source(DataConfig(**data)).n_rows == expected.n_rows + 40 and len(reads) == 300
+
+
+@pytest.fixture
+def from_listing(monkeypatch):
+    """Plan listings of more than 10 small files from the listing (as 1,000 would be)."""
+    from gd_dask.data import source
+
+    monkeypatch.setattr(source, "FOOTERLESS_MIN_FILES", 10)
+    reads = []
+    real = source._read_footer
+    monkeypatch.setattr(source, "_read_footer", lambda fs, p, info=None: reads.append(p) or real(fs, p, info))
+    return reads
+
+
+def test_many_small_files_are_planned_from_the_listing_and_read_the_same_rows(small_files, from_listing):
+    """Only the first footer is read on the client; packs are sized by the files' sizes on
+    disk; the tasks read the same rows in the same order, and the holdout holds out the
+    same rows, as with every footer read."""
+    from gd_dask.data import Pack, read_block, read_slices
+
+    footers = _source(small_files["data"], 16 * 2**20, pack=False)
+    from_listing.clear()
+    planned = _source(small_files["data"], 16 * 2**20)
+    assert len(from_listing) == 1 and planned.n_rows is None and not planned.rows_known
+    assert all(f["rows"] is None for f in planned.files[1:]) and planned.files[0]["rows"] == 40
+    # 16 MiB a task, each file 1 MiB of open cost plus its size on disk: 15 files a task
+    assert all(isinstance(c, Pack) for c in planned.chunks) and len(planned.chunks) == 20
+    whole = np.vstack([read_block(c, footers.spec) for c in footers.chunks])
+    assert np.array_equal(np.vstack([read_block(c, planned.spec) for c in planned.chunks]), whole)
+    streamed = np.vstack([z.copy() for c in planned.chunks for z in read_slices(c, planned.spec, rows=1000)])
+    assert np.array_equal(streamed, whole)
+    for validation in (0, 1):
+        a = footers.split(seed=3, fraction=0.2)[validation]
+        b = planned.split(seed=3, fraction=0.2)[validation]
+        held = [np.vstack([read_block(c, s.spec) for c in s.chunks]) for s in (a, b)]
+        assert np.array_equal(held[0], held[1]) and 0 < len(held[0]) < 12_000
+
+
+def test_training_on_files_planned_from_the_listing_is_bit_identical_on_any_workers(small_files, tmp_path,
+                                                                                  from_listing):
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig
+    from gd_dask.training import fit
+
+    cfg = make_config({**small_files["data"], "missing": "drop"}, tmp_path)
+    results = []
+    for n in (1, 3):
+        with connect(ClusterConfig(n_workers=n, processes=False)) as c:
+            results.append(fit(cfg, c))
+    assert list(results[0].m) == list(results[1].m) and results[0].b == results[1].b
+    X1 = np.column_stack([small_files["X"], np.ones(len(small_files["X"]))])
+    exact = np.linalg.lstsq(X1, small_files["y"], rcond=None)[0]
+    np.testing.assert_allclose(np.append(results[0].m, results[0].b), exact, rtol=1e-9)
+    assert results[0].converged and results[0].metrics["n"] == 12_000
+    assert results[0].rows_dropped is None  # not counted: no footers, no row count to compare with
+
+
+def test_a_file_planned_from_the_listing_without_a_column_is_named_when_read(small_files, tmp_path, client,
+                                                                            from_listing):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from gd_dask.errors import DataError
+    from gd_dask.training import fit
+
+    root = tmp_path / "d"
+    shutil.copytree(small_files["data"]["path"], root)
+    victim = sorted(root.rglob("*.parquet"))[150]
+    pq.write_table(pq.read_table(victim).drop_columns(["x1"]), victim)
+    with pytest.raises(DataError, match=f"{victim.name}: column 'x1' not found"):
+        fit(make_config({**small_files["data"], "path": str(root)}, tmp_path), client)
+    first = sorted(root.rglob("*.parquet"))[0]  # the first footer is read up front: a config error
+    pq.write_table(pq.read_table(first).drop_columns(["x1"]), first)
+    from gd_dask.config import DataConfig
+    from gd_dask.data import open_source
+
+    with pytest.raises(DataError, match=f"{first.name}: column 'x1' not found"):
+        open_source(DataConfig(**{**small_files["data"], "path": str(root)}))
