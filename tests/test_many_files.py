@@ -291,3 +291,31 @@ def test_a_file_planned_from_the_listing_without_a_column_is_named_when_read(sma
 
     with pytest.raises(DataError, match=f"{first.name}: column 'x1' not found"):
         open_source(DataConfig(**{**small_files["data"], "path": str(root)}))
+
+
+def test_a_pack_on_an_object_store_fetches_its_files_at_once_with_the_same_bits(small_files, tmp_path):
+    """latency:// at 20 ms a request: a pack's ~100 files come many at a time, not one
+    after another (2 s), and train to the local bits."""
+    import time
+
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig
+    from gd_dask.executor import Executor
+    from gd_dask.data import read
+    from gd_dask.training import fit
+
+    options = {"delay": 0.02}
+    remote = {**small_files["data"], "path": "latency://" + small_files["data"]["path"], "storage_options": options}
+    src = _source(remote, 100 * 2**20)
+    pack = max(src.chunks, key=lambda c: len(c.pieces))
+    assert len(pack.pieces) > 90
+    t = time.perf_counter()
+    remote_rows = read.read_block(pack, src.spec)
+    assert time.perf_counter() - t < len(pack.pieces) * 0.02 / 4
+    local = _source(small_files["data"], 100 * 2**20)
+    assert np.array_equal(remote_rows, read.read_block(local.chunks[src.chunks.index(pack)], local.spec))
+    with connect(ClusterConfig(processes=False)) as c:
+        assert Executor(c, src, cache=False).moments().n == 12_000
+        a = fit(make_config(remote, tmp_path / "a"), c)
+        b = fit(make_config(small_files["data"], tmp_path / "b"), c)
+    assert list(a.m) == list(b.m) and a.b == b.b

@@ -85,13 +85,59 @@ def _row_group_tables(pf, chunk, spec):
             raise DataError(f"{chunk.path}: cannot read row group {rg} ({_first_line(e)})") from None
 
 
+#: A pack's files on an object store are fetched whole, this many at once and at most
+#: ``PREFETCH_BYTES`` ahead: each small file is a request whose latency, not its bytes,
+#: is the cost (2,000 files of 100 rows at 30 ms a request: 63 s one after another).
+PREFETCH_FILES = 16
+PREFETCH_BYTES = 64 * 2**20
+
+
 def _chunk_tables(chunk, spec):
     """``_row_group_tables`` of every file of a chunk (one file, or a ``Pack`` of
     several), in order, each file open only while its rows are read."""
-    for piece in chunk.pieces:
+    pieces = chunk.pieces
+    if len(pieces) > 1 and spec.protocol not in ("file", "local"):
+        for piece, data in _prefetched(pieces, spec):
+            pf = _parquet_file(pa.BufferReader(data), piece.path)
+            yield from _row_group_tables(pf, piece, spec)
+        return
+    for piece in pieces:
         with open_file(piece.path, spec.protocol, spec.storage_options) as fh:
             pf = _parquet_file(fh, piece.path, piece.row_groups, spec.stream_above)
             yield from _row_group_tables(pf, piece, spec)
+
+
+def _prefetched(pieces, spec):
+    """(piece, the file's bytes) in order, fetched ``PREFETCH_FILES`` at a time."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    fs = fsspec.filesystem(spec.protocol, **(spec.storage_options or {}))
+
+    def fetch(path):
+        try:
+            return fs.cat_file(path)
+        except Exception as e:  # noqa: BLE001 - object stores fail in many types
+            raise DataError(f"{path}: cannot read ({_first_line(e)})") from None
+
+    with ThreadPoolExecutor(PREFETCH_FILES, thread_name_prefix="gd-dask-fetch") as pool:
+        ahead, ahead_bytes, todo = deque(), 0, iter(pieces)
+        nxt = next(todo, None)
+        while ahead or nxt is not None:
+            while nxt is not None and len(ahead) < PREFETCH_FILES and (
+                    not ahead or ahead_bytes + nxt.size <= PREFETCH_BYTES):
+                ahead.append((nxt, pool.submit(fetch, nxt.path)))
+                ahead_bytes += nxt.size
+                nxt = next(todo, None)
+            piece, job = ahead.popleft()
+            ahead_bytes -= piece.size
+            try:
+                data = job.result()
+            except BaseException:
+                for _, j in ahead:
+                    j.cancel()
+                raise
+            yield piece, data
 
 
 def holdout_rows(seed: int, file_id: int, first_row: int, n: int, fraction: float) -> np.ndarray:
