@@ -47,7 +47,7 @@ def run(cfg, scheduler: str | None = None, on_epoch=None, plot: bool = True, cli
     if client is not None:
         result = fit(cfg, client, on_epoch=on_epoch, source=source)
     else:
-        with connect(cfg.cluster, scheduler, data_bytes=source.nbytes) as c:
+        with connect(cfg.cluster, scheduler, data=source) as c:
             result = fit(cfg, c, on_epoch=on_epoch, source=source)
     return result, save_run(cfg.output_dir, cfg, result, plot=plot)
 

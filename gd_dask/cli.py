@@ -172,7 +172,7 @@ def sweep(config, rates, overrides, scheduler):
             raise ConfigError(f"--learning-rates: {r} must be > 0")
     check_writable(cfg.output_dir)
     source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
-    with connect(cfg.cluster, scheduler, data_bytes=source.nbytes) as client:
+    with connect(cfg.cluster, scheduler, data=source) as client:
         rows = run_sweep(cfg, client, parsed, source)
     out = Path(cfg.output_dir) / "sweep.png"
     curves = [(f"lr={r['rate']}" + (f" ({r['learning_rate']:.3g})" if r["rate"] == "auto" else ""),
@@ -365,7 +365,7 @@ def evaluate(model_json, data_path, scheduler, storage_options):
 
     model = load_model(model_json, storage_options)
     source = open_for(model, data_path, storage_options)
-    with connect(ClusterConfig(), scheduler, data_bytes=source.nbytes) as client:
+    with connect(ClusterConfig(), scheduler, data=source) as client:
         click.echo(json.dumps(run_evaluate(model, data_path, client, storage_options, source=source)))
 
 
@@ -395,7 +395,7 @@ def predict(model_json, data_path, out_dir, keys, overwrite, threshold, schedule
         raise ConfigError(f"--threshold applies to classifiers; {model_json} is a {model.loss.name} regression")
     key_cols = [k for k in keys.split(",") if k]
     source = open_for(model, data_path, storage_options, key_cols)
-    with connect(ClusterConfig(), scheduler, data_bytes=source.nbytes) as client:
+    with connect(ClusterConfig(), scheduler, data=source) as client:
         res = run_predict(model, data_path, out_dir, client, keys=key_cols, storage_options=storage_options,
                           overwrite=overwrite, threshold=threshold, source=source)
     click.echo(f"wrote predictions for {res['rows']} rows in {res['files']} files to {out_dir}")

@@ -190,17 +190,23 @@ def local_cluster(**kwargs):
 #: caches, and spawning workers (1 s) and their first pass cold (0.4 s) were most of a
 #: small job's whole command.
 THREADS_DATA_FRACTION = 0.25
+#: ... and it has at most this many files. Reading a file holds the GIL for about 0.5 ms
+#: (pyarrow's per-file Python and setup), so threads read small files one at a time:
+#: 100,000 files of 100 rows took 60 s on 2 threads, 49 s with 2 worker processes,
+#: start-up included; on 2 cores processes pay off from about 6,000 files.
+THREADS_MAX_FILES = 5000
 
 
-def use_processes(cfg, data_bytes: int | None) -> bool:
-    """Whether the embedded cluster's workers are processes (``cluster.processes``)."""
+def use_processes(cfg, data=None) -> bool:
+    """Whether the embedded cluster's workers are processes (``cluster.processes``);
+    ``data``: the ``ParquetSource`` to read (unknown: processes)."""
     if cfg.processes != "auto":
         return cfg.processes
-    if cfg.memory_limit != "auto" or data_bytes is None:
+    if cfg.memory_limit != "auto" or data is None or data.nbytes is None:
         return True  # a limit the user set is for the nannies to enforce
     from .threads import system_memory
 
-    return data_bytes > THREADS_DATA_FRACTION * system_memory()
+    return data.nbytes > THREADS_DATA_FRACTION * system_memory() or len(data.files) > THREADS_MAX_FILES
 
 
 @contextlib.contextmanager
@@ -246,7 +252,7 @@ def quiet_distributed(level: int = logging.CRITICAL) -> None:
 
 
 @contextlib.contextmanager
-def connect(cfg, address: str | None = None, data_bytes: int | None = None):
+def connect(cfg, address: str | None = None, data=None):
     """Yield a ``distributed.Client`` for the run.
 
     Parameters
@@ -254,9 +260,9 @@ def connect(cfg, address: str | None = None, data_bytes: int | None = None):
     cfg : ClusterConfig
     address : str, optional
         ``--scheduler`` from the command line; wins over the config.
-    data_bytes : int, optional
-        The data's size as float64 blocks (``ParquetSource.nbytes``), for
-        ``cluster.processes: auto``; unknown: processes.
+    data : ParquetSource, optional
+        The data the job reads, for ``cluster.processes: auto`` (its size as float64
+        blocks and its number of files); unknown: processes.
     """
     address = address or cfg.address
     timeout = _seconds(cfg.timeout)
@@ -294,7 +300,7 @@ def connect(cfg, address: str | None = None, data_bytes: int | None = None):
             client.close()
         return
 
-    if not use_processes(cfg, data_bytes):
+    if not use_processes(cfg, data):
         from .threads import ThreadsClient
 
         with _one_blas_thread(), _fast_pool():

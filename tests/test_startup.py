@@ -15,18 +15,25 @@ from conftest import ROOT, write_parquet
 
 
 def test_processes_auto_means_threads_for_data_that_fits_and_processes_otherwise():
-    from gd_dask.cluster import THREADS_DATA_FRACTION, use_processes
+    from types import SimpleNamespace
+
+    from gd_dask.cluster import THREADS_DATA_FRACTION, THREADS_MAX_FILES, use_processes
     from gd_dask.config import ClusterConfig
     from gd_dask.threads import system_memory
 
+    def data(nbytes, files=8):
+        return SimpleNamespace(nbytes=nbytes, files=[{}] * files)
+
     fits = int(THREADS_DATA_FRACTION * system_memory())
-    assert use_processes(ClusterConfig(), 10_000) is False
-    assert use_processes(ClusterConfig(), fits) is False
-    assert use_processes(ClusterConfig(), fits + 1) is True
+    assert use_processes(ClusterConfig(), data(10_000)) is False
+    assert use_processes(ClusterConfig(), data(fits)) is False
+    assert use_processes(ClusterConfig(), data(fits + 1)) is True
+    assert use_processes(ClusterConfig(), data(10_000, THREADS_MAX_FILES)) is False
+    assert use_processes(ClusterConfig(), data(10_000, THREADS_MAX_FILES + 1)) is True  # reads hold the GIL
     assert use_processes(ClusterConfig(), None) is True  # size unknown
-    assert use_processes(ClusterConfig(memory_limit="2GiB"), 10_000) is True  # a limit for nannies to enforce
-    assert use_processes(ClusterConfig(processes=True), 10_000) is True
-    assert use_processes(ClusterConfig(processes=False), 10 * fits) is False
+    assert use_processes(ClusterConfig(memory_limit="2GiB"), data(10_000)) is True  # a limit for nannies
+    assert use_processes(ClusterConfig(processes=True), data(10_000)) is True
+    assert use_processes(ClusterConfig(processes=False), data(10 * fits, 10**6)) is False
 
 
 def test_a_small_job_imports_neither_distributed_nor_pandas_nor_matplotlib(tmp_path):
