@@ -172,8 +172,8 @@ class ClusterConfig(_Section):
     processes: Union[Literal["auto"], Annotated[bool, Strict()]] = Field(
         default="auto", description="Embedded cluster: workers as processes (true) or as threads of this "
         "process (false: no spawn, no cold workers; Parquet decoding and BLAS release the GIL). auto: threads "
-        "when the data fits comfortably in memory and memory_limit is auto, else processes, whose limits "
-        "the nannies enforce.")
+        "when the data fits comfortably in memory in at most 5,000 files and memory_limit is auto, else "
+        "processes, whose limits the nannies enforce (and which read many small files in parallel).")
     timeout: Union[PositiveFloat, Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?\s*(ms|s|m|h)?$")]] = Field(
         default="30s", description="Connecting to a remote scheduler, checking its workers, and waiting for "
         "workers when the cluster has none.")
