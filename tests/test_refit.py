@@ -316,3 +316,22 @@ def test_a_night_reads_one_statistics_object_per_night_of_its_window_not_one_per
     assert outcome.promoted and outcome.files_read == 10  # only the new night's files; days 1-3 cached
     stats_reads = [p for p in read if "/stats/" in p]
     assert len(stats_reads) == len(set(stats_reads)) <= 4, stats_reads  # a window of 4 nights: ≤ 4 objects
+
+
+def test_a_refit_over_files_planned_from_the_listing_gives_the_same_model(client, tmp_path, monkeypatch):
+    """Issue 21: a window of many small files is planned from the listing (the tasks read
+    the footers); each file's statistics, and so the model, are those of reading every
+    footer on the client."""
+    from gd_dask.data import source
+
+    for day in range(5):
+        add_day(tmp_path / "data", day)
+    with_footers = refit(config(tmp_path, registry="footers"), client, night(4))
+    monkeypatch.setattr(source, "FOOTERLESS_MIN_FILES", 3)  # 8 files in the window: from the listing
+    planned = refit(config(tmp_path, registry="listing"), client, night(4))
+    assert with_footers.promoted and planned.promoted and planned.files_read == with_footers.files_read
+    a = Registry(str(tmp_path / "footers"), "nightly").current_model()
+    b = Registry(str(tmp_path / "listing"), "nightly").current_model()
+    assert a["m"] == b["m"] and a["b"] == b["b"]
+    again = refit(config(tmp_path, registry="listing"), client, night(4))  # the same night: nothing new
+    assert again.files_read == 0
