@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 import weakref
 
 from . import __version__
@@ -37,7 +38,8 @@ def compute(client, graphs, *, what: str = "a pass over the data", explain=None)
         return results[0] if single else results
     import asyncio
 
-    futures = client.compute(graphs)
+    with large_graphs_quiet():
+        futures = client.compute(graphs)
     address = getattr(client.scheduler, "address", "?")
     # One gather on the client's event loop, awaited here in slices. Its deadline is ours,
     # not the loop's: ``Future.result(timeout=)`` cancels the gather when it times out, and
@@ -59,6 +61,16 @@ def compute(client, graphs, *, what: str = "a pass over the data", explain=None)
             raise ClusterError(f"lost the dask scheduler at {address} during {what} ({_first_line(e)})") from None
         raise
     return results[0] if single else results
+
+
+@contextlib.contextmanager
+def large_graphs_quiet():
+    """No "Sending large graph" warning from distributed: 100,000 small files make a
+    10 MiB graph of file names and row groups, metadata rather than the data the warning
+    is about (data embedded in a graph)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        yield
 
 
 def _await(job, client, address: str, what: str):

@@ -19,7 +19,7 @@ import dask
 import numpy as np
 
 from . import gradient as g
-from .cluster import compute
+from .cluster import compute, large_graphs_quiet
 from .compensated import RefineSums, add_refine, refine_sums
 from .data import Pack, ParquetSource, count_nonfinite
 from .data.write import predict_file
@@ -104,7 +104,8 @@ class Executor:
             # Persist: every later pass (each stream epoch, the metrics pass) reads the
             # blocks from worker memory; dask keeps the read tasks to recompute any
             # block lost with a worker.
-            self._keep(client.persist(to_dask_array(source)))
+            with large_graphs_quiet():
+                self._keep(client.persist(to_dask_array(source)))
         self.scaling: g.Standardizer | None = None
 
     def _compute(self, graphs):
@@ -208,7 +209,8 @@ class Executor:
             # keeps the graph back to the read tasks for blocks lost with a worker.
             array = self.array.map_blocks(g.standardize_block, sc.center, sc.scale, sc.y_center, None,
                                           self.weighted, dtype=np.float64)
-            self._keep(self.client.persist(array))
+            with large_graphs_quiet():
+                self._keep(self.client.persist(array))
 
     def gradient_sums(self, m, b) -> g.BlockSums:
         """Σ ψ·xs, Σ ψ, Σ loss, n at (m, b) over every chunk (one stream epoch), for
