@@ -152,6 +152,13 @@ def check_workers(client, timeout: float, where: str) -> None:
                     f"versions of {', '.join(MATCHED)} where the workers run (see README, Running on a cluster)")
 
 
+def _set_up_workers(client) -> None:
+    """gd_dask's worker plugin (``worker.WorkerSetup``) in this and future workers."""
+    from .worker import WorkerSetup
+
+    client.register_plugin(WorkerSetup())
+
+
 def _seconds(timeout) -> float:
     if isinstance(timeout, (int, float)):
         return float(timeout)
@@ -304,9 +311,7 @@ def connect(cfg, address: str | None = None, data=None):
         _timeouts[client] = timeout
         try:
             check_workers(client, timeout, where)
-            from .worker import ArrowPool
-
-            client.register_plugin(ArrowPool())  # this and future workers read on the fast pool
+            _set_up_workers(client)
             yield client
         finally:
             client.close()
@@ -340,6 +345,7 @@ def connect(cfg, address: str | None = None, data=None):
     except Exception as e:  # noqa: BLE001 - start-up failures come in many types
         raise ClusterError(f"cannot start the embedded LocalCluster: {e}") from None
     client = Client(cluster, set_as_default=False)
+    _set_up_workers(client)
     _timeouts[client] = timeout
     log.info("embedded LocalCluster with %d worker processes; dashboard: %s", cfg.n_workers, client.dashboard_link)
     try:

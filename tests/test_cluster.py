@@ -93,7 +93,10 @@ def test_workers_started_by_hand_read_on_the_fast_arrow_pool(tmp_path):
         with procs.client() as c:
             assert pools(c) == [fast_pool_name()] * 2
             plugins = c.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
-            assert plugins.count("gd-dask-arrow-pool") == 1
+            assert plugins.count("gd-dask-worker-setup") == 1
+            fetchers = c.run(lambda: sum(t.name.startswith("gd-dask-fetch")
+                                         for t in __import__("threading").enumerate()))
+            assert set(fetchers.values()) == {64}  # started with the worker, never from a task
     finally:
         procs.stop()
 

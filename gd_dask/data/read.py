@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 
 import fsspec
 import numpy as np
@@ -108,10 +109,34 @@ def _chunk_tables(chunk, spec):
             yield from _row_group_tables(pf, piece, spec)
 
 
+_fetch_pool = None
+_fetch_pool_lock = threading.Lock()
+
+
+def _fetcher():
+    """The process's one pool of ``PREFETCH_FILES`` fetch threads, made on first use and
+    kept; a worker makes it as it starts (``worker.WorkerSetup``). A pool per task
+    started threads all the time, and starting a thread from a task can deadlock a dask
+    worker (CPython 3.11): its profiler's ``sys._current_frames`` holds the interpreter's
+    thread list while a garbage collection under it runs distributed's GC callback,
+    which lets go of the GIL; the thread being started holds the GIL while it waits for
+    that list (seen: 100,000 files at 30 ms hung both workers after a minute)."""
+    global _fetch_pool
+    with _fetch_pool_lock:
+        if _fetch_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _fetch_pool = ThreadPoolExecutor(PREFETCH_FILES, thread_name_prefix="gd-dask-fetch")
+            # Start every thread now: each waits for all the others, so none is reused.
+            everyone = threading.Barrier(PREFETCH_FILES)
+            for f in [_fetch_pool.submit(everyone.wait, 60) for _ in range(PREFETCH_FILES)]:
+                f.result()
+        return _fetch_pool
+
+
 def _prefetched(pieces, spec):
     """(piece, the file's bytes) in order, fetched ``PREFETCH_FILES`` at a time."""
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
 
     fs = fsspec.filesystem(spec.protocol, **(spec.storage_options or {}))
 
@@ -121,9 +146,10 @@ def _prefetched(pieces, spec):
         except Exception as e:  # noqa: BLE001 - object stores fail in many types
             raise DataError(f"{path}: cannot read ({_first_line(e)})") from None
 
-    with ThreadPoolExecutor(PREFETCH_FILES, thread_name_prefix="gd-dask-fetch") as pool:
-        ahead, ahead_bytes, todo = deque(), 0, iter(pieces)
-        nxt = next(todo, None)
+    pool = _fetcher()
+    ahead, ahead_bytes, todo = deque(), 0, iter(pieces)
+    nxt = next(todo, None)
+    try:
         while ahead or nxt is not None:
             while nxt is not None and len(ahead) < PREFETCH_FILES and (
                     not ahead or ahead_bytes + nxt.size <= PREFETCH_BYTES):
@@ -132,13 +158,10 @@ def _prefetched(pieces, spec):
                 nxt = next(todo, None)
             piece, job = ahead.popleft()
             ahead_bytes -= piece.size
-            try:
-                data = job.result()
-            except BaseException:
-                for _, j in ahead:
-                    j.cancel()
-                raise
-            yield piece, data
+            yield piece, job.result()
+    finally:  # an error, or a reader that stopped early: no more fetches for this chunk
+        for _, job in ahead:
+            job.cancel()
 
 
 def holdout_rows(seed: int, file_id: int, first_row: int, n: int, fraction: float) -> np.ndarray:
