@@ -152,11 +152,15 @@ def check_workers(client, timeout: float, where: str) -> None:
                     f"versions of {', '.join(MATCHED)} where the workers run (see README, Running on a cluster)")
 
 
-def _set_up_workers(client) -> None:
+def _set_up_workers(client, where: str) -> None:
     """gd_dask's worker plugin (``worker.WorkerSetup``) in this and future workers."""
     from .worker import WorkerSetup
 
-    client.register_plugin(WorkerSetup())
+    try:
+        client.register_plugin(WorkerSetup())
+    except Exception as e:  # noqa: BLE001 - raised on the workers, in many types
+        raise ClusterError(f"cannot set up the workers of {where} ({_first_line(e)}): they must run the same "
+                           "gd_dask as this client (see README, Running on a cluster)") from None
 
 
 def _seconds(timeout) -> float:
@@ -186,10 +190,11 @@ def _security(tls):
 WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": fast_pool_name()}
 
 
-#: Modules embedded workers import as they start, so the first pass does not wait on
-#: the read path's imports (pyarrow.parquet, the kernels): the two workers import in
-#: parallel while the cluster starts.
-WORKER_PRELOAD = ("gd_dask.executor",)
+#: Modules embedded workers import as they start: ``gd_dask.worker`` imports the read
+#: path and the kernels (pyarrow.parquet…), so the first pass does not wait on them, the
+#: workers importing in parallel while the cluster starts, and sets each worker up
+#: (``worker.dask_setup``).
+WORKER_PRELOAD = ("gd_dask.worker",)
 
 
 def local_cluster(**kwargs):
@@ -311,7 +316,7 @@ def connect(cfg, address: str | None = None, data=None):
         _timeouts[client] = timeout
         try:
             check_workers(client, timeout, where)
-            _set_up_workers(client)
+            _set_up_workers(client, where)
             yield client
         finally:
             client.close()
@@ -344,8 +349,7 @@ def connect(cfg, address: str | None = None, data=None):
         )
     except Exception as e:  # noqa: BLE001 - start-up failures come in many types
         raise ClusterError(f"cannot start the embedded LocalCluster: {e}") from None
-    client = Client(cluster, set_as_default=False)
-    _set_up_workers(client)
+    client = Client(cluster, set_as_default=False)  # its workers set up by their preload
     _timeouts[client] = timeout
     log.info("embedded LocalCluster with %d worker processes; dashboard: %s", cfg.n_workers, client.dashboard_link)
     try:

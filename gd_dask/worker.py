@@ -1,27 +1,44 @@
-"""What gd_dask sets up in every dask worker it runs on (``cluster.connect``), present
-and future: registered once under one name, so each run replaces it rather than adding
-another."""
+"""What gd_dask sets up in every dask worker it runs on, as the worker starts: embedded
+workers through their preload (``cluster.WORKER_PRELOAD`` calls ``dask_setup``), the
+workers of a cluster given by address through a plugin (``WorkerSetup``, registered by
+``cluster.connect`` under one name, so each run replaces it rather than adding one)."""
 
 from __future__ import annotations
 
 from distributed import WorkerPlugin
 
 
-class WorkerSetup(WorkerPlugin):
-    """In each worker, on its event loop's thread:
+def set_up() -> None:
+    """In this worker, on its event loop's thread:
 
     - Arrow's fast memory pool (``data.read.fast_pool_name``). A worker started by
       ``dask worker`` has pyarrow's default, mimalloc: the 3.4 GB job's training took
-      3.1 s there, 2.5 s on jemalloc. (Embedded workers also get it from ``WORKER_ENV``.)
-    - The threads that fetch a task's small files from an object store
-      (``data.read._fetcher``), started here rather than in a task: starting a thread
-      in a task can deadlock with the worker's profiler (see ``_fetcher``).
+      3.1 s there, 2.5 s on jemalloc.
+    - The threads that fetch a task's small files from an object store and decode its
+      next row group (``data.read._fetcher``, ``_reader``), started here rather than in
+      a task: starting a thread in a task can deadlock with the worker's profiler (see
+      ``data.read._pool``).
     """
+    from gd_dask.data.read import _fetcher, _reader, use_fast_pool
+
+    use_fast_pool()
+    _fetcher()
+    _reader()
+
+
+class WorkerSetup(WorkerPlugin):
+    """``set_up`` in every worker of a cluster, present and future."""
 
     name = "gd-dask-worker-setup"
 
     def setup(self, worker):
-        from gd_dask.data.read import _fetcher, use_fast_pool
+        set_up()
 
-        use_fast_pool()
-        _fetcher()
+
+def dask_setup(worker):
+    """Called by distributed in each embedded worker as it starts, this module being its
+    preload (``cluster.WORKER_PRELOAD``): the read path and kernels imported now, so the
+    first pass does not wait on them, and ``set_up``."""
+    import gd_dask.executor  # noqa: F401
+
+    set_up()
