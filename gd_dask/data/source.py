@@ -210,7 +210,7 @@ class ParquetSource:
         """Size of the dataset as float64 blocks; a file planned from the listing counts
         its size on disk (an estimate: its rows are not known before it is read)."""
         row_bytes = len(self.columns) * 8
-        return sum(f["size"] or 0 if f["rows"] is None else f["rows"] * row_bytes for f in self.files)
+        return sum((f["size"] or 0) if f["rows"] is None else f["rows"] * row_bytes for f in self.files)
 
     def layout(self, chunk_bytes: int, pack: bool | None = None) -> None:
         """Group consecutive row groups of each file into chunks of at most
@@ -223,11 +223,11 @@ class ParquetSource:
         max_rows = max(1, chunk_bytes // (8 * len(self.columns)))
         chunks = []
         for f in self.files:
+            file_id = zlib.crc32(f["rel"].encode())
             if f["row_groups"] is None:  # planned from the listing: the task reads it whole
-                chunks.append(Chunk(f["full_path"], None, None, (), zlib.crc32(f["rel"].encode()), f["size"] or 0))
+                chunks.append(Chunk(f["full_path"], None, None, (), file_id, f["size"] or 0))
                 continue
             starts = np.concatenate([[0], np.cumsum(f["row_groups"])]).astype(int).tolist()
-            file_id = zlib.crc32(f["rel"].encode())
 
             def chunk(group, rows):
                 return Chunk(f["full_path"], tuple(group), rows, tuple(starts[rg] for rg in group), file_id,
@@ -244,8 +244,7 @@ class ParquetSource:
                 chunks.append(chunk(group, rows))
         chunks = [c for c in chunks if c.rows is None or c.rows > 0]
         if self._pack:
-            sizes = {f["full_path"]: f["size"] or 0 for f in self.files if f["rows"] is None}
-            chunks = pack_small_files(chunks, chunk_bytes, OPEN_COST_BYTES, 8 * len(self.columns), sizes)
+            chunks = pack_small_files(chunks, chunk_bytes, OPEN_COST_BYTES, 8 * len(self.columns))
         self.chunks = chunks
 
     def unpacked(self) -> ParquetSource:
@@ -276,14 +275,12 @@ class ParquetSource:
         }
 
 
-def pack_small_files(chunks: list, chunk_bytes: int, open_cost: int, row_bytes: int,
-                     sizes: dict | None = None) -> list:
+def pack_small_files(chunks: list, chunk_bytes: int, open_cost: int, row_bytes: int) -> list:
     """Runs of consecutive chunks that are whole files, packed while their bytes (as
     float64) plus ``open_cost`` per file stay within ``chunk_bytes`` (Spark's file
     packing: maxPartitionBytes and openCostInBytes). A file split into several chunks is
     big already and stays as it is; a pack of one file is that file's chunk. A file of
-    unknown rows (planned from the listing) counts its size on disk, ``sizes[path]``."""
-    sizes = sizes or {}
+    unknown rows (planned from the listing) counts its size on disk (``Chunk.size``)."""
     whole = {}  # path → number of chunks of that file
     for c in chunks:
         whole[c.path] = whole.get(c.path, 0) + 1
@@ -292,7 +289,7 @@ def pack_small_files(chunks: list, chunk_bytes: int, open_cost: int, row_bytes: 
         if c is None or whole[c.path] > 1:
             c_cost = None
         else:
-            c_cost = (sizes[c.path] if c.rows is None else c.rows * row_bytes) + open_cost
+            c_cost = (c.size if c.rows is None else c.rows * row_bytes) + open_cost
         if run and (c_cost is None or cost + c_cost > chunk_bytes):
             out.append(run[0] if len(run) == 1 else Pack(tuple(run)))
             run, cost = [], 0
