@@ -5,8 +5,8 @@ Its newest ``registry.holdout_days`` dates are the holdout; the challenger train
 rest (forward chaining: both models are judged on days neither has seen, so a night of
 corrupted labels is caught when it enters training, and a corrupted holdout cannot pass
 a model that learnt from it). Squared loss trains with the ``gram`` strategy from per-file
-moments cached in the registry (keyed by path, size, mtime/ETag): only files never seen
-are read. The holdout pass also computes and caches the holdout files' moments, so on a
+moments cached in the registry (keyed by path, size, mtime/ETag; ``stats_cache``): only
+files never seen are read, footers included, and the cache itself is a few objects. The holdout pass also computes and caches the holdout files' moments, so on a
 regular night only the newest day is read, once. A loss without sufficient statistics
 (logistic, Huber) trains by stream epochs over the window, warm-started from the current
 model, and is judged by one pass per model over the holdout.
@@ -80,7 +80,7 @@ def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Momen
     """Moments of the training files, cached per file; returns (moments, files read)."""
     cached, unseen = {}, []
     for f in src.files:
-        mom = reg.cached_moments(src.file_key(f))
+        mom = reg.stats.moments(src.file_key(f))
         if mom is None:
             unseen.append(f)
         else:
@@ -92,9 +92,9 @@ def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Momen
         for f in unseen:
             mom = fresh[f["full_path"]]
             _check_finite(mom, f, src)
-            reg.cache_moments(src.file_key(f), mom)
+            reg.stats.put(src.file_key(f), mom, src.footer_plan(f))
             cached[f["full_path"]] = mom
-        reg.flush_stats()
+        reg.stats.flush()
     # Merge in file order: the same total whichever files came from the cache.
     return g.merge_all([cached[f["full_path"]] for f in src.files]), len(unseen)
 
@@ -136,7 +136,8 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
             "current_version": v.get("current_version"), "reason": v.get("reason"),
             "train_dates": v.get("train_dates"), "holdout_dates": v.get("holdout_dates"),
             "checks": v.get("checks", []), "quarantined": v.get("quarantined", []),
-            "files_read": outcome.files_read, "seconds": round(time.perf_counter() - t0, 3),
+            "files_read": outcome.files_read, "cache_objects_read": reg.stats.objects_read,
+            "seconds": round(time.perf_counter() - t0, 3),
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return outcome
 
@@ -156,12 +157,14 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
         hold_dates, train_dates = [], dates
     else:
         hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]
+    known = reg.stats.plan if gram else None  # files in the statistics cache: no footer read
     try:
-        window = open_source(_with_dates(cfg.data, dates))  # one listing, one footer read each
+        window = open_source(_with_dates(cfg.data, dates), known=known)  # one listing, new files' footers
     except DataError as e:
         if not hold_dates or not gram:
             raise
-        open_source(_with_dates(cfg.data, train_dates))  # the earlier nights open: the new one is at fault
+        # The earlier nights open: the new one is at fault.
+        open_source(_with_dates(cfg.data, train_dates), known=known)
         return _quarantine(reg, as_of, hold_dates, [{"check": "schema", "message": str(e)}])
     window.layout(chunk_bytes_for(client, CHUNK_BYTES), pack=False)  # statistics are cached per file
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files
@@ -205,6 +208,9 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
         challenger_score, current_score = _judge_by_passes(client, reg, hold_src, hold_dates, result, init, cfg)
         files_read += len(hold_src.files)
 
+    if gram:  # the cache's objects for the nights to come: the window's entries, consolidated
+        reg.stats.consolidate([window.file_key(f) for f in window.files])
+
     if first_night:
         promote, why = True, (f"first model: trained on all {len(dates)} date partition(s), none held out "
                               "(no current model to compare with)")
@@ -247,7 +253,7 @@ def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_
                                               "(or no rows)"}]
     by_date: dict[str, list] = {}
     for f in train_src.files:
-        mom = reg.cached_moments(train_src.file_key(f))
+        mom = reg.stats.moments(train_src.file_key(f))
         if mom is not None:
             by_date.setdefault(f["partition"].get(DATE_KEY), []).append(mom)
     earlier = [validate.NightStats.of(d, g.merge_all(m)) for d, m in sorted(by_date.items())]
@@ -293,8 +299,8 @@ def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates
     for f in hold_src.files:
         hmom, _ = per_file[f["full_path"]]
         if hmom.finite():
-            reg.cache_moments(hold_src.file_key(f), hmom)
-    reg.flush_stats()
+            reg.stats.put(hold_src.file_key(f), hmom, hold_src.footer_plan(f))
+    reg.stats.flush()
     errors = [per_file[f["full_path"]][1] for f in hold_src.files]
     merged = [errors[0][i] for i in range(len(models))]
     for errs in errors[1:]:

@@ -7,8 +7,9 @@ Layout under ``registry.dir/NAME/``::
     current.json          {"version": ...}: the promoted version, replaced atomically
     events.jsonl          one JSON line per refit: as-of, verdict, metrics, files read, seconds
     quarantine.json       {date: failed checks}: nights no refit trains on or judges by
-    stats/                per-Parquet-file moments, one object per date partition, keyed by
-                          path, size and mtime (or ETag)
+    stats/                per-Parquet-file moments and footer plans, keyed by path, size and
+                          mtime (or ETag): a consolidated base and the nights since
+                          (``stats_cache``)
     .lock                 held by a running refit (holder: host, pid, since)
 
 VERSION is ``<as-of date>T<HHMMSS>Z`` (UTC), so versions sort by as-of date, then time.
@@ -19,7 +20,6 @@ leaves either a whole version or none.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import posixpath
@@ -30,10 +30,8 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from .errors import ArtifactError, GdDaskError
-from .gradient import Moments
+from .stats_cache import StatsCache
 from .store import atomic_write, is_url, load_model
 
 
@@ -55,9 +53,7 @@ class Registry:
         self.root = f"{self.base}/{name}"
         self.name = name
         self.versions_dir = f"{self.root}/versions"
-        self.stats_dir = f"{self.root}/stats"
-        self._stats_docs: dict[str, dict] = {}  # statistics objects read or written in this refit
-        self._stats_dirty: set[str] = set()
+        self.stats = StatsCache(self)  # the refit's per-file statistics (stats/)
 
     def url(self, path: str) -> str:
         """``path`` as the user gave it: a local path, or protocol://path."""
@@ -305,48 +301,6 @@ class Registry:
                 taken = (self._read_json(path) or {}).get("token") == me["token"]
         if not taken:
             raise RegistryError(_held(self.url(self.root), self._read_json(path) or {}, self.url(path)))
-
-    # ------------------------------------------------------------------ statistics cache
-
-    def cached_moments(self, key: dict) -> Moments | None:
-        """A file's moments from the statistics cache, if its key (path, size, stamp, …)
-        still matches. The cache holds one object per date partition (``_stats_doc``):
-        a night's refit reads one object per night of its window, not one per file."""
-        entry = self._stats_doc(key)["files"].get(key["path"])
-        if not entry or entry.get("key") != key:
-            return None
-        m = entry["moments"]
-        return Moments(m["n"], np.asarray(m["mean"], dtype=np.float64),
-                       np.asarray(m["comoment"], dtype=np.float64))
-
-    def cache_moments(self, key: dict, mom: Moments) -> None:
-        """Note a file's moments; ``flush_stats`` writes each partition's object once."""
-        # n is a row count, or Σw (a float) with sample weights: JSON keeps either exactly.
-        n = int(mom.n) if isinstance(mom.n, (int, np.integer)) else float(mom.n)
-        self._stats_doc(key)["files"][key["path"]] = {
-            "key": key, "moments": {"n": n, "mean": mom.mean.tolist(), "comoment": mom.comoment.tolist()}}
-        self._stats_dirty.add(self._stats_path(key))
-
-    def flush_stats(self) -> None:
-        """Write the partitions' statistics objects changed since the last flush."""
-        for path in sorted(self._stats_dirty):
-            self._write(path, json.dumps(self._stats_docs[path]))
-        self._stats_dirty.clear()
-
-    def _stats_doc(self, key: dict) -> dict:
-        """{"files": {path: {key, moments}}} of the key's partition, read once per refit."""
-        path = self._stats_path(key)
-        if path not in self._stats_docs:
-            doc = self._read_json(path)
-            ok = isinstance(doc, dict) and isinstance(doc.get("files"), dict)
-            self._stats_docs[path] = doc if ok else {"files": {}}
-        return self._stats_docs[path]
-
-    def _stats_path(self, key: dict) -> str:
-        """One object per date partition and way of reading (columns, missing, filters)."""
-        ident = [key.get("partition"), key["columns"], key["missing"], key["row_filters"]]
-        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-        return f"{self.stats_dir}/{digest}.json"
 
 
 def _held(root, holder: dict | None, path) -> str:

@@ -1,6 +1,7 @@
 """Nightly refits: ten simulated nights of appended partitions, the gate, the registry."""
 
 import json
+import shutil
 from pathlib import Path
 from datetime import date, timedelta
 
@@ -236,13 +237,15 @@ def _bad_night(root, day: int, kind: str):
         cols = {"x1": X[:, 0], "x2": X[:, 1], "y": y}
         if kind == "missing":
             del cols["x2"]
+        if kind == "integer":
+            cols["x2"] = np.round(X[:, 1] * 100).astype(np.int64)  # x2 now int64, in cents
         table = pa.table(cols)
         if kind == "duplicated":
             table = pa.concat_tables([table, table])
         pq.write_table(table, folder / f"part-{f:04d}.parquet")
 
 
-@pytest.mark.parametrize("kind", ["shuffled", "unit", "half", "missing", "duplicated"])
+@pytest.mark.parametrize("kind", ["shuffled", "unit", "half", "missing", "integer", "duplicated"])
 def test_a_bad_night_is_quarantined_the_night_it_lands(client, tmp_path, kind):
     cfg = config(tmp_path)
     reg = Registry(cfg.registry.dir, cfg.name)
@@ -256,7 +259,7 @@ def test_a_bad_night_is_quarantined_the_night_it_lands(client, tmp_path, kind):
     assert night(5).isoformat() in reg.quarantined()
     checks = {c["check"] for c in outcome.verdict["checks"]}
     expected = {"shuffled": {"error_ratio", "sd_ratio", "mean_shift"}, "unit": {"mean_shift", "sd_ratio"},
-                "half": {"rows"}, "missing": {"schema"}, "duplicated": {"rows"}}[kind]
+                "half": {"rows"}, "missing": {"schema"}, "integer": {"schema"}, "duplicated": {"rows"}}[kind]
     assert checks & expected, outcome.verdict["checks"]
     add_day(tmp_path / "data", 6)
     after = refit(cfg, client, night(6))  # trained without the bad night, judged on a good one
@@ -287,35 +290,53 @@ def test_cli_exits_3_on_a_quarantined_night(tmp_path):
     assert res.returncode == 3 and "quarantined" in res.stdout and "'x2'" in res.stdout
 
 
-def test_a_night_reads_one_statistics_object_per_night_of_its_window_not_one_per_file(client, tmp_path,
-                                                                                      monkeypatch):
-    """Issue 21: the cache held one object per data file, read on the client each night;
-    now one per date partition (ten files a night here)."""
-    def add_night(day: int):
+def test_a_night_reads_its_new_files_and_a_few_cache_objects_whatever_the_window(client, tmp_path, monkeypatch):
+    """Issue 21: a night reads the new night's files (footers included) and at most
+    CONSOLIDATE_NIGHTS + 1 cache objects, not one per night of the window or per file;
+    what came from the cache, and how it was grouped, leaves the model's bits alone."""
+    from gd_dask import stats_cache
+    from gd_dask.data import source
+
+    def add_night(day: int, scale: float = 1.0):
         rng = np.random.default_rng(day)
         folder = tmp_path / "data" / f"date={night(day).isoformat()}"
         folder.mkdir(parents=True, exist_ok=True)
         for f in range(10):
-            X = rng.normal(size=(50, 2)) + [3.0, -1.0]
+            X = rng.normal(size=(50, 2)) * scale + [3.0, -1.0]
             y = X @ [1.0, -0.5] + 2.0 + rng.normal(scale=0.3, size=50)
             pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "y": y}), folder / f"part-{f:04d}.parquet")
 
-    cfg = config(tmp_path, checks=False)
-    for day in range(4):
+    footers = []
+    real_footer = source._read_footer
+    monkeypatch.setattr(source, "_read_footer", lambda fs, p, info=None: footers.append(p) or real_footer(fs, p, info))
+    cfg = config(tmp_path, checks=False, data={"window_days": 6})
+    for day in range(6):
         add_night(day)
-    refit(cfg, client, night(3))
-    stats = sorted((tmp_path / "models" / "nightly" / "stats").iterdir())
-    assert len(stats) == 4  # one object per night, each with its ten files
-    assert all(len(json.loads(p.read_text())["files"]) == 10 for p in stats)
-
-    read = []
-    real = Registry._read_json
-    monkeypatch.setattr(Registry, "_read_json", lambda self, path: read.append(path) or real(self, path))
-    add_night(4)
-    outcome = refit(cfg, client, night(4))
-    assert outcome.promoted and outcome.files_read == 10  # only the new night's files; days 1-3 cached
-    stats_reads = [p for p in read if "/stats/" in p]
-    assert len(stats_reads) == len(set(stats_reads)) <= 4, stats_reads  # a window of 4 nights: ≤ 4 objects
+    first = refit(cfg, client, night(5))
+    assert first.files_read == 60 and len(footers) == 60
+    stats = tmp_path / "models" / "nightly" / "stats"
+    assert [p.name.startswith("base-") for p in stats.iterdir()] == [True]  # consolidated at once
+    for day in range(6, 13):
+        if day == 12:  # the same registry without its cache: every file read again
+            shutil.copytree(tmp_path / "models", tmp_path / "uncached")
+            shutil.rmtree(tmp_path / "uncached" / "nightly" / "stats")
+        footers.clear()
+        add_night(day)
+        if day == 9:  # a file of a night the base holds is rewritten: read again
+            add_night(7, scale=1.5)
+        outcome = refit(cfg, client, night(day))
+        rewritten = 10 if day == 9 else 0
+        assert outcome.promoted and outcome.files_read == 10 + rewritten, outcome.message
+        assert len(footers) == 10 + rewritten
+        assert all(f"date={night(day).isoformat()}" in p or rewritten for p in footers)
+        event = Registry(cfg.registry.dir, cfg.name).events()[-1]
+        assert event["cache_objects_read"] <= stats_cache.CONSOLIDATE_NIGHTS + 1, event
+        assert len(list(stats.iterdir())) <= stats_cache.CONSOLIDATE_NIGHTS  # the base and the nights since
+    cached = Registry(cfg.registry.dir, cfg.name).current_model()
+    again = refit(config(tmp_path, registry="uncached", checks=False, data={"window_days": 6}), client, night(12))
+    assert again.files_read == 60
+    uncached = Registry(str(tmp_path / "uncached"), "nightly").current_model()
+    assert cached["m"] == uncached["m"] and cached["b"] == uncached["b"]
 
 
 def test_a_refit_over_files_planned_from_the_listing_gives_the_same_model(client, tmp_path, monkeypatch):

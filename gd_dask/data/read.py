@@ -53,11 +53,15 @@ def check_columns(path: str, schema: pa.Schema, columns, types: dict) -> None:
         if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
                 or pa.types.is_decimal(t)):
             raise DataError(f"{path}: column '{col}' is {t}, not numeric")
-        first = types.setdefault(col, (t, path))
-        if first[0] != t:
-            raise DataError(
-                f"column '{col}' is {first[0]} in {first[1]} but {t} in {path}"
-            )
+        check_type(path, col, str(t), types)
+
+
+def check_type(path: str, col: str, t: str, types: dict) -> None:
+    """One type (as text: ``double``, ``int64``, …) for ``col`` across the files checked
+    with the same ``types``."""
+    first = types.setdefault(col, (t, path))
+    if first[0] != t:
+        raise DataError(f"column '{col}' is {first[0]} in {first[1]} but {t} in {path}")
 
 
 def _row_group_tables(pf, chunk, spec):

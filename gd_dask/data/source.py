@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from .read import LARGE_ROW_GROUP, NativePath, _first_line, check_columns, is_local, read_block, read_slices
+from .read import (LARGE_ROW_GROUP, NativePath, _first_line, check_columns, check_type, is_local, read_block,
+                   read_slices)
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +263,15 @@ class ParquetSource:
 
     def file_key(self, f: dict) -> dict:
         """Identity of one file's statistics: rewritten files get a new key."""
-        return {"path": f["path"], "size": f["size"], "stamp": f["stamp"], "columns": self.columns,
-                "missing": self.missing, "row_filters": [list(x) for x in self.row_filters],
-                "partition": f["partition"]}
+        return file_key(f, self.columns, self.missing, self.row_filters)
+
+    @staticmethod
+    def footer_plan(f: dict) -> dict | None:
+        """What the file's footer said, for ``open_source(known=...)`` to plan it again
+        without reading it; None for a file planned from the listing (footer unread)."""
+        if f["row_groups"] is None or f.get("types") is None:
+            return None
+        return {"row_groups": f["row_groups"], "row_group_bytes": f["row_group_bytes"], "types": f["types"]}
 
     def fingerprint(self) -> dict:
         return {
@@ -273,6 +280,13 @@ class ParquetSource:
             "n_rows": self.n_rows,
             "total_bytes": sum(f["size"] for f in self.files),
         }
+
+
+def file_key(f: dict, columns, missing: str, row_filters) -> dict:
+    """Identity of one file read one way (columns, missing, row filters), from the
+    listing alone: a rewritten file (other size, mtime or ETag) gets another key."""
+    return {"path": f["path"], "size": f["size"], "stamp": f["stamp"], "columns": list(columns),
+            "missing": missing, "row_filters": [list(x) for x in row_filters], "partition": f["partition"]}
 
 
 def pack_small_files(chunks: list, chunk_bytes: int, open_cost: int, row_bytes: int) -> list:
@@ -394,11 +408,13 @@ def list_files_detailed(path: str, storage_options: dict | None = None):
 
 
 def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: int = CHUNK_BYTES,
-                with_target: bool = True) -> ParquetSource:
+                with_target: bool = True, known=None) -> ParquetSource:
     """Discover files, prune by partition filters, read footers, lay out chunks.
 
     ``with_target=False``: the data need not hold the target (new data to predict on).
     A listing of many small files is planned from the listing (``FOOTERLESS_MIN_FILES``).
+    ``known(file_key) -> footer_plan | None``: what earlier reads of a file said (the
+    refit's statistics cache); such a file's footer is not read again.
 
     Raises
     ------
@@ -430,21 +446,36 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     part_keys = set().union(*partitions.values()) if partitions else set()
     row_filters = [f for f in data_cfg.filters if f[0] not in part_keys]
 
-    planned = summary_plan(fs, root, infos, kept, rels)
-    todo = [full for full in kept if full not in planned]
+    cached = {}
+    for full in kept if known is not None else ():
+        info = infos[full]
+        plan = known(file_key({"path": _display(protocol, full), "size": info.get("size"), "stamp": _stamp(info),
+                               "partition": partitions[full]}, columns, data_cfg.missing, row_filters))
+        if plan is not None:
+            cached[full] = plan
+    planned = summary_plan(fs, root, infos, [full for full in kept if full not in cached], rels)
+    todo = [full for full in kept if full not in planned and full not in cached]
     unread = listing_plan(todo, infos)
     footers = read_footers(fs, [p for p in todo if p not in unread], infos)  # in order, as the loop asks
     if planned:
         log.info("planned %d files from %s/_metadata", len(planned), root)
     if unread:
         log.info("planned %d small files from the listing (their tasks read their footers)", len(unread))
-    if planned or unread:
+    if cached:
+        log.info("planned %d files from the statistics cache", len(cached))
+    if planned or unread or cached:
         log.info("read %d footers", len(todo) - len(unread))
     files, types = [], {}
     with contextlib.closing(footers):  # a check that fails stops the reads still in flight
         for full in kept:
-            info = infos[full]
-            if full in planned:
+            info, col_types = infos[full], None
+            if full in cached:  # its columns were checked when it was first read
+                plan = cached[full]
+                row_groups, rg_bytes, schema, col_types = (plan["row_groups"], plan["row_group_bytes"], None,
+                                                           plan["types"])
+                for col, t in zip(columns, col_types):
+                    check_type(full, col, t, types)
+            elif full in planned:
                 row_groups, rg_bytes, schema = planned[full]
             elif full in unread:  # its task checks its columns
                 row_groups = rg_bytes = schema = None
@@ -453,10 +484,12 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
                 row_groups, rg_bytes = _row_groups(meta)
             if schema is not None:
                 check_columns(full, schema, columns + [f[0] for f in row_filters], types)
+                col_types = [str(schema.field(c).type) for c in columns]
             files.append({"path": _display(protocol, full), "size": info.get("size"),
                           "rows": None if row_groups is None else sum(row_groups),
                           "full_path": full, "rel": rels[full], "stamp": _stamp(info),
-                          "partition": partitions[full], "row_groups": row_groups, "row_group_bytes": rg_bytes})
+                          "partition": partitions[full], "row_groups": row_groups, "row_group_bytes": rg_bytes,
+                          "types": col_types})
     src = ParquetSource(
         fs=fs, protocol=protocol, files=files, chunks=[], columns=columns,
         partitions=partitions, row_filters=row_filters,

@@ -1,0 +1,144 @@
+"""The nightly refit's statistics cache: each data file's moments, and what its footer
+said (row groups, column types), so a night reads only the files it has never seen, and
+no footer of the others.
+
+Layout under ``registry.dir/NAME/stats/``, per way of reading (columns, missing, row
+filters: ``way``)::
+
+    base-<way>.json     the window's nights, consolidated:
+                        {"nights": [night, ...], "files": {path: entry}}
+    <night>.json        one night written since the base was last consolidated:
+                        {"files": {path: entry}}
+
+An entry is ``{"key": {path, size, stamp, columns, …}, "moments": {n, mean, comoment},
+"plan": {row_groups, row_group_bytes, types}}``; it counts only while its key matches the
+listing (a rewritten file has another size, mtime or ETag). A night's entries live in the
+base when the base lists the night, else in the night's own object.
+
+Entries stay per file, whatever object holds them: the refit merges them in file order,
+so the model's bits do not depend on what came from the cache or how it was grouped.
+
+A regular night reads the base, the nights written since it (fewer than
+``CONSOLIDATE_NIGHTS``) and the new night's object (absent): at most
+``CONSOLIDATE_NIGHTS + 1`` objects, whatever the number of files. Once as many nights as
+``CONSOLIDATE_NIGHTS`` stand outside the base, the base is rewritten with the window's
+entries and those nights' objects are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+
+import numpy as np
+
+from .gradient import Moments
+
+#: Nights outside the base that make a refit rewrite it. Each rewrite is the size of the
+#: whole window's entries; each night outside it is one more object to read.
+CONSOLIDATE_NIGHTS = 3
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _night(key: dict) -> str:
+    """A file's night: its hive partition values, as one string."""
+    return json.dumps(key.get("partition"), sort_keys=True)
+
+
+class StatsCache:
+    """The cache of one registry (``Registry.stats``); objects are read at most once per
+    refit and written by ``flush``. Not safe for two writers: the refit lock orders them."""
+
+    def __init__(self, registry):
+        self.reg = registry
+        self.dir = f"{registry.root}/stats"
+        self._docs: dict[str, dict] = {}  # object path → document, read or made in this refit
+        self._dirty: set[str] = set()
+        self.objects_read = 0  # requests for cache objects (found or not) in this refit
+
+    # ------------------------------------------------------------------ lookups
+
+    def moments(self, key: dict) -> Moments | None:
+        """The file's moments if its key still matches."""
+        entry = self._entry(key)
+        if entry is None:
+            return None
+        m = entry["moments"]
+        return Moments(m["n"], np.asarray(m["mean"], dtype=np.float64), np.asarray(m["comoment"], dtype=np.float64))
+
+    def plan(self, key: dict) -> dict | None:
+        """What the file's footer said ({row_groups, row_group_bytes, types}) if its key
+        still matches and it was read with its footer; else None (read the footer)."""
+        entry = self._entry(key)
+        return None if entry is None else entry.get("plan")
+
+    def _entry(self, key: dict) -> dict | None:
+        entry = self._load(self._home(key))["files"].get(key["path"])
+        return entry if entry and entry.get("key") == key else None
+
+    # ------------------------------------------------------------------ updates
+
+    def put(self, key: dict, mom: Moments, plan: dict | None = None) -> None:
+        """Note a file's moments (and its footer's plan); ``flush`` writes them."""
+        # n is a row count, or Σw (a float) with sample weights: JSON keeps either exactly.
+        n = int(mom.n) if isinstance(mom.n, (int, np.integer)) else float(mom.n)
+        entry = {"key": key, "moments": {"n": n, "mean": mom.mean.tolist(), "comoment": mom.comoment.tolist()}}
+        if plan is not None:
+            entry["plan"] = plan
+        home = self._home(key)
+        self._load(home)["files"][key["path"]] = entry
+        self._dirty.add(home)
+
+    def flush(self) -> None:
+        """Write the objects changed since the last flush, each whole (one PUT)."""
+        for path in sorted(self._dirty):
+            self.reg._write(path, json.dumps(self._docs[path]))
+        self._dirty.clear()
+
+    def consolidate(self, keys: list[dict]) -> bool:
+        """Once ``CONSOLIDATE_NIGHTS`` of the window's nights stand outside the base,
+        rewrite the base as the window's entries (``keys``: every file of the window) and
+        remove those nights' objects. Returns whether it did. Call after ``flush``."""
+        if not keys:
+            return False
+        base_path = self._base_path(keys[0])
+        base = self._load(base_path)
+        nights = sorted({_night(k) for k in keys})
+        outside = [n for n in nights if n not in base.get("nights", [])]
+        if len(outside) < CONSOLIDATE_NIGHTS:
+            return False
+        files = {k["path"]: e for k in keys for e in [self._entry(k)] if e is not None}
+        old = [self._night_path(k) for k in {_night(k): k for k in keys if _night(k) in outside}.values()]
+        self._docs[base_path] = {"nights": nights, "files": files}
+        self.reg._write(base_path, json.dumps(self._docs[base_path]))
+        for path in old:  # now held by the base; a crash before this leaves them unread
+            self._docs.pop(path, None)
+            with contextlib.suppress(FileNotFoundError):
+                self.reg.fs.rm_file(path)
+        return True
+
+    # ------------------------------------------------------------------ objects
+
+    def _load(self, path: str) -> dict:
+        if path not in self._docs:
+            self.objects_read += 1
+            doc = self.reg._read_json(path)
+            ok = isinstance(doc, dict) and isinstance(doc.get("files"), dict)
+            self._docs[path] = doc if ok else {"files": {}}
+        return self._docs[path]
+
+    def _home(self, key: dict) -> str:
+        """The object that holds the key's entry: the base if it lists the key's night."""
+        base = self._base_path(key)
+        return base if _night(key) in self._load(base).get("nights", []) else self._night_path(key)
+
+    def _base_path(self, key: dict) -> str:
+        return f"{self.dir}/base-{_digest([key['columns'], key['missing'], key['row_filters']])}.json"
+
+    def _night_path(self, key: dict) -> str:
+        # The digest of earlier releases' per-night objects: registries they filled still count.
+        return f"{self.dir}/{_digest([key.get('partition'), key['columns'], key['missing'], key['row_filters']])}.json"
