@@ -106,6 +106,76 @@ def many_files(work: Path, quick: bool, n_files: int = 20_000) -> dict:
     return out
 
 
+def write_nights(root: Path, nights: int, per_night: int, rows: int = 100) -> None:
+    """``nights`` date folders of ``per_night`` files of ``rows`` rows; adds the nights
+    missing, so a later call with one more night adds one night."""
+    from datetime import date, timedelta
+
+    for day in range(nights):
+        folder = root / f"date={(date(2026, 1, 1) + timedelta(days=day)).isoformat()}"
+        if folder.exists():
+            continue
+        rng = np.random.default_rng(day)
+        folder.mkdir(parents=True)
+        for i in range(per_night):
+            X = rng.normal(size=(rows, 3))
+            y = X @ [1.5, -0.7, 2.0] + 3.0 + rng.normal(size=rows)
+            pq.write_table(pa.table({"x0": X[:, 0], "x1": X[:, 1], "x2": X[:, 2], "y": y}),
+                           folder / f"part-{i:05d}.parquet")
+    os.sync()
+
+
+def nightly_refit(work: Path, quick: bool, per_night: int = 1000, window: int = 30) -> dict:
+    """Issue 21's nightly refit: a 30-day window of ``per_night`` files a night behind 30
+    ms a request. The first night reads every file; the next night should read its own
+    files and a few cache objects. Workers are threads of this process, so the request
+    counter (one ``latency://`` filesystem a process) sees the workers' reads too."""
+    import shutil
+    from datetime import date, timedelta
+
+    import fsspec
+
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig, validate_config
+    from gd_dask.refit import refit
+    from gd_dask.registry import Registry
+
+    per_night = 20 if quick else per_night
+    data, models = work / f"nights-{per_night}", work / f"nights-{per_night}-models"
+    shutil.rmtree(models, ignore_errors=True)
+    shutil.rmtree(data / f"date={(date(2026, 1, 1) + timedelta(days=window)).isoformat()}", ignore_errors=True)
+    write_nights(data, window, per_night)
+    latency = {"delay": 0.03}
+    fs = fsspec.filesystem("latency", **latency)
+    cfg = validate_config({
+        "name": "nightly", "optimizer": {},
+        "data": {"path": f"latency://{data}", "features": FEATURES, "target": "y", "window_days": window,
+                 "storage_options": latency},
+        "registry": {"dir": str(models), "validate": {"rows": None, "mean_shift": None, "sd_ratio": None,
+                                                      "error_ratio": None}}})
+    out = {"per_night": per_night, "window": window}
+    with connect(ClusterConfig(processes=False)) as client:
+        for label, nights in (("first", window), ("next", window + 1)):
+            write_nights(data, nights, per_night)
+            before, t = fs.requests, time.perf_counter()
+            outcome = refit(cfg, client, date(2026, 1, 1) + timedelta(days=nights - 1))
+            event = Registry(str(models), "nightly").events()[-1]
+            out[label] = {"seconds": time.perf_counter() - t, "requests": fs.requests - before,
+                          "files_read": outcome.files_read, "cache_objects_read": event["cache_objects_read"],
+                          "status": outcome.status}
+    return out
+
+
+def report_refit(r: dict) -> None:
+    print(f"\n## Nightly refit: a {r['window']}-day window of {r['per_night']:,} files a night, 30 ms a request\n")
+    print("| night | seconds | data requests | files read | cache objects read |")
+    print("|---|---|---|---|---|")
+    for key, label in (("first", "the first (every file)"), ("next", "the next (one new night)")):
+        p = r[key]
+        print(f"| {label} | {p['seconds']:.1f} | {p['requests']:,} | {p['files_read']:,} "
+              f"| {p['cache_objects_read']} |")
+
+
 def report(r: dict) -> None:
     print(f"\n## Many files: {r['rows']:,} rows × 3 features as {r['n_files']:,} files and as 8\n")
     print("| layout | planning (s) | training (s) | tasks a pass | requests planning | whole command (s) | peak RSS (MiB) |")

@@ -18,6 +18,8 @@
 8. many_files — the same rows as 20,000 files of 100 rows (`--many-files N`) and as 8 files: planning
    (locally, behind 30 ms a request, with and without a ``_metadata`` summary) and
    training, the whole command and its peak RSS (``many_files.py``).
+9. nightly_files — a nightly refit over a 30-day window of 1,000 files a night behind 30 ms
+   a request: the first night and the next, with their requests and cache objects read.
 
 Results: a table on stdout, benchmarks/results/bench.json and bench.png.
 `--quick` shrinks every size (a smoke run).
@@ -400,11 +402,17 @@ def many_files(work: Path, quick: bool) -> dict:
     return mf.many_files(work, quick, MANY_FILES)
 
 
+def nightly_files(work: Path, quick: bool) -> dict:
+    return mf.nightly_refit(work, quick)
+
+
 def report(res: dict) -> None:
     if "time_to_model" in res:
         ttm.report(res["time_to_model"])
     if "many_files" in res:
         mf.report(res["many_files"])
+    if "nightly_files" in res:
+        mf.report_refit(res["nightly_files"])
     if "speed" in res:
         report_speed(res["speed"])
     if "logistic" in res:
@@ -465,8 +473,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--only", nargs="*", default=["time_to_model", "many_files", "speed", "logistic", "sgd",
-                                                   "memory", "scaling", "refit_cost", "accuracy"])
+    ap.add_argument("--only", nargs="*", default=["time_to_model", "many_files", "nightly_files", "speed", "logistic",
+                                                   "sgd", "memory", "scaling", "refit_cost", "accuracy"])
     ap.add_argument("--many-files", type=int, default=20_000,
                     help="files of 100 rows in the many_files section (the issue's target: 100000)")
     args = ap.parse_args()
