@@ -200,14 +200,16 @@ def refit(config, as_of, overrides, scheduler):
 
     from .cluster import connect
     from .config import load_config
-    from .refit import refit as run_refit
+    from .refit import refit as run_refit, window_size
 
     cfg = load_config(config, overrides)
     try:
         day = date.fromisoformat(as_of) if as_of else datetime.now(timezone.utc).date()
     except ValueError:
         raise ConfigError(f"--as-of {as_of!r}: expected YYYY-MM-DD") from None
-    with connect(cfg.cluster, scheduler) as client:
+    embedded = not (scheduler or cfg.cluster.address or cfg.cluster.scheduler_file)
+    size = window_size(cfg, day) if embedded and cfg.cluster.processes == "auto" else None
+    with connect(cfg.cluster, scheduler, data=size) as client:
         outcome = run_refit(cfg, client, day)
     click.echo(outcome.message)
     if outcome.status in ("rejected", "quarantined"):  # ran, current untouched: monitoring sees exit 3

@@ -286,7 +286,8 @@ def connect(cfg, address: str | None = None, data=None):
         ``--scheduler`` from the command line; wins over the config.
     data : ParquetSource, optional
         The data the job reads, for ``cluster.processes: auto`` (its size as float64
-        blocks and its number of files); unknown: processes.
+        blocks and its number of files: ``nbytes`` and ``files``, as a refit's
+        ``WindowSize`` has them too); unknown: processes.
     """
     address = address or cfg.address
     timeout = _seconds(cfg.timeout)

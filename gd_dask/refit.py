@@ -26,6 +26,7 @@ import numpy as np
 from . import gradient as g
 from . import losses, validate
 from .data import CHUNK_BYTES, ParquetSource, hive_keys, list_files, open_source
+from .data.source import list_files_detailed
 from .errors import ArtifactError, ConfigError, DataError
 from .executor import Executor, chunk_bytes_for
 from .registry import Registry, RegistryError
@@ -48,10 +49,11 @@ class RefitOutcome:
     status: str = "promoted"  # promoted | rejected | quarantined | nothing to do (exit 0, 3, 3, 0)
 
 
-def window_dates(cfg, as_of: date, skip=()) -> list[str]:
+def window_dates(cfg, as_of: date, skip=(), found=None) -> list[str]:
     """The date partitions of the window, oldest first, without the nights in ``skip``
-    (quarantined)."""
-    _, _, found, _ = list_files(cfg.data.path, cfg.data.storage_options)
+    (quarantined). ``found``: ``list_files``'s (full path, relative path) pairs."""
+    if found is None:
+        _, _, found, _ = list_files(cfg.data.path, cfg.data.storage_options)
     dates = sorted({k[DATE_KEY] for _, rel in found for k in [hive_keys(rel)] if DATE_KEY in k})
     dates = [d for d in dates if d <= as_of.isoformat() and d not in skip]
     if cfg.data.window_days:
@@ -60,6 +62,24 @@ def window_dates(cfg, as_of: date, skip=()) -> list[str]:
         raise DataError(f"data.path '{cfg.data.path}': no date partitions (date=YYYY-MM-DD/) up to "
                         f"{as_of.isoformat()}")
     return dates
+
+
+@dataclass
+class WindowSize:
+    """What ``cluster.processes: auto`` weighs (``cluster.use_processes``): the window's
+    files and their bytes on disk, from the listing alone."""
+
+    files: list
+    nbytes: int
+
+
+def window_size(cfg, as_of: date) -> WindowSize:
+    """The size of ``as_of``'s window before any footer is read or cluster started, so a
+    small refit runs on threads of the command's process (quarantined nights counted)."""
+    _, _, found, _, infos = list_files_detailed(cfg.data.path, cfg.data.storage_options)
+    dates = set(window_dates(cfg, as_of, found=found))
+    files = [full for full, rel in found if hive_keys(rel).get(DATE_KEY) in dates]
+    return WindowSize(files, sum(infos[f].get("size") or 0 for f in files))
 
 
 def _with_dates(data_cfg, dates):

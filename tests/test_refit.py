@@ -198,6 +198,7 @@ def test_exit_codes_events_history_and_diff_tell_monitoring_what_happened(tmp_pa
         add_day(tmp_path / "data", day)
     ok = run_cli("refit", path, "--as-of", night(3).isoformat())
     assert ok.returncode == 0 and "promoted" in ok.stdout
+    assert "threads of this process" in ok.stderr  # a small window: no worker processes to start
     again = run_cli("refit", path, "--as-of", night(3).isoformat())
     assert again.returncode == 0 and "nothing to do" in again.stdout
     add_day(tmp_path / "data", 4, corrupt=True)
