@@ -22,6 +22,7 @@ from . import gradient as g
 from .cluster import compute, large_graphs_quiet
 from .compensated import RefineSums, add_refine, refine_sums
 from .data import Pack, ParquetSource, count_nonfinite
+from .data.read import pack_files
 from .data.write import predict_file
 from .losses import SQUARED, Loss
 
@@ -42,6 +43,12 @@ def fold_chunk(chunk, spec, func, combine, *args):
     the block where the spec can stream: a file's chunk comes slice by slice
     (``data.read_slices``)."""
     return g.fold_slices(spec.slices(chunk, g.SLICE_ROWS), func, combine, *args)
+
+
+def each_file(pack, spec, on_chunk, *args) -> list:
+    """``on_chunk(file, spec, *args)`` for each file of a ``Pack``, in order: one task,
+    a result per file (fetched together on an object store: ``data.read.pack_files``)."""
+    return [on_chunk(piece, spec, *args) for piece in pack_files(pack, spec)]
 
 
 def chunk_moments(chunk, spec) -> g.Moments:
@@ -169,17 +176,36 @@ class Executor:
             return self.row_leaves(g.block_moments, g.merge_moments, True)
         return self._leaves(g.block_moments, chunk_moments)
 
-    def reduce_by_file(self, leaves: list, combine) -> dict[str, object]:
-        """Per-block delayed results (``row_leaves``, ``moment_leaves``) reduced per file
-        in the fixed tree: {full path: result}."""
-        groups: dict[str, list] = {}
-        if any(isinstance(c, Pack) for c in self.source.chunks):
-            raise ValueError("reduce_by_file needs a layout whose chunks never cross files (layout(pack=False))")
-        for chunk, leaf in zip(self.source.chunks, leaves):
-            groups.setdefault(chunk.path, []).append(leaf)
-        roots = [_reduce_tree(leaves, combine) for leaves in groups.values()]
+    def moments_by_file(self) -> dict[str, g.Moments]:
+        """Each file's ``Moments`` (a refit's statistics cache): {full path: moments}."""
+        if self.weighted:
+            return self.rows_by_file(g.block_moments, g.merge_moments, True)
+        return self._by_file(chunk_moments, g.merge_moments)
+
+    def rows_by_file(self, func, combine, *args) -> dict[str, object]:
+        """``func`` (a function that adds up over rows) over each file: {full path: result}."""
+        return self._by_file(fold_chunk, combine, func, combine, *args)
+
+    def _by_file(self, on_chunk, combine, *args) -> dict[str, object]:
+        """``on_chunk(chunk, spec, *args)`` of every chunk, streamed from the files,
+        reduced per file: {full path: result}. A pack's files are read by one task that
+        returns a result for each (``each_file``), the very result of that file read as a
+        chunk of its own; a file of several chunks is reduced in the fixed tree."""
+        spec = self.source.spec
+        one, each = dask.delayed(on_chunk, pure=True), dask.delayed(each_file, pure=True)
+        packs, trees = [], {}
+        for c in self.source.chunks:
+            if isinstance(c, Pack):
+                packs.append((c, each(c, spec, on_chunk, *args)))
+            else:
+                trees.setdefault(c.path, []).append(one(c, spec, *args))
+        roots = [_reduce_tree(leaves, combine) for leaves in trees.values()]
         # Compute: a few numbers per file come back (statistics to cache on the client).
-        return dict(zip(groups, self._compute(roots)))
+        done = self._compute([task for _, task in packs] + roots)
+        out = dict(zip(trees, done[len(packs):]))
+        for (pack, _), results in zip(packs, done):
+            out.update(zip((piece.path for piece in pack.pieces), results))
+        return out
 
     @property
     def weighted(self) -> bool:

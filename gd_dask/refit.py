@@ -108,7 +108,7 @@ def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Momen
     if unseen:
         sub = src.subset([f["full_path"] for f in unseen])
         ex = Executor(client, sub, cache=False)
-        fresh = ex.reduce_by_file(ex.moment_leaves(), g.merge_moments)
+        fresh = ex.moments_by_file()
         for f in unseen:
             mom = fresh[f["full_path"]]
             _check_finite(mom, f, src)
@@ -186,7 +186,7 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
         # The earlier nights open: the new one is at fault.
         open_source(_with_dates(cfg.data, train_dates), known=known)
         return _quarantine(reg, as_of, hold_dates, [{"check": "schema", "message": str(e)}])
-    window.layout(chunk_bytes_for(client, CHUNK_BYTES), pack=False)  # statistics are cached per file
+    window.layout(chunk_bytes_for(client, CHUNK_BYTES))  # small files packed; statistics still per file
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files
                                           if f["partition"].get(DATE_KEY) in part])
                            for part in (set(train_dates), set(hold_dates)))
@@ -314,8 +314,7 @@ def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates
     pass that also caches the holdout files' moments for the nights to come."""
     models = [(result.m, result.b)] + ([init] if init is not None else [])
     ex = Executor(client, hold_src, cache=False)
-    per_file = ex.reduce_by_file(ex.row_leaves(g.block_moments_and_errors, g.add_moments_and_errors, models,
-                                               hold_src.weighted), g.add_moments_and_errors)
+    per_file = ex.rows_by_file(g.block_moments_and_errors, g.add_moments_and_errors, models, hold_src.weighted)
     for f in hold_src.files:
         hmom, _ = per_file[f["full_path"]]
         if hmom.finite():

@@ -109,15 +109,30 @@ def test_a_bad_value_in_a_packed_file_is_named_by_its_own_file(small_files, tmp_
         fit(make_config(data, tmp_path), client)
 
 
-def test_per_file_statistics_refuse_a_packed_layout(small_files, client):
+@pytest.mark.parametrize("where", ["local", "latency"])
+def test_per_file_statistics_of_packed_files_are_those_of_each_file_alone(small_files, client, where):
+    """A refit caches statistics per file: a pack's task returns one result per file,
+    the bits of that file read as a chunk of its own (on an object store the pack's
+    files are fetched together first)."""
     from gd_dask import gradient as g
     from gd_dask.executor import Executor
 
-    ex = Executor(client, _source(small_files["data"], 16 * 2**20), cache=False)
-    with pytest.raises(ValueError, match="never cross files"):
-        ex.reduce_by_file(ex.moment_leaves(), g.merge_moments)
-    per_file = Executor(client, _source(small_files["data"], 16 * 2**20, pack=False), cache=False)
-    assert len(per_file.reduce_by_file(per_file.moment_leaves(), g.merge_moments)) == 300
+    data = small_files["data"]
+    if where == "latency":
+        data = {**data, "path": "latency://" + data["path"], "storage_options": {"delay": 0.0}}
+    packed = Executor(client, _source(data, 16 * 2**20), cache=False)
+    alone = Executor(client, _source(data, 16 * 2**20, pack=False), cache=False)
+    assert len(packed.source.chunks) <= 20 and len(alone.source.chunks) >= 300
+    a, b = packed.moments_by_file(), alone.moments_by_file()
+    assert list(a) == list(b) == [f["full_path"] for f in alone.source.files]
+    for path in a:
+        assert a[path].n == b[path].n and np.array_equal(a[path].mean, b[path].mean)
+        assert np.array_equal(a[path].comoment, b[path].comoment)
+    m = [(np.array([1.0, -2.0, 0.5]), 0.25)]
+    rows = packed.rows_by_file(g.block_moments_and_errors, g.add_moments_and_errors, m, False)
+    rows_alone = alone.rows_by_file(g.block_moments_and_errors, g.add_moments_and_errors, m, False)
+    for path in rows:
+        assert np.array_equal(rows[path][1][0], rows_alone[path][1][0])
 
 
 def test_the_cli_trains_on_packed_files(small_files, tmp_path):

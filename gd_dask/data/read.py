@@ -98,16 +98,44 @@ PREFETCH_FILES = 64
 PREFETCH_BYTES = 64 * 2**20
 
 
+class Fetched:
+    """One file of a pack with its bytes, fetched ahead (``pack_files``): read as its
+    ``Chunk`` would be, from memory."""
+
+    __slots__ = ("chunk", "data")
+
+    def __init__(self, chunk, data: bytes):
+        self.chunk, self.data = chunk, data
+
+    @property
+    def pieces(self):
+        return (self,)
+
+    def __getattr__(self, name):  # path, rows, row_groups, …: the chunk's
+        return getattr(self.chunk, name)
+
+
+def pack_files(pack, spec):
+    """The files of a ``Pack`` one by one, each a chunk of its own: on an object store as
+    ``Fetched`` bytes, ``PREFETCH_FILES`` in flight (a task that needs a result per file,
+    e.g. a refit's statistics, still fetches its files together)."""
+    if spec.protocol in ("file", "local"):
+        yield from pack.pieces
+        return
+    for piece, data in _prefetched(pack.pieces, spec):
+        yield Fetched(piece, data)
+
+
 def _chunk_tables(chunk, spec):
     """``_row_group_tables`` of every file of a chunk (one file, or a ``Pack`` of
     several), in order, each file open only while its rows are read."""
     pieces = chunk.pieces
     if len(pieces) > 1 and spec.protocol not in ("file", "local"):
-        for piece, data in _prefetched(pieces, spec):
-            pf = _parquet_file(pa.BufferReader(data), piece.path)
-            yield from _row_group_tables(pf, piece, spec)
-        return
+        pieces = pack_files(chunk, spec)
     for piece in pieces:
+        if isinstance(piece, Fetched):
+            yield from _row_group_tables(_parquet_file(pa.BufferReader(piece.data), piece.path), piece.chunk, spec)
+            continue
         with open_file(piece.path, spec.protocol, spec.storage_options) as fh:
             pf = _parquet_file(fh, piece.path, piece.row_groups, spec.stream_above)
             yield from _row_group_tables(pf, piece, spec)

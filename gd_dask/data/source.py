@@ -218,7 +218,7 @@ class ParquetSource:
         ``chunk_bytes`` (as float64), never splitting a row group; then (``pack``) pack
         runs of consecutive small files, whole, into one task each (``pack_small_files``).
         The layout depends only on the files and ``chunk_bytes``, never on the cluster.
-        ``pack=False``: a chunk never crosses files (the refit's per-file statistics)."""
+        ``pack=False``: a chunk never crosses files (``unpacked``: to name a file at fault)."""
         self._chunk_bytes = chunk_bytes
         self._pack = self._pack if pack is None else pack
         max_rows = max(1, chunk_bytes // (8 * len(self.columns)))
