@@ -164,7 +164,8 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
 
 def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
     gram = pick_strategy(cfg) == "gram"
-    dates = window_dates(cfg, as_of, skip=reg.quarantined())
+    listing = list_files_detailed(cfg.data.path, cfg.data.storage_options)  # one listing a night
+    dates = window_dates(cfg, as_of, skip=reg.quarantined(), found=listing[2])
     need = cfg.registry.holdout_days + 1
     # The first night of a new pipeline: no current model to compare with, and maybe
     # too few days to hold some out. Train on all there is and promote it.
@@ -179,12 +180,12 @@ def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
         hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]
     known = reg.stats.plan if gram else None  # files in the statistics cache: no footer read
     try:
-        window = open_source(_with_dates(cfg.data, dates), known=known)  # one listing, new files' footers
+        window = open_source(_with_dates(cfg.data, dates), known=known, listing=listing)  # new files' footers
     except DataError as e:
         if not hold_dates or not gram:
             raise
         # The earlier nights open: the new one is at fault.
-        open_source(_with_dates(cfg.data, train_dates), known=known)
+        open_source(_with_dates(cfg.data, train_dates), known=known, listing=listing)
         return _quarantine(reg, as_of, hold_dates, [{"check": "schema", "message": str(e)}])
     window.layout(chunk_bytes_for(client, CHUNK_BYTES))  # small files packed; statistics still per file
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files

@@ -45,8 +45,8 @@ def _digest(value) -> str:
 
 
 def _night(key: dict) -> str:
-    """A file's night: its hive partition values, as one string."""
-    return json.dumps(key.get("partition"), sort_keys=True)
+    """A file's night: its hive partition values, as one string (``date=2026-01-05``)."""
+    return "/".join(f"{k}={v}" for k, v in sorted((key.get("partition") or {}).items()))
 
 
 class StatsCache:
@@ -59,6 +59,9 @@ class StatsCache:
         self._docs: dict[str, dict] = {}  # object path → document, read or made in this refit
         self._dirty: set[str] = set()
         self.objects_read = 0  # requests for cache objects (found or not) in this refit
+        self._paths: dict[tuple, str] = {}  # (way of reading, night) → object path: 30,000 digests took 1.5 s
+        self._base_sets: dict[str, set] = {}  # base path → the nights it holds
+        self._seen: dict[str, tuple] = {}  # file path → (key, its entry or None), as looked up last
 
     # ------------------------------------------------------------------ lookups
 
@@ -77,8 +80,13 @@ class StatsCache:
         return None if entry is None else entry.get("plan")
 
     def _entry(self, key: dict) -> dict | None:
+        seen = self._seen.get(key["path"])  # a refit asks for each file 3 or 4 times
+        if seen is not None and seen[0] == key:
+            return seen[1]
         entry = self._load(self._home(key))["files"].get(key["path"])
-        return entry if entry and entry.get("key") == key else None
+        entry = entry if entry and entry.get("key") == key else None
+        self._seen[key["path"]] = (key, entry)
+        return entry
 
     # ------------------------------------------------------------------ updates
 
@@ -91,6 +99,7 @@ class StatsCache:
             entry["plan"] = plan
         home = self._home(key)
         self._load(home)["files"][key["path"]] = entry
+        self._seen[key["path"]] = (key, entry)
         self._dirty.add(home)
 
     def flush(self) -> None:
@@ -106,14 +115,14 @@ class StatsCache:
         if not keys:
             return False
         base_path = self._base_path(keys[0])
-        base = self._load(base_path)
         nights = sorted({_night(k) for k in keys})
-        outside = [n for n in nights if n not in base.get("nights", [])]
+        outside = {n for n in nights if n not in self._base_nights(base_path)}
         if len(outside) < CONSOLIDATE_NIGHTS:
             return False
         files = {k["path"]: e for k in keys for e in [self._entry(k)] if e is not None}
         old = [self._night_path(k) for k in {_night(k): k for k in keys if _night(k) in outside}.values()]
         self._docs[base_path] = {"nights": nights, "files": files}
+        self._base_sets[base_path] = set(nights)
         self.reg._write(base_path, json.dumps(self._docs[base_path]))
         for path in old:  # now held by the base; a crash before this leaves them unread
             self._docs.pop(path, None)
@@ -133,12 +142,28 @@ class StatsCache:
 
     def _home(self, key: dict) -> str:
         """The object that holds the key's entry: the base if it lists the key's night."""
-        base = self._base_path(key)
-        return base if _night(key) in self._load(base).get("nights", []) else self._night_path(key)
+        base, night = self._base_path(key), _night(key)
+        return base if night in self._base_nights(base) else self._path(key, night)
+
+    def _base_nights(self, base: str) -> set:
+        if base not in self._base_sets:
+            self._base_sets[base] = set(self._load(base).get("nights", ()))
+        return self._base_sets[base]
 
     def _base_path(self, key: dict) -> str:
-        return f"{self.dir}/base-{_digest([key['columns'], key['missing'], key['row_filters']])}.json"
+        return self._path(key, None)
 
     def _night_path(self, key: dict) -> str:
-        # The digest of earlier releases' per-night objects: registries they filled still count.
-        return f"{self.dir}/{_digest([key.get('partition'), key['columns'], key['missing'], key['row_filters']])}.json"
+        return self._path(key, _night(key))
+
+    def _path(self, key: dict, night: str | None) -> str:
+        way = (tuple(key["columns"]), key["missing"], repr(key["row_filters"]))
+        path = self._paths.get((way, night))
+        if path is None:
+            if night is None:
+                path = f"{self.dir}/base-{_digest([key['columns'], key['missing'], key['row_filters']])}.json"
+            else:  # the digest of earlier releases' per-night objects: registries they filled still count
+                ident = [key.get("partition"), key["columns"], key["missing"], key["row_filters"]]
+                path = f"{self.dir}/{_digest(ident)}.json"
+            self._paths[(way, night)] = path
+        return path

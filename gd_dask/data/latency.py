@@ -7,8 +7,9 @@ machine what planning and reading cost against an object store (issue 21).
 
 Each listing call (``ls``, ``info``) and each range read is one request: reads go through
 fsspec's buffered file with its block size and cache, as an s3fs file does, so the
-requests counted are those an object store would see. ``requests`` counts them per
-filesystem instance (fsspec caches instances by their options, so one per process).
+requests counted are those an object store would see. ``requests`` counts them for the
+whole process: fsspec keeps an instance per thread, and workers that are threads of the
+process read through their own.
 """
 
 from __future__ import annotations
@@ -19,24 +20,25 @@ import time
 import fsspec
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
+_lock = threading.Lock()
+
 
 class LatencyFileSystem(AbstractFileSystem):
     """``target_protocol``'s filesystem with ``delay`` seconds added to every request."""
 
     protocol = "latency"
+    requests = 0  # requests made so far in this process, by every instance
 
     def __init__(self, delay: float = 0.03, target_protocol: str = "file", target_options: dict | None = None,
                  **kwargs):
         super().__init__(**kwargs)
         self.delay = float(delay)
         self.target = fsspec.filesystem(target_protocol, **(target_options or {}))
-        self.requests = 0  # requests made so far
-        self._lock = threading.Lock()
 
     def request(self) -> None:
         """One request: counted, and ``delay`` seconds long."""
-        with self._lock:
-            self.requests += 1
+        with _lock:
+            LatencyFileSystem.requests += 1
         time.sleep(self.delay)
 
     @classmethod
