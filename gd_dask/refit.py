@@ -6,8 +6,9 @@ rest (forward chaining: both models are judged on days neither has seen, so a ni
 corrupted labels is caught when it enters training, and a corrupted holdout cannot pass
 a model that learnt from it). Squared loss trains with the ``gram`` strategy from per-file
 moments cached in the registry (keyed by path, size, mtime/ETag; ``stats_cache``): only
-files never seen are read, footers included, and the cache itself is a few objects. The holdout pass also computes and caches the holdout files' moments, so on a
-regular night only the newest day is read, once. A loss without sufficient statistics
+files never seen are read, footers included, and the cache itself is a few objects. The
+holdout pass also computes and caches the holdout files' moments, so on a regular night
+only the newest day is read, once. A loss without sufficient statistics
 (logistic, Huber) trains by stream epochs over the window, warm-started from the current
 model, and is judged by one pass per model over the holdout.
 """
