@@ -64,6 +64,20 @@ def check_type(path: str, col: str, t: str, types: dict) -> None:
         raise DataError(f"column '{col}' is {first[0]} in {first[1]} but {t} in {path}")
 
 
+_checked: tuple = ((), None)  # (columns, schema) last found good by _check_schema
+
+
+def _check_schema(path: str, schema: pa.Schema, columns: list) -> None:
+    """``check_columns`` of a file planned from the listing, skipped for a schema equal to
+    the one checked last (a pack's files mostly share one: 0.04 ms a file)."""
+    global _checked
+    done_columns, done_schema = _checked
+    if done_schema is not None and done_columns == tuple(columns) and schema.equals(done_schema):
+        return
+    check_columns(path, schema, columns, {})
+    _checked = (tuple(columns), schema)
+
+
 def _row_group_tables(pf, chunk, spec):
     """The chunk's rows as tables in file order, filtered and on one side of the holdout:
     a row group at a time, or ``BATCH_ROWS`` at a time for one larger than
@@ -72,7 +86,7 @@ def _row_group_tables(pf, chunk, spec):
     columns = list(spec.columns)
     read = columns + [f[0] for f in spec.row_filters if f[0] not in columns]
     if chunk.row_groups is None:  # planned from the listing: all of it, checked here
-        check_columns(chunk.path, pf.schema_arrow, read, {})
+        _check_schema(chunk.path, pf.schema_arrow, read)
         sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
         row_groups, first_rows = range(len(sizes)), list(itertools.accumulate(sizes, initial=0))
     else:
@@ -174,6 +188,10 @@ def _fetcher():
 #: Threads that decode a task's next row group while it works on the current one (the
 #: 3.4 GB job on 2 workers: 2.9 s → 2.6 s). A few, for workers of several threads.
 READ_AHEAD_THREADS = 4
+#: A pack's files are read ahead only when they average this size on disk or more: a
+#: small file's table is decoded in less time than handing it between threads costs
+#: (2,000 files of 100 rows: 0.57 ms a file read ahead, 0.50 ms not).
+READ_AHEAD_MIN_BYTES = 2**20
 
 
 def _reader():
@@ -397,7 +415,13 @@ def read_slices(chunk, spec, *, rows: int, shifted: bool = False):
     def emit(z):
         return (z, shift) if shifted else z
 
-    for table in _read_ahead(_chunk_tables(chunk, spec)):
+    tables = _chunk_tables(chunk, spec)
+    pieces = chunk.pieces
+    if len(pieces) == 1 or sum(p.size for p in pieces) >= READ_AHEAD_MIN_BYTES * len(pieces):
+        tables = _read_ahead(tables)
+    else:
+        tables = _coalesced(tables, rows)
+    for table in tables:
         for batch in table.select(columns).to_batches():
             arrays = [as_float64(col) for col in batch.columns]
             if spec.missing == "drop" and batch.num_rows:
@@ -424,6 +448,29 @@ def read_slices(chunk, spec, *, rows: int, shifted: bool = False):
         if shifted and shift is None:
             first_slice()
         yield emit(buf[:fill])
+
+
+def _coalesced(tables, rows: int):
+    """``tables`` with runs of small ones of one schema joined into one table of at least
+    ``rows`` rows (the last run may be shorter): a pack of 100-row files is converted and
+    copied a slice at a time, not a file at a time (0.1 ms a file). Same rows, same order,
+    same values."""
+    run, n = [], 0
+    for table in tables:
+        if run and not table.schema.equals(run[0].schema):
+            yield _joined(run)
+            run, n = [], 0
+        run.append(table)
+        n += table.num_rows
+        if n >= rows:
+            yield _joined(run)
+            run, n = [], 0
+    if run:
+        yield _joined(run)
+
+
+def _joined(tables):
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
 
 
 class NativePath:
