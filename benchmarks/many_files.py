@@ -39,7 +39,6 @@ def _command(path: str, work: Path, storage_options: dict | None = None) -> dict
     """``gd-dask train`` on ``path`` with the defaults, as a user runs it: the whole
     command's seconds and the peak RSS of its largest process (the client, or a worker)."""
     import json
-    import resource
     import shutil
     import subprocess
     import sys
@@ -49,12 +48,20 @@ def _command(path: str, work: Path, storage_options: dict | None = None) -> dict
                                                          "storage_options": storage_options or {}},
                                "output": {"dir": str(work / "many-command-out")}}))
     gd = shutil.which("gd-dask", path=str(Path(sys.executable).parent)) or "gd-dask"
-    t = time.perf_counter()
-    res = subprocess.run([gd, "train", str(cfg), "--no-plot"], capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if res.returncode != 0:
+    # Through a fresh parent whose only descendants are the command's: this process's own
+    # RUSAGE_CHILDREN keeps the largest child it ever had (another section's peer).
+    probe = ("import resource, subprocess, sys, time\n"
+             "t = time.perf_counter()\n"
+             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+             "wall = time.perf_counter() - t\n"
+             "sys.stderr.write(r.stderr)\n"
+             "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, wall)")
+    res = subprocess.run([sys.executable, "-c", probe, gd, "train", str(cfg), "--no-plot"], capture_output=True,
+                         text=True)
+    code, peak_kib, wall = res.stdout.split()
+    if code != "0":
         raise RuntimeError(res.stderr.strip().splitlines()[-1])
-    return {"command_s": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {"command_s": float(wall), "peak_rss_mib": int(peak_kib) / 1024}
 
 
 def _phases(path: str, storage_options: dict | None = None, train: bool = True) -> dict:
@@ -68,9 +75,13 @@ def _phases(path: str, storage_options: dict | None = None, train: bool = True) 
     cfg = validate_config({"name": "many", "data": {"path": path, "features": FEATURES, "target": "y",
                                                      "storage_options": storage_options or {}},
                            "output": {"checkpoint_every": 0}})
-    t = time.perf_counter()
+    from gd_dask.data.latency import LatencyFileSystem
+
+    t, before = time.perf_counter(), LatencyFileSystem.requests
     src = open_source(cfg.data)
     out = {"planning_s": time.perf_counter() - t, "files": len(src.files)}
+    if path.startswith("latency://"):
+        out["requests"] = LatencyFileSystem.requests - before
     if train:
         with connect(ClusterConfig(), data=src) as client:
             t = time.perf_counter()
@@ -82,8 +93,6 @@ def _phases(path: str, storage_options: dict | None = None, train: bool = True) 
 def many_files(work: Path, quick: bool, n_files: int = 20_000) -> dict:
     """``n_files`` (``make bench`` ``--many-files``; the issue's target is 100,000) of 100
     rows, and the same rows in 8 files."""
-    import fsspec
-
     n_files, rows = (2_000, 100) if quick else (n_files, 100)
     many, few = work / f"many-{n_files}", work / f"few-{n_files}"
     write_files(many, n_files, rows)
@@ -92,15 +101,11 @@ def many_files(work: Path, quick: bool, n_files: int = 20_000) -> dict:
            "few": _phases(str(few)) | _command(str(few), work),
            "many": _phases(str(many)) | _command(str(many), work)}
     latency = {"delay": 0.03}
-    fs = fsspec.filesystem("latency", **latency)
-    before = fs.requests
-    out["many_30ms"] = _phases("latency://" + str(many), latency) | {"requests": fs.requests - before}
+    out["many_30ms"] = _phases("latency://" + str(many), latency)
     write_summary(many)  # gd_dask.data.write
     try:
         out["many_summary"] = _phases(str(many), train=False)
-        before = fs.requests
-        out["many_summary_30ms"] = (_phases("latency://" + str(many), latency, train=False)
-                                    | {"requests": fs.requests - before})
+        out["many_summary_30ms"] = _phases("latency://" + str(many), latency, train=False)
     finally:
         (many / "_metadata").unlink()
     return out
@@ -129,15 +134,14 @@ def nightly_refit(work: Path, quick: bool, per_night: int = 1000, window: int = 
     """Issue 21's nightly refit: a 30-day window of ``per_night`` files a night behind 30
     ms a request. The first night reads every file; the next night should read its own
     files and a few cache objects. Workers are threads of this process, so the request
-    counter (one ``latency://`` filesystem a process) sees the workers' reads too."""
+    counter (``LatencyFileSystem.requests``, one a process) sees the workers' reads too."""
     import shutil
     from datetime import date, timedelta
-
-    import fsspec
 
     from gd_dask.cluster import connect
     from gd_dask.config import ClusterConfig, validate_config
     from gd_dask.refit import refit
+    from gd_dask.data.latency import LatencyFileSystem
     from gd_dask.registry import Registry
 
     per_night = 20 if quick else per_night
@@ -146,7 +150,6 @@ def nightly_refit(work: Path, quick: bool, per_night: int = 1000, window: int = 
     shutil.rmtree(data / f"date={(date(2026, 1, 1) + timedelta(days=window)).isoformat()}", ignore_errors=True)
     write_nights(data, window, per_night)
     latency = {"delay": 0.03}
-    fs = fsspec.filesystem("latency", **latency)
     cfg = validate_config({
         "name": "nightly", "optimizer": {},
         "data": {"path": f"latency://{data}", "features": FEATURES, "target": "y", "window_days": window,
@@ -157,10 +160,10 @@ def nightly_refit(work: Path, quick: bool, per_night: int = 1000, window: int = 
     with connect(ClusterConfig(processes=False)) as client:
         for label, nights in (("first", window), ("next", window + 1)):
             write_nights(data, nights, per_night)
-            before, t = fs.requests, time.perf_counter()
+            before, t = LatencyFileSystem.requests, time.perf_counter()
             outcome = refit(cfg, client, date(2026, 1, 1) + timedelta(days=nights - 1))
             event = Registry(str(models), "nightly").events()[-1]
-            out[label] = {"seconds": time.perf_counter() - t, "requests": fs.requests - before,
+            out[label] = {"seconds": time.perf_counter() - t, "requests": LatencyFileSystem.requests - before,
                           "files_read": outcome.files_read, "cache_objects_read": event["cache_objects_read"],
                           "status": outcome.status}
     return out

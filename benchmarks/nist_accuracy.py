@@ -10,7 +10,10 @@ the thresholds.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -64,7 +67,12 @@ def train_dataset(name: str, workdir: Path) -> dict:
     cfg = write_dataset(name, workdir / "data")
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    status = main(["train", str(path)])
+    logging.disable(logging.INFO)  # the table is the report, not each run's log and result line
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            status = main(["train", str(path)])
+    finally:
+        logging.disable(logging.NOTSET)
     if status != 0:
         raise RuntimeError(f"gd-dask train failed on {name} (exit {status})")
     model = json.loads((Path(cfg["output"]["dir"]) / "model.json").read_text())
