@@ -71,6 +71,24 @@ def test_a_file_that_is_not_parquet_or_is_truncated_is_named(tmp_path, rng, caps
     assert code == 1 and str(victim) in line and "not a readable Parquet file" in line
 
 
+@pytest.mark.parametrize("change", ["type", "missing"])
+def test_a_file_whose_schema_differs_from_the_files_before_it_is_named(tmp_path, rng, capsys, change):
+    """Files whose schema equals the last one checked skip the check: a later file with
+    another type, or without a column, is still caught and named."""
+    data = _good(tmp_path, rng, n_files=4)
+    victim = sorted(Path(data["path"]).glob("*/*.parquet"))[2]
+    table = pq.read_table(victim)
+    if change == "type":
+        table = table.set_column(0, "x0", pa.array(np.arange(table.num_rows), type=pa.int64()))
+    else:
+        table = table.drop_columns(["x1"])
+    pq.write_table(table, victim)
+    code, line = _run(capsys, "train", _config(tmp_path, data))
+    expected = (f"column 'x0' is double in {sorted(Path(data['path']).glob('*/*.parquet'))[0]} but int64 in {victim}"
+                if change == "type" else f"{victim}: column 'x1' not found")
+    assert code == 1 and expected in line, line
+
+
 def test_footers_read_in_parallel_plan_and_fail_as_read_one_by_one(tmp_path, rng, monkeypatch):
     """40 files: the plan from 16 footer reads in flight equals the plan read one after
     another; with two damaged files, the error names the first in order."""

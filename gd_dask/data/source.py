@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import operator
 import posixpath
@@ -228,7 +229,7 @@ class ParquetSource:
             if f["row_groups"] is None:  # planned from the listing: the task reads it whole
                 chunks.append(Chunk(f["full_path"], None, None, (), file_id, f["size"] or 0))
                 continue
-            starts = np.concatenate([[0], np.cumsum(f["row_groups"])]).astype(int).tolist()
+            starts = list(itertools.accumulate(f["row_groups"], initial=0))  # numpy's: 14 µs a file
 
             def chunk(group, rows):
                 return Chunk(f["full_path"], tuple(group), rows, tuple(starts[rg] for rg in group), file_id,
@@ -468,7 +469,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
         log.info("planned %d files from the statistics cache", len(cached))
     if planned or unread or cached:
         log.info("read %d footers", len(todo) - len(unread))
-    files, types = [], {}
+    files, types, last = [], {}, None  # last: (schema, its columns' types) last checked
     with contextlib.closing(footers):  # a check that fails stops the reads still in flight
         for full in kept:
             info, col_types = infos[full], None
@@ -486,8 +487,12 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
                 meta, schema, info = next(footers)
                 row_groups, rg_bytes = _row_groups(meta)
             if schema is not None:
-                check_columns(full, schema, columns + [f[0] for f in row_filters], types)
-                col_types = [str(schema.field(c).type) for c in columns]
+                if last is None or not (schema is last[0] or schema.equals(last[0])):
+                    # A schema equal to the last one checked passes, with the same types:
+                    # checking each of 100,000 files that share a summary's took 3 s.
+                    check_columns(full, schema, columns + [f[0] for f in row_filters], types)
+                    last = (schema, [str(schema.field(c).type) for c in columns])
+                col_types = last[1]
             files.append({"path": _display(protocol, full), "size": info.get("size"),
                           "rows": None if row_groups is None else sum(row_groups),
                           "full_path": full, "rel": rels[full], "stamp": _stamp(info),
