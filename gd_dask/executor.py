@@ -111,8 +111,7 @@ class Executor:
             # Persist: every later pass (each stream epoch, the metrics pass) reads the
             # blocks from worker memory; dask keeps the read tasks to recompute any
             # block lost with a worker.
-            with large_graphs_quiet():
-                self._keep(client.persist(to_dask_array(source)))
+            self._persist(to_dask_array(source))
         self.scaling: g.Standardizer | None = None
 
     def _compute(self, graphs):
@@ -128,6 +127,12 @@ class Executor:
         return (f"the largest row group, in {f['path']}, is {(f.get('row_group_bytes') or 0) / 2**20:.0f} MiB "
                 f"on disk and the smallest worker memory limit {limit}: raise cluster.memory_limit, or "
                 "rewrite the files with smaller row groups")
+
+    def _persist(self, array) -> None:
+        """Keep ``array``'s blocks in the workers' memory from now on (a graph of many
+        files' names is metadata: no "large graph" warning)."""
+        with large_graphs_quiet():
+            self._keep(self.client.persist(array))
 
     def _keep(self, array) -> None:
         self.array = array
@@ -235,8 +240,7 @@ class Executor:
             # keeps the graph back to the read tasks for blocks lost with a worker.
             array = self.array.map_blocks(g.standardize_block, sc.center, sc.scale, sc.y_center, None,
                                           self.weighted, dtype=np.float64)
-            with large_graphs_quiet():
-                self._keep(self.client.persist(array))
+            self._persist(array)
 
     def gradient_sums(self, m, b) -> g.BlockSums:
         """Σ ψ·xs, Σ ψ, Σ loss, n at (m, b) over every chunk (one stream epoch), for
