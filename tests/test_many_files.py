@@ -393,3 +393,17 @@ def test_a_pack_of_small_files_gives_the_slices_of_reading_them_one_by_one(tmp_p
     apart = slices()
     assert len(joined) == len(apart) > 3
     assert all(a.shape == b.shape and np.array_equal(a, b, equal_nan=True) for a, b in zip(joined, apart))
+
+
+def test_a_local_listing_gives_what_fsspec_find_gives(small_files, tmp_path):
+    """Local folders are listed with os.scandir (0.6 s for 100,000 files, fsspec 1.6 s):
+    the same files, sizes and mtimes, so the same statistics-cache keys."""
+    import fsspec
+
+    from gd_dask.data.source import _find_local
+
+    root = small_files["data"]["path"]
+    ours, theirs = _find_local(root), fsspec.filesystem("file").find(root, detail=True)
+    assert sorted(ours) == sorted(theirs) and len(ours) >= 300
+    assert all((ours[p]["size"], ours[p]["mtime"], ours[p]["type"]) ==
+               (theirs[p]["size"], theirs[p]["mtime"], theirs[p]["type"]) for p in ours)
