@@ -11,8 +11,9 @@ filters: ``way``)::
                         {"files": {path: entry}}
 
 An entry is ``{"key": {path, size, stamp, columns, …}, "moments": {n, mean, comoment},
-"plan": {row_groups, row_group_bytes, types}}``; it counts only while its key matches the
-listing (a rewritten file has another size, mtime or ETag). A night's entries live in the
+"plan": {row_groups, row_group_bytes, types}}``, mean and comoment as base64 of their
+float64 bytes (exact). It counts only while its key matches the listing (a rewritten
+file has another size, mtime or ETag). A night's entries live in the
 base when the base lists the night, else in the night's own object.
 
 Entries stay per file, whatever object holds them: the refit merges them in file order,
@@ -27,6 +28,7 @@ entries and those nights' objects are removed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -42,6 +44,20 @@ CONSOLIDATE_NIGHTS = 3
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _text(values: np.ndarray) -> str:
+    """float64 values as base64 of their little-endian bytes: exact, half the size of
+    JSON numbers and ten times faster to read back (a 20-feature file's co-moments:
+    4.7 KB, not 8.8)."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f8").tobytes()).decode()
+
+
+def _floats(value) -> np.ndarray:
+    """``_text``'s values back, flat (or a JSON list of numbers, as earlier releases wrote)."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f8").astype(np.float64)
+    return np.asarray(value, dtype=np.float64).ravel()
 
 
 def _night(key: dict) -> str:
@@ -71,7 +87,8 @@ class StatsCache:
         if entry is None:
             return None
         m = entry["moments"]
-        return Moments(m["n"], np.asarray(m["mean"], dtype=np.float64), np.asarray(m["comoment"], dtype=np.float64))
+        mean = _floats(m["mean"])
+        return Moments(m["n"], mean, _floats(m["comoment"]).reshape(mean.size, mean.size))
 
     def plan(self, key: dict) -> dict | None:
         """What the file's footer said ({row_groups, row_group_bytes, types}) if its key
@@ -94,7 +111,7 @@ class StatsCache:
         """Note a file's moments (and its footer's plan); ``flush`` writes them."""
         # n is a row count, or Σw (a float) with sample weights: JSON keeps either exactly.
         n = int(mom.n) if isinstance(mom.n, (int, np.integer)) else float(mom.n)
-        entry = {"key": key, "moments": {"n": n, "mean": mom.mean.tolist(), "comoment": mom.comoment.tolist()}}
+        entry = {"key": key, "moments": {"n": n, "mean": _text(mom.mean), "comoment": _text(mom.comoment)}}
         if plan is not None:
             entry["plan"] = plan
         home = self._home(key)

@@ -357,3 +357,26 @@ def test_a_refit_over_files_planned_from_the_listing_gives_the_same_model(client
     assert a["m"] == b["m"] and a["b"] == b["b"]
     again = refit(config(tmp_path, registry="listing"), client, night(4))  # the same night: nothing new
     assert again.files_read == 0
+
+
+def test_cached_moments_come_back_to_the_bit_and_earlier_releases_entries_still_count(tmp_path):
+    """Entries keep float64 values as base64 of their bytes (exact, half the size of JSON
+    numbers); a per-night object an earlier release wrote, with JSON lists, still reads."""
+    from gd_dask.gradient import Moments
+
+    rng = np.random.default_rng(3)
+    mom = Moments(1234, rng.normal(size=3) * 1e7, rng.normal(size=(3, 3)) / 3)
+    key = {"path": "/d/date=2026-11-01/a.parquet", "size": 10, "stamp": 1.5, "columns": ["x1", "x2", "y"],
+           "missing": "error", "row_filters": [], "partition": {"date": "2026-11-01"}}
+    reg = Registry(str(tmp_path / "models"), "m")
+    reg.stats.put(key, mom)
+    reg.stats.flush()
+    back = Registry(str(tmp_path / "models"), "m").stats.moments(key)
+    assert back.n == 1234 and np.array_equal(back.mean, mom.mean) and np.array_equal(back.comoment, mom.comoment)
+
+    (path,) = (tmp_path / "models" / "m" / "stats").iterdir()
+    path.write_text(json.dumps({"files": {key["path"]: {"key": key, "moments": {
+        "n": 1234, "mean": mom.mean.tolist(), "comoment": mom.comoment.tolist()}}}}))
+    legacy = Registry(str(tmp_path / "models"), "m").stats.moments(key)
+    assert np.array_equal(legacy.mean, mom.mean) and np.array_equal(legacy.comoment, mom.comoment)
+    assert Registry(str(tmp_path / "models"), "m").stats.moments({**key, "size": 11}) is None  # rewritten
