@@ -210,7 +210,7 @@ def refit(config, as_of, overrides, scheduler):
     embedded = not (scheduler or cfg.cluster.address or cfg.cluster.scheduler_file)
     size = window_size(cfg, day) if embedded and cfg.cluster.processes == "auto" else None
     with connect(cfg.cluster, scheduler, data=size) as client:
-        outcome = run_refit(cfg, client, day)
+        outcome = run_refit(cfg, client, day, listing=size.listing if size else None)
     click.echo(outcome.message)
     if outcome.status in ("rejected", "quarantined"):  # ran, current untouched: monitoring sees exit 3
         raise click.exceptions.Exit(3)

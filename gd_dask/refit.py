@@ -68,19 +68,22 @@ def window_dates(cfg, as_of: date, skip=(), found=None) -> list[str]:
 @dataclass
 class WindowSize:
     """What ``cluster.processes: auto`` weighs (``cluster.use_processes``): the window's
-    files and their bytes on disk, from the listing alone."""
+    files and their bytes on disk, from the listing alone (``listing``, which the refit
+    then uses rather than listing again)."""
 
     files: list
     nbytes: int
+    listing: tuple
 
 
 def window_size(cfg, as_of: date) -> WindowSize:
     """The size of ``as_of``'s window before any footer is read or cluster started, so a
     small refit runs on threads of the command's process (quarantined nights counted)."""
-    _, _, found, _, infos = list_files_detailed(cfg.data.path, cfg.data.storage_options)
+    listing = list_files_detailed(cfg.data.path, cfg.data.storage_options)
+    _, _, found, _, infos = listing
     dates = set(window_dates(cfg, as_of, found=found))
     files = [full for full, rel in found if hive_keys(rel).get(DATE_KEY) in dates]
-    return WindowSize(files, sum(infos[f].get("size") or 0 for f in files))
+    return WindowSize(files, sum(infos[f].get("size") or 0 for f in files), listing)
 
 
 def _with_dates(data_cfg, dates):
@@ -138,9 +141,10 @@ def judge(metric: str, max_regression: float, challenger: dict, current: dict | 
     return ok, f"{metric} {ch:.6g} vs current {cur:.6g} (allowed down to -{max_regression:g})"
 
 
-def refit(cfg, client, as_of: date) -> RefitOutcome:
+def refit(cfg, client, as_of: date, listing=None) -> RefitOutcome:
     """One night's refit (see module docstring), recorded as one line of the registry's
-    events.jsonl. Safe to rerun: the same as-of date and data give no second version."""
+    events.jsonl. Safe to rerun: the same as-of date and data give no second version.
+    ``listing``: ``list_files_detailed`` of ``data.path`` just made (``window_size``)."""
     if cfg.optimizer.validation_fraction:
         raise ConfigError("refit judges each challenger on its newest days (registry.holdout_days): "
                           "set optimizer.validation_fraction to 0")
@@ -149,7 +153,7 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
     t0 = time.perf_counter()
     reg = Registry(cfg.registry.dir, cfg.name, cfg.data.storage_options)
     with reg.lock():
-        outcome = _refit(cfg, client, as_of, reg)
+        outcome = _refit(cfg, client, as_of, reg, listing)
         v = outcome.verdict or {}
         reg.append_event({
             "as_of": as_of.isoformat(), "status": outcome.status, "version": outcome.version,
@@ -163,9 +167,9 @@ def refit(cfg, client, as_of: date) -> RefitOutcome:
     return outcome
 
 
-def _refit(cfg, client, as_of: date, reg: Registry) -> RefitOutcome:
+def _refit(cfg, client, as_of: date, reg: Registry, listing=None) -> RefitOutcome:
     gram = pick_strategy(cfg) == "gram"
-    listing = list_files_detailed(cfg.data.path, cfg.data.storage_options)  # one listing a night
+    listing = listing or list_files_detailed(cfg.data.path, cfg.data.storage_options)  # one listing a night
     dates = window_dates(cfg, as_of, skip=reg.quarantined(), found=listing[2])
     need = cfg.registry.holdout_days + 1
     # The first night of a new pipeline: no current model to compare with, and maybe

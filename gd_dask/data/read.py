@@ -64,18 +64,26 @@ def check_type(path: str, col: str, t: str, types: dict) -> None:
         raise DataError(f"column '{col}' is {first[0]} in {first[1]} but {t} in {path}")
 
 
-_checked: tuple = ((), None)  # (columns, schema) last found good by _check_schema
+class ColumnCheck:
+    """``check_columns`` file after file, where a schema equal to the last one that passed
+    passes at once, with the same types (100,000 files sharing one schema: 3 s of checks).
+    ``across``: one type per column across the files too (planning); a task checks each
+    of its files alone."""
+
+    def __init__(self, columns, across: bool = True):
+        self.columns, self.across, self.types = list(columns), across, {}
+        self._last = None  # (schema, its columns' types as text)
+
+    def __call__(self, path: str, schema: pa.Schema) -> list[str]:
+        """The columns' types (``double``, ``int64``, …), once the file passes."""
+        last = self._last
+        if last is None or not (schema is last[0] or schema.equals(last[0])):
+            check_columns(path, schema, self.columns, self.types if self.across else {})
+            last = self._last = (schema, [str(schema.field(c).type) for c in self.columns])
+        return last[1]
 
 
-def _check_schema(path: str, schema: pa.Schema, columns: list) -> None:
-    """``check_columns`` of a file planned from the listing, skipped for a schema equal to
-    the one checked last (a pack's files mostly share one: 0.04 ms a file)."""
-    global _checked
-    done_columns, done_schema = _checked
-    if done_schema is not None and done_columns == tuple(columns) and schema.equals(done_schema):
-        return
-    check_columns(path, schema, columns, {})
-    _checked = (tuple(columns), schema)
+_task_checks: dict[tuple, ColumnCheck] = {}  # read columns → the check of this process's tasks
 
 
 def _row_group_tables(pf, chunk, spec):
@@ -86,7 +94,8 @@ def _row_group_tables(pf, chunk, spec):
     columns = list(spec.columns)
     read = columns + [f[0] for f in spec.row_filters if f[0] not in columns]
     if chunk.row_groups is None:  # planned from the listing: all of it, checked here
-        _check_schema(chunk.path, pf.schema_arrow, read)
+        check = _task_checks.get(tuple(read)) or _task_checks.setdefault(tuple(read), ColumnCheck(read, False))
+        check(chunk.path, pf.schema_arrow)
         sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
         row_groups, first_rows = range(len(sizes)), list(itertools.accumulate(sizes, initial=0))
     else:
@@ -143,10 +152,7 @@ def pack_files(pack, spec):
 def _chunk_tables(chunk, spec):
     """``_row_group_tables`` of every file of a chunk (one file, or a ``Pack`` of
     several), in order, each file open only while its rows are read."""
-    pieces = chunk.pieces
-    if len(pieces) > 1 and spec.protocol not in ("file", "local"):
-        pieces = pack_files(chunk, spec)
-    for piece in pieces:
+    for piece in pack_files(chunk, spec) if len(chunk.pieces) > 1 else chunk.pieces:
         if isinstance(piece, Fetched):
             yield from _row_group_tables(_parquet_file(pa.BufferReader(piece.data), piece.path), piece.chunk, spec)
             continue

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from .read import (LARGE_ROW_GROUP, NativePath, _first_line, check_columns, check_type, is_local, read_block,
+from .read import (LARGE_ROW_GROUP, ColumnCheck, NativePath, _first_line, check_type, is_local, read_block,
                    read_slices)
 
 log = logging.getLogger(__name__)
@@ -486,7 +486,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
         log.info("planned %d files from the statistics cache", len(cached))
     if planned or unread or cached:
         log.info("read %d footers", len(todo) - len(unread))
-    files, types, last = [], {}, None  # last: (schema, its columns' types) last checked
+    files, check = [], ColumnCheck(columns + [f[0] for f in row_filters])
     with contextlib.closing(footers):  # a check that fails stops the reads still in flight
         for full in kept:
             info, col_types = infos[full], None
@@ -495,7 +495,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
                 row_groups, rg_bytes, schema, col_types = (plan["row_groups"], plan["row_group_bytes"], None,
                                                            plan["types"])
                 for col, t in zip(columns, col_types):
-                    check_type(full, col, t, types)
+                    check_type(full, col, t, check.types)
             elif full in planned:
                 row_groups, rg_bytes, schema = planned[full]
             elif full in unread:  # its task checks its columns
@@ -504,12 +504,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
                 meta, schema, info = next(footers)
                 row_groups, rg_bytes = _row_groups(meta)
             if schema is not None:
-                if last is None or not (schema is last[0] or schema.equals(last[0])):
-                    # A schema equal to the last one checked passes, with the same types:
-                    # checking each of 100,000 files that share a summary's took 3 s.
-                    check_columns(full, schema, columns + [f[0] for f in row_filters], types)
-                    last = (schema, [str(schema.field(c).type) for c in columns])
-                col_types = last[1]
+                col_types = check(full, schema)[:len(columns)]
             files.append({"path": _display(protocol, full), "size": info.get("size"),
                           "rows": None if row_groups is None else sum(row_groups),
                           "full_path": full, "rel": rels[full], "stamp": _stamp(info),
