@@ -20,6 +20,9 @@
    training, the whole command and its peak RSS (``many_files.py``).
 9. nightly_files — a nightly refit over a 30-day window of 1,000 files a night behind 30 ms
    a request: the first night and the next, with their requests and cache objects read.
+10. nightly_year — a year of nightly refits per scenario (drift, weekly seasonality, a
+   step change) with bad nights injected: false quarantines, missed bad nights, nights
+   behind an oracle (``nightly_year.py``).
 
 Results: a table on stdout, benchmarks/results/bench.json and bench.png.
 `--quick` shrinks every size (a smoke run).
@@ -406,6 +409,21 @@ def nightly_files(work: Path, quick: bool) -> dict:
     return mf.nightly_refit(work, quick)
 
 
+def nightly_year(work: Path, quick: bool) -> dict:
+    """Issue 28: a year of nights per scenario (``nightly_year.py``), the issue's 40,000
+    rows a night, the scenarios on every core."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    import nightly_year as ny
+
+    run = partial(ny.run_year, nights=90 if quick else 365, rows=4_000 if quick else 40_000)
+    with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return {"scenarios": list(pool.map(run, ny.SCENARIOS))}
+
+
 def report(res: dict) -> None:
     if "time_to_model" in res:
         ttm.report(res["time_to_model"])
@@ -413,6 +431,13 @@ def report(res: dict) -> None:
         mf.report(res["many_files"])
     if "nightly_files" in res:
         mf.report_refit(res["nightly_files"])
+    if "nightly_year" in res:
+        import nightly_year as ny
+
+        rows = res["nightly_year"]["scenarios"]
+        print(f"\n## A year of nights: {rows[0]['nights']} refits per scenario, window "
+              f"{ny.WINDOW_DAYS} days, {rows[0]['bad_nights']} bad nights injected\n")
+        print(ny.table(rows))
     if "speed" in res:
         report_speed(res["speed"])
     if "logistic" in res:
@@ -473,7 +498,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--only", nargs="*", default=["time_to_model", "many_files", "nightly_files", "speed", "logistic",
+    ap.add_argument("--only", nargs="*", default=["time_to_model", "many_files", "nightly_files", "nightly_year",
+                                                   "speed", "logistic",
                                                    "sgd", "memory", "scaling", "refit_cost", "accuracy"])
     ap.add_argument("--many-files", type=int, default=20_000,
                     help="files of 100 rows in the many_files section (the issue's target: 100000)")

@@ -193,9 +193,10 @@ def sweep(config, rates, overrides, scheduler):
 def refit(config, as_of, overrides, scheduler):
     """Nightly refit: train on the window, judge on the newest day, promote or keep current.
 
-    Exit 0: promoted, or nothing to do; 3: ran, but the challenger was rejected (current
-    untouched); 1 and 2 as for every command. Each refit appends a line to
-    registry.dir/NAME/events.jsonl (``gd-dask models history``)."""
+    Exit 0: promoted; 3: ran, but the challenger was rejected or the night quarantined
+    (current untouched); 1 and 2 as for every command. A rerun of an as-of date with the
+    same data and config repeats its verdict and exit status and writes nothing. Each
+    refit appends a line to registry.dir/NAME/events.jsonl (``gd-dask models history``)."""
     from datetime import date, datetime, timezone
 
     from .cluster import connect
@@ -288,7 +289,8 @@ def models_history(model, as_json, plot_path, storage_options):
         metric = e.get("metric") or ""
         ch = (e.get("challenger") or {}).get(metric)
         cur = (e.get("current") or {}).get(metric)
-        click.echo(f"{e['as_of']:<11} {e['status']:<14} {metric:<9} {_g(ch):>12} {_g(cur):>12} "
+        status = e["status"] + (" (hand)" if e.get("by") == "hand" else "")
+        click.echo(f"{e['as_of']:<11} {status:<14} {metric:<9} {_g(ch):>12} {_g(cur):>12} "
                    f"{e.get('files_read', 0):>6} {e.get('seconds', 0):>8.2f}  {e.get('version') or ''}")
     if plot_path:
         from .plots import history_png
@@ -296,6 +298,51 @@ def models_history(model, as_json, plot_path, storage_options):
 
         atomic_write(plot_path, history_png(events, f"{reg.name}: promotion metric by night"), storage_options)
         click.echo(f"wrote {plot_path}")
+
+
+@models.command("release")
+@click.argument("model")
+@click.argument("night")
+@_storage_option
+def models_release(model, night, storage_options):
+    """Undo a false alarm: NIGHT (YYYY-MM-DD) leaves quarantine and its checks are waived;
+    the next refit trains on it, and a rerun of its as-of date judges it again."""
+    reg, day = _registry(model, storage_options), _night(night)
+    with reg.lock():
+        entry = reg.release(day)
+        reg.append_event({"as_of": day, "status": "released", "by": "hand", "was": entry, "at": _utc_now()})
+    click.echo(f"released {day}" + ("" if entry else " (it was not quarantined)") + "; its checks are waived")
+
+
+@models.command("quarantine")
+@click.argument("model")
+@click.argument("night")
+@click.option("--reason", default="quarantined by hand", help="Recorded with the night.")
+@_storage_option
+def models_quarantine(model, night, reason, storage_options):
+    """Refuse NIGHT (YYYY-MM-DD) by hand: no refit trains on it or judges by it, and a
+    refit as of NIGHT exits 3. The current model stays."""
+    reg, day = _registry(model, storage_options), _night(night)
+    with reg.lock():
+        reg.quarantine(day, [{"check": "hand", "message": reason}], by="hand")
+        reg.append_event({"as_of": day, "status": "quarantined", "by": "hand", "reason": reason,
+                          "quarantined": [day], "at": _utc_now()})
+    click.echo(f"quarantined {day} by hand: {reason}; current stays {reg.current()}")
+
+
+def _night(night: str) -> str:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(night).isoformat()
+    except ValueError:
+        raise ConfigError(f"NIGHT {night!r}: expected YYYY-MM-DD") from None
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _g(x) -> str:

@@ -220,10 +220,19 @@ class ValidateConfig(_Section):
 
     rows: OptionalPositive = Field(default=0.4, description="Rows within (1 ± rows) × the earlier nights' median.")
     mean_shift: OptionalPositive = Field(
-        default=1.0, description="Each column's mean within this many of the earlier nights' SDs.")
-    sd_ratio: OptionalPositive = Field(default=2.0, description="Each column's SD within [1/r, r] × the earlier nights'.")
+        default=1.0, description="Each feature's mean within this many of the earlier nights' SDs.")
+    sd_ratio: OptionalPositive = Field(default=2.0, description="Each feature's SD within [1/r, r] × the earlier nights'.")
+    r2_drop: Union[Annotated[float, Field(gt=0, le=1)], None] = Field(
+        default=0.5, description="The night's own fit's R² at least (1 − r2_drop) × the recent nights' median "
+                                 "(labels that no longer follow their features).")
+    resid_sd_ratio: OptionalPositive = Field(
+        default=2.0, description="The night's own fit's residual SD within [1/r, r] × the recent nights' median.")
+    drift_z: OptionalPositive = Field(
+        default=5.0, description="Report (never quarantine) coefficients of the night's own fit this many "
+                                 "standard errors from the window's as drift.")
     error_ratio: OptionalPositive = Field(
-        default=1.5, description="The current model's metric on the night within r × its recent median.")
+        default=1.5, description="Flag the current model as stale when its metric on the night exceeds r × its "
+                                 "recent median (reported only: staleness never quarantines a night).")
 
 
 with warnings.catch_warnings():  # the key is `validate`, which BaseModel also names (deprecated)

@@ -27,7 +27,7 @@ import numpy as np
 from . import gradient as g
 from . import losses, validate
 from .data import CHUNK_BYTES, ParquetSource, hive_keys, list_files, open_source
-from .data.source import list_files_detailed
+from .data.source import file_stamp, list_files_detailed
 from .errors import ArtifactError, ConfigError, DataError
 from .executor import Executor, chunk_bytes_for
 from .registry import Registry, RegistryError
@@ -38,6 +38,8 @@ from .training import fit, fit_moments
 log = logging.getLogger(__name__)
 
 DATE_KEY = "date"
+#: events.jsonl lines a refit reads for the staleness report (the newest).
+RECENT_EVENTS = 50
 
 
 @dataclass
@@ -47,7 +49,9 @@ class RefitOutcome:
     verdict: dict
     files_read: int
     message: str
-    status: str = "promoted"  # promoted | rejected | quarantined | nothing to do (exit 0, 3, 3, 0)
+    status: str = "promoted"  # promoted | rejected | quarantined (exit 0, 3, 3)
+    fingerprint: str | None = None  # of the inputs (config, the window's files): reruns compare it
+    repeat: bool = False  # a rerun that repeated an earlier run's verdict and wrote nothing
 
 
 def window_dates(cfg, as_of: date, skip=(), found=None) -> list[str]:
@@ -143,7 +147,8 @@ def judge(metric: str, max_regression: float, challenger: dict, current: dict | 
 
 def refit(cfg, client, as_of: date, listing=None) -> RefitOutcome:
     """One night's refit (see module docstring), recorded as one line of the registry's
-    events.jsonl. Safe to rerun: the same as-of date and data give no second version.
+    events.jsonl. Idempotent: rerunning an as-of date with the same data and config
+    repeats its verdict and exit status and writes nothing.
     ``listing``: ``list_files_detailed`` of ``data.path`` just made (``window_size``)."""
     if cfg.optimizer.validation_fraction:
         raise ConfigError("refit judges each challenger on its newest days (registry.holdout_days): "
@@ -154,6 +159,8 @@ def refit(cfg, client, as_of: date, listing=None) -> RefitOutcome:
     reg = Registry(cfg.registry.dir, cfg.name, cfg.data.storage_options)
     with reg.lock():
         outcome = _refit(cfg, client, as_of, reg, listing)
+        if outcome.repeat:
+            return outcome
         v = outcome.verdict or {}
         reg.append_event({
             "as_of": as_of.isoformat(), "status": outcome.status, "version": outcome.version,
@@ -161,49 +168,77 @@ def refit(cfg, client, as_of: date, listing=None) -> RefitOutcome:
             "current_version": v.get("current_version"), "reason": v.get("reason"),
             "train_dates": v.get("train_dates"), "holdout_dates": v.get("holdout_dates"),
             "checks": v.get("checks", []), "quarantined": v.get("quarantined", []),
+            "drift": v.get("drift", []), "staleness": v.get("staleness"), "night_fit": v.get("night_fit"),
+            "waived": v.get("waived", []),
             "files_read": outcome.files_read, "cache_objects_read": reg.stats.objects_read,
             "seconds": round(time.perf_counter() - t0, 3),
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        reg.put_night_record(as_of.isoformat(), {
+            "fingerprint": outcome.fingerprint, "status": outcome.status, "version": outcome.version,
+            "message": outcome.message, "verdict": outcome.verdict, "files_read": outcome.files_read})
     return outcome
+
+
+@dataclass
+class Window:
+    """An as-of date's date partitions: ``hold`` judges, ``train`` trains (``first``:
+    no current model and too few dates to hold one out, so all of them train)."""
+
+    dates: list[str]
+    train: list[str]
+    hold: list[str]
+    first: bool
+
+
+def plan_window(cfg, reg: Registry, as_of: date, found) -> Window:
+    """The window of ``as_of`` without the quarantined nights, except those its own
+    earlier run quarantined (a rerun sees the window that run saw, so it can repeat it)."""
+    day = as_of.isoformat()
+    skip = {d for d, e in reg.quarantined().items()
+            if not (isinstance(e, dict) and e.get("as_of") == day and e.get("by", "refit") == "refit")}
+    dates = window_dates(cfg, as_of, skip=skip, found=found)
+    need = cfg.registry.holdout_days + 1
+    # The first night of a new pipeline: no current model to compare with, and maybe
+    # too few days to hold some out. Train on all there is and promote it.
+    first = len(dates) < need and reg.current() is None
+    if len(dates) < need and not first:
+        raise DataError(f"data.path '{cfg.data.path}': {len(dates)} date partitions (date=YYYY-MM-DD/) up to "
+                        f"{day}; a refit needs at least {need} ({cfg.registry.holdout_days} held out)")
+    if first:
+        return Window(dates, dates, [], True)
+    h = cfg.registry.holdout_days
+    return Window(dates, dates[:-h], dates[-h:], False)
 
 
 def _refit(cfg, client, as_of: date, reg: Registry, listing=None) -> RefitOutcome:
     gram = pick_strategy(cfg) == "gram"
+    day = as_of.isoformat()
+    hand = reg.quarantined().get(day)
+    if isinstance(hand, dict) and hand.get("by") == "hand":
+        msg = f"{day} was quarantined by hand ({hand.get('at')}); current stays {reg.current()}; nothing to do"
+        return RefitOutcome(None, False, {"quarantined": [day], "checks": hand.get("checks", [])}, 0, msg,
+                            status="quarantined", repeat=True)
     listing = listing or list_files_detailed(cfg.data.path, cfg.data.storage_options)  # one listing a night
-    dates = window_dates(cfg, as_of, skip=reg.quarantined(), found=listing[2])
-    need = cfg.registry.holdout_days + 1
-    # The first night of a new pipeline: no current model to compare with, and maybe
-    # too few days to hold some out. Train on all there is and promote it.
-    first_night = len(dates) < need and reg.current() is None
-    if len(dates) < need and not first_night:
-        raise DataError(f"data.path '{cfg.data.path}': {len(dates)} date partitions (date=YYYY-MM-DD/) up to "
-                        f"{as_of.isoformat()}; a refit needs at least {need} ({cfg.registry.holdout_days} "
-                        "held out)")
-    if first_night:
-        hold_dates, train_dates = [], dates
-    else:
-        hold_dates, train_dates = dates[-cfg.registry.holdout_days:], dates[:-cfg.registry.holdout_days]
-    known = reg.stats.plan if gram else None  # files in the statistics cache: no footer read
+    win = plan_window(cfg, reg, as_of, listing[2])
+    released = reg.released()
+    fingerprint = _fingerprint(cfg, win, listing, released)
+    done = reg.night_record(day)
+    if done and done.get("fingerprint") == fingerprint:
+        return _repeat(done, day)
+
+    known = reg.stats.plan  # files in the statistics cache: no footer read
     try:
-        window = open_source(_with_dates(cfg.data, dates), known=known, listing=listing)  # new files' footers
+        window = open_source(_with_dates(cfg.data, win.dates), known=known, listing=listing)  # new files' footers
     except DataError as e:
-        if not hold_dates or not gram:
+        if not win.hold:
             raise
         # The earlier nights open: the new one is at fault.
-        open_source(_with_dates(cfg.data, train_dates), known=known, listing=listing)
-        return _quarantine(reg, as_of, hold_dates, [{"check": "schema", "message": str(e)}])
+        open_source(_with_dates(cfg.data, win.train), known=known, listing=listing)
+        return _quarantine(reg, as_of, win.hold, [{"check": "schema", "message": str(e)}], fingerprint)
     window.layout(chunk_bytes_for(client, CHUNK_BYTES))  # small files packed; statistics still per file
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files
                                           if f["partition"].get(DATE_KEY) in part])
-                           for part in (set(train_dates), set(hold_dates)))
-
-    fingerprint = _fingerprint(cfg, train_src, hold_src)
-    for v in reg.versions():
-        if v.startswith(as_of.isoformat()) and reg.verdict(v).get("fingerprint") == fingerprint:
-            promoted = reg.verdict(v)["promoted"]
-            msg = f"already refit for {as_of.isoformat()} with the same data: version {v} " \
-                  f"({'promoted' if promoted else 'rejected'}); nothing to do"
-            return RefitOutcome(v, False, reg.verdict(v), 0, msg, status="nothing to do")
+                           for part in (set(win.train), set(win.hold)))
 
     current_state = reg.current_state()  # what promote's compare-and-swap expects to find
     current_version = current_state[0]
@@ -212,7 +247,7 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None) -> RefitOutcom
     if gram:
         mom, files_read = training_moments(train_src, reg, client)
         if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
-            raise DataError(f"only {mom.n} training rows in {train_dates[0]}..{train_dates[-1]}")
+            raise DataError(f"only {mom.n} training rows in {win.train[0]}..{win.train[-1]}")
         # Refinement reads the training files only where the float64 gradient stalls above tol.
         result = fit_moments(cfg, mom, init=init,
                              refine_pass=Executor(client, train_src, cache=False).refine_sums)
@@ -221,39 +256,46 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None) -> RefitOutcom
         result = fit(run_cfg, client, init=init, source=train_src)
         files_read = len(train_src.files)
 
-    if first_night:
+    night = {}
+    if win.first:
         challenger_score, current_score = dict(result.metrics), None
-    elif gram:
-        challenger_score, current_score, hold_mom = _judge_on_holdout(client, reg, hold_src, hold_dates, result,
-                                                                      init, cfg)
-        files_read += len(hold_src.files)
-        failed = _check_night(cfg, reg, train_src, hold_dates, hold_mom, current_score)
-        if failed:
-            return _quarantine(reg, as_of, hold_dates, failed, files_read)
     else:
-        challenger_score, current_score = _judge_by_passes(client, reg, hold_src, hold_dates, result, init, cfg)
+        if gram:
+            challenger_score, current_score, hold_mom = _judge_on_holdout(client, reg, hold_src, result, init)
+        else:  # the night's moments for its checks, then one pass per model
+            hold_mom = _holdout_moments(client, reg, hold_src)
+            challenger_score = current_score = None
+            if hold_mom.finite() and hold_mom.n:
+                challenger_score, current_score = _judge_by_passes(client, hold_src, result, init, cfg)
         files_read += len(hold_src.files)
+        night = _check_night(cfg, reg, train_src, win.hold, hold_mom, current_score)
+        waived = [d for d in win.hold if d in released]
+        if night["checks"] and waived:  # released by hand: a false alarm, the checks are waived
+            night["waived"], night["checks"] = night["checks"], []
+        if night["checks"]:
+            return _quarantine(reg, as_of, win.hold, night["checks"], fingerprint, files_read, night)
+        for d in win.hold:  # an earlier run of this as-of date quarantined it; the data changed since
+            if reg.quarantined().get(d, {}).get("as_of") == day:
+                reg.lift(d)
 
-    if gram:  # the cache's objects for the nights to come: the window's entries, consolidated
-        reg.stats.consolidate([window.file_key(f) for f in window.files])
+    reg.stats.consolidate([window.file_key(f) for f in window.files])  # the cache's objects for the nights to come
 
-    if first_night:
-        promote, why = True, (f"first model: trained on all {len(dates)} date partition(s), none held out "
+    if win.first:
+        promote, why = True, (f"first model: trained on all {len(win.dates)} date partition(s), none held out "
                               "(no current model to compare with)")
     else:
         promote, why = judge(cfg.registry.promote.metric, cfg.registry.promote.max_regression,
                              challenger_score, current_score)
-    verdict = {"promoted": promote, "reason": why, "as_of": as_of.isoformat(),
-               "metric": cfg.registry.promote.metric, "holdout_dates": hold_dates,
-               "train_dates": [train_dates[0], train_dates[-1]],
+    verdict = {"promoted": promote, "reason": why, "as_of": day,
+               "metric": cfg.registry.promote.metric, "holdout_dates": win.hold,
+               "train_dates": [win.train[0], win.train[-1]],
                "challenger": challenger_score, "current": current_score,
                "current_version": current_version, "files_read": files_read,
-               "fingerprint": fingerprint}
+               "fingerprint": fingerprint, **night}
     result.source = train_src
     doc = model_document(cfg, result)
-    doc.update({"as_of": as_of.isoformat(), "holdout_metrics": challenger_score,
-                "warm_start": current_version})
-    version = reg.new_version(as_of.isoformat(), {
+    doc.update({"as_of": day, "holdout_metrics": challenger_score, "warm_start": current_version})
+    version = reg.new_version(day, {
         "model.json": json.dumps(doc, indent=2) + "\n",
         "history.csv": history_csv(result.history),
         "verdict.json": json.dumps(verdict, indent=2) + "\n",
@@ -267,65 +309,94 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None) -> RefitOutcom
         msg = f"promoted {version}: {why}; {files_read} file(s) read"
     else:
         msg = f"rejected {version}: {why}; current stays {current_version}; {files_read} file(s) read"
+    msg += _drift_note(night)
     return RefitOutcome(version, promote, verdict, files_read, msg,
-                        status="promoted" if promote else "rejected")
+                        status="promoted" if promote else "rejected", fingerprint=fingerprint)
 
 
-def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_mom, current_score) -> list[dict]:
+def _repeat(record: dict, day: str) -> RefitOutcome:
+    """The outcome an earlier run of ``day`` recorded, repeated: same status, nothing written."""
+    msg = f"already refit for {day} with the same data and config; nothing to do: {record.get('message')}"
+    return RefitOutcome(record.get("version"), False, record.get("verdict") or {}, 0, msg,
+                        status=record.get("status", "promoted"), fingerprint=record.get("fingerprint"),
+                        repeat=True)
+
+
+def _drift_note(night: dict) -> str:
+    drift = night.get("drift") or []
+    if not drift:
+        return ""
+    return "; drift: " + ", ".join(d["message"] for d in drift)
+
+
+def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_mom, current_score) -> dict:
     """``validate.check_night`` for the new night(s), from the cache of the earlier nights'
-    per-file moments and the holdout pass; non-finite values fail as ``nulls``."""
-    if not hold_mom.finite() or hold_mom.n == 0:
-        return [{"check": "nulls", "message": f"the night {', '.join(hold_dates)} holds NaN/inf/null values "
-                                              "(or no rows)"}]
+    per-file moments and the holdout pass; non-finite values fail as ``nulls``. Returns
+    the verdict's entries: checks failed, drift, the night's own fit, staleness."""
+    metric = cfg.registry.promote.metric
+    recent = [(e.get("current") or {}).get(metric) for e in reg.events(last=RECENT_EVENTS)
+              if e.get("status") in ("promoted", "rejected") and e.get("current")]
+    stale = validate.staleness(metric, None if current_score is None else current_score.get(metric), recent,
+                               cfg.registry.validate.error_ratio)
+    if hold_mom is None or not hold_mom.finite() or hold_mom.n == 0:
+        return {"checks": [{"check": "nulls", "message": f"the night {', '.join(hold_dates)} holds NaN/inf/null "
+                                                         "values (or no rows)"}], "staleness": stale}
     by_date: dict[str, list] = {}
     for f in train_src.files:
         mom = reg.stats.moments(train_src.file_key(f))
         if mom is not None:
             by_date.setdefault(f["partition"].get(DATE_KEY), []).append(mom)
     earlier = [validate.NightStats.of(d, g.merge_all(m)) for d, m in sorted(by_date.items())]
-    metric = cfg.registry.promote.metric
-    # The current model against its own error on earlier nights (each one night ahead of
-    # its training, as now): steady drift keeps the ratio near 1.
-    recent = [(e.get("current") or {}).get(metric) for e in reg.events()
-              if e.get("status") in ("promoted", "rejected") and e.get("current")]
-    current = None if current_score is None else current_score.get(metric)
-    return validate.check_night(validate.NightStats.of(",".join(hold_dates), hold_mom), earlier,
-                                [*cfg.data.features, cfg.data.target], cfg.registry.validate, metric, current,
-                                recent)
+    window = g.merge_all([m for d in sorted(by_date) for m in by_date[d]]) if by_date else None
+    report = validate.check_night(validate.NightStats.of(",".join(hold_dates), hold_mom), earlier,
+                                  list(cfg.data.features), cfg.registry.validate, window)
+    return {"checks": report.failed, "drift": report.drift, "night_fit": report.fit, "staleness": stale}
 
 
-def _quarantine(reg: Registry, as_of: date, nights, failed: list[dict], files_read: int = 0) -> RefitOutcome:
-    """Leave the night(s) out of this and every later refit; current stays."""
-    for night in nights:
-        reg.quarantine(night, failed)
+def _quarantine(reg: Registry, as_of: date, nights, failed: list[dict], fingerprint: str, files_read: int = 0,
+                night: dict | None = None) -> RefitOutcome:
+    """Leave the night(s) out of every later refit; current stays."""
+    for d in nights:
+        reg.quarantine(d, failed, as_of=as_of.isoformat())
     what = "; ".join(f.get("message", f["check"]) for f in failed)
-    verdict = {"promoted": False, "quarantined": list(nights), "checks": failed, "as_of": as_of.isoformat(),
-               "current_version": reg.current(), "reason": f"quarantined {', '.join(nights)}: {what}"}
+    verdict = {**(night or {}), "promoted": False, "quarantined": list(nights), "checks": failed,
+               "as_of": as_of.isoformat(), "current_version": reg.current(),
+               "reason": f"quarantined {', '.join(nights)}: {what}", "fingerprint": fingerprint}
     msg = f"quarantined {', '.join(nights)}: {what}; current stays {reg.current()}; {files_read} file(s) read"
-    return RefitOutcome(None, False, verdict, files_read, msg, status="quarantined")
+    return RefitOutcome(None, False, verdict, files_read, msg, status="quarantined", fingerprint=fingerprint)
 
 
-def _judge_by_passes(client, reg: Registry, hold_src: ParquetSource, hold_dates, result, init, cfg) -> tuple:
+def _judge_by_passes(client, hold_src: ParquetSource, result, init, cfg) -> tuple:
     """The challenger's (and the current model's) metrics on the holdout days, one pass
     each, for losses without cached statistics."""
     ex = Executor(client, hold_src, cache=False, loss=losses.of(cfg.model))
     scores = [ex.metrics(m, b) for m, b in [(result.m, result.b)] + ([init] if init is not None else [])]
-    if not all(np.isfinite(s[cfg.registry.promote.metric]) for s in scores):
-        raise DataError(f"the holdout {hold_dates} holds NaN/inf/null values; fix the data or set data.missing: drop")
     return scores[0], (scores[1] if init is not None else None)
 
 
-def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates, result, init, cfg) -> tuple:
+def _holdout_moments(client, reg: Registry, hold_src: ParquetSource) -> g.Moments:
+    """The holdout files' moments (one pass), cached for the nights to come: what a night
+    is judged by when the loss has no sufficient statistics of its own."""
+    per_file = Executor(client, hold_src, cache=False).moments_by_file()
+    _cache(reg, hold_src, per_file)
+    return g.merge_all([per_file[f["full_path"]] for f in hold_src.files])
+
+
+def _cache(reg: Registry, src: ParquetSource, per_file: dict) -> None:
+    for f in src.files:
+        mom = per_file[f["full_path"]]
+        if mom.finite():
+            reg.stats.put(src.file_key(f), mom, src.footer_plan(f))
+    reg.stats.flush()
+
+
+def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, result, init) -> tuple:
     """The challenger's (and the current model's) metrics on the holdout days, in one
     pass that also caches the holdout files' moments for the nights to come."""
     models = [(result.m, result.b)] + ([init] if init is not None else [])
     ex = Executor(client, hold_src, cache=False)
     per_file = ex.rows_by_file(g.block_moments_and_errors, g.add_moments_and_errors, models, hold_src.weighted)
-    for f in hold_src.files:
-        hmom, _ = per_file[f["full_path"]]
-        if hmom.finite():
-            reg.stats.put(hold_src.file_key(f), hmom, hold_src.footer_plan(f))
-    reg.stats.flush()
+    _cache(reg, hold_src, {k: v[0] for k, v in per_file.items()})
     errors = [per_file[f["full_path"]][1] for f in hold_src.files]
     merged = [errors[0][i] for i in range(len(models))]
     for errs in errors[1:]:
@@ -335,8 +406,14 @@ def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, hold_dates
     return scores[0], (scores[1] if init is not None else None), hold_mom
 
 
-def _fingerprint(cfg, train_src, hold_src) -> str:
+def _fingerprint(cfg, win: Window, listing, released: dict) -> str:
+    """What a night's verdict depends on, from the listing alone: the config, the window's
+    dates and each of their files (path, size, mtime or ETag), and the nights released."""
+    _, _, found, _, infos = listing
+    inside = set(win.dates)
+    files = [[rel, infos[full].get("size"), file_stamp(infos[full])] for full, rel in found
+             if hive_keys(rel).get(DATE_KEY) in inside]
     doc = {"config": cfg.model_dump(mode="json", exclude={"cluster", "output"}),
-           "train": [train_src.file_key(f) for f in train_src.files],
-           "holdout": [hold_src.file_key(f) for f in hold_src.files]}
+           "train": win.train, "holdout": win.hold, "files": files,
+           "released": sorted(d for d in released if d in inside)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

@@ -6,7 +6,10 @@ Layout under ``registry.dir/NAME/``::
     versions/VERSION/     model.json, history.csv, verdict.json — never changed once made
     current.json          {"version": ...}: the promoted version, replaced atomically
     events.jsonl          one JSON line per refit: as-of, verdict, metrics, files read, seconds
-    quarantine.json       {date: failed checks}: nights no refit trains on or judges by
+    quarantine.json       {date: failed checks, as_of, by}: nights no refit trains on or judges by
+    released.json         {date: ...}: nights released by hand (``gd-dask models release``)
+    nights/AS_OF.json     each as-of date's verdict and the fingerprint of its inputs: a rerun
+                          with the same data and config repeats it and writes nothing
     stats/                per-Parquet-file moments and footer plans, keyed by path, size and
                           mtime (or ETag): a consolidated base and the nights since
                           (``stats_cache``)
@@ -130,14 +133,15 @@ class Registry:
             old = ""
         self._write(self.events_path, old + line)
 
-    def events(self) -> list[dict]:
-        """The refits so far, oldest first (a torn last line is skipped)."""
+    def events(self, last: int | None = None) -> list[dict]:
+        """The refits so far, oldest first (a torn last line is skipped); ``last``: only
+        the newest lines (a nightly refit reads a few, not a year's)."""
         try:
             text = self.fs.cat_file(self.events_path).decode()
         except FileNotFoundError:
             return []
         out = []
-        for line in text.splitlines():
+        for line in text.splitlines()[-last if last else 0:]:
             try:
                 out.append(json.loads(line))
             except ValueError:
@@ -147,13 +151,52 @@ class Registry:
     # ------------------------------------------------------------------ quarantine
 
     def quarantined(self) -> dict:
-        """{date: failed checks} of the nights refits leave out."""
+        """{date: entry} of the nights refits leave out; an entry holds the failed checks,
+        when, and who: ``by`` "refit" (with the ``as_of`` whose refit found them) or "hand"."""
         return self._read_json(f"{self.root}/quarantine.json") or {}
 
-    def quarantine(self, night: str, checks: list[dict]) -> None:
+    def quarantine(self, night: str, checks: list[dict], as_of: str | None = None, by: str = "refit") -> None:
         doc = self.quarantined()
-        doc[night] = {"checks": checks, "at": _now()}
+        doc[night] = {"checks": checks, "at": _now(), "as_of": as_of, "by": by}
         self._write(f"{self.root}/quarantine.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        if by == "hand" and night in self.released():
+            self._set_released(night, None)
+
+    def lift(self, night: str) -> None:
+        """Take ``night`` out of quarantine (its refit ran again on other data and passed)."""
+        doc = self.quarantined()
+        if doc.pop(night, None) is not None:
+            self._write(f"{self.root}/quarantine.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+    def released(self) -> dict:
+        """{date: entry} of nights released by hand: their checks are waived."""
+        return self._read_json(f"{self.root}/released.json") or {}
+
+    def release(self, night: str) -> dict | None:
+        """Undo a false alarm: ``night`` leaves quarantine and its checks are waived from
+        now on. Returns the quarantine entry it had (None: it had none)."""
+        entry = self.quarantined().get(night)
+        self._set_released(night, {"at": _now(), "was": entry})
+        self.lift(night)
+        return entry
+
+    def _set_released(self, night: str, entry: dict | None) -> None:
+        doc = self.released()
+        if entry is None:
+            doc.pop(night, None)
+        else:
+            doc[night] = entry
+        self._write(f"{self.root}/released.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+    # ------------------------------------------------------------------ nights
+
+    def night_record(self, as_of: str) -> dict | None:
+        """The last refit's outcome for ``as_of`` with the fingerprint of its inputs: a
+        rerun with the same fingerprint repeats it and writes nothing."""
+        return self._read_json(f"{self.root}/nights/{as_of}.json")
+
+    def put_night_record(self, as_of: str, record: dict) -> None:
+        self._write(f"{self.root}/nights/{as_of}.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
     # ------------------------------------------------------------------ versions
 

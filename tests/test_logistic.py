@@ -349,16 +349,21 @@ def _add_class_day(root, day: int, corrupt: bool = False):
 
 @pytest.mark.parametrize("metric", ["log_loss", "roc_auc"])
 def test_nightly_refits_of_a_classifier_warm_start_and_reject_shuffled_labels(client, tmp_path, metric):
+    """roc_auc: the night's own checks quarantine the shuffled night the night it lands.
+    log_loss, with the label checks off: the gate alone rejects the challenger that
+    trained on it."""
     from datetime import date, timedelta
 
     from gd_dask.config import validate_config
     from gd_dask.refit import refit
     from gd_dask.registry import Registry
 
-    cfg = validate_config({
-        "name": "churn", "model": {"loss": "logistic"},
-        "data": {"path": str(tmp_path / "data"), "features": ["x1", "x2"], "target": "y", "window_days": 3},
-        "registry": {"dir": str(tmp_path / "models"), "promote": {"metric": metric, "max_regression": 0.02}}})
+    raw = {"name": "churn", "model": {"loss": "logistic"},
+           "data": {"path": str(tmp_path / "data"), "features": ["x1", "x2"], "target": "y", "window_days": 3},
+           "registry": {"dir": str(tmp_path / "models"), "promote": {"metric": metric, "max_regression": 0.02}}}
+    if metric == "log_loss":
+        raw["registry"]["validate"] = {"r2_drop": None, "resid_sd_ratio": None}
+    cfg = validate_config(raw)
     reg = Registry(cfg.registry.dir, cfg.name)
     night = lambda d: date(2026, 11, 1) + timedelta(days=d)  # noqa: E731
     for d in range(3):
@@ -371,13 +376,16 @@ def test_nightly_refits_of_a_classifier_warm_start_and_reject_shuffled_labels(cl
     assert model["converged"] and model["warm_start"] and metric in model["holdout_metrics"]
     assert reg.verdict(second.version)["metric"] == metric
     _add_class_day(tmp_path / "data", 4, corrupt=True)
-    refit(cfg, client, night(4))  # judged on the shuffled night, trained on clean ones
+    bad = refit(cfg, client, night(4))  # judged on the shuffled night, trained on clean ones
     good = reg.current()
     _add_class_day(tmp_path / "data", 5)
-    outcome = refit(cfg, client, night(5))  # the shuffled night now enters training
+    outcome = refit(cfg, client, night(5))
     if metric == "roc_auc":
-        # Half the window shuffled shrinks the coefficients but barely changes the
-        # ranking: AUC cannot see it (measured 0.867 vs 0.871). log-loss can.
+        # The night's own linear fit: its labels no longer follow its features (AUC alone
+        # could not see it: half the window shuffled barely changes the ranking).
+        assert bad.status == "quarantined" and "r2_drop" in {c["check"] for c in bad.verdict["checks"]}, \
+            bad.message
+        assert outcome.promoted and night(4).isoformat() not in outcome.verdict["train_dates"], outcome.message
         return
-    assert not outcome.promoted and "rejected" in outcome.message
+    assert not outcome.promoted and "rejected" in outcome.message  # the shuffled night now enters training
     assert reg.current() == good

@@ -36,7 +36,7 @@ def add_day(root, day: int, corrupt: bool = False, seed: int = 0):
         pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "y": y}), folder / f"part-{f:04d}.parquet")
 
 
-NO_CHECKS = {"rows": None, "mean_shift": None, "sd_ratio": None, "error_ratio": None}
+NO_CHECKS = {"rows": None, "mean_shift": None, "sd_ratio": None, "r2_drop": None, "resid_sd_ratio": None}
 
 
 def config(tmp_path, registry="models", checks=True, **extra):
@@ -99,7 +99,7 @@ def test_a_corrupted_night_is_rejected_and_reruns_change_nothing(client, tmp_pat
 
     before = (Path(reg.root) / "current.json").read_bytes(), reg.versions()
     again = refit(cfg, client, night(5))
-    assert "nothing to do" in again.message
+    assert "nothing to do" in again.message and again.status == "rejected"  # the same verdict: exit 3 again
     assert ((Path(reg.root) / "current.json").read_bytes(), reg.versions()) == before
 
 
@@ -209,7 +209,8 @@ def test_exit_codes_events_history_and_diff_tell_monitoring_what_happened(tmp_pa
 
     reg = Registry(cfg.registry.dir, cfg.name)
     events = reg.events()
-    assert [e["status"] for e in events][:2] == ["promoted", "nothing to do"] and events[-1]["status"] == "rejected"
+    assert len(events) == 3, events  # the rerun repeated night 3's verdict and wrote nothing
+    assert events[0]["status"] == "promoted" and events[-1]["status"] == "rejected"
     assert events[-1]["metric"] == "rmse" and events[-1]["files_read"] >= 1 and events[-1]["seconds"] > 0
     model = str(reg.root)
     hist = run_cli("models", "history", model, "--plot", tmp_path / "h.png")
@@ -259,7 +260,7 @@ def test_a_bad_night_is_quarantined_the_night_it_lands(client, tmp_path, kind):
     assert outcome.status == "quarantined" and reg.current() == good, outcome.message
     assert night(5).isoformat() in reg.quarantined()
     checks = {c["check"] for c in outcome.verdict["checks"]}
-    expected = {"shuffled": {"error_ratio", "sd_ratio", "mean_shift"}, "unit": {"mean_shift", "sd_ratio"},
+    expected = {"shuffled": {"r2_drop", "resid_sd_ratio"}, "unit": {"mean_shift", "sd_ratio"},
                 "half": {"rows"}, "missing": {"schema"}, "integer": {"schema"}, "duplicated": {"rows"}}[kind]
     assert checks & expected, outcome.verdict["checks"]
     add_day(tmp_path / "data", 6)

@@ -151,7 +151,7 @@ def test_a_two_night_refit_runs_entirely_on_s3(s3, tmp_path, client, capsys):
     capsys.readouterr()
     assert main(["models", "list", "s3://lake/models/nightly", "--storage-options", json.dumps(s3["options"])]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
-    assert refit(cfg, client, START + timedelta(days=3)).message.endswith("nothing to do")
+    assert "nothing to do" in refit(cfg, client, START + timedelta(days=3)).message
 
 
 def test_a_classifier_trains_evaluates_and_predicts_on_s3(s3, tmp_path, capsys):

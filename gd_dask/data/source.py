@@ -470,7 +470,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     cached = {}
     for full in kept if known is not None else ():
         info = infos[full]
-        plan = known(file_key({"path": _display(protocol, full), "size": info.get("size"), "stamp": _stamp(info),
+        plan = known(file_key({"path": _display(protocol, full), "size": info.get("size"), "stamp": file_stamp(info),
                                "partition": partitions[full]}, columns, data_cfg.missing, row_filters))
         if plan is not None:
             cached[full] = plan
@@ -507,7 +507,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
                 col_types = check(full, schema)[:len(columns)]
             files.append({"path": _display(protocol, full), "size": info.get("size"),
                           "rows": None if row_groups is None else sum(row_groups),
-                          "full_path": full, "rel": rels[full], "stamp": _stamp(info),
+                          "full_path": full, "rel": rels[full], "stamp": file_stamp(info),
                           "partition": partitions[full], "row_groups": row_groups, "row_group_bytes": rg_bytes,
                           "types": col_types})
     src = ParquetSource(
@@ -650,7 +650,7 @@ def _remote_footer(fs, path: str, size) -> bytes | None:
     return tail if size <= FOOTER_TAIL else b"PAR1" + tail[-(footer + 8):]
 
 
-def _stamp(info: dict):
+def file_stamp(info: dict):
     """What changes when a file is rewritten: ETag on object stores, else mtime."""
     for k in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
         if info.get(k) is not None:
