@@ -20,7 +20,8 @@ refits on the true relation (the smallest k with the current slope within 1 % of
 oracle's k nights ago: the least-squares slope of the same window's rows, bad nights
 left out, with noise-free labels; mean and max, from night 14 on and, for ``step``, outside the nights it takes to
 catch up) and the mean lag behind the true slope itself (a window's refit trails a
-drifting truth by about half its training nights plus the holdout), and for ``step`` the nights until the current slope is within 1 % of the new
+drifting truth by about half its training nights plus the holdout), and for ``step`` the
+nights until the current slope is within 1 % of the new
 one. Used by tests/test_nightly_year.py (the whole year, every scenario) and by
 ``make bench`` (section ``nightly_year``).
 """
@@ -196,7 +197,8 @@ def table(results: list[dict]) -> str:
     for r in results:
         step = "-" if r.get("step_catch_up", "-") is None else r.get("step_catch_up", "-")
         lines.append(f"{r['scenario']:<10} {r['false_quarantines']:>8} {r['missed_bad_nights']:>7} "
-                     f"{r['not_promoted_after_bad']:>8} {r['rejected']:>8} {r['lag_mean']:>9.2f} {r['lag_max']:>8} {r['truth_lag_mean']:>8.2f} {step!s:>5} "
+                     f"{r['not_promoted_after_bad']:>8} {r['rejected']:>8} {r['lag_mean']:>9.2f} "
+                     f"{r['lag_max']:>8} {r['truth_lag_mean']:>8.2f} {step!s:>5} "
                      f"{r['drift_reports']:>10} {r['seconds']:>8}")
     return "\n".join(lines)
 

@@ -196,7 +196,8 @@ class Registry:
         return self._read_json(f"{self.root}/nights/{as_of}.json")
 
     def put_night_record(self, as_of: str, record: dict) -> None:
-        self._write(f"{self.root}/nights/{as_of}.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        doc = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+        self._write(f"{self.root}/nights/{as_of}.json", doc)
 
     # ------------------------------------------------------------------ versions
 
