@@ -13,17 +13,22 @@ N(0, 1), and
 
 Into every scenario the same bad nights are injected at random (two of each kind):
 shuffled labels, a feature ×1000, half the rows, every row twice, a column gone, a burst
-of NaN. Reported per scenario: false quarantines (a good night quarantined), missed bad
-nights (a bad night not quarantined the night it landed), bad nights not followed by a
-promotion on the next good night, how many nights the current model lags an oracle that
-refits on the true relation (the smallest k with the current slope within 1 % of the
-oracle's k nights ago: the least-squares slope of the same window's rows, bad nights
-left out, with noise-free labels; mean and max, from night 14 on and, for ``step``, outside the nights it takes to
-catch up) and the mean lag behind the true slope itself (a window's refit trails a
-drifting truth by about half its training nights plus the holdout), and for ``step`` the
-nights until the current slope is within 1 % of the new
-one. Used by tests/test_nightly_year.py (the whole year, every scenario) and by
-``make bench`` (section ``nightly_year``).
+of NaN. Reported per scenario:
+
+- false quarantines (a good night quarantined) and missed bad nights (a bad night not
+  quarantined the night it landed); bad nights not followed by a promotion on the next
+  good night;
+- how many nights the current model lags an oracle that refits on the true relation: the
+  smallest k with the current slope within 1 % of the oracle's k nights ago (the
+  least-squares slope of the same window's rows, bad nights left out, with noise-free
+  labels); mean and max, from night 14 on and, for ``step``, outside the nights it takes
+  to catch up;
+- the mean lag behind the true slope itself (a window's refit trails a drifting truth by
+  about half its training nights plus the holdout);
+- for ``step``, the nights until the current slope is within 1 % of the new one.
+
+Used by tests/test_nightly_year.py (the whole year, every scenario) and by ``make bench``
+(section ``nightly_year``).
 """
 
 from __future__ import annotations
