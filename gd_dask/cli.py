@@ -190,11 +190,14 @@ def sweep(config, rates, overrides, scheduler):
 @click.option("--as-of", "as_of", default=None, metavar="YYYY-MM-DD", help="Refit as of this date (default: today, UTC).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Address of a running dask scheduler.")
-def refit(config, as_of, overrides, scheduler):
+@click.option("--allow-rollback", is_flag=True,
+              help="Let a past --as-of date's model replace a newer current one (a backfill keeps it otherwise).")
+def refit(config, as_of, overrides, scheduler, allow_rollback):
     """Nightly refit: train on the window, judge on the newest day, promote or keep current.
 
-    Exit 0: promoted; 3: ran, but the challenger was rejected or the night quarantined
-    (current untouched); 1 and 2 as for every command. A rerun of an as-of date with the
+    Exit 0: promoted (or backfilled: a past date's version kept beside a newer current
+    model); 3: ran, but the challenger was rejected or the night quarantined (current
+    untouched); 1 and 2 as for every command. A rerun of an as-of date with the
     same data and config repeats its verdict and exit status and writes nothing. Each
     refit appends a line to registry.dir/NAME/events.jsonl (``gd-dask models history``)."""
     from datetime import date, datetime, timezone
@@ -211,7 +214,7 @@ def refit(config, as_of, overrides, scheduler):
     embedded = not (scheduler or cfg.cluster.address or cfg.cluster.scheduler_file)
     size = window_size(cfg, day) if embedded and cfg.cluster.processes == "auto" else None
     with connect(cfg.cluster, scheduler, data=size) as client:
-        outcome = run_refit(cfg, client, day, listing=size.listing if size else None)
+        outcome = run_refit(cfg, client, day, listing=size.listing if size else None, allow_rollback=allow_rollback)
     click.echo(outcome.message)
     if outcome.status in ("rejected", "quarantined"):  # ran, current untouched: monitoring sees exit 3
         raise click.exceptions.Exit(3)

@@ -19,13 +19,13 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 import numpy as np
 
 from . import gradient as g
-from . import losses, validate
+from . import interrupt, losses, validate
 from .data import CHUNK_BYTES, ParquetSource, hive_keys, list_files, open_source
 from .data.source import file_stamp, list_files_detailed
 from .errors import ArtifactError, ConfigError, DataError
@@ -49,9 +49,15 @@ class RefitOutcome:
     verdict: dict
     files_read: int
     message: str
-    status: str = "promoted"  # promoted | rejected | quarantined (exit 0, 3, 3)
+    status: str = "promoted"  # promoted | rejected | quarantined | backfilled (exit 0, 3, 3, 0)
     fingerprint: str | None = None  # of the inputs (config, the window's files): reruns compare it
     repeat: bool = False  # a rerun that repeated an earlier run's verdict and wrote nothing
+    # What ``_commit`` writes: the version's files, current.json as it was when the refit
+    # began (for the compare-and-swap), the nights to quarantine and those to lift.
+    files: dict | None = field(default=None, repr=False)
+    expect: tuple | None = field(default=None, repr=False)
+    quarantine: list = field(default_factory=list)
+    lift: list = field(default_factory=list)
 
 
 def window_dates(cfg, as_of: date, skip=(), found=None) -> list[str]:
@@ -145,11 +151,16 @@ def judge(metric: str, max_regression: float, challenger: dict, current: dict | 
     return ok, f"{metric} {ch:.6g} vs current {cur:.6g} (allowed down to -{max_regression:g})"
 
 
-def refit(cfg, client, as_of: date, listing=None) -> RefitOutcome:
+def refit(cfg, client, as_of: date, listing=None, allow_rollback: bool = False) -> RefitOutcome:
     """One night's refit (see module docstring), recorded as one line of the registry's
     events.jsonl. Idempotent: rerunning an as-of date with the same data and config
     repeats its verdict and exit status and writes nothing.
-    ``listing``: ``list_files_detailed`` of ``data.path`` just made (``window_size``)."""
+
+    The refit decides first and writes after (``_commit``): the version, current.json,
+    the event and the night's record, with SIGINT/SIGTERM held until all are written. A
+    SIGKILL among them is finished by the next refit (``recover``).
+    ``listing``: ``list_files_detailed`` of ``data.path`` just made (``window_size``).
+    ``allow_rollback``: a past as-of date may replace a newer current model."""
     if cfg.optimizer.validation_fraction:
         raise ConfigError("refit judges each challenger on its newest days (registry.holdout_days): "
                           "set optimizer.validation_fraction to 0")
@@ -158,25 +169,92 @@ def refit(cfg, client, as_of: date, listing=None) -> RefitOutcome:
     t0 = time.perf_counter()
     reg = Registry(cfg.registry.dir, cfg.name, cfg.data.storage_options)
     with reg.lock():
-        outcome = _refit(cfg, client, as_of, reg, listing)
-        if outcome.repeat:
-            return outcome
-        v = outcome.verdict or {}
-        reg.append_event({
-            "as_of": as_of.isoformat(), "status": outcome.status, "version": outcome.version,
-            "metric": v.get("metric"), "challenger": v.get("challenger"), "current": v.get("current"),
-            "current_version": v.get("current_version"), "reason": v.get("reason"),
-            "train_dates": v.get("train_dates"), "holdout_dates": v.get("holdout_dates"),
-            "checks": v.get("checks", []), "quarantined": v.get("quarantined", []),
-            "drift": v.get("drift", []), "staleness": v.get("staleness"), "night_fit": v.get("night_fit"),
-            "waived": v.get("waived", []),
-            "files_read": outcome.files_read, "cache_objects_read": reg.stats.objects_read,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        reg.put_night_record(as_of.isoformat(), {
-            "fingerprint": outcome.fingerprint, "status": outcome.status, "version": outcome.version,
-            "message": outcome.message, "verdict": outcome.verdict, "files_read": outcome.files_read})
+        recover(reg)
+        outcome = _refit(cfg, client, as_of, reg, listing, allow_rollback)
+        if not outcome.repeat:
+            with interrupt.deferred():
+                _commit(reg, outcome, as_of.isoformat(), time.perf_counter() - t0)
+    interrupt.raise_if_pending()
     return outcome
+
+
+def _commit(reg: Registry, o: RefitOutcome, day: str, seconds: float) -> None:
+    """Write what the refit decided, in an order a crash can be recovered from: the
+    quarantine or the version, then current.json, then the event, then the night's record
+    (which makes a rerun a repeat)."""
+    v = o.verdict
+    for night in o.quarantine:
+        reg.quarantine(night, v["checks"], as_of=day)
+    for night in o.lift:  # an earlier run of this as-of date quarantined it; the data changed since
+        reg.lift(night)
+    current = reg.current()
+    v.setdefault("current_version", current)
+    if o.files is not None:
+        o.version = reg.new_version(day, o.files)
+        if o.promoted:
+            try:
+                reg.promote(o.version, v["reason"], expect=o.expect)
+            except RegistryError:
+                reg.drop_version(o.version)  # lost a race on current.json: change nothing
+                raise
+    o.message = _message(o, current)
+    _log(reg, o, day, seconds)
+
+
+def _message(o: RefitOutcome, current: str | None) -> str:
+    v, read = o.verdict, f"{o.files_read} file(s) read"
+    if o.status == "quarantined":
+        return f"{v['reason']}; current stays {current}; {read}"
+    if o.status == "promoted":
+        return f"promoted {o.version}: {v['reason']}; {read}" + _drift_note(v)
+    return f"{o.status} {o.version}: {v['reason']}; current stays {current}; {read}" + _drift_note(v)
+
+
+def _log(reg: Registry, o: RefitOutcome, day: str, seconds: float, **extra) -> None:
+    """The event (events.jsonl) and the night's record (nights/DATE.json)."""
+    v = o.verdict or {}
+    reg.append_event({
+        "as_of": day, "status": o.status, "version": o.version,
+        "metric": v.get("metric"), "challenger": v.get("challenger"), "current": v.get("current"),
+        "current_version": v.get("current_version"), "reason": v.get("reason"),
+        "train_dates": v.get("train_dates"), "holdout_dates": v.get("holdout_dates"),
+        "checks": v.get("checks", []), "quarantined": v.get("quarantined", []),
+        "drift": v.get("drift", []), "staleness": v.get("staleness"), "night_fit": v.get("night_fit"),
+        "waived": v.get("waived", []),
+        "files_read": o.files_read, "cache_objects_read": reg.stats.objects_read,
+        "seconds": round(seconds, 3), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra})
+    reg.put_night_record(day, {"fingerprint": o.fingerprint, "status": o.status, "version": o.version,
+                               "message": o.message, "verdict": v, "files_read": o.files_read})
+
+
+def recover(reg: Registry) -> str | None:
+    """Finish a refit a SIGKILL cut short after it wrote its version: the newest version,
+    if no event logs it, was never logged. A promoted one whose current.json was not yet
+    replaced is promoted now if current.json is still the model it was judged against
+    (else a person changed current since, and it is logged as not deployed); one already
+    current, or rejected, gets its event and night record. Returns what it did."""
+    versions = reg.versions()
+    if not versions:
+        return None
+    newest = versions[-1]
+    if newest in {e.get("version") for e in reg.events(last=RECENT_EVENTS)}:
+        return None
+    v = reg.verdict(newest) or {}
+    current = reg.current()
+    status, note = ("promoted" if v.get("promoted") else v.get("status", "rejected")), None
+    if v.get("promoted") and current != newest:
+        if current == v.get("current_version"):
+            reg.promote(newest, f"{v.get('reason')} (promotion completed after an interrupted refit)")
+            note = f"completed the promotion of {newest}, interrupted before current.json was replaced"
+        else:
+            status = "not deployed"
+            note = f"{newest} was promoted by an interrupted refit, but current.json has changed since: left as it is"
+    log.warning("recovered an interrupted refit: %s", note or f"logged {newest}")
+    o = RefitOutcome(newest, status == "promoted", v, int(v.get("files_read") or 0), "", status=status,
+                     fingerprint=v.get("fingerprint"))
+    o.message = note or _message(o, current)
+    _log(reg, o, str(v.get("as_of") or newest[:10]), 0.0, recovered=True)
+    return o.message
 
 
 @dataclass
@@ -210,7 +288,8 @@ def plan_window(cfg, reg: Registry, as_of: date, found) -> Window:
     return Window(dates, dates[:-h], dates[-h:], False)
 
 
-def _refit(cfg, client, as_of: date, reg: Registry, listing=None) -> RefitOutcome:
+def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback: bool = False) -> RefitOutcome:
+    """The night's decision; writes nothing but the statistics cache (``_commit`` does)."""
     gram = pick_strategy(cfg) == "gram"
     day = as_of.isoformat()
     hand = reg.quarantined().get(day)
@@ -221,7 +300,7 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None) -> RefitOutcom
     listing = listing or list_files_detailed(cfg.data.path, cfg.data.storage_options)  # one listing a night
     win = plan_window(cfg, reg, as_of, listing[2])
     released = reg.released()
-    fingerprint = _fingerprint(cfg, win, listing, released)
+    fingerprint = _fingerprint(cfg, win, listing, released, allow_rollback)
     done = reg.night_record(day)
     if done and done.get("fingerprint") == fingerprint:
         return _repeat(done, day)
@@ -234,7 +313,7 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None) -> RefitOutcom
             raise
         # The earlier nights open: the new one is at fault.
         open_source(_with_dates(cfg.data, win.train), known=known, listing=listing)
-        return _quarantine(reg, as_of, win.hold, [{"check": "schema", "message": str(e)}], fingerprint)
+        return _quarantine(as_of, win.hold, [{"check": "schema", "message": str(e)}], fingerprint)
     window.layout(chunk_bytes_for(client, CHUNK_BYTES))  # small files packed; statistics still per file
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files
                                           if f["partition"].get(DATE_KEY) in part])
@@ -273,20 +352,24 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None) -> RefitOutcom
         if night["checks"] and waived:  # released by hand: a false alarm, the checks are waived
             night["waived"], night["checks"] = night["checks"], []
         if night["checks"]:
-            return _quarantine(reg, as_of, win.hold, night["checks"], fingerprint, files_read, night)
-        for d in win.hold:  # an earlier run of this as-of date quarantined it; the data changed since
-            if reg.quarantined().get(d, {}).get("as_of") == day:
-                reg.lift(d)
+            return _quarantine(as_of, win.hold, night["checks"], fingerprint, files_read, night)
 
     reg.stats.consolidate([window.file_key(f) for f in window.files])  # the cache's objects for the nights to come
 
+    status = "promoted"
     if win.first:
         promote, why = True, (f"first model: trained on all {len(win.dates)} date partition(s), none held out "
                               "(no current model to compare with)")
     else:
         promote, why = judge(cfg.registry.promote.metric, cfg.registry.promote.max_regression,
                              challenger_score, current_score)
-    verdict = {"promoted": promote, "reason": why, "as_of": day,
+        status = "promoted" if promote else "rejected"
+    newer = (current or {}).get("as_of")
+    if promote and newer and newer > day and not allow_rollback:  # a backfill keeps production as it is
+        promote, status = False, "backfilled"
+        why = (f"{why}; not promoted: the current model {current_version} is as of {newer}, newer than "
+               f"{day} (--allow-rollback promotes a past night's model)")
+    verdict = {"promoted": promote, "status": status, "reason": why, "as_of": day,
                "metric": cfg.registry.promote.metric, "holdout_dates": win.hold,
                "train_dates": [win.train[0], win.train[-1]],
                "challenger": challenger_score, "current": current_score,
@@ -295,23 +378,11 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None) -> RefitOutcom
     result.source = train_src
     doc = model_document(cfg, result)
     doc.update({"as_of": day, "holdout_metrics": challenger_score, "warm_start": current_version})
-    version = reg.new_version(day, {
-        "model.json": json.dumps(doc, indent=2) + "\n",
-        "history.csv": history_csv(result.history),
-        "verdict.json": json.dumps(verdict, indent=2) + "\n",
-    })
-    if promote:
-        try:
-            reg.promote(version, why, expect=current_state)
-        except RegistryError:
-            reg.drop_version(version)  # lost a race on current.json: change nothing
-            raise
-        msg = f"promoted {version}: {why}; {files_read} file(s) read"
-    else:
-        msg = f"rejected {version}: {why}; current stays {current_version}; {files_read} file(s) read"
-    msg += _drift_note(night)
-    return RefitOutcome(version, promote, verdict, files_read, msg,
-                        status="promoted" if promote else "rejected", fingerprint=fingerprint)
+    files = {"model.json": json.dumps(doc, indent=2) + "\n", "history.csv": history_csv(result.history),
+             "verdict.json": json.dumps(verdict, indent=2) + "\n"}
+    lift = [d for d in win.hold if (reg.quarantined().get(d) or {}).get("as_of") == day]
+    return RefitOutcome(None, promote, verdict, files_read, "", status=status, fingerprint=fingerprint,
+                        files=files, expect=current_state, lift=lift)
 
 
 def _repeat(record: dict, day: str) -> RefitOutcome:
@@ -322,8 +393,8 @@ def _repeat(record: dict, day: str) -> RefitOutcome:
                         repeat=True)
 
 
-def _drift_note(night: dict) -> str:
-    drift = night.get("drift") or []
+def _drift_note(verdict: dict) -> str:
+    drift = verdict.get("drift") or []
     if not drift:
         return ""
     return "; drift: " + ", ".join(d["message"] for d in drift)
@@ -353,17 +424,15 @@ def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_
     return {"checks": report.failed, "drift": report.drift, "night_fit": report.fit, "staleness": stale}
 
 
-def _quarantine(reg: Registry, as_of: date, nights, failed: list[dict], fingerprint: str, files_read: int = 0,
+def _quarantine(as_of: date, nights, failed: list[dict], fingerprint: str, files_read: int = 0,
                 night: dict | None = None) -> RefitOutcome:
     """Leave the night(s) out of every later refit; current stays."""
-    for d in nights:
-        reg.quarantine(d, failed, as_of=as_of.isoformat())
     what = "; ".join(f.get("message", f["check"]) for f in failed)
-    verdict = {**(night or {}), "promoted": False, "quarantined": list(nights), "checks": failed,
-               "as_of": as_of.isoformat(), "current_version": reg.current(),
+    verdict = {**(night or {}), "promoted": False, "status": "quarantined", "quarantined": list(nights),
+               "checks": failed, "as_of": as_of.isoformat(),
                "reason": f"quarantined {', '.join(nights)}: {what}", "fingerprint": fingerprint}
-    msg = f"quarantined {', '.join(nights)}: {what}; current stays {reg.current()}; {files_read} file(s) read"
-    return RefitOutcome(None, False, verdict, files_read, msg, status="quarantined", fingerprint=fingerprint)
+    return RefitOutcome(None, False, verdict, files_read, "", status="quarantined", fingerprint=fingerprint,
+                        quarantine=list(nights))
 
 
 def _judge_by_passes(client, hold_src: ParquetSource, result, init, cfg) -> tuple:
@@ -406,7 +475,7 @@ def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, result, in
     return scores[0], (scores[1] if init is not None else None), hold_mom
 
 
-def _fingerprint(cfg, win: Window, listing, released: dict) -> str:
+def _fingerprint(cfg, win: Window, listing, released: dict, allow_rollback: bool = False) -> str:
     """What a night's verdict depends on, from the listing alone: the config, the window's
     dates and each of their files (path, size, mtime or ETag), and the nights released."""
     _, _, found, _, infos = listing
@@ -415,5 +484,5 @@ def _fingerprint(cfg, win: Window, listing, released: dict) -> str:
              if hive_keys(rel).get(DATE_KEY) in inside]
     doc = {"config": cfg.model_dump(mode="json", exclude={"cluster", "output"}),
            "train": win.train, "holdout": win.hold, "files": files,
-           "released": sorted(d for d in released if d in inside)}
+           "released": sorted(d for d in released if d in inside), "allow_rollback": allow_rollback}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

@@ -13,7 +13,7 @@ Layout under ``registry.dir/NAME/``::
     stats/                per-Parquet-file moments and footer plans, keyed by path, size and
                           mtime (or ETag): a consolidated base and the nights since
                           (``stats_cache``)
-    .lock                 held by a running refit (holder: host, pid, since)
+    .lock                 flock'd by a running refit (holder: host, pid, since)
 
 VERSION is ``<as-of date>T<HHMMSS>Z`` (UTC), so versions sort by as-of date, then time.
 A version is written into a hidden temporary folder and renamed into place, so a crash
@@ -23,6 +23,7 @@ leaves either a whole version or none.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import posixpath
@@ -40,6 +41,12 @@ from .store import atomic_write, is_url, load_model
 
 class RegistryError(GdDaskError):
     """The registry is locked, or a version asked for does not exist (exit status 1)."""
+
+
+class VersionError(RegistryError):
+    """A version name that is not one of the registry's versions (exit status 2)."""
+
+    exit_code = 2
 
 
 class Registry:
@@ -212,9 +219,14 @@ class Registry:
                 and self.fs.exists(f"{self.versions_dir}/{v}/verdict.json")]
 
     def version_dir(self, version: str) -> str:
-        if version.startswith(".") or not self.fs.exists(f"{self.versions_dir}/{version}/verdict.json"):
-            raise RegistryError(f"{self.url(self.root)}: no version {version!r} "
-                                f"(have: {', '.join(self.versions()) or 'none'})")
+        """The folder of ``version``: one path segment that is a complete version in
+        versions/ (a name with a separator or ``..`` could point anywhere)."""
+        if (not isinstance(version, str) or not version or version.startswith(".")
+                or any(c in version for c in "/\\\0")
+                or not self.fs.exists(f"{self.versions_dir}/{version}/verdict.json")):
+            raise VersionError(f"{self.url(self.root)}: no version {version!r} "
+                               f"(have: {', '.join(self.versions()[-5:]) or 'none'}; `gd-dask models list` "
+                               "names them all)")
         return f"{self.versions_dir}/{version}"
 
     def verdict(self, version: str) -> dict:
@@ -227,7 +239,11 @@ class Registry:
         doc = self._read_json(path)
         if not isinstance(doc, dict):
             raise ArtifactError(f"{self.url(path)}: unreadable")
-        return doc.get("version")
+        version = doc.get("version")
+        if version is not None and (not isinstance(version, str) or any(c in version for c in "/\\\0")
+                                    or version.startswith(".")):
+            raise ArtifactError(f"{self.url(path)}: names {version!r}, which is not a version of this registry")
+        return version
 
     def current_model(self) -> dict | None:
         version = self.current()
@@ -296,7 +312,10 @@ class Registry:
     def lock(self):
         """Exclusive lock for a refit; a second one fails naming the holder.
 
-        Local: an O_EXCL file; a lock left by a dead process on this host is taken over.
+        Local: an advisory ``flock`` on ``.lock``, which the kernel releases when its
+        holder dies however it dies (SIGKILL included), so a crash never leaves a lock to
+        take over and no two processes can both take one; the holder is written into the
+        file for the message, and cleared on release.
         S3: a conditional create (If-None-Match: *), so exactly one of two refits starting
         together gets it. Other object stores: a lock object written and read back (best
         effort: two refits starting in the same instant could both pass).
@@ -313,26 +332,20 @@ class Registry:
                     self.fs.rm_file(path)
             return
         Path(self.root).mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                holder = self._read_json(path)
-                if holder and holder.get("host") == me["host"] and not _alive(holder.get("pid")):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)  # stale: its process is gone
-                    continue
-                raise RegistryError(_held(self.root, holder, path)) from None
-        else:
-            raise RegistryError(f"{self.root}: could not take the lock {path}")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise RegistryError(_held(self.root, self._read_json(path), path)) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # the file stays: unlinking it would let a third process lock a new one
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            os.close(fd)  # releases the flock
 
     def _take_remote_lock(self, path: str, me: dict) -> None:
         """A conditional create where the store has one; else write and read back."""
@@ -349,21 +362,9 @@ class Registry:
 
 def _held(root, holder: dict | None, path) -> str:
     who = (f"host {holder.get('host')} pid {holder.get('pid')} since {holder.get('since')}"
-           if holder else "an unknown holder")
-    return f"{root}: another refit holds the lock ({who}); remove {path} if that process is gone"
+           if holder else "a holder that has not written its name yet")
+    return f"{root}: another refit holds the lock ({who}) on {path}"
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -66,6 +66,16 @@ def client():
         yield c
 
 
+@pytest.fixture(scope="session")
+def threads():
+    """Threads of this process, as ``cluster.processes: auto`` runs a small job."""
+    from gd_dask.threads import ThreadsClient
+
+    c = ThreadsClient(1, 1)
+    yield c
+    c.close()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

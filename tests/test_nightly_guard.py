@@ -15,7 +15,6 @@ from gd_dask.config import validate_config
 from gd_dask.gradient import Moments, block_moments
 from gd_dask.refit import refit
 from gd_dask.registry import Registry
-from gd_dask.threads import ThreadsClient
 from gd_dask.validate import OwnFit
 
 START = date(2026, 11, 1)
@@ -45,13 +44,6 @@ def config(tmp_path, **validate):
     if validate:
         raw["registry"]["validate"] = validate
     return validate_config(raw)
-
-
-@pytest.fixture(scope="module")
-def threads():
-    c = ThreadsClient(1, 1)
-    yield c
-    c.close()
 
 
 def snapshot(reg: Registry) -> tuple:
