@@ -40,3 +40,7 @@ class ClusterError(GdDaskError):
 
 class ArtifactError(GdDaskError):
     """A model artifact is unreadable, of another format, or cannot be written."""
+
+
+class PredictionOverflow(DataError):
+    """A model's predictions are not finite on finite features (exit status 1)."""

@@ -560,7 +560,8 @@ def _error_sums(err, y, w=None, y_center: float = 0.0) -> ErrorSums:
 def block_errors(block, m, b, weighted: bool = False) -> ErrorSums:
     """Metric sums of one block for a model (m, b) in original units."""
     X, y, w = split_block(block, weighted)
-    return _error_sums(X @ m + b - y, y, w)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
+        return _error_sums(X @ m + b - y, y, w)
 
 
 def block_errors_std(zs, m, b_centered, y_center, weighted: bool = False) -> ErrorSums:
@@ -640,7 +641,8 @@ class ClassSums(NamedTuple):
 def block_classification(block, m, b, loss: Loss, threshold: float = 0.5, weighted: bool = False) -> ClassSums:
     """``ClassSums`` of one raw block for a model (m, b) in original units."""
     X, y, w = split_block(block, weighted)
-    eta = X @ m + b
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
+        eta = X @ m + b
     p = loss.predict(eta)
     bins = np.clip(((eta + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64), 0, AUC_BINS - 1)
     _, total = loss.terms(eta, y, w)  # may overwrite eta

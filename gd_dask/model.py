@@ -28,6 +28,7 @@ class Model:
     m: np.ndarray
     b: float
     document: dict
+    path: str | None = None  # where it was loaded from, to name it in errors
 
     def predict(self, X):
         """Predictions for a NumPy array (n, d), a pandas DataFrame (columns by name) or a
@@ -58,4 +59,4 @@ def load_model(path: str | Path, storage_options: dict | None = None) -> Model:
     """Read a model.json, local or URL (checked: format, features vs coefficients)."""
     doc = _load_document(path, storage_options)
     return Model(features=list(doc["features"]), target=doc.get("target", "y"),
-                 m=np.asarray(doc["m"], dtype=np.float64), b=float(doc["b"]), document=doc)
+                 m=np.asarray(doc["m"], dtype=np.float64), b=float(doc["b"]), document=doc, path=str(path))

@@ -76,7 +76,7 @@ class Registry:
             return json.loads(self.fs.cat_file(path))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
 
     def _write(self, path: str, data: str | bytes) -> None:

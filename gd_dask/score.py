@@ -13,7 +13,7 @@ import numpy as np
 
 from .config import DataConfig
 from .data import open_source
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, PredictionOverflow
 from .executor import Executor
 from .model import Model
 
@@ -45,7 +45,10 @@ def evaluate(model: Model, path: str, client, storage_options: dict | None = Non
     metrics = ex.metrics(model.m, model.b)
     if not all(np.isfinite(v) for k, v in metrics.items() if k in ("mse", "mae", "log_loss", "brier")):
         counts = np.asarray(ex.nonfinite_by_block()).sum(axis=0)
-        j = int(np.flatnonzero(counts)[0]) if counts.any() else 0
+        if not counts.any():  # finite data, infinite predictions: the model is at fault
+            raise PredictionOverflow(f"model {model.path}: its predictions overflow to ±inf/NaN on {path} "
+                                     f"(coefficients up to {np.abs(model.m).max():.3g}): it cannot score these rows")
+        j = int(np.flatnonzero(counts)[0])
         raise DataError(f"column '{source.columns[j]}' has {int(counts[j])} NaN/inf/null values in {path}")
     return metrics
 
@@ -104,7 +107,10 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     ex = Executor(client, source, cache=False, loss=model.loss)
     dest = {f["full_path"]: f"{staging}/{f['rel']}" for f in source.files}
     try:
-        rows = ex.predict_files(dest, out_protocol, model.features, keys, model.m, model.b, threshold)
+        try:
+            rows = ex.predict_files(dest, out_protocol, model.features, keys, model.m, model.b, threshold)
+        except PredictionOverflow as e:
+            raise PredictionOverflow(f"model {model.path}: {e}") from None
         out_fs.invalidate_cache()  # the workers wrote: listings cached here are stale
         if out_fs.exists(out_root):
             _move_tree(out_fs, out_root, old)

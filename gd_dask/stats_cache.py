@@ -32,10 +32,14 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
+import math
 
 import numpy as np
 
 from .gradient import Moments
+
+log = logging.getLogger(__name__)
 
 #: Nights outside the base that make a refit rewrite it. Each rewrite is the size of the
 #: whole window's entries; each night outside it is one more object to read.
@@ -60,6 +64,28 @@ def _floats(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float64).ravel()
 
 
+def _checksum(entry: dict) -> str:
+    """What an entry's content must hash to: its moments and plan (its key is checked
+    against the listing anyway). A flipped bit, a doubled n or a truncated mean fails it."""
+    m = entry["moments"]
+    text = f"{m['n']!r}|{m['mean']}|{m['comoment']}|{json.dumps(entry.get('plan'), sort_keys=True)}"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _checked_moments(entry: dict) -> Moments:
+    """The entry's moments, or ValueError/TypeError/KeyError where it is not what ``put``
+    wrote (its checksum, where it has one, or its shape)."""
+    if "sum" in entry and entry["sum"] != _checksum(entry):
+        raise ValueError("its checksum does not match its content")
+    m = entry["moments"]
+    n, mean, comoment = m["n"], _floats(m["mean"]), _floats(m["comoment"])
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n < 0:
+        raise ValueError(f"n is {n!r}")
+    if mean.size < 1 or comoment.size != mean.size * mean.size:
+        raise ValueError(f"{mean.size} means and {comoment.size} co-moments")
+    return Moments(n, mean, comoment.reshape(mean.size, mean.size))
+
+
 def _night(key: dict) -> str:
     """A file's night: its hive partition values, as one string (``date=2026-01-05``)."""
     return "/".join(f"{k}={v}" for k, v in sorted((key.get("partition") or {}).items()))
@@ -77,18 +103,13 @@ class StatsCache:
         self.objects_read = 0  # requests for cache objects (found or not) in this refit
         self._paths: dict[tuple, str] = {}  # (way of reading, night) → object path: 30,000 digests took 1.5 s
         self._base_sets: dict[str, set] = {}  # base path → the nights it holds
-        self._seen: dict[str, tuple] = {}  # file path → (key, its entry or None), as looked up last
+        self._seen: dict[str, tuple] = {}  # file path → (key, its entry or None, its moments), as looked up last
 
     # ------------------------------------------------------------------ lookups
 
     def moments(self, key: dict) -> Moments | None:
         """The file's moments if its key still matches."""
-        entry = self._entry(key)
-        if entry is None:
-            return None
-        m = entry["moments"]
-        mean = _floats(m["mean"])
-        return Moments(m["n"], mean, _floats(m["comoment"]).reshape(mean.size, mean.size))
+        return None if self._entry(key) is None else self._seen[key["path"]][2]
 
     def plan(self, key: dict) -> dict | None:
         """What the file's footer said ({row_groups, row_group_bytes, types}) if its key
@@ -100,9 +121,18 @@ class StatsCache:
         seen = self._seen.get(key["path"])  # a refit asks for each file 3 or 4 times
         if seen is not None and seen[0] == key:
             return seen[1]
-        entry = self._load(self._home(key))["files"].get(key["path"])
-        entry = entry if entry and entry.get("key") == key else None
-        self._seen[key["path"]] = (key, entry)
+        home = self._home(key)
+        entry = self._load(home)["files"].get(key["path"])
+        entry = entry if isinstance(entry, dict) and entry.get("key") == key else None
+        mom = None
+        if entry is not None:
+            try:
+                mom = _checked_moments(entry)
+            except (ValueError, TypeError, KeyError, AttributeError) as e:  # binascii.Error is a ValueError
+                log.warning("statistics cache: the entry of %s in %s is damaged (%s); it is dropped and "
+                            "recomputed from the file", key["path"], self.reg.url(home), e)
+                entry = None
+        self._seen[key["path"]] = (key, entry, mom)
         return entry
 
     # ------------------------------------------------------------------ updates
@@ -114,9 +144,11 @@ class StatsCache:
         entry = {"key": key, "moments": {"n": n, "mean": _text(mom.mean), "comoment": _text(mom.comoment)}}
         if plan is not None:
             entry["plan"] = plan
+        entry["sum"] = _checksum(entry)
         home = self._home(key)
         self._load(home)["files"][key["path"]] = entry
-        self._seen[key["path"]] = (key, entry)
+        self._seen[key["path"]] = (key, entry, Moments(n, np.array(mom.mean, dtype=np.float64),
+                                                      np.array(mom.comoment, dtype=np.float64)))
         self._dirty.add(home)
 
     def flush(self) -> None:

@@ -207,13 +207,24 @@ def remove_checkpoint(out_dir: str | Path) -> None:
         pass
 
 
-def read_text(path, storage_options: dict | None = None) -> str:
+#: Bounds on a model.json, as a config is bounded: a hostile file fails in one line, fast.
+MAX_MODEL_BYTES = 64 << 20
+MAX_MODEL_FEATURES = 1_000_000
+
+
+def read_text(path, storage_options: dict | None = None, limit: int | None = None) -> str:
+    """The file's text; with ``limit``, at most that many bytes are read (ValueError past it)."""
     if is_url(path):
         import fsspec
 
-        with fsspec.open(str(path), "rt", **(storage_options or {})) as fh:
-            return fh.read()
-    return Path(path).read_text()
+        opened = fsspec.open(str(path), "rb", **(storage_options or {}))
+    else:
+        opened = open(path, "rb")
+    with opened as fh:
+        data = fh.read() if limit is None else fh.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data.decode("utf-8")
 
 
 def load_model(path: str | Path, storage_options: dict | None = None) -> dict:
@@ -222,18 +233,27 @@ def load_model(path: str | Path, storage_options: dict | None = None) -> dict:
     Raises
     ------
     ArtifactError
-        Unreadable, not JSON, another format version, or inconsistent fields.
+        Unreadable, not JSON, too large or too deep, another format version, or
+        inconsistent fields.
     """
     try:
-        doc = json.loads(read_text(path, storage_options))
+        doc = json.loads(read_text(path, storage_options, limit=MAX_MODEL_BYTES))
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read model ({e.strerror or _first_line(e)})") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path}: not a valid model.json (truncated or not JSON: {e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{path}: not a valid model.json (not UTF-8 text)") from None
+    except ValueError as e:  # read_text's bound
+        raise ArtifactError(f"{path}: refused: {e} ({MAX_MODEL_BYTES >> 20} MiB), the limit for a model.json") from None
+    except RecursionError:
+        raise ArtifactError(f"{path}: refused: not a model.json (values nested thousands of levels deep)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise ArtifactError(f"{path}: model format {got!r} is not supported (expected {FORMAT!r})")
     feats, m = doc.get("features"), doc.get("m")
+    if isinstance(feats, list) and len(feats) > MAX_MODEL_FEATURES:
+        raise ArtifactError(f"{path}: refused: {len(feats)} features, more than {MAX_MODEL_FEATURES}")
     if not isinstance(feats, list) or not isinstance(m, list) or len(feats) != len(m):
         raise ArtifactError(
             f"{path}: model has {len(feats) if isinstance(feats, list) else '?'} features "

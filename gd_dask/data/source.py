@@ -15,6 +15,7 @@ import logging
 import operator
 import os
 import posixpath
+import stat
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -408,6 +409,8 @@ def list_files_detailed(path: str, storage_options: dict | None = None):
     if not out and others:
         raise DataError(f"data.path '{path}' holds no Parquet files (*.parquet); found {len(others)} "
                         f"other file(s), e.g. {others[0]}")
+    if is_local(fs):
+        _refuse_special(path, out, infos)
     return fs, protocol, out, root, infos
 
 
@@ -423,8 +426,26 @@ def _find_local(root: str) -> dict:
                     todo.append(e.path)
                 else:
                     st = e.stat()
-                    out[e.path] = {"name": e.path, "size": st.st_size, "type": "file", "mtime": st.st_mtime}
+                    kind = "file" if stat.S_ISREG(st.st_mode) else "other"  # a pipe, socket or device
+                    out[e.path] = {"name": e.path, "size": st.st_size, "type": kind, "mtime": st.st_mtime}
     return out
+
+
+def _refuse_special(path: str, found: list, infos: dict) -> None:
+    """Anything but a regular file (a named pipe, a socket, a device) is refused by name
+    before it is opened: opening a FIFO waits for a writer, all night."""
+    for full, rel in found:
+        info = infos[full]
+        if info.get("type") == "other" or (info.get("type") not in ("file", "other") and _special(full)):
+            raise DataError(f"data.path '{path}': {rel} is not a regular file (a named pipe, socket or device); "
+                            "remove it from the folder")
+
+
+def _special(full: str) -> bool:
+    try:
+        return not stat.S_ISREG(os.stat(full).st_mode)
+    except OSError:
+        return False
 
 
 def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: int = CHUNK_BYTES,

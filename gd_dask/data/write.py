@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import PredictionOverflow
 from .read import as_float64
 
 
@@ -34,7 +35,9 @@ def predict_file(src_path, dst_path, protocol, storage_options, out_protocol, fe
                     t = pf.read_row_group(rg, columns=list(dict.fromkeys([*keys, *features])))
                     X = np.column_stack([as_float64(t.column(f)) for f in features])
                     cols = {k: t.column(k) for k in keys}
-                    pred = loss.predict(X @ m + b)
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        pred = loss.predict(X @ m + b)
+                    _check_finite(pred, X, src_path, rg)
                     cols["prediction"] = pa.array(pred)
                     if threshold is not None:
                         cols["label"] = pa.array((pred >= threshold).astype(np.int8))
@@ -50,6 +53,16 @@ def predict_file(src_path, dst_path, protocol, storage_options, out_protocol, fe
             raise
     fs.mv(tmp, dst_path)
     return rows
+
+
+def _check_finite(pred, X, path, row_group: int) -> None:
+    """Predictions that overflow on finite features are the model's fault: refuse them,
+    naming the file and a row (NaN features are the data's: ``data.missing`` rules)."""
+    bad = ~np.isfinite(pred) & np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise PredictionOverflow(f"its predictions overflow to ±inf/NaN on {int(bad.sum())} row(s) of {path} "
+                                 f"(row group {row_group}, row {int(np.flatnonzero(bad)[0])}): its coefficients are "
+                                 "too large for these features; nothing was written")
 
 
 def write_summary(root) -> str:
