@@ -56,7 +56,7 @@ def evaluate(model: Model, path: str, client, storage_options: dict | None = Non
 def _move_tree(fs, src: str, dst: str) -> None:
     """Move a folder: one rename on a local disk; object by object on an object store
     (which has no folders to rename)."""
-    if fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ()):
+    if _local(fs):
         os.rename(src, dst)
         return
     for path in fs.find(src):
@@ -64,6 +64,99 @@ def _move_tree(fs, src: str, dst: str) -> None:
     with contextlib.suppress(Exception):
         fs.rm(src, recursive=True)
     fs.invalidate_cache()
+
+
+def _local(fs) -> bool:
+    return fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ())
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two local folders in one step (Linux renameat2 RENAME_EXCHANGE): a reader
+    sees the old set or the new one, never none. False where the system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    ok = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+    return ok
+
+
+def _swap_in(fs, staging: str, out_root: str, old: str) -> None:
+    """Put the staging folder at ``out_root``: atomically where the disk can exchange two
+    folders (the old set then sits in ``staging`` for removal); else in two renames that
+    ``recover_output`` completes if a crash falls between them."""
+    if fs.exists(out_root) and _local(fs) and _exchange(staging, out_root):
+        _move_tree(fs, staging, old)
+        return
+    if fs.exists(out_root):
+        _move_tree(fs, out_root, old)
+    _move_tree(fs, staging, out_root)
+
+
+def recover_output(fs, out_root: str) -> list[str]:
+    """Finish or clean up what crashed predictions to ``out_root`` left beside it:
+    a set moved aside with no set in place is a swap cut in two — its staging folder, if
+    complete, takes the place, else the old set goes back; old sets whose swap finished,
+    and staging folders of processes no longer alive, are removed. Returns what it did."""
+    parent, name = posixpath.split(out_root)
+    try:
+        siblings = [posixpath.basename(p.rstrip("/")) for p in fs.ls(parent, detail=False)]
+    except FileNotFoundError:
+        return []
+    done = []
+    for sib in sorted(siblings):
+        for kind in ("old", "staging"):
+            prefix = f".{name}.{kind}-"
+            if not sib.startswith(prefix):
+                continue
+            tag, path = sib[len(prefix):], f"{parent}/{sib}"
+            staging = f"{parent}/.{name}.staging-{tag}"
+            if kind == "old" and not fs.exists(out_root):
+                if fs.exists(f"{staging}/{_COMPLETE}"):
+                    _move_tree(fs, staging, out_root)
+                    done.append(f"completed the swap of {out_root} (cut short by a crash)")
+                else:
+                    _move_tree(fs, path, out_root)
+                    done.append(f"put the earlier predictions back in {out_root}")
+                    continue
+            if kind == "staging" and _owner_alive(tag):
+                continue
+            if fs.exists(path):
+                with contextlib.suppress(Exception):
+                    fs.rm(path, recursive=True)
+                    done.append(f"removed {path}, left by a crashed run")
+    fs.invalidate_cache()
+    return done
+
+
+#: Marks a complete set of predictions (as Spark marks its output): written into the
+#: staging folder last, so it arrives with the set.
+_COMPLETE = "_SUCCESS"
+
+
+def _owner_alive(tag: str) -> bool:
+    """Whether the process that named a staging folder ``<host>-<pid>-<random>`` runs on
+    this host (another host's, or an unparsable tag: assumed alive, left alone)."""
+    import socket
+
+    host, _, rest = tag.rpartition("-")[0].rpartition("-")
+    pid = rest
+    if host != socket.gethostname().replace("-", "_") or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_output(source, out_fs, out_root: str, overwrite: bool, out_dir: str) -> None:
@@ -91,9 +184,11 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     """Score every file under ``path`` into ``out_dir``, keeping the relative layout
     (hive partitions included); one worker task per file, row group by row group.
 
-    The files are written into a hidden staging folder next to ``out_dir``, which then
-    takes its place whole (replacing the old one with ``overwrite``): a failed run
-    leaves ``out_dir`` as it was, a finished one leaves only this model's predictions.
+    The files are written into a hidden staging folder next to ``out_dir``, marked
+    complete (``_SUCCESS``), which then takes its place whole (replacing the old one with
+    ``overwrite``; on a local disk in one atomic exchange): a failed run leaves ``out_dir``
+    as it was, a finished one leaves only this model's predictions, and the next run
+    finishes or undoes what a crashed one left (``recover_output``).
     ``source``: the data as ``open_for(..., keys)`` opened it.
     """
     source = source or open_for(model, path, storage_options, keys)
@@ -101,8 +196,12 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     out_root = out_root.rstrip("/")
     check_output(source, out_fs, out_root, overwrite, out_dir)
     out_protocol = out_fs.protocol if isinstance(out_fs.protocol, str) else out_fs.protocol[0]
+    for line in recover_output(out_fs, out_root):
+        log.warning("%s", line)
     parent, name = posixpath.split(out_root)
-    tag = uuid.uuid4().hex[:8]
+    import socket
+
+    tag = f"{socket.gethostname().replace('-', '_')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging, old = f"{parent}/.{name}.staging-{tag}", f"{parent}/.{name}.old-{tag}"
     ex = Executor(client, source, cache=False, loss=model.loss)
     dest = {f["full_path"]: f"{staging}/{f['rel']}" for f in source.files}
@@ -112,9 +211,8 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
         except PredictionOverflow as e:
             raise PredictionOverflow(f"model {model.path}: {e}") from None
         out_fs.invalidate_cache()  # the workers wrote: listings cached here are stale
-        if out_fs.exists(out_root):
-            _move_tree(out_fs, out_root, old)
-        _move_tree(out_fs, staging, out_root)
+        out_fs.pipe_file(f"{staging}/{_COMPLETE}", b"")
+        _swap_in(out_fs, staging, out_root, old)
     except BaseException:
         out_fs.invalidate_cache()
         with contextlib.suppress(Exception):

@@ -127,3 +127,48 @@ def test_a_version_name_is_one_segment_that_exists(tmp_path, threads, bad):
         res = run_cli("models", *cmd, reg.root, bad)
         assert res.returncode == 2 and "version" in res.stderr, (cmd, res.stderr)
     assert snapshot(reg) == before
+
+
+def _predict_killed_mid_swap(model, data, out) -> subprocess.CompletedProcess:
+    """``gd-dask predict --overwrite`` SIGKILLed between moving OUT_DIR aside and moving
+    the new set in (the two-rename swap, as on a disk that cannot exchange folders)."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from gd_dask import score
+        score._exchange = lambda a, b: False
+        real, calls = score._move_tree, []
+        def move(fs, src, dst):
+            calls.append(src)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(fs, src, dst)
+        score._move_tree = move
+        from gd_dask.cli import run
+        sys.argv = ["gd-dask", "predict", {str(model)!r}, {str(data)!r}, {str(out)!r}, "--overwrite"]
+        run()
+    """)
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+def test_a_predict_killed_mid_swap_is_completed_by_the_next_run_and_leaves_nothing_behind(tmp_path, threads):
+    from gd_dask.refit import refit
+
+    cfg = config(tmp_path)
+    write_night(tmp_path / "data", 0, 0.5)
+    refit(cfg, threads, night(0))
+    model = Path(Registry(cfg.registry.dir, cfg.name).version_dir(Registry(cfg.registry.dir, cfg.name).current()))
+    model = model / "model.json"
+    out = tmp_path / "preds"
+    assert run_cli("predict", model, tmp_path / "data", out).returncode == 0
+    first = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert out / "_SUCCESS" in [out / p for p in first]
+    assert _predict_killed_mid_swap(model, tmp_path / "data", out).returncode == -signal.SIGKILL
+    assert not out.exists()  # the state the issue found: no OUT_DIR
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+    (tmp_path / f".preds.staging-{socket.gethostname().replace('-', '_')}-{dead.stdout.strip()}-deadbeef").mkdir()
+    assert len([p.name for p in tmp_path.iterdir() if p.name.startswith(".preds.")]) == 3
+    again = run_cli("predict", model, tmp_path / "data", out, "--overwrite")
+    assert again.returncode == 0 and "completed the swap" in again.stderr, again.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == first
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".preds.")]  # nothing left behind

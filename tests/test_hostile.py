@@ -117,3 +117,38 @@ def test_a_damaged_cache_entry_is_dropped_and_recomputed(tmp_path, threads, how,
     ref = Registry(str(clean), cfg.name).current_model()
     got = reg.current_model()
     assert got["m"] == ref["m"] and got["b"] == ref["b"]  # the bits of a refit that never saw the damage
+
+
+def test_a_file_replaced_mid_run_with_the_same_size_and_rows_is_named(tmp_path, rng, threads):
+    """optimizer.cache: none reads every file every epoch: a file swapped at epoch 5 for
+    another of the same size and row count gave a model that matched neither."""
+    from conftest import make_config
+    from gd_dask.errors import DataError
+    from gd_dask.training import fit
+
+    X = rng.normal(size=(600, 2))
+    data = write_parquet(tmp_path / "d", X, X @ [1.0, 2.0] + rng.normal(size=600), n_files=3)
+    cfg = make_config(data, tmp_path,
+                      optimizer={"strategy": "stream", "cache": "none", "epochs": 40, "tol": 0.0,
+                                 "learning_rate": 0.1},
+                      output={"checkpoint_every": 0})
+    victim = sorted(Path(data["path"]).rglob("*.parquet"))[1]
+    other = tmp_path / "other.parquet"
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(victim)
+    pq.write_table(t.set_column(0, "x0", pa_neg(t.column("x0"))), other)
+    assert other.stat().st_size == victim.stat().st_size
+
+    def swap(row):
+        if row["epoch"] == 5:
+            os.replace(other, victim)
+
+    with pytest.raises(DataError, match=rf"{victim.name}: changed during the run \(.*inode"):
+        fit(cfg, threads, on_epoch=swap)
+
+
+def pa_neg(col):
+    import pyarrow.compute as pc
+
+    return pc.negate(col)

@@ -132,7 +132,7 @@ def test_models_list_show_and_promote_roll_back(client, tmp_path):
     shown = json.loads(run_cli("models", "show", model).stdout)
     assert shown["version"] == first and shown["model"]["m"] == reg.current_model()["m"]
     bad = run_cli("models", "promote", model, "1999-01-01T000000Z")
-    assert bad.returncode == 1 and "no version" in bad.stderr
+    assert bad.returncode == 2 and "no version" in bad.stderr  # a version name is a usage error (issue 29)
 
 
 def test_a_warm_start_from_a_model_with_other_features_is_refused(client, tmp_path):

@@ -156,9 +156,27 @@ def _chunk_tables(chunk, spec):
         if isinstance(piece, Fetched):
             yield from _row_group_tables(_parquet_file(pa.BufferReader(piece.data), piece.path), piece.chunk, spec)
             continue
+        check_unchanged(piece)
         with open_file(piece.path, spec.protocol, spec.storage_options) as fh:
             pf = _parquet_file(fh, piece.path, piece.row_groups, spec.stream_above)
             yield from _row_group_tables(pf, piece, spec)
+
+
+def check_unchanged(piece) -> None:
+    """A local file read again (every epoch of a stream run without cache) must be the
+    file the run planned: another size, mtime, ctime or inode is one line naming it."""
+    ident = getattr(piece, "ident", None)
+    if not ident:
+        return
+    try:
+        st = os.stat(piece.path)
+    except OSError as e:
+        raise DataError(f"{piece.path}: gone during the run ({e.strerror or e})") from None
+    now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if now != tuple(ident):
+        what = [name for name, a, b in zip(("size", "mtime", "ctime", "inode"), ident, now) if a != b]
+        raise DataError(f"{piece.path}: changed during the run ({', '.join(what)} differ from when it was "
+                        "planned): the model would match neither version; rerun once the data stays put")
 
 
 _pools: dict = {}
