@@ -115,12 +115,17 @@ def test_a_shuffled_night_is_quarantined_and_the_next_good_night_promotes(tmp_pa
         assert refit(cfg, threads, night(day)).promoted
 
 
-def test_reruns_repeat_the_verdict_and_write_nothing(tmp_path, threads):
+def good_nights(tmp_path, threads, nights: int):
+    """A registry after ``nights`` good nights, each refit as it landed."""
     cfg = config(tmp_path)
-    reg = Registry(cfg.registry.dir, cfg.name)
-    for day in range(4):
+    for day in range(nights):
         write_night(tmp_path / "data", day, 0.5)
         refit(cfg, threads, night(day))
+    return cfg, Registry(cfg.registry.dir, cfg.name)
+
+
+def test_reruns_repeat_the_verdict_and_write_nothing(tmp_path, threads):
+    cfg, reg = good_nights(tmp_path, threads, 4)
     write_night(tmp_path / "data", 4, 0.5, kind="shuffled")
     assert refit(cfg, threads, night(4)).status == "quarantined"
     write_night(tmp_path / "data", 5, 0.5)
@@ -134,11 +139,7 @@ def test_reruns_repeat_the_verdict_and_write_nothing(tmp_path, threads):
 
 
 def test_a_quarantined_night_whose_files_were_fixed_is_judged_again(tmp_path, threads):
-    cfg = config(tmp_path)
-    reg = Registry(cfg.registry.dir, cfg.name)
-    for day in range(4):
-        write_night(tmp_path / "data", day, 0.5)
-        refit(cfg, threads, night(day))
+    cfg, reg = good_nights(tmp_path, threads, 4)
     write_night(tmp_path / "data", 4, 0.5, kind="shuffled")
     assert refit(cfg, threads, night(4)).status == "quarantined"
     write_night(tmp_path / "data", 4, 0.5, seed=1)  # the upstream job reran and wrote it right
@@ -148,11 +149,7 @@ def test_a_quarantined_night_whose_files_were_fixed_is_judged_again(tmp_path, th
 
 
 def test_release_undoes_a_false_alarm_and_quarantine_refuses_a_night_by_hand(tmp_path, threads):
-    cfg = config(tmp_path)
-    reg = Registry(cfg.registry.dir, cfg.name)
-    for day in range(4):
-        write_night(tmp_path / "data", day, 0.5)
-        refit(cfg, threads, night(day))
+    cfg, reg = good_nights(tmp_path, threads, 4)
     write_night(tmp_path / "data", 4, 0.0)  # the relation really vanished: R² collapses, an alarm
     assert refit(cfg, threads, night(4)).status == "quarantined"
     model = str(reg.root)
