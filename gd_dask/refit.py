@@ -233,10 +233,9 @@ def recover(reg: Registry) -> str | None:
     replaced is promoted now if current.json is still the model it was judged against
     (else a person changed current since, and it is logged as not deployed); one already
     current, or rejected, gets its event and night record. Returns what it did."""
-    versions = reg.versions()
-    if not versions:
+    newest = reg.newest_version()
+    if newest is None:
         return None
-    newest = versions[-1]
     if newest in {e.get("version") for e in reg.events(last=RECENT_EVENTS)}:
         return None
     v = reg.verdict(newest) or {}

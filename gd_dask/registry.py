@@ -218,6 +218,17 @@ class Registry:
         return [v for v in names if not v.startswith(".")
                 and self.fs.exists(f"{self.versions_dir}/{v}/verdict.json")]
 
+    def newest_version(self) -> str | None:
+        """The newest complete version: one listing and, usually, one existence check
+        (``versions`` checks every version)."""
+        try:
+            entries = self.fs.ls(self.versions_dir, detail=False)
+        except FileNotFoundError:
+            return None
+        names = sorted((posixpath.basename(e.rstrip("/")) for e in entries), reverse=True)
+        return next((v for v in names if not v.startswith(".")
+                     and self.fs.exists(f"{self.versions_dir}/{v}/verdict.json")), None)
+
     def version_dir(self, version: str) -> str:
         """The folder of ``version``: one path segment that is a complete version in
         versions/ (a name with a separator or ``..`` could point anywhere)."""
