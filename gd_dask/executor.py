@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 FAN_IN = 8
 #: Fraction of the cluster's total worker memory that ``cache: auto`` may fill.
 CACHE_FRACTION = 0.4
+#: A cached block, built (Arrow table, float64 block, standardized copy) and kept, may be
+#: at most 1/8 of the smallest worker's memory limit.
+CACHE_BLOCK_SHARE = 8
 
 
 def _fold(combine, parts):
@@ -398,10 +401,11 @@ def _memory_limits(client) -> list[int]:
 
 
 def chunk_bytes_for(client, default: int) -> int:
-    """Chunk size for this cluster: a block in flight costs a few times its size
-    (Arrow table, float64 block, a standardized or centered copy), so keep chunks to
-    1/32 of the smallest worker memory limit (measured: a worker at 250 MiB peaked at
-    ~220 MiB with 1/16)."""
+    """The largest row group this cluster decodes whole (``stream_above``): a block in
+    flight costs a few times its size (Arrow table, float64 block, a standardized or
+    centered copy), so keep it to 1/32 of the smallest worker memory limit (measured: a
+    worker at 250 MiB peaked at ~220 MiB with 1/16). Not the layout: chunks are the
+    data's alone, so that the bits are the same on every cluster."""
     limits = [x for x in _memory_limits(client) if x > 0]
     if not limits:
         return default
@@ -428,6 +432,14 @@ def decide_cache(setting: str, source: ParquetSource, client, strategy: str = "s
     need = source.nbytes
     if need is None:
         log.info("cache: none (the data's size is not known in advance)")
+        return False
+    limits = [x for x in _memory_limits(client) if x > 0]
+    block = source.largest_chunk_bytes
+    if limits and block * CACHE_BLOCK_SHARE > min(limits):
+        # Chunks are the data's, not the workers': a block this large, built and kept,
+        # would not fit; streaming from the files gives the same bits.
+        log.info("cache: none (blocks of up to %.1f MiB for workers of %.0f MiB)", block / 2**20,
+                 min(limits) / 2**20)
         return False
     have = cluster_memory(client)
     if have == 0:

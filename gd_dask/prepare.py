@@ -64,7 +64,9 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     """Open (unless ``source`` holds the footers already), lay out, split, one pass for
     the moments, checks."""
     source = source or open_source(cfg.data)
-    source.layout(chunk_bytes_for(client, CHUNK_BYTES))
+    # The layout is the data's alone (the bits must not depend on the cluster); the
+    # workers' memory only sets which row groups are streamed.
+    source.layout(CHUNK_BYTES, stream_above=chunk_bytes_for(client, CHUNK_BYTES))
     strategy = pick_strategy(cfg)
     cache = decide_cache(cfg.optimizer.cache, source, client, strategy)
     log.info("%s rows in %d files, %d chunks; strategy %s",

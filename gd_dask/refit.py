@@ -313,7 +313,8 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
         # The earlier nights open: the new one is at fault.
         open_source(_with_dates(cfg.data, win.train), known=known, listing=listing)
         return _quarantine(as_of, win.hold, [{"check": "schema", "message": str(e)}], fingerprint)
-    window.layout(chunk_bytes_for(client, CHUNK_BYTES))  # small files packed; statistics still per file
+    # Small files packed; statistics still per file. The layout is the data's alone.
+    window.layout(CHUNK_BYTES, stream_above=chunk_bytes_for(client, CHUNK_BYTES))
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files
                                           if f["partition"].get(DATE_KEY) in part])
                            for part in (set(win.train), set(win.hold)))

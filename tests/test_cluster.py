@@ -405,3 +405,42 @@ def test_threads_of_this_process_read_on_the_fast_pool_and_give_the_callers_back
         assert pa.default_memory_pool().backend_name == "system"
     finally:
         pa.set_memory_pool(getattr(pa, f"{before}_memory_pool")())
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """Issue 29 D11: the same 1M rows as 2 files of one 16 MB row group (above the
+    streaming threshold of a 300 MiB worker) and as 4 files of 25,000-row row groups."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(1_000_000, 3)) * [1.0, 10.0, 0.1] + [5.0, -100.0, 0.3]
+    y = X @ [1.0, -0.2, 0.5] + 3.0 + rng.normal(size=len(X))
+    root = tmp_path_factory.mktemp("layouts")
+    return {"big row groups": write_parquet(root / "a", X, y, n_files=2),
+            "small row groups": write_parquet(root / "b", X, y, n_files=4, row_group_rows=25_000)}
+
+
+def test_the_bits_are_the_same_on_threads_local_processes_and_memory_limited_remote_workers(
+        layouts, client, threads, tmp_path):
+    """The chunk layout was sized by the workers' memory (1/32 of the smallest limit):
+    4 files of 500,000 rows were 1 chunk embedded, 2 on 2 GiB workers and 4 on 300 MiB
+    ones, and the sums met in another association (m differed in the last bit). The
+    layout is now the data's alone; memory only decides which row groups stream."""
+    from gd_dask.cluster import connect
+    from gd_dask.config import ClusterConfig
+    from gd_dask.training import fit
+
+    remote = DaskProcesses(n_workers=1, memory_limit="300MiB").start()
+    try:
+        with connect(ClusterConfig(), remote.address) as small:
+            for name, data in layouts.items():
+                for strategy in ("gram", "stream"):
+                    cfg = make_config(data, tmp_path, output={"checkpoint_every": 0},
+                                      optimizer={"strategy": strategy, "epochs": 20, "learning_rate": 0.1,
+                                                 "tol": 0.0})
+                    bits = {}
+                    for kind, c in [("threads", threads), ("processes", client), ("300 MiB", small)]:
+                        r = fit(cfg, c)
+                        bits[kind] = (r.m.tobytes(), r.b)
+                    assert len(set(bits.values())) == 1, (name, strategy, bits)
+    finally:
+        remote.stop()

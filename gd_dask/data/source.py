@@ -172,6 +172,7 @@ class ParquetSource:
     storage_options: dict = field(default_factory=dict)
     missing: str = "error"
     _chunk_bytes: int = CHUNK_BYTES
+    _stream_above: int | None = None  # None: the chunk size
 
     weight: str | None = None
     holdout: Holdout | None = None
@@ -199,7 +200,7 @@ class ParquetSource:
         group up to the chunk size is decoded whole, a larger one streamed."""
         return ReadSpec(tuple(self.columns), self.protocol, self.storage_options,
                         tuple(tuple(f) for f in self.row_filters), self.missing, self.holdout,
-                        stream_above=self._chunk_bytes)
+                        stream_above=self._stream_above or self._chunk_bytes)
 
     def read_args(self, chunk: Chunk) -> tuple[Chunk, ReadSpec]:
         """The arguments of ``read_block`` and ``read_slices`` for one chunk."""
@@ -212,19 +213,32 @@ class ParquetSource:
         return None if None in rows else sum(rows)
 
     @property
+    def largest_chunk_bytes(self) -> int:
+        """The largest chunk as a float64 block (a cached block's size)."""
+        row_bytes = len(self.columns) * 8
+        return max((c.rows * row_bytes if c.rows is not None else sum(p.size for p in c.pieces)
+                    for c in self.chunks), default=0)
+
+    @property
     def nbytes(self) -> int:
         """Size of the dataset as float64 blocks; a file planned from the listing counts
         its size on disk (an estimate: its rows are not known before it is read)."""
         row_bytes = len(self.columns) * 8
         return sum((f["size"] or 0) if f["rows"] is None else f["rows"] * row_bytes for f in self.files)
 
-    def layout(self, chunk_bytes: int, pack: bool | None = None) -> None:
+    def layout(self, chunk_bytes: int, pack: bool | None = None, stream_above: int | None = None) -> None:
         """Group consecutive row groups of each file into chunks of at most
         ``chunk_bytes`` (as float64), never splitting a row group; then (``pack``) pack
         runs of consecutive small files, whole, into one task each (``pack_small_files``).
-        The layout depends only on the files and ``chunk_bytes``, never on the cluster.
+        The layout depends only on the files and ``chunk_bytes``, never on the cluster:
+        chunks are where sums meet in the fixed tree, so another layout is another
+        association of the same sums (callers pass the constant ``CHUNK_BYTES``).
+        ``stream_above``: row groups larger than this are streamed (the workers' memory
+        sets it: ``chunk_bytes_for``); the same bits either way. Default: ``chunk_bytes``.
         ``pack=False``: a chunk never crosses files (``unpacked``: to name a file at fault)."""
         self._chunk_bytes = chunk_bytes
+        if stream_above is not None:
+            self._stream_above = stream_above
         self._pack = self._pack if pack is None else pack
         max_rows = max(1, chunk_bytes // (8 * len(self.columns)))
         chunks = []
