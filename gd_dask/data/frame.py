@@ -72,7 +72,7 @@ class FrameSource:
     n_rows = 0  # unknown without a pass (only logged)
     nbytes = None  # unknown: cache: auto does not cache
 
-    def layout(self, chunk_bytes: int) -> None:
+    def layout(self, chunk_bytes: int, stream_above: int | None = None) -> None:
         """Partitions are the chunks as they are."""
 
     def split(self, seed: int, fraction: float):
