@@ -164,10 +164,8 @@ class _Base(BaseEstimator):
             X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=self._task == "regression")
             y = self._encode(y)
             w = None if w is None else _check_sample_weight(w, X, dtype=np.float64)
-            need = X.shape[1] + int(self.fit_intercept)
-            if X.shape[0] < need:
-                raise ValueError(f"n_samples={X.shape[0]}: need at least {need} for {X.shape[1]} features"
-                                 f"{' and an intercept' * bool(self.fit_intercept)}")
+            if X.shape[0] < 2:
+                raise ValueError(f"n_samples={X.shape[0]}: need at least 2")
         if _is_dask(X):
             self._learn_target(y)
         files = parquet_data(X, y, w)

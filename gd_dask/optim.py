@@ -31,15 +31,19 @@ class Curvature(NamedTuple):
     lmax: float
 
     @classmethod
-    def of(cls, hessian: np.ndarray) -> Curvature:
+    def of(cls, hessian: np.ndarray, rank: int | None = None) -> Curvature:
         """Eigenvalues of ``hessian``, with λmin floored at ``λmax / MAX_CONDITION``.
 
         Below that floor λmin is rounding noise (or 0 for collinear features); the floor
         keeps heavy ball's β measurably below 1 and its rate below the stable limit.
+        ``rank``: the Hessian has at most this rank (fewer rows than parameters): λmin is
+        then the smallest of its ``rank`` largest eigenvalues, the curvature of the row
+        space the descent from zero never leaves.
         """
         ev = np.linalg.eigvalsh(hessian)
         lmax = float(ev[-1])
-        return cls(max(float(ev[0]), lmax / MAX_CONDITION), lmax)
+        lmin = float(ev[0]) if rank is None or rank >= len(ev) else float(ev[len(ev) - rank])
+        return cls(max(lmin, lmax / MAX_CONDITION), lmax)
 
     @property
     def condition(self) -> float:

@@ -97,9 +97,8 @@ def check_moments(mom: g.Moments, cfg, ex: Executor) -> None:
     need = d + int(cfg.model.fit_intercept)
     if mom.n == 0:
         raise DataError(f"data.path '{cfg.data.path}': no rows left to train on")
-    if mom.n < need:
-        raise DataError(f"only {mom.n} rows for {d} features{' and an intercept' * cfg.model.fit_intercept}: "
-                        f"need at least {need}")
+    if mom.n < 2:
+        raise DataError(f"only {mom.n} row: need at least 2")
     if cfg.model.standardize:
         var = np.diag(mom.comoment)[:-1]
         for j, f in enumerate(cols[:d]):
@@ -191,7 +190,7 @@ class Setup:
         if not loss.center_target:
             scaling = scaling._replace(y_center=0.0)
         setup = cls(scaling, None, None, fit_b, mom, loss, cfg.model.l2)
-        setup.curv = curv = Curvature.of(setup.hessian)
+        setup.curv = curv = Curvature.of(setup.hessian, rank=setup.rank)
         setup.rates = rates = choose_rates(curv, cfg.optimizer.learning_rate, cfg.optimizer.momentum, cfg.model.l1)
         log.info("curvature λmin=%.3g λmax=%.3g (κ=%.3g); learning rate %.6g, momentum %.6g",
                  curv.lmin, curv.lmax, curv.condition, rates.learning_rate, rates.momentum)
@@ -200,6 +199,16 @@ class Setup:
     @property
     def d(self) -> int:
         return self.mom.mean.shape[0] - 1
+
+    @property
+    def rank(self) -> int | None:
+        """The Hessian's rank where fewer rows than parameters bound it (no l2): at most
+        n, so the descent from zero stays in its row space and its rates are set by the
+        smallest nonzero curvature there. None: full rank is expected."""
+        k = self.d + int(self.fit_b)
+        if not self.loss.quadratic or self.l2 or self.mom.n >= k:
+            return None
+        return max(1, int(self.mom.n))
 
     @property
     def hessian(self) -> np.ndarray:

@@ -212,7 +212,13 @@ def finish(cfg, setup: Setup, state: LoopState, certifier, refine_pass, epochs: 
         reached = digits(state.bound)
         how = f"{reached:.1f} digits of {-np.log10(o.tol):.1f} reached" if reached is not None else \
             f"relative loss change above tol={o.tol:g}"
-        if isinstance(certifier, CoefficientBound) and not certifier.certifiable:
+        k = setup.d + int(setup.fit_b)
+        if setup.loss.quadratic and not setup.l2 and setup.mom.n < k:
+            log.warning("not converged after %d epochs, by definition: %g rows for %d parameters have no unique "
+                        "least-squares solution; the descent from zero tends to the minimum-norm one (in "
+                        "standardized features), which nothing certifies; the model is saved with converged: "
+                        "false (set model.l2 > 0 for a unique, certified solution)", state.epoch, setup.mom.n, k)
+        elif isinstance(certifier, CoefficientBound) and not certifier.certifiable:
             log.warning("not converged after %d epochs: the Hessian's condition number %.3g is beyond what "
                         "float64 moments certify (at most %.3g); drop or combine near-collinear features, the "
                         "model is saved with converged: false", state.epoch, setup.curv.condition,

@@ -177,10 +177,22 @@ def test_a_constant_feature_cannot_be_standardized(client, tmp_path, rng):
         fit(make_config(data, tmp_path), client)
 
 
-def test_fewer_rows_than_features(client, tmp_path, rng):
-    data = write_parquet(tmp_path / "d", rng.normal(size=(3, 4)), rng.normal(size=3), n_files=1)
-    with pytest.raises(DataError, match="only 3 rows for 4 features and an intercept: need at least 5"):
-        fit(make_config(data, tmp_path), client)
+def test_fewer_rows_than_features_fit_but_are_not_called_converged(client, tmp_path, rng, caplog):
+    """Issue 29 D12: scikit-learn fits p > n (one-hot categories, genomics). The descent
+    from zero tends to the minimum-norm solution; no unique minimizer, so no promise."""
+    X, y = rng.normal(size=(3, 4)), rng.normal(size=3)
+    data = write_parquet(tmp_path / "d", X, y, n_files=1)
+    with caplog.at_level("WARNING", logger="gd_dask.training"):
+        res = fit(make_config(data, tmp_path), client)
+    assert res.converged is False and "no unique least-squares solution" in caplog.text
+    scale = X.std(axis=0)
+    minimum_norm = np.linalg.pinv((X - X.mean(0)) / scale) @ (y - y.mean()) / scale  # in standardized features
+    np.testing.assert_allclose(res.m, minimum_norm, rtol=1e-7)
+    assert res.b == pytest.approx(y.mean() - X.mean(0) @ minimum_norm, rel=1e-7)
+    assert res.summary["available"] is False
+    one = write_parquet(tmp_path / "one", X[:1], y[:1], n_files=1)
+    with pytest.raises(DataError, match="only 1 row: need at least 2"):
+        fit(make_config(one, tmp_path), client)
 
 
 def test_values_whose_squares_overflow_name_the_column(client, tmp_path, rng):

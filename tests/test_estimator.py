@@ -13,12 +13,9 @@ import gd_dask
 from gd_dask import LinearRegression, LogisticRegression
 from gd_dask.errors import ConfigError, DataError
 
-#: Checks LinearRegression fails on purpose, and why (scikit-learn's expected failures).
-EXPECTED_FAILED_CHECKS = {
-    "check_sample_weight_equivalence_on_dense_data":
-        "fits 30 features on 27 rows: no unique least-squares solution; gd_dask refuses fewer rows than "
-        "parameters instead of returning scikit-learn's minimum-norm one",
-}
+#: Checks LinearRegression fails on purpose, and why (scikit-learn's expected failures):
+#: none. (n < d + 1 was refused until issue 29 D12; it is fitted as scikit-learn fits it.)
+EXPECTED_FAILED_CHECKS: dict = {}
 
 
 @pytest.fixture
