@@ -132,9 +132,14 @@ class OptimizerConfig(_Section):
         "certificate's Hessian pass).")
     batch_size: Annotated[int, Strict(), Field(ge=1)] | None = Field(
         default=None, description="minibatch: rows per step, within each chunk.")
-    sync_every: Annotated[int, Strict(), Field(ge=1)] | None = Field(
-        default=None, description="minibatch: steps each chunk takes between two averagings (null: one "
-                                  "round per epoch).")
+    sync_every: Union[Annotated[int, Strict(), Field(ge=1)], Literal["auto"], None] = Field(
+        default="auto", description="minibatch: steps each chunk takes between two mixings (null: one "
+                                    "round per epoch; auto: often enough that mix: auto recovers the progress "
+                                    "of sequential SGD, at most 16 rounds an epoch).")
+    mix: Literal["auto", "average"] = Field(
+        default="auto", description="minibatch: how chunk models are mixed. average: their mean (parameter "
+                                    "mixing, about 1/K of sequential SGD's progress per epoch on K chunks); "
+                                    "auto: the round's mean move scaled up to K, as far as it stays stable.")
     average: Annotated[bool, Strict()] = Field(
         default=True, description="minibatch: report the average of each epoch's iterates (ASGD: far less "
                                   "noise at the same rate), not the last one.")

@@ -4,8 +4,9 @@ Each chunk task runs its own minibatch steps over its rows (``gradient.sgd_block
 of ``batch_size`` consecutive rows, visited in an order drawn from the seed, the epoch and
 the chunk), starting from the round's parameters; the chunk models are then averaged,
 weighted by rows, in the fixed reduction tree — parameter mixing (Zinkevich et al. 2010;
-McDonald et al. 2010). A round is one epoch, or ``sync_every`` steps of every chunk.
-Results depend on the seed and the data only.
+McDonald et al. 2010) — and the round's move is scaled back up towards what sequential
+SGD would have made (``Mixing``). A round is one epoch, or ``sync_every`` steps of every
+chunk. Results depend on the seed and the data only.
 
 The rate: ``learning_rate: auto`` is 1/λmax of the curvature bound (half the batch stable
 limit: a minibatch gradient is noisy), decayed by ``schedule``. ``average: true`` (the
@@ -46,24 +47,71 @@ def plan_of(cfg, eta0: float) -> g.SGDPlan:
                      fit_intercept=m.fit_intercept, average=o.average)
 
 
-def rounds_per_epoch(cfg, source) -> int | None:
+#: Rounds an epoch may take so that ``sync_every: auto`` mixes often enough (each round
+#: is a round trip over the cluster).
+MAX_ROUNDS_PER_EPOCH = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixing:
+    """How chunk models become one: after each round of ``sync_every`` steps (None: the
+    epoch) the row-weighted mean θ̄ of the chunk models is taken, and the round's move is
+    scaled: θ ← θ₀ + ``factor``·(θ̄ − θ₀).
+
+    Averaging alone (``factor`` 1) makes on K equal chunks about 1/K of the progress of
+    sequential SGD over the same rows at the same rate: each chunk's move is 1/K of the
+    data's, and the mean keeps one. Summing the moves (``factor`` K) is sequential SGD to
+    first order, but unstable once a chunk moves far within a round. For the quadratic
+    model the round maps an error along curvature λ to 1 − c·x(λ), x = 1 − (1 − ηλ)^s
+    for s steps at rate η; ``factor`` = min(K_eff, 1/x(λmax)) keeps that in [0, 1) —
+    never past the minimum, as the rate 1/λmax does for one step — with
+    K_eff = (Σn)²/Σn², the number of equal chunks with the same rows. ``sync_every:
+    auto`` takes s ≈ 1/(K_eff·η·λmax) steps a round, so that the factor reaches K_eff,
+    within ``MAX_ROUNDS_PER_EPOCH``."""
+
+    sync_every: int | None
+    factor: float = 1.0
+
+
+def mixing(cfg, source, eta0: float, lmax: float) -> Mixing:
+    """``Mixing`` for these chunks, rate and curvature (the data's and the config's alone,
+    so the bits stay the same on every cluster)."""
+    o = cfg.optimizer
+    rows = _chunk_rows(source)
+    fixed = None if o.sync_every == "auto" else o.sync_every
+    if o.mix == "average" or rows is None or len(rows) < 2:
+        return Mixing(fixed)
+    k_eff = sum(rows) ** 2 / sum(r * r for r in rows)
+    steps = _steps(cfg, source)
+    q = min(max(eta0 * lmax, 0.0), 1.0)  # the stiffest direction's contraction per step
+    sync = fixed
+    if o.sync_every == "auto":
+        s = math.floor(1.0 / (k_eff * q)) if q > 0 else steps
+        s = max(s, math.ceil(steps / MAX_ROUNDS_PER_EPOCH), 1)
+        sync = None if s >= steps else s
+    x = 1.0 - (1.0 - q) ** (steps if sync is None else min(sync, steps))
+    factor = k_eff if x <= 0 else min(k_eff, 1.0 / x)
+    return Mixing(sync, max(1.0, factor))
+
+
+def rounds_per_epoch(cfg, source, sync_every: int | None) -> int | None:
     """Rounds in an epoch: 1, or enough rounds of ``sync_every`` steps for the largest
     chunk; None where chunk sizes are not known in advance (a dask DataFrame): rounds then
     go on until one takes no step."""
-    o = cfg.optimizer
-    if not o.sync_every:
+    if not sync_every:
         return 1
     if _chunk_rows(source) is None:
         return None
-    return max(1, math.ceil(_steps(cfg, source) / o.sync_every))
+    return max(1, math.ceil(_steps(cfg, source) / sync_every))
 
 
 def descend(cfg, ex, state: LoopState, eta0: float, epochs: int | None, validate=None, on_epoch=None,
-            checkpoint=None) -> LoopState:
+            checkpoint=None, lmax: float = 0.0) -> LoopState:
     """Epochs of minibatch SGD from ``state`` (see the module docstring); ``epochs`` None:
-    ``epochs: auto``'s stopping rule."""
-    plan = plan_of(cfg, eta0)
-    rounds = rounds_per_epoch(cfg, ex.source)
+    ``epochs: auto``'s stopping rule. ``lmax``: the curvature bound (``Mixing``)."""
+    mix = mixing(cfg, ex.source, eta0, lmax)
+    plan = dataclasses.replace(plan_of(cfg, eta0), sync_every=mix.sync_every)
+    rounds = rounds_per_epoch(cfg, ex.source, mix.sync_every)
     limit = epochs or SGD_MAX_EPOCHS
     patience = cfg.optimizer.n_iter_no_change
     best, calm = None, 0
@@ -83,6 +131,9 @@ def descend(cfg, ex, state: LoopState, eta0: float, epochs: int | None, validate
                 if not stepped:  # past every chunk's last step (sizes unknown in advance)
                     theta = start
                     break
+                if mix.factor != 1.0:  # the round's move, scaled (``Mixing``)
+                    theta = start + mix.factor * (theta - start)
+                    avg = start + mix.factor * (avg - start)
                 # Each round's average of iterates, weighted by the rows it stepped over.
                 loss_sum, rows, average, done = loss_sum + part, rows + stepped, average + avg * stepped, done + 1
             average = average / rows if rows else theta

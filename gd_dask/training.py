@@ -89,7 +89,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         eta0 = sgd.base_rate(cfg, setup.curv)
         setup.rates = Rates(eta0, 0.0)
         state = sgd.descend(cfg, prep.ex, state, eta0, None if cfg.optimizer.epochs == "auto" else epochs,
-                            validate, on_epoch, checkpoints)
+                            validate, on_epoch, checkpoints, lmax=setup.curv.lmax)
         _certify_full_gradient(cfg, state, prep.ex, certifier)
     else:
         state = descent.run(state, epochs=epochs, tol=cfg.optimizer.tol, on_epoch=on_epoch,

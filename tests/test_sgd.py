@@ -163,3 +163,39 @@ def test_a_worker_killed_mid_training_changes_nothing(tmp_path):
     got = json.loads((tmp_path / "o" / "model.json").read_text())
     want = json.loads((tmp_path / "ref" / "model.json").read_text())
     assert got["m"] == want["m"] and got["b"] == want["b"]
+
+
+def _sequential_excess(X, y, batch, lr, epochs):
+    """Plain minibatch SGD over the standardized rows in order, at the same rate: the
+    excess of its mean squared error over the least-squares optimum."""
+    mu, sd, ym = X.mean(0), X.std(0), y.mean()
+    Z, yc, d = (X - mu) / sd, y - ym, X.shape[1]
+    th = np.zeros(d + 1)
+    for _ in range(epochs):
+        for lo in range(0, len(y), batch):
+            r = Z[lo:lo + batch] @ th[:d] + th[d] - yc[lo:lo + batch]
+            th[:d] -= lr * Z[lo:lo + batch].T @ r / len(r)
+            th[d] -= lr * r.mean()
+    m = th[:d] / sd
+    return float(np.mean((X @ m + ym + th[d] - mu @ m - y) ** 2)) - _optimum_mse(X, y)
+
+
+def test_minibatch_on_several_chunks_makes_the_progress_of_sequential_sgd(threads, tmp_path, monkeypatch):
+    """Issue 29 D13: the chunk models' mean made about 1/K of sequential SGD's progress
+    per epoch on K chunks; the round's move is now scaled back (``sgd.Mixing``)."""
+    import gd_dask.prepare
+
+    monkeypatch.setattr(gd_dask.prepare, "CHUNK_BYTES", 2 * 2**20)  # the same rows in 4 chunks
+    X, y = _regression(seed=4, n=160_000, d=5)
+    data = write_parquet(tmp_path / "d", X, y, n_files=4)
+    batch, lr, epochs = 256, 0.002, 2
+    sequential = _sequential_excess(X, y, batch, lr, epochs)
+    excess = {}
+    for mix in ("average", "auto"):
+        cfg = make_config(data, tmp_path, output={"checkpoint_every": 0},
+                          optimizer={"method": "minibatch", "batch_size": batch, "learning_rate": lr,
+                                     "epochs": epochs, "average": False, "mix": mix})
+        res = fit(cfg, threads)
+        excess[mix] = float(np.mean((X @ res.m + res.b - y) ** 2)) - _optimum_mse(X, y)
+    assert excess["average"] > 3 * sequential, (excess, sequential)  # what the issue measured
+    assert excess["auto"] < 1.5 * sequential, (excess, sequential)
