@@ -263,3 +263,27 @@ def test_two_refits_started_together_exactly_one_promotes_the_other_fails(s3, tm
             t.join()
         assert sorted(r[:7] for r in results) == ["failed:", "promote"], results
         assert len(Registry("s3://lake/race-models", f"race{trial}", s3["options"]).versions()) == 1
+
+
+def test_an_object_replaced_mid_run_is_named_by_its_etag(s3, tmp_path):
+    """Issue 29 C8 on a store: the listing's ETag is what a read checks the object it
+    opens against (s3fs fetched it to open the file: no extra request)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gd_dask.config import DataConfig
+    from gd_dask.data import open_source, read_block
+    from gd_dask.errors import DataError
+
+    local = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"x0": np.arange(100.0), "x1": np.ones(100), "y": np.arange(100.0)}), local)
+    s3["fs"].put(str(local), "lake/one/part-0.parquet")
+    src = open_source(DataConfig(path="s3://lake/one", features=["x0", "x1"], target="y",
+                                 storage_options=s3["options"]))
+    chunk = src.chunks[0]
+    assert chunk.ident[0] == "etag" and len(read_block(chunk, src.spec)) == 100
+    pq.write_table(pa.table({"x0": -np.arange(100.0), "x1": np.ones(100), "y": np.arange(100.0)}), local)
+    s3["fs"].put(str(local), "lake/one/part-0.parquet")  # same size, other bytes
+    s3fs.S3FileSystem.clear_instance_cache()  # as a worker sees it: a filesystem of its own
+    with pytest.raises(DataError, match="part-0.parquet: changed during the run .*ETag"):
+        read_block(chunk, src.spec)

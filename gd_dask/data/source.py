@@ -69,7 +69,7 @@ class Chunk:
     first_rows: tuple[int, ...] = ()
     file_id: int = 0
     size: int = 0
-    ident: tuple | None = None  # a local file's (size, mtime_ns, ctime_ns, inode) when planned
+    ident: tuple | None = None  # when planned: a local file's (size, mtime_ns, ctime_ns, inode); ("etag", …)
 
     @property
     def pieces(self) -> tuple[Chunk, ...]:
@@ -462,6 +462,13 @@ def local_ident(full: str, info: dict) -> tuple | None:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+def remote_ident(info: dict) -> tuple | None:
+    """An object's ETag from the listing, as ("etag", value): what a read checks the
+    object it opens against (``read.check_unchanged``). None where the store gives none."""
+    etag = info.get("ETag") or info.get("etag")
+    return ("etag", str(etag)) if etag else None
+
+
 def _refuse_special(path: str, found: list, infos: dict) -> None:
     """Anything but a regular file (a named pipe, a socket, a device) is refused by name
     before it is opened: opening a FIFO waits for a writer, all night."""
@@ -560,7 +567,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
             files.append({"path": _display(protocol, full), "size": info.get("size"),
                           "rows": None if row_groups is None else sum(row_groups),
                           "full_path": full, "rel": rels[full], "stamp": file_stamp(info),
-                          "ident": local_ident(full, info) if is_local(fs) else None,
+                          "ident": local_ident(full, info) if is_local(fs) else remote_ident(info),
                           "partition": partitions[full], "row_groups": row_groups, "row_group_bytes": rg_bytes,
                           "types": col_types})
     src = ParquetSource(
