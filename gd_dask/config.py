@@ -66,6 +66,13 @@ class DataConfig(_Section):
         default_factory=dict, description="Passed to fsspec."
     )
     weight: Column | None = Field(default=None, description="Sample-weight column.")
+    format: Literal["auto", "parquet", "delta", "iceberg"] = Field(
+        default="auto", description="auto: a folder holding _delta_log/ is read as a Delta table (its live "
+                                    "files, as its log says); parquet: every Parquet file, as listed.")
+    version: Annotated[int, Strict(), Field(ge=0)] | None = Field(
+        default=None, description="A Delta table's version to read (default: the newest, pinned at start).")
+    as_of_time: str | None = Field(
+        default=None, description="Read the Delta table's version current at this ISO timestamp.")
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> DataConfig:

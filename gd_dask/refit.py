@@ -89,7 +89,8 @@ class WindowSize:
 def window_size(cfg, as_of: date) -> WindowSize:
     """The size of ``as_of``'s window before any footer is read or cluster started, so a
     small refit runs on threads of the command's process (quarantined nights counted)."""
-    listing = list_files_detailed(cfg.data.path, cfg.data.storage_options)
+    listing = list_files_detailed(cfg.data.path, cfg.data.storage_options, cfg.data.format, cfg.data.version,
+                                  cfg.data.as_of_time)
     _, _, found, _, infos = listing
     dates = set(window_dates(cfg, as_of, found=found))
     files = [full for full, rel in found if hive_keys(rel).get(DATE_KEY) in dates]
@@ -296,7 +297,8 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
         msg = f"{day} was quarantined by hand ({hand.get('at')}); current stays {reg.current()}; nothing to do"
         return RefitOutcome(None, False, {"quarantined": [day], "checks": hand.get("checks", [])}, 0, msg,
                             status="quarantined", repeat=True)
-    listing = listing or list_files_detailed(cfg.data.path, cfg.data.storage_options)  # one listing a night
+    listing = listing or list_files_detailed(cfg.data.path, cfg.data.storage_options, cfg.data.format,
+                                             cfg.data.version, cfg.data.as_of_time)  # one listing a night
     win = plan_window(cfg, reg, as_of, listing[2])
     released = reg.released()
     fingerprint = _fingerprint(cfg, win, listing, released, allow_rollback)

@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from .table import delta_snapshot, table_format
 from .read import (LARGE_ROW_GROUP, ColumnCheck, NativePath, _first_line, check_type, is_local, read_block,
                    read_slices)
 
@@ -178,6 +179,7 @@ class ParquetSource:
     holdout: Holdout | None = None
     root: str = ""  # what was listed: the folder, the glob's folder, or the file
     _pack: bool = True
+    table: dict | None = None  # a lakehouse table's snapshot: {"format", "version"}
 
     @property
     def weighted(self) -> bool:
@@ -294,6 +296,7 @@ class ParquetSource:
 
     def fingerprint(self) -> dict:
         return {
+            **({"table": self.table} if self.table else {}),
             "files": [{"path": f["path"], "size": f["size"], "rows": f["rows"], "stamp": f["stamp"]}
                       for f in self.files],
             "n_files": len(self.files),
@@ -387,12 +390,39 @@ def list_files(path: str, storage_options: dict | None = None):
     return list_files_detailed(path, storage_options)[:4]
 
 
-def list_files_detailed(path: str, storage_options: dict | None = None):
+class Listing(tuple):
+    """``(fs, protocol, [(full path, relative path)], root, {full path: info})``, and
+    ``table``: {"format", "version"} where the files are a lakehouse table's snapshot."""
+
+    table: dict | None = None
+
+    def __new__(cls, items, table=None):
+        out = super().__new__(cls, items)
+        out.table = table
+        return out
+
+
+def list_files_detailed(path: str, storage_options: dict | None = None, fmt: str = "auto", version=None,
+                        as_of_time=None):
     """``list_files`` and {full_path: the listing's info (size, mtime or ETag)}: one
     listing, no request per file (a directory test and an info per file were two
-    round trips each on an object store)."""
+    round trips each on an object store). A Delta table (``fmt``, ``data.format``) is
+    listed from its log: the live files of one snapshot (``data.table``)."""
     fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if fmt != "parquet" and not any(ch in root for ch in "*?["):
+        kind = table_format(fs, root.rstrip("/"), fmt)
+        if kind == "delta":
+            found, infos, table = delta_snapshot(path, root.rstrip("/"), protocol, dict(storage_options or {}),
+                                                 version, as_of_time)
+            if not found:
+                raise DataError(f"data.path '{path}': the Delta table (version {table['version']}) has no files")
+            return Listing((fs, protocol, found, root.rstrip("/"), infos), table)
+        if kind == "iceberg":
+            raise ConfigError(f"data.path '{path}' is an Apache Iceberg table, which gd_dask does not read yet; "
+                              "export its current snapshot to Parquet files, or use a Delta table")
+    elif version is not None or as_of_time is not None:
+        raise ConfigError("data.version / data.as_of_time need a table (data.format delta, or auto on a Delta table)")
     try:
         if any(ch in root for ch in "*?["):
             infos = fs.glob(root, detail=True)
@@ -428,7 +458,9 @@ def list_files_detailed(path: str, storage_options: dict | None = None):
                         f"other file(s), e.g. {others[0]}")
     if is_local(fs):
         _refuse_special(path, out, infos)
-    return fs, protocol, out, root, infos
+    if version is not None or as_of_time is not None:
+        raise ConfigError(f"data.version / data.as_of_time: data.path '{path}' is not a Delta table")
+    return Listing((fs, protocol, out, root, infos))
 
 
 def _find_local(root: str) -> dict:
@@ -507,7 +539,9 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     if data_cfg.weight:
         columns.append(data_cfg.weight)
     columns += [c for c in extra_columns or [] if c not in columns]
-    fs, protocol, found, root, infos = listing or list_files_detailed(data_cfg.path, data_cfg.storage_options)
+    listing = listing or list_files_detailed(data_cfg.path, data_cfg.storage_options, data_cfg.format,
+                                             data_cfg.version, data_cfg.as_of_time)
+    fs, protocol, found, root, infos = listing
     if any(ch in root for ch in "*?["):
         root = root.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
     if not found:
@@ -574,7 +608,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
         fs=fs, protocol=protocol, files=files, chunks=[], columns=columns,
         partitions=partitions, row_filters=row_filters,
         storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing, weight=data_cfg.weight,
-        root=root,
+        root=root, table=getattr(listing, "table", None),
     )
     src.layout(chunk_bytes)
     if not src.chunks:

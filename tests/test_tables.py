@@ -1,0 +1,89 @@
+"""Issue 30: lakehouse tables read as their logs say (Delta Lake through the deltalake
+package); Iceberg is recognized and refused, not read wrong."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from conftest import make_config, run_cli
+
+deltalake = pytest.importorskip("deltalake")
+
+
+def _rows(rng, n, slope):
+    x = rng.normal(size=(n, 2))
+    return pa.table({"x0": x[:, 0], "x1": x[:, 1], "y": x @ [slope, -1.0] + 2 + rng.normal(size=n)})
+
+
+def _lstsq(table):
+    X = np.column_stack([table["x0"].to_numpy(), table["x1"].to_numpy(), np.ones(table.num_rows)])
+    return np.linalg.lstsq(X, table["y"].to_numpy(), rcond=None)[0]
+
+
+def _data(path, **extra):
+    return {"path": str(path), "features": ["x0", "x1"], "target": "y", **extra}
+
+
+@pytest.fixture
+def history(tmp_path, rng):
+    """A table overwritten, appended to, deleted from and compacted: five versions whose
+    old files stay on disk."""
+    from deltalake import DeltaTable, write_deltalake
+
+    path = tmp_path / "table"
+    write_deltalake(path, _rows(rng, 3000, 5.0))                 # v0: 3,000 rows, slope 5
+    write_deltalake(path, _rows(rng, 2000, 1.0), mode="overwrite")  # v1: 2,000 rows, slope 1
+    write_deltalake(path, _rows(rng, 1000, 1.0), mode="append")     # v2: 3,000 rows
+    DeltaTable(path).delete("x0 > 1.0")                              # v3: fewer
+    DeltaTable(path).optimize.compact()                              # v4: one file
+    return path
+
+
+def test_a_delta_table_is_read_as_its_log_says_not_as_its_folder(history, tmp_path, threads):
+    from deltalake import DeltaTable
+
+    from gd_dask.training import fit
+
+    live = DeltaTable(history).to_pyarrow_table()
+    on_disk = len(list(history.rglob("*.parquet")))
+    res = fit(make_config(_data(history), tmp_path), threads)
+    assert res.source.n_rows == live.num_rows and on_disk > len(res.source.files)
+    np.testing.assert_allclose(np.append(res.m, res.b), _lstsq(live), rtol=1e-8)
+    assert res.source.fingerprint()["table"] == {"format": "delta", "version": DeltaTable(history).version()}
+
+
+def test_a_version_gives_the_older_rows_and_is_recorded_in_the_model(history, tmp_path):
+    from deltalake import DeltaTable
+
+    old = DeltaTable(history, version=0).to_pyarrow_table()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "t", "data": _data(history, version=0), "output": {"dir": str(tmp_path / "o")}}))
+    res = run_cli("train", cfg)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "o" / "model.json").read_text())
+    assert doc["data"]["table"] == {"format": "delta", "version": 0} and doc["data"]["n_rows"] == old.num_rows
+    np.testing.assert_allclose(doc["m"] + [doc["b"]], _lstsq(old), rtol=1e-8)
+    # format: parquet reads every file as listed (today's behaviour, asked for by name)
+    every = make_config(_data(history, format="parquet"), tmp_path)
+    from gd_dask.data import open_source
+
+    assert open_source(every.data).n_rows > DeltaTable(history).to_pyarrow_table().num_rows
+
+
+def test_unsupported_reader_features_and_iceberg_are_refused_in_one_line(tmp_path, rng):
+    from deltalake import write_deltalake
+
+    dv = tmp_path / "dv"
+    write_deltalake(dv, _rows(rng, 100, 1.0), configuration={"delta.enableDeletionVectors": "true"})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "t", "data": _data(dv), "output": {"dir": str(tmp_path / "o")}}))
+    res = run_cli("train", cfg)
+    assert res.returncode == 2 and "deletionVectors" in res.stderr.strip().splitlines()[-1], res.stderr
+    ice = tmp_path / "ice" / "metadata"
+    ice.mkdir(parents=True)
+    (ice / "v1.metadata.json").write_text("{}")
+    cfg.write_text(json.dumps({"name": "t", "data": _data(ice.parent), "output": {"dir": str(tmp_path / "o")}}))
+    res = run_cli("train", cfg)
+    assert res.returncode == 2 and "Iceberg" in res.stderr, res.stderr
