@@ -287,3 +287,23 @@ def test_an_object_replaced_mid_run_is_named_by_its_etag(s3, tmp_path):
     s3fs.S3FileSystem.clear_instance_cache()  # as a worker sees it: a filesystem of its own
     with pytest.raises(DataError, match="part-0.parquet: changed during the run .*ETag"):
         read_block(chunk, src.spec)
+
+
+def test_a_delta_table_on_s3_is_read_as_its_log_says(s3, tmp_path):
+    """Issue 30 on a store: delta-rs reads the log with fsspec's options mapped to its own."""
+    import pyarrow as pa
+
+    deltalake = pytest.importorskip("deltalake")
+    from gd_dask.config import DataConfig
+    from gd_dask.data import open_source
+
+    opts = {"AWS_ACCESS_KEY_ID": s3["key"], "AWS_SECRET_ACCESS_KEY": s3["secret"],
+            "AWS_ENDPOINT_URL": s3["endpoint"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+            "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+    table = lambda n: pa.table({"x0": np.arange(float(n)), "x1": np.ones(n), "y": np.arange(float(n))})  # noqa: E731
+    deltalake.write_deltalake("s3://lake/delta", table(300), storage_options=opts)
+    deltalake.write_deltalake("s3://lake/delta", table(200), mode="overwrite", storage_options=opts)
+    src = open_source(DataConfig(path="s3://lake/delta", features=["x0", "x1"], target="y",
+                                 storage_options=s3["options"]))
+    assert src.n_rows == 200 and src.table == {"format": "delta", "version": 1}
+    assert len(s3["fs"].find("lake/delta", withdirs=False)) > len(src.files) + 1  # the old file is still there

@@ -87,3 +87,36 @@ def test_unsupported_reader_features_and_iceberg_are_refused_in_one_line(tmp_pat
     cfg.write_text(json.dumps({"name": "t", "data": _data(ice.parent), "output": {"dir": str(tmp_path / "o")}}))
     res = run_cli("train", cfg)
     assert res.returncode == 2 and "Iceberg" in res.stderr, res.stderr
+
+
+def test_nightly_refits_on_a_delta_table_read_its_live_files(tmp_path, rng, threads):
+    """A table partitioned by date, a night appended each day; a night rewritten upstream
+    (its rows deleted and written again) leaves its old file on disk, unread."""
+    from datetime import date, timedelta
+
+    from deltalake import DeltaTable, write_deltalake
+
+    from gd_dask.config import validate_config
+    from gd_dask.refit import refit
+    from gd_dask.registry import Registry
+
+    path = tmp_path / "table"
+
+    def night(day, slope=1.0):
+        t = _rows(rng, 500, slope)
+        return t.append_column("date", pa.array([(date(2026, 11, 1) + timedelta(days=day)).isoformat()] * 500))
+
+    cfg = validate_config({"name": "delta", "data": {**_data(path), "window_days": 3},
+                           "registry": {"dir": str(tmp_path / "models")}})
+    for day in range(4):
+        write_deltalake(path, night(day), mode="append", partition_by=["date"])
+        assert refit(cfg, threads, date(2026, 11, 1) + timedelta(days=day)).status == "promoted"
+    DeltaTable(path).delete("date = '2026-11-04'")  # night 3 rewritten upstream
+    write_deltalake(path, night(3, slope=1.02), mode="append", partition_by=["date"])
+    again = refit(cfg, threads, date(2026, 11, 4))  # other files: judged again, not repeated
+    assert again.status in ("promoted", "rejected") and "nothing to do" not in again.message
+    assert again.verdict["challenger"]["n"] == 500  # judged on the live night, not its deleted file too
+    live = DeltaTable(path).to_pyarrow_table().filter(pa.compute.field("date") >= "2026-11-02")
+    model = Registry(cfg.registry.dir, cfg.name).current_model()
+    assert model["data"]["table"]["format"] == "delta"
+    assert sum(f["rows"] for f in model["data"]["files"]) == live.num_rows - 500  # the training nights only
