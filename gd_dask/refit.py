@@ -221,7 +221,7 @@ def _log(reg: Registry, o: RefitOutcome, day: str, seconds: float, **extra) -> N
         "train_dates": v.get("train_dates"), "holdout_dates": v.get("holdout_dates"),
         "checks": v.get("checks", []), "quarantined": v.get("quarantined", []),
         "drift": v.get("drift", []), "staleness": v.get("staleness"), "night_fit": v.get("night_fit"),
-        "waived": v.get("waived", []),
+        "waived": v.get("waived", []), "table": v.get("table"),
         "files_read": o.files_read, "cache_objects_read": reg.stats.objects_read,
         "seconds": round(seconds, 3), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra})
     reg.put_night_record(day, {"fingerprint": o.fingerprint, "status": o.status, "version": o.version,
@@ -297,12 +297,17 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
         msg = f"{day} was quarantined by hand ({hand.get('at')}); current stays {reg.current()}; nothing to do"
         return RefitOutcome(None, False, {"quarantined": [day], "checks": hand.get("checks", [])}, 0, msg,
                             status="quarantined", repeat=True)
+    done = reg.night_record(day)
+    pinned = ((done or {}).get("verdict") or {}).get("table")
+    if pinned and cfg.data.version is None and cfg.data.as_of_time is None and (
+            listing is None or getattr(listing, "table", None) != pinned):
+        # A rerun reads the table snapshot its date's first run read, not the newest.
+        listing = list_files_detailed(cfg.data.path, cfg.data.storage_options, cfg.data.format, pinned["version"])
     listing = listing or list_files_detailed(cfg.data.path, cfg.data.storage_options, cfg.data.format,
                                              cfg.data.version, cfg.data.as_of_time)  # one listing a night
     win = plan_window(cfg, reg, as_of, listing[2])
     released = reg.released()
     fingerprint = _fingerprint(cfg, win, listing, released, allow_rollback)
-    done = reg.night_record(day)
     if done and done.get("fingerprint") == fingerprint:
         return _repeat(done, day)
 
@@ -314,7 +319,8 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
             raise
         # The earlier nights open: the new one is at fault.
         open_source(_with_dates(cfg.data, win.train), known=known, listing=listing)
-        return _quarantine(as_of, win.hold, [{"check": "schema", "message": str(e)}], fingerprint)
+        return _quarantine(as_of, win.hold, [{"check": "schema", "message": str(e)}], fingerprint,
+                           night={"table": getattr(listing, "table", None)})
     # Small files packed; statistics still per file. The layout is the data's alone.
     window.layout(CHUNK_BYTES, stream_above=chunk_bytes_for(client, CHUNK_BYTES))
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files
@@ -354,7 +360,8 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
         if night["checks"] and waived:  # released by hand: a false alarm, the checks are waived
             night["waived"], night["checks"] = night["checks"], []
         if night["checks"]:
-            return _quarantine(as_of, win.hold, night["checks"], fingerprint, files_read, night)
+            return _quarantine(as_of, win.hold, night["checks"], fingerprint, files_read,
+                               {**night, "table": window.table})
 
     reg.stats.consolidate([window.file_key(f) for f in window.files])  # the cache's objects for the nights to come
 
@@ -371,7 +378,7 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
         promote, status = False, "backfilled"
         why = (f"{why}; not promoted: the current model {current_version} is as of {newer}, newer than "
                f"{day} (--allow-rollback promotes a past night's model)")
-    verdict = {"promoted": promote, "status": status, "reason": why, "as_of": day,
+    verdict = {"promoted": promote, "status": status, "reason": why, "as_of": day, "table": window.table,
                "metric": cfg.registry.promote.metric, "holdout_dates": win.hold,
                "train_dates": [win.train[0], win.train[-1]],
                "challenger": challenger_score, "current": current_score,

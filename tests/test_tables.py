@@ -91,7 +91,8 @@ def test_unsupported_reader_features_and_iceberg_are_refused_in_one_line(tmp_pat
 
 def test_nightly_refits_on_a_delta_table_read_its_live_files(tmp_path, rng, threads):
     """A table partitioned by date, a night appended each day; a night rewritten upstream
-    (its rows deleted and written again) leaves its old file on disk, unread."""
+    (its rows deleted and written again) leaves its old file on disk, unread. A rerun of
+    the date reads the snapshot its first run read; data.version names another."""
     from datetime import date, timedelta
 
     from deltalake import DeltaTable, write_deltalake
@@ -113,10 +114,37 @@ def test_nightly_refits_on_a_delta_table_read_its_live_files(tmp_path, rng, thre
         assert refit(cfg, threads, date(2026, 11, 1) + timedelta(days=day)).status == "promoted"
     DeltaTable(path).delete("date = '2026-11-04'")  # night 3 rewritten upstream
     write_deltalake(path, night(3, slope=1.02), mode="append", partition_by=["date"])
-    again = refit(cfg, threads, date(2026, 11, 4))  # other files: judged again, not repeated
+    assert "nothing to do" in refit(cfg, threads, date(2026, 11, 4)).message  # a rerun: its first snapshot
+    newest = cfg.model_copy(update={"data": cfg.data.model_copy(update={"version": DeltaTable(path).version()})})
+    again = refit(newest, threads, date(2026, 11, 4))  # told otherwise: the rewritten night is judged
     assert again.status in ("promoted", "rejected") and "nothing to do" not in again.message
     assert again.verdict["challenger"]["n"] == 500  # judged on the live night, not its deleted file too
     live = DeltaTable(path).to_pyarrow_table().filter(pa.compute.field("date") >= "2026-11-02")
     model = Registry(cfg.registry.dir, cfg.name).current_model()
     assert model["data"]["table"]["format"] == "delta"
     assert sum(f["rows"] for f in model["data"]["files"]) == live.num_rows - 500  # the training nights only
+
+
+def test_a_rerun_reads_the_snapshot_its_first_run_read(tmp_path, rng, threads):
+    """Idempotence on a table: a commit after the night's refit (here the night's rows
+    rewritten) does not change what a rerun of that date reads, or its verdict."""
+    from datetime import date, timedelta
+
+    from deltalake import DeltaTable, write_deltalake
+
+    from gd_dask.config import validate_config
+    from gd_dask.refit import refit
+    from gd_dask.registry import Registry
+
+    path = tmp_path / "table"
+    for day in range(3):
+        t = _rows(rng, 300, 1.0)
+        write_deltalake(path, t.append_column("date", pa.array([f"2026-11-0{day + 1}"] * 300)), mode="append",
+                        partition_by=["date"])
+    cfg = validate_config({"name": "delta", "data": _data(path), "registry": {"dir": str(tmp_path / "models")}})
+    first = refit(cfg, threads, date(2026, 11, 3))
+    DeltaTable(path).delete("date = '2026-11-02'")  # a later commit changes a night of the window
+    again = refit(cfg, threads, date(2026, 11, 3))
+    assert "nothing to do" in again.message and again.status == first.status
+    event = Registry(cfg.registry.dir, cfg.name).events()[-1]
+    assert event["table"] == {"format": "delta", "version": 2}
