@@ -411,7 +411,12 @@ def list_files_detailed(path: str, storage_options: dict | None = None, fmt: str
     fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if fmt != "parquet" and not any(ch in root for ch in "*?["):
-        kind = table_format(fs, root.rstrip("/"), fmt)
+        try:
+            kind = table_format(fs, root.rstrip("/"), fmt)
+        except (ConfigError, DataError):
+            raise
+        except Exception as e:  # noqa: BLE001 - object stores fail in many types (auth, network)
+            raise DataError(f"data.path '{path}': cannot list ({_first_line(e)})") from None
         if kind == "delta":
             found, infos, table = delta_snapshot(path, root.rstrip("/"), protocol, dict(storage_options or {}),
                                                  version, as_of_time)
