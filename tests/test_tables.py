@@ -148,3 +148,18 @@ def test_a_rerun_reads_the_snapshot_its_first_run_read(tmp_path, rng, threads):
     assert "nothing to do" in again.message and again.status == first.status
     event = Registry(cfg.registry.dir, cfg.name).events()[-1]
     assert event["table"] == {"format": "delta", "version": 2}
+
+
+def test_without_the_deltalake_package_a_table_is_one_line_naming_the_extra(tmp_path, rng, monkeypatch):
+    import sys
+
+    from deltalake import write_deltalake
+
+    from gd_dask.config import DataConfig
+    from gd_dask.data import open_source
+    from gd_dask.errors import ConfigError
+
+    write_deltalake(tmp_path / "t", _rows(rng, 50, 1.0))
+    monkeypatch.setitem(sys.modules, "deltalake", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"is a Delta table: install the deltalake package .*gd_dask\[delta\]"):
+        open_source(DataConfig(**_data(tmp_path / "t")))
