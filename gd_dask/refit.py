@@ -230,17 +230,29 @@ def _log(reg: Registry, o: RefitOutcome, day: str, seconds: float, **extra) -> N
 
 def recover(reg: Registry) -> str | None:
     """Finish a refit a SIGKILL cut short after it wrote its version: the newest version,
-    if no event logs it, was never logged. A promoted one whose current.json was not yet
+    if logged but not its date's record, gets the record (else a rerun trains again); if
+    no event logs it, it was never logged. A promoted one whose current.json was not yet
     replaced is promoted now if current.json is still the model it was judged against
     (else a person changed current since, and it is logged as not deployed); one already
     current, or rejected, gets its event and night record. Returns what it did."""
     newest = reg.newest_version()
     if newest is None:
         return None
-    if newest in {e.get("version") for e in reg.events(last=RECENT_EVENTS)}:
-        return None
     v = reg.verdict(newest) or {}
     current = reg.current()
+    day = str(v.get("as_of") or newest[:10])
+    if newest in {e.get("version") for e in reg.events(last=RECENT_EVENTS)}:
+        if (reg.night_record(day) or {}).get("version") == newest:
+            return None
+        # Logged, but killed before the night's record: write it, or a rerun trains again.
+        status = "promoted" if newest == current else v.get("status", "rejected")
+        o = RefitOutcome(newest, status == "promoted", v, int(v.get("files_read") or 0), "", status=status,
+                         fingerprint=v.get("fingerprint"))
+        o.message = _message(o, current)
+        reg.put_night_record(day, {"fingerprint": o.fingerprint, "status": o.status, "version": newest,
+                                   "message": o.message, "verdict": v, "files_read": o.files_read})
+        log.warning("recovered an interrupted refit: wrote the record of %s for %s", newest, day)
+        return o.message
     status, note = ("promoted" if v.get("promoted") else v.get("status", "rejected")), None
     if v.get("promoted") and current != newest:
         if current == v.get("current_version"):
@@ -253,7 +265,7 @@ def recover(reg: Registry) -> str | None:
     o = RefitOutcome(newest, status == "promoted", v, int(v.get("files_read") or 0), "", status=status,
                      fingerprint=v.get("fingerprint"))
     o.message = note or _message(o, current)
-    _log(reg, o, str(v.get("as_of") or newest[:10]), 0.0, recovered=True)
+    _log(reg, o, day, 0.0, recovered=True)
     return o.message
 
 
@@ -272,8 +284,9 @@ def plan_window(cfg, reg: Registry, as_of: date, found) -> Window:
     """The window of ``as_of`` without the quarantined nights, except those its own
     earlier run quarantined (a rerun sees the window that run saw, so it can repeat it)."""
     day = as_of.isoformat()
-    skip = {d for d, e in reg.quarantined().items()
-            if not (isinstance(e, dict) and e.get("as_of") == day and e.get("by", "refit") == "refit")}
+    released = reg.released()  # a night in both is a release cut short: it writes released.json first
+    skip = {d for d, e in reg.quarantined().items() if d not in released
+            and not (isinstance(e, dict) and e.get("as_of") == day and e.get("by", "refit") == "refit")}
     dates = window_dates(cfg, as_of, skip=skip, found=found)
     need = cfg.registry.holdout_days + 1
     # The first night of a new pipeline: no current model to compare with, and maybe

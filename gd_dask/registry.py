@@ -163,11 +163,13 @@ class Registry:
         return self._read_json(f"{self.root}/quarantine.json") or {}
 
     def quarantine(self, night: str, checks: list[dict], as_of: str | None = None, by: str = "refit") -> None:
+        """Quarantine ``night``. By hand, its release (if any) goes first: a night in both
+        files is read as a release cut short (``release`` writes released.json first)."""
+        if by == "hand" and night in self.released():
+            self._set_released(night, None)
         doc = self.quarantined()
         doc[night] = {"checks": checks, "at": _now(), "as_of": as_of, "by": by}
         self._write(f"{self.root}/quarantine.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        if by == "hand" and night in self.released():
-            self._set_released(night, None)
 
     def lift(self, night: str) -> None:
         """Take ``night`` out of quarantine (its refit ran again on other data and passed)."""

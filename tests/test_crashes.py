@@ -172,3 +172,36 @@ def test_a_predict_killed_mid_swap_is_completed_by_the_next_run_and_leaves_nothi
     assert again.returncode == 0 and "completed the swap" in again.stderr, again.stderr
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == first
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".preds.")]  # nothing left behind
+
+
+def test_a_sigkill_between_the_event_and_the_nights_record_makes_no_second_version(tmp_path):
+    """The event is written, the night's record (what makes a rerun a repeat) is not:
+    the next run writes the record from the version, and repeats its verdict."""
+    cfg, reg = three_nights(tmp_path)
+    killed = refit_killed_in(tmp_path, "put_night_record", signal.SIGKILL, night(3).isoformat())
+    assert killed.returncode == -signal.SIGKILL
+    versions = reg.versions()
+    assert reg.events()[-1]["version"] == versions[-1] and reg.night_record(night(3).isoformat()) is None
+    again = run_cli("refit", tmp_path / "c.yaml", "--as-of", night(3).isoformat())
+    assert again.returncode == 0 and "nothing to do" in again.stdout, (again.stdout, again.stderr)
+    assert reg.versions() == versions and reg.current() == versions[-1]
+
+
+def test_a_release_killed_halfway_is_a_release(tmp_path, threads):
+    """release writes released.json, then lifts the quarantine: killed between, the night
+    stands in both, and counts as released (a release's first write); a hand quarantine
+    removes the release first, so it never stands in both."""
+    from gd_dask.refit import refit
+
+    cfg = config(tmp_path)
+    for day in range(4):
+        write_night(tmp_path / "data", day, 0.5)
+        refit(cfg, threads, night(day))
+    write_night(tmp_path / "data", 4, 0.0)
+    assert refit(cfg, threads, night(4)).status == "quarantined"
+    reg = Registry(cfg.registry.dir, cfg.name)
+    reg._set_released(night(4).isoformat(), {"at": "now", "was": None})  # the first write of a release, alone
+    assert night(4).isoformat() in reg.quarantined()
+    write_night(tmp_path / "data", 5, 0.5)
+    after = refit(cfg, threads, night(5))
+    assert after.verdict["train_dates"][-1] == night(4).isoformat(), after.verdict  # trained on, not skipped
