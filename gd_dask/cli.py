@@ -310,10 +310,12 @@ def models_history(model, as_json, plot_path, storage_options):
 def models_release(model, night, storage_options):
     """Undo a false alarm: NIGHT (YYYY-MM-DD) leaves quarantine and its checks are waived;
     the next refit trains on it, and a rerun of its as-of date judges it again."""
+    from .registry import utc_now
+
     reg, day = _registry(model, storage_options), _night(night)
     with reg.lock():
         entry = reg.release(day)
-        reg.append_event({"as_of": day, "status": "released", "by": "hand", "was": entry, "at": _utc_now()})
+        reg.append_event({"as_of": day, "status": "released", "by": "hand", "was": entry, "at": utc_now()})
     click.echo(f"released {day}" + ("" if entry else " (it was not quarantined)") + "; its checks are waived")
 
 
@@ -325,11 +327,13 @@ def models_release(model, night, storage_options):
 def models_quarantine(model, night, reason, storage_options):
     """Refuse NIGHT (YYYY-MM-DD) by hand: no refit trains on it or judges by it, and a
     refit as of NIGHT exits 3. The current model stays."""
+    from .registry import utc_now
+
     reg, day = _registry(model, storage_options), _night(night)
     with reg.lock():
         reg.quarantine(day, [{"check": "hand", "message": reason}], by="hand")
         reg.append_event({"as_of": day, "status": "quarantined", "by": "hand", "reason": reason,
-                          "quarantined": [day], "at": _utc_now()})
+                          "quarantined": [day], "at": utc_now()})
     click.echo(f"quarantined {day} by hand: {reason}; current stays {reg.current()}")
 
 
@@ -340,12 +344,6 @@ def _night(night: str) -> str:
         return date.fromisoformat(night).isoformat()
     except ValueError:
         raise ConfigError(f"NIGHT {night!r}: expected YYYY-MM-DD") from None
-
-
-def _utc_now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _g(x) -> str:

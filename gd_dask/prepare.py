@@ -94,7 +94,6 @@ def check_moments(mom: g.Moments, cfg, ex: Executor) -> None:
     if not mom.finite():
         _diagnose_nonfinite(mom, ex)
     d = len(cfg.data.features)
-    need = d + int(cfg.model.fit_intercept)
     if mom.n == 0:
         raise DataError(f"data.path '{cfg.data.path}': no rows left to train on")
     if mom.n < 2:

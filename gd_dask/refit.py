@@ -224,48 +224,49 @@ def _log(reg: Registry, o: RefitOutcome, day: str, seconds: float, **extra) -> N
         "waived": v.get("waived", []), "table": v.get("table"),
         "files_read": o.files_read, "cache_objects_read": reg.stats.objects_read,
         "seconds": round(seconds, 3), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra})
-    reg.put_night_record(day, {"fingerprint": o.fingerprint, "status": o.status, "version": o.version,
-                               "message": o.message, "verdict": v, "files_read": o.files_read})
+    reg.put_night_record(day, _record(o))
+
+
+def _record(o: RefitOutcome) -> dict:
+    """The night's record: what a rerun with the same fingerprint repeats."""
+    return {"fingerprint": o.fingerprint, "status": o.status, "version": o.version, "message": o.message,
+            "verdict": o.verdict or {}, "files_read": o.files_read}
 
 
 def recover(reg: Registry) -> str | None:
-    """Finish a refit a SIGKILL cut short after it wrote its version: the newest version,
-    if logged but not its date's record, gets the record (else a rerun trains again); if
-    no event logs it, it was never logged. A promoted one whose current.json was not yet
-    replaced is promoted now if current.json is still the model it was judged against
-    (else a person changed current since, and it is logged as not deployed); one already
-    current, or rejected, gets its event and night record. Returns what it did."""
+    """Finish a refit a SIGKILL cut short after it wrote its version (``_commit``'s order:
+    version, current.json, event, night's record). The newest version, if no event logs
+    it, was never logged: a promoted one whose current.json was not yet replaced is
+    promoted now if current.json is still the model it was judged against (else a person
+    changed current since, and it is logged as not deployed). If logged but not in its
+    date's record, the record is written (else a rerun trains again). Returns what it did."""
     newest = reg.newest_version()
     if newest is None:
         return None
     v = reg.verdict(newest) or {}
     current = reg.current()
     day = str(v.get("as_of") or newest[:10])
-    if newest in {e.get("version") for e in reg.events(last=RECENT_EVENTS)}:
-        if (reg.night_record(day) or {}).get("version") == newest:
-            return None
-        # Logged, but killed before the night's record: write it, or a rerun trains again.
-        status = "promoted" if newest == current else v.get("status", "rejected")
-        o = RefitOutcome(newest, status == "promoted", v, int(v.get("files_read") or 0), "", status=status,
-                         fingerprint=v.get("fingerprint"))
-        o.message = _message(o, current)
-        reg.put_night_record(day, {"fingerprint": o.fingerprint, "status": o.status, "version": newest,
-                                   "message": o.message, "verdict": v, "files_read": o.files_read})
-        log.warning("recovered an interrupted refit: wrote the record of %s for %s", newest, day)
-        return o.message
-    status, note = ("promoted" if v.get("promoted") else v.get("status", "rejected")), None
-    if v.get("promoted") and current != newest:
+    logged = newest in {e.get("version") for e in reg.events(last=RECENT_EVENTS)}
+    if logged and (reg.night_record(day) or {}).get("version") == newest:
+        return None
+    promoted = newest == current if logged else bool(v.get("promoted"))  # logged: current.json was replaced
+    status = "promoted" if promoted else v.get("status", "rejected")
+    note = None
+    if not logged and v.get("promoted") and current != newest:
         if current == v.get("current_version"):
             reg.promote(newest, f"{v.get('reason')} (promotion completed after an interrupted refit)")
             note = f"completed the promotion of {newest}, interrupted before current.json was replaced"
         else:
             status = "not deployed"
             note = f"{newest} was promoted by an interrupted refit, but current.json has changed since: left as it is"
-    log.warning("recovered an interrupted refit: %s", note or f"logged {newest}")
     o = RefitOutcome(newest, status == "promoted", v, int(v.get("files_read") or 0), "", status=status,
                      fingerprint=v.get("fingerprint"))
     o.message = note or _message(o, current)
-    _log(reg, o, day, 0.0, recovered=True)
+    if logged:
+        reg.put_night_record(day, _record(o))
+    else:
+        _log(reg, o, day, 0.0, recovered=True)
+    log.warning("recovered an interrupted refit: %s", note or f"{'recorded' if logged else 'logged'} {newest}")
     return o.message
 
 

@@ -168,7 +168,7 @@ class Registry:
         if by == "hand" and night in self.released():
             self._set_released(night, None)
         doc = self.quarantined()
-        doc[night] = {"checks": checks, "at": _now(), "as_of": as_of, "by": by}
+        doc[night] = {"checks": checks, "at": utc_now(), "as_of": as_of, "by": by}
         self._write(f"{self.root}/quarantine.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     def lift(self, night: str) -> None:
@@ -185,7 +185,7 @@ class Registry:
         """Undo a false alarm: ``night`` leaves quarantine and its checks are waived from
         now on. Returns the quarantine entry it had (None: it had none)."""
         entry = self.quarantined().get(night)
-        self._set_released(night, {"at": _now(), "was": entry})
+        self._set_released(night, {"at": utc_now(), "was": entry})
         self.lift(night)
         return entry
 
@@ -299,7 +299,7 @@ class Registry:
         If-None-Match where there was none): a refit that lost a race raises and changes
         nothing."""
         self.version_dir(version)
-        doc = json.dumps({"version": version, "promoted_at": _now(), "reason": reason}, indent=2) + "\n"
+        doc = json.dumps({"version": version, "promoted_at": utc_now(), "reason": reason}, indent=2) + "\n"
         path = f"{self.root}/current.json"
         if expect is not None and self.conditional:
             seen, etag = expect
@@ -333,7 +333,7 @@ class Registry:
         together gets it. Other object stores: a lock object written and read back (best
         effort: two refits starting in the same instant could both pass).
         """
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": utc_now(),
               "token": uuid.uuid4().hex}
         path = f"{self.root}/.lock"
         if self.remote:
@@ -379,5 +379,5 @@ def _held(root, holder: dict | None, path) -> str:
     return f"{root}: another refit holds the lock ({who}) on {path}"
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import socket
 import uuid
 
 import fsspec
@@ -13,6 +14,7 @@ import numpy as np
 
 from .config import DataConfig
 from .data import open_source
+from .data.read import is_local
 from .errors import ConfigError, DataError, PredictionOverflow
 from .executor import Executor
 from .model import Model
@@ -56,7 +58,7 @@ def evaluate(model: Model, path: str, client, storage_options: dict | None = Non
 def _move_tree(fs, src: str, dst: str) -> None:
     """Move a folder: one rename on a local disk; object by object on an object store
     (which has no folders to rename)."""
-    if _local(fs):
+    if is_local(fs):
         os.rename(src, dst)
         return
     for path in fs.find(src):
@@ -64,10 +66,6 @@ def _move_tree(fs, src: str, dst: str) -> None:
     with contextlib.suppress(Exception):
         fs.rm(src, recursive=True)
     fs.invalidate_cache()
-
-
-def _local(fs) -> bool:
-    return fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ())
 
 
 _RENAME_EXCHANGE = 2
@@ -92,7 +90,7 @@ def _swap_in(fs, staging: str, out_root: str, old: str) -> None:
     """Put the staging folder at ``out_root``: atomically where the disk can exchange two
     folders (the old set then sits in ``staging`` for removal); else in two renames that
     ``recover_output`` completes if a crash falls between them."""
-    if fs.exists(out_root) and _local(fs) and _exchange(staging, out_root):
+    if fs.exists(out_root) and is_local(fs) and _exchange(staging, out_root):
         _move_tree(fs, staging, old)
         return
     if fs.exists(out_root):
@@ -144,8 +142,6 @@ _COMPLETE = "_SUCCESS"
 def _owner_alive(tag: str) -> bool:
     """Whether the process that named a staging folder ``<host>-<pid>-<random>`` runs on
     this host (another host's, or an unparsable tag: assumed alive, left alone)."""
-    import socket
-
     host, _, rest = tag.rpartition("-")[0].rpartition("-")
     pid = rest
     if host != socket.gethostname().replace("-", "_") or not pid.isdigit():
@@ -199,8 +195,6 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     for line in recover_output(out_fs, out_root):
         log.warning("%s", line)
     parent, name = posixpath.split(out_root)
-    import socket
-
     tag = f"{socket.gethostname().replace('-', '_')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging, old = f"{parent}/.{name}.staging-{tag}", f"{parent}/.{name}.old-{tag}"
     ex = Executor(client, source, cache=False, loss=model.loss)

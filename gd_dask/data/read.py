@@ -158,27 +158,30 @@ def _chunk_tables(chunk, spec):
             continue
         check_unchanged(piece)
         with open_file(piece.path, spec.protocol, spec.storage_options) as fh:
-            check_unchanged(piece, fh)
+            check_opened(piece, fh)
             pf = _parquet_file(fh, piece.path, piece.row_groups, spec.stream_above)
             yield from _row_group_tables(pf, piece, spec)
 
 
-def check_unchanged(piece, opened=None) -> None:
-    """A file read again (every epoch of a stream run without cache) must be the file the
-    run planned: another size, mtime, ctime or inode (local, before opening), or another
-    ETag (an object store, from what opening it fetched: ``opened.details``, no extra
-    request), is one line naming it."""
+def check_opened(piece, opened) -> None:
+    """An object read again must be the one the run planned: another ETag than the
+    listing's (from what opening it fetched: ``opened.details``, no extra request) is one
+    line naming it."""
     ident = getattr(piece, "ident", None)
-    if not ident:
+    if not ident or ident[0] != "etag":
         return
-    if ident[0] == "etag":
-        details = getattr(opened, "details", None) if opened is not None else None
-        now = (details or {}).get("ETag") or (details or {}).get("etag")
-        if now is not None and str(now) != ident[1]:
-            raise DataError(f"{piece.path}: changed during the run (its ETag is {now}, was {ident[1]} when it "
-                            "was planned): the model would match neither version; rerun once the data stays put")
-        return
-    if opened is not None:
+    details = getattr(opened, "details", None) or {}
+    now = details.get("ETag") or details.get("etag")
+    if now is not None and str(now) != ident[1]:
+        raise DataError(f"{piece.path}: changed during the run (its ETag is {now}, was {ident[1]} when it "
+                        "was planned): the model would match neither version; rerun once the data stays put")
+
+
+def check_unchanged(piece) -> None:
+    """A local file read again (every epoch of a stream run without cache) must be the
+    file the run planned: another size, mtime, ctime or inode is one line naming it."""
+    ident = getattr(piece, "ident", None)
+    if not ident or ident[0] == "etag":
         return
     try:
         st = os.stat(piece.path)

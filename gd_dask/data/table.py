@@ -21,7 +21,7 @@ import posixpath
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_line
 
 #: Delta reader features that do not change which rows a data file holds or how its
 #: columns are named; any other is refused by name.
@@ -61,7 +61,7 @@ def delta_snapshot(path: str, root: str, protocol: str, storage_options: dict, v
         raise
     except Exception as e:  # noqa: BLE001 - delta-rs raises its own types (version not found, bad log)
         what = f"version {version}" if version is not None else f"as of {as_of_time}" if as_of_time else "its log"
-        raise DataError(f"data.path '{path}': cannot read the Delta table's {what} ({_first_line(e)})") from None
+        raise DataError(f"data.path '{path}': cannot read the Delta table's {what} ({first_line(e, with_type=False)})") from None
     _check_features(path, dt.protocol())
     import pyarrow as pa
 
@@ -118,7 +118,3 @@ def _delta_options(storage_options: dict) -> dict:
     out["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
     return {k: str(v) for k, v in out.items()} if o else {}
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
