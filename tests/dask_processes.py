@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,12 +45,16 @@ class DaskProcesses:
         self.tls = tls
         self.worker_env = worker_env or {}
         self.protocol = "tls" if tls else "tcp"
-        self.port = free_port()
-        self.address = f"{self.protocol}://127.0.0.1:{self.port}"
         self.memory_limit = memory_limit
         self.scheduler = None
         self.workers: list[subprocess.Popen] = []
         self.n_workers = n_workers
+        self.logs = Path(tempfile.mkdtemp(prefix="gd-dask-procs-"))
+        self._new_port()
+
+    def _new_port(self) -> None:
+        self.port = free_port()
+        self.address = f"{self.protocol}://127.0.0.1:{self.port}"
 
     def _tls_args(self) -> list[str]:
         if not self.tls:
@@ -59,17 +65,37 @@ class DaskProcesses:
     def _spawn(self, args, env=None) -> subprocess.Popen:
         from gd_dask.cluster import WORKER_ENV
 
-        return subprocess.Popen([DASK, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **WORKER_ENV, **(env or {})})
+        self.logs.mkdir(exist_ok=True)
+        log = open(self.logs / f"{args[0]}-{len(self.workers)}-{self.port}.log", "wb")  # noqa: SIM115
+        with log:
+            return subprocess.Popen([DASK, *args], stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env={**os.environ, **WORKER_ENV, **(env or {})})
 
-    def start(self) -> DaskProcesses:
-        self.scheduler = self._spawn(["scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--protocol", self.protocol, "--dashboard-address", "127.0.0.1:0",
-                                      *self._tls_args()])
-        for _ in range(self.n_workers):
-            self.add_worker(wait=False)
-        self.wait_for_workers(self.n_workers)
-        return self
+    def start(self, attempts: int = 2) -> DaskProcesses:
+        """Start the scheduler and workers; a set that does not come up (a port taken between
+        choosing and binding it, a start that hangs on a loaded machine) is stopped and
+        started again on a fresh port, and the last failure names the processes' logs."""
+        for attempt in range(attempts):
+            self.scheduler = self._spawn(["scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+                                          "--protocol", self.protocol, "--dashboard-address", "127.0.0.1:0",
+                                          *self._tls_args()])
+            for _ in range(self.n_workers):
+                self.add_worker(wait=False)
+            try:
+                self.wait_for_workers(self.n_workers, timeout=60)
+                return self
+            except (OSError, TimeoutError) as e:
+                tail = self.log_tail()
+                self.stop()
+                if attempt == attempts - 1:
+                    raise TimeoutError(f"the dask processes did not come up ({e!r}):\n{tail}") from e
+                self.workers = []
+                self._new_port()
+        raise AssertionError("unreachable")
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
+                         for p in sorted(self.logs.glob("*.log")))
 
     def add_worker(self, wait: bool = True) -> None:
         self.workers.append(self._spawn(["worker", self.address, "--nthreads", "1", "--host", "127.0.0.1",
@@ -87,13 +113,14 @@ class DaskProcesses:
         if self.tls:
             sec = Security(tls_ca_file=self.tls["ca_file"], tls_client_cert=self.tls["cert"],
                            tls_client_key=self.tls["key"], require_encryption=True)
-        return Client(self.address, security=sec, timeout=30, set_as_default=False, **kw)
+        kw.setdefault("timeout", 30)
+        return Client(self.address, security=sec, set_as_default=False, **kw)
 
     def wait_for_workers(self, n: int, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with self.client() as c:
+                with self.client(timeout=min(30.0, max(1.0, deadline - time.monotonic()))) as c:
                     c.wait_for_workers(n, timeout=max(1.0, deadline - time.monotonic()))
                 return
             except (OSError, TimeoutError):
@@ -122,3 +149,4 @@ class DaskProcesses:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        shutil.rmtree(self.logs, ignore_errors=True)
