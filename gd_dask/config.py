@@ -44,9 +44,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class CatalogConfig(_Section):
+    """An Iceberg table found through a pyiceberg catalog."""
+
+    name: str = Field(default="default", description="The catalog's name (pyiceberg's load_catalog).")
+    table: Annotated[str, StringConstraints(min_length=1)] = Field(
+        description="The table's identifier, e.g. nightly.sales.")
+    properties: dict[str, str] = Field(
+        default_factory=dict, description="pyiceberg catalog properties, e.g. {type: sql, uri: sqlite:///c.db}.")
+
+
 class DataConfig(_Section):
-    path: Annotated[str, StringConstraints(min_length=1)] = Field(
-        description="Directory, glob or URL of Parquet files (hive partitions allowed)."
+    path: Annotated[str, StringConstraints(min_length=1)] | None = Field(
+        default=None,
+        description="Directory, glob or URL of Parquet files (hive partitions allowed), a Delta table's folder, "
+                    "or an Iceberg table's folder or metadata file. Not needed with data.catalog."
     )
     features: Annotated[list[Column], Field(min_length=1)] = Field(
         description="Feature columns; one weight m per feature."
@@ -67,15 +79,26 @@ class DataConfig(_Section):
     )
     weight: Column | None = Field(default=None, description="Sample-weight column.")
     format: Literal["auto", "parquet", "delta", "iceberg"] = Field(
-        default="auto", description="auto: a folder holding _delta_log/ is read as a Delta table (its live "
-                                    "files, as its log says); parquet: every Parquet file, as listed.")
+        default="auto", description="auto: a folder holding _delta_log/ is read as a Delta table, a metadata "
+                                    "file or a folder holding metadata/*.metadata.json as an Iceberg table (their "
+                                    "live files, as their logs say); parquet: every Parquet file, as listed.")
     version: Annotated[int, Strict(), Field(ge=0)] | None = Field(
-        default=None, description="A Delta table's version to read (default: the newest, pinned at start).")
+        default=None, description="A Delta table's version or an Iceberg snapshot id to read (default: the "
+                                  "newest, pinned at start).")
     as_of_time: str | None = Field(
-        default=None, description="Read the Delta table's version current at this ISO timestamp.")
+        default=None, description="Read the table's version (snapshot) current at this ISO timestamp.")
+    catalog: CatalogConfig | None = Field(
+        default=None, description="Read an Iceberg table through a pyiceberg catalog (then data.path is "
+                                  "only its display name).")
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> DataConfig:
+        if self.catalog is not None:
+            if self.format not in ("auto", "iceberg"):
+                raise ValueError(f"catalog: an Iceberg catalog's table, but format is {self.format}")
+            self.path = self.path or f"{self.catalog.name}:{self.catalog.table}"
+        elif self.path is None:
+            raise ValueError("path: required (or catalog, for an Iceberg table in a catalog)")
         seen: set[str] = set()
         for f in self.features:
             if f in seen:

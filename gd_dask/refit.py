@@ -26,8 +26,8 @@ import numpy as np
 
 from . import gradient as g
 from . import interrupt, losses, validate
-from .data import CHUNK_BYTES, ParquetSource, hive_keys, list_files, open_source
-from .data.source import file_stamp, list_files_detailed
+from .data import CHUNK_BYTES, ParquetSource, open_source
+from .data.source import Listing, file_stamp, list_data, deleted_positions
 from .errors import ArtifactError, ConfigError, DataError
 from .executor import Executor, chunk_bytes_for
 from .registry import Registry, RegistryError
@@ -60,12 +60,12 @@ class RefitOutcome:
     lift: list = field(default_factory=list)
 
 
-def window_dates(cfg, as_of: date, skip=(), found=None) -> list[str]:
+def window_dates(cfg, as_of: date, skip=(), listing: Listing | None = None) -> list[str]:
     """The date partitions of the window, oldest first, without the nights in ``skip``
-    (quarantined). ``found``: ``list_files``'s (full path, relative path) pairs."""
-    if found is None:
-        _, _, found, _ = list_files(cfg.data.path, cfg.data.storage_options)
-    dates = sorted({k[DATE_KEY] for _, rel in found for k in [hive_keys(rel)] if DATE_KEY in k})
+    (quarantined). ``listing``: ``list_data``'s (a table's partition values come from its
+    log, a folder's from its ``date=…/`` paths)."""
+    listing = listing or list_data(cfg.data)
+    dates = sorted({d for full, rel in listing[2] for d in [_date(listing, full, rel)] if d is not None})
     dates = [d for d in dates if d <= as_of.isoformat() and d not in skip]
     if cfg.data.window_days:
         dates = dates[-cfg.data.window_days:]
@@ -89,12 +89,20 @@ class WindowSize:
 def window_size(cfg, as_of: date) -> WindowSize:
     """The size of ``as_of``'s window before any footer is read or cluster started, so a
     small refit runs on threads of the command's process (quarantined nights counted)."""
-    listing = list_files_detailed(cfg.data.path, cfg.data.storage_options, cfg.data.format, cfg.data.version,
-                                  cfg.data.as_of_time)
+    listing = list_data(cfg.data)
     _, _, found, _, infos = listing
-    dates = set(window_dates(cfg, as_of, found=found))
-    files = [full for full, rel in found if hive_keys(rel).get(DATE_KEY) in dates]
+    dates = set(window_dates(cfg, as_of, listing=listing))
+    files = [full for full, rel in found if _date(listing, full, rel) in dates]
     return WindowSize(files, sum(infos[f].get("size") or 0 for f in files), listing)
+
+
+def _date(listing: Listing, full: str, rel: str) -> str | None:
+    return listing.partition(full, rel).get(DATE_KEY)
+
+
+def _deleted_digest(info: dict) -> list:
+    d = deleted_positions(info)
+    return [hashlib.blake2b(d, digest_size=16).hexdigest()] if d else []
 
 
 def _with_dates(data_cfg, dates):
@@ -281,14 +289,14 @@ class Window:
     first: bool
 
 
-def plan_window(cfg, reg: Registry, as_of: date, found) -> Window:
+def plan_window(cfg, reg: Registry, as_of: date, listing: Listing) -> Window:
     """The window of ``as_of`` without the quarantined nights, except those its own
     earlier run quarantined (a rerun sees the window that run saw, so it can repeat it)."""
     day = as_of.isoformat()
     released = reg.released()  # a night in both is a release cut short: it writes released.json first
     skip = {d for d, e in reg.quarantined().items() if d not in released
             and not (isinstance(e, dict) and e.get("as_of") == day and e.get("by", "refit") == "refit")}
-    dates = window_dates(cfg, as_of, skip=skip, found=found)
+    dates = window_dates(cfg, as_of, skip=skip, listing=listing)
     need = cfg.registry.holdout_days + 1
     # The first night of a new pipeline: no current model to compare with, and maybe
     # too few days to hold some out. Train on all there is and promote it.
@@ -316,10 +324,9 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
     if pinned and cfg.data.version is None and cfg.data.as_of_time is None and (
             listing is None or getattr(listing, "table", None) != pinned):
         # A rerun reads the table snapshot its date's first run read, not the newest.
-        listing = list_files_detailed(cfg.data.path, cfg.data.storage_options, cfg.data.format, pinned["version"])
-    listing = listing or list_files_detailed(cfg.data.path, cfg.data.storage_options, cfg.data.format,
-                                             cfg.data.version, cfg.data.as_of_time)  # one listing a night
-    win = plan_window(cfg, reg, as_of, listing[2])
+        listing = list_data(cfg.data, version=pinned["version"])
+    listing = listing or list_data(cfg.data)  # one listing a night
+    win = plan_window(cfg, reg, as_of, listing)
     released = reg.released()
     fingerprint = _fingerprint(cfg, win, listing, released, allow_rollback)
     if done and done.get("fingerprint") == fingerprint:
@@ -503,8 +510,8 @@ def _fingerprint(cfg, win: Window, listing, released: dict, allow_rollback: bool
     dates and each of their files (path, size, mtime or ETag), and the nights released."""
     _, _, found, _, infos = listing
     inside = set(win.dates)
-    files = [[rel, infos[full].get("size"), file_stamp(infos[full])] for full, rel in found
-             if hive_keys(rel).get(DATE_KEY) in inside]
+    files = [[rel, infos[full].get("size"), file_stamp(infos[full]), *_deleted_digest(infos[full])]
+             for full, rel in found if _date(listing, full, rel) in inside]
     doc = {"config": cfg.model_dump(mode="json", exclude={"cluster", "output"}),
            "train": win.train, "holdout": win.hold, "files": files,
            "released": sorted(d for d in released if d in inside), "allow_rollback": allow_rollback}

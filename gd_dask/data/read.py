@@ -30,11 +30,18 @@ def _first_line(e: Exception) -> str:
 BATCH_ROWS = 8192
 
 
-def _filtered(table: pa.Table, spec, file_id: int, first_row: int) -> pa.Table:
-    """``table`` with the row filters and one side of the holdout applied
+def _filtered(table: pa.Table, spec, file_id: int, first_row: int, deleted=None) -> pa.Table:
+    """``table`` with the rows a table's log deletes (``deleted``: sorted positions in
+    the file) dropped, the row filters and one side of the holdout applied
     (``first_row``: the index in the file of its first row)."""
     row_filters, h = spec.row_filters, spec.holdout
     mask = _row_mask(table, row_filters) if row_filters else None
+    if deleted is not None and len(deleted):
+        lo, hi = np.searchsorted(deleted, [first_row, first_row + table.num_rows])
+        if hi > lo:
+            live = np.ones(table.num_rows, dtype=bool)
+            live[deleted[lo:hi] - first_row] = False
+            mask = pa.array(live) if mask is None else pc.and_(mask, pa.array(live))
     if h is not None:
         held = holdout_rows(h.seed, file_id, first_row, table.num_rows, h.fraction)
         keep = pa.array(held if h.validation else ~held)
@@ -98,16 +105,20 @@ def _row_group_tables(pf, chunk, spec):
         check(chunk.path, pf.schema_arrow)
         sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
         row_groups, first_rows = range(len(sizes)), list(itertools.accumulate(sizes, initial=0))
+        if chunk.rows is not None and sum(sizes) - len(chunk.deleted) // 8 != chunk.rows:
+            raise DataError(f"{chunk.path}: holds {sum(sizes)} rows but the table's log says "
+                            f"{chunk.rows + len(chunk.deleted) // 8}; the log does not describe this file")
     else:
         row_groups, first_rows = chunk.row_groups, chunk.first_rows or (0,) * len(chunk.row_groups)
-    for rg, first in zip(row_groups, first_rows if spec.holdout else (0,) * len(row_groups)):
+    deleted = np.frombuffer(chunk.deleted, dtype=np.int64) if chunk.deleted else None
+    for rg, first in zip(row_groups, first_rows if spec.holdout or deleted is not None else (0,) * len(row_groups)):
         try:
             if pf.metadata.row_group(rg).total_byte_size <= spec.stream_above:
-                yield _filtered(pf.read_row_group(rg, columns=read), spec, chunk.file_id, first)
+                yield _filtered(pf.read_row_group(rg, columns=read), spec, chunk.file_id, first, deleted)
                 continue
             at = first
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=read, use_threads=False):
-                yield _filtered(pa.Table.from_batches([batch]), spec, chunk.file_id, at)
+                yield _filtered(pa.Table.from_batches([batch]), spec, chunk.file_id, at, deleted)
                 at += batch.num_rows
         except (pa.ArrowException, OSError, ValueError) as e:
             raise DataError(f"{chunk.path}: cannot read row group {rg} ({_first_line(e)})") from None

@@ -67,17 +67,26 @@ def delta_snapshot(path: str, root: str, protocol: str, storage_options: dict, v
 
     adds = pa.table(dt.get_add_actions(flatten=True))
     found, infos = [], {}
-    for rel, size, mtime in zip(adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist(),
-                                adds.column("modification_time").to_pylist()):
+    names = adds.column_names
+    rows = adds.column("num_records").to_pylist() if "num_records" in names else [None] * adds.num_rows
+    parts = {c[len("partition."):]: adds.column(c).to_pylist() for c in names if c.startswith("partition.")}
+    for i, (rel, size, mtime) in enumerate(zip(adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist(),
+                                               adds.column("modification_time").to_pylist())):
         rel = unquote(rel)
         if "://" in rel or rel.startswith("/"):  # an absolute path (shallow clones): not below the table
             raise DataError(f"data.path '{path}': the Delta table names a file outside it ({rel}); "
                             "only files below the table are read")
         full = posixpath.join(root, rel)
         found.append((full, rel))
-        infos[full] = {"name": full, "size": size, "type": "file", "mtime": mtime / 1000.0}
+        infos[full] = {"name": full, "size": size, "type": "file", "mtime": mtime / 1000.0, "rows": rows[i],
+                       "partition": {k: _text(v[i]) for k, v in parts.items() if v[i] is not None}}
     found.sort()
     return found, infos, {"format": "delta", "version": dt.version()}
+
+
+def _text(value) -> str:
+    """A partition value as the text a ``key=value`` folder would hold."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def _check_features(path: str, proto) -> None:
@@ -118,3 +127,172 @@ def _delta_options(storage_options: dict) -> dict:
     out["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
     return {k: str(v) for k, v in out.items()} if o else {}
 
+
+
+# --------------------------------------------------------------------------- Iceberg
+
+
+def iceberg_snapshot(path: str, storage_options: dict, version=None, as_of_time=None, catalog=None):
+    """The live files of an Apache Iceberg table, through ``pyiceberg``: from its metadata
+    file (``path`` names it, or the table folder whose ``metadata/`` holds it) or from a
+    catalog (``catalog``: {"name", "table", "properties"}). One snapshot, pinned here:
+    ``version`` (a snapshot id), the one current at ``as_of_time``, else the current one.
+
+    Returns ``(table location, [(full URI, path below the table)], {full URI: info},
+    {"format": "iceberg", "version": snapshot id}, {columns renamed in its history})``;
+    an info holds the file's size, rows (from the manifest), partition values and the
+    positions its delete files remove (``deleted``)."""
+    tbl = _iceberg_table(path, storage_options, catalog)
+    shown = path if not catalog else f"catalog {catalog.get('name', 'default')}: {catalog['table']}"
+    snap = _iceberg_pick(tbl, shown, version, as_of_time)
+    if snap is None:  # a table created, nothing appended: no rows
+        return tbl.metadata.location.rstrip("/"), [], {}, {"format": "iceberg", "version": None}, set()
+    try:
+        tasks = list(tbl.scan(snapshot_id=snap.snapshot_id).plan_files())
+    except Exception as e:  # noqa: BLE001 - manifests unreadable, a store's errors
+        raise DataError(f"data.path '{shown}': cannot plan the Iceberg table's snapshot {snap.snapshot_id} "
+                        f"({first_line(e, with_type=False)})") from None
+    location = tbl.metadata.location.rstrip("/")
+    deletes = _iceberg_deletes(shown, tbl, tasks)
+    spec = tbl.metadata.specs().get
+    found, infos = [], {}
+    for task in tasks:
+        f = task.file
+        uri = f.file_path
+        if str(f.file_format).upper().rsplit(".", 1)[-1] != "PARQUET":
+            raise ConfigError(f"data.path '{shown}': {uri} is a {f.file_format} data file; gd_dask reads Parquet")
+        rel = uri[len(location):].lstrip("/") if uri.startswith(location) else posixpath.basename(uri)
+        found.append((uri, rel))
+        infos[uri] = {"name": uri, "size": f.file_size_in_bytes, "type": "file", "rows": f.record_count,
+                      "partition": _iceberg_partition(spec(f.spec_id), tbl.schema(), f.partition),
+                      "deleted": deletes.get(uri)}
+    found.sort()
+    return location, found, infos, {"format": "iceberg", "version": snap.snapshot_id}, _renamed_columns(tbl.metadata)
+
+
+def _iceberg_table(path: str, storage_options: dict, catalog):
+    try:
+        from pyiceberg.catalog import load_catalog
+        from pyiceberg.table import StaticTable
+    except ImportError:
+        raise ConfigError(f"data.path '{path}' is an Apache Iceberg table: install the pyiceberg package to read "
+                          "it (pip install 'gd_dask[iceberg]')") from None
+    props = _iceberg_options(storage_options)
+    what = f"catalog {catalog.get('name', 'default')}'s table {catalog['table']}" if catalog else f"'{path}'"
+    try:
+        if catalog:
+            cat = load_catalog(catalog.get("name", "default"), **{**props, **catalog.get("properties", {})})
+            return cat.load_table(catalog["table"])
+        meta = _metadata_file(path, storage_options)
+        what = f"'{path}' (metadata file {meta})"
+        return StaticTable.from_metadata(meta, properties=props)
+    except (ConfigError, DataError):
+        raise
+    except Exception as e:  # noqa: BLE001 - pyiceberg and the stores raise their own types
+        raise DataError(f"data: cannot load the Iceberg table {what} ({first_line(e, with_type=False)})") from None
+
+
+def _metadata_file(path: str, storage_options: dict) -> str:
+    """``path`` if it names a metadata file, else the newest in the folder's ``metadata/``
+    (``version-hint.text`` where there is one, else the highest version number)."""
+    if path.rstrip("/").endswith(".metadata.json"):
+        return path
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    meta = f"{root.rstrip('/')}/metadata"
+    base = path.rstrip("/") + "/metadata"
+    hint = f"{meta}/version-hint.text"
+    if fs.exists(hint):
+        v = fs.cat_file(hint).decode().strip()
+        for name in (f"v{v}.metadata.json", f"{v}.metadata.json"):
+            if fs.exists(f"{meta}/{name}"):
+                return f"{base}/{name}"
+    names = [posixpath.basename(p) for p in fs.ls(meta, detail=False) if str(p).endswith(".metadata.json")]
+    if not names:
+        raise DataError(f"data.path '{path}': no Iceberg metadata file in {base}/")
+    return f"{base}/{max(names, key=_metadata_number)}"
+
+
+def _metadata_number(name: str) -> tuple:
+    """The version in ``00012-<uuid>.metadata.json`` or ``v12.metadata.json``."""
+    head = name.split("-", 1)[0].split(".", 1)[0].lstrip("v")
+    return (int(head), name) if head.isdigit() else (-1, name)
+
+
+def _iceberg_pick(tbl, shown: str, version, as_of_time):
+    if version is not None:
+        snap = tbl.snapshot_by_id(int(version))
+        if snap is None:
+            known = ", ".join(str(s.snapshot_id) for s in tbl.snapshots()[-5:]) or "none"
+            raise DataError(f"data.version {version}: no such snapshot in the Iceberg table '{shown}' "
+                            f"(latest: {known})")
+        return snap
+    if as_of_time is not None:
+        ms = int(_timestamp(as_of_time).timestamp() * 1000)
+        snap = tbl.snapshot_as_of_timestamp(ms)
+        if snap is None:
+            raise DataError(f"data.as_of_time {as_of_time}: the Iceberg table '{shown}' has no snapshot that old")
+        return snap
+    return tbl.current_snapshot()
+
+
+def _renamed_columns(metadata) -> set[str]:
+    """Columns are read by name; Iceberg tracks them by id. The current names that meant
+    another column in an earlier schema (a column renamed, or dropped and added again)
+    would read the old column's values from older files: ``open_source`` refuses them."""
+    ids: dict[str, set] = {}
+    names: dict[int, set] = {}
+    for schema in metadata.schemas:
+        for f in schema.fields:
+            ids.setdefault(f.name, set()).add(f.field_id)
+            names.setdefault(f.field_id, set()).add(f.name)
+    return {f.name for f in metadata.schema().fields if len(ids[f.name]) > 1 or len(names[f.field_id]) > 1}
+
+
+def _iceberg_partition(spec, schema, record) -> dict:
+    """{column: value as text} of a file's identity partitions (``date=…`` for the
+    refit's window); other transforms (bucket, day of a timestamp) are not columns."""
+    out = {}
+    if spec is None or record is None:
+        return out
+    for i, field in enumerate(spec.fields):
+        if str(field.transform) == "identity" and record[i] is not None:
+            source = schema.find_field(field.source_id)
+            out[source.name] = field.transform.to_human_string(source.field_type, record[i])
+    return out
+
+
+def _iceberg_deletes(shown: str, tbl, tasks) -> dict:
+    """{data file URI: sorted int64 positions its delete files remove}. Position deletes
+    and deletion vectors are applied; equality deletes are refused by name."""
+    import numpy as np
+
+    todo = {d.file_path: d for t in tasks for d in t.delete_files}
+    if not todo:
+        return {}
+    from pyiceberg.manifest import DataFileContent
+
+    for d in todo.values():
+        if d.content == DataFileContent.EQUALITY_DELETES:
+            raise ConfigError(f"data.path '{shown}': the Iceberg table has equality delete files ({d.file_path}), "
+                              "which gd_dask does not apply; it is refused rather than read wrong")
+    from pyiceberg.io.pyarrow import _read_deletes
+
+    out: dict = {}
+    for d in todo.values():
+        try:
+            for uri, positions in _read_deletes(tbl.io, d).items():
+                out.setdefault(uri, []).append(np.asarray(positions.to_numpy(), dtype=np.int64))
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"data.path '{shown}': cannot read the delete file {d.file_path} "
+                            f"({first_line(e, with_type=False)})") from None
+    return {uri: np.unique(np.concatenate(parts)) for uri, parts in out.items()}
+
+
+def _iceberg_options(storage_options: dict) -> dict:
+    """fsspec's s3 options as pyiceberg's FileIO properties."""
+    o = dict(storage_options or {})
+    names = {"key": "s3.access-key-id", "secret": "s3.secret-access-key", "endpoint_url": "s3.endpoint",
+             "region_name": "s3.region"}
+    return {names[k]: str(v) for k, v in o.items() if k in names}
