@@ -4,6 +4,8 @@ on sqlite). Each is checked against least squares on the rows the table's own re
 returns."""
 
 import json
+import struct
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -74,15 +76,71 @@ def test_a_version_gives_the_older_rows_and_is_recorded_in_the_model(history, tm
     assert open_source(every.data).n_rows > DeltaTable(history).to_pyarrow_table().num_rows
 
 
+def _commit(path, *actions):
+    """Append a commit of ``actions`` to a Delta table's log by hand (what Spark or
+    Databricks write and delta-rs does not: deletion vectors, column mapping)."""
+    log = path / "_delta_log"
+    version = max(int(p.name.split(".")[0]) for p in log.glob("*.json")) + 1
+    lines = [{"commitInfo": {"timestamp": int(time.time() * 1000), "operation": "WRITE"}}, *actions]
+    (log / f"{version:020d}.json").write_text("".join(json.dumps(a) + "\n" for a in lines))
+
+
+def _z85(data: bytes) -> str:
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+    data += b"\0" * (-len(data) % 4)
+    out = []
+    for i in range(0, len(data), 4):
+        v, digits = int.from_bytes(data[i:i + 4], "big"), []
+        for _ in range(5):
+            v, r = divmod(v, 85)
+            digits.append(alphabet[r])
+        out += digits[::-1]
+    return "".join(out)
+
+
+def _deletion_vector(positions) -> dict:
+    """An inline deletion vector (Delta protocol: Z85 of a magic number and a 64-bit
+    roaring bitmap array of one 32-bit bucket)."""
+    from pyroaring import BitMap
+
+    blob = struct.pack("<iqI", 1681511377, 1, 0) + BitMap(positions).serialize()
+    return {"storageType": "i", "pathOrInlineDv": _z85(blob), "sizeInBytes": len(blob),
+            "cardinality": len(positions)}
+
+
+def test_deletion_vectors_drop_exactly_their_rows(tmp_path, rng, threads):
+    from deltalake import DeltaTable, write_deltalake
+
+    from gd_dask.training import fit
+
+    path = tmp_path / "dv"
+    rows = _rows(rng, 3000, 1.0)
+    write_deltalake(path, rows, configuration={"delta.enableDeletionVectors": "true"})
+    add = json.loads(next(line for line in next((path / "_delta_log").glob("*0.json")).read_text().splitlines()
+                          if line.startswith('{"add"')))["add"]
+    positions = sorted(rng.choice(3000, size=700, replace=False).tolist())
+    _commit(path, {"remove": {"path": add["path"], "deletionTimestamp": 1, "dataChange": True, "size": add["size"],
+                              "partitionValues": {}}},
+            {"add": {**add, "deletionVector": _deletion_vector(positions)}})
+    keep = pa.table(DeltaTable(path).deletion_vectors()).column("selection_vector")[0].as_py()
+    assert np.flatnonzero(~np.asarray(keep)).tolist() == positions  # the table's own reader agrees
+    live = rows.filter(pa.array(np.isin(np.arange(3000), positions, invert=True)))
+    res = fit(make_config(_data(path), tmp_path), threads)
+    assert res.source.n_rows == live.num_rows == 2300
+    np.testing.assert_allclose(np.append(res.m, res.b), _lstsq(live), rtol=1e-8)
+
+
 def test_unsupported_reader_features_and_broken_iceberg_metadata_are_one_line(tmp_path, rng):
     from deltalake import write_deltalake
 
-    dv = tmp_path / "dv"
-    write_deltalake(dv, _rows(rng, 100, 1.0), configuration={"delta.enableDeletionVectors": "true"})
+    cm = tmp_path / "cm"
+    write_deltalake(cm, _rows(rng, 100, 1.0))
+    _commit(cm, {"protocol": {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": ["columnMapping"],
+                              "writerFeatures": ["columnMapping"]}})
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps({"name": "t", "data": _data(dv), "output": {"dir": str(tmp_path / "o")}}))
+    cfg.write_text(json.dumps({"name": "t", "data": _data(cm), "output": {"dir": str(tmp_path / "o")}}))
     res = run_cli("train", cfg)
-    assert res.returncode == 2 and "deletionVectors" in res.stderr.strip().splitlines()[-1], res.stderr
+    assert res.returncode == 2 and "columnMapping" in res.stderr.strip().splitlines()[-1], res.stderr
     ice = tmp_path / "ice" / "metadata"
     ice.mkdir(parents=True)
     (ice / "v1.metadata.json").write_text("{}")

@@ -1,4 +1,4 @@
-"""Lakehouse tables: the live files of a Delta Lake table, as its log says.
+"""Lakehouse tables: the live files of a Delta Lake or Iceberg table, as its log says.
 
 A folder holding ``_delta_log/`` is a Delta table (``data.format: auto`` recognizes it):
 its Parquet files include those that an overwrite, a delete or a compaction removed,
@@ -7,12 +7,16 @@ all — silently wrong. Here the table's log (through the ``deltalake`` package,
 names the live files of one snapshot, pinned when the run starts: the version asked for
 (``data.version``, or the one current at ``data.as_of_time``), else the newest. The
 listing then holds exactly those files, with the sizes and modification times of the
-log, and everything downstream (footers, chunks, partitions from ``date=…/`` paths, the
-refit's window and statistics cache) reads them as it reads any folder.
+log, their row counts and partition values, and everything downstream (footers,
+chunks, the refit's window and statistics cache) reads them as it reads any folder.
 
-A table that needs a reader feature this does not apply (deletion vectors, column
-mapping, …) is refused in one line naming the feature: it is never read wrong.
-Apache Iceberg tables are recognized and refused (not read yet).
+Deletion vectors (Delta) and position deletes (Iceberg) are applied by row position as
+the files are read. A table that needs a reader feature this does not apply (column
+mapping, equality deletes, …) is refused in one line naming the feature: it is never
+read wrong.
+
+Apache Iceberg tables are read through ``pyiceberg`` the same way: the manifests of one
+snapshot name the live files, their rows, partition values and delete files.
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ from urllib.parse import unquote
 from ..errors import ConfigError, DataError, first_line
 
 #: Delta reader features that do not change which rows a data file holds or how its
-#: columns are named; any other is refused by name.
-SAFE_READER_FEATURES = frozenset({"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck", "checkpointProtection"})
+#: columns are named; any other is refused by name. (Variant and timestamp columns may
+#: exist beside the features; a feature column of such a type is refused by its type.)
+SAFE_READER_FEATURES = frozenset({"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck", "checkpointProtection",
+                                  "variantType", "variantType-preview"})
+#: Reader features applied here: deletion vectors drop their rows by position in the reader.
+APPLIED_READER_FEATURES = frozenset({"deletionVectors"})
 
 
 def table_format(fs, root: str, asked: str) -> str:
@@ -80,8 +88,33 @@ def delta_snapshot(path: str, root: str, protocol: str, storage_options: dict, v
         found.append((full, rel))
         infos[full] = {"name": full, "size": size, "type": "file", "mtime": mtime / 1000.0, "rows": rows[i],
                        "partition": {k: _text(v[i]) for k, v in parts.items() if v[i] is not None}}
+    if "deletionVectors" in set(getattr(dt.protocol(), "reader_features", None) or []):
+        for full, positions in _delta_deletes(path, dt, root).items():
+            if full not in infos:
+                raise DataError(f"data.path '{path}': a deletion vector names {full}, which the log does not add")
+            infos[full]["deleted"] = positions
     found.sort()
     return found, infos, {"format": "delta", "version": dt.version()}
+
+
+def _delta_deletes(path: str, dt, root: str) -> dict:
+    """{full path: sorted int64 positions} of the rows the table's deletion vectors
+    remove, as delta-rs decodes them (a selection vector per file: False is deleted; rows
+    past its end are kept)."""
+    import numpy as np
+    import pyarrow as pa
+
+    try:
+        dvs = pa.table(dt.deletion_vectors())
+    except Exception as e:  # noqa: BLE001 - delta-rs raises its own types
+        raise DataError(f"data.path '{path}': cannot read the Delta table's deletion vectors "
+                        f"({first_line(e, with_type=False)})") from None
+    base = dt.table_uri.rstrip("/")
+    out = {}
+    for uri, keep in zip(dvs.column("filepath").to_pylist(), dvs.column("selection_vector").to_pylist()):
+        rel = unquote(uri[len(base):].lstrip("/")) if uri.startswith(base) else unquote(uri)
+        out[posixpath.join(root, rel)] = np.flatnonzero(~np.asarray(keep, dtype=bool)).astype(np.int64)
+    return out
 
 
 def _text(value) -> str:
@@ -91,7 +124,7 @@ def _text(value) -> str:
 
 def _check_features(path: str, proto) -> None:
     features = set(getattr(proto, "reader_features", None) or [])
-    unsupported = sorted(features - SAFE_READER_FEATURES)
+    unsupported = sorted(features - SAFE_READER_FEATURES - APPLIED_READER_FEATURES)
     if unsupported:
         raise ConfigError(f"data.path '{path}': the Delta table needs reader feature(s) {', '.join(unsupported)}, "
                           "which gd_dask does not apply; it is refused rather than read wrong")
