@@ -334,3 +334,39 @@ def test_iceberg_position_deletes_are_applied_and_renamed_columns_refused(catalo
     t = cat.load_table("nightly.pd")
     with pytest.raises(ConfigError, match="column 'x1' was renamed or replaced"):
         open_source(DataConfig(**_data(t.metadata_location)))
+
+
+def test_nightly_refits_on_an_iceberg_table_take_the_window_from_its_partitions(catalog, tmp_path, rng, threads):
+    """A table partitioned by date (identity): the window comes from the manifests'
+    partition values, each refit pins its snapshot and records it."""
+    from datetime import date, timedelta
+
+    from pyiceberg.transforms import IdentityTransform
+
+    from gd_dask.config import validate_config
+    from gd_dask.refit import refit
+    from gd_dask.registry import Registry
+
+    cat, props = catalog
+
+    def night(day):
+        t = _rows(rng, 400, 1.0)
+        return t.append_column("date", pa.array([(date(2026, 11, 1) + timedelta(days=day)).isoformat()] * 400))
+
+    schema = night(0).schema
+    t = cat.create_table("nightly.byday", schema=schema)
+    with t.update_spec() as up:
+        up.add_field("date", IdentityTransform(), "date")
+    cfg = validate_config({"name": "ice", "data": {"features": ["x0", "x1"], "target": "y", "window_days": 3,
+                                                   "catalog": {**props, "table": "nightly.byday"}},
+                           "registry": {"dir": str(tmp_path / "models")}})
+    for day in range(4):
+        cat.load_table("nightly.byday").append(night(day))
+        assert refit(cfg, threads, date(2026, 11, 1) + timedelta(days=day)).status == "promoted"
+    snap = cat.load_table("nightly.byday").current_snapshot().snapshot_id
+    reg = Registry(cfg.registry.dir, cfg.name)
+    assert reg.events()[-1]["table"] == {"format": "iceberg", "version": snap}
+    model = reg.current_model()
+    assert sorted({f["path"].split("date=")[1][:10] for f in model["data"]["files"]}) == ["2026-11-02", "2026-11-03"]
+    cat.load_table("nightly.byday").append(night(3))  # a later commit to the night
+    assert "nothing to do" in refit(cfg, threads, date(2026, 11, 4)).message  # a rerun reads its first snapshot
