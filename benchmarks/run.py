@@ -20,7 +20,9 @@
    training, the whole command and its peak RSS (``many_files.py``).
 9. nightly_files — a nightly refit over a 30-day window of 1,000 files a night behind 30 ms
    a request: the first night and the next, with their requests and cache objects read.
-10. nightly_year — a year of nightly refits per scenario (drift, weekly seasonality, a
+10. table_planning — a Delta table of 100,000 files planned from its log, locally and
+   behind 30 ms a request, next to delta-rs's own listing (``table_planning.py``).
+11. nightly_year — a year of nightly refits per scenario (drift, weekly seasonality, a
    step change) with bad nights injected: false quarantines, missed bad nights, nights
    behind an oracle (``nightly_year.py``).
 
@@ -409,6 +411,13 @@ def nightly_files(work: Path, quick: bool) -> dict:
     return mf.nightly_refit(work, quick)
 
 
+def table_planning(work: Path, quick: bool) -> dict:
+    """Issue 30: a Delta table of 100,000 files planned from its log (``table_planning.py``)."""
+    import table_planning as tp
+
+    return tp.run(work, 5_000 if quick else 100_000)
+
+
 def nightly_year(work: Path, quick: bool) -> dict:
     """Issue 28: a year of nights per scenario (``nightly_year.py``), the issue's 40,000
     rows a night, the scenarios on every core."""
@@ -431,6 +440,10 @@ def report(res: dict) -> None:
         mf.report(res["many_files"])
     if "nightly_files" in res:
         mf.report_refit(res["nightly_files"])
+    if "table_planning" in res:
+        import table_planning as tp
+
+        tp.report(res["table_planning"])
     if "nightly_year" in res:
         import nightly_year as ny
 
@@ -498,7 +511,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--only", nargs="*", default=["time_to_model", "many_files", "nightly_files", "nightly_year",
+    ap.add_argument("--only", nargs="*", default=["time_to_model", "many_files", "nightly_files", "table_planning",
+                                                   "nightly_year",
                                                    "speed", "logistic",
                                                    "sgd", "memory", "scaling", "refit_cost", "accuracy"])
     ap.add_argument("--many-files", type=int, default=20_000,

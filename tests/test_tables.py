@@ -370,3 +370,42 @@ def test_nightly_refits_on_an_iceberg_table_take_the_window_from_its_partitions(
     assert sorted({f["path"].split("date=")[1][:10] for f in model["data"]["files"]}) == ["2026-11-02", "2026-11-03"]
     cat.load_table("nightly.byday").append(night(3))  # a later commit to the night
     assert "nothing to do" in refit(cfg, threads, date(2026, 11, 4)).message  # a rerun reads its first snapshot
+
+
+def test_a_table_of_many_files_is_planned_from_its_log_without_reading_footers(tmp_path, rng, threads):
+    """1,200 small files (a table's log written by hand, the files hard links of one):
+    the rows come from the log's statistics; behind latency:// planning makes 3 requests
+    (the folder, the log folder, the first file's footer), not one per file."""
+    import pyarrow.parquet as pq
+
+    from gd_dask.config import DataConfig
+    from gd_dask.data import open_source
+    from gd_dask.data.latency import LatencyFileSystem
+
+    root = tmp_path / "t"
+    (root / "_delta_log").mkdir(parents=True)
+    seed = tmp_path / "seed.parquet"
+    pq.write_table(_rows(rng, 50, 1.0), seed)
+    fields = [{"name": c, "type": "double", "nullable": True, "metadata": {}} for c in ("x0", "x1", "y")]
+    lines = [{"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}},
+             {"metaData": {"id": "t", "format": {"provider": "parquet", "options": {}}, "partitionColumns": [],
+                           "schemaString": json.dumps({"type": "struct", "fields": fields}), "configuration": {}}}]
+    for i in range(1200):
+        (root / f"part-{i:05d}.parquet").hardlink_to(seed)
+        lines.append({"add": {"path": f"part-{i:05d}.parquet", "partitionValues": {}, "size": seed.stat().st_size,
+                              "modificationTime": 0, "dataChange": True, "stats": json.dumps({"numRecords": 50})}})
+    (root / "_delta_log" / f"{0:020d}.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    before = LatencyFileSystem.requests
+    src = open_source(DataConfig(**_data(f"latency://{root}", storage_options={"delay": 0.0})))
+    assert src.n_rows == 60_000 and len(src.files) == 1200
+    assert LatencyFileSystem.requests - before <= 3
+    from gd_dask.training import fit
+
+    res = fit(make_config(_data(root), tmp_path), threads)  # the tasks read the footers, check the log's rows
+    np.testing.assert_allclose(np.append(res.m, res.b), _lstsq(pq.read_table(seed)), rtol=1e-8)
+    lines[2]["add"]["stats"] = json.dumps({"numRecords": 40})  # a log that does not describe its file
+    (root / "_delta_log" / f"{0:020d}.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    from gd_dask.errors import DataError
+
+    with pytest.raises(DataError, match="holds 50 rows but the table's log says 40"):
+        fit(make_config(_data(root), tmp_path / "again"), threads)

@@ -60,7 +60,9 @@ def delta_snapshot(path: str, root: str, protocol: str, storage_options: dict, v
     except ImportError:
         raise ConfigError(f"data.path '{path}' is a Delta table: install the deltalake package to read it "
                           "(pip install 'gd_dask[delta]')") from None
-    uri = path if "://" in path else root
+    # latency:// (measuring planning as an object store would cost it) wraps a local
+    # folder: delta-rs reads that folder's log itself, the data files go through the wrapper.
+    uri = path if "://" in path and protocol != "latency" else root
     try:
         dt = DeltaTable(uri, version=version, storage_options=_delta_options(storage_options) or None)
         if as_of_time is not None:
@@ -68,7 +70,7 @@ def delta_snapshot(path: str, root: str, protocol: str, storage_options: dict, v
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - delta-rs raises its own types (version not found, bad log)
-        what = f"version {version}" if version is not None else f"as of {as_of_time}" if as_of_time else "its log"
+        what = f"version {version}" if version is not None else f"as of {as_of_time}" if as_of_time else "log"
         raise DataError(f"data.path '{path}': cannot read the Delta table's {what} ({first_line(e, with_type=False)})") from None
     _check_features(path, dt.protocol())
     import pyarrow as pa
