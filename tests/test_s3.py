@@ -307,3 +307,41 @@ def test_a_delta_table_on_s3_is_read_as_its_log_says(s3, tmp_path):
                                  storage_options=s3["options"]))
     assert src.n_rows == 200 and src.table == {"format": "delta", "version": 1}
     assert len(s3["fs"].find("lake/delta", withdirs=False)) > len(src.files) + 1  # the old file is still there
+
+
+def test_an_iceberg_table_on_s3_is_read_as_its_metadata_says(s3, tmp_path, threads):
+    """A pyiceberg SQL catalog whose warehouse is on the S3 server: the manifests are read
+    with fsspec's options mapped to pyiceberg's, the data files through fsspec."""
+    import pyarrow as pa
+
+    pytest.importorskip("pyiceberg")
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from gd_dask.config import DataConfig
+    from gd_dask.data import open_source
+    from gd_dask.training import fit
+    from conftest import make_config
+
+    props = {"uri": f"sqlite:///{tmp_path}/catalog.db", "warehouse": "s3://lake/iceberg",
+             "s3.endpoint": s3["endpoint"], "s3.access-key-id": s3["key"], "s3.secret-access-key": s3["secret"],
+             "s3.region": "us-east-1"}
+    cat = SqlCatalog("s3cat", **props)
+    cat.create_namespace("ns")
+    rng = np.random.default_rng(3)
+
+    def rows(n, slope):
+        x = rng.normal(size=n)
+        return pa.table({"x0": x, "x1": rng.normal(size=n), "y": slope * x + 1 + rng.normal(size=n)})
+
+    t = cat.create_table("ns.t", schema=rows(1, 1.0).schema)
+    t.append(rows(400, 5.0))
+    t.overwrite(rows(300, 1.0))
+    t = cat.load_table("ns.t")
+    live = t.scan().to_arrow()
+    data = {"path": t.metadata_location, "features": ["x0", "x1"], "target": "y", "storage_options": s3["options"]}
+    src = open_source(DataConfig(**data))
+    assert src.n_rows == 300 and src.table == {"format": "iceberg", "version": t.current_snapshot().snapshot_id}
+    res = fit(make_config(data, tmp_path), threads)
+    X = np.column_stack([live["x0"].to_numpy(), live["x1"].to_numpy(), np.ones(300)])
+    np.testing.assert_allclose(np.append(res.m, res.b), np.linalg.lstsq(X, live["y"].to_numpy(), rcond=None)[0],
+                               rtol=1e-8)

@@ -409,3 +409,34 @@ def test_a_table_of_many_files_is_planned_from_its_log_without_reading_footers(t
 
     with pytest.raises(DataError, match="holds 50 rows but the table's log says 40"):
         fit(make_config(_data(root), tmp_path / "again"), threads)
+
+
+def test_vacuum_and_an_added_column(history, tmp_path, threads):
+    """After a vacuum the live snapshot reads as before, and an old version whose files
+    are gone is one line naming the file; a column added later (schema merge) leaves the
+    old columns readable across old and new files."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from gd_dask.config import DataConfig
+    from gd_dask.errors import DataError
+    from gd_dask.training import fit
+
+    dt = DeltaTable(history)
+    removed = dt.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    assert removed
+    live = DeltaTable(history).to_pyarrow_table()
+    res = fit(make_config(_data(history), tmp_path / "a"), threads)
+    np.testing.assert_allclose(np.append(res.m, res.b), _lstsq(live), rtol=1e-8)
+    with pytest.raises(DataError, match=r"table's version 0 names part-.*\.parquet, which is gone"):
+        fit(make_config(_data(history, version=0), tmp_path / "b"), threads)
+
+    more = _rows(np.random.default_rng(5), 500, 1.0)
+    write_deltalake(history, more.append_column("z", pa.array(np.ones(500))), mode="append", schema_mode="merge")
+    live = DeltaTable(history).to_pyarrow_table()
+    res = fit(make_config(_data(history), tmp_path / "c"), threads)
+    assert res.source.n_rows == live.num_rows
+    np.testing.assert_allclose(np.append(res.m, res.b), _lstsq(live), rtol=1e-8)
+    with pytest.raises(DataError, match="column 'z' not found"):
+        from gd_dask.data import open_source
+
+        open_source(DataConfig(path=str(history), features=["x0", "z"], target="y"))

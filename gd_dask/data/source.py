@@ -613,6 +613,14 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     part_keys = set().union(*partitions.values()) if partitions else set()
     row_filters = [f for f in data_cfg.filters if f[0] not in part_keys]
 
+    table = getattr(listing, "table", None)
+    if table and is_local(fs):  # a file the log names but a vacuum removed: say so before reading
+        for full in kept:
+            infos[full]["ident"] = local_ident(full, infos[full])
+            if infos[full]["ident"] is None:
+                raise DataError(f"data.path '{data_cfg.path}': the {table['format'].capitalize()} table's version "
+                                f"{table['version']} names {rels[full]}, which is gone (removed by a vacuum or "
+                                "an expiry?); read a newer version")
     cached = {}
     for full in kept if known is not None else ():
         info = infos[full]
@@ -652,6 +660,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
                 row_groups, rg_bytes = _row_groups(meta)
             if schema is not None:
                 col_types = check(full, schema)[:len(columns)]
+            ident = local_ident(full, info) if is_local(fs) else remote_ident(info)
             deleted = deleted_positions(infos[full])
             rows = infos[full].get("rows") if row_groups is None else sum(row_groups)
             if row_groups is not None and infos[full].get("rows") not in (None, rows):
@@ -660,7 +669,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
             files.append({"path": _display(protocol, full), "size": info.get("size"),
                           "rows": None if rows is None else rows - len(deleted) // 8, "deleted": deleted,
                           "full_path": full, "rel": rels[full], "stamp": file_stamp(info),
-                          "ident": local_ident(full, info) if is_local(fs) else remote_ident(info),
+                          "ident": ident,
                           "partition": partitions[full], "row_groups": row_groups, "row_group_bytes": rg_bytes,
                           "types": col_types})
     src = ParquetSource(
