@@ -440,3 +440,21 @@ def test_vacuum_and_an_added_column(history, tmp_path, threads):
         from gd_dask.data import open_source
 
         open_source(DataConfig(path=str(history), features=["x0", "z"], target="y"))
+
+
+def test_without_the_pyiceberg_package_a_table_is_one_line_naming_the_extra(catalog, tmp_path, rng, monkeypatch):
+    import sys
+
+    from gd_dask.config import DataConfig
+    from gd_dask.data import open_source
+    from gd_dask.errors import ConfigError
+
+    cat, _ = catalog
+    t = cat.create_table("nightly.bare", schema=_rows(rng, 1, 1.0).schema)
+    t.append(_rows(rng, 50, 1.0))
+    t = cat.load_table("nightly.bare")
+    for name in [m for m in sys.modules if m == "pyiceberg" or m.startswith("pyiceberg.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pyiceberg", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"is an Apache Iceberg table: install the pyiceberg package .*\[iceberg\]"):
+        open_source(DataConfig(**_data(t.metadata_location)))
