@@ -54,7 +54,7 @@ def data_config(root: Path, names, **optimizer) -> dict:
 def local_client(n_workers: int = 2, memory_limit="auto"):
     from distributed import Client
 
-    from gd_dask.cluster import local_cluster, quiet_distributed
+    from gd_dask.runtime.cluster import local_cluster, quiet_distributed
 
     quiet_distributed()
     with local_cluster(n_workers=n_workers, threads_per_worker=1, memory_limit=memory_limit,

@@ -67,10 +67,10 @@ def _command(path: str, work: Path, storage_options: dict | None = None) -> dict
 def _phases(path: str, storage_options: dict | None = None, train: bool = True) -> dict:
     """Planning (listing + footers) and, with ``train``, the default run on the embedded
     cluster ``cluster.processes: auto`` picks for it."""
-    from gd_dask.cluster import connect
+    from gd_dask.runtime.cluster import connect
     from gd_dask.config import ClusterConfig, validate_config
     from gd_dask.data import open_source
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     cfg = validate_config({"name": "many", "data": {"path": path, "features": FEATURES, "target": "y",
                                                      "storage_options": storage_options or {}},
@@ -138,11 +138,11 @@ def nightly_refit(work: Path, quick: bool, per_night: int = 1000, window: int = 
     import shutil
     from datetime import date, timedelta
 
-    from gd_dask.cluster import connect
+    from gd_dask.runtime.cluster import connect
     from gd_dask.config import ClusterConfig, validate_config
-    from gd_dask.refit import refit
+    from gd_dask.jobs.refit import refit
     from gd_dask.data.latency import LatencyFileSystem
-    from gd_dask.registry import Registry
+    from gd_dask.artifacts.registry import Registry
 
     per_night = 20 if quick else per_night
     data, models = work / f"nights-{per_night}", work / f"nights-{per_night}-models"

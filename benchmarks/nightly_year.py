@@ -1,6 +1,6 @@
 """A year of simulated nights (issue 28): real refits, one a night, on real Parquet files.
 
-Each scenario writes 365 date partitions, one a night, and runs ``gd_dask.refit.refit``
+Each scenario writes 365 date partitions, one a night, and runs ``gd_dask.jobs.refit.refit``
 after each, at default ``registry.validate`` settings (``data.window_days: 8``: a week
 of training nights, ``registry.holdout_days: 1``). The truth: x ~ N(170, 10), y = slope·x + intercept +
 N(0, 1), and
@@ -75,7 +75,7 @@ def oracle_slope(truths: dict, day: int, bad=()) -> float:
     slope of its training nights' rows (the window's last ``WINDOW_DAYS`` nights without the
     ``bad`` ones, less the newest ``HOLDOUT_DAYS``) with their labels free of noise.
     ``truths``: {night: moments of [x, true y]} (``write_night``)."""
-    from gd_dask.gradient import merge_all
+    from gd_dask.kernels.gradient import merge_all
 
     window = [d for d in range(day + 1) if d not in bad][-WINDOW_DAYS:]
     train = window[:-HOLDOUT_DAYS] or window
@@ -99,7 +99,7 @@ def bad_nights(nights: int, seed: int = 28) -> dict[int, str]:
 
 def write_night(root: Path, scenario: str, day: int, rows: int, kind: str | None = None):
     """Night ``day``'s file; returns the moments of its features and noise-free labels."""
-    from gd_dask.gradient import block_moments
+    from gd_dask.kernels.gradient import block_moments
 
     t = truth(scenario, day)
     rng = np.random.default_rng(day * 7919 + SCENARIOS.index(scenario))
@@ -130,9 +130,9 @@ def write_night(root: Path, scenario: str, day: int, rows: int, kind: str | None
 def run_year(scenario: str, nights: int = 365, rows: int = 2000, client=None, workdir=None) -> dict:
     """One scenario's year of nightly refits; the counts of the module docstring."""
     from gd_dask.config import validate_config
-    from gd_dask.refit import refit
-    from gd_dask.registry import Registry
-    from gd_dask.threads import ThreadsClient
+    from gd_dask.jobs.refit import refit
+    from gd_dask.artifacts.registry import Registry
+    from gd_dask.runtime.threads import ThreadsClient
 
     own_client = client is None
     client = client or ThreadsClient(1, 1)

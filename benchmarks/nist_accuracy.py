@@ -62,7 +62,7 @@ def train_dataset(name: str, workdir: Path) -> dict:
     """Run `gd-dask train` on NIST ``name``; returns model.json plus LREs."""
     import yaml
 
-    from gd_dask.cli import main
+    from gd_dask.interfaces.cli import main
 
     cfg = write_dataset(name, workdir / "data")
     path = workdir / f"{name}.yaml"

@@ -51,7 +51,7 @@ MANY_FILES = 20_000  # --many-files
 import time_to_model as ttm  # noqa: E402
 
 from gd_dask.config import validate_config  # noqa: E402
-from gd_dask.training import fit  # noqa: E402
+from gd_dask.jobs.training import fit  # noqa: E402
 
 EPOCHS = 100
 
@@ -355,7 +355,7 @@ def refit_cost(work: Path, quick: bool) -> dict:
     import shutil
     from datetime import date
 
-    from gd_dask.refit import refit
+    from gd_dask.jobs.refit import refit
 
     rows = 20_000 if quick else 300_000
     root = work / "refit"

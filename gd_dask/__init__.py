@@ -4,23 +4,23 @@ __version__ = "0.1.0"
 
 
 def load_model(path, storage_options=None):
-    """Load a model.json (path or URL); the result has ``predict(X)`` (``gd_dask.model.Model``)."""
-    from .model import load_model as _load
+    """Load a model.json (path or URL); the result has ``predict(X)`` (``gd_dask.artifacts.model.Model``)."""
+    from .artifacts.model import load_model as _load
 
     return _load(path, storage_options)
 
 
 def train(config, overrides=None, scheduler=None):
     """Run the YAML job ``config`` (a path, a mapping or a RunConfig) as ``gd-dask train``
-    does; returns the model (``gd_dask.api.train``)."""
-    from .api import train as _train
+    does; returns the model (``gd_dask.interfaces.api.train``)."""
+    from .interfaces.api import train as _train
 
     return _train(config, overrides, scheduler)
 
 
 def __getattr__(name):
     if name in ("LinearRegression", "LogisticRegression"):
-        from . import estimator
+        from .interfaces import estimator
 
         return getattr(estimator, name)
     raise AttributeError(f"module 'gd_dask' has no attribute {name!r}")

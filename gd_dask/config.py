@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from . import losses
+from .kernels import losses
 from .errors import ConfigError
 
 # Strict types: YAML ``true`` is not an epoch count and ``"10"`` is not a number.
@@ -250,7 +250,7 @@ OptionalPositive = Union[PositiveFloat, None]
 
 
 class ValidateConfig(_Section):
-    """Checks a new night must pass before a refit uses it (``gd_dask.validate``); null
+    """Checks a new night must pass before a refit uses it (``gd_dask.jobs.guard``); null
     turns one off."""
 
     rows: OptionalPositive = Field(default=0.4, description="Rows within (1 ± rows) × the earlier nights' median.")

@@ -7,7 +7,7 @@ No math here: load the config, connect, fit, save, exit status — all through t
 
 import sys
 
-from gd_dask.cli import run
+from gd_dask.interfaces.cli import run
 
 if __name__ == "__main__":
     sys.argv[1:1] = ["train"]

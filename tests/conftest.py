@@ -58,7 +58,7 @@ def client():
     """One real LocalCluster (2 worker processes) for the whole session."""
     from distributed import Client
 
-    from gd_dask.cluster import local_cluster, quiet_distributed
+    from gd_dask.runtime.cluster import local_cluster, quiet_distributed
 
     quiet_distributed()
     with local_cluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -69,7 +69,7 @@ def client():
 @pytest.fixture(scope="session")
 def threads():
     """Threads of this process, as ``cluster.processes: auto`` runs a small job."""
-    from gd_dask.threads import ThreadsClient
+    from gd_dask.runtime.threads import ThreadsClient
 
     c = ThreadsClient(1, 1)
     yield c

@@ -63,7 +63,7 @@ class DaskProcesses:
                 "--tls-key", self.tls["key"]]
 
     def _spawn(self, args, env=None) -> subprocess.Popen:
-        from gd_dask.cluster import WORKER_ENV
+        from gd_dask.runtime.cluster import WORKER_ENV
 
         self.logs.mkdir(exist_ok=True)
         log = open(self.logs / f"{args[0]}-{len(self.workers)}-{self.port}.log", "wb")  # noqa: SIM115

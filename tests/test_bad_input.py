@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config, write_parquet
-from gd_dask.cli import main
+from gd_dask.interfaces.cli import main
 from gd_dask.errors import DataError
-from gd_dask.training import fit
+from gd_dask.jobs.training import fit
 
 
 def _config(tmp_path, data, **sections) -> Path:
@@ -182,7 +182,7 @@ def test_fewer_rows_than_features_fit_but_are_not_called_converged(client, tmp_p
     from zero tends to the minimum-norm solution; no unique minimizer, so no promise."""
     X, y = rng.normal(size=(3, 4)), rng.normal(size=3)
     data = write_parquet(tmp_path / "d", X, y, n_files=1)
-    with caplog.at_level("WARNING", logger="gd_dask.training"):
+    with caplog.at_level("WARNING", logger="gd_dask.jobs.training"):
         res = fit(make_config(data, tmp_path), client)
     assert res.converged is False and "no unique least-squares solution" in caplog.text
     scale = X.std(axis=0)
@@ -238,7 +238,7 @@ def test_bad_values_leave_the_earlier_model_byte_identical(tmp_path, capsys, ear
 
 
 def test_a_full_disk_while_writing_leaves_no_model_and_the_earlier_one_intact(tmp_path, capsys, monkeypatch, earlier_run):
-    import gd_dask.store as store
+    import gd_dask.artifacts.store as store
 
     cfg, _, before = earlier_run
 

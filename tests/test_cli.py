@@ -59,7 +59,7 @@ def test_main_gives_the_callers_signal_handlers_back(capsys):
     inside notebooks, orchestrators and this test process too."""
     import signal
 
-    from gd_dask.cli import main
+    from gd_dask.interfaces.cli import main
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert main(["config-schema"]) == 0

@@ -75,7 +75,7 @@ def test_workers_started_by_hand_read_on_the_fast_arrow_pool(tmp_path):
     worker plugin that sets the fast one (jemalloc: the 3.4 GB job trained in 2.4 s
     instead of 3.1 s), in a worker that joins later too, and once however often a job
     connects."""
-    from gd_dask.cluster import connect
+    from gd_dask.runtime.cluster import connect
     from gd_dask.config import ClusterConfig
     from gd_dask.data.read import fast_pool_name
 
@@ -110,10 +110,10 @@ def test_cluster_address_in_the_config_works_like_the_flag(dataset, embedded, da
 def test_one_two_and_three_workers_give_identical_weights_as_processes_or_threads(dataset, tmp_path, strategy):
     from distributed import Client, LocalCluster
 
-    from gd_dask.cluster import connect
+    from gd_dask.runtime.cluster import connect
     from gd_dask.config import ClusterConfig
-    from gd_dask.threads import ThreadsClient
-    from gd_dask.training import fit
+    from gd_dask.runtime.threads import ThreadsClient
+    from gd_dask.jobs.training import fit
 
     cfg = make_config(dataset["data"], tmp_path, optimizer={
         "learning_rate": 0.05, "epochs": 40, "tol": 0, "strategy": strategy, "cache": "memory"})
@@ -254,7 +254,7 @@ def test_the_embedded_cluster_listens_on_loopback_only():
 
     import psutil
 
-    from gd_dask.cluster import connect
+    from gd_dask.runtime.cluster import connect
     from gd_dask.config import ClusterConfig
 
     with connect(ClusterConfig(n_workers=1)) as c:
@@ -381,7 +381,7 @@ def test_results_arrive_whatever_moment_a_wait_slice_ends(client, monkeypatch):
 
     import dask
 
-    from gd_dask import cluster
+    from gd_dask.runtime import cluster
 
     monkeypatch.setattr(cluster, "POLL_SECONDS", 0.0005)
     rng = random.Random(3)
@@ -393,7 +393,7 @@ def test_results_arrive_whatever_moment_a_wait_slice_ends(client, monkeypatch):
 def test_threads_of_this_process_read_on_the_fast_pool_and_give_the_callers_back():
     import pyarrow as pa
 
-    from gd_dask.cluster import connect
+    from gd_dask.runtime.cluster import connect
     from gd_dask.config import ClusterConfig
     from gd_dask.data.read import fast_pool_name
 
@@ -425,9 +425,9 @@ def test_the_bits_are_the_same_on_threads_local_processes_and_memory_limited_rem
     4 files of 500,000 rows were 1 chunk embedded, 2 on 2 GiB workers and 4 on 300 MiB
     ones, and the sums met in another association (m differed in the last bit). The
     layout is now the data's alone; memory only decides which row groups stream."""
-    from gd_dask.cluster import connect
+    from gd_dask.runtime.cluster import connect
     from gd_dask.config import ClusterConfig
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     remote = DaskProcesses(n_workers=1, memory_limit="300MiB").start()
     try:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gd_dask.cli import main
+from gd_dask.interfaces.cli import main
 from gd_dask.config import load_config, parse_config
 from gd_dask.errors import ConfigError
 

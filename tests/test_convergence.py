@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_config, write_parquet
-from gd_dask import compensated, gradient as g
-from gd_dask.certify import ZERO_FLOOR
+from gd_dask.kernels import compensated, gradient as g
+from gd_dask.optimization.certify import ZERO_FLOOR
 from gd_dask.config import validate_config
-from gd_dask.training import fit, fit_moments
+from gd_dask.jobs.training import fit, fit_moments
 
 
 def paired_problem(rng, n_pairs, d, kappa, offset, fit_intercept=True, weighted=False):

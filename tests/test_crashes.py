@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
-from gd_dask.registry import Registry
+from gd_dask.artifacts.registry import Registry
 from test_nightly_guard import config, night, snapshot, write_night  # noqa: F401 - the same nights
 
 
@@ -20,13 +20,13 @@ def refit_killed_in(tmp_path, where: str, sig: int, as_of: str) -> subprocess.Co
     ``Registry.<where>``: the worst moment, between writing the version and the rest."""
     script = textwrap.dedent(f"""
         import os, sys
-        from gd_dask import registry
+        from gd_dask.artifacts import registry
         real = getattr(registry.Registry, {where!r})
         def hooked(self, *a, **k):
             os.kill(os.getpid(), {sig})
             return real(self, *a, **k)
         setattr(registry.Registry, {where!r}, hooked)
-        from gd_dask.cli import run
+        from gd_dask.interfaces.cli import run
         sys.argv = ["gd-dask", "refit", {str(tmp_path / "c.yaml")!r}, "--as-of", {as_of!r}]
         run()
     """)
@@ -75,7 +75,7 @@ def test_a_lock_left_by_a_killed_refit_is_no_lock(tmp_path):
     lock.write_text("")  # what a crash between creating the file and writing its holder left
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from gd_dask.registry import Registry
+        from gd_dask.artifacts.registry import Registry
         with Registry({cfg.registry.dir!r}, {cfg.name!r}).lock():
             print("locked", flush=True)
             time.sleep(60)
@@ -93,7 +93,7 @@ def test_a_lock_left_by_a_killed_refit_is_no_lock(tmp_path):
 
 
 def test_a_backfill_does_not_roll_production_back_unless_asked(tmp_path, threads):
-    from gd_dask.refit import refit
+    from gd_dask.jobs.refit import refit
 
     cfg = config(tmp_path)
     cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={
@@ -112,7 +112,7 @@ def test_a_backfill_does_not_roll_production_back_unless_asked(tmp_path, threads
 
 @pytest.mark.parametrize("bad", ["../../outside/evil", "2026-11-16T010101Z/../../x", "..", "nope"])
 def test_a_version_name_is_one_segment_that_exists(tmp_path, threads, bad):
-    from gd_dask.refit import refit
+    from gd_dask.jobs.refit import refit
 
     cfg = config(tmp_path)
     for day in range(2):
@@ -134,7 +134,7 @@ def _predict_killed_mid_swap(model, data, out) -> subprocess.CompletedProcess:
     the new set in (the two-rename swap, as on a disk that cannot exchange folders)."""
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from gd_dask import score
+        from gd_dask.jobs import score
         score._exchange = lambda a, b: False
         real, calls = score._move_tree, []
         def move(fs, src, dst):
@@ -143,7 +143,7 @@ def _predict_killed_mid_swap(model, data, out) -> subprocess.CompletedProcess:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(fs, src, dst)
         score._move_tree = move
-        from gd_dask.cli import run
+        from gd_dask.interfaces.cli import run
         sys.argv = ["gd-dask", "predict", {str(model)!r}, {str(data)!r}, {str(out)!r}, "--overwrite"]
         run()
     """)
@@ -151,7 +151,7 @@ def _predict_killed_mid_swap(model, data, out) -> subprocess.CompletedProcess:
 
 
 def test_a_predict_killed_mid_swap_is_completed_by_the_next_run_and_leaves_nothing_behind(tmp_path, threads):
-    from gd_dask.refit import refit
+    from gd_dask.jobs.refit import refit
 
     cfg = config(tmp_path)
     write_night(tmp_path / "data", 0, 0.5)
@@ -191,7 +191,7 @@ def test_a_release_killed_halfway_is_a_release(tmp_path, threads):
     """release writes released.json, then lifts the quarantine: killed between, the night
     stands in both, and counts as released (a release's first write); a hand quarantine
     removes the release first, so it never stands in both."""
-    from gd_dask.refit import refit
+    from gd_dask.jobs.refit import refit
 
     cfg = config(tmp_path)
     for day in range(4):

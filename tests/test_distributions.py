@@ -1,4 +1,4 @@
-"""The summary's t and F probabilities (gd_dask.distributions) against scipy.special,
+"""The summary's t and F probabilities (gd_dask.kernels.distributions) against scipy.special,
 which the summary used until its import was found to cost 0.3 s of every command."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from gd_dask import distributions as D
+from gd_dask.kernels import distributions as D
 
 DFS = [1, 2, 2.5, 3, 5, 10, 30, 77.5, 100, 199, 200, 201, 1e3, 1e4, 1e5, 1e6, 8e6]
 TS = [0, 1e-3, 0.1, 0.5, 1, 1.96, 2.5, 5, 10, 30, 100, 1e3, 1e5, -3, math.inf]

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import make_config, run_cli, write_parquet
 from gd_dask.data import holdout_rows, open_source, read_block
-from gd_dask.loop import LoopState, state_from_dict, state_to_dict
-from gd_dask.training import fit
+from gd_dask.optimization.descent import LoopState, state_from_dict, state_to_dict
+from gd_dask.jobs.training import fit
 
 FRACTION, SEED, PATIENCE, LR = 0.3, 11, 5, 0.1
 
@@ -151,7 +151,7 @@ def test_refit_refuses_a_validation_split(tmp_path):
 
 def test_sweep_stops_early_at_the_reference_epoch(client, tmp_path):
     """sweep trains every rate from one moments pass (fit_moments) and validates too."""
-    from gd_dask.sweep import sweep
+    from gd_dask.jobs.sweep import sweep
 
     X, y = _overfitting_problem()
     data = write_parquet(tmp_path / "d", X, y, n_files=3)

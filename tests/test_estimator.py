@@ -66,7 +66,7 @@ def test_columns_of_read_parquet_train_on_the_files_as_the_cli_does(current, tmp
     computed from them is read as a frame, and agrees to rounding."""
     import dask.dataframe as dd
 
-    from gd_dask.estimator import parquet_data
+    from gd_dask.interfaces.estimator import parquet_data
 
     X, y = _data(seed=4, n=3000)
     data = write_parquet(tmp_path / "d", X, y, n_files=3, row_group_rows=400)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, write_parquet
 from gd_dask import load_model
-from gd_dask.cli import main
+from gd_dask.interfaces.cli import main
 
 
 @pytest.fixture(scope="module")

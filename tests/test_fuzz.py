@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from conftest import make_config
 from gd_dask.config import RunConfig, parse_config
 from gd_dask.errors import ConfigError, GdDaskError
-from gd_dask.training import fit
+from gd_dask.jobs.training import fit
 
 KEYS = ["name", "data", "path", "features", "target", "filters", "missing", "model", "optimizer",
         "learning_rate", "epochs", "tol", "momentum", "strategy", "cluster", "address", "output", "dir",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gd_dask import gradient as g
+from gd_dask.kernels import gradient as g
 
 
 def _data(rng, n=500, d=3, mean=0.0):
@@ -128,7 +128,7 @@ def test_error_sums_give_scikit_learn_metrics(rng):
 def test_a_block_at_a_misaligned_address_gives_the_same_bits():
     """A cached block that moved between workers may arrive at an address that is no
     multiple of 8: NumPy's own loops (not BLAS) then gave other bits for X·m."""
-    from gd_dask import gradient as g
+    from gd_dask.kernels import gradient as g
 
     rng = np.random.default_rng(5)
     block = np.asfortranarray(rng.normal(size=(5000, 4)))

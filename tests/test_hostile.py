@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_parquet
-from gd_dask.registry import Registry
+from gd_dask.artifacts.registry import Registry
 from test_nightly_guard import config, night, write_night
 
 
@@ -97,7 +97,7 @@ def _flip_a_bit(m):
                                  lambda m: m.update(mean=m["mean"][:12]), lambda m: m.update(comoment="oops")],
                          ids=["bit", "n doubled", "short mean", "string"])
 def test_a_damaged_cache_entry_is_dropped_and_recomputed(tmp_path, threads, how, caplog):
-    from gd_dask.refit import refit
+    from gd_dask.jobs.refit import refit
 
     cfg = config(tmp_path)
     for day in range(5):
@@ -110,7 +110,7 @@ def test_a_damaged_cache_entry_is_dropped_and_recomputed(tmp_path, threads, how,
         refit(cfg_clean, threads, night(day))
     reg = Registry(cfg.registry.dir, cfg.name)
     assert _damage(reg, how) >= 3
-    with caplog.at_level(logging.WARNING, logger="gd_dask.stats_cache"):
+    with caplog.at_level(logging.WARNING, logger="gd_dask.artifacts.stats_cache"):
         out = refit(cfg, threads, night(4))
     assert out.status == "promoted", out.message
     assert "damaged" in caplog.text and "recomputed" in caplog.text
@@ -124,7 +124,7 @@ def test_a_file_replaced_mid_run_with_the_same_size_and_rows_is_named(tmp_path, 
     another of the same size and row count gave a model that matched neither."""
     from conftest import make_config
     from gd_dask.errors import DataError
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     X = rng.normal(size=(600, 2))
     data = write_parquet(tmp_path / "d", X, X @ [1.0, 2.0] + rng.normal(size=600), n_files=3)

@@ -13,9 +13,9 @@ import pytest
 
 from conftest import make_config, run_cli, write_parquet
 from dask_processes import DaskProcesses
-from gd_dask import gradient as g
-from gd_dask.losses import Logistic
-from gd_dask.training import fit
+from gd_dask.kernels import gradient as g
+from gd_dask.kernels.losses import Logistic
+from gd_dask.jobs.training import fit
 
 TRUE_M = np.array([1.2, -0.6, 2.0])
 TRUE_B = 0.3
@@ -355,8 +355,8 @@ def test_nightly_refits_of_a_classifier_warm_start_and_reject_shuffled_labels(cl
     from datetime import date, timedelta
 
     from gd_dask.config import validate_config
-    from gd_dask.refit import refit
-    from gd_dask.registry import Registry
+    from gd_dask.jobs.refit import refit
+    from gd_dask.artifacts.registry import Registry
 
     raw = {"name": "churn", "model": {"loss": "logistic"},
            "data": {"path": str(tmp_path / "data"), "features": ["x1", "x2"], "target": "y", "window_days": 3},

@@ -72,9 +72,9 @@ def test_the_holdout_holds_out_the_same_rows_whether_files_are_packed_or_not(sma
 def _fit_on_one_and_three_workers(small_files, cfg):
     """The result of fitting ``cfg`` on 1 worker, checked: the same bits on 3, and the
     least-squares solution of the rows."""
-    from gd_dask.cluster import connect
+    from gd_dask.runtime.cluster import connect
     from gd_dask.config import ClusterConfig
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     results = []
     for n in (1, 3):
@@ -96,7 +96,7 @@ def test_a_bad_value_in_a_packed_file_is_named_by_its_own_file(small_files, tmp_
     import pyarrow.parquet as pq
 
     from gd_dask.errors import DataError
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     root = tmp_path / "copy"
     data = write_parquet(root, small_files["X"][:4000], small_files["y"][:4000], n_files=100)
@@ -114,8 +114,8 @@ def test_per_file_statistics_of_packed_files_are_those_of_each_file_alone(small_
     """A refit caches statistics per file: a pack's task returns one result per file,
     the bits of that file read as a chunk of its own (on an object store the pack's
     files are fetched together first)."""
-    from gd_dask import gradient as g
-    from gd_dask.executor import Executor
+    from gd_dask.kernels import gradient as g
+    from gd_dask.runtime.executor import Executor
 
     data = small_files["data"]
     if where == "latency":
@@ -154,10 +154,10 @@ def test_latency_fs_plans_with_one_request_a_file_in_parallel_and_reads_the_same
 
     import fsspec
 
-    from gd_dask.cluster import connect
+    from gd_dask.runtime.cluster import connect
     from gd_dask.config import ClusterConfig, DataConfig
     from gd_dask.data import open_source
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     options = {"delay": 0.02}
     remote = {**small_files["data"], "path": "latency://" + small_files["data"]["path"], "storage_options": options}
@@ -287,7 +287,7 @@ def test_a_file_planned_from_the_listing_without_a_column_is_named_when_read(sma
     import pyarrow.parquet as pq
 
     from gd_dask.errors import DataError
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     root = tmp_path / "d"
     shutil.copytree(small_files["data"]["path"], root)
@@ -309,11 +309,11 @@ def test_a_pack_on_an_object_store_fetches_its_files_at_once_with_the_same_bits(
     after another (2 s), and train to the local bits."""
     import time
 
-    from gd_dask.cluster import connect
+    from gd_dask.runtime.cluster import connect
     from gd_dask.config import ClusterConfig
-    from gd_dask.executor import Executor
+    from gd_dask.runtime.executor import Executor
     from gd_dask.data import read
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     options = {"delay": 0.02}
     remote = {**small_files["data"], "path": "latency://" + small_files["data"]["path"], "storage_options": options}

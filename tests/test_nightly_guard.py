@@ -12,10 +12,10 @@ import pytest
 
 from conftest import run_cli
 from gd_dask.config import validate_config
-from gd_dask.gradient import Moments, block_moments
-from gd_dask.refit import refit
-from gd_dask.registry import Registry
-from gd_dask.validate import OwnFit
+from gd_dask.kernels.gradient import Moments, block_moments
+from gd_dask.jobs.refit import refit
+from gd_dask.artifacts.registry import Registry
+from gd_dask.jobs.guard import OwnFit
 
 START = date(2026, 11, 1)
 ROWS = 4000

@@ -6,8 +6,8 @@ import pytest
 from conftest import make_config, write_parquet
 from gd_dask.config import parse_config
 from gd_dask.errors import ConfigError
-from gd_dask.optim import schedule, soft_threshold
-from gd_dask.training import fit
+from gd_dask.optimization.rates import schedule, soft_threshold
+from gd_dask.jobs.training import fit
 
 
 def test_schedules_are_pure_functions_of_the_step():

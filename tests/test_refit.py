@@ -12,8 +12,8 @@ import pytest
 
 from conftest import run_cli
 from gd_dask.config import validate_config
-from gd_dask.registry import Registry
-from gd_dask.refit import refit
+from gd_dask.artifacts.registry import Registry
+from gd_dask.jobs.refit import refit
 
 START = date(2026, 11, 1)
 ROWS = 400
@@ -296,7 +296,7 @@ def test_a_night_reads_its_new_files_and_a_few_cache_objects_whatever_the_window
     """Issue 21: a night reads the new night's files (footers included) and at most
     CONSOLIDATE_NIGHTS + 1 cache objects, not one per night of the window or per file;
     what came from the cache, and how it was grouped, leaves the model's bits alone."""
-    from gd_dask import stats_cache
+    from gd_dask.artifacts import stats_cache
     from gd_dask.data import source
 
     def add_night(day: int, scale: float = 1.0):
@@ -363,7 +363,7 @@ def test_a_refit_over_files_planned_from_the_listing_gives_the_same_model(client
 def test_cached_moments_come_back_to_the_bit_and_earlier_releases_entries_still_count(tmp_path):
     """Entries keep float64 values as base64 of their bytes (exact, half the size of JSON
     numbers); a per-night object an earlier release wrote, with JSON lists, still reads."""
-    from gd_dask.gradient import Moments
+    from gd_dask.kernels.gradient import Moments
 
     rng = np.random.default_rng(3)
     mom = Moments(1234, rng.normal(size=3) * 1e7, rng.normal(size=(3, 3)) / 3)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import write_parquet
 from dask_processes import free_port
-from gd_dask.cli import main
+from gd_dask.interfaces.cli import main
 
 s3fs = pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
@@ -123,8 +123,8 @@ def test_a_two_night_refit_runs_entirely_on_s3(s3, tmp_path, client, capsys):
     from datetime import timedelta
 
     from gd_dask.config import validate_config
-    from gd_dask.refit import refit
-    from gd_dask.registry import Registry
+    from gd_dask.jobs.refit import refit
+    from gd_dask.artifacts.registry import Registry
     from test_refit import START, add_day
 
     local = tmp_path / "nightly"
@@ -181,7 +181,7 @@ def test_a_classifier_trains_evaluates_and_predicts_on_s3(s3, tmp_path, capsys):
 def test_the_s3_lock_is_a_conditional_create_exactly_one_of_two_wins(s3):
     import threading
 
-    from gd_dask.registry import Registry, RegistryError
+    from gd_dask.artifacts.registry import Registry, RegistryError
 
     reg = Registry("s3://lake/locks", "race", s3["options"])
     assert reg.conditional
@@ -210,7 +210,7 @@ def test_the_s3_lock_is_a_conditional_create_exactly_one_of_two_wins(s3):
 
 
 def test_current_json_is_replaced_by_compare_and_swap(s3):
-    from gd_dask.registry import Registry, RegistryError
+    from gd_dask.artifacts.registry import Registry, RegistryError
 
     reg = Registry("s3://lake/cas", "m", s3["options"])
     a = reg.new_version("2026-11-01", {"model.json": json.dumps({"m": [1.0], "b": 0.0, "features": ["x"]}),
@@ -233,8 +233,8 @@ def test_two_refits_started_together_exactly_one_promotes_the_other_fails(s3, tm
     from datetime import timedelta
 
     from gd_dask.config import validate_config
-    from gd_dask.refit import refit
-    from gd_dask.registry import Registry, RegistryError
+    from gd_dask.jobs.refit import refit
+    from gd_dask.artifacts.registry import Registry, RegistryError
     from test_refit import START, add_day
 
     local = tmp_path / "race"
@@ -319,7 +319,7 @@ def test_an_iceberg_table_on_s3_is_read_as_its_metadata_says(s3, tmp_path, threa
 
     from gd_dask.config import DataConfig
     from gd_dask.data import open_source
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
     from conftest import make_config
 
     props = {"uri": f"sqlite:///{tmp_path}/catalog.db", "warehouse": "s3://lake/iceberg",

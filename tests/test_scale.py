@@ -82,14 +82,14 @@ def test_embedded_workers_run_on_the_configured_arrow_pool(tmp_path):
     processes re-import the main module, and once that module imports pyarrow.compute
     (as gd-dask's entry point does) the nanny's ``env`` comes too late: workers silently
     ran on another allocator."""
-    from gd_dask.cluster import WORKER_ENV
+    from gd_dask.runtime.cluster import WORKER_ENV
 
     wanted = WORKER_ENV["ARROW_DEFAULT_MEMORY_POOL"]  # the fastest pool this pyarrow build has
     script = tmp_path / "pools.py"
     script.write_text(
         "import pyarrow.compute  # noqa: F401  (like the CLI: loaded before any cluster)\n"
         "from distributed import Client\n"
-        "from gd_dask.cluster import local_cluster\n"
+        "from gd_dask.runtime.cluster import local_cluster\n"
         "if __name__ == '__main__':\n"
         "    with local_cluster(n_workers=1, threads_per_worker=1, dashboard_address=':0') as lc, \\\n"
         "            Client(lc, set_as_default=False) as c:\n"
@@ -138,7 +138,7 @@ def test_row_groups_stream_above_the_chunk_size_with_the_same_bits(tmp_path):
     from gd_dask.config import DataConfig
     from gd_dask.data import open_source
     from gd_dask.data.read import BATCH_ROWS
-    from gd_dask.gradient import shifted_moments
+    from gd_dask.kernels.gradient import shifted_moments
 
     rng = np.random.default_rng(1)
     n = 3 * BATCH_ROWS + 123

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_config, run_cli, write_parquet
-from gd_dask.training import fit
+from gd_dask.jobs.training import fit
 
 
 def _regression(seed=0, n=20_000, d=4):
@@ -183,9 +183,9 @@ def _sequential_excess(X, y, batch, lr, epochs):
 def test_minibatch_on_several_chunks_makes_the_progress_of_sequential_sgd(threads, tmp_path, monkeypatch):
     """Issue 29 D13: the chunk models' mean made about 1/K of sequential SGD's progress
     per epoch on K chunks; the round's move is now scaled back (``sgd.Mixing``)."""
-    import gd_dask.prepare
+    import gd_dask.jobs.prepare
 
-    monkeypatch.setattr(gd_dask.prepare, "CHUNK_BYTES", 2 * 2**20)  # the same rows in 4 chunks
+    monkeypatch.setattr(gd_dask.jobs.prepare, "CHUNK_BYTES", 2 * 2**20)  # the same rows in 4 chunks
     X, y = _regression(seed=4, n=160_000, d=5)
     data = write_parquet(tmp_path / "d", X, y, n_files=4)
     batch, lr, epochs = 256, 0.002, 2

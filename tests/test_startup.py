@@ -17,9 +17,9 @@ from conftest import ROOT, write_parquet
 def test_processes_auto_means_threads_for_data_that_fits_and_processes_otherwise():
     from types import SimpleNamespace
 
-    from gd_dask.cluster import THREADS_DATA_FRACTION, THREADS_MAX_FILES, use_processes
+    from gd_dask.runtime.cluster import THREADS_DATA_FRACTION, THREADS_MAX_FILES, use_processes
     from gd_dask.config import ClusterConfig
-    from gd_dask.threads import system_memory
+    from gd_dask.runtime.threads import system_memory
 
     def data(nbytes, files=8):
         return SimpleNamespace(nbytes=nbytes, files=[{}] * files)
@@ -43,7 +43,7 @@ def test_a_small_job_imports_neither_distributed_nor_pandas_nor_matplotlib(tmp_p
     data = write_parquet(tmp_path / "d", X, X @ [1.0, 2.0] + 1.0, n_files=3)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(json.dumps({"name": "small", "data": data, "output": {"dir": str(tmp_path / "out")}}))
-    probe = ("import sys\nfrom gd_dask.cli import main\n"
+    probe = ("import sys\nfrom gd_dask.interfaces.cli import main\n"
              f"code = main(['train', {str(cfg)!r}])\n"
              "print(code, sorted(m for m in ('distributed', 'pandas', 'matplotlib') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -85,7 +85,7 @@ def test_arrow_columns_become_the_float64_values_arrow_gives_nulls_as_nan(arr):
 def test_loss_png_is_a_picture_of_the_contract_size_whatever_the_losses(losses):
     from PIL import Image
 
-    from gd_dask.lossplot import HEIGHT, WIDTH, loss_png
+    from gd_dask.artifacts.lossplot import HEIGHT, WIDTH, loss_png
 
     png = loss_png([{"epoch": i + 1, "loss": v} for i, v in enumerate(losses)], "a title", "mean squared error")
     img = Image.open(io.BytesIO(png))

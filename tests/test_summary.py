@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_config, run_cli, write_parquet
-from gd_dask.training import fit
+from gd_dask.jobs.training import fit
 
 sm = pytest.importorskip("statsmodels.api")
 
@@ -104,8 +104,8 @@ def test_no_residual_degrees_of_freedom_gives_no_f_instead_of_an_error():
     The summary reports what is defined and leaves F, σ² and the t tests empty, as
     statsmodels does (it gives nan); found by the fuzz test as a ZeroDivisionError when
     rounding left SSR a hair above 0."""
-    from gd_dask.gradient import Moments
-    from gd_dask.inference import summarize
+    from gd_dask.kernels.gradient import Moments
+    from gd_dask.artifacts.summary import summarize
 
     mom = Moments(2, np.array([-0.0031873, 0.3726614]),
                   np.array([[0.03323947, 0.06903825], [0.06903825, 0.14339219]]))
@@ -118,9 +118,9 @@ def test_ssr_from_the_moments_keeps_its_promise_where_no_residual_pass_is_taken(
     under SSR_ACCURACY, so no pass over the residuals is taken, and the summary's SSR,
     R², F and residual SD still agree with the exact ones (residuals in extended
     precision, at the same coefficients) to the 9 digits the summary promises."""
-    from gd_dask import inference
-    from gd_dask.certify import sums_accuracy
-    from gd_dask.gradient import block_moments
+    from gd_dask.artifacts import summary as inference
+    from gd_dask.optimization.certify import sums_accuracy
+    from gd_dask.kernels.gradient import block_moments
 
     rng = np.random.default_rng(7)
     n = 200_000

@@ -48,7 +48,7 @@ def history(tmp_path, rng):
 def test_a_delta_table_is_read_as_its_log_says_not_as_its_folder(history, tmp_path, threads):
     from deltalake import DeltaTable
 
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     live = DeltaTable(history).to_pyarrow_table()
     on_disk = len(list(history.rglob("*.parquet")))
@@ -111,7 +111,7 @@ def _deletion_vector(positions) -> dict:
 def test_deletion_vectors_drop_exactly_their_rows(tmp_path, rng, threads):
     from deltalake import DeltaTable, write_deltalake
 
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     path = tmp_path / "dv"
     rows = _rows(rng, 3000, 1.0)
@@ -159,8 +159,8 @@ def test_nightly_refits_on_a_delta_table_read_its_live_files(tmp_path, rng, thre
     from deltalake import DeltaTable, write_deltalake
 
     from gd_dask.config import validate_config
-    from gd_dask.refit import refit
-    from gd_dask.registry import Registry
+    from gd_dask.jobs.refit import refit
+    from gd_dask.artifacts.registry import Registry
 
     path = tmp_path / "table"
 
@@ -194,8 +194,8 @@ def test_a_rerun_reads_the_snapshot_its_first_run_read(tmp_path, rng, threads):
     from deltalake import DeltaTable, write_deltalake
 
     from gd_dask.config import validate_config
-    from gd_dask.refit import refit
-    from gd_dask.registry import Registry
+    from gd_dask.jobs.refit import refit
+    from gd_dask.artifacts.registry import Registry
 
     path = tmp_path / "table"
     for day in range(3):
@@ -303,7 +303,7 @@ def test_iceberg_position_deletes_are_applied_and_renamed_columns_refused(catalo
     from gd_dask.config import DataConfig
     from gd_dask.data import open_source
     from gd_dask.errors import ConfigError
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     cat, _ = catalog
     t = cat.create_table("nightly.pd", schema=_rows(rng, 1, 1.0).schema)
@@ -344,8 +344,8 @@ def test_nightly_refits_on_an_iceberg_table_take_the_window_from_its_partitions(
     from pyiceberg.transforms import IdentityTransform
 
     from gd_dask.config import validate_config
-    from gd_dask.refit import refit
-    from gd_dask.registry import Registry
+    from gd_dask.jobs.refit import refit
+    from gd_dask.artifacts.registry import Registry
 
     cat, props = catalog
 
@@ -399,7 +399,7 @@ def test_a_table_of_many_files_is_planned_from_its_log_without_reading_footers(t
     src = open_source(DataConfig(**_data(f"latency://{root}", storage_options={"delay": 0.0})))
     assert src.n_rows == 60_000 and len(src.files) == 1200
     assert LatencyFileSystem.requests - before <= 3
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     res = fit(make_config(_data(root), tmp_path), threads)  # the tasks read the footers, check the log's rows
     np.testing.assert_allclose(np.append(res.m, res.b), _lstsq(pq.read_table(seed)), rtol=1e-8)
@@ -419,7 +419,7 @@ def test_vacuum_and_an_added_column(history, tmp_path, threads):
 
     from gd_dask.config import DataConfig
     from gd_dask.errors import DataError
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     dt = DeltaTable(history)
     removed = dt.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)

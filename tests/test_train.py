@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import make_config, write_parquet
-from gd_dask.training import fit
+from gd_dask.jobs.training import fit
 
 
 def numpy_gd(X, y, lr, epochs, standardize, fit_intercept=True):

@@ -35,7 +35,7 @@ def _expected(df):
 
 
 def _fit(path, tmp_path, threads):
-    from gd_dask.training import fit
+    from gd_dask.jobs.training import fit
 
     res = fit(make_config({"path": str(path), "features": ["x0", "x1"], "target": "y"}, tmp_path / "o"), threads)
     return res

@@ -1,5 +1,5 @@
 """A dask DataFrame as a source: its partitions are the chunks, read by the workers that
-hold or compute them. For the scikit-learn estimators (``gd_dask.estimator``): the rows
+hold or compute them. For the scikit-learn estimators (``gd_dask.interfaces.estimator``): the rows
 never come to the client and nothing is written to disk.
 
 ``FrameSource`` offers what the executor and ``prepare`` use of a ``ParquetSource``:
@@ -41,7 +41,7 @@ class FrameSpec:
     def slices(self, part, rows: int, shifted: bool = False):
         """``gradient.block_slices`` (or ``block_slices_shifted``) of the partition's
         block: the same bits as the cached path."""
-        from .. import gradient as g
+        from ..kernels import gradient as g
 
         block = self.block(part)
         return g.block_slices_shifted(block, rows) if shifted else g.block_slices(block, rows)
@@ -110,7 +110,7 @@ def _read_parquet_of(obj):
 
 def parquet_data(X, y, w) -> dict | None:
     """The ``data`` section that reads what ``X``, ``y`` and ``w`` hold where they are all
-    columns of one ``dd.read_parquet``: the estimators (``gd_dask.estimator``) then
+    columns of one ``dd.read_parquet``: the estimators (``gd_dask.interfaces.estimator``) then
     train as ``gd-dask train`` does on those files (same reads, same bits) instead of through dask's own reader."""
     import dask.dataframe as dd
 

@@ -23,9 +23,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .certify import sums_accuracy
-from .distributions import f_upper, t_quantile, t_two_sided
-from .gradient import gram_sums
+from ..optimization.certify import sums_accuracy
+from ..kernels.distributions import f_upper, t_quantile, t_two_sided
+from ..kernels.gradient import gram_sums
 
 #: Two-sided level of the confidence intervals.
 CONFIDENCE = 0.95

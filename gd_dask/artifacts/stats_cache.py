@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from .gradient import Moments
+from ..kernels.gradient import Moments
 
 log = logging.getLogger(__name__)
 

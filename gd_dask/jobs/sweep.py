@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from .data import open_source
-from .errors import TrainingError
+from ..data import open_source
+from ..errors import TrainingError
 from .prepare import pick_strategy, prepare
 from .training import fit, fit_moments
 

@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import gradient as g
-from . import inference, sgd, store
-from .certify import CoefficientBound, LocalBound, digits
-from .data import ParquetSource
-from .executor import Executor
-from .loop import Checkpoints, Descent, LoopState, Rules, criterion_name, gradient_at, state_from_dict, state_to_dict
-from .optim import Curvature, Rates
+from ..kernels import gradient as g
+from ..artifacts import summary as inference, store
+from ..optimization import sgd
+from ..optimization.certify import CoefficientBound, LocalBound, digits
+from ..data import ParquetSource
+from ..runtime.executor import Executor
+from ..optimization.descent import Checkpoints, Descent, LoopState, Rules, criterion_name, gradient_at, state_from_dict, state_to_dict
+from ..optimization.rates import Curvature, Rates
 from .prepare import Prepared, Setup, prepare
-from .refine import AUTO_PASSES, refine
+from ..optimization.refine import AUTO_PASSES, refine
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import ArtifactError, GdDaskError
+from ..errors import ArtifactError, GdDaskError
 from .stats_cache import StatsCache
 from .store import atomic_write, is_url, load_model
 

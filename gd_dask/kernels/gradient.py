@@ -145,7 +145,7 @@ def sgd_block(zs, theta, index: int, plan: SGDPlan, loss: Loss = SQUARED, weight
     thresholding by η_t·l1 (proximal SGD for lasso); t counts this chunk's steps from the
     first epoch.
     """
-    from .optim import schedule, soft_threshold
+    from ..optimization.rates import schedule, soft_threshold
 
     X, y, w = split_block(aligned(zs), weighted)
     n, d = X.shape

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import interrupt, losses
-from .errors import ClusterError, TrainingError
-from .optim import (Curvature, HeavyBallState, Rates, choose_rates, heavy_ball, schedule, soft_threshold,
+from .. import interrupt
+from ..kernels import losses
+from ..errors import ClusterError, TrainingError
+from .rates import (Curvature, HeavyBallState, Rates, choose_rates, heavy_ball, schedule, soft_threshold,
                     stable_limit)
 
 #: Epochs of consecutive loss growth (above the starting loss) that count as divergence.

@@ -15,9 +15,9 @@ import traceback
 
 import click
 
-from . import __version__
-from . import losses
-from .errors import ArtifactError, ClusterError, ConfigError, GdDaskError
+from .. import __version__
+from ..kernels import losses
+from ..errors import ArtifactError, ClusterError, ConfigError, GdDaskError
 
 log = logging.getLogger("gd_dask")
 _state = {"debug": False}
@@ -38,7 +38,7 @@ def _setup_logging(verbose: int) -> None:
 def _parse_storage_options(ctx, param, value):
     if not value:
         return {}
-    from .config import safe_load
+    from ..config import safe_load
 
     try:
         parsed = safe_load(value)
@@ -98,7 +98,7 @@ def cli(debug: bool, verbose: int) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 def make_data(out_dir, rows, features, days, files_per_day, seed):
     """Write the students' height → weight example as DIR/date=YYYY-MM-DD/part-NNNN.parquet."""
-    from .makedata import make_students
+    from ..jobs.makedata import make_students
 
     truth = make_students(out_dir, rows=rows, features=features, days=days,
                           files_per_day=files_per_day, seed=seed)
@@ -117,7 +117,7 @@ def make_data(out_dir, rows, features, days, files_per_day, seed):
 def train(config, overrides, scheduler, no_plot):
     """Train m and b as CONFIG describes; write model.json and history.csv."""
     from .api import run
-    from .config import load_config
+    from ..config import load_config
 
     cfg = load_config(config, overrides)
     result, path = run(cfg, scheduler, on_epoch=_Progress(cfg.optimizer.epochs), plot=not no_plot)
@@ -153,12 +153,12 @@ def sweep(config, rates, overrides, scheduler):
     """Train once per learning rate; plot the curves (sweep.png) and print a table."""
     from pathlib import Path
 
-    from .cluster import connect
-    from .config import load_config
-    from .data import open_source
-    from .plots import sweep_png
-    from .store import atomic_write, check_writable
-    from .sweep import sweep as run_sweep
+    from ..runtime.cluster import connect
+    from ..config import load_config
+    from ..data import open_source
+    from ..artifacts.plots import sweep_png
+    from ..artifacts.store import atomic_write, check_writable
+    from ..jobs.sweep import sweep as run_sweep
 
     cfg = load_config(config, overrides)
     parsed = []
@@ -202,9 +202,9 @@ def refit(config, as_of, overrides, scheduler, allow_rollback):
     refit appends a line to registry.dir/NAME/events.jsonl (``gd-dask models history``)."""
     from datetime import date, datetime, timezone
 
-    from .cluster import connect
-    from .config import load_config
-    from .refit import refit as run_refit, window_size
+    from ..runtime.cluster import connect
+    from ..config import load_config
+    from ..jobs.refit import refit as run_refit, window_size
 
     cfg = load_config(config, overrides)
     try:
@@ -228,7 +228,7 @@ def models():
 def _registry(model: str, storage_options: dict | None = None):
     import posixpath
 
-    from .registry import Registry
+    from ..artifacts.registry import Registry
 
     model = model.rstrip("/")
     reg = Registry(posixpath.dirname(model) or ".", posixpath.basename(model), storage_options)
@@ -260,7 +260,7 @@ def models_list(model, storage_options):
 @_storage_option
 def models_show(model, version, storage_options):
     """model.json and verdict of VERSION (default: the current one) as JSON."""
-    from .store import load_model as read
+    from ..artifacts.store import load_model as read
 
     reg = _registry(model, storage_options)
     version = version or reg.current()
@@ -296,8 +296,8 @@ def models_history(model, as_json, plot_path, storage_options):
         click.echo(f"{e['as_of']:<11} {status:<14} {metric:<9} {_g(ch):>12} {_g(cur):>12} "
                    f"{e.get('files_read', 0):>6} {e.get('seconds', 0):>8.2f}  {e.get('version') or ''}")
     if plot_path:
-        from .plots import history_png
-        from .store import atomic_write
+        from ..artifacts.plots import history_png
+        from ..artifacts.store import atomic_write
 
         atomic_write(plot_path, history_png(events, f"{reg.name}: promotion metric by night"), storage_options)
         click.echo(f"wrote {plot_path}")
@@ -310,7 +310,7 @@ def models_history(model, as_json, plot_path, storage_options):
 def models_release(model, night, storage_options):
     """Undo a false alarm: NIGHT (YYYY-MM-DD) leaves quarantine and its checks are waived;
     the next refit trains on it, and a rerun of its as-of date judges it again."""
-    from .registry import utc_now
+    from ..artifacts.registry import utc_now
 
     reg, day = _registry(model, storage_options), _night(night)
     with reg.lock():
@@ -327,7 +327,7 @@ def models_release(model, night, storage_options):
 def models_quarantine(model, night, reason, storage_options):
     """Refuse NIGHT (YYYY-MM-DD) by hand: no refit trains on it or judges by it, and a
     refit as of NIGHT exits 3. The current model stays."""
-    from .registry import utc_now
+    from ..artifacts.registry import utc_now
 
     reg, day = _registry(model, storage_options), _night(night)
     with reg.lock():
@@ -358,7 +358,7 @@ def _g(x) -> str:
 @_storage_option
 def models_diff(model, v1, v2, as_json, storage_options):
     """Two versions of MODEL side by side: coefficients, metrics and data windows."""
-    from .store import load_model as read
+    from ..artifacts.store import load_model as read
 
     reg = _registry(model, storage_options)
     docs = [read(reg.url(f"{reg.version_dir(v)}/model.json"), storage_options) for v in (v1, v2)]
@@ -408,10 +408,10 @@ def evaluate(model_json, data_path, scheduler, storage_options):
     """Print the metrics of MODEL_JSON on DATA_PATH as JSON (one pass): n, mse, rmse, mae
     and r2; for a classifier log_loss, accuracy, precision, recall, roc_auc (with its
     histogram error bound roc_auc_error) and brier."""
-    from .cluster import connect
-    from .config import ClusterConfig
-    from .model import load_model
-    from .score import evaluate as run_evaluate, open_for
+    from ..runtime.cluster import connect
+    from ..config import ClusterConfig
+    from ..artifacts.model import load_model
+    from ..jobs.score import evaluate as run_evaluate, open_for
 
     model = load_model(model_json, storage_options)
     source = open_for(model, data_path, storage_options)
@@ -435,10 +435,10 @@ def predict(model_json, data_path, out_dir, keys, overwrite, threshold, schedule
 
     OUT_DIR must be outside the data, and empty unless --overwrite; it is written whole
     (staged next to it, then moved into place)."""
-    from .cluster import connect
-    from .config import ClusterConfig
-    from .model import load_model
-    from .score import open_for, predict as run_predict
+    from ..runtime.cluster import connect
+    from ..config import ClusterConfig
+    from ..artifacts.model import load_model
+    from ..jobs.score import open_for, predict as run_predict
 
     model = load_model(model_json, storage_options)
     if threshold is not None and model.loss.task != "classification":
@@ -459,8 +459,8 @@ def summary(model_json, as_json, storage_options):
     """Print the statistical summary of MODEL_JSON: each coefficient's standard error, t,
     p value and 95% interval; R², adjusted R², F, log-likelihood, AIC, BIC (from the
     moments of training; no pass over the data)."""
-    from .inference import table
-    from .store import load_model as load_document
+    from ..artifacts.summary import table
+    from ..artifacts.store import load_model as load_document
 
     doc = load_document(model_json, storage_options)
     s = doc.get("summary")
@@ -479,7 +479,7 @@ def summary(model_json, as_json, storage_options):
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
 def config_check(config, overrides):
     """Validate CONFIG without running anything; print the resolved config as JSON."""
-    from .config import load_config
+    from ..config import load_config
 
     cfg = load_config(config, overrides)
     click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
@@ -488,7 +488,7 @@ def config_check(config, overrides):
 @cli.command("config-schema")
 def config_schema():
     """Print the JSON Schema of run configs (for editors)."""
-    from .config import config_schema as schema
+    from ..config import config_schema as schema
 
     click.echo(json.dumps(schema(), indent=2))
 
@@ -523,7 +523,7 @@ def main(argv=None) -> int:
     import contextlib
     import threading
 
-    from .interrupt import installed
+    from ..interrupt import installed
 
     # Ctrl-C and SIGTERM: a clean stop at an epoch boundary (``interrupt``).
     guard = installed() if threading.current_thread() is threading.main_thread() else contextlib.nullcontext()

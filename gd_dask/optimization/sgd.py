@@ -23,10 +23,10 @@ import time
 
 import numpy as np
 
-from . import gradient as g
-from . import interrupt
-from .errors import TrainingError
-from .loop import LoopState, _watch, keep_row, save_now
+from ..kernels import gradient as g
+from .. import interrupt
+from ..errors import TrainingError
+from .descent import LoopState, _watch, keep_row, save_now
 
 #: Relative improvement of the epoch's training loss that counts, for ``epochs: auto``
 #: (scikit-learn's SGD default tol).
@@ -190,7 +190,7 @@ def _steps(cfg, source) -> int:
 
 def _rate(plan: g.SGDPlan, step: int) -> float:
     """The rate at ``step`` (history's learning_rate: the largest chunk's last step)."""
-    from .optim import schedule
+    from .rates import schedule
 
     name, eta0, power_t, step_size, gamma = plan.rate
     return float(schedule(name, eta0, power_t=power_t, step_size=step_size, gamma=gamma, alpha=plan.l2)(step))

@@ -18,13 +18,13 @@ from functools import reduce
 import dask
 import numpy as np
 
-from . import gradient as g
+from ..kernels import gradient as g
 from .cluster import compute, large_graphs_quiet
-from .compensated import RefineSums, add_refine, refine_sums
-from .data import Pack, ParquetSource, count_nonfinite
-from .data.read import pack_files
-from .data.write import predict_file
-from .losses import SQUARED, Loss
+from ..kernels.compensated import RefineSums, add_refine, refine_sums
+from ..data import Pack, ParquetSource, count_nonfinite
+from ..data.read import pack_files
+from ..data.write import predict_file
+from ..kernels.losses import SQUARED, Loss
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import gradient as g
-from . import losses
-from .certify import CoefficientBound, LocalBound, ProxBound
-from .data import CHUNK_BYTES, Pack, ParquetSource, open_source
-from .errors import DataError
-from .executor import Executor, chunk_bytes_for, decide_cache
-from .optim import Curvature, choose_rates
-from .refine import Refiner
+from ..kernels import gradient as g
+from ..kernels import losses
+from ..optimization.certify import CoefficientBound, LocalBound, ProxBound
+from ..data import CHUNK_BYTES, Pack, ParquetSource, open_source
+from ..errors import DataError
+from ..runtime.executor import Executor, chunk_bytes_for, decide_cache
+from ..optimization.rates import Curvature, choose_rates
+from ..optimization.refine import Refiner
 
 log = logging.getLogger(__name__)
 

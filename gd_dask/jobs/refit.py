@@ -24,14 +24,16 @@ from datetime import date, datetime, timezone
 
 import numpy as np
 
-from . import gradient as g
-from . import interrupt, losses, validate
-from .data import CHUNK_BYTES, ParquetSource, open_source
-from .data.source import Listing, file_stamp, list_data, deleted_positions
-from .errors import ArtifactError, ConfigError, DataError
-from .executor import Executor, chunk_bytes_for
-from .registry import Registry, RegistryError
-from .store import history_csv, model_document
+from ..kernels import gradient as g
+from .. import interrupt
+from ..kernels import losses
+from . import guard as validate
+from ..data import CHUNK_BYTES, ParquetSource, open_source
+from ..data.source import Listing, file_stamp, list_data, deleted_positions
+from ..errors import ArtifactError, ConfigError, DataError
+from ..runtime.executor import Executor, chunk_bytes_for
+from ..artifacts.registry import Registry, RegistryError
+from ..artifacts.store import history_csv, model_document
 from .prepare import pick_strategy
 from .training import fit, fit_moments
 

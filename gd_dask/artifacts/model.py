@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import losses
-from .config import ModelConfig
-from .errors import ArtifactError
-from .losses import Loss
+from ..kernels import losses
+from ..config import ModelConfig
+from ..errors import ArtifactError
+from ..kernels.losses import Loss
 from .store import load_model as _load_document
 
 

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .gradient import Moments
-from .losses import LOWER_IS_BETTER
+from ..kernels.gradient import Moments
+from ..kernels.losses import LOWER_IS_BETTER
 
 #: Earlier nights the label checks and the staleness report compare with.
 RECENT_NIGHTS = 5

@@ -12,9 +12,9 @@ import time
 import warnings
 import weakref
 
-from . import __version__
-from .data.read import fast_pool_name
-from .errors import ClusterError, first_line as _first_line
+from .. import __version__
+from ..data.read import fast_pool_name
+from ..errors import ClusterError, first_line as _first_line
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +190,11 @@ def _security(tls):
 WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": fast_pool_name()}
 
 
-#: Modules embedded workers import as they start: ``gd_dask.worker`` imports the read
+#: Modules embedded workers import as they start: ``gd_dask.runtime.worker`` imports the read
 #: path and the kernels (pyarrow.parquet…), so the first pass does not wait on them, the
 #: workers importing in parallel while the cluster starts, and sets each worker up
 #: (``worker.dask_setup``).
-WORKER_PRELOAD = ("gd_dask.worker",)
+WORKER_PRELOAD = ("gd_dask.runtime.worker",)
 
 
 def local_cluster(**kwargs):
@@ -250,7 +250,7 @@ def _fast_pool():
     process, as worker processes have it (``WORKER_ENV``); the caller's pool after."""
     import pyarrow as pa
 
-    from .data.read import use_fast_pool
+    from ..data.read import use_fast_pool
 
     before = pa.default_memory_pool()
     use_fast_pool()

@@ -12,12 +12,12 @@ import uuid
 import fsspec
 import numpy as np
 
-from .config import DataConfig
-from .data import open_source
-from .data.read import is_local
-from .errors import ConfigError, DataError, PredictionOverflow
-from .executor import Executor
-from .model import Model
+from ..config import DataConfig
+from ..data import open_source
+from ..data.read import is_local
+from ..errors import ConfigError, DataError, PredictionOverflow
+from ..runtime.executor import Executor
+from ..artifacts.model import Model
 
 log = logging.getLogger(__name__)
 

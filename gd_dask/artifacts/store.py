@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, losses
-from .errors import ArtifactError, first_line as _first_line
+from .. import __version__
+from ..kernels import losses
+from ..errors import ArtifactError, first_line as _first_line
 
 FORMAT = "gd_dask.model/1"
 _UMASK = os.umask(0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def resolve_config(config, overrides=None):
@@ -17,7 +17,7 @@ def resolve_config(config, overrides=None):
     ``RunConfig``, with ``key.path=value`` overrides applied."""
     import copy
 
-    from .config import RunConfig, apply_override, load_config, validate_config
+    from ..config import RunConfig, apply_override, load_config, validate_config
 
     overrides = list(overrides or [])
     if isinstance(config, (str, Path)):
@@ -37,10 +37,10 @@ def run(cfg, scheduler: str | None = None, on_epoch=None, plot: bool = True, cli
 
     ``client``: a ``distributed.Client`` to use; else ``scheduler`` or ``cfg.cluster``
     (an embedded cluster by default), connected for this run only."""
-    from .cluster import connect
-    from .data import open_source
-    from .store import check_writable, save_run
-    from .training import fit
+    from ..runtime.cluster import connect
+    from ..data import open_source
+    from ..artifacts.store import check_writable, save_run
+    from ..jobs.training import fit
 
     check_writable(cfg.output_dir, cfg.data.storage_options)
     source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
@@ -54,7 +54,7 @@ def run(cfg, scheduler: str | None = None, on_epoch=None, plot: bool = True, cli
 
 def train(config, overrides=None, scheduler: str | None = None):
     """Run the YAML job ``config`` (a path, a mapping or a ``RunConfig``) from Python, as
-    ``gd-dask train`` would, and return the trained model (``gd_dask.model.Model``).
+    ``gd-dask train`` would, and return the trained model (``gd_dask.artifacts.model.Model``).
 
     Parameters
     ----------
@@ -63,7 +63,7 @@ def train(config, overrides=None, scheduler: str | None = None):
     scheduler : str, optional
         Address of a running dask scheduler (as ``--scheduler``).
     """
-    from .model import load_model
+    from ..artifacts.model import load_model
 
     cfg = resolve_config(config, overrides)
     _, path = run(cfg, scheduler)

@@ -39,6 +39,6 @@ def dask_setup(worker):
     """Called by distributed in each embedded worker as it starts, this module being its
     preload (``cluster.WORKER_PRELOAD``): the read path and kernels imported now, so the
     first pass does not wait on them, and ``set_up``."""
-    import gd_dask.executor  # noqa: F401
+    import gd_dask.runtime.executor  # noqa: F401
 
     set_up()

@@ -28,10 +28,10 @@ import time
 
 import numpy as np
 
-from . import compensated as c
+from ..kernels import compensated as c
 from .certify import EPS, EPS_LONG
-from .gradient import Standardizer
-from .optim import Curvature, choose_rates
+from ..kernels.gradient import Standardizer
+from .rates import Curvature, choose_rates
 
 log = logging.getLogger(__name__)
 

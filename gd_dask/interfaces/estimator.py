@@ -20,10 +20,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from . import inference
-from .config import ModelConfig, OptimizerConfig, validate_config
-from .data.frame import FrameSource, parquet_data
-from .errors import GdDaskError
+from ..artifacts import summary as inference
+from ..config import ModelConfig, OptimizerConfig, validate_config
+from ..data.frame import FrameSource, parquet_data
+from ..errors import GdDaskError
 
 #: Rows per partition of in-memory data: the chunk size for 8 features (128 MiB).
 PARTITION_ROWS = 2_000_000
@@ -73,7 +73,7 @@ def _client():
         if _embedded["client"] is None:
             from distributed import Client
 
-            from .cluster import local_cluster, quiet_distributed
+            from ..runtime.cluster import local_cluster, quiet_distributed
 
             quiet_distributed()
             cluster = local_cluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0")
@@ -156,7 +156,7 @@ class _Base(BaseEstimator):
 
     def fit(self, X, y, sample_weight=None):
         """Train on X (n, d) and y (n,): NumPy, pandas, a dask array or DataFrame."""
-        from .training import fit
+        from ..jobs.training import fit
 
         client = _client()
         w = sample_weight
@@ -288,7 +288,7 @@ class LogisticRegression(ClassifierMixin, _Base):
         return self._eta(X)
 
     def predict_proba(self, X):
-        from .losses import Logistic
+        from ..kernels.losses import Logistic
 
         p = Logistic().predict(self._eta(X))
         if _is_dask(p):
