@@ -1,6 +1,6 @@
 """gd_dask: linear regression by gradient descent on Dask, from partitioned Parquet data."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 def load_model(path, storage_options=None):

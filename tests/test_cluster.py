@@ -381,13 +381,13 @@ def test_results_arrive_whatever_moment_a_wait_slice_ends(client, monkeypatch):
 
     import dask
 
-    from gd_dask.runtime import cluster
+    from gd_dask.runtime import waiting
 
-    monkeypatch.setattr(cluster, "POLL_SECONDS", 0.0005)
+    monkeypatch.setattr(waiting, "POLL_SECONDS", 0.0005)
     rng = random.Random(3)
     for i in range(150):
         parts = [dask.delayed(time.sleep)(rng.random() * 0.003, dask_key_name=f"nap-{i}-{j}") for j in range(4)]
-        assert cluster.compute(client, parts) == [None] * 4
+        assert waiting.compute(client, parts) == [None] * 4
 
 
 def test_threads_of_this_process_read_on_the_fast_pool_and_give_the_callers_back():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..kernels import losses
 from ..errors import ArtifactError, first_line as _first_line
 

@@ -15,7 +15,7 @@ import traceback
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..kernels import losses
 from ..errors import ArtifactError, ClusterError, ConfigError, GdDaskError
 

@@ -19,7 +19,7 @@ import dask
 import numpy as np
 
 from ..kernels import gradient as g
-from .cluster import compute, large_graphs_quiet
+from .waiting import compute, large_graphs_quiet
 from ..kernels.compensated import RefineSums, add_refine, refine_sums
 from ..data import Pack, ParquetSource, count_nonfinite
 from ..data.read import pack_files
@@ -118,7 +118,7 @@ class Executor:
         self.scaling: g.Standardizer | None = None
 
     def _compute(self, graphs):
-        """``cluster.compute``, explaining a worker that keeps dying by the data's sizes."""
+        """``waiting.compute``, explaining a worker that keeps dying by the data's sizes."""
         return compute(self.client, graphs, explain=self._memory_hint)
 
     def _memory_hint(self) -> str:

@@ -1,5 +1,5 @@
 """The embedded cluster as threads of this process: dask's threaded scheduler behind the
-few ``distributed.Client`` methods gd_dask calls (``compute`` through ``cluster.compute``,
+few ``distributed.Client`` methods gd_dask calls (``compute`` through ``waiting.compute``,
 ``persist``, ``scheduler_info``, ``close``).
 
 For a job whose data fits comfortably in memory (``cluster.processes: auto``), starting a
