@@ -75,7 +75,7 @@ def oracle_slope(truths: dict, day: int, bad=()) -> float:
     slope of its training nights' rows (the window's last ``WINDOW_DAYS`` nights without the
     ``bad`` ones, less the newest ``HOLDOUT_DAYS``) with their labels free of noise.
     ``truths``: {night: moments of [x, true y]} (``write_night``)."""
-    from gd_dask.kernels.gradient import merge_all
+    from gd_dask.kernels.moments import merge_all
 
     window = [d for d in range(day + 1) if d not in bad][-WINDOW_DAYS:]
     train = window[:-HOLDOUT_DAYS] or window
@@ -99,7 +99,7 @@ def bad_nights(nights: int, seed: int = 28) -> dict[int, str]:
 
 def write_night(root: Path, scenario: str, day: int, rows: int, kind: str | None = None):
     """Night ``day``'s file; returns the moments of its features and noise-free labels."""
-    from gd_dask.kernels.gradient import block_moments
+    from gd_dask.kernels.moments import block_moments
 
     t = truth(scenario, day)
     rng = np.random.default_rng(day * 7919 + SCENARIOS.index(scenario))

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_config, write_parquet
-from gd_dask.kernels import compensated, gradient as g
+from gd_dask.kernels import compensated
+from gd_dask.kernels.moments import block_moments
 from gd_dask.optimization.certify import ZERO_FLOOR
 from gd_dask.config import validate_config
 from gd_dask.jobs.training import fit, fit_moments
@@ -75,7 +76,7 @@ def in_memory_fit(X, y, w=None, **sections):
     """``fit_moments`` with refinement passes over the rows in memory: the client side
     of the real path (the moments and the passes are what a cluster would return)."""
     Z = np.column_stack([X, y] + ([w] if w is not None else []))
-    mom = g.block_moments(Z, weighted=w is not None)
+    mom = block_moments(Z, weighted=w is not None)
     raw = {"name": "t", "data": {"path": "unused", "features": [f"x{j}" for j in range(X.shape[1])],
                                  "target": "y", "weight": "w" if w is not None else None}}
     for key, value in sections.items():

@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 from gd_dask.kernels import gradient as g
+from gd_dask.kernels.blocks import fold_block
+from gd_dask.kernels.metrics import add_errors, block_errors, error_metrics
+from gd_dask.kernels.moments import Standardizer, block_moments, gram_sums, hessian, merge_moments
 
 
 def _data(rng, n=500, d=3, mean=0.0):
@@ -62,8 +65,8 @@ def test_merged_moments_equal_numpy_mean_and_covariance(rng, mean, n_parts):
     Z = np.column_stack([X, y])
     mom = None
     for part in _split(Z, n_parts):
-        b = g.block_moments(part)
-        mom = b if mom is None else g.merge_moments(mom, b)
+        b = block_moments(part)
+        mom = b if mom is None else merge_moments(mom, b)
     ref_mean = Z.mean(0)
     ref_com = (Z - ref_mean).T @ (Z - ref_mean)
     assert mom.n == len(Z)
@@ -76,11 +79,11 @@ def test_merged_moments_equal_numpy_mean_and_covariance(rng, mean, n_parts):
 def test_gram_sums_equal_block_sums(rng, standardize, fit_intercept):
     X, y = _data(rng, mean=50.0)
     Z = np.column_stack([X, y])
-    mom = g.block_moments(Z)
-    std = g.Standardizer.from_moments(mom, fit_intercept) if standardize else g.Standardizer.identity(3)
+    mom = block_moments(Z)
+    std = Standardizer.from_moments(mom, fit_intercept) if standardize else Standardizer.identity(3)
     m, b = np.array([0.3, -0.2, 1.1]), 0.7
     direct = g.block_sums(Z, m, b, std.center, std.scale)
-    gram = g.gram_sums(mom, m, b, std.center, std.scale)
+    gram = gram_sums(mom, m, b, std.center, std.scale)
     np.testing.assert_allclose(gram.grad, direct.grad, rtol=1e-9)
     assert gram.err == pytest.approx(direct.err, rel=1e-9)
     assert gram.loss == pytest.approx(direct.loss, rel=1e-9)
@@ -88,9 +91,9 @@ def test_gram_sums_equal_block_sums(rng, standardize, fit_intercept):
 
 def test_standardizer_maps_coefficients_back_to_original_units(rng):
     X, y = _data(rng, mean=10.0)
-    mom = g.block_moments(np.column_stack([X, y]))
+    mom = block_moments(np.column_stack([X, y]))
     for fit_intercept in (True, False):
-        std = g.Standardizer.from_moments(mom, fit_intercept)
+        std = Standardizer.from_moments(mom, fit_intercept)
         m, b = np.array([1.0, 2.0, -3.0]), 0.5
         m0, b0 = std.to_original(m, b)
         np.testing.assert_allclose(((X - std.center) / std.scale) @ m + b, X @ m0 + b0, rtol=1e-12, atol=1e-12)
@@ -101,10 +104,10 @@ def test_standardizer_maps_coefficients_back_to_original_units(rng):
 
 def test_hessian_is_the_gram_matrix_of_the_training_features(rng):
     X, y = _data(rng, mean=3.0)
-    mom = g.block_moments(np.column_stack([X, y]))
-    std = g.Standardizer.from_moments(mom, True)
+    mom = block_moments(np.column_stack([X, y]))
+    std = Standardizer.from_moments(mom, True)
     A = np.column_stack([(X - std.center) / std.scale, np.ones(len(y))])
-    np.testing.assert_allclose(g.hessian(mom, std, True), A.T @ A / len(y), atol=1e-12)
+    np.testing.assert_allclose(hessian(mom, std, True), A.T @ A / len(y), atol=1e-12)
 
 
 def test_error_sums_give_scikit_learn_metrics(rng):
@@ -115,9 +118,9 @@ def test_error_sums_give_scikit_learn_metrics(rng):
     m, b = np.array([1.9, -1.0, 0.4]), 3.0
     total = None
     for part in _split(Z, 7):
-        e = g.block_errors(part, m, b)
-        total = e if total is None else g.add_errors(total, e)
-    got = g.metrics(total)
+        e = block_errors(part, m, b)
+        total = e if total is None else add_errors(total, e)
+    got = error_metrics(total)
     pred = X @ m + b
     assert got["n"] == len(y)
     assert got["mse"] == pytest.approx(mean_squared_error(y, pred), rel=1e-12)
@@ -137,6 +140,6 @@ def test_a_block_at_a_misaligned_address_gives_the_same_bits():
     moved[:] = block
     assert not moved.flags.aligned
     m = rng.normal(size=3)
-    want = g.fold_block(block, g.block_sums_std, g.add_sums, m, 0.3)
-    got = g.fold_block(moved, g.block_sums_std, g.add_sums, m, 0.3)
+    want = fold_block(block, g.block_sums_std, g.add_sums, m, 0.3)
+    got = fold_block(moved, g.block_sums_std, g.add_sums, m, 0.3)
     assert got.loss == want.loss and np.array_equal(got.grad, want.grad) and got.err == want.err

@@ -6,7 +6,6 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import run_cli, write_parquet

@@ -114,7 +114,7 @@ def test_per_file_statistics_of_packed_files_are_those_of_each_file_alone(small_
     """A refit caches statistics per file: a pack's task returns one result per file,
     the bits of that file read as a chunk of its own (on an object store the pack's
     files are fetched together first)."""
-    from gd_dask.kernels import gradient as g
+    from gd_dask.kernels.metrics import add_moments_and_errors, block_moments_and_errors
     from gd_dask.runtime.executor import Executor
 
     data = small_files["data"]
@@ -129,8 +129,8 @@ def test_per_file_statistics_of_packed_files_are_those_of_each_file_alone(small_
         assert a[path].n == b[path].n and np.array_equal(a[path].mean, b[path].mean)
         assert np.array_equal(a[path].comoment, b[path].comoment)
     m = [(np.array([1.0, -2.0, 0.5]), 0.25)]
-    rows = packed.rows_by_file(g.block_moments_and_errors, g.add_moments_and_errors, m, False)
-    rows_alone = alone.rows_by_file(g.block_moments_and_errors, g.add_moments_and_errors, m, False)
+    rows = packed.rows_by_file(block_moments_and_errors, add_moments_and_errors, m, False)
+    rows_alone = alone.rows_by_file(block_moments_and_errors, add_moments_and_errors, m, False)
     for path in rows:
         assert np.array_equal(rows[path][1][0], rows_alone[path][1][0])
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_cli
 from gd_dask.config import validate_config
-from gd_dask.kernels.gradient import Moments, block_moments
+from gd_dask.kernels.moments import Moments, block_moments
 from gd_dask.jobs.refit import refit
 from gd_dask.artifacts.registry import Registry
 from gd_dask.jobs.guard import OwnFit

@@ -363,7 +363,7 @@ def test_a_refit_over_files_planned_from_the_listing_gives_the_same_model(client
 def test_cached_moments_come_back_to_the_bit_and_earlier_releases_entries_still_count(tmp_path):
     """Entries keep float64 values as base64 of their bytes (exact, half the size of JSON
     numbers); a per-night object an earlier release wrote, with JSON lists, still reads."""
-    from gd_dask.kernels.gradient import Moments
+    from gd_dask.kernels.moments import Moments
 
     rng = np.random.default_rng(3)
     mom = Moments(1234, rng.normal(size=3) * 1e7, rng.normal(size=(3, 3)) / 3)

@@ -138,7 +138,7 @@ def test_row_groups_stream_above_the_chunk_size_with_the_same_bits(tmp_path):
     from gd_dask.config import DataConfig
     from gd_dask.data import open_source
     from gd_dask.data.read import BATCH_ROWS
-    from gd_dask.kernels.gradient import shifted_moments
+    from gd_dask.kernels.moments import shifted_moments
 
     rng = np.random.default_rng(1)
     n = 3 * BATCH_ROWS + 123

@@ -104,7 +104,7 @@ def test_no_residual_degrees_of_freedom_gives_no_f_instead_of_an_error():
     The summary reports what is defined and leaves F, σ² and the t tests empty, as
     statsmodels does (it gives nan); found by the fuzz test as a ZeroDivisionError when
     rounding left SSR a hair above 0."""
-    from gd_dask.kernels.gradient import Moments
+    from gd_dask.kernels.moments import Moments
     from gd_dask.artifacts.summary import summarize
 
     mom = Moments(2, np.array([-0.0031873, 0.3726614]),
@@ -120,7 +120,7 @@ def test_ssr_from_the_moments_keeps_its_promise_where_no_residual_pass_is_taken(
     precision, at the same coefficients) to the 9 digits the summary promises."""
     from gd_dask.artifacts import summary as inference
     from gd_dask.optimization.certify import sums_accuracy
-    from gd_dask.kernels.gradient import block_moments
+    from gd_dask.kernels.moments import block_moments
 
     rng = np.random.default_rng(7)
     n = 200_000

@@ -189,7 +189,7 @@ def test_nightly_refits_on_a_delta_table_read_its_live_files(tmp_path, rng, thre
 def test_a_rerun_reads_the_snapshot_its_first_run_read(tmp_path, rng, threads):
     """Idempotence on a table: a commit after the night's refit (here the night's rows
     rewritten) does not change what a rerun of that date reads, or its verdict."""
-    from datetime import date, timedelta
+    from datetime import date
 
     from deltalake import DeltaTable, write_deltalake
 

@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from ..kernels.gradient import Moments
+from ..kernels.moments import Moments
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..optimization.certify import sums_accuracy
 from ..kernels.distributions import f_upper, t_quantile, t_two_sided
-from ..kernels.gradient import gram_sums
+from ..kernels.moments import gram_sums
 
 #: Two-sided level of the confidence intervals.
 CONFIDENCE = 0.95

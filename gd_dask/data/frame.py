@@ -41,10 +41,10 @@ class FrameSpec:
     def slices(self, part, rows: int, shifted: bool = False):
         """``gradient.block_slices`` (or ``block_slices_shifted``) of the partition's
         block: the same bits as the cached path."""
-        from ..kernels import gradient as g
+        from ..kernels.blocks import block_slices, block_slices_shifted
 
         block = self.block(part)
-        return g.block_slices_shifted(block, rows) if shifted else g.block_slices(block, rows)
+        return block_slices_shifted(block, rows) if shifted else block_slices(block, rows)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import click
 
 from ..version import __version__
 from ..kernels import losses
-from ..errors import ArtifactError, ClusterError, ConfigError, GdDaskError
+from ..errors import ArtifactError, ConfigError, GdDaskError
 
 log = logging.getLogger("gd_dask")
 _state = {"debug": False}

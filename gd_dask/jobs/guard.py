@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..kernels.gradient import Moments
+from ..kernels.moments import Moments
 from ..kernels.losses import LOWER_IS_BETTER
 
 #: Earlier nights the label checks and the staleness report compare with.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels import gradient as g
+from ..kernels.moments import Gram, Moments, Standardizer, hessian
 from ..kernels import losses
 from ..optimization.certify import CoefficientBound, LocalBound, ProxBound
 from ..data import CHUNK_BYTES, Pack, ParquetSource, open_source
@@ -50,9 +50,9 @@ class Prepared:
     source: ParquetSource
     strategy: str
     ex: Executor
-    mom: g.Moments
+    mom: Moments
     val_ex: Executor | None = None
-    val_mom: g.Moments | None = None
+    val_mom: Moments | None = None
     rows_dropped: int | None = 0
 
     def release(self) -> None:
@@ -88,7 +88,7 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     return Prepared(source, strategy, ex, mom, val_ex, val_mom, dropped)
 
 
-def check_moments(mom: g.Moments, cfg, ex: Executor) -> None:
+def check_moments(mom: Moments, cfg, ex: Executor) -> None:
     """Data problems that the moments reveal, each naming the column."""
     cols = ex.source.columns
     if not mom.finite():
@@ -137,7 +137,7 @@ def rows_dropped(cfg, source: ParquetSource, kept) -> int | None:
     return dropped
 
 
-def _diagnose_nonfinite(mom: g.Moments, ex: Executor) -> None:
+def _diagnose_nonfinite(mom: Moments, ex: Executor) -> None:
     """Non-finite moments: NaN/inf in the data (a second pass names column, count and
     first file, in file order), or values whose squares overflow float64."""
     cols = ex.source.columns
@@ -157,7 +157,7 @@ def _diagnose_nonfinite(mom: g.Moments, ex: Executor) -> None:
                     "rescale the column")
 
 
-def validation_moments(ex: Executor, cfg) -> g.Moments:
+def validation_moments(ex: Executor, cfg) -> Moments:
     """Moments of the held-out rows, checked: some rows, all values finite."""
     mom = ex.moments()
     if not mom.finite():
@@ -172,20 +172,20 @@ def validation_moments(ex: Executor, cfg) -> g.Moments:
 class Setup:
     """What the moments decide before the first epoch: scaling, curvature, rates."""
 
-    scaling: g.Standardizer
+    scaling: Standardizer
     curv: Curvature | None
     rates: object
     fit_b: bool
-    mom: g.Moments
+    mom: Moments
     loss: losses.Loss
     l2: float = 0.0
 
     @classmethod
-    def of(cls, cfg, mom: g.Moments) -> Setup:
+    def of(cls, cfg, mom: Moments) -> Setup:
         d = mom.mean.shape[0] - 1
         fit_b = cfg.model.fit_intercept
         loss = losses.of(cfg.model)
-        scaling = g.Standardizer.from_moments(mom, fit_b) if cfg.model.standardize else g.Standardizer.identity(d)
+        scaling = Standardizer.from_moments(mom, fit_b) if cfg.model.standardize else Standardizer.identity(d)
         if not loss.center_target:
             scaling = scaling._replace(y_center=0.0)
         setup = cls(scaling, None, None, fit_b, mom, loss, cfg.model.l2)
@@ -214,8 +214,8 @@ class Setup:
         """The objective's Hessian for a quadratic loss; for another, its bound: the
         loss's ``curvature`` times the Gram matrix's, plus l2 (exact for squared loss)."""
         if self.loss.curvature == 1.0:
-            return g.hessian(self.mom, self.scaling, self.fit_b, self.l2)
-        h = g.hessian(self.mom, self.scaling, self.fit_b) * self.loss.curvature
+            return hessian(self.mom, self.scaling, self.fit_b, self.l2)
+        h = hessian(self.mom, self.scaling, self.fit_b) * self.loss.curvature
         d = self.d
         h[np.arange(d), np.arange(d)] += self.l2
         return h
@@ -266,25 +266,25 @@ class Setup:
         return STREAM_EPOCHS + int(np.ceil(GRAM_EPOCHS_PER_ROOT_KAPPA * root_kappa * np.log(1e6 / tol)))
 
     @functools.cached_property
-    def gram(self) -> g.Gram:
-        return g.Gram(self.mom, self.scaling)
+    def gram(self) -> Gram:
+        return Gram(self.mom, self.scaling)
 
-    def moments_metrics(self, params, mom: g.Moments | None = None) -> dict:
+    def moments_metrics(self, params, mom: Moments | None = None) -> dict:
         """mse, rmse, r2 and n at ``params`` (training space), exact from the moments
         alone (the training rows', or ``mom``); mae needs the rows and is None."""
         d = self.d
         if mom is None:
             gram, mom = self.gram, self.mom
         else:
-            gram = g.Gram(mom, self.scaling)
+            gram = Gram(mom, self.scaling)
         sq = float(gram.sums(params[:d], params[d]).loss)
         cyy = mom.comoment[-1, -1]
         return {"mse": sq / mom.n, "rmse": float(np.sqrt(sq / mom.n)), "mae": None,
                 "r2": 1.0 - sq / cyy if cyy > 0 else 0.0, "n": mom.n}
 
-    def validation_loss(self, val_mom: g.Moments):
+    def validation_loss(self, val_mom: Moments):
         """The loss on the validation rows at any (m, b), exact from their moments."""
-        gram = g.Gram(val_mom, self.scaling)
+        gram = Gram(val_mom, self.scaling)
         return lambda m, b: float(gram.sums(m, b).loss) / val_mom.n
 
     def initial_params(self, init, extended: bool) -> np.ndarray:

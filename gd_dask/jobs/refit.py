@@ -24,7 +24,8 @@ from datetime import date, datetime, timezone
 
 import numpy as np
 
-from ..kernels import gradient as g
+from ..kernels.metrics import add_errors, add_moments_and_errors, block_moments_and_errors, error_metrics
+from ..kernels.moments import Moments, merge_all
 from .. import interrupt
 from ..kernels import losses
 from . import guard as validate
@@ -121,7 +122,7 @@ def _check_current(current: dict | None, cfg) -> tuple | None:
     return np.asarray(current["m"], dtype=np.float64), float(current["b"])
 
 
-def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Moments, int]:
+def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[Moments, int]:
     """Moments of the training files, cached per file; returns (moments, files read)."""
     cached, unseen = {}, []
     for f in src.files:
@@ -141,10 +142,10 @@ def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[g.Momen
             cached[f["full_path"]] = mom
         reg.stats.flush()
     # Merge in file order: the same total whichever files came from the cache.
-    return g.merge_all([cached[f["full_path"]] for f in src.files]), len(unseen)
+    return merge_all([cached[f["full_path"]] for f in src.files]), len(unseen)
 
 
-def _check_finite(mom: g.Moments, f: dict, src: ParquetSource) -> None:
+def _check_finite(mom: Moments, f: dict, src: ParquetSource) -> None:
     if not mom.finite():
         j = int(np.flatnonzero(~np.isfinite(np.diag(mom.comoment)) | ~np.isfinite(mom.mean))[0])
         raise DataError(f"{f['path']}: column '{src.columns[j]}' has NaN/inf/null or overflowing values; "
@@ -449,8 +450,8 @@ def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_
         mom = reg.stats.moments(train_src.file_key(f))
         if mom is not None:
             by_date.setdefault(f["partition"].get(DATE_KEY), []).append(mom)
-    earlier = [validate.NightStats.of(d, g.merge_all(m)) for d, m in sorted(by_date.items())]
-    window = g.merge_all([m for d in sorted(by_date) for m in by_date[d]]) if by_date else None
+    earlier = [validate.NightStats.of(d, merge_all(m)) for d, m in sorted(by_date.items())]
+    window = merge_all([m for d in sorted(by_date) for m in by_date[d]]) if by_date else None
     report = validate.check_night(validate.NightStats.of(",".join(hold_dates), hold_mom), earlier,
                                   list(cfg.data.features), cfg.registry.validate, window)
     return {"checks": report.failed, "drift": report.drift, "night_fit": report.fit, "staleness": stale}
@@ -475,12 +476,12 @@ def _judge_by_passes(client, hold_src: ParquetSource, result, init, cfg) -> tupl
     return scores[0], (scores[1] if init is not None else None)
 
 
-def _holdout_moments(client, reg: Registry, hold_src: ParquetSource) -> g.Moments:
+def _holdout_moments(client, reg: Registry, hold_src: ParquetSource) -> Moments:
     """The holdout files' moments (one pass), cached for the nights to come: what a night
     is judged by when the loss has no sufficient statistics of its own."""
     per_file = Executor(client, hold_src, cache=False).moments_by_file()
     _cache(reg, hold_src, per_file)
-    return g.merge_all([per_file[f["full_path"]] for f in hold_src.files])
+    return merge_all([per_file[f["full_path"]] for f in hold_src.files])
 
 
 def _cache(reg: Registry, src: ParquetSource, per_file: dict) -> None:
@@ -496,14 +497,14 @@ def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, result, in
     pass that also caches the holdout files' moments for the nights to come."""
     models = [(result.m, result.b)] + ([init] if init is not None else [])
     ex = Executor(client, hold_src, cache=False)
-    per_file = ex.rows_by_file(g.block_moments_and_errors, g.add_moments_and_errors, models, hold_src.weighted)
+    per_file = ex.rows_by_file(block_moments_and_errors, add_moments_and_errors, models, hold_src.weighted)
     _cache(reg, hold_src, {k: v[0] for k, v in per_file.items()})
     errors = [per_file[f["full_path"]][1] for f in hold_src.files]
     merged = [errors[0][i] for i in range(len(models))]
     for errs in errors[1:]:
-        merged = [g.add_errors(a, b) for a, b in zip(merged, errs)]
-    scores = [g.metrics(e) for e in merged]
-    hold_mom = g.merge_all([per_file[f["full_path"]][0] for f in hold_src.files])
+        merged = [add_errors(a, b) for a, b in zip(merged, errs)]
+    scores = [error_metrics(e) for e in merged]
+    hold_mom = merge_all([per_file[f["full_path"]][0] for f in hold_src.files])
     return scores[0], (scores[1] if init is not None else None), hold_mom
 
 

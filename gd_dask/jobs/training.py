@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..kernels import gradient as g
+from ..kernels.moments import Moments
 from ..artifacts import summary as inference, store
 from ..optimization import sgd
 from ..optimization.certify import CoefficientBound, LocalBound, digits
@@ -134,7 +134,7 @@ def statistics(cfg, setup: Setup, state: LoopState, model, ex: Executor | None =
     return {"available": True, **doc}
 
 
-def _metrics(cfg, setup: Setup, params, ex: Executor, model, mom: g.Moments | None = None) -> dict:
+def _metrics(cfg, setup: Setup, params, ex: Executor, model, mom: Moments | None = None) -> dict:
     """The model's metrics on the executor's rows: exact from their moments where that
     is enough (a regression with ``output.metrics: moments``), else one pass."""
     if setup.loss.task == "regression" and cfg.output.metrics == "moments":
@@ -155,7 +155,7 @@ def _oracles(cfg, prep: Prepared, setup: Setup):
     return prep.ex.gradient_sums, None
 
 
-def fit_moments(cfg, mom: g.Moments, init=None, on_epoch=None, val_mom: g.Moments | None = None,
+def fit_moments(cfg, mom: Moments, init=None, on_epoch=None, val_mom: Moments | None = None,
                 refine_pass=None) -> FitResult:
     """gram training from moments alone: no pass over the data (nightly refits, sweeps).
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..kernels import compensated as c
 from .certify import EPS, EPS_LONG
-from ..kernels.gradient import Standardizer
+from ..kernels.moments import Standardizer
 from .rates import Curvature, choose_rates
 
 log = logging.getLogger(__name__)

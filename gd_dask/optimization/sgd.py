@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from ..kernels import gradient as g
+from .sgd_kernel import SGDPlan
 from .. import interrupt
 from ..errors import TrainingError
 from .descent import LoopState, _watch, keep_row, save_now
@@ -40,9 +40,9 @@ def base_rate(cfg, curv) -> float:
     return 1.0 / curv.lmax if lr == "auto" else float(lr)
 
 
-def plan_of(cfg, eta0: float) -> g.SGDPlan:
+def plan_of(cfg, eta0: float) -> SGDPlan:
     o, m = cfg.optimizer, cfg.model
-    return g.SGDPlan(batch=o.batch_size, seed=o.seed, epoch=1, round=0, sync_every=o.sync_every,
+    return SGDPlan(batch=o.batch_size, seed=o.seed, epoch=1, round=0, sync_every=o.sync_every,
                      rate=(o.schedule, eta0, o.power_t, o.step_size, o.gamma), l2=m.l2, l1=m.l1,
                      fit_intercept=m.fit_intercept, average=o.average)
 
@@ -188,7 +188,7 @@ def _steps(cfg, source) -> int:
     return max(1, math.ceil(max(rows) / cfg.optimizer.batch_size)) if rows else 1
 
 
-def _rate(plan: g.SGDPlan, step: int) -> float:
+def _rate(plan: SGDPlan, step: int) -> float:
     """The rate at ``step`` (history's learning_rate: the largest chunk's last step)."""
     from .rates import schedule
 

@@ -19,6 +19,10 @@ import dask
 import numpy as np
 
 from ..kernels import gradient as g
+from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, standardize_block
+from ..kernels.metrics import ClassSums, ErrorSums, add_class_sums, add_errors, block_classification, block_errors, block_errors_std, class_metrics, error_metrics
+from ..kernels.moments import Moments, Standardizer, add_row_sums, block_meat, block_moments, merge_moments, row_sums, shifted_moments
+from ..optimization.sgd_kernel import SGDPlan, add_sgd, sgd_block, sgd_raw
 from .waiting import compute, large_graphs_quiet
 from ..kernels.compensated import RefineSums, add_refine, refine_sums
 from ..data import Pack, ParquetSource, count_nonfinite
@@ -45,7 +49,7 @@ def fold_chunk(chunk, spec, func, combine, *args):
     """``gradient.fold_block(spec.block(chunk), func, combine, *args)`` without building
     the block where the spec can stream: a file's chunk comes slice by slice
     (``data.read_slices``)."""
-    return g.fold_slices(spec.slices(chunk, g.SLICE_ROWS), func, combine, *args)
+    return fold_slices(spec.slices(chunk, SLICE_ROWS), func, combine, *args)
 
 
 def each_file(pack, spec, on_chunk, *args) -> list:
@@ -54,14 +58,14 @@ def each_file(pack, spec, on_chunk, *args) -> list:
     return [on_chunk(piece, spec, *args) for piece in pack_files(pack, spec)]
 
 
-def chunk_moments(chunk, spec) -> g.Moments:
+def chunk_moments(chunk, spec) -> Moments:
     """``gradient.block_moments(spec.block(chunk))``, to the bit, streamed."""
-    return g.shifted_moments(spec.slices(chunk, g.SLICE_ROWS, shifted=True))
+    return shifted_moments(spec.slices(chunk, SLICE_ROWS, shifted=True))
 
 
 def sgd_chunk(chunk, spec, theta, index, plan, center, scale, y_center, loss, weighted):
     """``gradient.sgd_raw`` of one chunk read whole (steps need all its rows at hand)."""
-    return g.sgd_raw(spec.block(chunk), theta, index, plan, center, scale, y_center, loss, weighted)
+    return sgd_raw(spec.block(chunk), theta, index, plan, center, scale, y_center, loss, weighted)
 
 
 def read_chunk(chunk, spec):
@@ -115,7 +119,7 @@ class Executor:
             # blocks from worker memory; dask keeps the read tasks to recompute any
             # block lost with a worker.
             self._persist(to_dask_array(source))
-        self.scaling: g.Standardizer | None = None
+        self.scaling: Standardizer | None = None
 
     def _compute(self, graphs):
         """``waiting.compute``, explaining a worker that keeps dying by the data's sizes."""
@@ -170,7 +174,7 @@ class Executor:
     def row_leaves(self, func, combine, *args) -> list:
         """Delayed, one per block: ``func`` (a function that adds up over rows) folded over
         the block's slices."""
-        return self._leaves(g.fold_block, fold_chunk, func, combine, *args)
+        return self._leaves(fold_block, fold_chunk, func, combine, *args)
 
     def _reduce_rows(self, func, combine, *args):
         """Map ``func`` (a function that adds up over rows) over every block slice by
@@ -181,14 +185,14 @@ class Executor:
     def moment_leaves(self) -> list:
         """Delayed, one per block: its ``Moments`` (``gradient.block_moments``)."""
         if self.weighted:
-            return self.row_leaves(g.block_moments, g.merge_moments, True)
-        return self._leaves(g.block_moments, chunk_moments)
+            return self.row_leaves(block_moments, merge_moments, True)
+        return self._leaves(block_moments, chunk_moments)
 
-    def moments_by_file(self) -> dict[str, g.Moments]:
+    def moments_by_file(self) -> dict[str, Moments]:
         """Each file's ``Moments`` (a refit's statistics cache): {full path: moments}."""
         if self.weighted:
-            return self.rows_by_file(g.block_moments, g.merge_moments, True)
-        return self._by_file(chunk_moments, g.merge_moments)
+            return self.rows_by_file(block_moments, merge_moments, True)
+        return self._by_file(chunk_moments, merge_moments)
 
     def rows_by_file(self, func, combine, *args) -> dict[str, object]:
         """``func`` (a function that adds up over rows) over each file: {full path: result}."""
@@ -219,10 +223,10 @@ class Executor:
     def weighted(self) -> bool:
         return self.source.weighted
 
-    def moments(self) -> g.Moments:
+    def moments(self) -> Moments:
         """n (Σw with weights), means and co-moments of [X, y]: one pass, stable merges."""
         # Compute: one small result (a few numbers) comes back to the client.
-        return self._compute(_reduce_tree(self.moment_leaves(), g.merge_moments))
+        return self._compute(_reduce_tree(self.moment_leaves(), merge_moments))
 
     def nonfinite_by_block(self) -> list[np.ndarray]:
         """NaN/inf counts per column for every block, in block order (diagnosis only)."""
@@ -230,7 +234,7 @@ class Executor:
         # Compute: one small vector per block comes back, to name the first file at fault.
         return self._compute(parts)
 
-    def standardize(self, scaling: g.Standardizer) -> None:
+    def standardize(self, scaling: Standardizer) -> None:
         """Train on standardized blocks from now on.
 
         With the cache on, the standardized blocks replace the raw ones in cluster memory
@@ -241,7 +245,7 @@ class Executor:
         if self.cache:
             # Persist: the standardized blocks are what every later epoch reads; dask
             # keeps the graph back to the read tasks for blocks lost with a worker.
-            array = self.array.map_blocks(g.standardize_block, sc.center, sc.scale, sc.y_center, None,
+            array = self.array.map_blocks(standardize_block, sc.center, sc.scale, sc.y_center, None,
                                           self.weighted, dtype=np.float64)
             self._persist(array)
 
@@ -297,7 +301,7 @@ class Executor:
 
         return oracle, validate
 
-    def sgd_round(self, theta, plan: g.SGDPlan) -> tuple[np.ndarray, np.ndarray, float, float]:
+    def sgd_round(self, theta, plan: SGDPlan) -> tuple[np.ndarray, np.ndarray, float, float]:
         """One round of minibatch steps in every chunk from ``theta`` (training space),
         the chunk models averaged weighted by rows in the fixed tree (parameter mixing).
         Returns (mixed θ, mixed average of the iterates, Σ batch losses, rows stepped)."""
@@ -305,7 +309,7 @@ class Executor:
         th = np.array(theta, dtype=np.float64)
         th[-1] -= sc.y_center
         if self.cache:
-            fn = dask.delayed(g.sgd_block, pure=True)
+            fn = dask.delayed(sgd_block, pure=True)
             leaves = [fn(b, th, i, plan, self.loss, self.weighted) for i, b in enumerate(self.blocks)]
         else:
             fn = dask.delayed(sgd_chunk, pure=True)
@@ -313,7 +317,7 @@ class Executor:
             leaves = [fn(c, spec, th, i, plan, sc.center, sc.scale, sc.y_center, self.loss, self.weighted)
                       for i, c in enumerate(self.source.chunks)]
         # Compute: a few numbers per chunk model come back, mixed.
-        s = self._compute(_reduce_tree(leaves, g.add_sgd))
+        s = self._compute(_reduce_tree(leaves, add_sgd))
         mixed, average = s.theta / s.n, s.average / s.n
         mixed[-1] += sc.y_center
         average[-1] += sc.y_center
@@ -327,34 +331,34 @@ class Executor:
         return self._reduce_raw(refine_sums, add_refine, np.asarray(m_hi, dtype=np.float64),
                                 np.asarray(m_lo, dtype=np.float64), float(b_hi), float(b_lo), self.weighted)
 
-    def error_sums(self, m, b) -> g.ErrorSums:
+    def error_sums(self, m, b) -> ErrorSums:
         """Metric sums for a model (m, b) in original units."""
         m = np.asarray(m, dtype=np.float64)
         sc = self.scaling
         if self.cache and sc is not None:
             m_s, b_s = sc.to_training(m, b)
-            return self._reduce_rows(g.block_errors_std, g.add_errors, m_s, float(b_s) - sc.y_center,
+            return self._reduce_rows(block_errors_std, add_errors, m_s, float(b_s) - sc.y_center,
                                      sc.y_center, self.weighted)
-        return self._reduce_rows(g.block_errors, g.add_errors, m, float(b), self.weighted)
+        return self._reduce_rows(block_errors, add_errors, m, float(b), self.weighted)
 
-    def class_sums(self, m, b, threshold: float = 0.5) -> g.ClassSums:
+    def class_sums(self, m, b, threshold: float = 0.5) -> ClassSums:
         """Metric sums of a classifier (m, b) in original units, read from the files."""
-        return self._reduce_raw(g.block_classification, g.add_class_sums, np.asarray(m, dtype=np.float64),
+        return self._reduce_raw(block_classification, add_class_sums, np.asarray(m, dtype=np.float64),
                                 float(b), self.loss, threshold, self.weighted)
 
     def metrics(self, m, b) -> dict:
         """Every metric of the model (m, b) in original units on these rows: one pass."""
         if self.loss.task == "classification":
-            return g.class_metrics(self.class_sums(m, b))
-        return g.metrics(self.error_sums(m, b))
+            return class_metrics(self.class_sums(m, b))
+        return error_metrics(self.error_sums(m, b))
 
     def row_sums(self) -> tuple[int, float]:
         """(rows, Σ log w) over every chunk, read from the files."""
-        return self._reduce_raw(g.row_sums, g.add_row_sums, self.weighted)
+        return self._reduce_raw(row_sums, add_row_sums, self.weighted)
 
     def meat(self, m, b, fit_intercept: bool) -> np.ndarray:
         """Σ w²·r²·x̃x̃ᵀ for the model (m, b) in original units (HC1), read from the files."""
-        return self._reduce_raw(g.block_meat, np.add, np.asarray(m, dtype=np.float64), float(b), fit_intercept,
+        return self._reduce_raw(block_meat, np.add, np.asarray(m, dtype=np.float64), float(b), fit_intercept,
                                 self.weighted)
 
     def _reduce_raw(self, func, combine, *args):

@@ -1,0 +1,150 @@
+"""Error sums and the metrics made from them (MSE, RMSE, MAE, R²), classification sums
+(accuracy, log loss, AUC by bins): per block, added in a fixed order."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .blocks import split_block
+from .losses import Loss
+from .moments import Moments, block_moments, merge_moments
+
+
+class ErrorSums(NamedTuple):
+    """Partial sums for evaluation metrics of a fixed model.
+
+    abs_err, sq_err : float — Σ|err|, Σ err²
+    n : int
+    y_mean, y_m2 : float — mean of y and Σ (y − ȳ)², merged like ``Moments``
+    """
+
+    abs_err: float
+    sq_err: float
+    n: int
+    y_mean: float
+    y_m2: float
+
+
+def _error_sums(err, y, w=None, y_center: float = 0.0) -> ErrorSums:
+    """Metric sums of residuals ``err`` of targets ``y``; with weights ``w``, the
+    weighted sums (scikit-learn's sample_weight definitions) and n = Σw."""
+    if w is None:
+        n = y.shape[0]
+        if n == 0:
+            return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
+        y_mean = float(y.mean())
+        dev = y - y_mean
+        return ErrorSums(float(np.abs(err).sum()), float(err @ err), n, y_mean + y_center, float(dev @ dev))
+    total = float(w.sum())
+    if y.shape[0] == 0 or total == 0:
+        return ErrorSums(0.0, 0.0, 0, 0.0, 0.0)
+    y_mean = float(w @ y) / total
+    dev = y - y_mean
+    return ErrorSums(float(w @ np.abs(err)), float(w @ (err * err)), total, y_mean + y_center, float(w @ (dev * dev)))
+
+
+def block_errors(block, m, b, weighted: bool = False) -> ErrorSums:
+    """Metric sums of one block for a model (m, b) in original units."""
+    X, y, w = split_block(block, weighted)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
+        return _error_sums(X @ m + b - y, y, w)
+
+
+def block_errors_std(zs, m, b_centered, y_center, weighted: bool = False) -> ErrorSums:
+    """``block_errors`` of a standardized block, for training-space (m, b − y_center)."""
+    X, yc, w = split_block(zs, weighted)
+    return _error_sums(X @ m + b_centered - yc, yc, w, y_center)
+
+
+def add_errors(a: ErrorSums, b: ErrorSums) -> ErrorSums:
+    """Sums add; y's mean and Σ(y − ȳ)² merge like any ``Moments``."""
+    ya = Moments(a.n, np.array([a.y_mean]), np.array([[a.y_m2]]))
+    yb = Moments(b.n, np.array([b.y_mean]), np.array([[b.y_m2]]))
+    y = merge_moments(ya, yb)
+    return ErrorSums(a.abs_err + b.abs_err, a.sq_err + b.sq_err, y.n, float(y.mean[0]), float(y.comoment[0, 0]))
+
+
+def error_metrics(e: ErrorSums) -> dict:
+    """mse, rmse, mae, r2, n — the same definitions as scikit-learn's metrics."""
+    mse = e.sq_err / e.n
+    r2 = 1.0 - e.sq_err / e.y_m2 if e.y_m2 > 0 else (1.0 if e.sq_err == 0 else 0.0)
+    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": e.abs_err / e.n, "r2": r2, "n": e.n}
+
+
+def block_moments_and_errors(block, models, weighted: bool = False) -> tuple:
+    """``(block_moments(block), [block_errors(block, m, b) for (m, b) in models])``:
+    one read of a holdout block serves the gate and next night's statistics."""
+    return block_moments(block, weighted), [block_errors(block, m, b, weighted) for m, b in models]
+
+
+def add_moments_and_errors(a, b) -> tuple:
+    return merge_moments(a[0], b[0]), [add_errors(x, y) for x, y in zip(a[1], b[1])]
+
+
+# --------------------------------------------------------------------------- classification
+#: ROC AUC from histograms of the linear predictor, in this many bins over ±AUC_RANGE.
+AUC_BINS = 4096
+AUC_RANGE = 16.0
+
+
+class ClassSums(NamedTuple):
+    """Partial sums for the metrics of a classifier at a threshold on its probability.
+
+    loss : Σ w·ℓ (log-loss); brier : Σ w·(p − y)²; correct, tp, fp, fn : Σ w over rows;
+    n : Σw; pos, neg : histograms (Σ w) of the linear predictor of positive and negative
+    rows in ``AUC_BINS`` bins over ±``AUC_RANGE`` (the ends take everything beyond).
+    """
+
+    loss: float
+    brier: float
+    correct: float
+    tp: float
+    fp: float
+    fn: float
+    n: float
+    pos: np.ndarray
+    neg: np.ndarray
+
+
+def block_classification(block, m, b, loss: Loss, threshold: float = 0.5, weighted: bool = False) -> ClassSums:
+    """``ClassSums`` of one raw block for a model (m, b) in original units."""
+    X, y, w = split_block(block, weighted)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
+        eta = X @ m + b
+    p = loss.predict(eta)
+    bins = np.clip(((eta + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64), 0, AUC_BINS - 1)
+    _, total = loss.terms(eta, y, w)  # may overwrite eta
+    w = np.ones_like(y) if w is None else w
+    label = p >= threshold
+    pos = y > 0.5
+    return ClassSums(total, float(w @ ((p - y) ** 2)), float(w @ (label == pos)), float(w @ (label & pos)),
+                     float(w @ (label & ~pos)), float(w @ (~label & pos)), float(w.sum()),
+                     np.bincount(bins[pos], w[pos], AUC_BINS), np.bincount(bins[~pos], w[~pos], AUC_BINS))
+
+
+def add_class_sums(a: ClassSums, b: ClassSums) -> ClassSums:
+    return ClassSums(*(x + y for x, y in zip(a, b)))
+
+
+def class_metrics(s: ClassSums) -> dict:
+    """log_loss, accuracy, precision, recall, brier, roc_auc with ``roc_auc_error``, n
+    (scikit-learn's definitions, weighted by sample weights).
+
+    ROC AUC counts, over pairs of a positive and a negative row, those ranked right plus
+    half the ties. Pairs in different bins are ranked as their predictors are; pairs in
+    one bin count one half whatever their order, so the histogram's AUC is within
+    ``roc_auc_error`` = Σ_bins pos·neg / (2·P·N) of the exact one.
+    """
+    P, N = float(s.pos.sum()), float(s.neg.sum())
+    below = np.concatenate(([0.0], np.cumsum(s.neg)[:-1]))
+    if P > 0 and N > 0:
+        auc = float(s.pos @ below + 0.5 * (s.pos @ s.neg)) / (P * N)
+        auc_err = float(s.pos @ s.neg) / (2 * P * N)
+    else:
+        auc = auc_err = None
+    return {"log_loss": s.loss / s.n, "accuracy": s.correct / s.n,
+            "precision": s.tp / (s.tp + s.fp) if s.tp + s.fp else 0.0,
+            "recall": s.tp / (s.tp + s.fn) if s.tp + s.fn else 0.0,
+            "roc_auc": auc, "roc_auc_error": auc_err, "brier": s.brier / s.n, "n": s.n}
