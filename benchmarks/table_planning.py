@@ -63,7 +63,7 @@ def plan(path: str, storage_options: dict | None = None) -> dict:
     from gd_dask.config import DataConfig
     from gd_dask.data import open_source
     from gd_dask.data.latency import LatencyFileSystem
-    from gd_dask.data.source import list_data
+    from gd_dask.data.listing import list_data
 
     data = DataConfig(path=path, features=FEATURES, target="y", storage_options=storage_options or {})
     t, before = time.perf_counter(), LatencyFileSystem.requests

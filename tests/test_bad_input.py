@@ -93,13 +93,13 @@ def test_footers_read_in_parallel_plan_and_fail_as_read_one_by_one(tmp_path, rng
     """40 files: the plan from 16 footer reads in flight equals the plan read one after
     another; with two damaged files, the error names the first in order."""
     from gd_dask.config import DataConfig
-    from gd_dask.data import source
+    from gd_dask.data import footers, source
 
     data = _good(tmp_path, rng, n=4000, n_files=40)
     cfg = DataConfig(**data)
     plans = []
     for threads in (1, 16):
-        monkeypatch.setattr(source, "FOOTER_THREADS", threads)
+        monkeypatch.setattr(footers, "FOOTER_THREADS", threads)
         src = source.open_source(cfg)
         plans.append(([f["path"] for f in src.files], [f["row_groups"] for f in src.files],
                       [[(p.path, p.row_groups) for p in c.pieces] for c in src.chunks]))

@@ -182,19 +182,19 @@ def test_a_footer_bigger_than_the_tail_fetch_is_read_all_the_same(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gd_dask.data import source
+    from gd_dask.data import footers
 
     path = tmp_path / "wide.parquet"
     cols = {f"c{j:04d}": np.arange(3.0) for j in range(800)}  # 800 columns: a footer over 64 KiB
     pq.write_table(pa.table(cols), path)
-    assert pq.ParquetFile(path).metadata.serialized_size > source.FOOTER_TAIL
+    assert pq.ParquetFile(path).metadata.serialized_size > footers.FOOTER_TAIL
     fs = fsspec.filesystem("latency", delay=0.0)
-    meta, schema, _ = source._read_footer(fs, str(path), {"size": path.stat().st_size})
+    meta, schema, _ = footers._read_footer(fs, str(path), {"size": path.stat().st_size})
     assert meta.num_columns == 800 and schema.names[:2] == ["c0000", "c0001"]
     small = tmp_path / "small.parquet"
     pq.write_table(pa.table({"x": np.arange(10.0)}), small)
-    assert source._remote_footer(fs, str(small), small.stat().st_size) is not None
-    meta, _, _ = source._read_footer(fs, str(small), {"size": small.stat().st_size})
+    assert footers._remote_footer(fs, str(small), small.stat().st_size) is not None
+    meta, _, _ = footers._read_footer(fs, str(small), {"size": small.stat().st_size})
     assert meta.num_rows == 10
 
 
@@ -207,7 +207,7 @@ def test_a_metadata_summary_plans_without_reading_footers_and_never_over_a_newer
     import pyarrow.parquet as pq
 
     from gd_dask.config import DataConfig
-    from gd_dask.data import source
+    from gd_dask.data import footers, source
     from gd_dask.data.write import write_summary
 
     root = tmp_path / "d"
@@ -216,8 +216,8 @@ def test_a_metadata_summary_plans_without_reading_footers_and_never_over_a_newer
     expected = source.open_source(DataConfig(**data))
     write_summary(root)
     reads = []
-    real = source._read_footer
-    monkeypatch.setattr(source, "_read_footer", lambda fs, p, info=None: reads.append(p) or real(fs, p, info))
+    real = footers._read_footer
+    monkeypatch.setattr(footers, "_read_footer", lambda fs, p, info=None: reads.append(p) or real(fs, p, info))
     planned = source.open_source(DataConfig(**data))
     assert reads == [] and planned.files == expected.files
 
@@ -239,12 +239,12 @@ def test_a_metadata_summary_plans_without_reading_footers_and_never_over_a_newer
 @pytest.fixture
 def from_listing(monkeypatch):
     """Plan listings of more than 10 small files from the listing (as 1,000 would be)."""
-    from gd_dask.data import source
+    from gd_dask.data import footers
 
-    monkeypatch.setattr(source, "FOOTERLESS_MIN_FILES", 10)
+    monkeypatch.setattr(footers, "FOOTERLESS_MIN_FILES", 10)
     reads = []
-    real = source._read_footer
-    monkeypatch.setattr(source, "_read_footer", lambda fs, p, info=None: reads.append(p) or real(fs, p, info))
+    real = footers._read_footer
+    monkeypatch.setattr(footers, "_read_footer", lambda fs, p, info=None: reads.append(p) or real(fs, p, info))
     return reads
 
 
@@ -370,7 +370,8 @@ def test_a_pack_of_small_files_gives_the_slices_of_reading_them_one_by_one(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gd_dask.data import read, source
+    from gd_dask.data import read
+    from gd_dask.data import footers
     from gd_dask.data.source import Holdout
 
     rng = np.random.default_rng(5)
@@ -380,7 +381,7 @@ def test_a_pack_of_small_files_gives_the_slices_of_reading_them_one_by_one(tmp_p
     odd = sorted((tmp_path / "d").rglob("*.parquet"))[31]
     table = pq.read_table(odd)
     pq.write_table(table.set_column(1, "x1", pa.array(np.arange(table.num_rows), type=pa.int64())), odd)
-    monkeypatch.setattr(source, "FOOTERLESS_MIN_FILES", 3)  # planned from the listing: types unchecked across files
+    monkeypatch.setattr(footers, "FOOTERLESS_MIN_FILES", 3)  # planned from the listing: types unchecked across files
     src = _source({**data, "missing": missing}, 128 * 2**20)
     spec = dataclasses.replace(src.spec, holdout=Holdout(3, 0.25, False))
     assert len(src.chunks) == 1 and len(src.chunks[0].pieces) == 60
@@ -400,7 +401,7 @@ def test_a_local_listing_gives_what_fsspec_find_gives(small_files, tmp_path):
     the same files, sizes and mtimes, so the same statistics-cache keys."""
     import fsspec
 
-    from gd_dask.data.source import _find_local
+    from gd_dask.data.listing import _find_local
 
     root = small_files["data"]["path"]
     ours, theirs = _find_local(root), fsspec.filesystem("file").find(root, detail=True)

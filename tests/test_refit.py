@@ -297,7 +297,7 @@ def test_a_night_reads_its_new_files_and_a_few_cache_objects_whatever_the_window
     CONSOLIDATE_NIGHTS + 1 cache objects, not one per night of the window or per file;
     what came from the cache, and how it was grouped, leaves the model's bits alone."""
     from gd_dask.artifacts import stats_cache
-    from gd_dask.data import source
+    from gd_dask.data import footers as footer_module
 
     def add_night(day: int, scale: float = 1.0):
         rng = np.random.default_rng(day)
@@ -309,8 +309,8 @@ def test_a_night_reads_its_new_files_and_a_few_cache_objects_whatever_the_window
             pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "y": y}), folder / f"part-{f:04d}.parquet")
 
     footers = []
-    real_footer = source._read_footer
-    monkeypatch.setattr(source, "_read_footer", lambda fs, p, info=None: footers.append(p) or real_footer(fs, p, info))
+    real_footer = footer_module._read_footer
+    monkeypatch.setattr(footer_module, "_read_footer", lambda fs, p, info=None: footers.append(p) or real_footer(fs, p, info))
     cfg = config(tmp_path, checks=False, data={"window_days": 6})
     for day in range(6):
         add_night(day)
@@ -345,12 +345,12 @@ def test_a_refit_over_files_planned_from_the_listing_gives_the_same_model(client
     """Issue 21: a window of many small files is planned from the listing (the tasks read
     the footers); each file's statistics, and so the model, are those of reading every
     footer on the client."""
-    from gd_dask.data import source
+    from gd_dask.data import footers
 
     for day in range(5):
         add_day(tmp_path / "data", day)
     with_footers = refit(config(tmp_path, registry="footers"), client, night(4))
-    monkeypatch.setattr(source, "FOOTERLESS_MIN_FILES", 3)  # 8 files in the window: from the listing
+    monkeypatch.setattr(footers, "FOOTERLESS_MIN_FILES", 3)  # 8 files in the window: from the listing
     planned = refit(config(tmp_path, registry="listing"), client, night(4))
     assert with_footers.promoted and planned.promoted and planned.files_read == with_footers.files_read
     a = Registry(str(tmp_path / "footers"), "nightly").current_model()

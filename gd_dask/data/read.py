@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 from ..errors import DataError, first_line
 
 
-
 def _first_line(e: Exception) -> str:
     return first_line(e, with_type=False)
 

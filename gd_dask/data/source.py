@@ -9,49 +9,46 @@ filters on data columns are applied to rows while reading (``read``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import dataclasses
+import hashlib
 import itertools
 import logging
-import operator
-import os
-import posixpath
-import stat
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..errors import ConfigError, DataError
-from .table import delta_snapshot, iceberg_snapshot, table_format
-from .read import (LARGE_ROW_GROUP, ColumnCheck, NativePath, _first_line, check_type, is_local, read_block,
-                   read_slices)
+from .footers import OPEN_COST_BYTES, _row_groups, listing_plan, read_footers, summary_plan
+from .listing import (
+    Listing,
+    display_path,
+    keep_partition,
+    deleted_positions,
+    file_stamp,
+    hive_keys,
+    list_data,
+    local_ident,
+    remote_ident,
+)
+from .read import (
+    LARGE_ROW_GROUP,
+    ColumnCheck,
+    check_type,
+    is_local,
+    read_block,
+    read_slices,
+)
 
 log = logging.getLogger(__name__)
 
-#: File names taken as Parquet when listing a directory or a glob.
-PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+
 #: Upper bound on the bytes of one chunk (rows × columns × 8) when grouping row groups:
 #: 128 MiB, Spark's maxPartitionBytes. Passes that stream hold one row group, not a
 #: chunk, so bigger chunks cost memory only to cached blocks (``chunk_bytes_for`` caps
 #: them by worker memory); fewer tasks left the 2-core bench 10% faster than 64 MiB.
 CHUNK_BYTES = 128 * 2**20
-#: What opening a file costs, as bytes of data (float64) it could have read instead, when
-#: small files are packed into one task (``Pack``): as Spark's openCostInBytes. Measured
-#: locally: opening a 100-row file and reading it took 0.9 ms, about the time to read
-#: 1 MiB of float64 columns; so a pack holds at most 128 files.
-OPEN_COST_BYTES = 2**20
-#: A listing with more than this many files smaller than ``OPEN_COST_BYTES`` is planned
-#: from the listing, as Spark plans: their footers are not read on the client (0.2 ms a
-#: file locally, a request each on an object store; 100,000 files at 30 ms took 47 s at
-#: 64 in flight) but by the task that reads them. The first one's footer is still read,
-#: so a config naming a missing column fails before a cluster starts. Below this count
-#: every footer is read: exact row counts, each file's columns checked up front.
-FOOTERLESS_MIN_FILES = 1000
 
 
 @dataclass(frozen=True)
@@ -347,227 +344,6 @@ def pack_small_files(chunks: list, chunk_bytes: int, open_cost: int, row_bytes: 
     return out
 
 
-# --------------------------------------------------------------------------- discovery
-
-_OPS = {
-    "=": operator.eq, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
-    "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-}
-
-
-def hive_keys(rel_path: str) -> dict[str, str]:
-    keys = {}
-    for seg in rel_path.split("/")[:-1]:
-        k, sep, v = seg.partition("=")
-        if sep:
-            keys[k] = v
-    return keys
-
-
-def _coerce_pair(a: str, b: Any):
-    """Compare a partition value (a string) with a filter value of any YAML type."""
-    if isinstance(b, (int, float)) and not isinstance(b, bool):
-        try:
-            return float(a), float(b)
-        except ValueError:
-            pass
-    return a, str(b)
-
-
-def _keep(keys: dict[str, str], filters) -> bool:
-    for col, op, value in filters:
-        if col not in keys:
-            continue
-        if op in ("in", "not in"):
-            vals = value if isinstance(value, (list, tuple)) else [value]
-            # Text values compare as text: a set lookup (a refit's 30 dates, 30,000 files).
-            hit = keys[col] in {v for v in vals if isinstance(v, str)} or any(
-                operator.eq(*_coerce_pair(keys[col], v)) for v in vals if not isinstance(v, str))
-            if hit != (op == "in"):
-                return False
-        elif not _OPS[op](*_coerce_pair(keys[col], value)):
-            return False
-    return True
-
-
-def list_files(path: str, storage_options: dict | None = None):
-    """All Parquet files under a directory, matching a glob, or the file itself.
-
-    Returns (fs, protocol, [(full_path, path_relative_to_root)], root). Files and folders
-    whose names start with ``_`` or ``.`` are skipped, as Spark and pyarrow do.
-    """
-    return list_files_detailed(path, storage_options)[:4]
-
-
-class Listing(tuple):
-    """``(fs, protocol, [(full path, relative path)], root, {full path: info})``, and
-    ``table``: {"format", "version"} where the files are a lakehouse table's snapshot;
-    ``renamed``: columns whose name meant another column in the table's history."""
-
-    table: dict | None = None
-    renamed: frozenset = frozenset()
-
-    def __new__(cls, items, table=None, renamed=()):
-        out = super().__new__(cls, items)
-        out.table, out.renamed = table, frozenset(renamed)
-        return out
-
-    def partition(self, full: str, rel: str) -> dict[str, str]:
-        """A file's partition values: from the table's log, else its ``key=value/`` folders."""
-        keys = self[4].get(full, {}).get("partition")
-        return dict(keys) if keys is not None else hive_keys(rel)
-
-
-def list_data(data_cfg, version=None) -> Listing:
-    """``list_files_detailed`` as ``data_cfg`` (a ``DataConfig``) says; ``version``
-    overrides ``data.version`` (a rerun pinned to its first snapshot)."""
-    return list_files_detailed(data_cfg.path, data_cfg.storage_options, data_cfg.format,
-                               data_cfg.version if version is None else version,
-                               None if version is not None else data_cfg.as_of_time,
-                               data_cfg.catalog.model_dump() if data_cfg.catalog else None)
-
-
-def list_files_detailed(path: str, storage_options: dict | None = None, fmt: str = "auto", version=None,
-                        as_of_time=None, catalog: dict | None = None):
-    """``list_files`` and {full_path: the listing's info (size, mtime or ETag)}: one
-    listing, no request per file (a directory test and an info per file were two
-    round trips each on an object store). A Delta or Iceberg table (``fmt``,
-    ``data.format``; ``catalog``: an Iceberg catalog's table) is listed from its log:
-    the live files of one snapshot (``data.table``)."""
-    if catalog:
-        return _iceberg_listing(path, storage_options, version, as_of_time, catalog)
-    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if fmt != "parquet" and not any(ch in root for ch in "*?["):
-        try:
-            kind = table_format(fs, root.rstrip("/"), fmt)
-        except (ConfigError, DataError):
-            raise
-        except Exception as e:  # noqa: BLE001 - object stores fail in many types (auth, network)
-            raise DataError(f"data.path '{path}': cannot list ({_first_line(e)})") from None
-        if kind == "delta":
-            found, infos, table = delta_snapshot(path, root.rstrip("/"), protocol, dict(storage_options or {}),
-                                                 version, as_of_time)
-            if not found:
-                raise DataError(f"data.path '{path}': the Delta table (version {table['version']}) has no files")
-            return Listing((fs, protocol, found, root.rstrip("/"), infos), table)
-        if kind == "iceberg":
-            return _iceberg_listing(path, storage_options, version, as_of_time, None)
-    elif version is not None or as_of_time is not None:
-        raise ConfigError("data.version / data.as_of_time need a table (data.format delta or iceberg, or auto "
-                          "on a table)")
-    try:
-        if any(ch in root for ch in "*?["):
-            infos = fs.glob(root, detail=True)
-            base = root.split("*")[0].rsplit("/", 1)[0]
-        elif fs.isdir(root):
-            infos = _find_local(root) if is_local(fs) else fs.find(root, detail=True)
-            base = root
-        elif fs.exists(root):
-            infos, base = {root: fs.info(root)}, posixpath.dirname(root)
-        else:
-            raise DataError(f"data.path '{path}' does not exist")
-    except FileNotFoundError:
-        raise DataError(f"data.path '{path}' does not exist") from None
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - object stores fail in many types (auth, network)
-        raise DataError(f"data.path '{path}': cannot list ({_first_line(e)})") from None
-    found = sorted(infos)
-    out, others = [], []
-    listing = len(found) > 1 or (found and found[0] != root)
-    for f in found:
-        rel = f[len(base):].lstrip("/") if f.startswith(base) else posixpath.basename(f)
-        if any(seg.startswith(("_", ".")) for seg in rel.split("/")):
-            continue
-        if infos[f].get("type") == "directory":
-            continue
-        if listing and not f.endswith(PARQUET_SUFFIXES):
-            others.append(rel)
-            continue
-        out.append((f, rel))
-    if not out and others:
-        raise DataError(f"data.path '{path}' holds no Parquet files (*.parquet); found {len(others)} "
-                        f"other file(s), e.g. {others[0]}")
-    if is_local(fs):
-        _refuse_special(path, out, infos)
-    if version is not None or as_of_time is not None:
-        raise ConfigError(f"data.version / data.as_of_time: data.path '{path}' is not a Delta or Iceberg table")
-    return Listing((fs, protocol, out, root, infos))
-
-
-def _iceberg_listing(path, storage_options, version, as_of_time, catalog) -> Listing:
-    """An Iceberg table's snapshot as a ``Listing``: the manifests' URIs as the paths of
-    the filesystem that holds the table."""
-    location, found, infos, table, renamed = iceberg_snapshot(path, dict(storage_options or {}), version,
-                                                              as_of_time, catalog)
-    if not found:
-        raise DataError(f"data.path '{path}': the Iceberg table (snapshot {table['version']}) has no files")
-    fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    strip = fs._strip_protocol
-    out = [(strip(uri), rel) for uri, rel in found]
-    infos = {strip(uri): {**info, "name": strip(uri)} for uri, info in infos.items()}
-    if is_local(fs):
-        _refuse_special(path, out, infos)
-    return Listing((fs, protocol, out, root.rstrip("/"), infos), table, renamed)
-
-
-def _find_local(root: str) -> dict:
-    """``fs.find(root, detail=True)`` of a local folder through ``os.scandir``: the same
-    paths, sizes and mtimes (so the same statistics-cache keys), without fsspec's info
-    call per entry (100,000 files: 1.6 s -> 0.6 s)."""
-    out, todo = {}, [root]
-    while todo:
-        with os.scandir(todo.pop()) as entries:
-            for e in entries:
-                if e.is_dir():  # a link to a folder is walked, as find walks it
-                    todo.append(e.path)
-                else:
-                    st = e.stat()
-                    kind = "file" if stat.S_ISREG(st.st_mode) else "other"  # a pipe, socket or device
-                    out[e.path] = {"name": e.path, "size": st.st_size, "type": kind, "mtime": st.st_mtime,
-                                   "ident": (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)}
-    return out
-
-
-def local_ident(full: str, info: dict) -> tuple | None:
-    """What identifies a local file's content: (size, mtime_ns, ctime_ns, inode). A file
-    rewritten in place changes its mtime and ctime (ctime even when the mtime is set
-    back), one renamed over it its inode. From the listing, else one stat."""
-    if info.get("ident") is not None:
-        return tuple(info["ident"])
-    try:
-        st = os.stat(full)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-def remote_ident(info: dict) -> tuple | None:
-    """An object's ETag from the listing, as ("etag", value): what a read checks the
-    object it opens against (``read.check_unchanged``). None where the store gives none."""
-    etag = info.get("ETag") or info.get("etag")
-    return ("etag", str(etag)) if etag else None
-
-
-def _refuse_special(path: str, found: list, infos: dict) -> None:
-    """Anything but a regular file (a named pipe, a socket, a device) is refused by name
-    before it is opened: opening a FIFO waits for a writer, all night."""
-    for full, rel in found:
-        info = infos[full]
-        if info.get("type") == "other" or (info.get("type") not in ("file", "other") and _special(full)):
-            raise DataError(f"data.path '{path}': {rel} is not a regular file (a named pipe, socket or device); "
-                            "remove it from the folder")
-
-
-def _special(full: str) -> bool:
-    try:
-        return not stat.S_ISREG(os.stat(full).st_mode)
-    except OSError:
-        return False
-
-
 def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: int = CHUNK_BYTES,
                 with_target: bool = True, known=None, listing=None) -> ParquetSource:
     """Discover files, prune by partition filters, read footers, lay out chunks.
@@ -576,20 +352,56 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     A listing of many small files is planned from the listing (``FOOTERLESS_MIN_FILES``).
     ``known(file_key) -> footer_plan | None``: what earlier reads of a file said (the
     refit's statistics cache); such a file's footer is not read again.
-    ``listing``: what ``list_files_detailed(data_cfg.path, …)`` gave, if the caller has it.
+    ``listing``: what ``list_data(data_cfg)`` gave, if the caller has it.
 
     Raises
     ------
     DataError
         Naming the path, file or column at fault.
     """
-    # Block layout: features, target, then the weight column if any (then any extra
-    # columns the caller reads for itself, e.g. predict's keys).
+    columns = block_columns(data_cfg, extra_columns, with_target)
+    sel = select(listing or list_data(data_cfg), data_cfg, columns)
+    files = _plan_files(sel, columns, data_cfg.missing, known)
+    src = ParquetSource(
+        fs=sel.fs, protocol=sel.protocol, files=files, chunks=[], columns=columns,
+        partitions=sel.partitions, row_filters=sel.row_filters,
+        storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing, weight=data_cfg.weight,
+        root=sel.root, table=sel.table,
+    )
+    src.layout(chunk_bytes)
+    if not src.chunks:
+        raise DataError(f"data.path '{data_cfg.path}': the selected files hold no rows")
+    return src
+
+
+def block_columns(data_cfg, extra_columns=None, with_target: bool = True) -> list[str]:
+    """The block's columns: features, target, then the weight column if any (then any
+    extra columns the caller reads for itself, e.g. predict's keys)."""
     columns = list(data_cfg.features) + ([data_cfg.target] if with_target else [])
     if data_cfg.weight:
         columns.append(data_cfg.weight)
-    columns += [c for c in extra_columns or [] if c not in columns]
-    listing = listing or list_data(data_cfg)
+    return columns + [c for c in extra_columns or [] if c not in columns]
+
+
+@dataclass
+class Selection:
+    """The files of a listing that ``data.filters`` keep, with their partition values and
+    paths below the root, and the filters left for the rows."""
+
+    fs: Any
+    protocol: str
+    root: str
+    infos: dict
+    kept: list[str]
+    partitions: dict[str, dict[str, str]]
+    rels: dict[str, str]
+    row_filters: list
+    table: dict | None
+
+
+def select(listing, data_cfg, columns) -> Selection:
+    """Prune ``listing`` by the partition filters; a table's files that a vacuum removed,
+    or columns renamed in its history, are refused before any footer is read."""
     fs, protocol, found, root, infos = listing
     renamed = sorted(set(columns) & getattr(listing, "renamed", frozenset()))
     if renamed:
@@ -599,52 +411,54 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
         root = root.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
     if not found:
         raise DataError(f"data.path '{data_cfg.path}' holds no Parquet files")
-
     partitions, kept, rels = {}, [], {}
     for full, rel in found:
         keys = listing.partition(full, rel) if isinstance(listing, Listing) else hive_keys(rel)
-        if _keep(keys, data_cfg.filters):
+        if keep_partition(keys, data_cfg.filters):
             kept.append(full)
             partitions[full] = keys
             rels[full] = rel
     if not kept:
         raise DataError(f"data.filters {data_cfg.filters} select no files under '{data_cfg.path}'")
+    part_keys = set().union(*partitions.values())
+    sel = Selection(fs, protocol, root, infos, kept, partitions, rels,
+                    [f for f in data_cfg.filters if f[0] not in part_keys], getattr(listing, "table", None))
+    if sel.table and is_local(fs):
+        _check_table_files(sel, data_cfg.path)
+    return sel
 
-    part_keys = set().union(*partitions.values()) if partitions else set()
-    row_filters = [f for f in data_cfg.filters if f[0] not in part_keys]
 
-    table = getattr(listing, "table", None)
-    if table and is_local(fs):  # a file the log names but a vacuum removed: say so before reading
-        for full in kept:
-            infos[full]["ident"] = local_ident(full, infos[full])
-            if infos[full]["ident"] is None:
-                raise DataError(f"data.path '{data_cfg.path}': the {table['format'].capitalize()} table's version "
-                                f"{table['version']} names {rels[full]}, which is gone (removed by a vacuum or "
-                                "an expiry?); read a newer version")
+def _check_table_files(sel: Selection, path: str) -> None:
+    """A file the table's log names but a vacuum removed: one line saying so, before any
+    read (else a footer read fails naming only the file). Its identity, stat'ed here, is
+    kept for the reads (``check_unchanged``)."""
+    for full in sel.kept:
+        info = sel.infos[full]
+        info["ident"] = local_ident(full, info)
+        if info["ident"] is None:
+            raise DataError(f"data.path '{path}': the {sel.table['format'].capitalize()} table's version "
+                            f"{sel.table['version']} names {sel.rels[full]}, which is gone (removed by a vacuum "
+                            "or an expiry?); read a newer version")
+
+
+def _plan_files(sel: Selection, columns: list[str], missing: str, known) -> list[dict]:
+    """Each kept file's entry (``ParquetSource.files``), from the cheapest source of its
+    footer's facts: the statistics cache (``known``), a ``_metadata`` summary, the listing
+    alone (many small files), else its footer; columns checked as each is planned."""
     cached = {}
-    for full in kept if known is not None else ():
-        info = infos[full]
-        plan = known(file_key({"path": _display(protocol, full), "size": info.get("size"), "stamp": file_stamp(info),
-                               "partition": partitions[full], "deleted": deleted_positions(info)}, columns,
-                              data_cfg.missing, row_filters))
+    for full in sel.kept if known is not None else ():
+        plan = known(file_key(_identity(sel, full), columns, missing, sel.row_filters))
         if plan is not None:
             cached[full] = plan
-    planned = summary_plan(fs, root, infos, [full for full in kept if full not in cached], rels)
-    todo = [full for full in kept if full not in planned and full not in cached]
-    unread = listing_plan(todo, infos)
-    footers = read_footers(fs, [p for p in todo if p not in unread], infos)  # in order, as the loop asks
-    if planned:
-        log.info("planned %d files from %s/_metadata", len(planned), root)
-    if unread:
-        log.info("planned %d small files from the listing (their tasks read their footers)", len(unread))
-    if cached:
-        log.info("planned %d files from the statistics cache", len(cached))
-    if planned or unread or cached:
-        log.info("read %d footers", len(todo) - len(unread))
-    files, check = [], ColumnCheck(columns + [f[0] for f in row_filters])
+    planned = summary_plan(sel.fs, sel.root, sel.infos, [f for f in sel.kept if f not in cached], sel.rels)
+    todo = [full for full in sel.kept if full not in planned and full not in cached]
+    unread = listing_plan(todo, sel.infos)
+    footers = read_footers(sel.fs, [p for p in todo if p not in unread], sel.infos)  # in order, as asked
+    _log_plan(sel, planned, unread, cached, len(todo) - len(unread))
+    files, check = [], ColumnCheck(columns + [f[0] for f in sel.row_filters])
     with contextlib.closing(footers):  # a check that fails stops the reads still in flight
-        for full in kept:
-            info, col_types = infos[full], None
+        for full in sel.kept:
+            info, col_types = sel.infos[full], None
             if full in cached:  # its columns were checked when it was first read
                 plan = cached[full]
                 row_groups, rg_bytes, schema, col_types = (plan["row_groups"], plan["row_group_bytes"], None,
@@ -660,168 +474,40 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
                 row_groups, rg_bytes = _row_groups(meta)
             if schema is not None:
                 col_types = check(full, schema)[:len(columns)]
-            ident = local_ident(full, info) if is_local(fs) else remote_ident(info)
-            deleted = deleted_positions(infos[full])
-            rows = infos[full].get("rows") if row_groups is None else sum(row_groups)
-            if row_groups is not None and infos[full].get("rows") not in (None, rows):
-                raise DataError(f"{_display(protocol, full)}: holds {rows} rows but the table's log says "
-                                f"{infos[full]['rows']}; the log does not describe this file")
-            files.append({"path": _display(protocol, full), "size": info.get("size"),
-                          "rows": None if rows is None else rows - len(deleted) // 8, "deleted": deleted,
-                          "full_path": full, "rel": rels[full], "stamp": file_stamp(info),
-                          "ident": ident,
-                          "partition": partitions[full], "row_groups": row_groups, "row_group_bytes": rg_bytes,
-                          "types": col_types})
-    src = ParquetSource(
-        fs=fs, protocol=protocol, files=files, chunks=[], columns=columns,
-        partitions=partitions, row_filters=row_filters,
-        storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing, weight=data_cfg.weight,
-        root=root, table=getattr(listing, "table", None),
-    )
-    src.layout(chunk_bytes)
-    if not src.chunks:
-        raise DataError(f"data.path '{data_cfg.path}': the selected files hold no rows")
-    return src
+            files.append(_file_entry(sel, full, info, row_groups, rg_bytes, col_types))
+    return files
 
 
-def deleted_positions(info: dict) -> bytes:
-    """The sorted int64 positions the table's log deletes from a file, as bytes."""
-    d = info.get("deleted")
-    return b"" if d is None or not len(d) else np.asarray(d, dtype=np.int64).tobytes()
+def _identity(sel: Selection, full: str) -> dict:
+    """What ``file_key`` needs of a file, from the listing alone."""
+    info = sel.infos[full]
+    return {"path": display_path(sel.protocol, full), "size": info.get("size"), "stamp": file_stamp(info),
+            "partition": sel.partitions[full], "deleted": deleted_positions(info)}
 
 
-def listing_plan(paths: list[str], infos: dict) -> set[str]:
-    """Which of ``paths`` to plan from the listing, footers unread: the small files
-    (under ``OPEN_COST_BYTES``) after the first, when there are more than
-    ``FOOTERLESS_MIN_FILES`` of them."""
-    small = [p for p in paths if isinstance(infos[p].get("size"), int) and infos[p]["size"] < OPEN_COST_BYTES]
-    return set(small[1:]) if len(small) > FOOTERLESS_MIN_FILES else set()
+def _log_plan(sel: Selection, planned, unread, cached, footers_read: int) -> None:
+    if planned:
+        log.info("planned %d files from %s/_metadata", len(planned), sel.root)
+    if unread:
+        log.info("planned %d small files from the listing (their tasks read their footers)", len(unread))
+    if cached:
+        log.info("planned %d files from the statistics cache", len(cached))
+    if planned or unread or cached:
+        log.info("read %d footers", footers_read)
 
 
-def _row_groups(meta) -> tuple[list[int], int]:
-    """(rows of each row group, the largest row group's bytes) from a file's metadata."""
-    groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
-    return [g.num_rows for g in groups], max((g.total_byte_size for g in groups), default=0)
-
-
-def summary_plan(fs, root: str, infos: dict, kept: list[str], rels: dict) -> dict:
-    """What the footers of ``kept`` files would say, from a ``_metadata`` summary file in
-    the listed folder (written by pyarrow, dask and Spark): one read instead of one per
-    file. {full path: (rows of each row group, largest row group's bytes, schema)} for
-    the files it covers and that are not newer than it; the others read their footers.
-    No usable summary: {}."""
-    path = posixpath.join(root, "_metadata")
-    info = infos.get(path)
-    if info is None or info.get("type") == "directory":
-        return {}
-    try:
-        opener = NativePath(path) if is_local(fs) else fs.open(path, "rb")
-        with opener as fh:
-            meta = pq.read_metadata(fh)
-        schema = meta.schema.to_arrow_schema()
-    except (pa.ArrowException, OSError, ValueError) as e:
-        log.info("%s: not a usable summary (%s); reading footers", path, _first_line(e))
-        return {}
-    groups: dict[str, list] = {}
-    for i in range(meta.num_row_groups):
-        rg = meta.row_group(i)
-        if rg.num_columns:
-            groups.setdefault(rg.column(0).file_path, []).append((rg.num_rows, rg.total_byte_size))
-    out = {}
-    for full in kept:
-        found = groups.get(rels[full])
-        if found and _not_newer(infos[full], info):
-            out[full] = ([n for n, _ in found], max(b for _, b in found), schema)
-    return out
-
-
-def _not_newer(file_info: dict, summary_info: dict) -> bool:
-    """Whether a data file was last written no later than the summary (else it may have
-    been rewritten since: its own footer decides)."""
-    for key in ("mtime", "LastModified", "last_modified"):
-        a, b = file_info.get(key), summary_info.get(key)
-        if a is not None and b is not None:
-            try:
-                return a <= b
-            except TypeError:
-                return False
-    return False
-
-
-def _display(protocol: str, path: str) -> str:
-    return path if protocol in ("file", "local") else f"{protocol}://{path}"
-
-
-#: Footer reads in flight at once on the client. Local files: parsing a footer holds the
-#: GIL, more threads do not help. Elsewhere a footer is one request whose latency, not
-#: bandwidth, is the cost (issue 21: 100,000 footers one after another at 30 ms is 50
-#: minutes; 64 at a time, 47 s).
-FOOTER_THREADS = 16
-REMOTE_FOOTER_THREADS = 64
-#: Bytes fetched from a remote file's end to read its footer in one request (most
-#: footers are a few KiB; a larger one costs a second request).
-FOOTER_TAIL = 64 * 2**10
-
-
-def read_footers(fs, paths: list[str], infos: dict | None = None):
-    """``_read_footer`` of each path, in order, up to ``FOOTER_THREADS`` at a time. The
-    results and the first error are those of reading them one after another.
-    ``infos``: what the listing said of each path (else one info request each)."""
-    infos = infos or {}
-    if len(paths) < 2:
-        yield from (_read_footer(fs, p, infos.get(p)) for p in paths)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    threads = FOOTER_THREADS if is_local(fs) else REMOTE_FOOTER_THREADS
-    with ThreadPoolExecutor(min(threads, len(paths)), thread_name_prefix="gd-dask-footer") as pool:
-        futures = [pool.submit(_read_footer, fs, p, infos.get(p)) for p in paths]
-        try:
-            for f in futures:
-                yield f.result()
-        finally:
-            for f in futures:
-                f.cancel()
-
-
-def _read_footer(fs, path: str, info: dict | None = None):
-    try:
-        info = info if info is not None and "size" in info else fs.info(path)
-        if not is_local(fs):
-            tail = _remote_footer(fs, path, info.get("size"))
-            if tail is not None:
-                pf = pq.ParquetFile(pa.BufferReader(tail))
-                return pf.metadata, pf.schema_arrow, info
-        # Object stores: small range reads, so only the footer is fetched, not the file.
-        # A local path opened here, not by pyarrow from a str (0.26 → 0.12 ms a footer).
-        opener = pa.OSFile(path) if is_local(fs) else fs.open(path, "rb", block_size=2**16, cache_type="bytes")
-        with opener as fh:
-            pf = pq.ParquetFile(fh)
-            meta, schema = pf.metadata, pf.schema_arrow
-    except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
-    return meta, schema, info
-
-
-def _remote_footer(fs, path: str, size) -> bytes | None:
-    """The file's last ``FOOTER_TAIL`` bytes in one ranged request, when they hold the
-    whole footer (its length is in the last 8 bytes); else None. Parsed as a file of its
-    own: the footer is all ``ParquetFile`` reads to give metadata and schema."""
-    if not isinstance(size, int) or size < 12:
-        return None
-    tail = fs.cat_file(path, start=max(0, size - FOOTER_TAIL), end=size)
-    if len(tail) < 8 or tail[-4:] != b"PAR1":
-        raise ValueError("no Parquet magic bytes at the end of the file")
-    footer = int.from_bytes(tail[-8:-4], "little")
-    if footer + 8 > len(tail):
-        return None
-    return tail if size <= FOOTER_TAIL else b"PAR1" + tail[-(footer + 8):]
-
-
-def file_stamp(info: dict):
-    """What changes when a file is rewritten: ETag on object stores, else mtime."""
-    for k in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
-        if info.get(k) is not None:
-            v = info[k]
-            return v if isinstance(v, (int, float, str)) else str(v)
-    return None
+def _file_entry(sel: Selection, full: str, info: dict, row_groups, rg_bytes, col_types) -> dict:
+    """One ``ParquetSource.files`` entry; rows are the live rows (a table's deletions
+    taken off), and a table's row count must be the footer's."""
+    listed = sel.infos[full]
+    deleted = deleted_positions(listed)
+    rows = listed.get("rows") if row_groups is None else sum(row_groups)
+    if row_groups is not None and listed.get("rows") not in (None, rows):
+        raise DataError(f"{display_path(sel.protocol, full)}: holds {rows} rows but the table's log says "
+                        f"{listed['rows']}; the log does not describe this file")
+    return {"path": display_path(sel.protocol, full), "size": info.get("size"),
+            "rows": None if rows is None else rows - len(deleted) // 8, "deleted": deleted,
+            "full_path": full, "rel": sel.rels[full], "stamp": file_stamp(info),
+            "ident": local_ident(full, info) if is_local(sel.fs) else remote_ident(info),
+            "partition": sel.partitions[full], "row_groups": row_groups, "row_group_bytes": rg_bytes,
+            "types": col_types}

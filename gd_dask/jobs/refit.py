@@ -30,7 +30,7 @@ from .. import interrupt
 from ..kernels import losses
 from . import guard as validate
 from ..data import CHUNK_BYTES, ParquetSource, open_source
-from ..data.source import Listing, file_stamp, list_data, deleted_positions
+from ..data.listing import Listing, deleted_positions, file_stamp, list_data
 from ..errors import ArtifactError, ConfigError, DataError
 from ..runtime.executor import Executor, chunk_bytes_for
 from ..artifacts.registry import Registry, RegistryError
