@@ -11,7 +11,7 @@ from ..kernels import losses
 from ..config import ModelConfig
 from ..errors import ArtifactError
 from ..kernels.losses import Loss
-from .store import load_model as _load_document
+from .store import load_document
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,6 @@ class Model:
 
 def load_model(path: str | Path, storage_options: dict | None = None) -> Model:
     """Read a model.json, local or URL (checked: format, features vs coefficients)."""
-    doc = _load_document(path, storage_options)
+    doc = load_document(path, storage_options)
     return Model(features=list(doc["features"]), target=doc.get("target", "y"),
                  m=np.asarray(doc["m"], dtype=np.float64), b=float(doc["b"]), document=doc, path=str(path))

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ..errors import ArtifactError, GdDaskError
 from .stats_cache import StatsCache
-from .store import atomic_write, is_url, load_model
+from .store import atomic_write, is_url, load_document
 
 
 class RegistryError(GdDaskError):
@@ -262,7 +262,7 @@ class Registry:
         version = self.current()
         if version is None:
             return None
-        return load_model(self.url(f"{self.version_dir(version)}/model.json"), self.storage_options)
+        return load_document(self.url(f"{self.version_dir(version)}/model.json"), self.storage_options)
 
     def new_version(self, as_of: str, files: dict[str, str | bytes]) -> str:
         """Write ``files`` as a new immutable version; ``verdict.json`` must be among them.

@@ -228,7 +228,7 @@ def read_text(path, storage_options: dict | None = None, limit: int | None = Non
     return data.decode("utf-8")
 
 
-def load_model(path: str | Path, storage_options: dict | None = None) -> dict:
+def load_document(path: str | Path, storage_options: dict | None = None) -> dict:
     """Read and check a model.json document (a local path or a URL).
 
     Raises

@@ -260,7 +260,7 @@ def models_list(model, storage_options):
 @_storage_option
 def models_show(model, version, storage_options):
     """model.json and verdict of VERSION (default: the current one) as JSON."""
-    from ..artifacts.store import load_model as read
+    from ..artifacts.store import load_document as read
 
     reg = _registry(model, storage_options)
     version = version or reg.current()
@@ -358,7 +358,7 @@ def _g(x) -> str:
 @_storage_option
 def models_diff(model, v1, v2, as_json, storage_options):
     """Two versions of MODEL side by side: coefficients, metrics and data windows."""
-    from ..artifacts.store import load_model as read
+    from ..artifacts.store import load_document as read
 
     reg = _registry(model, storage_options)
     docs = [read(reg.url(f"{reg.version_dir(v)}/model.json"), storage_options) for v in (v1, v2)]
@@ -460,7 +460,7 @@ def summary(model_json, as_json, storage_options):
     p value and 95% interval; R², adjusted R², F, log-likelihood, AIC, BIC (from the
     moments of training; no pass over the data)."""
     from ..artifacts.summary import table
-    from ..artifacts.store import load_model as load_document
+    from ..artifacts.store import load_document
 
     doc = load_document(model_json, storage_options)
     s = doc.get("summary")

@@ -23,11 +23,10 @@ from ..errors import DataError
 from ..runtime.executor import Executor, chunk_bytes_for, decide_cache
 from ..optimization.rates import Curvature, choose_rates
 from ..optimization.refine import Refiner
+from ..optimization.strategy import Strategy
 
 log = logging.getLogger(__name__)
 
-#: Largest number of features for which ``strategy: auto`` picks gram.
-GRAM_MAX_FEATURES = 4096
 #: ``epochs: auto`` for stream and minibatch (every epoch is a pass over the data).
 STREAM_EPOCHS = 1000
 #: ``epochs: auto`` for gram: heavy ball needs about √κ·ln(1/tol) epochs; this many
@@ -35,11 +34,10 @@ STREAM_EPOCHS = 1000
 GRAM_EPOCHS_PER_ROOT_KAPPA = 4
 
 
-def pick_strategy(cfg) -> str:
-    if cfg.optimizer.strategy != "auto":
-        return cfg.optimizer.strategy
-    ok = losses.of(cfg.model).quadratic and cfg.optimizer.method == "batch"
-    return "gram" if ok and len(cfg.data.features) <= GRAM_MAX_FEATURES else "stream"
+def pick_strategy(cfg) -> Strategy:
+    """The run's ``Strategy``, ``optimizer.strategy: auto`` resolved."""
+    o = cfg.optimizer
+    return Strategy.of(o.strategy, losses.of(cfg.model).quadratic, o.method, len(cfg.data.features))
 
 
 @dataclass
@@ -48,7 +46,7 @@ class Prepared:
     and the validation rows' where ``optimizer.validation_fraction`` holds some out."""
 
     source: ParquetSource
-    strategy: str
+    strategy: Strategy
     ex: Executor
     mom: Moments
     val_ex: Executor | None = None
@@ -252,14 +250,14 @@ class Setup:
     def refiner(self) -> Refiner:
         return Refiner(self.hessian, self.scaling.center, self.scaling.scale, self.fit_b, self.l2)
 
-    def epochs(self, cfg, strategy: str, certifier=None) -> int:
+    def epochs(self, cfg, strategy: Strategy, certifier=None) -> int:
         """``optimizer.epochs``, with ``auto`` resolved against the curvature (and
         ``STREAM_EPOCHS`` where nothing can be certified: more epochs cannot make
         ``converged`` true)."""
         o = cfg.optimizer
         if o.epochs != "auto":
             return o.epochs
-        if strategy != "gram" or (isinstance(certifier, CoefficientBound) and not certifier.certifiable):
+        if not strategy.gram or (isinstance(certifier, CoefficientBound) and not certifier.certifiable):
             return STREAM_EPOCHS
         tol = max(o.tol, 1e-16)
         root_kappa = float(np.sqrt(min(self.curv.condition, 1e12)))

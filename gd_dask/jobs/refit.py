@@ -176,7 +176,7 @@ def refit(cfg, client, as_of: date, listing=None, allow_rollback: bool = False) 
     if cfg.optimizer.validation_fraction:
         raise ConfigError("refit judges each challenger on its newest days (registry.holdout_days): "
                           "set optimizer.validation_fraction to 0")
-    if pick_strategy(cfg) != "gram" and cfg.optimizer.method != "batch":
+    if not pick_strategy(cfg).gram and cfg.optimizer.method != "batch":
         raise ConfigError("refit trains with optimizer.method batch")
     t0 = time.perf_counter()
     reg = Registry(cfg.registry.dir, cfg.name, cfg.data.storage_options)
@@ -315,7 +315,7 @@ def plan_window(cfg, reg: Registry, as_of: date, listing: Listing) -> Window:
 
 def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback: bool = False) -> RefitOutcome:
     """The night's decision; writes nothing but the statistics cache (``_commit`` does)."""
-    gram = pick_strategy(cfg) == "gram"
+    gram = pick_strategy(cfg).gram
     day = as_of.isoformat()
     hand = reg.quarantined().get(day)
     if isinstance(hand, dict) and hand.get("by") == "hand":

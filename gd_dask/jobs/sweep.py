@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def sweep(cfg, client, rates: list, source=None) -> list[dict]:
     """One row per rate: rate, learning rate used, status, epochs, final loss, losses.
     ``source``: ``cfg.data``'s footers, if read already."""
-    gram = pick_strategy(cfg) == "gram"
+    gram = pick_strategy(cfg).gram
     source = source or open_source(cfg.data)
     prep = prepare(cfg, client, source) if gram else None  # one moments pass serves every rate
     rows = []

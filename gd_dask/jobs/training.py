@@ -27,6 +27,7 @@ from ..runtime.executor import Executor
 from ..optimization.descent import Checkpoints, Descent, LoopState, Rules, criterion_name, gradient_at, state_from_dict, state_to_dict
 from ..optimization.rates import Curvature, Rates
 from .prepare import Prepared, Setup, prepare
+from ..optimization.strategy import GRAM
 from ..optimization.refine import AUTO_PASSES, refine
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,11 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     prep = prepare(cfg, client, source)
     setup = Setup.of(cfg, prep.mom)
     oracle, validate = _oracles(cfg, prep, setup)
-    certifier = setup.certifier(cfg, prep.ex.curvature_sums if prep.strategy == "stream" else None)
+    certifier = setup.certifier(cfg, prep.ex.curvature_sums if prep.strategy.stream else None)
     epochs = setup.epochs(cfg, prep.strategy, certifier)
     descent = Descent(oracle, setup.rates, setup.curv, Rules.of(cfg), certifier=certifier, validate=validate)
 
-    params = setup.initial_params(init, extended=prep.strategy == "gram")
+    params = setup.initial_params(init, extended=prep.strategy.gram)
     key = run_key(cfg, prep.source, init)
     state = _resume(cfg, key, params.dtype) or descent.start(params)
     resumed_from = state.epoch or None
@@ -107,7 +108,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
             log.info("early stop at epoch %d: no better validation loss for %d epochs; kept epoch %d (%.6g)",
                      state.epoch, cfg.optimizer.n_iter_no_change, state.best_epoch, state.best_val)
     prep.release()
-    return _result(cfg, setup, state, certifier, prep.strategy, metrics, val_metrics, prep.val_mom, t0,
+    return _result(cfg, setup, state, certifier, str(prep.strategy), metrics, val_metrics, prep.val_mom, t0,
                    source=prep.source, resumed_from=resumed_from, rows_dropped=prep.rows_dropped, summary=summary)
 
 
@@ -146,7 +147,7 @@ def _oracles(cfg, prep: Prepared, setup: Setup):
     """(oracle, validate): the global gradient sums at (m, b) and, with early stopping,
     the validation loss — from the moments for gram, a pass over the chunks (paired
     with the validation rows' in one round trip) for stream."""
-    if prep.strategy == "gram":
+    if prep.strategy.gram:
         return setup.gram.sums, setup.validation_loss(prep.val_mom) if prep.val_ex else None
     for e in filter(None, (prep.ex, prep.val_ex)):
         e.standardize(setup.scaling)
@@ -168,7 +169,7 @@ def fit_moments(cfg, mom: Moments, init=None, on_epoch=None, val_mom: Moments | 
     setup = Setup.of(cfg, mom)
     validate = None if val_mom is None else setup.validation_loss(val_mom)
     certifier = setup.certifier(cfg)
-    epochs = setup.epochs(cfg, "gram", certifier)
+    epochs = setup.epochs(cfg, GRAM, certifier)
     descent = Descent(setup.gram.sums, setup.rates, setup.curv, Rules.of(cfg), certifier=certifier,
                       validate=validate)
     state = descent.run(descent.start(setup.initial_params(init, extended=True)), epochs=epochs,

@@ -29,6 +29,7 @@ from ..data import Pack, ParquetSource, count_nonfinite
 from ..data.read import pack_files
 from ..data.write import predict_file
 from ..kernels.losses import SQUARED, Loss
+from ..optimization.strategy import STREAM, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -424,13 +425,13 @@ def cluster_memory(client) -> int:
     return int(sum(limits))
 
 
-def decide_cache(setting: str, source: ParquetSource, client, strategy: str = "stream") -> bool:
+def decide_cache(setting: str, source: ParquetSource, client, strategy: Strategy = STREAM) -> bool:
     """``memory`` / ``none`` as given. ``auto``: stream caches only when the blocks fit;
     gram never does, since it reads the data only twice (moments, then the metrics) and
     streaming a chunk from its file costs less than filling fresh memory with it."""
     if setting != "auto":
         return setting == "memory"
-    if strategy == "gram":
+    if strategy.gram:
         log.info("cache: none (gram reads the data for its moments and for the metrics only)")
         return False
     need = source.nbytes
