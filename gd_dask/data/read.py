@@ -18,15 +18,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DataError, first_line
+from ..sizes import BATCH_ROWS
 
 
 def _first_line(e: Exception) -> str:
     return first_line(e, with_type=False)
 
 
-#: Rows decoded at a time within a row group larger than ``stream_above`` (pyarrow
-#: writes 1M-row groups by default, Spark 128 MB ones).
-BATCH_ROWS = 8192
 
 
 def _filtered(table: pa.Table, spec, file_id: int, first_row: int, deleted=None) -> pa.Table:

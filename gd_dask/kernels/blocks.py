@@ -7,6 +7,8 @@ import threading
 
 import numpy as np
 
+from ..sizes import SLICE_ROWS
+
 _scratch = threading.local()  # per-thread scratch buffers (``_scratch_like``)
 
 
@@ -45,11 +47,6 @@ def standardize_block(block, center, scale, y_center=0.0, out=None, weighted: bo
     if weighted:
         out[:, -1] = block[:, -1]
     return out
-
-
-#: Rows per slice for passes that add up over rows (moments, metrics, gradient sums): a
-#: slice of a few columns and its shifted or standardized copy stay in the CPU cache.
-SLICE_ROWS = 8192
 
 
 def aligned(block):

@@ -25,6 +25,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..sizes import SLICE_ROWS
+
 
 @dataclass(frozen=True)
 class Loss:
@@ -120,7 +122,7 @@ def _buffers(n: int, k: int) -> list[np.ndarray]:
     """``k`` per-thread reused vectors of length ``n`` (see ``Loss.terms``)."""
     buf = getattr(_local, "buf", None)
     if buf is None or buf.shape[0] < k or buf.shape[1] < n:
-        buf = _local.buf = np.empty((k, max(n, 8192)))
+        buf = _local.buf = np.empty((k, max(n, SLICE_ROWS)))
     return [buf[i, :n] for i in range(k)]
 
 

@@ -44,6 +44,8 @@ import math
 
 import numpy as np
 
+from ..sizes import SLICE_ROWS
+
 EPS = float(np.finfo(np.float64).eps)
 EPS_LONG = float(np.finfo(np.longdouble).eps)
 #: Relative accuracy taken for float64 moments and row sums (per slice merged, see
@@ -55,14 +57,12 @@ ZERO_FLOOR = 1e-6
 REFRESH_EPOCHS = 16
 #: ``screen`` asks for the full bound once its estimate is within this factor of tol.
 SCREEN_FACTOR = 8.0
-#: Rows per slice (``gradient.SLICE_ROWS``): sums over rows are merged slice by slice.
-_SLICE_ROWS = 8192
 
 
 def sums_accuracy(n: float) -> float:
     """Relative accuracy assumed of float64 moments and gradient sums over ``n`` rows:
     ``ETA`` per slice sum, growing like the square root of the number of slices merged."""
-    return ETA * (1.0 + math.sqrt(max(float(n), 1.0) / _SLICE_ROWS))
+    return ETA * (1.0 + math.sqrt(max(float(n), 1.0) / SLICE_ROWS))
 
 
 def sums_error(eta: float, lmax: float, grad_scale: float, theta) -> float:
