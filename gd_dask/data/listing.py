@@ -9,7 +9,7 @@ import operator
 import os
 import posixpath
 import stat
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
 import numpy as np
@@ -103,6 +103,16 @@ def list_data(data_cfg, version=None) -> Listing:
                                data_cfg.catalog.model_dump() if data_cfg.catalog else None)
 
 
+class Asked(NamedTuple):
+    """Which snapshot of a table a run asks for (``data.version``, ``data.as_of_time``;
+    ``catalog``: an Iceberg catalog's table), and the options that reach it."""
+
+    storage_options: dict
+    version: int | None = None
+    as_of_time: str | None = None
+    catalog: dict | None = None
+
+
 def list_files_detailed(path: str, storage_options: dict | None = None, fmt: str = "auto", version=None,
                         as_of_time=None, catalog: dict | None = None):
     """``list_files`` and {full_path: the listing's info (size, mtime or ETag)}: one
@@ -110,12 +120,13 @@ def list_files_detailed(path: str, storage_options: dict | None = None, fmt: str
     round trips each on an object store). A Delta or Iceberg table (``fmt``,
     ``data.format``; ``catalog``: an Iceberg catalog's table) is listed from its log:
     the live files of one snapshot (``data.table``)."""
+    asked = Asked(dict(storage_options or {}), version, as_of_time, catalog)
     if catalog:
-        return _iceberg_listing(path, storage_options, version, as_of_time, catalog)
+        return _iceberg_listing(path, asked)
     fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if fmt != "parquet" and not any(ch in root for ch in "*?["):
-        table = _table_listing(path, fs, protocol, root.rstrip("/"), fmt, storage_options, version, as_of_time)
+        table = _table_listing(path, fs, protocol, root.rstrip("/"), fmt, asked)
         if table is not None:
             return table
     elif version is not None or as_of_time is not None:
@@ -130,7 +141,7 @@ def list_files_detailed(path: str, storage_options: dict | None = None, fmt: str
     return Listing((fs, protocol, out, root, infos))
 
 
-def _table_listing(path, fs, protocol, root, fmt, storage_options, version, as_of_time) -> Listing | None:
+def _table_listing(path, fs, protocol, root, fmt, asked: Asked) -> Listing | None:
     """The snapshot's listing if ``root`` is a Delta or Iceberg table (``fmt``), else None."""
     try:
         kind = table_format(fs, root, fmt)
@@ -139,10 +150,10 @@ def _table_listing(path, fs, protocol, root, fmt, storage_options, version, as_o
     except Exception as e:  # noqa: BLE001 - object stores fail in many types (auth, network)
         raise DataError(f"data.path '{path}': cannot list ({_first_line(e)})") from None
     if kind == "iceberg":
-        return _iceberg_listing(path, storage_options, version, as_of_time, None)
+        return _iceberg_listing(path, asked)
     if kind != "delta":
         return None
-    found, infos, table = delta_snapshot(path, root, protocol, dict(storage_options or {}), version, as_of_time)
+    found, infos, table = delta_snapshot(path, root, protocol, asked.storage_options, asked.version, asked.as_of_time)
     if not found:
         raise DataError(f"data.path '{path}': the Delta table (version {table['version']}) has no files")
     return Listing((fs, protocol, found, root, infos), table)
@@ -186,14 +197,13 @@ def _parquet_files(path: str, infos: dict, base: str, root: str) -> list[tuple[s
     return out
 
 
-def _iceberg_listing(path, storage_options, version, as_of_time, catalog) -> Listing:
+def _iceberg_listing(path, asked: Asked) -> Listing:
     """An Iceberg table's snapshot as a ``Listing``: the manifests' URIs as the paths of
     the filesystem that holds the table."""
-    location, found, infos, table, renamed = iceberg_snapshot(path, dict(storage_options or {}), version,
-                                                              as_of_time, catalog)
+    location, found, infos, table, renamed = iceberg_snapshot(path, *asked)
     if not found:
         raise DataError(f"data.path '{path}': the Iceberg table (snapshot {table['version']}) has no files")
-    fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
+    fs, root = fsspec.core.url_to_fs(location, **asked.storage_options)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     strip = fs._strip_protocol
     out = [(strip(uri), rel) for uri, rel in found]

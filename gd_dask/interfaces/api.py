@@ -7,6 +7,7 @@ config, DataError, ClusterError, TrainingError, ArtifactError at run time).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -32,23 +33,34 @@ def resolve_config(config, overrides=None):
     raise ConfigError(f"config: expected a path, a mapping or a RunConfig, got {type(config).__name__}")
 
 
-def run(cfg, scheduler: str | None = None, on_epoch=None, plot: bool = True, client=None):
-    """Train as ``cfg`` says and save the run; returns (FitResult, path of model.json).
-
-    ``client``: a ``distributed.Client`` to use; else ``scheduler`` or ``cfg.cluster``
-    (an embedded cluster by default), connected for this run only."""
-    from ..runtime.cluster import connect
+@contextlib.contextmanager
+def session(cfg, scheduler: str | None = None, client=None):
+    """The prologue of a job run from a config (train, sweep): the output folder is
+    writable and the data's footers are read, so a bad path fails before a cluster
+    starts; then a client: ``client`` if given, else ``scheduler`` or ``cfg.cluster``'s
+    (an embedded cluster by default), connected for this job only. Yields
+    ``(client, source)``."""
+    from ..artifacts.store import check_writable
     from ..data import open_source
-    from ..artifacts.store import check_writable, save_run
-    from ..jobs.training import fit
+    from ..runtime.cluster import connect
 
     check_writable(cfg.output_dir, cfg.data.storage_options)
-    source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
+    source = open_source(cfg.data)
     if client is not None:
-        result = fit(cfg, client, on_epoch=on_epoch, source=source)
-    else:
-        with connect(cfg.cluster, scheduler, data=source) as c:
-            result = fit(cfg, c, on_epoch=on_epoch, source=source)
+        yield client, source
+        return
+    with connect(cfg.cluster, scheduler, data=source) as c:
+        yield c, source
+
+
+def run(cfg, scheduler: str | None = None, on_epoch=None, plot: bool = True, client=None):
+    """Train as ``cfg`` says and save the run; returns (FitResult, path of model.json).
+    ``client``, ``scheduler``: as ``session``."""
+    from ..artifacts.store import save_run
+    from ..jobs.training import fit
+
+    with session(cfg, scheduler, client) as (c, source):
+        result = fit(cfg, c, on_epoch=on_epoch, source=source)
     return result, save_run(cfg.output_dir, cfg, result, plot=plot)
 
 

@@ -153,12 +153,11 @@ def sweep(config, rates, overrides, scheduler):
     """Train once per learning rate; plot the curves (sweep.png) and print a table."""
     from pathlib import Path
 
-    from ..runtime.cluster import connect
-    from ..config import load_config
-    from ..data import open_source
     from ..artifacts.plots import sweep_png
-    from ..artifacts.store import atomic_write, check_writable
+    from ..artifacts.store import atomic_write
+    from ..config import load_config
     from ..jobs.sweep import sweep as run_sweep
+    from .api import session
 
     cfg = load_config(config, overrides)
     parsed = []
@@ -170,9 +169,7 @@ def sweep(config, rates, overrides, scheduler):
             raise ConfigError(f"--learning-rates: {r!r} is not a number or 'auto'") from None
         if parsed[-1] != "auto" and not parsed[-1] > 0:
             raise ConfigError(f"--learning-rates: {r} must be > 0")
-    check_writable(cfg.output_dir)
-    source = open_source(cfg.data)  # footers only: bad paths fail before a cluster starts
-    with connect(cfg.cluster, scheduler, data=source) as client:
+    with session(cfg, scheduler) as (client, source):
         rows = run_sweep(cfg, client, parsed, source)
     out = Path(cfg.output_dir) / "sweep.png"
     curves = [(f"lr={r['rate']}" + (f" ({r['learning_rate']:.3g})" if r["rate"] == "auto" else ""),
