@@ -199,3 +199,13 @@ def test_minibatch_on_several_chunks_makes_the_progress_of_sequential_sgd(thread
         excess[mix] = float(np.mean((X @ res.m + res.b - y) ** 2)) - _optimum_mse(X, y)
     assert excess["average"] > 3 * sequential, (excess, sequential)  # what the issue measured
     assert excess["auto"] < 1.5 * sequential, (excess, sequential)
+
+
+def test_a_diverging_minibatch_run_names_the_rate_to_lower(threads, tmp_path):
+    from gd_dask.errors import TrainingError
+
+    X, y = _regression(seed=4, n=2000, d=2)
+    cfg = make_config(write_parquet(tmp_path / "d", X, y, n_files=1), tmp_path,
+                      optimizer={"method": "minibatch", "batch_size": 64, "learning_rate": 1000.0, "epochs": 5})
+    with pytest.raises(TrainingError, match=r"minibatch SGD diverged at epoch \d+ .*optimizer\.learning_rate than 1000 or 'auto'"):
+        fit(cfg, threads)

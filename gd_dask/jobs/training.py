@@ -26,7 +26,8 @@ from ..data import ParquetSource
 from ..runtime.executor import Executor
 from ..optimization.descent import Checkpoints, Descent, LoopState, Rules, criterion_name, gradient_at, state_from_dict, state_to_dict
 from ..optimization.rates import Curvature, Rates
-from .prepare import Prepared, Setup, prepare
+from ..optimization.setup import Setup
+from .prepare import Prepared, prepare
 from ..optimization.strategy import GRAM
 from ..optimization.refine import AUTO_PASSES, refine
 
@@ -75,11 +76,11 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     """
     t0 = time.perf_counter()
     prep = prepare(cfg, client, source)
-    setup = Setup.of(cfg, prep.mom)
+    setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     oracle, validate = _oracles(cfg, prep, setup)
-    certifier = setup.certifier(cfg, prep.ex.curvature_sums if prep.strategy.stream else None)
-    epochs = setup.epochs(cfg, prep.strategy, certifier)
-    descent = Descent(oracle, setup.rates, setup.curv, Rules.of(cfg), certifier=certifier, validate=validate)
+    certifier = setup.certifier(prep.ex.curvature_sums if prep.strategy.stream else None)
+    epochs = setup.epochs(cfg.optimizer, prep.strategy, certifier)
+    descent = Descent(oracle, setup.rates, setup.curv, Rules.of(cfg.model, cfg.optimizer), certifier=certifier, validate=validate)
 
     params = setup.initial_params(init, extended=prep.strategy.gram)
     key = run_key(cfg, prep.source, init)
@@ -88,9 +89,10 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     checkpoints = Checkpoints(lambda st: store.write_checkpoint(cfg.output_dir, key, state_to_dict(st)),
                               cfg.output.checkpoint_every if _checkpoints(cfg) else 0)
     if cfg.optimizer.method == "minibatch":
-        eta0 = sgd.base_rate(cfg, setup.curv)
+        eta0 = sgd.base_rate(cfg.optimizer, setup.curv)
         setup.rates = Rates(eta0, 0.0)
-        state = sgd.descend(cfg, prep.ex, state, eta0, None if cfg.optimizer.epochs == "auto" else epochs,
+        fixed = None if cfg.optimizer.epochs == "auto" else epochs
+        state = sgd.descend(cfg.optimizer, prep.ex, state, sgd.plan_of(cfg.optimizer, cfg.model, eta0), fixed,
                             validate, on_epoch, checkpoints, lmax=setup.curv.lmax)
         _certify_full_gradient(cfg, state, prep.ex, certifier)
     else:
@@ -166,11 +168,11 @@ def fit_moments(cfg, mom: Moments, init=None, on_epoch=None, val_mom: Moments | 
     the float64 floor (read only when the descent stalls there).
     """
     t0 = time.perf_counter()
-    setup = Setup.of(cfg, mom)
+    setup = Setup.of(cfg.model, cfg.optimizer, mom)
     validate = None if val_mom is None else setup.validation_loss(val_mom)
-    certifier = setup.certifier(cfg)
-    epochs = setup.epochs(cfg, GRAM, certifier)
-    descent = Descent(setup.gram.sums, setup.rates, setup.curv, Rules.of(cfg), certifier=certifier,
+    certifier = setup.certifier()
+    epochs = setup.epochs(cfg.optimizer, GRAM, certifier)
+    descent = Descent(setup.gram.sums, setup.rates, setup.curv, Rules.of(cfg.model, cfg.optimizer), certifier=certifier,
                       validate=validate)
     state = descent.run(descent.start(setup.initial_params(init, extended=True)), epochs=epochs,
                         tol=cfg.optimizer.tol, on_epoch=on_epoch)
@@ -252,7 +254,7 @@ def convergence_report(cfg, state: LoopState, certifier) -> dict:
     the criterion gives none or nothing can be certified)."""
     bound = state.bound
     finite = bound is not None and np.isfinite(bound)
-    return {"criterion": criterion_name(certifier, Rules.of(cfg)), "tol": cfg.optimizer.tol,
+    return {"criterion": criterion_name(certifier, Rules.of(cfg.model, cfg.optimizer)), "tol": cfg.optimizer.tol,
             "bound": float(bound) if finite else None,
             "digits": digits(bound) if bound is not None else None,
             "epochs": state.epoch, "refinements": state.refinements}
@@ -273,7 +275,7 @@ def _certify_full_gradient(cfg, state: LoopState, ex: Executor, certifier) -> No
     if not isinstance(certifier, (CoefficientBound, LocalBound)):
         return
     params = state.params
-    grads = gradient_at(ex.gradient_sums, params, Rules.of(cfg))
+    grads = gradient_at(ex.gradient_sums, params, Rules.of(cfg.model, cfg.optimizer))
     state.bound = certifier.bound(params, grads, certifier.grad_error(params))
     state.converged = cfg.optimizer.tol > 0 and state.bound <= cfg.optimizer.tol
 

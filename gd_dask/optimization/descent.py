@@ -62,11 +62,12 @@ class Rules:
     newton: bool = True  # Newton steps where the certifier measures the Hessian (optimizer.refine ≠ 0)
 
     @classmethod
-    def of(cls, cfg) -> Rules:
-        o = cfg.optimizer
-        return cls(cfg.model.l2, cfg.model.l1, o.schedule, o.power_t, o.step_size, o.gamma,
-                   o.method == "minibatch", o.n_iter_no_change, cfg.model.fit_intercept,
-                   losses.of(cfg.model).penalty_scale, o.refine != 0)
+    def of(cls, model, optimizer) -> Rules:
+        """From the ``model`` and ``optimizer`` sections of a run config."""
+        o = optimizer
+        return cls(model.l2, model.l1, o.schedule, o.power_t, o.step_size, o.gamma,
+                   o.method == "minibatch", o.n_iter_no_change, model.fit_intercept,
+                   losses.of(model).penalty_scale, o.refine != 0)
 
     def objective(self, loss: float, m) -> float:
         """The reported loss plus the penalties, in the reported loss's units."""

@@ -35,13 +35,13 @@ SGD_TOL = 1e-3
 SGD_MAX_EPOCHS = 1000
 
 
-def base_rate(cfg, curv) -> float:
-    lr = cfg.optimizer.learning_rate
+def base_rate(optimizer, curv) -> float:
+    lr = optimizer.learning_rate
     return 1.0 / curv.lmax if lr == "auto" else float(lr)
 
 
-def plan_of(cfg, eta0: float) -> SGDPlan:
-    o, m = cfg.optimizer, cfg.model
+def plan_of(optimizer, model, eta0: float) -> SGDPlan:
+    o, m = optimizer, model
     return SGDPlan(batch=o.batch_size, seed=o.seed, epoch=1, round=0, sync_every=o.sync_every,
                      rate=(o.schedule, eta0, o.power_t, o.step_size, o.gamma), l2=m.l2, l1=m.l1,
                      fit_intercept=m.fit_intercept, average=o.average)
@@ -73,16 +73,16 @@ class Mixing:
     factor: float = 1.0
 
 
-def mixing(cfg, source, eta0: float, lmax: float) -> Mixing:
+def mixing(optimizer, source, eta0: float, lmax: float) -> Mixing:
     """``Mixing`` for these chunks, rate and curvature (the data's and the config's alone,
     so the bits stay the same on every cluster)."""
-    o = cfg.optimizer
+    o = optimizer
     rows = _chunk_rows(source)
     fixed = None if o.sync_every == "auto" else o.sync_every
     if o.mix == "average" or rows is None or len(rows) < 2:
         return Mixing(fixed)
     k_eff = sum(rows) ** 2 / sum(r * r for r in rows)
-    steps = _steps(cfg, source)
+    steps = _steps(optimizer, source)
     q = min(max(eta0 * lmax, 0.0), 1.0)  # the stiffest direction's contraction per step
     sync = fixed
     if o.sync_every == "auto":
@@ -94,7 +94,7 @@ def mixing(cfg, source, eta0: float, lmax: float) -> Mixing:
     return Mixing(sync, max(1.0, factor))
 
 
-def rounds_per_epoch(cfg, source, sync_every: int | None) -> int | None:
+def rounds_per_epoch(optimizer, source, sync_every: int | None) -> int | None:
     """Rounds in an epoch: 1, or enough rounds of ``sync_every`` steps for the largest
     chunk; None where chunk sizes are not known in advance (a dask DataFrame): rounds then
     go on until one takes no step."""
@@ -102,22 +102,23 @@ def rounds_per_epoch(cfg, source, sync_every: int | None) -> int | None:
         return 1
     if _chunk_rows(source) is None:
         return None
-    return max(1, math.ceil(_steps(cfg, source) / sync_every))
+    return max(1, math.ceil(_steps(optimizer, source) / sync_every))
 
 
-def descend(cfg, ex, state: LoopState, eta0: float, epochs: int | None, validate=None, on_epoch=None,
+def descend(optimizer, ex, state: LoopState, plan: SGDPlan, epochs: int | None, validate=None, on_epoch=None,
             checkpoint=None, lmax: float = 0.0) -> LoopState:
-    """Epochs of minibatch SGD from ``state`` (see the module docstring); ``epochs`` None:
-    ``epochs: auto``'s stopping rule. ``lmax``: the curvature bound (``Mixing``)."""
-    mix = mixing(cfg, ex.source, eta0, lmax)
-    plan = dataclasses.replace(plan_of(cfg, eta0), sync_every=mix.sync_every)
-    rounds = rounds_per_epoch(cfg, ex.source, mix.sync_every)
+    """Epochs of minibatch SGD from ``state`` (see the module docstring), with the steps
+    ``plan`` says (``plan_of``); ``epochs`` None: ``epochs: auto``'s stopping rule.
+    ``lmax``: the curvature bound (``Mixing``)."""
+    mix = mixing(optimizer, ex.source, plan.rate[1], lmax)
+    plan = dataclasses.replace(plan, sync_every=mix.sync_every)
+    rounds = rounds_per_epoch(optimizer, ex.source, mix.sync_every)
     limit = epochs or SGD_MAX_EPOCHS
-    patience = cfg.optimizer.n_iter_no_change
+    patience = optimizer.n_iter_no_change
     best, calm = None, 0
     t_last = time.perf_counter()
     theta = np.asarray(start_theta(state), dtype=np.float64)
-    steps = _steps(cfg, ex.source)
+    steps = _steps(optimizer, ex.source)
     with interrupt.deferred():
         while state.epoch < limit and not state.stopped_early:
             interrupt.raise_if_pending(lambda: save_now(checkpoint, state))
@@ -140,7 +141,7 @@ def descend(cfg, ex, state: LoopState, eta0: float, epochs: int | None, validate
             loss = loss_sum / rows if rows else math.nan
             if not math.isfinite(loss) or not np.isfinite(theta).all():
                 err = TrainingError(f"minibatch SGD diverged at epoch {epoch} (loss {loss:.3g}); use a smaller "
-                                    f"optimizer.learning_rate than {eta0:g} or 'auto' (1/λmax)")
+                                    f"optimizer.learning_rate than {plan.rate[1]:g} or 'auto' (1/λmax)")
                 err.history = state.history
                 raise err
             state.params = average if plan.average else theta
@@ -149,7 +150,7 @@ def descend(cfg, ex, state: LoopState, eta0: float, epochs: int | None, validate
                    "learning_rate": _rate(plan, epoch * steps), "seconds": now - t_last}
             t_last = now
             if validate is not None:
-                row["val_loss"] = _watch(state, validate, epoch, cfg.optimizer.tol, patience)
+                row["val_loss"] = _watch(state, validate, epoch, optimizer.tol, patience)
             if keep_row(epoch):
                 state.history.append(row)
             if on_epoch is not None:
@@ -182,10 +183,10 @@ def _chunk_rows(source) -> list[int] | None:
     return rows if rows and all(isinstance(r, int) for r in rows) else None
 
 
-def _steps(cfg, source) -> int:
+def _steps(optimizer, source) -> int:
     """Steps per epoch of the largest chunk (1 where chunk sizes are unknown)."""
     rows = _chunk_rows(source)
-    return max(1, math.ceil(max(rows) / cfg.optimizer.batch_size)) if rows else 1
+    return max(1, math.ceil(max(rows) / optimizer.batch_size)) if rows else 1
 
 
 def _rate(plan: SGDPlan, step: int) -> float:
