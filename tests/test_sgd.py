@@ -207,5 +207,6 @@ def test_a_diverging_minibatch_run_names_the_rate_to_lower(threads, tmp_path):
     X, y = _regression(seed=4, n=2000, d=2)
     cfg = make_config(write_parquet(tmp_path / "d", X, y, n_files=1), tmp_path,
                       optimizer={"method": "minibatch", "batch_size": 64, "learning_rate": 1000.0, "epochs": 5})
-    with pytest.raises(TrainingError, match=r"minibatch SGD diverged at epoch \d+ .*optimizer\.learning_rate than 1000 or 'auto'"):
+    with pytest.raises(TrainingError,
+                       match=r"minibatch SGD diverged at epoch \d+ .*optimizer\.learning_rate than 1000 or 'auto'"):
         fit(cfg, threads)

@@ -71,7 +71,8 @@ def delta_snapshot(path: str, root: str, protocol: str, storage_options: dict, v
         raise
     except Exception as e:  # noqa: BLE001 - delta-rs raises its own types (version not found, bad log)
         what = f"version {version}" if version is not None else f"as of {as_of_time}" if as_of_time else "log"
-        raise DataError(f"data.path '{path}': cannot read the Delta table's {what} ({first_line(e, with_type=False)})") from None
+        raise DataError(f"data.path '{path}': cannot read the Delta table's {what} "
+                        f"({first_line(e, with_type=False)})") from None
     _check_features(path, dt.protocol())
     import pyarrow as pa
 

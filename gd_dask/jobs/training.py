@@ -18,18 +18,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..artifacts import store
+from ..artifacts import summary as inference
+from ..data import ParquetSource
 from ..kernels.moments import Moments
-from ..artifacts import summary as inference, store
 from ..optimization import sgd
 from ..optimization.certify import CoefficientBound, LocalBound, digits
-from ..data import ParquetSource
-from ..runtime.executor import Executor
-from ..optimization.descent import Checkpoints, Descent, LoopState, Rules, criterion_name, gradient_at, state_from_dict, state_to_dict
+from ..optimization.descent import (
+    Checkpoints,
+    Descent,
+    LoopState,
+    Rules,
+    criterion_name,
+    gradient_at,
+    state_from_dict,
+    state_to_dict,
+)
 from ..optimization.rates import Curvature, Rates
-from ..optimization.setup import Setup
-from .prepare import Prepared, prepare
-from ..optimization.strategy import GRAM
 from ..optimization.refine import AUTO_PASSES, refine
+from ..optimization.setup import Setup
+from ..optimization.strategy import GRAM
+from ..runtime.executor import Executor
+from .prepare import Prepared, prepare
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +89,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     oracle, validate = _oracles(cfg, prep, setup)
     certifier = setup.certifier(prep.ex.curvature_sums if prep.strategy.stream else None)
-    epochs = setup.epochs(cfg.optimizer, prep.strategy, certifier)
-    descent = Descent(oracle, setup.rates, setup.curv, Rules.of(cfg.model, cfg.optimizer), certifier=certifier, validate=validate)
+    descent, epochs = _descent(cfg, setup, oracle, prep.strategy, certifier, validate)
 
     params = setup.initial_params(init, extended=prep.strategy.gram)
     key = run_key(cfg, prep.source, init)
@@ -171,9 +180,7 @@ def fit_moments(cfg, mom: Moments, init=None, on_epoch=None, val_mom: Moments | 
     setup = Setup.of(cfg.model, cfg.optimizer, mom)
     validate = None if val_mom is None else setup.validation_loss(val_mom)
     certifier = setup.certifier()
-    epochs = setup.epochs(cfg.optimizer, GRAM, certifier)
-    descent = Descent(setup.gram.sums, setup.rates, setup.curv, Rules.of(cfg.model, cfg.optimizer), certifier=certifier,
-                      validate=validate)
+    descent, epochs = _descent(cfg, setup, setup.gram.sums, GRAM, certifier, validate)
     state = descent.run(descent.start(setup.initial_params(init, extended=True)), epochs=epochs,
                         tol=cfg.optimizer.tol, on_epoch=on_epoch)
     state = finish(cfg, setup, state, certifier, refine_pass, epochs, on_epoch)
@@ -181,6 +188,13 @@ def fit_moments(cfg, mom: Moments, init=None, on_epoch=None, val_mom: Moments | 
     val_metrics = None if val_mom is None else setup.moments_metrics(state.params, val_mom)
     summary = statistics(cfg, setup, state, final_coefficients(setup, state))
     return _result(cfg, setup, state, certifier, "gram", metrics, val_metrics, val_mom, t0, summary=summary)
+
+
+def _descent(cfg, setup: Setup, oracle, strategy, certifier, validate) -> tuple[Descent, int]:
+    """The descent both ``fit`` and ``fit_moments`` run, and its epoch budget."""
+    rules = Rules.of(cfg.model, cfg.optimizer)
+    descent = Descent(oracle, setup.rates, setup.curv, rules, certifier=certifier, validate=validate)
+    return descent, setup.epochs(cfg.optimizer, strategy, certifier)
 
 
 def _result(cfg, setup: Setup, state: LoopState, certifier, strategy: str, metrics: dict, val_metrics,

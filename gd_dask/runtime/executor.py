@@ -18,18 +18,37 @@ from functools import reduce
 import dask
 import numpy as np
 
-from ..kernels import gradient as g
-from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, standardize_block
-from ..kernels.metrics import ClassSums, ErrorSums, add_class_sums, add_errors, block_classification, block_errors, block_errors_std, class_metrics, error_metrics
-from ..kernels.moments import Moments, Standardizer, add_row_sums, block_meat, block_moments, merge_moments, row_sums, shifted_moments
-from ..optimization.sgd_kernel import SGDPlan, add_sgd, sgd_block, sgd_raw
-from .waiting import compute, large_graphs_quiet
-from ..kernels.compensated import RefineSums, add_refine, refine_sums
 from ..data import Pack, ParquetSource, count_nonfinite
 from ..data.read import pack_files
 from ..data.write import predict_file
+from ..kernels import gradient as g
+from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, standardize_block
+from ..kernels.compensated import RefineSums, add_refine, refine_sums
 from ..kernels.losses import SQUARED, Loss
+from ..kernels.metrics import (
+    ClassSums,
+    ErrorSums,
+    add_class_sums,
+    add_errors,
+    block_classification,
+    block_errors,
+    block_errors_std,
+    class_metrics,
+    error_metrics,
+)
+from ..kernels.moments import (
+    Moments,
+    Standardizer,
+    add_row_sums,
+    block_meat,
+    block_moments,
+    merge_moments,
+    row_sums,
+    shifted_moments,
+)
+from ..optimization.sgd_kernel import SGDPlan, add_sgd, sgd_block, sgd_raw
 from ..optimization.strategy import STREAM, Strategy
+from .waiting import compute, large_graphs_quiet
 
 log = logging.getLogger(__name__)
 
