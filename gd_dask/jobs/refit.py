@@ -315,7 +315,6 @@ def plan_window(cfg, reg: Registry, as_of: date, listing: Listing) -> Window:
 
 def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback: bool = False) -> RefitOutcome:
     """The night's decision; writes nothing but the statistics cache (``_commit`` does)."""
-    gram = pick_strategy(cfg).gram
     day = as_of.isoformat()
     hand = reg.quarantined().get(day)
     if isinstance(hand, dict) and hand.get("by") == "hand":
@@ -323,61 +322,25 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
         return RefitOutcome(None, False, {"quarantined": [day], "checks": hand.get("checks", [])}, 0, msg,
                             status="quarantined", repeat=True)
     done = reg.night_record(day)
-    pinned = ((done or {}).get("verdict") or {}).get("table")
-    if pinned and cfg.data.version is None and cfg.data.as_of_time is None and (
-            listing is None or getattr(listing, "table", None) != pinned):
-        # A rerun reads the table snapshot its date's first run read, not the newest.
-        listing = list_data(cfg.data, version=pinned["version"])
-    listing = listing or list_data(cfg.data)  # one listing a night
+    listing = _night_listing(cfg, done, listing)
     win = plan_window(cfg, reg, as_of, listing)
     released = reg.released()
     fingerprint = _fingerprint(cfg, win, listing, released, allow_rollback)
     if done and done.get("fingerprint") == fingerprint:
         return _repeat(done, day)
-
-    known = reg.stats.plan  # files in the statistics cache: no footer read
     try:
-        window = open_source(_with_dates(cfg.data, win.dates), known=known, listing=listing)  # new files' footers
-    except DataError as e:
-        if not win.hold:
-            raise
-        # The earlier nights open: the new one is at fault.
-        open_source(_with_dates(cfg.data, win.train), known=known, listing=listing)
-        return _quarantine(as_of, win.hold, [{"check": "schema", "message": str(e)}], fingerprint,
+        window, train_src, hold_src = _open_window(cfg, client, reg, win, listing)
+    except _SchemaFault as fault:
+        return _quarantine(as_of, win.hold, [{"check": "schema", "message": fault.message}], fingerprint,
                            night={"table": getattr(listing, "table", None)})
-    # Small files packed; statistics still per file. The layout is the data's alone.
-    window.layout(CHUNK_BYTES, stream_above=chunk_bytes_for(client, CHUNK_BYTES))
-    train_src, hold_src = (window.subset([f["full_path"] for f in window.files
-                                          if f["partition"].get(DATE_KEY) in part])
-                           for part in (set(win.train), set(win.hold)))
 
     current_state = reg.current_state()  # what promote's compare-and-swap expects to find
-    current_version = current_state[0]
     current = reg.current_model()
     init = _check_current(current, cfg)
-    if gram:
-        mom, files_read = training_moments(train_src, reg, client)
-        if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
-            raise DataError(f"only {mom.n} training rows in {win.train[0]}..{win.train[-1]}")
-        # Refinement reads the training files only where the float64 gradient stalls above tol.
-        result = fit_moments(cfg, mom, init=init,
-                             refine_pass=Executor(client, train_src, cache=False).refine_sums)
-    else:  # no sufficient statistics (logistic, Huber): every epoch reads the training window
-        run_cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"checkpoint_every": 0})})
-        result = fit(run_cfg, client, init=init, source=train_src)
-        files_read = len(train_src.files)
-
-    night = {}
-    if win.first:
-        challenger_score, current_score = dict(result.metrics), None
-    else:
-        if gram:
-            challenger_score, current_score, hold_mom = _judge_on_holdout(client, reg, hold_src, result, init)
-        else:  # the night's moments for its checks, then one pass per model
-            hold_mom = _holdout_moments(client, reg, hold_src)
-            challenger_score = current_score = None
-            if hold_mom.finite() and hold_mom.n:
-                challenger_score, current_score = _judge_by_passes(client, hold_src, result, init, cfg)
+    result, files_read = _train(cfg, client, reg, win, train_src, init)
+    night, challenger_score, current_score = {}, dict(result.metrics), None
+    if not win.first:
+        challenger_score, current_score, hold_mom = _score_holdout(cfg, client, reg, hold_src, result, init)
         files_read += len(hold_src.files)
         night = _check_night(cfg, reg, train_src, win.hold, hold_mom, current_score)
         waived = [d for d in win.hold if d in released]
@@ -388,34 +351,101 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
                                {**night, "table": window.table})
 
     reg.stats.consolidate([window.file_key(f) for f in window.files])  # the cache's objects for the nights to come
-
-    status = "promoted"
-    if win.first:
-        promote, why = True, (f"first model: trained on all {len(win.dates)} date partition(s), none held out "
-                              "(no current model to compare with)")
-    else:
-        promote, why = judge(cfg.registry.promote.metric, cfg.registry.promote.max_regression,
-                             challenger_score, current_score)
-        status = "promoted" if promote else "rejected"
+    promote, status, why = _gate(cfg, win, challenger_score, current_score)
     newer = (current or {}).get("as_of")
     if promote and newer and newer > day and not allow_rollback:  # a backfill keeps production as it is
         promote, status = False, "backfilled"
-        why = (f"{why}; not promoted: the current model {current_version} is as of {newer}, newer than "
+        why = (f"{why}; not promoted: the current model {current_state[0]} is as of {newer}, newer than "
                f"{day} (--allow-rollback promotes a past night's model)")
     verdict = {"promoted": promote, "status": status, "reason": why, "as_of": day, "table": window.table,
                "metric": cfg.registry.promote.metric, "holdout_dates": win.hold,
                "train_dates": [win.train[0], win.train[-1]],
                "challenger": challenger_score, "current": current_score,
-               "current_version": current_version, "files_read": files_read,
+               "current_version": current_state[0], "files_read": files_read,
                "fingerprint": fingerprint, **night}
     result.source = train_src
     doc = model_document(cfg, result)
-    doc.update({"as_of": day, "holdout_metrics": challenger_score, "warm_start": current_version})
+    doc.update({"as_of": day, "holdout_metrics": challenger_score, "warm_start": current_state[0]})
     files = {"model.json": json.dumps(doc, indent=2) + "\n", "history.csv": history_csv(result.history),
              "verdict.json": json.dumps(verdict, indent=2) + "\n"}
     lift = [d for d in win.hold if (reg.quarantined().get(d) or {}).get("as_of") == day]
     return RefitOutcome(None, promote, verdict, files_read, "", status=status, fingerprint=fingerprint,
                         files=files, expect=current_state, lift=lift)
+
+
+def _night_listing(cfg, done: dict | None, listing):
+    """One listing a night. A rerun reads the table snapshot its date's first run read,
+    not the newest (unless ``data.version`` or ``data.as_of_time`` say otherwise)."""
+    pinned = ((done or {}).get("verdict") or {}).get("table")
+    if pinned and cfg.data.version is None and cfg.data.as_of_time is None and (
+            listing is None or getattr(listing, "table", None) != pinned):
+        return list_data(cfg.data, version=pinned["version"])
+    return listing or list_data(cfg.data)
+
+
+class _SchemaFault(Exception):
+    """The held-out night does not open (its files' columns or types), the earlier ones do."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _open_window(cfg, client, reg: Registry, win: Window, listing):
+    """(the window's source, its training nights', its held-out nights'): footers read
+    for new files only. A night that does not open while the earlier ones do is the new
+    night's fault (``_SchemaFault``)."""
+    known = reg.stats.plan  # files in the statistics cache: no footer read
+    try:
+        window = open_source(_with_dates(cfg.data, win.dates), known=known, listing=listing)
+    except DataError as e:
+        if not win.hold:
+            raise
+        open_source(_with_dates(cfg.data, win.train), known=known, listing=listing)
+        raise _SchemaFault(str(e)) from None
+    # Small files packed; statistics still per file. The layout is the data's alone.
+    window.layout(CHUNK_BYTES, stream_above=chunk_bytes_for(client, CHUNK_BYTES))
+    train_src, hold_src = (window.subset([f["full_path"] for f in window.files
+                                          if f["partition"].get(DATE_KEY) in part])
+                           for part in (set(win.train), set(win.hold)))
+    return window, train_src, hold_src
+
+
+def _train(cfg, client, reg: Registry, win: Window, train_src: ParquetSource, init) -> tuple:
+    """(the challenger's FitResult, files read): from per-file moments where the loss has
+    them (gram), else epochs over the training window."""
+    if pick_strategy(cfg).gram:
+        mom, files_read = training_moments(train_src, reg, client)
+        if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
+            raise DataError(f"only {mom.n} training rows in {win.train[0]}..{win.train[-1]}")
+        # Refinement reads the training files only where the float64 gradient stalls above tol.
+        return fit_moments(cfg, mom, init=init, refine_pass=Executor(client, train_src, cache=False).refine_sums), \
+            files_read
+    # No sufficient statistics (logistic, Huber): every epoch reads the training window.
+    run_cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"checkpoint_every": 0})})
+    return fit(run_cfg, client, init=init, source=train_src), len(train_src.files)
+
+
+def _score_holdout(cfg, client, reg: Registry, hold_src: ParquetSource, result, init) -> tuple:
+    """(challenger's score, current model's score, the held-out night's moments)."""
+    if pick_strategy(cfg).gram:
+        return _judge_on_holdout(client, reg, hold_src, result, init)
+    hold_mom = _holdout_moments(client, reg, hold_src)  # the night's moments for its checks
+    challenger_score = current_score = None
+    if hold_mom.finite() and hold_mom.n:  # then one pass per model
+        challenger_score, current_score = _judge_by_passes(client, hold_src, result, init, cfg)
+    return challenger_score, current_score, hold_mom
+
+
+def _gate(cfg, win: Window, challenger_score, current_score) -> tuple[bool, str, str]:
+    """(promote, status, reason): the first model is promoted, a later one by the gate
+    (``registry.promote``)."""
+    if win.first:
+        return True, "promoted", (f"first model: trained on all {len(win.dates)} date partition(s), none held out "
+                                  "(no current model to compare with)")
+    promote, why = judge(cfg.registry.promote.metric, cfg.registry.promote.max_regression,
+                         challenger_score, current_score)
+    return promote, "promoted" if promote else "rejected", why
 
 
 def _repeat(record: dict, day: str) -> RefitOutcome:
