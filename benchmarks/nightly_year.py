@@ -27,7 +27,7 @@ of NaN. Reported per scenario:
   about half its training nights plus the holdout);
 - for ``step``, the nights until the current slope is within 1 % of the new one.
 
-Used by tests/test_nightly_year.py (the whole year, every scenario) and by ``make bench``
+Used by tests/jobs/test_nightly_year.py (the whole year, every scenario) and by ``make bench``
 (section ``nightly_year``).
 """
 

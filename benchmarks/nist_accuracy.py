@@ -4,7 +4,7 @@ with the default settings (no epochs, no tol in the configs).
 Each dataset is written as a multi-file hive-partitioned Parquet dataset, described by a
 YAML config and trained by the real command; the saved m, b are compared with NIST's
 certified values as LRE = −log10(relative error) (15 ≈ full double precision), next to
-numpy.linalg.lstsq on the same design. Run by `make bench`; tests/test_nist.py asserts
+numpy.linalg.lstsq on the same design. Run by `make bench`; tests/optimization/test_nist.py asserts
 the thresholds.
 """
 
@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-NIST = Path(__file__).resolve().parents[1] / "tests" / "data" / "nist"
+NIST = Path(__file__).resolve().parents[1] / "tests" / "reference" / "nist"
 DATASETS = ["Norris", "Pontius", "NoInt1", "NoInt2", "Longley",
             "Wampler1", "Wampler2", "Wampler3", "Wampler4", "Wampler5", "Filip"]
 

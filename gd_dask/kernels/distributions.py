@@ -6,7 +6,7 @@ converges, with x and 1 − x passed separately so that neither tail loses digit
 cancellation. scipy's import was 0.3 s of every ``gd-dask train``, on its critical path.
 
 Accuracy, relative, against scipy.special (``stdtr``, ``stdtrit``, ``fdtrc``;
-tests/test_distributions.py) and 40-digit mpmath: 1e-11 up to 1e5 degrees of freedom,
+tests/kernels/test_distributions.py) and 40-digit mpmath: 1e-11 up to 1e5 degrees of freedom,
 3e-10 up to 8e6, 3e-8 at 1e9, where the continued fraction's own rounding grows with its
 first parameter (half the degrees of freedom). For p-values and a 95% interval's
 quantile that is far below what the data can say.

@@ -119,7 +119,7 @@ def test_the_readme_config_reference_is_a_valid_config():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = re.search(r"## Run config.*?```yaml\n(.*?)```", text, re.S).group(1)
     assert parse_config(block, source="README").name == "students"
 

@@ -208,7 +208,7 @@ def test_stream_stalls_at_its_floor_and_refines_too(client, tmp_path):
 
     import pandas as pd
 
-    nist = ROOT / "tests" / "data" / "nist"
+    nist = ROOT / "tests" / "reference" / "nist"
     df = pd.read_csv(nist / "Pontius.csv")
     cert = json.loads((nist / "certified.json").read_text())["Pontius"]["coef"]
     data = write_parquet(tmp_path / "d", df[["x1", "x2"]].to_numpy(), df["y"].to_numpy(), n_files=3)

@@ -1,5 +1,5 @@
 """The statistical summary (``inference``) against statsmodels' OLS, WLS and HC1 (NIST's
-certified standard deviations: tests/test_nist.py)."""
+certified standard deviations: tests/optimization/test_nist.py)."""
 
 import json
 import math

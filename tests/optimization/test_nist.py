@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from nist_accuracy import certified, train_dataset  # noqa: E402
 
 #: Minimum LRE of the worst coefficient (issue: converged means the coefficients are right).
