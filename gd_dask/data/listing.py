@@ -5,6 +5,7 @@ identifies each file's content (size and times, or an ETag) so a change mid-run 
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import os
 import posixpath
@@ -266,6 +267,12 @@ def _special(full: str) -> bool:
         return not stat.S_ISREG(os.stat(full).st_mode)
     except OSError:
         return False
+
+
+def deletion_digest(deleted: bytes) -> str:
+    """A short digest of a file's deleted positions (``deleted_positions``): part of the
+    identity of what the file holds, for the statistics cache and the refit's fingerprint."""
+    return hashlib.blake2b(deleted, digest_size=16).hexdigest()
 
 
 def deleted_positions(info: dict) -> bytes:

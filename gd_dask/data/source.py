@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import logging
 import zlib
@@ -22,12 +21,11 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .footers import OPEN_COST_BYTES, _row_groups, listing_plan, read_footers, summary_plan
 from .listing import (
-    Listing,
     display_path,
     keep_partition,
     deleted_positions,
+    deletion_digest,
     file_stamp,
-    hive_keys,
     list_data,
     local_ident,
     remote_ident,
@@ -314,7 +312,7 @@ def file_key(f: dict, columns, missing: str, row_filters) -> dict:
     key = {"path": f["path"], "size": f["size"], "stamp": f["stamp"], "columns": list(columns),
            "missing": missing, "row_filters": [list(x) for x in row_filters], "partition": f["partition"]}
     if f.get("deleted"):
-        key["deleted"] = hashlib.blake2b(f["deleted"], digest_size=16).hexdigest()
+        key["deleted"] = deletion_digest(f["deleted"])
     return key
 
 
@@ -413,7 +411,7 @@ def select(listing, data_cfg, columns) -> Selection:
         raise DataError(f"data.path '{data_cfg.path}' holds no Parquet files")
     partitions, kept, rels = {}, [], {}
     for full, rel in found:
-        keys = listing.partition(full, rel) if isinstance(listing, Listing) else hive_keys(rel)
+        keys = listing.partition(full, rel)
         if keep_partition(keys, data_cfg.filters):
             kept.append(full)
             partitions[full] = keys

@@ -30,7 +30,7 @@ from .. import interrupt
 from ..kernels import losses
 from . import guard as validate
 from ..data import CHUNK_BYTES, ParquetSource, open_source
-from ..data.listing import Listing, deleted_positions, file_stamp, list_data
+from ..data.listing import Listing, deleted_positions, deletion_digest, file_stamp, list_data
 from ..errors import ArtifactError, ConfigError, DataError
 from ..runtime.executor import Executor, chunk_bytes_for
 from ..artifacts.registry import Registry, RegistryError
@@ -101,11 +101,6 @@ def window_size(cfg, as_of: date) -> WindowSize:
 
 def _date(listing: Listing, full: str, rel: str) -> str | None:
     return listing.partition(full, rel).get(DATE_KEY)
-
-
-def _deleted_digest(info: dict) -> list:
-    d = deleted_positions(info)
-    return [hashlib.blake2b(d, digest_size=16).hexdigest()] if d else []
 
 
 def _with_dates(data_cfg, dates):
@@ -543,7 +538,8 @@ def _fingerprint(cfg, win: Window, listing, released: dict, allow_rollback: bool
     dates and each of their files (path, size, mtime or ETag), and the nights released."""
     _, _, found, _, infos = listing
     inside = set(win.dates)
-    files = [[rel, infos[full].get("size"), file_stamp(infos[full]), *_deleted_digest(infos[full])]
+    files = [[rel, infos[full].get("size"), file_stamp(infos[full]),
+              *([deletion_digest(d)] if (d := deleted_positions(infos[full])) else [])]
              for full, rel in found if _date(listing, full, rel) in inside]
     doc = {"config": cfg.model_dump(mode="json", exclude={"cluster", "output"}),
            "train": win.train, "holdout": win.hold, "files": files,
