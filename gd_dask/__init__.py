@@ -19,8 +19,9 @@ def train(config, overrides=None, scheduler=None):
 
 
 def __getattr__(name):
-    if name in ("LinearRegression", "LogisticRegression"):
+    if name.endswith(("Regression", "Regressor")):  # scikit-learn style, one per loss that names one
         from .interfaces import estimator
 
-        return getattr(estimator, name)
+        if name in estimator.ESTIMATORS:
+            return estimator.ESTIMATORS[name]
     raise AttributeError(f"module 'gd_dask' has no attribute {name!r}")

@@ -23,6 +23,7 @@ from pydantic import (
     Strict,
     StringConstraints,
     ValidationError,
+    create_model,
     model_validator,
 )
 
@@ -111,18 +112,21 @@ class DataConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
+class _Model(_Section):
     fit_intercept: Annotated[bool, Strict()] = True
     standardize: Annotated[bool, Strict()] = Field(
         default=True,
         description="Train on features scaled by mean and standard deviation; "
         "m and b are saved in original units.",
     )
-    loss: Literal[tuple(losses.LOSSES)] = Field(default="squared", description=losses.describe())
-    huber_delta: PositiveFloat = Field(default=1.35, description="Huber threshold, in units of the target.")
+    loss: Literal[tuple(losses.LOSSES)] = Field(default=next(iter(losses.LOSSES)), description=losses.describe())
     l2: NonNegFloat = Field(default=0.0, description="Ridge: adds (l2/2)·‖m‖² to ½·MSE (not on b).")
     l1: NonNegFloat = Field(default=0.0, description="Lasso: adds l1·‖m‖₁ to ½·MSE (not on b); "
                             "proximal steps (soft thresholding).")
+
+
+#: The ``model`` section: the keys above and each loss's own (``Loss.options``, e.g. huber_delta).
+ModelConfig = create_model("ModelConfig", __base__=_Model, **losses.options())
 
 
 class OptimizerConfig(_Section):

@@ -24,6 +24,7 @@ from ..artifacts import summary as inference
 from ..config import ModelConfig, OptimizerConfig, validate_config
 from ..data.frame import FrameSource, parquet_data
 from ..errors import GdDaskError
+from ..kernels import losses
 
 #: Rows per partition of in-memory data: the chunk size for 8 features (128 MiB).
 PARTITION_ROWS = 2_000_000
@@ -197,6 +198,10 @@ class _Base(BaseEstimator):
         self.summary_ = res.summary
         return self
 
+    def _loss(self) -> losses.Loss:
+        """The loss these parameters train (its options read from them)."""
+        return losses.LOSSES[self._fixed.get("loss") or self.loss].of(self)
+
     def _eta(self, X):
         check_is_fitted(self)
         if _is_dask(X):
@@ -242,7 +247,9 @@ class LinearRegression(RegressorMixin, _Base):
         return y
 
     def predict(self, X):
-        return self._eta(X)
+        """The mean: the loss's link's inverse of x·coef_ + intercept_ (identity for
+        squared and Huber loss)."""
+        return self._loss().predict(self._eta(X))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -288,9 +295,7 @@ class LogisticRegression(ClassifierMixin, _Base):
         return self._eta(X)
 
     def predict_proba(self, X):
-        from ..kernels.losses import Logistic
-
-        p = Logistic().predict(self._eta(X))
+        p = self._loss().predict(self._eta(X))
         if _is_dask(p):
             import dask.array as da
 
@@ -303,5 +308,27 @@ class LogisticRegression(ClassifierMixin, _Base):
             lambda b: self.classes_[b.astype(int)], dtype=self.classes_.dtype)
 
 
-LogisticRegression = _with_params(LogisticRegression, model_skip=("loss", "huber_delta"),
-                                  fixed={"loss": "logistic"})
+def _fixed_loss(cls, loss: str):
+    """``_with_params`` for an estimator of one loss: it takes that loss's own options
+    (``Loss.options``) and not the others'."""
+    others = tuple(key for name, c in losses.LOSSES.items() if name != loss for key in c.options)
+    return _with_params(cls, model_skip=("loss", *others), fixed={"loss": loss})
+
+
+LogisticRegression = _fixed_loss(LogisticRegression, "logistic")
+
+
+def _regressor(loss: type[losses.Loss]):
+    """The estimator a loss names (``Loss.estimator``, e.g. a PoissonRegressor):
+    ``LinearRegression`` fixed to that loss, predicting through its link."""
+    doc = (f"Regression with model.loss {loss.name} ({loss.summary}) by gd_dask's machinery; "
+           "the fitted attributes of ``LinearRegression``.")
+    return _fixed_loss(type(loss.estimator, (LinearRegression,), {"__doc__": doc, "__module__": __name__}),
+                       loss.name)
+
+
+#: Every estimator by name: the two above, and one per loss that names its own.
+ESTIMATORS = {"LinearRegression": LinearRegression, "LogisticRegression": LogisticRegression}
+ESTIMATORS.update({cls.estimator: _regressor(cls) for cls in losses.LOSSES.values()
+                   if cls.estimator and cls.estimator not in ESTIMATORS})
+globals().update(ESTIMATORS)

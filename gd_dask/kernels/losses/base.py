@@ -1,0 +1,155 @@
+"""What a loss is to the rest of gd_dask, and the registry that finds each one by name.
+
+A loss sees a row's linear predictor ``eta = xs·m + b`` and its target ``y``:
+
+* ``terms(eta, y, w)`` gives the derivative ψ = ∂ℓ/∂eta of each row (times its weight)
+  and the sum of the *reported* per-row loss (err² for squared loss, so the loss column
+  reads as an MSE). The gradient kernels sum ψ·xs and ψ; the training objective is
+  ``reported / penalty_scale`` plus the penalties.
+* ``link``: what a prediction is, ``link.inverse(eta)`` (``links.py``).
+* ``quadratic``: the objective is a quadratic in (m, b), so its moments are sufficient
+  statistics (the ``gram`` strategy) and the coefficient bound of ``certify`` is exact.
+* ``curvature``: sup ℓ''; the objective's Hessian is at most this times the Gram matrix
+  of [xs, 1], which gives ``learning_rate: auto`` and the stable limit.
+* ``center_target``: whether y may be shifted by its mean (which only improves rounding).
+* ``check_target(y)``: the values a target column may not hold, for a one-line error.
+* ``options``: the ``model`` config keys the loss takes (``huber_delta``), declared here
+  and added to the config's ``model`` section from here.
+* ``estimator``: the name of a scikit-learn style estimator fixed to this loss, made by
+  ``interfaces.estimator`` (None: the loss is a parameter of ``LinearRegression``).
+
+``Family`` is a loss of the GLM kind, written in the mean: a unit deviance, a variance
+function and a link, composed by the chain rule (as glum keeps ``_distribution`` and
+``_link`` apart). A family with a canonical link may override ``terms`` with a fused
+kernel in eta (squared and logistic do: fewer passes over the slice, no log of a mean
+near 0); tests check the fused kernel against the composition.
+
+Adding a loss is one module in this package defining a subclass with a ``name``: it is
+registered when defined and found by the package's ``__init__``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ...sizes import SLICE_ROWS
+from .links import IDENTITY, Link
+
+#: The metrics each task reports, the first being what refits compare by default.
+TASK_METRICS = {"regression": ("rmse", "mse", "mae", "r2"),
+                "classification": ("log_loss", "roc_auc", "accuracy", "brier", "precision", "recall")}
+#: Metrics where lower is better (refit's gate).
+LOWER_IS_BETTER = frozenset({"rmse", "mse", "mae", "log_loss", "brier"})
+
+#: name → loss class, filled as each loss module is imported (``Loss.__init_subclass__``).
+LOSSES: dict[str, type[Loss]] = {}
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: ClassVar[str]
+    link: ClassVar[Link] = IDENTITY
+    quadratic: ClassVar[bool] = False
+    curvature: ClassVar[float] = 1.0
+    center_target: ClassVar[bool] = True
+    #: The reported loss over the objective's data term (2 for ½·MSE, whose report is the MSE).
+    penalty_scale: ClassVar[float] = 2.0
+    #: The metric that model.json's ``final_loss`` reports.
+    metric: ClassVar[str] = "mse"
+    #: ``regression`` or ``classification`` (what evaluate and predict report).
+    task: ClassVar[str] = "regression"
+    #: What the loss column of history.csv and loss.png holds.
+    label: ClassVar[str] = "mean squared error"
+    #: One line for the config schema.
+    summary: ClassVar[str] = ""
+    #: The values a target may hold, in words (None: any finite value); ``check_target``.
+    target_rule: ClassVar[str | None] = None
+    #: |ℓ'''| ≤ ℓ'': the curvature changes slowly (Bach 2010), so one pass measuring it
+    #: at θ certifies the coefficients' error (``certify.LocalBound``).
+    self_concordant: ClassVar[bool] = False
+    #: ``model`` config keys this loss takes: {key: (type, pydantic Field)}, in the order
+    #: of the dataclass's fields (``of`` passes them positionally).
+    options: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    #: A scikit-learn style estimator fixed to this loss (``interfaces.estimator``).
+    estimator: ClassVar[str | None] = None
+    #: The registry lists the default loss first, then the others in the order defined.
+    default: ClassVar[bool] = False
+
+    def __init_subclass__(cls, register: bool = True, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if register and "name" in cls.__dict__:
+            LOSSES[cls.name] = cls
+
+    def terms(self, eta, y, w) -> tuple[np.ndarray, float]:
+        """(w·ψ per row, Σ w·reported loss) for predictors ``eta`` and targets ``y``;
+        ``w`` None: unweighted. May overwrite ``eta``; ψ may live in a per-thread buffer
+        that the next call reuses (dask workers trim the heap on every free, so
+        slice-sized temporaries would be faulted in anew for every slice)."""
+        raise NotImplementedError
+
+    def predict(self, eta):
+        """What a prediction is: the link's inverse (identity for regression)."""
+        return self.link.inverse(eta)
+
+    def second(self, eta, y) -> np.ndarray:
+        """ℓ'' per row, for the certificate of a non-quadratic loss (``certify.LocalBound``)."""
+        raise NotImplementedError
+
+    def check_target(self, y) -> np.ndarray | None:
+        """The values of ``y`` this loss refuses (None: any finite value will do)."""
+        return None
+
+    @classmethod
+    def of(cls, model_cfg) -> Loss:
+        """This loss with its ``options`` read from a ``model`` config section."""
+        return cls(*(getattr(model_cfg, key) for key in cls.options))
+
+
+@dataclass(frozen=True)
+class Family(Loss):
+    """A loss of the GLM kind: the training objective is half the mean unit deviance
+    d(y, mu) of mu = link.inverse(eta). By the chain rule
+
+        ψ = ∂(d/2)/∂eta = (mu − y)·mu'(eta) / V(mu),
+
+    and the expected curvature (Fisher's) is mu'(eta)² / V(mu), which is ℓ'' itself
+    under the canonical link (mu' = V). The reported loss is d·penalty_scale/2."""
+
+    def variance(self, mu) -> np.ndarray:
+        """V(mu): the variance of y at mean mu, up to the dispersion."""
+        raise NotImplementedError
+
+    def unit_deviance(self, y, mu) -> np.ndarray:
+        """d(y, mu) per row: twice the log-likelihood lost against a perfect fit."""
+        raise NotImplementedError
+
+    def terms(self, eta, y, w):
+        mu = self.link.inverse(eta)
+        psi = (mu - y) * self.link.inverse_derivative(eta) / self.variance(mu)
+        reported = self.unit_deviance(y, mu) * (self.penalty_scale / 2.0)
+        if w is None:
+            return psi, float(reported.sum())
+        return w * psi, float(w @ reported)
+
+    def fisher(self, eta) -> np.ndarray:
+        """mu'(eta)² / V(mu) per row: the weights of a Newton (IRLS) step."""
+        d = self.link.inverse_derivative(eta)
+        return d * d / self.variance(self.link.inverse(eta))
+
+    def second(self, eta, y):
+        return self.fisher(eta)
+
+
+_local = threading.local()
+
+
+def buffers(n: int, k: int) -> list[np.ndarray]:
+    """``k`` per-thread reused vectors of length ``n`` (see ``Loss.terms``)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.shape[0] < k or buf.shape[1] < n:
+        buf = _local.buf = np.empty((k, max(n, SLICE_ROWS)))
+    return [buf[i, :n] for i in range(k)]
