@@ -9,6 +9,7 @@ import numpy as np
 
 from .blocks import split_block
 from .losses import Loss
+from .losses.links import IDENTITY, Link
 from .moments import Moments, block_moments, merge_moments
 
 
@@ -45,17 +46,20 @@ def _error_sums(err, y, w=None, y_center: float = 0.0) -> ErrorSums:
     return ErrorSums(float(w @ np.abs(err)), float(w @ (err * err)), total, y_mean + y_center, float(w @ (dev * dev)))
 
 
-def block_errors(block, m, b, weighted: bool = False) -> ErrorSums:
-    """Metric sums of one block for a model (m, b) in original units."""
+def block_errors(block, m, b, weighted: bool = False, link: Link = IDENTITY) -> ErrorSums:
+    """Metric sums of one block for a model (m, b) in original units: errors of the
+    mean ``link.inverse(X·m + b)`` (the prediction)."""
     X, y, w = split_block(block, weighted)
     with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
-        return _error_sums(X @ m + b - y, y, w)
+        return _error_sums(link.inverse(X @ m + b) - y, y, w)
 
 
-def block_errors_std(zs, m, b_centered, y_center, weighted: bool = False) -> ErrorSums:
+def block_errors_std(zs, m, b_centered, y_center, weighted: bool = False, link: Link = IDENTITY) -> ErrorSums:
     """``block_errors`` of a standardized block, for training-space (m, b − y_center)."""
     X, yc, w = split_block(zs, weighted)
-    return _error_sums(X @ m + b_centered - yc, yc, w, y_center)
+    if link is IDENTITY:
+        return _error_sums(X @ m + b_centered - yc, yc, w, y_center)
+    return _error_sums(link.inverse(X @ m + (b_centered + y_center)) - (yc + y_center), yc, w, y_center)
 
 
 def add_errors(a: ErrorSums, b: ErrorSums) -> ErrorSums:
@@ -75,7 +79,8 @@ def error_metrics(e: ErrorSums) -> dict:
 
 def block_moments_and_errors(block, models, weighted: bool = False) -> tuple:
     """``(block_moments(block), [block_errors(block, m, b) for (m, b) in models])``:
-    one read of a holdout block serves the gate and next night's statistics."""
+    one read of a holdout block serves the gate and next night's statistics (a quadratic
+    loss: the identity link)."""
     return block_moments(block, weighted), [block_errors(block, m, b, weighted) for m, b in models]
 
 

@@ -358,8 +358,8 @@ class Executor:
         if self.cache and sc is not None:
             m_s, b_s = sc.to_training(m, b)
             return self._reduce_rows(block_errors_std, add_errors, m_s, float(b_s) - sc.y_center,
-                                     sc.y_center, self.weighted)
-        return self._reduce_rows(block_errors, add_errors, m, float(b), self.weighted)
+                                     sc.y_center, self.weighted, self.loss.link)
+        return self._reduce_rows(block_errors, add_errors, m, float(b), self.weighted, self.loss.link)
 
     def class_sums(self, m, b, threshold: float = 0.5) -> ClassSums:
         """Metric sums of a classifier (m, b) in original units, read from the files."""

@@ -115,3 +115,19 @@ def test_an_estimator_named_by_a_loss_is_linear_regression_fixed_to_it(client):
         b = LinearRegression(loss="huber", huber_delta=1.0).fit(X, y)
     assert a.coef_.tolist() == b.coef_.tolist() and a.intercept_ == b.intercept_
     np.testing.assert_array_equal(a.predict(X), b.predict(X))
+
+
+def test_error_metrics_are_of_the_mean_the_link_predicts():
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    from gd_dask.kernels.metrics import block_errors, error_metrics
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 2))
+    m, b = np.array([0.3, -0.2]), 0.5
+    y = rng.poisson(np.exp(X @ m + b)).astype(float)
+    got = error_metrics(block_errors(np.column_stack([X, y]), m, b, link=LOG))
+    mu = np.exp(X @ m + b)
+    assert got["mse"] == pytest.approx(mean_squared_error(y, mu), rel=1e-12)
+    assert got["mae"] == pytest.approx(mean_absolute_error(y, mu), rel=1e-12)
+    assert got["r2"] == pytest.approx(r2_score(y, mu), rel=1e-12)
