@@ -189,7 +189,9 @@ def quiet_distributed(level: int = logging.CRITICAL) -> None:
 
 @contextlib.contextmanager
 def connect(cfg, address: str | None = None, data=None):
-    """Yield a ``distributed.Client`` for the run.
+    """Yield a ``distributed.Client`` for the run: the scheduler at ``address`` (or the
+    config's address or scheduler file), else an embedded cluster of threads or of
+    worker processes (``use_processes``).
 
     Parameters
     ----------
@@ -202,51 +204,62 @@ def connect(cfg, address: str | None = None, data=None):
         ``WindowSize`` has them too); unknown: processes.
     """
     address = address or cfg.address
-    timeout = _seconds(cfg.timeout)
     if address or cfg.scheduler_file:
-        from distributed import Client
+        opened = _remote(cfg, address)
+    elif use_processes(cfg, data):
+        opened = _local_processes(cfg)
+    else:
+        opened = _threads(cfg)
+    with opened as client:
+        yield client
 
-        quiet_distributed()
-        where = address or f"scheduler file {cfg.scheduler_file}"
-        if address and address.startswith("tls://") and not (cfg.tls.ca_file and cfg.tls.cert and cfg.tls.key):
-            raise ClusterError(f"cannot connect to dask scheduler at {address}: a tls:// address needs "
-                               "cluster.tls.ca_file, cluster.tls.cert and cluster.tls.key")
+
+@contextlib.contextmanager
+def _remote(cfg, address: str | None):
+    """A client of a running scheduler, its workers checked and set up."""
+    from distributed import Client
+
+    quiet_distributed()
+    timeout = _seconds(cfg.timeout)
+    where = address or f"scheduler file {cfg.scheduler_file}"
+    if address and address.startswith("tls://") and not (cfg.tls.ca_file and cfg.tls.cert and cfg.tls.key):
+        raise ClusterError(f"cannot connect to dask scheduler at {address}: a tls:// address needs "
+                           "cluster.tls.ca_file, cluster.tls.cert and cluster.tls.key")
+    try:
+        client = Client(address=address, scheduler_file=None if address else cfg.scheduler_file,
+                        timeout=timeout, security=_security(cfg.tls), set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(f"cannot reach dask scheduler at {where} within {timeout:g}s ({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - TLS and address errors come in many types
+        raise ClusterError(f"cannot connect to dask scheduler at {where}: {_first_line(e)}") from None
+    log.info("connected to %s; dashboard: %s", where, client.dashboard_link)
+    set_timeout(client, timeout)
+    try:
+        check_workers(client, timeout, where)
+        _set_up_workers(client, where)
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _threads(cfg):
+    """The embedded cluster as threads of this process, with one BLAS thread and Arrow's
+    fast pool, as worker processes have them."""
+    from .threads import ThreadsClient
+
+    with _one_blas_thread(), _fast_pool():
+        client = ThreadsClient(cfg.n_workers, cfg.threads_per_worker)
+        log.info("embedded cluster: %d threads of this process (cluster.processes: false or auto)", client.threads)
         try:
-            client = Client(
-                address=address,
-                scheduler_file=None if address else cfg.scheduler_file,
-                timeout=timeout,
-                security=_security(cfg.tls),
-                set_as_default=False,
-            )
-        except (OSError, TimeoutError) as e:
-            raise ClusterError(
-                f"cannot reach dask scheduler at {where} within {timeout:g}s ({_first_line(e)})"
-            ) from None
-        except Exception as e:  # noqa: BLE001 - TLS and address errors come in many types
-            raise ClusterError(f"cannot connect to dask scheduler at {where}: {_first_line(e)}") from None
-        log.info("connected to %s; dashboard: %s", where, client.dashboard_link)
-        set_timeout(client, timeout)
-        try:
-            check_workers(client, timeout, where)
-            _set_up_workers(client, where)
             yield client
         finally:
             client.close()
-        return
 
-    if not use_processes(cfg, data):
-        from .threads import ThreadsClient
 
-        with _one_blas_thread(), _fast_pool():
-            client = ThreadsClient(cfg.n_workers, cfg.threads_per_worker)
-            log.info("embedded cluster: %d threads of this process (cluster.processes: false or auto)",
-                     client.threads)
-            try:
-                yield client
-            finally:
-                client.close()
-        return
+@contextlib.contextmanager
+def _local_processes(cfg):
+    """An embedded LocalCluster of worker processes on loopback (set up by their preload)."""
     from distributed import Client
 
     quiet_distributed()
@@ -262,8 +275,8 @@ def connect(cfg, address: str | None = None, data=None):
         )
     except Exception as e:  # noqa: BLE001 - start-up failures come in many types
         raise ClusterError(f"cannot start the embedded LocalCluster: {e}") from None
-    client = Client(cluster, set_as_default=False)  # its workers set up by their preload
-    set_timeout(client, timeout)
+    client = Client(cluster, set_as_default=False)
+    set_timeout(client, _seconds(cfg.timeout))
     log.info("embedded LocalCluster with %d worker processes; dashboard: %s", cfg.n_workers, client.dashboard_link)
     try:
         yield client
