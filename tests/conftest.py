@@ -13,13 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The tests sit in one folder per layer of gd_dask (kernels/, optimization/, data/, …).
-#: Some import helpers from one another (test_cluster's process helpers, the nights of
-#: test_refit and test_nightly_guard): every layer's folder is importable.
-sys.path[:0] = sorted(str(p) for p in Path(__file__).parent.iterdir()
-                      if p.is_dir() and p.name not in ("reference", "__pycache__"))
-
-
 def write_parquet(root: Path, X: np.ndarray, y: np.ndarray, n_files: int = 3, names=None,
                   target: str = "y", row_group_rows: int | None = None, days: int = 1) -> dict:
     """Split (X, y) in order over ``n_files`` files under ``root/date=.../``.

@@ -123,22 +123,7 @@ def descend(optimizer, ex, state: LoopState, plan: SGDPlan, epochs: int | None, 
         while state.epoch < limit and not state.stopped_early:
             interrupt.raise_if_pending(lambda: save_now(checkpoint, state))
             epoch = state.epoch + 1
-            loss_sum = rows = 0.0
-            average = 0.0
-            done = 0
-            while rounds is None or done < rounds:
-                start = theta
-                theta, avg, part, stepped = ex.sgd_round(theta, dataclasses.replace(plan, epoch=epoch, round=done))
-                if not stepped:  # past every chunk's last step (sizes unknown in advance)
-                    theta = start
-                    break
-                if mix.factor != 1.0:  # the round's move, scaled (``Mixing``)
-                    theta = start + mix.factor * (theta - start)
-                    avg = start + mix.factor * (avg - start)
-                # Each round's average of iterates, weighted by the rows it stepped over.
-                loss_sum, rows, average, done = loss_sum + part, rows + stepped, average + avg * stepped, done + 1
-            average = average / rows if rows else theta
-            loss = loss_sum / rows if rows else math.nan
+            theta, average, loss = _epoch(ex, theta, dataclasses.replace(plan, epoch=epoch), mix.factor, rounds)
             if not math.isfinite(loss) or not np.isfinite(theta).all():
                 err = TrainingError(f"minibatch SGD diverged at epoch {epoch} (loss {loss:.3g}); use a smaller "
                                     f"optimizer.learning_rate than {plan.rate[1]:g} or 'auto' (1/λmax)")
@@ -169,6 +154,26 @@ def descend(optimizer, ex, state: LoopState, plan: SGDPlan, epochs: int | None, 
     if validate is not None and state.best_params is not None:
         state.params = state.best_params
     return state
+
+
+def _epoch(ex, theta, plan: SGDPlan, factor: float, rounds: int | None) -> tuple:
+    """One epoch's rounds from ``theta`` (``rounds`` None: until no chunk steps): (the last
+    iterate, the average of the iterates, the mean loss over the rows stepped over)."""
+    loss_sum = rows = 0.0
+    average = 0.0
+    done = 0
+    while rounds is None or done < rounds:
+        start = theta
+        theta, avg, part, stepped = ex.sgd_round(theta, dataclasses.replace(plan, round=done))
+        if not stepped:  # past every chunk's last step (sizes unknown in advance)
+            theta = start
+            break
+        if factor != 1.0:  # the round's move, scaled (``Mixing``)
+            theta = start + factor * (theta - start)
+            avg = start + factor * (avg - start)
+        # Each round's average of iterates, weighted by the rows it stepped over.
+        loss_sum, rows, average, done = loss_sum + part, rows + stepped, average + avg * stepped, done + 1
+    return theta, (average / rows if rows else theta), (loss_sum / rows if rows else math.nan)
 
 
 def start_theta(state: LoopState) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli, write_parquet
 from gd_dask.artifacts.registry import Registry
-from test_nightly_guard import config, night, write_night
+from nights import config, night, write_night
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from gd_dask.artifacts.registry import Registry
-from test_nightly_guard import config, night, snapshot, write_night  # noqa: F401 - the same nights
+from nights import config, night, snapshot, write_night  # noqa: F401 - the same nights
 
 
 def refit_killed_in(tmp_path, where: str, sig: int, as_of: str) -> subprocess.CompletedProcess:

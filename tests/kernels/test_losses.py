@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gd_dask.kernels import losses
-from gd_dask.kernels.losses import Family, Loss
+from gd_dask.kernels.losses import Family
 from gd_dask.kernels.losses.links import IDENTITY, LOG, LOGIT
 
 
