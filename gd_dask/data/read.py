@@ -312,10 +312,10 @@ def holdout_rows(seed: int, file_id: int, first_row: int, n: int, fraction: floa
 #: are read through a small buffered stream instead of a memory map. The pages of a
 #: mapped 174 MB row group all count in the worker's memory (measured RSS: 338 MiB
 #: mapped, 196 MiB buffered, reading 8192 rows at a time), and distributed kills a worker
-#: past its limit. A source sets it to its chunk size (``ParquetSource.spec``), which
-#: ``chunk_bytes_for`` keeps to 1/32 of the smallest worker's memory: streaming costs
-#: 1.6 × decoding a 42 MB row group whole (a pass over 20 files of 1M rows × 21 columns
-#: on 2 threads: 5.3 s streamed, 3.3 s whole).
+#: past its limit. A job sets it from its workers' memory (``stream_above_for``). With
+#: the next row group decoded ahead on another thread, streaming costs about what
+#: decoding whole does (20 files of 1M rows × 21 columns, one 174 MB row group each, on
+#: two 6 GB one-thread workers: the moments pass 2.9–3.3 s either way).
 LARGE_ROW_GROUP = 32 * 2**20
 #: The buffered stream's read size for large row groups.
 STREAM_BUFFER = 2**20

@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 
 #: Upper bound on the bytes of one chunk (rows × columns × 8) when grouping row groups:
 #: 128 MiB, Spark's maxPartitionBytes. Passes that stream hold one row group, not a
-#: chunk, so bigger chunks cost memory only to cached blocks (``chunk_bytes_for`` caps
-#: them by worker memory); fewer tasks left the 2-core bench 10% faster than 64 MiB.
+#: chunk, so bigger chunks cost memory only to cached blocks (``stream_above_for`` sizes
+#: what is decoded whole by worker memory); fewer tasks left the 2-core bench 10% faster than 64 MiB.
 CHUNK_BYTES = 128 * 2**20
 
 
@@ -233,7 +233,7 @@ class ParquetSource:
         chunks are where sums meet in the fixed tree, so another layout is another
         association of the same sums (callers pass the constant ``CHUNK_BYTES``).
         ``stream_above``: row groups larger than this are streamed (the workers' memory
-        sets it: ``chunk_bytes_for``); the same bits either way. Default: ``chunk_bytes``.
+        sets it: ``stream_above_for``); the same bits either way. Default: ``chunk_bytes``.
         ``pack=False``: a chunk never crosses files (``unpacked``: to name a file at fault)."""
         self._chunk_bytes = chunk_bytes
         if stream_above is not None:

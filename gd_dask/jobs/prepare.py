@@ -17,7 +17,7 @@ from ..kernels.moments import Moments
 from ..kernels import losses
 from ..data import CHUNK_BYTES, Pack, ParquetSource, open_source
 from ..errors import DataError
-from ..runtime.executor import Executor, chunk_bytes_for, decide_cache
+from ..runtime.executor import Executor, decide_cache, stream_above_for, worker_records
 from ..optimization.strategy import Strategy
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     source = source or open_source(cfg.data)
     # The layout is the data's alone (the bits must not depend on the cluster); the
     # workers' memory only sets which row groups are streamed.
-    source.layout(CHUNK_BYTES, stream_above=chunk_bytes_for(client, CHUNK_BYTES))
+    source.layout(CHUNK_BYTES, stream_above=stream_above_for(worker_records(client), CHUNK_BYTES))
     strategy = pick_strategy(cfg)
     cache = decide_cache(cfg.optimizer.cache, source, client, strategy)
     log.info("%s rows in %d files, %d chunks; strategy %s",

@@ -32,7 +32,7 @@ from . import guard as validate
 from ..data import CHUNK_BYTES, ParquetSource, open_source
 from ..data.listing import Listing, deleted_positions, deletion_digest, file_stamp, list_data
 from ..errors import ArtifactError, ConfigError, DataError
-from ..runtime.executor import Executor, chunk_bytes_for
+from ..runtime.executor import Executor, stream_above_for, worker_records
 from ..artifacts.registry import Registry, RegistryError
 from ..artifacts.store import history_csv, model_document
 from .prepare import pick_strategy
@@ -399,7 +399,7 @@ def _open_window(cfg, client, reg: Registry, win: Window, listing):
         open_source(_with_dates(cfg.data, win.train), known=known, listing=listing)
         raise _SchemaFault(str(e)) from None
     # Small files packed; statistics still per file. The layout is the data's alone.
-    window.layout(CHUNK_BYTES, stream_above=chunk_bytes_for(client, CHUNK_BYTES))
+    window.layout(CHUNK_BYTES, stream_above=stream_above_for(worker_records(client), CHUNK_BYTES))
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files
                                           if f["partition"].get(DATE_KEY) in part])
                            for part in (set(win.train), set(win.hold)))

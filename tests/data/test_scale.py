@@ -159,3 +159,18 @@ def test_row_groups_stream_above_the_chunk_size_with_the_same_bits(tmp_path):
         assert np.array_equal(ma.comoment, mb.comoment) and np.array_equal(ma.mean, mb.mean)
     src.layout(2**20)  # a small worker's chunk: its row groups stream
     assert src.spec.stream_above == 2**20
+
+
+def test_a_row_group_is_decoded_whole_where_every_thread_of_the_smallest_worker_has_room():
+    """pyarrow's default row group for 1M rows × 21 float64 columns (174 MB) is decoded
+    whole on a 6 GB worker with one or two threads, streamed on a small one; no limit:
+    the default."""
+    from gd_dask.runtime.executor import stream_above_for
+
+    rg = 173_765_823
+    six = {"memory_limit": 6 * 10**9, "nthreads": 1}
+    assert stream_above_for([six, dict(six)], 2**27) > rg
+    assert stream_above_for([dict(six, nthreads=2)], 2**27) > rg
+    assert stream_above_for([six, {"memory_limit": 2 * 10**9, "nthreads": 8}], 2**27) < rg
+    assert stream_above_for([{"memory_limit": 300 * 2**20, "nthreads": 1}], 2**27) == 2**20
+    assert stream_above_for([{"memory_limit": 0, "nthreads": 2}], 2**27) == 2**27
