@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +91,17 @@ def dask_cluster():
         yield procs
     finally:
         procs.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_train_left_running():
+    """A failed test must not leave a million-epoch run (and its cluster) behind."""
+    from dask_processes import started
+
+    yield
+    while started:
+        proc = started.pop()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -10,8 +10,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DASK = str(Path(sys.executable).parent / "dask")
 
@@ -150,3 +153,36 @@ class DaskProcesses:
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         shutil.rmtree(self.logs, ignore_errors=True)
+
+
+#: Training processes a test started: conftest kills what is left when it ends.
+started: list[subprocess.Popen] = []
+
+
+def start_train(config, out, *args):
+    """`gd-dask train CONFIG --set output.dir=OUT ARGS` in a process of its own session,
+    its stderr pumped into the returned list of lines (stopped after the test: conftest)."""
+    # PYTHONFAULTHANDLER: a run that hangs can be made to print where (SIGABRT).
+    proc = subprocess.Popen([sys.executable, "-m", "gd_dask", "train", str(config), "--set", f"output.dir={out}",
+                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    started.append(proc)
+    lines: list[str] = []
+
+    def pump():
+        for line in proc.stderr:
+            lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, lines
+
+
+def wait_for_epoch(lines, epoch, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            if " epoch " in line and int(line.split(" epoch ")[1].split("/")[0]) >= epoch:
+                return
+        assert proc.poll() is None, "".join(lines)
+        time.sleep(0.05)
+    raise AssertionError("training did not progress:\n" + "".join(lines))

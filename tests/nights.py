@@ -1,6 +1,7 @@
 """The nights of the refit tests: the issue-28 relation y = slope·x + 3 + N(0, 1) with
 x ~ N(170, 10), one date partition a night, a window of 3, and what a rerun must leave
-byte-identical (test_nightly_guard, test_crashes, test_hostile)."""
+byte-identical (test_nightly_guard, test_crashes, test_hostile); and test_refit's days
+(``add_day``: two files a day, the slope drifting; test_s3 too)."""
 
 from datetime import date, timedelta
 from pathlib import Path
@@ -47,3 +48,24 @@ def snapshot(reg: Registry) -> tuple:
     files = ("current.json", "quarantine.json", "released.json", "events.jsonl")
     return (tuple((root / f).read_bytes() if (root / f).exists() else None for f in files),
             tuple(reg.versions()), tuple(sorted(p.name for p in (root / "nights").iterdir())))
+
+
+#: test_refit's days (and test_s3's): two files of DAY_ROWS rows a day, the slope drifting.
+DAY_ROWS = 400
+
+
+def slope(day: int) -> float:
+    return 1.0 + 0.15 * day  # the truth drifts every night
+
+
+def add_day(root, day: int, corrupt: bool = False, seed: int = 0):
+    """Two files for ``day``: y = slope(day)·x1 − 0.5·x2 + 2 + noise."""
+    rng = np.random.default_rng(seed * 1000 + day)
+    folder = root / f"date={(START + timedelta(days=day)).isoformat()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in range(2):
+        X = rng.normal(size=(DAY_ROWS, 2)) + [3.0, -1.0]
+        y = slope(day) * X[:, 0] - 0.5 * X[:, 1] + 2.0 + rng.normal(scale=0.3, size=DAY_ROWS)
+        if corrupt:
+            y = rng.permutation(y) * 3  # labels no longer belong to their rows
+        pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "y": y}), folder / f"part-{f:04d}.parquet")

@@ -125,7 +125,7 @@ def test_a_two_night_refit_runs_entirely_on_s3(s3, tmp_path, client, capsys):
     from gd_dask.config import validate_config
     from gd_dask.jobs.refit import refit
     from gd_dask.artifacts.registry import Registry
-    from test_refit import START, add_day
+    from nights import START, add_day
 
     local = tmp_path / "nightly"
     for day in range(4):
@@ -235,7 +235,7 @@ def test_two_refits_started_together_exactly_one_promotes_the_other_fails(s3, tm
     from gd_dask.config import validate_config
     from gd_dask.jobs.refit import refit
     from gd_dask.artifacts.registry import Registry, RegistryError
-    from test_refit import START, add_day
+    from nights import START, add_day
 
     local = tmp_path / "race"
     for day in range(3):

@@ -11,29 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
+from nights import DAY_ROWS as ROWS
+from nights import START, add_day, slope
 from gd_dask.config import validate_config
 from gd_dask.artifacts.registry import Registry
 from gd_dask.jobs.refit import refit
-
-START = date(2026, 11, 1)
-ROWS = 400
-
-
-def slope(day: int) -> float:
-    return 1.0 + 0.15 * day  # the truth drifts every night
-
-
-def add_day(root, day: int, corrupt: bool = False, seed: int = 0):
-    """Two files for ``day``: y = slope(day)·x1 − 0.5·x2 + 2 + noise."""
-    rng = np.random.default_rng(seed * 1000 + day)
-    folder = root / f"date={(START + timedelta(days=day)).isoformat()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in range(2):
-        X = rng.normal(size=(ROWS, 2)) + [3.0, -1.0]
-        y = slope(day) * X[:, 0] - 0.5 * X[:, 1] + 2.0 + rng.normal(scale=0.3, size=ROWS)
-        if corrupt:
-            y = rng.permutation(y) * 3  # labels no longer belong to their rows
-        pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "y": y}), folder / f"part-{f:04d}.parquet")
 
 
 NO_CHECKS = {"rows": None, "mean_shift": None, "sd_ratio": None, "r2_drop": None, "resid_sd_ratio": None}

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config, run_cli, write_parquet
-from dask_processes import DaskProcesses
+from dask_processes import DaskProcesses, start_train, wait_for_epoch
 from gd_dask.kernels import gradient as g
 from gd_dask.kernels.losses import Logistic
 from gd_dask.jobs.training import fit
@@ -311,15 +311,14 @@ def test_one_two_and_three_workers_give_identical_weights(cluster_job, tmp_path)
 
 
 def test_a_worker_killed_mid_training_changes_nothing(cluster_job, tmp_path):
-    from test_cluster import _start_train, _wait_for_epoch
 
     _, cfg, _ = cluster_job
     ref = run_cli("train", cfg, "--no-plot", "--set", f"output.dir={tmp_path / 'ref'}")
     assert ref.returncode == 0, ref.stderr
     procs = DaskProcesses(n_workers=2).start()
     try:
-        proc, lines = _start_train(cfg, tmp_path / "o", "--no-plot", "--scheduler", procs.address)
-        _wait_for_epoch(lines, 10, proc)
+        proc, lines = start_train(cfg, tmp_path / "o", "--no-plot", "--scheduler", procs.address)
+        wait_for_epoch(lines, 10, proc)
         victim = sorted(procs.worker_pids().values())[0]
         os.kill(victim, signal.SIGKILL)  # the worker process, not its nanny
         proc.communicate(timeout=240)

@@ -140,8 +140,7 @@ def test_a_worker_killed_mid_training_changes_nothing(tmp_path):
     import os
     import signal
 
-    from dask_processes import DaskProcesses
-    from test_cluster import _start_train, _wait_for_epoch
+    from dask_processes import DaskProcesses, start_train, wait_for_epoch
 
     X, y = _regression(seed=8, n=40_000)
     data = write_parquet(tmp_path / "d", X, y, n_files=8, row_group_rows=1000)
@@ -152,8 +151,8 @@ def test_a_worker_killed_mid_training_changes_nothing(tmp_path):
     assert ref.returncode == 0, ref.stderr
     procs = DaskProcesses(n_workers=2).start()
     try:
-        proc, lines = _start_train(cfg, tmp_path / "o", "--no-plot", "--scheduler", procs.address)
-        _wait_for_epoch(lines, 5, proc)
+        proc, lines = start_train(cfg, tmp_path / "o", "--no-plot", "--scheduler", procs.address)
+        wait_for_epoch(lines, 5, proc)
         victim = sorted(procs.worker_pids().values())[0]
         os.kill(victim, signal.SIGKILL)
         proc.communicate(timeout=240)

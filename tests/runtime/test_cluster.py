@@ -1,19 +1,16 @@
 """Remote clusters, determinism, worker loss and client loss — with real processes."""
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_config, run_cli, write_parquet
-from dask_processes import DaskProcesses, free_port, make_certs
+from conftest import make_config, run_cli, write_parquet
+from dask_processes import DaskProcesses, free_port, make_certs, start_train, wait_for_epoch
 
 EPOCHS = 120
 
@@ -131,53 +128,11 @@ def test_one_two_and_three_workers_give_identical_weights_as_processes_or_thread
         assert [h["loss"] for h in r.history] == [h["loss"] for h in results[0].history]
 
 
-_started: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_train_left_running():
-    """A failed test must not leave a million-epoch run (and its cluster) behind."""
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _start_train(config, out, *args):
-    # PYTHONFAULTHANDLER: a run that hangs can be made to print where (SIGABRT).
-    proc = subprocess.Popen([sys.executable, "-m", "gd_dask", "train", str(config), "--set", f"output.dir={out}",
-                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
-    _started.append(proc)
-    lines: list[str] = []
-
-    def pump():
-        for line in proc.stderr:
-            lines.append(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return proc, lines
-
-
-def _wait_for_epoch(lines, epoch, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in list(lines):
-            if " epoch " in line and int(line.split(" epoch ")[1].split("/")[0]) >= epoch:
-                return
-        assert proc.poll() is None, "".join(lines)
-        time.sleep(0.05)
-    raise AssertionError("training did not progress:\n" + "".join(lines))
-
-
 def test_a_worker_killed_mid_training_changes_nothing(dataset, embedded, tmp_path):
     procs = DaskProcesses(n_workers=2).start()
     try:
-        proc, lines = _start_train(dataset["config"], tmp_path / "o", "--scheduler", procs.address)
-        _wait_for_epoch(lines, 20, proc)
+        proc, lines = start_train(dataset["config"], tmp_path / "o", "--scheduler", procs.address)
+        wait_for_epoch(lines, 20, proc)
         victim = sorted(procs.worker_pids().values())[0]
         os.kill(victim, signal.SIGKILL)  # the worker process, not its nanny
         out, _ = proc.communicate(timeout=240)
@@ -192,7 +147,7 @@ def test_a_worker_killed_mid_training_changes_nothing(dataset, embedded, tmp_pat
 def test_a_killed_train_process_resumes_from_its_checkpoint(dataset, embedded, tmp_path):
     out = tmp_path / "o"
     # Worker processes: slow enough to be caught mid-run (threads finish 120 epochs in 0.3 s).
-    proc, lines = _start_train(dataset["config"], out, "--set", "cluster.n_workers=1", "--set", "cluster.processes=true")
+    proc, lines = start_train(dataset["config"], out, "--set", "cluster.n_workers=1", "--set", "cluster.processes=true")
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
@@ -275,7 +230,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly_with_a_checkpoint(dataset, tmp_path, si
     import psutil
 
     out = tmp_path / "o"
-    proc, lines = _start_train(dataset["config"], out, "--set", "optimizer.epochs=1000000",
+    proc, lines = start_train(dataset["config"], out, "--set", "optimizer.epochs=1000000",
                                "--set", f"cluster.processes={processes}")
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.json").exists():  # well into the epochs
@@ -329,7 +284,7 @@ def test_workers_without_the_same_gd_dask_fail_at_once_in_one_line(dataset, tmp_
 def test_a_cluster_that_loses_every_worker_ends_the_job_within_its_timeout(dataset, tmp_path):
     procs = DaskProcesses(n_workers=1).start()
     try:
-        proc, lines = _start_train(dataset["config"], tmp_path / "o", "--scheduler", procs.address,
+        proc, lines = start_train(dataset["config"], tmp_path / "o", "--scheduler", procs.address,
                                    "--set", "optimizer.epochs=1000000", "--set", "cluster.timeout=3s")
         deadline = time.monotonic() + 120
         while not (tmp_path / "o" / "checkpoint.json").exists():
@@ -355,7 +310,7 @@ def test_a_lost_scheduler_is_one_line_naming_it_and_the_checkpoint(dataset, tmp_
     """It used to end in 32 lines of distributed's tracebacks and FutureCancelledError."""
     procs = DaskProcesses(n_workers=1).start()
     try:
-        proc, lines = _start_train(dataset["config"], tmp_path / "o", "--scheduler", procs.address,
+        proc, lines = start_train(dataset["config"], tmp_path / "o", "--scheduler", procs.address,
                                    "--set", "optimizer.epochs=1000000")
         deadline = time.monotonic() + 120
         while not (tmp_path / "o" / "checkpoint.json").exists():
