@@ -6,9 +6,18 @@ CPU cache; sums over rows are merged slice by slice in a fixed order (so the bit
 depend on how rows arrive), and the certificates' error analysis counts on that length
 (``optimization.certify.sums_accuracy``). Scratch buffers are sized for a slice.
 
+``CHUNK_BYTES``: the most float64 bytes of rows one task adds up (the chunk), so the most
+slices a task adds one after another. ``FAN_IN``: partial results merged per reduction
+task of the fixed tree. With ``SLICE_ROWS`` they fix the longest chain of float64
+additions behind any sum, which is what the certificates count.
+
 ``BATCH_ROWS``: rows decoded at a time within a row group larger than ``stream_above``
 (pyarrow writes 1M-row groups by default, Spark 128 MB ones): one slice.
 """
 
 SLICE_ROWS = 8192
+#: 128 MiB, Spark's maxPartitionBytes (``data.source``: fewer tasks left the 2-core bench
+#: 10 % faster than 64 MiB).
+CHUNK_BYTES = 128 * 2**20
+FAN_IN = 8
 BATCH_ROWS = SLICE_ROWS

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..sizes import CHUNK_BYTES
 from .footers import OPEN_COST_BYTES, _row_groups, listing_plan, read_footers, summary_plan
 from .listing import (
     display_path,
@@ -40,13 +41,6 @@ from .read import (
 )
 
 log = logging.getLogger(__name__)
-
-
-#: Upper bound on the bytes of one chunk (rows × columns × 8) when grouping row groups:
-#: 128 MiB, Spark's maxPartitionBytes. Passes that stream hold one row group, not a
-#: chunk, so bigger chunks cost memory only to cached blocks (``stream_above_for`` sizes
-#: what is decoded whole by worker memory); fewer tasks left the 2-core bench 10% faster than 64 MiB.
-CHUNK_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,11 @@ from ..kernels.moments import (
 )
 from ..optimization.sgd_kernel import SGDPlan, add_sgd, sgd_block, sgd_raw
 from ..optimization.strategy import STREAM, Strategy
+from ..sizes import FAN_IN
 from .waiting import compute, large_graphs_quiet
 
 log = logging.getLogger(__name__)
 
-#: Partial results merged per reduction task.
-FAN_IN = 8
 #: Fraction of the cluster's total worker memory that ``cache: auto`` may fill.
 CACHE_FRACTION = 0.4
 #: A cached block, built (Arrow table, float64 block, standardized copy) and kept, may be
