@@ -18,8 +18,15 @@ def set_up() -> None:
       next row group (``data.read._fetcher``, ``_reader``), started here rather than in
       a task: starting a thread in a task can deadlock with the worker's profiler (see
       ``data.read._pool``).
+    - One thread for polars' pool (``POLARS_MAX_THREADS``, read when polars is first
+      imported) unless set: the worker's own threads are the parallelism, a pool of all
+      cores in each would oversubscribe them.
     """
+    import os
+
     from gd_dask.data.read import _fetcher, _reader, use_fast_pool
+
+    os.environ.setdefault("POLARS_MAX_THREADS", "1")
 
     use_fast_pool()
     _fetcher()

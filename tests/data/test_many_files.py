@@ -408,3 +408,74 @@ def test_a_local_listing_gives_what_fsspec_find_gives(small_files, tmp_path):
     assert sorted(ours) == sorted(theirs) and len(ours) >= 300
     assert all((ours[p]["size"], ours[p]["mtime"], ours[p]["type"]) ==
                (theirs[p]["size"], theirs[p]["mtime"], theirs[p]["type"]) for p in ours)
+
+
+def _pack_slices(src, reader):
+    """Every slice of every pack, read with ``reader`` (polars or None: file by file)."""
+    from gd_dask.data import Pack
+    from gd_dask.data import read as R
+
+    before = R._polars
+    R._polars = reader
+    try:
+        packs = [c for c in src.chunks if isinstance(c, Pack)]
+        assert packs
+        return [[z.copy() for z, _ in src.spec.slices(c, 8192, shifted=True)] for c in packs], \
+            [R.read_block(c, src.spec) for c in packs]
+    finally:
+        R._polars = before
+
+
+def test_polars_reads_a_pack_as_the_files_read_one_by_one_to_the_bit(tmp_path):
+    """Floats, integers, booleans, nullable integers and decimals, several row groups a
+    file: the pack read in one polars call gives the slices and blocks of pyarrow's file
+    by file read, to the bit."""
+    import decimal
+
+    import polars
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(5)
+    for f in range(40):
+        n = 150
+        ints = pa.array([None if i % 17 == 0 else int(v) for i, v in enumerate(rng.integers(-9, 9, n))], pa.int64())
+        table = pa.table({"a": rng.normal(size=n), "i": rng.integers(0, 1000, n), "t": rng.random(n) < 0.5,
+                          "n": ints, "d": pa.array([decimal.Decimal(f"{v:.2f}") for v in rng.normal(size=n)],
+                                                  pa.decimal128(10, 2)),
+                          "y": rng.normal(size=n)})
+        pq.write_table(table, tmp_path / f"part-{f:03d}.parquet", row_group_size=60)
+    for missing in ("error", "drop"):
+        data = {"path": str(tmp_path), "features": ["a", "i", "t", "n", "d"], "target": "y", "missing": missing}
+        src = _source(data, 2**27)
+        slices_pl, blocks_pl = _pack_slices(src, lambda: polars)
+        slices_pa, blocks_pa = _pack_slices(src, lambda: None)
+        assert len(slices_pl) == len(slices_pa)
+        for a, b in zip(slices_pl + blocks_pl, slices_pa + blocks_pa):
+            assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b)) if isinstance(a, list) \
+                else np.array_equal(a, b, equal_nan=True)
+
+
+def test_a_pack_polars_refuses_is_read_file_by_file_and_its_culprit_named(tmp_path):
+    """Files planned from the listing (over 1,000) are checked by the task that reads
+    them. One whose column is int64 among doubles gives the bits of the file by file
+    read; one whose column is gone fails polars' one call, and the file by file read
+    names it in one line."""
+    import polars
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gd_dask.errors import DataError
+
+    rng = np.random.default_rng(6)
+    for f in range(1200):
+        a = rng.normal(size=4) if f != 7 else rng.integers(0, 9, 4)  # one file's 'a' is int64
+        pq.write_table(pa.table({"a": a, "y": rng.normal(size=4)}), tmp_path / f"part-{f:04d}.parquet")
+    src = _source({"path": str(tmp_path), "features": ["a"], "target": "y"}, 2**27)
+    assert sum(p.row_groups is None for c in src.chunks for p in c.pieces) >= 1000  # planned from the listing
+    (slices_pl, _), (slices_pa, _) = _pack_slices(src, lambda: polars), _pack_slices(src, lambda: None)
+    assert all(np.array_equal(x, y) for a, b in zip(slices_pl, slices_pa) for x, y in zip(a, b))
+    pq.write_table(pa.table({"b": rng.normal(size=4), "y": rng.normal(size=4)}), tmp_path / "part-0612.parquet")
+    src = _source({"path": str(tmp_path), "features": ["a"], "target": "y"}, 2**27)
+    with pytest.raises(DataError, match="part-0612.parquet"):
+        _pack_slices(src, lambda: polars)

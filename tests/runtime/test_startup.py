@@ -93,3 +93,21 @@ def test_loss_png_is_a_picture_of_the_contract_size_whatever_the_losses(losses):
     colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
     curve = sum(n for n, c in colours if c[2] > 150 and c[0] < 120)  # the blue of the line
     assert curve > 0 or not any(np.isfinite(losses))
+
+
+def test_many_small_local_files_run_on_threads_when_polars_reads_their_packs(tmp_path, monkeypatch):
+    """pyarrow holds the GIL opening each file, so past THREADS_MAX_FILES files the
+    embedded cluster used worker processes; polars' reader lets go of it, so local
+    packs it reads stay on threads. Without polars, processes as before."""
+    from gd_dask.config import ClusterConfig, DataConfig
+    from gd_dask.data import open_source
+    from gd_dask.data import read as R
+    from gd_dask.runtime import cluster
+
+    for f in range(4):
+        write_parquet(tmp_path / f"f{f}", np.ones((3, 1)) * f, np.arange(3.0), n_files=1)
+    src = open_source(DataConfig(path=str(tmp_path), features=["x0"], target="y"))
+    monkeypatch.setattr(cluster, "THREADS_MAX_FILES", 3)
+    assert not cluster.use_processes(ClusterConfig(), src)
+    monkeypatch.setattr(R, "_polars", lambda: None)
+    assert cluster.use_processes(ClusterConfig(), src)
