@@ -136,12 +136,12 @@ THREADS_DATA_FRACTION = 0.25
 THREADS_MAX_FILES = 5000
 
 
-def use_processes(cfg, data=None) -> bool:
+def use_processes(settings, data=None) -> bool:
     """Whether the embedded cluster's workers are processes (``cluster.processes``);
     ``data``: the ``ParquetSource`` to read (unknown: processes)."""
-    if cfg.processes != "auto":
-        return cfg.processes
-    if cfg.memory_limit != "auto" or data is None or data.nbytes is None:
+    if settings.processes != "auto":
+        return settings.processes
+    if settings.memory_limit != "auto" or data is None or data.nbytes is None:
         return True  # a limit the user set is for the nannies to enforce
     from .threads import system_memory
 
@@ -201,14 +201,14 @@ def quiet_distributed(level: int = logging.CRITICAL) -> None:
 
 
 @contextlib.contextmanager
-def connect(cfg, address: str | None = None, data=None):
+def connect(settings, address: str | None = None, data=None):
     """Yield a ``distributed.Client`` for the run: the scheduler at ``address`` (or the
     config's address or scheduler file), else an embedded cluster of threads or of
     worker processes (``use_processes``).
 
     Parameters
     ----------
-    cfg : ClusterConfig
+    settings : ClusterConfig
     address : str, optional
         ``--scheduler`` from the command line; wins over the config.
     data : ParquetSource, optional
@@ -216,31 +216,31 @@ def connect(cfg, address: str | None = None, data=None):
         blocks and its number of files: ``nbytes`` and ``files``, as a refit's
         ``WindowSize`` has them too); unknown: processes.
     """
-    address = address or cfg.address
-    if address or cfg.scheduler_file:
-        opened = _remote(cfg, address)
-    elif use_processes(cfg, data):
-        opened = _local_processes(cfg)
+    address = address or settings.address
+    if address or settings.scheduler_file:
+        opened = _remote(settings, address)
+    elif use_processes(settings, data):
+        opened = _local_processes(settings)
     else:
-        opened = _threads(cfg)
+        opened = _threads(settings)
     with opened as client:
         yield client
 
 
 @contextlib.contextmanager
-def _remote(cfg, address: str | None):
+def _remote(settings, address: str | None):
     """A client of a running scheduler, its workers checked and set up."""
     from distributed import Client
 
     quiet_distributed()
-    timeout = _seconds(cfg.timeout)
-    where = address or f"scheduler file {cfg.scheduler_file}"
-    if address and address.startswith("tls://") and not (cfg.tls.ca_file and cfg.tls.cert and cfg.tls.key):
+    timeout = _seconds(settings.timeout)
+    where = address or f"scheduler file {settings.scheduler_file}"
+    if address and address.startswith("tls://") and not (settings.tls.ca_file and settings.tls.cert and settings.tls.key):
         raise ClusterError(f"cannot connect to dask scheduler at {address}: a tls:// address needs "
                            "cluster.tls.ca_file, cluster.tls.cert and cluster.tls.key")
     try:
-        client = Client(address=address, scheduler_file=None if address else cfg.scheduler_file,
-                        timeout=timeout, security=_security(cfg.tls), set_as_default=False)
+        client = Client(address=address, scheduler_file=None if address else settings.scheduler_file,
+                        timeout=timeout, security=_security(settings.tls), set_as_default=False)
     except (OSError, TimeoutError) as e:
         raise ClusterError(f"cannot reach dask scheduler at {where} within {timeout:g}s ({_first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - TLS and address errors come in many types
@@ -256,13 +256,13 @@ def _remote(cfg, address: str | None):
 
 
 @contextlib.contextmanager
-def _threads(cfg):
+def _threads(settings):
     """The embedded cluster as threads of this process, with one BLAS thread and Arrow's
     fast pool, as worker processes have them."""
     from .threads import ThreadsClient
 
     with _one_blas_thread(), _fast_pool():
-        client = ThreadsClient(cfg.n_workers, cfg.threads_per_worker)
+        client = ThreadsClient(settings.n_workers, settings.threads_per_worker)
         log.info("embedded cluster: %d threads of this process (cluster.processes: false or auto)", client.threads)
         try:
             yield client
@@ -271,26 +271,26 @@ def _threads(cfg):
 
 
 @contextlib.contextmanager
-def _local_processes(cfg):
+def _local_processes(settings):
     """An embedded LocalCluster of worker processes on loopback (set up by their preload)."""
     from distributed import Client
 
     quiet_distributed()
     try:
         cluster = local_cluster(
-            n_workers=cfg.n_workers,
-            threads_per_worker=cfg.threads_per_worker,
-            memory_limit=cfg.memory_limit,
+            n_workers=settings.n_workers,
+            threads_per_worker=settings.threads_per_worker,
+            memory_limit=settings.memory_limit,
             processes=True,
             host="127.0.0.1",  # scheduler and workers listen on loopback only
-            dashboard_address=cfg.dashboard_address,
+            dashboard_address=settings.dashboard_address,
             silence_logs=logging.ERROR,
         )
     except Exception as e:  # noqa: BLE001 - start-up failures come in many types
         raise ClusterError(f"cannot start the embedded LocalCluster: {e}") from None
     client = Client(cluster, set_as_default=False)
-    set_timeout(client, _seconds(cfg.timeout))
-    log.info("embedded LocalCluster with %d worker processes; dashboard: %s", cfg.n_workers, client.dashboard_link)
+    set_timeout(client, _seconds(settings.timeout))
+    log.info("embedded LocalCluster with %d worker processes; dashboard: %s", settings.n_workers, client.dashboard_link)
     try:
         yield client
     finally:
