@@ -14,11 +14,18 @@ import threading
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DataError, first_line
 from ..sizes import BATCH_ROWS
+
+
+def _pc():
+    """pyarrow.compute, imported on first use: 50 ms of every command's start, needed
+    only for filters, deletions, holdouts and nulls."""
+    import pyarrow.compute
+
+    return pyarrow.compute
 
 
 def _first_line(e: Exception) -> str:
@@ -38,11 +45,11 @@ def _filtered(table: pa.Table, spec, file_id: int, first_row: int, deleted=None)
         if hi > lo:
             live = np.ones(table.num_rows, dtype=bool)
             live[deleted[lo:hi] - first_row] = False
-            mask = pa.array(live) if mask is None else pc.and_(mask, pa.array(live))
+            mask = pa.array(live) if mask is None else _pc().and_(mask, pa.array(live))
     if h is not None:
         held = holdout_rows(h.seed, file_id, first_row, table.num_rows, h.fraction)
         keep = pa.array(held if h.validation else ~held)
-        mask = keep if mask is None else pc.and_(mask, keep)
+        mask = keep if mask is None else _pc().and_(mask, keep)
     return table.filter(mask) if mask is not None else table
 
 
@@ -475,7 +482,7 @@ def as_float64(arr) -> np.ndarray:
     if arr.type != pa.float64():
         arr = arr.cast(pa.float64())
     if arr.null_count:
-        arr = pc.fill_null(arr, np.nan)
+        arr = _pc().fill_null(arr, np.nan)
     return np.frombuffer(arr.buffers()[1], dtype=np.float64, count=len(arr), offset=arr.offset * 8)
 
 
@@ -593,6 +600,7 @@ def count_nonfinite(block) -> np.ndarray:
 
 
 def _row_mask(table: pa.Table, row_filters):
+    pc = _pc()
     mask = None
     for col, op, value in row_filters:
         arr = table.column(col)
