@@ -146,13 +146,13 @@ def test_a_worker_killed_mid_training_changes_nothing(tmp_path):
     data = write_parquet(tmp_path / "d", X, y, n_files=8, row_group_rows=1000)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(json.dumps({"name": "sgd", "data": data, "optimizer": {
-        "method": "minibatch", "batch_size": 64, "epochs": 30, "cache": "memory", "sync_every": 20}}))
+        "method": "minibatch", "batch_size": 64, "epochs": 14, "cache": "memory", "sync_every": 20}}))
     ref = run_cli("train", cfg, "--no-plot", "--set", f"output.dir={tmp_path / 'ref'}")
     assert ref.returncode == 0, ref.stderr
     procs = DaskProcesses(n_workers=2).start()
     try:
         proc, lines = start_train(cfg, tmp_path / "o", "--no-plot", "--scheduler", procs.address)
-        wait_for_epoch(lines, 5, proc)
+        wait_for_epoch(lines, 4, proc)
         victim = sorted(procs.worker_pids().values())[0]
         os.kill(victim, signal.SIGKILL)
         proc.communicate(timeout=240)
