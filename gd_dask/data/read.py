@@ -202,7 +202,7 @@ def _pack_table(pack, spec):
     (whole files, no deletions, row filters or holdout) and fits where a row group would
     be decoded whole (``_decoded_bytes``); and None — read file by file,
     which also names a culprit — where polars is missing or refuses them (a column gone,
-    types that differ between files)."""
+    types that differ between files), or where a column comes back other than numeric."""
     pl = _polars()
     if (pl is None or spec.protocol not in ("file", "local") or spec.row_filters or spec.holdout
             or any(p.deleted or (p.rows is not None and p.row_groups is None) for p in pack.pieces)
@@ -215,6 +215,10 @@ def _pack_table(pack, spec):
         table = pl.read_parquet([p.path for p in pack.pieces], columns=read, glob=False, hive_partitioning=False,
                                 missing_columns="raise").rechunk().to_arrow()
     except Exception:  # noqa: BLE001 - polars' many error types: the file-by-file read names it
+        return None
+    try:  # files planned from the listing are checked by their task: text read as text is refused
+        check_columns(pack.pieces[0].path, table.schema, read, {})
+    except DataError:
         return None
     want = sum(p.rows for p in pack.pieces if p.rows is not None)
     if all(p.rows is not None for p in pack.pieces) and table.num_rows != want:

@@ -155,7 +155,7 @@ def _polars_reads_packs(data) -> bool:
     files (a refit's window reads each file alone, for its statistics: pyarrow)."""
     from ..data.read import _polars
 
-    return getattr(data, "protocol", None) in ("file", "local") and hasattr(data, "spec") and _polars() is not None
+    return getattr(data, "protocol", None) in ("file", "local") and _polars() is not None
 
 
 @contextlib.contextmanager

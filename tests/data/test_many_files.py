@@ -479,3 +479,11 @@ def test_a_pack_polars_refuses_is_read_file_by_file_and_its_culprit_named(tmp_pa
     src = _source({"path": str(tmp_path), "features": ["a"], "target": "y"}, 2**27)
     with pytest.raises(DataError, match="part-0612.parquet"):
         _pack_slices(src, lambda: polars)
+    for f in range(600, 1200):  # a whole pack's 'a' as text: polars reads it, the task refuses it
+        pq.write_table(pa.table({"a": [f"{v:.3f}" for v in rng.normal(size=4)], "y": rng.normal(size=4)}),
+                       tmp_path / f"part-{f:04d}.parquet")
+    src = _source({"path": str(tmp_path), "features": ["a"], "target": "y"}, 2**27)
+    first_text = str(tmp_path / "part-0600")
+    texts = next(c for c in src.chunks if len(c.pieces) > 1 and all(p.path >= first_text for p in c.pieces))
+    with pytest.raises(DataError, match=r"part-\d+\.parquet: column 'a' is string, not numeric"):
+        [z for z in src.spec.slices(texts, 8192)]
