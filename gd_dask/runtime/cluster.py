@@ -235,7 +235,8 @@ def _remote(settings, address: str | None):
     quiet_distributed()
     timeout = _seconds(settings.timeout)
     where = address or f"scheduler file {settings.scheduler_file}"
-    if address and address.startswith("tls://") and not (settings.tls.ca_file and settings.tls.cert and settings.tls.key):
+    tls = settings.tls
+    if address and address.startswith("tls://") and not (tls.ca_file and tls.cert and tls.key):
         raise ClusterError(f"cannot connect to dask scheduler at {address}: a tls:// address needs "
                            "cluster.tls.ca_file, cluster.tls.cert and cluster.tls.key")
     try:

@@ -117,7 +117,7 @@ def test_an_estimator_named_by_a_loss_is_linear_regression_fixed_to_it(client):
     np.testing.assert_array_equal(a.predict(X), b.predict(X))
 
 
-def test_error_metrics_are_of_the_mean_the_link_predicts():
+def test_error_metrics_are_of_the_mean_the_link_predicts_from_the_files_and_from_the_cache():
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     from gd_dask.kernels.metrics import block_errors, error_metrics
@@ -131,3 +131,11 @@ def test_error_metrics_are_of_the_mean_the_link_predicts():
     assert got["mse"] == pytest.approx(mean_squared_error(y, mu), rel=1e-12)
     assert got["mae"] == pytest.approx(mean_absolute_error(y, mu), rel=1e-12)
     assert got["r2"] == pytest.approx(r2_score(y, mu), rel=1e-12)
+    from gd_dask.kernels.metrics import block_errors_std
+
+    center, scale, y_center = X.mean(axis=0), X.std(axis=0), float(y.mean())  # the cache's standardized block
+    zs = np.column_stack([(X - center) / scale, y - y_center])
+    cached = error_metrics(block_errors_std(zs, m * scale, b + m @ center - y_center, y_center, link=LOG))
+    for key in ("mse", "mae", "r2"):
+        assert cached[key] == pytest.approx(got[key], rel=1e-12)
+
