@@ -186,3 +186,19 @@ def wait_for_epoch(lines, epoch, proc, timeout=120):
         assert proc.poll() is None, "".join(lines)
         time.sleep(0.05)
     raise AssertionError("training did not progress:\n" + "".join(lines))
+
+
+def train_killing_a_worker(config, out, epoch: int, *args) -> tuple:
+    """`gd-dask train` on a fresh `dask scheduler` with two `dask worker`s, one worker
+    process (not its nanny) SIGKILLed once ``epoch`` is logged: (the train process, its
+    log lines, whether the killed worker is gone from the cluster), the run finished."""
+    procs = DaskProcesses(n_workers=2).start()
+    try:
+        proc, lines = start_train(config, out, "--scheduler", procs.address, *args)
+        wait_for_epoch(lines, epoch, proc)
+        victim = sorted(procs.worker_pids().values())[0]
+        os.kill(victim, signal.SIGKILL)
+        proc.communicate(timeout=240)
+        return proc, lines, victim not in procs.worker_pids().values()
+    finally:
+        procs.stop()

@@ -4,15 +4,13 @@ differences, the KKT conditions of l1; and the cluster invariants (1, 2, 3 worke
 worker)."""
 
 import json
-import os
-import signal
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config, run_cli, write_parquet
-from dask_processes import DaskProcesses, start_train, wait_for_epoch
+from dask_processes import train_killing_a_worker
 from gd_dask.kernels import gradient as g
 from gd_dask.kernels.losses import Logistic
 from gd_dask.jobs.training import fit
@@ -311,21 +309,12 @@ def test_one_two_and_three_workers_give_identical_weights(cluster_job, tmp_path)
 
 
 def test_a_worker_killed_mid_training_changes_nothing(cluster_job, tmp_path):
-
     _, cfg, _ = cluster_job
     ref = run_cli("train", cfg, "--no-plot", "--set", f"output.dir={tmp_path / 'ref'}")
     assert ref.returncode == 0, ref.stderr
-    procs = DaskProcesses(n_workers=2).start()
-    try:
-        proc, lines = start_train(cfg, tmp_path / "o", "--no-plot", "--scheduler", procs.address)
-        wait_for_epoch(lines, 10, proc)
-        victim = sorted(procs.worker_pids().values())[0]
-        os.kill(victim, signal.SIGKILL)  # the worker process, not its nanny
-        proc.communicate(timeout=240)
-        assert proc.returncode == 0, "".join(lines)
-        assert victim not in procs.worker_pids().values()
-    finally:
-        procs.stop()
+    proc, lines, gone = train_killing_a_worker(cfg, tmp_path / "o", 10, "--no-plot")
+    assert proc.returncode == 0, "".join(lines)
+    assert gone
     got = json.loads((tmp_path / "o" / "model.json").read_text())
     want = json.loads((tmp_path / "ref" / "model.json").read_text())
     assert got["m"] == want["m"] and got["b"] == want["b"]

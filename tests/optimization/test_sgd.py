@@ -137,10 +137,7 @@ def test_cli_history_has_one_row_per_epoch(tmp_path):
 
 
 def test_a_worker_killed_mid_training_changes_nothing(tmp_path):
-    import os
-    import signal
-
-    from dask_processes import DaskProcesses, start_train, wait_for_epoch
+    from dask_processes import train_killing_a_worker
 
     X, y = _regression(seed=8, n=40_000)
     data = write_parquet(tmp_path / "d", X, y, n_files=8, row_group_rows=1000)
@@ -149,16 +146,8 @@ def test_a_worker_killed_mid_training_changes_nothing(tmp_path):
         "method": "minibatch", "batch_size": 64, "epochs": 14, "cache": "memory", "sync_every": 20}}))
     ref = run_cli("train", cfg, "--no-plot", "--set", f"output.dir={tmp_path / 'ref'}")
     assert ref.returncode == 0, ref.stderr
-    procs = DaskProcesses(n_workers=2).start()
-    try:
-        proc, lines = start_train(cfg, tmp_path / "o", "--no-plot", "--scheduler", procs.address)
-        wait_for_epoch(lines, 4, proc)
-        victim = sorted(procs.worker_pids().values())[0]
-        os.kill(victim, signal.SIGKILL)
-        proc.communicate(timeout=240)
-        assert proc.returncode == 0, "".join(lines)
-    finally:
-        procs.stop()
+    proc, lines, _ = train_killing_a_worker(cfg, tmp_path / "o", 4, "--no-plot")
+    assert proc.returncode == 0, "".join(lines)
     got = json.loads((tmp_path / "o" / "model.json").read_text())
     want = json.loads((tmp_path / "ref" / "model.json").read_text())
     assert got["m"] == want["m"] and got["b"] == want["b"]

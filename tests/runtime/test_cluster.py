@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_config, run_cli, write_parquet
-from dask_processes import DaskProcesses, free_port, make_certs, start_train, wait_for_epoch
+from dask_processes import DaskProcesses, free_port, make_certs, start_train, train_killing_a_worker
 
 EPOCHS = 120
 
@@ -129,17 +129,9 @@ def test_one_two_and_three_workers_give_identical_weights_as_processes_or_thread
 
 
 def test_a_worker_killed_mid_training_changes_nothing(dataset, embedded, tmp_path):
-    procs = DaskProcesses(n_workers=2).start()
-    try:
-        proc, lines = start_train(dataset["config"], tmp_path / "o", "--scheduler", procs.address)
-        wait_for_epoch(lines, 20, proc)
-        victim = sorted(procs.worker_pids().values())[0]
-        os.kill(victim, signal.SIGKILL)  # the worker process, not its nanny
-        out, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, "".join(lines)
-        assert victim not in procs.worker_pids().values()
-    finally:
-        procs.stop()
+    proc, lines, gone = train_killing_a_worker(dataset["config"], tmp_path / "o", 20)
+    assert proc.returncode == 0, "".join(lines)
+    assert gone
     model = json.loads((tmp_path / "o" / "model.json").read_text())
     assert model["m"] == embedded[0]["m"] and model["b"] == embedded[0]["b"]
 
