@@ -23,9 +23,12 @@ fixed reduction tree gives the same bits on any number of workers.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
+
+U = float(np.finfo(np.float64).eps) / 2
 
 #: Dekker's splitter for float64: 2^27 + 1.
 _SPLITTER = 134217729.0
@@ -94,6 +97,42 @@ class RefineSums(NamedTuple):
     bx: np.ndarray
     b1: float
     n: float
+
+
+class PointGradient(NamedTuple):
+    """The least-squares gradient's sums at a point (original units) in double-double,
+    with bounds on their absolute error.
+
+    gx_hi, gx_lo : ndarray (d,) — Σ w·r·x;  g1_hi, g1_lo : float — Σ w·r
+    err_x : ndarray (d,), err_1 : float — absolute error bounds of those sums
+    sq : float — Σ w·r² (only reported);  n : float — rows (Σw);  passes : int — passes
+    over the data this took (0 where a cached Gram matrix served);  center : ndarray (d,)
+    or None — gx is Σ w·r·(x − center) (None: about 0)
+    """
+
+    gx_hi: np.ndarray
+    gx_lo: np.ndarray
+    g1_hi: float
+    g1_lo: float
+    err_x: np.ndarray
+    err_1: float
+    sq: float
+    n: float
+    passes: int = 1
+    center: np.ndarray | None = None
+
+
+def point_gradient(s: RefineSums) -> PointGradient:
+    """The residual pass's sums with their rounding bounded: the residual's compensation
+    term, summed in float64 over d + 2 products and sums each off by ε of its part, is off
+    by about (d + 2)·ε²·t; the pairwise double-double sums by log2(n)·ε² of Σ|w·r·x|.
+    Twice that, to be safe."""
+    d = len(s.gx_hi)
+    eps2 = (2 * U) ** 2
+    depth = math.log2(max(s.n, 2)) + 4
+    err_x = eps2 * (2 * (d + 3) * np.asarray(s.bx) + depth * np.asarray(s.ax))
+    err_1 = eps2 * (2 * (d + 3) * s.b1 + depth * s.a1)
+    return PointGradient(s.gx_hi, s.gx_lo, s.g1_hi, s.g1_lo, err_x, float(err_1), s.sq, s.n)
 
 
 def refine_sums(z, m_hi, m_lo, b_hi, b_lo, weighted: bool = False) -> RefineSums:

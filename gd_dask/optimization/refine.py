@@ -5,9 +5,12 @@ Near the solution the gradient from float64 moments (or float64 row sums) is a s
 difference of large terms; once it is down to its own rounding error, more epochs cannot
 make the coefficients more accurate (``LoopState.stalled``). Refinement then alternates:
 
-1. one pass over the data computes the gradient at the current point ``p`` (original
-   units, held in long double) from the residuals themselves, in double-double
-   (``compensated.refine_sums``), and with it a certified bound (``certify``);
+1. the gradient at the current point ``p`` (original units, held in long double), far
+   more precisely than float64 sums give it, with a certified bound (``certify``): for
+   unweighted least squares from the Gram matrix of the raw rows, which one pass computes
+   to about 24 digits (``exact_gram``) and every later round reuses on the client; with
+   weights, from the residuals themselves in double-double, a pass per round
+   (``compensated.refine_sums``);
 2. if the bound is above tol, descent on the *correction* δ minimizes the quadratic
    model ``½δᵀHδ + ∇J(p)ᵀδ`` with the Hessian from the moments (O(d²) an epoch, on the
    client, heavy ball at the curvature's rates) until its gradient is ``CONTRACTION``
@@ -29,8 +32,8 @@ import time
 import numpy as np
 
 from ..kernels import compensated as c
-from .certify import EPS, EPS_LONG
 from ..kernels.moments import Standardizer
+from .certify import EPS_LONG
 from .rates import Curvature, choose_rates
 
 log = logging.getLogger(__name__)
@@ -70,25 +73,24 @@ class Refiner:
     def to_training(self, m, b) -> np.ndarray:
         return np.append(m * self.scale, b + self.center @ m if self.fit_intercept else 0)
 
-    def gradient(self, s: c.RefineSums, m, b) -> tuple[np.ndarray, np.ndarray, float, float]:
+    def gradient(self, s: c.PointGradient, m, b) -> tuple[np.ndarray, np.ndarray, float, float]:
         """(θ, ∇J(θ), a bound on its rounding error, mse) at the point (m, b) whose
-        ``RefineSums`` is ``s``; θ, ∇J in the training space, length d + 1."""
+        gradient sums are ``s``; θ, ∇J in the training space, length d + 1."""
         n = np.longdouble(s.n)
         gx = (np.asarray(s.gx_hi, dtype=np.longdouble) + np.asarray(s.gx_lo, dtype=np.longdouble)) / n
         g1 = (np.longdouble(s.g1_hi) + np.longdouble(s.g1_lo)) / n
-        shift = self.center * g1
+        # Σ w·r·(x − center): the sums come about their own center (or 0), moved to ours.
+        own = 0 if s.center is None else np.asarray(s.center, dtype=np.longdouble)
+        shift = (self.center - own) * g1
         g = np.append((gx - shift) / self.scale, g1 if self.fit_intercept else 0)
         theta = self.to_training(m, b)
         g[:self.d] += self.l2 * theta[:self.d]
-        # Rounding left (ε² terms): the residual's compensation term e, summed in float64
-        # over d + 2 products and sums each off by ε of its part, is off by about
-        # (d + 2)·ε²·t; the pairwise double-double sums by log2(n)·ε² of Σ|w·r·x|.
-        # Twice that, to be safe; then long double for the client's arithmetic.
-        depth = math.log2(max(s.n, 2)) + 4
-        raw_x = EPS * EPS * (2 * (self.d + 3) * np.asarray(s.bx) + depth * np.asarray(s.ax)) / s.n
-        raw_1 = EPS * EPS * (2 * (self.d + 3) * s.b1 + depth * s.a1) / s.n
+        # The sums' own rounding (``s.err_*``, bounded where they were computed), then
+        # long double for the client's arithmetic.
+        raw_x = np.asarray(s.err_x) / s.n
+        raw_1 = s.err_1 / s.n
         ld = 4 * EPS_LONG * (np.abs(gx) + np.abs(shift)).astype(np.float64)
-        err_x = (raw_x + np.abs(self.center.astype(np.float64)) * raw_1 + ld) / self.scale.astype(np.float64)
+        err_x = (raw_x + np.abs((self.center - own).astype(np.float64)) * raw_1 + ld) / self.scale.astype(np.float64)
         err_x += 4 * EPS_LONG * self.l2 * np.abs(theta[:self.d].astype(np.float64))
         err = float(np.linalg.norm(np.append(err_x, raw_1 if self.fit_intercept else 0.0)))
         return theta, g, err, s.sq / s.n
@@ -122,8 +124,9 @@ def refine(state, pass_fn, refiner: Refiner, certifier, curv: Curvature, *, tol:
     ``bound``, ``converged``, ``refinements``, ``epoch``; history rows for the passes and
     the corrections' epochs.
 
-    ``pass_fn(m_hi, m_lo, b_hi, b_lo)`` returns the data's ``RefineSums`` at
-    m = m_hi + m_lo, b = b_hi + b_lo (original units).
+    ``pass_fn(m_hi, m_lo, b_hi, b_lo)`` returns the data's ``compensated.PointGradient``
+    at m = m_hi + m_lo, b = b_hi + b_lo (original units); its ``passes`` (over the data)
+    count as epochs.
     """
     rates = choose_rates(curv, "auto", "auto")
     m, b = refiner.to_original(state.params)
@@ -133,7 +136,7 @@ def refine(state, pass_fn, refiner: Refiner, certifier, curv: Curvature, *, tol:
     for round_ in range(passes):
         b_hi = float(b)
         s = pass_fn(*c.split_pairs(m), b_hi, float(b - np.longdouble(b_hi)))
-        state.epoch += 1  # a pass over the data, like a stream epoch
+        state.epoch += s.passes  # a pass over the data, like a stream epoch (none from a cached Gram)
         theta, g, err, mse = refiner.gradient(s, m, b)
         bound = certifier.bound(theta, g, err)
         state.refinements += 1

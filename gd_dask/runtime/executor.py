@@ -23,7 +23,8 @@ from ..data.read import pack_files
 from ..data.write import predict_file
 from ..kernels import gradient as g
 from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, standardize_block
-from ..kernels.compensated import RefineSums, add_refine, refine_sums
+from ..kernels.compensated import PointGradient, add_refine, point_gradient, refine_sums
+from ..kernels.exact_gram import add_exact_gram, exact_gram
 from ..kernels.losses import SQUARED, Loss
 from ..kernels.metrics import (
     ClassSums,
@@ -133,6 +134,7 @@ class Executor:
         self.loss = loss
         self.array = None
         self._blocks: list | None = None
+        self._exact_gram = None  # refinement's Gram matrix of the raw rows, once computed
         if cache:
             # Persist: every later pass (each stream epoch, the metrics pass) reads the
             # blocks from worker memory; dask keeps the read tasks to recompute any
@@ -342,13 +344,30 @@ class Executor:
         average[-1] += sc.y_center
         return mixed, average, s.loss, s.rows
 
-    def refine_sums(self, m_hi, m_lo, b_hi: float, b_lo: float) -> RefineSums:
-        """The gradient's sums at m = m_hi + m_lo, b = b_hi + b_lo (original units), in
-        double-double (``compensated``): iterative refinement's pass. Always read from
-        the files, slice by slice: cached blocks are standardized, and these sums need
-        the raw rows."""
-        return self._reduce_raw(refine_sums, add_refine, np.asarray(m_hi, dtype=np.float64),
+    def refine_sums(self, m_hi, m_lo, b_hi: float, b_lo: float) -> PointGradient:
+        """The gradient's sums at m = m_hi + m_lo, b = b_hi + b_lo (original units), far
+        beyond float64, with their error bounded: iterative refinement's oracle. Unweighted,
+        from the Gram matrix of the raw rows, one pass kept for every later call
+        (``exact_gram``); weighted, or where a column's magnitudes do not split, from the
+        residuals in double-double, a pass per call (``compensated.refine_sums``). Always
+        read from the files, slice by slice: cached blocks are standardized, and these sums
+        need the raw rows."""
+        passes = 0
+        if not self.weighted and self._exact_gram is None:
+            sc = self.scaling
+            # About the training means (with an intercept), so the sums are as small as
+            # the residuals make them.
+            shift = np.zeros(len(self.source.spec.columns)) if sc is None else np.append(sc.center, sc.y_center)
+            self._exact_gram = self._reduce_raw(exact_gram, add_exact_gram, shift)
+            passes = 1
+            if not self._exact_gram.exact:
+                log.info("refinement: a column's magnitudes are beyond what the exact Gram pass splits; "
+                         "refining from the residuals")
+        if self._exact_gram is not None and self._exact_gram.exact:
+            return self._exact_gram.point_gradient(m_hi, m_lo, b_hi, b_lo)._replace(passes=passes)
+        sums = self._reduce_raw(refine_sums, add_refine, np.asarray(m_hi, dtype=np.float64),
                                 np.asarray(m_lo, dtype=np.float64), float(b_hi), float(b_lo), self.weighted)
+        return point_gradient(sums)._replace(passes=passes + 1)
 
     def error_sums(self, m, b) -> ErrorSums:
         """Metric sums for a model (m, b) in original units."""

@@ -12,16 +12,19 @@ arithmetic (``fractions``).
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import reduce
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, make_config, write_parquet
-from gd_dask.kernels import compensated
-from gd_dask.kernels.moments import block_moments
-from gd_dask.optimization.certify import ZERO_FLOOR
+
 from gd_dask.config import validate_config
 from gd_dask.jobs.training import fit, fit_moments
+from gd_dask.kernels import compensated
+from gd_dask.kernels.exact_gram import add_exact_gram, exact_gram
+from gd_dask.kernels.moments import block_moments
+from gd_dask.optimization.certify import ZERO_FLOOR
+from gd_dask.sizes import SLICE_ROWS
 
 
 def paired_problem(rng, n_pairs, d, kappa, offset, fit_intercept=True, weighted=False):
@@ -74,7 +77,8 @@ def relative_errors(m, b, m_true, b_true, X, w, fit_intercept):
 
 def in_memory_fit(X, y, w=None, **sections):
     """``fit_moments`` with refinement passes over the rows in memory: the client side
-    of the real path (the moments and the passes are what a cluster would return)."""
+    of the real path (the moments and the passes are what a cluster would return):
+    unweighted, the exact Gram matrix of 8,192-row slices; weighted, the residuals."""
     Z = np.column_stack([X, y] + ([w] if w is not None else []))
     mom = block_moments(Z, weighted=w is not None)
     raw = {"name": "t", "data": {"path": "unused", "features": [f"x{j}" for j in range(X.shape[1])],
@@ -83,8 +87,13 @@ def in_memory_fit(X, y, w=None, **sections):
         raw.setdefault(key, {}).update(value)
     cfg = validate_config(raw)
 
+    gram = None if w is not None else reduce(
+        add_exact_gram, [exact_gram(Z[i:i + SLICE_ROWS], mom.mean) for i in range(0, len(Z), SLICE_ROWS)])
+
     def refine_pass(m_hi, m_lo, b_hi, b_lo):
-        return compensated.refine_sums(Z, m_hi, m_lo, b_hi, b_lo, weighted=w is not None)
+        if gram is not None:
+            return gram.point_gradient(m_hi, m_lo, b_hi, b_lo)
+        return compensated.point_gradient(compensated.refine_sums(Z, m_hi, m_lo, b_hi, b_lo, weighted=True))
 
     return fit_moments(cfg, mom, refine_pass=refine_pass)
 
