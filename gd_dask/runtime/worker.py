@@ -8,12 +8,11 @@ from __future__ import annotations
 from distributed import WorkerPlugin
 
 
-def set_up() -> None:
+def set_up(worker=None) -> None:
     """In this worker, on its event loop's thread:
 
-    - Arrow's fast memory pool (``data.read.fast_pool_name``). A worker started by
-      ``dask worker`` has pyarrow's default, mimalloc: the 3.4 GB job's training took
-      3.1 s there, 2.5 s on jemalloc.
+    - Arrow's fast memory pool (``data.read.fast_pool_name``), whatever pool the
+      environment gave the worker.
     - The threads that fetch a task's small files from an object store and decode its
       next row group (``data.read._fetcher``, ``_reader``), started here rather than in
       a task: starting a thread in a task can deadlock with the worker's profiler (see
@@ -21,13 +20,17 @@ def set_up() -> None:
     - One thread for polars' pool (``POLARS_MAX_THREADS``, read when polars is first
       imported) unless set: the worker's own threads are the parallelism, a pool of all
       cores in each would oversubscribe them.
+    - The worker's memory limit, below which a task keeps Arrow's freed buffers for the
+      next (``data.read.set_memory_limit``).
     """
     import os
 
-    from gd_dask.data.read import _fetcher, _reader, use_fast_pool
+    from gd_dask.data.read import _fetcher, _reader, set_memory_limit, use_fast_pool
 
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
 
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+    set_memory_limit(limit)
     use_fast_pool()
     _fetcher()
     _reader()
@@ -39,7 +42,7 @@ class WorkerSetup(WorkerPlugin):
     name = "gd-dask-worker-setup"
 
     def setup(self, worker):
-        set_up()
+        set_up(worker)
 
 
 def dask_setup(worker):
@@ -48,4 +51,4 @@ def dask_setup(worker):
     first pass does not wait on them, and ``set_up``."""
     import gd_dask.runtime.executor  # noqa: F401
 
-    set_up()
+    set_up(worker)
