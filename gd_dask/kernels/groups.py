@@ -1,0 +1,122 @@
+"""Moments grouped by the levels of the categorical features: the sufficient statistics of
+least squares with categorical columns, with no one-hot column anywhere. Pure NumPy on
+one slice of rows; no dask import.
+
+A group is one combination of levels of the categorical columns (as float64 keys: the
+values of integer and boolean columns, a 52-bit hash of a string's UTF-8 bytes). For the
+numeric columns ``z = [X, y]`` each group keeps its row count and mean, and one matrix
+for all groups holds the within-group co-moment ``Σ_g Σ_{i∈g} (z_i − z̄_g)(z_i − z̄_g)ᵀ``.
+Everything least squares needs with indicator columns follows without cancellation:
+the totals (``to_moments``) and the co-moments within the levels of one column
+(``optimization.categorical``). Memory grows with the groups present (at most the rows),
+never with levels².
+
+Per slice the groups come from sorting the keys; partial results merge group by group
+with Chan's update, in the fixed tree of every other pass, so the bits do not depend on
+the workers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .moments import Moments
+
+
+class GroupMoments(NamedTuple):
+    """keys : (G, q) level keys, rows in lexicographic order, unique
+    n : (G,) rows per group;  mean : (G, k) per-group means of ``z = [X, y]``
+    within : (k, k) Σ over groups of their co-moments about their own means"""
+
+    keys: np.ndarray
+    n: np.ndarray
+    mean: np.ndarray
+    within: np.ndarray
+
+    @property
+    def rows(self) -> float:
+        return float(self.n.sum())
+
+    def to_moments(self) -> Moments:
+        """The moments of ``z`` over every row: within plus between the groups."""
+        n = self.rows
+        k = self.mean.shape[1]
+        if n == 0:
+            return Moments(0, np.zeros(k), np.zeros((k, k)))
+        mean = (self.n @ self.mean) / n
+        dev = self.mean - mean
+        return Moments(int(n), mean, self.within + (dev * self.n[:, None]).T @ dev)
+
+
+def empty(q: int, k: int) -> GroupMoments:
+    return GroupMoments(np.zeros((0, q)), np.zeros(0), np.zeros((0, k)), np.zeros((k, k)))
+
+
+def group_moments(z, categorical, weighted: bool = False) -> GroupMoments:
+    """``GroupMoments`` of one slice ``z`` (block columns: features, then the target);
+    ``categorical``: the indices of the categorical columns among them. Unweighted."""
+    if weighted:
+        raise ValueError("categorical features with sample weights are not supported yet")
+    cat = list(categorical)
+    num = [j for j in range(z.shape[1]) if j not in set(cat)]
+    keys, values = z[:, cat], np.ascontiguousarray(z[:, num])
+    if z.shape[0] == 0:
+        return empty(len(cat), len(num))
+    uniq, inv = _unique_rows(keys)
+    n = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+    sums = np.column_stack([np.bincount(inv, weights=values[:, j], minlength=len(uniq))
+                            for j in range(values.shape[1])])
+    mean = sums / n[:, None]
+    dev = values - mean[inv]
+    return GroupMoments(uniq, n, mean, dev.T @ dev)
+
+
+def _unique_rows(keys):
+    """(unique rows in lexicographic order, the index of each row's) for a float array."""
+    if keys.shape[1] == 1:
+        uniq, inv = np.unique(keys[:, 0], return_inverse=True)
+        return uniq[:, None], inv.ravel()
+    order = np.lexsort(keys.T[::-1])
+    s = keys[order]
+    new = np.empty(len(s), dtype=bool)
+    new[0] = True
+    new[1:] = (s[1:] != s[:-1]).any(axis=1)
+    ids = np.cumsum(new) - 1
+    inv = np.empty(len(s), dtype=np.int64)
+    inv[order] = ids
+    return s[new], inv
+
+
+def merge_groups(a: GroupMoments, b: GroupMoments) -> GroupMoments:
+    """Groups of two partial results, in key order; a group present in both merges by Chan,
+    Golub & LeVeque (its between term joins ``within``)."""
+    if len(a.n) == 0:
+        return b._replace(within=a.within + b.within)
+    if len(b.n) == 0:
+        return a._replace(within=a.within + b.within)
+    keys = np.concatenate([a.keys, b.keys])
+    uniq, inv = _unique_rows(keys)
+    ia, ib = inv[:len(a.n)], inv[len(a.n):]
+    G = len(uniq)
+    n = np.zeros(G)
+    mean = np.zeros((G, a.mean.shape[1]))
+    n[ia] = a.n
+    mean[ia] = a.mean
+    only_b = np.ones(G, dtype=bool)
+    only_b[ia] = False
+    both = ~only_b[ib]                     # b's groups that a has too
+    jb = ib[~both]
+    n[jb] = b.n[~both]
+    mean[jb] = b.mean[~both]
+    within = a.within + b.within
+    if both.any():
+        j = ib[both]
+        na, nb = n[j], b.n[both]
+        total = na + nb
+        delta = b.mean[both] - mean[j]
+        mean[j] = mean[j] + delta * (nb / total)[:, None]
+        n[j] = total
+        within = within + (delta * (na * nb / total)[:, None]).T @ delta
+    return GroupMoments(uniq, n, mean, within)

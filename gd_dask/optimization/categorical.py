@@ -1,0 +1,184 @@
+"""Least squares with categorical features, from grouped moments (``kernels.groups``):
+the levels' encoding, the problem reduced to its numeric part, and the coefficients of
+every level recovered from it. Pure NumPy on the client.
+
+Encoding: against a reference level per column, with the intercept kept, as
+statsmodels' ``C(col)`` and scikit-learn's ``OneHotEncoder(drop=…)`` do. The reference
+is the most frequent level (ties: the smallest key), so the intercept is the prediction
+for the most common case and the levels' coefficients are differences from it.
+
+Solving without one-hot columns: the column with the most levels (A) is absorbed. Its
+indicators together with the intercept span exactly "one intercept a_ℓ per level of A",
+and least squares over them is the within transformation: every other column, the
+target included, minus its mean over the rows of its A-level. What remains is an
+ordinary least-squares problem without intercept over the numeric features and the
+indicators of the other categorical columns, whose moments (``Moments`` with mean 0)
+come from the groups without cancellation:
+
+    S = Σ_g within-group co-moment + Σ_g n_g (w_g − w̄_ℓ(g))(w_g − w̄_ℓ(g))ᵀ
+
+with ``w_g`` a group's means of [x, indicators, y] and ``w̄_ℓ`` its A-level's. The usual
+gram descent solves and certifies it (the criterion ``coefficients``: the within
+transformation is exact algebra, and S's rounding is that of co-moments formed the
+same way). Then ``a_ℓ = ȳ_ℓ − w̄_ℓ·θ``, the intercept is ``a`` at A's reference level
+and A's coefficients are ``a_ℓ − a_ref``. An error bound on θ bounds those too:
+``|δa_ℓ| ≤ Σ_j |w̄_ℓj|·|δθ_j|``.
+
+The other categorical columns' indicators are dense in the reduced problem: together at
+most ``MAX_DENSE_LEVELS`` levels (any number of levels in the absorbed column).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import DataError
+from ..kernels.groups import GroupMoments
+from ..kernels.moments import Moments
+
+#: Levels of the categorical columns other than the absorbed one, together (their
+#: indicators are columns of the reduced dense problem).
+MAX_DENSE_LEVELS = 2000
+#: Groups processed at a time when forming the reduced co-moment.
+BATCH_GROUPS = 8192
+
+
+class Encoding(NamedTuple):
+    """columns : names of the categorical features;  levels : per column, its level keys
+    in key order;  counts : rows per level;  reference : per column, the index of its
+    reference level;  absorbed : the index of the column whose levels are absorbed"""
+
+    columns: list
+    levels: list
+    counts: list
+    reference: list
+    absorbed: int
+
+    def non_reference(self, c: int) -> np.ndarray:
+        """Indices of column c's levels other than its reference."""
+        return np.delete(np.arange(len(self.levels[c])), self.reference[c])
+
+
+def encode(groups: GroupMoments, columns) -> Encoding:
+    """The levels seen, their counts, each column's reference level (most frequent;
+    ties: smallest key), and the column to absorb (most levels; ties: first)."""
+    levels, counts, reference = [], [], []
+    for c in range(groups.keys.shape[1]):
+        keys, inv = np.unique(groups.keys[:, c], return_inverse=True)
+        n = np.bincount(inv.ravel(), weights=groups.n, minlength=len(keys))
+        levels.append(keys)
+        counts.append(n)
+        reference.append(int(np.argmax(n)))  # first maximum: the smallest key among ties
+    absorbed = int(np.argmax([len(lv) for lv in levels]))
+    others = sum(len(lv) - 1 for c, lv in enumerate(levels) if c != absorbed)
+    if others > MAX_DENSE_LEVELS:
+        raise DataError(f"categorical features: {others} levels outside '{columns[absorbed]}' (the column with "
+                        f"the most levels); at most {MAX_DENSE_LEVELS} are supported together")
+    return Encoding(list(columns), levels, counts, reference, absorbed)
+
+
+class Reduced(NamedTuple):
+    """The problem with the absorbed column's levels eliminated.
+
+    mom : Moments of [x (d), indicators (E), y] within the absorbed levels (mean 0)
+    names : the reduced columns' names (features, then ``col[level]`` indicators)
+    level_n : (L_A,) rows per absorbed level;  level_mean : (L_A, d + E + 1) their means
+    indicator : list of (column index, level indices) in indicator order
+    """
+
+    mom: Moments
+    level_n: np.ndarray
+    level_mean: np.ndarray
+    indicator: list
+
+
+def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
+    """``Reduced`` from the grouped moments (module docstring)."""
+    a = enc.absorbed
+    G, k = groups.mean.shape
+    d = k - 1
+    level_idx = [np.searchsorted(enc.levels[c], groups.keys[:, c]) for c in range(len(enc.levels))]
+    indicator, offsets = [], {}
+    for c in range(len(enc.levels)):
+        if c != a:
+            offsets[c] = d + sum(len(idx) for _, idx in indicator)
+            indicator.append((c, enc.non_reference(c)))
+    E = sum(len(idx) for _, idx in indicator)
+    D = d + E + 1
+
+    def rows(lo, hi):
+        """w_g for groups lo..hi: [x̄, indicators, ȳ]."""
+        w = np.zeros((hi - lo, D))
+        w[:, :d] = groups.mean[lo:hi, :d]
+        w[:, -1] = groups.mean[lo:hi, d]
+        for c, idx in indicator:
+            pos = np.searchsorted(idx, level_idx[c][lo:hi])      # position among non-reference levels
+            hit = (pos < len(idx)) & (idx[np.minimum(pos, len(idx) - 1)] == level_idx[c][lo:hi])
+            w[np.nonzero(hit)[0], offsets[c] + pos[hit]] = 1.0
+        return w
+
+    la = level_idx[a]
+    L = len(enc.levels[a])
+    level_n = np.bincount(la, weights=groups.n, minlength=L)
+    sums = np.zeros((L, D))
+    for lo in range(0, G, BATCH_GROUPS):
+        hi = min(G, lo + BATCH_GROUPS)
+        np.add.at(sums, la[lo:hi], rows(lo, hi) * groups.n[lo:hi, None])
+    level_mean = sums / level_n[:, None]
+    S = np.zeros((D, D))
+    num = list(range(d)) + [D - 1]
+    S[np.ix_(num, num)] = groups.within
+    for lo in range(0, G, BATCH_GROUPS):
+        hi = min(G, lo + BATCH_GROUPS)
+        dev = rows(lo, hi) - level_mean[la[lo:hi]]
+        S += (dev * groups.n[lo:hi, None]).T @ dev
+    _check_identifiable(S, enc, indicator, offsets, d)
+    return Reduced(Moments(int(groups.rows), np.zeros(D), S), level_n, level_mean, indicator)
+
+
+def _check_identifiable(S, enc: Encoding, indicator, offsets, d: int) -> None:
+    """An indicator constant within every level of the absorbed column (a level nested in
+    one of its levels) has nothing left after the within transformation: refuse it by
+    name rather than fit an arbitrary split."""
+    a = enc.absorbed
+    for c, idx in indicator:
+        for pos, level in enumerate(idx):
+            j = offsets[c] + pos
+            if S[j, j] <= 1e-9 * enc.counts[c][level]:
+                raise DataError(f"categorical features: level {enc.levels[c][level]!r} of '{enc.columns[c]}' "
+                                f"occurs within a single level of '{enc.columns[a]}' only: its coefficient "
+                                f"cannot be told from that level's; drop one of the two columns")
+
+
+class Coefficients(NamedTuple):
+    """The full model: ``m`` numeric slopes, ``b`` intercept, and per categorical column an
+    array of coefficients for its levels in key order (0 at the reference)."""
+
+    m: np.ndarray
+    b: float
+    levels: list
+
+
+def recover(theta, reduced: Reduced, enc: Encoding) -> Coefficients:
+    """The model from the reduced solution θ = [m (d), indicator coefficients (E)] in
+    original units (module docstring)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    D = reduced.level_mean.shape[1]
+    d = D - 1 - sum(len(idx) for _, idx in reduced.indicator)
+    a_level = reduced.level_mean[:, -1] - reduced.level_mean[:, :-1] @ theta
+    ref = enc.reference[enc.absorbed]
+    coef = [np.zeros(len(lv)) for lv in enc.levels]
+    coef[enc.absorbed] = a_level - a_level[ref]
+    pos = d
+    for c, idx in reduced.indicator:
+        coef[c][idx] = theta[pos:pos + len(idx)]
+        pos += len(idx)
+    return Coefficients(theta[:d], float(a_level[ref]), coef)
+
+
+def level_error(theta_error, reduced: Reduced, enc: Encoding) -> np.ndarray:
+    """Bounds on |δa_ℓ| for every absorbed level from bounds on |δθ| (absolute), and so on
+    the intercept and the absorbed column's coefficients (twice: a_ℓ − a_ref)."""
+    return np.abs(reduced.level_mean[:, :-1]) @ np.asarray(theta_error, dtype=np.float64)
