@@ -79,6 +79,11 @@ class DataConfig(_Section):
         default_factory=dict, description="Passed to fsspec."
     )
     weight: Column | None = Field(default=None, description="Sample-weight column.")
+    categorical: list[Column] = Field(
+        default_factory=list,
+        description="Features read as categories (a coefficient per level against the most frequent one): "
+                    "integer columns listed here; string and dictionary columns are categorical whether "
+                    "listed or not.")
     format: Literal["auto", "parquet", "delta", "iceberg"] = Field(
         default="auto", description="auto: a folder holding _delta_log/ is read as a Delta table, a metadata "
                                     "file or a folder holding metadata/*.metadata.json as an Iceberg table (their "
@@ -109,6 +114,9 @@ class DataConfig(_Section):
             raise ValueError(f"target '{self.target}' is also listed among features")
         if self.weight is not None and self.weight in seen | {self.target}:
             raise ValueError(f"weight column '{self.weight}' is also a feature or the target")
+        for c in self.categorical:
+            if c not in seen:
+                raise ValueError(f"categorical: '{c}' is not among data.features")
         return self
 
 
@@ -123,6 +131,9 @@ class _Model(_Section):
     l2: NonNegFloat = Field(default=0.0, description="Ridge: adds (l2/2)·‖m‖² to ½·MSE (not on b).")
     l1: NonNegFloat = Field(default=0.0, description="Lasso: adds l1·‖m‖₁ to ½·MSE (not on b); "
                             "proximal steps (soft thresholding).")
+    unseen_levels: Literal["error", "reference"] = Field(
+        default="error", description="predict/evaluate: a level of a categorical feature that training never "
+                                     "saw is an error naming it (error), or scored as the reference level.")
 
 
 #: The ``model`` section: the keys above and each loss's own (``Loss.options``, e.g. huber_delta).

@@ -49,6 +49,15 @@ class Model:
         return self.loss.predict(X @ self.m + self.b)
 
     @property
+    def categorical(self) -> list:
+        """Its categorical features as ``data.write.LevelTable``s (none for a numeric
+        model), unseen levels handled as its config's ``model.unseen_levels`` says."""
+        from ..data.write import LevelTable
+
+        unseen = ((self.document.get("config") or {}).get("model") or {}).get("unseen_levels", "error")
+        return [LevelTable(c["name"], c["levels"], c["coef"], unseen) for c in self.document.get("categorical") or ()]
+
+    @property
     def loss(self) -> Loss:
         """The loss it was trained with (``model`` of its config): its inverse link
         makes predictions."""

@@ -24,6 +24,9 @@ from ..kernels import losses
 from ..errors import ArtifactError, first_line as _first_line
 
 FORMAT = "gd_dask.model/1"
+#: Models with categorical features (``categorical``: levels and their coefficients).
+FORMAT_CATEGORICAL = "gd_dask.model/2"
+FORMATS = (FORMAT, FORMAT_CATEGORICAL)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 HISTORY_FIELDS = ["epoch", "loss", "grad_norm", "learning_rate", "seconds"]
@@ -99,10 +102,12 @@ def _finite(x: float):
 
 def model_document(cfg, result) -> dict:
     """The model.json document for a ``FitResult``."""
-    return {
-        "format": FORMAT,
+    categorical = getattr(result, "categorical", None)
+    levels = {c["name"] for c in categorical or ()}
+    doc = {
+        "format": FORMAT_CATEGORICAL if categorical else FORMAT,
         "name": cfg.name,
-        "features": list(cfg.data.features),
+        "features": [f for f in cfg.data.features if f not in levels],
         "target": cfg.data.target,
         "m": [float(v) for v in np.asarray(result.m)],
         "b": float(result.b),
@@ -129,6 +134,26 @@ def model_document(cfg, result) -> dict:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "version": __version__,
     }
+    if categorical:
+        doc["categorical"] = categorical
+    return doc
+
+
+def _check_categorical(path, doc: dict) -> None:
+    """A format-2 model's ``categorical``: per column a name, levels and as many finite
+    coefficients, the reference among the levels."""
+    cols = doc.get("categorical") if doc.get("format") == FORMAT_CATEGORICAL else []
+    if not isinstance(cols, list):
+        raise ArtifactError(f"{path}: 'categorical' must be a list")
+    for c in cols:
+        ok = (isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("levels"), list)
+              and isinstance(c.get("coef"), list) and len(c["levels"]) == len(c["coef"])
+              and all(isinstance(v, (int, float)) and math.isfinite(v) for v in c["coef"])
+              and c.get("reference") in c["levels"])
+        if not ok:
+            name = c.get("name") if isinstance(c, dict) else "?"
+            raise ArtifactError(f"{path}: categorical feature {name!r}: needs levels, as many finite coef and a "
+                                "reference among the levels")
 
 
 _SECRET = ("key", "secret", "token", "password", "credential", "session")
@@ -249,9 +274,11 @@ def load_document(path: str | Path, storage_options: dict | None = None) -> dict
         raise ArtifactError(f"{path}: refused: {e} ({MAX_MODEL_BYTES >> 20} MiB), the limit for a model.json") from None
     except RecursionError:
         raise ArtifactError(f"{path}: refused: not a model.json (values nested thousands of levels deep)") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in FORMATS:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise ArtifactError(f"{path}: model format {got!r} is not supported (expected {FORMAT!r})")
+        expected = " or ".join(map(repr, FORMATS))
+        raise ArtifactError(f"{path}: model format {got!r} is not supported (expected {expected})")
+    _check_categorical(path, doc)
     feats, m = doc.get("features"), doc.get("m")
     if isinstance(feats, list) and len(feats) > MAX_MODEL_FEATURES:
         raise ArtifactError(f"{path}: refused: {len(feats)} features, more than {MAX_MODEL_FEATURES}")

@@ -53,18 +53,86 @@ def _filtered(table: pa.Table, spec, file_id: int, first_row: int, deleted=None)
     return table.filter(mask) if mask is not None else table
 
 
-def check_columns(path: str, schema: pa.Schema, columns, types: dict) -> None:
+def check_columns(path: str, schema: pa.Schema, columns, types: dict, categorical=(), found=None,
+                  text_ok=()) -> None:
     """Every needed column present and numeric, with one type across the files checked
-    with the same ``types``."""
+    with the same ``types``; a ``categorical`` column text, integer or boolean. At
+    planning, a text column among ``text_ok`` (the features) is categorical: it is
+    added to ``found`` rather than refused."""
     names = set(schema.names)
     for col in columns:
         if col not in names:
             raise DataError(f"{path}: column '{col}' not found (has: {', '.join(schema.names)})")
         t = schema.field(col).type
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-                or pa.types.is_decimal(t)):
-            raise DataError(f"{path}: column '{col}' is {t}, not numeric")
+        if col in categorical:
+            if not (is_text(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
+                raise DataError(f"{path}: column '{col}' is {t}: a categorical feature is text, integer or boolean")
+        elif is_text(t) and col in text_ok and found is not None:
+            found.add(col)
+        elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                  or pa.types.is_decimal(t)):
+            hint = " (a categorical feature: list it in data.categorical)" if is_text(t) else ""
+            raise DataError(f"{path}: column '{col}' is {t}, not numeric{hint}")
         check_type(path, col, str(t), types)
+
+
+def is_text(t) -> bool:
+    """Strings, or a dictionary of them (pandas' and polars' categoricals)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+#: Keys of text levels: this many bits of a BLAKE2b hash of the UTF-8 bytes, an integer
+#: that float64 holds exactly (two levels of 20,000 share one with probability 4e-8,
+#: and a pass that sees both says so).
+KEY_BITS = 52
+
+
+def level_keys(arr, names: dict | None = None) -> np.ndarray:
+    """A categorical column (or chunk) as float64 keys: integers and booleans by value,
+    text by ``KEY_BITS`` of a hash (``names`` collects key → text); null → NaN."""
+    if isinstance(arr, pa.ChunkedArray):
+        parts = [level_keys(c, names) for c in arr.chunks]
+        return np.concatenate(parts) if parts else np.empty(0)
+    if not is_text(arr.type):
+        keys = as_float64(arr)
+        if np.any(np.abs(keys[np.isfinite(keys)]) > 2.0 ** 53):
+            raise DataError("a categorical integer column holds values beyond 2^53")
+        return keys
+    if not pa.types.is_dictionary(arr.type):
+        arr = _pc().dictionary_encode(arr)
+
+    values = arr.dictionary.to_pylist()
+    table = np.array([text_key(v) for v in values], dtype=np.float64)
+    if names is not None:
+        for key, v in zip(table.tolist(), values):
+            if names.setdefault(key, v) != v:
+                raise DataError(f"levels {names[key]!r} and {v!r} share a key: rename one")
+    idx = arr.indices
+    out = table[as_float64(idx).astype(np.int64)] if idx.null_count == 0 else np.full(len(idx), np.nan)
+    if idx.null_count:
+        valid = np.asarray(idx.is_valid())
+        out[valid] = table[np.asarray(idx.drop_null()).astype(np.int64)]
+    return out
+
+
+def text_key(text: str) -> float:
+    """A text level's key: ``KEY_BITS`` of the BLAKE2b hash of its UTF-8 bytes."""
+    import hashlib
+
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return float(int.from_bytes(digest, "little") & ((1 << KEY_BITS) - 1))
+
+
+def level_key(level) -> float:
+    """The key of a level as model.json holds it: text, an integer or a boolean."""
+    return text_key(level) if isinstance(level, str) else float(level)
+
+
+def column_values(arr, categorical: bool, names: dict | None = None) -> np.ndarray:
+    """``level_keys`` for a categorical column, ``as_float64`` otherwise."""
+    return level_keys(arr, names) if categorical else as_float64(arr)
 
 
 def check_type(path: str, col: str, t: str, types: dict) -> None:
@@ -81,15 +149,17 @@ class ColumnCheck:
     ``across``: one type per column across the files too (planning); a task checks each
     of its files alone."""
 
-    def __init__(self, columns, across: bool = True):
+    def __init__(self, columns, across: bool = True, categorical=(), found=None, text_ok=()):
         self.columns, self.across, self.types = list(columns), across, {}
+        self.categorical, self.found, self.text_ok = tuple(categorical), found, tuple(text_ok)
         self._last = None  # (schema, its columns' types as text)
 
     def __call__(self, path: str, schema: pa.Schema) -> list[str]:
         """The columns' types (``double``, ``int64``, …), once the file passes."""
         last = self._last
         if last is None or not (schema is last[0] or schema.equals(last[0])):
-            check_columns(path, schema, self.columns, self.types if self.across else {})
+            check_columns(path, schema, self.columns, self.types if self.across else {}, self.categorical,
+                          self.found, self.text_ok)
             last = self._last = (schema, [str(schema.field(c).type) for c in self.columns])
         return last[1]
 
@@ -105,7 +175,8 @@ def _row_group_tables(pf, chunk, spec):
     columns = list(spec.columns)
     read = columns + [f[0] for f in spec.row_filters if f[0] not in columns]
     if chunk.row_groups is None:  # planned from the listing: all of it, checked here
-        check = _task_checks.get(tuple(read)) or _task_checks.setdefault(tuple(read), ColumnCheck(read, False))
+        key = (tuple(read), spec.categorical)
+        check = _task_checks.get(key) or _task_checks.setdefault(key, ColumnCheck(read, False, spec.categorical))
         check(chunk.path, pf.schema_arrow)
         sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
         row_groups, first_rows = range(len(sizes)), list(itertools.accumulate(sizes, initial=0))
@@ -204,7 +275,7 @@ def _pack_table(pack, spec):
     which also names a culprit — where polars is missing or refuses them (a column gone,
     types that differ between files), or where a column comes back other than numeric."""
     pl = _polars()
-    if (pl is None or spec.protocol not in ("file", "local") or spec.row_filters or spec.holdout
+    if (pl is None or spec.categorical or spec.protocol not in ("file", "local") or spec.row_filters or spec.holdout
             or any(p.deleted or (p.rows is not None and p.row_groups is None) for p in pack.pieces)
             or _decoded_bytes(pack, spec) > spec.stream_above):
         return None
@@ -492,7 +563,7 @@ def read_block(chunk, spec):
         for j, col in enumerate(columns):
             at = lo
             for part in table.column(col).chunks:
-                out[at:at + len(part), j] = as_float64(part)
+                out[at:at + len(part), j] = column_values(part, col in spec.categorical)
                 at += len(part)
         lo += table.num_rows
     table = tables = None  # let go of Arrow's buffers before returning them
@@ -525,7 +596,7 @@ def as_float64(arr) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype=np.float64, count=len(arr), offset=arr.offset * 8)
 
 
-def read_slices(chunk, spec, *, rows: int, shifted: bool = False):
+def read_slices(chunk, spec, *, rows: int, shifted: bool = False, names: dict | None = None):
     """The slices of ``rows`` rows that ``gradient.block_slices(read_block(...))`` would
     give, without ever building the block: one row group is decoded at a time and copied
     slice by slice into one small reused buffer. So a pass that only adds up over rows
@@ -535,6 +606,9 @@ def read_slices(chunk, spec, *, rows: int, shifted: bool = False):
     ``shifted``: yield ``(slice − shift, shift)`` instead, with ``shift`` the mean of the
     first slice, subtracted while copying (``gradient.block_slices_shifted`` of the block,
     to the bit).
+
+    Categorical columns (``spec.categorical``) come as their level keys
+    (``level_keys``); ``names``, if given, collects the text of the keys seen.
 
     Each slice is a view of the same buffer: use it before asking for the next.
     """
@@ -558,7 +632,8 @@ def read_slices(chunk, spec, *, rows: int, shifted: bool = False):
         tables = _coalesced(tables, rows)
     for table in tables:
         for batch in table.select(columns).to_batches():
-            arrays = [as_float64(col) for col in batch.columns]
+            arrays = [column_values(col, name in spec.categorical, names)
+                      for name, col in zip(batch.schema.names, batch.columns)]
             if spec.missing == "drop" and batch.num_rows:
                 good = np.logical_and.reduce([np.isfinite(a) for a in arrays])
                 if not good.all():

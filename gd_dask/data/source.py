@@ -138,6 +138,7 @@ class ReadSpec:
     missing: str = "error"
     holdout: Holdout | None = None
     stream_above: int = LARGE_ROW_GROUP
+    categorical: tuple[str, ...] = ()  # read as level keys (``read.level_keys``)
 
     def block(self, chunk):
         return read_block(chunk, self)
@@ -171,6 +172,7 @@ class ParquetSource:
     root: str = ""  # what was listed: the folder, the glob's folder, or the file
     _pack: bool = True
     table: dict | None = None  # a lakehouse table's snapshot: {"format", "version"}
+    categorical: list[str] = field(default_factory=list)  # features read as level keys
 
     @property
     def weighted(self) -> bool:
@@ -193,7 +195,7 @@ class ParquetSource:
         group up to the chunk size is decoded whole, a larger one streamed."""
         return ReadSpec(tuple(self.columns), self.protocol, self.storage_options,
                         tuple(tuple(f) for f in self.row_filters), self.missing, self.holdout,
-                        stream_above=self._stream_above or self._chunk_bytes)
+                        stream_above=self._stream_above or self._chunk_bytes, categorical=tuple(self.categorical))
 
     def read_args(self, chunk: Chunk) -> tuple[Chunk, ReadSpec]:
         """The arguments of ``read_block`` and ``read_slices`` for one chunk."""
@@ -353,12 +355,15 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     """
     columns = block_columns(data_cfg, extra_columns, with_target)
     sel = select(listing or list_data(data_cfg), data_cfg, columns)
-    files = _plan_files(sel, columns, data_cfg.missing, known)
+    found: set[str] = set()
+    files = _plan_files(sel, columns, data_cfg.missing, known, list(data_cfg.categorical), found,
+                        list(data_cfg.features))
     src = ParquetSource(
         fs=sel.fs, protocol=sel.protocol, files=files, chunks=[], columns=columns,
         partitions=sel.partitions, row_filters=sel.row_filters,
         storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing, weight=data_cfg.weight,
         root=sel.root, table=sel.table,
+        categorical=[c for c in data_cfg.features if c in found or c in data_cfg.categorical],
     )
     src.layout(chunk_bytes)
     if not src.chunks:
@@ -433,7 +438,8 @@ def _check_table_files(sel: Selection, path: str) -> None:
                             "or an expiry?); read a newer version")
 
 
-def _plan_files(sel: Selection, columns: list[str], missing: str, known) -> list[dict]:
+def _plan_files(sel: Selection, columns: list[str], missing: str, known, categorical=(), found=None,
+                text_ok=()) -> list[dict]:
     """Each kept file's entry (``ParquetSource.files``), from the cheapest source of its
     footer's facts: the statistics cache (``known``), a ``_metadata`` summary, the listing
     alone (many small files), else its footer; columns checked as each is planned."""
@@ -447,7 +453,7 @@ def _plan_files(sel: Selection, columns: list[str], missing: str, known) -> list
     unread = listing_plan(todo, sel.infos)
     footers = read_footers(sel.fs, [p for p in todo if p not in unread], sel.infos)  # in order, as asked
     _log_plan(sel, planned, unread, cached, len(todo) - len(unread))
-    files, check = [], ColumnCheck(columns + [f[0] for f in sel.row_filters])
+    files, check = [], ColumnCheck(columns + [f[0] for f in sel.row_filters], True, categorical, found, text_ok)
     with contextlib.closing(footers):  # a check that fails stops the reads still in flight
         for full in sel.kept:
             info, col_types = sel.infos[full], None
@@ -457,6 +463,9 @@ def _plan_files(sel: Selection, columns: list[str], missing: str, known) -> list
                                                            plan["types"])
                 for col, t in zip(columns, col_types):
                     check_type(full, col, t, check.types)
+                    if found is not None and col in text_ok and t.replace("dictionary<values=", "").startswith(
+                            ("string", "large_string")):
+                        found.add(col)
             elif full in planned:
                 row_groups, rg_bytes, schema = planned[full]
             elif full in unread:  # its task checks its columns

@@ -10,15 +10,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import PredictionOverflow
-from .read import as_float64
+from ..errors import DataError, PredictionOverflow
+from .read import as_float64, level_key, level_keys
 
 
 def predict_file(src_path, dst_path, protocol, storage_options, out_protocol, features, keys, m, b, loss,
-                 threshold=None):
+                 threshold=None, categorical=()):
     """Read one file row group by row group, write ``keys`` + ``prediction`` =
     ``loss.predict(X·m + b)`` (the inverse link), + ``label`` = prediction ≥ ``threshold``
-    where one is given. Returns the rows written.
+    where one is given; ``categorical``: ``LevelTable``s whose coefficients join X·m + b.
+    Returns the rows written.
 
     The output goes to a hidden temporary name first and is moved into place."""
     src_fs = fsspec.filesystem(protocol, **(storage_options or {}))
@@ -32,11 +33,15 @@ def predict_file(src_path, dst_path, protocol, storage_options, out_protocol, fe
         try:
             with fs.open(tmp, "wb") as out:
                 for rg in range(pf.num_row_groups):
-                    t = pf.read_row_group(rg, columns=list(dict.fromkeys([*keys, *features])))
-                    X = np.column_stack([as_float64(t.column(f)) for f in features])
+                    names = [*features, *(c.name for c in categorical)]
+                    t = pf.read_row_group(rg, columns=list(dict.fromkeys([*keys, *names])))
+                    X = np.column_stack([as_float64(t.column(f)) for f in features] or [np.zeros((t.num_rows, 0))])
                     cols = {k: t.column(k) for k in keys}
+                    eta = X @ m + b
+                    for table in categorical:
+                        eta = eta + table.contribution(t.column(table.name), src_path)
                     with np.errstate(over="ignore", invalid="ignore"):
-                        pred = loss.predict(X @ m + b)
+                        pred = loss.predict(eta)
                     _check_finite(pred, X, src_path, rg)
                     cols["prediction"] = pa.array(pred)
                     if threshold is not None:
@@ -53,6 +58,34 @@ def predict_file(src_path, dst_path, protocol, storage_options, out_protocol, fe
             raise
     fs.mv(tmp, dst_path)
     return rows
+
+
+class LevelTable:
+    """One categorical feature of a model: its levels' keys in order and their
+    coefficients (0 at the reference), and what an unseen level does (``unseen``)."""
+
+    def __init__(self, name: str, levels, coef, unseen: str = "error"):
+        keys = np.array([level_key(v) for v in levels], dtype=np.float64)
+        order = np.argsort(keys, kind="stable")
+        self.name, self.keys, self.unseen = name, keys[order], unseen
+        self.coef = np.asarray(coef, dtype=np.float64)[order]
+
+    def contribution(self, column, path: str) -> np.ndarray:
+        """Each row's coefficient: NaN for a null level (``data.missing`` rules), 0 for
+        an unseen one with ``unseen: reference``, else one line naming it."""
+        names: dict = {}
+        keys = level_keys(column, names)
+        pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        seen = self.keys[pos] == keys if len(self.keys) else np.zeros(len(keys), dtype=bool)
+        out = np.where(seen, self.coef[pos] if len(self.coef) else 0.0, 0.0)
+        out[np.isnan(keys)] = np.nan
+        unseen = ~seen & ~np.isnan(keys)
+        if unseen.any() and self.unseen == "error":
+            key = float(keys[np.flatnonzero(unseen)[0]])
+            level = names.get(key, int(key) if key.is_integer() else key)
+            raise DataError(f"{path}: column '{self.name}' has level {level!r}, which training never saw "
+                            "(model.unseen_levels: reference scores such rows as the reference level)")
+        return out
 
 
 def _check_finite(pred, X, path, row_group: int) -> None:

@@ -16,7 +16,8 @@ import numpy as np
 from ..kernels.moments import Moments
 from ..kernels import losses
 from ..data import CHUNK_BYTES, Pack, ParquetSource, open_source
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..kernels.groups import GroupMoments
 from ..runtime.executor import Executor, decide_cache, stream_above_for, worker_records
 from ..optimization.strategy import Strategy
 
@@ -42,6 +43,8 @@ class Prepared:
     val_ex: Executor | None = None
     val_mom: Moments | None = None
     rows_dropped: int | None = 0
+    groups: GroupMoments | None = None  # with categorical features: moments by level
+    level_names: dict | None = None  # their text levels' keys → text
 
     def release(self) -> None:
         for e in filter(None, (self.ex, self.val_ex)):
@@ -66,6 +69,13 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
         source, val_source = source.split(cfg.optimizer.seed, cfg.optimizer.validation_fraction)
         val_ex = Executor(client, val_source, cache, loss)
     ex = Executor(client, source, cache, loss)
+    if source.categorical:
+        check_categorical(cfg, source)
+        groups, names = ex.group_moments([source.columns.index(c) for c in source.categorical])
+        mom = groups.to_moments()
+        check_moments(mom, cfg, ex, [f for f in cfg.data.features if f not in source.categorical])
+        dropped = rows_dropped(cfg, source, mom.n)
+        return Prepared(source, strategy, ex, mom, None, None, dropped, groups, names)
     mom = ex.moments()
     check_moments(mom, cfg, ex)
     if loss.target_rule:
@@ -76,12 +86,37 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     return Prepared(source, strategy, ex, mom, val_ex, val_mom, dropped)
 
 
-def check_moments(mom: Moments, cfg, ex: Executor) -> None:
-    """Data problems that the moments reveal, each naming the column."""
-    cols = ex.source.columns
+#: What categorical features are trained with so far (issue 33): the rest is refused by name.
+CATEGORICAL_SUPPORT = "squared loss, no l1, no weights, no validation_fraction, the gram strategy"
+
+
+def refuse_categorical(source: ParquetSource, command: str) -> None:
+    """Commands that do not train categorical features yet say so by name."""
+    if source.categorical:
+        raise ConfigError(f"{command} does not handle categorical features yet ({', '.join(source.categorical)}; "
+                          "issue 33): gd-dask train does")
+
+
+def check_categorical(cfg, source: ParquetSource) -> None:
+    """Categorical features with what supports them, or one line saying what does not."""
+    o, m = cfg.optimizer, cfg.model
+    bad = [what for what, wrong in (
+        (f"model.loss: {m.loss}", m.loss != "squared"), ("model.l1 > 0", m.l1 > 0),
+        ("data.weight", bool(cfg.data.weight)), ("optimizer.validation_fraction > 0", o.validation_fraction > 0),
+        (f"optimizer.method: {o.method}", o.method != "batch"),
+        (f"optimizer.strategy: {o.strategy}", o.strategy not in ("auto", "gram"))) if wrong]
+    if bad:
+        raise ConfigError(f"categorical features ({', '.join(source.categorical)}) are trained with "
+                          f"{CATEGORICAL_SUPPORT} so far; not with {', '.join(bad)}")
+
+
+def check_moments(mom: Moments, cfg, ex: Executor, features=None) -> None:
+    """Data problems that the moments reveal, each naming the column (``features``: the
+    numeric ones, in the moments' order; default all)."""
     if not mom.finite():
         _diagnose_nonfinite(mom, ex)
-    d = len(cfg.data.features)
+    cols = list(features if features is not None else ex.source.columns)
+    d = len(features if features is not None else cfg.data.features)
     if mom.n == 0:
         raise DataError(f"data.path '{cfg.data.path}': no rows left to train on")
     if mom.n < 2:

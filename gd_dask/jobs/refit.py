@@ -35,7 +35,7 @@ from ..errors import ArtifactError, ConfigError, DataError
 from ..runtime.executor import Executor, stream_above_for, worker_records
 from ..artifacts.registry import Registry, RegistryError
 from ..artifacts.store import history_csv, model_document
-from .prepare import pick_strategy
+from .prepare import pick_strategy, refuse_categorical
 from .training import fit, fit_moments
 
 log = logging.getLogger(__name__)
@@ -398,6 +398,7 @@ def _open_window(cfg, client, reg: Registry, win: Window, listing):
             raise
         open_source(_with_dates(cfg.data, win.train), known=known, listing=listing)
         raise _SchemaFault(str(e)) from None
+    refuse_categorical(window, "refit")
     # Small files packed; statistics still per file. The layout is the data's alone.
     window.layout(CHUNK_BYTES, stream_above=stream_above_for(worker_records(client), CHUNK_BYTES))
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files

@@ -15,7 +15,7 @@ import numpy as np
 from ..config import DataConfig
 from ..data import open_source
 from ..data.read import is_local
-from ..errors import ConfigError, DataError, PredictionOverflow
+from ..errors import ArtifactError, ConfigError, DataError, PredictionOverflow
 from ..runtime.executor import Executor
 from ..artifacts.model import Model
 
@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 def data_for(model: Model, path: str, storage_options: dict | None = None) -> DataConfig:
     missing = (model.document.get("config") or {}).get("data", {}).get("missing", "error")
-    return DataConfig(path=path, features=model.features, target=model.target, missing=missing,
-                      storage_options=storage_options or {})
+    levels = [c.name for c in model.categorical]
+    return DataConfig(path=path, features=list(model.features) + levels, target=model.target, missing=missing,
+                      storage_options=storage_options or {}, categorical=levels)
 
 
 def open_for(model: Model, path: str, storage_options: dict | None = None, keys=None):
@@ -43,6 +44,9 @@ def evaluate(model: Model, path: str, client, storage_options: dict | None = Non
     log_loss, accuracy, precision, recall, roc_auc, brier): one pass. ``source``: the
     data as ``open_for`` opened it."""
     source = source or open_for(model, path, storage_options)
+    if model.categorical:
+        raise ArtifactError(f"model {model.path}: evaluate does not score categorical features yet (issue 33); "
+                            "use predict")
     ex = Executor(client, source, cache=False, loss=model.loss)
     metrics = ex.metrics(model.m, model.b)
     if not all(np.isfinite(v) for k, v in metrics.items() if k in ("mse", "mae", "log_loss", "brier")):
@@ -201,7 +205,8 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     dest = {f["full_path"]: f"{staging}/{f['rel']}" for f in source.files}
     try:
         try:
-            rows = ex.predict_files(dest, out_protocol, model.features, keys, model.m, model.b, threshold)
+            rows = ex.predict_files(dest, out_protocol, model.features, keys, model.m, model.b, threshold,
+                                    model.categorical)
         except PredictionOverflow as e:
             raise PredictionOverflow(f"model {model.path}: {e}") from None
         out_fs.invalidate_cache()  # the workers wrote: listings cached here are stale

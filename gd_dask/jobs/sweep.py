@@ -10,7 +10,7 @@ import logging
 
 from ..data import open_source
 from ..errors import TrainingError
-from .prepare import pick_strategy, prepare
+from .prepare import pick_strategy, prepare, refuse_categorical
 from .training import fit, fit_moments
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,7 @@ def sweep(cfg, client, rates: list, source=None) -> list[dict]:
     ``source``: ``cfg.data``'s footers, if read already."""
     gram = pick_strategy(cfg).gram
     source = source or open_source(cfg.data)
+    refuse_categorical(source, "sweep")
     prep = prepare(cfg, client, source) if gram else None  # one moments pass serves every rate
     rows = []
     for rate in rates:

@@ -67,6 +67,7 @@ class FitResult:
     validation: dict | None = None  # early stopping: split, best epoch, metrics on held-out rows
     convergence: dict | None = None  # criterion, bound, digits, epochs, refinements (``certify``)
     summary: dict | None = None  # inference statistics, or why they do not hold (``inference``)
+    categorical: list | None = None  # per categorical feature: levels, reference, coefficients
 
 
 def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None,
@@ -86,6 +87,10 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     """
     t0 = time.perf_counter()
     prep = prepare(cfg, client, source)
+    if prep.groups is not None:
+        from .categorical import fit_categorical
+
+        return fit_categorical(cfg, prep, t0, on_epoch)
     setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     oracle, validate = _oracles(cfg, prep, setup)
     certifier = setup.certifier(prep.ex.curvature_sums if prep.strategy.stream else None)

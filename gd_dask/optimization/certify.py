@@ -151,14 +151,19 @@ class CoefficientBound:
         kappa_eta = self.lmax / ev[0] * self.eta if ev[0] > 0 else math.inf
         self.certifiable = kappa_eta <= 0.5
         self.w = None
+        self._hess, self._kappa_eta = hess, kappa_eta
         if self.certifiable:
-            u = coefficient_map(self.k, self.d, self.ratio, fit_intercept)
-            # ‖H⁻¹u‖ for the true H, from the computed one: ‖H⁻¹‖ grows by 1/(1 − κη) at most.
-            self.w = np.linalg.norm(np.linalg.solve(hess, u), axis=0) / (1.0 - kappa_eta) * (1.0 + 1e-6)
+            self.w = self.inverse_norms(coefficient_map(self.k, self.d, self.ratio, fit_intercept))
         self.grad_scale = math.sqrt(self.lmax) * rms_y
         self._screened = 0
         self._grad_err = 0.0
         self._w_over_c = math.inf
+
+    def inverse_norms(self, U) -> np.ndarray:
+        """‖H⁻¹u‖ for each column u of U, for the true H from the computed one (‖H⁻¹‖
+        grows by 1/(1 − κη) at most): times ‖∇J‖ plus its rounding, a bound on the
+        error of the linear function uᵀθ of the training-space parameters."""
+        return np.linalg.norm(np.linalg.solve(self._hess, U), axis=0) / (1.0 - self._kappa_eta) * (1.0 + 1e-6)
 
     def screen(self, params, grad_norm: float, tol: float) -> tuple[bool, bool]:
         """``(may_converge, stalled)`` at θ from magnitudes cached every
@@ -308,6 +313,12 @@ class LocalBound:
 
     def grad_error(self, params) -> float:
         return sums_error(self.eta, self.lmax, self.grad_scale, params[:self.k])
+
+    def inverse_norms(self, U) -> np.ndarray:
+        """‖H⁻¹u‖ for each column u of U, for the true H from the computed one (‖H⁻¹‖
+        grows by 1/(1 − κη) at most): times ‖∇J‖ plus its rounding, a bound on the
+        error of the linear function uᵀθ of the training-space parameters."""
+        return np.linalg.norm(np.linalg.solve(self._hess, U), axis=0) / (1.0 - self._kappa_eta) * (1.0 + 1e-6)
 
     def screen(self, params, grad_norm: float, tol: float) -> tuple[bool, bool]:
         err = self.grad_error(params)

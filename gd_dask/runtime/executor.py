@@ -19,12 +19,14 @@ import dask
 import numpy as np
 
 from ..data import Pack, ParquetSource, count_nonfinite
-from ..data.read import pack_files
+from ..data.read import pack_files, read_slices
 from ..data.write import predict_file
+from ..errors import DataError
 from ..kernels import gradient as g
 from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, standardize_block
 from ..kernels.compensated import PointGradient, add_refine, point_gradient, refine_sums
 from ..kernels.exact_gram import add_exact_gram, exact_gram
+from ..kernels.groups import GroupMoments, group_moments, merge_groups
 from ..kernels.losses import SQUARED, Loss
 from ..kernels.metrics import (
     ClassSums,
@@ -81,6 +83,25 @@ def each_file(pack, spec, on_chunk, *args) -> list:
 def chunk_moments(chunk, spec) -> Moments:
     """``gradient.block_moments(spec.block(chunk))``, to the bit, streamed."""
     return shifted_moments(spec.slices(chunk, SLICE_ROWS, shifted=True))
+
+
+def chunk_groups(chunk, spec, categorical) -> tuple[GroupMoments, dict]:
+    """``groups.group_moments`` of one chunk, streamed slice by slice, and the text of the
+    level keys its text columns gave ({key: text})."""
+    names: dict = {}
+    groups = fold_slices(read_slices(chunk, spec, rows=SLICE_ROWS, names=names), group_moments, merge_groups,
+                         categorical)
+    return groups, names
+
+
+def add_named_groups(a: tuple, b: tuple) -> tuple:
+    """Merge two ``chunk_groups`` results: the groups by key, the names checked for a key
+    that two texts share."""
+    names = dict(a[1])
+    for key, text in b[1].items():
+        if names.setdefault(key, text) != text:
+            raise DataError(f"levels {names[key]!r} and {text!r} share a key: rename one")
+    return merge_groups(a[0], b[0]), names
 
 
 def sgd_chunk(chunk, spec, theta, index, plan, center, scale, y_center, loss, weighted):
@@ -249,6 +270,16 @@ class Executor:
         # Compute: one small result (a few numbers) comes back to the client.
         return self._compute(_reduce_tree(self.moment_leaves(), merge_moments))
 
+    def group_moments(self, categorical) -> tuple[GroupMoments, dict]:
+        """Moments of the numeric columns grouped by the levels of the categorical ones
+        (``categorical``: their indices among the block's columns), and the text of the
+        level keys seen: one pass from the files, merged in the fixed tree."""
+        fn = dask.delayed(chunk_groups, pure=True)
+        spec = self.source.spec
+        # Compute: per group a count and means come back (no row does).
+        return self._compute(_reduce_tree([fn(c, spec, tuple(categorical)) for c in self.source.chunks],
+                                          add_named_groups))
+
     def nonfinite_by_block(self) -> list[np.ndarray]:
         """NaN/inf counts per column for every block, in block order (diagnosis only)."""
         parts = self.row_leaves(count_nonfinite, np.add)
@@ -408,14 +439,16 @@ class Executor:
         return self._compute(_reduce_tree([fn(c, spec, func, combine, *args) for c in self.source.chunks],
                                           combine))
 
-    def predict_files(self, dest: dict, out_protocol: str, features, keys, m, b, threshold=None) -> list[int]:
+    def predict_files(self, dest: dict, out_protocol: str, features, keys, m, b, threshold=None,
+                      categorical=()) -> list[int]:
         """Score every file into ``dest[full path]`` (keys + prediction, row group by row
-        group, through ``self.loss``'s inverse link; + label with ``threshold``): one task
-        per file; returns the row counts."""
+        group, through ``self.loss``'s inverse link; + label with ``threshold``;
+        ``categorical``: ``data.write.LevelTable``s): one task per file; returns the row
+        counts."""
         src = self.source
         fn = dask.delayed(predict_file)
         tasks = [fn(f["full_path"], dest[f["full_path"]], src.protocol, src.storage_options, out_protocol,
-                    list(features), list(keys), m, b, self.loss, threshold) for f in src.files]
+                    list(features), list(keys), m, b, self.loss, threshold, tuple(categorical)) for f in src.files]
         # Compute: each task writes its own file; only row counts come back.
         return compute(self.client, tasks, what="predict")
 

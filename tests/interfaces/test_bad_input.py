@@ -120,10 +120,14 @@ def test_a_missing_column_names_the_column_and_the_file(tmp_path, rng, capsys):
 
 
 def test_a_non_numeric_column_names_it_and_its_type(tmp_path, capsys):
+    """A text target, or a feature of a type that is neither a number nor a category."""
     (tmp_path / "d").mkdir()
-    pq.write_table(pa.table({"a": ["x", "y", "z"], "y": [1.0, 2.0, 3.0]}), tmp_path / "d" / "p.parquet")
+    pq.write_table(pa.table({"a": ["x", "y", "z"], "t": pa.array([1, 2, 3], pa.timestamp("s")), "y": ["1", "2", "3"]}),
+                   tmp_path / "d" / "p.parquet")
     code, line = _run(capsys, "train", _config(tmp_path, {"path": str(tmp_path / "d"), "features": ["a"], "target": "y"}))
-    assert code == 1 and "column 'a' is string, not numeric" in line
+    assert code == 1 and "column 'y' is string, not numeric" in line
+    code, line = _run(capsys, "train", _config(tmp_path, {"path": str(tmp_path / "d"), "features": ["t"], "target": "a"}))
+    assert code == 1 and "column 't' is timestamp" in line and "not numeric" in line
 
 
 def test_column_types_that_differ_between_files(tmp_path, capsys):

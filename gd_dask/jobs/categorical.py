@@ -1,0 +1,143 @@
+"""Training with categorical features: the grouped moments of ``prepare`` reduced to an
+ordinary problem (``optimization.categorical``), trained and certified as gram training
+is (``fit_moments``), and every level's coefficient recovered with its error bound."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..optimization import categorical as cat
+from ..optimization.certify import EPS, EPS_LONG, ZERO_FLOOR, CoefficientBound, digits, sums_accuracy
+from ..optimization.descent import Rules, gradient_at
+from ..optimization.setup import Setup
+
+#: Why model.json's summary is unavailable for such a model (yet).
+#: Solves of the reduced problem, each tighter, until the derived bounds meet tol.
+TIGHTEN_ROUNDS = 4
+SUMMARY_REASON = "categorical features: per-level standard errors are not computed yet (issue 33)"
+
+
+def fit_categorical(cfg, prep, t0: float, on_epoch=None):
+    """A ``FitResult`` for data with categorical features (``prep.groups``): m for the
+    numeric features, b at every column's reference level, and ``categorical`` for
+    model.json."""
+    from .training import fit_moments
+
+    columns = list(prep.source.categorical)
+    enc = cat.encode(prep.groups, columns)
+    red = cat.reduce(prep.groups, enc)
+    tol = cfg.optimizer.tol
+    if red.mom.mean.shape[0] == 1:  # nothing but levels: each a_ℓ is its level's mean
+        return _levels_only(cfg, prep, red, enc, t0)
+    reduced_tol, init = tol, None
+    for _ in range(TIGHTEN_ROUNDS):
+        o = cfg.optimizer.model_copy(update={"tol": reduced_tol})
+        reduced_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"fit_intercept": False}),
+                                             "optimizer": o})
+        res = fit_moments(reduced_cfg, red.mom, init=init, on_epoch=on_epoch)
+        coef = cat.recover(res.m, red, enc)
+        convergence, converged = _convergence(res, reduced_cfg, red, enc, coef, tol)
+        bound = convergence.get("bound")
+        if converged or not res.converged or bound is None or tol <= 0:
+            break
+        # The intercept's and the absorbed levels' bounds sum the reduced coefficients'
+        # errors: solve the reduced problem tighter, from where it stopped (no pass).
+        reduced_tol, init = reduced_tol * tol / bound / 4, (res.m, 0.0)
+    convergence["tol"] = tol
+    mom = prep.mom
+    sse = res.metrics["mse"] * mom.n
+    sst = float(mom.comoment[-1, -1])
+    metrics = dict(res.metrics, r2=1.0 - sse / sst if sst > 0 else 0.0)
+    res.m, res.b = coef.m, coef.b
+    res.converged, res.convergence = converged, convergence
+    res.metrics = metrics
+    res.summary = {"available": False, "reason": SUMMARY_REASON}
+    res.source, res.rows_dropped = prep.source, prep.rows_dropped
+    res.seconds = time.perf_counter() - t0
+    res.categorical = [_column_doc(enc, c, coef.levels[c], prep.level_names or {}) for c in range(len(columns))]
+    return res
+
+
+def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float):
+    """A model of categorical features only: the intercept and the absorbed column's
+    coefficients are level means (no descent); their error is the means' rounding."""
+    from .training import FitResult
+
+    coef = cat.recover(np.zeros(0), red, enc)
+    mom, n = prep.mom, prep.mom.n
+    sse, sst = float(red.mom.comoment[0, 0]), float(mom.comoment[-1, -1])
+    rms_y = float(np.sqrt(sst / n + mom.mean[-1] ** 2))
+    err = sums_accuracy(n) * rms_y  # each level's mean, against the magnitudes it adds
+    a = coef.levels[enc.absorbed]
+    floor = ZERO_FLOOR * float(np.max(np.abs(a))) if len(a) else 0.0
+    ref = enc.reference[enc.absorbed]
+    worst = [err / max(abs(coef.b) - err, floor, 1e-300)]
+    others = np.delete(np.arange(len(a)), ref)
+    if len(others):
+        worst.append(float(np.max(2 * err / np.maximum(np.abs(a[others]) - 2 * err, max(floor, 1e-300)))))
+    bound = max(worst)
+    metrics = {"mse": sse / n, "rmse": float(np.sqrt(sse / n)), "mae": None,
+               "r2": 1.0 - sse / sst if sst > 0 else 0.0, "n": n}
+    tol = cfg.optimizer.tol
+    res = FitResult(m=np.zeros(0), b=coef.b, epochs_run=0, converged=bool(tol > 0 and bound <= tol),
+                    final_loss=metrics["mse"], learning_rate=0.0, momentum=0.0, strategy="gram", metrics=metrics,
+                    convergence={"criterion": "coefficients", "tol": tol, "bound": bound, "digits": digits(bound),
+                                 "epochs": 0, "refinements": 0},
+                    summary={"available": False, "reason": SUMMARY_REASON}, source=prep.source,
+                    rows_dropped=prep.rows_dropped, seconds=time.perf_counter() - t0)
+    res.categorical = [_column_doc(enc, c, coef.levels[c], prep.level_names or {})
+                       for c in range(len(enc.columns))]
+    return res
+
+
+def _convergence(res, reduced_cfg, red: cat.Reduced, enc: cat.Encoding, coef: cat.Coefficients, tol: float):
+    """The reduced problem's certificate extended to the intercept and the absorbed
+    column's levels: each is a linear function uᵀθ of the reduced training-space
+    parameters (a_ℓ = ȳ_ℓ − Σ_j (w̄_ℓj/σ_j)·θ_j), so ``certify``'s per-coefficient rule
+    bounds it by ‖H⁻¹u‖·(‖∇J‖ + its rounding), plus the arithmetic of forming it."""
+    conv = dict(res.convergence or {})
+    if conv.get("bound") is None or res.params is None:
+        return conv, False
+    setup = Setup.of(reduced_cfg.model, reduced_cfg.optimizer, red.mom)
+    certifier = setup.certifier()
+    if not isinstance(certifier, CoefficientBound) or not certifier.certifiable:
+        return conv, False
+    params = np.asarray(res.params, dtype=np.float64)
+    k = certifier.k
+    rules = Rules.of(reduced_cfg.model, reduced_cfg.optimizer)
+    grads = gradient_at(setup.gram.sums, params, rules)
+    g = float(np.linalg.norm(np.asarray(grads[:k], dtype=np.float64))) + certifier.grad_error(params)
+    scale = setup.scaling.scale
+    U = (red.level_mean[:, :-1] / scale).T                # (k, L): a_ℓ's functional, up to sign
+    ref = enc.reference[enc.absorbed]
+    theta = np.asarray(res.m, dtype=np.float64)
+    terms = np.abs(red.level_mean[:, :-1]) @ np.abs(theta) + np.abs(red.level_mean[:, -1])
+    a = coef.levels[enc.absorbed]
+    # Forming a_ℓ (long double, then float64) and the difference a_ℓ − a_ref.
+    rounding = 8 * EPS_LONG * terms + 2 * EPS * (np.abs(a) + abs(coef.b))
+    err_b = certifier.inverse_norms(U[:, [ref]])[0] * g + rounding[ref]
+    s = float(np.max(np.abs(params[:k]))) if k else 0.0
+    floor = ZERO_FLOOR * s
+    worst = [err_b / max(abs(coef.b) - err_b, floor)]
+    others = np.delete(np.arange(len(a)), ref)
+    if len(others):
+        err = certifier.inverse_norms(U[:, others] - U[:, [ref]]) * g + rounding[others] + rounding[ref]
+        worst.append(float(np.max(err / np.maximum(np.abs(a[others]) - err, floor))))
+    bound = max(conv["bound"], *worst)
+    conv.update(bound=float(bound), digits=digits(bound))
+    return conv, bool(res.converged and bound <= tol)
+
+
+def _column_doc(enc: cat.Encoding, c: int, coef: np.ndarray, names: dict) -> dict:
+    """One categorical column as model.json holds it: levels (their text, or integer
+    values) in key order, a coefficient per level (0 at the reference)."""
+    keys = enc.levels[c]
+    levels = [names[k] if k in names else _number(k) for k in keys.tolist()]
+    return {"name": enc.columns[c], "levels": levels, "reference": levels[enc.reference[c]],
+            "counts": [int(n) for n in enc.counts[c]], "coef": [float(v) for v in coef]}
+
+
+def _number(key: float):
+    return int(key) if float(key).is_integer() else float(key)

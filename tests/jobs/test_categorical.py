@@ -1,0 +1,141 @@
+"""Categorical features end to end: Parquet with a text and an integer category,
+`gd-dask train` at defaults, the model against least squares on a dense one-hot design,
+and predict with known and unseen levels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_config, run_cli
+
+from gd_dask.jobs.training import fit
+
+REGIONS = [f"region-{i:02d}" for i in range(12)]
+
+
+def _write(root, rng, n=6000, files=3, regions=REGIONS, stores=150):
+    """x0, x1 numeric; region text (12 levels, uneven); store int64 (150 levels)."""
+    region = rng.choice(regions, size=n, p=np.linspace(1, 3, len(regions)) / np.linspace(1, 3, len(regions)).sum())
+    store = rng.integers(0, stores, n) * 10 + 1000
+    X = rng.normal(3, 1.5, (n, 2))
+    effect_r = dict(zip(regions, rng.normal(0, 2, len(regions))))
+    effect_s = rng.normal(0, 1, stores)
+    y = (5 + X @ [1.5, -0.7] + np.array([effect_r[r] for r in region]) + effect_s[(store - 1000) // 10]
+         + rng.normal(0, 0.2, n))
+    root.mkdir(parents=True, exist_ok=True)
+    for f, idx in enumerate(np.array_split(np.arange(n), files)):
+        pq.write_table(pa.table({"x0": X[idx, 0], "x1": X[idx, 1], "region": region[idx].tolist(),
+                                 "store": store[idx], "y": y[idx]}), root / f"part-{f}.parquet")
+    return X, region, store, y
+
+
+def _one_hot(X, region, store, y, model):
+    """Dense least squares with the model's references dropped: (design, beta)."""
+    cols = [np.ones(len(X)), *X.T]
+    for doc, values in zip(model["categorical"], (region, store)):
+        for level in doc["levels"]:
+            if level != doc["reference"]:
+                cols.append((values == level).astype(float))
+    D = np.column_stack(cols)
+    return D, np.linalg.lstsq(D, y, rcond=None)[0]
+
+
+def _predict(model, X, region, store):
+    pred = model["b"] + X @ np.asarray(model["m"])
+    for doc, values in zip(model["categorical"], (region, store)):
+        table = dict(zip(doc["levels"], doc["coef"]))
+        pred = pred + np.array([table[v] for v in values.tolist()])
+    return pred
+
+
+def test_a_text_and_an_integer_category_train_to_one_hot_least_squares(tmp_path, rng, threads):
+    X, region, store, y = _write(tmp_path / "d", rng)
+    cfg = make_config({"path": str(tmp_path / "d"), "features": ["x0", "region", "x1", "store"], "target": "y",
+                       "categorical": ["store"]}, tmp_path)
+    res = fit(cfg, threads)
+    from gd_dask.artifacts.store import model_document
+
+    model = json.loads(json.dumps(model_document(cfg, res)))
+    assert model["format"] == "gd_dask.model/2" and model["features"] == ["x0", "x1"]
+    assert [c["name"] for c in model["categorical"]] == ["region", "store"]
+    region_doc = model["categorical"][0]
+    assert sorted(region_doc["levels"]) == REGIONS
+    # The reference is the most frequent level; its coefficient is 0.
+    counts = dict(zip(region_doc["levels"], region_doc["counts"]))
+    assert region_doc["reference"] == max(counts, key=counts.get)
+    assert region_doc["coef"][region_doc["levels"].index(region_doc["reference"])] == 0
+    D, beta = _one_hot(X, region, store, y, model)
+    ours = _predict(model, X, region, store)
+    assert np.max(np.abs(ours - D @ beta)) <= 1e-9 * np.max(np.abs(D @ beta))
+    assert res.converged and model["convergence"]["bound"] <= 1e-9, model["convergence"]
+    assert abs(model["metrics"]["r2"] - (1 - np.sum((y - D @ beta) ** 2) / np.sum((y - y.mean()) ** 2))) < 1e-9
+    assert model["summary"]["available"] is False
+
+
+def test_train_and_predict_from_the_command_line(tmp_path, rng):
+    """The same through `gd-dask train` and `predict`: known levels scored as the model
+    says; an unseen level is one line naming column, level and file (exit 1), or scored
+    as the reference with model.unseen_levels: reference."""
+    X, region, store, y = _write(tmp_path / "d", rng, n=3000)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "cat", "data": {"path": str(tmp_path / "d"), "target": "y",
+                                                        "features": ["x0", "x1", "region", "store"],
+                                                        "categorical": ["store"]},
+                               "output": {"dir": str(tmp_path / "out")}}))
+    r = run_cli("train", str(cfg), "--no-plot")
+    assert r.returncode == 0, r.stderr
+    model = json.loads((tmp_path / "out" / "model.json").read_text())
+    new = tmp_path / "new"
+    new.mkdir()
+    pq.write_table(pa.table({"x0": X[:50, 0], "x1": X[:50, 1], "region": region[:50].tolist(), "store": store[:50],
+                             "id": np.arange(50)}), new / "p.parquet")
+    r = run_cli("predict", str(tmp_path / "out" / "model.json"), str(new), str(tmp_path / "pred"))
+    assert r.returncode == 0, r.stderr
+    pred = pq.read_table(next((tmp_path / "pred").rglob("*.parquet"))).column("prediction").to_numpy()
+    assert np.allclose(pred, _predict(model, X[:50], region[:50], store[:50]), rtol=1e-12)
+    unseen = region[:50].astype(object)
+    unseen[7] = "region-new"
+    pq.write_table(pa.table({"x0": X[:50, 0], "x1": X[:50, 1], "region": unseen.tolist(), "store": store[:50]}),
+                   new / "p.parquet")
+    r = run_cli("predict", str(tmp_path / "out" / "model.json"), str(new), str(tmp_path / "pred2"))
+    assert r.returncode == 1
+    line = r.stderr.strip().splitlines()[-1]
+    assert "'region'" in line and "region-new" in line and "p.parquet" in line
+    assert not (tmp_path / "pred2").exists()
+    model["config"]["model"]["unseen_levels"] = "reference"
+    (tmp_path / "out" / "model.json").write_text(json.dumps(model))
+    r = run_cli("predict", str(tmp_path / "out" / "model.json"), str(new), str(tmp_path / "pred3"))
+    assert r.returncode == 0, r.stderr
+    pred = pq.read_table(next((tmp_path / "pred3").rglob("*.parquet"))).column("prediction").to_numpy()
+    as_reference = unseen.copy()
+    as_reference[7] = model["categorical"][0]["reference"]
+    assert np.allclose(pred, _predict(model, X[:50], as_reference, store[:50]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("section,value,culprit", [("model", {"loss": "logistic"}, "model.loss: logistic"),
+                                                   ("model", {"l1": 0.1}, "model.l1 > 0")])
+def test_what_is_not_supported_yet_is_named(tmp_path, rng, threads, section, value, culprit):
+    _write(tmp_path / "d", rng, n=300)
+    cfg = make_config({"path": str(tmp_path / "d"), "features": ["x0", "region"], "target": "y"}, tmp_path,
+                      **{section: value})
+    from gd_dask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=culprit):
+        fit(cfg, threads)
+
+
+def test_levels_alone_are_their_means(tmp_path, threads):
+    """No numeric feature: the intercept is the reference level's mean, each other
+    level's coefficient its mean's difference from it, certified."""
+    (tmp_path / "d").mkdir()
+    pq.write_table(pa.table({"a": ["x", "y", "z", "y", "y"], "y": [1.0, 2.0, 3.0, 4.0, 6.0]}),
+                   tmp_path / "d" / "p.parquet")
+    res = fit(make_config({"path": str(tmp_path / "d"), "features": ["a"], "target": "y"}, tmp_path), threads)
+    doc = res.categorical[0]
+    assert doc["reference"] == "y" and res.b == 4.0 and len(res.m) == 0
+    assert dict(zip(doc["levels"], doc["coef"])) == {"x": -3.0, "y": 0.0, "z": -1.0}
+    assert res.converged and res.convergence["bound"] <= 1e-12
