@@ -71,10 +71,14 @@ class LevelTable:
         self.coef = np.asarray(coef, dtype=np.float64)[order]
 
     def contribution(self, column, path: str) -> np.ndarray:
-        """Each row's coefficient: NaN for a null level (``data.missing`` rules), 0 for
-        an unseen one with ``unseen: reference``, else one line naming it."""
+        """Each row's coefficient for an Arrow column of levels (``offsets``)."""
         names: dict = {}
-        keys = level_keys(column, names)
+        return self.offsets(level_keys(column, names), path, names)
+
+    def offsets(self, keys, path: str, names: dict) -> np.ndarray:
+        """Each row's coefficient for its level key: NaN for a null level (``data.missing``
+        rules), 0 for an unseen one with ``unseen: reference``, else one line naming it
+        (``names``: the text of text keys)."""
         pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
         seen = self.keys[pos] == keys if len(self.keys) else np.zeros(len(keys), dtype=bool)
         out = np.where(seen, self.coef[pos] if len(self.coef) else 0.0, 0.0)

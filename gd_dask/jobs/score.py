@@ -15,7 +15,7 @@ import numpy as np
 from ..config import DataConfig
 from ..data import open_source
 from ..data.read import is_local
-from ..errors import ArtifactError, ConfigError, DataError, PredictionOverflow
+from ..errors import ConfigError, DataError, PredictionOverflow
 from ..runtime.executor import Executor
 from ..artifacts.model import Model
 
@@ -44,11 +44,9 @@ def evaluate(model: Model, path: str, client, storage_options: dict | None = Non
     log_loss, accuracy, precision, recall, roc_auc, brier): one pass. ``source``: the
     data as ``open_for`` opened it."""
     source = source or open_for(model, path, storage_options)
-    if model.categorical:
-        raise ArtifactError(f"model {model.path}: evaluate does not score categorical features yet (issue 33); "
-                            "use predict")
     ex = Executor(client, source, cache=False, loss=model.loss)
-    metrics = ex.metrics(model.m, model.b)
+    tables = model.categorical
+    metrics = ex.level_metrics(model.m, model.b, tables) if tables else ex.metrics(model.m, model.b)
     if not all(np.isfinite(v) for k, v in metrics.items() if k in ("mse", "mae", "log_loss", "brier")):
         counts = np.asarray(ex.nonfinite_by_block()).sum(axis=0)
         if not counts.any():  # finite data, infinite predictions: the model is at fault

@@ -104,6 +104,20 @@ def add_named_groups(a: tuple, b: tuple) -> tuple:
     return merge_groups(a[0], b[0]), names
 
 
+def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link) -> ErrorSums:
+    """``block_errors`` of one chunk for a model with categorical features: each row's
+    levels' coefficients (``data.write.LevelTable``) join its intercept."""
+    names: dict = {}
+    num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
+    where = getattr(chunk, "path", None) or chunk.pieces[0].path
+    total = None
+    for z in read_slices(chunk, spec, rows=SLICE_ROWS, names=names):
+        offset = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
+        part = block_errors(np.ascontiguousarray(z[:, num]), m, offset, False, link)
+        total = part if total is None else add_errors(total, part)
+    return total
+
+
 def sgd_chunk(chunk, spec, theta, index, plan, center, scale, y_center, loss, weighted):
     """``gradient.sgd_raw`` of one chunk read whole (steps need all its rows at hand)."""
     return sgd_raw(spec.block(chunk), theta, index, plan, center, scale, y_center, loss, weighted)
@@ -409,6 +423,18 @@ class Executor:
             return self._reduce_rows(block_errors_std, add_errors, m_s, float(b_s) - sc.y_center,
                                      sc.y_center, self.weighted, self.loss.link)
         return self._reduce_rows(block_errors, add_errors, m, float(b), self.weighted, self.loss.link)
+
+    def level_metrics(self, m, b, tables) -> dict:
+        """The metrics of a model with categorical features (``tables``: its
+        ``data.write.LevelTable``s, in the source's categorical order): one pass."""
+        cols = self.source.columns
+        cat_idx = [cols.index(t.name) for t in tables]
+        fn = dask.delayed(chunk_level_errors, pure=True)
+        spec = self.source.spec
+        leaves = [fn(c, spec, cat_idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b), self.loss.link)
+                  for c in self.source.chunks]
+        # Compute: a few numbers come back.
+        return error_metrics(self._compute(_reduce_tree(leaves, add_errors)))
 
     def class_sums(self, m, b, threshold: float = 0.5) -> ClassSums:
         """Metric sums of a classifier (m, b) in original units, read from the files."""

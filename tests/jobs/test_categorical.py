@@ -77,8 +77,8 @@ def test_a_text_and_an_integer_category_train_to_one_hot_least_squares(tmp_path,
 
 
 def test_train_and_predict_from_the_command_line(tmp_path, rng):
-    """The same through `gd-dask train` and `predict`: known levels scored as the model
-    says; an unseen level is one line naming column, level and file (exit 1), or scored
+    """The same through `gd-dask train`, `evaluate` and `predict`: the metrics on the
+    training rows are training's; known levels scored as the model says; an unseen level is one line naming column, level and file (exit 1), or scored
     as the reference with model.unseen_levels: reference."""
     X, region, store, y = _write(tmp_path / "d", rng, n=3000)
     cfg = tmp_path / "c.yaml"
@@ -89,6 +89,11 @@ def test_train_and_predict_from_the_command_line(tmp_path, rng):
     r = run_cli("train", str(cfg), "--no-plot")
     assert r.returncode == 0, r.stderr
     model = json.loads((tmp_path / "out" / "model.json").read_text())
+    r = run_cli("evaluate", str(tmp_path / "out" / "model.json"), str(tmp_path / "d"))
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert metrics["n"] == 3000 and abs(metrics["mse"] / model["metrics"]["mse"] - 1) < 1e-9
+    assert abs(metrics["r2"] - model["metrics"]["r2"]) < 1e-9 and metrics["mae"] > 0
     new = tmp_path / "new"
     new.mkdir()
     pq.write_table(pa.table({"x0": X[:50, 0], "x1": X[:50, 1], "region": region[:50].tolist(), "store": store[:50],
