@@ -182,3 +182,68 @@ def table(doc: dict, features: list[str], target: str) -> str:
     lines.append(f"log-likelihood: {fmt(s['log_likelihood'])}   AIC: {fmt(s['aic'])}   BIC: {fmt(s['bic'])}   "
                  f"condition number (standardized design): {fmt(s['condition_number'])}")
     return "\n".join(lines)
+
+
+def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: list[list], sst: float) -> dict:
+    """The summary of a least-squares fit with categorical features (``optimization.
+    categorical``), as statsmodels prints ``y ~ x + C(col)``: a row per numeric feature,
+    per non-reference level of each categorical column (``col[level]``) and the intercept.
+
+    With S the reduced co-moment, σ² = SSR/(n − p) and w̄_ℓ an absorbed level's means of
+    the reduced columns: Var(θ) = σ²·S⁻¹; a level intercept a_ℓ = ȳ_ℓ − w̄_ℓ·θ has
+    Var = σ²·(1/n_ℓ + w̄_ℓᵀS⁻¹w̄_ℓ) (ȳ_ℓ is uncorrelated with θ, which depends on the rows'
+    deviations from their level's means only), and the absorbed column's coefficient
+    a_ℓ − a_ref has σ²·(1/n_ℓ + 1/n_ref + (w̄_ℓ − w̄_ref)ᵀS⁻¹(w̄_ℓ − w̄_ref))."""
+    S = red.mom.comoment
+    nobs = float(red.mom.n)
+    theta = np.asarray(theta, dtype=np.float64)
+    k = len(theta)
+    L = len(red.level_n)
+    p = k + L
+    df_resid = nobs - p
+    v = np.append(theta, -1.0)
+    ssr = max(float(v @ S @ v), 0.0)
+    sigma2 = ssr / df_resid if df_resid > 0 else math.nan
+    if k:
+        s = np.sqrt(np.diag(S)[:-1])
+        inv = np.linalg.inv(S[:-1, :-1] / np.outer(s, s)) / np.outer(s, s)
+    else:
+        inv = np.zeros((0, 0))
+    wbar = red.level_mean[:, :-1]
+    a = enc.absorbed
+    ref = enc.reference[a]
+    q = t_quantile(df_resid, 0.5 + CONFIDENCE / 2)
+
+    def row(name, c, var):
+        se = math.sqrt(max(var, 0.0))
+        t = c / se if se > 0 else math.nan
+        return {"name": name, "coef": float(c), "std_err": se, "t": _num(t), "p_value": _num(t_two_sided(df_resid, t)),
+                "ci_low": float(c - q * se), "ci_high": float(c + q * se)}
+
+    rows = [row(f, theta[j], sigma2 * inv[j, j]) for j, f in enumerate(numeric)]
+    pos = len(numeric)
+    for c, idx in red.indicator:
+        for j in idx:
+            rows.append(row(f"{enc.columns[c]}[{level_names[c][j]}]", theta[pos], sigma2 * inv[pos, pos]))
+            pos += 1
+    for j in np.delete(np.arange(L), ref):
+        dw = wbar[j] - wbar[ref]
+        var = sigma2 * (1 / red.level_n[j] + 1 / red.level_n[ref] + dw @ inv @ dw)
+        rows.append(row(f"{enc.columns[a]}[{level_names[a][j]}]", coef.levels[a][j], var))
+    rows.append(row("b", coef.b, sigma2 * (1 / red.level_n[ref] + wbar[ref] @ inv @ wbar[ref])))
+    r2 = 1.0 - ssr / sst if sst > 0 else math.nan
+    df_model = p - 1
+    adj = 1.0 - (nobs - 1) / df_resid * (1.0 - r2) if df_resid > 0 else math.nan
+    if df_model > 0 and df_resid > 0 and ssr > 0:
+        f = ((sst - ssr) / df_model) / (ssr / df_resid)
+        f_p = f_upper(df_model, df_resid, f)
+    else:
+        f = f_p = math.nan
+    llf = -nobs / 2 * (math.log(2 * math.pi) + math.log(ssr / nobs) + 1) if ssr > 0 else math.inf
+    return {
+        "method": "OLS", "cov_type": "nonrobust", "nobs": nobs, "df_model": df_model, "df_resid": df_resid,
+        "coefficients": rows, "residual_std_err": math.sqrt(sigma2) if sigma2 == sigma2 else None,
+        "ssr": ssr, "r2": _num(r2), "r2_adj": _num(adj), "f": _num(f), "f_p_value": _num(f_p),
+        "log_likelihood": _num(llf), "aic": _num(-2 * llf + 2 * p), "bic": _num(-2 * llf + p * math.log(nobs)),
+        "condition_number": None, "confidence": CONFIDENCE,
+    }

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from ..artifacts.summary import summarize_levels
 from ..optimization import categorical as cat
 from ..optimization.certify import EPS, EPS_LONG, ZERO_FLOOR, CoefficientBound, digits, sums_accuracy
 from ..optimization.descent import Rules, gradient_at
@@ -16,7 +17,8 @@ from ..optimization.setup import Setup
 #: Why model.json's summary is unavailable for such a model (yet).
 #: Solves of the reduced problem, each tighter, until the derived bounds meet tol.
 TIGHTEN_ROUNDS = 4
-SUMMARY_REASON = "categorical features: per-level standard errors are not computed yet (issue 33)"
+SUMMARY_REASON = ("categorical features: HC1 standard errors and ridge (l2) are not summarized yet "
+                  "(issue 33)")
 
 
 def fit_categorical(cfg, prep, t0: float, on_epoch=None):
@@ -50,14 +52,27 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None):
     sse = res.metrics["mse"] * mom.n
     sst = float(mom.comoment[-1, -1])
     metrics = dict(res.metrics, r2=1.0 - sse / sst if sst > 0 else 0.0)
+    theta = np.asarray(res.m, dtype=np.float64)
     res.m, res.b = coef.m, coef.b
     res.converged, res.convergence = converged, convergence
     res.metrics = metrics
-    res.summary = {"available": False, "reason": SUMMARY_REASON}
     res.source, res.rows_dropped = prep.source, prep.rows_dropped
-    res.seconds = time.perf_counter() - t0
     res.categorical = [_column_doc(enc, c, coef.levels[c], prep.level_names or {}) for c in range(len(columns))]
+    res.summary = _summary(cfg, res, red, enc, coef, theta, columns, sst)
+    res.seconds = time.perf_counter() - t0
     return res
+
+
+def _summary(cfg, res, red, enc, coef, theta, columns, sst: float) -> dict:
+    """model.json's summary (``summary.summarize_levels``) where it holds: at the
+    least-squares solution, nonrobust standard errors."""
+    if not res.converged:
+        return {"available": False, "reason": "not converged: these statistics hold at the least-squares solution"}
+    if cfg.summary.cov_type != "nonrobust" or cfg.model.l2:
+        return {"available": False, "reason": SUMMARY_REASON}
+    numeric = [f for f in cfg.data.features if f not in columns]
+    levels = [doc["levels"] for doc in res.categorical]
+    return {"available": True, **summarize_levels(red, enc, coef, theta, numeric, levels, sst)}
 
 
 def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float):
@@ -85,10 +100,11 @@ def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float):
                     final_loss=metrics["mse"], learning_rate=0.0, momentum=0.0, strategy="gram", metrics=metrics,
                     convergence={"criterion": "coefficients", "tol": tol, "bound": bound, "digits": digits(bound),
                                  "epochs": 0, "refinements": 0},
-                    summary={"available": False, "reason": SUMMARY_REASON}, source=prep.source,
-                    rows_dropped=prep.rows_dropped, seconds=time.perf_counter() - t0)
+                    source=prep.source, rows_dropped=prep.rows_dropped)
     res.categorical = [_column_doc(enc, c, coef.levels[c], prep.level_names or {})
                        for c in range(len(enc.columns))]
+    res.summary = _summary(cfg, res, red, enc, coef, np.zeros(0), enc.columns, sst)
+    res.seconds = time.perf_counter() - t0
     return res
 
 

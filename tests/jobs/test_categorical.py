@@ -73,7 +73,21 @@ def test_a_text_and_an_integer_category_train_to_one_hot_least_squares(tmp_path,
     assert np.max(np.abs(ours - D @ beta)) <= 1e-9 * np.max(np.abs(D @ beta))
     assert res.converged and model["convergence"]["bound"] <= 1e-9, model["convergence"]
     assert abs(model["metrics"]["r2"] - (1 - np.sum((y - D @ beta) ** 2) / np.sum((y - y.mean()) ** 2))) < 1e-9
-    assert model["summary"]["available"] is False
+    # The summary: statsmodels' OLS on the dense design (the same rows, references dropped).
+    summary = model["summary"]
+    assert summary["available"], summary
+    resid = y - D @ beta
+    df = len(y) - D.shape[1]
+    cov = resid @ resid / df * np.linalg.inv(D.T @ D)
+    se = np.sqrt(np.diag(cov))
+    names = ["b", "x0", "x1"] + [f"{doc['name']}[{level}]" for doc in model["categorical"]
+                                 for level in doc["levels"] if level != doc["reference"]]
+    ours = {r["name"]: r for r in summary["coefficients"]}
+    assert sorted(ours) == sorted(names)
+    for name, want_coef, want_se in zip(names, beta, se):
+        assert abs(ours[name]["coef"] - want_coef) <= 1e-8 * max(abs(want_coef), 1), name
+        assert abs(ours[name]["std_err"] / want_se - 1) <= 1e-8, name
+    assert summary["df_resid"] == df and abs(summary["r2"] - model["metrics"]["r2"]) < 1e-12
 
 
 def test_train_and_predict_from_the_command_line(tmp_path, rng):
