@@ -92,8 +92,9 @@ def test_a_text_and_an_integer_category_train_to_one_hot_least_squares(tmp_path,
 
 def test_train_and_predict_from_the_command_line(tmp_path, rng):
     """The same through `gd-dask train`, `evaluate` and `predict`: the metrics on the
-    training rows are training's; known levels scored as the model says; an unseen level is one line naming column, level and file (exit 1), or scored
-    as the reference with model.unseen_levels: reference."""
+    training rows are training's; known levels scored as the model says; an unseen
+    level is one line naming column, level and file (exit 1), or scored as the
+    reference with model.unseen_levels: reference."""
     X, region, store, y = _write(tmp_path / "d", rng, n=3000)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"name": "cat", "data": {"path": str(tmp_path / "d"), "target": "y",
