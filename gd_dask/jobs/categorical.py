@@ -4,6 +4,8 @@ is (``fit_moments``), and every level's coefficient recovered with its error bou
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 
 import numpy as np
@@ -15,6 +17,8 @@ from ..optimization.descent import Rules, gradient_at
 from ..optimization.setup import Setup
 
 #: Why model.json's summary is unavailable for such a model (yet).
+log = logging.getLogger(__name__)
+
 #: Solves of the reduced problem, each tighter, until the derived bounds meet tol.
 TIGHTEN_ROUNDS = 4
 SUMMARY_REASON = ("categorical features: HC1 standard errors and ridge (l2) are not summarized yet "
@@ -38,7 +42,8 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None):
         o = cfg.optimizer.model_copy(update={"tol": reduced_tol})
         reduced_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"fit_intercept": False}),
                                              "optimizer": o})
-        res = fit_moments(reduced_cfg, red.mom, init=init, on_epoch=on_epoch)
+        with _quiet(init is not None):  # a tightened round's own stall is reported below
+            res = fit_moments(reduced_cfg, red.mom, init=init, on_epoch=on_epoch)
         coef = cat.recover(res.m, red, enc)
         convergence, converged = _convergence(res, reduced_cfg, red, enc, coef, tol)
         bound = convergence.get("bound")
@@ -48,6 +53,10 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None):
         # errors: solve the reduced problem tighter, from where it stopped (no pass).
         reduced_tol, init = reduced_tol * tol / bound / 4, (res.m, 0.0)
     convergence["tol"] = tol
+    if not converged and convergence.get("bound") is not None and res.converged is False and init is not None:
+        log.warning("not converged: the coefficients reached %.1f digits of %.1f; the smallest levels' "
+                    "coefficients are limited by float64 group sums (the reduced problem is at its rounding "
+                    "floor); the model is saved with converged: false", convergence["digits"] or 0.0, -np.log10(tol))
     mom = prep.mom
     sse = res.metrics["mse"] * mom.n
     sst = float(mom.comoment[-1, -1])
@@ -106,6 +115,19 @@ def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float):
     res.summary = _summary(cfg, res, red, enc, coef, np.zeros(0), enc.columns, sst)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+@contextlib.contextmanager
+def _quiet(on: bool):
+    """Training's warnings off while ``on`` (the reduced problem's tightened rounds)."""
+    logger = logging.getLogger("gd_dask.jobs.training")
+    before = logger.level
+    if on:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _convergence(res, reduced_cfg, red: cat.Reduced, enc: cat.Encoding, coef: cat.Coefficients, tol: float):

@@ -89,9 +89,12 @@ def chunk_groups(chunk, spec, categorical) -> tuple[GroupMoments, dict]:
     """``groups.group_moments`` of one chunk, streamed slice by slice, and the text of the
     level keys its text columns gave ({key: text})."""
     names: dict = {}
-    groups = fold_slices(read_slices(chunk, spec, rows=SLICE_ROWS, names=names), group_moments, merge_groups,
-                         categorical)
-    return groups, names
+    parts = [group_moments(z, categorical) for z in read_slices(chunk, spec, rows=SLICE_ROWS, names=names)]
+    # Pairwise, not left to right: merging sorts the groups, and a chunk of many groups
+    # merged into one growing table slice after slice costs slices × groups.
+    while len(parts) > 1:
+        parts = [merge_groups(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0], names
 
 
 def add_named_groups(a: tuple, b: tuple) -> tuple:
