@@ -69,7 +69,7 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
         source, val_source = source.split(cfg.optimizer.seed, cfg.optimizer.validation_fraction)
         val_ex = Executor(client, val_source, cache, loss)
     ex = Executor(client, source, cache, loss)
-    if source.categorical:
+    if getattr(source, "categorical", None):  # Parquet sources; a dask DataFrame's has none yet
         check_categorical(cfg, source)
         groups, names = ex.group_moments([source.columns.index(c) for c in source.categorical])
         mom = groups.to_moments()
@@ -92,7 +92,7 @@ CATEGORICAL_SUPPORT = "squared loss, no l1, no weights, no validation_fraction, 
 
 def refuse_categorical(source: ParquetSource, command: str) -> None:
     """Commands that do not train categorical features yet say so by name."""
-    if source.categorical:
+    if getattr(source, "categorical", None):
         raise ConfigError(f"{command} does not handle categorical features yet ({', '.join(source.categorical)}; "
                           "issue 33): gd-dask train does")
 

@@ -159,3 +159,21 @@ def test_levels_alone_are_their_means(tmp_path, threads):
     assert doc["reference"] == "y" and res.b == 4.0 and len(res.m) == 0
     assert dict(zip(doc["levels"], doc["coef"])) == {"x": -3.0, "y": 0.0, "z": -1.0}
     assert res.converged and res.convergence["bound"] <= 1e-12
+
+
+def test_the_bits_are_the_same_on_one_and_three_workers(tmp_path, rng, client):
+    """Groups merge in the fixed tree: the model's every number is identical on one and
+    three threads and on the session's two worker processes."""
+    from gd_dask.config import ClusterConfig
+    from gd_dask.runtime.cluster import connect
+
+    _write(tmp_path / "d", rng, n=9000, files=7)
+    cfg = make_config({"path": str(tmp_path / "d"), "features": ["x0", "region", "x1", "store"], "target": "y",
+                       "categorical": ["store"]}, tmp_path)
+    results = [fit(cfg, client)]
+    for n in (1, 3):
+        with connect(ClusterConfig(n_workers=n, processes=False)) as c:
+            results.append(fit(cfg, c))
+    for r in results[1:]:
+        assert list(r.m) == list(results[0].m) and r.b == results[0].b
+        assert r.categorical == results[0].categorical and r.metrics == results[0].metrics
