@@ -12,9 +12,19 @@ import numpy as np
 
 from ..artifacts.summary import summarize_levels
 from ..optimization import categorical as cat
-from ..optimization.certify import EPS, EPS_LONG, ZERO_FLOOR, CoefficientBound, digits, sums_accuracy
+from ..optimization.certify import (
+    EPS,
+    EPS_LONG,
+    PROB_LAMBDA,
+    ZERO_FLOOR,
+    CoefficientBound,
+    U,
+    digits,
+    sums_accuracy,
+)
 from ..optimization.descent import Rules, gradient_at
 from ..optimization.setup import Setup
+from ..sizes import SLICE_ROWS
 
 #: Why model.json's summary is unavailable for such a model (yet).
 log = logging.getLogger(__name__)
@@ -153,19 +163,34 @@ def _convergence(res, reduced_cfg, red: cat.Reduced, enc: cat.Encoding, coef: ca
     theta = np.asarray(res.m, dtype=np.float64)
     terms = np.abs(red.level_mean[:, :-1]) @ np.abs(theta) + np.abs(red.level_mean[:, -1])
     a = coef.levels[enc.absorbed]
-    # Forming a_ℓ (long double, then float64) and the difference a_ℓ − a_ref.
-    rounding = 8 * EPS_LONG * terms + 2 * EPS * (np.abs(a) + abs(coef.b))
+    # Forming a_ℓ (long double, then float64) and the difference a_ℓ − a_ref; and the
+    # level's means themselves (``level_mean_error``).
+    rounding = 8 * EPS_LONG * terms + 2 * EPS * (np.abs(a) + abs(coef.b)) + level_mean_error(red, theta)
     err_b = certifier.inverse_norms(U[:, [ref]])[0] * g + rounding[ref]
-    s = float(np.max(np.abs(params[:k]))) if k else 0.0
+    # The zero floor as ``certify`` sets it, in standardized units: a level is an
+    # indicator column whose standard deviation is √(p(1 − p)).
+    p = red.level_n / red.mom.n
+    sd_level = np.sqrt(np.maximum(p * (1 - p), 1e-300))
+    s = max(float(np.max(np.abs(params[:k]))) if k else 0.0, float(np.max(np.abs(a) * sd_level)))
     floor = ZERO_FLOOR * s
     worst = [err_b / max(abs(coef.b) - err_b, floor)]
     others = np.delete(np.arange(len(a)), ref)
     if len(others):
         err = certifier.inverse_norms(U[:, others] - U[:, [ref]]) * g + rounding[others] + rounding[ref]
-        worst.append(float(np.max(err / np.maximum(np.abs(a[others]) - err, floor))))
+        worst.append(float(np.max(err / np.maximum(np.abs(a[others]) - err, floor / sd_level[others]))))
     bound = max(conv["bound"], *worst)
     conv.update(bound=float(bound), digits=digits(bound))
     return conv, bool(res.converged and bound <= tol)
+
+
+def level_mean_error(red: cat.Reduced, theta) -> np.ndarray:
+    """A bound on the rounding of a_ℓ = ȳ_ℓ − w̄_ℓ·θ from its level's means: each is
+    summed per slice one row after another (at most ``SLICE_ROWS``; Higham & Mary's
+    λ·√m·u) and merged as the moments are (``sums_accuracy``), against the magnitudes it
+    adds (each column's root mean square within the level, ``Reduced.level_rms``)."""
+    eta = PROB_LAMBDA * np.sqrt(np.minimum(red.level_n, SLICE_ROWS)) * U + sums_accuracy(red.mom.n)
+    rms = red.level_rms
+    return eta * (rms[:, -1] + rms[:, :-1] @ np.abs(np.asarray(theta, dtype=np.float64)))
 
 
 def _column_doc(enc: cat.Encoding, c: int, coef: np.ndarray, names: dict) -> dict:

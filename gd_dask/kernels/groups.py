@@ -28,12 +28,15 @@ from .moments import Moments
 class GroupMoments(NamedTuple):
     """keys : (G, q) level keys, rows in lexicographic order, unique
     n : (G,) rows per group;  mean : (G, k) per-group means of ``z = [X, y]``
-    within : (k, k) Σ over groups of their co-moments about their own means"""
+    within : (k, k) Σ over groups of their co-moments about their own means
+    m2 : (G, k) each group's Σ(z − z̄_g)² per column (the diagonal of its co-moment: how
+    large the values a group's mean adds up are, for rounding bounds)"""
 
     keys: np.ndarray
     n: np.ndarray
     mean: np.ndarray
     within: np.ndarray
+    m2: np.ndarray
 
     @property
     def rows(self) -> float:
@@ -51,7 +54,7 @@ class GroupMoments(NamedTuple):
 
 
 def empty(q: int, k: int) -> GroupMoments:
-    return GroupMoments(np.zeros((0, q)), np.zeros(0), np.zeros((0, k)), np.zeros((k, k)))
+    return GroupMoments(np.zeros((0, q)), np.zeros(0), np.zeros((0, k)), np.zeros((k, k)), np.zeros((0, k)))
 
 
 def group_moments(z, categorical, weighted: bool = False) -> GroupMoments:
@@ -70,7 +73,9 @@ def group_moments(z, categorical, weighted: bool = False) -> GroupMoments:
                             for j in range(values.shape[1])])
     mean = sums / n[:, None]
     dev = values - mean[inv]
-    return GroupMoments(uniq, n, mean, dev.T @ dev)
+    m2 = np.column_stack([np.bincount(inv, weights=dev[:, j] ** 2, minlength=len(uniq))
+                          for j in range(values.shape[1])])
+    return GroupMoments(uniq, n, mean, dev.T @ dev, m2)
 
 
 def _unique_rows(keys):
@@ -102,14 +107,17 @@ def merge_groups(a: GroupMoments, b: GroupMoments) -> GroupMoments:
     G = len(uniq)
     n = np.zeros(G)
     mean = np.zeros((G, a.mean.shape[1]))
+    m2 = np.zeros((G, a.mean.shape[1]))
     n[ia] = a.n
     mean[ia] = a.mean
+    m2[ia] = a.m2
     only_b = np.ones(G, dtype=bool)
     only_b[ia] = False
     both = ~only_b[ib]                     # b's groups that a has too
     jb = ib[~both]
     n[jb] = b.n[~both]
     mean[jb] = b.mean[~both]
+    m2[jb] = b.m2[~both]
     within = a.within + b.within
     if both.any():
         j = ib[both]
@@ -119,4 +127,5 @@ def merge_groups(a: GroupMoments, b: GroupMoments) -> GroupMoments:
         mean[j] = mean[j] + delta * (nb / total)[:, None]
         n[j] = total
         within = within + (delta * (na * nb / total)[:, None]).T @ delta
-    return GroupMoments(uniq, n, mean, within)
+        m2[j] = m2[j] + b.m2[both] + delta ** 2 * (na * nb / total)[:, None]
+    return GroupMoments(uniq, n, mean, within, m2)

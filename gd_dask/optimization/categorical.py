@@ -86,12 +86,15 @@ class Reduced(NamedTuple):
     names : the reduced columns' names (features, then ``col[level]`` indicators)
     level_n : (L_A,) rows per absorbed level;  level_mean : (L_A, d + E + 1) their means
     indicator : list of (column index, level indices) in indicator order
+    level_rms : (L_A, d + E + 1) root mean square of each column's values within the level
+    (the indicators': at most 1)
     """
 
     mom: Moments
     level_n: np.ndarray
     level_mean: np.ndarray
     indicator: list
+    level_rms: np.ndarray
 
 
 def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
@@ -127,15 +130,20 @@ def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
         hi = min(G, lo + BATCH_GROUPS)
         np.add.at(sums, la[lo:hi], rows(lo, hi) * groups.n[lo:hi, None])
     level_mean = sums / level_n[:, None]
-    S = np.zeros((D, D))
+    # Each level's Σ z² of the numeric columns: its groups' own, plus between its groups.
     num = list(range(d)) + [D - 1]
+    sq = np.zeros((L, d + 1))
+    np.add.at(sq, la, groups.m2 + groups.n[:, None] * (groups.mean - level_mean[la][:, num]) ** 2)
+    level_rms = np.ones((L, D))
+    level_rms[:, num] = np.sqrt(level_mean[:, num] ** 2 + sq / level_n[:, None])
+    S = np.zeros((D, D))
     S[np.ix_(num, num)] = groups.within
     for lo in range(0, G, BATCH_GROUPS):
         hi = min(G, lo + BATCH_GROUPS)
         dev = rows(lo, hi) - level_mean[la[lo:hi]]
         S += (dev * groups.n[lo:hi, None]).T @ dev
     _check_identifiable(S, enc, indicator, offsets, d)
-    return Reduced(Moments(int(groups.rows), np.zeros(D), S), level_n, level_mean, indicator)
+    return Reduced(Moments(int(groups.rows), np.zeros(D), S), level_n, level_mean, indicator, level_rms)
 
 
 def _check_identifiable(S, enc: Encoding, indicator, offsets, d: int) -> None:
