@@ -163,7 +163,10 @@ def _num(x) -> float | None:
 def table(doc: dict, features: list[str], target: str) -> str:
     """A readable summary table, in the manner of statsmodels'."""
     s = doc
-    names = list(features) + (["(intercept)"] if len(s["coefficients"]) > len(features) else [])
+    if s.get("named"):  # rows that name themselves (categorical levels: ``summarize_levels``)
+        names = ["(intercept)" if c["name"] == "b" else c["name"] for c in s["coefficients"]]
+    else:
+        names = list(features) + (["(intercept)"] if len(s["coefficients"]) > len(features) else [])
     lines = [f"{s['method']} regression of {target}: {s['nobs']:g} observations, {s['df_resid']:g} residual df, "
              f"covariance {s['cov_type']}", ""]
     lines.append(f"{'':>16} {'coef':>14} {'std err':>12} {'t':>9} {'P>|t|':>9} {'[0.025':>14} {'0.975]':>14}")
@@ -245,5 +248,5 @@ def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: lis
         "coefficients": rows, "residual_std_err": math.sqrt(sigma2) if sigma2 == sigma2 else None,
         "ssr": ssr, "r2": _num(r2), "r2_adj": _num(adj), "f": _num(f), "f_p_value": _num(f_p),
         "log_likelihood": _num(llf), "aic": _num(-2 * llf + 2 * p), "bic": _num(-2 * llf + p * math.log(nobs)),
-        "condition_number": None, "confidence": CONFIDENCE,
+        "condition_number": None, "confidence": CONFIDENCE, "named": True,
     }

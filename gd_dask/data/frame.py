@@ -27,23 +27,31 @@ class FrameSpec:
 
     columns: tuple[str, ...]
     missing: str = "error"
+    categorical: tuple[str, ...] = ()  # read as level keys (``read.level_keys``)
 
-    def block(self, part) -> np.ndarray:
+    def block(self, part, names: dict | None = None) -> np.ndarray:
         out = np.empty((len(part), len(self.columns)), dtype=np.float64, order="F")
         for j, c in enumerate(self.columns):
-            out[:, j] = part[c].to_numpy(dtype=np.float64, na_value=np.nan)
+            if c in self.categorical:
+                import pyarrow as pa
+
+                from .read import level_keys
+
+                out[:, j] = level_keys(pa.array(part[c].astype(object), from_pandas=True, type=pa.string()), names)
+            else:
+                out[:, j] = part[c].to_numpy(dtype=np.float64, na_value=np.nan)
         if self.missing == "drop":
             good = np.isfinite(out).all(axis=1)
             if not good.all():
                 return np.asfortranarray(out[good])
         return out
 
-    def slices(self, part, rows: int, shifted: bool = False):
+    def slices(self, part, rows: int, shifted: bool = False, names: dict | None = None):
         """``gradient.block_slices`` (or ``block_slices_shifted``) of the partition's
-        block: the same bits as the cached path."""
+        block: the same bits as the cached path (``names``: the text of level keys)."""
         from ..kernels.blocks import block_slices, block_slices_shifted
 
-        block = self.block(part)
+        block = self.block(part, names)
         return block_slices_shifted(block, rows) if shifted else block_slices(block, rows)
 
 
@@ -54,13 +62,14 @@ class FrameSource:
     weight: str | None = None
     missing: str = "error"
     chunks: list = field(default_factory=list)
+    categorical: list = field(default_factory=list)  # columns of text levels (``FrameSpec``)
 
     def __post_init__(self):
         self.chunks = list(self.frame.to_delayed())
 
     @property
     def spec(self) -> FrameSpec:
-        return FrameSpec(tuple(self.columns), self.missing)
+        return FrameSpec(tuple(self.columns), self.missing, tuple(self.categorical))
 
     @property
     def weighted(self) -> bool:

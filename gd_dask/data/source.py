@@ -143,8 +143,8 @@ class ReadSpec:
     def block(self, chunk):
         return read_block(chunk, self)
 
-    def slices(self, chunk, rows: int, shifted: bool = False):
-        return read_slices(chunk, self, rows=rows, shifted=shifted)
+    def slices(self, chunk, rows: int, shifted: bool = False, names: dict | None = None):
+        return read_slices(chunk, self, rows=rows, shifted=shifted, names=names)
 
 
 @dataclass

@@ -90,6 +90,29 @@ def _close_embedded() -> None:
             _embedded[k] = None
 
 
+def _text_columns(X) -> list:
+    """The text, string and category columns of a pandas DataFrame (none otherwise)."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        return []
+    if not isinstance(X, pd.DataFrame):
+        return []
+    return [c for c in X.columns if X[c].dtype == object or isinstance(X[c].dtype, (pd.StringDtype,
+                                                                                     pd.CategoricalDtype))]
+
+
+def _renamed(summary, original: dict):
+    """A summary whose rows name the internal columns (x0, x1[level]) by the user's."""
+    if not summary or not summary.get("available"):
+        return summary
+    rows = []
+    for r in summary["coefficients"]:
+        name, _, level = r["name"].partition("[")
+        rows.append(dict(r, name=original.get(name, name) + (f"[{level}" if level else "")))
+    return dict(summary, coefficients=rows)
+
+
 def _is_dask(x) -> bool:
     return hasattr(x, "dask") and hasattr(x, "compute")
 
@@ -161,6 +184,9 @@ class _Base(BaseEstimator):
 
         client = _client()
         w = sample_weight
+        text = _text_columns(X)
+        if text:
+            return self._fit_levels(X, y, w, client, text)
         if not _is_dask(X):
             X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=self._task == "regression")
             y = self._encode(y)
@@ -198,12 +224,81 @@ class _Base(BaseEstimator):
         self.summary_ = res.summary
         return self
 
+    def _fit_levels(self, X, y, w, client, text: list):
+        """``fit`` for a pandas DataFrame with text or category columns: those train as
+        categorical features (``gd-dask train``'s path from a dask DataFrame). Fitted:
+        ``coef_`` for the numeric columns (``numeric_features_``), ``intercept_`` at every
+        column's reference level, ``categorical_``: {column: {level: coefficient}}."""
+        import dask.dataframe as dd
+        import pandas as pd
+
+        from ..jobs.training import fit
+
+        if w is not None:
+            raise ValueError("sample_weight with categorical columns is not supported yet")
+        cols = [str(c) for c in X.columns]
+        names = [f"x{j}" for j in range(len(cols))]
+        y = np.asarray(self._encode(np.asarray(y).ravel()), dtype=np.float64)
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} rows, y has {len(y)}")
+        df = pd.DataFrame({n: (X[c].astype("string") if c in text else pd.to_numeric(X[c]).astype("float64"))
+                           for n, c in zip(names, X.columns)})
+        df["y"] = y
+        parts = max(1, -(-len(df) // PARTITION_ROWS))
+        frame = client.persist(dd.from_pandas(df, npartitions=parts, sort=False))
+        cfg = self._config({"path": "<pandas DataFrame>", "features": names, "target": "y"})
+        source = FrameSource(frame, [*names, "y"], None, categorical=[n for n, c in zip(names, X.columns) if c in text])
+        try:
+            res = fit(cfg, client, source=source)
+        except GdDaskError as e:
+            raise ValueError(str(e)) from None
+        finally:
+            del frame, source
+        original = dict(zip(names, cols))
+        self.feature_names_in_ = np.asarray(cols, dtype=object)
+        self.n_features_in_ = len(cols)
+        self.numeric_features_ = [str(c) for c in X.columns if c not in text]
+        self.coef_ = np.asarray(res.m, dtype=np.float64)
+        self.intercept_ = float(res.b)
+        self.categorical_ = {original[doc["name"]]: dict(zip(doc["levels"], doc["coef"]))
+                             for doc in res.categorical or []}
+        self.n_iter_ = res.epochs_run
+        self.loss_curve_ = [h["loss"] for h in res.history]
+        self.converged_ = res.converged
+        self.convergence_ = res.convergence
+        self.metrics_ = res.metrics
+        self.summary_ = _renamed(res.summary, original)
+        return self
+
+    def _levels_eta(self, X):
+        """x·coef_ + intercept_ + each row's levels' coefficients, for a pandas DataFrame
+        holding the columns it was fitted on."""
+        missing = [c for c in self.feature_names_in_ if c not in X.columns]
+        if missing:
+            raise ValueError(f"X lacks the fitted columns: {', '.join(missing)}")
+        eta = np.asarray(X[self.numeric_features_], dtype=np.float64) @ self.coef_ + self.intercept_
+        for col, table in self.categorical_.items():
+            values = X[col].astype("string")
+            if values.isna().any():
+                raise ValueError(f"column '{col}' holds null levels")
+            coef = values.map(table).to_numpy(dtype=np.float64, na_value=np.nan)
+            unseen = np.isnan(coef)
+            if unseen.any():
+                if self.unseen_levels == "error":
+                    raise ValueError(f"column '{col}' has level {values[unseen].iloc[0]!r}, which fit never saw "
+                                     "(unseen_levels='reference' scores such rows as the reference level)")
+                coef[unseen] = 0.0
+            eta = eta + coef
+        return eta
+
     def _loss(self) -> losses.Loss:
         """The loss these parameters train (its options read from them)."""
         return losses.LOSSES[self._fixed.get("loss") or self.loss].of(self)
 
     def _eta(self, X):
         check_is_fitted(self)
+        if getattr(self, "categorical_", None):
+            return self._levels_eta(X)
         if _is_dask(X):
             import dask.dataframe as dd
 

@@ -89,7 +89,7 @@ def chunk_groups(chunk, spec, categorical) -> tuple[GroupMoments, dict]:
     """``groups.group_moments`` of one chunk, streamed slice by slice, and the text of the
     level keys its text columns gave ({key: text})."""
     names: dict = {}
-    parts = [group_moments(z, categorical) for z in read_slices(chunk, spec, rows=SLICE_ROWS, names=names)]
+    parts = [group_moments(z, categorical) for z in spec.slices(chunk, SLICE_ROWS, names=names)]
     # Pairwise, not left to right: merging sorts the groups, and a chunk of many groups
     # merged into one growing table slice after slice costs slices × groups.
     while len(parts) > 1:
@@ -112,7 +112,7 @@ def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link) -> ErrorSums:
     levels' coefficients (``data.write.LevelTable``) join its intercept."""
     names: dict = {}
     num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
-    where = getattr(chunk, "path", None) or chunk.pieces[0].path
+    where = getattr(chunk, "path", None) or getattr(chunk, "pieces", [chunk])[0].path
     total = None
     for z in read_slices(chunk, spec, rows=SLICE_ROWS, names=names):
         offset = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))

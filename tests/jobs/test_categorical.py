@@ -177,3 +177,43 @@ def test_the_bits_are_the_same_on_one_and_three_workers(tmp_path, rng, client):
     for r in results[1:]:
         assert list(r.m) == list(results[0].m) and r.b == results[0].b
         assert r.categorical == results[0].categorical and r.metrics == results[0].metrics
+
+
+def test_the_estimator_takes_pandas_text_and_category_columns(rng):
+    """gd_dask.LinearRegression on a DataFrame with a text and a category column: the
+    fit equals one-hot least squares, predict looks levels up (an unseen one is a
+    ValueError, or the reference with unseen_levels='reference'), and the summary names
+    the levels by the user's columns."""
+    import pandas as pd
+
+    import gd_dask
+
+    n = 2000
+    region = rng.choice(REGIONS[:6], size=n)
+    shop = pd.Categorical(rng.choice(["a", "b", "c"], size=n))
+    x = rng.normal(2, 1, n)
+    y = 1 + 2 * x + pd.Series(region).map(dict(zip(REGIONS[:6], range(6)))).to_numpy() + (shop.codes == 1) * 3.0 \
+        + rng.normal(0, 0.1, n)
+    X = pd.DataFrame({"x": x, "region": region, "shop": shop})
+    est = gd_dask.LinearRegression().fit(X, y)
+    assert est.converged_ and list(est.feature_names_in_) == ["x", "region", "shop"]
+    assert est.numeric_features_ == ["x"] and set(est.categorical_) == {"region", "shop"}
+    cols = [np.ones(n), x]
+    for c in ("region", "shop"):
+        table = est.categorical_[c]
+        ref = max(table, key=lambda level: (X[c].astype(str) == level).sum())
+        assert table[ref] == 0
+        cols += [(X[c].astype(str) == level).to_numpy(dtype=float) for level in table if level != ref]
+    D = np.column_stack(cols)
+    beta = np.linalg.lstsq(D, y, rcond=None)[0]
+    assert np.max(np.abs(est.predict(X) - D @ beta)) <= 1e-9 * np.max(np.abs(D @ beta))
+    new = X.head(5).copy()
+    new.loc[2, "region"] = "nowhere"
+    with pytest.raises(ValueError, match="'region' has level 'nowhere'"):
+        est.predict(new)
+    est.set_params(unseen_levels="reference")
+    kept = X.head(5).copy()
+    kept.loc[2, "region"] = next(level for level, v in est.categorical_["region"].items() if v == 0)
+    assert np.allclose(est.predict(new), est.predict(kept))
+    text = str(est.summary())
+    assert "region[" in text and "shop[" in text and "(intercept)" in text
