@@ -22,6 +22,8 @@
    a request: the first night and the next, with their requests and cache objects read.
 10. table_planning — a Delta table of 100,000 files planned from its log, locally and
    behind 30 ms a request, next to delta-rs's own listing (``table_planning.py``).
+12. categorical — 8M rows × (4 numeric + 50 and 5,000 levels) with gd-dask, scikit-learn's
+   OneHotEncoder + LinearRegression and glum where installed (``categorical.py``).
 11. nightly_year — a year of nightly refits per scenario (drift, weekly seasonality, a
    step change) with bad nights injected: false quarantines, missed bad nights, nights
    behind an oracle (``nightly_year.py``).
@@ -49,6 +51,7 @@ import many_files as mf  # noqa: E402
 
 MANY_FILES = 20_000  # --many-files
 import time_to_model as ttm  # noqa: E402
+import categorical as cat_bench  # noqa: E402
 
 from gd_dask.config import validate_config  # noqa: E402
 from gd_dask.jobs.training import fit  # noqa: E402
@@ -395,6 +398,10 @@ def plot(scale: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def categorical(work: Path, quick: bool) -> dict:
+    return cat_bench.categorical(work, quick)
+
+
 def time_to_model(work: Path, quick: bool) -> dict:
     rows_per_day, days = (50_000, 4) if quick else (1_000_000, 8)
     root = work / "speed"
@@ -436,6 +443,8 @@ def nightly_year(work: Path, quick: bool) -> dict:
 def report(res: dict) -> None:
     if "time_to_model" in res:
         ttm.report(res["time_to_model"])
+    if "categorical" in res:
+        cat_bench.report(res["categorical"])
     if "many_files" in res:
         mf.report(res["many_files"])
     if "nightly_files" in res:
@@ -511,7 +520,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--only", nargs="*", default=["time_to_model", "many_files", "nightly_files", "table_planning",
+    ap.add_argument("--only", nargs="*", default=["time_to_model", "categorical", "many_files", "nightly_files", "table_planning",
                                                    "nightly_year",
                                                    "speed", "logistic",
                                                    "sgd", "memory", "scaling", "refit_cost", "accuracy"])

@@ -97,9 +97,13 @@ def _text_columns(X) -> list:
     except ImportError:  # pragma: no cover - pandas is a dependency
         return []
     if not isinstance(X, pd.DataFrame):
-        return []
-    return [c for c in X.columns if X[c].dtype == object or isinstance(X[c].dtype, (pd.StringDtype,
-                                                                                     pd.CategoricalDtype))]
+        try:
+            import dask.dataframe as dd
+        except ImportError:  # pragma: no cover - dask is a dependency
+            return []
+        if not isinstance(X, dd.DataFrame):
+            return []
+    return [c for c, t in X.dtypes.items() if t == object or isinstance(t, (pd.StringDtype, pd.CategoricalDtype))]
 
 
 def _renamed(summary, original: dict):
@@ -238,14 +242,23 @@ class _Base(BaseEstimator):
             raise ValueError("sample_weight with categorical columns is not supported yet")
         cols = [str(c) for c in X.columns]
         names = [f"x{j}" for j in range(len(cols))]
-        y = np.asarray(self._encode(np.asarray(y).ravel()), dtype=np.float64)
-        if len(y) != len(X):
-            raise ValueError(f"X has {len(X)} rows, y has {len(y)}")
-        df = pd.DataFrame({n: (X[c].astype("string") if c in text else pd.to_numeric(X[c]).astype("float64"))
-                           for n, c in zip(names, X.columns)})
-        df["y"] = y
-        parts = max(1, -(-len(df) // PARTITION_ROWS))
-        frame = client.persist(dd.from_pandas(df, npartitions=parts, sort=False))
+        types = {c: ("string" if c in text else "float64") for c in X.columns}
+        if isinstance(X, dd.DataFrame):  # read partition by partition where it lives
+            if not isinstance(y, (dd.Series, dd.DataFrame)):
+                raise ValueError("with X a dask DataFrame, y must be a dask Series of the same partitions")
+            y = y.iloc[:, 0] if isinstance(y, dd.DataFrame) else y
+            self._learn_target(y)
+            frame = X.astype(types).rename(columns=dict(zip(X.columns, names)))
+            frame = frame.assign(y=self._encode_dask(y).astype("float64"))
+        else:
+            y = np.asarray(self._encode(np.asarray(y).ravel()), dtype=np.float64)
+            if len(y) != len(X):
+                raise ValueError(f"X has {len(X)} rows, y has {len(y)}")
+            df = pd.DataFrame({n: (X[c].astype("string") if c in text else pd.to_numeric(X[c]).astype("float64"))
+                               for n, c in zip(names, X.columns)})
+            df["y"] = y
+            parts = max(1, -(-len(df) // PARTITION_ROWS))
+            frame = client.persist(dd.from_pandas(df, npartitions=parts, sort=False))
         cfg = self._config({"path": "<pandas DataFrame>", "features": names, "target": "y"})
         source = FrameSource(frame, [*names, "y"], None, categorical=[n for n, c in zip(names, X.columns) if c in text])
         try:
@@ -271,11 +284,16 @@ class _Base(BaseEstimator):
         return self
 
     def _levels_eta(self, X):
-        """x·coef_ + intercept_ + each row's levels' coefficients, for a pandas DataFrame
-        holding the columns it was fitted on."""
+        """x·coef_ + intercept_ + each row's levels' coefficients, for a pandas (or dask,
+        partition by partition) DataFrame holding the columns it was fitted on."""
         missing = [c for c in self.feature_names_in_ if c not in X.columns]
         if missing:
             raise ValueError(f"X lacks the fitted columns: {', '.join(missing)}")
+        if _is_dask(X):
+            import pandas as pd
+
+            return X.map_partitions(lambda part: pd.Series(self._levels_eta(part), index=part.index),
+                                    meta=(None, "f8")).to_dask_array(lengths=True)
         eta = np.asarray(X[self.numeric_features_], dtype=np.float64) @ self.coef_ + self.intercept_
         for col, table in self.categorical_.items():
             values = X[col].astype("string")

@@ -217,3 +217,11 @@ def test_the_estimator_takes_pandas_text_and_category_columns(rng):
     assert np.allclose(est.predict(new), est.predict(kept))
     text = str(est.summary())
     assert "region[" in text and "shop[" in text and "(intercept)" in text
+    # A dask DataFrame of the same rows: read where it lives, the same model to rounding.
+    import dask.dataframe as dd
+
+    X3, y3 = dd.from_pandas(X, npartitions=3), dd.from_pandas(pd.Series(y), npartitions=3)
+    lazy = gd_dask.LinearRegression().fit(X3, y3)
+    assert lazy.categorical_.keys() == est.categorical_.keys()
+    got = lazy.predict(X3).compute()
+    assert np.max(np.abs(got - est.predict(X))) <= 1e-9 * np.max(np.abs(est.predict(X)))
