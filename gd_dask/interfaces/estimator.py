@@ -103,7 +103,8 @@ def _text_columns(X) -> list:
             return []
         if not isinstance(X, dd.DataFrame):
             return []
-    return [c for c, t in X.dtypes.items() if t == object or isinstance(t, (pd.StringDtype, pd.CategoricalDtype))]
+    return [c for c, t in X.dtypes.items() if pd.api.types.is_object_dtype(t)
+            or isinstance(t, (pd.StringDtype, pd.CategoricalDtype))]
 
 
 def _renamed(summary, original: dict):
