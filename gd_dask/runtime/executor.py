@@ -85,13 +85,26 @@ def chunk_moments(chunk, spec) -> Moments:
     return shifted_moments(spec.slices(chunk, SLICE_ROWS, shifted=True))
 
 
+#: Slices grouped at once by ``chunk_groups``: each group table is sorted, so fewer,
+#: larger tables merge faster (8M rows × 250,000 level pairs: 9.0 s slice by slice, 5.4 s
+#: 16 at a time, 3.9 s 64 at a time: 4 MiB of rows a column).
+GROUP_BATCH_SLICES = 64
+
+
 def chunk_groups(chunk, spec, categorical) -> tuple[GroupMoments, dict]:
     """``groups.group_moments`` of one chunk, streamed slice by slice, and the text of the
     level keys its text columns gave ({key: text})."""
     names: dict = {}
-    parts = [group_moments(z, categorical) for z in spec.slices(chunk, SLICE_ROWS, names=names)]
+    parts, batch = [], []
+    for z in spec.slices(chunk, SLICE_ROWS, names=names):
+        batch.append(np.array(z))  # the slice is a reused buffer
+        if len(batch) == GROUP_BATCH_SLICES:
+            parts.append(group_moments(np.concatenate(batch), categorical))
+            batch = []
+    if batch or not parts:
+        parts.append(group_moments(np.concatenate(batch), categorical))
     # Pairwise, not left to right: merging sorts the groups, and a chunk of many groups
-    # merged into one growing table slice after slice costs slices × groups.
+    # merged into one growing table batch after batch costs batches × groups.
     while len(parts) > 1:
         parts = [merge_groups(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
     return parts[0], names
