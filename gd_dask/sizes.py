@@ -13,6 +13,12 @@ additions behind any sum, which is what the certificates count.
 
 ``BATCH_ROWS``: rows decoded at a time within a row group larger than ``stream_above``
 (pyarrow writes 1M-row groups by default, Spark 128 MB ones): one slice.
+
+``GROUP_BATCH_SLICES``: slices grouped at once by the categorical pass
+(``runtime.executor.chunk_groups``): each group table is sorted, so fewer, larger tables
+merge faster (8M rows × 250,000 level pairs: 9.0 s slice by slice, 5.4 s 16 at a time,
+3.9 s 64 at a time). A group's sum over a batch is one float64 run of up to that many
+slices' rows, which the categorical certificate counts (``jobs.categorical``).
 """
 
 SLICE_ROWS = 8192
@@ -21,3 +27,4 @@ SLICE_ROWS = 8192
 CHUNK_BYTES = 128 * 2**20
 FAN_IN = 8
 BATCH_ROWS = SLICE_ROWS
+GROUP_BATCH_SLICES = 64

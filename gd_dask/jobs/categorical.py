@@ -24,7 +24,7 @@ from ..optimization.certify import (
 )
 from ..optimization.descent import Rules, gradient_at
 from ..optimization.setup import Setup
-from ..sizes import SLICE_ROWS
+from ..sizes import GROUP_BATCH_SLICES, SLICE_ROWS
 
 #: Why model.json's summary is unavailable for such a model (yet).
 log = logging.getLogger(__name__)
@@ -185,10 +185,12 @@ def _convergence(res, reduced_cfg, red: cat.Reduced, enc: cat.Encoding, coef: ca
 
 def level_mean_error(red: cat.Reduced, theta) -> np.ndarray:
     """A bound on the rounding of a_ℓ = ȳ_ℓ − w̄_ℓ·θ from its level's means: each is
-    summed per slice one row after another (at most ``SLICE_ROWS``; Higham & Mary's
-    λ·√m·u) and merged as the moments are (``sums_accuracy``), against the magnitudes it
-    adds (each column's root mean square within the level, ``Reduced.level_rms``)."""
-    eta = PROB_LAMBDA * np.sqrt(np.minimum(red.level_n, SLICE_ROWS)) * U + sums_accuracy(red.mom.n)
+    summed per batch of slices one row after another (at most ``GROUP_BATCH_SLICES``
+    slices' rows; Higham & Mary's λ·√m·u) and merged as the moments are
+    (``sums_accuracy``), against the magnitudes it adds (each column's root mean square
+    within the level, ``Reduced.level_rms``)."""
+    run = np.minimum(red.level_n, SLICE_ROWS * GROUP_BATCH_SLICES)
+    eta = PROB_LAMBDA * np.sqrt(run) * U + sums_accuracy(red.mom.n)
     rms = red.level_rms
     return eta * (rms[:, -1] + rms[:, :-1] @ np.abs(np.asarray(theta, dtype=np.float64)))
 

@@ -51,7 +51,7 @@ from ..kernels.moments import (
 )
 from ..optimization.sgd_kernel import SGDPlan, add_sgd, sgd_block, sgd_raw
 from ..optimization.strategy import STREAM, Strategy
-from ..sizes import FAN_IN
+from ..sizes import FAN_IN, GROUP_BATCH_SLICES
 from .waiting import compute, large_graphs_quiet
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,6 @@ def each_file(pack, spec, on_chunk, *args) -> list:
 def chunk_moments(chunk, spec) -> Moments:
     """``gradient.block_moments(spec.block(chunk))``, to the bit, streamed."""
     return shifted_moments(spec.slices(chunk, SLICE_ROWS, shifted=True))
-
-
-#: Slices grouped at once by ``chunk_groups``: each group table is sorted, so fewer,
-#: larger tables merge faster (8M rows × 250,000 level pairs: 9.0 s slice by slice, 5.4 s
-#: 16 at a time, 3.9 s 64 at a time: 4 MiB of rows a column).
-GROUP_BATCH_SLICES = 64
 
 
 def chunk_groups(chunk, spec, categorical) -> tuple[GroupMoments, dict]:
