@@ -26,11 +26,11 @@ from ..optimization.descent import Rules, gradient_at
 from ..optimization.setup import Setup
 from ..sizes import GROUP_BATCH_SLICES, SLICE_ROWS
 
-#: Why model.json's summary is unavailable for such a model (yet).
 log = logging.getLogger(__name__)
 
 #: Solves of the reduced problem, each tighter, until the derived bounds meet tol.
 TIGHTEN_ROUNDS = 4
+#: Why model.json's summary is unavailable for such a model (yet).
 SUMMARY_REASON = ("categorical features: HC1 standard errors and ridge (l2) are not summarized yet "
                   "(issue 33)")
 
@@ -102,15 +102,16 @@ def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float):
     coef = cat.recover(np.zeros(0), red, enc)
     mom, n = prep.mom, prep.mom.n
     sse, sst = float(red.mom.comoment[0, 0]), float(mom.comoment[-1, -1])
-    rms_y = float(np.sqrt(sst / n + mom.mean[-1] ** 2))
-    err = sums_accuracy(n) * rms_y  # each level's mean, against the magnitudes it adds
+    err = level_mean_error(red, np.zeros(0))  # each level's mean, against the magnitudes it adds
     a = coef.levels[enc.absorbed]
-    floor = ZERO_FLOOR * float(np.max(np.abs(a))) if len(a) else 0.0
     ref = enc.reference[enc.absorbed]
-    worst = [err / max(abs(coef.b) - err, floor, 1e-300)]
+    sd_level = _level_sd(red)
+    floor = ZERO_FLOOR * float(np.max(np.abs(a) * sd_level))
+    worst = [err[ref] / max(abs(coef.b) - err[ref], floor, 1e-300)]
     others = np.delete(np.arange(len(a)), ref)
     if len(others):
-        worst.append(float(np.max(2 * err / np.maximum(np.abs(a[others]) - 2 * err, max(floor, 1e-300)))))
+        e = err[others] + err[ref]
+        worst.append(float(np.max(e / np.maximum(np.abs(a[others]) - e, max(floor, 1e-300) / sd_level[others]))))
     bound = max(worst)
     metrics = {"mse": sse / n, "rmse": float(np.sqrt(sse / n)), "mae": None,
                "r2": 1.0 - sse / sst if sst > 0 else 0.0, "n": n}
@@ -169,8 +170,7 @@ def _convergence(res, reduced_cfg, red: cat.Reduced, enc: cat.Encoding, coef: ca
     err_b = certifier.inverse_norms(U[:, [ref]])[0] * g + rounding[ref]
     # The zero floor as ``certify`` sets it, in standardized units: a level is an
     # indicator column whose standard deviation is √(p(1 − p)).
-    p = red.level_n / red.mom.n
-    sd_level = np.sqrt(np.maximum(p * (1 - p), 1e-300))
+    sd_level = _level_sd(red)
     s = max(float(np.max(np.abs(params[:k]))) if k else 0.0, float(np.max(np.abs(a) * sd_level)))
     floor = ZERO_FLOOR * s
     worst = [err_b / max(abs(coef.b) - err_b, floor)]
@@ -181,6 +181,12 @@ def _convergence(res, reduced_cfg, red: cat.Reduced, enc: cat.Encoding, coef: ca
     bound = max(conv["bound"], *worst)
     conv.update(bound=float(bound), digits=digits(bound))
     return conv, bool(res.converged and bound <= tol)
+
+
+def _level_sd(red: cat.Reduced) -> np.ndarray:
+    """Each absorbed level's indicator column's standard deviation, √(p(1 − p))."""
+    p = red.level_n / red.mom.n
+    return np.sqrt(np.maximum(p * (1 - p), 1e-300))
 
 
 def level_mean_error(red: cat.Reduced, theta) -> np.ndarray:
