@@ -496,7 +496,9 @@ def fast_pool_name() -> str:
     ``dask worker`` processes: mimalloc 2.5–3.2 s, jemalloc 5.3–6.6 s, system 9 s, with
     freed buffers kept between chunks (``_release_arrow_memory``); embedded: 2.7 s
     against 3.7–4.3 s. (Session 10 measured jemalloc ahead while every chunk gave its
-    buffers back to the OS, which mimalloc then paid for most.)"""
+    buffers back to the OS, which mimalloc then paid for most.) On 300 MiB workers
+    (the memory bench) jemalloc peaked higher: 240 MiB, paused by distributed, against
+    219–239 MiB."""
     for name in ("mimalloc", "jemalloc"):
         try:
             getattr(pa, f"{name}_memory_pool")()
@@ -513,8 +515,10 @@ def use_fast_pool() -> None:
 
 
 #: A worker's process gives Arrow's freed buffers back to the OS once it holds more than
-#: this share of its memory limit (distributed pauses a worker at 0.8 of it).
-RELEASE_SHARE = 0.5
+#: this share of its memory limit. distributed pauses a worker at 0.8 of it, and a chunk's
+#: decoding on top of kept buffers crossed that at 0.5 on 300 MiB workers (249 MiB, paused
+#: for good); a 6 GB worker of the 3.4 GB job peaks at 464 MiB, far below either.
+RELEASE_SHARE = 0.25
 #: Bytes of resident memory above which ``_release_arrow_memory`` releases; None: always
 #: (outside a worker, or one without a limit). Set per process by ``set_memory_limit``.
 _release_above: float | None = None
