@@ -489,17 +489,26 @@ def local_file(path: str):
     return pa.memory_map(path) if os.path.getsize(path) >= MMAP_MIN_BYTES else pa.OSFile(path)
 
 
-def fast_pool_name() -> str:
-    """Arrow's fastest memory pool in this build for gd_dask's reads: mimalloc where it
-    exists (pyarrow's own default on Linux and macOS wheels), else jemalloc. Measured
-    on the 3.4 GB job (20 files of one 174 MB row group), moments pass on two 6 GB
-    ``dask worker`` processes: mimalloc 2.5–3.2 s, jemalloc 5.3–6.6 s, system 9 s, with
-    freed buffers kept between chunks (``_release_arrow_memory``); embedded: 2.7 s
-    against 3.7–4.3 s. (Session 10 measured jemalloc ahead while every chunk gave its
-    buffers back to the OS, which mimalloc then paid for most.) On 300 MiB workers
-    (the memory bench) jemalloc peaked higher: 240 MiB, paused by distributed, against
-    219–239 MiB."""
-    for name in ("mimalloc", "jemalloc"):
+#: Workers with at least this memory limit read on mimalloc and keep Arrow's freed
+#: buffers between chunks (``set_memory_limit``); smaller ones, and processes of unknown
+#: limit, read on jemalloc and give the buffers back after every chunk.
+LARGE_WORKER_BYTES = 4 * 2**30
+
+
+def fast_pool_name(memory_limit: int | None = None) -> str:
+    """Arrow's pool for gd_dask's reads in a process of ``memory_limit``.
+
+    - Large workers (``LARGE_WORKER_BYTES`` and up): mimalloc, keeping freed buffers.
+      On the 3.4 GB job (20 files of one 174 MB row group), the moments pass on two 6 GB
+      ``dask worker`` processes took 2.5–3.2 s; jemalloc took 5.3–6.6 s and system 9 s.
+      Embedded, 2.7 s against 3.7–4.3 s.
+    - Smaller or unknown: jemalloc, giving buffers back after every chunk, as in session
+      10. On 300 MiB workers mimalloc peaked close to distributed's pause threshold (80 %),
+      and `test_scale`'s stream run stayed paused.
+
+    Where a pool is missing, the other one; else the system's."""
+    large = memory_limit is not None and memory_limit >= LARGE_WORKER_BYTES
+    for name in (("mimalloc", "jemalloc") if large else ("jemalloc", "mimalloc")):
         try:
             getattr(pa, f"{name}_memory_pool")()
             return name
@@ -508,10 +517,10 @@ def fast_pool_name() -> str:
     return "system"
 
 
-def use_fast_pool() -> None:
-    """Make ``fast_pool_name()`` this process's default Arrow pool (buffers already
-    allocated stay with the pool that made them)."""
-    pa.set_memory_pool(getattr(pa, f"{fast_pool_name()}_memory_pool", pa.system_memory_pool)())
+def use_fast_pool(memory_limit: int | None = None) -> None:
+    """Make ``fast_pool_name(memory_limit)`` this process's default Arrow pool (buffers
+    already allocated stay with the pool that made them)."""
+    pa.set_memory_pool(getattr(pa, f"{fast_pool_name(memory_limit)}_memory_pool", pa.system_memory_pool)())
 
 
 #: A worker's process gives Arrow's freed buffers back to the OS once it holds more than
@@ -525,9 +534,10 @@ _release_above: float | None = None
 
 
 def set_memory_limit(limit: int | None) -> None:
-    """The memory limit of the worker this process runs (``runtime.worker.set_up``)."""
+    """The memory limit of the worker this process runs (``runtime.worker.set_up``):
+    a large one keeps freed buffers below ``RELEASE_SHARE`` of it (``fast_pool_name``)."""
     global _release_above
-    _release_above = RELEASE_SHARE * limit if limit else None
+    _release_above = RELEASE_SHARE * limit if limit and limit >= LARGE_WORKER_BYTES else None
 
 
 def _release_arrow_memory() -> None:

@@ -11,8 +11,8 @@ from distributed import WorkerPlugin
 def set_up(worker=None) -> None:
     """In this worker, on its event loop's thread:
 
-    - Arrow's fast memory pool (``data.read.fast_pool_name``), whatever pool the
-      environment gave the worker.
+    - Arrow's pool for its memory limit (``data.read.fast_pool_name``), whatever pool
+      the environment gave the worker.
     - The threads that fetch a task's small files from an object store and decode its
       next row group (``data.read._fetcher``, ``_reader``), started here rather than in
       a task: starting a thread in a task can deadlock with the worker's profiler (see
@@ -31,7 +31,7 @@ def set_up(worker=None) -> None:
 
     limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
     set_memory_limit(limit)
-    use_fast_pool()
+    use_fast_pool(limit)
     _fetcher()
     _reader()
 
