@@ -106,15 +106,22 @@ def level_keys(arr, names: dict | None = None) -> np.ndarray:
     values = arr.dictionary.to_pylist()
     table = np.array([text_key(v) for v in values], dtype=np.float64)
     if names is not None:
-        for key, v in zip(table.tolist(), values):
-            if names.setdefault(key, v) != v:
-                raise DataError(f"levels {names[key]!r} and {v!r} share a key: rename one")
+        add_level_names(names, zip(table.tolist(), values))
     idx = arr.indices
     out = table[as_float64(idx).astype(np.int64)] if idx.null_count == 0 else np.full(len(idx), np.nan)
     if idx.null_count:
         valid = np.asarray(idx.is_valid())
         out[valid] = table[np.asarray(idx.drop_null()).astype(np.int64)]
     return out
+
+
+def add_level_names(names: dict, pairs) -> dict:
+    """``names`` (key → text) with the (key, text) ``pairs`` added; two texts sharing a
+    key are one line naming both."""
+    for key, text in pairs:
+        if names.setdefault(key, text) != text:
+            raise DataError(f"levels {names[key]!r} and {text!r} share a key: rename one")
+    return names
 
 
 def text_key(text: str) -> float:

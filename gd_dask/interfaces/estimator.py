@@ -219,6 +219,10 @@ class _Base(BaseEstimator):
             raise ValueError(str(e)) from None
         finally:
             del frame, source  # persisted rows leave the workers
+        return self._fitted(res, res.summary)
+
+    def _fitted(self, res, summary):
+        """The fitted attributes every fit sets from training's result."""
         self.coef_ = np.asarray(res.m, dtype=np.float64)
         self.intercept_ = float(res.b)
         self.n_iter_ = res.epochs_run
@@ -226,7 +230,7 @@ class _Base(BaseEstimator):
         self.converged_ = res.converged
         self.convergence_ = res.convergence
         self.metrics_ = res.metrics
-        self.summary_ = res.summary
+        self.summary_ = summary
         return self
 
     def _fit_levels(self, X, y, w, client, text: list):
@@ -272,17 +276,9 @@ class _Base(BaseEstimator):
         self.feature_names_in_ = np.asarray(cols, dtype=object)
         self.n_features_in_ = len(cols)
         self.numeric_features_ = [str(c) for c in X.columns if c not in text]
-        self.coef_ = np.asarray(res.m, dtype=np.float64)
-        self.intercept_ = float(res.b)
         self.categorical_ = {original[doc["name"]]: dict(zip(doc["levels"], doc["coef"]))
                              for doc in res.categorical or []}
-        self.n_iter_ = res.epochs_run
-        self.loss_curve_ = [h["loss"] for h in res.history]
-        self.converged_ = res.converged
-        self.convergence_ = res.convergence
-        self.metrics_ = res.metrics
-        self.summary_ = _renamed(res.summary, original)
-        return self
+        return self._fitted(res, _renamed(res.summary, original))
 
     def _levels_eta(self, X):
         """x·coef_ + intercept_ + each row's levels' coefficients, for a pandas (or dask,

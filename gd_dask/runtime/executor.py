@@ -19,9 +19,8 @@ import dask
 import numpy as np
 
 from ..data import Pack, ParquetSource, count_nonfinite
-from ..data.read import pack_files, read_slices
+from ..data.read import add_level_names, pack_files, read_slices
 from ..data.write import predict_file
-from ..errors import DataError
 from ..kernels import gradient as g
 from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, standardize_block
 from ..kernels.compensated import PointGradient, add_refine, point_gradient, refine_sums
@@ -107,11 +106,7 @@ def chunk_groups(chunk, spec, categorical) -> tuple[GroupMoments, dict]:
 def add_named_groups(a: tuple, b: tuple) -> tuple:
     """Merge two ``chunk_groups`` results: the groups by key, the names checked for a key
     that two texts share."""
-    names = dict(a[1])
-    for key, text in b[1].items():
-        if names.setdefault(key, text) != text:
-            raise DataError(f"levels {names[key]!r} and {text!r} share a key: rename one")
-    return merge_groups(a[0], b[0]), names
+    return merge_groups(a[0], b[0]), add_level_names(dict(a[1]), b[1].items())
 
 
 def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link) -> ErrorSums:
