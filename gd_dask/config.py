@@ -195,7 +195,9 @@ class OptimizerConfig(_Section):
         "so stable between runs) and stop when their loss has not improved by tol for n_iter_no_change "
         "epochs; the model is the one with the lowest validation loss. 0: off.")
     n_iter_no_change: Annotated[int, Strict(), Field(ge=1)] = 5
-    strategy: Literal["auto", "stream", "gram"] = "auto"
+    strategy: Literal["auto", "stream", "gram", "newton"] = Field(
+        default="auto", description="auto: gram for least squares, newton for logistic and the log-link "
+        "families (full-batch, no l1, no early stopping, learning_rate auto), else stream.")
     cache: Literal["auto", "memory", "none"] = "auto"
 
 
@@ -255,7 +257,7 @@ class SummaryConfig(_Section):
 
 
 class PromoteConfig(_Section):
-    metric: Literal[tuple(m for ms in losses.TASK_METRICS.values() for m in ms)] | None = Field(
+    metric: Literal[tuple(m for ms in losses.TASK_METRICS.values() for m in ms) + losses.DEVIANCE_METRICS] | None = Field(
         default=None, description="What the holdout compares; default rmse for regression, log_loss for "
                                   "classification.")
     max_regression: NonNegFloat = 0.02
@@ -312,7 +314,7 @@ class RunConfig(_Section):
     def _across_sections(self) -> RunConfig:
         _check_l1_momentum(self)
         task = losses.LOSSES[self.model.loss].task
-        allowed = losses.TASK_METRICS[task]
+        allowed = losses.LOSSES[self.model.loss].metrics()
         if self.registry.promote.metric is None:
             self.registry.promote.metric = allowed[0]
         elif self.registry.promote.metric not in allowed:
@@ -325,14 +327,37 @@ class RunConfig(_Section):
                 raise ValueError("optimizer.method minibatch needs strategy stream (or auto)")
         if self.optimizer.schedule == "optimal" and not self.model.l2:
             raise ValueError("optimizer.schedule optimal needs model.l2 > 0 (its rate is 1/(l2·t))")
-        if not losses.LOSSES[self.model.loss].quadratic and self.optimizer.strategy == "gram":
+        loss = losses.LOSSES[self.model.loss]
+        if not loss.quadratic and self.optimizer.strategy == "gram":
             raise ValueError(f"model.loss {self.model.loss} needs optimizer.strategy stream (or auto): its "
                              "gradient is not a function of the moments")
+        _check_newton(self, loss)
         return self
 
     @property
     def output_dir(self) -> str:
         return self.output.dir or f"runs/{self.name}"
+
+
+def _check_newton(cfg, loss) -> None:
+    """Newton's strategy takes a self-concordant loss, full batches, no l1 and no early
+    stopping; the log-link families train by it alone (no learning rate is stable for a
+    curvature without bound)."""
+    o, asked = cfg.optimizer, cfg.optimizer.strategy
+    if asked == "newton" and not loss.self_concordant:
+        raise ValueError(f"optimizer.strategy newton needs a loss whose curvature certifies Newton steps "
+                         f"(logistic, poisson, gamma, tweedie), not {cfg.model.loss}")
+    if asked != "newton" and (loss.bounded_curvature or asked != "auto"):
+        if not loss.bounded_curvature:
+            raise ValueError(f"model.loss {cfg.model.loss} trains by Newton steps: optimizer.strategy newton "
+                             f"(or auto), not {asked}")
+        return
+    for wrong, what in ((o.method != "batch", f"optimizer.method {o.method}"),
+                        (o.learning_rate != "auto", "an optimizer.learning_rate (Newton steps have none)"),
+                        (bool(cfg.model.l1), "model.l1"),
+                        (bool(o.validation_fraction), "optimizer.validation_fraction (early stopping)")):
+        if wrong and (asked == "newton" or not loss.bounded_curvature):
+            raise ValueError(f"model.loss {cfg.model.loss} with optimizer.strategy newton does not take {what}")
 
 
 # --------------------------------------------------------------------------- loading

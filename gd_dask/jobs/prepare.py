@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 def pick_strategy(cfg) -> Strategy:
     """The run's ``Strategy``, ``optimizer.strategy: auto`` resolved."""
     o = cfg.optimizer
-    return Strategy.of(o.strategy, losses.of(cfg.model).quadratic, o.method, len(cfg.data.features))
+    descent = o.learning_rate != "auto" or bool(cfg.model.l1) or bool(o.validation_fraction)
+    return Strategy.of(o.strategy, losses.of(cfg.model), o.method, len(cfg.data.features), descent)
 
 
 @dataclass

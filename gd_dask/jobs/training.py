@@ -21,6 +21,7 @@ import numpy as np
 from ..artifacts import store
 from ..artifacts import summary as inference
 from ..data import ParquetSource
+from ..kernels.losses import IDENTITY
 from ..kernels.moments import Moments
 from ..optimization import sgd
 from ..optimization.certify import CoefficientBound, LocalBound, digits
@@ -35,6 +36,7 @@ from ..optimization.descent import (
     state_to_dict,
 )
 from ..optimization.rates import Curvature, Rates
+from ..optimization.newton import NEWTON_PASSES, Newton
 from ..optimization.refine import AUTO_PASSES, refine
 from ..optimization.setup import Setup
 from ..optimization.strategy import GRAM
@@ -93,15 +95,24 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         return fit_categorical(cfg, prep, t0, on_epoch)
     setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     oracle, validate = _oracles(cfg, prep, setup)
+    key = run_key(cfg, prep.source, init)
+    checkpoints = Checkpoints(lambda st: store.write_checkpoint(cfg.output_dir, key, state_to_dict(st)),
+                              cfg.output.checkpoint_every if _checkpoints(cfg) else 0)
+    if prep.strategy.newton:
+        certifier = setup.newton_certifier()
+        setup.rates = Rates(1.0, 0.0)  # a full Newton step (halved where it overshoots)
+        loop = Newton(prep.ex.newton_sums, certifier, Rules.of(cfg.model, cfg.optimizer))
+        epochs = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
+        state = _resume(cfg, key, np.float64) or loop.start(setup.newton_start(init))
+        resumed_from = state.epoch or None
+        state = loop.run(state, passes=epochs, tol=cfg.optimizer.tol, on_epoch=on_epoch, checkpoints=checkpoints)
+        return _finish_fit(cfg, prep, setup, state, certifier, epochs, on_epoch, t0, resumed_from)
     certifier = setup.certifier(prep.ex.curvature_sums if prep.strategy.stream else None)
     descent, epochs = _descent(cfg, setup, oracle, prep.strategy, certifier, validate)
 
     params = setup.initial_params(init, extended=prep.strategy.gram)
-    key = run_key(cfg, prep.source, init)
     state = _resume(cfg, key, params.dtype) or descent.start(params)
     resumed_from = state.epoch or None
-    checkpoints = Checkpoints(lambda st: store.write_checkpoint(cfg.output_dir, key, state_to_dict(st)),
-                              cfg.output.checkpoint_every if _checkpoints(cfg) else 0)
     if cfg.optimizer.method == "minibatch":
         eta0 = sgd.base_rate(cfg.optimizer, setup.curv)
         setup.rates = Rates(eta0, 0.0)
@@ -112,6 +123,12 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     else:
         state = descent.run(state, epochs=epochs, tol=cfg.optimizer.tol, on_epoch=on_epoch,
                             checkpoints=checkpoints)
+    return _finish_fit(cfg, prep, setup, state, certifier, epochs, on_epoch, t0, resumed_from)
+
+
+def _finish_fit(cfg, prep: Prepared, setup: Setup, state: LoopState, certifier, epochs: int, on_epoch, t0: float,
+                resumed_from) -> FitResult:
+    """``fit`` after its loop: refinement and warnings (``finish``), metrics, summary."""
     state = finish(cfg, setup, state, certifier, prep.ex.refine_sums, epochs, on_epoch)
 
     m, b = final_coefficients(setup, state)
@@ -154,7 +171,7 @@ def statistics(cfg, setup: Setup, state: LoopState, model, ex: Executor | None =
 def _metrics(cfg, setup: Setup, params, ex: Executor, model, mom: Moments | None = None) -> dict:
     """The model's metrics on the executor's rows: exact from their moments where that
     is enough (a regression with ``output.metrics: moments``), else one pass."""
-    if setup.loss.task == "regression" and cfg.output.metrics == "moments":
+    if setup.loss.task == "regression" and setup.loss.link is IDENTITY and cfg.output.metrics == "moments":
         return setup.moments_metrics(params, mom)
     return ex.metrics(*model)
 

@@ -155,3 +155,58 @@ def add_target_values(a: tuple, b: tuple) -> tuple:
 def add_sums(a: BlockSums, b: BlockSums) -> BlockSums:
     """Merge two partial sums; associative, so any fixed tree gives fixed bits."""
     return BlockSums(a.grad + b.grad, a.err + b.err, a.loss + b.loss, a.n + b.n)
+
+
+class NewtonSums(NamedTuple):
+    """Everything one Newton step needs at (m, b), from one pass (``block_newton_std``).
+
+    grad, err, loss, n : as ``BlockSums``
+    hess : ndarray (d + 1, d + 1) — Σ w·ℓ''·x̃x̃ᵀ, x̃ = [xs, 1]
+    radius2 : float — max ‖x̃‖² over the rows (with w > 0)
+    scale : ndarray (d + 1,) — Σ (|w·ψ| + w·(size of ψ's terms) + w·ℓ''·|x̃|·|θ|)·|x̃|:
+        what the gradient's float64 rounding is relative to, eta's own rounding included
+    """
+
+    grad: np.ndarray
+    err: float
+    loss: float
+    n: float
+    hess: np.ndarray
+    radius2: float
+    scale: np.ndarray
+
+
+def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False) -> NewtonSums:
+    """``NewtonSums`` of one standardized block at ``eta = xs·m + b``: the gradient sums,
+    the Hessian of the loss and what the gradient's rounding is relative to."""
+    X, y, w = split_block(zs, weighted)
+    n, d = X.shape
+    eta = np.matmul(X, m, out=scratch_vector(n))
+    eta += b_centered
+    h = loss.second(eta, y)
+    size = loss.magnitude(eta, y) + h * (np.abs(X) @ np.abs(m) + abs(b_centered))
+    psi, total = loss.terms(eta, y, w)
+    if w is not None:
+        h = h * w
+        size *= w
+    size += np.abs(psi)
+    xh = X * h[:, None]
+    hess = np.empty((d + 1, d + 1))
+    hess[:d, :d] = xh.T @ X
+    hess[:d, d] = hess[d, :d] = xh.sum(axis=0)
+    hess[d, d] = h.sum()
+    rows = X if w is None else X[w > 0]
+    r2 = float(np.einsum("ij,ij->i", rows, rows).max()) + 1.0 if rows.shape[0] else 0.0
+    scale = np.append(np.abs(X).T @ size, size.sum())
+    return NewtonSums(X.T @ psi, float(psi.sum()), total, n if w is None else float(w.sum()), hess, r2, scale)
+
+
+def block_newton(block, m, b, center, scale, y_center, loss: Loss, weighted: bool = False) -> NewtonSums:
+    """``block_newton_std`` of a raw block, standardized on the fly."""
+    zs = standardize_block(block, center, scale, y_center, _scratch_like(block), weighted)
+    return block_newton_std(zs, m, b - y_center, loss, weighted)
+
+
+def add_newton(a: NewtonSums, b: NewtonSums) -> NewtonSums:
+    return NewtonSums(a.grad + b.grad, a.err + b.err, a.loss + b.loss, a.n + b.n, a.hess + b.hess,
+                      max(a.radius2, b.radius2), a.scale + b.scale)

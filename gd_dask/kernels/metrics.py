@@ -88,6 +88,44 @@ def add_moments_and_errors(a, b) -> tuple:
     return merge_moments(a[0], b[0]), [add_errors(x, y) for x, y in zip(a[1], b[1])]
 
 
+# --------------------------------------------------------------------------- deviance
+class DevianceSums(NamedTuple):
+    """Partial sums for a family's mean deviance and D² (``losses.LogFamily``): Σ w·d(y, mu),
+    n = Σw, Σ w·y and Σ w·``null_term(y)`` (the constant model ȳ's deviance from them)."""
+
+    dev: float
+    n: float
+    sum_y: float
+    sum_null: float
+
+
+def block_family_errors(block, m, b, loss, weighted: bool = False) -> tuple[ErrorSums, DevianceSums]:
+    """(``block_errors``, ``DevianceSums``) of one raw block for a model (m, b) in original
+    units: one read for both."""
+    X, y, w = split_block(block, weighted)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
+        eta = X @ m + b
+        errors = _error_sums(loss.predict(eta) - y, y, w)
+        _, dev = loss.terms(eta, y, w)
+    null = loss.null_term(y)
+    if w is None:
+        return errors, DevianceSums(dev, float(y.shape[0]), float(y.sum()), float(null.sum()))
+    return errors, DevianceSums(dev, float(w.sum()), float(w @ y), float(w @ null))
+
+
+def add_family_errors(a: tuple, b: tuple) -> tuple:
+    return add_errors(a[0], b[0]), DevianceSums(*(x + y for x, y in zip(a[1], b[1])))
+
+
+def family_metrics(sums: tuple, loss) -> dict:
+    """The family's mean deviance and D² (as scikit-learn's ``d2_tweedie_score``: 1 −
+    the model's deviance over that of the constant ȳ), then ``error_metrics``."""
+    e, s = sums
+    null = loss.null_deviance(s.n, s.sum_y, s.sum_null) if s.n else 0.0
+    return {loss.deviance_metric: s.dev / s.n if s.n else float("nan"),
+            "d2": 1.0 - s.dev / null if null > 0 else (1.0 if s.dev == 0 else 0.0), **error_metrics(e)}
+
+
 # --------------------------------------------------------------------------- classification
 #: ROC AUC from histograms of the linear predictor, in this many bins over ±AUC_RANGE.
 AUC_BINS = 4096

@@ -282,19 +282,20 @@ class LocalBound:
 
     name = "local_curvature"
 
-    def __init__(self, upper, center, scale, fit_intercept: bool, n: float, curvature, grad_scale: float):
-        upper = np.asarray(upper, dtype=np.float64)
-        self.k = upper.shape[0]
+    def __init__(self, upper, center, scale, fit_intercept: bool, n: float, curvature=None, grad_scale: float = 0.0):
         self.d = len(scale)
+        self.k = self.d + int(fit_intercept)
         self.fit_intercept = fit_intercept
         self.ratio = np.asarray(center, dtype=np.float64) / np.asarray(scale, dtype=np.float64)
         self.eta = sums_accuracy(n)
         self.curvature = curvature
         self.certifiable = True
-        self.lmax = float(np.linalg.eigvalsh(upper)[-1])
         self.grad_scale = grad_scale
         self.u = coefficient_map(self.k, self.d, self.ratio, fit_intercept)
-        self._w_upper = self._w(upper)
+        if upper is not None:  # descent's screen (Newton measures H in every pass: ``certify``)
+            upper = np.asarray(upper, dtype=np.float64)
+            self.lmax = float(np.linalg.eigvalsh(upper)[-1])
+            self._w_upper = self._w(upper)
         self._last = None  # (gradient norm + its error, bound) at the last pass
         self._measured = None  # (params, grads, H, x) of the last pass whose bound held
         self.passes = 0
@@ -343,7 +344,7 @@ class LocalBound:
         self.passes += 1
         g = np.asarray(grads[:self.k], dtype=np.float64)
         hess = np.asarray(hess, dtype=np.float64)
-        bound, x = self._bound(params, g, grad_error, hess, radius2)
+        bound, x = self.certify(params, g, grad_error, hess, radius2)
         self._last = (float(np.linalg.norm(g)) + grad_error, bound)
         self._measured = (params, grads, hess, x) if math.isfinite(bound) else None
         return bound
@@ -362,8 +363,10 @@ class LocalBound:
         step[:self.k] = -np.linalg.solve(hess, np.asarray(grads[:self.k], dtype=np.float64)) / (1.0 + x)
         return step
 
-    def _bound(self, params, g, grad_error: float, hess, radius2: float) -> tuple[float, float]:
-        """(the bound, x = R·λ/√μ) at ``params``; x is inf where H is too ill-conditioned to say."""
+    def certify(self, params, g, grad_error: float, hess, radius2: float) -> tuple[float, float]:
+        """(the bound, x = R·λ/√μ) at ``params`` from the gradient ``g`` (with its rounding
+        ``grad_error``), the Hessian ``hess`` and max ‖x̃‖² ``radius2`` measured there; x
+        is inf where H is too ill-conditioned to say."""
         ev = np.linalg.eigvalsh(hess)
         kappa_eta = ev[-1] / ev[0] * self.eta if ev[0] > 0 else math.inf
         if kappa_eta > 0.5:

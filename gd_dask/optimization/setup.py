@@ -15,6 +15,7 @@ from ..kernels import losses
 from ..kernels.moments import Gram, Moments, Standardizer, hessian
 from .certify import CoefficientBound, LocalBound, ProxBound
 from .rates import Curvature, choose_rates
+from . import newton
 from .refine import Refiner
 from .strategy import Strategy
 
@@ -74,7 +75,7 @@ class Setup:
     def hessian(self) -> np.ndarray:
         """The objective's Hessian for a quadratic loss; for another, its bound: the
         loss's ``curvature`` times the Gram matrix's, plus l2 (exact for squared loss)."""
-        if self.loss.curvature == 1.0:
+        if self.loss.curvature == 1.0 or not self.loss.bounded_curvature:  # unbounded: the features' own
             return hessian(self.mom, self.scaling, self.fit_b, self.l2)
         h = hessian(self.mom, self.scaling, self.fit_b) * self.loss.curvature
         d = self.d
@@ -97,6 +98,20 @@ class Setup:
         if self.l1:
             return ProxBound(self.hessian, n, rms_y)
         return CoefficientBound(self.hessian, self.scaling.center, self.scaling.scale, self.fit_b, n, rms_y)
+
+    def newton_certifier(self) -> LocalBound:
+        """``LocalBound`` for Newton passes, each measuring its own Hessian."""
+        return LocalBound(None, self.scaling.center, self.scaling.scale, self.fit_b, self.mom.n)
+
+    def newton_start(self, init) -> np.ndarray:
+        """Newton's first θ: the warm start ``init`` (original units), else the
+        intercept-only model, b = link(ȳ) (zeros where ȳ is outside the link's range)."""
+        if init is not None:
+            return self.initial_params(init, extended=False)
+        y_mean = float(self.mom.mean[-1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            b = float(self.loss.link(np.array(y_mean)))
+        return newton.start_params(self.d, self.fit_b, b)
 
     def _local_curvature(self, curvature_pass):
         """params ↦ (the objective's Hessian at params, max ‖x̃‖²): one pass."""

@@ -35,8 +35,11 @@ from ..kernels.metrics import (
     block_classification,
     block_errors,
     block_errors_std,
+    add_family_errors,
+    block_family_errors,
     class_metrics,
     error_metrics,
+    family_metrics,
 )
 from ..kernels.moments import (
     Moments,
@@ -348,6 +351,12 @@ class Executor:
         fn, args = self._kernel(g.block_curvature_std, g.block_curvature, m, b)
         return self._reduce_rows(fn, g.add_curvature, *args, self.loss, self.weighted)
 
+    def newton_sums(self, m, b) -> g.NewtonSums:
+        """The gradient sums, the Hessian and the gradient's rounding scale at (m, b)
+        (``gradient.NewtonSums``): one pass, all a Newton step needs."""
+        fn, args = self._kernel(g.block_newton_std, g.block_newton, m, b)
+        return self._reduce_rows(fn, g.add_newton, *args, self.loss, self.weighted)
+
     def bad_targets(self) -> tuple[int, tuple]:
         """(count, a few values) of the target values ``self.loss`` refuses: one pass."""
         return self._reduce_rows(g.target_values, g.add_target_values, self.loss, self.weighted)
@@ -450,6 +459,10 @@ class Executor:
         """Every metric of the model (m, b) in original units on these rows: one pass."""
         if self.loss.task == "classification":
             return class_metrics(self.class_sums(m, b))
+        if getattr(self.loss, "deviance_metric", None):
+            sums = self._reduce_raw(block_family_errors, add_family_errors, np.asarray(m, dtype=np.float64),
+                                    float(b), self.loss, self.weighted)
+            return family_metrics(sums, self.loss)
         return error_metrics(self.error_sums(m, b))
 
     def row_sums(self) -> tuple[int, float]:

@@ -32,8 +32,12 @@ def _rows(loss, n=500, seed=0):
     eta = rng.normal(scale=2.0, size=n)
     if loss.name == "logistic":
         y = (rng.random(n) < 0.4).astype(float)
-    elif loss.name == "poisson-test":
+    elif loss.name in ("poisson-test", "poisson"):
         y = rng.poisson(np.exp(eta)).astype(float)
+    elif loss.name == "gamma":
+        y = rng.gamma(2.0, np.exp(eta) / 2.0)
+    elif loss.name == "tweedie":
+        y = rng.poisson(np.exp(eta) / 2) * rng.gamma(2.0, 1.0, size=n)
     else:
         y = eta + rng.normal(scale=3.0, size=n)
     return eta, y, rng.uniform(0.5, 2.0, size=n)
@@ -44,7 +48,7 @@ def _objective(loss, eta, y, w):
     return loss.terms(eta.copy(), y, w)[1] / loss.penalty_scale
 
 
-LOSS_CASES = [cls.of(types.SimpleNamespace(huber_delta=1.35)) for cls in losses.LOSSES.values()] + [Poisson()]
+LOSS_CASES = [cls.of(types.SimpleNamespace(huber_delta=1.35, tweedie_power=1.4)) for cls in losses.LOSSES.values()] + [Poisson()]
 
 
 @pytest.mark.parametrize("loss", [c for c in LOSS_CASES if isinstance(c, Family) and type(c).terms is not Family.terms],
@@ -57,7 +61,9 @@ def test_a_fused_kernel_equals_the_composition_of_its_family_and_link(loss, weig
     psi_c, total_c = Family.terms(loss, eta.copy(), y, w)
     np.testing.assert_allclose(psi, psi_c, rtol=1e-12, atol=1e-15)
     assert total == pytest.approx(total_c, rel=1e-12)
-    np.testing.assert_allclose(loss.second(eta, y), Family.second(loss, eta, y), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(loss.fisher(eta), Family.fisher(loss, eta), rtol=1e-12, atol=1e-15)
+    if loss.link is LOGIT:  # canonical: the observed curvature is Fisher's
+        np.testing.assert_allclose(loss.second(eta, y), Family.second(loss, eta, y), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("loss", LOSS_CASES, ids=lambda c: c.name)
@@ -88,7 +94,8 @@ def test_a_link_inverts_and_its_derivative_is_the_finite_difference(link):
 def test_the_registry_finds_every_module_default_first_and_the_config_takes_their_options():
     from gd_dask.config import ModelConfig
 
-    assert list(losses.LOSSES)[0] == "squared" and set(losses.LOSSES) == {"squared", "huber", "logistic"}
+    assert list(losses.LOSSES)[0] == "squared" and set(losses.LOSSES) == {
+        "squared", "huber", "logistic", "poisson", "gamma", "tweedie"}
     assert "poisson-test" not in losses.LOSSES  # register=False
     for cls in losses.LOSSES.values():
         assert set(cls.options) <= set(ModelConfig.model_fields)

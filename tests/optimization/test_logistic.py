@@ -75,17 +75,23 @@ def test_coefficients_match_scikit_learn_and_converged_is_true(client, tmp_path,
 
 @pytest.mark.parametrize("model", [{}, {"l2": 0.05}, {"fit_intercept": False}], ids=["plain", "l2", "no-b"])
 def test_newton_steps_reach_the_same_certified_model_in_far_fewer_epochs(client, tmp_path, model):
-    """Where the certificate's Hessian pass finds the bound holding, a damped Newton step
-    follows; optimizer.refine: 0 is plain heavy ball. Both end within tol of Newton's
-    method in long double, the first in a fraction of the epochs, each step gaining
-    digits quadratically."""
+    """The default (strategy newton): a Newton step per pass from the intercept-only
+    model. Stream descent: heavy ball, then damped Newton steps where the certificate's
+    Hessian pass finds the bound holding; with optimizer.refine: 0, plain heavy ball. All
+    end within tol of Newton's method in long double, Newton's passes a fraction of the
+    others', each step gaining digits quadratically."""
     X, y = _problem(seed=4, n=8000, offset=5.0)
     data = write_parquet(tmp_path / "d", X, y)
     newton = fit(make_config(data, tmp_path, model={"loss": "logistic", **model}), client)
-    plain = fit(make_config(data, tmp_path, model={"loss": "logistic", **model}, optimizer={"refine": 0}), client)
-    assert newton.converged and plain.converged
-    assert newton.epochs_run * 2 <= plain.epochs_run
+    mixed = fit(make_config(data, tmp_path, model={"loss": "logistic", **model},
+                            optimizer={"strategy": "stream"}), client)
+    plain = fit(make_config(data, tmp_path, model={"loss": "logistic", **model},
+                            optimizer={"refine": 0, "strategy": "stream"}), client)
+    assert newton.strategy == "newton" and mixed.strategy == "stream"
+    assert newton.converged and mixed.converged and plain.converged
+    assert newton.epochs_run <= min(8, mixed.epochs_run) and mixed.epochs_run * 2 <= plain.epochs_run
     np.testing.assert_allclose(newton.m, plain.m, rtol=4e-9)
+    np.testing.assert_allclose(mixed.m, plain.m, rtol=4e-9)
     grads = [h["grad_norm"] for h in newton.history]
     last = grads[-3:]  # the Newton steps: each gradient near the square of the one before
     assert last[2] < last[1] ** 1.5 and last[1] < last[0], grads

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import LOSSES, LOWER_IS_BETTER, TASK_METRICS, Family, Loss  # noqa: F401
+from .base import DEVIANCE_METRICS, LOSSES, LOWER_IS_BETTER, TASK_METRICS, Family, Loss  # noqa: F401
 from .links import IDENTITY, LOG, LOGIT, Link  # noqa: F401
 
 for _module in pkgutil.iter_modules(__path__):
@@ -20,16 +20,22 @@ for _module in pkgutil.iter_modules(__path__):
 for _name in sorted(LOSSES, key=lambda n: (not LOSSES[n].default, n)):
     LOSSES[_name] = LOSSES.pop(_name)
 
+from .base import LogFamily  # noqa: E402,F401
+from .gamma import Gamma  # noqa: E402,F401
 from .huber import Huber  # noqa: E402,F401
 from .logistic import Logistic  # noqa: E402,F401
+from .poisson import Poisson  # noqa: E402,F401
 from .squared import Squared  # noqa: E402,F401
+from .tweedie import Tweedie  # noqa: E402,F401
 
 SQUARED = Squared()
 
 
 def describe() -> str:
     """The losses for the config schema, one clause each."""
-    return "; ".join(f"{name}: {cls.summary}" + ("" if cls.quadratic else " (strategy stream)")
+    return "; ".join(f"{name}: {cls.summary}" + ("" if cls.quadratic else
+                                                 " (strategy stream)" if cls.bounded_curvature else
+                                                 " (strategy newton)")
                      for name, cls in LOSSES.items()) + "."
 
 

@@ -30,6 +30,7 @@ registered when defined and found by the package's ``__init__``.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -37,13 +38,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...sizes import SLICE_ROWS
-from .links import IDENTITY, Link
+from .links import IDENTITY, LOG, Link
 
 #: The metrics each task reports, the first being what refits compare by default.
 TASK_METRICS = {"regression": ("rmse", "mse", "mae", "r2"),
                 "classification": ("log_loss", "roc_auc", "accuracy", "brier", "precision", "recall")}
+#: The mean deviance of each family that reports one (scikit-learn's names), with D².
+DEVIANCE_METRICS = ("mean_poisson_deviance", "mean_gamma_deviance", "mean_tweedie_deviance", "d2")
 #: Metrics where lower is better (refit's gate).
-LOWER_IS_BETTER = frozenset({"rmse", "mse", "mae", "log_loss", "brier"})
+LOWER_IS_BETTER = frozenset({"rmse", "mse", "mae", "log_loss", "brier", *DEVIANCE_METRICS[:-1]})
 
 #: name → loss class, filled as each loss module is imported (``Loss.__init_subclass__``).
 LOSSES: dict[str, type[Loss]] = {}
@@ -78,6 +81,16 @@ class Loss:
     estimator: ClassVar[str | None] = None
     #: The registry lists the default loss first, then the others in the order defined.
     default: ClassVar[bool] = False
+    #: sup ℓ'' is finite (``curvature``): gradient descent has a stable rate. Families whose
+    #: curvature grows without bound (the log link's e^eta) train by Newton steps only.
+    bounded_curvature: ClassVar[bool] = True
+
+    @classmethod
+    def metrics(cls) -> tuple[str, ...]:
+        """What evaluate reports for this loss, the first what refits compare by default:
+        the task's metrics, after the family's own deviance and D² where it has one."""
+        own = getattr(cls, "deviance_metric", None)
+        return ((own, "d2") if own else ()) + TASK_METRICS[cls.task]
 
     def __init_subclass__(cls, register: bool = True, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -153,3 +166,39 @@ def buffers(n: int, k: int) -> list[np.ndarray]:
     if buf is None or buf.shape[0] < k or buf.shape[1] < n:
         buf = _local.buf = np.empty((k, max(n, SLICE_ROWS)))
     return [buf[i, :n] for i in range(k)]
+
+
+@dataclass(frozen=True)
+class LogFamily(Family):
+    """A family with the log link, for counts and amounts (Poisson, Gamma, Tweedie): mu =
+    e^eta, always positive. Its curvature grows without bound (e^eta), so no learning rate
+    is stable everywhere: it trains by Newton steps (``optimization.newton``), certified by
+    self-concordance: each family here has |ℓ'''| ≤ ℓ'' in eta (``certify.LocalBound``).
+
+    A subclass gives ``deviance_metric`` (scikit-learn's name), the fused ``terms``, ℓ''
+    (``second``, the observed curvature Newton needs; ``fisher`` is the expected one the
+    summary uses), ``magnitude`` (what ψ is the difference of: its rounding), and for D²
+    the row term ``null_term`` whose sum with n and Σy gives the deviance of the constant
+    prediction ȳ (``null_deviance``)."""
+
+    link = LOG
+    curvature: ClassVar[float] = math.inf
+    bounded_curvature: ClassVar[bool] = False
+    center_target: ClassVar[bool] = False
+    self_concordant: ClassVar[bool] = True
+    deviance_metric: ClassVar[str] = ""
+
+    def magnitude(self, eta, y) -> np.ndarray:
+        """The size of the terms ψ is computed from, per row (its rounding is a few units
+        of this)."""
+        raise NotImplementedError
+
+    def null_term(self, y) -> np.ndarray:
+        raise NotImplementedError
+
+    def null_deviance(self, n: float, sum_y: float, sum_null: float) -> float:
+        """Σ d(y, ȳ) from n = Σw, Σ w·y and Σ w·``null_term(y)``."""
+        raise NotImplementedError
+
+    def check_target(self, y):
+        return y[~(y >= 0.0)]

@@ -60,5 +60,9 @@ class Logistic(Family):
         p = self.predict(eta)
         return p * (1.0 - p)
 
+    def magnitude(self, eta, y):
+        """ψ = p − y: the sizes of p and y."""
+        return self.predict(eta) + np.abs(y)
+
     def check_target(self, y):
         return y[(y != 0.0) & (y != 1.0)]
