@@ -79,6 +79,10 @@ class DataConfig(_Section):
         default_factory=dict, description="Passed to fsspec."
     )
     weight: Column | None = Field(default=None, description="Sample-weight column.")
+    offset: Column | None = Field(default=None, description="GLMs: a column added to the linear predictor "
+                                  "(coefficient 1, not fitted).")
+    exposure: Column | None = Field(default=None, description="GLMs: a positive column whose log is the "
+                                    "offset (the time or size each row's count or amount is over).")
     categorical: list[Column] = Field(
         default_factory=list,
         description="Features read as categories (a coefficient per level against the most frequent one): "
@@ -117,7 +121,18 @@ class DataConfig(_Section):
         for c in self.categorical:
             if c not in seen:
                 raise ValueError(f"categorical: '{c}' is not among data.features")
+        if self.offset is not None and self.exposure is not None:
+            raise ValueError("offset and exposure: give one (an exposure's log is the offset)")
+        column = self.offset_column
+        if column is not None and column in seen | {self.target, self.weight}:
+            raise ValueError(f"{'offset' if self.offset else 'exposure'} column '{column}' is also a feature, "
+                             "the target or the weight")
         return self
+
+    @property
+    def offset_column(self) -> str | None:
+        """The offset's or the exposure's column."""
+        return self.offset or self.exposure
 
 
 class _Model(_Section):
@@ -332,11 +347,31 @@ class RunConfig(_Section):
             raise ValueError(f"model.loss {self.model.loss} needs optimizer.strategy stream (or auto): its "
                              "gradient is not a function of the moments")
         _check_newton(self, loss)
+        if self.data.offset_column and not trains_by_newton(self):
+            what = "offset" if self.data.offset else "exposure"
+            raise ValueError(f"data.{what} needs a loss trained by Newton steps (logistic, poisson, gamma, "
+                             f"tweedie; optimizer.strategy newton or auto), not model.loss {self.model.loss} "
+                             f"with strategy {self.optimizer.strategy}")
         return self
 
     @property
     def output_dir(self) -> str:
         return self.output.dir or f"runs/{self.name}"
+
+
+def descent_asked(cfg) -> bool:
+    """The config asks for descent rather than Newton steps: a learning rate, l1 or early
+    stopping (``optimization.strategy.Strategy.of``)."""
+    o = cfg.optimizer
+    return o.learning_rate != "auto" or bool(cfg.model.l1) or bool(o.validation_fraction)
+
+
+def trains_by_newton(cfg) -> bool:
+    """Whether the run trains by Newton steps (``Strategy.of``'s rule)."""
+    loss, o = losses.LOSSES[cfg.model.loss], cfg.optimizer
+    if o.strategy != "auto":
+        return o.strategy == "newton"
+    return bool(loss.self_concordant and o.method == "batch" and not descent_asked(cfg))
 
 
 def _check_newton(cfg, loss) -> None:

@@ -30,9 +30,12 @@ class Model:
     document: dict
     path: str | None = None  # where it was loaded from, to name it in errors
 
-    def predict(self, X):
+    def predict(self, X, offset=None):
         """Predictions for a NumPy array (n, d), a pandas DataFrame (columns by name) or a
-        dask array (lazy, blockwise)."""
+        dask array (lazy, blockwise). A model trained with ``data.offset`` or
+        ``data.exposure`` takes that column from the DataFrame, or ``offset`` (its values:
+        the offset, or the exposure whose log is added)."""
+        column, kind = self.offset
         try:
             import pandas as pd
 
@@ -40,13 +43,31 @@ class Model:
                 missing = [f for f in self.features if f not in X.columns]
                 if missing:
                     raise ArtifactError(f"DataFrame lacks the model's features: {', '.join(missing)}")
+                if column is not None and offset is None and column in X.columns:
+                    offset = X[column].to_numpy(dtype=np.float64)
                 X = X[self.features].to_numpy(dtype=np.float64)
         except ImportError:  # pragma: no cover - pandas is a dependency
             pass
         if X.ndim != 2 or X.shape[1] != len(self.features):
             raise ArtifactError(f"X has shape {X.shape}, the model has {len(self.features)} features "
                                 f"({', '.join(self.features)})")
-        return self.loss.predict(X @ self.m + self.b)
+        eta = X @ self.m + self.b
+        if column is not None:
+            if offset is None:
+                raise ArtifactError(f"the model was trained with {'an exposure' if kind == 'log' else 'an offset'} "
+                                    f"column '{column}': pass offset=its values (or a DataFrame holding it)")
+            eta = eta + (np.log(offset) if kind == "log" else offset)
+        return self.loss.predict(eta)
+
+    @property
+    def offset(self) -> tuple[str | None, str | None]:
+        """(column, "add" | "log") of the offset or exposure it was trained with, else (None, None)."""
+        data = (self.document.get("config") or {}).get("data") or {}
+        if data.get("offset"):
+            return data["offset"], "add"
+        if data.get("exposure"):
+            return data["exposure"], "log"
+        return None, None
 
     @property
     def categorical(self) -> list:
@@ -56,6 +77,15 @@ class Model:
 
         unseen = ((self.document.get("config") or {}).get("model") or {}).get("unseen_levels", "error")
         return [LevelTable(c["name"], c["levels"], c["coef"], unseen) for c in self.document.get("categorical") or ()]
+
+    @property
+    def offset_terms(self) -> list:
+        """Its offset or exposure as a ``data.write.OffsetColumn`` for ``predict_file``
+        (none without one)."""
+        from ..data.write import OffsetColumn
+
+        column, kind = self.offset
+        return [OffsetColumn(column, kind == "log")] if column else []
 
     @property
     def loss(self) -> Loss:

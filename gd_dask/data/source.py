@@ -152,7 +152,8 @@ class ParquetSource:
     """What the client knows about a dataset after reading footers only.
 
     chunks : in a fixed order (sorted file paths, then row groups)
-    columns : features, then target (then weight), the order of the block columns
+    columns : features (then offset or exposure), then target (then weight), the order of
+        the block columns
     """
 
     fs: Any
@@ -173,6 +174,7 @@ class ParquetSource:
     _pack: bool = True
     table: dict | None = None  # a lakehouse table's snapshot: {"format", "version"}
     categorical: list[str] = field(default_factory=list)  # features read as level keys
+    offset: str | None = None  # "add": the column after the features is an offset; "log": an exposure
 
     @property
     def weighted(self) -> bool:
@@ -364,6 +366,7 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
         storage_options=dict(data_cfg.storage_options), missing=data_cfg.missing, weight=data_cfg.weight,
         root=sel.root, table=sel.table,
         categorical=[c for c in data_cfg.features if c in found or c in data_cfg.categorical],
+        offset=offset_kind(data_cfg),
     )
     src.layout(chunk_bytes)
     if not src.chunks:
@@ -371,10 +374,20 @@ def open_source(data_cfg, extra_columns: list[str] | None = None, chunk_bytes: i
     return src
 
 
+def offset_kind(data_cfg) -> str | None:
+    """How the column after the features enters the linear predictor: "add" (an offset),
+    "log" (an exposure), None (there is none)."""
+    if getattr(data_cfg, "offset", None):
+        return "add"
+    return "log" if getattr(data_cfg, "exposure", None) else None
+
+
 def block_columns(data_cfg, extra_columns=None, with_target: bool = True) -> list[str]:
-    """The block's columns: features, target, then the weight column if any (then any
-    extra columns the caller reads for itself, e.g. predict's keys)."""
-    columns = list(data_cfg.features) + ([data_cfg.target] if with_target else [])
+    """The block's columns: features, the offset or exposure if any, the target, then the
+    weight column if any (then any extra columns the caller reads for itself, e.g.
+    predict's keys)."""
+    offset = getattr(data_cfg, "offset_column", None)
+    columns = list(data_cfg.features) + ([offset] if offset else []) + ([data_cfg.target] if with_target else [])
     if data_cfg.weight:
         columns.append(data_cfg.weight)
     return columns + [c for c in extra_columns or [] if c not in columns]

@@ -60,6 +60,24 @@ def predict_file(src_path, dst_path, protocol, storage_options, out_protocol, fe
     return rows
 
 
+class OffsetColumn:
+    """A model's offset (``log``: exposure) column: what each row adds to X·m + b, as a
+    ``LevelTable`` adds its levels' coefficients (``predict_file``)."""
+
+    def __init__(self, name: str, log: bool):
+        self.name, self.log = name, log
+
+    def contribution(self, column, path: str) -> np.ndarray:
+        values = as_float64(column)
+        if not self.log:
+            return values
+        bad = ~(values > 0) & ~np.isnan(values)
+        if bad.any():
+            raise DataError(f"{path}: exposure column '{self.name}' holds {int(bad.sum())} values that are not "
+                            f"positive (e.g. {float(values[bad][0]):g}): its log is the offset")
+        return np.log(values)
+
+
 class LevelTable:
     """One categorical feature of a model: its levels' keys in order and their
     coefficients (0 at the reference), and what an unseen level does (``unseen``)."""

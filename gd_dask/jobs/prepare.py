@@ -16,6 +16,7 @@ import numpy as np
 from ..kernels.moments import Moments
 from ..kernels import losses
 from ..data import CHUNK_BYTES, Pack, ParquetSource, open_source
+from ..config import descent_asked
 from ..errors import ConfigError, DataError
 from ..kernels.groups import GroupMoments
 from ..runtime.executor import Executor, decide_cache, stream_above_for, worker_records
@@ -28,8 +29,7 @@ log = logging.getLogger(__name__)
 def pick_strategy(cfg) -> Strategy:
     """The run's ``Strategy``, ``optimizer.strategy: auto`` resolved."""
     o = cfg.optimizer
-    descent = o.learning_rate != "auto" or bool(cfg.model.l1) or bool(o.validation_fraction)
-    return Strategy.of(o.strategy, losses.of(cfg.model), o.method, len(cfg.data.features), descent)
+    return Strategy.of(o.strategy, losses.of(cfg.model), o.method, len(cfg.data.features), descent_asked(cfg))
 
 
 @dataclass
@@ -46,6 +46,7 @@ class Prepared:
     rows_dropped: int | None = 0
     groups: GroupMoments | None = None  # with categorical features: moments by level
     level_names: dict | None = None  # their text levels' keys → text
+    offset_mean: float = 0.0  # the offset's mean (an exposure's: the log of its mean), for Newton's start
 
     def release(self) -> None:
         for e in filter(None, (self.ex, self.val_ex)):
@@ -78,13 +79,25 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
         dropped = rows_dropped(cfg, source, mom.n)
         return Prepared(source, strategy, ex, mom, None, None, dropped, groups, names)
     mom = ex.moments()
+    if source.offset:  # the offset's moments are not the features': its coefficient is 1
+        if not mom.finite():
+            _diagnose_nonfinite(mom, ex)
+        d = len(cfg.data.features)
+        column_mean = float(mom.mean[d])
+        offset_mean = np.log(column_mean) if source.offset == "log" and column_mean > 0 else column_mean
+        keep = np.delete(np.arange(mom.mean.shape[0]), d)
+        mom = Moments(mom.n, mom.mean[keep], mom.comoment[np.ix_(keep, keep)])
+        check_exposures(cfg, ex, val_ex)
     check_moments(mom, cfg, ex)
     if loss.target_rule:
         check_targets(cfg, ex, val_ex)
     if val_ex is not None:
         val_mom = validation_moments(val_ex, cfg)
     dropped = rows_dropped(cfg, source, mom.n + (val_mom.n if val_mom else 0))
-    return Prepared(source, strategy, ex, mom, val_ex, val_mom, dropped)
+    prep = Prepared(source, strategy, ex, mom, val_ex, val_mom, dropped)
+    if source.offset:
+        prep.offset_mean = offset_mean
+    return prep
 
 
 #: What categorical features are trained with so far (issue 33): the rest is refused by name.
@@ -129,6 +142,20 @@ def check_moments(mom: Moments, cfg, ex: Executor, features=None) -> None:
             if rms <= 0:
                 raise DataError(f"feature '{f}' is constant ({mom.mean[j]:g}): it cannot be standardized; "
                                 "drop it from data.features")
+
+
+def check_exposures(cfg, *executors) -> None:
+    """An exposure must be positive (its log is the offset): one pass, where there is one."""
+    if not cfg.data.exposure:
+        return
+    count, values = 0, ()
+    for e in filter(None, executors):
+        c, v = e.bad_exposures()
+        count, values = count + c, tuple(sorted(set(values) | set(v)))[:5]
+    if count:
+        shown = ", ".join(f"{v:g}" for v in values)
+        raise DataError(f"exposure column '{cfg.data.exposure}' holds {count} values that are not positive "
+                        f"(e.g. {shown}): its log is the offset")
 
 
 def check_targets(cfg, *executors) -> None:

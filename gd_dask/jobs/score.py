@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 def data_for(model: Model, path: str, storage_options: dict | None = None) -> DataConfig:
     missing = (model.document.get("config") or {}).get("data", {}).get("missing", "error")
     levels = [c.name for c in model.categorical]
+    column, kind = model.offset
+    offset = {"exposure" if kind == "log" else "offset": column} if column else {}
     return DataConfig(path=path, features=list(model.features) + levels, target=model.target, missing=missing,
-                      storage_options=storage_options or {}, categorical=levels)
+                      storage_options=storage_options or {}, categorical=levels, **offset)
 
 
 def open_for(model: Model, path: str, storage_options: dict | None = None, keys=None):
@@ -204,7 +206,7 @@ def predict(model: Model, path: str, out_dir: str, client, keys=(), storage_opti
     try:
         try:
             rows = ex.predict_files(dest, out_protocol, model.features, keys, model.m, model.b, threshold,
-                                    model.categorical)
+                                    model.categorical + model.offset_terms)
         except PredictionOverflow as e:
             raise PredictionOverflow(f"model {model.path}: {e}") from None
         out_fs.invalidate_cache()  # the workers wrote: listings cached here are stale

@@ -103,7 +103,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         setup.rates = Rates(1.0, 0.0)  # a full Newton step (halved where it overshoots)
         loop = Newton(prep.ex.newton_sums, certifier, Rules.of(cfg.model, cfg.optimizer))
         epochs = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
-        state = _resume(cfg, key, np.float64) or loop.start(setup.newton_start(init))
+        state = _resume(cfg, key, np.float64) or loop.start(setup.newton_start(init, prep.offset_mean))
         resumed_from = state.epoch or None
         state = loop.run(state, passes=epochs, tol=cfg.optimizer.tol, on_epoch=on_epoch, checkpoints=checkpoints)
         return _finish_fit(cfg, prep, setup, state, certifier, epochs, on_epoch, t0, resumed_from)

@@ -148,6 +148,15 @@ def target_values(block, loss: Loss, weighted: bool = False) -> tuple[int, tuple
     return int(bad.size), tuple(float(v) for v in np.unique(bad)[:5])
 
 
+def exposure_values(block, weighted: bool = False) -> tuple[int, tuple]:
+    """(count, up to 5 distinct values) of the exposures that are not positive (the column
+    after the features, ``split_offset``)."""
+    X, _, _ = split_block(block, weighted)
+    col = X[:, -1]
+    bad = col[~(col > 0)]
+    return int(bad.size), tuple(float(v) for v in np.unique(bad)[:5])
+
+
 def add_target_values(a: tuple, b: tuple) -> tuple:
     return a[0] + b[0], tuple(sorted(set(a[1]) | set(b[1]), key=lambda v: (v != v, v)))[:5]
 
@@ -176,15 +185,31 @@ class NewtonSums(NamedTuple):
     scale: np.ndarray
 
 
-def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False) -> NewtonSums:
-    """``NewtonSums`` of one standardized block at ``eta = xs·m + b``: the gradient sums,
-    the Hessian of the loss and what the gradient's rounding is relative to."""
+def split_offset(X, offset: str | None):
+    """(features, offset per row or None) of a block's feature columns: with an offset
+    ("add") or an exposure ("log", its log) the last column is not a feature."""
+    if offset is None:
+        return X, None
+    col = X[:, -1]
+    return X[:, :-1], (np.log(col) if offset == "log" else col)
+
+
+def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offset: str | None = None) -> NewtonSums:
+    """``NewtonSums`` of one standardized block at ``eta = xs·m + b`` (+ the row's offset,
+    ``split_offset``): the gradient sums, the Hessian of the loss and what the gradient's
+    rounding is relative to."""
     X, y, w = split_block(zs, weighted)
+    X, off = split_offset(X, offset)
     n, d = X.shape
     eta = np.matmul(X, m, out=scratch_vector(n))
     eta += b_centered
+    size = np.abs(X) @ np.abs(m) + abs(b_centered)
+    if off is not None:
+        eta += off
+        size += np.abs(off)
     h = loss.second(eta, y)
-    size = loss.magnitude(eta, y) + h * (np.abs(X) @ np.abs(m) + abs(b_centered))
+    size *= h
+    size += loss.magnitude(eta, y)
     psi, total = loss.terms(eta, y, w)
     if w is not None:
         h = h * w
@@ -201,10 +226,12 @@ def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False) -> N
     return NewtonSums(X.T @ psi, float(psi.sum()), total, n if w is None else float(w.sum()), hess, r2, scale)
 
 
-def block_newton(block, m, b, center, scale, y_center, loss: Loss, weighted: bool = False) -> NewtonSums:
-    """``block_newton_std`` of a raw block, standardized on the fly."""
+def block_newton(block, m, b, center, scale, y_center, loss: Loss, weighted: bool = False,
+                 offset: str | None = None) -> NewtonSums:
+    """``block_newton_std`` of a raw block, standardized on the fly (``center`` and
+    ``scale`` cover the offset's column too: 0 and 1)."""
     zs = standardize_block(block, center, scale, y_center, _scratch_like(block), weighted)
-    return block_newton_std(zs, m, b - y_center, loss, weighted)
+    return block_newton_std(zs, m, b - y_center, loss, weighted, offset)
 
 
 def add_newton(a: NewtonSums, b: NewtonSums) -> NewtonSums:

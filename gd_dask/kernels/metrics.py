@@ -99,12 +99,17 @@ class DevianceSums(NamedTuple):
     sum_null: float
 
 
-def block_family_errors(block, m, b, loss, weighted: bool = False) -> tuple[ErrorSums, DevianceSums]:
+def block_family_errors(block, m, b, loss, weighted: bool = False, offset: str | None = None) -> tuple:
     """(``block_errors``, ``DevianceSums``) of one raw block for a model (m, b) in original
-    units: one read for both."""
+    units (+ each row's offset, ``gradient.split_offset``): one read for both."""
+    from .gradient import split_offset
+
     X, y, w = split_block(block, weighted)
+    X, off = split_offset(X, offset)
     with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
         eta = X @ m + b
+        if off is not None:
+            eta += off
         errors = _error_sums(loss.predict(eta) - y, y, w)
         _, dev = loss.terms(eta, y, w)
     null = loss.null_term(y)

@@ -103,14 +103,16 @@ class Setup:
         """``LocalBound`` for Newton passes, each measuring its own Hessian."""
         return LocalBound(None, self.scaling.center, self.scaling.scale, self.fit_b, self.mom.n)
 
-    def newton_start(self, init) -> np.ndarray:
+    def newton_start(self, init, offset_mean: float = 0.0) -> np.ndarray:
         """Newton's first θ: the warm start ``init`` (original units), else the
-        intercept-only model, b = link(ȳ) (zeros where ȳ is outside the link's range)."""
+        intercept-only model, b = link(ȳ) − the offset's mean (the exact start for
+        Poisson with an exposure: log(Σy/Σexposure)); zeros where ȳ is outside the link's
+        range."""
         if init is not None:
             return self.initial_params(init, extended=False)
         y_mean = float(self.mom.mean[-1])
         with np.errstate(divide="ignore", invalid="ignore"):
-            b = float(self.loss.link(np.array(y_mean)))
+            b = float(self.loss.link(np.array(y_mean))) - offset_mean
         return newton.start_params(self.d, self.fit_b, b)
 
     def _local_curvature(self, curvature_pass):

@@ -315,7 +315,8 @@ class Executor:
         (same size), so a stream epoch does no more arithmetic than an in-memory NumPy
         epoch; without it each block is standardized as it is read.
         """
-        self.scaling = sc = scaling
+        self.scaling = scaling
+        sc = self._block_scaling()
         if self.cache:
             # Persist: the standardized blocks are what every later epoch reads; dask
             # keeps the graph back to the read tasks for blocks lost with a worker.
@@ -339,11 +340,24 @@ class Executor:
     def _kernel(self, on_standardized, on_raw, m, b) -> tuple:
         """(function, arguments) of a kernel at training-space (m, b): on the cached
         standardized blocks, or on raw rows standardized as they are read."""
-        sc = self.scaling
+        sc = self._block_scaling()
         m = np.asarray(m, dtype=np.float64)
         if self.cache:
             return on_standardized, (m, float(b) - sc.y_center)
         return on_raw, (m, float(b), sc.center, sc.scale, sc.y_center)
+
+    def _block_scaling(self) -> Standardizer:
+        """The standardization of the block's columns: the features', and an offset's or
+        exposure's column left as it is (center 0, scale 1)."""
+        sc = self.scaling
+        if not self.source_offset:
+            return sc
+        return sc._replace(center=np.append(sc.center, 0.0), scale=np.append(sc.scale, 1.0))
+
+    @property
+    def source_offset(self) -> str | None:
+        """"add" or "log" where the column after the features is an offset or an exposure."""
+        return getattr(self.source, "offset", None)
 
     def curvature_sums(self, m, b) -> g.CurvatureSums:
         """Σ w·ℓ''·x̃x̃ᵀ, max ‖x̃‖² and n at (m, b) over every chunk (``gradient``): one
@@ -355,7 +369,11 @@ class Executor:
         """The gradient sums, the Hessian and the gradient's rounding scale at (m, b)
         (``gradient.NewtonSums``): one pass, all a Newton step needs."""
         fn, args = self._kernel(g.block_newton_std, g.block_newton, m, b)
-        return self._reduce_rows(fn, g.add_newton, *args, self.loss, self.weighted)
+        return self._reduce_rows(fn, g.add_newton, *args, self.loss, self.weighted, self.source_offset)
+
+    def bad_exposures(self) -> tuple[int, tuple]:
+        """(count, a few values) of the exposures that are not positive: one pass."""
+        return self._reduce_raw(g.exposure_values, g.add_target_values, self.weighted)
 
     def bad_targets(self) -> tuple[int, tuple]:
         """(count, a few values) of the target values ``self.loss`` refuses: one pass."""
@@ -461,7 +479,7 @@ class Executor:
             return class_metrics(self.class_sums(m, b))
         if getattr(self.loss, "deviance_metric", None):
             sums = self._reduce_raw(block_family_errors, add_family_errors, np.asarray(m, dtype=np.float64),
-                                    float(b), self.loss, self.weighted)
+                                    float(b), self.loss, self.weighted, self.source_offset)
             return family_metrics(sums, self.loss)
         return error_metrics(self.error_sums(m, b))
 
