@@ -156,11 +156,18 @@ class ClassSums(NamedTuple):
     neg: np.ndarray
 
 
-def block_classification(block, m, b, loss: Loss, threshold: float = 0.5, weighted: bool = False) -> ClassSums:
-    """``ClassSums`` of one raw block for a model (m, b) in original units."""
+def block_classification(block, m, b, loss: Loss, threshold: float = 0.5, weighted: bool = False,
+                         offset: str | None = None) -> ClassSums:
+    """``ClassSums`` of one raw block for a model (m, b) in original units (+ each row's
+    offset, ``gradient.split_offset``)."""
+    from .gradient import split_offset
+
     X, y, w = split_block(block, weighted)
+    X, off = split_offset(X, offset)
     with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
         eta = X @ m + b
+        if off is not None:
+            eta += off
     p = loss.predict(eta)
     bins = np.clip(((eta + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64), 0, AUC_BINS - 1)
     _, total = loss.terms(eta, y, w)  # may overwrite eta

@@ -471,7 +471,7 @@ class Executor:
     def class_sums(self, m, b, threshold: float = 0.5) -> ClassSums:
         """Metric sums of a classifier (m, b) in original units, read from the files."""
         return self._reduce_raw(block_classification, add_class_sums, np.asarray(m, dtype=np.float64),
-                                float(b), self.loss, threshold, self.weighted)
+                                float(b), self.loss, threshold, self.weighted, self.source_offset)
 
     def metrics(self, m, b) -> dict:
         """Every metric of the model (m, b) in original units on these rows: one pass."""
