@@ -169,7 +169,8 @@ def table(doc: dict, features: list[str], target: str) -> str:
         names = list(features) + (["(intercept)"] if len(s["coefficients"]) > len(features) else [])
     lines = [f"{s['method']} regression of {target}: {s['nobs']:g} observations, {s['df_resid']:g} residual df, "
              f"covariance {s['cov_type']}", ""]
-    lines.append(f"{'':>16} {'coef':>14} {'std err':>12} {'t':>9} {'P>|t|':>9} {'[0.025':>14} {'0.975]':>14}")
+    stat = s.get("statistic", "t")
+    lines.append(f"{'':>16} {'coef':>14} {'std err':>12} {stat:>9} {f'P>|{stat}|':>9} {'[0.025':>14} {'0.975]':>14}")
     for name, c in zip(names, s["coefficients"]):
         t = "nan" if c["t"] is None else f"{c['t']:.3f}"
         p = "nan" if c["p_value"] is None else f"{c['p_value']:.3g}"
@@ -180,6 +181,10 @@ def table(doc: dict, features: list[str], target: str) -> str:
     def fmt(x):
         return "nan" if x is None else f"{x:.6g}"
 
+    if "deviance" in s:  # a family's (``glm_summary``)
+        lines.append(f"deviance: {fmt(s['deviance'])}   Pearson χ²: {fmt(s['pearson_chi2'])}   scale: "
+                     f"{fmt(s['scale'])}   log-likelihood: {fmt(s['log_likelihood'])}   AIC: {fmt(s['aic'])}")
+        return "\n".join(lines)
     lines.append(f"R²: {fmt(s['r2'])}   adjusted R²: {fmt(s['r2_adj'])}   F: {fmt(s['f'])} "
                  f"(p {fmt(s['f_p_value'])})   residual std err: {fmt(s['residual_std_err'])}")
     lines.append(f"log-likelihood: {fmt(s['log_likelihood'])}   AIC: {fmt(s['aic'])}   BIC: {fmt(s['bic'])}   "

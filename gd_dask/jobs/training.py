@@ -20,6 +20,7 @@ import numpy as np
 
 from ..artifacts import store
 from ..artifacts import summary as inference
+from ..artifacts.glm_summary import summarize_glm
 from ..data import ParquetSource
 from ..kernels.losses import IDENTITY
 from ..kernels.moments import Moments
@@ -149,6 +150,8 @@ def statistics(cfg, setup: Setup, state: LoopState, model, ex: Executor | None =
     """model.json's ``summary`` (``inference``): standard errors, tests, R², F, AIC… from
     the moments; where they do not hold, why. ``ex``: the training rows, for what the
     moments lack (weighted data's row count and Σ log w; HC1's middle)."""
+    if ex is not None and setup.loss.self_concordant and not cfg.model.l1 and cfg.optimizer.method == "batch":
+        return _glm_statistics(cfg, setup, state, model, ex)
     reason = inference.not_available(cfg)
     if reason is None and not state.converged:
         reason = "not converged: these statistics hold at the least-squares solution"
@@ -165,6 +168,22 @@ def statistics(cfg, setup: Setup, state: LoopState, model, ex: Executor | None =
     ev = np.linalg.eigvalsh(setup.hessian)
     cond = float(np.sqrt(ev[-1] / ev[0])) if ev[0] > 0 else None
     doc = inference.summarize(setup.mom, *model, setup.fit_b, rows, weighted, cond, meat, ssr)
+    return {"available": True, **doc}
+
+
+def _glm_statistics(cfg, setup: Setup, state: LoopState, model, ex: Executor) -> dict:
+    """model.json's ``summary`` for a family (``glm_summary``): one pass at the fitted
+    coefficients, where they are the maximum-likelihood ones."""
+    if cfg.model.l2:
+        return {"available": False, "reason": "penalized fit (l2): the coefficients are biased and the "
+                                              "likelihood's covariance does not apply"}
+    if not state.converged:
+        return {"available": False, "reason": "not converged: these statistics hold at the maximum of the "
+                                              "likelihood"}
+    d = state.params.shape[0] - 1
+    sums = ex.fisher_sums(state.params[:d], state.params[d])
+    doc = summarize_glm(sums, setup.loss, *model, setup.scaling.center, setup.scaling.scale, setup.fit_b,
+                        bool(cfg.data.weight))
     return {"available": True, **doc}
 
 

@@ -237,3 +237,71 @@ def block_newton(block, m, b, center, scale, y_center, loss: Loss, weighted: boo
 def add_newton(a: NewtonSums, b: NewtonSums) -> NewtonSums:
     return NewtonSums(a.grad + b.grad, a.err + b.err, a.loss + b.loss, a.n + b.n, a.hess + b.hess,
                       max(a.radius2, b.radius2), a.scale + b.scale)
+
+
+class FisherSums(NamedTuple):
+    """A family's inference at (m, b) (``artifacts.glm_summary``), from one pass.
+
+    info : ndarray (d + 1, d + 1) — Σ w·mu'²/V(mu)·x̃x̃ᵀ, x̃ = [xs, 1] (Fisher's information)
+    pearson : float — Σ w·(y − mu)²/V(mu)
+    deviance : float — Σ w·d(y, mu)
+    rows : float — rows (not Σw)
+    loglik : ndarray (4,) — Σ w·y·eta, Σ w·mu, Σ w·log y, Σ w·y/mu: the log-likelihoods' terms
+    counts : dict — {y: Σ w} of a count target (Poisson's Σ log y!), None past ``MAX_COUNT_VALUES``
+    """
+
+    info: np.ndarray
+    pearson: float
+    deviance: float
+    rows: float
+    loglik: np.ndarray
+    counts: dict | None
+
+
+#: Distinct target values a Poisson pass tallies for Σ log y! (beyond: not reported).
+MAX_COUNT_VALUES = 10_000
+
+
+def block_fisher_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offset: str | None = None) -> FisherSums:
+    """``FisherSums`` of one standardized block at ``eta = xs·m + b`` (+ offset)."""
+    X, y, w = split_block(zs, weighted)
+    X, off = split_offset(X, offset)
+    eta = X @ m + b_centered
+    if off is not None:
+        eta += off
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        mu = loss.link.inverse(eta)
+        f = loss.fisher(eta)
+        r = (y - mu) ** 2 / loss.variance(mu)
+        _, dev = loss.terms(eta.copy(), y, w)
+        terms = np.stack([y * eta, mu, np.log(np.where(y > 0, y, 1.0)), y / mu])
+    ww = np.ones_like(y) if w is None else w
+    fw = f * ww
+    d = X.shape[1]
+    info = np.empty((d + 1, d + 1))
+    xf = X * fw[:, None]
+    info[:d, :d] = xf.T @ X
+    info[:d, d] = info[d, :d] = xf.sum(axis=0)
+    info[d, d] = fw.sum()
+    values, where = np.unique(y, return_inverse=True)
+    counts = dict(zip(values.tolist(), np.bincount(where, ww, len(values)).tolist())) \
+        if len(values) <= MAX_COUNT_VALUES else None
+    return FisherSums(info, float(ww @ r), dev, float(len(y)), terms @ ww, counts)
+
+
+def block_fisher(block, m, b, center, scale, y_center, loss: Loss, weighted: bool = False,
+                 offset: str | None = None) -> FisherSums:
+    zs = standardize_block(block, center, scale, y_center, _scratch_like(block), weighted)
+    return block_fisher_std(zs, m, b - y_center, loss, weighted, offset)
+
+
+def add_fisher(a: FisherSums, b: FisherSums) -> FisherSums:
+    counts = None
+    if a.counts is not None and b.counts is not None:
+        counts = dict(a.counts)
+        for k, v in b.counts.items():
+            counts[k] = counts.get(k, 0.0) + v
+        if len(counts) > MAX_COUNT_VALUES:
+            counts = None
+    return FisherSums(a.info + b.info, a.pearson + b.pearson, a.deviance + b.deviance, a.rows + b.rows,
+                      a.loglik + b.loglik, counts)

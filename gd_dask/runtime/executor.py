@@ -371,6 +371,12 @@ class Executor:
         fn, args = self._kernel(g.block_newton_std, g.block_newton, m, b)
         return self._reduce_rows(fn, g.add_newton, *args, self.loss, self.weighted, self.source_offset)
 
+    def fisher_sums(self, m, b) -> g.FisherSums:
+        """Fisher's information, Pearson's χ², the deviance and the log-likelihood's terms
+        at training-space (m, b) (``gradient.FisherSums``): one pass, for a family's summary."""
+        fn, args = self._kernel(g.block_fisher_std, g.block_fisher, m, b)
+        return self._reduce_rows(fn, g.add_fisher, *args, self.loss, self.weighted, self.source_offset)
+
     def bad_exposures(self) -> tuple[int, tuple]:
         """(count, a few values) of the exposures that are not positive: one pass."""
         return self._reduce_raw(g.exposure_values, g.add_target_values, self.weighted)

@@ -239,3 +239,44 @@ def test_an_exposure_that_is_not_positive_is_named_and_nothing_is_written(tmp_pa
                    f"output: {{dir: {tmp_path / 'o'}}}\n")
     r = run_cli("train", str(cfg))  # squared loss trains by its moments: no place for an offset
     assert r.returncode == 2 and "data.exposure" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("family", ["poisson", "gamma", "tweedie", "logistic"])
+def test_the_summary_is_statsmodels_glm(client, tmp_path, family):
+    """SE, z, p and CI from Fisher's information; the scale by Pearson's χ² (Gamma, Tweedie);
+    deviance, Pearson χ², log-likelihood and AIC where statsmodels has them."""
+    import statsmodels.api as sm
+
+    from gd_dask.artifacts.summary import table
+
+    if family == "logistic":
+        rng = np.random.default_rng(6)
+        X = rng.normal(size=(5000, 3)) * (1.0, 2.0, 0.5) + 3.0
+        y = (rng.random(5000) < 1 / (1 + np.exp(-((X - 3.0) @ TRUE_M + TRUE_B)))).astype(float)
+        fam = sm.families.Binomial()
+    else:
+        X, y = _problem(family, seed=6, n=5000, offset=3.0)
+        log = sm.families.links.Log()
+        fam = {"poisson": sm.families.Poisson(), "gamma": sm.families.Gamma(log),
+               "tweedie": sm.families.Tweedie(var_power=1.5, link=log)}[family]
+    res = fit(make_config(write_parquet(tmp_path / "d", X, y), tmp_path, model={"loss": family}), client)
+    ref = sm.GLM(y, sm.add_constant(X), family=fam).fit(tol=1e-15, maxiter=200)
+    s = res.summary
+    assert s["available"] and s["statistic"] == "z"
+    rows = s["coefficients"][-1:] + s["coefficients"][:-1]  # statsmodels puts the constant first
+    np.testing.assert_allclose([r["std_err"] for r in rows], ref.bse, rtol=1e-7)
+    np.testing.assert_allclose([r["t"] for r in rows], ref.tvalues, rtol=1e-7)
+    np.testing.assert_allclose([r["p_value"] for r in rows], ref.pvalues, rtol=1e-6, atol=1e-300)
+    np.testing.assert_allclose([[r["ci_low"], r["ci_high"]] for r in rows], ref.conf_int(), rtol=1e-7)
+    assert s["scale"] == pytest.approx(ref.scale, rel=1e-9)
+    assert s["deviance"] == pytest.approx(ref.deviance, rel=1e-9)
+    assert s["pearson_chi2"] == pytest.approx(ref.pearson_chi2, rel=1e-9)
+    if family != "tweedie":
+        assert s["log_likelihood"] == pytest.approx(ref.llf, rel=1e-9)
+        assert s["aic"] == pytest.approx(ref.aic, rel=1e-9)
+    text = table(s, ["x0", "x1", "x2"], "y")
+    assert "P>|z|" in text and "deviance" in text
+    # Not at the maximum of the likelihood: no statistics, and why.
+    res = fit(make_config(write_parquet(tmp_path / "d2", X, y), tmp_path, model={"loss": family},
+                          optimizer={"epochs": 1}), client)
+    assert not res.summary["available"] and "not converged" in res.summary["reason"]
