@@ -63,6 +63,7 @@ class FrameSource:
     missing: str = "error"
     chunks: list = field(default_factory=list)
     categorical: list = field(default_factory=list)  # columns of text levels (``FrameSpec``)
+    offset: str | None = None  # the estimators take no offset column (``ParquetSource.offset``)
 
     def __post_init__(self):
         self.chunks = list(self.frame.to_delayed())

@@ -364,6 +364,7 @@ class LinearRegression(RegressorMixin, _Base):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
+        tags.target_tags.positive_only = self._loss().link is losses.LOG  # counts and amounts
         return tags
 
 
@@ -428,13 +429,29 @@ def _fixed_loss(cls, loss: str):
 LogisticRegression = _fixed_loss(LogisticRegression, "logistic")
 
 
+def _d2_score(self, X, y, sample_weight=None) -> float:
+    """D²: the fraction of the deviance explained, 1 − D(y, ŷ)/D(y, ȳ), as scikit-learn's
+    GLM regressors score (``d2_tweedie_score``)."""
+    loss = self._loss()
+    pred = self.predict(X)
+    pred, y = (np.asarray(v.compute() if _is_dask(v) else v, dtype=np.float64) for v in (pred, y))
+    w = np.ones_like(y) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dev = float(w @ loss.unit_deviance(y, pred))
+        null = float(w @ loss.unit_deviance(y, np.full_like(y, np.average(y, weights=w))))
+    return 1.0 - dev / null if null > 0 else (1.0 if dev == 0 else 0.0)
+
+
 def _regressor(loss: type[losses.Loss]):
     """The estimator a loss names (``Loss.estimator``, e.g. a PoissonRegressor):
-    ``LinearRegression`` fixed to that loss, predicting through its link."""
+    ``LinearRegression`` fixed to that loss, predicting through its link; a family with a
+    deviance scores by D², as scikit-learn's PoissonRegressor does."""
     doc = (f"Regression with model.loss {loss.name} ({loss.summary}) by gd_dask's machinery; "
            "the fitted attributes of ``LinearRegression``.")
-    return _fixed_loss(type(loss.estimator, (LinearRegression,), {"__doc__": doc, "__module__": __name__}),
-                       loss.name)
+    body = {"__doc__": doc, "__module__": __name__}
+    if getattr(loss, "deviance_metric", None):
+        body["score"] = _d2_score
+    return _fixed_loss(type(loss.estimator, (LinearRegression,), body), loss.name)
 
 
 #: Every estimator by name: the two above, and one per loss that names its own.

@@ -39,6 +39,46 @@ def test_linear_regression_passes_scikit_learns_checks(current):
     assert sum(r["status"] == "passed" for r in results) >= 50
 
 
+#: PoissonRegressor's (and the other log-link regressors') expected failures, and why.
+GLM_EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "its rows are fitted exactly by many coefficients: no unique unpenalized maximum of the likelihood "
+        "(scikit-learn's PoissonRegressor defaults to alpha=1; ours to l2=0), so weighted and repeated rows "
+        "stall at different points, each saved with converged: false"}
+
+
+def test_poisson_regressor_passes_scikit_learns_checks_and_matches_its_solution(current):
+    from sklearn.linear_model import PoissonRegressor as Reference
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from gd_dask import GammaRegressor, PoissonRegressor, TweedieRegressor
+
+    results = check_estimator(PoissonRegressor(), expected_failed_checks=GLM_EXPECTED_FAILED_CHECKS, on_fail=None)
+    failed = [(r["check_name"], str(r["exception"]).splitlines()[0]) for r in results if r["status"] == "failed"]
+    assert not failed
+    assert sum(r["status"] == "passed" for r in results) >= 50
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(3000, 3))
+    mu = np.exp(X @ [0.3, -0.2, 0.1] + 0.2)
+    for ours, y, power in ((PoissonRegressor(), rng.poisson(mu), 1), (GammaRegressor(), rng.gamma(2.0, mu / 2), 2),
+                           (TweedieRegressor(tweedie_power=1.5), rng.gamma(2.0, mu / 2) * (rng.random(3000) < 0.6),
+                            1.5)):
+        from sklearn.linear_model import TweedieRegressor as Tweedie
+
+        ref = Tweedie(power=power, alpha=0, link="log", tol=1e-12, max_iter=10_000).fit(X, y)
+        est = ours.fit(X, y)
+        assert est.converged_ and est.n_iter_ <= 8
+        np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-7)
+        assert est.intercept_ == pytest.approx(ref.intercept_, rel=1e-7)
+        np.testing.assert_allclose(est.predict(X), ref.predict(X), rtol=1e-7)
+        assert est.score(X, y) == pytest.approx(ref.score(X, y), rel=1e-7)  # D², as scikit-learn's
+        assert "P>|z|" in str(est.summary())
+    others = {"loss", "huber_delta", "tweedie_power"}  # its own loss's options only
+    assert PoissonRegressor().get_params().keys() == set(LinearRegression().get_params()) - others
+    assert TweedieRegressor().get_params()["tweedie_power"] == 1.5
+    assert Reference  # the reference scikit-learn estimator is there to compare with
+
+
 def test_parameters_are_the_configs_keys_and_defaults():
     from gd_dask.config import ModelConfig, OptimizerConfig
 
