@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .blocks import _scratch_like, scratch_vector, split_block, standardize_block
+from .compensated import dd_add
 from .losses import SQUARED, Loss
 
 
@@ -169,11 +170,14 @@ def add_sums(a: BlockSums, b: BlockSums) -> BlockSums:
 class NewtonSums(NamedTuple):
     """Everything one Newton step needs at (m, b), from one pass (``block_newton_std``).
 
-    grad, err, loss, n : as ``BlockSums``
+    grad, err, loss, n : as ``BlockSums``; the sums are the high parts of ``grad_lo``'s
     hess : ndarray (d + 1, d + 1) — Σ w·ℓ''·x̃x̃ᵀ, x̃ = [xs, 1]
     radius2 : float — max ‖x̃‖² over the rows (with w > 0)
     scale : ndarray (d + 1,) — Σ (|w·ψ| + w·(size of ψ's terms) + w·ℓ''·|x̃|·|θ|)·|x̃|:
-        what the gradient's float64 rounding is relative to, eta's own rounding included
+        what the rounding of each row's ψ is relative to, eta's own rounding included
+    grad_lo : ndarray (d + 1,) — the low parts of [Σ ψ·xs, Σ ψ]: each slice sums its
+        products in long double (``GRADIENT_DTYPE``), and the parts add as double-doubles,
+        so what rounding is left is that of ψ itself (``certify.newton_gradient_error``)
     """
 
     grad: np.ndarray
@@ -183,6 +187,7 @@ class NewtonSums(NamedTuple):
     hess: np.ndarray
     radius2: float
     scale: np.ndarray
+    grad_lo: np.ndarray
 
 
 def split_offset(X, offset: str | None):
@@ -192,6 +197,11 @@ def split_offset(X, offset: str | None):
         return X, None
     col = X[:, -1]
     return X[:, :-1], (np.log(col) if offset == "log" else col)
+
+
+#: The precision of a Newton pass's gradient sums within a slice: x86's 64-bit-mantissa
+#: long double (where NumPy's longdouble is float64 the bound uses its ε and is looser).
+GRADIENT_DTYPE = np.longdouble
 
 
 def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offset: str | None = None) -> NewtonSums:
@@ -223,7 +233,11 @@ def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offs
     rows = X if w is None else X[w > 0]
     r2 = float(np.einsum("ij,ij->i", rows, rows).max()) + 1.0 if rows.shape[0] else 0.0
     scale = np.append(np.abs(X).T @ size, size.sum())
-    return NewtonSums(X.T @ psi, float(psi.sum()), total, n if w is None else float(w.sum()), hess, r2, scale)
+    p = psi.astype(GRADIENT_DTYPE)
+    g = np.append(X.T.astype(GRADIENT_DTYPE) @ p, p.sum())
+    hi = g.astype(np.float64)
+    lo = (g - hi).astype(np.float64)
+    return NewtonSums(hi[:d], float(hi[d]), total, n if w is None else float(w.sum()), hess, r2, scale, lo)
 
 
 def block_newton(block, m, b, center, scale, y_center, loss: Loss, weighted: bool = False,
@@ -235,8 +249,9 @@ def block_newton(block, m, b, center, scale, y_center, loss: Loss, weighted: boo
 
 
 def add_newton(a: NewtonSums, b: NewtonSums) -> NewtonSums:
-    return NewtonSums(a.grad + b.grad, a.err + b.err, a.loss + b.loss, a.n + b.n, a.hess + b.hess,
-                      max(a.radius2, b.radius2), a.scale + b.scale)
+    hi, lo = dd_add(np.append(a.grad, a.err), a.grad_lo, np.append(b.grad, b.err), b.grad_lo)
+    return NewtonSums(hi[:-1], float(hi[-1]), a.loss + b.loss, a.n + b.n, a.hess + b.hess,
+                      max(a.radius2, b.radius2), a.scale + b.scale, lo)
 
 
 class FisherSums(NamedTuple):

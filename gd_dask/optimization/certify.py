@@ -102,6 +102,22 @@ def sums_error(eta: float, lmax: float, grad_scale: float, theta) -> float:
     return eta * (lmax * float(np.linalg.norm(np.asarray(theta, dtype=np.float64))) + grad_scale)
 
 
+#: A row's ψ in a Newton pass is within (d + ``PSI_ROUNDINGS``)·u of the magnitudes it is
+#: computed from (``gradient.NewtonSums.scale``): d + 2 roundings of eta = x·m + b (+ offset)
+#: through ℓ'', up to 4 ulp of exp or log1p, and the products and differences after it.
+PSI_ROUNDINGS = 14
+
+
+def newton_gradient_error(scale, grad, n: float, d: int) -> float:
+    """What a Newton pass's ∇J (``gradient.NewtonSums``) may be off by: each row's ψ
+    within (d + ``PSI_ROUNDINGS``)·u of its magnitudes; the products with x̃ summed per
+    slice in long double (at worst (SLICE_ROWS − 1)·ε_long/2 of their magnitudes, which
+    ``scale`` bounds), the slices' sums added as double-doubles; the result rounded to
+    float64 (u·|∇J|)."""
+    per_row = (d + PSI_ROUNDINGS) * U + SLICE_ROWS * EPS_LONG / 2
+    return (per_row * float(np.linalg.norm(scale)) + U * float(np.linalg.norm(grad)) * n) / n
+
+
 def digits(bound: float | None) -> float | None:
     """Correct digits a relative error bound promises: −log10(bound), 0 to 17."""
     if bound is None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import interrupt
 from ..errors import ClusterError, TrainingError
-from .certify import LocalBound, sums_accuracy
+from .certify import LocalBound, newton_gradient_error
 from .descent import Checkpoints, LoopState, Rules, keep_row, save_now
 
 #: ``optimizer.epochs: auto`` for Newton: passes (separable classes or collinear features
@@ -108,7 +108,7 @@ class Newton:
                 hess = np.asarray(s.hess, dtype=np.float64)[:k, :k] / s.n
                 hess[np.arange(d), np.arange(d)] += rules.l2
                 g = np.asarray(grads[:k], dtype=np.float64)
-                grad_error = sums_accuracy(s.n) * float(np.linalg.norm(s.scale[:k])) / s.n
+                grad_error = newton_gradient_error(s.scale[:k], g, s.n, d)
                 bound, x = cert.certify(params, g, grad_error, hess, s.radius2)
                 state.bound, state.prev_loss = bound, objective
                 if tol > 0 and bound <= tol:
