@@ -24,6 +24,9 @@
    behind 30 ms a request, next to delta-rs's own listing (``table_planning.py``).
 12. categorical — 8M rows × (4 numeric + 50 and 5,000 levels) with gd-dask, scikit-learn's
    OneHotEncoder + LinearRegression and glum where installed (``categorical.py``).
+13. glm — 8M rows × 8 features to Poisson (with an exposure), Gamma and logistic models
+   with gd-dask, glum, scikit-learn, statsmodels, dask-ml and Spark where they apply and
+   are installed (``glm.py``).
 11. nightly_year — a year of nightly refits per scenario (drift, weekly seasonality, a
    step change) with bad nights injected: false quarantines, missed bad nights, nights
    behind an oracle (``nightly_year.py``).
@@ -52,6 +55,7 @@ import many_files as mf  # noqa: E402
 MANY_FILES = 20_000  # --many-files
 import time_to_model as ttm  # noqa: E402
 import categorical as cat_bench  # noqa: E402
+import glm as glm_bench  # noqa: E402
 
 from gd_dask.config import validate_config  # noqa: E402
 from gd_dask.jobs.training import fit  # noqa: E402
@@ -402,6 +406,10 @@ def categorical(work: Path, quick: bool) -> dict:
     return cat_bench.categorical(work, quick)
 
 
+def glm(work: Path, quick: bool) -> dict:
+    return glm_bench.glm(work, quick)
+
+
 def time_to_model(work: Path, quick: bool) -> dict:
     rows_per_day, days = (50_000, 4) if quick else (1_000_000, 8)
     root = work / "speed"
@@ -445,6 +453,8 @@ def report(res: dict) -> None:
         ttm.report(res["time_to_model"])
     if "categorical" in res:
         cat_bench.report(res["categorical"])
+    if "glm" in res:
+        glm_bench.report(res["glm"])
     if "many_files" in res:
         mf.report(res["many_files"])
     if "nightly_files" in res:
@@ -520,7 +530,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--only", nargs="*", default=["time_to_model", "categorical", "many_files", "nightly_files", "table_planning",
+    ap.add_argument("--only", nargs="*", default=["time_to_model", "categorical", "glm", "many_files", "nightly_files", "table_planning",
                                                    "nightly_year",
                                                    "speed", "logistic",
                                                    "sgd", "memory", "scaling", "refit_cost", "accuracy"])

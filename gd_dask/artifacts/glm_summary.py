@@ -1,6 +1,6 @@
 """Inference for a family fitted by Newton passes (logistic, Poisson, Gamma, Tweedie), as
-statsmodels' GLM prints it: from Fisher's information at the fitted coefficients, one pass
-(``gradient.FisherSums``).
+statsmodels' GLM prints it: from Fisher's information at the fitted coefficients, which the
+last Newton pass there measured (``kernels.newton.FinalSums``).
 
 Cov(θ) = φ·I⁻¹ with I = Σ w·mu'(eta)²/V(mu)·x̃x̃ᵀ (the expected information), φ = 1 for
 the Bernoulli and Poisson families and Pearson's χ²/(nobs − k) for Gamma and Tweedie (as
@@ -39,17 +39,18 @@ def normal_quantile(q: float) -> float:
 
 
 def summarize_glm(s, loss, m, b, center, scale, fit_intercept: bool, weighted: bool) -> dict:
-    """The summary of the family ``loss`` fitted at (m, b) (original units), from the
-    ``FisherSums`` ``s`` at those coefficients over features standardized by ``center``
-    and ``scale``."""
+    """The summary of the family ``loss`` fitted at (m, b) (original units), from the final
+    Newton pass ``s`` (``kernels.newton.NewtonSums``) at those coefficients over features
+    standardized by ``center`` and ``scale``."""
+    f = s.final
     m = np.asarray(m, dtype=np.float64)
     d = m.shape[0]
     k = d + int(fit_intercept)
-    nobs = s.rows
+    nobs = f.rows
     df_resid = nobs - k
-    info = np.asarray(s.info, dtype=np.float64)[:k, :k]
+    info = np.asarray(s.hess if f.info is None else f.info, dtype=np.float64)[:k, :k]
     fixed = loss.name in FIXED_SCALE
-    phi = 1.0 if fixed else (s.pearson / df_resid if df_resid > 0 else math.nan)
+    phi = 1.0 if fixed else (f.pearson / df_resid if df_resid > 0 else math.nan)
     A = np.zeros((k, k))  # original-units coefficients = A·θ
     A[np.arange(d), np.arange(d)] = 1.0 / np.asarray(scale)
     if fit_intercept:
@@ -67,12 +68,12 @@ def summarize_glm(s, loss, m, b, center, scale, fit_intercept: bool, weighted: b
         rows.append({"name": f"m[{i}]" if i < d else "b", "coef": float(coef[i]), "std_err": float(se[i]),
                      "t": _num(z), "p_value": _num(normal_two_sided(z)),
                      "ci_low": float(coef[i] - q * se[i]), "ci_high": float(coef[i] + q * se[i])})
-    llf = _loglik(s, loss, phi, weighted)
+    llf = _loglik(s.loss, f, loss, phi, weighted)
     return {
         "method": f"GLM {loss.name} (log link)" if loss.name != "logistic" else "GLM binomial (logit link)",
         "cov_type": "nonrobust", "statistic": "z", "nobs": nobs, "df_model": k - int(fit_intercept),
-        "df_resid": df_resid, "coefficients": rows, "scale": phi, "deviance": s.deviance * 2 / loss.penalty_scale,
-        "pearson_chi2": s.pearson, "log_likelihood": None if llf is None else _num(llf),
+        "df_resid": df_resid, "coefficients": rows, "scale": phi, "deviance": s.loss * 2 / loss.penalty_scale,
+        "pearson_chi2": f.pearson, "log_likelihood": None if llf is None else _num(llf),
         "aic": _num(-2 * llf + 2 * k) if llf is not None else None,
         "residual_std_err": None, "ssr": None, "r2": None, "r2_adj": None, "f": None, "f_p_value": None,
         "bic": None, "condition_number": float(np.sqrt(np.linalg.cond(info / np.outer(sd, sd)))),
@@ -80,20 +81,18 @@ def summarize_glm(s, loss, m, b, center, scale, fit_intercept: bool, weighted: b
     }
 
 
-def _loglik(s, loss, phi: float, weighted: bool) -> float | None:
-    """statsmodels' log-likelihood where it has a closed form here, else None."""
-    y_eta, mu, log_y, y_over_mu = (float(v) for v in s.loglik)
+def _loglik(total: float, f, loss, phi: float, weighted: bool) -> float | None:
+    """statsmodels' log-likelihood where it has a closed form here, else None (``total``:
+    the pass's Σ of the reported loss)."""
+    y_eta, mu, log_y, y_over_mu, log_fact = (float(v) for v in f.loglik)
     if loss.name == "logistic":
-        return -s.deviance  # the Bernoulli log-likelihood is minus the log-loss (what the pass sums)
+        return -total  # the Bernoulli log-likelihood is minus the log-loss
     if loss.name == "poisson":
-        if s.counts is None:
-            return None
-        log_fact = sum(w * math.lgamma(y + 1.0) for y, w in s.counts.items())
-        return y_eta - mu - log_fact
+        return y_eta - mu - log_fact if math.isfinite(log_fact) else None
     if loss.name == "gamma" and not weighted and math.isfinite(phi) and phi > 0:
         # Σ a·log(a·y/mu) − a·y/mu − lgamma(a) − log y at a = 1/φ; Σ log(y/mu) from the
         # deviance, Σ d/2 = Σ log(mu/y) + y/mu − 1.
         a = 1.0 / phi
-        sum_log_y_mu = -s.deviance / 2 + y_over_mu - s.rows
-        return s.rows * (a * math.log(a) - math.lgamma(a)) + a * sum_log_y_mu - a * y_over_mu - log_y
+        sum_log_y_mu = -total / 2 + y_over_mu - f.rows
+        return f.rows * (a * math.log(a) - math.lgamma(a)) + a * sum_log_y_mu - a * y_over_mu - log_y
     return None

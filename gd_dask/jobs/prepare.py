@@ -87,9 +87,8 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
         offset_mean = np.log(column_mean) if source.offset == "log" and column_mean > 0 else column_mean
         keep = np.delete(np.arange(mom.mean.shape[0]), d)
         mom = Moments(mom.n, mom.mean[keep], mom.comoment[np.ix_(keep, keep)])
-        check_exposures(cfg, ex, val_ex)
     check_moments(mom, cfg, ex)
-    if loss.target_rule:
+    if loss.target_rule and not strategy.newton:  # a Newton pass counts them itself
         check_targets(cfg, ex, val_ex)
     if val_ex is not None:
         val_mom = validation_moments(val_ex, cfg)
@@ -144,20 +143,6 @@ def check_moments(mom: Moments, cfg, ex: Executor, features=None) -> None:
                                 "drop it from data.features")
 
 
-def check_exposures(cfg, *executors) -> None:
-    """An exposure must be positive (its log is the offset): one pass, where there is one."""
-    if not cfg.data.exposure:
-        return
-    count, values = 0, ()
-    for e in filter(None, executors):
-        c, v = e.bad_exposures()
-        count, values = count + c, tuple(sorted(set(values) | set(v)))[:5]
-    if count:
-        shown = ", ".join(f"{v:g}" for v in values)
-        raise DataError(f"exposure column '{cfg.data.exposure}' holds {count} values that are not positive "
-                        f"(e.g. {shown}): its log is the offset")
-
-
 def check_targets(cfg, *executors) -> None:
     """The target's values against the loss's rule (0/1 for logistic): one pass."""
     count, values = 0, ()
@@ -165,10 +150,22 @@ def check_targets(cfg, *executors) -> None:
         c, v = e.bad_targets()
         count, values = count + c, tuple(sorted(set(values) | set(v)))[:5]
     if count:
-        loss = losses.of(cfg.model)
-        shown = ", ".join(f"{v:g}" for v in values)
-        raise DataError(f"target '{cfg.data.target}' holds {count} values that are not {loss.target_rule} "
-                        f"(e.g. {shown}); model.loss {loss.name} needs {loss.target_rule} labels")
+        raise target_error(cfg, count, values)
+
+
+def target_error(cfg, count: int, values) -> DataError:
+    """The one line for ``count`` target values (a few in ``values``) the loss refuses."""
+    loss = losses.of(cfg.model)
+    shown = ", ".join(f"{v:g}" for v in values)
+    return DataError(f"target '{cfg.data.target}' holds {count} values that are not {loss.target_rule} "
+                     f"(e.g. {shown}); model.loss {loss.name} needs {loss.target_rule} labels")
+
+
+def exposure_error(cfg, count: int, values) -> DataError:
+    """The one line for ``count`` exposures (a few in ``values``) that are not positive."""
+    shown = ", ".join(f"{v:g}" for v in values)
+    return DataError(f"exposure column '{cfg.data.exposure}' holds {count} values that are not positive "
+                     f"(e.g. {shown}): its log is the offset")
 
 
 def rows_dropped(cfg, source: ParquetSource, kept) -> int | None:

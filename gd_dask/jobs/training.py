@@ -23,6 +23,7 @@ from ..artifacts import summary as inference
 from ..artifacts.glm_summary import summarize_glm
 from ..data import ParquetSource
 from ..kernels.losses import IDENTITY
+from ..kernels.metrics import class_metrics, family_metrics
 from ..kernels.moments import Moments
 from ..optimization import sgd
 from ..optimization.certify import CoefficientBound, LocalBound, digits
@@ -42,7 +43,7 @@ from ..optimization.refine import AUTO_PASSES, refine
 from ..optimization.setup import Setup
 from ..optimization.strategy import GRAM
 from ..runtime.executor import Executor
-from .prepare import Prepared, prepare
+from .prepare import Prepared, exposure_error, prepare, target_error
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,13 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     if prep.strategy.newton:
         certifier = setup.newton_certifier()
         setup.rates = Rates(1.0, 0.0)  # a full Newton step (halved where it overshoots)
-        loop = Newton(prep.ex.newton_sums, certifier, Rules.of(cfg.model, cfg.optimizer))
+        loop = Newton(_checked(cfg, prep.ex.newton_sums), certifier, Rules.of(cfg.model, cfg.optimizer))
         epochs = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
         state = _resume(cfg, key, np.float64) or loop.start(setup.newton_start(init, prep.offset_mean))
         resumed_from = state.epoch or None
         state = loop.run(state, passes=epochs, tol=cfg.optimizer.tol, on_epoch=on_epoch, checkpoints=checkpoints)
-        return _finish_fit(cfg, prep, setup, state, certifier, epochs, on_epoch, t0, resumed_from)
+        kept = loop.kept if loop.kept is not None and loop.kept.final is not None else None
+        return _finish_fit(cfg, prep, setup, state, certifier, epochs, on_epoch, t0, resumed_from, kept)
     certifier = setup.certifier(prep.ex.curvature_sums if prep.strategy.stream else None)
     descent, epochs = _descent(cfg, setup, oracle, prep.strategy, certifier, validate)
 
@@ -127,14 +129,37 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     return _finish_fit(cfg, prep, setup, state, certifier, epochs, on_epoch, t0, resumed_from)
 
 
+def _checked(cfg, newton_sums):
+    """``newton_sums`` that stops at a pass finding targets the loss refuses or exposures
+    that are not positive, in one line naming the column."""
+    def oracle(m, b, final, data_terms):
+        s = newton_sums(m, b, final, data_terms)
+        if s.bad_targets[0]:
+            raise target_error(cfg, *s.bad_targets)
+        if s.bad_exposures[0]:
+            raise exposure_error(cfg, *s.bad_exposures)
+        return s
+
+    return oracle
+
+
 def _finish_fit(cfg, prep: Prepared, setup: Setup, state: LoopState, certifier, epochs: int, on_epoch, t0: float,
-                resumed_from) -> FitResult:
-    """``fit`` after its loop: refinement and warnings (``finish``), metrics, summary."""
+                resumed_from, kept=None) -> FitResult:
+    """``fit`` after its loop: refinement and warnings (``finish``), metrics, summary.
+    ``kept``: a final Newton pass at the parameters kept (``kernels.newton.FinalSums``),
+    which has the metrics and the summary's sums; a Newton run without one makes it."""
     state = finish(cfg, setup, state, certifier, prep.ex.refine_sums, epochs, on_epoch)
 
     m, b = final_coefficients(setup, state)
-    metrics = _metrics(cfg, setup, state.params, prep.ex, (m, b))
-    summary = statistics(cfg, setup, state, (m, b), prep.ex)
+    if prep.strategy.newton:
+        if kept is None:
+            d = state.params.shape[0] - 1
+            kept = prep.ex.newton_sums(state.params[:d], state.params[d], True)
+        metrics = newton_metrics(kept, setup.loss)
+        summary = _glm_statistics(cfg, setup, state, (m, b), kept)
+    else:
+        metrics = _metrics(cfg, setup, state.params, prep.ex, (m, b))
+        summary = statistics(cfg, setup, state, (m, b), prep.ex)
     val_metrics = None
     if prep.val_ex:
         val_metrics = _metrics(cfg, setup, state.params, prep.val_ex, (m, b), prep.val_mom)
@@ -150,8 +175,6 @@ def statistics(cfg, setup: Setup, state: LoopState, model, ex: Executor | None =
     """model.json's ``summary`` (``inference``): standard errors, tests, R², F, AIC… from
     the moments; where they do not hold, why. ``ex``: the training rows, for what the
     moments lack (weighted data's row count and Σ log w; HC1's middle)."""
-    if ex is not None and setup.loss.self_concordant and not cfg.model.l1 and cfg.optimizer.method == "batch":
-        return _glm_statistics(cfg, setup, state, model, ex)
     reason = inference.not_available(cfg)
     if reason is None and not state.converged:
         reason = "not converged: these statistics hold at the least-squares solution"
@@ -171,20 +194,25 @@ def statistics(cfg, setup: Setup, state: LoopState, model, ex: Executor | None =
     return {"available": True, **doc}
 
 
-def _glm_statistics(cfg, setup: Setup, state: LoopState, model, ex: Executor) -> dict:
-    """model.json's ``summary`` for a family (``glm_summary``): one pass at the fitted
-    coefficients, where they are the maximum-likelihood ones."""
+def _glm_statistics(cfg, setup: Setup, state: LoopState, model, sums) -> dict:
+    """model.json's ``summary`` for a family (``glm_summary``) from the final Newton
+    pass's sums at the fitted coefficients, where they are the maximum-likelihood ones."""
     if cfg.model.l2:
         return {"available": False, "reason": "penalized fit (l2): the coefficients are biased and the "
                                               "likelihood's covariance does not apply"}
     if not state.converged:
         return {"available": False, "reason": "not converged: these statistics hold at the maximum of the "
                                               "likelihood"}
-    d = state.params.shape[0] - 1
-    sums = ex.fisher_sums(state.params[:d], state.params[d])
     doc = summarize_glm(sums, setup.loss, *model, setup.scaling.center, setup.scaling.scale, setup.fit_b,
                         bool(cfg.data.weight))
     return {"available": True, **doc}
+
+
+def newton_metrics(s, loss) -> dict:
+    """The model's metrics from a final Newton pass at its coefficients (no pass of their own)."""
+    if loss.task == "classification":
+        return class_metrics(s.final.metrics)
+    return family_metrics(s.final.metrics, loss)
 
 
 def _metrics(cfg, setup: Setup, params, ex: Executor, model, mom: Moments | None = None) -> dict:

@@ -102,7 +102,7 @@ class DevianceSums(NamedTuple):
 def block_family_errors(block, m, b, loss, weighted: bool = False, offset: str | None = None) -> tuple:
     """(``block_errors``, ``DevianceSums``) of one raw block for a model (m, b) in original
     units (+ each row's offset, ``gradient.split_offset``): one read for both."""
-    from .gradient import split_offset
+    from .newton import split_offset
 
     X, y, w = split_block(block, weighted)
     X, off = split_offset(X, offset)
@@ -160,7 +160,7 @@ def block_classification(block, m, b, loss: Loss, threshold: float = 0.5, weight
                          offset: str | None = None) -> ClassSums:
     """``ClassSums`` of one raw block for a model (m, b) in original units (+ each row's
     offset, ``gradient.split_offset``)."""
-    from .gradient import split_offset
+    from .newton import split_offset
 
     X, y, w = split_block(block, weighted)
     X, off = split_offset(X, offset)
@@ -169,8 +169,14 @@ def block_classification(block, m, b, loss: Loss, threshold: float = 0.5, weight
         if off is not None:
             eta += off
     p = loss.predict(eta)
+    _, total = loss.terms(eta.copy(), y, w)
+    return class_sums_of(eta, p, y, w, total, threshold)
+
+
+def class_sums_of(eta, p, y, w, total: float, threshold: float = 0.5) -> ClassSums:
+    """``ClassSums`` of rows with linear predictors ``eta``, probabilities ``p`` and
+    log-loss sum ``total``."""
     bins = np.clip(((eta + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64), 0, AUC_BINS - 1)
-    _, total = loss.terms(eta, y, w)  # may overwrite eta
     w = np.ones_like(y) if w is None else w
     label = p >= threshold
     pos = y > 0.5

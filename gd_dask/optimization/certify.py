@@ -108,13 +108,14 @@ def sums_error(eta: float, lmax: float, grad_scale: float, theta) -> float:
 PSI_ROUNDINGS = 14
 
 
-def newton_gradient_error(scale, grad, n: float, d: int) -> float:
-    """What a Newton pass's ∇J (``gradient.NewtonSums``) may be off by: each row's ψ
-    within (d + ``PSI_ROUNDINGS``)·u of its magnitudes; the products with x̃ summed per
-    slice in long double (at worst (SLICE_ROWS − 1)·ε_long/2 of their magnitudes, which
-    ``scale`` bounds), the slices' sums added as double-doubles; the result rounded to
+def newton_gradient_error(scale, grad, n: float, d: int, precise: bool = True) -> float:
+    """What a Newton pass's ∇J (``kernels.newton.NewtonSums``) may be off by: each row's ψ
+    within (d + ``PSI_ROUNDINGS``)·u of its magnitudes; the products with x̃ summed — in a
+    ``precise`` (final) pass per slice in long double (at worst (SLICE_ROWS − 1)·ε_long/2
+    of their magnitudes, which ``scale`` bounds) and the slices' sums added as
+    double-doubles, else in float64 as any sum (``sums_accuracy``); the result rounded to
     float64 (u·|∇J|)."""
-    per_row = (d + PSI_ROUNDINGS) * U + SLICE_ROWS * EPS_LONG / 2
+    per_row = (d + PSI_ROUNDINGS) * U + (SLICE_ROWS * EPS_LONG / 2 if precise else sums_accuracy(n))
     return (per_row * float(np.linalg.norm(scale)) + U * float(np.linalg.norm(grad)) * n) / n
 
 

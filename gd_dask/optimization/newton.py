@@ -29,8 +29,13 @@ MAX_HALVINGS = 40
 #: An objective above the last one by more than this (relative) sends the step back
 #: (within it, rounding: near the minimum one step changes J by far less).
 RISE_TOLERANCE = 1e-9
-#: Consecutive passes with the gradient inside its rounding error that count as a stall.
+#: Consecutive final passes with the gradient inside its rounding error that count as a stall.
 STALL_PASSES = 2
+#: A pass is made final (``kernels.newton.FinalSums``: a gradient in long double, the
+#: metrics and Fisher's information) once the last bound is below this: Newton's next
+#: step squares it, so the next pass may well be the last, and a certified model then
+#: needs no pass after it.
+FINAL_FROM = 1e-3
 
 
 def start_params(d: int, fit_intercept: bool, intercept: float) -> np.ndarray:
@@ -57,6 +62,7 @@ class Newton:
 
     def __init__(self, oracle, certifier: LocalBound, rules: Rules):
         self.oracle, self.certifier, self.rules = oracle, certifier, rules
+        self.kept = None  # the NewtonSums of the pass at the parameters the state ends at
 
     def start(self, params) -> LoopState:
         return LoopState.start(np.asarray(params, dtype=np.float64))
@@ -67,8 +73,9 @@ class Newton:
         last bound holds for (those of the last pass whose objective did not rise)."""
         rules, cert = self.rules, self.certifier
         k = cert.k
-        base = None  # (params, objective) of the last accepted pass
-        step, stalls, halvings = None, 0, 0
+        base = None  # (params, objective, sums) of the last accepted pass
+        step, stalls, halvings, final = None, 0, 0, False
+        data = None  # (Σ the loss's constant terms, max ‖x̃‖²) from the first pass
         t_last = t_saved = time.perf_counter()
         last_row = None
         with interrupt.deferred():
@@ -76,7 +83,11 @@ class Newton:
                 interrupt.raise_if_pending(lambda: save_now(checkpoints, state))
                 params = state.params
                 d = params.shape[0] - 1
-                s = self._pass(state, params, checkpoints)
+                s = self._pass(state, params, checkpoints, final, data is None)
+                if data is None:
+                    data = (s.constant, s.radius2)  # the data's own terms: once
+                elif not math.isfinite(s.constant):
+                    s = s._replace(loss=s.loss + data[0], constant=data[0], radius2=data[1])
                 state.epoch += 1
                 loss = s.loss / s.n
                 objective = rules.objective(loss, params[:d])
@@ -104,20 +115,22 @@ class Newton:
                     state.params = base[0] + step
                     continue
                 halvings = 0
-                base = (params, objective)
+                base = (params, objective, s)
                 hess = np.asarray(s.hess, dtype=np.float64)[:k, :k] / s.n
                 hess[np.arange(d), np.arange(d)] += rules.l2
                 g = np.asarray(grads[:k], dtype=np.float64)
-                grad_error = newton_gradient_error(s.scale[:k], g, s.n, d)
+                grad_error = newton_gradient_error(s.scale[:k], g, s.n, d, precise=s.final is not None)
                 bound, x = cert.certify(params, g, grad_error, hess, s.radius2)
                 state.bound, state.prev_loss = bound, objective
                 if tol > 0 and bound <= tol:
                     state.converged = True
                     break
-                stalls = stalls + 1 if float(np.linalg.norm(g)) <= grad_error else 0
+                at_floor = float(np.linalg.norm(g)) <= grad_error
+                stalls = stalls + 1 if at_floor and s.final is not None else 0
                 if stalls >= STALL_PASSES:
                     state.stalled = True
                     break
+                final = at_floor or bound <= FINAL_FROM
                 step = np.zeros_like(params)
                 step[:k] = -_solve(hess, g)
                 state.params = params + step
@@ -127,13 +140,13 @@ class Newton:
         if last_row is not None and (not state.history or state.history[-1] is not last_row):
             state.history.append(last_row)
         if base is not None:
-            state.params = base[0]  # the parameters the last bound holds for
+            state.params, self.kept = base[0], base[2]  # the parameters the last bound holds for
         return state
 
-    def _pass(self, state: LoopState, params, checkpoints):
+    def _pass(self, state: LoopState, params, checkpoints, final: bool, data_terms: bool):
         d = params.shape[0] - 1
         try:
-            return self.oracle(params[:d], params[d])
+            return self.oracle(params[:d], params[d], final, data_terms)
         except ClusterError as e:  # the cluster is gone: leave a way back
             saved = save_now(checkpoints, state)
             if saved is None:

@@ -27,6 +27,7 @@ from ..kernels.compensated import PointGradient, add_refine, point_gradient, ref
 from ..kernels.exact_gram import add_exact_gram, exact_gram
 from ..kernels.groups import GroupMoments, group_moments, merge_groups
 from ..kernels.losses import SQUARED, Loss
+from ..kernels.newton import NewtonSums, add_newton, block_newton, block_newton_std
 from ..kernels.metrics import (
     ClassSums,
     ErrorSums,
@@ -365,21 +366,14 @@ class Executor:
         fn, args = self._kernel(g.block_curvature_std, g.block_curvature, m, b)
         return self._reduce_rows(fn, g.add_curvature, *args, self.loss, self.weighted)
 
-    def newton_sums(self, m, b) -> g.NewtonSums:
+    def newton_sums(self, m, b, final: bool = False, data_terms: bool = True) -> NewtonSums:
         """The gradient sums, the Hessian and the gradient's rounding scale at (m, b)
-        (``gradient.NewtonSums``): one pass, all a Newton step needs."""
-        fn, args = self._kernel(g.block_newton_std, g.block_newton, m, b)
-        return self._reduce_rows(fn, g.add_newton, *args, self.loss, self.weighted, self.source_offset)
-
-    def fisher_sums(self, m, b) -> g.FisherSums:
-        """Fisher's information, Pearson's χ², the deviance and the log-likelihood's terms
-        at training-space (m, b) (``gradient.FisherSums``): one pass, for a family's summary."""
-        fn, args = self._kernel(g.block_fisher_std, g.block_fisher, m, b)
-        return self._reduce_rows(fn, g.add_fisher, *args, self.loss, self.weighted, self.source_offset)
-
-    def bad_exposures(self) -> tuple[int, tuple]:
-        """(count, a few values) of the exposures that are not positive: one pass."""
-        return self._reduce_raw(g.exposure_values, g.add_target_values, self.weighted)
+        (``kernels.newton.NewtonSums``), with the metrics and Fisher's information there
+        where ``final``, and the data's own terms where ``data_terms``: one pass, all a
+        Newton step needs."""
+        fn, args = self._kernel(block_newton_std, block_newton, m, b)
+        return self._reduce_rows(fn, add_newton, *args, self.loss, self.weighted, self.source_offset, final,
+                                 data_terms)
 
     def bad_targets(self) -> tuple[int, tuple]:
         """(count, a few values) of the target values ``self.loss`` refuses: one pass."""

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_config, run_cli, write_parquet
 from gd_dask.jobs.training import fit
-from gd_dask.kernels import gradient as g
+from gd_dask.kernels import newton as kn
 from gd_dask.kernels.losses import Gamma, Logistic, Poisson, Tweedie
 
 TRUE_M = np.array([0.3, -0.2, 0.5])
@@ -117,10 +117,17 @@ def test_the_newton_pass_is_the_derivative_of_the_loss(loss, weighted):
     Z = np.asfortranarray(np.column_stack([X, y] + ([w] if weighted else [])))
     theta = np.array([0.3, -0.1, 0.15])
 
-    def sums(t):
-        return g.block_newton_std(Z, t[:2], t[2], loss, weighted)
+    def sums(t, final=False):
+        return kn.block_newton_std(Z, t[:2], t[2], loss, weighted, final=final)
 
     s = sums(theta)
+    f = sums(theta, final=True)  # the gradient in long double: the same to rounding, and the rest alike
+    lean = kn.block_newton_std(Z, theta[:2], theta[2], loss, weighted, data_terms=False)
+    assert lean.radius2 == 0.0 and np.isnan(lean.constant)
+    assert lean.loss + s.constant == pytest.approx(s.loss, rel=1e-12)
+    np.testing.assert_allclose(np.append(f.grad, f.err), np.append(s.grad, s.err), rtol=1e-13)
+    assert f.hess.tolist() == s.hess.tolist() and f.loss == s.loss and s.final is None
+    assert np.all(np.abs(f.final.grad_lo) <= 1.2e-16 * np.abs(np.append(f.grad, f.err)))
     h = 1e-6
     fd = [(sums(theta + e).loss - sums(theta - e).loss) / (2 * h) / loss.penalty_scale for e in np.eye(3) * h]
     np.testing.assert_allclose(np.append(s.grad, s.err), fd, rtol=1e-6)
@@ -133,6 +140,16 @@ def test_the_newton_pass_is_the_derivative_of_the_loss(loss, weighted):
     rows = x1 if not weighted else x1[w > 0]
     assert s.radius2 == pytest.approx((rows ** 2).sum(axis=1).max(), rel=1e-14)
     assert s.n == pytest.approx(w.sum() if weighted else n)
+    # The loss's fused Newton terms are its terms, curvature and magnitudes.
+    e = Z[:, :2] @ theta[:2] + theta[2]
+    psi, total, h2, mag = loss.newton_terms(e.copy(), y, w if weighted else None)
+    c = loss.constant_terms(y)
+    total += 0.0 if c is None else float(c.sum() if not weighted else w @ c)
+    psi0, total0 = loss.terms(e.copy(), y, w if weighted else None)
+    np.testing.assert_allclose(psi, psi0, rtol=1e-13, atol=1e-15)
+    assert total == pytest.approx(total0, rel=1e-13)
+    np.testing.assert_allclose(h2, loss.second(e, y), rtol=1e-12)
+    np.testing.assert_allclose(mag, loss.magnitude(e, y), rtol=1e-13)
 
 
 def test_same_bits_on_one_and_three_workers(tmp_path):
@@ -280,3 +297,46 @@ def test_the_summary_is_statsmodels_glm(client, tmp_path, family):
     res = fit(make_config(write_parquet(tmp_path / "d2", X, y), tmp_path, model={"loss": family},
                           optimizer={"epochs": 1}), client)
     assert not res.summary["available"] and "not converged" in res.summary["reason"]
+
+
+def test_nightly_refits_of_a_poisson_model_with_exposure_follow_the_drift(client, tmp_path):
+    """Refit trains the family by Newton passes warm-started from the current model, and
+    the gate compares the mean Poisson deviance on the held-out night."""
+    from datetime import date, timedelta
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gd_dask.artifacts.registry import Registry
+    from gd_dask.config import validate_config
+    from gd_dask.jobs.refit import refit
+
+    start = date(2026, 11, 1)
+
+    def add_day(day):
+        rng = np.random.default_rng(day)
+        folder = tmp_path / "data" / f"date={(start + timedelta(days=day)).isoformat()}"
+        folder.mkdir(parents=True)
+        X, expo = rng.normal(size=(3000, 2)), rng.uniform(0.5, 2.0, 3000)
+        y = rng.poisson(expo * np.exp((0.3 + 0.05 * day) * X[:, 0] - 0.2 * X[:, 1] - 0.3)).astype(float)
+        pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "e": expo, "y": y}), folder / "p.parquet")
+
+    cfg = validate_config({"name": "counts", "model": {"loss": "poisson"},
+                           "data": {"path": str(tmp_path / "data"), "features": ["x1", "x2"], "target": "y",
+                                    "exposure": "e", "window_days": 3},
+                           "registry": {"dir": str(tmp_path / "models")}})
+    assert cfg.registry.promote.metric == "mean_poisson_deviance"
+    reg = Registry(cfg.registry.dir, cfg.name)
+    for day in range(2):
+        add_day(day)
+    slopes = []
+    for day in range(2, 6):
+        add_day(day)
+        outcome = refit(cfg, client, start + timedelta(days=day))
+        assert outcome.promoted, outcome.message
+        current = reg.current_model()
+        assert current["converged"] and current["strategy"] == "newton"
+        slopes.append(current["m"][0])
+        if day > 2:
+            assert "mean_poisson_deviance" in outcome.message
+    assert slopes == sorted(slopes)  # the slope of x1 grows every night: the refits follow it

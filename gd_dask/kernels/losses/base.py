@@ -81,6 +81,9 @@ class Loss:
     estimator: ClassVar[str | None] = None
     #: The registry lists the default loss first, then the others in the order defined.
     default: ClassVar[bool] = False
+    #: The link is the family's canonical one: ℓ'' is Fisher's weight (no separate pass
+    #: for the information matrix of the summary).
+    canonical: ClassVar[bool] = False
     #: sup ℓ'' is finite (``curvature``): gradient descent has a stable rate. Families whose
     #: curvature grows without bound (the log link's e^eta) train by Newton steps only.
     bounded_curvature: ClassVar[bool] = True
@@ -111,6 +114,24 @@ class Loss:
     def second(self, eta, y) -> np.ndarray:
         """ℓ'' per row, for the certificate of a non-quadratic loss (``certify.LocalBound``)."""
         raise NotImplementedError
+
+    def newton_terms(self, eta, y, w) -> tuple:
+        """(w·ψ, Σ w·reported loss less ``constant_terms``, ℓ'', ``magnitude``) per row:
+        what a Newton pass needs (``kernels.newton.block_newton_std``), each transcendental
+        evaluated once where a loss fuses them. May overwrite ``eta``."""
+        h, mag = self.second(eta, y), self.magnitude(eta, y)
+        psi, total = self.terms(eta, y, w)
+        return psi, total, h, mag
+
+    def magnitude(self, eta, y) -> np.ndarray:
+        """The size of the terms ψ is computed from, per row (its rounding is a few units
+        of this)."""
+        raise NotImplementedError
+
+    def constant_terms(self, y) -> np.ndarray | None:
+        """The reported loss's terms of y alone, per row, which ``newton_terms`` leaves out
+        (a pass needs them once: they do not move with the coefficients); None: none."""
+        return None
 
     def check_target(self, y) -> np.ndarray | None:
         """The values of ``y`` this loss refuses (None: any finite value will do)."""
@@ -187,11 +208,6 @@ class LogFamily(Family):
     center_target: ClassVar[bool] = False
     self_concordant: ClassVar[bool] = True
     deviance_metric: ClassVar[str] = ""
-
-    def magnitude(self, eta, y) -> np.ndarray:
-        """The size of the terms ψ is computed from, per row (its rounding is a few units
-        of this)."""
-        raise NotImplementedError
 
     def null_term(self, y) -> np.ndarray:
         raise NotImplementedError

@@ -41,6 +41,18 @@ class Gamma(LogFamily):
             return psi, float(dev.sum())
         return w * psi, float(w @ dev)
 
+    def newton_terms(self, eta, y, w):
+        r = self._ratio(eta, y)
+        psi = 1.0 - r
+        dev = 2.0 * (eta + r)
+        mag = 1.0 + r
+        if w is None:
+            return psi, float(dev.sum()), r, mag
+        return w * psi, float(w @ dev), r, mag
+
+    def constant_terms(self, y):
+        return -2.0 * (np.log(y) + 1.0)
+
     def second(self, eta, y):
         return self._ratio(eta, y)
 

@@ -29,6 +29,7 @@ class Logistic(Family):
     label: ClassVar[str] = "mean log-loss"
     target_rule: ClassVar[str | None] = "0 or 1"
     self_concordant: ClassVar[bool] = True
+    canonical: ClassVar[bool] = True
     estimator: ClassVar[str | None] = "LogisticRegression"
 
     def variance(self, mu):
@@ -55,6 +56,18 @@ class Logistic(Family):
         if w is None:
             return psi, float(ll.sum())
         return w * psi, float(w @ ll)
+
+    def newton_terms(self, eta, y, w):
+        e = np.exp(-np.abs(eta))
+        r = 1.0 / (1.0 + e)  # σ(|eta|)
+        p = np.where(eta >= 0, r, e * r)
+        h = e * r * r  # σ(eta)·σ(−eta), without 1 − p's cancellation
+        psi = p - y
+        ll = np.log1p(e) + np.maximum(np.where(y > 0.5, -eta, eta), 0.0)
+        mag = p + np.abs(y)
+        if w is None:
+            return psi, float(ll.sum()), h, mag
+        return w * psi, float(w @ ll), h, mag
 
     def second(self, eta, y):
         p = self.predict(eta)

@@ -22,6 +22,7 @@ class Poisson(LogFamily):
     d = 2(y·log(y/mu) − y + mu). ψ = mu − y, ℓ'' = ℓ''' = mu."""
 
     name: ClassVar[str] = "poisson"
+    canonical: ClassVar[bool] = True
     metric: ClassVar[str] = "mean_poisson_deviance"
     deviance_metric: ClassVar[str] = "mean_poisson_deviance"
     label: ClassVar[str] = "mean Poisson deviance"
@@ -43,6 +44,19 @@ class Poisson(LogFamily):
         if w is None:
             return psi, float(dev.sum())
         return w * psi, float(w @ dev)
+
+    def newton_terms(self, eta, y, w):
+        with np.errstate(over="ignore"):
+            mu = np.exp(eta)
+        psi = mu - y
+        dev = 2.0 * (mu - y * eta)
+        mag = mu + np.abs(y)
+        if w is None:
+            return psi, float(dev.sum()), mu, mag
+        return w * psi, float(w @ dev), mu, mag
+
+    def constant_terms(self, y):
+        return 2.0 * (xlogy(y, y) - y)
 
     def second(self, eta, y):
         with np.errstate(over="ignore"):

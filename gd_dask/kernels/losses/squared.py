@@ -18,6 +18,7 @@ class Squared(Family):
     name: ClassVar[str] = "squared"
     default: ClassVar[bool] = True
     quadratic: ClassVar[bool] = True
+    canonical: ClassVar[bool] = True
     summary: ClassVar[str] = "least squares"
 
     def variance(self, mu):

@@ -52,6 +52,22 @@ class Tweedie(LogFamily):
             return psi, float(dev.sum())
         return w * psi, float(w @ dev)
 
+    def newton_terms(self, eta, y, w):
+        p = self.power
+        a, c = self._parts(eta)
+        ya = y * a
+        psi = c - ya
+        dev = 2.0 * (c / (2 - p) - ya / (1 - p))
+        h = (2 - p) * c + (p - 1) * ya
+        mag = c + np.abs(ya)
+        if w is None:
+            return psi, float(dev.sum()), h, mag
+        return w * psi, float(w @ dev), h, mag
+
+    def constant_terms(self, y):
+        p = self.power
+        return 2.0 * y ** (2 - p) / ((1 - p) * (2 - p))
+
     def second(self, eta, y):
         p = self.power
         a, c = self._parts(eta)

@@ -1,0 +1,230 @@
+"""One Newton pass over a block, in plain NumPy (no dask import): the gradient sums, the
+Hessian, what their rounding is relative to, and — at a pass that may be the last — the
+model's metrics and Fisher's information at the same coefficients, so a certified model
+needs no pass after its last step (``optimization.newton``).
+
+Features enter standardized (``blocks.standardize_block``); with an offset or an exposure
+the column after the features is not a feature but a term of the linear predictor
+(``split_offset``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .blocks import _scratch_like, scratch_vector, split_block, standardize_block
+from .compensated import dd_add
+from .losses import Loss
+from .metrics import ClassSums, DevianceSums, _error_sums, add_class_sums, add_family_errors, class_sums_of
+
+#: The precision of a final pass's gradient sums within a slice: x86's 64-bit-mantissa
+#: long double (where NumPy's longdouble is float64 the bound uses its ε and is looser).
+GRADIENT_DTYPE = np.longdouble
+
+
+class FinalSums(NamedTuple):
+    """What a pass that may be the last adds (``block_newton_std(final=True)``).
+
+    grad_lo : ndarray (d + 1,) — low parts of [Σ ψ·xs, Σ ψ]: each slice sums its products
+        in long double and the slices add as double-doubles, so what rounding is left is
+        that of ψ itself (``certify.newton_gradient_error``)
+    metrics : the metric sums at these coefficients — (``ErrorSums``, ``DevianceSums``) for
+        a family with a deviance, ``ClassSums`` for a classifier
+    info : ndarray (d + 1, d + 1) or None — Fisher's information Σ w·mu'²/V·x̃x̃ᵀ where it is
+        not the Hessian (a non-canonical link; None: it is ``hess``)
+    pearson : float — Σ w·(y − mu)²/V(mu)
+    rows : float — rows (not Σw)
+    loglik : ndarray (5,) — Σ w·y·eta, Σ w·mu, Σ w·log y, Σ w·y/mu, Σ w·log(y!) (NaN where
+        the targets are not counts of a tabulated size): the log-likelihoods' terms
+    """
+
+    grad_lo: np.ndarray
+    metrics: tuple
+    info: np.ndarray | None
+    pearson: float
+    rows: float
+    loglik: np.ndarray
+
+
+class NewtonSums(NamedTuple):
+    """Everything one Newton step needs at (m, b), from one pass (``block_newton_std``).
+
+    grad, err, loss, n : as ``gradient.BlockSums``
+    hess : ndarray (d + 1, d + 1) — Σ w·ℓ''·x̃x̃ᵀ, x̃ = [xs, 1]
+    radius2 : float — max ‖x̃‖² over the rows (with w > 0)
+    scale : ndarray (d + 1,) — Σ (|w·ψ| + w·(size of ψ's terms) + w·ℓ''·|x̃|·|θ|)·|x̃|:
+        what the rounding of each row's ψ is relative to, eta's own rounding included
+    bad_targets, bad_exposures : (count, up to 5 values) the loss or the log refuses
+    constant : float — Σ w·``constant_terms(y)``, already in ``loss``, where the pass had
+        ``data_terms`` (NaN otherwise: ``loss`` lacks it, and radius2 is 0)
+    final : FinalSums or None
+    """
+
+    grad: np.ndarray
+    err: float
+    loss: float
+    n: float
+    hess: np.ndarray
+    radius2: float
+    scale: np.ndarray
+    bad_targets: tuple
+    bad_exposures: tuple
+    constant: float = math.nan
+    final: FinalSums | None = None
+
+
+def split_offset(X, offset: str | None):
+    """(features, offset per row or None) of a block's feature columns: with an offset
+    ("add") or an exposure ("log", its log) the last column is not a feature."""
+    if offset is None:
+        return X, None
+    col = X[:, -1]
+    if offset != "log":
+        return X[:, :-1], col
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return X[:, :-1], np.log(col)
+
+
+def exposures_refused(X, offset: str | None) -> tuple:
+    """(count, up to 5 values) of the exposures (the column after the features) that are
+    not positive."""
+    if offset != "log":
+        return 0, ()
+    col = X[:, -1]
+    return _bad(col[~(col > 0)])
+
+
+def _bad(values) -> tuple:
+    return (int(values.size), tuple(float(v) for v in np.unique(values)[:5])) if values.size else (0, ())
+
+
+def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offset: str | None = None,
+                     final: bool = False, data_terms: bool = True) -> NewtonSums:
+    """``NewtonSums`` of one standardized block at ``eta = xs·m + b`` (+ the row's offset);
+    ``final``: with ``FinalSums`` too; ``data_terms``: with what depends on the data alone
+    (the loss's constant terms, the largest ‖x̃‖²), which a pass needs once."""
+    X, y, w = split_block(zs, weighted)
+    bad_exp = exposures_refused(X, offset)
+    X, off = split_offset(X, offset)
+    n, d = X.shape
+    eta = np.matmul(X, m, out=scratch_vector(n))
+    eta += b_centered
+    ax = np.abs(X)
+    size = ax @ np.abs(m)
+    size += abs(b_centered)
+    if off is not None:
+        eta += off
+        size += np.abs(off)
+    bad_y = loss.check_target(y)
+    bad_y = _bad(bad_y) if bad_y is not None else (0, ())
+    keep = eta.copy() if final else None
+    psi, total, h, mag = loss.newton_terms(eta, y, w)
+    size *= h
+    size += mag
+    if w is not None:
+        h = h * w
+        size *= w
+    size += np.abs(psi)
+    xh = X * h[:, None]
+    hess = np.empty((d + 1, d + 1))
+    hess[:d, :d] = xh.T @ X
+    hess[:d, d] = hess[d, :d] = X.T @ h
+    hess[d, d] = h.sum()
+    scale = np.append(ax.T @ size, size.sum())
+    rows_n = n if w is None else float(w.sum())
+    r2, constant = 0.0, math.nan
+    if data_terms or final:
+        rows = X if w is None else X[w > 0]
+        r2 = float(np.einsum("ij,ij->i", rows, rows).max()) + 1.0 if rows.shape[0] else 0.0
+        c = loss.constant_terms(y)
+        constant = 0.0 if c is None else float(c.sum() if w is None else w @ c)
+        total += constant
+    if not final:
+        return NewtonSums(X.T @ psi, float(psi.sum()), total, rows_n, hess, r2, scale, bad_y, bad_exp, constant)
+    # einsum converts in small buffers: no slice-sized long double copy to fault in
+    g = np.append(np.einsum("ij,i->j", X, psi, dtype=GRADIENT_DTYPE), psi.sum(dtype=GRADIENT_DTYPE))
+    hi = g.astype(np.float64)
+    lo = (g - hi).astype(np.float64)
+    extra = _final(X, y, w, keep, loss, lo, total)
+    return NewtonSums(hi[:d], float(hi[d]), total, rows_n, hess, r2, scale, bad_y, bad_exp, constant, extra)
+
+
+def _final(X, y, w, eta, loss: Loss, grad_lo, total: float) -> FinalSums:
+    """``FinalSums`` of a block at its linear predictor ``eta``."""
+    ww = np.ones_like(y) if w is None else w
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        mu = loss.link.inverse(eta)
+        pearson = float(ww @ ((y - mu) ** 2 / loss.variance(mu)))
+        if loss.task == "classification":
+            metrics = class_sums_of(eta, mu, y, w, total)
+        else:
+            null = loss.null_term(y)
+            metrics = (_error_sums(mu - y, y, w), DevianceSums(total, float(ww.sum()), float(ww @ y), float(ww @ null)))
+        if loss.name == "poisson":  # only what each family's likelihood needs (``glm_summary``)
+            logs = [float(ww @ (y * eta)), float(ww @ mu), 0.0, 0.0]
+        elif loss.name == "gamma":
+            logs = [0.0, 0.0, float(ww @ np.log(y)), float(ww @ (y / mu))]
+        else:
+            logs = [0.0] * 4
+    info = None
+    if not loss.canonical:
+        f = loss.fisher(eta) * ww
+        d = X.shape[1]
+        info = np.empty((d + 1, d + 1))
+        xf = X * f[:, None]
+        info[:d, :d] = xf.T @ X
+        info[:d, d] = info[d, :d] = xf.sum(axis=0)
+        info[d, d] = f.sum()
+    loglik = np.array(logs + [log_factorials(y, ww) if loss.name == "poisson" else math.nan])
+    return FinalSums(grad_lo, metrics, info, pearson, float(len(y)), loglik)
+
+
+#: Σ log(y!) is tabulated for count targets up to this value (larger: not reported).
+MAX_FACTORIAL = 1 << 20
+_log_factorial = np.zeros(1)
+
+
+def log_factorials(y, w) -> float:
+    """Σ w·log(y!) for integer y in [0, ``MAX_FACTORIAL``], else NaN (Poisson's likelihood)."""
+    global _log_factorial
+    if y.size == 0:
+        return 0.0
+    top = float(y.max())
+    if not (y.min() >= 0 and top <= MAX_FACTORIAL and np.all(y == np.floor(y))):
+        return math.nan
+    if _log_factorial.size <= top:
+        size = int(top) + 1
+        _log_factorial = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, size, dtype=np.float64)))))
+    return float(w @ _log_factorial[y.astype(np.int64)])
+
+
+def block_newton(block, m, b, center, scale, y_center, loss: Loss, weighted: bool = False,
+                 offset: str | None = None, final: bool = False, data_terms: bool = True) -> NewtonSums:
+    """``block_newton_std`` of a raw block, standardized on the fly (``center`` and
+    ``scale`` cover the offset's column too: 0 and 1)."""
+    zs = standardize_block(block, center, scale, y_center, _scratch_like(block), weighted)
+    return block_newton_std(zs, m, b - y_center, loss, weighted, offset, final, data_terms)
+
+
+def _add_bad(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], tuple(sorted(set(a[1]) | set(b[1]), key=lambda v: (v != v, v)))[:5]
+
+
+def add_newton(a: NewtonSums, b: NewtonSums) -> NewtonSums:
+    """Merge two passes' sums: the gradient as double-doubles where the pass is final."""
+    final = None
+    grad, err = a.grad + b.grad, a.err + b.err
+    if a.final is not None and b.final is not None:
+        hi, lo = dd_add(np.append(a.grad, a.err), a.final.grad_lo, np.append(b.grad, b.err), b.final.grad_lo)
+        grad, err = hi[:-1], float(hi[-1])
+        fa, fb = a.final, b.final
+        metrics = add_class_sums(fa.metrics, fb.metrics) if isinstance(fa.metrics, ClassSums) else \
+            add_family_errors(fa.metrics, fb.metrics)
+        info = None if fa.info is None else fa.info + fb.info
+        final = FinalSums(lo, metrics, info, fa.pearson + fb.pearson, fa.rows + fb.rows, fa.loglik + fb.loglik)
+    return NewtonSums(grad, err, a.loss + b.loss, a.n + b.n, a.hess + b.hess, max(a.radius2, b.radius2),
+                      a.scale + b.scale, _add_bad(a.bad_targets, b.bad_targets),
+                      _add_bad(a.bad_exposures, b.bad_exposures), a.constant + b.constant, final)
