@@ -23,6 +23,20 @@ def _scratch_like(z) -> np.ndarray:
     return buf[:size].reshape(z.shape, order="F")
 
 
+def scratch_matrix(shape: tuple[int, int], slot: str) -> np.ndarray:
+    """A per-thread reused column-major array of ``shape`` for the named ``slot``
+    (``_scratch_like``'s reason: slice-sized temporaries of a pass, reused slice after
+    slice instead of faulted in anew)."""
+    size = shape[0] * shape[1]
+    slots = getattr(_scratch, "slots", None)
+    if slots is None:
+        slots = _scratch.slots = {}
+    buf = slots.get(slot)
+    if buf is None or buf.size < size:
+        buf = slots[slot] = np.empty(max(size, SLICE_ROWS * shape[1]))
+    return buf[:size].reshape(shape, order="F")
+
+
 def scratch_vector(n: int) -> np.ndarray:
     """A per-thread reused vector of length n (``_scratch_like``'s reason), for the linear
     predictor of a slice; ``Loss.terms`` may overwrite it."""

@@ -15,22 +15,23 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .blocks import _scratch_like, scratch_vector, split_block, standardize_block
+from .blocks import _scratch_like, scratch_matrix, scratch_vector, split_block, standardize_block
 from .compensated import dd_add
 from .losses import Loss
 from .metrics import ClassSums, DevianceSums, _error_sums, add_class_sums, add_family_errors, class_sums_of
 
-#: The precision of a final pass's gradient sums within a slice: x86's 64-bit-mantissa
-#: long double (where NumPy's longdouble is float64 the bound uses its ε and is looser).
-GRADIENT_DTYPE = np.longdouble
+
+def pairwise_gradient(X, psi) -> np.ndarray:
+    """[Σ ψ·x_j ..., Σ ψ] of one slice, each a NumPy sum of one contiguous vector without an
+    axis, which NumPy always adds pairwise: within ``certify.PAIRWISE_ROUNDINGS`` roundings
+    of the terms' magnitudes (a BLAS product promises no order, hence no such bound)."""
+    P = np.multiply(X, psi[:, None], out=scratch_matrix(X.shape, "products"))
+    return np.array([P[:, j].sum() for j in range(X.shape[1])] + [psi.sum()])
 
 
 class FinalSums(NamedTuple):
     """What a pass that may be the last adds (``block_newton_std(final=True)``).
 
-    grad_lo : ndarray (d + 1,) — low parts of [Σ ψ·xs, Σ ψ]: each slice sums its products
-        in long double and the slices add as double-doubles, so what rounding is left is
-        that of ψ itself (``certify.newton_gradient_error``)
     metrics : the metric sums at these coefficients — (``ErrorSums``, ``DevianceSums``) for
         a family with a deviance, ``ClassSums`` for a classifier
     info : ndarray (d + 1, d + 1) or None — Fisher's information Σ w·mu'²/V·x̃x̃ᵀ where it is
@@ -41,7 +42,6 @@ class FinalSums(NamedTuple):
         the targets are not counts of a tabulated size): the log-likelihoods' terms
     """
 
-    grad_lo: np.ndarray
     metrics: tuple
     info: np.ndarray | None
     pearson: float
@@ -52,7 +52,10 @@ class FinalSums(NamedTuple):
 class NewtonSums(NamedTuple):
     """Everything one Newton step needs at (m, b), from one pass (``block_newton_std``).
 
-    grad, err, loss, n : as ``gradient.BlockSums``
+    grad, err, loss, n : as ``gradient.BlockSums``; the gradient's sums are those of a
+        slice added pairwise (``pairwise_gradient``), then the slices' as double-doubles
+        (``grad_lo`` holds the low parts), so what rounding is left is that of ψ itself
+        and of one pairwise sum (``certify.newton_gradient_error``)
     hess : ndarray (d + 1, d + 1) — Σ w·ℓ''·x̃x̃ᵀ, x̃ = [xs, 1]
     radius2 : float — max ‖x̃‖² over the rows (with w > 0)
     scale : ndarray (d + 1,) — Σ (|w·ψ| + w·(size of ψ's terms) + w·ℓ''·|x̃|·|θ|)·|x̃|:
@@ -73,6 +76,7 @@ class NewtonSums(NamedTuple):
     bad_targets: tuple
     bad_exposures: tuple
     constant: float = math.nan
+    grad_lo: np.ndarray | None = None
     final: FinalSums | None = None
 
 
@@ -112,7 +116,7 @@ def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offs
     n, d = X.shape
     eta = np.matmul(X, m, out=scratch_vector(n))
     eta += b_centered
-    ax = np.abs(X)
+    ax = np.abs(X, out=scratch_matrix(X.shape, "abs"))
     size = ax @ np.abs(m)
     size += abs(b_centered)
     if off is not None:
@@ -128,7 +132,7 @@ def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offs
         h = h * w
         size *= w
     size += np.abs(psi)
-    xh = X * h[:, None]
+    xh = np.multiply(X, h[:, None], out=scratch_matrix(X.shape, "weighted"))
     hess = np.empty((d + 1, d + 1))
     hess[:d, :d] = xh.T @ X
     hess[:d, d] = hess[d, :d] = X.T @ h
@@ -142,17 +146,13 @@ def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offs
         c = loss.constant_terms(y)
         constant = 0.0 if c is None else float(c.sum() if w is None else w @ c)
         total += constant
-    if not final:
-        return NewtonSums(X.T @ psi, float(psi.sum()), total, rows_n, hess, r2, scale, bad_y, bad_exp, constant)
-    # einsum converts in small buffers: no slice-sized long double copy to fault in
-    g = np.append(np.einsum("ij,i->j", X, psi, dtype=GRADIENT_DTYPE), psi.sum(dtype=GRADIENT_DTYPE))
-    hi = g.astype(np.float64)
-    lo = (g - hi).astype(np.float64)
-    extra = _final(X, y, w, keep, loss, lo, total)
-    return NewtonSums(hi[:d], float(hi[d]), total, rows_n, hess, r2, scale, bad_y, bad_exp, constant, extra)
+    g = pairwise_gradient(X, psi)
+    extra = _final(X, y, w, keep, loss, total) if final else None
+    return NewtonSums(g[:d], float(g[d]), total, rows_n, hess, r2, scale, bad_y, bad_exp, constant, np.zeros(d + 1),
+                      extra)
 
 
-def _final(X, y, w, eta, loss: Loss, grad_lo, total: float) -> FinalSums:
+def _final(X, y, w, eta, loss: Loss, total: float) -> FinalSums:
     """``FinalSums`` of a block at its linear predictor ``eta``."""
     ww = np.ones_like(y) if w is None else w
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -179,7 +179,7 @@ def _final(X, y, w, eta, loss: Loss, grad_lo, total: float) -> FinalSums:
         info[:d, d] = info[d, :d] = xf.sum(axis=0)
         info[d, d] = f.sum()
     loglik = np.array(logs + [log_factorials(y, ww) if loss.name == "poisson" else math.nan])
-    return FinalSums(grad_lo, metrics, info, pearson, float(len(y)), loglik)
+    return FinalSums(metrics, info, pearson, float(len(y)), loglik)
 
 
 #: Σ log(y!) is tabulated for count targets up to this value (larger: not reported).
@@ -214,17 +214,15 @@ def _add_bad(a: tuple, b: tuple) -> tuple:
 
 
 def add_newton(a: NewtonSums, b: NewtonSums) -> NewtonSums:
-    """Merge two passes' sums: the gradient as double-doubles where the pass is final."""
+    """Merge two passes' sums, the gradient's as double-doubles."""
     final = None
-    grad, err = a.grad + b.grad, a.err + b.err
+    hi, lo = dd_add(np.append(a.grad, a.err), a.grad_lo, np.append(b.grad, b.err), b.grad_lo)
     if a.final is not None and b.final is not None:
-        hi, lo = dd_add(np.append(a.grad, a.err), a.final.grad_lo, np.append(b.grad, b.err), b.final.grad_lo)
-        grad, err = hi[:-1], float(hi[-1])
         fa, fb = a.final, b.final
         metrics = add_class_sums(fa.metrics, fb.metrics) if isinstance(fa.metrics, ClassSums) else \
             add_family_errors(fa.metrics, fb.metrics)
         info = None if fa.info is None else fa.info + fb.info
-        final = FinalSums(lo, metrics, info, fa.pearson + fb.pearson, fa.rows + fb.rows, fa.loglik + fb.loglik)
-    return NewtonSums(grad, err, a.loss + b.loss, a.n + b.n, a.hess + b.hess, max(a.radius2, b.radius2),
-                      a.scale + b.scale, _add_bad(a.bad_targets, b.bad_targets),
-                      _add_bad(a.bad_exposures, b.bad_exposures), a.constant + b.constant, final)
+        final = FinalSums(metrics, info, fa.pearson + fb.pearson, fa.rows + fb.rows, fa.loglik + fb.loglik)
+    return NewtonSums(hi[:-1], float(hi[-1]), a.loss + b.loss, a.n + b.n, a.hess + b.hess,
+                      max(a.radius2, b.radius2), a.scale + b.scale, _add_bad(a.bad_targets, b.bad_targets),
+                      _add_bad(a.bad_exposures, b.bad_exposures), a.constant + b.constant, lo, final)

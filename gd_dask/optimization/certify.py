@@ -108,14 +108,18 @@ def sums_error(eta: float, lmax: float, grad_scale: float, theta) -> float:
 PSI_ROUNDINGS = 14
 
 
-def newton_gradient_error(scale, grad, n: float, d: int, precise: bool = True) -> float:
+#: Roundings a term of NumPy's pairwise sum of a slice goes through, at most: blocks of 128
+#: add in 8 accumulators of 16 terms (15), combine (3), take the rest (7), then one level
+#: per halving of the slice down to 128 rows; and the product before it (1).
+PAIRWISE_ROUNDINGS = 26 + max(0, math.ceil(math.log2(SLICE_ROWS / 128)))
+
+
+def newton_gradient_error(scale, grad, n: float, d: int) -> float:
     """What a Newton pass's ∇J (``kernels.newton.NewtonSums``) may be off by: each row's ψ
-    within (d + ``PSI_ROUNDINGS``)·u of its magnitudes; the products with x̃ summed — in a
-    ``precise`` (final) pass per slice in long double (at worst (SLICE_ROWS − 1)·ε_long/2
-    of their magnitudes, which ``scale`` bounds) and the slices' sums added as
-    double-doubles, else in float64 as any sum (``sums_accuracy``); the result rounded to
-    float64 (u·|∇J|)."""
-    per_row = (d + PSI_ROUNDINGS) * U + (SLICE_ROWS * EPS_LONG / 2 if precise else sums_accuracy(n))
+    within (d + ``PSI_ROUNDINGS``)·u of its magnitudes, its product with x̃ and the slice's
+    pairwise sum within ``PAIRWISE_ROUNDINGS``·u of theirs (``scale`` bounds both), the
+    slices' sums added as double-doubles, the result rounded to float64 (u·|∇J|)."""
+    per_row = (d + PSI_ROUNDINGS + PAIRWISE_ROUNDINGS) * U * 1.01
     return (per_row * float(np.linalg.norm(scale)) + U * float(np.linalg.norm(grad)) * n) / n
 
 

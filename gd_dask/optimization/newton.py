@@ -31,10 +31,10 @@ MAX_HALVINGS = 40
 RISE_TOLERANCE = 1e-9
 #: Consecutive final passes with the gradient inside its rounding error that count as a stall.
 STALL_PASSES = 2
-#: A pass is made final (``kernels.newton.FinalSums``: a gradient in long double, the
-#: metrics and Fisher's information) once the last bound is below this: Newton's next
-#: step squares it, so the next pass may well be the last, and a certified model then
-#: needs no pass after it.
+#: A pass is made final (``kernels.newton.FinalSums``: the metrics, Pearson's χ² and
+#: Fisher's information at its coefficients) once the last bound is below this: Newton's
+#: next step squares it, so the next pass may well be the last, and a certified model
+#: then needs no pass after it.
 FINAL_FROM = 1e-3
 
 
@@ -119,18 +119,18 @@ class Newton:
                 hess = np.asarray(s.hess, dtype=np.float64)[:k, :k] / s.n
                 hess[np.arange(d), np.arange(d)] += rules.l2
                 g = np.asarray(grads[:k], dtype=np.float64)
-                grad_error = newton_gradient_error(s.scale[:k], g, s.n, d, precise=s.final is not None)
+                grad_error = newton_gradient_error(s.scale[:k], g, s.n, d)
                 bound, x = cert.certify(params, g, grad_error, hess, s.radius2)
                 state.bound, state.prev_loss = bound, objective
                 if tol > 0 and bound <= tol:
                     state.converged = True
                     break
                 at_floor = float(np.linalg.norm(g)) <= grad_error
-                stalls = stalls + 1 if at_floor and s.final is not None else 0
+                stalls = stalls + 1 if at_floor else 0
                 if stalls >= STALL_PASSES:
                     state.stalled = True
                     break
-                final = at_floor or bound <= FINAL_FROM
+                final = bound <= FINAL_FROM
                 step = np.zeros_like(params)
                 step[:k] = -_solve(hess, g)
                 state.params = params + step

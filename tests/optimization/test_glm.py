@@ -121,13 +121,12 @@ def test_the_newton_pass_is_the_derivative_of_the_loss(loss, weighted):
         return kn.block_newton_std(Z, t[:2], t[2], loss, weighted, final=final)
 
     s = sums(theta)
-    f = sums(theta, final=True)  # the gradient in long double: the same to rounding, and the rest alike
+    f = sums(theta, final=True)  # the same sums, and the final ones besides
     lean = kn.block_newton_std(Z, theta[:2], theta[2], loss, weighted, data_terms=False)
     assert lean.radius2 == 0.0 and np.isnan(lean.constant)
     assert lean.loss + s.constant == pytest.approx(s.loss, rel=1e-12)
-    np.testing.assert_allclose(np.append(f.grad, f.err), np.append(s.grad, s.err), rtol=1e-13)
-    assert f.hess.tolist() == s.hess.tolist() and f.loss == s.loss and s.final is None
-    assert np.all(np.abs(f.final.grad_lo) <= 1.2e-16 * np.abs(np.append(f.grad, f.err)))
+    assert f.grad.tolist() == s.grad.tolist() and f.hess.tolist() == s.hess.tolist() and f.loss == s.loss
+    assert s.final is None and f.final is not None
     h = 1e-6
     fd = [(sums(theta + e).loss - sums(theta - e).loss) / (2 * h) / loss.penalty_scale for e in np.eye(3) * h]
     np.testing.assert_allclose(np.append(s.grad, s.err), fd, rtol=1e-6)

@@ -63,7 +63,8 @@ class Logistic(Family):
         p = np.where(eta >= 0, r, e * r)
         h = e * r * r  # σ(eta)·σ(−eta), without 1 − p's cancellation
         psi = p - y
-        ll = np.log1p(e) + np.maximum(np.where(y > 0.5, -eta, eta), 0.0)
+        ll = np.log1p(e)
+        ll += np.maximum(eta * (1.0 - 2.0 * y), 0.0)  # eta⁺ for y = 0, eta⁻ for y = 1
         mag = p + np.abs(y)
         if w is None:
             return psi, float(ll.sum()), h, mag
