@@ -118,7 +118,8 @@ def _dask_ml(root: str, job: str) -> dict:
         return {"skipped": "no offset, sample weights or Gamma family"}
     with LocalCluster(n_workers=2, threads_per_worker=1) as c, Client(c):
         t0 = time.perf_counter()
-        arr = dd.read_parquet(root, columns=_features() + [TARGET[job]]).to_dask_array(lengths=True)
+        df = dd.read_parquet(root, columns=_features() + [TARGET[job]]).persist()  # fixed partitions first
+        arr = df.to_dask_array(lengths=True)
         X, y = arr[:, :D], arr[:, D]
         cls = LogisticRegression if job == "logistic" else PoissonRegression
         m = cls(penalty="l2", C=1e12, solver="lbfgs", tol=1e-10, max_iter=1000).fit(X, y)

@@ -46,7 +46,7 @@ BAD = [
     (MINIMAL + "optimizer: {refine: -1}", "optimizer.refine"),
     (MINIMAL + "optimizer: {tol: -1}", "optimizer.tol"),
     (MINIMAL + "optimizer: {method: sgd}", "optimizer.method: input should be 'batch'"),
-    (MINIMAL + "optimizer: {strategy: magic}", "optimizer.strategy: input should be 'auto', 'stream' or 'gram'"),
+    (MINIMAL + "optimizer: {strategy: magic}", "optimizer.strategy: input should be 'auto', 'stream', 'gram' or 'newton'"),
     ("name: 'bad name!'\ndata: {path: p, features: [a], target: y}", "name: string should match pattern"),
     ("name: n\ndata: {path: p, features: [], target: y}", "data.features: list should have at least 1 item"),
     ("name: n\ndata: {path: p, features: [a, y], target: y}", "target 'y' is also listed among features"),
