@@ -73,10 +73,17 @@ def test_poisson_regressor_passes_scikit_learns_checks_and_matches_its_solution(
         np.testing.assert_allclose(est.predict(X), ref.predict(X), rtol=1e-7)
         assert est.score(X, y) == pytest.approx(ref.score(X, y), rel=1e-7)  # D², as scikit-learn's
         assert "P>|z|" in str(est.summary())
+    w = rng.uniform(0.2, 3.0, 3000)  # sample weights, as scikit-learn's
+    y = rng.poisson(mu)
+    ref = Reference(alpha=0, tol=1e-12, max_iter=10_000).fit(X, y, sample_weight=w)
+    est = PoissonRegressor().fit(X, y, sample_weight=w)
+    assert est.converged_
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-7)
+    assert est.intercept_ == pytest.approx(ref.intercept_, rel=1e-7)
+    assert est.score(X, y, sample_weight=w) == pytest.approx(ref.score(X, y, sample_weight=w), rel=1e-7)
     others = {"loss", "huber_delta", "tweedie_power"}  # its own loss's options only
     assert PoissonRegressor().get_params().keys() == set(LinearRegression().get_params()) - others
     assert TweedieRegressor().get_params()["tweedie_power"] == 1.5
-    assert Reference  # the reference scikit-learn estimator is there to compare with
 
 
 def test_parameters_are_the_configs_keys_and_defaults():
