@@ -339,3 +339,40 @@ def test_nightly_refits_of_a_poisson_model_with_exposure_follow_the_drift(client
         if day > 2:
             assert "mean_poisson_deviance" in outcome.message
     assert slopes == sorted(slopes)  # the slope of x1 grows every night: the refits follow it
+
+
+def test_a_run_resumed_from_a_checkpoint_ends_at_the_same_bits(monkeypatch):
+    """The checkpoint a Newton pass leaves (the next point to evaluate) resumes to the
+    very coefficients, bound and pass count of an uninterrupted run."""
+    from gd_dask.optimization import descent
+    from gd_dask.optimization.certify import LocalBound
+    from gd_dask.optimization.descent import Checkpoints, Rules, state_from_dict, state_to_dict
+    from gd_dask.optimization.newton import Newton
+
+    monkeypatch.setattr(descent, "CHECKPOINT_MIN_SECONDS", 0.0)
+    X, y = _problem("poisson", seed=9, n=20_000)
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    Z = np.asfortranarray(np.column_stack([(X - mu) / sd, y]))
+    loss = Poisson()
+
+    def oracle(m, b, final, data_terms):
+        parts = [kn.block_newton_std(Z[lo:lo + 8192], m, b, loss, False, None, final, data_terms)
+                 for lo in range(0, len(y), 8192)]
+        total = parts[0]
+        for p in parts[1:]:
+            total = kn.add_newton(total, p)
+        return total
+
+    def run(state, passes, saved=None):
+        loop = Newton(oracle, LocalBound(None, mu, sd, True, len(y)), Rules(fit_intercept=True))
+        ck = Checkpoints(lambda st: saved.append(state_to_dict(st)), 1) if saved is not None else None
+        return loop.run(state, passes=passes, tol=1e-9, checkpoints=ck)
+
+    start = np.append(np.zeros(3), np.log(y.mean()))
+    whole = run(Newton(oracle, None, None).start(start), 50)
+    saved: list = []
+    run(Newton(oracle, None, None).start(start), 3, saved)
+    resumed = run(state_from_dict(saved[-1]), 50)
+    assert whole.converged and resumed.converged
+    assert resumed.params.tolist() == whole.params.tolist() and resumed.bound == whole.bound
+    assert resumed.epoch == whole.epoch
