@@ -299,8 +299,9 @@ def test_the_summary_is_statsmodels_glm(client, tmp_path, family):
 
 
 def test_nightly_refits_of_a_poisson_model_with_exposure_follow_the_drift(client, tmp_path):
-    """Refit trains the family by Newton passes warm-started from the current model, and
-    the gate compares the mean Poisson deviance on the held-out night."""
+    """Refit trains the family by Newton passes warm-started from the current model, the
+    gate compares the mean Poisson deviance on the held-out night, and a night of shuffled
+    labels is quarantined."""
     from datetime import date, timedelta
 
     import pyarrow as pa
@@ -312,12 +313,14 @@ def test_nightly_refits_of_a_poisson_model_with_exposure_follow_the_drift(client
 
     start = date(2026, 11, 1)
 
-    def add_day(day):
+    def add_day(day, shuffled=False):
         rng = np.random.default_rng(day)
         folder = tmp_path / "data" / f"date={(start + timedelta(days=day)).isoformat()}"
         folder.mkdir(parents=True)
         X, expo = rng.normal(size=(3000, 2)), rng.uniform(0.5, 2.0, 3000)
         y = rng.poisson(expo * np.exp((0.3 + 0.05 * day) * X[:, 0] - 0.2 * X[:, 1] - 0.3)).astype(float)
+        if shuffled:
+            y = rng.permutation(y)
         pq.write_table(pa.table({"x1": X[:, 0], "x2": X[:, 1], "e": expo, "y": y}), folder / "p.parquet")
 
     cfg = validate_config({"name": "counts", "model": {"loss": "poisson"},
@@ -339,6 +342,11 @@ def test_nightly_refits_of_a_poisson_model_with_exposure_follow_the_drift(client
         if day > 2:
             assert "mean_poisson_deviance" in outcome.message
     assert slopes == sorted(slopes)  # the slope of x1 grows every night: the refits follow it
+    # A night whose labels no longer follow its features is quarantined (the guard's own fit
+    # is least squares from the night's moments, which shuffled counts fail as well).
+    add_day(6, shuffled=True)
+    outcome = refit(cfg, client, start + timedelta(days=6))
+    assert outcome.status == "quarantined" and "R²" in outcome.message, outcome.message
 
 
 def test_a_run_resumed_from_a_checkpoint_ends_at_the_same_bits(monkeypatch):
