@@ -70,7 +70,7 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     if cfg.optimizer.validation_fraction:
         source, val_source = source.split(cfg.optimizer.seed, cfg.optimizer.validation_fraction)
         val_ex = Executor(client, val_source, cache, loss)
-    ex = Executor(client, source, cache, loss)
+    ex = Executor(client, source, cache, loss, lazy=strategy.newton)
     if getattr(source, "categorical", None):  # Parquet sources; a dask DataFrame's has none yet
         check_categorical(cfg, source)
         groups, names = ex.group_moments([source.columns.index(c) for c in source.categorical])

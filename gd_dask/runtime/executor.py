@@ -169,9 +169,13 @@ class Executor:
         re-reading the Parquet files on every pass.
     loss : losses.Loss
         The per-row loss of the gradient passes.
+    lazy : bool
+        With ``cache``: keep only the standardized blocks, built by the first pass after
+        ``standardize`` (the moments pass streams from the files, which costs less than
+        filling memory twice); Newton's passes all run standardized.
     """
 
-    def __init__(self, client, source: ParquetSource, cache: bool, loss: Loss = SQUARED):
+    def __init__(self, client, source: ParquetSource, cache: bool, loss: Loss = SQUARED, lazy: bool = False):
         self.client = client
         self.source = source
         self.cache = cache
@@ -179,7 +183,7 @@ class Executor:
         self.array = None
         self._blocks: list | None = None
         self._exact_gram = None  # refinement's Gram matrix of the raw rows, once computed
-        if cache:
+        if cache and not lazy:
             # Persist: every later pass (each stream epoch, the metrics pass) reads the
             # blocks from worker memory; dask keeps the read tasks to recompute any
             # block lost with a worker.
@@ -229,7 +233,7 @@ class Executor:
         """Delayed, one per chunk: ``on_block(block, *args)`` on the cached blocks, else
         ``on_chunk(chunk, spec, *args)``, which streams the chunk from its file (the same
         bits, and no memory for whole blocks)."""
-        if self.cache:
+        if self.cache and self.array is not None:
             fn = dask.delayed(on_block, pure=True)
             return [fn(b, *args) for b in self.blocks]
         fn = dask.delayed(on_chunk, pure=True)
@@ -321,8 +325,9 @@ class Executor:
         if self.cache:
             # Persist: the standardized blocks are what every later epoch reads; dask
             # keeps the graph back to the read tasks for blocks lost with a worker.
-            array = self.array.map_blocks(standardize_block, sc.center, sc.scale, sc.y_center, None,
-                                          self.weighted, dtype=np.float64)
+            raw = self.array if self.array is not None else to_dask_array(self.source)
+            array = raw.map_blocks(standardize_block, sc.center, sc.scale, sc.y_center, None, self.weighted,
+                                   dtype=np.float64)
             self._persist(array)
 
     def gradient_sums(self, m, b) -> g.BlockSums:
