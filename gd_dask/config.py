@@ -272,8 +272,10 @@ class SummaryConfig(_Section):
 
 
 class PromoteConfig(_Section):
-    metric: Literal[tuple(m for ms in losses.TASK_METRICS.values() for m in ms) + losses.DEVIANCE_METRICS] | None = Field(
-        default=None, description="What the holdout compares; default rmse for regression, log_loss for "
+    metric: Literal[tuple(m for ms in losses.TASK_METRICS.values() for m in ms)
+                    + losses.DEVIANCE_METRICS] | None = Field(
+        default=None, description="What the holdout compares; default rmse for regression (a family's mean "
+                                  "deviance for poisson, gamma, tweedie), log_loss for "
                                   "classification.")
     max_regression: NonNegFloat = 0.02
 

@@ -99,17 +99,25 @@ class DevianceSums(NamedTuple):
     sum_null: float
 
 
-def block_family_errors(block, m, b, loss, weighted: bool = False, offset: str | None = None) -> tuple:
-    """(``block_errors``, ``DevianceSums``) of one raw block for a model (m, b) in original
-    units (+ each row's offset, ``gradient.split_offset``): one read for both."""
+def _predictor(block, m, b, weighted: bool, offset: str | None) -> tuple:
+    """(eta = X·m + b + each row's offset (``newton.split_offset``), y, w) of a raw block
+    for a model (m, b) in original units; an overflowing eta is the caller's to name."""
     from .newton import split_offset
 
     X, y, w = split_block(block, weighted)
     X, off = split_offset(X, offset)
-    with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
+    with np.errstate(over="ignore", invalid="ignore"):
         eta = X @ m + b
         if off is not None:
             eta += off
+    return eta, y, w
+
+
+def block_family_errors(block, m, b, loss, weighted: bool = False, offset: str | None = None) -> tuple:
+    """(``block_errors``, ``DevianceSums``) of one raw block for a model (m, b) in original
+    units (+ each row's offset): one read for both."""
+    eta, y, w = _predictor(block, m, b, weighted, offset)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
         errors = _error_sums(loss.predict(eta) - y, y, w)
         _, dev = loss.terms(eta, y, w)
     null = loss.null_term(y)
@@ -159,15 +167,8 @@ class ClassSums(NamedTuple):
 def block_classification(block, m, b, loss: Loss, threshold: float = 0.5, weighted: bool = False,
                          offset: str | None = None) -> ClassSums:
     """``ClassSums`` of one raw block for a model (m, b) in original units (+ each row's
-    offset, ``gradient.split_offset``)."""
-    from .newton import split_offset
-
-    X, y, w = split_block(block, weighted)
-    X, off = split_offset(X, offset)
-    with np.errstate(over="ignore", invalid="ignore"):  # overflowing predictions: the caller names the model
-        eta = X @ m + b
-        if off is not None:
-            eta += off
+    offset)."""
+    eta, y, w = _predictor(block, m, b, weighted, offset)
     p = loss.predict(eta)
     _, total = loss.terms(eta.copy(), y, w)
     return class_sums_of(eta, p, y, w, total, threshold)

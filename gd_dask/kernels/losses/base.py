@@ -209,6 +209,10 @@ class LogFamily(Family):
     self_concordant: ClassVar[bool] = True
     deviance_metric: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.metric = cls.deviance_metric  # final_loss: the family's mean deviance
+
     def null_term(self, y) -> np.ndarray:
         raise NotImplementedError
 

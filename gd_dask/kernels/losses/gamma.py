@@ -16,7 +16,6 @@ class Gamma(LogFamily):
     d = 2(log(mu/y) + y/mu − 1). ψ = 1 − y/mu, ℓ'' = −ℓ''' = y/mu; Fisher's weight is 1."""
 
     name: ClassVar[str] = "gamma"
-    metric: ClassVar[str] = "mean_gamma_deviance"
     deviance_metric: ClassVar[str] = "mean_gamma_deviance"
     label: ClassVar[str] = "mean Gamma deviance"
     summary: ClassVar[str] = "positive amounts (y > 0), log link; predictions are means"

@@ -23,7 +23,6 @@ class Poisson(LogFamily):
 
     name: ClassVar[str] = "poisson"
     canonical: ClassVar[bool] = True
-    metric: ClassVar[str] = "mean_poisson_deviance"
     deviance_metric: ClassVar[str] = "mean_poisson_deviance"
     label: ClassVar[str] = "mean Poisson deviance"
     summary: ClassVar[str] = "counts (y ≥ 0), log link; predictions are means"

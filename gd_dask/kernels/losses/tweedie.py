@@ -19,7 +19,6 @@ class Tweedie(LogFamily):
     ℓ'' = (2−p)·c + (p−1)·y·a and |ℓ'''| = |(2−p)²·c − (p−1)²·y·a| ≤ ℓ''; Fisher's weight is c."""
 
     name: ClassVar[str] = "tweedie"
-    metric: ClassVar[str] = "mean_tweedie_deviance"
     deviance_metric: ClassVar[str] = "mean_tweedie_deviance"
     label: ClassVar[str] = "mean Tweedie deviance"
     summary: ClassVar[str] = "amounts with zeros (y ≥ 0), power model.tweedie_power, log link"
@@ -85,4 +84,5 @@ class Tweedie(LogFamily):
 
     def null_deviance(self, n, sum_y, sum_null):
         p, ybar = self.power, sum_y / n
-        return 2.0 * (sum_null / ((1 - p) * (2 - p)) - sum_y * ybar ** (1 - p) / (1 - p) + n * ybar ** (2 - p) / (2 - p))
+        return 2.0 * (sum_null / ((1 - p) * (2 - p)) - sum_y * ybar ** (1 - p) / (1 - p)
+                      + n * ybar ** (2 - p) / (2 - p))
