@@ -100,7 +100,8 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
 
 
 #: What categorical features are trained with so far (issue 33): the rest is refused by name.
-CATEGORICAL_SUPPORT = "squared loss, no l1, no weights, no validation_fraction, the gram strategy"
+CATEGORICAL_SUPPORT = ("squared loss (gram) or logistic, poisson, gamma, tweedie (newton), no l1, no weights, no "
+                       "offset, no validation_fraction")
 
 
 def refuse_categorical(source: ParquetSource, command: str) -> None:
@@ -113,11 +114,14 @@ def refuse_categorical(source: ParquetSource, command: str) -> None:
 def check_categorical(cfg, source: ParquetSource) -> None:
     """Categorical features with what supports them, or one line saying what does not."""
     o, m = cfg.optimizer, cfg.model
+    newton = pick_strategy(cfg).newton  # logistic and the log-link families (``categorical_newton``)
     bad = [what for what, wrong in (
-        (f"model.loss: {m.loss}", m.loss != "squared"), ("model.l1 > 0", m.l1 > 0),
+        (f"model.loss: {m.loss}", m.loss != "squared" and not newton), ("model.l1 > 0", m.l1 > 0),
+        ("model.fit_intercept: false", newton and not m.fit_intercept),
+        ("data.offset or data.exposure", bool(cfg.data.offset_column)),
         ("data.weight", bool(cfg.data.weight)), ("optimizer.validation_fraction > 0", o.validation_fraction > 0),
         (f"optimizer.method: {o.method}", o.method != "batch"),
-        (f"optimizer.strategy: {o.strategy}", o.strategy not in ("auto", "gram"))) if wrong]
+        (f"optimizer.strategy: {o.strategy}", o.strategy not in ("auto", "gram", "newton"))) if wrong]
     if bad:
         raise ConfigError(f"categorical features ({', '.join(source.categorical)}) are trained with "
                           f"{CATEGORICAL_SUPPORT} so far; not with {', '.join(bad)}")

@@ -93,8 +93,10 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
     prep = prepare(cfg, client, source)
     if prep.groups is not None:
         from .categorical import fit_categorical
+        from .categorical_newton import fit_categorical_newton
 
-        return fit_categorical(cfg, prep, t0, on_epoch)
+        fit_levels = fit_categorical_newton if prep.strategy.newton else fit_categorical
+        return fit_levels(cfg, prep, t0, on_epoch)
     setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     oracle, validate = _oracles(cfg, prep, setup)
     key = run_key(cfg, prep.source, init)

@@ -61,9 +61,10 @@ class Encoding(NamedTuple):
         return np.delete(np.arange(len(self.levels[c])), self.reference[c])
 
 
-def encode(groups: GroupMoments, columns) -> Encoding:
+def encode(groups: GroupMoments, columns, limit: bool = True) -> Encoding:
     """The levels seen, their counts, each column's reference level (most frequent;
-    ties: smallest key), and the column to absorb (most levels; ties: first)."""
+    ties: smallest key), and the column to absorb (most levels; ties: first); ``limit``:
+    refuse more than ``MAX_DENSE_LEVELS`` levels outside the absorbed column."""
     levels, counts, reference = [], [], []
     for c in range(groups.keys.shape[1]):
         keys, inv = np.unique(groups.keys[:, c], return_inverse=True)
@@ -73,7 +74,7 @@ def encode(groups: GroupMoments, columns) -> Encoding:
         reference.append(int(np.argmax(n)))  # first maximum: the smallest key among ties
     absorbed = int(np.argmax([len(lv) for lv in levels]))
     others = sum(len(lv) - 1 for c, lv in enumerate(levels) if c != absorbed)
-    if others > MAX_DENSE_LEVELS:
+    if limit and others > MAX_DENSE_LEVELS:
         raise DataError(f"categorical features: {others} levels outside '{columns[absorbed]}' (the column with "
                         f"the most levels); at most {MAX_DENSE_LEVELS} are supported together")
     return Encoding(list(columns), levels, counts, reference, absorbed)

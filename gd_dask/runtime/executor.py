@@ -27,6 +27,7 @@ from ..kernels.compensated import PointGradient, add_refine, point_gradient, ref
 from ..kernels.exact_gram import add_exact_gram, exact_gram
 from ..kernels.groups import GroupMoments, group_moments, merge_groups
 from ..kernels.losses import SQUARED, Loss
+from ..kernels.level_newton import add_level_sums, slice_level_sums
 from ..kernels.newton import NewtonSums, add_newton, block_newton, block_newton_std
 from ..kernels.metrics import (
     ClassSums,
@@ -116,15 +117,45 @@ def add_named_groups(a: tuple, b: tuple) -> tuple:
 def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link) -> ErrorSums:
     """``block_errors`` of one chunk for a model with categorical features: each row's
     levels' coefficients (``data.write.LevelTable``) join its intercept."""
+    return _level_fold(chunk, spec, cat_idx, tables, b, lambda z, b_rows: block_errors(z, m, b_rows, False, link),
+                       add_errors)
+
+
+def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
+                       data_terms):
+    """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file."""
+    total = None
+    for z in read_slices(chunk, spec, rows=SLICE_ROWS, names={}):
+        part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
+                                data_terms)
+        total = part if total is None else add_level_sums(total, part)
+    return total
+
+
+def _level_fold(chunk, spec, cat_idx, tables, b, on_rows, combine):
+    """``on_rows(numeric block, each row's intercept)`` folded over one chunk's slices, the
+    intercept being b plus the row's levels' coefficients (``data.write.LevelTable``)."""
     names: dict = {}
     num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
     where = getattr(chunk, "path", None) or getattr(chunk, "pieces", [chunk])[0].path
     total = None
     for z in read_slices(chunk, spec, rows=SLICE_ROWS, names=names):
         offset = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
-        part = block_errors(np.ascontiguousarray(z[:, num]), m, offset, False, link)
-        total = part if total is None else add_errors(total, part)
+        part = on_rows(np.ascontiguousarray(z[:, num]), offset)
+        total = part if total is None else combine(total, part)
     return total
+
+
+def chunk_level_classes(chunk, spec, cat_idx, tables, m, b, loss) -> ClassSums:
+    """``block_classification`` of one chunk for a classifier with categorical features."""
+    return _level_fold(chunk, spec, cat_idx, tables, b, lambda z, b_rows: block_classification(z, m, b_rows, loss),
+                       add_class_sums)
+
+
+def chunk_level_family(chunk, spec, cat_idx, tables, m, b, loss) -> tuple:
+    """``block_family_errors`` of one chunk for a family with categorical features."""
+    return _level_fold(chunk, spec, cat_idx, tables, b, lambda z, b_rows: block_family_errors(z, m, b_rows, loss),
+                       add_family_errors)
 
 
 def sgd_chunk(chunk, spec, theta, index, plan, center, scale, y_center, loss, weighted):
@@ -461,11 +492,39 @@ class Executor:
                                      sc.y_center, self.weighted, self.loss.link)
         return self._reduce_rows(block_errors, add_errors, m, float(b), self.weighted, self.loss.link)
 
+    def level_newton_sums(self, cat_idx, level_keys, m, b, coef, center, scale, data_terms: bool):
+        """``kernels.level_newton.LevelSums`` over every chunk at numeric (m, b) in the
+        training space (features standardized by ``center``, ``scale``) and the levels'
+        coefficients ``coef``: one pass, streamed from the files."""
+        cols = self.source.columns
+        num_idx = [j for j in range(len(cols) - 1) if j not in set(cat_idx)]
+        fn = dask.delayed(chunk_level_newton, pure=True)
+        spec = self.source.spec
+        args = (num_idx, len(cols) - 1, list(cat_idx), [np.asarray(k) for k in level_keys],
+                np.asarray(m, dtype=np.float64), float(b), np.asarray(coef, dtype=np.float64),
+                np.asarray(center, dtype=np.float64), np.asarray(scale, dtype=np.float64), self.loss, data_terms)
+        # Compute: per level a few sums come back (no row does).
+        return self._compute(_reduce_tree([fn(c, spec, *args) for c in self.source.chunks], add_level_sums))
+
     def level_metrics(self, m, b, tables) -> dict:
         """The metrics of a model with categorical features (``tables``: its
         ``data.write.LevelTable``s, in the source's categorical order): one pass."""
         cols = self.source.columns
         cat_idx = [cols.index(t.name) for t in tables]
+        if self.loss.task == "classification":
+            fn = dask.delayed(chunk_level_classes, pure=True)
+            spec = self.source.spec
+            leaves = [fn(c, spec, cat_idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b), self.loss)
+                      for c in self.source.chunks]
+            # Compute: a few numbers come back.
+            return class_metrics(self._compute(_reduce_tree(leaves, add_class_sums)))
+        if getattr(self.loss, "deviance_metric", None):
+            fn = dask.delayed(chunk_level_family, pure=True)
+            spec = self.source.spec
+            leaves = [fn(c, spec, cat_idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b), self.loss)
+                      for c in self.source.chunks]
+            # Compute: a few numbers come back.
+            return family_metrics(self._compute(_reduce_tree(leaves, add_family_errors)), self.loss)
         fn = dask.delayed(chunk_level_errors, pure=True)
         spec = self.source.spec
         leaves = [fn(c, spec, cat_idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b), self.loss.link)

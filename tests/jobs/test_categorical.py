@@ -136,7 +136,7 @@ def test_train_and_predict_from_the_command_line(tmp_path, rng):
     assert np.allclose(pred, _predict(model, X[:50], as_reference, store[:50]), rtol=1e-12)
 
 
-@pytest.mark.parametrize("section,value,culprit", [("model", {"loss": "logistic"}, "model.loss: logistic"),
+@pytest.mark.parametrize("section,value,culprit", [("model", {"loss": "huber"}, "model.loss: huber"),
                                                    ("model", {"l1": 0.1}, "model.l1 > 0")])
 def test_what_is_not_supported_yet_is_named(tmp_path, rng, threads, section, value, culprit):
     _write(tmp_path / "d", rng, n=300)
@@ -225,3 +225,50 @@ def test_the_estimator_takes_pandas_text_and_category_columns(rng):
     assert lazy.categorical_.keys() == est.categorical_.keys()
     got = lazy.predict(X3).compute()
     assert np.max(np.abs(got - est.predict(X))) <= 1e-9 * np.max(np.abs(est.predict(X)))
+
+
+def test_logistic_with_categories_is_scikit_learns_one_hot_logistic_regression(tmp_path, rng, threads):
+    """Newton passes from per-level sums (no one-hot): the model equals scikit-learn's
+    OneHotEncoder + LogisticRegression (its Newton solver, no penalty) with the same
+    reference levels dropped, converged with its bound holding; predict writes its
+    probabilities."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import OneHotEncoder
+
+    X, region, store, y_num = _write(tmp_path / "num", rng, n=9000, stores=20)
+    eta = (y_num - y_num.mean()) / y_num.std()
+    y = (rng.random(len(eta)) < 1 / (1 + np.exp(-eta))).astype(float)
+    root = tmp_path / "d"
+    root.mkdir()
+    for f, idx in enumerate(np.array_split(np.arange(len(y)), 3)):
+        pq.write_table(pa.table({"x0": X[idx, 0], "x1": X[idx, 1], "region": region[idx].tolist(),
+                                 "store": store[idx], "y": y[idx]}), root / f"part-{f}.parquet")
+    cfg = make_config({"path": str(root), "features": ["x0", "region", "x1", "store"], "target": "y",
+                       "categorical": ["store"]}, tmp_path, model={"loss": "logistic"})
+    res = fit(cfg, threads)
+    assert res.strategy == "newton" and res.converged and res.epochs_run <= 8
+    frame = pd.DataFrame({"region": region, "store": store})
+    refs = [doc["reference"] for doc in res.categorical]
+    enc = OneHotEncoder(drop=refs, sparse_output=False).fit(frame)
+    ref = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-14, max_iter=1000).fit(
+        np.column_stack([X, enc.transform(frame)]), y)
+    theirs = dict(zip(["x0", "x1", *enc.get_feature_names_out(["region", "store"])], ref.coef_[0]))
+    ours = {"x0": res.m[0], "x1": res.m[1]}
+    for doc in res.categorical:
+        ours.update({f"{doc['name']}_{lv}": c for lv, c in zip(doc["levels"], doc["coef"]) if lv != doc["reference"]})
+    assert set(ours) == set(theirs)
+    for name, value in theirs.items():
+        assert ours[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    assert res.b == pytest.approx(ref.intercept_[0], rel=1e-6)
+    assert res.metrics["n"] == len(y) and 0 < res.metrics["log_loss"] < np.log(2)
+    from gd_dask.artifacts.store import model_document
+    from gd_dask.data.write import LevelTable
+
+    doc = model_document(cfg, res)
+    assert doc["categorical"][0]["levels"] and doc["summary"]["available"] is False
+    tables = [LevelTable(d["name"], d["levels"], d["coef"]) for d in res.categorical]
+    offsets = sum(t.contribution(pa.array(v), "x") for t, v in zip(tables, (region.tolist(), store)))
+    proba = 1 / (1 + np.exp(-(X @ res.m + res.b + offsets)))
+    np.testing.assert_allclose(proba, ref.predict_proba(np.column_stack([X, enc.transform(frame)]))[:, 1],
+                               rtol=1e-8)

@@ -1,0 +1,134 @@
+"""A Newton pass over rows with categorical features (no dense one-hot): per slice, the
+numeric block's gradient and Hessian as ``kernels.newton`` sums them, and the levels'
+parts as per-level sums — Σψ and Σℓ'' per level, Σℓ''·x per level and numeric feature,
+and Σℓ'' per pair of levels of two columns. The client assembles the Hessian over
+[numeric features, every level, intercept] from them (``assemble``). Plain NumPy; no dask.
+
+Level keys are those of ``data.read`` (integers by value, text by its 52-bit key); each
+column's levels arrive sorted, so a row's level index is a binary search.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .compensated import dd_add
+from .losses import Loss
+from .newton import NewtonSums, pairwise_gradient
+
+
+class LevelSums(NamedTuple):
+    """One pass's sums over [numeric features (d), levels of every column (L in all)].
+
+    num : NewtonSums of the numeric features and the intercept (their blocks only)
+    level_grad, level_grad_lo : ndarray (L,) — Σψ per level (double-double)
+    level_h : ndarray (L,) — Σℓ'' per level
+    level_x : ndarray (L, d) — Σℓ''·x per level
+    pairs : tuple of ndarray (L_a, L_b) — Σℓ'' per pair of levels, for each pair of columns
+    level_scale : ndarray (L,) — the rounding scale of each level's Σψ
+    """
+
+    num: NewtonSums
+    level_grad: np.ndarray
+    level_grad_lo: np.ndarray
+    level_h: np.ndarray
+    level_x: np.ndarray
+    pairs: tuple
+    level_scale: np.ndarray
+
+
+def level_indices(z, cat_idx, level_keys) -> list:
+    """Each categorical column's level index per row (``level_keys``: sorted keys)."""
+    return [np.searchsorted(keys, z[:, j]) for j, keys in zip(cat_idx, level_keys)]
+
+
+def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, center, scale, loss: Loss,
+                     data_terms: bool) -> LevelSums:
+    """``LevelSums`` of one raw slice at numeric (m, b) in the training space and the
+    levels' coefficients ``coef`` (all levels, in column order; references 0)."""
+    X = (z[:, num_idx] - center) / scale
+    y = z[:, target]
+    n, d = X.shape
+    idx = level_indices(z, cat_idx, level_keys)
+    sizes = [len(k) for k in level_keys]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    eta = X @ m + b
+    size = np.abs(X) @ np.abs(m) + abs(b)
+    for c, i in enumerate(idx):
+        eta += coef[starts[c] + i]
+        size += np.abs(coef[starts[c] + i])
+    bad = loss.check_target(y)
+    bad = (int(bad.size), tuple(float(v) for v in np.unique(bad)[:5])) if bad is not None and bad.size else (0, ())
+    psi, total, h, mag = loss.newton_terms(eta, y, None)
+    size *= h
+    size += mag
+    size += np.abs(psi)
+    xh = X * h[:, None]
+    hess = np.empty((d + 1, d + 1))
+    hess[:d, :d] = xh.T @ X
+    hess[:d, d] = hess[d, :d] = X.T @ h
+    hess[d, d] = h.sum()
+    r2, constant = 0.0, math.nan
+    if data_terms:
+        r2 = float(np.einsum("ij,ij->i", X, X).max()) + 1.0 + len(idx) if n else 0.0
+        cterms = loss.constant_terms(y)
+        constant = 0.0 if cterms is None else float(cterms.sum())
+        total += constant
+    g = pairwise_gradient(X, psi)
+    num = NewtonSums(g[:d], float(g[d]), total, float(n), hess, r2,
+                     np.append(np.abs(X).T @ size, size.sum()), bad, (0, ()), constant, np.zeros(d + 1))
+    L = int(sum(sizes))
+    level_grad, level_h, level_scale = np.zeros(L), np.zeros(L), np.zeros(L)
+    level_x = np.zeros((L, d))
+    for c, i in enumerate(idx):
+        s, k = starts[c], sizes[c]
+        level_grad[s:s + k] = np.bincount(i, psi, k)
+        level_h[s:s + k] = np.bincount(i, h, k)
+        level_scale[s:s + k] = np.bincount(i, size, k)
+        for j in range(d):
+            level_x[s:s + k, j] = np.bincount(i, xh[:, j], k)
+    pairs = tuple(np.bincount(idx[a] * sizes[bb] + idx[bb], h, sizes[a] * sizes[bb]).reshape(sizes[a], sizes[bb])
+                  for a in range(len(idx)) for bb in range(a + 1, len(idx)))
+    return LevelSums(num, level_grad, np.zeros(L), level_h, level_x, pairs, level_scale)
+
+
+def add_level_sums(a: LevelSums, b: LevelSums) -> LevelSums:
+    from .newton import add_newton
+
+    hi, lo = dd_add(a.level_grad, a.level_grad_lo, b.level_grad, b.level_grad_lo)
+    return LevelSums(add_newton(a.num, b.num), hi, lo, a.level_h + b.level_h, a.level_x + b.level_x,
+                     tuple(x + y for x, y in zip(a.pairs, b.pairs)), a.level_scale + b.level_scale)
+
+
+def assemble(s: LevelSums, widths, keep) -> NewtonSums:
+    """The pass as ``NewtonSums`` over the parameters [numeric (d), the levels ``keep``
+    (indices among all levels: the non-reference ones), intercept]: gradient, Hessian and
+    rounding scale, the rest as the numeric part's. ``widths``: each column's levels."""
+    num = s.num
+    d = num.grad.shape[0]
+    L = s.level_h.shape[0]
+    full = np.zeros((d + L + 1, d + L + 1))
+    full[:d, :d] = num.hess[:d, :d]
+    full[:d, -1] = full[-1, :d] = num.hess[:d, d]
+    full[-1, -1] = num.hess[d, d]
+    lv = slice(d, d + L)
+    full[lv, :d] = s.level_x
+    full[:d, lv] = s.level_x.T
+    full[lv, -1] = full[-1, lv] = s.level_h
+    full[d + np.arange(L), d + np.arange(L)] = s.level_h
+    starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
+    pairs = iter(s.pairs)
+    for a in range(len(widths)):
+        for b in range(a + 1, len(widths)):
+            block = next(pairs)
+            ra, rb = d + starts[a], d + starts[b]
+            full[ra:ra + widths[a], rb:rb + widths[b]] = block
+            full[rb:rb + widths[b], ra:ra + widths[a]] = block.T
+    order = np.concatenate((np.arange(d), d + np.asarray(keep, dtype=np.int64), [d + L]))
+    grad = np.concatenate((num.grad, s.level_grad[keep]))
+    scale = np.concatenate((num.scale[:d], s.level_scale[keep], num.scale[d:]))
+    return num._replace(grad=grad, hess=full[np.ix_(order, order)], scale=scale,
+                        grad_lo=np.concatenate((num.grad_lo[:d], s.level_grad_lo[keep], num.grad_lo[d:])))
