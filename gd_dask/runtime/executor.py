@@ -125,7 +125,7 @@ def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, 
                        data_terms):
     """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file."""
     total = None
-    for z in read_slices(chunk, spec, rows=SLICE_ROWS, names={}):
+    for z in spec.slices(chunk, SLICE_ROWS, names={}):
         part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
                                 data_terms)
         total = part if total is None else add_level_sums(total, part)
@@ -137,13 +137,22 @@ def _level_fold(chunk, spec, cat_idx, tables, b, on_rows, combine):
     intercept being b plus the row's levels' coefficients (``data.write.LevelTable``)."""
     names: dict = {}
     num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
-    where = getattr(chunk, "path", None) or getattr(chunk, "pieces", [chunk])[0].path
+    where = _where(chunk)
     total = None
-    for z in read_slices(chunk, spec, rows=SLICE_ROWS, names=names):
+    for z in spec.slices(chunk, SLICE_ROWS, names=names):
         offset = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
         part = on_rows(np.ascontiguousarray(z[:, num]), offset)
         total = part if total is None else combine(total, part)
     return total
+
+
+def _where(chunk) -> str:
+    """What an error names for a chunk: its file, a pack's first file, or a partition."""
+    path = getattr(chunk, "path", None)
+    if isinstance(path, str):
+        return path
+    pieces = getattr(chunk, "pieces", None)
+    return pieces[0].path if isinstance(pieces, (list, tuple)) and pieces else "a dask DataFrame partition"
 
 
 def chunk_level_classes(chunk, spec, cat_idx, tables, m, b, loss) -> ClassSums:

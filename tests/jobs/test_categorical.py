@@ -272,3 +272,36 @@ def test_logistic_with_categories_is_scikit_learns_one_hot_logistic_regression(t
     proba = 1 / (1 + np.exp(-(X @ res.m + res.b + offsets)))
     np.testing.assert_allclose(proba, ref.predict_proba(np.column_stack([X, enc.transform(frame)]))[:, 1],
                                rtol=1e-8)
+
+
+def test_the_classifier_and_poisson_estimators_take_text_and_category_columns(rng):
+    """gd_dask.LogisticRegression and PoissonRegressor on a DataFrame with a text and a
+    category column: probabilities and means through the levels' coefficients, equal to
+    scikit-learn's on the one-hot design (its Newton solver, no penalty)."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression as SkLogistic
+    from sklearn.linear_model import PoissonRegressor as SkPoisson
+
+    import gd_dask
+
+    n = 4000
+    X = pd.DataFrame({"x": rng.normal(size=n), "region": rng.choice(["a", "b", "c"], n),
+                      "kind": pd.Categorical(rng.choice(["u", "v"], n))})
+    eta = 0.7 * X.x + X.region.map({"a": 0.0, "b": 0.5, "c": -0.5}) + (X.kind == "v") * 0.3
+    labels = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int)
+    counts = rng.poisson(np.exp(eta))
+    for ours, theirs, y, predict in (
+            (gd_dask.LogisticRegression(), SkLogistic(C=np.inf, solver="newton-cholesky", tol=1e-14), labels,
+             lambda m, D: m.predict_proba(D)[:, 1]),
+            (gd_dask.PoissonRegressor(), SkPoisson(alpha=0, solver="newton-cholesky", tol=1e-14), counts,
+             lambda m, D: m.predict(D))):
+        est = ours.fit(X, y)
+        assert est.converged_ and set(est.categorical_) == {"region", "kind"}
+        cols = [X.x.to_numpy()]
+        for c in ("region", "kind"):
+            cols += [(X[c].astype(str) == level).to_numpy(dtype=float) for level, v in est.categorical_[c].items()
+                     if v != 0.0]
+        D = np.column_stack(cols)
+        ref = theirs.fit(D, y)
+        mine = est.predict_proba(X)[:, 1] if isinstance(est, gd_dask.LogisticRegression) else est.predict(X)
+        np.testing.assert_allclose(mine, predict(ref, D), rtol=1e-7)
