@@ -51,23 +51,9 @@ def summarize_glm(s, loss, m, b, center, scale, fit_intercept: bool, weighted: b
     info = np.asarray(s.hess if f.info is None else f.info, dtype=np.float64)[:k, :k]
     fixed = loss.name in FIXED_SCALE
     phi = 1.0 if fixed else (f.pearson / df_resid if df_resid > 0 else math.nan)
-    A = np.zeros((k, k))  # original-units coefficients = A·θ
-    A[np.arange(d), np.arange(d)] = 1.0 / np.asarray(scale)
-    if fit_intercept:
-        A[d, :d] = -np.asarray(center) / np.asarray(scale)
-        A[d, d] = 1.0
-    sd = np.sqrt(np.diag(info))
-    inv = np.linalg.inv(info / np.outer(sd, sd)) / np.outer(sd, sd)
-    cov = phi * A @ inv @ A.T
     coef = np.append(m, b) if fit_intercept else m
-    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    q = normal_quantile(0.5 + CONFIDENCE / 2)
-    rows = []
-    for i in range(k):
-        z = coef[i] / se[i] if se[i] > 0 else math.nan
-        rows.append({"name": f"m[{i}]" if i < d else "b", "coef": float(coef[i]), "std_err": float(se[i]),
-                     "t": _num(z), "p_value": _num(normal_two_sided(z)),
-                     "ci_low": float(coef[i] - q * se[i]), "ci_high": float(coef[i] + q * se[i])})
+    names = [f"m[{i}]" for i in range(d)] + (["b"] if fit_intercept else [])
+    rows, cond = _rows(info, _to_original(center, scale, fit_intercept), coef, phi, names)
     llf = _loglik(s.loss, f, loss, phi, weighted)
     return {
         "method": f"GLM {loss.name} (log link)" if loss.name != "logistic" else "GLM binomial (logit link)",
@@ -76,9 +62,59 @@ def summarize_glm(s, loss, m, b, center, scale, fit_intercept: bool, weighted: b
         "pearson_chi2": f.pearson, "log_likelihood": None if llf is None else _num(llf),
         "aic": _num(-2 * llf + 2 * k) if llf is not None else None,
         "residual_std_err": None, "ssr": None, "r2": None, "r2_adj": None, "f": None, "f_p_value": None,
-        "bic": None, "condition_number": float(np.sqrt(np.linalg.cond(info / np.outer(sd, sd)))),
-        "confidence": CONFIDENCE,
+        "bic": None, "condition_number": cond, "confidence": CONFIDENCE,
     }
+
+
+def summarize_glm_levels(s, loss, coef, names, center, scale) -> dict | None:
+    """The summary of a canonical family with fixed scale (logistic, Poisson) fitted with
+    categorical features: ``s`` the Newton pass at the fitted coefficients over [numeric
+    (standardized by ``center``, ``scale``), non-reference levels, intercept], whose
+    Hessian is then Fisher's information; ``coef`` and ``names`` in that order, original
+    units. None for the other families (their information needs its own per-level sums)."""
+    if loss.name not in FIXED_SCALE:
+        return None
+    k = len(coef)
+    center = np.append(center, np.zeros(k - 1 - len(center)))
+    scale = np.append(scale, np.ones(k - 1 - len(scale)))
+    rows, cond = _rows(np.asarray(s.hess, dtype=np.float64), _to_original(center, scale, True), coef, 1.0, names)
+    llf = -s.loss if loss.name == "logistic" else None
+    return {
+        "method": "GLM binomial (logit link)" if loss.name == "logistic" else "GLM poisson (log link)",
+        "cov_type": "nonrobust", "statistic": "z", "nobs": s.n, "df_model": k - 1, "df_resid": s.n - k,
+        "coefficients": rows, "scale": 1.0, "deviance": s.loss * 2 / loss.penalty_scale, "pearson_chi2": None,
+        "log_likelihood": None if llf is None else _num(llf), "aic": None if llf is None else _num(-2 * llf + 2 * k),
+        "residual_std_err": None, "ssr": None, "r2": None, "r2_adj": None, "f": None, "f_p_value": None,
+        "bic": None, "condition_number": cond, "confidence": CONFIDENCE, "named": True,
+    }
+
+
+def _to_original(center, scale, fit_intercept: bool) -> np.ndarray:
+    """A with original-units coefficients = A·θ: m_j = θ_j/σ_j, b = θ_b − Σ (c_j/σ_j)·θ_j."""
+    d = len(scale)
+    k = d + int(fit_intercept)
+    A = np.zeros((k, k))
+    A[np.arange(d), np.arange(d)] = 1.0 / np.asarray(scale)
+    if fit_intercept:
+        A[d, :d] = -np.asarray(center) / np.asarray(scale)
+        A[d, d] = 1.0
+    return A
+
+
+def _rows(info, A, coef, phi: float, names) -> tuple[list, float]:
+    """(a row per coefficient: SE, z, p, CI from Cov = φ·A·I⁻¹·Aᵀ; the condition number
+    of the standardized information)."""
+    sd = np.sqrt(np.diag(info))
+    inv = np.linalg.inv(info / np.outer(sd, sd)) / np.outer(sd, sd)
+    se = np.sqrt(np.maximum(np.diag(phi * A @ inv @ A.T), 0.0))
+    q = normal_quantile(0.5 + CONFIDENCE / 2)
+    rows = []
+    for i, name in enumerate(names):
+        z = coef[i] / se[i] if se[i] > 0 else math.nan
+        rows.append({"name": name, "coef": float(coef[i]), "std_err": float(se[i]), "t": _num(z),
+                     "p_value": _num(normal_two_sided(z)), "ci_low": float(coef[i] - q * se[i]),
+                     "ci_high": float(coef[i] + q * se[i])})
+    return rows, float(np.sqrt(np.linalg.cond(info / np.outer(sd, sd))))
 
 
 def _loglik(total: float, f, loss, phi: float, weighted: bool) -> float | None:

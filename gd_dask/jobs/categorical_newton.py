@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from ..artifacts.glm_summary import summarize_glm_levels
 from ..data.write import LevelTable
 from ..errors import DataError
 from ..kernels.level_newton import assemble
@@ -77,6 +78,7 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None):
     unseen = cfg.model.unseen_levels
     tables = [LevelTable(doc["name"], doc["levels"], doc["coef"], unseen) for doc in docs]
     metrics = prep.ex.level_metrics(np.asarray(m, dtype=np.float64), float(b), tables)
+    summary = _summary(cfg, setup, state, loop.kept, m, b, coef[keep], enc, keep, starts, docs)
     prep.release()
     return FitResult(
         m=np.asarray(m, dtype=np.float64), b=float(b), epochs_run=state.epoch, converged=state.converged,
@@ -84,6 +86,24 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None):
         metrics=metrics, history=state.history, params=theta.astype(np.float64), curvature=setup.curv,
         seconds=time.perf_counter() - t0, source=prep.source, rows_dropped=prep.rows_dropped,
         convergence=convergence_report(cfg, state, certifier),
-        summary={"available": False, "reason": "categorical features with a Newton loss: not summarized yet "
-                                               "(issue 33)"},
-        categorical=docs)
+        summary=summary, categorical=docs)
+
+
+def _summary(cfg, setup, state, kept, m, b, level_coef, enc, keep, starts, docs) -> dict:
+    """model.json's ``summary``: a row per numeric feature, per non-reference level
+    (``region[north]``) and the intercept, from Fisher's information at the fitted
+    coefficients (the last pass's Hessian, for logistic and Poisson)."""
+    if not state.converged or kept is None:
+        return {"available": False, "reason": "not converged: these statistics hold at the maximum of the likelihood"}
+    if cfg.model.l2:
+        return {"available": False, "reason": "penalized fit (l2): the likelihood's covariance does not apply"}
+    names = [f for f in cfg.data.features if f not in enc.columns]
+    for g in keep:
+        c = int(np.searchsorted(starts, g, side="right") - 1)
+        names.append(f"{enc.columns[c]}[{docs[c]['levels'][g - starts[c]]}]")
+    coef = np.concatenate((m, level_coef, [b]))
+    doc = summarize_glm_levels(kept, setup.loss, coef, names + ["b"], setup.scaling.center, setup.scaling.scale)
+    if doc is None:
+        return {"available": False, "reason": f"model.loss {cfg.model.loss} with categorical features: its Fisher "
+                                              "information per level is not summed yet (issue 33)"}
+    return {"available": True, **doc}

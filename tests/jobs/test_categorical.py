@@ -266,7 +266,19 @@ def test_logistic_with_categories_is_scikit_learns_one_hot_logistic_regression(t
     from gd_dask.data.write import LevelTable
 
     doc = model_document(cfg, res)
-    assert doc["categorical"][0]["levels"] and doc["summary"]["available"] is False
+    assert doc["categorical"][0]["levels"]
+    # The summary: statsmodels' GLM on the same one-hot design (z, SE, CI by name).
+    import statsmodels.api as sm
+
+    design = np.column_stack([np.ones(len(y)), X, enc.transform(frame)])
+    sm_res = sm.GLM(y, design, family=sm.families.Binomial()).fit(tol=1e-14)
+    sm_names = ["b", "x0", "x1", *(n.replace("_", "[", 1) + "]" for n in enc.get_feature_names_out(["region", "store"]))]
+    rows = {r["name"]: r for r in res.summary["coefficients"]}
+    assert res.summary["available"] and set(rows) == set(sm_names)
+    for name, se, z in zip(sm_names, sm_res.bse, sm_res.tvalues):
+        assert rows[name]["std_err"] == pytest.approx(se, rel=1e-6), name
+        assert rows[name]["t"] == pytest.approx(z, rel=1e-6), name
+    assert res.summary["log_likelihood"] == pytest.approx(sm_res.llf, rel=1e-9)
     tables = [LevelTable(d["name"], d["levels"], d["coef"]) for d in res.categorical]
     offsets = sum(t.contribution(pa.array(v), "x") for t, v in zip(tables, (region.tolist(), store)))
     proba = 1 / (1 + np.exp(-(X @ res.m + res.b + offsets)))
