@@ -10,14 +10,13 @@ column's levels arrive sorted, so a row's level index is a binary search.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
 from .compensated import dd_add
 from .losses import Loss
-from .newton import NewtonSums, pairwise_gradient
+from .newton import NewtonSums, newton_rows, numeric_sums
 
 
 class LevelSums(NamedTuple):
@@ -51,46 +50,28 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
     levels' coefficients ``coef`` (all levels, in column order; references 0)."""
     X = (z[:, num_idx] - center) / scale
     y = z[:, target]
-    n, d = X.shape
     idx = level_indices(z, cat_idx, level_keys)
     sizes = [len(k) for k in level_keys]
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
     eta = X @ m + b
-    size = np.abs(X) @ np.abs(m) + abs(b)
+    ax = np.abs(X)
+    size = ax @ np.abs(m) + abs(b)
     for c, i in enumerate(idx):
         eta += coef[starts[c] + i]
         size += np.abs(coef[starts[c] + i])
-    bad = loss.check_target(y)
-    bad = (int(bad.size), tuple(float(v) for v in np.unique(bad)[:5])) if bad is not None and bad.size else (0, ())
-    psi, total, h, mag = loss.newton_terms(eta, y, None)
-    size *= h
-    size += mag
-    size += np.abs(psi)
-    xh = X * h[:, None]
-    hess = np.empty((d + 1, d + 1))
-    hess[:d, :d] = xh.T @ X
-    hess[:d, d] = hess[d, :d] = X.T @ h
-    hess[d, d] = h.sum()
-    r2, constant = 0.0, math.nan
-    if data_terms:
-        r2 = float(np.einsum("ij,ij->i", X, X).max()) + 1.0 + len(idx) if n else 0.0
-        cterms = loss.constant_terms(y)
-        constant = 0.0 if cterms is None else float(cterms.sum())
-        total += constant
-    g = pairwise_gradient(X, psi)
-    num = NewtonSums(g[:d], float(g[d]), total, float(n), hess, r2,
-                     np.append(np.abs(X).T @ size, size.sum()), bad, (0, ()), constant, np.zeros(d + 1))
+    rows = newton_rows(y, None, eta, size, loss)
+    num = numeric_sums(X, ax, y, None, rows, loss, data_terms, indicators=len(idx))
     L = int(sum(sizes))
     level_grad, level_h, level_scale = np.zeros(L), np.zeros(L), np.zeros(L)
-    level_x = np.zeros((L, d))
+    level_x = np.zeros((L, X.shape[1]))
     for c, i in enumerate(idx):
         s, k = starts[c], sizes[c]
-        level_grad[s:s + k] = np.bincount(i, psi, k)
-        level_h[s:s + k] = np.bincount(i, h, k)
-        level_scale[s:s + k] = np.bincount(i, size, k)
-        for j in range(d):
-            level_x[s:s + k, j] = np.bincount(i, xh[:, j], k)
-    pairs = tuple(np.bincount(idx[a] * sizes[bb] + idx[bb], h, sizes[a] * sizes[bb]).reshape(sizes[a], sizes[bb])
+        level_grad[s:s + k] = np.bincount(i, rows.psi, k)
+        level_h[s:s + k] = np.bincount(i, rows.h, k)
+        level_scale[s:s + k] = np.bincount(i, rows.size, k)
+        for j in range(X.shape[1]):
+            level_x[s:s + k, j] = np.bincount(i, rows.h * X[:, j], k)
+    pairs = tuple(np.bincount(idx[a] * sizes[bb] + idx[bb], rows.h, sizes[a] * sizes[bb]).reshape(sizes[a], sizes[bb])
                   for a in range(len(idx)) for bb in range(a + 1, len(idx)))
     return LevelSums(num, level_grad, np.zeros(L), level_h, level_x, pairs, level_scale)
 

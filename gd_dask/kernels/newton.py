@@ -113,8 +113,7 @@ def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offs
     X, y, w = split_block(zs, weighted)
     bad_exp = exposures_refused(X, offset)
     X, off = split_offset(X, offset)
-    n, d = X.shape
-    eta = np.matmul(X, m, out=scratch_vector(n))
+    eta = np.matmul(X, m, out=scratch_vector(X.shape[0]))
     eta += b_centered
     ax = np.abs(X, out=scratch_matrix(X.shape, "abs"))
     size = ax @ np.abs(m)
@@ -122,9 +121,28 @@ def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offs
     if off is not None:
         eta += off
         size += np.abs(off)
-    bad_y = loss.check_target(y)
-    bad_y = _bad(bad_y) if bad_y is not None else (0, ())
     keep = eta.copy() if final else None
+    rows = newton_rows(y, w, eta, size, loss)
+    s = numeric_sums(X, ax, y, w, rows, loss, data_terms or final)._replace(bad_exposures=bad_exp)
+    return s._replace(final=_final(X, y, w, keep, loss, s.loss)) if final else s
+
+
+class Rows(NamedTuple):
+    """A slice's per-row Newton terms: w·ψ, w·ℓ'', the size ψ's rounding is relative to;
+    Σ w·loss (less its constant terms) and the targets the loss refuses."""
+
+    psi: np.ndarray
+    h: np.ndarray
+    size: np.ndarray
+    total: float
+    bad_targets: tuple
+
+
+def newton_rows(y, w, eta, size, loss: Loss) -> Rows:
+    """``Rows`` at the linear predictor ``eta`` (overwritten), ``size`` holding |x̃|·|θ| (the
+    size of eta's own rounding; it becomes the row's rounding size)."""
+    bad = loss.check_target(y)
+    bad = _bad(bad) if bad is not None else (0, ())
     psi, total, h, mag = loss.newton_terms(eta, y, w)
     size *= h
     size += mag
@@ -132,24 +150,31 @@ def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offs
         h = h * w
         size *= w
     size += np.abs(psi)
+    return Rows(psi, h, size, total, bad)
+
+
+def numeric_sums(X, ax, y, w, rows: Rows, loss: Loss, data_terms: bool, indicators: int = 0) -> NewtonSums:
+    """``NewtonSums`` of the numeric features ``X`` (|X| in ``ax``) and the intercept from
+    a slice's ``Rows``; ``indicators``: each row's one-hot entries besides (categorical
+    columns), for the largest ‖x̃‖²."""
+    n, d = X.shape
+    psi, h, size = rows.psi, rows.h, rows.size
     xh = np.multiply(X, h[:, None], out=scratch_matrix(X.shape, "weighted"))
     hess = np.empty((d + 1, d + 1))
     hess[:d, :d] = xh.T @ X
     hess[:d, d] = hess[d, :d] = X.T @ h
     hess[d, d] = h.sum()
     scale = np.append(ax.T @ size, size.sum())
-    rows_n = n if w is None else float(w.sum())
-    r2, constant = 0.0, math.nan
-    if data_terms or final:
-        rows = X if w is None else X[w > 0]
-        r2 = float(np.einsum("ij,ij->i", rows, rows).max()) + 1.0 if rows.shape[0] else 0.0
+    total, r2, constant = rows.total, 0.0, math.nan
+    if data_terms:
+        counted = X if w is None else X[w > 0]
+        r2 = float(np.einsum("ij,ij->i", counted, counted).max()) + 1.0 + indicators if counted.shape[0] else 0.0
         c = loss.constant_terms(y)
         constant = 0.0 if c is None else float(c.sum() if w is None else w @ c)
         total += constant
     g = pairwise_gradient(X, psi)
-    extra = _final(X, y, w, keep, loss, total) if final else None
-    return NewtonSums(g[:d], float(g[d]), total, rows_n, hess, r2, scale, bad_y, bad_exp, constant, np.zeros(d + 1),
-                      extra)
+    return NewtonSums(g[:d], float(g[d]), total, n if w is None else float(w.sum()), hess, r2, scale,
+                      rows.bad_targets, (0, ()), constant, np.zeros(d + 1))
 
 
 def _final(X, y, w, eta, loss: Loss, total: float) -> FinalSums:

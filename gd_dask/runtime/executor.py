@@ -19,7 +19,7 @@ import dask
 import numpy as np
 
 from ..data import Pack, ParquetSource, count_nonfinite
-from ..data.read import add_level_names, pack_files, read_slices
+from ..data.read import add_level_names, pack_files
 from ..data.write import predict_file
 from ..kernels import gradient as g
 from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, standardize_block

@@ -272,7 +272,8 @@ def test_logistic_with_categories_is_scikit_learns_one_hot_logistic_regression(t
 
     design = np.column_stack([np.ones(len(y)), X, enc.transform(frame)])
     sm_res = sm.GLM(y, design, family=sm.families.Binomial()).fit(tol=1e-14)
-    sm_names = ["b", "x0", "x1", *(n.replace("_", "[", 1) + "]" for n in enc.get_feature_names_out(["region", "store"]))]
+    one_hot = enc.get_feature_names_out(["region", "store"])
+    sm_names = ["b", "x0", "x1", *(n.replace("_", "[", 1) + "]" for n in one_hot)]
     rows = {r["name"]: r for r in res.summary["coefficients"]}
     assert res.summary["available"] and set(rows) == set(sm_names)
     for name, se, z in zip(sm_names, sm_res.bse, sm_res.tvalues):
