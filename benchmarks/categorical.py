@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import train_command
 
 HERE = Path(__file__).parent
 ROWS, FILES, STORES, REGIONS = 8_000_000, 8, 5_000, 50
@@ -82,25 +83,15 @@ def _peer(name: str, root: Path) -> dict | None:
 
 def categorical(work: Path, quick: bool) -> dict:
     """The section's figures (``run.py`` prints them)."""
-    import re
-    import shutil
 
     rows = 200_000 if quick else ROWS
     root = work / f"categorical-{rows}"
     write(root, rows)
-    cfg = work / "categorical.yaml"
-    cfg.write_text(json.dumps({"name": "cat", "data": {"path": str(root), "target": "y", "categorical": ["store"],
-                                                        "features": ["x0", "x1", "x2", "x3", "region", "store"]},
-                               "output": {"dir": str(work / "categorical-out")}}))
-    gd = shutil.which("gd-dask", path=str(Path(sys.executable).parent)) or "gd-dask"
-    t = time.perf_counter()
-    run = subprocess.run([gd, "train", str(cfg), "--no-plot"], capture_output=True, text=True)
-    whole = time.perf_counter() - t
-    if run.returncode != 0:
-        raise RuntimeError(f"gd-dask: {run.stderr.strip().splitlines()[-1]}")
-    model = json.loads((work / "categorical-out" / "model.json").read_text())
-    out = {"rows": rows, "gd_dask": {"whole_s": whole, "train_s": float(re.search(r"seconds: ([0-9.]+)",
-                                                                                   run.stdout).group(1)),
+    run = train_command({"name": "cat", "data": {"path": str(root), "target": "y", "categorical": ["store"],
+                                                 "features": ["x0", "x1", "x2", "x3", "region", "store"]},
+                         "output": {"dir": str(work / "categorical-out")}}, work / "categorical.yaml")
+    model = run["model"]
+    out = {"rows": rows, "gd_dask": {"whole_s": run["whole_s"], "train_s": run["train_s"],
                                      "converged": model["converged"], "digits": model["convergence"]["digits"],
                                      "m": model["m"]},
            "peers": {}}

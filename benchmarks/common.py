@@ -131,3 +131,27 @@ def best_of(k: int, fn, *args, **kw):
     """(result, seconds) of the fastest of ``k`` calls."""
     runs = [timed(fn, *args, **kw) for _ in range(k)]
     return min(runs, key=lambda r: r[1])
+
+
+def train_command(config: dict, cfg_path: Path) -> dict:
+    """`gd-dask train` on ``config`` (written to ``cfg_path``) in a fresh process, as a user
+    runs it: {whole_s (the process), train_s (training as it reports), model (model.json),
+    pass_s (history.csv's seconds per epoch or pass)}."""
+    import json
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    cfg_path.write_text(json.dumps(config))
+    gd = shutil.which("gd-dask", path=str(Path(sys.executable).parent)) or "gd-dask"
+    t = time.perf_counter()
+    run = subprocess.run([gd, "train", str(cfg_path), "--no-plot"], capture_output=True, text=True)
+    whole = time.perf_counter() - t
+    if run.returncode != 0:
+        raise RuntimeError(f"gd-dask {config['name']}: {run.stderr.strip().splitlines()[-1]}")
+    out = Path(config["output"]["dir"])
+    history = (out / "history.csv").read_text().splitlines()[1:]
+    return {"whole_s": whole, "train_s": float(re.search(r"seconds: ([0-9.]+)", run.stdout).group(1)),
+            "model": json.loads((out / "model.json").read_text()),
+            "pass_s": [float(line.split(",")[-1]) for line in history]}

@@ -18,14 +18,13 @@ accuracy is part of the comparison."""
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import train_command
 
 HERE = Path(__file__).parent
 ROWS, FILES, D = 8_000_000, 8, 8
@@ -177,22 +176,12 @@ def _train(work: Path, root: Path, job: str) -> dict:
     data = {"path": str(root), "target": TARGET[job], "features": _features()}
     if job == "poisson":
         data["exposure"] = "expo"
-    cfg = work / f"glm-{job}.yaml"
-    out = work / f"glm-{job}-out"
-    cfg.write_text(json.dumps({"name": f"glm-{job}", "data": data, "model": {"loss": job},
-                               "output": {"dir": str(out)}}))
-    gd = shutil.which("gd-dask", path=str(Path(sys.executable).parent)) or "gd-dask"
-    t = time.perf_counter()
-    run = subprocess.run([gd, "train", str(cfg), "--no-plot"], capture_output=True, text=True)
-    whole = time.perf_counter() - t
-    if run.returncode != 0:
-        raise RuntimeError(f"gd-dask {job}: {run.stderr.strip().splitlines()[-1]}")
-    model = json.loads((out / "model.json").read_text())
-    history = (out / "history.csv").read_text().splitlines()[1:]
-    seconds = [float(line.split(",")[-1]) for line in history]
-    return {"whole_s": whole, "train_s": float(re.search(r"seconds: ([0-9.]+)", run.stdout).group(1)),
-            "passes": model["epochs_run"], "converged": model["converged"], "pass_s": seconds,
-            "digits": model["convergence"]["digits"], "coef": model["m"], "b": model["b"]}
+    run = train_command({"name": f"glm-{job}", "data": data, "model": {"loss": job},
+                         "output": {"dir": str(work / f"glm-{job}-out")}}, work / f"glm-{job}.yaml")
+    model = run["model"]
+    return {"whole_s": run["whole_s"], "train_s": run["train_s"], "passes": model["epochs_run"],
+            "converged": model["converged"], "pass_s": run["pass_s"], "digits": model["convergence"]["digits"],
+            "coef": model["m"], "b": model["b"]}
 
 
 def _scan(root: Path) -> float:

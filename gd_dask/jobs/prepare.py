@@ -79,6 +79,7 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
         dropped = rows_dropped(cfg, source, mom.n)
         return Prepared(source, strategy, ex, mom, None, None, dropped, groups, names)
     mom = ex.moments()
+    offset_mean = 0.0
     if source.offset:  # the offset's moments are not the features': its coefficient is 1
         if not mom.finite():
             _diagnose_nonfinite(mom, ex)
@@ -93,10 +94,7 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     if val_ex is not None:
         val_mom = validation_moments(val_ex, cfg)
     dropped = rows_dropped(cfg, source, mom.n + (val_mom.n if val_mom else 0))
-    prep = Prepared(source, strategy, ex, mom, val_ex, val_mom, dropped)
-    if source.offset:
-        prep.offset_mean = offset_mean
-    return prep
+    return Prepared(source, strategy, ex, mom, val_ex, val_mom, dropped, offset_mean=offset_mean)
 
 
 #: What categorical features are trained with so far (issue 33): the rest is refused by name.

@@ -144,6 +144,20 @@ class Checkpoints:
         return bool(self.every) and epoch % self.every == 0 and seconds_since >= CHECKPOINT_MIN_SECONDS
 
 
+def evaluate(oracle, state: LoopState, params, checkpoints: Checkpoints | None, *args):
+    """``oracle(m, b, *args)`` at ``params``; where the cluster is gone, the state is saved
+    first and the error says how to resume from it."""
+    d = params.shape[0] - 1
+    try:
+        return oracle(params[:d], params[d], *args)
+    except ClusterError as e:  # the cluster is gone: leave a way back
+        saved = save_now(checkpoints, state)
+        if saved is None:
+            raise
+        raise ClusterError(f"{e}; rerun the same command to resume from the checkpoint at epoch "
+                           f"{saved}") from None
+
+
 def save_now(checkpoints: Checkpoints | None, state: LoopState) -> int | None:
     """On a signal or a lost cluster, at an epoch boundary: save the state a rerun resumes
     from; its epoch, or None where nothing is checkpointed."""
@@ -218,15 +232,7 @@ class Descent:
         return save_now(self.checkpoints, state)
 
     def _evaluate(self, state: LoopState, params):
-        d = params.shape[0] - 1
-        try:
-            return self.oracle(params[:d], params[d])
-        except ClusterError as e:  # the cluster is gone: leave a way back
-            saved = self._save_now(state)
-            if saved is None:
-                raise
-            raise ClusterError(f"{e}; rerun the same command to resume from the checkpoint at epoch "
-                               f"{saved}") from None
+        return evaluate(self.oracle, state, params, self.checkpoints)
 
     def _epoch(self, state: LoopState) -> bool:
         """One epoch: evaluate, step, record, judge. False: the loop ends here."""

@@ -1,6 +1,6 @@
 """Newton's method for the self-concordant families (logistic, Poisson, Gamma, Tweedie):
 each pass over the data brings the gradient and the Hessian at θ together
-(``gradient.NewtonSums``), which is a step −H⁻¹∇J and, at the same θ, the certificate of
+(``kernels.newton.NewtonSums``), which is a step −H⁻¹∇J and, at the same θ, the certificate of
 ``certify.LocalBound`` — no pass is spent on curvature alone. Pure: no dask, no I/O.
 
 From the intercept-only model (the link of the target's mean) Newton needs a handful of
@@ -17,9 +17,9 @@ import time
 import numpy as np
 
 from .. import interrupt
-from ..errors import ClusterError, TrainingError
+from ..errors import TrainingError
 from .certify import LocalBound, newton_gradient_error
-from .descent import Checkpoints, LoopState, Rules, keep_row, save_now
+from .descent import Checkpoints, LoopState, Rules, evaluate, keep_row, save_now
 
 #: ``optimizer.epochs: auto`` for Newton: passes (separable classes or collinear features
 #: never converge; well-conditioned data needs fewer than ten).
@@ -52,8 +52,9 @@ class Newton:
 
     Parameters
     ----------
-    oracle : callable(m, b) -> NewtonSums
-        One pass at training-space (m, b).
+    oracle : callable(m, b, final, data_terms) -> NewtonSums
+        One pass at training-space (m, b); ``final``: with the metrics and Fisher's
+        information too; ``data_terms``: with the data's own terms (the first pass).
     certifier : certify.LocalBound
         Bounds the coefficients' error from the pass's own gradient and Hessian.
     rules : descent.Rules
@@ -83,7 +84,7 @@ class Newton:
                 interrupt.raise_if_pending(lambda: save_now(checkpoints, state))
                 params = state.params
                 d = params.shape[0] - 1
-                s = self._pass(state, params, checkpoints, final, data is None)
+                s = evaluate(self.oracle, state, params, checkpoints, final, data is None)
                 if data is None:
                     data = (s.constant, s.radius2)  # the data's own terms: once
                 elif not math.isfinite(s.constant):
@@ -142,17 +143,6 @@ class Newton:
         if base is not None:
             state.params, self.kept = base[0], base[2]  # the parameters the last bound holds for
         return state
-
-    def _pass(self, state: LoopState, params, checkpoints, final: bool, data_terms: bool):
-        d = params.shape[0] - 1
-        try:
-            return self.oracle(params[:d], params[d], final, data_terms)
-        except ClusterError as e:  # the cluster is gone: leave a way back
-            saved = save_now(checkpoints, state)
-            if saved is None:
-                raise
-            raise ClusterError(f"{e}; rerun the same command to resume from the checkpoint at epoch "
-                               f"{saved}") from None
 
 
 def _solve(hess, g) -> np.ndarray:

@@ -520,26 +520,20 @@ class Executor:
         ``data.write.LevelTable``s, in the source's categorical order): one pass."""
         cols = self.source.columns
         cat_idx = [cols.index(t.name) for t in tables]
-        if self.loss.task == "classification":
-            fn = dask.delayed(chunk_level_classes, pure=True)
-            spec = self.source.spec
-            leaves = [fn(c, spec, cat_idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b), self.loss)
-                      for c in self.source.chunks]
-            # Compute: a few numbers come back.
-            return class_metrics(self._compute(_reduce_tree(leaves, add_class_sums)))
-        if getattr(self.loss, "deviance_metric", None):
-            fn = dask.delayed(chunk_level_family, pure=True)
-            spec = self.source.spec
-            leaves = [fn(c, spec, cat_idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b), self.loss)
-                      for c in self.source.chunks]
-            # Compute: a few numbers come back.
-            return family_metrics(self._compute(_reduce_tree(leaves, add_family_errors)), self.loss)
-        fn = dask.delayed(chunk_level_errors, pure=True)
+        loss = self.loss
+        if loss.task == "classification":
+            on_chunk, arg, combine, done = chunk_level_classes, loss, add_class_sums, class_metrics
+        elif getattr(loss, "deviance_metric", None):
+            on_chunk, arg, combine = chunk_level_family, loss, add_family_errors
+            done = lambda sums: family_metrics(sums, loss)  # noqa: E731
+        else:
+            on_chunk, arg, combine, done = chunk_level_errors, loss.link, add_errors, error_metrics
+        fn = dask.delayed(on_chunk, pure=True)
         spec = self.source.spec
-        leaves = [fn(c, spec, cat_idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b), self.loss.link)
+        leaves = [fn(c, spec, cat_idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b), arg)
                   for c in self.source.chunks]
         # Compute: a few numbers come back.
-        return error_metrics(self._compute(_reduce_tree(leaves, add_errors)))
+        return done(self._compute(_reduce_tree(leaves, combine)))
 
     def class_sums(self, m, b, threshold: float = 0.5) -> ClassSums:
         """Metric sums of a classifier (m, b) in original units, read from the files."""
