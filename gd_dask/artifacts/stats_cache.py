@@ -12,7 +12,9 @@ filters: ``way``)::
 
 An entry is ``{"key": {path, size, stamp, columns, …}, "moments": {n, mean, comoment},
 "plan": {row_groups, row_group_bytes, types}}``, mean and comoment as base64 of their
-float64 bytes (exact). It counts only while its key matches the listing (a rewritten
+float64 bytes (exact). With categorical features it also holds ``"groups"``: the file's
+moments by level (``kernels.groups.GroupMoments``: keys, n, mean, within, m2, the same
+base64) and the text of its text levels' keys. It counts only while its key matches the listing (a rewritten
 file has another size, mtime or ETag). A night's entries live in the
 base when the base lists the night, else in the night's own object.
 
@@ -37,6 +39,7 @@ import math
 
 import numpy as np
 
+from ..kernels.groups import GroupMoments
 from ..kernels.moments import Moments
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,8 @@ def _checksum(entry: dict) -> str:
     against the listing anyway). A flipped bit, a doubled n or a truncated mean fails it."""
     m = entry["moments"]
     text = f"{m['n']!r}|{m['mean']}|{m['comoment']}|{json.dumps(entry.get('plan'), sort_keys=True)}"
+    if "groups" in entry:
+        text += "|" + json.dumps(entry["groups"], sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
@@ -84,6 +89,27 @@ def _checked_moments(entry: dict) -> Moments:
     if mean.size < 1 or comoment.size != mean.size * mean.size:
         raise ValueError(f"{mean.size} means and {comoment.size} co-moments")
     return Moments(n, mean, comoment.reshape(mean.size, mean.size))
+
+
+def _group_doc(groups: GroupMoments, names: dict) -> dict:
+    """A file's ``GroupMoments`` and its level names as an entry holds them."""
+    q, k = groups.keys.shape[1], groups.mean.shape[1]
+    return {"q": q, "k": k, **{f: _text(getattr(groups, f)) for f in GroupMoments._fields},
+            "names": [[float(key), text] for key, text in sorted(names.items())]}
+
+
+def _checked_groups(doc: dict) -> tuple[GroupMoments, dict]:
+    """``_group_doc``'s values back, or ValueError where their shapes disagree."""
+    q, k = int(doc["q"]), int(doc["k"])
+    keys, n = _floats(doc["keys"]), _floats(doc["n"])
+    g = n.size
+    if keys.size != g * q or q < 1 or k < 1:
+        raise ValueError(f"{keys.size} level keys for {g} groups of {q} columns")
+    mean, m2, within = _floats(doc["mean"]), _floats(doc["m2"]), _floats(doc["within"])
+    if mean.size != g * k or m2.size != g * k or within.size != k * k:
+        raise ValueError("group means or co-moments of the wrong size")
+    names = {float(key): str(text) for key, text in doc["names"]}
+    return GroupMoments(keys.reshape(g, q), n, mean.reshape(g, k), within.reshape(k, k), m2.reshape(g, k)), names
 
 
 def _night(key: dict) -> str:
@@ -111,10 +137,28 @@ class StatsCache:
         """The file's moments if its key still matches."""
         return None if self._entry(key) is None else self._seen[key["path"]][2]
 
+    def groups(self, key: dict) -> tuple[GroupMoments, dict] | None:
+        """The file's moments by level and its level names if its key still matches and
+        they were cached (by a refit with categorical features)."""
+        entry = self._entry(key)
+        if entry is None or "groups" not in entry:
+            return None
+        try:
+            return _checked_groups(entry["groups"])
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            log.warning("statistics cache: the grouped moments of %s are damaged (%s); they are recomputed "
+                        "from the file", key["path"], e)
+            return None
+
     def plan(self, key: dict) -> dict | None:
         """What the file's footer said ({row_groups, row_group_bytes, types}) if its key
         still matches and it was read with its footer; else None (read the footer)."""
         entry = self._entry(key)
+        if entry is None:  # the file read with categorical columns: its footer said the same
+            found = self._load(self._home(key))["files"].get(key["path"])
+            grouped = found.get("key") if isinstance(found, dict) else None
+            if isinstance(grouped, dict) and {k: v for k, v in grouped.items() if k != "categorical"} == key:
+                entry = self._entry(grouped)
         return None if entry is None else entry.get("plan")
 
     def _entry(self, key: dict) -> dict | None:
@@ -137,13 +181,17 @@ class StatsCache:
 
     # ------------------------------------------------------------------ updates
 
-    def put(self, key: dict, mom: Moments, plan: dict | None = None) -> None:
-        """Note a file's moments (and its footer's plan); ``flush`` writes them."""
+    def put(self, key: dict, mom: Moments, plan: dict | None = None,
+            groups: tuple[GroupMoments, dict] | None = None) -> None:
+        """Note a file's moments (and its footer's plan; ``groups``: its moments by level
+        and level names); ``flush`` writes them."""
         # n is a row count, or Σw (a float) with sample weights: JSON keeps either exactly.
         n = int(mom.n) if isinstance(mom.n, (int, np.integer)) else float(mom.n)
         entry = {"key": key, "moments": {"n": n, "mean": _text(mom.mean), "comoment": _text(mom.comoment)}}
         if plan is not None:
             entry["plan"] = plan
+        if groups is not None:
+            entry["groups"] = _group_doc(*groups)
         entry["sum"] = _checksum(entry)
         home = self._home(key)
         self._load(home)["files"][key["path"]] = entry

@@ -282,7 +282,7 @@ class ParquetSource:
 
     def file_key(self, f: dict) -> dict:
         """Identity of one file's statistics: rewritten files get a new key."""
-        return file_key(f, self.columns, self.missing, self.row_filters)
+        return file_key(f, self.columns, self.missing, self.row_filters, self.categorical)
 
     @staticmethod
     def footer_plan(f: dict) -> dict | None:
@@ -303,12 +303,14 @@ class ParquetSource:
         }
 
 
-def file_key(f: dict, columns, missing: str, row_filters) -> dict:
-    """Identity of one file read one way (columns, missing, row filters), from the
-    listing alone: a rewritten file (other size, mtime or ETag) gets another key, and so
-    does a table's file with other rows deleted by the log."""
+def file_key(f: dict, columns, missing: str, row_filters, categorical=()) -> dict:
+    """Identity of one file read one way (columns, missing, row filters, the columns read
+    as levels), from the listing alone: a rewritten file (other size, mtime or ETag) gets
+    another key, and so does a table's file with other rows deleted by the log."""
     key = {"path": f["path"], "size": f["size"], "stamp": f["stamp"], "columns": list(columns),
            "missing": missing, "row_filters": [list(x) for x in row_filters], "partition": f["partition"]}
+    if categorical:  # its statistics are grouped by these columns' levels
+        key["categorical"] = list(categorical)
     if f.get("deleted"):
         key["deleted"] = deletion_digest(f["deleted"])
     return key

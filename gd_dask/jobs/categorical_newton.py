@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from ..artifacts.glm_summary import summarize_glm_levels
+from ..data.read import level_key
 from ..data.write import LevelTable
 from ..errors import DataError
 from ..kernels.level_newton import assemble
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 MAX_NEWTON_LEVELS = cat.MAX_DENSE_LEVELS
 
 
-def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None):
-    """A ``FitResult`` for a self-concordant loss with categorical features."""
+def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_levels=None):
+    """A ``FitResult`` for a self-concordant loss with categorical features; ``init``
+    (m, b) and ``init_levels`` (model.json's ``categorical``): a warm start."""
     from .training import FitResult, convergence_report, finish
 
     columns = list(prep.source.categorical)
@@ -66,8 +68,12 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None):
     with np.errstate(divide="ignore", invalid="ignore"):
         b0 = float(setup.loss.link(np.array(float(prep.mom.mean[-1]))))
     epochs = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
-    state = loop.run(loop.start(start_params(d + k, True, b0)), passes=epochs, tol=cfg.optimizer.tol,
-                     on_epoch=on_epoch)
+    start = start_params(d + k, True, b0)
+    if init is not None:  # the current model's levels against this window's references
+        levels, b_init = warm_levels(init_levels, enc, float(init[1]))
+        theta = setup.initial_params((np.asarray(init[0], dtype=np.float64), b_init), extended=False)
+        start = np.concatenate((theta[:d], levels[keep], theta[d:]))
+    state = loop.run(loop.start(start), passes=epochs, tol=cfg.optimizer.tol, on_epoch=on_epoch)
     state = finish(cfg, setup, state, certifier, None, epochs, on_epoch)
     theta = state.params
     m, b = sc.to_original(theta[:d], float(theta[-1]))
@@ -107,3 +113,20 @@ def _summary(cfg, setup, state, kept, m, b, level_coef, enc, keep, starts, docs)
         return {"available": False, "reason": f"model.loss {cfg.model.loss} with categorical features: its Fisher "
                                               "information per level is not summed yet (issue 33)"}
     return {"available": True, **doc}
+
+
+def warm_levels(init_levels: list[dict] | None, enc, b: float) -> tuple[np.ndarray, float]:
+    """The current model's level coefficients over the window's levels (``enc``, all
+    columns' levels one after another) re-expressed against the window's reference
+    levels, and the intercept that keeps every prediction: (coefficients, b). A level the
+    current model never saw starts at 0, its reference's effect."""
+    by_name = {doc["name"]: doc for doc in init_levels or ()}
+    coef = []
+    for c, col in enumerate(enc.columns):
+        doc = by_name.get(col) or {"levels": [], "coef": []}
+        old = {level_key(v): float(a) for v, a in zip(doc["levels"], doc["coef"])}
+        a = np.array([old.get(float(k), 0.0) for k in enc.levels[c]])
+        shift = a[enc.reference[c]]
+        coef.append(a - shift)
+        b += shift
+    return (np.concatenate(coef) if coef else np.zeros(0)), b

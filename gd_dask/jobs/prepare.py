@@ -102,13 +102,6 @@ CATEGORICAL_SUPPORT = ("squared loss (gram) or logistic, poisson, gamma, tweedie
                        "offset, no validation_fraction")
 
 
-def refuse_categorical(source: ParquetSource, command: str) -> None:
-    """Commands that do not train categorical features yet say so by name."""
-    if getattr(source, "categorical", None):
-        raise ConfigError(f"{command} does not handle categorical features yet ({', '.join(source.categorical)}; "
-                          "issue 33): gd-dask train does")
-
-
 def check_categorical(cfg, source: ParquetSource) -> None:
     """Categorical features with what supports them, or one line saying what does not."""
     o, m = cfg.optimizer, cfg.model

@@ -10,7 +10,8 @@ files never seen are read, footers included, and the cache itself is a few objec
 holdout pass also computes and caches the holdout files' moments, so on a regular night
 only the newest day is read, once. A loss without sufficient statistics
 (logistic, Huber) trains by stream epochs over the window, warm-started from the current
-model, and is judged by one pass per model over the holdout.
+model, and is judged by one pass per model over the holdout. Categorical features:
+``refit_levels`` (moments by level per file; new levels; the guard's level report).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from ..errors import ArtifactError, ConfigError, DataError
 from ..runtime.executor import Executor, stream_above_for, worker_records
 from ..artifacts.registry import Registry, RegistryError
 from ..artifacts.store import history_csv, model_document
-from .prepare import pick_strategy, refuse_categorical
+from . import refit_levels as levels
+from .prepare import pick_strategy
 from .training import fit, fit_moments
 
 log = logging.getLogger(__name__)
@@ -108,11 +110,14 @@ def _with_dates(data_cfg, dates):
 
 
 def _check_current(current: dict | None, cfg) -> tuple | None:
+    """The current model's (m, b) for a warm start, if it reads what the config does."""
     if current is None:
         return None
-    if current["features"] != list(cfg.data.features) or current.get("target") != cfg.data.target:
+    named = [c["name"] for c in current.get("categorical") or ()]
+    if (current["features"] + named != [f for f in cfg.data.features if f not in named] + named
+            or not set(named) <= set(cfg.data.features) or current.get("target") != cfg.data.target):
         raise ArtifactError(
-            f"the current model has features {current['features']} → {current.get('target')}, the config "
+            f"the current model has features {current['features'] + named} → {current.get('target')}, the config "
             f"{list(cfg.data.features)} → {cfg.data.target}: promote a compatible version or use another name")
     return np.asarray(current["m"], dtype=np.float64), float(current["b"])
 
@@ -227,7 +232,7 @@ def _log(reg: Registry, o: RefitOutcome, day: str, seconds: float, **extra) -> N
         "train_dates": v.get("train_dates"), "holdout_dates": v.get("holdout_dates"),
         "checks": v.get("checks", []), "quarantined": v.get("quarantined", []),
         "drift": v.get("drift", []), "staleness": v.get("staleness"), "night_fit": v.get("night_fit"),
-        "waived": v.get("waived", []), "table": v.get("table"),
+        "waived": v.get("waived", []), "levels": v.get("levels", []), "table": v.get("table"),
         "files_read": o.files_read, "cache_objects_read": reg.stats.objects_read,
         "seconds": round(seconds, 3), "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra})
     reg.put_night_record(day, _record(o))
@@ -332,12 +337,16 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
     current_state = reg.current_state()  # what promote's compare-and-swap expects to find
     current = reg.current_model()
     init = _check_current(current, cfg)
-    result, files_read = _train(cfg, client, reg, win, train_src, init)
+    levels.check_current(current, window)
+    result, files_read = _train(cfg, client, reg, win, train_src, init, current)
     night, challenger_score, current_score = {}, dict(result.metrics), None
     if not win.first:
-        challenger_score, current_score, hold_mom = _score_holdout(cfg, client, reg, hold_src, result, init)
+        challenger_score, current_score, hold_mom, changes = _score_holdout(cfg, client, reg, hold_src, result,
+                                                                            init, current)
         files_read += len(hold_src.files)
         night = _check_night(cfg, reg, train_src, win.hold, hold_mom, current_score)
+        if changes:
+            night["levels"] = changes
         waived = [d for d in win.hold if d in released]
         if night["checks"] and waived:  # released by hand: a false alarm, the checks are waived
             night["waived"], night["checks"] = night["checks"], []
@@ -398,7 +407,6 @@ def _open_window(cfg, client, reg: Registry, win: Window, listing):
             raise
         open_source(_with_dates(cfg.data, win.train), known=known, listing=listing)
         raise _SchemaFault(str(e)) from None
-    refuse_categorical(window, "refit")
     # Small files packed; statistics still per file. The layout is the data's alone.
     window.layout(CHUNK_BYTES, stream_above=stream_above_for(worker_records(client), CHUNK_BYTES))
     train_src, hold_src = (window.subset([f["full_path"] for f in window.files
@@ -407,9 +415,13 @@ def _open_window(cfg, client, reg: Registry, win: Window, listing):
     return window, train_src, hold_src
 
 
-def _train(cfg, client, reg: Registry, win: Window, train_src: ParquetSource, init) -> tuple:
+def _train(cfg, client, reg: Registry, win: Window, train_src: ParquetSource, init, current) -> tuple:
     """(the challenger's FitResult, files read): from per-file moments where the loss has
-    them (gram), else epochs over the training window."""
+    them (gram), else epochs over the training window (``current``: the warm start's
+    model.json, for its levels)."""
+    if pick_strategy(cfg).gram and train_src.categorical:
+        groups, names, files_read = levels.training_groups(cfg, train_src, reg, client)
+        return levels.fit_grouped(cfg, train_src, groups, names), files_read
     if pick_strategy(cfg).gram:
         mom, files_read = training_moments(train_src, reg, client)
         if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
@@ -419,18 +431,27 @@ def _train(cfg, client, reg: Registry, win: Window, train_src: ParquetSource, in
             files_read
     # No sufficient statistics (logistic, Huber): every epoch reads the training window.
     run_cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"checkpoint_every": 0})})
-    return fit(run_cfg, client, init=init, source=train_src), len(train_src.files)
+    return fit(run_cfg, client, init=init, source=train_src,
+               init_levels=(current or {}).get("categorical")), len(train_src.files)
 
 
-def _score_holdout(cfg, client, reg: Registry, hold_src: ParquetSource, result, init) -> tuple:
-    """(challenger's score, current model's score, the held-out night's moments)."""
+def _score_holdout(cfg, client, reg: Registry, hold_src: ParquetSource, result, init, current) -> tuple:
+    """(challenger's score, current model's score, the held-out night's moments, its
+    levels' changes against the challenger's: ``refit_levels.level_changes``)."""
+    if hold_src.categorical:
+        groups, names = levels.holdout_groups(client, reg, hold_src)
+        hold_mom = groups.to_moments()
+        scores = (None, None)
+        if hold_mom.finite() and hold_mom.n:
+            scores = levels.judge_by_passes(cfg, client, hold_src, result, current)
+        return (*scores, hold_mom, levels.level_changes(result.categorical, groups, names, hold_src.categorical))
     if pick_strategy(cfg).gram:
-        return _judge_on_holdout(client, reg, hold_src, result, init)
+        return (*_judge_on_holdout(client, reg, hold_src, result, init), [])
     hold_mom = _holdout_moments(client, reg, hold_src)  # the night's moments for its checks
     challenger_score = current_score = None
     if hold_mom.finite() and hold_mom.n:  # then one pass per model
         challenger_score, current_score = _judge_by_passes(client, hold_src, result, init, cfg)
-    return challenger_score, current_score, hold_mom
+    return challenger_score, current_score, hold_mom, []
 
 
 def _gate(cfg, win: Window, challenger_score, current_score) -> tuple[bool, str, str]:
@@ -453,10 +474,9 @@ def _repeat(record: dict, day: str) -> RefitOutcome:
 
 
 def _drift_note(verdict: dict) -> str:
-    drift = verdict.get("drift") or []
-    if not drift:
-        return ""
-    return "; drift: " + ", ".join(d["message"] for d in drift)
+    drift, changes = verdict.get("drift") or [], verdict.get("levels") or []
+    note = "; drift: " + ", ".join(d["message"] for d in drift) if drift else ""
+    return note + ("; levels: " + ", ".join(c["message"] for c in changes) if changes else "")
 
 
 def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_mom, current_score) -> dict:
@@ -478,8 +498,9 @@ def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_
             by_date.setdefault(f["partition"].get(DATE_KEY), []).append(mom)
     earlier = [validate.NightStats.of(d, merge_all(m)) for d, m in sorted(by_date.items())]
     window = merge_all([m for d in sorted(by_date) for m in by_date[d]]) if by_date else None
+    numeric = [f for f in cfg.data.features if f not in train_src.categorical]  # the moments' columns
     report = validate.check_night(validate.NightStats.of(",".join(hold_dates), hold_mom), earlier,
-                                  list(cfg.data.features), cfg.registry.validate, window)
+                                  numeric, cfg.registry.validate, window)
     return {"checks": report.failed, "drift": report.drift, "night_fit": report.fit, "staleness": stale}
 
 

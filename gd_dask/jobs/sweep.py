@@ -7,10 +7,12 @@ O(d²) per epoch on the client); otherwise each rate is a full training run.
 from __future__ import annotations
 
 import logging
+import time
 
 from ..data import open_source
-from ..errors import TrainingError
-from .prepare import pick_strategy, prepare, refuse_categorical
+from ..errors import ConfigError, TrainingError
+from .categorical import fit_categorical
+from .prepare import pick_strategy, prepare
 from .training import fit, fit_moments
 
 log = logging.getLogger(__name__)
@@ -21,15 +23,22 @@ def sweep(cfg, client, rates: list, source=None) -> list[dict]:
     ``source``: ``cfg.data``'s footers, if read already."""
     gram = pick_strategy(cfg).gram
     source = source or open_source(cfg.data)
-    refuse_categorical(source, "sweep")
+    if source.categorical and not gram:
+        raise ConfigError(f"sweep with categorical features ({', '.join(source.categorical)}) takes model.loss "
+                          f"squared (its rates descend on the grouped moments); model.loss {cfg.model.loss} trains "
+                          "them by Newton steps, which have no learning rate")
     prep = prepare(cfg, client, source) if gram else None  # one moments pass serves every rate
     rows = []
     for rate in rates:
         run_cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(
             update={"learning_rate": rate}), "output": cfg.output.model_copy(update={"checkpoint_every": 0})})
         try:
-            res = (fit_moments(run_cfg, prep.mom, val_mom=prep.val_mom, refine_pass=prep.ex.refine_sums) if gram
-                   else fit(run_cfg, client, source=source))
+            if prep is not None and prep.groups is not None:  # the reduced problem, at this rate
+                res = fit_categorical(run_cfg, prep, time.perf_counter())
+            elif gram:
+                res = fit_moments(run_cfg, prep.mom, val_mom=prep.val_mom, refine_pass=prep.ex.refine_sums)
+            else:
+                res = fit(run_cfg, client, source=source)
             if res.validation and res.validation["stopped_early"]:
                 status = "stopped early"
             else:

@@ -75,7 +75,7 @@ class FitResult:
 
 
 def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None,
-        source: ParquetSource | None = None) -> FitResult:
+        source: ParquetSource | None = None, init_levels: list | None = None) -> FitResult:
     """Train (m, b) on ``cfg.data`` with the client's cluster.
 
     Parameters
@@ -88,6 +88,8 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         Called with each history row (progress display).
     source : ParquetSource, optional
         Footers already read (``open_source(cfg.data)``).
+    init_levels : list, optional
+        With ``init``: the warm start's categorical features (model.json's ``categorical``).
     """
     t0 = time.perf_counter()
     prep = prepare(cfg, client, source)
@@ -95,8 +97,9 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         from .categorical import fit_categorical
         from .categorical_newton import fit_categorical_newton
 
-        fit_levels = fit_categorical_newton if prep.strategy.newton else fit_categorical
-        return fit_levels(cfg, prep, t0, on_epoch)
+        if prep.strategy.newton:
+            return fit_categorical_newton(cfg, prep, t0, on_epoch, init, init_levels)
+        return fit_categorical(cfg, prep, t0, on_epoch)  # least squares needs no start
     setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     oracle, validate = _oracles(cfg, prep, setup)
     key = run_key(cfg, prep.source, init)

@@ -347,6 +347,11 @@ class Executor:
         return self._compute(_reduce_tree([fn(c, spec, tuple(categorical)) for c in self.source.chunks],
                                           add_named_groups))
 
+    def groups_by_file(self, categorical) -> dict[str, tuple[GroupMoments, dict]]:
+        """``group_moments`` of each file, with its level names: {full path: (groups,
+        names)} (a refit's statistics cache)."""
+        return self._by_file(chunk_groups, add_named_groups, tuple(categorical))
+
     def nonfinite_by_block(self) -> list[np.ndarray]:
         """NaN/inf counts per column for every block, in block order (diagnosis only)."""
         parts = self.row_leaves(count_nonfinite, np.add)
