@@ -26,6 +26,13 @@ are judged through the fit, not as a column:
   leave it intact, and a tiny night's chance dip is no collapse).
 - ``resid_sd_ratio``: the night's own residual SD against the recent nights' median,
   outside [1/r, r] (labels in another unit, labels shuffled).
+- ``d2_drop`` (logistic and the GLM families, whose labels least squares describes
+  poorly): the night's own fit by its loss (Newton passes on the night, from the
+  challenger) explains D² = 1 − deviance / null deviance below (1 − r2_drop) × the recent
+  nights' median, by more than 4 standard errors (Olkin & Finn's for R², taken as the
+  approximation for D²). The recent nights' D² are those their own refits recorded
+  (``night_fit`` in events.jsonl), quarantined nights left out, so a night is judged by
+  nights that were judged by their own data, never by a model.
 
 Reported, never a reason to quarantine:
 
@@ -172,6 +179,24 @@ def _label_checks(fit: OwnFit, n: float, recent: list[OwnFit], settings) -> list
                            "message": f"the night's own fit leaves a residual SD {fit.resid_sd:.6g} against a "
                                       f"median of {median:.6g} on recent nights ({ratio:.3g} ×)"})
     return failed
+
+
+def deviance_checks(own: dict, n: float, recent: list, settings) -> list[dict]:
+    """``d2_drop`` for the night's own fit by its loss's deviance (``own``: its D², or
+    the error that stopped it) against the recent nights' D²."""
+    if own.get("error"):
+        return [{"check": "own_fit", "message": f"the night's own fit by the loss failed: {own['error']}"}]
+    d2 = own.get("d2")
+    recent = [r for r in recent if r is not None and math.isfinite(r)][-RECENT_NIGHTS:]
+    if settings.r2_drop is None or d2 is None or not math.isfinite(d2) or not recent:
+        return []
+    median = float(np.median(recent))
+    se = 2 * math.sqrt(max(median, 0.0)) * max(1 - median, 0.0) / math.sqrt(n)
+    if d2 < (1 - settings.r2_drop) * median and median - d2 > R2_DROP_SE * se:
+        return [{"check": "d2_drop", "value": d2, "expected": median,
+                 "message": f"the night's own fit by the loss explains D² {d2:.4g} against a median of "
+                            f"{median:.4g} on recent nights: its labels no longer follow its features"}]
+    return []
 
 
 def drift(night: OwnFit, window: OwnFit, features: list[str], z_limit: float) -> list[dict]:

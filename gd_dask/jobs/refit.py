@@ -32,7 +32,7 @@ from ..kernels import losses
 from . import guard as validate
 from ..data import CHUNK_BYTES, ParquetSource, open_source
 from ..data.listing import Listing, deleted_positions, deletion_digest, file_stamp, list_data
-from ..errors import ArtifactError, ConfigError, DataError
+from ..errors import ArtifactError, ConfigError, DataError, TrainingError
 from ..runtime.executor import Executor, stream_above_for, worker_records
 from ..artifacts.registry import Registry, RegistryError
 from ..artifacts.store import history_csv, model_document
@@ -344,7 +344,10 @@ def _refit(cfg, client, as_of: date, reg: Registry, listing=None, allow_rollback
         challenger_score, current_score, hold_mom, changes = _score_holdout(cfg, client, reg, hold_src, result,
                                                                             init, current)
         files_read += len(hold_src.files)
-        night = _check_night(cfg, reg, train_src, win.hold, hold_mom, current_score)
+        own = None
+        if pick_strategy(cfg).newton and hold_mom is not None and hold_mom.finite() and hold_mom.n:
+            own = _own_fit(cfg, client, hold_src, result, hold_mom)
+        night = _check_night(cfg, reg, train_src, win.hold, hold_mom, current_score, own)
         if changes:
             night["levels"] = changes
         waived = [d for d in win.hold if d in released]
@@ -479,12 +482,33 @@ def _drift_note(verdict: dict) -> str:
     return note + ("; levels: " + ", ".join(c["message"] for c in changes) if changes else "")
 
 
-def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_mom, current_score) -> dict:
+def _own_fit(cfg, client, hold_src: ParquetSource, result, hold_mom) -> dict:
+    """The held-out night's own fit by the loss (Newton passes from the challenger): its
+    D² = 1 − deviance / null deviance (``guard.deviance_checks``), or what stopped it."""
+    run_cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"checkpoint_every": 0})})
+    try:
+        own = fit(run_cfg, client, init=(result.m, result.b), source=hold_src, init_levels=result.categorical)
+    except (DataError, TrainingError) as e:
+        return {"error": str(e)}
+    d2 = own.metrics.get("d2")
+    if d2 is None and own.metrics.get("log_loss") is not None:  # logistic: against the entropy of ȳ
+        p = float(hold_mom.mean[-1])
+        null = -(p * np.log(p) + (1 - p) * np.log1p(-p)) if 0 < p < 1 else 0.0
+        d2 = 1 - own.metrics["log_loss"] / null if null > 0 else None
+    return {"d2": d2, "deviance": own.final_loss, "converged": own.converged,
+            "coef": [*map(float, own.m), float(own.b)]}
+
+
+def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_mom, current_score,
+                 own: dict | None = None) -> dict:
     """``validate.check_night`` for the new night(s), from the cache of the earlier nights'
-    per-file moments and the holdout pass; non-finite values fail as ``nulls``. Returns
-    the verdict's entries: checks failed, drift, the night's own fit, staleness."""
+    per-file moments and the holdout pass; non-finite values fail as ``nulls``; ``own``:
+    the night's own fit by the loss (``_own_fit``), judged against the D² recent nights
+    recorded. Returns the verdict's entries: checks failed, drift, the night's own fit,
+    staleness."""
     metric = cfg.registry.promote.metric
-    recent = [(e.get("current") or {}).get(metric) for e in reg.events(last=RECENT_EVENTS)
+    events = reg.events(last=RECENT_EVENTS)
+    recent = [(e.get("current") or {}).get(metric) for e in events
               if e.get("status") in ("promoted", "rejected") and e.get("current")]
     stale = validate.staleness(metric, None if current_score is None else current_score.get(metric), recent,
                                cfg.registry.validate.error_ratio)
@@ -501,7 +525,14 @@ def _check_night(cfg, reg: Registry, train_src: ParquetSource, hold_dates, hold_
     numeric = [f for f in cfg.data.features if f not in train_src.categorical]  # the moments' columns
     report = validate.check_night(validate.NightStats.of(",".join(hold_dates), hold_mom), earlier,
                                   numeric, cfg.registry.validate, window)
-    return {"checks": report.failed, "drift": report.drift, "night_fit": report.fit, "staleness": stale}
+    failed, night_fit = report.failed, report.fit
+    if own is not None:
+        recent_d2 = [(e.get("night_fit") or {}).get("d2") for e in events
+                     if e.get("status") in ("promoted", "rejected") and e.get("as_of") not in hold_dates]
+        failed = failed + validate.deviance_checks(own, float(hold_mom.n), recent_d2, cfg.registry.validate)
+        night_fit = {**(night_fit or {}), "d2": own.get("d2"), "deviance": own.get("deviance"),
+                     "own_coef": own.get("coef")}
+    return {"checks": failed, "drift": report.drift, "night_fit": night_fit, "staleness": stale}
 
 
 def _quarantine(as_of: date, nights, failed: list[dict], fingerprint: str, files_read: int = 0,

@@ -341,12 +341,16 @@ def test_nightly_refits_of_a_poisson_model_with_exposure_follow_the_drift(client
         slopes.append(current["m"][0])
         if day > 2:
             assert "mean_poisson_deviance" in outcome.message
+        if day > 2:  # each night's own Poisson fit: its D² is recorded for the nights to come
+            assert 0.05 < outcome.verdict["night_fit"]["d2"] < 1, outcome.verdict["night_fit"]
     assert slopes == sorted(slopes)  # the slope of x1 grows every night: the refits follow it
-    # A night whose labels no longer follow its features is quarantined (the guard's own fit
-    # is least squares from the night's moments, which shuffled counts fail as well).
+    # A night whose labels no longer follow its features is quarantined: its own Poisson fit
+    # explains no deviance against the D² the recent nights' own fits recorded.
     add_day(6, shuffled=True)
     outcome = refit(cfg, client, start + timedelta(days=6))
-    assert outcome.status == "quarantined" and "R²" in outcome.message, outcome.message
+    assert outcome.status == "quarantined", outcome.message
+    d2 = [c for c in outcome.verdict["checks"] if c["check"] == "d2_drop"]
+    assert d2 and d2[0]["value"] < 0.02 and "D²" in outcome.message, outcome.verdict["checks"]
 
 
 def test_a_run_resumed_from_a_checkpoint_ends_at_the_same_bits(monkeypatch):
