@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from ..optimization.block_hessian import BlockHessian
 from .summary import CONFIDENCE, _num
 
 #: Families whose dispersion is 1 (not estimated).
@@ -77,7 +78,11 @@ def summarize_glm_levels(s, loss, coef, names, center, scale) -> dict | None:
     k = len(coef)
     center = np.append(center, np.zeros(k - 1 - len(center)))
     scale = np.append(scale, np.ones(k - 1 - len(scale)))
-    rows, cond = _rows(np.asarray(s.hess, dtype=np.float64), _to_original(center, scale, True), coef, 1.0, names)
+    if isinstance(s.hess, BlockHessian):  # a high-cardinality column: through its Schur complement
+        rows, cond = _block_rows(s.hess, center, scale, coef, names)
+    else:
+        rows, cond = _rows(np.asarray(s.hess, dtype=np.float64), _to_original(center, scale, True), coef, 1.0,
+                           names)
     llf = -s.loss if loss.name == "logistic" else None
     return {
         "method": "GLM binomial (logit link)" if loss.name == "logistic" else "GLM poisson (log link)",
@@ -107,6 +112,23 @@ def _rows(info, A, coef, phi: float, names) -> tuple[list, float]:
     sd = np.sqrt(np.diag(info))
     inv = np.linalg.inv(info / np.outer(sd, sd)) / np.outer(sd, sd)
     se = np.sqrt(np.maximum(np.diag(phi * A @ inv @ A.T), 0.0))
+    return _table(coef, se, names), float(np.sqrt(np.linalg.cond(info / np.outer(sd, sd))))
+
+
+def _block_rows(info: BlockHessian, center, scale, coef, names) -> tuple[list, float]:
+    """``_rows`` (φ = 1) for information with a diagonal block (``BlockHessian``): the
+    diagonal of I⁻¹ and the intercept's uᵀI⁻¹u, no k × k matrix; no condition number
+    (that of the standardized information would need its eigenvalues)."""
+    d = len(scale)
+    var = info.inverse_diagonal()
+    var[:d] = var[:d] / np.asarray(scale) ** 2
+    u = np.zeros(info.k)
+    u[:d], u[d] = -np.asarray(center) / np.asarray(scale), 1.0
+    var[d] = info.quad(u)
+    return _table(coef, np.sqrt(np.maximum(var, 0.0)), names), None
+
+
+def _table(coef, se, names) -> list:
     q = normal_quantile(0.5 + CONFIDENCE / 2)
     rows = []
     for i, name in enumerate(names):
@@ -114,7 +136,7 @@ def _rows(info, A, coef, phi: float, names) -> tuple[list, float]:
         rows.append({"name": name, "coef": float(coef[i]), "std_err": float(se[i]), "t": _num(z),
                      "p_value": _num(normal_two_sided(z)), "ci_low": float(coef[i] - q * se[i]),
                      "ci_high": float(coef[i] + q * se[i])})
-    return rows, float(np.sqrt(np.linalg.cond(info / np.outer(sd, sd))))
+    return rows
 
 
 def _loglik(total: float, f, loss, phi: float, weighted: bool) -> float | None:

@@ -5,8 +5,12 @@ non-reference levels, intercept]. The levels come from ``prepare``'s grouped pas
 encoding (reference: the most frequent level) is least squares' (``optimization.categorical``).
 
 The levels' indicators are not standardized (center 0, scale 1), so their coefficients
-are the model's own. The Hessian is dense over all parameters: at most
-``MAX_NEWTON_LEVELS`` non-reference levels together.
+are the model's own. The Hessian is dense over all parameters up to ``MAX_NEWTON_LEVELS``
+non-reference levels together. Past that, the largest column's levels stay a diagonal
+block (no row has two of them) and everything goes through the Schur complement of the
+rest (``optimization.block_hessian``): the step, and the certificate's λmin (a bisection
+lower bound), Newton decrement and per-coefficient (H⁻¹)_jj, so memory and time grow with
+that column's levels, not their square.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ..data.write import LevelTable
 from ..errors import DataError
 from ..kernels.level_newton import assemble
 from ..optimization import categorical as cat
-from ..optimization.certify import LocalBound
+from ..optimization.certify import CHAIN_ETA, LEVEL_SUM_ROUNDINGS, PAIRWISE_ROUNDINGS, LocalBound
 from ..optimization.descent import Rules
 from ..optimization.newton import NEWTON_PASSES, Newton, start_params
 from ..optimization.setup import Setup
@@ -31,8 +35,13 @@ from .prepare import target_error
 
 log = logging.getLogger(__name__)
 
-#: Non-reference levels together a Newton run takes (its Hessian is dense over them).
+#: Non-reference levels a Newton run's Hessian is dense over: past them, the largest
+#: column's levels form a diagonal block (``optimization.block_hessian``) and the other
+#: columns' levels stay within this.
 MAX_NEWTON_LEVELS = cat.MAX_DENSE_LEVELS
+#: Cells of Σℓ'' per pair of levels of the largest column and another, per task (8 bytes
+#: each): 32 MB.
+MAX_PAIR_CELLS = 4_000_000
 
 
 def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_levels=None):
@@ -45,9 +54,7 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     widths = [len(lv) for lv in enc.levels]
     starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
     keep = np.concatenate([starts[c] + enc.non_reference(c) for c in range(len(columns))])
-    if keep.size > MAX_NEWTON_LEVELS:
-        raise DataError(f"categorical features ({', '.join(columns)}): {keep.size} levels besides the references; "
-                        f"model.loss {cfg.model.loss} takes at most {MAX_NEWTON_LEVELS} together")
+    absorbed = _absorbed(cfg, columns, widths, keep.size)
     setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     sc = setup.scaling
     d, k = sc.center.shape[0], keep.size
@@ -60,10 +67,14 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
         s = prep.ex.level_newton_sums(cat_idx, enc.levels, m_all[:d], b, coef, sc.center, sc.scale, data_terms)
         if s.num.bad_targets[0]:
             raise target_error(cfg, *s.num.bad_targets)
-        return assemble(s, widths, keep)
+        return assemble(s, widths, keep, absorbed)
 
     certifier = LocalBound(None, np.append(sc.center, np.zeros(k)), np.append(sc.scale, np.ones(k)), True,
                            prep.mom.n)
+    certifier.row_terms = d + len(columns)  # a row's η adds its numeric terms and one level per column
+    certifier.sum_roundings = np.concatenate(([PAIRWISE_ROUNDINGS] * d, [LEVEL_SUM_ROUNDINGS] * k,
+                                              [PAIRWISE_ROUNDINGS]))  # the levels' Σψ: exact sums
+    certifier.hess_eta = certifier.eta + CHAIN_ETA  # the levels' Σℓ'': bincount's chains
     loop = Newton(oracle, certifier, Rules.of(cfg.model, cfg.optimizer))
     with np.errstate(divide="ignore", invalid="ignore"):
         b0 = float(setup.loss.link(np.array(float(prep.mom.mean[-1]))))
@@ -93,6 +104,24 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
         seconds=time.perf_counter() - t0, source=prep.source, rows_dropped=prep.rows_dropped,
         convergence=convergence_report(cfg, state, certifier),
         summary=summary, categorical=docs)
+
+
+def _absorbed(cfg, columns, widths, levels: int) -> int | None:
+    """The column whose levels' block of the Hessian stays diagonal (``BlockHessian``):
+    the largest, where all the non-reference levels together are more than
+    ``MAX_NEWTON_LEVELS``; the others' stay within it, and the largest's pairs with each
+    of them within ``MAX_PAIR_CELLS``. None where the Hessian is dense."""
+    if levels <= MAX_NEWTON_LEVELS:
+        return None
+    big = int(np.argmax(widths))
+    rest = levels - (widths[big] - 1)
+    pairs = max((widths[big] * w for c, w in enumerate(widths) if c != big), default=0)
+    if rest > MAX_NEWTON_LEVELS or pairs > MAX_PAIR_CELLS:
+        others = [c for i, c in enumerate(columns) if i != big]
+        raise DataError(f"categorical features ({', '.join(others)}): {rest} levels besides the references "
+                        f"beside '{columns[big]}'; model.loss {cfg.model.loss} takes at most {MAX_NEWTON_LEVELS} "
+                        "together besides its largest column's")
+    return big
 
 
 def _summary(cfg, setup, state, kept, m, b, level_coef, enc, keep, starts, docs) -> dict:

@@ -183,3 +183,21 @@ def split_pairs(a) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(a, dtype=np.longdouble)
     hi = a.astype(np.float64)
     return hi, (a - hi).astype(np.float64)
+
+
+def exact_bincount(idx, values, k: int):
+    """Σ values per index (``np.bincount``) as a normalized double-double ``(hi, lo)``
+    whose only error is far below u of the magnitudes added: bincount adds one row after
+    another, up to a slice's rows in one chain, so its float64 sum is off by up to that
+    many roundings. Each value is split at σ, a power of 2 at least twice Σ|values|
+    (Rump, Ogita & Oishi's ExtractScalar): q = fl(σ + v) − σ is v on a grid of σ·2⁻⁵³,
+    exactly, and v − q is exact; the q's partial sums stay on that grid below σ, so their
+    sum is exact, and the remainders' is off by at most m²·u²·σ."""
+    values = np.asarray(values, dtype=np.float64)
+    total = float(np.abs(values).sum()) if values.size else 0.0
+    if not (total > 0 and np.isfinite(total)):
+        return np.bincount(idx, values, k), np.zeros(k)
+    sigma = 2.0 ** (np.ceil(np.log2(total)) + 1)
+    q = (values + sigma) - sigma
+    return two_sum(np.bincount(idx, q, k), np.bincount(idx, values - q, k))
+

@@ -4,6 +4,10 @@ parts as per-level sums — Σψ and Σℓ'' per level, Σℓ''·x per level and
 and Σℓ'' per pair of levels of two columns. The client assembles the Hessian over
 [numeric features, every level, intercept] from them (``assemble``). Plain NumPy; no dask.
 
+The levels' Σψ are exact double-doubles (``compensated.exact_bincount``); their Σℓ''
+sums are bincount's float64 chains of up to a slice's rows, which the certificate counts
+in the Hessian's rounding (``LocalBound.hess_eta``).
+
 Level keys are those of ``data.read`` (integers by value, text by its 52-bit key); each
 column's levels arrive sorted, so a row's level index is a binary search.
 """
@@ -14,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .compensated import dd_add
+from .compensated import dd_add, exact_bincount
 from .losses import Loss
 from .newton import NewtonSums, newton_rows, numeric_sums
 
@@ -62,18 +66,20 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
     rows = newton_rows(y, None, eta, size, loss)
     num = numeric_sums(X, ax, y, None, rows, loss, data_terms, indicators=len(idx))
     L = int(sum(sizes))
-    level_grad, level_h, level_scale = np.zeros(L), np.zeros(L), np.zeros(L)
+    level_grad, level_lo, level_h, level_scale = np.zeros(L), np.zeros(L), np.zeros(L), np.zeros(L)
     level_x = np.zeros((L, X.shape[1]))
     for c, i in enumerate(idx):
         s, k = starts[c], sizes[c]
-        level_grad[s:s + k] = np.bincount(i, rows.psi, k)
+        # Σψ per level as a double-double, exact but for ψ's own rounding (the certificate
+        # counts no summation roundings for the levels: ``LEVEL_SUM_ROUNDINGS``).
+        level_grad[s:s + k], level_lo[s:s + k] = exact_bincount(i, rows.psi, k)
         level_h[s:s + k] = np.bincount(i, rows.h, k)
         level_scale[s:s + k] = np.bincount(i, rows.size, k)
         for j in range(X.shape[1]):
             level_x[s:s + k, j] = np.bincount(i, rows.h * X[:, j], k)
     pairs = tuple(np.bincount(idx[a] * sizes[bb] + idx[bb], rows.h, sizes[a] * sizes[bb]).reshape(sizes[a], sizes[bb])
                   for a in range(len(idx)) for bb in range(a + 1, len(idx)))
-    return LevelSums(num, level_grad, np.zeros(L), level_h, level_x, pairs, level_scale)
+    return LevelSums(num, level_grad, level_lo, level_h, level_x, pairs, level_scale)
 
 
 def add_level_sums(a: LevelSums, b: LevelSums) -> LevelSums:
@@ -84,32 +90,78 @@ def add_level_sums(a: LevelSums, b: LevelSums) -> LevelSums:
                      tuple(x + y for x, y in zip(a.pairs, b.pairs)), a.level_scale + b.level_scale)
 
 
-def assemble(s: LevelSums, widths, keep) -> NewtonSums:
+def assemble(s: LevelSums, widths, keep, absorbed: int | None = None) -> NewtonSums:
     """The pass as ``NewtonSums`` over the parameters [numeric (d), the levels ``keep``
     (indices among all levels: the non-reference ones), intercept]: gradient, Hessian and
-    rounding scale, the rest as the numeric part's. ``widths``: each column's levels."""
+    rounding scale, the rest as the numeric part's. ``widths``: each column's levels.
+
+    ``absorbed``: a column whose levels' block of the Hessian is diagonal (no row has two
+    of its levels) and stays so: the Hessian is then an ``optimization.block_hessian.
+    BlockHessian``, dense over the other parameters only."""
     num = s.num
     d = num.grad.shape[0]
-    L = s.level_h.shape[0]
+    keep = np.asarray(keep, dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
+    dense_cols = [c for c in range(len(widths)) if c != absorbed]
+    sub = (np.concatenate([starts[c] + np.arange(widths[c]) for c in dense_cols]) if dense_cols
+           else np.zeros(0, dtype=np.int64))
+    full = _dense_part(s, widths, starts, dense_cols, sub, d)
+    in_band = ((keep >= starts[absorbed]) & (keep < starts[absorbed] + widths[absorbed]) if absorbed is not None
+               else np.zeros(len(keep), dtype=bool))
+    order = np.concatenate((np.arange(d), d + np.searchsorted(sub, keep[~in_band]), [d + len(sub)]))
+    grad = np.concatenate((num.grad, s.level_grad[keep]))
+    scale = np.concatenate((num.scale[:d], s.level_scale[keep], num.scale[d:]))
+    hess = full[np.ix_(order, order)]
+    if absorbed is not None:
+        hess = _with_band(s, hess, widths, starts, keep, in_band, absorbed, d)
+    return num._replace(grad=grad, hess=hess, scale=scale,
+                        grad_lo=np.concatenate((num.grad_lo[:d], s.level_grad_lo[keep], num.grad_lo[d:])))
+
+
+def _pair_blocks(s: LevelSums, n_cols: int) -> dict:
+    """{(a, b): Σℓ'' per pair of levels of columns a < b}."""
+    pairs = iter(s.pairs)
+    return {(a, b): next(pairs) for a in range(n_cols) for b in range(a + 1, n_cols)}
+
+
+def _dense_part(s: LevelSums, widths, starts, cols, sub, d: int) -> np.ndarray:
+    """The Hessian over [numeric, every level of ``cols`` (global indices ``sub``),
+    intercept]."""
+    num = s.num
+    L = len(sub)
     full = np.zeros((d + L + 1, d + L + 1))
     full[:d, :d] = num.hess[:d, :d]
     full[:d, -1] = full[-1, :d] = num.hess[:d, d]
     full[-1, -1] = num.hess[d, d]
     lv = slice(d, d + L)
-    full[lv, :d] = s.level_x
-    full[:d, lv] = s.level_x.T
-    full[lv, -1] = full[-1, lv] = s.level_h
-    full[d + np.arange(L), d + np.arange(L)] = s.level_h
-    starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
-    pairs = iter(s.pairs)
-    for a in range(len(widths)):
-        for b in range(a + 1, len(widths)):
-            block = next(pairs)
-            ra, rb = d + starts[a], d + starts[b]
-            full[ra:ra + widths[a], rb:rb + widths[b]] = block
-            full[rb:rb + widths[b], ra:ra + widths[a]] = block.T
-    order = np.concatenate((np.arange(d), d + np.asarray(keep, dtype=np.int64), [d + L]))
-    grad = np.concatenate((num.grad, s.level_grad[keep]))
-    scale = np.concatenate((num.scale[:d], s.level_scale[keep], num.scale[d:]))
-    return num._replace(grad=grad, hess=full[np.ix_(order, order)], scale=scale,
-                        grad_lo=np.concatenate((num.grad_lo[:d], s.level_grad_lo[keep], num.grad_lo[d:])))
+    full[lv, :d] = s.level_x[sub]
+    full[:d, lv] = s.level_x[sub].T
+    full[lv, -1] = full[-1, lv] = s.level_h[sub]
+    full[d + np.arange(L), d + np.arange(L)] = s.level_h[sub]
+    at = {c: d + int(np.searchsorted(sub, starts[c])) for c in cols}
+    for (a, b), block in _pair_blocks(s, len(widths)).items():
+        if a in at and b in at:
+            full[at[a]:at[a] + widths[a], at[b]:at[b] + widths[b]] = block
+            full[at[b]:at[b] + widths[b], at[a]:at[a] + widths[a]] = block.T
+    return full
+
+
+def _with_band(s: LevelSums, A, widths, starts, keep, in_band, absorbed: int, d: int):
+    """The ``BlockHessian`` whose band is the absorbed column's kept levels: A the dense
+    part (rows in parameter order), B their coupling to the band, D the band's Σℓ''."""
+    from ..optimization.block_hessian import BlockHessian
+
+    ga = keep[in_band]
+    la = ga - starts[absorbed]
+    pairs = _pair_blocks(s, len(widths))
+    others = keep[~in_band]
+    col_of = np.searchsorted(starts, others, side="right") - 1
+    rows = [s.level_x[ga].T]
+    for g, c in zip(others, col_of):
+        local = g - starts[c]
+        rows.append((pairs[(c, absorbed)][local, la] if c < absorbed else pairs[(absorbed, c)][la, local])[None, :])
+    rows.append(s.level_h[ga][None, :])
+    B = np.concatenate(rows)
+    first = d + int(np.flatnonzero(in_band)[0])
+    band = slice(first, first + len(ga))
+    return BlockHessian(A, B, s.level_h[ga], band, d + len(keep) + 1)

@@ -46,6 +46,7 @@ import math
 import numpy as np
 
 from ..sizes import CHUNK_BYTES, FAN_IN, SLICE_ROWS
+from .block_hessian import BlockHessian
 
 EPS = float(np.finfo(np.float64).eps)
 EPS_LONG = float(np.finfo(np.longdouble).eps)
@@ -112,15 +113,29 @@ PSI_ROUNDINGS = 14
 #: add in 8 accumulators of 16 terms (15), combine (3), take the rest (7), then one level
 #: per halving of the slice down to 128 rows; and the product before it (1).
 PAIRWISE_ROUNDINGS = 26 + max(0, math.ceil(math.log2(SLICE_ROWS / 128)))
+#: Roundings of a level's Σψ over a slice (``compensated.exact_bincount``): the product
+#: into the remainder's chain and the double-double's normalization; the chain's own
+#: error (m²·u²·σ) is far below one.
+LEVEL_SUM_ROUNDINGS = 2
+#: What a float64 chain of a slice's rows (``np.bincount``: the levels' Σℓ'' and Σℓ''·x)
+#: may be off by, against the magnitudes it adds, at its worst (γ_m).
+CHAIN_ETA = SLICE_ROWS * U * 1.01
 
 
-def newton_gradient_error(scale, grad, n: float, d: int) -> float:
+def newton_gradient_error(scale, grad, n: float, d: int, summed=PAIRWISE_ROUNDINGS) -> float:
     """What a Newton pass's ∇J (``kernels.newton.NewtonSums``) may be off by: each row's ψ
-    within (d + ``PSI_ROUNDINGS``)·u of its magnitudes, its product with x̃ and the slice's
-    pairwise sum within ``PAIRWISE_ROUNDINGS``·u of theirs (``scale`` bounds both), the
-    slices' sums added as double-doubles, the result rounded to float64 (u·|∇J|)."""
-    per_row = (d + PSI_ROUNDINGS + PAIRWISE_ROUNDINGS) * U * 1.01
-    return (per_row * float(np.linalg.norm(scale)) + U * float(np.linalg.norm(grad)) * n) / n
+    within (d + ``PSI_ROUNDINGS``)·u of its magnitudes (d: the terms of a row's η), its
+    product with x̃ and the slice's pairwise sum within ``summed``·u of theirs (``scale``
+    bounds both; ``summed``: per coordinate where the levels' exact sums take
+    ``LEVEL_SUM_ROUNDINGS``), the slices' sums added as double-doubles, the result rounded
+    to float64 (u·|∇J|)."""
+    return float(np.linalg.norm(newton_gradient_errors(scale, grad, n, d, summed)))
+
+
+def newton_gradient_errors(scale, grad, n: float, d: int, summed=PAIRWISE_ROUNDINGS) -> np.ndarray:
+    """``newton_gradient_error`` per coordinate."""
+    per_row = (d + PSI_ROUNDINGS + np.asarray(summed, dtype=np.float64)) * U * 1.01
+    return (per_row * np.abs(np.asarray(scale, dtype=np.float64)) + U * np.abs(np.asarray(grad)) * n) / n
 
 
 def digits(bound: float | None) -> float | None:
@@ -276,6 +291,9 @@ class ProxBound:
 #: ``LocalBound`` certifies nothing past this x = R·λ/√μ (the bound's factor
 #: −ln(1 − x)/x grows without limit as x → 1).
 LOCAL_X_MAX = 0.5
+#: Below this x (near the minimum) ``LocalBound`` also bounds each coefficient's error
+#: coordinate by coordinate (``_first_order``) and keeps the smaller.
+ELEMENTWISE_X = 0.1
 
 
 class LocalBound:
@@ -312,7 +330,6 @@ class LocalBound:
         self.curvature = curvature
         self.certifiable = True
         self.grad_scale = grad_scale
-        self.u = coefficient_map(self.k, self.d, self.ratio, fit_intercept)
         if upper is not None:  # descent's screen (Newton measures H in every pass: ``certify``)
             upper = np.asarray(upper, dtype=np.float64)
             self.lmax = float(np.linalg.eigvalsh(upper)[-1])
@@ -320,6 +337,9 @@ class LocalBound:
         self._last = None  # (gradient norm + its error, bound) at the last pass
         self._measured = None  # (params, grads, H, x) of the last pass whose bound held
         self.passes = 0
+        self.row_terms = None  # the terms of a row's η where fewer than the parameters (levels)
+        self.sum_roundings = PAIRWISE_ROUNDINGS  # per gradient coordinate (``newton_gradient_error``)
+        self.hess_eta = self.eta  # the Hessian's rounding per entry, against its magnitudes
 
     def _w(self, hess):
         """√(uᵀH⁻¹u) for each reported coefficient's u, times ‖g‖'s factor 1/√μ."""
@@ -384,20 +404,131 @@ class LocalBound:
         step[:self.k] = -np.linalg.solve(hess, np.asarray(grads[:self.k], dtype=np.float64)) / (1.0 + x)
         return step
 
-    def certify(self, params, g, grad_error: float, hess, radius2: float) -> tuple[float, float]:
+    def certify(self, params, g, grad_error: float, hess, radius2: float, errors=None) -> tuple[float, float]:
         """(the bound, x = R·λ/√μ) at ``params`` from the gradient ``g`` (with its rounding
-        ``grad_error``), the Hessian ``hess`` and max ‖x̃‖² ``radius2`` measured there; x
-        is inf where H is too ill-conditioned to say."""
-        ev = np.linalg.eigvalsh(hess)
-        kappa_eta = ev[-1] / ev[0] * self.eta if ev[0] > 0 else math.inf
-        if kappa_eta > 0.5:
-            return math.inf, math.inf
-        grow = 1.0 / (1.0 - kappa_eta) * (1.0 + 1e-6)  # H⁻¹ of the true H from the computed one
-        mu = float(ev[0]) * (1.0 - kappa_eta)
-        lam = (math.sqrt(max(float(g @ np.linalg.solve(hess, g)), 0.0) * grow) + grad_error / math.sqrt(mu))
-        x = math.sqrt(radius2) * lam / math.sqrt(mu)
-        if x >= LOCAL_X_MAX:
+        ``grad_error``; ``errors``: per coordinate), the Hessian ``hess`` and max ‖x̃‖²
+        ``radius2`` measured there; x is inf where H is too ill-conditioned to say.
+
+        The bound holds in any coordinates φ = S⁻¹θ with S diagonal: the rows become Sx̃,
+        H becomes SHS, and the Newton decrement λ and each uᵀH⁻¹u stay as they are. With
+        S = diag(H)^(−1/2) (Jacobi) the levels of a categorical column, whose diagonal
+        entries are their small shares of the rows, no longer set μ: the gradient's
+        rounding term ‖S·e‖/√μ_S (per-coordinate errors e) is then far below ‖e‖/√μ.
+        ``R_S² = radius2 / min diag(H)`` bounds every ‖Sx̃‖²."""
+        decrement = max(float(g @ _solve(hess, g)), 0.0)  # gᵀH⁻¹g: the same in any coordinates
+        best = _radius(hess, decrement, grad_error, radius2, self.hess_eta)
+        if errors is not None:  # also in Jacobi coordinates (below); the smaller bound holds
+            best = min(best, _jacobi_radius(hess, decrement, errors, radius2, self.hess_eta))
+        a, x, grow = best
+        if not math.isfinite(a):
             return math.inf, x
-        a = lam * (-math.log1p(-x) / x if x > 0 else 1.0)
-        spread = np.sqrt(np.einsum("ij,ij->j", self.u, np.linalg.solve(hess, self.u)) * grow)
-        return self.relative(params, spread * a + self.rounding(params)), x
+        spread = np.sqrt(self._coefficient_quads(hess) * grow)
+        err = spread * a
+        if errors is not None and x < ELEMENTWISE_X:
+            err = np.minimum(err, self._first_order(hess, g, errors, spread, a, x, grow))
+        return self.relative(params, err + self.rounding(params)), x
+
+    def _first_order(self, hess, g, errors, spread, a: float, x: float, grow: float) -> np.ndarray:
+        """Each reported coefficient's error, coordinate by coordinate rather than through
+        ‖θ − θ*‖_H. With v = θ* − θ and H̄ = ∫₀¹ F''(θ + s·v) ds, 0 = ∇F(θ*) = g_true + H̄·v,
+        so uᵀv = −uᵀH⁻¹g_true − uᵀ(H̄⁻¹ − H⁻¹)·g_true, where g_true = g + δg, |δg| ≤ e:
+
+        - |uᵀH⁻¹g| + |uᵀH⁻¹|·e: the step still to take and the gradient's rounding carried
+          through H⁻¹ entry by entry (a level's own rows, not every level's);
+        - H̄ is within a factor 1 ± ε of the computed H, ε = (x + κη)/(1 − x) (Bach: the
+          Hessian moves by at most e^{±R·‖v‖} ≤ (1 − x)^{∓1} along v; κη its rounding,
+          in ``grow``), so the last term is at most √(uᵀH⁻¹u)·ε/(1 − ε)·‖g_true‖_{H⁻¹},
+          and ‖g_true‖_{H⁻¹} = ‖H̄·v‖_{H⁻¹} ≤ (1 + ε)·a, ``a`` ≥ ‖v‖_H."""
+        g = np.asarray(g, dtype=np.float64)
+        e = np.asarray(errors, dtype=np.float64)[:self.k]
+        if isinstance(hess, BlockHessian):
+            step, carried = np.abs(hess.solve(g)), hess.abs_inverse_times(e)
+        else:
+            inv = np.linalg.inv(hess)
+            step, carried = np.abs(inv @ g), np.abs(inv) @ e
+        if self.fit_intercept:  # b = u_bᵀθ: its own row of H⁻¹
+            row = _solve(hess, self.u_intercept)
+            step[self.d], carried[self.d] = abs(float(row @ g)), float(np.abs(row) @ e)
+        eps = (x + (1.0 - 1.0 / grow)) / (1.0 - x)
+        if eps >= 1:
+            return np.full(self.k, math.inf)
+        # ‖g_true‖_{H⁻¹} = ‖H̄·v‖_{H⁻¹} ≤ (1 + ε)·‖v‖_H ≤ (1 + ε)·a
+        tail = spread * (eps / (1.0 - eps)) * (1.0 + eps) * a
+        return ((step + carried) * grow + tail) * (1.0 + 1e-6)
+
+    def _coefficient_quads(self, hess) -> np.ndarray:
+        """uᵀH⁻¹u for each reported coefficient's u (``coefficient_map``): a
+        ``BlockHessian`` gives them from its diagonal of H⁻¹, with no k × k matrix."""
+        if isinstance(hess, BlockHessian):
+            out = hess.inverse_diagonal()[:self.k]
+            if self.fit_intercept:
+                out[self.d] = hess.quad(self.u_intercept)
+            return out
+        return np.einsum("ij,ij->j", self.u, np.linalg.solve(hess, self.u))
+
+    @property
+    def u(self) -> np.ndarray:
+        return coefficient_map(self.k, self.d, self.ratio, self.fit_intercept)
+
+    @property
+    def u_intercept(self) -> np.ndarray:
+        """The intercept's u: b = θ_b − Σ (center_j/σ_j)·θ_j."""
+        u = np.zeros(self.k)
+        u[:self.d] = -self.ratio
+        u[self.d] = 1.0
+        return u
+
+
+def _radius(hess, decrement: float, grad_error: float, radius2: float, eta: float) -> tuple[float, float, float]:
+    """(a ≥ ‖θ − θ*‖_H, x = R·λ/√μ, the growth of H⁻¹ from the computed H to the true
+    one) in the coordinates of ``hess`` (``LocalBound``); a is inf past ``LOCAL_X_MAX``.
+    H's rounding: ‖δH‖ ≤ η·λmax."""
+    lmin, lmax = _extremes(hess)
+    return _local(lmin, lmax * eta, decrement, grad_error, radius2)
+
+
+def _jacobi_radius(hess, decrement: float, errors, radius2: float, eta: float) -> tuple[float, float, float]:
+    """``_radius`` in Jacobi coordinates (``LocalBound.certify``). H's rounding there: each
+    entry's sum is within η of the magnitudes it adds, Σ w·ℓ''·|x̃_i·x̃_j| ≤ √(H_ii·H_jj), so
+    each entry of S·δH·S is within η and ‖S·δH·S‖₂ ≤ η·√(the entries that are not 0)."""
+    diag = hess.diagonal() if isinstance(hess, BlockHessian) else np.diag(hess).copy()
+    if not np.all(diag > 0):
+        return math.inf, math.inf, math.inf
+    s = 1.0 / np.sqrt(diag)
+    if isinstance(hess, BlockHessian):
+        scaled = hess.scaled(s)
+        p, L = scaled.B.shape
+        entries = p * p + 2 * p * L + L
+    else:
+        scaled = hess * np.outer(s, s)
+        entries = hess.size
+    lmin, _ = _extremes(scaled)
+    err = float(np.linalg.norm(s * np.asarray(errors, dtype=np.float64)))
+    return _local(lmin, math.sqrt(entries) * eta, decrement, err, radius2 / float(diag.min()))
+
+
+def _local(lmin: float, delta: float, decrement: float, grad_error: float, radius2: float):
+    """Bach's bound from λmin, ‖δH‖ ≤ ``delta``, gᵀH⁻¹g, the gradient's rounding (in
+    these coordinates) and max ‖x̃‖²."""
+    kappa_eta = delta / lmin if lmin > 0 else math.inf
+    if kappa_eta > 0.5:
+        return math.inf, math.inf, math.inf
+    grow = 1.0 / (1.0 - kappa_eta) * (1.0 + 1e-6)  # H⁻¹ of the true H from the computed one
+    mu = float(lmin) * (1.0 - kappa_eta)
+    lam = math.sqrt(decrement * grow) + grad_error / math.sqrt(mu)
+    x = math.sqrt(radius2) * lam / math.sqrt(mu)
+    if x >= LOCAL_X_MAX:
+        return math.inf, x, grow
+    return lam * (-math.log1p(-x) / x if x > 0 else 1.0), x, grow
+
+
+def _extremes(hess) -> tuple[float, float]:
+    """(λmin, λmax) of a dense Hessian; bounds on them (below, above) for a ``BlockHessian``."""
+    if isinstance(hess, BlockHessian):
+        return hess.extremes()
+    ev = np.linalg.eigvalsh(hess)
+    return float(ev[0]), float(ev[-1])
+
+
+def _solve(hess, v) -> np.ndarray:
+    return hess.solve(v) if isinstance(hess, BlockHessian) else np.linalg.solve(hess, v)

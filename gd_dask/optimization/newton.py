@@ -18,7 +18,8 @@ import numpy as np
 
 from .. import interrupt
 from ..errors import TrainingError
-from .certify import LocalBound, newton_gradient_error
+from .block_hessian import BlockHessian
+from .certify import LocalBound, newton_gradient_errors
 from .descent import Checkpoints, LoopState, Rules, evaluate, keep_row, save_now
 
 #: ``optimizer.epochs: auto`` for Newton: passes (separable classes or collinear features
@@ -117,11 +118,12 @@ class Newton:
                     continue
                 halvings = 0
                 base = (params, objective, s)
-                hess = np.asarray(s.hess, dtype=np.float64)[:k, :k] / s.n
-                hess[np.arange(d), np.arange(d)] += rules.l2
+                hess = _normalized(s.hess, k, s.n, d, rules.l2)
                 g = np.asarray(grads[:k], dtype=np.float64)
-                grad_error = newton_gradient_error(s.scale[:k], g, s.n, d)
-                bound, x = cert.certify(params, g, grad_error, hess, s.radius2)
+                terms = cert.row_terms or d  # of a row's η
+                errors = newton_gradient_errors(s.scale[:k], g, s.n, terms, cert.sum_roundings)
+                grad_error = float(np.linalg.norm(errors))
+                bound, x = cert.certify(params, g, grad_error, hess, s.radius2, errors)
                 state.bound, state.prev_loss = bound, objective
                 if tol > 0 and bound <= tol:
                     state.converged = True
@@ -145,8 +147,24 @@ class Newton:
         return state
 
 
+def _normalized(hess, k: int, n: float, d: int, l2: float):
+    """The pass's Hessian of the objective: H/n over the first k parameters, l2 on the
+    first d (a ``BlockHessian`` keeps its blocks)."""
+    if isinstance(hess, BlockHessian):
+        return hess.normalized(n, l2, d)
+    out = np.asarray(hess, dtype=np.float64)[:k, :k] / n
+    out[np.arange(d), np.arange(d)] += l2
+    return out
+
+
 def _solve(hess, g) -> np.ndarray:
     """H⁻¹g; the least-squares solution where H is singular (collinear features)."""
+    if isinstance(hess, BlockHessian):
+        try:
+            return hess.solve(g)
+        except np.linalg.LinAlgError:
+            raise TrainingError("the Hessian is singular: a feature or level is collinear with the others "
+                                "(or a level's rows are all of one class)") from None
     try:
         return np.linalg.solve(hess, g)
     except np.linalg.LinAlgError:
