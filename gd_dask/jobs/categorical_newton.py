@@ -26,7 +26,12 @@ from ..data.write import LevelTable
 from ..errors import DataError
 from ..kernels.level_newton import assemble
 from ..optimization import categorical as cat
-from ..optimization.certify import CHAIN_ETA, LEVEL_SUM_ROUNDINGS, PAIRWISE_ROUNDINGS, LocalBound
+from ..optimization.certify import (
+    CHAIN_ETA,
+    LEVEL_SUM_ROUNDINGS,
+    PAIRWISE_ROUNDINGS,
+    LocalBound,
+)
 from ..optimization.descent import Rules
 from ..optimization.newton import NEWTON_PASSES, Newton, start_params
 from ..optimization.setup import Setup
