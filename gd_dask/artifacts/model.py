@@ -36,22 +36,30 @@ class Model:
         ``data.exposure`` takes that column from the DataFrame, or ``offset`` (its values:
         the offset, or the exposure whose log is added)."""
         column, kind = self.offset
+        tables, levels = self.categorical, 0.0
         try:
             import pandas as pd
 
             if isinstance(X, pd.DataFrame):
-                missing = [f for f in self.features if f not in X.columns]
+                missing = [f for f in self.features + [t.name for t in tables] if f not in X.columns]
                 if missing:
                     raise ArtifactError(f"DataFrame lacks the model's features: {', '.join(missing)}")
                 if column is not None and offset is None and column in X.columns:
                     offset = X[column].to_numpy(dtype=np.float64)
+                if tables:  # each row's levels' coefficients (unseen ones as model.unseen_levels says)
+                    import pyarrow as pa
+
+                    levels = sum(t.contribution(pa.array(X[t.name]), "the DataFrame") for t in tables)
                 X = X[self.features].to_numpy(dtype=np.float64)
+            elif tables:
+                raise ArtifactError(f"the model has categorical features ({', '.join(t.name for t in tables)}): "
+                                    "pass a pandas DataFrame holding them")
         except ImportError:  # pragma: no cover - pandas is a dependency
             pass
         if X.ndim != 2 or X.shape[1] != len(self.features):
             raise ArtifactError(f"X has shape {X.shape}, the model has {len(self.features)} features "
                                 f"({', '.join(self.features)})")
-        eta = X @ self.m + self.b
+        eta = X @ self.m + self.b + levels
         if column is not None:
             if offset is None:
                 raise ArtifactError(f"the model was trained with {'an exposure' if kind == 'log' else 'an offset'} "

@@ -68,7 +68,11 @@ class OffsetColumn:
         self.name, self.log = name, log
 
     def contribution(self, column, path: str) -> np.ndarray:
-        values = as_float64(column)
+        return self.offsets(as_float64(column), path)
+
+    def offsets(self, values, path: str, names: dict | None = None) -> np.ndarray:
+        """Each row's offset from the column's float64 values (``LevelTable.offsets``'
+        counterpart: a model's categorical metrics pass takes both)."""
         if not self.log:
             return values
         bad = ~(values > 0) & ~np.isnan(values)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..artifacts.glm_summary import summarize_glm_levels
 from ..data.read import level_key
-from ..data.write import LevelTable
+from ..data.write import LevelTable, OffsetColumn
 from ..errors import DataError
 from ..kernels.level_newton import assemble
 from ..optimization import categorical as cat
@@ -36,7 +36,7 @@ from ..optimization.descent import Rules
 from ..optimization.newton import NEWTON_PASSES, Newton, start_params
 from ..optimization.setup import Setup
 from .categorical import _column_doc
-from .prepare import target_error
+from .prepare import exposure_error, target_error
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,20 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
         s = prep.ex.level_newton_sums(cat_idx, enc.levels, m_all[:d], b, coef, sc.center, sc.scale, data_terms)
         if s.num.bad_targets[0]:
             raise target_error(cfg, *s.num.bad_targets)
+        if s.num.bad_exposures[0]:
+            raise exposure_error(cfg, *s.num.bad_exposures)
         return assemble(s, widths, keep, absorbed)
 
     certifier = LocalBound(None, np.append(sc.center, np.zeros(k)), np.append(sc.scale, np.ones(k)), True,
                            prep.mom.n)
-    certifier.row_terms = d + len(columns)  # a row's η adds its numeric terms and one level per column
+    # A row's η adds its numeric terms, one level per column and its offset.
+    certifier.row_terms = d + len(columns) + int(bool(prep.source.offset))
     certifier.sum_roundings = np.concatenate(([PAIRWISE_ROUNDINGS] * d, [LEVEL_SUM_ROUNDINGS] * k,
                                               [PAIRWISE_ROUNDINGS]))  # the levels' Σψ: exact sums
     certifier.hess_eta = certifier.eta + CHAIN_ETA  # the levels' Σℓ'': bincount's chains
     loop = Newton(oracle, certifier, Rules.of(cfg.model, cfg.optimizer))
     with np.errstate(divide="ignore", invalid="ignore"):
-        b0 = float(setup.loss.link(np.array(float(prep.mom.mean[-1]))))
+        b0 = float(setup.loss.link(np.array(float(prep.mom.mean[-1])))) - prep.offset_mean
     epochs = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
     start = start_params(d + k, True, b0)
     if init is not None:  # the current model's levels against this window's references
@@ -99,6 +102,8 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     docs = [_column_doc(enc, c, coef[starts[c]:starts[c] + widths[c]], names) for c in range(len(columns))]
     unseen = cfg.model.unseen_levels
     tables = [LevelTable(doc["name"], doc["levels"], doc["coef"], unseen) for doc in docs]
+    if prep.source.offset:
+        tables.append(OffsetColumn(cfg.data.offset_column, prep.source.offset == "log"))
     metrics = prep.ex.level_metrics(np.asarray(m, dtype=np.float64), float(b), tables)
     summary = _summary(cfg, setup, state, loop.kept, m, b, coef[keep], enc, keep, starts, docs)
     prep.release()

@@ -74,18 +74,21 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     if getattr(source, "categorical", None):  # Parquet sources; a dask DataFrame's has none yet
         check_categorical(cfg, source)
         groups, names = ex.group_moments([source.columns.index(c) for c in source.categorical])
+        numeric = [f for f in cfg.data.features if f not in source.categorical]
+        offset_mean = 0.0
+        if source.offset:  # the column after the numeric features: not a feature
+            groups, offset_mean = _without_offset(groups, len(numeric), source.offset, ex)
         mom = groups.to_moments()
-        check_moments(mom, cfg, ex, [f for f in cfg.data.features if f not in source.categorical])
+        check_moments(mom, cfg, ex, numeric)
         dropped = rows_dropped(cfg, source, mom.n)
-        return Prepared(source, strategy, ex, mom, None, None, dropped, groups, names)
+        return Prepared(source, strategy, ex, mom, None, None, dropped, groups, names, offset_mean)
     mom = ex.moments()
     offset_mean = 0.0
     if source.offset:  # the offset's moments are not the features': its coefficient is 1
         if not mom.finite():
             _diagnose_nonfinite(mom, ex)
         d = len(cfg.data.features)
-        column_mean = float(mom.mean[d])
-        offset_mean = np.log(column_mean) if source.offset == "log" and column_mean > 0 else column_mean
+        offset_mean = _offset_mean(float(mom.mean[d]), source.offset)
         keep = np.delete(np.arange(mom.mean.shape[0]), d)
         mom = Moments(mom.n, mom.mean[keep], mom.comoment[np.ix_(keep, keep)])
     check_moments(mom, cfg, ex)
@@ -97,9 +100,27 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     return Prepared(source, strategy, ex, mom, val_ex, val_mom, dropped, offset_mean=offset_mean)
 
 
+def _offset_mean(column_mean: float, kind: str) -> float:
+    """What Newton's start subtracts from link(ȳ): the offset's mean, or the log of the
+    exposure's mean."""
+    return float(np.log(column_mean)) if kind == "log" and column_mean > 0 else column_mean
+
+
+def _without_offset(groups: GroupMoments, j: int, kind: str, ex: Executor) -> tuple[GroupMoments, float]:
+    """The grouped moments without the offset's column (``j`` among their columns), and
+    ``_offset_mean``."""
+    total = groups.to_moments()
+    if not total.finite():
+        _diagnose_nonfinite(total, ex)
+    keep = np.delete(np.arange(groups.mean.shape[1]), j)
+    stripped = GroupMoments(groups.keys, groups.n, groups.mean[:, keep], groups.within[np.ix_(keep, keep)],
+                            groups.m2[:, keep])
+    return stripped, _offset_mean(float(total.mean[j]), kind)
+
+
 #: What categorical features are trained with so far (issue 33): the rest is refused by name.
-CATEGORICAL_SUPPORT = ("squared loss (gram) or logistic, poisson, gamma, tweedie (newton), no l1, no weights, no "
-                       "offset, no validation_fraction")
+CATEGORICAL_SUPPORT = ("squared loss (gram) or logistic, poisson, gamma, tweedie (newton, offsets too), no l1, "
+                       "no weights, no validation_fraction")
 
 
 def check_categorical(cfg, source: ParquetSource) -> None:
@@ -109,7 +130,7 @@ def check_categorical(cfg, source: ParquetSource) -> None:
     bad = [what for what, wrong in (
         (f"model.loss: {m.loss}", m.loss != "squared" and not newton), ("model.l1 > 0", m.l1 > 0),
         ("model.fit_intercept: false", newton and not m.fit_intercept),
-        ("data.offset or data.exposure", bool(cfg.data.offset_column)),
+        ("data.offset or data.exposure", bool(cfg.data.offset_column) and not newton),
         ("data.weight", bool(cfg.data.weight)), ("optimizer.validation_fraction > 0", o.validation_fraction > 0),
         (f"optimizer.method: {o.method}", o.method != "batch"),
         (f"optimizer.strategy: {o.strategy}", o.strategy not in ("auto", "gram", "newton"))) if wrong]

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from ..data import ParquetSource
-from ..data.write import LevelTable
+from ..data.write import LevelTable, OffsetColumn
 from ..errors import ArtifactError, DataError
 from ..kernels import losses
 from ..kernels.groups import GroupMoments
@@ -112,6 +112,8 @@ def judge_by_passes(cfg, client, hold_src: ParquetSource, result, current: dict 
     for m, b, docs in models:
         by_name = {doc["name"]: doc for doc in docs}
         tables = [LevelTable(c, by_name[c]["levels"], by_name[c]["coef"], "reference") for c in hold_src.categorical]
+        if hold_src.offset:
+            tables.append(OffsetColumn(cfg.data.offset_column, hold_src.offset == "log"))
         scores.append(ex.level_metrics(np.asarray(m, dtype=np.float64), float(b), tables))
     return scores[0], (scores[1] if current is not None else None)
 

@@ -48,7 +48,8 @@ def evaluate(model: Model, path: str, client, storage_options: dict | None = Non
     source = source or open_for(model, path, storage_options)
     ex = Executor(client, source, cache=False, loss=model.loss)
     tables = model.categorical
-    metrics = ex.level_metrics(model.m, model.b, tables) if tables else ex.metrics(model.m, model.b)
+    metrics = (ex.level_metrics(model.m, model.b, tables + model.offset_terms) if tables
+               else ex.metrics(model.m, model.b))
     if not all(np.isfinite(v) for k, v in metrics.items() if k in ("mse", "mae", "log_loss", "brier")):
         counts = np.asarray(ex.nonfinite_by_block()).sum(axis=0)
         if not counts.any():  # finite data, infinite predictions: the model is at fault

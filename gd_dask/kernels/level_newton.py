@@ -20,7 +20,7 @@ import numpy as np
 
 from .compensated import dd_add, exact_bincount
 from .losses import Loss
-from .newton import NewtonSums, newton_rows, numeric_sums
+from .newton import NewtonSums, exposures_refused, newton_rows, numeric_sums, split_offset
 
 
 class LevelSums(NamedTuple):
@@ -49,11 +49,17 @@ def level_indices(z, cat_idx, level_keys) -> list:
 
 
 def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, center, scale, loss: Loss,
-                     data_terms: bool) -> LevelSums:
+                     data_terms: bool, offset: tuple | None = None) -> LevelSums:
     """``LevelSums`` of one raw slice at numeric (m, b) in the training space and the
-    levels' coefficients ``coef`` (all levels, in column order; references 0)."""
+    levels' coefficients ``coef`` (all levels, in column order; references 0);
+    ``offset``: (its column, "add" or "log") where the linear predictor has one."""
     X = (z[:, num_idx] - center) / scale
     y = z[:, target]
+    bad_exp, off = (0, ()), None
+    if offset is not None:
+        col, kind = offset
+        bad_exp = exposures_refused(z[:, [col]], kind)
+        _, off = split_offset(z[:, [col]], kind)
     idx = level_indices(z, cat_idx, level_keys)
     sizes = [len(k) for k in level_keys]
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
@@ -63,8 +69,11 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
     for c, i in enumerate(idx):
         eta += coef[starts[c] + i]
         size += np.abs(coef[starts[c] + i])
+    if off is not None:
+        eta += off
+        size += np.abs(off)
     rows = newton_rows(y, None, eta, size, loss)
-    num = numeric_sums(X, ax, y, None, rows, loss, data_terms, indicators=len(idx))
+    num = numeric_sums(X, ax, y, None, rows, loss, data_terms, indicators=len(idx))._replace(bad_exposures=bad_exp)
     L = int(sum(sizes))
     level_grad, level_lo, level_h, level_scale = np.zeros(L), np.zeros(L), np.zeros(L), np.zeros(L)
     level_x = np.zeros((L, X.shape[1]))

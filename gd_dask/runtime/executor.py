@@ -122,19 +122,20 @@ def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link) -> ErrorSums:
 
 
 def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
-                       data_terms):
+                       data_terms, offset=None):
     """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file."""
     total = None
     for z in spec.slices(chunk, SLICE_ROWS, names={}):
         part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
-                                data_terms)
+                                data_terms, offset)
         total = part if total is None else add_level_sums(total, part)
     return total
 
 
 def _level_fold(chunk, spec, cat_idx, tables, b, on_rows, combine):
     """``on_rows(numeric block, each row's intercept)`` folded over one chunk's slices, the
-    intercept being b plus the row's levels' coefficients (``data.write.LevelTable``)."""
+    intercept being b plus the row's levels' coefficients (``data.write.LevelTable``) and
+    its offset (``data.write.OffsetColumn``): ``tables``, read from the columns ``cat_idx``."""
     names: dict = {}
     num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
     where = _where(chunk)
@@ -511,18 +512,21 @@ class Executor:
         training space (features standardized by ``center``, ``scale``) and the levels'
         coefficients ``coef``: one pass, streamed from the files."""
         cols = self.source.columns
-        num_idx = [j for j in range(len(cols) - 1) if j not in set(cat_idx)]
+        offset = (len(cols) - 2, self.source_offset) if self.source_offset else None  # right before the target
+        num_idx = [j for j in range(len(cols) - 1) if j not in set(cat_idx) and (offset is None or j != offset[0])]
         fn = dask.delayed(chunk_level_newton, pure=True)
         spec = self.source.spec
         args = (num_idx, len(cols) - 1, list(cat_idx), [np.asarray(k) for k in level_keys],
                 np.asarray(m, dtype=np.float64), float(b), np.asarray(coef, dtype=np.float64),
-                np.asarray(center, dtype=np.float64), np.asarray(scale, dtype=np.float64), self.loss, data_terms)
+                np.asarray(center, dtype=np.float64), np.asarray(scale, dtype=np.float64), self.loss, data_terms,
+                offset)
         # Compute: per level a few sums come back (no row does).
         return self._compute(_reduce_tree([fn(c, spec, *args) for c in self.source.chunks], add_level_sums))
 
     def level_metrics(self, m, b, tables) -> dict:
         """The metrics of a model with categorical features (``tables``: its
-        ``data.write.LevelTable``s, in the source's categorical order): one pass."""
+        ``data.write.LevelTable``s, in the source's categorical order, and its
+        ``OffsetColumn`` if it has one): one pass."""
         cols = self.source.columns
         cat_idx = [cols.index(t.name) for t in tables]
         loss = self.loss

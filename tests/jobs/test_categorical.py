@@ -428,3 +428,62 @@ def test_the_logistic_bound_with_levels_holds_against_long_double_newton(tmp_pat
     worst = max(worst, float(abs(res.b - b) / abs(b)))
     assert res.convergence["bound"] >= worst, (res.convergence, worst)
     assert res.converged and worst < 1e-9
+
+
+def test_poisson_with_an_exposure_and_levels_is_statsmodels_glm(tmp_path, rng, threads):
+    """Counts over an exposure with a text and an integer column: the coefficients equal
+    statsmodels' GLM Poisson with offset log(exposure) on the one-hot design to 1e-8, the
+    deviance too, and evaluate and predict add the exposure's log."""
+    import statsmodels.api as sm
+
+    from gd_dask.artifacts.model import load_model
+    from gd_dask.jobs.score import evaluate
+
+    n = 8000
+    region = rng.choice(REGIONS[:6], n)
+    store = rng.integers(0, 30, n) + 100
+    X = rng.normal(0, 1, (n, 2))
+    expo = rng.uniform(0.2, 3.0, n)
+    eff_r = dict(zip(REGIONS[:6], np.linspace(-0.5, 0.5, 6)))
+    eff_s = rng.normal(0, 0.3, 30)
+    eta = -1 + X @ [0.3, -0.2] + np.array([eff_r[r] for r in region]) + eff_s[store - 100]
+    y = rng.poisson(expo * np.exp(eta)).astype(float)
+    root = tmp_path / "d"
+    root.mkdir()
+    for f, idx in enumerate(np.array_split(np.arange(n), 2)):
+        pq.write_table(pa.table({"x0": X[idx, 0], "x1": X[idx, 1], "region": region[idx].tolist(),
+                                 "store": store[idx], "e": expo[idx], "y": y[idx]}), root / f"part-{f}.parquet")
+    cfg = make_config({"path": str(root), "features": ["x0", "region", "x1", "store"], "target": "y",
+                       "categorical": ["store"], "exposure": "e"}, tmp_path, model={"loss": "poisson"})
+    res = fit(cfg, threads)
+    assert res.converged and res.strategy == "newton"
+    cols, names = [np.ones(n), X[:, 0], X[:, 1]], ["b", "x0", "x1"]
+    for doc, values in zip(res.categorical, (region, store)):
+        for level in doc["levels"]:
+            if level != doc["reference"]:
+                cols.append((values == level).astype(float))
+                names.append((doc["name"], level))
+    sm_res = sm.GLM(y, np.column_stack(cols), family=sm.families.Poisson(), offset=np.log(expo)).fit(tol=1e-15)
+    ours = {"b": res.b, "x0": res.m[0], "x1": res.m[1]}
+    for doc in res.categorical:
+        ours.update({(doc["name"], lv): c for lv, c in zip(doc["levels"], doc["coef"]) if lv != doc["reference"]})
+    for name, value in zip(names, sm_res.params):
+        assert ours[name] == pytest.approx(value, rel=1e-8, abs=1e-12), name
+    assert res.metrics["mean_poisson_deviance"] * n == pytest.approx(sm_res.deviance, rel=1e-9)
+    from gd_dask.artifacts.store import model_document
+
+    out = tmp_path / "model.json"
+    out.write_text(json.dumps(model_document(cfg, res)))
+    model = load_model(out)
+    metrics = evaluate(model, str(root), threads)
+    assert metrics["mean_poisson_deviance"] == pytest.approx(res.metrics["mean_poisson_deviance"], rel=1e-12)
+    import pandas as pd
+
+    frame = pd.DataFrame({"x0": X[:50, 0], "x1": X[:50, 1], "region": region[:50], "store": store[:50],
+                          "e": expo[:50]})
+    np.testing.assert_allclose(model.predict(frame), sm_res.predict(np.column_stack(cols)[:50],
+                                                                    offset=np.log(expo[:50])), rtol=1e-8)
+    from gd_dask.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="categorical features .region, store.: pass a pandas DataFrame"):
+        model.predict(X[:50], offset=expo[:50])  # the levels would be silently left out
