@@ -13,7 +13,7 @@ filters: ``way``)::
 An entry is ``{"key": {path, size, stamp, columns, …}, "moments": {n, mean, comoment},
 "plan": {row_groups, row_group_bytes, types}}``, mean and comoment as base64 of their
 float64 bytes (exact). With categorical features it also holds ``"groups"``: the file's
-moments by level (``kernels.groups.GroupMoments``: keys, n, mean, within, m2, the same
+moments by level (``kernels.groups.GroupMoments``: keys, n, mean, within, m2, total, the same
 base64) and the text of its text levels' keys. It counts only while its key matches the listing (a rewritten
 file has another size, mtime or ETag). A night's entries live in the
 base when the base lists the night, else in the night's own object.
@@ -105,11 +105,13 @@ def _checked_groups(doc: dict) -> tuple[GroupMoments, dict]:
     g = n.size
     if keys.size != g * q or q < 1 or k < 1:
         raise ValueError(f"{keys.size} level keys for {g} groups of {q} columns")
-    mean, m2, within = _floats(doc["mean"]), _floats(doc["m2"]), _floats(doc["within"])
-    if mean.size != g * k or m2.size != g * k or within.size != k * k:
-        raise ValueError("group means or co-moments of the wrong size")
+    per_group = {f: _floats(doc[f]) for f in ("mean", "m2", "total", "total_lo")}
+    within = _floats(doc["within"])
+    if any(v.size != g * k for v in per_group.values()) or within.size != k * k:
+        raise ValueError("group means, sums or co-moments of the wrong size")
     names = {float(key): str(text) for key, text in doc["names"]}
-    return GroupMoments(keys.reshape(g, q), n, mean.reshape(g, k), within.reshape(k, k), m2.reshape(g, k)), names
+    return GroupMoments(keys.reshape(g, q), n, within=within.reshape(k, k),
+                        **{f: v.reshape(g, k) for f, v in per_group.items()}), names
 
 
 def _night(key: dict) -> str:

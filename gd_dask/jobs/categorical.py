@@ -15,21 +15,22 @@ from ..optimization import categorical as cat
 from ..optimization.certify import (
     EPS,
     EPS_LONG,
-    PROB_LAMBDA,
     ZERO_FLOOR,
     CoefficientBound,
     U,
     digits,
-    sums_accuracy,
 )
 from ..optimization.descent import Rules, gradient_at
 from ..optimization.setup import Setup
-from ..sizes import GROUP_BATCH_SLICES, SLICE_ROWS
 
 log = logging.getLogger(__name__)
 
 #: Solves of the reduced problem, each tighter, until the derived bounds meet tol.
 TIGHTEN_ROUNDS = 4
+#: Roundings of a level's numeric mean (``level_mean_error``): the long-double sums of its
+#: groups' double-doubles (a few units of 2⁻⁶⁴ each), the division, the float64 result;
+#: counted generously.
+LEVEL_MEAN_ROUNDINGS = 4
 #: Why model.json's summary is unavailable for such a model (yet).
 SUMMARY_REASON = ("categorical features: HC1 standard errors and ridge (l2) are not summarized yet "
                   "(issue 33)")
@@ -190,14 +191,17 @@ def _level_sd(red: cat.Reduced) -> np.ndarray:
 
 
 def level_mean_error(red: cat.Reduced, theta) -> np.ndarray:
-    """A bound on the rounding of a_ℓ = ȳ_ℓ − w̄_ℓ·θ from its level's means: each is
-    summed per batch of slices one row after another (at most ``GROUP_BATCH_SLICES``
-    slices' rows; Higham & Mary's λ·√m·u) and merged as the moments are
-    (``sums_accuracy``), against the magnitudes it adds (each column's root mean square
-    within the level, ``Reduced.level_rms``)."""
-    run = np.minimum(red.level_n, SLICE_ROWS * GROUP_BATCH_SLICES)
-    eta = PROB_LAMBDA * np.sqrt(run) * U + sums_accuracy(red.mom.n)
+    """A bound on the rounding of a_ℓ = ȳ_ℓ − w̄_ℓ·θ from its level's means, against the
+    magnitudes they add (each column's root mean square within the level,
+    ``Reduced.level_rms``). A numeric column's level mean comes from its groups' exact
+    sums (``kernels.groups``: each batch's sum exact but for m²·u²·σ, merged as
+    double-doubles), added in long double, divided and rounded to float64:
+    ``LEVEL_MEAN_ROUNDINGS``·u, plus a long-double rounding per group added. The
+    indicators' level means are ratios of exact counts. (A batch's remainders are summed
+    within m²·u²·σ, σ ≤ 4 × the batch's Σ|z|: below u of a level's own values unless they
+    are some 10¹⁰ times smaller than the batch's largest.)"""
     rms = red.level_rms
+    eta = LEVEL_MEAN_ROUNDINGS * U + red.level_groups * EPS_LONG
     return eta * (rms[:, -1] + rms[:, :-1] @ np.abs(np.asarray(theta, dtype=np.float64)))
 
 

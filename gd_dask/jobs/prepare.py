@@ -113,9 +113,7 @@ def _without_offset(groups: GroupMoments, j: int, kind: str, ex: Executor) -> tu
     if not total.finite():
         _diagnose_nonfinite(total, ex)
     keep = np.delete(np.arange(groups.mean.shape[1]), j)
-    stripped = GroupMoments(groups.keys, groups.n, groups.mean[:, keep], groups.within[np.ix_(keep, keep)],
-                            groups.m2[:, keep])
-    return stripped, _offset_mean(float(total.mean[j]), kind)
+    return groups.columns(keep), _offset_mean(float(total.mean[j]), kind)
 
 
 #: What categorical features are trained with so far (issue 33): the rest is refused by name.

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .compensated import dd_add, exact_bincount
 from .moments import Moments
 
 
@@ -30,13 +31,19 @@ class GroupMoments(NamedTuple):
     n : (G,) rows per group;  mean : (G, k) per-group means of ``z = [X, y]``
     within : (k, k) Σ over groups of their co-moments about their own means
     m2 : (G, k) each group's Σ(z − z̄_g)² per column (the diagonal of its co-moment: how
-    large the values a group's mean adds up are, for rounding bounds)"""
+    large the values a group's mean adds up are, for rounding bounds)
+    total, total_lo : (G, k) each group's Σz as a double-double, exact but for far less
+    than a rounding (``compensated.exact_bincount``, then ``dd_add``): the levels' means
+    from them are off by about one rounding (``optimization.categorical.reduce``), where
+    float64 sums of a level's rows and Chan's merges were off by hundreds"""
 
     keys: np.ndarray
     n: np.ndarray
     mean: np.ndarray
     within: np.ndarray
     m2: np.ndarray
+    total: np.ndarray
+    total_lo: np.ndarray
 
     @property
     def rows(self) -> float:
@@ -52,9 +59,16 @@ class GroupMoments(NamedTuple):
         dev = self.mean - mean
         return Moments(int(n), mean, self.within + (dev * self.n[:, None]).T @ dev)
 
+    def columns(self, keep) -> GroupMoments:
+        """The same groups over the columns ``keep`` only."""
+        keep = np.asarray(keep)
+        return self._replace(mean=self.mean[:, keep], within=self.within[np.ix_(keep, keep)], m2=self.m2[:, keep],
+                             total=self.total[:, keep], total_lo=self.total_lo[:, keep])
+
 
 def empty(q: int, k: int) -> GroupMoments:
-    return GroupMoments(np.zeros((0, q)), np.zeros(0), np.zeros((0, k)), np.zeros((k, k)), np.zeros((0, k)))
+    none = np.zeros((0, k))
+    return GroupMoments(np.zeros((0, q)), np.zeros(0), none, np.zeros((k, k)), none, none, none)
 
 
 def group_moments(z, categorical, weighted: bool = False) -> GroupMoments:
@@ -68,14 +82,16 @@ def group_moments(z, categorical, weighted: bool = False) -> GroupMoments:
     if z.shape[0] == 0:
         return empty(len(cat), len(num))
     uniq, inv = _unique_rows(keys)
-    n = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
-    sums = np.column_stack([np.bincount(inv, weights=values[:, j], minlength=len(uniq))
-                            for j in range(values.shape[1])])
-    mean = sums / n[:, None]
+    G = len(uniq)
+    n = np.bincount(inv, minlength=G).astype(np.float64)
+    exact = [exact_bincount(inv, values[:, j], G) for j in range(values.shape[1])]
+    total = np.column_stack([hi for hi, _ in exact])
+    total_lo = np.column_stack([lo for _, lo in exact])
+    mean = (total + total_lo) / n[:, None]
     dev = values - mean[inv]
-    m2 = np.column_stack([np.bincount(inv, weights=dev[:, j] ** 2, minlength=len(uniq))
+    m2 = np.column_stack([np.bincount(inv, weights=dev[:, j] ** 2, minlength=G)
                           for j in range(values.shape[1])])
-    return GroupMoments(uniq, n, mean, dev.T @ dev, m2)
+    return GroupMoments(uniq, n, mean, dev.T @ dev, m2, total, total_lo)
 
 
 def _unique_rows(keys):
@@ -106,11 +122,11 @@ def merge_groups(a: GroupMoments, b: GroupMoments) -> GroupMoments:
     ia, ib = inv[:len(a.n)], inv[len(a.n):]
     G = len(uniq)
     n = np.zeros(G)
-    mean = np.zeros((G, a.mean.shape[1]))
-    m2 = np.zeros((G, a.mean.shape[1]))
+    mean, m2, total, total_lo = (np.zeros((G, a.mean.shape[1])) for _ in range(4))
     n[ia] = a.n
     mean[ia] = a.mean
     m2[ia] = a.m2
+    total[ia], total_lo[ia] = a.total, a.total_lo
     only_b = np.ones(G, dtype=bool)
     only_b[ia] = False
     both = ~only_b[ib]                     # b's groups that a has too
@@ -118,14 +134,16 @@ def merge_groups(a: GroupMoments, b: GroupMoments) -> GroupMoments:
     n[jb] = b.n[~both]
     mean[jb] = b.mean[~both]
     m2[jb] = b.m2[~both]
+    total[jb], total_lo[jb] = b.total[~both], b.total_lo[~both]
     within = a.within + b.within
     if both.any():
         j = ib[both]
         na, nb = n[j], b.n[both]
-        total = na + nb
+        count = na + nb
         delta = b.mean[both] - mean[j]
-        mean[j] = mean[j] + delta * (nb / total)[:, None]
-        n[j] = total
-        within = within + (delta * (na * nb / total)[:, None]).T @ delta
-        m2[j] = m2[j] + b.m2[both] + delta ** 2 * (na * nb / total)[:, None]
-    return GroupMoments(uniq, n, mean, within, m2)
+        mean[j] = mean[j] + delta * (nb / count)[:, None]
+        n[j] = count
+        within = within + (delta * (na * nb / count)[:, None]).T @ delta
+        m2[j] = m2[j] + b.m2[both] + delta ** 2 * (na * nb / count)[:, None]
+        total[j], total_lo[j] = dd_add(total[j], total_lo[j], b.total[both], b.total_lo[both])
+    return GroupMoments(uniq, n, mean, within, m2, total, total_lo)

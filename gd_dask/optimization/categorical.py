@@ -89,6 +89,7 @@ class Reduced(NamedTuple):
     indicator : list of (column index, level indices) in indicator order
     level_rms : (L_A, d + E + 1) root mean square of each column's values within the level
     (the indicators': at most 1)
+    level_groups : (L_A,) the groups each absorbed level's means add up
     """
 
     mom: Moments
@@ -96,6 +97,7 @@ class Reduced(NamedTuple):
     level_mean: np.ndarray
     indicator: list
     level_rms: np.ndarray
+    level_groups: np.ndarray
 
 
 def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
@@ -131,8 +133,15 @@ def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
         hi = min(G, lo + BATCH_GROUPS)
         np.add.at(sums, la[lo:hi], rows(lo, hi) * groups.n[lo:hi, None])
     level_mean = sums / level_n[:, None]
-    # Each level's Σ z² of the numeric columns: its groups' own, plus between its groups.
     num = list(range(d)) + [D - 1]
+    # The numeric columns' level means from the groups' exact sums, added in long double
+    # (``level_mean_error``): about one rounding, where the float64 means above carry
+    # every rounding of their levels' rows.
+    exact = np.zeros((L, d + 1), dtype=np.longdouble)
+    np.add.at(exact, la, groups.total.astype(np.longdouble))
+    np.add.at(exact, la, groups.total_lo.astype(np.longdouble))
+    level_mean[:, num] = (exact / level_n[:, None]).astype(np.float64)
+    # Each level's Σ z² of the numeric columns: its groups' own, plus between its groups.
     sq = np.zeros((L, d + 1))
     np.add.at(sq, la, groups.m2 + groups.n[:, None] * (groups.mean - level_mean[la][:, num]) ** 2)
     level_rms = np.ones((L, D))
@@ -144,7 +153,8 @@ def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
         dev = rows(lo, hi) - level_mean[la[lo:hi]]
         S += (dev * groups.n[lo:hi, None]).T @ dev
     _check_identifiable(S, enc, indicator, offsets, d)
-    return Reduced(Moments(int(groups.rows), np.zeros(D), S), level_n, level_mean, indicator, level_rms)
+    return Reduced(Moments(int(groups.rows), np.zeros(D), S), level_n, level_mean, indicator, level_rms,
+                   np.bincount(la, minlength=L))
 
 
 def _check_identifiable(S, enc: Encoding, indicator, offsets, d: int) -> None:

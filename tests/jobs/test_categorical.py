@@ -487,3 +487,48 @@ def test_poisson_with_an_exposure_and_levels_is_statsmodels_glm(tmp_path, rng, t
 
     with pytest.raises(ArtifactError, match="categorical features .region, store.: pass a pandas DataFrame"):
         model.predict(X[:50], offset=expo[:50])  # the levels would be silently left out
+
+
+@pytest.mark.parametrize("level", [0.0, 50.0])
+def test_thousands_of_level_effects_are_certified_against_long_double(tmp_path, rng, threads, level):
+    """5,000 levels of 40 rows, effects down to 1e-4: the levels' means come from exact
+    per-group sums, so the default tol is certified (where y is centered; at a level of 50
+    float64 data themselves hold the smallest effects to 9.4 digits, and the bound says
+    8.9), and the bound is never below the error against the exact within-level least
+    squares computed in long double."""
+    n, levels = 200_000, 5000
+    X = rng.normal(3.0, 1.0, (n, 2))
+    store = rng.integers(0, levels, n)
+    effect = rng.normal(0, 1, levels) * 10.0 ** rng.uniform(-4, 0, levels)  # some effects tiny
+    y = level + X @ [1.5, -0.7] + effect[store] + rng.normal(0, 0.5, n)
+    root = tmp_path / "d"
+    root.mkdir()
+    pq.write_table(pa.table({"x0": X[:, 0], "x1": X[:, 1], "store": store, "y": y}), root / "part-0.parquet")
+    cfg = make_config({"path": str(root), "features": ["x0", "x1", "store"], "target": "y",
+                       "categorical": ["store"]}, tmp_path)
+    res = fit(cfg, threads)
+    assert res.convergence["digits"] >= (9.0 if level == 0 else 8.5), res.convergence
+    assert res.converged or level != 0
+    # The exact answer: within-level least squares in long double (refined float64 solves).
+    Z = np.column_stack([X, y]).astype(np.longdouble)
+    counts = np.bincount(store, minlength=levels).astype(np.longdouble)
+    means = np.stack([np.bincount(store, weights=np.zeros(n), minlength=levels).astype(np.longdouble)
+                      for _ in range(3)], axis=1)
+    for j in range(3):
+        np.add.at(means[:, j], store, Z[:, j])
+    means /= counts[:, None]
+    W = Z - means[store]
+    A, rhs = W[:, :2].T @ W[:, :2], W[:, :2].T @ W[:, 2]
+    beta = np.zeros(2, dtype=np.longdouble)
+    for _ in range(4):
+        beta += np.linalg.solve(A.astype(float), (rhs - A @ beta).astype(float)).astype(np.longdouble)
+    a = means[:, 2] - means[:, :2] @ beta
+    doc = res.categorical[0]
+    ref = doc["levels"].index(doc["reference"])
+    truth = np.concatenate([beta, [a[ref]], np.delete(a - a[ref], ref)])
+    ours = np.concatenate([res.m, [res.b], np.delete(np.asarray(doc["coef"]), ref)])
+    assert [int(v) for v in doc["levels"]] == list(range(levels))
+    floor = 1e-6 * float(np.max(np.abs(truth[:2])))
+    err = np.abs(ours - truth).astype(float)
+    worst = float(np.max(err / np.maximum(np.abs(truth).astype(float) - err, floor)))
+    assert worst <= res.convergence["bound"], (worst, res.convergence)
