@@ -93,3 +93,45 @@ def test_each_writers_files_read_as_exactly_their_rows(frame, writer, tmp_path, 
     assert res.source.n_rows == len(live)
     np.testing.assert_allclose(np.append(res.m, res.b), _expected(live), rtol=1e-9)
     assert json.dumps(res.source.fingerprint())  # plain JSON, whatever wrote it
+
+
+REGIONS = np.array(["north", "south", "east", "west", "central", "überland"])
+
+
+def _polars_categorical(df, path):
+    """polars with the text column as its Categorical (a dictionary column in Parquet)."""
+    path.mkdir()
+    polars.from_pandas(df).with_columns(polars.col("region").cast(polars.Categorical)).write_parquet(
+        path / "data.parquet")
+
+
+def _pandas_category(df, path):
+    df.astype({"region": "category"}).to_parquet(path, partition_cols=["date"])
+
+
+@pytest.mark.parametrize("writer", [_write_duckdb, _write_polars, _polars_categorical, _write_polars_delta,
+                                    _pandas_category, _write_dask, _write_spark_style])
+def test_each_writers_text_column_trains_as_levels(frame, writer, tmp_path, threads):
+    """A text column as each writer stores it (DuckDB's VARCHAR, polars' String and
+    Categorical, pandas' category, a Delta table, Spark's part files): read as the same
+    levels, the model equal to least squares on the one-hot design."""
+    from gd_dask.jobs.training import fit
+
+    rng = np.random.default_rng(5)
+    df = frame.assign(region=REGIONS[rng.integers(0, len(REGIONS), len(frame))])
+    df["y"] = df["y"] + df["region"].map(dict(zip(REGIONS, [0.0, 1.0, -2.0, 0.5, 3.0, -1.0])))
+    path = tmp_path / "data"
+    live = writer(df, path)
+    live = df if live is None else live
+    res = fit(make_config({"path": str(path), "features": ["x0", "region", "x1"], "target": "y"}, tmp_path / "o"),
+              threads)
+    doc = res.categorical[0]
+    assert sorted(doc["levels"]) == sorted(set(live["region"]))
+    design = [live["x0"], live["x1"], np.ones(len(live))]
+    design += [(live["region"] == lv).astype(float) for lv in doc["levels"] if lv != doc["reference"]]
+    D = np.column_stack(design)
+    beta = np.linalg.lstsq(D, live["y"].to_numpy(), rcond=None)[0]
+    table = dict(zip(doc["levels"], doc["coef"]))
+    ours = live["x0"] * res.m[0] + live["x1"] * res.m[1] + res.b + live["region"].map(table)
+    expect = D @ beta
+    assert res.converged and np.max(np.abs(ours.to_numpy() - expect)) <= 1e-9 * np.max(np.abs(expect))
