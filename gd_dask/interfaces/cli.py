@@ -121,7 +121,10 @@ def train(config, overrides, scheduler, no_plot):
 
     cfg = load_config(config, overrides)
     result, path = run(cfg, scheduler, on_epoch=_Progress(cfg.optimizer.epochs), plot=not no_plot)
-    m = ", ".join(f"{f}={v:.6g}" for f, v in zip(cfg.data.features, result.m))
+    levels = {c["name"]: c for c in result.categorical or ()}
+    m = ", ".join(f"{f}={v:.6g}" for f, v in zip([f for f in cfg.data.features if f not in levels], result.m))
+    if levels:  # their coefficients are in model.json; the line says how many
+        m += "".join(f"; {name}: {len(c['levels'])} levels (reference {c['reference']!r})" for name, c in levels.items())
     v, metric = result.validation, losses.of(cfg.model).metric
     if v and v["stopped_early"]:
         status = f" (stopped early; kept epoch {v['best_epoch']}, validation {metric} {v['metrics'][metric]:.6g})"

@@ -98,12 +98,14 @@ def test_train_and_predict_from_the_command_line(tmp_path, rng):
     X, region, store, y = _write(tmp_path / "d", rng, n=3000)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"name": "cat", "data": {"path": str(tmp_path / "d"), "target": "y",
-                                                        "features": ["x0", "x1", "region", "store"],
+                                                        "features": ["x0", "region", "x1", "store"],
                                                         "categorical": ["store"]},
                                "output": {"dir": str(tmp_path / "out")}}))
     r = run_cli("train", str(cfg), "--no-plot")
     assert r.returncode == 0, r.stderr
     model = json.loads((tmp_path / "out" / "model.json").read_text())
+    # The line names the numeric slopes by their own names (a level column is not one).
+    assert f"m: x0={model['m'][0]:.6g}, x1={model['m'][1]:.6g}; region: 12 levels" in r.stdout, r.stdout
     r = run_cli("evaluate", str(tmp_path / "out" / "model.json"), str(tmp_path / "d"))
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout)
