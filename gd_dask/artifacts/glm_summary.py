@@ -67,27 +67,29 @@ def summarize_glm(s, loss, m, b, center, scale, fit_intercept: bool, weighted: b
     }
 
 
-def summarize_glm_levels(s, loss, coef, names, center, scale) -> dict | None:
-    """The summary of a canonical family with fixed scale (logistic, Poisson) fitted with
-    categorical features: ``s`` the Newton pass at the fitted coefficients over [numeric
-    (standardized by ``center``, ``scale``), non-reference levels, intercept], whose
-    Hessian is then Fisher's information; ``coef`` and ``names`` in that order, original
-    units. None for the other families (their information needs its own per-level sums)."""
-    if loss.name not in FIXED_SCALE:
-        return None
+def summarize_glm_levels(s, loss, coef, names, center, scale, info=None) -> dict:
+    """The summary of a family fitted with categorical features: ``s`` the Newton pass at
+    the fitted coefficients over [numeric (standardized by ``center``, ``scale``),
+    non-reference levels, intercept], whose Hessian is Fisher's information for logistic
+    and Poisson; ``info``: (Fisher's information, Pearson's χ²) from a pass of their own
+    for Gamma and Tweedie, whose scale is Pearson's. ``coef`` and ``names`` in that order,
+    original units."""
     k = len(coef)
     center = np.append(center, np.zeros(k - 1 - len(center)))
     scale = np.append(scale, np.ones(k - 1 - len(scale)))
-    if isinstance(s.hess, BlockHessian):  # a high-cardinality column: through its Schur complement
-        rows, cond = _block_rows(s.hess, center, scale, coef, names)
+    fixed = loss.name in FIXED_SCALE
+    hess, pearson = (s.hess, None) if fixed else info
+    phi = 1.0 if fixed else (pearson / (s.n - k) if s.n > k else math.nan)
+    if isinstance(hess, BlockHessian):  # a high-cardinality column: through its Schur complement
+        rows, cond = _block_rows(hess, center, scale, coef, names, phi)
     else:
-        rows, cond = _rows(np.asarray(s.hess, dtype=np.float64), _to_original(center, scale, True), coef, 1.0,
-                           names)
+        rows, cond = _rows(np.asarray(hess, dtype=np.float64), _to_original(center, scale, True), coef, phi, names)
     llf = -s.loss if loss.name == "logistic" else None
+    method = "GLM binomial (logit link)" if loss.name == "logistic" else f"GLM {loss.name} (log link)"
     return {
-        "method": "GLM binomial (logit link)" if loss.name == "logistic" else "GLM poisson (log link)",
+        "method": method,
         "cov_type": "nonrobust", "statistic": "z", "nobs": s.n, "df_model": k - 1, "df_resid": s.n - k,
-        "coefficients": rows, "scale": 1.0, "deviance": s.loss * 2 / loss.penalty_scale, "pearson_chi2": None,
+        "coefficients": rows, "scale": phi, "deviance": s.loss * 2 / loss.penalty_scale, "pearson_chi2": pearson,
         "log_likelihood": None if llf is None else _num(llf), "aic": None if llf is None else _num(-2 * llf + 2 * k),
         "residual_std_err": None, "ssr": None, "r2": None, "r2_adj": None, "f": None, "f_p_value": None,
         "bic": None, "condition_number": cond, "confidence": CONFIDENCE, "named": True,
@@ -115,8 +117,8 @@ def _rows(info, A, coef, phi: float, names) -> tuple[list, float]:
     return _table(coef, se, names), float(np.sqrt(np.linalg.cond(info / np.outer(sd, sd))))
 
 
-def _block_rows(info: BlockHessian, center, scale, coef, names) -> tuple[list, float]:
-    """``_rows`` (φ = 1) for information with a diagonal block (``BlockHessian``): the
+def _block_rows(info: BlockHessian, center, scale, coef, names, phi: float = 1.0) -> tuple[list, float]:
+    """``_rows`` for information with a diagonal block (``BlockHessian``): the
     diagonal of I⁻¹ and the intercept's uᵀI⁻¹u, no k × k matrix; no condition number
     (that of the standardized information would need its eigenvalues)."""
     d = len(scale)
@@ -125,7 +127,7 @@ def _block_rows(info: BlockHessian, center, scale, coef, names) -> tuple[list, f
     u = np.zeros(info.k)
     u[:d], u[d] = -np.asarray(center) / np.asarray(scale), 1.0
     var[d] = info.quad(u)
-    return _table(coef, np.sqrt(np.maximum(var, 0.0)), names), None
+    return _table(coef, np.sqrt(np.maximum(phi * var, 0.0)), names), None
 
 
 def _table(coef, se, names) -> list:

@@ -105,7 +105,12 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     if prep.source.offset:
         tables.append(OffsetColumn(cfg.data.offset_column, prep.source.offset == "log"))
     metrics = prep.ex.level_metrics(np.asarray(m, dtype=np.float64), float(b), tables)
-    summary = _summary(cfg, setup, state, loop.kept, m, b, coef[keep], enc, keep, starts, docs)
+    info = None
+    if state.converged and not setup.loss.canonical and not cfg.model.l2:  # Fisher's ≠ the observed curvature
+        s, pearson = prep.ex.level_newton_sums(cat_idx, enc.levels, theta[:d], float(theta[-1]), coef, sc.center,
+                                               sc.scale, False, information=True)
+        info = (assemble(s, widths, keep, absorbed).hess, pearson)
+    summary = _summary(cfg, setup, state, loop.kept, m, b, coef[keep], enc, keep, starts, docs, info)
     prep.release()
     return FitResult(
         m=np.asarray(m, dtype=np.float64), b=float(b), epochs_run=state.epoch, converged=state.converged,
@@ -134,10 +139,11 @@ def _absorbed(cfg, columns, widths, levels: int) -> int | None:
     return big
 
 
-def _summary(cfg, setup, state, kept, m, b, level_coef, enc, keep, starts, docs) -> dict:
+def _summary(cfg, setup, state, kept, m, b, level_coef, enc, keep, starts, docs, info=None) -> dict:
     """model.json's ``summary``: a row per numeric feature, per non-reference level
     (``region[north]``) and the intercept, from Fisher's information at the fitted
-    coefficients (the last pass's Hessian, for logistic and Poisson)."""
+    coefficients: the last pass's Hessian for logistic and Poisson, ``info`` (its own
+    pass's, with Pearson's χ²) for Gamma and Tweedie."""
     if not state.converged or kept is None:
         return {"available": False, "reason": "not converged: these statistics hold at the maximum of the likelihood"}
     if cfg.model.l2:
@@ -147,10 +153,8 @@ def _summary(cfg, setup, state, kept, m, b, level_coef, enc, keep, starts, docs)
         c = int(np.searchsorted(starts, g, side="right") - 1)
         names.append(f"{enc.columns[c]}[{docs[c]['levels'][g - starts[c]]}]")
     coef = np.concatenate((m, level_coef, [b]))
-    doc = summarize_glm_levels(kept, setup.loss, coef, names + ["b"], setup.scaling.center, setup.scaling.scale)
-    if doc is None:
-        return {"available": False, "reason": f"model.loss {cfg.model.loss} with categorical features: its Fisher "
-                                              "information per level is not summed yet (issue 33)"}
+    doc = summarize_glm_levels(kept, setup.loss, coef, names + ["b"], setup.scaling.center, setup.scaling.scale,
+                               info)
     return {"available": True, **doc}
 
 

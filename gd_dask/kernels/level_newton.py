@@ -49,10 +49,14 @@ def level_indices(z, cat_idx, level_keys) -> list:
 
 
 def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, center, scale, loss: Loss,
-                     data_terms: bool, offset: tuple | None = None) -> LevelSums:
+                     data_terms: bool, offset: tuple | None = None, information: bool = False):
     """``LevelSums`` of one raw slice at numeric (m, b) in the training space and the
     levels' coefficients ``coef`` (all levels, in column order; references 0);
-    ``offset``: (its column, "add" or "log") where the linear predictor has one."""
+    ``offset``: (its column, "add" or "log") where the linear predictor has one.
+
+    ``information``: (the sums with Fisher's weights in the place of ℓ'', Pearson's χ²)
+    instead: a non-canonical family's information at the fitted coefficients (its
+    summary), which the observed curvature is not."""
     X = (z[:, num_idx] - center) / scale
     y = z[:, target]
     bad_exp, off = (0, ()), None
@@ -72,7 +76,14 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
     if off is not None:
         eta += off
         size += np.abs(off)
+    if information:
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            mu = loss.link.inverse(eta)
+            pearson = float(((y - mu) ** 2 / loss.variance(mu)).sum())
+            fisher = loss.fisher(eta)
     rows = newton_rows(y, None, eta, size, loss)
+    if information:
+        rows = rows._replace(h=fisher)
     num = numeric_sums(X, ax, y, None, rows, loss, data_terms, indicators=len(idx))._replace(bad_exposures=bad_exp)
     L = int(sum(sizes))
     level_grad, level_lo, level_h, level_scale = np.zeros(L), np.zeros(L), np.zeros(L), np.zeros(L)
@@ -88,7 +99,13 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
             level_x[s:s + k, j] = np.bincount(i, rows.h * X[:, j], k)
     pairs = tuple(np.bincount(idx[a] * sizes[bb] + idx[bb], rows.h, sizes[a] * sizes[bb]).reshape(sizes[a], sizes[bb])
                   for a in range(len(idx)) for bb in range(a + 1, len(idx)))
-    return LevelSums(num, level_grad, level_lo, level_h, level_x, pairs, level_scale)
+    sums = LevelSums(num, level_grad, level_lo, level_h, level_x, pairs, level_scale)
+    return (sums, pearson) if information else sums
+
+
+def add_information(a: tuple, b: tuple) -> tuple:
+    """Merge two ``slice_level_sums(..., information=True)`` results."""
+    return add_level_sums(a[0], b[0]), a[1] + b[1]
 
 
 def add_level_sums(a: LevelSums, b: LevelSums) -> LevelSums:

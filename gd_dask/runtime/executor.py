@@ -27,7 +27,7 @@ from ..kernels.compensated import PointGradient, add_refine, point_gradient, ref
 from ..kernels.exact_gram import add_exact_gram, exact_gram
 from ..kernels.groups import GroupMoments, group_moments, merge_groups
 from ..kernels.losses import SQUARED, Loss
-from ..kernels.level_newton import add_level_sums, slice_level_sums
+from ..kernels.level_newton import add_information, add_level_sums, slice_level_sums
 from ..kernels.newton import NewtonSums, add_newton, block_newton, block_newton_std
 from ..kernels.metrics import (
     ClassSums,
@@ -122,13 +122,15 @@ def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link) -> ErrorSums:
 
 
 def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
-                       data_terms, offset=None):
-    """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file."""
+                       data_terms, offset=None, information=False):
+    """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file
+    (``information``: Fisher's, with Pearson's χ²)."""
     total = None
+    combine = add_information if information else add_level_sums
     for z in spec.slices(chunk, SLICE_ROWS, names={}):
         part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
-                                data_terms, offset)
-        total = part if total is None else add_level_sums(total, part)
+                                data_terms, offset, information)
+        total = part if total is None else combine(total, part)
     return total
 
 
@@ -507,10 +509,12 @@ class Executor:
                                      sc.y_center, self.weighted, self.loss.link)
         return self._reduce_rows(block_errors, add_errors, m, float(b), self.weighted, self.loss.link)
 
-    def level_newton_sums(self, cat_idx, level_keys, m, b, coef, center, scale, data_terms: bool):
+    def level_newton_sums(self, cat_idx, level_keys, m, b, coef, center, scale, data_terms: bool,
+                          information: bool = False):
         """``kernels.level_newton.LevelSums`` over every chunk at numeric (m, b) in the
         training space (features standardized by ``center``, ``scale``) and the levels'
-        coefficients ``coef``: one pass, streamed from the files."""
+        coefficients ``coef``: one pass, streamed from the files. ``information``:
+        (the sums with Fisher's weights, Pearson's χ²) instead."""
         cols = self.source.columns
         offset = (len(cols) - 2, self.source_offset) if self.source_offset else None  # right before the target
         num_idx = [j for j in range(len(cols) - 1) if j not in set(cat_idx) and (offset is None or j != offset[0])]
@@ -519,9 +523,10 @@ class Executor:
         args = (num_idx, len(cols) - 1, list(cat_idx), [np.asarray(k) for k in level_keys],
                 np.asarray(m, dtype=np.float64), float(b), np.asarray(coef, dtype=np.float64),
                 np.asarray(center, dtype=np.float64), np.asarray(scale, dtype=np.float64), self.loss, data_terms,
-                offset)
+                offset, information)
+        combine = add_information if information else add_level_sums
         # Compute: per level a few sums come back (no row does).
-        return self._compute(_reduce_tree([fn(c, spec, *args) for c in self.source.chunks], add_level_sums))
+        return self._compute(_reduce_tree([fn(c, spec, *args) for c in self.source.chunks], combine))
 
     def level_metrics(self, m, b, tables) -> dict:
         """The metrics of a model with categorical features (``tables``: its

@@ -534,3 +534,44 @@ def test_thousands_of_level_effects_are_certified_against_long_double(tmp_path, 
     err = np.abs(ours - truth).astype(float)
     worst = float(np.max(err / np.maximum(np.abs(truth).astype(float) - err, floor)))
     assert worst <= res.convergence["bound"], (worst, res.convergence)
+
+
+@pytest.mark.parametrize("family", ["gamma", "tweedie"])
+def test_gamma_and_tweedie_summaries_with_levels_are_statsmodels(tmp_path, rng, threads, family):
+    """Their information at the fitted coefficients from a pass of its own (Fisher's
+    weights, not the observed curvature) and the scale from Pearson's χ²: the standard
+    errors equal statsmodels' GLM on the one-hot design."""
+    import statsmodels.api as sm
+
+    n = 6000
+    region = rng.choice(REGIONS[:5], n)
+    store = rng.integers(0, 25, n) + 7
+    X = rng.normal(0, 1, (n, 2))
+    mu = np.exp(1 + X @ [0.2, -0.1] + np.array([dict(zip(REGIONS[:5], np.linspace(-.3, .3, 5)))[r] for r in region])
+                + rng.normal(0, 0.2, 25)[store - 7])
+    y = rng.gamma(2.0, mu / 2.0) if family == "gamma" else rng.poisson(mu) * rng.gamma(2.0, 0.5, n)
+    root = tmp_path / "d"
+    root.mkdir()
+    pq.write_table(pa.table({"x0": X[:, 0], "x1": X[:, 1], "region": region.tolist(), "store": store, "y": y}),
+                   root / "part-0.parquet")
+    model = {"loss": family, **({"tweedie_power": 1.5} if family == "tweedie" else {})}
+    cfg = make_config({"path": str(root), "features": ["x0", "region", "x1", "store"], "target": "y",
+                       "categorical": ["store"]}, tmp_path, model=model)
+    res = fit(cfg, threads)
+    assert res.converged and res.summary["available"], res.summary
+    cols, names = [np.ones(n), X[:, 0], X[:, 1]], ["b", "x0", "x1"]
+    for doc, values in zip(res.categorical, (region, store)):
+        for level in doc["levels"]:
+            if level != doc["reference"]:
+                cols.append((values == level).astype(float))
+                names.append(f"{doc['name']}[{level}]")
+    fam = (sm.families.Gamma(sm.families.links.Log()) if family == "gamma"
+           else sm.families.Tweedie(var_power=1.5, link=sm.families.links.Log()))
+    sm_res = sm.GLM(y, np.column_stack(cols), family=fam).fit(tol=1e-15, maxiter=200)
+    rows = {r["name"]: r for r in res.summary["coefficients"]}
+    assert set(rows) == set(names)
+    for name, coef, se in zip(names, sm_res.params, sm_res.bse):
+        assert rows[name]["coef"] == pytest.approx(coef, rel=1e-8, abs=1e-12), name
+        assert rows[name]["std_err"] == pytest.approx(se, rel=1e-6), name
+    assert res.summary["scale"] == pytest.approx(sm_res.scale, rel=1e-9)
+    assert res.summary["pearson_chi2"] == pytest.approx(sm_res.pearson_chi2, rel=1e-9)
