@@ -40,6 +40,10 @@ class FinalSums(NamedTuple):
     rows : float — rows (not Σw)
     loglik : ndarray (5,) — Σ w·y·eta, Σ w·mu, Σ w·log y, Σ w·y/mu, Σ w·log(y!) (NaN where
         the targets are not counts of a tabulated size): the log-likelihoods' terms
+    tangents : ndarray (3, d + 1) or None — for a family, the derivatives along θ of
+        Σ w·(mu − y)², Σ w·|mu − y| and Pearson's Σ w·(y − mu)²/mu^p (log link: dmu/deta =
+        mu), so the metrics and the scale of a model one certified Newton step past this
+        pass follow to first order (``jobs.training.newton_metrics``)
     """
 
     metrics: tuple
@@ -47,6 +51,7 @@ class FinalSums(NamedTuple):
     pearson: float
     rows: float
     loglik: np.ndarray
+    tangents: np.ndarray | None = None
 
 
 class NewtonSums(NamedTuple):
@@ -204,7 +209,14 @@ def _final(X, y, w, eta, loss: Loss, total: float) -> FinalSums:
         info[:d, d] = info[d, :d] = xf.sum(axis=0)
         info[d, d] = f.sum()
     loglik = np.array(logs + [log_factorials(y, ww) if loss.name == "poisson" else math.nan])
-    return FinalSums(metrics, info, pearson, float(len(y)), loglik)
+    tangents = None
+    if loss.task != "classification":
+        with np.errstate(over="ignore", invalid="ignore"):
+            r = (mu - y) * mu * ww
+            chi = ww * (2.0 * (mu - y) * mu - loss.power * (y - mu) ** 2) / loss.variance(mu)
+            weights = np.column_stack([2.0 * r, np.sign(mu - y) * mu * ww, chi])
+        tangents = np.column_stack([weights.T @ X, weights.sum(axis=0)])
+    return FinalSums(metrics, info, pearson, float(len(y)), loglik, tangents)
 
 
 #: Σ log(y!) is tabulated for count targets up to this value (larger: not reported).
@@ -247,7 +259,8 @@ def add_newton(a: NewtonSums, b: NewtonSums) -> NewtonSums:
         metrics = add_class_sums(fa.metrics, fb.metrics) if isinstance(fa.metrics, ClassSums) else \
             add_family_errors(fa.metrics, fb.metrics)
         info = None if fa.info is None else fa.info + fb.info
-        final = FinalSums(metrics, info, fa.pearson + fb.pearson, fa.rows + fb.rows, fa.loglik + fb.loglik)
+        tangents = None if fa.tangents is None else fa.tangents + fb.tangents
+        final = FinalSums(metrics, info, fa.pearson + fb.pearson, fa.rows + fb.rows, fa.loglik + fb.loglik, tangents)
     return NewtonSums(hi[:-1], float(hi[-1]), a.loss + b.loss, a.n + b.n, a.hess + b.hess,
                       max(a.radius2, b.radius2), a.scale + b.scale, _add_bad(a.bad_targets, b.bad_targets),
                       _add_bad(a.bad_exposures, b.bad_exposures), a.constant + b.constant, lo, final)

@@ -291,6 +291,9 @@ class ProxBound:
 #: ``LocalBound`` certifies nothing past this x = R·λ/√μ (the bound's factor
 #: −ln(1 − x)/x grows without limit as x → 1).
 LOCAL_X_MAX = 0.5
+#: Roundings per dimension and unit of κ of a backward-stable solve's result (LU or
+#: Cholesky with partial pivoting: a generous constant).
+SOLVE_ROUNDINGS = 8
 #: Below this x (near the minimum) ``LocalBound`` also bounds each coefficient's error
 #: coordinate by coordinate (``_first_order``) and keeps the smaller.
 ELEMENTWISE_X = 0.1
@@ -338,6 +341,7 @@ class LocalBound:
         self._measured = None  # (params, grads, H, x) of the last pass whose bound held
         self.passes = 0
         self.row_terms = None  # the terms of a row's η where fewer than the parameters (levels)
+        self._point = None  # what ``after_step`` needs from the last ``certify``
         self.sum_roundings = PAIRWISE_ROUNDINGS  # per gradient coordinate (``newton_gradient_error``)
         self.hess_eta = self.eta  # the Hessian's rounding per entry, against its magnitudes
 
@@ -420,13 +424,46 @@ class LocalBound:
         if errors is not None:  # also in Jacobi coordinates (below); the smaller bound holds
             best = min(best, _jacobi_radius(hess, decrement, errors, radius2, self.hess_eta))
         a, x, grow = best
+        self._point = None
         if not math.isfinite(a):
             return math.inf, x
         spread = np.sqrt(self._coefficient_quads(hess) * grow)
         err = spread * a
         if errors is not None and x < ELEMENTWISE_X:
             err = np.minimum(err, self._first_order(hess, g, errors, spread, a, x, grow))
+            self._point = (params, hess, spread, a, x, grow)
         return self.relative(params, err + self.rounding(params)), x
+
+    def after_step(self, params, step) -> float:
+        """A bound on the relative error of θ + ``step``, the Newton step −H⁻¹g from the
+        point ``certify`` just measured (inf where it took no first-order bound there), with
+        no pass at θ + step. With v = θ* − θ, g_true = −H̄·v (``_first_order``) and the
+        computed step ŝ = −H⁻¹g + δs:
+
+            θ + ŝ − θ* = H⁻¹(H̄ − H)·v + H⁻¹·δg + δs
+
+        so each coefficient is off by at most √(uᵀH⁻¹u)·ε·a (ε as in ``_first_order``) plus
+        |uᵀH⁻¹|·e (the gradient's rounding, carried) plus the solve's own error (backward
+        stable: ``SOLVE_ROUNDINGS``·k·u·κ·‖ŝ‖) and the rounding of θ + ŝ. Near the
+        minimum ε·a is of the order of the error squared: the step's result is certified
+        from the pass that computed it, and Newton's last pass is saved."""
+        if self._point is None or self._point[0] is not params:
+            return math.inf
+        _, hess, spread, a, x, grow = self._point
+        eps = (x + (1.0 - 1.0 / grow)) / (1.0 - x)
+        if eps >= 1:
+            return math.inf
+        lmin, lmax = _extremes(hess)
+        step = np.asarray(step[:self.k], dtype=np.float64)
+        solve = SOLVE_ROUNDINGS * self.k * U * (lmax / lmin) * float(np.linalg.norm(step)) if lmin > 0 else math.inf
+        new = np.asarray(params, dtype=np.float64).copy()
+        new[:self.k] += step
+        norms = np.sqrt((self.u_intercept ** 2).sum()) if self.fit_intercept else 1.0
+        err = (spread * eps * a + self._carried) * (1.0 + 1e-6) + solve * max(norms, 1.0)
+        stored = U * np.abs(new[:self.k])  # θ + ŝ rounded to float64, carried into each coefficient
+        if self.fit_intercept:
+            stored[self.d] = U * (abs(new[self.d]) + np.abs(self.ratio) @ np.abs(new[:self.d]))
+        return self.relative(new, err + stored + self.rounding(new))
 
     def _first_order(self, hess, g, errors, spread, a: float, x: float, grow: float) -> np.ndarray:
         """Each reported coefficient's error, coordinate by coordinate rather than through
@@ -449,6 +486,7 @@ class LocalBound:
         if self.fit_intercept:  # b = u_bᵀθ: its own row of H⁻¹
             row = _solve(hess, self.u_intercept)
             step[self.d], carried[self.d] = abs(float(row @ g)), float(np.abs(row) @ e)
+        self._carried = carried
         eps = (x + (1.0 - 1.0 / grow)) / (1.0 - x)
         if eps >= 1:
             return np.full(self.k, math.inf)

@@ -62,9 +62,11 @@ class Newton:
         l2 and whether b is free (the objective's other terms are not Newton's: no l1).
     """
 
-    def __init__(self, oracle, certifier: LocalBound, rules: Rules):
+    def __init__(self, oracle, certifier: LocalBound, rules: Rules, step_past: bool = True):
         self.oracle, self.certifier, self.rules = oracle, certifier, rules
-        self.kept = None  # the NewtonSums of the pass at the parameters the state ends at
+        self.step_past_ok = step_past  # may end one certified step past the last pass
+        self.kept = None  # the NewtonSums of the last accepted pass
+        self.step_past = None  # the step from the kept pass's parameters to the state's, if any
 
     def start(self, params) -> LoopState:
         return LoopState.start(np.asarray(params, dtype=np.float64))
@@ -77,6 +79,7 @@ class Newton:
         k = cert.k
         base = None  # (params, objective, sums) of the last accepted pass
         step, stalls, halvings, final = None, 0, 0, False
+        stepped = False  # ended on a step certified from its pass (``LocalBound.after_step``)
         data = None  # (Σ the loss's constant terms, max ‖x̃‖²) from the first pass
         t_last = t_saved = time.perf_counter()
         last_row = None
@@ -136,6 +139,12 @@ class Newton:
                 final = bound <= FINAL_FROM
                 step = np.zeros_like(params)
                 step[:k] = -_solve(hess, g)
+                if self.step_past_ok and tol > 0:
+                    past = cert.after_step(params, step)
+                    if past <= tol:  # the step's result, certified from this pass: no pass at it
+                        state.params, state.bound, state.converged = params + step, past, True
+                        self.step_past, stepped = step, True
+                        break
                 state.params = params + step
                 if checkpoints is not None and checkpoints.due(state.epoch, t_last - t_saved):
                     checkpoints.write(state)
@@ -143,7 +152,9 @@ class Newton:
         if last_row is not None and (not state.history or state.history[-1] is not last_row):
             state.history.append(last_row)
         if base is not None:
-            state.params, self.kept = base[0], base[2]  # the parameters the last bound holds for
+            self.kept = base[2]
+            if not stepped:
+                state.params = base[0]  # the parameters the last bound holds for
         return state
 
 

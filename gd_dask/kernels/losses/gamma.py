@@ -21,6 +21,7 @@ class Gamma(LogFamily):
     summary: ClassVar[str] = "positive amounts (y > 0), log link; predictions are means"
     target_rule: ClassVar[str | None] = "> 0"
     estimator: ClassVar[str | None] = "GammaRegressor"
+    power: ClassVar[float] = 2.0  # the variance mu^power
 
     def variance(self, mu):
         return mu * mu

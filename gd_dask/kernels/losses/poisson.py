@@ -28,6 +28,7 @@ class Poisson(LogFamily):
     summary: ClassVar[str] = "counts (y ≥ 0), log link; predictions are means"
     target_rule: ClassVar[str | None] = "≥ 0"
     estimator: ClassVar[str | None] = "PoissonRegressor"
+    power: ClassVar[float] = 1.0  # the variance mu^power
 
     def variance(self, mu):
         return mu
