@@ -20,7 +20,13 @@ import numpy as np
 
 from .compensated import dd_add, exact_bincount
 from .losses import Loss
-from .newton import NewtonSums, exposures_refused, newton_rows, numeric_sums, split_offset
+from .newton import (
+    NewtonSums,
+    exposures_refused,
+    newton_rows,
+    numeric_sums,
+    split_offset,
+)
 
 
 class LevelSums(NamedTuple):
