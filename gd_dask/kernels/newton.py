@@ -69,6 +69,9 @@ class NewtonSums(NamedTuple):
     constant : float — Σ w·``constant_terms(y)``, already in ``loss``, where the pass had
         ``data_terms`` (NaN otherwise: ``loss`` lacks it, and radius2 is 0)
     final : FinalSums or None
+    y_terms : ndarray (3,) — the other sums of y alone a final pass reports, from a pass
+        with ``data_terms`` (NaN otherwise; ``with_data_terms`` fills them in): Σ w·
+        ``null_term(y)``, Σ w·log(y!) (Poisson), Σ w·log y (Gamma)
     """
 
     grad: np.ndarray
@@ -83,7 +86,33 @@ class NewtonSums(NamedTuple):
     constant: float = math.nan
     grad_lo: np.ndarray | None = None
     final: FinalSums | None = None
+    y_terms: np.ndarray = np.full(3, math.nan)
 
+
+def y_terms(y, w, loss: Loss) -> np.ndarray:
+    """``NewtonSums.y_terms`` of a slice."""
+    if loss.task == "classification":
+        return np.zeros(3)
+    ww = np.ones_like(y) if w is None else w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.array([float(ww @ loss.null_term(y)),
+                         log_factorials(y, ww) if loss.name == "poisson" else math.nan,
+                         float(ww @ np.log(y)) if loss.name == "gamma" else 0.0])
+
+
+def with_data_terms(s: NewtonSums, constant: float, radius2: float, terms) -> NewtonSums:
+    """A pass without ``data_terms`` completed with the first pass's: the loss's constant
+    terms, max ‖x̃‖², and in a final pass's sums the deviance's and the likelihood's terms
+    of y alone (which that pass did not compute again)."""
+    s = s._replace(loss=s.loss + constant, constant=constant, radius2=radius2, y_terms=terms)
+    f = s.final
+    if f is None or isinstance(f.metrics, ClassSums):
+        return s
+    errors, dev = f.metrics
+    loglik = f.loglik.copy()
+    loglik[4], loglik[2] = terms[1], terms[2]
+    return s._replace(final=f._replace(metrics=(errors, dev._replace(dev=dev.dev + constant, sum_null=terms[0])),
+                                       loglik=loglik))
 
 def split_offset(X, offset: str | None):
     """(features, offset per row or None) of a block's feature columns: with an offset
@@ -128,8 +157,8 @@ def block_newton_std(zs, m, b_centered, loss: Loss, weighted: bool = False, offs
         size += np.abs(off)
     keep = eta.copy() if final else None
     rows = newton_rows(y, w, eta, size, loss)
-    s = numeric_sums(X, ax, y, w, rows, loss, data_terms or final)._replace(bad_exposures=bad_exp)
-    return s._replace(final=_final(X, y, w, keep, loss, s.loss)) if final else s
+    s = numeric_sums(X, ax, y, w, rows, loss, data_terms)._replace(bad_exposures=bad_exp)
+    return s._replace(final=_final(X, y, w, keep, loss, s.loss, s.y_terms)) if final else s
 
 
 class Rows(NamedTuple):
@@ -179,11 +208,13 @@ def numeric_sums(X, ax, y, w, rows: Rows, loss: Loss, data_terms: bool, indicato
         total += constant
     g = pairwise_gradient(X, psi)
     return NewtonSums(g[:d], float(g[d]), total, n if w is None else float(w.sum()), hess, r2, scale,
-                      rows.bad_targets, (0, ()), constant, np.zeros(d + 1))
+                      rows.bad_targets, (0, ()), constant, np.zeros(d + 1),
+                      y_terms=y_terms(y, w, loss) if data_terms else np.full(3, math.nan))
 
 
-def _final(X, y, w, eta, loss: Loss, total: float) -> FinalSums:
-    """``FinalSums`` of a block at its linear predictor ``eta``."""
+def _final(X, y, w, eta, loss: Loss, total: float, terms) -> FinalSums:
+    """``FinalSums`` of a block at its linear predictor ``eta``; ``terms``: the sums of y
+    alone (``y_terms``; NaN where the pass has no data terms: filled in later)."""
     ww = np.ones_like(y) if w is None else w
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         mu = loss.link.inverse(eta)
@@ -191,12 +222,11 @@ def _final(X, y, w, eta, loss: Loss, total: float) -> FinalSums:
         if loss.task == "classification":
             metrics = class_sums_of(eta, mu, y, w, total)
         else:
-            null = loss.null_term(y)
-            metrics = (_error_sums(mu - y, y, w), DevianceSums(total, float(ww.sum()), float(ww @ y), float(ww @ null)))
+            metrics = (_error_sums(mu - y, y, w), DevianceSums(total, float(ww.sum()), float(ww @ y), float(terms[0])))
         if loss.name == "poisson":  # only what each family's likelihood needs (``glm_summary``)
             logs = [float(ww @ (y * eta)), float(ww @ mu), 0.0, 0.0]
         elif loss.name == "gamma":
-            logs = [0.0, 0.0, float(ww @ np.log(y)), float(ww @ (y / mu))]
+            logs = [0.0, 0.0, float(terms[2]), float(ww @ (y / mu))]
         else:
             logs = [0.0] * 4
     info = None
@@ -208,7 +238,7 @@ def _final(X, y, w, eta, loss: Loss, total: float) -> FinalSums:
         info[:d, :d] = xf.T @ X
         info[:d, d] = info[d, :d] = xf.sum(axis=0)
         info[d, d] = f.sum()
-    loglik = np.array(logs + [log_factorials(y, ww) if loss.name == "poisson" else math.nan])
+    loglik = np.array(logs + [float(terms[1])])
     tangents = None
     if loss.task != "classification":
         with np.errstate(over="ignore", invalid="ignore"):
@@ -263,4 +293,5 @@ def add_newton(a: NewtonSums, b: NewtonSums) -> NewtonSums:
         final = FinalSums(metrics, info, fa.pearson + fb.pearson, fa.rows + fb.rows, fa.loglik + fb.loglik, tangents)
     return NewtonSums(hi[:-1], float(hi[-1]), a.loss + b.loss, a.n + b.n, a.hess + b.hess,
                       max(a.radius2, b.radius2), a.scale + b.scale, _add_bad(a.bad_targets, b.bad_targets),
-                      _add_bad(a.bad_exposures, b.bad_exposures), a.constant + b.constant, lo, final)
+                      _add_bad(a.bad_exposures, b.bad_exposures), a.constant + b.constant, lo, final,
+                      a.y_terms + b.y_terms)

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from .. import interrupt
+from ..kernels.newton import with_data_terms
 from ..errors import TrainingError
 from .block_hessian import BlockHessian
 from .certify import LocalBound, newton_gradient_errors
@@ -80,7 +81,7 @@ class Newton:
         base = None  # (params, objective, sums) of the last accepted pass
         step, stalls, halvings, final = None, 0, 0, False
         stepped = False  # ended on a step certified from its pass (``LocalBound.after_step``)
-        data = None  # (Σ the loss's constant terms, max ‖x̃‖²) from the first pass
+        data = None  # (Σ the loss's constant terms, max ‖x̃‖², the sums of y alone) from the first pass
         t_last = t_saved = time.perf_counter()
         last_row = None
         with interrupt.deferred():
@@ -90,9 +91,9 @@ class Newton:
                 d = params.shape[0] - 1
                 s = evaluate(self.oracle, state, params, checkpoints, final, data is None)
                 if data is None:
-                    data = (s.constant, s.radius2)  # the data's own terms: once
+                    data = (s.constant, s.radius2, s.y_terms)  # the data's own terms: once
                 elif not math.isfinite(s.constant):
-                    s = s._replace(loss=s.loss + data[0], constant=data[0], radius2=data[1])
+                    s = with_data_terms(s, *data)
                 state.epoch += 1
                 loss = s.loss / s.n
                 objective = rules.objective(loss, params[:d])

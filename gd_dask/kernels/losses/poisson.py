@@ -12,8 +12,11 @@ from .base import LogFamily
 
 def xlogy(y, z):
     """y·log(z), 0 where y = 0 (the convention of a count's deviance)."""
+    out = np.zeros(np.shape(y))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(y > 0, y * np.log(np.where(y > 0, z, 1.0)), 0.0)
+        np.log(z, out=out, where=np.asarray(y) > 0)
+    out *= y
+    return out
 
 
 @dataclass(frozen=True)
