@@ -118,11 +118,12 @@ def _dask_ml(root: str, job: str) -> dict:
 
     if job != "logistic":  # no offset and no weights (the exposure job), no Gamma family
         return {"skipped": "no offset, sample weights or Gamma family"}
-    with LocalCluster(n_workers=2, threads_per_worker=1) as c, Client(c):
+    with LocalCluster(n_workers=2, threads_per_worker=1) as c, Client(c) as client:
         t0 = time.perf_counter()
-        df = dd.read_parquet(root, columns=_features() + [TARGET[job]]).persist()  # fixed partitions first
-        arr = df.to_dask_array(lengths=True)
-        X, y = arr[:, :D], arr[:, D]
+        # As the logistic section does: the arrays persisted (a persisted DataFrame's
+        # repartition lost its dependencies under dask-expr).
+        arr = dd.read_parquet(root, columns=_features() + [TARGET[job]]).to_dask_array(lengths=True)
+        X, y = client.persist([arr[:, :D], arr[:, D]])
         cls = LogisticRegression if job == "logistic" else PoissonRegression
         m = cls(penalty="l2", C=1e12, solver="lbfgs", tol=1e-10, max_iter=1000).fit(X, y)
         return {"seconds": time.perf_counter() - t0, "coef": np.ravel(m.coef_).tolist(), "b": float(m.intercept_),
