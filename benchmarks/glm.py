@@ -122,8 +122,10 @@ def _dask_ml(root: str, job: str) -> dict:
         t0 = time.perf_counter()
         # As the logistic section does: the arrays persisted (a persisted DataFrame's
         # repartition lost its dependencies under dask-expr).
-        arr = dd.read_parquet(root, columns=_features() + [TARGET[job]]).to_dask_array(lengths=True)
-        X, y = client.persist([arr[:, :D], arr[:, D]])
+        arr = dd.read_parquet(root, columns=_features() + [TARGET[job]]).to_dask_array()
+        arr = client.persist(arr)
+        arr.compute_chunk_sizes()  # (``lengths=True`` disagreed with dask-expr's partitions: 4 != 8)
+        X, y = arr[:, :D], arr[:, D]
         cls = LogisticRegression if job == "logistic" else PoissonRegression
         m = cls(penalty="l2", C=1e12, solver="lbfgs", tol=1e-10, max_iter=1000).fit(X, y)
         return {"seconds": time.perf_counter() - t0, "coef": np.ravel(m.coef_).tolist(), "b": float(m.intercept_),
