@@ -25,17 +25,28 @@ from datetime import date, datetime, timezone
 
 import numpy as np
 
-from ..kernels.metrics import add_errors, add_moments_and_errors, block_moments_and_errors, error_metrics
-from ..kernels.moments import Moments, merge_all
 from .. import interrupt
-from ..kernels import losses
-from . import guard as validate
-from ..data import CHUNK_BYTES, ParquetSource, open_source
-from ..data.listing import Listing, deleted_positions, deletion_digest, file_stamp, list_data
-from ..errors import ArtifactError, ConfigError, DataError, TrainingError
-from ..runtime.executor import Executor, stream_above_for, worker_records
 from ..artifacts.registry import Registry, RegistryError
 from ..artifacts.store import history_csv, model_document
+from ..data import CHUNK_BYTES, ParquetSource, open_source
+from ..data.listing import (
+    Listing,
+    deleted_positions,
+    deletion_digest,
+    file_stamp,
+    list_data,
+)
+from ..errors import ArtifactError, ConfigError, DataError, TrainingError
+from ..kernels import losses
+from ..kernels.metrics import (
+    add_errors,
+    add_moments_and_errors,
+    block_moments_and_errors,
+    error_metrics,
+)
+from ..kernels.moments import Moments, merge_all
+from ..runtime.executor import Executor, stream_above_for, worker_records
+from . import guard as validate
 from . import refit_levels as levels
 from .prepare import pick_strategy
 from .training import fit, fit_moments
@@ -124,31 +135,41 @@ def _check_current(current: dict | None, cfg) -> tuple | None:
 
 def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[Moments, int]:
     """Moments of the training files, cached per file; returns (moments, files read)."""
+    per_file, read = cached_per_file(src, reg, reg.stats.moments,
+                                     lambda sub: Executor(client, sub, cache=False).moments_by_file(),
+                                     lambda mom: mom, src.columns)
+    # Merge in file order: the same total whichever files came from the cache.
+    return merge_all(per_file), read
+
+
+def cached_per_file(src: ParquetSource, reg: Registry, lookup, compute, moments_of, columns) -> tuple[list, int]:
+    """Each file's statistics in file order, and how many files were read: from the
+    statistics cache (``lookup(key)``), else one pass over the files never seen
+    (``compute(source) -> {path: statistics}``), each checked (``moments_of(statistics)``
+    finite, ``columns`` naming theirs) and cached."""
     cached, unseen = {}, []
     for f in src.files:
-        mom = reg.stats.moments(src.file_key(f))
-        if mom is None:
+        got = lookup(src.file_key(f))
+        if got is None:
             unseen.append(f)
         else:
-            cached[f["full_path"]] = mom
+            cached[f["full_path"]] = got
     if unseen:
-        sub = src.subset([f["full_path"] for f in unseen])
-        ex = Executor(client, sub, cache=False)
-        fresh = ex.moments_by_file()
+        fresh = compute(src.subset([f["full_path"] for f in unseen]))
         for f in unseen:
-            mom = fresh[f["full_path"]]
-            _check_finite(mom, f, src)
-            reg.stats.put(src.file_key(f), mom, src.footer_plan(f))
-            cached[f["full_path"]] = mom
+            got = fresh[f["full_path"]]
+            mom = moments_of(got)
+            _check_finite(mom, f, columns)
+            reg.stats.put(src.file_key(f), mom, src.footer_plan(f), None if got is mom else got)
+            cached[f["full_path"]] = got
         reg.stats.flush()
-    # Merge in file order: the same total whichever files came from the cache.
-    return merge_all([cached[f["full_path"]] for f in src.files]), len(unseen)
+    return [cached[f["full_path"]] for f in src.files], len(unseen)
 
 
-def _check_finite(mom: Moments, f: dict, src: ParquetSource) -> None:
+def _check_finite(mom: Moments, f: dict, columns) -> None:
     if not mom.finite():
         j = int(np.flatnonzero(~np.isfinite(np.diag(mom.comoment)) | ~np.isfinite(mom.mean))[0])
-        raise DataError(f"{f['path']}: column '{src.columns[j]}' has NaN/inf/null or overflowing values; "
+        raise DataError(f"{f['path']}: column '{columns[j]}' has NaN/inf/null or overflowing values; "
                         "fix the file or set data.missing: drop")
 
 

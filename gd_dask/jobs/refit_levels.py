@@ -55,27 +55,12 @@ def training_groups(cfg, src: ParquetSource, reg, client) -> tuple[GroupMoments,
     """The training files' moments by level and level names, cached per file; returns
     (groups, names, files read). Merged in file order: the same total whichever files
     came from the cache."""
-    cached, unseen = {}, []
-    for f in src.files:
-        got = reg.stats.groups(src.file_key(f))
-        if got is None:
-            unseen.append(f)
-        else:
-            cached[f["full_path"]] = got
-    if unseen:
-        fresh = _groups_by_file(client, src.subset([f["full_path"] for f in unseen]))
-        for f in unseen:
-            got = fresh[f["full_path"]]
-            mom = got[0].to_moments()
-            if not mom.finite():
-                j = int(np.flatnonzero(~np.isfinite(np.diag(mom.comoment)) | ~np.isfinite(mom.mean))[0])
-                raise DataError(f"{f['path']}: column '{numeric_columns(src)[j]}' has NaN/inf/null or overflowing "
-                                "values; fix the file or set data.missing: drop")
-            reg.stats.put(src.file_key(f), mom, src.footer_plan(f), got)
-            cached[f["full_path"]] = got
-        reg.stats.flush()
-    groups, names = functools.reduce(add_named_groups, [cached[f["full_path"]] for f in src.files])
-    return groups, names, len(unseen)
+    from .refit import cached_per_file
+
+    per_file, read = cached_per_file(src, reg, reg.stats.groups, lambda sub: _groups_by_file(client, sub),
+                                     lambda got: got[0].to_moments(), numeric_columns(src))
+    groups, names = functools.reduce(add_named_groups, per_file)
+    return groups, names, read
 
 
 def fit_grouped(cfg, src: ParquetSource, groups: GroupMoments, names: dict):
