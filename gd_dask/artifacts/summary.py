@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..optimization.certify import sums_accuracy
-from ..kernels.distributions import f_upper, t_quantile, t_two_sided
+from ..kernels.distributions import f_upper, t_quantile, t_two_sided, t_two_sided_many
 from ..kernels.moments import gram_sums
 
 #: Two-sided level of the confidence intervals.
@@ -192,6 +192,17 @@ def table(doc: dict, features: list[str], target: str) -> str:
     return "\n".join(lines)
 
 
+def _level_rows(names, coef, var, df_resid: float, q: float) -> list:
+    """The summary's rows for many coefficients at once (p-values by ``t_two_sided_many``)."""
+    se = np.sqrt(np.maximum(np.asarray(var, dtype=np.float64), 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(se > 0, coef / se, math.nan)
+    p = t_two_sided_many(df_resid, t)
+    return [{"name": name, "coef": float(c), "std_err": float(s), "t": _num(float(tv)), "p_value": _num(float(pv)),
+             "ci_low": float(c - q * s), "ci_high": float(c + q * s)}
+            for name, c, s, tv, pv in zip(names, coef, se, t, p)]
+
+
 def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: list[list], sst: float) -> dict:
     """The summary of a least-squares fit with categorical features (``optimization.
     categorical``), as statsmodels prints ``y ~ x + C(col)``: a row per numeric feature,
@@ -222,23 +233,23 @@ def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: lis
     ref = enc.reference[a]
     q = t_quantile(df_resid, 0.5 + CONFIDENCE / 2)
 
-    def row(name, c, var):
-        se = math.sqrt(max(var, 0.0))
-        t = c / se if se > 0 else math.nan
-        return {"name": name, "coef": float(c), "std_err": se, "t": _num(t), "p_value": _num(t_two_sided(df_resid, t)),
-                "ci_low": float(c - q * se), "ci_high": float(c + q * se)}
-
-    rows = [row(f, theta[j], sigma2 * inv[j, j]) for j, f in enumerate(numeric)]
+    names = list(numeric)
+    coefs, variances = [theta[:len(numeric)]], [sigma2 * np.diag(inv)[:len(numeric)]]
     pos = len(numeric)
     for c, idx in red.indicator:
-        for j in idx:
-            rows.append(row(f"{enc.columns[c]}[{level_names[c][j]}]", theta[pos], sigma2 * inv[pos, pos]))
-            pos += 1
-    for j in np.delete(np.arange(L), ref):
-        dw = wbar[j] - wbar[ref]
-        var = sigma2 * (1 / red.level_n[j] + 1 / red.level_n[ref] + dw @ inv @ dw)
-        rows.append(row(f"{enc.columns[a]}[{level_names[a][j]}]", coef.levels[a][j], var))
-    rows.append(row("b", coef.b, sigma2 * (1 / red.level_n[ref] + wbar[ref] @ inv @ wbar[ref])))
+        names += [f"{enc.columns[c]}[{level_names[c][j]}]" for j in idx]
+        coefs.append(theta[pos:pos + len(idx)])
+        variances.append(sigma2 * np.diag(inv)[pos:pos + len(idx)])
+        pos += len(idx)
+    others = np.delete(np.arange(L), ref)
+    dw = wbar[others] - wbar[ref]  # the absorbed levels, all at once
+    names += [f"{enc.columns[a]}[{level_names[a][j]}]" for j in others]
+    coefs.append(coef.levels[a][others])
+    variances.append(sigma2 * (1 / red.level_n[others] + 1 / red.level_n[ref] + np.einsum("ij,jk,ik->i", dw, inv, dw)))
+    names.append("b")
+    coefs.append([coef.b])
+    variances.append([sigma2 * (1 / red.level_n[ref] + wbar[ref] @ inv @ wbar[ref])])
+    rows = _level_rows(names, np.concatenate(coefs), np.concatenate(variances), df_resid, q)
     r2 = 1.0 - ssr / sst if sst > 0 else math.nan
     df_model = p - 1
     adj = 1.0 - (nobs - 1) / df_resid * (1.0 - r2) if df_resid > 0 else math.nan

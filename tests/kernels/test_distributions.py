@@ -53,3 +53,16 @@ def test_undefined_inputs_give_nan_not_an_error():
     assert math.isnan(D.t_quantile(-1, 0.975)) and math.isnan(D.f_upper(1, 0, 2.0))
     assert D.f_upper(3, 10, 0.0) == 1.0 and D.t_two_sided(4, 0.0) == 1.0
     assert np.isclose(D.t_quantile(1, 0.975), math.tan(math.pi * 0.475))  # Cauchy, in closed form
+
+
+@pytest.mark.parametrize("df", [1.0, 3.0, 50.0, 1e4, 1e6, 8e6])
+def test_many_t_tails_at_once_are_the_scalar_ones(df):
+    """The vectorized two-sided tail (a summary's thousands of levels) is the scalar
+    function's, to the bit, with its edge cases (t = 0, ±inf, NaN)."""
+    from gd_dask.kernels.distributions import t_two_sided, t_two_sided_many
+
+    rng = np.random.default_rng(int(df) % 1000)
+    t = np.concatenate([rng.normal(0, 4, 500), [0.0, np.inf, -np.inf, np.nan, 60.0, -1e-9]])
+    many = t_two_sided_many(df, t)
+    one = np.array([t_two_sided(df, float(v)) for v in t])
+    assert np.array_equal(many, one, equal_nan=True)
