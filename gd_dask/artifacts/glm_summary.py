@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from ..optimization.block_hessian import BlockHessian
+from ..optimization.hessians import BlockHessian
 from .summary import CONFIDENCE, _num
 
 #: Families whose dispersion is 1 (not estimated).

@@ -39,6 +39,7 @@ import math
 
 import numpy as np
 
+from ..errors import DataError
 from ..kernels.groups import GroupMoments
 from ..kernels.moments import Moments
 
@@ -200,6 +201,43 @@ class StatsCache:
         self._seen[key["path"]] = (key, entry, Moments(n, np.array(mom.mean, dtype=np.float64),
                                                       np.array(mom.comoment, dtype=np.float64)))
         self._dirty.add(home)
+
+    def of_files(self, src, lookup, compute, columns, moments_of=lambda mom: mom) -> tuple[list, int]:
+        """Each of ``src``'s files' statistics in file order, and how many files were
+        read: from the cache (``lookup(key)``: ``moments`` or ``groups``), else one pass
+        over the files never seen (``compute(source) -> {path: statistics}``), each
+        checked (``moments_of(statistics)`` finite; ``columns`` names theirs) and noted."""
+        cached, unseen = {}, []
+        for f in src.files:
+            got = lookup(src.file_key(f))
+            if got is None:
+                unseen.append(f)
+            else:
+                cached[f["full_path"]] = got
+        if unseen:
+            fresh = compute(src.subset([f["full_path"] for f in unseen]))
+            for f in unseen:
+                got = fresh[f["full_path"]]
+                mom = moments_of(got)
+                if not mom.finite():
+                    j = int(np.flatnonzero(~np.isfinite(np.diag(mom.comoment)) | ~np.isfinite(mom.mean))[0])
+                    raise DataError(f"{f['path']}: column '{columns[j]}' has NaN/inf/null or overflowing values; "
+                                    "fix the file or set data.missing: drop")
+                self.put(src.file_key(f), mom, src.footer_plan(f), None if got is mom else got)
+                cached[f["full_path"]] = got
+            self.flush()
+        return [cached[f["full_path"]] for f in src.files], len(unseen)
+
+    def put_files(self, src, per_file: dict, moments_of=lambda mom: mom) -> None:
+        """Note each of ``src``'s files' statistics (``per_file``: {path: statistics})
+        whose moments are finite (a held-out night's, for the nights to come: a bad night
+        is not cached), and write them."""
+        for f in src.files:
+            got = per_file[f["full_path"]]
+            mom = moments_of(got)
+            if mom.finite():
+                self.put(src.file_key(f), mom, src.footer_plan(f), None if got is mom else got)
+        self.flush()
 
     def flush(self) -> None:
         """Write the objects changed since the last flush, each whole (one PUT)."""

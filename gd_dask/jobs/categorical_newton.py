@@ -8,7 +8,7 @@ The levels' indicators are not standardized (center 0, scale 1), so their coeffi
 are the model's own. The Hessian is dense over all parameters up to ``MAX_NEWTON_LEVELS``
 non-reference levels together. Past that, the largest column's levels stay a diagonal
 block (no row has two of them) and everything goes through the Schur complement of the
-rest (``optimization.block_hessian``): the step, and the certificate's λmin (a bisection
+rest (``optimization.hessians``): the step, and the certificate's λmin (a bisection
 lower bound), Newton decrement and per-coefficient (H⁻¹)_jj, so memory and time grow with
 that column's levels, not their square.
 """
@@ -41,7 +41,7 @@ from .prepare import exposure_error, target_error
 log = logging.getLogger(__name__)
 
 #: Non-reference levels a Newton run's Hessian is dense over: past them, the largest
-#: column's levels form a diagonal block (``optimization.block_hessian``) and the other
+#: column's levels form a diagonal block (``optimization.hessians``) and the other
 #: columns' levels stay within this.
 MAX_NEWTON_LEVELS = cat.MAX_DENSE_LEVELS
 #: Cells of Σℓ'' per pair of levels of the largest column and another, per task (8 bytes

@@ -135,42 +135,11 @@ def _check_current(current: dict | None, cfg) -> tuple | None:
 
 def training_moments(src: ParquetSource, reg: Registry, client) -> tuple[Moments, int]:
     """Moments of the training files, cached per file; returns (moments, files read)."""
-    per_file, read = cached_per_file(src, reg, reg.stats.moments,
-                                     lambda sub: Executor(client, sub, cache=False).moments_by_file(),
-                                     lambda mom: mom, src.columns)
+    per_file, read = reg.stats.of_files(src, reg.stats.moments,
+                                        lambda sub: Executor(client, sub, cache=False).moments_by_file(),
+                                        src.columns)
     # Merge in file order: the same total whichever files came from the cache.
     return merge_all(per_file), read
-
-
-def cached_per_file(src: ParquetSource, reg: Registry, lookup, compute, moments_of, columns) -> tuple[list, int]:
-    """Each file's statistics in file order, and how many files were read: from the
-    statistics cache (``lookup(key)``), else one pass over the files never seen
-    (``compute(source) -> {path: statistics}``), each checked (``moments_of(statistics)``
-    finite, ``columns`` naming theirs) and cached."""
-    cached, unseen = {}, []
-    for f in src.files:
-        got = lookup(src.file_key(f))
-        if got is None:
-            unseen.append(f)
-        else:
-            cached[f["full_path"]] = got
-    if unseen:
-        fresh = compute(src.subset([f["full_path"] for f in unseen]))
-        for f in unseen:
-            got = fresh[f["full_path"]]
-            mom = moments_of(got)
-            _check_finite(mom, f, columns)
-            reg.stats.put(src.file_key(f), mom, src.footer_plan(f), None if got is mom else got)
-            cached[f["full_path"]] = got
-        reg.stats.flush()
-    return [cached[f["full_path"]] for f in src.files], len(unseen)
-
-
-def _check_finite(mom: Moments, f: dict, columns) -> None:
-    if not mom.finite():
-        j = int(np.flatnonzero(~np.isfinite(np.diag(mom.comoment)) | ~np.isfinite(mom.mean))[0])
-        raise DataError(f"{f['path']}: column '{columns[j]}' has NaN/inf/null or overflowing values; "
-                        "fix the file or set data.missing: drop")
 
 
 def judge(metric: str, max_regression: float, challenger: dict, current: dict | None) -> tuple[bool, str]:
@@ -579,16 +548,8 @@ def _holdout_moments(client, reg: Registry, hold_src: ParquetSource) -> Moments:
     """The holdout files' moments (one pass), cached for the nights to come: what a night
     is judged by when the loss has no sufficient statistics of its own."""
     per_file = Executor(client, hold_src, cache=False).moments_by_file()
-    _cache(reg, hold_src, per_file)
+    reg.stats.put_files(hold_src, per_file)
     return merge_all([per_file[f["full_path"]] for f in hold_src.files])
-
-
-def _cache(reg: Registry, src: ParquetSource, per_file: dict) -> None:
-    for f in src.files:
-        mom = per_file[f["full_path"]]
-        if mom.finite():
-            reg.stats.put(src.file_key(f), mom, src.footer_plan(f))
-    reg.stats.flush()
 
 
 def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, result, init) -> tuple:
@@ -597,7 +558,7 @@ def _judge_on_holdout(client, reg: Registry, hold_src: ParquetSource, result, in
     models = [(result.m, result.b)] + ([init] if init is not None else [])
     ex = Executor(client, hold_src, cache=False)
     per_file = ex.rows_by_file(block_moments_and_errors, add_moments_and_errors, models, hold_src.weighted)
-    _cache(reg, hold_src, {k: v[0] for k, v in per_file.items()})
+    reg.stats.put_files(hold_src, {k: v[0] for k, v in per_file.items()})
     errors = [per_file[f["full_path"]][1] for f in hold_src.files]
     merged = [errors[0][i] for i in range(len(models))]
     for errs in errors[1:]:

@@ -55,10 +55,8 @@ def training_groups(cfg, src: ParquetSource, reg, client) -> tuple[GroupMoments,
     """The training files' moments by level and level names, cached per file; returns
     (groups, names, files read). Merged in file order: the same total whichever files
     came from the cache."""
-    from .refit import cached_per_file
-
-    per_file, read = cached_per_file(src, reg, reg.stats.groups, lambda sub: _groups_by_file(client, sub),
-                                     lambda got: got[0].to_moments(), numeric_columns(src))
+    per_file, read = reg.stats.of_files(src, reg.stats.groups, lambda sub: _groups_by_file(client, sub),
+                                        numeric_columns(src), _grouped_totals)
     groups, names = functools.reduce(add_named_groups, per_file)
     return groups, names, read
 
@@ -77,12 +75,7 @@ def fit_grouped(cfg, src: ParquetSource, groups: GroupMoments, names: dict):
 def holdout_groups(client, reg, hold_src: ParquetSource) -> tuple[GroupMoments, dict]:
     """The held-out files' moments by level (one pass), cached for the nights to come."""
     per_file = _groups_by_file(client, hold_src)
-    for f in hold_src.files:
-        got = per_file[f["full_path"]]
-        mom = got[0].to_moments()
-        if mom.finite():
-            reg.stats.put(hold_src.file_key(f), mom, hold_src.footer_plan(f), got)
-    reg.stats.flush()
+    reg.stats.put_files(hold_src, per_file, _grouped_totals)
     return functools.reduce(add_named_groups, [per_file[f["full_path"]] for f in hold_src.files])
 
 
@@ -130,6 +123,11 @@ def level_changes(trained: list[dict], night: GroupMoments, names: dict, columns
 def _some(levels: list) -> str:
     shown = ", ".join(repr(v) for v in levels[:LEVELS_SHOWN])
     return shown + (", …" if len(levels) > LEVELS_SHOWN else "")
+
+
+def _grouped_totals(got: tuple):
+    """A file's (grouped moments, names) as the plain moments the cache and checks keep."""
+    return got[0].to_moments()
 
 
 def _groups_by_file(client, src: ParquetSource) -> dict:

@@ -25,6 +25,7 @@ from ..data import ParquetSource
 from ..kernels.losses import IDENTITY
 from ..kernels.metrics import class_metrics, family_metrics
 from ..kernels.moments import Moments
+from ..kernels.newton import past_step
 from ..optimization import sgd
 from ..optimization.certify import CoefficientBound, LocalBound, digits
 from ..optimization.descent import (
@@ -118,7 +119,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         state = loop.run(state, passes=epochs, tol=cfg.optimizer.tol, on_epoch=on_epoch, checkpoints=checkpoints)
         kept = loop.kept if loop.kept is not None and loop.kept.final is not None else None
         return _finish_fit(cfg, prep, setup, state, certifier, epochs, on_epoch, t0, resumed_from, kept,
-                           loop.step_past if kept is not None else None)
+                           loop.step_past)
     certifier = setup.certifier(prep.ex.curvature_sums if prep.strategy.stream else None)
     descent, epochs = _descent(cfg, setup, oracle, prep.strategy, certifier, validate)
 
@@ -164,8 +165,9 @@ def _finish_fit(cfg, prep: Prepared, setup: Setup, state: LoopState, certifier, 
         if kept is None:
             d = state.params.shape[0] - 1
             kept, step = prep.ex.newton_sums(state.params[:d], state.params[d], True), None
-        metrics = newton_metrics(kept, setup.loss, step)
-        summary = _glm_statistics(cfg, setup, state, (m, b), past_step(kept, step))
+        kept = past_step(kept, step)  # the sums at the model, where it is a certified step past the pass
+        metrics = newton_metrics(kept, setup.loss)
+        summary = _glm_statistics(cfg, setup, state, (m, b), kept)
     else:
         metrics = _metrics(cfg, setup, state.params, prep.ex, (m, b))
         summary = statistics(cfg, setup, state, (m, b), prep.ex)
@@ -203,15 +205,6 @@ def statistics(cfg, setup: Setup, state: LoopState, model, ex: Executor | None =
     return {"available": True, **doc}
 
 
-def past_step(s, step):
-    """The final pass ``s`` with Pearson's χ² carried a certified step past it
-    (``newton_metrics``), for the summary's scale."""
-    if step is None or s.final is None or s.final.tangents is None:
-        return s
-    return s._replace(final=s.final._replace(
-        pearson=s.final.pearson + float(s.final.tangents[2] @ np.asarray(step, dtype=np.float64))))
-
-
 def _glm_statistics(cfg, setup: Setup, state: LoopState, model, sums) -> dict:
     """model.json's ``summary`` for a family (``glm_summary``) from the final Newton
     pass's sums at the fitted coefficients, where they are the maximum-likelihood ones."""
@@ -226,21 +219,11 @@ def _glm_statistics(cfg, setup: Setup, state: LoopState, model, sums) -> dict:
     return {"available": True, **doc}
 
 
-def newton_metrics(s, loss, step=None) -> dict:
-    """The model's metrics from a final Newton pass at its coefficients (no pass of their
-    own); ``step``: the model is that certified step past the pass (``Newton.step_past``),
-    its metrics follow to first order (the deviance to second: its gradient and Hessian
-    are the pass's), off by the step's square, far below a rounding."""
+def newton_metrics(s, loss) -> dict:
+    """The model's metrics from a final Newton pass at its coefficients (no pass of their own)."""
     if loss.task == "classification":
         return class_metrics(s.final.metrics)
-    errors, deviance = s.final.metrics
-    if step is not None:  # (Pearson's χ² follows in ``past_step``)
-        step = np.asarray(step, dtype=np.float64)
-        grad = np.append(s.grad, s.err)
-        errors = errors._replace(sq_err=errors.sq_err + float(s.final.tangents[0] @ step),
-                                 abs_err=errors.abs_err + float(s.final.tangents[1] @ step))
-        deviance = deviance._replace(dev=deviance.dev + float(grad @ step) + 0.5 * float(step @ s.hess @ step))
-    return family_metrics((errors, deviance), loss)
+    return family_metrics(s.final.metrics, loss)
 
 
 def _metrics(cfg, setup: Setup, params, ex: Executor, model, mom: Moments | None = None) -> dict:

@@ -128,7 +128,7 @@ def assemble(s: LevelSums, widths, keep, absorbed: int | None = None) -> NewtonS
     rounding scale, the rest as the numeric part's. ``widths``: each column's levels.
 
     ``absorbed``: a column whose levels' block of the Hessian is diagonal (no row has two
-    of its levels) and stays so: the Hessian is then an ``optimization.block_hessian.
+    of its levels) and stays so: the Hessian is then an ``optimization.hessians.
     BlockHessian``, dense over the other parameters only."""
     num = s.num
     d = num.grad.shape[0]
@@ -181,7 +181,7 @@ def _dense_part(s: LevelSums, widths, starts, cols, sub, d: int) -> np.ndarray:
 def _with_band(s: LevelSums, A, widths, starts, keep, in_band, absorbed: int, d: int):
     """The ``BlockHessian`` whose band is the absorbed column's kept levels: A the dense
     part (rows in parameter order), B their coupling to the band, D the band's Σℓ''."""
-    from ..optimization.block_hessian import BlockHessian
+    from ..optimization.hessians import BlockHessian
 
     ga = keep[in_band]
     la = ga - starts[absorbed]

@@ -60,7 +60,7 @@ class NewtonSums(NamedTuple):
     grad, err, loss, n : as ``gradient.BlockSums``; the gradient's sums are those of a
         slice added pairwise (``pairwise_gradient``), then the slices' as double-doubles
         (``grad_lo`` holds the low parts), so what rounding is left is that of ψ itself
-        and of one pairwise sum (``certify.newton_gradient_error``)
+        and of one pairwise sum (``certify.newton_gradient_errors``)
     hess : ndarray (d + 1, d + 1) — Σ w·ℓ''·x̃x̃ᵀ, x̃ = [xs, 1]
     radius2 : float — max ‖x̃‖² over the rows (with w > 0)
     scale : ndarray (d + 1,) — Σ (|w·ψ| + w·(size of ψ's terms) + w·ℓ''·|x̃|·|θ|)·|x̃|:
@@ -113,6 +113,26 @@ def with_data_terms(s: NewtonSums, constant: float, radius2: float, terms) -> Ne
     loglik[4], loglik[2] = terms[1], terms[2]
     return s._replace(final=f._replace(metrics=(errors, dev._replace(dev=dev.dev + constant, sum_null=terms[0])),
                                        loglik=loglik))
+
+def past_step(s: NewtonSums, step) -> NewtonSums:
+    """A final pass's sums carried a step past its coefficients (``optimization.newton``
+    ends there when that step's result is certified): the squared and absolute errors
+    and Pearson's χ² to first order along their ``tangents``, the deviance to second
+    order from the pass's own gradient and Hessian; off by the step's square (cube for
+    the deviance), far below a rounding. Fisher's information stays the pass's. As it is
+    where there is no step or nothing to carry (a classifier: accuracy and AUC do not
+    follow a step, and Newton takes none past its pass)."""
+    f = s.final
+    if step is None or f is None or f.tangents is None:
+        return s
+    step = np.asarray(step, dtype=np.float64)
+    t = f.tangents @ step
+    errors, deviance = f.metrics
+    errors = errors._replace(sq_err=errors.sq_err + float(t[0]), abs_err=errors.abs_err + float(t[1]))
+    grad = np.append(s.grad, s.err)
+    deviance = deviance._replace(dev=deviance.dev + float(grad @ step) + 0.5 * float(step @ s.hess @ step))
+    return s._replace(final=f._replace(metrics=(errors, deviance), pearson=f.pearson + float(t[2])))
+
 
 def split_offset(X, offset: str | None):
     """(features, offset per row or None) of a block's feature columns: with an offset

@@ -41,12 +41,13 @@ the exact minimizer of the training objective. What a bound means, per criterion
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from ..sizes import CHUNK_BYTES, FAN_IN, SLICE_ROWS
-from .block_hessian import BlockHessian
+from .hessians import DenseHessian
 
 EPS = float(np.finfo(np.float64).eps)
 EPS_LONG = float(np.finfo(np.longdouble).eps)
@@ -122,18 +123,13 @@ LEVEL_SUM_ROUNDINGS = 2
 CHAIN_ETA = SLICE_ROWS * U * 1.01
 
 
-def newton_gradient_error(scale, grad, n: float, d: int, summed=PAIRWISE_ROUNDINGS) -> float:
-    """What a Newton pass's ∇J (``kernels.newton.NewtonSums``) may be off by: each row's ψ
-    within (d + ``PSI_ROUNDINGS``)·u of its magnitudes (d: the terms of a row's η), its
-    product with x̃ and the slice's pairwise sum within ``summed``·u of theirs (``scale``
-    bounds both; ``summed``: per coordinate where the levels' exact sums take
-    ``LEVEL_SUM_ROUNDINGS``), the slices' sums added as double-doubles, the result rounded
-    to float64 (u·|∇J|)."""
-    return float(np.linalg.norm(newton_gradient_errors(scale, grad, n, d, summed)))
-
-
 def newton_gradient_errors(scale, grad, n: float, d: int, summed=PAIRWISE_ROUNDINGS) -> np.ndarray:
-    """``newton_gradient_error`` per coordinate."""
+    """What each coordinate of a Newton pass's ∇J (``kernels.newton.NewtonSums``) may be
+    off by: each row's ψ within (d + ``PSI_ROUNDINGS``)·u of its magnitudes (d: the terms
+    of a row's η), its product with x̃ and the slice's pairwise sum within ``summed``·u of
+    theirs (``scale`` bounds both; ``summed``: per coordinate, where the levels' exact
+    sums take ``LEVEL_SUM_ROUNDINGS``), the slices' sums added as double-doubles, the
+    result rounded to float64 (u·|∇J|)."""
     per_row = (d + PSI_ROUNDINGS + np.asarray(summed, dtype=np.float64)) * U * 1.01
     return (per_row * np.abs(np.asarray(scale, dtype=np.float64)) + U * np.abs(np.asarray(grad)) * n) / n
 
@@ -389,7 +385,7 @@ class LocalBound:
         self.passes += 1
         g = np.asarray(grads[:self.k], dtype=np.float64)
         hess = np.asarray(hess, dtype=np.float64)
-        bound, x = self.certify(params, g, grad_error, hess, radius2)
+        bound, x = self.certify(params, g, grad_error, DenseHessian(hess), radius2)
         self._last = (float(np.linalg.norm(g)) + grad_error, bound)
         self._measured = (params, grads, hess, x) if math.isfinite(bound) else None
         return bound
@@ -410,8 +406,9 @@ class LocalBound:
 
     def certify(self, params, g, grad_error: float, hess, radius2: float, errors=None) -> tuple[float, float]:
         """(the bound, x = R·λ/√μ) at ``params`` from the gradient ``g`` (with its rounding
-        ``grad_error``; ``errors``: per coordinate), the Hessian ``hess`` and max ‖x̃‖²
-        ``radius2`` measured there; x is inf where H is too ill-conditioned to say.
+        ``grad_error``; ``errors``: per coordinate), the Hessian ``hess`` (``hessians``)
+        and max ‖x̃‖² ``radius2`` measured there; x is inf where H is too ill-conditioned
+        to say.
 
         The bound holds in any coordinates φ = S⁻¹θ with S diagonal: the rows become Sx̃,
         H becomes SHS, and the Newton decrement λ and each uᵀH⁻¹u stay as they are. With
@@ -419,8 +416,9 @@ class LocalBound:
         entries are their small shares of the rows, no longer set μ: the gradient's
         rounding term ‖S·e‖/√μ_S (per-coordinate errors e) is then far below ‖e‖/√μ.
         ``R_S² = radius2 / min diag(H)`` bounds every ‖Sx̃‖²."""
-        decrement = max(float(g @ _solve(hess, g)), 0.0)  # gᵀH⁻¹g: the same in any coordinates
-        best = _radius(hess, decrement, grad_error, radius2, self.hess_eta)
+        decrement = max(float(g @ hess.solve(g)), 0.0)  # gᵀH⁻¹g: the same in any coordinates
+        lmin, lmax = hess.extremes()
+        best = _local(lmin, lmax * self.hess_eta, decrement, grad_error, radius2)  # ‖δH‖ ≤ η·λmax
         if errors is not None:  # also in Jacobi coordinates (below); the smaller bound holds
             best = min(best, _jacobi_radius(hess, decrement, errors, radius2, self.hess_eta))
         a, x, grow = best
@@ -430,8 +428,9 @@ class LocalBound:
         spread = np.sqrt(self._coefficient_quads(hess) * grow)
         err = spread * a
         if errors is not None and x < ELEMENTWISE_X:
-            err = np.minimum(err, self._first_order(hess, g, errors, spread, a, x, grow))
-            self._point = (params, hess, spread, a, x, grow)
+            first, carried = self._first_order(hess, g, errors, spread, a, x, grow)
+            err = np.minimum(err, first)
+            self._point = (params, lmin, lmax, spread, a, x, grow, carried)
         return self.relative(params, err + self.rounding(params)), x
 
     def after_step(self, params, step) -> float:
@@ -449,24 +448,23 @@ class LocalBound:
         from the pass that computed it, and Newton's last pass is saved."""
         if self._point is None or self._point[0] is not params:
             return math.inf
-        _, hess, spread, a, x, grow = self._point
-        eps = (x + (1.0 - 1.0 / grow)) / (1.0 - x)
+        _, lmin, lmax, spread, a, x, grow, carried = self._point
+        eps = _movement(x, grow)
         if eps >= 1:
             return math.inf
-        lmin, lmax = _extremes(hess)
         step = np.asarray(step[:self.k], dtype=np.float64)
         solve = SOLVE_ROUNDINGS * self.k * U * (lmax / lmin) * float(np.linalg.norm(step)) if lmin > 0 else math.inf
         new = np.asarray(params, dtype=np.float64).copy()
         new[:self.k] += step
-        norms = np.sqrt((self.u_intercept ** 2).sum()) if self.fit_intercept else 1.0
-        err = (spread * eps * a + self._carried) * (1.0 + 1e-6) + solve * max(norms, 1.0)
+        norm = float(np.linalg.norm(self.u_intercept)) if self.fit_intercept else 1.0
+        err = (spread * eps * a + carried) * (1.0 + 1e-6) + solve * max(norm, 1.0)
         stored = U * np.abs(new[:self.k])  # θ + ŝ rounded to float64, carried into each coefficient
         if self.fit_intercept:
             stored[self.d] = U * (abs(new[self.d]) + np.abs(self.ratio) @ np.abs(new[:self.d]))
         return self.relative(new, err + stored + self.rounding(new))
 
-    def _first_order(self, hess, g, errors, spread, a: float, x: float, grow: float) -> np.ndarray:
-        """Each reported coefficient's error, coordinate by coordinate rather than through
+    def _first_order(self, hess, g, errors, spread, a: float, x: float, grow: float) -> tuple:
+        """(each reported coefficient's error, |uᵀH⁻¹|·e of each), coordinate by coordinate rather than through
         ‖θ − θ*‖_H. With v = θ* − θ and H̄ = ∫₀¹ F''(θ + s·v) ds, 0 = ∇F(θ*) = g_true + H̄·v,
         so uᵀv = −uᵀH⁻¹g_true − uᵀ(H̄⁻¹ − H⁻¹)·g_true, where g_true = g + δg, |δg| ≤ e:
 
@@ -478,33 +476,26 @@ class LocalBound:
           and ‖g_true‖_{H⁻¹} = ‖H̄·v‖_{H⁻¹} ≤ (1 + ε)·a, ``a`` ≥ ‖v‖_H."""
         g = np.asarray(g, dtype=np.float64)
         e = np.asarray(errors, dtype=np.float64)[:self.k]
-        if isinstance(hess, BlockHessian):
-            step, carried = np.abs(hess.solve(g)), hess.abs_inverse_times(e)
-        else:
-            inv = np.linalg.inv(hess)
-            step, carried = np.abs(inv @ g), np.abs(inv) @ e
+        step, carried = np.abs(hess.solve(g)), hess.abs_inverse_times(e)
         if self.fit_intercept:  # b = u_bᵀθ: its own row of H⁻¹
-            row = _solve(hess, self.u_intercept)
+            row = hess.solve(self.u_intercept)
             step[self.d], carried[self.d] = abs(float(row @ g)), float(np.abs(row) @ e)
-        self._carried = carried
-        eps = (x + (1.0 - 1.0 / grow)) / (1.0 - x)
+        eps = _movement(x, grow)
         if eps >= 1:
-            return np.full(self.k, math.inf)
+            return np.full(self.k, math.inf), carried
         # ‖g_true‖_{H⁻¹} = ‖H̄·v‖_{H⁻¹} ≤ (1 + ε)·‖v‖_H ≤ (1 + ε)·a
         tail = spread * (eps / (1.0 - eps)) * (1.0 + eps) * a
-        return ((step + carried) * grow + tail) * (1.0 + 1e-6)
+        return ((step + carried) * grow + tail) * (1.0 + 1e-6), carried
 
     def _coefficient_quads(self, hess) -> np.ndarray:
-        """uᵀH⁻¹u for each reported coefficient's u (``coefficient_map``): a
-        ``BlockHessian`` gives them from its diagonal of H⁻¹, with no k × k matrix."""
-        if isinstance(hess, BlockHessian):
-            out = hess.inverse_diagonal()[:self.k]
-            if self.fit_intercept:
-                out[self.d] = hess.quad(self.u_intercept)
-            return out
-        return np.einsum("ij,ij->j", self.u, np.linalg.solve(hess, self.u))
+        """uᵀH⁻¹u for each reported coefficient's u (``coefficient_map``): the diagonal of
+        H⁻¹, and the intercept's own (no k × k matrix for a ``BlockHessian``)."""
+        out = hess.inverse_diagonal()[:self.k]
+        if self.fit_intercept:
+            out[self.d] = hess.quad(self.u_intercept)
+        return out
 
-    @property
+    @functools.cached_property
     def u(self) -> np.ndarray:
         return coefficient_map(self.k, self.d, self.ratio, self.fit_intercept)
 
@@ -517,37 +508,29 @@ class LocalBound:
         return u
 
 
-def _radius(hess, decrement: float, grad_error: float, radius2: float, eta: float) -> tuple[float, float, float]:
-    """(a ≥ ‖θ − θ*‖_H, x = R·λ/√μ, the growth of H⁻¹ from the computed H to the true
-    one) in the coordinates of ``hess`` (``LocalBound``); a is inf past ``LOCAL_X_MAX``.
-    H's rounding: ‖δH‖ ≤ η·λmax."""
-    lmin, lmax = _extremes(hess)
-    return _local(lmin, lmax * eta, decrement, grad_error, radius2)
+def _movement(x: float, grow: float) -> float:
+    """ε: H̄ (the Hessian along the way to θ*) is within a factor 1 ± ε of the computed H
+    (Bach's e^{±R·‖v‖} ≤ (1 − x)^{∓1}, and κη, the computed H's rounding, in ``grow``)."""
+    return (x + (1.0 - 1.0 / grow)) / (1.0 - x)
 
 
 def _jacobi_radius(hess, decrement: float, errors, radius2: float, eta: float) -> tuple[float, float, float]:
     """``_radius`` in Jacobi coordinates (``LocalBound.certify``). H's rounding there: each
     entry's sum is within η of the magnitudes it adds, Σ w·ℓ''·|x̃_i·x̃_j| ≤ √(H_ii·H_jj), so
     each entry of S·δH·S is within η and ‖S·δH·S‖₂ ≤ η·√(the entries that are not 0)."""
-    diag = hess.diagonal() if isinstance(hess, BlockHessian) else np.diag(hess).copy()
+    diag = hess.diagonal()
     if not np.all(diag > 0):
         return math.inf, math.inf, math.inf
     s = 1.0 / np.sqrt(diag)
-    if isinstance(hess, BlockHessian):
-        scaled = hess.scaled(s)
-        p, L = scaled.B.shape
-        entries = p * p + 2 * p * L + L
-    else:
-        scaled = hess * np.outer(s, s)
-        entries = hess.size
-    lmin, _ = _extremes(scaled)
+    lmin, _ = hess.scaled(s).extremes()
     err = float(np.linalg.norm(s * np.asarray(errors, dtype=np.float64)))
-    return _local(lmin, math.sqrt(entries) * eta, decrement, err, radius2 / float(diag.min()))
+    return _local(lmin, math.sqrt(hess.entries) * eta, decrement, err, radius2 / float(diag.min()))
 
 
 def _local(lmin: float, delta: float, decrement: float, grad_error: float, radius2: float):
-    """Bach's bound from λmin, ‖δH‖ ≤ ``delta``, gᵀH⁻¹g, the gradient's rounding (in
-    these coordinates) and max ‖x̃‖²."""
+    """(a ≥ ‖θ − θ*‖_H, x = R·λ/√μ, the growth of H⁻¹ from the computed H to the true one):
+    Bach's bound from λmin, ‖δH‖ ≤ ``delta``, gᵀH⁻¹g, the gradient's rounding (in these
+    coordinates) and max ‖x̃‖²; a is inf past ``LOCAL_X_MAX``."""
     kappa_eta = delta / lmin if lmin > 0 else math.inf
     if kappa_eta > 0.5:
         return math.inf, math.inf, math.inf
@@ -559,14 +542,3 @@ def _local(lmin: float, delta: float, decrement: float, grad_error: float, radiu
         return math.inf, x, grow
     return lam * (-math.log1p(-x) / x if x > 0 else 1.0), x, grow
 
-
-def _extremes(hess) -> tuple[float, float]:
-    """(λmin, λmax) of a dense Hessian; bounds on them (below, above) for a ``BlockHessian``."""
-    if isinstance(hess, BlockHessian):
-        return hess.extremes()
-    ev = np.linalg.eigvalsh(hess)
-    return float(ev[0]), float(ev[-1])
-
-
-def _solve(hess, v) -> np.ndarray:
-    return hess.solve(v) if isinstance(hess, BlockHessian) else np.linalg.solve(hess, v)

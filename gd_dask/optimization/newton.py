@@ -17,11 +17,11 @@ import time
 import numpy as np
 
 from .. import interrupt
-from ..kernels.newton import with_data_terms
 from ..errors import TrainingError
-from .block_hessian import BlockHessian
+from ..kernels.newton import with_data_terms
 from .certify import LocalBound, newton_gradient_errors
 from .descent import Checkpoints, LoopState, Rules, evaluate, keep_row, save_now
+from .hessians import BlockHessian, DenseHessian
 
 #: ``optimizer.epochs: auto`` for Newton: passes (separable classes or collinear features
 #: never converge; well-conditioned data needs fewer than ten).
@@ -122,12 +122,12 @@ class Newton:
                     continue
                 halvings = 0
                 base = (params, objective, s)
-                hess = _normalized(s.hess, k, s.n, d, rules.l2)
+                hess = _hessian(s.hess, k).normalized(s.n, rules.l2, d)
                 g = np.asarray(grads[:k], dtype=np.float64)
                 terms = cert.row_terms or d  # of a row's η
                 errors = newton_gradient_errors(s.scale[:k], g, s.n, terms, cert.sum_roundings)
                 grad_error = float(np.linalg.norm(errors))
-                bound, x = cert.certify(params, g, grad_error, hess, s.radius2, errors)
+                bound, _ = cert.certify(params, g, grad_error, hess, s.radius2, errors)
                 state.bound, state.prev_loss = bound, objective
                 if tol > 0 and bound <= tol:
                     state.converged = True
@@ -139,7 +139,7 @@ class Newton:
                     break
                 final = bound <= FINAL_FROM
                 step = np.zeros_like(params)
-                step[:k] = -_solve(hess, g)
+                step[:k] = hess.newton_step(g)
                 if self.step_past_ok and tol > 0:
                     past = cert.after_step(params, step)
                     if past <= tol:  # the step's result, certified from this pass: no pass at it
@@ -159,25 +159,7 @@ class Newton:
         return state
 
 
-def _normalized(hess, k: int, n: float, d: int, l2: float):
-    """The pass's Hessian of the objective: H/n over the first k parameters, l2 on the
-    first d (a ``BlockHessian`` keeps its blocks)."""
-    if isinstance(hess, BlockHessian):
-        return hess.normalized(n, l2, d)
-    out = np.asarray(hess, dtype=np.float64)[:k, :k] / n
-    out[np.arange(d), np.arange(d)] += l2
-    return out
-
-
-def _solve(hess, g) -> np.ndarray:
-    """H⁻¹g; the least-squares solution where H is singular (collinear features)."""
-    if isinstance(hess, BlockHessian):
-        try:
-            return hess.solve(g)
-        except np.linalg.LinAlgError:
-            raise TrainingError("the Hessian is singular: a feature or level is collinear with the others "
-                                "(or a level's rows are all of one class)") from None
-    try:
-        return np.linalg.solve(hess, g)
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(hess, g, rcond=None)[0]
+def _hessian(hess, k: int):
+    """A pass's Hessian sums (``kernels.newton.NewtonSums.hess``) as ``hessians`` have it:
+    a ``BlockHessian`` as it came, a matrix over its first k parameters."""
+    return hess if isinstance(hess, BlockHessian) else DenseHessian(np.asarray(hess, dtype=np.float64)[:k, :k])

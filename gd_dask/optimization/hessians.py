@@ -1,6 +1,15 @@
-"""A Hessian with a diagonal block: Newton with a high-cardinality categorical column.
+"""Newton's Hessian in the two forms a pass may give it, with one interface (what
+``newton`` and ``certify.LocalBound`` ask of it): ``DenseHessian``, a k × k matrix, and
+``BlockHessian``, with a diagonal block.
 
-The levels of one categorical column never share a row, so in the Hessian over
+- ``normalized``: H/n with l2 on the slopes; ``newton_step``: −H⁻¹g; ``solve``: H⁻¹v.
+- ``extremes``: λmin and λmax (for a block: bounds on them, below and above).
+- ``diagonal``, ``scaled`` (diag(s)·H·diag(s)) and ``entries`` (those that are not 0):
+  the Jacobi coordinates of the certificate.
+- ``inverse_diagonal``, ``quad`` and ``abs_inverse_times``: (H⁻¹)_jj, uᵀH⁻¹u and an
+  upper bound on |H⁻¹|·e, the per-coefficient parts of the certificate.
+
+A diagonal block is Newton with a high-cardinality categorical column. The levels of one categorical column never share a row, so in the Hessian over
 [numeric features, other levels, this column's levels, intercept] the block of this
 column's levels is diagonal (D: Σℓ″ per level). With the other parameters' dense block A
 and their coupling B to the column's levels,
@@ -25,8 +34,54 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import TrainingError
+
 #: Bisection steps for λmin's lower bound: the bracket shrinks to 2⁻³⁰ of min(D, λmin(A)).
 LMIN_STEPS = 30
+
+
+class DenseHessian:
+    """H as a k × k matrix (``matrix``)."""
+
+    def __init__(self, matrix):
+        self.matrix = np.asarray(matrix, dtype=np.float64)
+        self.k = self.matrix.shape[0]
+        self.entries = self.matrix.size
+
+    def normalized(self, n: float, l2: float, penalized: int) -> DenseHessian:
+        """H/n over its first k parameters with l2 added to the first ``penalized``."""
+        out = self.matrix / n
+        out[np.arange(penalized), np.arange(penalized)] += l2
+        return DenseHessian(out)
+
+    def newton_step(self, g) -> np.ndarray:
+        """−H⁻¹g; the least-squares solution where H is singular (collinear features)."""
+        try:
+            return -np.linalg.solve(self.matrix, g)
+        except np.linalg.LinAlgError:
+            return -np.linalg.lstsq(self.matrix, g, rcond=None)[0]
+
+    def solve(self, v) -> np.ndarray:
+        return np.linalg.solve(self.matrix, v)
+
+    def quad(self, u) -> float:
+        return float(u @ self.solve(u))
+
+    def inverse_diagonal(self) -> np.ndarray:
+        return np.diag(self.solve(np.eye(self.k))).copy()
+
+    def abs_inverse_times(self, e) -> np.ndarray:
+        return np.abs(np.linalg.inv(self.matrix)) @ e
+
+    def extremes(self) -> tuple[float, float]:
+        ev = np.linalg.eigvalsh(self.matrix)
+        return float(ev[0]), float(ev[-1])
+
+    def diagonal(self) -> np.ndarray:
+        return np.diag(self.matrix).copy()
+
+    def scaled(self, s) -> DenseHessian:
+        return DenseHessian(self.matrix * np.outer(s, s))
 
 
 class BlockHessian:
@@ -43,8 +98,10 @@ class BlockHessian:
         self._chol = None
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return (self.k, self.k)
+    def entries(self) -> int:
+        """Those that are not 0: the dense part, its coupling (twice) and the diagonal."""
+        p, L = self.B.shape
+        return p * p + 2 * p * L + L
 
     def normalized(self, n: float, l2: float, penalized: int) -> BlockHessian:
         """H/n with l2 added to the diagonal of the first ``penalized`` parameters."""
@@ -88,6 +145,14 @@ class BlockHessian:
                 raise np.linalg.LinAlgError("a level's curvature is not positive")
             self._chol = np.linalg.cholesky(self._schur())
         return self._chol
+
+    def newton_step(self, g) -> np.ndarray:
+        """−H⁻¹g; one line where H is singular (there is no dense matrix to fall back on)."""
+        try:
+            return -self.solve(g)
+        except np.linalg.LinAlgError:
+            raise TrainingError("the Hessian is singular: a feature or level is collinear with the others "
+                                "(or a level's rows are all of one class)") from None
 
     def solve(self, v) -> np.ndarray:
         """H⁻¹v (v of length k)."""

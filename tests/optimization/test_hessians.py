@@ -4,7 +4,7 @@ Newton): every operation equals the dense matrix's, and λmin's bound is a lower
 import numpy as np
 import pytest
 
-from gd_dask.optimization.block_hessian import BlockHessian
+from gd_dask.optimization.hessians import BlockHessian
 
 
 def _hessian(rng, rows=600, dense=12, levels=30):
