@@ -67,19 +67,21 @@ def summarize_glm(s, loss, m, b, center, scale, fit_intercept: bool, weighted: b
     }
 
 
-def summarize_glm_levels(s, loss, coef, names, center, scale, info=None) -> dict:
+def summarize_glm_levels(s, loss, coef, names, center, scale, info=None, nobs: float | None = None) -> dict:
     """The summary of a family fitted with categorical features: ``s`` the Newton pass at
     the fitted coefficients over [numeric (standardized by ``center``, ``scale``),
     non-reference levels, intercept], whose Hessian is Fisher's information for logistic
     and Poisson; ``info``: (Fisher's information, Pearson's χ²) from a pass of their own
     for Gamma and Tweedie, whose scale is Pearson's. ``coef`` and ``names`` in that order,
-    original units."""
+    original units. ``nobs``: the rows, where sample weights make ``s.n`` their sum (as
+    statsmodels' ``var_weights``)."""
     k = len(coef)
+    nobs = s.n if nobs is None else nobs
     center = np.append(center, np.zeros(k - 1 - len(center)))
     scale = np.append(scale, np.ones(k - 1 - len(scale)))
     fixed = loss.name in FIXED_SCALE
     hess, pearson = (s.hess, None) if fixed else info
-    phi = 1.0 if fixed else (pearson / (s.n - k) if s.n > k else math.nan)
+    phi = 1.0 if fixed else (pearson / (nobs - k) if nobs > k else math.nan)
     if isinstance(hess, BlockHessian):  # a high-cardinality column: through its Schur complement
         rows, cond = _block_rows(hess, center, scale, coef, names, phi)
     else:
@@ -88,7 +90,7 @@ def summarize_glm_levels(s, loss, coef, names, center, scale, info=None) -> dict
     method = "GLM binomial (logit link)" if loss.name == "logistic" else f"GLM {loss.name} (log link)"
     return {
         "method": method,
-        "cov_type": "nonrobust", "statistic": "z", "nobs": s.n, "df_model": k - 1, "df_resid": s.n - k,
+        "cov_type": "nonrobust", "statistic": "z", "nobs": nobs, "df_model": k - 1, "df_resid": nobs - k,
         "coefficients": rows, "scale": phi, "deviance": s.loss * 2 / loss.penalty_scale, "pearson_chi2": pearson,
         "log_likelihood": None if llf is None else _num(llf), "aic": None if llf is None else _num(-2 * llf + 2 * k),
         "residual_std_err": None, "ssr": None, "r2": None, "r2_adj": None, "f": None, "f_p_value": None,

@@ -110,8 +110,13 @@ def _checked_groups(doc: dict) -> tuple[GroupMoments, dict]:
     within = _floats(doc["within"])
     if any(v.size != g * k for v in per_group.values()) or within.size != k * k:
         raise ValueError("group means, sums or co-moments of the wrong size")
+    # Entries from before sample weights: n counted the rows, exactly.
+    count = _floats(doc["count"]) if "count" in doc else n
+    n_lo = _floats(doc["n_lo"]) if "n_lo" in doc else np.zeros(g)
+    if count.size != g or n_lo.size != g:
+        raise ValueError(f"{count.size} row counts, {n_lo.size} weight sums for {g} groups")
     names = {float(key): str(text) for key, text in doc["names"]}
-    return GroupMoments(keys.reshape(g, q), n, within=within.reshape(k, k),
+    return GroupMoments(keys.reshape(g, q), n, within=within.reshape(k, k), count=count, n_lo=n_lo,
                         **{f: v.reshape(g, k) for f, v in per_group.items()}), names
 
 

@@ -203,7 +203,8 @@ def _level_rows(names, coef, var, df_resid: float, q: float) -> list:
             for name, c, s, tv, pv in zip(names, coef, se, t, p)]
 
 
-def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: list[list], sst: float) -> dict:
+def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: list[list], sst: float,
+                     weights: RowSums | None = None) -> dict:
     """The summary of a least-squares fit with categorical features (``optimization.
     categorical``), as statsmodels prints ``y ~ x + C(col)``: a row per numeric feature,
     per non-reference level of each categorical column (``col[level]``) and the intercept.
@@ -212,9 +213,12 @@ def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: lis
     the reduced columns: Var(θ) = σ²·S⁻¹; a level intercept a_ℓ = ȳ_ℓ − w̄_ℓ·θ has
     Var = σ²·(1/n_ℓ + w̄_ℓᵀS⁻¹w̄_ℓ) (ȳ_ℓ is uncorrelated with θ, which depends on the rows'
     deviations from their level's means only), and the absorbed column's coefficient
-    a_ℓ − a_ref has σ²·(1/n_ℓ + 1/n_ref + (w̄_ℓ − w̄_ref)ᵀS⁻¹(w̄_ℓ − w̄_ref))."""
+    a_ℓ − a_ref has σ²·(1/n_ℓ + 1/n_ref + (w̄_ℓ − w̄_ref)ᵀS⁻¹(w̄_ℓ − w̄_ref)).
+
+    With sample weights (``weights``: the row count and Σ log w) n is Σw throughout, as in
+    statsmodels' WLS: nobs is the row count, and the log-likelihood gains ½·Σ log w."""
     S = red.mom.comoment
-    nobs = float(red.mom.n)
+    nobs = float(weights.rows if weights is not None else red.mom.n)
     theta = np.asarray(theta, dtype=np.float64)
     k = len(theta)
     L = len(red.level_n)
@@ -259,8 +263,10 @@ def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: lis
     else:
         f = f_p = math.nan
     llf = -nobs / 2 * (math.log(2 * math.pi) + math.log(ssr / nobs) + 1) if ssr > 0 else math.inf
+    if weights is not None:
+        llf += 0.5 * weights.log_w
     return {
-        "method": "OLS", "cov_type": "nonrobust", "nobs": nobs, "df_model": df_model, "df_resid": df_resid,
+        "method": "OLS" if weights is None else "WLS", "cov_type": "nonrobust", "nobs": nobs, "df_model": df_model, "df_resid": df_resid,
         "coefficients": rows, "residual_std_err": math.sqrt(sigma2) if sigma2 == sigma2 else None,
         "ssr": ssr, "r2": _num(r2), "r2_adj": _num(adj), "f": _num(f), "f_p_value": _num(f_p),
         "log_likelihood": _num(llf), "aic": _num(-2 * llf + 2 * p), "bic": _num(-2 * llf + p * math.log(nobs)),

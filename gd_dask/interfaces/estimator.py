@@ -243,8 +243,6 @@ class _Base(BaseEstimator):
 
         from ..jobs.training import fit
 
-        if w is not None:
-            raise ValueError("sample_weight with categorical columns is not supported yet")
         cols = [str(c) for c in X.columns]
         names = [f"x{j}" for j in range(len(cols))]
         types = {c: ("string" if c in text else "float64") for c in X.columns}
@@ -255,6 +253,11 @@ class _Base(BaseEstimator):
             self._learn_target(y)
             frame = X.astype(types).rename(columns=dict(zip(X.columns, names)))
             frame = frame.assign(y=self._encode_dask(y).astype("float64"))
+            if w is not None:
+                if not isinstance(w, (dd.Series, dd.DataFrame)):
+                    raise ValueError("with X a dask DataFrame, sample_weight must be a dask Series of the same "
+                                     "partitions")
+                frame = frame.assign(w=(w.iloc[:, 0] if isinstance(w, dd.DataFrame) else w).astype("float64"))
         else:
             y = np.asarray(self._encode(np.asarray(y).ravel()), dtype=np.float64)
             if len(y) != len(X):
@@ -262,10 +265,16 @@ class _Base(BaseEstimator):
             df = pd.DataFrame({n: (X[c].astype("string") if c in text else pd.to_numeric(X[c]).astype("float64"))
                                for n, c in zip(names, X.columns)})
             df["y"] = y
+            if w is not None:
+                df["w"] = _check_sample_weight(w, np.empty((len(df), 0)), dtype=np.float64)
             parts = max(1, -(-len(df) // PARTITION_ROWS))
             frame = client.persist(dd.from_pandas(df, npartitions=parts, sort=False))
-        cfg = self._config({"path": "<pandas DataFrame>", "features": names, "target": "y"})
-        source = FrameSource(frame, [*names, "y"], None, categorical=[n for n, c in zip(names, X.columns) if c in text])
+        data = {"path": "<pandas DataFrame>", "features": names, "target": "y"}
+        if w is not None:
+            data["weight"] = "w"
+        cfg = self._config(data)
+        source = FrameSource(frame, [*names, "y"] + (["w"] if w is not None else []), data.get("weight"),
+                             categorical=[n for n, c in zip(names, X.columns) if c in text])
         try:
             res = fit(cfg, client, source=source)
         except GdDaskError as e:

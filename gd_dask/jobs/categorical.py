@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from ..artifacts.summary import summarize_levels
+from ..artifacts.summary import RowSums, summarize_levels
 from ..optimization import categorical as cat
 from ..optimization.certify import (
     EPS,
@@ -78,21 +78,27 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None):
     res.metrics = metrics
     res.source, res.rows_dropped = prep.source, prep.rows_dropped
     res.categorical = [_column_doc(enc, c, coef.levels[c], prep.level_names or {}) for c in range(len(columns))]
-    res.summary = _summary(cfg, res, red, enc, coef, theta, columns, sst)
+    res.summary = _summary(cfg, res, red, enc, coef, theta, columns, sst, prep)
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _summary(cfg, res, red, enc, coef, theta, columns, sst: float) -> dict:
+def _summary(cfg, res, red, enc, coef, theta, columns, sst: float, prep) -> dict:
     """model.json's summary (``summary.summarize_levels``) where it holds: at the
-    least-squares solution, nonrobust standard errors."""
+    least-squares solution, nonrobust standard errors (``prep``: the training rows, for
+    weighted data's row count and Σ log w)."""
     if not res.converged:
         return {"available": False, "reason": "not converged: these statistics hold at the least-squares solution"}
     if cfg.summary.cov_type != "nonrobust" or cfg.model.l2:
         return {"available": False, "reason": SUMMARY_REASON}
+    if cfg.data.weight and prep.ex is None:  # a refit from cached moments: no rows at hand
+        return {"available": False, "reason": "computed by train: weighted statistics need a pass over the rows"}
     numeric = [f for f in cfg.data.features if f not in columns]
     levels = [doc["levels"] for doc in res.categorical]
-    return {"available": True, **summarize_levels(red, enc, coef, theta, numeric, levels, sst)}
+    # Weighted: nobs counts the rows of positive weight (those of weight 0 are left out of
+    # the groups); Σ log w takes one more pass.
+    rows = RowSums(int(prep.groups.count.sum()), prep.ex.row_sums()[1]) if cfg.data.weight else None
+    return {"available": True, **summarize_levels(red, enc, coef, theta, numeric, levels, sst, rows)}
 
 
 def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float):
@@ -124,7 +130,7 @@ def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float):
                     source=prep.source, rows_dropped=prep.rows_dropped)
     res.categorical = [_column_doc(enc, c, coef.levels[c], prep.level_names or {})
                        for c in range(len(enc.columns))]
-    res.summary = _summary(cfg, res, red, enc, coef, np.zeros(0), enc.columns, sst)
+    res.summary = _summary(cfg, res, red, enc, coef, np.zeros(0), enc.columns, sst, prep)
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -197,12 +203,19 @@ def level_mean_error(red: cat.Reduced, theta) -> np.ndarray:
     sums (``kernels.groups``: each batch's sum exact but for m²·u²·σ, merged as
     double-doubles), added in long double, divided and rounded to float64:
     ``LEVEL_MEAN_ROUNDINGS``·u, plus a long-double rounding per group added. The
-    indicators' level means are ratios of exact counts. (A batch's remainders are summed
-    within m²·u²·σ, σ ≤ 4 × the batch's Σ|z|: below u of a level's own values unless they
-    are some 10¹⁰ times smaller than the batch's largest.)"""
+    indicators' level means are ratios of exact counts; with sample weights, float64 sums
+    of their groups' Σw, one rounding per group, of positive terms (and the division).
+    (A batch's remainders are summed within m²·u²·σ, σ ≤ 4 × the batch's Σ|z|: below u of
+    a level's own values unless they are some 10¹⁰ times smaller than the batch's
+    largest.)"""
     rms = red.level_rms
     eta = LEVEL_MEAN_ROUNDINGS * U + red.level_groups * EPS_LONG
-    return eta * (rms[:, -1] + rms[:, :-1] @ np.abs(np.asarray(theta, dtype=np.float64)))
+    theta = np.abs(np.asarray(theta, dtype=np.float64))
+    err = eta * (rms[:, -1] + rms[:, :-1] @ theta)
+    if red.weighted:
+        d = rms.shape[1] - 1 - sum(len(idx) for _, idx in red.indicator)
+        err = err + (red.level_groups + 2) * U * (rms[:, d:-1] @ theta[d:])
+    return err
 
 
 def _column_doc(enc: cat.Encoding, c: int, coef: np.ndarray, names: dict) -> dict:

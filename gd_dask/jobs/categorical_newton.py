@@ -110,7 +110,8 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
         s, pearson = prep.ex.level_newton_sums(cat_idx, enc.levels, theta[:d], float(theta[-1]), coef, sc.center,
                                                sc.scale, False, information=True)
         info = (assemble(s, widths, keep, absorbed).hess, pearson)
-    summary = _summary(cfg, setup, state, loop.kept, m, b, coef[keep], enc, keep, starts, docs, info)
+    summary = _summary(cfg, setup, state, loop.kept, m, b, coef[keep], enc, keep, starts, docs, info,
+                       prep.groups.count.sum())
     prep.release()
     return FitResult(
         m=np.asarray(m, dtype=np.float64), b=float(b), epochs_run=state.epoch, converged=state.converged,
@@ -139,11 +140,11 @@ def _absorbed(cfg, columns, widths, levels: int) -> int | None:
     return big
 
 
-def _summary(cfg, setup, state, kept, m, b, level_coef, enc, keep, starts, docs, info=None) -> dict:
+def _summary(cfg, setup, state, kept, m, b, level_coef, enc, keep, starts, docs, info=None, nobs=None) -> dict:
     """model.json's ``summary``: a row per numeric feature, per non-reference level
     (``region[north]``) and the intercept, from Fisher's information at the fitted
     coefficients: the last pass's Hessian for logistic and Poisson, ``info`` (its own
-    pass's, with Pearson's χ²) for Gamma and Tweedie."""
+    pass's, with Pearson's χ²) for Gamma and Tweedie; ``nobs``: the rows."""
     if not state.converged or kept is None:
         return {"available": False, "reason": "not converged: these statistics hold at the maximum of the likelihood"}
     if cfg.model.l2:
@@ -154,7 +155,7 @@ def _summary(cfg, setup, state, kept, m, b, level_coef, enc, keep, starts, docs,
         names.append(f"{enc.columns[c]}[{docs[c]['levels'][g - starts[c]]}]")
     coef = np.concatenate((m, level_coef, [b]))
     doc = summarize_glm_levels(kept, setup.loss, coef, names + ["b"], setup.scaling.center, setup.scaling.scale,
-                               info)
+                               info, float(nobs))
     return {"available": True, **doc}
 
 

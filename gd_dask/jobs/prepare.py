@@ -117,8 +117,8 @@ def _without_offset(groups: GroupMoments, j: int, kind: str, ex: Executor) -> tu
 
 
 #: What categorical features are trained with so far (issue 33): the rest is refused by name.
-CATEGORICAL_SUPPORT = ("squared loss (gram) or logistic, poisson, gamma, tweedie (newton, offsets too), no l1, "
-                       "no weights, no validation_fraction")
+CATEGORICAL_SUPPORT = ("squared loss (gram) or logistic, poisson, gamma, tweedie (newton, offsets too), "
+                       "sample weights, no l1, no validation_fraction")
 
 
 def check_categorical(cfg, source: ParquetSource) -> None:
@@ -129,7 +129,7 @@ def check_categorical(cfg, source: ParquetSource) -> None:
         (f"model.loss: {m.loss}", m.loss != "squared" and not newton), ("model.l1 > 0", m.l1 > 0),
         ("model.fit_intercept: false", newton and not m.fit_intercept),
         ("data.offset or data.exposure", bool(cfg.data.offset_column) and not newton),
-        ("data.weight", bool(cfg.data.weight)), ("optimizer.validation_fraction > 0", o.validation_fraction > 0),
+        ("optimizer.validation_fraction > 0", o.validation_fraction > 0),
         (f"optimizer.method: {o.method}", o.method != "batch"),
         (f"optimizer.strategy: {o.strategy}", o.strategy not in ("auto", "gram", "newton"))) if wrong]
     if bad:

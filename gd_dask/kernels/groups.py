@@ -11,6 +11,11 @@ the totals (``to_moments``) and the co-moments within the levels of one column
 (``optimization.categorical``). Memory grows with the groups present (at most the rows),
 never with levels².
 
+With sample weights (the block's last column) a group's ``n`` is its Σw, its means and
+co-moments weighted (as ``moments`` makes them), so everything built on them becomes
+weighted least squares unchanged; ``count`` keeps its rows. Rows of weight 0 add
+nothing and are left out.
+
 Per slice the groups come from sorting the keys; partial results merge group by group
 with Chan's update, in the fixed tree of every other pass, so the bits do not depend on
 the workers.
@@ -22,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .compensated import dd_add, exact_bincount
+from .compensated import dd_add, exact_bincount, two_prod
 from .moments import Moments
 
 
@@ -35,7 +40,11 @@ class GroupMoments(NamedTuple):
     total, total_lo : (G, k) each group's Σz as a double-double, exact but for far less
     than a rounding (``compensated.exact_bincount``, then ``dd_add``): the levels' means
     from them are off by about one rounding (``optimization.categorical.reduce``), where
-    float64 sums of a level's rows and Chan's merges were off by hundreds"""
+    float64 sums of a level's rows and Chan's merges were off by hundreds (with weights:
+    Σw·z, each product split exactly by ``two_prod``)
+    count : (G,) rows per group (``n`` without weights)
+    n_lo : (G,) what Σw adds below ``n``: the weights' sum as an exact double-double
+    (0 without weights: counts are exact)"""
 
     keys: np.ndarray
     n: np.ndarray
@@ -44,10 +53,18 @@ class GroupMoments(NamedTuple):
     m2: np.ndarray
     total: np.ndarray
     total_lo: np.ndarray
+    count: np.ndarray
+    n_lo: np.ndarray
 
     @property
     def rows(self) -> float:
+        """Σ n: the rows, or the weights' sum."""
         return float(self.n.sum())
+
+    @property
+    def moments_n(self) -> int | float:
+        """Σ n as ``Moments.n`` holds it: the rows (an int), or Σw with weights."""
+        return int(self.rows) if np.array_equal(self.n, self.count) else self.rows
 
     def to_moments(self) -> Moments:
         """The moments of ``z`` over every row: within plus between the groups."""
@@ -57,7 +74,7 @@ class GroupMoments(NamedTuple):
             return Moments(0, np.zeros(k), np.zeros((k, k)))
         mean = (self.n @ self.mean) / n
         dev = self.mean - mean
-        return Moments(int(n), mean, self.within + (dev * self.n[:, None]).T @ dev)
+        return Moments(self.moments_n, mean, self.within + (dev * self.n[:, None]).T @ dev)
 
     def columns(self, keep) -> GroupMoments:
         """The same groups over the columns ``keep`` only."""
@@ -67,31 +84,47 @@ class GroupMoments(NamedTuple):
 
 
 def empty(q: int, k: int) -> GroupMoments:
-    none = np.zeros((0, k))
-    return GroupMoments(np.zeros((0, q)), np.zeros(0), none, np.zeros((k, k)), none, none, none)
+    none, per_group = np.zeros((0, k)), np.zeros(0)
+    return GroupMoments(np.zeros((0, q)), per_group, none, np.zeros((k, k)), none, none, none, per_group, per_group)
 
 
 def group_moments(z, categorical, weighted: bool = False) -> GroupMoments:
-    """``GroupMoments`` of one slice ``z`` (block columns: features, then the target);
-    ``categorical``: the indices of the categorical columns among them. Unweighted."""
-    if weighted:
-        raise ValueError("categorical features with sample weights are not supported yet")
+    """``GroupMoments`` of one slice ``z`` (block columns: features, then the target, then
+    the weight when ``weighted``); ``categorical``: the indices of the categorical columns
+    among them."""
     cat = list(categorical)
-    num = [j for j in range(z.shape[1]) if j not in set(cat)]
+    num = [j for j in range(z.shape[1] - int(weighted)) if j not in set(cat)]
+    w = None
+    if weighted:
+        w = z[:, -1]
+        if not (w != 0).all():
+            z, w = z[w != 0], w[w != 0]
     keys, values = z[:, cat], np.ascontiguousarray(z[:, num])
     if z.shape[0] == 0:
         return empty(len(cat), len(num))
     uniq, inv = _unique_rows(keys)
     G = len(uniq)
-    n = np.bincount(inv, minlength=G).astype(np.float64)
-    exact = [exact_bincount(inv, values[:, j], G) for j in range(values.shape[1])]
+    count = np.bincount(inv, minlength=G).astype(np.float64)
+    n, n_lo = (count, np.zeros(G)) if w is None else exact_bincount(inv, w, G)
+    exact = [_exact_group_sum(inv, values[:, j], w, G) for j in range(values.shape[1])]
     total = np.column_stack([hi for hi, _ in exact])
     total_lo = np.column_stack([lo for _, lo in exact])
     mean = (total + total_lo) / n[:, None]
     dev = values - mean[inv]
-    m2 = np.column_stack([np.bincount(inv, weights=dev[:, j] ** 2, minlength=G)
+    wdev = dev if w is None else dev * w[:, None]
+    m2 = np.column_stack([np.bincount(inv, weights=wdev[:, j] * dev[:, j], minlength=G)
                           for j in range(values.shape[1])])
-    return GroupMoments(uniq, n, mean, dev.T @ dev, m2, total, total_lo)
+    return GroupMoments(uniq, n, mean, wdev.T @ dev, m2, total, total_lo, count, n_lo)
+
+
+def _exact_group_sum(inv, v, w, G: int):
+    """Σv (Σw·v with weights ``w``) per group as a double-double, exact but for far less
+    than a rounding: each product w·v split exactly (``two_prod``), both parts summed by
+    ``exact_bincount``."""
+    if w is None:
+        return exact_bincount(inv, v, G)
+    p, e = two_prod(w, v)
+    return dd_add(*exact_bincount(inv, p, G), *exact_bincount(inv, e, G))
 
 
 def _unique_rows(keys):
@@ -121,9 +154,9 @@ def merge_groups(a: GroupMoments, b: GroupMoments) -> GroupMoments:
     uniq, inv = _unique_rows(keys)
     ia, ib = inv[:len(a.n)], inv[len(a.n):]
     G = len(uniq)
-    n = np.zeros(G)
+    n, count, n_lo = np.zeros(G), np.zeros(G), np.zeros(G)
     mean, m2, total, total_lo = (np.zeros((G, a.mean.shape[1])) for _ in range(4))
-    n[ia] = a.n
+    n[ia], count[ia], n_lo[ia] = a.n, a.count, a.n_lo
     mean[ia] = a.mean
     m2[ia] = a.m2
     total[ia], total_lo[ia] = a.total, a.total_lo
@@ -131,7 +164,7 @@ def merge_groups(a: GroupMoments, b: GroupMoments) -> GroupMoments:
     only_b[ia] = False
     both = ~only_b[ib]                     # b's groups that a has too
     jb = ib[~both]
-    n[jb] = b.n[~both]
+    n[jb], count[jb], n_lo[jb] = b.n[~both], b.count[~both], b.n_lo[~both]
     mean[jb] = b.mean[~both]
     m2[jb] = b.m2[~both]
     total[jb], total_lo[jb] = b.total[~both], b.total_lo[~both]
@@ -139,11 +172,12 @@ def merge_groups(a: GroupMoments, b: GroupMoments) -> GroupMoments:
     if both.any():
         j = ib[both]
         na, nb = n[j], b.n[both]
-        count = na + nb
+        nab = na + nb
         delta = b.mean[both] - mean[j]
-        mean[j] = mean[j] + delta * (nb / count)[:, None]
-        n[j] = count
-        within = within + (delta * (na * nb / count)[:, None]).T @ delta
-        m2[j] = m2[j] + b.m2[both] + delta ** 2 * (na * nb / count)[:, None]
+        mean[j] = mean[j] + delta * (nb / nab)[:, None]
+        n[j], n_lo[j] = dd_add(na, n_lo[j], nb, b.n_lo[both])
+        count[j] += b.count[both]
+        within = within + (delta * (na * nb / nab)[:, None]).T @ delta
+        m2[j] = m2[j] + b.m2[both] + delta ** 2 * (na * nb / nab)[:, None]
         total[j], total_lo[j] = dd_add(total[j], total_lo[j], b.total[both], b.total_lo[both])
-    return GroupMoments(uniq, n, mean, within, m2, total, total_lo)
+    return GroupMoments(uniq, n, mean, within, m2, total, total_lo, count, n_lo)

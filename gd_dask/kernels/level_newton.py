@@ -55,16 +55,19 @@ def level_indices(z, cat_idx, level_keys) -> list:
 
 
 def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, center, scale, loss: Loss,
-                     data_terms: bool, offset: tuple | None = None, information: bool = False):
+                     data_terms: bool, offset: tuple | None = None, information: bool = False,
+                     weight: int | None = None):
     """``LevelSums`` of one raw slice at numeric (m, b) in the training space and the
     levels' coefficients ``coef`` (all levels, in column order; references 0);
-    ``offset``: (its column, "add" or "log") where the linear predictor has one.
+    ``offset``: (its column, "add" or "log") where the linear predictor has one;
+    ``weight``: the sample weights' column, if any (every row's terms times its weight).
 
     ``information``: (the sums with Fisher's weights in the place of ℓ'', Pearson's χ²)
     instead: a non-canonical family's information at the fitted coefficients (its
     summary), which the observed curvature is not."""
     X = (z[:, num_idx] - center) / scale
     y = z[:, target]
+    w = None if weight is None else z[:, weight]
     bad_exp, off = (0, ()), None
     if offset is not None:
         col, kind = offset
@@ -85,12 +88,13 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
     if information:
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             mu = loss.link.inverse(eta)
-            pearson = float(((y - mu) ** 2 / loss.variance(mu)).sum())
-            fisher = loss.fisher(eta)
-    rows = newton_rows(y, None, eta, size, loss)
+            chi = (y - mu) ** 2 / loss.variance(mu)
+            pearson = float(chi.sum() if w is None else w @ chi)
+            fisher = loss.fisher(eta) if w is None else loss.fisher(eta) * w
+    rows = newton_rows(y, w, eta, size, loss)
     if information:
         rows = rows._replace(h=fisher)
-    num = numeric_sums(X, ax, y, None, rows, loss, data_terms, indicators=len(idx))._replace(bad_exposures=bad_exp)
+    num = numeric_sums(X, ax, y, w, rows, loss, data_terms, indicators=len(idx))._replace(bad_exposures=bad_exp)
     L = int(sum(sizes))
     level_grad, level_lo, level_h, level_scale = np.zeros(L), np.zeros(L), np.zeros(L), np.zeros(L)
     level_x = np.zeros((L, X.shape[1]))

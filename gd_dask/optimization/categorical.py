@@ -48,13 +48,15 @@ BATCH_GROUPS = 8192
 class Encoding(NamedTuple):
     """columns : names of the categorical features;  levels : per column, its level keys
     in key order;  counts : rows per level;  reference : per column, the index of its
-    reference level;  absorbed : the index of the column whose levels are absorbed"""
+    reference level;  absorbed : the index of the column whose levels are absorbed;
+    mass : per column, Σw per level (``counts`` without sample weights)"""
 
     columns: list
     levels: list
     counts: list
     reference: list
     absorbed: int
+    mass: list
 
     def non_reference(self, c: int) -> np.ndarray:
         """Indices of column c's levels other than its reference."""
@@ -64,20 +66,22 @@ class Encoding(NamedTuple):
 def encode(groups: GroupMoments, columns, limit: bool = True) -> Encoding:
     """The levels seen, their counts, each column's reference level (most frequent;
     ties: smallest key), and the column to absorb (most levels; ties: first); ``limit``:
-    refuse more than ``MAX_DENSE_LEVELS`` levels outside the absorbed column."""
-    levels, counts, reference = [], [], []
+    refuse more than ``MAX_DENSE_LEVELS`` levels outside the absorbed column. Frequency
+    counts rows, with sample weights too."""
+    levels, counts, reference, mass = [], [], [], []
     for c in range(groups.keys.shape[1]):
         keys, inv = np.unique(groups.keys[:, c], return_inverse=True)
-        n = np.bincount(inv.ravel(), weights=groups.n, minlength=len(keys))
+        n = np.bincount(inv.ravel(), weights=groups.count, minlength=len(keys))
         levels.append(keys)
         counts.append(n)
+        mass.append(np.bincount(inv.ravel(), weights=groups.n, minlength=len(keys)))
         reference.append(int(np.argmax(n)))  # first maximum: the smallest key among ties
     absorbed = int(np.argmax([len(lv) for lv in levels]))
     others = sum(len(lv) - 1 for c, lv in enumerate(levels) if c != absorbed)
     if limit and others > MAX_DENSE_LEVELS:
         raise DataError(f"categorical features: {others} levels outside '{columns[absorbed]}' (the column with "
                         f"the most levels); at most {MAX_DENSE_LEVELS} are supported together")
-    return Encoding(list(columns), levels, counts, reference, absorbed)
+    return Encoding(list(columns), levels, counts, reference, absorbed, mass)
 
 
 class Reduced(NamedTuple):
@@ -85,11 +89,13 @@ class Reduced(NamedTuple):
 
     mom : Moments of [x (d), indicators (E), y] within the absorbed levels (mean 0)
     names : the reduced columns' names (features, then ``col[level]`` indicators)
-    level_n : (L_A,) rows per absorbed level;  level_mean : (L_A, d + E + 1) their means
+    level_n : (L_A,) rows (Σw) per absorbed level;  level_mean : (L_A, d + E + 1) their means
     indicator : list of (column index, level indices) in indicator order
     level_rms : (L_A, d + E + 1) root mean square of each column's values within the level
     (the indicators': at most 1)
     level_groups : (L_A,) the groups each absorbed level's means add up
+    weighted : whether rows carry sample weights (the indicators' level means are then
+    float64 sums of weights, not ratios of exact counts)
     """
 
     mom: Moments
@@ -98,6 +104,7 @@ class Reduced(NamedTuple):
     indicator: list
     level_rms: np.ndarray
     level_groups: np.ndarray
+    weighted: bool = False
 
 
 def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
@@ -127,7 +134,11 @@ def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
 
     la = level_idx[a]
     L = len(enc.levels[a])
-    level_n = np.bincount(la, weights=groups.n, minlength=L)
+    # Σw per level from the groups' exact double-doubles, in long double (the counts
+    # themselves without weights).
+    level_n = np.zeros(L, dtype=np.longdouble)
+    np.add.at(level_n, la, groups.n.astype(np.longdouble) + groups.n_lo.astype(np.longdouble))
+    level_n_long, level_n = level_n, level_n.astype(np.float64)
     sums = np.zeros((L, D))
     for lo in range(0, G, BATCH_GROUPS):
         hi = min(G, lo + BATCH_GROUPS)
@@ -140,7 +151,7 @@ def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
     exact = np.zeros((L, d + 1), dtype=np.longdouble)
     np.add.at(exact, la, groups.total.astype(np.longdouble))
     np.add.at(exact, la, groups.total_lo.astype(np.longdouble))
-    level_mean[:, num] = (exact / level_n[:, None]).astype(np.float64)
+    level_mean[:, num] = (exact / level_n_long[:, None]).astype(np.float64)
     # Each level's Σ z² of the numeric columns: its groups' own, plus between its groups.
     sq = np.zeros((L, d + 1))
     np.add.at(sq, la, groups.m2 + groups.n[:, None] * (groups.mean - level_mean[la][:, num]) ** 2)
@@ -153,8 +164,8 @@ def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
         dev = rows(lo, hi) - level_mean[la[lo:hi]]
         S += (dev * groups.n[lo:hi, None]).T @ dev
     _check_identifiable(S, enc, indicator, offsets, d)
-    return Reduced(Moments(int(groups.rows), np.zeros(D), S), level_n, level_mean, indicator, level_rms,
-                   np.bincount(la, minlength=L))
+    return Reduced(Moments(groups.moments_n, np.zeros(D), S), level_n, level_mean, indicator, level_rms,
+                   np.bincount(la, minlength=L), not np.array_equal(groups.n, groups.count))
 
 
 def _check_identifiable(S, enc: Encoding, indicator, offsets, d: int) -> None:
@@ -165,7 +176,7 @@ def _check_identifiable(S, enc: Encoding, indicator, offsets, d: int) -> None:
     for c, idx in indicator:
         for pos, level in enumerate(idx):
             j = offsets[c] + pos
-            if S[j, j] <= 1e-9 * enc.counts[c][level]:
+            if S[j, j] <= 1e-9 * enc.mass[c][level]:
                 raise DataError(f"categorical features: level {enc.levels[c][level]!r} of '{enc.columns[c]}' "
                                 f"occurs within a single level of '{enc.columns[a]}' only: its coefficient "
                                 f"cannot be told from that level's; drop one of the two columns")

@@ -89,7 +89,7 @@ def chunk_moments(chunk, spec) -> Moments:
     return shifted_moments(spec.slices(chunk, SLICE_ROWS, shifted=True))
 
 
-def chunk_groups(chunk, spec, categorical) -> tuple[GroupMoments, dict]:
+def chunk_groups(chunk, spec, categorical, weighted: bool = False) -> tuple[GroupMoments, dict]:
     """``groups.group_moments`` of one chunk, streamed slice by slice, and the text of the
     level keys its text columns gave ({key: text})."""
     names: dict = {}
@@ -97,10 +97,10 @@ def chunk_groups(chunk, spec, categorical) -> tuple[GroupMoments, dict]:
     for z in spec.slices(chunk, SLICE_ROWS, names=names):
         batch.append(np.array(z))  # the slice is a reused buffer
         if len(batch) == GROUP_BATCH_SLICES:
-            parts.append(group_moments(np.concatenate(batch), categorical))
+            parts.append(group_moments(np.concatenate(batch), categorical, weighted))
             batch = []
     if batch or not parts:
-        parts.append(group_moments(np.concatenate(batch), categorical))
+        parts.append(group_moments(np.concatenate(batch), categorical, weighted))
     # Pairwise, not left to right: merging sorts the groups, and a chunk of many groups
     # merged into one growing table batch after batch costs batches × groups.
     while len(parts) > 1:
@@ -114,22 +114,22 @@ def add_named_groups(a: tuple, b: tuple) -> tuple:
     return merge_groups(a[0], b[0]), add_level_names(dict(a[1]), b[1].items())
 
 
-def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link) -> ErrorSums:
+def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link, weighted=False) -> ErrorSums:
     """``block_errors`` of one chunk for a model with categorical features: each row's
     levels' coefficients (``data.write.LevelTable``) join its intercept."""
-    return _level_fold(chunk, spec, cat_idx, tables, b, lambda z, b_rows: block_errors(z, m, b_rows, False, link),
-                       add_errors)
+    return _level_fold(chunk, spec, cat_idx, tables, b,
+                       lambda z, b_rows: block_errors(z, m, b_rows, weighted, link), add_errors)
 
 
 def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
-                       data_terms, offset=None, information=False):
+                       data_terms, offset=None, information=False, weight=None):
     """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file
     (``information``: Fisher's, with Pearson's χ²)."""
     total = None
     combine = add_information if information else add_level_sums
     for z in spec.slices(chunk, SLICE_ROWS, names={}):
         part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
-                                data_terms, offset, information)
+                                data_terms, offset, information, weight)
         total = part if total is None else combine(total, part)
     return total
 
@@ -158,16 +158,16 @@ def _where(chunk) -> str:
     return pieces[0].path if isinstance(pieces, (list, tuple)) and pieces else "a dask DataFrame partition"
 
 
-def chunk_level_classes(chunk, spec, cat_idx, tables, m, b, loss) -> ClassSums:
+def chunk_level_classes(chunk, spec, cat_idx, tables, m, b, loss, weighted=False) -> ClassSums:
     """``block_classification`` of one chunk for a classifier with categorical features."""
-    return _level_fold(chunk, spec, cat_idx, tables, b, lambda z, b_rows: block_classification(z, m, b_rows, loss),
-                       add_class_sums)
+    return _level_fold(chunk, spec, cat_idx, tables, b,
+                       lambda z, b_rows: block_classification(z, m, b_rows, loss, weighted=weighted), add_class_sums)
 
 
-def chunk_level_family(chunk, spec, cat_idx, tables, m, b, loss) -> tuple:
+def chunk_level_family(chunk, spec, cat_idx, tables, m, b, loss, weighted=False) -> tuple:
     """``block_family_errors`` of one chunk for a family with categorical features."""
-    return _level_fold(chunk, spec, cat_idx, tables, b, lambda z, b_rows: block_family_errors(z, m, b_rows, loss),
-                       add_family_errors)
+    return _level_fold(chunk, spec, cat_idx, tables, b,
+                       lambda z, b_rows: block_family_errors(z, m, b_rows, loss, weighted), add_family_errors)
 
 
 def sgd_chunk(chunk, spec, theta, index, plan, center, scale, y_center, loss, weighted):
@@ -347,13 +347,13 @@ class Executor:
         fn = dask.delayed(chunk_groups, pure=True)
         spec = self.source.spec
         # Compute: per group a count and means come back (no row does).
-        return self._compute(_reduce_tree([fn(c, spec, tuple(categorical)) for c in self.source.chunks],
-                                          add_named_groups))
+        return self._compute(_reduce_tree([fn(c, spec, tuple(categorical), self.weighted)
+                                           for c in self.source.chunks], add_named_groups))
 
     def groups_by_file(self, categorical) -> dict[str, tuple[GroupMoments, dict]]:
         """``group_moments`` of each file, with its level names: {full path: (groups,
         names)} (a refit's statistics cache)."""
-        return self._by_file(chunk_groups, add_named_groups, tuple(categorical))
+        return self._by_file(chunk_groups, add_named_groups, tuple(categorical), self.weighted)
 
     def nonfinite_by_block(self) -> list[np.ndarray]:
         """NaN/inf counts per column for every block, in block order (diagnosis only)."""
@@ -516,14 +516,15 @@ class Executor:
         coefficients ``coef``: one pass, streamed from the files. ``information``:
         (the sums with Fisher's weights, Pearson's χ²) instead."""
         cols = self.source.columns
-        offset = (len(cols) - 2, self.source_offset) if self.source_offset else None  # right before the target
-        num_idx = [j for j in range(len(cols) - 1) if j not in set(cat_idx) and (offset is None or j != offset[0])]
+        target = len(cols) - 1 - int(self.weighted)  # [features, (offset,) target, (weight)]
+        offset = (target - 1, self.source_offset) if self.source_offset else None
+        num_idx = [j for j in range(target) if j not in set(cat_idx) and (offset is None or j != offset[0])]
         fn = dask.delayed(chunk_level_newton, pure=True)
         spec = self.source.spec
-        args = (num_idx, len(cols) - 1, list(cat_idx), [np.asarray(k) for k in level_keys],
+        args = (num_idx, target, list(cat_idx), [np.asarray(k) for k in level_keys],
                 np.asarray(m, dtype=np.float64), float(b), np.asarray(coef, dtype=np.float64),
                 np.asarray(center, dtype=np.float64), np.asarray(scale, dtype=np.float64), self.loss, data_terms,
-                offset, information)
+                offset, information, len(cols) - 1 if self.weighted else None)
         combine = add_information if information else add_level_sums
         # Compute: per level a few sums come back (no row does).
         return self._compute(_reduce_tree([fn(c, spec, *args) for c in self.source.chunks], combine))
@@ -544,7 +545,7 @@ class Executor:
             on_chunk, arg, combine, done = chunk_level_errors, loss.link, add_errors, error_metrics
         fn = dask.delayed(on_chunk, pure=True)
         spec = self.source.spec
-        leaves = [fn(c, spec, cat_idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b), arg)
+        leaves = [fn(c, spec, cat_idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b), arg, self.weighted)
                   for c in self.source.chunks]
         # Compute: a few numbers come back.
         return done(self._compute(_reduce_tree(leaves, combine)))
