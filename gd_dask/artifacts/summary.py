@@ -204,7 +204,7 @@ def _level_rows(names, coef, var, df_resid: float, q: float) -> list:
 
 
 def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: list[list], sst: float,
-                     weights: RowSums | None = None) -> dict:
+                     weights: RowSums | None = None, meat=None) -> dict:
     """The summary of a least-squares fit with categorical features (``optimization.
     categorical``), as statsmodels prints ``y ~ x + C(col)``: a row per numeric feature,
     per non-reference level of each categorical column (``col[level]``) and the intercept.
@@ -216,7 +216,12 @@ def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: lis
     a_ℓ − a_ref has σ²·(1/n_ℓ + 1/n_ref + (w̄_ℓ − w̄_ref)ᵀS⁻¹(w̄_ℓ − w̄_ref)).
 
     With sample weights (``weights``: the row count and Σ log w) n is Σw throughout, as in
-    statsmodels' WLS: nobs is the row count, and the log-likelihood gains ½·Σ log w."""
+    statsmodels' WLS: nobs is the row count, and the log-likelihood gains ½·Σ log w.
+
+    ``meat`` (``kernels.level_meat.LevelMeat``): HC1 standard errors instead, White's
+    sandwich times n/(n − p) as statsmodels' ``cov_type="HC1"``: with G = S⁻¹,
+    Cov(θ) = G·Ω·G, Cov(θ, u_ℓ) = G·r_ℓ/n_ℓ, Var(u_ℓ) = q_ℓ/n_ℓ² and the u's of two
+    levels uncorrelated, so a_ℓ = u_ℓ − w̄_ℓ·δθ and a_ℓ − a_ref follow in closed form."""
     S = red.mom.comoment
     nobs = float(weights.rows if weights is not None else red.mom.n)
     theta = np.asarray(theta, dtype=np.float64)
@@ -237,22 +242,28 @@ def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: lis
     ref = enc.reference[a]
     q = t_quantile(df_resid, 0.5 + CONFIDENCE / 2)
 
+    others = np.delete(np.arange(L), ref)
+    if meat is None:
+        var_theta = sigma2 * np.diag(inv)
+        dw = wbar[others] - wbar[ref]  # the absorbed levels, all at once
+        var_levels = sigma2 * (1 / red.level_n[others] + 1 / red.level_n[ref] + np.einsum("ij,jk,ik->i", dw, inv, dw))
+        var_b = sigma2 * (1 / red.level_n[ref] + wbar[ref] @ inv @ wbar[ref])
+    else:
+        var_theta, var_levels, var_b = _hc1_levels(meat, inv, wbar, red.level_n, ref, others, nobs / df_resid)
     names = list(numeric)
-    coefs, variances = [theta[:len(numeric)]], [sigma2 * np.diag(inv)[:len(numeric)]]
+    coefs, variances = [theta[:len(numeric)]], [var_theta[:len(numeric)]]
     pos = len(numeric)
     for c, idx in red.indicator:
         names += [f"{enc.columns[c]}[{level_names[c][j]}]" for j in idx]
         coefs.append(theta[pos:pos + len(idx)])
-        variances.append(sigma2 * np.diag(inv)[pos:pos + len(idx)])
+        variances.append(var_theta[pos:pos + len(idx)])
         pos += len(idx)
-    others = np.delete(np.arange(L), ref)
-    dw = wbar[others] - wbar[ref]  # the absorbed levels, all at once
     names += [f"{enc.columns[a]}[{level_names[a][j]}]" for j in others]
     coefs.append(coef.levels[a][others])
-    variances.append(sigma2 * (1 / red.level_n[others] + 1 / red.level_n[ref] + np.einsum("ij,jk,ik->i", dw, inv, dw)))
+    variances.append(var_levels)
     names.append("b")
     coefs.append([coef.b])
-    variances.append([sigma2 * (1 / red.level_n[ref] + wbar[ref] @ inv @ wbar[ref])])
+    variances.append([var_b])
     rows = _level_rows(names, np.concatenate(coefs), np.concatenate(variances), df_resid, q)
     r2 = 1.0 - ssr / sst if sst > 0 else math.nan
     df_model = p - 1
@@ -266,9 +277,24 @@ def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: lis
     if weights is not None:
         llf += 0.5 * weights.log_w
     return {
-        "method": "OLS" if weights is None else "WLS", "cov_type": "nonrobust", "nobs": nobs, "df_model": df_model, "df_resid": df_resid,
+        "method": "OLS" if weights is None else "WLS", "cov_type": "nonrobust" if meat is None else "HC1",
+        "nobs": nobs, "df_model": df_model, "df_resid": df_resid,
         "coefficients": rows, "residual_std_err": math.sqrt(sigma2) if sigma2 == sigma2 else None,
         "ssr": ssr, "r2": _num(r2), "r2_adj": _num(adj), "f": _num(f), "f_p_value": _num(f_p),
         "log_likelihood": _num(llf), "aic": _num(-2 * llf + 2 * p), "bic": _num(-2 * llf + p * math.log(nobs)),
         "condition_number": None, "confidence": CONFIDENCE, "named": True,
     }
+
+
+def _hc1_levels(meat, inv, wbar, level_n, ref: int, others, correction: float) -> tuple:
+    """HC1 variances with categorical features (``summarize_levels``): of the reduced
+    coefficients θ, of the absorbed column's a_ℓ − a_ref (``others``), of the intercept
+    a_ref."""
+    cov = correction * (inv @ meat.omega @ inv)                  # Cov(θ)
+    cross = correction * (meat.r @ inv) / level_n[:, None]       # row ℓ: Cov(θ, u_ℓ)
+    var_u = correction * meat.q / level_n ** 2
+    cw = wbar @ cov                                              # row ℓ: Cov(θ)·w̄_ℓ
+    var_a = var_u - 2 * np.einsum("ij,ij->i", wbar, cross) + np.einsum("ij,ij->i", cw, wbar)
+    # Cov(a_ℓ, a_ref) = −w̄_ℓ·Cov(θ, u_ref) − w̄_ref·Cov(θ, u_ℓ) + w̄_ℓᵀ·Cov(θ)·w̄_ref
+    cov_ref = -wbar[others] @ cross[ref] - cross[others] @ wbar[ref] + cw[others] @ wbar[ref]
+    return np.diag(cov), var_a[others] + var_a[ref] - 2 * cov_ref, float(var_a[ref])

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from ..artifacts.summary import RowSums, summarize_levels
+from ..data.write import LevelTable
 from ..optimization import categorical as cat
 from ..optimization.certify import (
     EPS,
@@ -31,9 +32,6 @@ TIGHTEN_ROUNDS = 4
 #: groups' double-doubles (a few units of 2⁻⁶⁴ each), the division, the float64 result;
 #: counted generously.
 LEVEL_MEAN_ROUNDINGS = 4
-#: Why model.json's summary is unavailable for such a model (yet).
-SUMMARY_REASON = ("categorical features: HC1 standard errors and ridge (l2) are not summarized yet "
-                  "(issue 33)")
 
 
 def fit_categorical(cfg, prep, t0: float, on_epoch=None):
@@ -85,20 +83,37 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None):
 
 def _summary(cfg, res, red, enc, coef, theta, columns, sst: float, prep) -> dict:
     """model.json's summary (``summary.summarize_levels``) where it holds: at the
-    least-squares solution, nonrobust standard errors (``prep``: the training rows, for
-    weighted data's row count and Σ log w)."""
+    least-squares solution, nonrobust or HC1 standard errors (``prep``: the training rows,
+    for weighted data's row count and Σ log w, and HC1's middle)."""
     if not res.converged:
         return {"available": False, "reason": "not converged: these statistics hold at the least-squares solution"}
-    if cfg.summary.cov_type != "nonrobust" or cfg.model.l2:
-        return {"available": False, "reason": SUMMARY_REASON}
-    if cfg.data.weight and prep.ex is None:  # a refit from cached moments: no rows at hand
-        return {"available": False, "reason": "computed by train: weighted statistics need a pass over the rows"}
+    if cfg.model.l2:
+        return {"available": False, "reason": "penalized fit (l1/l2): the coefficients are biased and the "
+                                              "classical covariance does not apply"}
+    hc1 = cfg.summary.cov_type == "HC1"
+    if (cfg.data.weight or hc1) and prep.ex is None:  # a refit from cached moments: no rows at hand
+        return {"available": False, "reason": "computed by train: weighted statistics and HC1 need a pass over "
+                                              "the rows"}
     numeric = [f for f in cfg.data.features if f not in columns]
     levels = [doc["levels"] for doc in res.categorical]
     # Weighted: nobs counts the rows of positive weight (those of weight 0 are left out of
     # the groups); Σ log w takes one more pass.
     rows = RowSums(int(prep.groups.count.sum()), prep.ex.row_sums()[1]) if cfg.data.weight else None
-    return {"available": True, **summarize_levels(red, enc, coef, theta, numeric, levels, sst, rows)}
+    meat = _level_meat(cfg, res, red, enc, prep) if hc1 else None
+    return {"available": True, **summarize_levels(red, enc, coef, theta, numeric, levels, sst, rows, meat)}
+
+
+def _level_meat(cfg, res, red: cat.Reduced, enc: cat.Encoding, prep):
+    """HC1's middle at the fitted model: one pass (``kernels.level_meat``)."""
+    tables = [LevelTable(doc["name"], doc["levels"], doc["coef"], "error") for doc in res.categorical]
+    a = enc.absorbed
+    d = len(res.m)
+    others, first = [], d
+    for c, idx in red.indicator:
+        others.append((enc.columns[c], enc.levels[c][idx], first))
+        first += len(idx)
+    return prep.ex.level_meat(res.m, res.b, tables, (enc.columns[a], enc.levels[a]), others,
+                              red.level_mean[:, :-1])
 
 
 def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float):

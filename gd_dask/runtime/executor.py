@@ -22,11 +22,12 @@ from ..data import Pack, ParquetSource, count_nonfinite
 from ..data.read import add_level_names, pack_files
 from ..data.write import predict_file
 from ..kernels import gradient as g
-from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, standardize_block
+from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, split_block, standardize_block
 from ..kernels.compensated import PointGradient, add_refine, point_gradient, refine_sums
 from ..kernels.exact_gram import add_exact_gram, exact_gram
 from ..kernels.groups import GroupMoments, group_moments, merge_groups
 from ..kernels.losses import SQUARED, Loss
+from ..kernels.level_meat import LevelMeat, add_level_meat, slice_level_meat
 from ..kernels.level_newton import add_information, add_level_sums, slice_level_sums
 from ..kernels.newton import NewtonSums, add_newton, block_newton, block_newton_std
 from ..kernels.metrics import (
@@ -131,6 +132,29 @@ def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, 
         part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
                                 data_terms, offset, information, weight)
         total = part if total is None else combine(total, part)
+    return total
+
+
+def chunk_level_meat(chunk, spec, cat_idx, tables, m, b, weighted, absorbed, others, wbar) -> LevelMeat:
+    """``kernels.level_meat.LevelMeat`` of one chunk at the model (m, b, ``tables``):
+    ``absorbed``: (its column, its level keys); ``others``: per other categorical column
+    (its column, its non-reference level keys, their first reduced column)."""
+    names: dict = {}
+    num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
+    where = _where(chunk)
+    total = None
+    for z in spec.slices(chunk, SLICE_ROWS, names=names):
+        X, y, w = split_block(np.ascontiguousarray(z[:, num]), weighted)
+        eta = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
+        e = y - (X @ m + eta)
+        level = np.searchsorted(absorbed[1], z[:, absorbed[0]])
+        columns = []
+        for j, keys, first in others:
+            pos = np.minimum(np.searchsorted(keys, z[:, j]), max(len(keys) - 1, 0))
+            hit = keys[pos] == z[:, j] if len(keys) else np.zeros(len(z), dtype=bool)
+            columns.append(np.where(hit, first + pos, -1))
+        part = slice_level_meat(X, e, w, level, columns, wbar)
+        total = part if total is None else add_level_meat(total, part)
     return total
 
 
@@ -549,6 +573,19 @@ class Executor:
                   for c in self.source.chunks]
         # Compute: a few numbers come back.
         return done(self._compute(_reduce_tree(leaves, combine)))
+
+    def level_meat(self, m, b, tables, absorbed, others, wbar):
+        """``kernels.level_meat.LevelMeat`` over every chunk (HC1 with categorical
+        features; ``chunk_level_meat``'s arguments, columns by name): one pass."""
+        cols = self.source.columns
+        fn = dask.delayed(chunk_level_meat, pure=True)
+        spec = self.source.spec
+        leaves = [fn(c, spec, [cols.index(t.name) for t in tables], tuple(tables), np.asarray(m, dtype=np.float64),
+                     float(b), self.weighted, (cols.index(absorbed[0]), absorbed[1]),
+                     [(cols.index(name), keys, first) for name, keys, first in others], wbar)
+                  for c in self.source.chunks]
+        # Compute: per absorbed level a few sums come back (no row does).
+        return self._compute(_reduce_tree(leaves, add_level_meat))
 
     def class_sums(self, m, b, threshold: float = 0.5) -> ClassSums:
         """Metric sums of a classifier (m, b) in original units, read from the files."""

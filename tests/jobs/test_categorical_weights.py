@@ -1,6 +1,7 @@
-"""Sample weights with categorical features: weighted least squares and the weighted
-families against statsmodels' WLS and GLM (``var_weights``) on the one-hot design,
-integer weights against the repeated rows, and the estimators' ``sample_weight``."""
+"""Sample weights and robust standard errors with categorical features: weighted least
+squares and the weighted families against statsmodels' WLS and GLM (``var_weights``) on
+the one-hot design, integer weights against the repeated rows, the estimators'
+``sample_weight``, and HC1 summaries against statsmodels' ``cov_type="HC1"``."""
 
 from __future__ import annotations
 
@@ -102,6 +103,27 @@ def test_weighted_least_squares_with_levels_is_statsmodels_wls(tmp_path, rng, th
     doc = res.categorical[0]
     counts = dict(zip(doc["levels"], doc["counts"]))
     assert sum(counts.values()) == len(y) and doc["reference"] == max(counts, key=counts.get)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_hc1_summaries_with_levels_are_statsmodels(tmp_path, rng, threads, weighted):
+    """White's sandwich without one-hot columns (``kernels.level_meat``): every standard
+    error (numeric, the dense column's levels, the absorbed column's, the intercept)
+    equals statsmodels' OLS/WLS ``cov_type="HC1"`` on the one-hot design to 1e-8."""
+    import statsmodels.api as sm
+
+    X, region, store, y, w = _data(rng, 5000)
+    y = y + rng.normal(0, 1, len(y)) * np.abs(X[:, 0])  # heteroscedastic: HC1 differs from nonrobust
+    root = _files(tmp_path / "d", X, region, store, y, w)
+    res = fit(_config(root, tmp_path, weight="w" if weighted else None, summary={"cov_type": "HC1"}), threads)
+    assert res.converged and res.summary["available"] and res.summary["cov_type"] == "HC1", res.summary
+    D, names = _design(X, region, store, res.categorical)
+    want = (sm.WLS(y, D, weights=w) if weighted else sm.OLS(y, D)).fit(cov_type="HC1")
+    plain = (sm.WLS(y, D, weights=w) if weighted else sm.OLS(y, D)).fit()
+    rows = {r["name"]: r for r in res.summary["coefficients"]}
+    for name, se, se_plain in zip(names, want.bse, plain.bse):
+        assert rows[name]["std_err"] == pytest.approx(se, rel=1e-8), name
+    assert np.max(np.abs(want.bse / plain.bse - 1)) > 0.05
 
 
 @pytest.mark.parametrize("loss", ["squared", "logistic", "poisson"])
