@@ -238,11 +238,14 @@ def _final(X, y, w, eta, loss: Loss, total: float, terms) -> FinalSums:
     ww = np.ones_like(y) if w is None else w
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         mu = loss.link.inverse(eta)
-        pearson = float(ww @ ((y - mu) ** 2 / loss.variance(mu)))
+        dmu = mu - y
+        sq = dmu * dmu
+        v = loss.variance(mu)
+        pearson = float(ww @ (sq / v))
         if loss.task == "classification":
             metrics = class_sums_of(eta, mu, y, w, total)
         else:
-            metrics = (_error_sums(mu - y, y, w), DevianceSums(total, float(ww.sum()), float(ww @ y), float(terms[0])))
+            metrics = (_error_sums(dmu, y, w), DevianceSums(total, float(ww.sum()), float(ww @ y), float(terms[0])))
         if loss.name == "poisson":  # only what each family's likelihood needs (``glm_summary``)
             logs = [float(ww @ (y * eta)), float(ww @ mu), 0.0, 0.0]
         elif loss.name == "gamma":
@@ -261,11 +264,20 @@ def _final(X, y, w, eta, loss: Loss, total: float, terms) -> FinalSums:
     loglik = np.array(logs + [float(terms[1])])
     tangents = None
     if loss.task != "classification":
+        # d/dθ of Σ w·(mu − y)², Σ w·|mu − y|, Σ w·(y − mu)²/V(mu) (dmu/deta = mu), one
+        # column-major row weight each: their sums over rows are contiguous.
+        W = np.empty((len(y), 3), order="F")
         with np.errstate(over="ignore", invalid="ignore"):
-            r = (mu - y) * mu * ww
-            chi = ww * (2.0 * (mu - y) * mu - loss.power * (y - mu) ** 2) / loss.variance(mu)
-            weights = np.column_stack([2.0 * r, np.sign(mu - y) * mu * ww, chi])
-        tangents = np.column_stack([weights.T @ X, weights.sum(axis=0)])
+            np.multiply(dmu, mu, out=W[:, 0])
+            np.multiply(W[:, 0], 2.0, out=W[:, 2])
+            W[:, 2] -= loss.power * sq
+            W[:, 2] /= v
+            W[:, 0] *= 2.0
+            np.sign(dmu, out=W[:, 1])
+            W[:, 1] *= mu
+            if w is not None:
+                W *= w[:, None]
+        tangents = np.concatenate([(X.T @ W).T, W.sum(axis=0)[:, None]], axis=1)
     return FinalSums(metrics, info, pearson, float(len(y)), loglik, tangents)
 
 

@@ -125,7 +125,7 @@ def test_ssr_from_the_moments_keeps_its_promise_where_no_residual_pass_is_taken(
     rng = np.random.default_rng(7)
     n = 200_000
     X = rng.normal(size=(n, 3)) * [1.0, 2.0, 0.3] + [300.0, -50.0, 1000.0]
-    y = X @ [1.5, -0.7, 2.0] + 3.0 + 0.1 * rng.normal(size=n)
+    y = X @ [1.5, -0.7, 2.0] + 3.0 + 0.08 * rng.normal(size=n)
     res = fit(make_config(write_parquet(tmp_path / "d", X, y, n_files=4), tmp_path), client)
     s = res.summary
     m, b = np.asarray(res.m, dtype=np.longdouble), np.longdouble(res.b)
