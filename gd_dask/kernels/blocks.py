@@ -1,4 +1,4 @@
-"""Blocks and their slices: the fixed 8,192-row slices every per-block sum is folded over
+"""Blocks and their slices: the fixed slices (``SLICE_ROWS``) every per-block sum is folded over
 (so the bits do not depend on how rows arrive), scratch buffers, standardizing a block."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ multiplication and its applications", Numer. Algorithms 59):
   column's largest magnitude 2^e in the slice, P₂ the next ``b``; D joins the rest, which
   is below about 2^(e−2b−1);
 * a product of two pieces is an integer below 2^(2b) in its unit, so a slice of 2^s rows
-  sums them exactly whenever 2b + s ≤ 53: with 8,192-row slices b = 20, and ``P₁ᵀP₁``,
+  sums them exactly whenever 2b + s ≤ 53: with 32,768-row slices b = 19, and ``P₁ᵀP₁``,
   ``P₁ᵀP₂``, ``P₂ᵀP₂`` come out of BLAS exact, in whatever order it adds;
 * only ``P₁ᵀrest`` and ``P₂ᵀrest`` round (γₙ of magnitudes 2^-2b below the column scales'),
   and ``restᵀrest`` (below 2^-4b of them) is left out; the pieces add up in double-double,
@@ -29,7 +29,8 @@ multiplication and its applications", Numer. Algorithms 59):
 Every result carries an explicit bound on its absolute error, elementwise, built from the
 column scales as it is computed (no analysis of the reduction tree needed): rounding of
 the inexact products at γₙ, the omitted term, and each double-double addition at
-4u²·(|a| + |b|). Against the scales' sums ``mag`` that is about 2^-81 in the worst case.
+4u²·(|a| + |b|). Against the scales' sums ``mag`` that is about 2^-78 in the worst case
+(2^-81 with slices of 8,192 rows).
 
 The cost is five Gram-sized float64 products per slice plus a few in-place passes over
 it (about 10 × the float64 moments' arithmetic, 2 ms for 8,192 × 22). Where a column's
