@@ -176,14 +176,25 @@ def block_classification(block, m, b, loss: Loss, threshold: float = 0.5, weight
 
 def class_sums_of(eta, p, y, w, total: float, threshold: float = 0.5) -> ClassSums:
     """``ClassSums`` of rows with linear predictors ``eta``, probabilities ``p`` and
-    log-loss sum ``total``."""
-    bins = np.clip(((eta + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64), 0, AUC_BINS - 1)
-    w = np.ones_like(y) if w is None else w
+    log-loss sum ``total``: both histograms from one bincount (a positive row's bin is
+    shifted by ``AUC_BINS``), counts without weights by counting."""
+    bins = ((eta + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64)
+    np.clip(bins, 0, AUC_BINS - 1, out=bins)
     label = p >= threshold
     pos = y > 0.5
-    return ClassSums(total, float(w @ ((p - y) ** 2)), float(w @ (label == pos)), float(w @ (label & pos)),
-                     float(w @ (label & ~pos)), float(w @ (~label & pos)), float(w.sum()),
-                     np.bincount(bins[pos], w[pos], AUC_BINS), np.bincount(bins[~pos], w[~pos], AUC_BINS))
+    bins[pos] += AUC_BINS
+    err = p - y
+    if w is None:
+        hist = np.bincount(bins, minlength=2 * AUC_BINS).astype(np.float64)
+        n = float(y.shape[0])
+        tp, fp, fn = (float(np.count_nonzero(v)) for v in (label & pos, label & ~pos, ~label & pos))
+        brier = float(err @ err)
+    else:
+        hist = np.bincount(bins, w, 2 * AUC_BINS)
+        n = float(w.sum())
+        tp, fp, fn = (float(w @ v) for v in (label & pos, label & ~pos, ~label & pos))
+        brier = float(w @ (err * err))
+    return ClassSums(total, brier, n - fp - fn, tp, fp, fn, n, hist[AUC_BINS:], hist[:AUC_BINS])
 
 
 def add_class_sums(a: ClassSums, b: ClassSums) -> ClassSums:
