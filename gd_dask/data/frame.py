@@ -28,6 +28,7 @@ class FrameSpec:
     columns: tuple[str, ...]
     missing: str = "error"
     categorical: tuple[str, ...] = ()  # read as level keys (``read.level_keys``)
+    weight: str | None = None  # the sample weights' column: a negative weight is refused
 
     def block(self, part, names: dict | None = None) -> np.ndarray:
         out = np.empty((len(part), len(self.columns)), dtype=np.float64, order="F")
@@ -40,6 +41,10 @@ class FrameSpec:
                 out[:, j] = level_keys(pa.array(part[c].astype(object), from_pandas=True, type=pa.string()), names)
             else:
                 out[:, j] = part[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        if self.weight is not None:
+            from .read import check_weights
+
+            check_weights(out[:, self.columns.index(self.weight)], self.weight, "a dask DataFrame partition")
         if self.missing == "drop":
             good = np.isfinite(out).all(axis=1)
             if not good.all():
@@ -70,7 +75,7 @@ class FrameSource:
 
     @property
     def spec(self) -> FrameSpec:
-        return FrameSpec(tuple(self.columns), self.missing, tuple(self.categorical))
+        return FrameSpec(tuple(self.columns), self.missing, tuple(self.categorical), self.weight)
 
     @property
     def weighted(self) -> bool:

@@ -589,6 +589,8 @@ def read_block(chunk, spec):
         lo += table.num_rows
     table = tables = None  # let go of Arrow's buffers before returning them
     _release_arrow_memory()
+    if spec.weight is not None:
+        check_weights(out[:, columns.index(spec.weight)], spec.weight, _chunk_where(chunk))
     if spec.missing == "drop":
         good = np.isfinite(out).all(axis=1)
         if not good.all():
@@ -596,6 +598,24 @@ def read_block(chunk, spec):
     # With missing: error the values stay: they make the moments non-finite, and only then
     # does ``count_nonfinite`` find them, in file order, for a deterministic message.
     return out
+
+
+def check_weights(w, column: str, where: str) -> None:
+    """Sample weights must not be negative (as scikit-learn's LinearRegression says): one
+    line naming the column, the count, a value and the file. NaN follows ``missing``."""
+    bad = w < 0
+    if bad.any():
+        raise DataError(f"{where}: weight column '{column}' has {int(bad.sum())} negative values (e.g. "
+                        f"{float(w[np.flatnonzero(bad)[0]]):g}); sample weights must be 0 or more")
+
+
+def _chunk_where(chunk) -> str:
+    """The file a chunk (or a pack's first piece) reads, for an error."""
+    path = getattr(chunk, "path", None)
+    if isinstance(path, str):
+        return path
+    pieces = getattr(chunk, "pieces", None) or ()
+    return pieces[0].path if pieces else "a partition"
 
 
 def as_float64(arr) -> np.ndarray:
@@ -655,6 +675,8 @@ def read_slices(chunk, spec, *, rows: int, shifted: bool = False, names: dict | 
         for batch in table.select(columns).to_batches():
             arrays = [column_values(col, name in spec.categorical, names)
                       for name, col in zip(batch.schema.names, batch.columns)]
+            if spec.weight is not None:
+                check_weights(arrays[columns.index(spec.weight)], spec.weight, _chunk_where(chunk))
             if spec.missing == "drop" and batch.num_rows:
                 good = np.logical_and.reduce([np.isfinite(a) for a in arrays])
                 if not good.all():

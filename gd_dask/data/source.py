@@ -139,6 +139,7 @@ class ReadSpec:
     holdout: Holdout | None = None
     stream_above: int = LARGE_ROW_GROUP
     categorical: tuple[str, ...] = ()  # read as level keys (``read.level_keys``)
+    weight: str | None = None  # the sample weights' column: a negative weight is refused
 
     def block(self, chunk):
         return read_block(chunk, self)
@@ -197,7 +198,8 @@ class ParquetSource:
         group up to the chunk size is decoded whole, a larger one streamed."""
         return ReadSpec(tuple(self.columns), self.protocol, self.storage_options,
                         tuple(tuple(f) for f in self.row_filters), self.missing, self.holdout,
-                        stream_above=self._stream_above or self._chunk_bytes, categorical=tuple(self.categorical))
+                        stream_above=self._stream_above or self._chunk_bytes, categorical=tuple(self.categorical),
+                        weight=self.weight)
 
     def read_args(self, chunk: Chunk) -> tuple[Chunk, ReadSpec]:
         """The arguments of ``read_block`` and ``read_slices`` for one chunk."""

@@ -90,6 +90,16 @@ def _close_embedded() -> None:
             _embedded[k] = None
 
 
+def _weights(w, X) -> np.ndarray:
+    """scikit-learn's checks of ``sample_weight`` (its keyword for refusing negative ones
+    changed name across versions), negative weights refused as its LinearRegression
+    does."""
+    w = _check_sample_weight(w, X, dtype=np.float64)
+    if (w < 0).any():
+        raise ValueError("Negative values in data passed to `sample_weight`.")
+    return w
+
+
 def _text_columns(X) -> list:
     """The text, string and category columns of a pandas DataFrame (none otherwise)."""
     try:
@@ -195,7 +205,7 @@ class _Base(BaseEstimator):
         if not _is_dask(X):
             X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=self._task == "regression")
             y = self._encode(y)
-            w = None if w is None else _check_sample_weight(w, X, dtype=np.float64)
+            w = None if w is None else _weights(w, X)
             if X.shape[0] < 2:
                 raise ValueError(f"n_samples={X.shape[0]}: need at least 2")
         if _is_dask(X):
@@ -266,7 +276,7 @@ class _Base(BaseEstimator):
                                for n, c in zip(names, X.columns)})
             df["y"] = y
             if w is not None:
-                df["w"] = _check_sample_weight(w, np.empty((len(df), 0)), dtype=np.float64)
+                df["w"] = _weights(w, np.empty((len(df), 0)))
             parts = max(1, -(-len(df) // PARTITION_ROWS))
             frame = client.persist(dd.from_pandas(df, npartitions=parts, sort=False))
         data = {"path": "<pandas DataFrame>", "features": names, "target": "y"}

@@ -226,3 +226,24 @@ def test_a_weighted_refit_with_levels_is_a_weighted_fit_of_its_window(tmp_path, 
     assert model["b"] == pytest.approx(res.b, rel=1e-9)
     for doc, want in zip(model["categorical"], res.categorical):
         np.testing.assert_allclose(doc["coef"], want["coef"], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("features", [["x0", "x1"], ["x0", "region", "x1", "store"]])
+def test_a_negative_weight_is_one_line_naming_the_column_and_file(tmp_path, rng, threads, features):
+    """As scikit-learn's LinearRegression refuses them: read by the workers, refused
+    before any training, with and without categorical features, and by the estimators."""
+    from gd_dask.errors import DataError
+
+    X, region, store, y, w = _data(rng, 500)
+    w[123] = -0.5
+    root = _files(tmp_path / "d", X, region, store, y, w, files=1)
+    cfg = make_config({"path": str(root), "features": features, "target": "y", "weight": "w",
+                       "categorical": ["store"] if "store" in features else []}, tmp_path)
+    with pytest.raises(DataError, match=r"part-0.parquet: weight column 'w' has 1 negative values \(e.g. -0.5\)"):
+        fit(cfg, threads)
+    import gd_dask
+
+    df = pd.DataFrame({"x0": X[:, 0], "region": region})
+    for data in (df, X):
+        with pytest.raises(ValueError, match="Negative values in data passed to `sample_weight`"):
+            gd_dask.LinearRegression().fit(data, y, sample_weight=w)
