@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -181,7 +182,8 @@ def wait_for_epoch(lines, epoch, proc, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in list(lines):
-            if " epoch " in line and int(line.split(" epoch ")[1].split("/")[0]) >= epoch:
+            # "epoch 3/60 …" from descent, "epoch 3 loss …" from Newton passes
+            if " epoch " in line and int(re.match(r"\d+", line.split(" epoch ")[1]).group()) >= epoch:
                 return
         assert proc.poll() is None, "".join(lines)
         time.sleep(0.05)
