@@ -1,6 +1,6 @@
 """The only code that builds dask graphs.
 
-An ``Executor`` holds the dataset as a dask array of blocks ``[X | y]`` and offers
+An ``Executor`` holds the dataset as delayed blocks ``[X | y]``, one per chunk, and offers
 distributed passes, each a map of a pure-NumPy function from ``gradient`` over every block
 (slice by slice, for the functions that add up over rows: moments, metrics, gradient sums)
 followed by a reduction in a *fixed* tree (adjacent blocks, ``FAN_IN`` at a time, folded
@@ -205,22 +205,13 @@ def read_chunk(chunk, spec):
     return spec.block(chunk)
 
 
-def to_dask_array(src: ParquetSource):
-    """The dataset as one dask array of shape (n, len(columns)), one block per chunk:
-    X = [:, :k], then y (then w).
-
-    Chunk sizes come from the footers; with row filters or ``missing: drop`` the row
-    counts of chunks are not known in advance (NaN), which the reductions do not need.
-    """
-    import dask.array as da
-
-    exact = src.rows_known and src.missing == "error"
-    spec, k = src.spec, len(src.columns)
-    blocks = []
-    for c in src.chunks:
-        task = dask.delayed(read_chunk, pure=True)(c, spec, dask_key_name=f"read-{dask.base.tokenize(c, spec)}")
-        blocks.append(da.from_delayed(task, shape=(c.rows if exact else math.nan, k), dtype=np.float64))
-    return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+def read_tasks(src: ParquetSource) -> list:
+    """Delayed, one per chunk: its float64 block ``[X, y]`` (then w) as ``read_chunk``
+    reads it. A list of delayed blocks, not a dask array: nothing here needs the array's
+    shape, and importing dask.array took a second of a cached job's command."""
+    spec = src.spec
+    return [dask.delayed(read_chunk, pure=True)(c, spec, dask_key_name=f"read-{dask.base.tokenize(c, spec)}")
+            for c in src.chunks]
 
 
 class Executor:
@@ -247,14 +238,14 @@ class Executor:
         self.source = source
         self.cache = cache
         self.loss = loss
-        self.array = None
         self._blocks: list | None = None
+        self._persisted = False  # ``_blocks`` held in cluster memory
         self._exact_gram = None  # refinement's Gram matrix of the raw rows, once computed
         if cache and not lazy:
             # Persist: every later pass (each stream epoch, the metrics pass) reads the
             # blocks from worker memory; dask keeps the read tasks to recompute any
             # block lost with a worker.
-            self._persist(to_dask_array(source))
+            self._persist(read_tasks(source))
         self.scaling: Standardizer | None = None
 
     def _compute(self, graphs):
@@ -271,22 +262,19 @@ class Executor:
                 f"on disk and the smallest worker memory limit {limit}: raise cluster.memory_limit, or "
                 "rewrite the files with smaller row groups")
 
-    def _persist(self, array) -> None:
-        """Keep ``array``'s blocks in the workers' memory from now on (a graph of many
+    def _persist(self, blocks: list) -> None:
+        """Keep the delayed ``blocks`` in the workers' memory from now on (a graph of many
         files' names is metadata: no "large graph" warning)."""
         with large_graphs_quiet():
-            self._keep(self.client.persist(array))
-
-    def _keep(self, array) -> None:
-        self.array = array
-        self._blocks = list(array.to_delayed().ravel())
+            self._blocks = list(self.client.persist(list(blocks)))
+        self._persisted = True
 
     @property
     def blocks(self) -> list:
         """Delayed blocks: persisted ones, or (no cache) read tasks built on first use —
         passes that add up over rows stream from the files and never need them."""
         if self._blocks is None:
-            self._keep(to_dask_array(self.source))
+            self._blocks = read_tasks(self.source)
         return self._blocks
 
     def _tree(self, func, combine, blocks, *args, indexed=False):
@@ -300,7 +288,7 @@ class Executor:
         """Delayed, one per chunk: ``on_block(block, *args)`` on the cached blocks, else
         ``on_chunk(chunk, spec, *args)``, which streams the chunk from its file (the same
         bits, and no memory for whole blocks)."""
-        if self.cache and self.array is not None:
+        if self.cache and self._persisted:
             fn = dask.delayed(on_block, pure=True)
             return [fn(b, *args) for b in self.blocks]
         fn = dask.delayed(on_chunk, pure=True)
@@ -397,10 +385,9 @@ class Executor:
         if self.cache:
             # Persist: the standardized blocks are what every later epoch reads; dask
             # keeps the graph back to the read tasks for blocks lost with a worker.
-            raw = self.array if self.array is not None else to_dask_array(self.source)
-            array = raw.map_blocks(standardize_block, sc.center, sc.scale, sc.y_center, None, self.weighted,
-                                   dtype=np.float64)
-            self._persist(array)
+            raw = self._blocks if self._persisted else read_tasks(self.source)
+            fn = dask.delayed(standardize_block, pure=True)
+            self._persist([fn(b, sc.center, sc.scale, sc.y_center, None, self.weighted) for b in raw])
 
     def gradient_sums(self, m, b) -> g.BlockSums:
         """Σ ψ·xs, Σ ψ, Σ loss, n at (m, b) over every chunk (one stream epoch), for
@@ -636,7 +623,7 @@ class Executor:
     def release(self) -> None:
         """Drop the cached blocks from cluster memory."""
         self._blocks = []
-        self.array = None
+        self._persisted = False
 
 
 def _reduce_tree(level: list, combine):
