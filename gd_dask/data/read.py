@@ -590,7 +590,7 @@ def read_block(chunk, spec):
     table = tables = None  # let go of Arrow's buffers before returning them
     _release_arrow_memory()
     if spec.weight is not None:
-        check_weights(out[:, columns.index(spec.weight)], spec.weight, _chunk_where(chunk))
+        check_weights(out[:, columns.index(spec.weight)], spec.weight, chunk_where(chunk))
     if spec.missing == "drop":
         good = np.isfinite(out).all(axis=1)
         if not good.all():
@@ -609,13 +609,13 @@ def check_weights(w, column: str, where: str) -> None:
                         f"{float(w[np.flatnonzero(bad)[0]]):g}); sample weights must be 0 or more")
 
 
-def _chunk_where(chunk) -> str:
-    """The file a chunk (or a pack's first piece) reads, for an error."""
+def chunk_where(chunk) -> str:
+    """What an error names for a chunk: its file, a pack's first file, or a partition."""
     path = getattr(chunk, "path", None)
     if isinstance(path, str):
         return path
-    pieces = getattr(chunk, "pieces", None) or ()
-    return pieces[0].path if pieces else "a partition"
+    pieces = getattr(chunk, "pieces", None)
+    return pieces[0].path if isinstance(pieces, (list, tuple)) and pieces else "a dask DataFrame partition"
 
 
 def as_float64(arr) -> np.ndarray:
@@ -676,7 +676,7 @@ def read_slices(chunk, spec, *, rows: int, shifted: bool = False, names: dict | 
             arrays = [column_values(col, name in spec.categorical, names)
                       for name, col in zip(batch.schema.names, batch.columns)]
             if spec.weight is not None:
-                check_weights(arrays[columns.index(spec.weight)], spec.weight, _chunk_where(chunk))
+                check_weights(arrays[columns.index(spec.weight)], spec.weight, chunk_where(chunk))
             if spec.missing == "drop" and batch.num_rows:
                 good = np.logical_and.reduce([np.isfinite(a) for a in arrays])
                 if not good.all():

@@ -27,7 +27,8 @@ from ..data.write import LevelTable, OffsetColumn
 from ..errors import ArtifactError, DataError
 from ..kernels import losses
 from ..kernels.groups import GroupMoments
-from ..runtime.executor import Executor, add_named_groups
+from ..runtime.executor import Executor
+from ..runtime.level_chunks import add_named_groups
 from .categorical import _number, fit_categorical
 from .prepare import Prepared, check_categorical, pick_strategy
 

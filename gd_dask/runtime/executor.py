@@ -12,23 +12,22 @@ of workers and after dask recomputes blocks lost with a dead worker.
 from __future__ import annotations
 
 import logging
-import math
 from functools import reduce
 
 import dask
 import numpy as np
 
 from ..data import Pack, ParquetSource, count_nonfinite
-from ..data.read import add_level_names, pack_files
+from ..data.read import pack_files
 from ..data.write import predict_file
 from ..kernels import gradient as g
-from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, split_block, standardize_block
+from ..kernels.blocks import SLICE_ROWS, fold_block, fold_slices, standardize_block
 from ..kernels.compensated import PointGradient, add_refine, point_gradient, refine_sums
 from ..kernels.exact_gram import add_exact_gram, exact_gram
-from ..kernels.groups import GroupMoments, group_moments, merge_groups
+from ..kernels.groups import GroupMoments
 from ..kernels.losses import SQUARED, Loss
-from ..kernels.level_meat import LevelMeat, add_level_meat, slice_level_meat
-from ..kernels.level_newton import add_information, add_level_sums, slice_level_sums
+from ..kernels.level_meat import add_level_meat
+from ..kernels.level_newton import add_information, add_level_sums
 from ..kernels.newton import NewtonSums, add_newton, block_newton, block_newton_std
 from ..kernels.metrics import (
     ClassSums,
@@ -56,7 +55,16 @@ from ..kernels.moments import (
 )
 from ..optimization.sgd_kernel import SGDPlan, add_sgd, sgd_block, sgd_raw
 from ..optimization.strategy import STREAM, Strategy
-from ..sizes import FAN_IN, GROUP_BATCH_SLICES
+from ..sizes import FAN_IN
+from .level_chunks import (
+    add_named_groups,
+    chunk_groups,
+    chunk_level_classes,
+    chunk_level_errors,
+    chunk_level_family,
+    chunk_level_meat,
+    chunk_level_newton,
+)
 from .waiting import compute, large_graphs_quiet
 
 log = logging.getLogger(__name__)
@@ -88,110 +96,6 @@ def each_file(pack, spec, on_chunk, *args) -> list:
 def chunk_moments(chunk, spec) -> Moments:
     """``gradient.block_moments(spec.block(chunk))``, to the bit, streamed."""
     return shifted_moments(spec.slices(chunk, SLICE_ROWS, shifted=True))
-
-
-def chunk_groups(chunk, spec, categorical, weighted: bool = False) -> tuple[GroupMoments, dict]:
-    """``groups.group_moments`` of one chunk, streamed slice by slice, and the text of the
-    level keys its text columns gave ({key: text})."""
-    names: dict = {}
-    parts, batch = [], []
-    for z in spec.slices(chunk, SLICE_ROWS, names=names):
-        batch.append(np.array(z))  # the slice is a reused buffer
-        if len(batch) == GROUP_BATCH_SLICES:
-            parts.append(group_moments(np.concatenate(batch), categorical, weighted))
-            batch = []
-    if batch or not parts:
-        parts.append(group_moments(np.concatenate(batch), categorical, weighted))
-    # Pairwise, not left to right: merging sorts the groups, and a chunk of many groups
-    # merged into one growing table batch after batch costs batches × groups.
-    while len(parts) > 1:
-        parts = [merge_groups(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
-    return parts[0], names
-
-
-def add_named_groups(a: tuple, b: tuple) -> tuple:
-    """Merge two ``chunk_groups`` results: the groups by key, the names checked for a key
-    that two texts share."""
-    return merge_groups(a[0], b[0]), add_level_names(dict(a[1]), b[1].items())
-
-
-def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link, weighted=False) -> ErrorSums:
-    """``block_errors`` of one chunk for a model with categorical features: each row's
-    levels' coefficients (``data.write.LevelTable``) join its intercept."""
-    return _level_fold(chunk, spec, cat_idx, tables, b,
-                       lambda z, b_rows: block_errors(z, m, b_rows, weighted, link), add_errors)
-
-
-def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
-                       data_terms, offset=None, information=False, weight=None):
-    """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file
-    (``information``: Fisher's, with Pearson's χ²)."""
-    total = None
-    combine = add_information if information else add_level_sums
-    for z in spec.slices(chunk, SLICE_ROWS, names={}):
-        part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
-                                data_terms, offset, information, weight)
-        total = part if total is None else combine(total, part)
-    return total
-
-
-def chunk_level_meat(chunk, spec, cat_idx, tables, m, b, weighted, absorbed, others, wbar) -> LevelMeat:
-    """``kernels.level_meat.LevelMeat`` of one chunk at the model (m, b, ``tables``):
-    ``absorbed``: (its column, its level keys); ``others``: per other categorical column
-    (its column, its non-reference level keys, their first reduced column)."""
-    names: dict = {}
-    num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
-    where = _where(chunk)
-    total = None
-    for z in spec.slices(chunk, SLICE_ROWS, names=names):
-        X, y, w = split_block(np.ascontiguousarray(z[:, num]), weighted)
-        eta = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
-        e = y - (X @ m + eta)
-        level = np.searchsorted(absorbed[1], z[:, absorbed[0]])
-        columns = []
-        for j, keys, first in others:
-            pos = np.minimum(np.searchsorted(keys, z[:, j]), max(len(keys) - 1, 0))
-            hit = keys[pos] == z[:, j] if len(keys) else np.zeros(len(z), dtype=bool)
-            columns.append(np.where(hit, first + pos, -1))
-        part = slice_level_meat(X, e, w, level, columns, wbar)
-        total = part if total is None else add_level_meat(total, part)
-    return total
-
-
-def _level_fold(chunk, spec, cat_idx, tables, b, on_rows, combine):
-    """``on_rows(numeric block, each row's intercept)`` folded over one chunk's slices, the
-    intercept being b plus the row's levels' coefficients (``data.write.LevelTable``) and
-    its offset (``data.write.OffsetColumn``): ``tables``, read from the columns ``cat_idx``."""
-    names: dict = {}
-    num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
-    where = _where(chunk)
-    total = None
-    for z in spec.slices(chunk, SLICE_ROWS, names=names):
-        offset = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
-        part = on_rows(np.ascontiguousarray(z[:, num]), offset)
-        total = part if total is None else combine(total, part)
-    return total
-
-
-def _where(chunk) -> str:
-    """What an error names for a chunk: its file, a pack's first file, or a partition."""
-    path = getattr(chunk, "path", None)
-    if isinstance(path, str):
-        return path
-    pieces = getattr(chunk, "pieces", None)
-    return pieces[0].path if isinstance(pieces, (list, tuple)) and pieces else "a dask DataFrame partition"
-
-
-def chunk_level_classes(chunk, spec, cat_idx, tables, m, b, loss, weighted=False) -> ClassSums:
-    """``block_classification`` of one chunk for a classifier with categorical features."""
-    return _level_fold(chunk, spec, cat_idx, tables, b,
-                       lambda z, b_rows: block_classification(z, m, b_rows, loss, weighted=weighted), add_class_sums)
-
-
-def chunk_level_family(chunk, spec, cat_idx, tables, m, b, loss, weighted=False) -> tuple:
-    """``block_family_errors`` of one chunk for a family with categorical features."""
-    return _level_fold(chunk, spec, cat_idx, tables, b,
-                       lambda z, b_rows: block_family_errors(z, m, b_rows, loss, weighted), add_family_errors)
 
 
 def sgd_chunk(chunk, spec, theta, index, plan, center, scale, y_center, loss, weighted):

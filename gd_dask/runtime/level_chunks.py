@@ -1,0 +1,121 @@
+"""What a worker task runs for categorical features, chunk by chunk (``Executor`` builds
+the graphs): the moments grouped by level, a Newton pass's per-level sums, HC1's middle,
+and the metrics of a model whose rows' intercepts take their levels' coefficients.
+Slices stream from the chunk's file (``ReadSpec.slices``) and fold left to right, so the
+bits are those of every other pass."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.read import add_level_names, chunk_where
+from ..kernels.blocks import split_block
+from ..kernels.groups import GroupMoments, group_moments, merge_groups
+from ..kernels.level_meat import LevelMeat, add_level_meat, slice_level_meat
+from ..kernels.level_newton import add_information, add_level_sums, slice_level_sums
+from ..kernels.metrics import (
+    ClassSums,
+    ErrorSums,
+    add_class_sums,
+    add_errors,
+    add_family_errors,
+    block_classification,
+    block_errors,
+    block_family_errors,
+)
+from ..sizes import GROUP_BATCH_SLICES, SLICE_ROWS
+
+
+def chunk_groups(chunk, spec, categorical, weighted: bool = False) -> tuple[GroupMoments, dict]:
+    """``groups.group_moments`` of one chunk, streamed slice by slice, and the text of the
+    level keys its text columns gave ({key: text})."""
+    names: dict = {}
+    parts, batch = [], []
+    for z in spec.slices(chunk, SLICE_ROWS, names=names):
+        batch.append(np.array(z))  # the slice is a reused buffer
+        if len(batch) == GROUP_BATCH_SLICES:
+            parts.append(group_moments(np.concatenate(batch), categorical, weighted))
+            batch = []
+    if batch or not parts:
+        parts.append(group_moments(np.concatenate(batch), categorical, weighted))
+    # Pairwise, not left to right: merging sorts the groups, and a chunk of many groups
+    # merged into one growing table batch after batch costs batches × groups.
+    while len(parts) > 1:
+        parts = [merge_groups(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0], names
+
+
+def add_named_groups(a: tuple, b: tuple) -> tuple:
+    """Merge two ``chunk_groups`` results: the groups by key, the names checked for a key
+    that two texts share."""
+    return merge_groups(a[0], b[0]), add_level_names(dict(a[1]), b[1].items())
+
+
+def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link, weighted=False) -> ErrorSums:
+    """``block_errors`` of one chunk for a model with categorical features: each row's
+    levels' coefficients (``data.write.LevelTable``) join its intercept."""
+    return _level_fold(chunk, spec, cat_idx, tables, b,
+                       lambda z, b_rows: block_errors(z, m, b_rows, weighted, link), add_errors)
+
+
+def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
+                       data_terms, offset=None, information=False, weight=None):
+    """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file
+    (``information``: Fisher's, with Pearson's χ²)."""
+    total = None
+    combine = add_information if information else add_level_sums
+    for z in spec.slices(chunk, SLICE_ROWS, names={}):
+        part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
+                                data_terms, offset, information, weight)
+        total = part if total is None else combine(total, part)
+    return total
+
+
+def chunk_level_meat(chunk, spec, cat_idx, tables, m, b, weighted, absorbed, others, wbar) -> LevelMeat:
+    """``kernels.level_meat.LevelMeat`` of one chunk at the model (m, b, ``tables``):
+    ``absorbed``: (its column, its level keys); ``others``: per other categorical column
+    (its column, its non-reference level keys, their first reduced column)."""
+    names: dict = {}
+    num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
+    where = chunk_where(chunk)
+    total = None
+    for z in spec.slices(chunk, SLICE_ROWS, names=names):
+        X, y, w = split_block(np.ascontiguousarray(z[:, num]), weighted)
+        eta = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
+        e = y - (X @ m + eta)
+        level = np.searchsorted(absorbed[1], z[:, absorbed[0]])
+        columns = []
+        for j, keys, first in others:
+            pos = np.minimum(np.searchsorted(keys, z[:, j]), max(len(keys) - 1, 0))
+            hit = keys[pos] == z[:, j] if len(keys) else np.zeros(len(z), dtype=bool)
+            columns.append(np.where(hit, first + pos, -1))
+        part = slice_level_meat(X, e, w, level, columns, wbar)
+        total = part if total is None else add_level_meat(total, part)
+    return total
+
+
+def _level_fold(chunk, spec, cat_idx, tables, b, on_rows, combine):
+    """``on_rows(numeric block, each row's intercept)`` folded over one chunk's slices, the
+    intercept being b plus the row's levels' coefficients (``data.write.LevelTable``) and
+    its offset (``data.write.OffsetColumn``): ``tables``, read from the columns ``cat_idx``."""
+    names: dict = {}
+    num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
+    where = chunk_where(chunk)
+    total = None
+    for z in spec.slices(chunk, SLICE_ROWS, names=names):
+        offset = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
+        part = on_rows(np.ascontiguousarray(z[:, num]), offset)
+        total = part if total is None else combine(total, part)
+    return total
+
+
+def chunk_level_classes(chunk, spec, cat_idx, tables, m, b, loss, weighted=False) -> ClassSums:
+    """``block_classification`` of one chunk for a classifier with categorical features."""
+    return _level_fold(chunk, spec, cat_idx, tables, b,
+                       lambda z, b_rows: block_classification(z, m, b_rows, loss, weighted=weighted), add_class_sums)
+
+
+def chunk_level_family(chunk, spec, cat_idx, tables, m, b, loss, weighted=False) -> tuple:
+    """``block_family_errors`` of one chunk for a family with categorical features."""
+    return _level_fold(chunk, spec, cat_idx, tables, b,
+                       lambda z, b_rows: block_family_errors(z, m, b_rows, loss, weighted), add_family_errors)
