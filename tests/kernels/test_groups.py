@@ -89,3 +89,22 @@ def test_a_level_nested_in_another_column_is_refused_by_name():
     g = _groups(X, cats, y)
     with pytest.raises(DataError, match="c1.*within a single level of 'c0'"):
         reduce(g, encode(g, ["c0", "c1"]))
+
+
+@pytest.mark.parametrize("columns", [1, 2, 3])
+def test_keys_coded_by_hashing_give_the_groups_sorting_gives(monkeypatch, columns):
+    """Past ``FACTORIZE_ROWS`` a batch's keys are coded by pandas' factorize instead of
+    sorted: the same groups in the same order, so the same bits of every sum (negative,
+    fractional and repeated keys, one to three columns)."""
+    import gd_dask.kernels.groups as groups
+
+    rng = np.random.default_rng(columns)
+    n = groups.FACTORIZE_ROWS + 1234
+    keys = rng.integers(0, [50, 5000, 3][:columns], (n, columns)).astype(float)
+    keys[rng.random((n, columns)) < 0.05] *= -1.5
+    Z = np.column_stack([keys, rng.normal(size=(n, 2))])
+    hashed = group_moments(Z, list(range(columns)))
+    monkeypatch.setattr(groups, "FACTORIZE_ROWS", n + 1)
+    sorted_ = group_moments(Z, list(range(columns)))
+    for field in hashed._fields:
+        assert np.array_equal(getattr(hashed, field), getattr(sorted_, field)), field
