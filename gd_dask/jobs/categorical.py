@@ -34,10 +34,10 @@ TIGHTEN_ROUNDS = 4
 LEVEL_MEAN_ROUNDINGS = 4
 
 
-def fit_categorical(cfg, prep, t0: float, on_epoch=None):
+def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True):
     """A ``FitResult`` for data with categorical features (``prep.groups``): m for the
     numeric features, b at every column's reference level, and ``categorical`` for
-    model.json."""
+    model.json (``summary``: False leaves it out, for a solve within Huber's rounds)."""
     from .training import fit_moments
 
     columns = list(prep.source.categorical)
@@ -45,7 +45,7 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None):
     red = cat.reduce(prep.groups, enc)
     tol = cfg.optimizer.tol
     if red.mom.mean.shape[0] == 1:  # nothing but levels: each a_ℓ is its level's mean
-        return _levels_only(cfg, prep, red, enc, t0)
+        return _levels_only(cfg, prep, red, enc, t0, summary)
     reduced_tol, init = tol, None
     for _ in range(TIGHTEN_ROUNDS):
         o = cfg.optimizer.model_copy(update={"tol": reduced_tol})
@@ -76,7 +76,7 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None):
     res.metrics = metrics
     res.source, res.rows_dropped = prep.source, prep.rows_dropped
     res.categorical = [_column_doc(enc, c, coef.levels[c], prep.level_names or {}) for c in range(len(columns))]
-    res.summary = _summary(cfg, res, red, enc, coef, theta, columns, sst, prep)
+    res.summary = _summary(cfg, res, red, enc, coef, theta, columns, sst, prep) if summary else None
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -116,7 +116,7 @@ def _level_meat(cfg, res, red: cat.Reduced, enc: cat.Encoding, prep):
                               red.level_mean[:, :-1])
 
 
-def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float):
+def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float, summary: bool = True):
     """A model of categorical features only: the intercept and the absorbed column's
     coefficients are level means (no descent); their error is the means' rounding."""
     from .training import FitResult
@@ -145,7 +145,7 @@ def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float):
                     source=prep.source, rows_dropped=prep.rows_dropped)
     res.categorical = [_column_doc(enc, c, coef.levels[c], prep.level_names or {})
                        for c in range(len(enc.columns))]
-    res.summary = _summary(cfg, res, red, enc, coef, np.zeros(0), enc.columns, sst, prep)
+    res.summary = _summary(cfg, res, red, enc, coef, np.zeros(0), enc.columns, sst, prep) if summary else None
     res.seconds = time.perf_counter() - t0
     return res
 

@@ -70,7 +70,8 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     if cfg.optimizer.validation_fraction:
         source, val_source = source.split(cfg.optimizer.seed, cfg.optimizer.validation_fraction)
         val_ex = Executor(client, val_source, cache, loss)
-    ex = Executor(client, source, cache, loss, lazy=strategy.newton)
+    # Levels: grouped passes stream from the files; only Newton's caches its blocks.
+    ex = Executor(client, source, cache, loss, lazy=strategy.newton or bool(getattr(source, "categorical", None)))
     if getattr(source, "categorical", None):  # Parquet sources; a dask DataFrame's has none yet
         check_categorical(cfg, source)
         groups, names = ex.group_moments([source.columns.index(c) for c in source.categorical])
@@ -117,8 +118,8 @@ def _without_offset(groups: GroupMoments, j: int, kind: str, ex: Executor) -> tu
 
 
 #: What categorical features are trained with so far (issue 33): the rest is refused by name.
-CATEGORICAL_SUPPORT = ("squared loss (gram) or logistic, poisson, gamma, tweedie (newton, offsets too), "
-                       "sample weights, no l1, no validation_fraction")
+CATEGORICAL_SUPPORT = ("squared or huber loss (grouped moments) or logistic, poisson, gamma, tweedie (newton, "
+                       "offsets too), sample weights, no l1, no validation_fraction")
 
 
 def check_categorical(cfg, source: ParquetSource) -> None:
@@ -126,7 +127,7 @@ def check_categorical(cfg, source: ParquetSource) -> None:
     o, m = cfg.optimizer, cfg.model
     newton = pick_strategy(cfg).newton  # logistic and the log-link families (``categorical_newton``)
     bad = [what for what, wrong in (
-        (f"model.loss: {m.loss}", m.loss != "squared" and not newton), ("model.l1 > 0", m.l1 > 0),
+        (f"model.loss: {m.loss}", m.loss not in ("squared", "huber") and not newton), ("model.l1 > 0", m.l1 > 0),
         ("model.fit_intercept: false", newton and not m.fit_intercept),
         ("data.offset or data.exposure", bool(cfg.data.offset_column) and not newton),
         ("optimizer.validation_fraction > 0", o.validation_fraction > 0),

@@ -100,6 +100,10 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
 
         if prep.strategy.newton:
             return fit_categorical_newton(cfg, prep, t0, on_epoch, init, init_levels)
+        if cfg.model.loss == "huber":
+            from .categorical_huber import fit_categorical_huber
+
+            return fit_categorical_huber(cfg, prep, t0, on_epoch)
         return fit_categorical(cfg, prep, t0, on_epoch)  # least squares needs no start
     setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     oracle, validate = _oracles(cfg, prep, setup)

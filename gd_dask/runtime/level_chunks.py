@@ -119,3 +119,40 @@ def chunk_level_family(chunk, spec, cat_idx, tables, m, b, loss, weighted=False)
     """``block_family_errors`` of one chunk for a family with categorical features."""
     return _level_fold(chunk, spec, cat_idx, tables, b,
                        lambda z, b_rows: block_family_errors(z, m, b_rows, loss, weighted), add_family_errors)
+
+
+def chunk_huber_groups(chunk, spec, categorical, tables, m, b, delta: float, weighted: bool = False) -> tuple:
+    """``chunk_groups`` reweighted for one round of Huber's IRLS at the model (m, b,
+    ``tables``): each row weighs min(1, δ/|r|) (times its sample weight), and the round's
+    Σ w·2ρ(r) comes back beside the groups: (groups, names, Σ w·2ρ)."""
+    names: dict = {}
+    cat_idx = [spec.columns.index(t.name) for t in tables]
+    num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
+    where = chunk_where(chunk)
+    parts, batch, total = [], [], 0.0
+    for z in spec.slices(chunk, SLICE_ROWS, names=names):
+        X, y, w = split_block(np.ascontiguousarray(z[:, num]), weighted)
+        eta = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
+        r = X @ m + eta - y
+        a = np.abs(r)
+        inside = a <= delta
+        omega = np.where(inside, 1.0, delta / np.where(inside, 1.0, a))
+        two_rho = np.where(inside, r * r, delta * (2.0 * a - delta))
+        if w is not None:
+            omega, two_rho = omega * w, two_rho * w
+        total += float(two_rho.sum())
+        cols = z[:, :-1] if weighted else z
+        batch.append(np.column_stack([cols, omega]))
+        if len(batch) == GROUP_BATCH_SLICES:
+            parts.append(group_moments(np.concatenate(batch), categorical, True))
+            batch = []
+    if batch or not parts:
+        parts.append(group_moments(np.concatenate(batch) if batch else np.zeros((0, len(spec.columns) + 1 - weighted)),
+                                   categorical, True))
+    while len(parts) > 1:
+        parts = [merge_groups(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0], names, total
+
+
+def add_huber_groups(a: tuple, b: tuple) -> tuple:
+    return (*add_named_groups(a[:2], b[:2]), a[2] + b[2])

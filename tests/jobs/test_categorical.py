@@ -138,7 +138,8 @@ def test_train_and_predict_from_the_command_line(tmp_path, rng):
     assert np.allclose(pred, _predict(model, X[:50], as_reference, store[:50]), rtol=1e-12)
 
 
-@pytest.mark.parametrize("section,value,culprit", [("model", {"loss": "huber"}, "model.loss: huber"),
+@pytest.mark.parametrize("section,value,culprit", [("optimizer", {"validation_fraction": 0.2},
+                                                    "optimizer.validation_fraction > 0"),
                                                    ("model", {"l1": 0.1}, "model.l1 > 0")])
 def test_what_is_not_supported_yet_is_named(tmp_path, rng, threads, section, value, culprit):
     _write(tmp_path / "d", rng, n=300)

@@ -247,3 +247,44 @@ def test_a_negative_weight_is_one_line_naming_the_column_and_file(tmp_path, rng,
     for data in (df, X):
         with pytest.raises(ValueError, match="Negative values in data passed to `sample_weight`"):
             gd_dask.LinearRegression().fit(data, y, sample_weight=w)
+
+
+def _huber_irls(D, y, delta, w=None, rounds=500):
+    """Huber's minimizer on a dense design by IRLS, written out independently."""
+    w = np.ones(len(y)) if w is None else w
+    beta = np.linalg.lstsq(D * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)[0]
+    for _ in range(rounds):
+        a = np.abs(D @ beta - y)
+        omega = w * np.where(a <= delta, 1.0, delta / np.maximum(a, delta))
+        new = np.linalg.solve((D * omega[:, None]).T @ D, (D * omega[:, None]).T @ y)
+        if np.max(np.abs(new - beta)) <= 1e-15 * np.max(np.abs(new)):
+            return new
+        beta = new
+    return beta
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_huber_with_levels_is_the_huber_minimizer_of_the_one_hot_design(tmp_path, rng, threads, weighted):
+    """IRLS on grouped moments: against IRLS on the dense one-hot design iterated to its
+    fixed point, with outliers that least squares would chase; every coefficient to 1e-7
+    relative, the gradient of the Huber objective there about zero."""
+    X, region, store, y, w = _data(rng, 5000)
+    y = y + np.where(rng.random(len(y)) < 0.05, rng.normal(0, 30, len(y)), 0.0)  # 5 % gross outliers
+    root = _files(tmp_path / "d", X, region, store, y, w)
+    res = fit(_config(root, tmp_path, weight="w" if weighted else None, model={"loss": "huber"}), threads)
+    assert res.converged and res.convergence["criterion"] == "coefficient_change", res.convergence
+    assert not res.summary["available"]
+    D, names = _design(X, region, store, res.categorical)
+    want = _huber_irls(D, y, 1.35, w if weighted else None)
+    ours = _ours(res)
+    got = np.array([ours[name] for name in names])
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-8)
+    ww = w if weighted else np.ones(len(y))
+    psi = ww * np.clip(D @ got - y, -1.35, 1.35)
+    assert np.max(np.abs(D.T @ psi)) <= 1e-6 * np.max(np.abs(D).T @ np.abs(psi))
+    losses = [h["loss"] for h in res.history]
+    assert losses == sorted(losses, reverse=True) and len(losses) <= 40, losses  # each round lowers it
+    ls = np.linalg.lstsq(D, y, rcond=None)[0]
+    assert np.max(np.abs(ls - want)) > 1e-2  # least squares is elsewhere: the rounds moved the model
+    assert res.metrics["mse"] == pytest.approx(np.average((D @ got - y) ** 2, weights=w if weighted else None),
+                                               rel=1e-9)
