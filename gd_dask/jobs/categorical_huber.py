@@ -54,7 +54,7 @@ def fit_categorical_huber(cfg, prep, t0: float, on_epoch=None):
         change = _relative_change(res, new)
         res = new
         if tol > 0 and change <= tol:
-            converged = True
+            converged = bool(new.converged)  # and the round's own solve certified
             break
     tables = [LevelTable(doc["name"], doc["levels"], doc["coef"]) for doc in res.categorical]
     metrics = prep.ex.level_metrics(np.asarray(res.m, dtype=np.float64), float(res.b), tables)

@@ -75,6 +75,7 @@ def prepare(cfg, client, source: ParquetSource | None = None) -> Prepared:
     if getattr(source, "categorical", None):  # Parquet sources; a dask DataFrame's has none yet
         check_categorical(cfg, source)
         groups, names = ex.group_moments([source.columns.index(c) for c in source.categorical])
+        check_null_levels(groups, source.categorical, ex)
         numeric = [f for f in cfg.data.features if f not in source.categorical]
         offset_mean = 0.0
         if source.offset:  # the column after the numeric features: not a feature
@@ -136,6 +137,21 @@ def check_categorical(cfg, source: ParquetSource) -> None:
     if bad:
         raise ConfigError(f"categorical features ({', '.join(source.categorical)}) are trained with "
                           f"{CATEGORICAL_SUPPORT} so far; not with {', '.join(bad)}")
+
+
+def check_null_levels(groups: GroupMoments, columns, ex: Executor | None = None) -> None:
+    """A null level (a NaN key: ``data.missing: drop`` left none) is one line naming the
+    column, with ``ex`` the count and the first file (a second pass), as a NaN number is."""
+    if not len(groups.n):
+        return
+    null = np.isnan(groups.keys)
+    if not null.any():
+        return
+    if ex is not None:
+        _diagnose_nonfinite(groups.to_moments(), ex)
+    c = int(np.flatnonzero(null.any(axis=0))[0])
+    raise DataError(f"column '{columns[c]}' has {int(groups.count[null[:, c]].sum())} null levels; fix the data "
+                    "or set data.missing: drop to skip such rows")
 
 
 def check_moments(mom: Moments, cfg, ex: Executor, features=None) -> None:

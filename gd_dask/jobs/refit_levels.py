@@ -30,7 +30,7 @@ from ..kernels.groups import GroupMoments
 from ..runtime.executor import Executor
 from ..runtime.level_chunks import add_named_groups
 from .categorical import _number, fit_categorical
-from .prepare import Prepared, check_categorical, pick_strategy
+from .prepare import Prepared, check_categorical, check_null_levels, pick_strategy
 
 #: Levels each of the guard's new and vanished lists names (the counts are whole).
 LEVELS_SHOWN = 10
@@ -66,6 +66,7 @@ def fit_grouped(cfg, src: ParquetSource, groups: GroupMoments, names: dict):
     """The least-squares challenger from the window's grouped moments (no pass)."""
     t0 = time.perf_counter()
     check_categorical(cfg, src)
+    check_null_levels(groups, src.categorical)
     mom = groups.to_moments()
     if mom.n <= len(cfg.data.features):
         raise DataError(f"only {mom.n} training rows in the window")

@@ -576,3 +576,25 @@ def test_gamma_and_tweedie_summaries_with_levels_are_statsmodels(tmp_path, rng, 
         assert rows[name]["std_err"] == pytest.approx(se, rel=1e-6), name
     assert res.summary["scale"] == pytest.approx(sm_res.scale, rel=1e-9)
     assert res.summary["pearson_chi2"] == pytest.approx(sm_res.pearson_chi2, rel=1e-9)
+
+
+def test_a_null_level_follows_data_missing(tmp_path, rng, threads):
+    """A null text level is one line naming the column and the file at the default
+    ``missing: error`` (it trained as a level of its own before), and its row is skipped
+    with ``missing: drop``."""
+    from gd_dask.errors import DataError
+
+    n = 600
+    region = rng.choice(REGIONS[:3], n).astype(object)
+    region[17] = None
+    x = rng.normal(size=n)
+    root = tmp_path / "d"
+    root.mkdir()
+    pq.write_table(pa.table({"x": x, "region": pa.array(region.tolist(), pa.string()), "y": x + rng.normal(size=n)}),
+                   root / "part-0.parquet")
+    data = {"path": str(root), "features": ["x", "region"], "target": "y"}
+    with pytest.raises(DataError, match=r"column 'region' has 1 NaN/inf/null values \(first in .*part-0.parquet\)"):
+        fit(make_config(data, tmp_path), threads)
+    res = fit(make_config({**data, "missing": "drop"}, tmp_path), threads)
+    assert res.converged and sorted(res.categorical[0]["levels"]) == REGIONS[:3]
+    assert sum(res.categorical[0]["counts"]) == n - 1
