@@ -204,3 +204,20 @@ def train_killing_a_worker(config, out, epoch: int, *args) -> tuple:
         return proc, lines, victim not in procs.worker_pids().values()
     finally:
         procs.stop()
+
+
+def models_with_and_without_a_kill(config, tmp, epoch: int, *args) -> tuple[dict, dict]:
+    """(model.json of an undisturbed `gd-dask train` of ``config``, of one with a worker
+    SIGKILLed once ``epoch`` is logged, ``train_killing_a_worker``): both runs succeeded
+    and the worker is gone."""
+    import json
+
+    from conftest import run_cli
+
+    ref = run_cli("train", str(config), *args, "--set", f"output.dir={tmp / 'ref'}")
+    assert ref.returncode == 0, ref.stderr
+    proc, lines, gone = train_killing_a_worker(config, tmp / "o", epoch, *args)
+    assert proc.returncode == 0, "".join(lines)
+    assert gone
+    want, got = (json.loads((tmp / d / "model.json").read_text()) for d in ("ref", "o"))
+    return want, got

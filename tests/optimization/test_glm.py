@@ -171,20 +171,14 @@ def test_a_worker_killed_between_newton_passes_changes_nothing(tmp_path):
     once the first pass is logged: the model's bits equal an undisturbed run's."""
     import json
 
-    from dask_processes import train_killing_a_worker
+    from dask_processes import models_with_and_without_a_kill
 
     X, y = _problem("gamma", seed=5, n=300_000)
     data = write_parquet(tmp_path / "d", X, y, n_files=6, row_group_rows=10_000)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(json.dumps({"name": "gamma", "data": data, "model": {"loss": "gamma"},
                                "optimizer": {"cache": "none"}}))
-    ref = run_cli("train", str(cfg), "--no-plot", "--set", f"output.dir={tmp_path / 'ref'}")
-    assert ref.returncode == 0, ref.stderr
-    proc, lines, gone = train_killing_a_worker(cfg, tmp_path / "o", 1, "--no-plot")
-    assert proc.returncode == 0, "".join(lines)
-    assert gone
-    got = json.loads((tmp_path / "o" / "model.json").read_text())
-    want = json.loads((tmp_path / "ref" / "model.json").read_text())
+    want, got = models_with_and_without_a_kill(cfg, tmp_path, 1, "--no-plot")
     assert got["strategy"] == "newton" and got["converged"]
     assert (got["m"], got["b"], got["epochs_run"]) == (want["m"], want["b"], want["epochs_run"])
 

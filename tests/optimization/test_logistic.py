@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config, run_cli, write_parquet
-from dask_processes import train_killing_a_worker
+from dask_processes import models_with_and_without_a_kill
 from gd_dask.kernels import gradient as g
 from gd_dask.kernels.losses import Logistic
 from gd_dask.jobs.training import fit
@@ -316,13 +316,7 @@ def test_one_two_and_three_workers_give_identical_weights(cluster_job, tmp_path)
 
 def test_a_worker_killed_mid_training_changes_nothing(cluster_job, tmp_path):
     _, cfg, _ = cluster_job
-    ref = run_cli("train", cfg, "--no-plot", "--set", f"output.dir={tmp_path / 'ref'}")
-    assert ref.returncode == 0, ref.stderr
-    proc, lines, gone = train_killing_a_worker(cfg, tmp_path / "o", 10, "--no-plot")
-    assert proc.returncode == 0, "".join(lines)
-    assert gone
-    got = json.loads((tmp_path / "o" / "model.json").read_text())
-    want = json.loads((tmp_path / "ref" / "model.json").read_text())
+    want, got = models_with_and_without_a_kill(cfg, tmp_path, 10, "--no-plot")
     assert got["m"] == want["m"] and got["b"] == want["b"]
 
 
