@@ -218,11 +218,7 @@ class _Base(BaseEstimator):
             cfg, frame, source = self._config(files), None, None
         else:
             frame, names = self._frame(X, y, w, client)
-            data = {"path": "<dask DataFrame>", "features": names, "target": "y"}
-            if w is not None:
-                data["weight"] = "w"
-            cfg = self._config(data)
-            source = FrameSource(frame, [*names, "y"] + (["w"] if w is not None else []), data.get("weight"))
+            cfg, source = self._frame_job("<dask DataFrame>", frame, names, w is not None)
         try:
             res = fit(cfg, client, source=source)
         except GdDaskError as e:
@@ -230,6 +226,13 @@ class _Base(BaseEstimator):
         finally:
             del frame, source  # persisted rows leave the workers
         return self._fitted(res, res.summary)
+
+    def _frame_job(self, path: str, frame, names: list, weighted: bool, categorical=()) -> tuple:
+        """(config, source) to train on a dask DataFrame of columns ``names``, ``y`` (then
+        ``w``): its rows as they are, no files."""
+        data = {"path": path, "features": names, "target": "y"} | ({"weight": "w"} if weighted else {})
+        columns = [*names, "y"] + (["w"] if weighted else [])
+        return self._config(data), FrameSource(frame, columns, data.get("weight"), categorical=list(categorical))
 
     def _fitted(self, res, summary):
         """The fitted attributes every fit sets from training's result."""
@@ -279,12 +282,8 @@ class _Base(BaseEstimator):
                 df["w"] = _weights(w, np.empty((len(df), 0)))
             parts = max(1, -(-len(df) // PARTITION_ROWS))
             frame = client.persist(dd.from_pandas(df, npartitions=parts, sort=False))
-        data = {"path": "<pandas DataFrame>", "features": names, "target": "y"}
-        if w is not None:
-            data["weight"] = "w"
-        cfg = self._config(data)
-        source = FrameSource(frame, [*names, "y"] + (["w"] if w is not None else []), data.get("weight"),
-                             categorical=[n for n, c in zip(names, X.columns) if c in text])
+        cfg, source = self._frame_job("<pandas DataFrame>", frame, names, w is not None,
+                                      [n for n, c in zip(names, X.columns) if c in text])
         try:
             res = fit(cfg, client, source=source)
         except GdDaskError as e:

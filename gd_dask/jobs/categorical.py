@@ -99,13 +99,13 @@ def _summary(cfg, res, red, enc, coef, theta, columns, sst: float, prep) -> dict
     # Weighted: nobs counts the rows of positive weight (those of weight 0 are left out of
     # the groups); Σ log w takes one more pass.
     rows = RowSums(int(prep.groups.count.sum()), prep.ex.row_sums()[1]) if cfg.data.weight else None
-    meat = _level_meat(cfg, res, red, enc, prep) if hc1 else None
+    meat = _level_meat(res, red, enc, prep) if hc1 else None
     return {"available": True, **summarize_levels(red, enc, coef, theta, numeric, levels, sst, rows, meat)}
 
 
-def _level_meat(cfg, res, red: cat.Reduced, enc: cat.Encoding, prep):
+def _level_meat(res, red: cat.Reduced, enc: cat.Encoding, prep):
     """HC1's middle at the fitted model: one pass (``kernels.level_meat``)."""
-    tables = [LevelTable(doc["name"], doc["levels"], doc["coef"], "error") for doc in res.categorical]
+    tables = [LevelTable(doc["name"], doc["levels"], doc["coef"]) for doc in res.categorical]
     a = enc.absorbed
     d = len(res.m)
     others, first = [], d
@@ -228,8 +228,7 @@ def level_mean_error(red: cat.Reduced, theta) -> np.ndarray:
     theta = np.abs(np.asarray(theta, dtype=np.float64))
     err = eta * (rms[:, -1] + rms[:, :-1] @ theta)
     if red.weighted:
-        d = rms.shape[1] - 1 - sum(len(idx) for _, idx in red.indicator)
-        err = err + (red.level_groups + 2) * U * (rms[:, d:-1] @ theta[d:])
+        err = err + (red.level_groups + 2) * U * (rms[:, red.d:-1] @ theta[red.d:])
     return err
 
 

@@ -33,8 +33,7 @@ def fit_categorical_huber(cfg, prep, t0: float, on_epoch=None):
     """A ``FitResult`` for ``model.loss: huber`` with categorical features (module
     docstring)."""
     loss = losses.of(cfg.model)
-    squared = cfg.model_copy(update={"model": cfg.model.model_copy(update={"loss": "squared"}),
-                                     "data": cfg.data.model_copy(update={"weight": None})})
+    squared = cfg.model_copy(update={"model": cfg.model.model_copy(update={"loss": "squared"})})
     res = fit_categorical(squared, prep, t0, summary=False)  # the start: least squares
     columns = list(prep.source.categorical)
     cat_idx = [prep.source.columns.index(c) for c in columns]
@@ -42,8 +41,7 @@ def fit_categorical_huber(cfg, prep, t0: float, on_epoch=None):
     tol, n = cfg.optimizer.tol, float(prep.mom.n)
     history, converged, change = [], False, None
     for k in range(1, rounds + 1):
-        tables = [LevelTable(doc["name"], doc["levels"], doc["coef"]) for doc in res.categorical]
-        groups, _, total = prep.ex.huber_groups(cat_idx, res.m, res.b, tables, loss.delta)
+        groups, _, total = prep.ex.huber_groups(cat_idx, res.m, res.b, _tables(res))
         row = {"epoch": k, "loss": total / n, "grad_norm": float("nan"), "learning_rate": 1.0,
                "seconds": time.perf_counter() - t0}
         history.append(row)
@@ -56,8 +54,7 @@ def fit_categorical_huber(cfg, prep, t0: float, on_epoch=None):
         if tol > 0 and change <= tol:
             converged = bool(new.converged)  # and the round's own solve certified
             break
-    tables = [LevelTable(doc["name"], doc["levels"], doc["coef"]) for doc in res.categorical]
-    metrics = prep.ex.level_metrics(np.asarray(res.m, dtype=np.float64), float(res.b), tables)
+    metrics = prep.ex.level_metrics(np.asarray(res.m, dtype=np.float64), float(res.b), _tables(res))
     res.metrics, res.final_loss, res.history = metrics, metrics["mse"], history
     res.epochs_run, res.converged, res.strategy = len(history), converged, "gram"
     res.convergence = {"criterion": "coefficient_change", "tol": tol, "bound": None, "digits": None,
@@ -67,6 +64,11 @@ def fit_categorical_huber(cfg, prep, t0: float, on_epoch=None):
     res.seconds = time.perf_counter() - t0
     prep.release()
     return res
+
+
+def _tables(res) -> list:
+    """The model's level tables, to score rows by (``data.write.LevelTable``)."""
+    return [LevelTable(doc["name"], doc["levels"], doc["coef"]) for doc in res.categorical]
 
 
 def _theta(res) -> np.ndarray:

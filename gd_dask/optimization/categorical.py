@@ -106,6 +106,11 @@ class Reduced(NamedTuple):
     level_groups: np.ndarray
     weighted: bool = False
 
+    @property
+    def d(self) -> int:
+        """The numeric features among the reduced columns (the indicators follow them)."""
+        return self.level_mean.shape[1] - 1 - sum(len(idx) for _, idx in self.indicator)
+
 
 def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
     """``Reduced`` from the grouped moments (module docstring)."""
@@ -195,8 +200,7 @@ def recover(theta, reduced: Reduced, enc: Encoding) -> Coefficients:
     """The model from the reduced solution θ = [m (d), indicator coefficients (E)] in
     original units (module docstring)."""
     theta = np.asarray(theta, dtype=np.float64)
-    D = reduced.level_mean.shape[1]
-    d = D - 1 - sum(len(idx) for _, idx in reduced.indicator)
+    d = reduced.d
     a_level = reduced.level_mean[:, -1] - reduced.level_mean[:, :-1] @ theta
     ref = enc.reference[enc.absorbed]
     coef = [np.zeros(len(lv)) for lv in enc.levels]

@@ -268,14 +268,14 @@ class Executor:
         return self._compute(_reduce_tree([fn(c, spec, tuple(categorical), self.weighted)
                                            for c in self.source.chunks], add_named_groups))
 
-    def huber_groups(self, categorical, m, b, tables, delta: float) -> tuple:
-        """``group_moments`` of one round of Huber's IRLS at the model (m, b, ``tables``):
-        each row weighs min(1, δ/|r|) (times its sample weight); with the round's Σ w·2ρ:
-        (groups, names, Σ w·2ρ). One pass."""
+    def huber_groups(self, categorical, m, b, tables) -> tuple:
+        """``group_moments`` of one round of Huber's IRLS (``self.loss``) at the model (m, b,
+        ``tables``): each row weighs min(1, δ/|r|) (times its sample weight); with the
+        round's Σ w·2ρ: (groups, names, Σ w·2ρ). One pass."""
         fn = dask.delayed(chunk_huber_groups, pure=True)
         spec = self.source.spec
         leaves = [fn(c, spec, tuple(categorical), tuple(tables), np.asarray(m, dtype=np.float64), float(b),
-                     float(delta), self.weighted) for c in self.source.chunks]
+                     self.loss, self.weighted) for c in self.source.chunks]
         # Compute: per group a count and means come back (no row does).
         return self._compute(_reduce_tree(leaves, add_huber_groups))
 

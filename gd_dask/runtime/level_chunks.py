@@ -30,19 +30,25 @@ def chunk_groups(chunk, spec, categorical, weighted: bool = False) -> tuple[Grou
     """``groups.group_moments`` of one chunk, streamed slice by slice, and the text of the
     level keys its text columns gave ({key: text})."""
     names: dict = {}
+    slices = (np.array(z) for z in spec.slices(chunk, SLICE_ROWS, names=names))  # each a reused buffer
+    return _grouped(slices, categorical, weighted), names
+
+
+def _grouped(slices, categorical, weighted: bool) -> GroupMoments:
+    """``group_moments`` of consecutive slices, ``GROUP_BATCH_SLICES`` at a time, merged
+    pairwise (not left to right: merging sorts the groups, and a chunk of many groups
+    merged into one growing table batch after batch costs batches × groups)."""
     parts, batch = [], []
-    for z in spec.slices(chunk, SLICE_ROWS, names=names):
-        batch.append(np.array(z))  # the slice is a reused buffer
+    for z in slices:
+        batch.append(z)
         if len(batch) == GROUP_BATCH_SLICES:
             parts.append(group_moments(np.concatenate(batch), categorical, weighted))
             batch = []
     if batch or not parts:
         parts.append(group_moments(np.concatenate(batch), categorical, weighted))
-    # Pairwise, not left to right: merging sorts the groups, and a chunk of many groups
-    # merged into one growing table batch after batch costs batches × groups.
     while len(parts) > 1:
         parts = [merge_groups(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
-    return parts[0], names
+    return parts[0]
 
 
 def add_named_groups(a: tuple, b: tuple) -> tuple:
@@ -75,14 +81,11 @@ def chunk_level_meat(chunk, spec, cat_idx, tables, m, b, weighted, absorbed, oth
     """``kernels.level_meat.LevelMeat`` of one chunk at the model (m, b, ``tables``):
     ``absorbed``: (its column, its level keys); ``others``: per other categorical column
     (its column, its non-reference level keys, their first reduced column)."""
-    names: dict = {}
-    num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
-    where = chunk_where(chunk)
+    num = _numeric(spec, cat_idx)
     total = None
-    for z in spec.slices(chunk, SLICE_ROWS, names=names):
+    for z, intercepts in _with_intercepts(chunk, spec, cat_idx, tables, b, {}):
         X, y, w = split_block(np.ascontiguousarray(z[:, num]), weighted)
-        eta = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
-        e = y - (X @ m + eta)
+        e = y - (X @ m + intercepts)
         level = np.searchsorted(absorbed[1], z[:, absorbed[0]])
         columns = []
         for j, keys, first in others:
@@ -94,17 +97,27 @@ def chunk_level_meat(chunk, spec, cat_idx, tables, m, b, weighted, absorbed, oth
     return total
 
 
-def _level_fold(chunk, spec, cat_idx, tables, b, on_rows, combine):
-    """``on_rows(numeric block, each row's intercept)`` folded over one chunk's slices, the
-    intercept being b plus the row's levels' coefficients (``data.write.LevelTable``) and
-    its offset (``data.write.OffsetColumn``): ``tables``, read from the columns ``cat_idx``."""
-    names: dict = {}
-    num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
+def _with_intercepts(chunk, spec, cat_idx, tables, b, names: dict):
+    """Each of the chunk's slices with each row's intercept: b plus the row's levels'
+    coefficients (``data.write.LevelTable``) and its offset (``data.write.OffsetColumn``),
+    ``tables`` read from the columns ``cat_idx``; ``names`` collects the text of the keys."""
     where = chunk_where(chunk)
-    total = None
     for z in spec.slices(chunk, SLICE_ROWS, names=names):
-        offset = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
-        part = on_rows(np.ascontiguousarray(z[:, num]), offset)
+        yield z, b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
+
+
+def _numeric(spec, cat_idx) -> list:
+    """The block's columns that are not levels (nor an offset): [X, y] (then w)."""
+    return [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
+
+
+def _level_fold(chunk, spec, cat_idx, tables, b, on_rows, combine):
+    """``on_rows(numeric block, each row's intercept)`` folded over one chunk's slices
+    (``_with_intercepts``)."""
+    num = _numeric(spec, cat_idx)
+    total = None
+    for z, intercepts in _with_intercepts(chunk, spec, cat_idx, tables, b, {}):
+        part = on_rows(np.ascontiguousarray(z[:, num]), intercepts)
         total = part if total is None else combine(total, part)
     return total
 
@@ -121,37 +134,32 @@ def chunk_level_family(chunk, spec, cat_idx, tables, m, b, loss, weighted=False)
                        lambda z, b_rows: block_family_errors(z, m, b_rows, loss, weighted), add_family_errors)
 
 
-def chunk_huber_groups(chunk, spec, categorical, tables, m, b, delta: float, weighted: bool = False) -> tuple:
+def chunk_huber_groups(chunk, spec, categorical, tables, m, b, loss, weighted: bool = False) -> tuple:
     """``chunk_groups`` reweighted for one round of Huber's IRLS at the model (m, b,
-    ``tables``): each row weighs min(1, δ/|r|) (times its sample weight), and the round's
-    Σ w·2ρ(r) comes back beside the groups: (groups, names, Σ w·2ρ)."""
+    ``tables``): each row weighs ψ(r)/r = min(1, δ/|r|) (δ the Huber ``loss``'s, times the
+    sample weight), and the round's Σ w·2ρ(r) comes back beside the groups: (groups,
+    names, Σ w·2ρ)."""
     names: dict = {}
+    delta = loss.delta
     cat_idx = [spec.columns.index(t.name) for t in tables]
-    num = [j for j in range(len(spec.columns)) if j not in set(cat_idx)]
-    where = chunk_where(chunk)
-    parts, batch, total = [], [], 0.0
-    for z in spec.slices(chunk, SLICE_ROWS, names=names):
-        X, y, w = split_block(np.ascontiguousarray(z[:, num]), weighted)
-        eta = b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
-        r = X @ m + eta - y
-        a = np.abs(r)
-        inside = a <= delta
-        omega = np.where(inside, 1.0, delta / np.where(inside, 1.0, a))
-        two_rho = np.where(inside, r * r, delta * (2.0 * a - delta))
-        if w is not None:
-            omega, two_rho = omega * w, two_rho * w
-        total += float(two_rho.sum())
-        cols = z[:, :-1] if weighted else z
-        batch.append(np.column_stack([cols, omega]))
-        if len(batch) == GROUP_BATCH_SLICES:
-            parts.append(group_moments(np.concatenate(batch), categorical, True))
-            batch = []
-    if batch or not parts:
-        parts.append(group_moments(np.concatenate(batch) if batch else np.zeros((0, len(spec.columns) + 1 - weighted)),
-                                   categorical, True))
-    while len(parts) > 1:
-        parts = [merge_groups(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
-    return parts[0], names, total
+    num = _numeric(spec, cat_idx)
+    total = 0.0
+
+    def reweighted():
+        nonlocal total
+        for z, intercepts in _with_intercepts(chunk, spec, cat_idx, tables, b, names):
+            X, y, w = split_block(np.ascontiguousarray(z[:, num]), weighted)
+            r = X @ m + intercepts - y
+            a = np.abs(r)
+            inside = a <= delta
+            omega = np.where(inside, 1.0, delta / np.where(inside, 1.0, a))
+            two_rho = np.where(inside, r * r, delta * (2.0 * a - delta))
+            if w is not None:
+                omega, two_rho = omega * w, two_rho * w
+            total += float(two_rho.sum())
+            yield np.column_stack([z[:, :-1] if weighted else z, omega])
+
+    return _grouped(reweighted(), categorical, True), names, total
 
 
 def add_huber_groups(a: tuple, b: tuple) -> tuple:
