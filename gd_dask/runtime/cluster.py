@@ -160,9 +160,13 @@ def _polars_reads_packs(data) -> bool:
 
 @contextlib.contextmanager
 def _one_blas_thread():
-    """BLAS on one thread while workers are threads of this process, as it is in worker
-    processes (distributed's nanny sets OPENBLAS_NUM_THREADS=1 and friends): no
-    oversubscription, and the same kernels, so the same bits, as process workers."""
+    """BLAS on one thread in this process for the run, as it is in worker processes
+    (distributed's nanny sets OPENBLAS_NUM_THREADS=1 and friends). Where workers are
+    threads of this process: no oversubscription, the same kernels as process workers.
+    On any cluster: the client's own linear algebra (the categorical reduction over
+    thousands of groups, the levels' recovery) gives the same bits whether or not the
+    workers share its process; threaded BLAS splits such products differently (the last
+    bit of b and of every level differed between the embedded cluster and `dask worker`s)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
@@ -223,7 +227,7 @@ def connect(settings, address: str | None = None, data=None):
         opened = _local_processes(settings)
     else:
         opened = _threads(settings)
-    with opened as client:
+    with _one_blas_thread(), opened as client:
         yield client
 
 
@@ -258,11 +262,11 @@ def _remote(settings, address: str | None):
 
 @contextlib.contextmanager
 def _threads(settings):
-    """The embedded cluster as threads of this process, with one BLAS thread and Arrow's
-    fast pool, as worker processes have them."""
+    """The embedded cluster as threads of this process, with Arrow's fast pool as worker
+    processes have it (and one BLAS thread: ``connect``)."""
     from .threads import ThreadsClient
 
-    with _one_blas_thread(), _fast_pool():
+    with _fast_pool():
         client = ThreadsClient(settings.n_workers, settings.threads_per_worker)
         log.info("embedded cluster: %d threads of this process (cluster.processes: false or auto)", client.threads)
         try:

@@ -67,6 +67,35 @@ def test_a_job_submitted_by_address_is_bit_identical_to_the_embedded_run(dataset
     assert len(dask_cluster.worker_pids()) == 2
 
 
+def test_a_categorical_job_by_address_is_bit_identical_to_the_embedded_run(dask_cluster, tmp_path):
+    """Weighted least squares with a text and an integer column (8,000 level pairs): the
+    client reduces the grouped moments itself, with products large enough for threaded
+    BLAS to split. It runs on one BLAS thread on any cluster, so b, every level and the
+    summary have the same bits by address as embedded (the last bit differed before)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(14)
+    n = 200_000
+    x = rng.normal(size=n)
+    store = rng.integers(0, 400, n)
+    region = rng.choice([f"r{i}" for i in range(20)], n)
+    w = rng.uniform(0.2, 3.0, n)
+    y = 2 + x + rng.normal(0, 1, 400)[store] + rng.normal(size=n) / np.sqrt(w)
+    (tmp_path / "d").mkdir()
+    pq.write_table(pa.table({"x": x, "region": region.tolist(), "store": store, "w": w, "y": y}),
+                   tmp_path / "d" / "part-0.parquet")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps({"name": "levels", "data": {
+        "path": str(tmp_path / "d"), "features": ["x", "region", "store"], "categorical": ["store"], "target": "y",
+        "weight": "w"}}))
+    embedded, res = _train(cfg, tmp_path / "emb", "--no-plot")
+    assert "threads of this process" in res.stderr
+    remote, _ = _train(cfg, tmp_path / "remote", "--no-plot", "--scheduler", dask_cluster.address)
+    for key in ("m", "b", "categorical", "summary", "metrics"):
+        assert remote[key] == embedded[key], key
+
+
 def test_workers_started_by_hand_read_on_the_fast_arrow_pool(tmp_path):
     """A worker started by hand may have any Arrow pool (here `system`, which under
     distributed's MALLOC_TRIM_THRESHOLD_ faults every buffer in anew); connecting
