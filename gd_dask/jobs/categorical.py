@@ -12,7 +12,10 @@ import numpy as np
 
 from ..artifacts.summary import RowSums, summarize_levels
 from ..data.write import LevelTable
+from ..errors import ConfigError
 from ..optimization import categorical as cat
+from ..optimization import two_way
+from ..optimization.categorical import LEVEL_MEAN_ROUNDINGS
 from ..optimization.certify import (
     EPS,
     EPS_LONG,
@@ -28,10 +31,6 @@ log = logging.getLogger(__name__)
 
 #: Solves of the reduced problem, each tighter, until the derived bounds meet tol.
 TIGHTEN_ROUNDS = 4
-#: Roundings of a level's numeric mean (``level_mean_error``): the long-double sums of its
-#: groups' double-doubles (a few units of 2⁻⁶⁴ each), the division, the float64 result;
-#: counted generously.
-LEVEL_MEAN_ROUNDINGS = 4
 
 
 def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True):
@@ -41,7 +40,11 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True):
     from .training import fit_moments
 
     columns = list(prep.source.categorical)
-    enc = cat.encode(prep.groups, columns)
+    enc = cat.encode(prep.groups, columns, limit=False, names=prep.level_names)
+    report_pinned(enc)
+    if cat.dense_levels(enc) > cat.MAX_DENSE_LEVELS and len(columns) == 2:
+        return _two_way(cfg, prep, enc, t0, summary)
+    cat.check_dense(enc)
     red = cat.reduce(prep.groups, enc)
     tol = cfg.optimizer.tol
     if red.mom.mean.shape[0] == 1:  # nothing but levels: each a_ℓ is its level's mean
@@ -62,6 +65,14 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True):
         # errors: solve the reduced problem tighter, from where it stopped (no pass).
         reduced_tol, init = reduced_tol * tol / bound / 4, (res.m, 0.0)
     convergence["tol"] = tol
+    if (not converged and len(columns) == 2 and tol > 0 and not cfg.model.l2
+            and cfg.optimizer.learning_rate == "auto"):
+        # The reduced problem's float64 moments stopped short; the two-column solver
+        # refines from the groups in long double. (A learning rate of the user's, as a
+        # sweep sets, asks for the descent itself.)
+        alt = two_way.fit_two_way(prep.groups, enc, tol)
+        if alt.bound < (convergence.get("bound") or np.inf):
+            return _two_way(cfg, prep, enc, t0, summary, alt, red)
     if not converged and convergence.get("bound") is not None and res.converged is False and init is not None:
         log.warning("not converged: the coefficients reached %.1f digits of %.1f; the smallest levels' "
                     "coefficients are limited by float64 group sums (the reduced problem is at its rounding "
@@ -150,6 +161,47 @@ def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float, summ
     return res
 
 
+def _two_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True, fit=None, red=None):
+    """Two categorical columns solved by conjugate gradients on the second column's levels,
+    certified (``optimization.two_way``): when they have more levels besides the absorbed
+    one's than the dense reduced problem takes, or when that problem stopped short of tol
+    (``fit``: its result; ``red``: the reduced problem, whose summary then holds)."""
+    from .training import FitResult
+
+    if cfg.model.l2:
+        raise ConfigError(f"model.l2 with the categorical features {enc.columns[0]!r} and {enc.columns[1]!r} "
+                          f"({len(enc.levels[0])} and {len(enc.levels[1])} levels): ridge is supported with at most "
+                          f"{cat.MAX_DENSE_LEVELS} levels outside the column with the most")
+    tol = cfg.optimizer.tol
+    fit = fit or two_way.fit_two_way(prep.groups, enc, tol)
+    mom, n = prep.mom, prep.mom.n
+    sst = float(mom.comoment[-1, -1])
+    metrics = {"mse": fit.sse / n, "rmse": float(np.sqrt(fit.sse / n)), "mae": None,
+               "r2": 1.0 - fit.sse / sst if sst > 0 else 0.0, "n": n}
+    converged = bool(tol > 0 and fit.bound <= tol)
+    if not converged and tol > 0:
+        log.warning("not converged: the coefficients reached %.1f digits of %.1f (the certificate's rounding "
+                    "floor for these levels); the model is saved with converged: false",
+                    digits(fit.bound) or 0.0, -np.log10(tol))
+    res = FitResult(m=fit.coef.m, b=fit.coef.b, epochs_run=0, converged=converged, final_loss=metrics["mse"],
+                    learning_rate=0.0, momentum=0.0, strategy="gram", metrics=metrics,
+                    convergence={"criterion": "coefficients", "tol": tol, "bound": fit.bound,
+                                 "digits": digits(fit.bound), "epochs": 0, "refinements": fit.refinements,
+                                 "solver": "conjugate gradients", "iterations": fit.iterations},
+                    source=prep.source, rows_dropped=prep.rows_dropped)
+    res.categorical = [_column_doc(enc, c, fit.coef.levels[c], prep.level_names or {})
+                       for c in range(len(enc.columns))]
+    if summary and red is not None:
+        theta = np.concatenate([fit.coef.m] + [fit.coef.levels[c][idx] for c, idx in red.indicator])
+        res.summary = _summary(cfg, res, red, enc, fit.coef, theta, enc.columns, sst, prep)
+    elif summary:
+        res.summary = {"available": False, "reason": "two categorical columns of many levels each: their levels' "
+                                                     "standard errors need the diagonal of the inverse over "
+                                                     f"{len(enc.levels[1 - enc.absorbed]) - 1} levels; not computed"}
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
 @contextlib.contextmanager
 def _quiet(on: bool):
     """Training's warnings off while ``on`` (the reduced problem's tightened rounds)."""
@@ -234,11 +286,26 @@ def level_mean_error(red: cat.Reduced, theta) -> np.ndarray:
 
 def _column_doc(enc: cat.Encoding, c: int, coef: np.ndarray, names: dict) -> dict:
     """One categorical column as model.json holds it: levels (their text, or integer
-    values) in key order, a coefficient per level (0 at the reference)."""
+    values) in key order, a coefficient per level (0 at the reference), and ``pinned``:
+    the levels held at 0 as references of sets of levels linked to no other
+    (``categorical.unlinked``), when there are any."""
     keys = enc.levels[c]
     levels = [names[k] if k in names else _number(k) for k in keys.tolist()]
-    return {"name": enc.columns[c], "levels": levels, "reference": levels[enc.reference[c]],
-            "counts": [int(n) for n in enc.counts[c]], "coef": [float(v) for v in coef]}
+    doc = {"name": enc.columns[c], "levels": levels, "reference": levels[enc.reference[c]],
+           "counts": [int(n) for n in enc.counts[c]], "coef": [float(v) for v in coef]}
+    if enc.pinned is not None and len(enc.pinned[c]):
+        doc["pinned"] = [levels[i] for i in enc.pinned[c].tolist()]
+    return doc
+
+
+def report_pinned(enc: cat.Encoding) -> None:
+    """One line when some levels are linked to no other through shared rows."""
+    for c, pinned in enumerate(enc.pinned or ()):
+        if len(pinned):
+            log.warning("%d sets of levels of '%s' and '%s' share no rows with the rest (e.g. %r of '%s'): one level "
+                        "of '%s' in each is held at 0 as that set's reference (model.json: pinned); predictions "
+                        "are those of least squares", len(pinned), enc.columns[1 - c], enc.columns[c],
+                        enc.label(c, int(pinned[0])), enc.columns[c], enc.columns[c])
 
 
 def _number(key: float):

@@ -35,7 +35,7 @@ from ..optimization.certify import (
 from ..optimization.descent import Rules
 from ..optimization.newton import NEWTON_PASSES, Newton, start_params
 from ..optimization.setup import Setup
-from .categorical import _column_doc
+from .categorical import _column_doc, report_pinned
 from .prepare import exposure_error, target_error
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     from .training import FitResult, convergence_report, finish
 
     columns = list(prep.source.categorical)
-    enc = cat.encode(prep.groups, columns, limit=False)
+    enc = cat.encode(prep.groups, columns, limit=False, names=prep.level_names)
+    report_pinned(enc)
     widths = [len(lv) for lv in enc.levels]
     starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
     keep = np.concatenate([starts[c] + enc.non_reference(c) for c in range(len(columns))])

@@ -41,6 +41,10 @@ from ..kernels.moments import Moments
 #: Levels of the categorical columns other than the absorbed one, together (their
 #: indicators are columns of the reduced dense problem).
 MAX_DENSE_LEVELS = 2000
+#: Roundings of a level's numeric mean (``level_mean_error``): the long-double sums of its
+#: groups' double-doubles (a few units of 2⁻⁶⁴ each), the division, the float64 result;
+#: counted generously.
+LEVEL_MEAN_ROUNDINGS = 4
 #: Groups processed at a time when forming the reduced co-moment.
 BATCH_GROUPS = 8192
 
@@ -49,7 +53,9 @@ class Encoding(NamedTuple):
     """columns : names of the categorical features;  levels : per column, its level keys
     in key order;  counts : rows per level;  reference : per column, the index of its
     reference level;  absorbed : the index of the column whose levels are absorbed;
-    mass : per column, Σw per level (``counts`` without sample weights)"""
+    mass : per column, Σw per level (``counts`` without sample weights);  names : a text
+    level's key → its text (for messages);  pinned : per column, the levels held at 0
+    besides its reference (``unlinked``)"""
 
     columns: list
     levels: list
@@ -57,16 +63,26 @@ class Encoding(NamedTuple):
     reference: list
     absorbed: int
     mass: list
+    names: dict | None = None
+    pinned: list | None = None
+
+    def label(self, c: int, i: int):
+        """Level i of column c as a user wrote it: its text, or its number."""
+        key = float(self.levels[c][i])
+        if self.names and key in self.names:
+            return self.names[key]
+        return int(key) if key.is_integer() else key
 
     def non_reference(self, c: int) -> np.ndarray:
-        """Indices of column c's levels other than its reference."""
-        return np.delete(np.arange(len(self.levels[c])), self.reference[c])
+        """Indices of column c's levels other than its reference (and its pinned levels)."""
+        drop = [self.reference[c]] + ([] if not self.pinned else list(self.pinned[c]))
+        return np.delete(np.arange(len(self.levels[c])), drop)
 
 
-def encode(groups: GroupMoments, columns, limit: bool = True) -> Encoding:
+def encode(groups: GroupMoments, columns, limit: bool = True, names: dict | None = None) -> Encoding:
     """The levels seen, their counts, each column's reference level (most frequent;
     ties: smallest key), and the column to absorb (most levels; ties: first); ``limit``:
-    refuse more than ``MAX_DENSE_LEVELS`` levels outside the absorbed column. Frequency
+    ``check_dense``. Frequency
     counts rows, with sample weights too."""
     levels, counts, reference, mass = [], [], [], []
     for c in range(groups.keys.shape[1]):
@@ -77,11 +93,73 @@ def encode(groups: GroupMoments, columns, limit: bool = True) -> Encoding:
         mass.append(np.bincount(inv.ravel(), weights=groups.n, minlength=len(keys)))
         reference.append(int(np.argmax(n)))  # first maximum: the smallest key among ties
     absorbed = int(np.argmax([len(lv) for lv in levels]))
-    others = sum(len(lv) - 1 for c, lv in enumerate(levels) if c != absorbed)
-    if limit and others > MAX_DENSE_LEVELS:
-        raise DataError(f"categorical features: {others} levels outside '{columns[absorbed]}' (the column with "
-                        f"the most levels); at most {MAX_DENSE_LEVELS} are supported together")
-    return Encoding(list(columns), levels, counts, reference, absorbed, mass)
+    pinned = unlinked(groups, levels, counts, reference, absorbed)
+    enc = Encoding(list(columns), levels, counts, reference, absorbed, mass, names, pinned)
+    if limit:
+        check_dense(enc)
+    return enc
+
+
+def unlinked(groups: GroupMoments, levels, counts, reference, absorbed: int) -> list | None:
+    """With two categorical columns: per column, the levels held at 0 besides the
+    reference. Levels of the two columns are linked when some row has both; a set of
+    levels linked among themselves but to none outside (a user whose only items nobody
+    else bought) can shift together, +c on one column's, −c on the other's, without
+    changing a prediction. The reference pins the set it belongs to; each other set gets
+    a reference of its own in the column not absorbed, its level with the most rows (ties:
+    the smallest key), as fixest and reghdfe do. Predictions are unchanged."""
+    if len(levels) != 2 or not len(groups.n):
+        return None
+    o = 1 - absorbed
+    LA = len(levels[absorbed])
+    la = np.searchsorted(levels[absorbed], groups.keys[:, absorbed])
+    lb = LA + np.searchsorted(levels[o], groups.keys[:, o])
+    label = _components(la, lb, LA + len(levels[o]))
+    comp = label[LA:]
+    free = comp != comp[reference[o]]
+    pinned = [np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)]
+    if free.any():
+        idx = np.nonzero(free)[0]
+        order = idx[np.lexsort((idx, -counts[o][idx], comp[idx]))]    # by set, most rows first
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = comp[order][1:] != comp[order][:-1]
+        pinned[o] = np.sort(order[first])
+    return pinned
+
+
+def _components(u, v, N: int) -> np.ndarray:
+    """Connected components of the graph with edges u–v over N nodes: each node's label is
+    its component's smallest node (minimum labels across edges, then pointer jumping)."""
+    label = np.arange(N)
+    while True:
+        new = label.copy()
+        low = np.minimum(label[u], label[v])
+        np.minimum.at(new, u, low)
+        np.minimum.at(new, v, low)
+        while True:
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
+def dense_levels(enc: Encoding) -> int:
+    """The non-reference levels outside the absorbed column: the reduced problem's
+    indicator columns."""
+    return sum(len(enc.non_reference(c)) for c in range(len(enc.levels)) if c != enc.absorbed)
+
+
+def check_dense(enc: Encoding) -> None:
+    """Refuse more than ``MAX_DENSE_LEVELS`` levels outside the absorbed column, with three
+    categorical columns or more (two take any number: ``optimization.two_way``)."""
+    others = dense_levels(enc)
+    if others > MAX_DENSE_LEVELS:
+        raise DataError(f"categorical features: {others} levels outside '{enc.columns[enc.absorbed]}' (the "
+                        f"column with the most levels); with {len(enc.columns)} categorical columns at most "
+                        f"{MAX_DENSE_LEVELS} are supported together (any number with two columns)")
 
 
 class Reduced(NamedTuple):
@@ -139,29 +217,16 @@ def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
 
     la = level_idx[a]
     L = len(enc.levels[a])
-    # Σw per level from the groups' exact double-doubles, in long double (the counts
-    # themselves without weights).
-    level_n = np.zeros(L, dtype=np.longdouble)
-    np.add.at(level_n, la, groups.n.astype(np.longdouble) + groups.n_lo.astype(np.longdouble))
-    level_n_long, level_n = level_n, level_n.astype(np.float64)
+    num = list(range(d)) + [D - 1]
+    level_n, numeric_mean, numeric_rms = numeric_level_means(groups, la, L)
     sums = np.zeros((L, D))
     for lo in range(0, G, BATCH_GROUPS):
         hi = min(G, lo + BATCH_GROUPS)
         np.add.at(sums, la[lo:hi], rows(lo, hi) * groups.n[lo:hi, None])
     level_mean = sums / level_n[:, None]
-    num = list(range(d)) + [D - 1]
-    # The numeric columns' level means from the groups' exact sums, added in long double
-    # (``level_mean_error``): about one rounding, where the float64 means above carry
-    # every rounding of their levels' rows.
-    exact = np.zeros((L, d + 1), dtype=np.longdouble)
-    np.add.at(exact, la, groups.total.astype(np.longdouble))
-    np.add.at(exact, la, groups.total_lo.astype(np.longdouble))
-    level_mean[:, num] = (exact / level_n_long[:, None]).astype(np.float64)
-    # Each level's Σ z² of the numeric columns: its groups' own, plus between its groups.
-    sq = np.zeros((L, d + 1))
-    np.add.at(sq, la, groups.m2 + groups.n[:, None] * (groups.mean - level_mean[la][:, num]) ** 2)
+    level_mean[:, num] = numeric_mean
     level_rms = np.ones((L, D))
-    level_rms[:, num] = np.sqrt(level_mean[:, num] ** 2 + sq / level_n[:, None])
+    level_rms[:, num] = numeric_rms
     S = np.zeros((D, D))
     S[np.ix_(num, num)] = groups.within
     for lo in range(0, G, BATCH_GROUPS):
@@ -173,6 +238,28 @@ def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
                    np.bincount(la, minlength=L), not np.array_equal(groups.n, groups.count))
 
 
+def numeric_level_means(groups: GroupMoments, la, L: int, precise: bool = False):
+    """(Σw per level, the numeric columns' level means, their root mean squares within the
+    level) for the levels ``la`` (each group's level index among L). Σw from the groups'
+    exact double-doubles, in long double (the counts themselves without weights). The
+    means from the groups' exact sums, added in long double (``level_mean_error``): about
+    one rounding, where float64 means would carry every rounding of their levels' rows.
+    Σ z² per level: its groups' own, plus between its groups. ``precise``: Σw and the
+    means in long double, as summed."""
+    level_n = np.zeros(L, dtype=np.longdouble)
+    np.add.at(level_n, la, groups.n.astype(np.longdouble) + groups.n_lo.astype(np.longdouble))
+    exact = np.zeros((L, groups.mean.shape[1]), dtype=np.longdouble)
+    np.add.at(exact, la, groups.total.astype(np.longdouble))
+    np.add.at(exact, la, groups.total_lo.astype(np.longdouble))
+    mean_long = exact / level_n[:, None]
+    mean = mean_long.astype(np.float64)
+    level_n_long, level_n = level_n, level_n.astype(np.float64)
+    sq = np.zeros((L, groups.mean.shape[1]))
+    np.add.at(sq, la, groups.m2 + groups.n[:, None] * (groups.mean - mean[la]) ** 2)
+    rms = np.sqrt(mean ** 2 + sq / level_n[:, None])
+    return (level_n_long, mean_long, rms) if precise else (level_n, mean, rms)
+
+
 def _check_identifiable(S, enc: Encoding, indicator, offsets, d: int) -> None:
     """An indicator constant within every level of the absorbed column (a level nested in
     one of its levels) has nothing left after the within transformation: refuse it by
@@ -182,7 +269,7 @@ def _check_identifiable(S, enc: Encoding, indicator, offsets, d: int) -> None:
         for pos, level in enumerate(idx):
             j = offsets[c] + pos
             if S[j, j] <= 1e-9 * enc.mass[c][level]:
-                raise DataError(f"categorical features: level {enc.levels[c][level]!r} of '{enc.columns[c]}' "
+                raise DataError(f"categorical features: level {enc.label(c, level)!r} of '{enc.columns[c]}' "
                                 f"occurs within a single level of '{enc.columns[a]}' only: its coefficient "
                                 f"cannot be told from that level's; drop one of the two columns")
 

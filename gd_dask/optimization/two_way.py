@@ -1,0 +1,409 @@
+"""Least squares with two categorical columns of many levels each (user × item, store ×
+product), solved without their co-occurrence block ever being dense. Pure NumPy on the
+client, from the grouped moments (``kernels.groups``: one group per pair of levels seen).
+
+The model ``y = x·θ + α_a + β_b`` (β = 0 at B's reference level; α free on every level of
+A, the column with the most levels, which holds the intercept). Eliminating α is the
+within transformation over A's levels, ``P_A`` (``optimization.categorical``); what
+remains is the normal equations in (θ, β):
+
+    [S_xx  S_xB] [θ]   [s_x]       S_BB = Bᵀ N (I − P_A) B,  S_xB = X̃ᵀ N (I − P_A) B,
+    [S_Bx  S_BB] [β] = [s_B],      S_xx = W_xx + X̃ᵀ N (I − P_A) X̃
+
+over the groups (N: their Σw; X̃, ỹ: their means less their A-level's; W: the pooled
+within-group co-moment). S_BB is dense when B's levels share A's (every product in many
+stores), so it is never formed: a product with it is a gather, a sum per A-level and a
+sum per B-level, O(groups). Memory grows with the levels and the pairs seen.
+
+Solving (Frisch–Waugh–Lovell): conjugate gradients on S_BB, preconditioned by its
+diagonal, for ``K = S_BB⁻¹ [S_Bx, s_B]`` (d + 1 right-hand sides at once); then the d × d
+system ``Σ θ = s_x − S_xB K_y`` with ``Σ = S_xx − S_xB K_x``, and ``β = K_y − K_x θ``. The
+residual of the whole system is then computed in long double and the same steps solve
+for a correction, the solution kept in long double, until the certificate meets ``tol``
+(iterative refinement).
+
+The certificate. With δ = (δθ, δβ) the error and r = (r_x, r_B) the exact residual
+(computed in long double, its rounding ρ bounded: ``TwoWay.residual``), block
+elimination gives
+
+    δθ = Σ⁻¹ (r_x − Kᵀ r_B),   δβ = S_BB⁻¹ r_B − K δθ.
+
+- S_BB⁻¹ v for v ≥ 0 is bounded entry by entry (``TwoWay.inverse_bound``). S_BB's
+  off-diagonal entries are ≤ 0, so a P > 0 with S_BB P ≥ v > 0, checked in long double,
+  proves S_BB a nonsingular M-matrix, whose inverse is ≥ 0 entrywise, and then
+  S_BB⁻¹ v ≤ P. No eigenvalue bound is needed, and every level gets its own bound.
+- Hence |δβ| ≤ S_BB⁻¹(|r_B| + ρ_B) + |K|·|δθ|; K's error is S_BB⁻¹ R, R its residual,
+  bounded the same way.
+- ‖δθ‖ ≤ ‖Σ⁻¹‖·‖|r_x| + ρ_x + |K|ᵀ(|r_B| + ρ_B)‖: Σ differs from the Σ̂ computed with
+  K̂ by S_xB (K − K̂) = Kᵀ R, so ``λmin(Σ) ≥ λmin(Σ̂) − ‖|K|ᵀ|R|‖`` less Σ̂'s rounding.
+
+The data are the groups' exact sums (``kernels.groups``): X̃ and ỹ are formed from them in
+long double, so what they are off by is a few long-double roundings of the groups' means
+(``TwoWay.Z_err``), carried into ρ. The float64 rounding of the solution is added to each
+coefficient's bound as it is. A coefficient's relative error is then judged as
+``certify`` does (``ZERO_FLOOR`` of the largest standardized coefficient). The levels of A,
+the intercept among them, follow as in ``categorical.recover``:
+``α_ℓ = ȳ_ℓ − x̄_ℓ·θ − B̄_ℓ·β``, whose error is at most ``|x̄_ℓ|·|δθ| + B̄_ℓ·|δβ|`` (B̄_ℓ:
+the shares of ℓ's Σw by level of B) plus its rounding.
+
+What limits the digits: S_BB⁻¹ gathers every level's rounding bound into each level's
+(the shift of all of B's levels against the reference is the least determined
+direction), so the bound grows with B's levels.
+
+Standard errors would need the diagonal of S⁻¹ over B's levels: not computed.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..kernels.groups import GroupMoments
+from .categorical import Coefficients, Encoding, numeric_level_means
+from .certify import EPS, EPS_LONG, U, ZERO_FLOOR, sums_accuracy
+
+#: Conjugate-gradient iterations per solve, at most.
+MAX_ITERATIONS = 20000
+#: A solve stops when every column's residual is this small against its right-hand side.
+SOLVE_RTOL = 1e-12
+#: Corrections from the long-double residual, at most.
+MAX_REFINEMENTS = 6
+#: The unit roundoff of long double.
+U_LONG = EPS_LONG / 2
+#: Long-double roundings of a group's mean the certificate's X̃, ỹ may carry
+#: (``TwoWay.Z_err``: Σw's, Σz's, their ratio; counted generously).
+DATA_ROUNDINGS = 4
+
+
+class TwoWayFit(NamedTuple):
+    """coef : the model;  bound : the largest relative error of any coefficient;  errors :
+    each coefficient's bound on its absolute error (as ``Coefficients``);
+    iterations : conjugate-gradient iterations in all;  refinements : corrections;
+    sse : Σ w·(y − ŷ)² at the solution"""
+
+    coef: Coefficients
+    bound: float
+    errors: Coefficients
+    iterations: int
+    refinements: int
+    sse: float
+
+
+class _Levels(NamedTuple):
+    """A column's level index per group and, for sums per level, the groups ordered by
+    level and where each level starts."""
+
+    index: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+    count: np.ndarray
+
+    @classmethod
+    def of(cls, index, L: int) -> _Levels:
+        order = np.argsort(index, kind="stable")
+        counts = np.bincount(index, minlength=L)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+        return cls(index, order, starts, counts)
+
+    @property
+    def longest(self) -> int:
+        return int(self.count.max()) if len(self.count) else 0
+
+    def sums(self, v):
+        """Σ over each level's groups of v's rows (G × m), in v's precision."""
+        if v.dtype == np.float64:
+            L = len(self.starts)
+            return np.column_stack([np.bincount(self.index, weights=v[:, j], minlength=L) for j in range(v.shape[1])])
+        return np.add.reduceat(v[self.order], self.starts, axis=0)
+
+
+class TwoWay:
+    """The reduced problem of the module docstring, from the grouped moments of exactly two
+    categorical columns."""
+
+    def __init__(self, groups: GroupMoments, enc: Encoding):
+        a = enc.absorbed
+        o = 1 - a
+        self.enc, self.a, self.o = enc, a, o
+        la = np.searchsorted(enc.levels[a], groups.keys[:, a])
+        lb = np.searchsorted(enc.levels[o], groups.keys[:, o])
+        LA, LB = len(enc.levels[a]), len(enc.levels[o])
+        self.A, self.B = _Levels.of(la, LA), _Levels.of(lb, LB)
+        self.d = groups.mean.shape[1] - 1
+        # The certificate's data in long double: Σw per group and per A-level, and X̃, ỹ
+        # (each group's means less its A-level's) from the groups' exact sums, so what they
+        # are off by is some units of long double's rounding (``DATA_ROUNDING``); the
+        # solver's in float64.
+        self.nL = groups.n.astype(np.longdouble) + groups.n_lo.astype(np.longdouble)
+        self.level_nL, self.level_meanL, self.level_rms = numeric_level_means(groups, la, LA, precise=True)
+        total = groups.total.astype(np.longdouble) + groups.total_lo.astype(np.longdouble)
+        self.ZL = total / self.nL[:, None] - self.level_meanL[la]
+        self.n, self.level_n, self.Z = groups.n, self.level_nL.astype(np.float64), self.ZL.astype(np.float64)
+        # What each entry of X̃, ỹ may be off by: the roundings of Σw, Σz, their ratio (of
+        # the group's mean, not its deviation) and the subtraction. A level mean's own
+        # error shifts every group of its level alike, which (I − P_A) removes.
+        self.Z_err = (U_LONG * (DATA_ROUNDINGS * np.abs(groups.mean) + np.abs(self.Z))).astype(np.longdouble)
+        self.level_groups = np.bincount(la, minlength=LA)
+        self.W = groups.within
+        self.ref = enc.reference[o]
+        self.nonref = enc.non_reference(o)
+        self.E = len(self.nonref)
+        self.rows = groups.rows
+        # S_BB's diagonal (the preconditioner): positive, every level linked to a reference
+        # (``categorical.unlinked``).
+        diag = self.B.sums((self.n * (1.0 - self.n / self.level_n[la]))[:, None])[self.nonref, 0]
+        self.diag = diag
+
+    # -- products with S_BB and its pieces, in float64 (the solver) or long double (the certificate)
+
+    def _weights(self, dtype):
+        """(Σw per group, per A-level) in float64 or long double."""
+        return (self.n, self.level_n) if dtype == np.float64 else (self.nL, self.level_nL)
+
+    def _center(self, t):
+        """(I − P_A) t: t less its Σw-weighted mean over each A-level's groups."""
+        n, lev = self._weights(t.dtype)
+        return t - (self.A.sums(n[:, None] * t) / lev[:, None])[self.A.index]
+
+    def _gather(self, beta):
+        """B β per group (0 at the reference level)."""
+        full = np.zeros((len(self.enc.levels[self.o]), beta.shape[1]), dtype=beta.dtype)
+        full[self.nonref] = beta
+        return full[self.B.index]
+
+    def _scatter(self, t):
+        """Bᵀ N t over the non-reference levels."""
+        return self.B.sums(self._weights(t.dtype)[0][:, None] * t)[self.nonref]
+
+    def s_bb(self, beta):
+        """S_BB β for a matrix of columns β (E × m)."""
+        return self._scatter(self._center(self._gather(beta)))
+
+    def residual(self, cols, theta, beta):
+        """The residual of the normal equations at (θ, β) (d × m, E × m) for the targets
+        z = the columns ``cols`` of [X̃, ỹ]: ``r_x = W_xz − W_xx θ + X̃ᵀ N e`` and ``r_B =
+        Bᵀ N e`` with ``e = (I − P_A)(z − X̃θ − Bβ)``, in long double, rounded to float64;
+        and bounds ρ_x, ρ_B on how far each is from the exact residual of the data as
+        given, the rounding of X̃ and z included. For the target ỹ: the whole system's
+        residual; for X̃ with θ = 0: r_x is Σ̂ and r_B is K's residual."""
+        Ld = np.longdouble
+        d = self.d
+        n = self.nL[:, None]
+        X = self.ZL[:, :d]
+        Xa = np.abs(X)
+        T, target_err, wcol = self.ZL[:, cols], self.Z_err[:, cols], self.W[:d, cols]
+        wroot = np.sqrt(np.maximum(np.diag(self.W)[cols], 0))
+        th, be = theta.astype(Ld), beta.astype(Ld)
+        e = T - X @ th - self._gather(be)
+        # Magnitudes, staged: forming e (d + 2 terms), its level means (a level's groups),
+        # the final sums (every group for r_x, a level's for r_B).
+        ea = np.abs(T) + Xa @ np.abs(th) + self._gather(np.abs(be))
+        err = (d + 3) * U_LONG * ea
+        lev = self.level_nL[self.A.index, None]
+        mean_abs = self.A.sums(n * np.abs(e))[self.A.index] / lev
+        # A level's sum and its Σw (each a chain of its groups), the division.
+        chain = (2 * self.A.count + 3)[self.A.index, None] * U_LONG
+        err = err + self.A.sums(n * err)[self.A.index] / lev + chain * mean_abs
+        e = self._center(e)
+        err = err + U_LONG * np.abs(e)
+        # The data's own rounding, centred as e is.
+        data = target_err + self.Z_err[:, :d] @ np.abs(th)
+        data = data + self.A.sums(n * data)[self.A.index] / lev
+        ne = n * e
+        W = self.W.astype(Ld)
+        wc = wcol.astype(Ld)
+        r_x = wc - W[:d, :d] @ th + X.T @ ne
+        r_B = self.B.sums(ne)[self.nonref]
+        na = n * np.abs(e)
+        rho_x = ((len(self.n) + d + 4) * U_LONG * (np.abs(wc) + np.abs(W[:d, :d]) @ np.abs(th) + Xa.T @ na)
+                 + Xa.T @ (n * (err + data)) + self.Z_err[:, :d].T @ na)
+        rho_B = (((self.B.count + 3) * U_LONG)[self.nonref, None] * self.B.sums(na)[self.nonref]
+                 + self.B.sums(n * (err + data))[self.nonref])
+        # W's own accuracy, as moments' (|W_ij| ≤ √(W_ii·W_jj)).
+        w_x = np.sqrt(np.maximum(np.diag(self.W)[:d], 0))
+        rho_x = rho_x + (sums_accuracy(self.rows) * w_x[:, None] * (wroot[None, :] + w_x @ np.abs(theta))).astype(Ld)
+        r_x, r_B = r_x.astype(np.float64), r_B.astype(np.float64)
+        rho_x = rho_x.astype(np.float64) * (1 + 1e-6) + U * np.abs(r_x)
+        rho_B = rho_B.astype(np.float64) * (1 + 1e-6) + U * np.abs(r_B)
+        return r_x, r_B, rho_x, rho_B
+
+    def inverse_bound(self, v):
+        """P ≥ S_BB⁻¹ v, entry by entry, for v ≥ 0 (E × m); inf where it cannot be shown.
+
+        S_BB has no positive entry off its diagonal (a Z-matrix: −Σ_ℓ w_ℓj w_ℓk / w_ℓ), so
+        a P > 0 with S_BB P ≥ v, v > 0, proves it a nonsingular M-matrix, whose inverse is
+        entrywise nonnegative: then S_BB⁻¹ v ≤ P, as P − S_BB⁻¹ v = S_BB⁻¹ (S_BB P − v).
+        P is an approximate solve for v raised a little, checked in long double."""
+        out = np.zeros_like(v)
+        live = v.max(axis=0) > 0
+        if not live.any():
+            return out
+        v = v[:, live]
+        v_up = v + 1e-3 * v.mean(axis=0)
+        p, _ = self.pcg(v_up, rtol=1e-9)
+        for factor in (1.01, 1.1, 2.0):
+            P = p * factor
+            if (P > 0).all() and (self._s_bb_lower(P) >= v).all():
+                out[:, live] = P
+                return out
+        out[:, live] = np.inf
+        return out
+
+    def _s_bb_lower(self, P):
+        """A lower bound, entry by entry, on the exact S_BB P (computed in long double)."""
+        n = self.nL[:, None]
+        t = self._gather(P.astype(np.longdouble))
+        lev = self.level_nL[self.A.index, None]
+        spread = self.A.sums(n * np.abs(t))[self.A.index] / lev
+        out = self._scatter(self._center(t))
+        mag = self.B.sums(n * (np.abs(t) + spread))[self.nonref]
+        eta = (2 * self.A.longest + self.B.longest + 8) * U_LONG
+        return (out - eta * mag).astype(np.float64) * (1 - 1e-12) - 1e-300
+
+    def rhs(self):
+        """[S_Bx, s_B] (E × (d + 1)) and [S_xx, s_x] (d × (d + 1)) in float64, for the solver."""
+        Zc = self._center(self.Z)
+        nZ = self.n[:, None] * Zc
+        return self.B.sums(nZ)[self.nonref], self.W[:self.d] + self.Z[:, :self.d].T @ nZ
+
+    def pcg(self, rhs, x0=None, rtol: float | None = None):
+        """S_BB X = rhs by conjugate gradients preconditioned by S_BB's diagonal, every column
+        at once; (X, iterations)."""
+        rtol = SOLVE_RTOL if rtol is None else rtol
+        x = np.zeros_like(rhs) if x0 is None else x0.copy()
+        r = rhs - self.s_bb(x) if x0 is not None else rhs.copy()
+        target = rtol * np.linalg.norm(rhs, axis=0)
+        z = r / self.diag[:, None]
+        p = z.copy()
+        rz = np.einsum("ij,ij->j", r, z)
+        it = 0
+        while it < MAX_ITERATIONS and (np.linalg.norm(r, axis=0) > target).any():
+            q = self.s_bb(p)
+            pq = np.einsum("ij,ij->j", p, q)
+            alpha = np.divide(rz, pq, out=np.zeros_like(rz), where=pq > 0)
+            x += alpha * p
+            r -= alpha * q
+            z = r / self.diag[:, None]
+            rz_new = np.einsum("ij,ij->j", r, z)
+            beta = np.divide(rz_new, rz, out=np.zeros_like(rz), where=rz > 0)
+            p = z + beta * p
+            rz = rz_new
+            it += 1
+        return x, it
+
+
+def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
+    """The least-squares model and its certified bound (module docstring)."""
+    tw = TwoWay(groups, enc)
+    d = tw.d
+    rhs_B, rhs_x = tw.rhs()
+    K, iterations = tw.pcg(rhs_B)
+    Kx, Ky = K[:, :d], K[:, d]
+    sigma, R, rho_sigma, rho_R = tw.residual(np.arange(d), np.zeros((d, d)), Kx)
+    sigma = (sigma + sigma.T) / 2
+    eps_K = tw.inverse_bound(np.abs(R) + rho_R)          # |K − K̂| entry by entry
+    K_abs = np.abs(Kx) + eps_K
+    # Σ − Σ̂ = −Kᵀ R exactly (module docstring), plus Σ̂'s rounding.
+    err_sigma = float(np.linalg.norm(K_abs.T @ (np.abs(R) + rho_R))) + float(np.linalg.norm(rho_sigma))
+    if d:
+        lam_sigma = float(np.linalg.eigvalsh(sigma)[0]) - err_sigma - 8 * (d + 1) * EPS * float(np.linalg.norm(sigma))
+        theta = np.linalg.solve(sigma, rhs_x[:, d] - rhs_B[:, :d].T @ Ky)
+    else:
+        lam_sigma, theta = np.inf, np.zeros(0)
+    # The solution is refined in long double: its float64 rounding then adds to the bound
+    # itself, not through S⁻¹ and the residual it leaves.
+    theta = theta.astype(np.longdouble)
+    beta = (Ky - Kx @ theta.astype(np.float64)).astype(np.longdouble)
+    refinements, best, prev = 0, None, np.inf
+    while True:
+        r_x, r_B, rho_x, rho_B = (v[:, 0] for v in tw.residual([d], theta[:, None], beta[:, None]))
+        a_B = np.abs(r_B) + rho_B
+        q = tw.inverse_bound(a_B[:, None])[:, 0]             # ≥ |S_BB⁻¹ r_B|
+        if not d:
+            d_theta = np.zeros(0)
+        elif lam_sigma > 0:
+            d_theta = np.full(d, float(np.linalg.norm(np.abs(r_x) + rho_x + K_abs.T @ a_B)) / lam_sigma)
+        else:
+            d_theta = np.full(d, np.inf)
+        d_beta = q + K_abs @ d_theta
+        theta_f, beta_f = theta.astype(np.float64), beta.astype(np.float64)
+        stored_t = np.abs((theta - theta_f).astype(np.float64)) * (1 + 1e-9)
+        stored_b = np.abs((beta - beta_f).astype(np.float64)) * (1 + 1e-9)
+        coef, bound, sse, errors = _judge(tw, theta_f, beta_f, d_theta + stored_t, d_beta + stored_b)
+        if best is None or bound < best[1]:
+            best = (coef, bound, sse, errors)
+        if bound <= tol / 4 or refinements >= MAX_REFINEMENTS or bound >= prev / 2:
+            break
+        prev = bound
+        # A correction: the same elimination for the right-hand side r.
+        c0, it = tw.pcg(r_B[:, None], rtol=1e-10)
+        iterations += it
+        dt = np.linalg.solve(sigma, r_x - rhs_B[:, :d].T @ c0[:, 0]) if d else np.zeros(0)
+        theta = theta + dt
+        beta = beta + (c0[:, 0] - Kx @ dt)
+        refinements += 1
+    coef, bound, sse, errors = best
+    return TwoWayFit(coef, bound, errors, iterations, refinements, sse)
+
+
+def _judge(tw: TwoWay, theta, beta, d_theta, d_beta):
+    """(the model, its relative bound, Σ w·e², its absolute bounds) at (θ, β) with |δθ| ≤ d_theta and
+    |δβ| ≤ d_beta entry by entry (module docstring)."""
+    Ld = np.longdouble
+    enc, d = tw.enc, tw.d
+    b_full = np.zeros(len(enc.levels[tw.o]))
+    b_full[tw.nonref] = beta
+    db_full = np.zeros(len(b_full))
+    db_full[tw.nonref] = d_beta
+    lev = tw.level_n
+    # α_ℓ = ȳ_ℓ − x̄_ℓ·θ − B̄_ℓ·β in long double, from the level means as summed;
+    # B̄_ℓ·β = Σ_{g∈ℓ} w_g β_b(g) / Σw_ℓ.
+    nL, levL = tw.nL, tw.level_nL
+    bbar = tw.A.sums((nL * b_full[tw.B.index].astype(Ld))[:, None])[:, 0] / levL
+    mean = tw.level_meanL
+    alpha = (mean[:, d] - mean[:, :d] @ theta.astype(Ld) - bbar).astype(np.float64)
+    terms = (np.abs(mean[:, d]) + np.abs(mean[:, :d]) @ np.abs(theta).astype(Ld)
+             + tw.A.sums((nL * np.abs(b_full[tw.B.index]))[:, None])[:, 0] / levL).astype(np.float64)
+    # Forming α (a level's groups, d + 2 terms), the level means' own sums, the float64 α.
+    rounding = ((tw.A.count + d + 8) * U_LONG * terms * (1 + 1e-6) + U * np.abs(alpha)
+                + tw.level_groups * EPS_LONG * (tw.level_rms[:, d] + tw.level_rms[:, :d] @ np.abs(theta)))
+    err_alpha = (np.abs(tw.level_meanL[:, :d].astype(np.float64)) @ d_theta
+                 + tw.A.sums((tw.n * db_full[tw.B.index])[:, None])[:, 0] / lev * (1 + 1e-9) + rounding)
+    ref_a = enc.reference[tw.a]
+    b = float(alpha[ref_a])
+    a_coef = alpha - alpha[ref_a]
+    err_a = err_alpha + err_alpha[ref_a] + 2 * EPS * (np.abs(alpha) + abs(b))
+    levels = [None, None]
+    levels[tw.a], levels[tw.o] = a_coef, b_full
+    coef = Coefficients(theta.copy(), b, levels)
+    # Relative errors against ZERO_FLOOR of the largest standardized coefficient.
+    n = tw.rows
+    Xn = tw.n[:, None] * tw.Z[:, :d]
+    sd_x = np.sqrt(np.maximum(np.diag(tw.W)[:d] + np.einsum("ij,ij->j", Xn, tw.Z[:, :d]), 0) / n)
+    p_a, p_b = lev / n, enc.mass[tw.o] / n
+    sd_a, sd_b = np.sqrt(np.maximum(p_a * (1 - p_a), 1e-300)), np.sqrt(np.maximum(p_b * (1 - p_b), 1e-300))
+    s = max(float(np.max(np.abs(theta) * sd_x, initial=0.0)), float(np.max(np.abs(b_full) * sd_b)),
+            float(np.max(np.abs(a_coef) * sd_a)))
+    floor = max(ZERO_FLOOR * s, 1e-300)
+    worst = [err_alpha[ref_a] / max(abs(b) - err_alpha[ref_a], floor)]
+    if d:
+        worst.append(float(np.max(d_theta / np.maximum(np.abs(theta) - d_theta, floor / np.maximum(sd_x, 1e-300)))))
+    nr = tw.nonref
+    worst.append(float(np.max(d_beta / np.maximum(np.abs(b_full[nr]) - d_beta, floor / sd_b[nr]))))
+    others = np.delete(np.arange(len(a_coef)), ref_a)
+    if len(others):
+        e = err_a[others]
+        worst.append(float(np.max(e / np.maximum(np.abs(a_coef[others]) - e, floor / sd_a[others]))))
+    bound = max(worst)
+    if not np.isfinite(bound) or bound < 0:
+        bound = np.inf
+    # Σ w·e²: within the groups, then between them.
+    v = np.append(-theta, 1.0)
+    e = tw.Z[:, d] - tw.Z[:, :d] @ theta - b_full[tw.B.index]
+    e = tw._center(e[:, None])[:, 0]
+    sse = float(v @ tw.W @ v) + float(tw.n @ (e * e))
+    err_levels = [None, None]
+    err_levels[tw.a], err_levels[tw.o] = err_a, db_full
+    err_a[ref_a] = 0.0
+    return coef, float(bound), sse, Coefficients(d_theta, float(err_alpha[ref_a]), err_levels)

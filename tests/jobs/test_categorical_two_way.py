@@ -1,0 +1,203 @@
+"""Two categorical columns of thousands of levels each (user × item): trained without a
+dense level block (``optimization.two_way``), against a sparse direct solve of the
+one-hot normal equations, with and without sample weights; its certificate against the
+true errors; data whose levels split into unlinked sets, refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_config, run_cli
+from scipy import sparse
+from scipy.sparse.linalg import spsolve
+
+from gd_dask.artifacts.store import model_document
+from gd_dask.jobs.training import fit
+
+USERS, ITEMS = 2300, 2100  # 2,099 non-reference items: past the dense reduced problem's 2,000
+
+
+def _write(root, rng, n=24000, weights=False, link=True, users=USERS, items=ITEMS):
+    """x0, x1 numeric; user text (``users`` levels), item int64 (``items`` levels); every
+    level seen (each user and item has a row of its own first); ``link`` False: users 0–9
+    and items 0–4 share no rows with the rest."""
+    USERS, ITEMS = users, items
+    user = np.concatenate([np.arange(USERS), rng.integers(0, USERS, n - USERS)])
+    item = np.concatenate([rng.integers(0, ITEMS, USERS), rng.integers(0, ITEMS, n - USERS)])
+    item[:ITEMS] = np.arange(ITEMS)
+    if not link:  # users 0–9 buy only items 0–4, and nobody else does
+        inner = np.isin(item, np.arange(5)) | (user < 10)
+        user[inner & (user >= 10)] = rng.integers(0, 10, int((inner & (user >= 10)).sum()))
+        item[inner & (item >= 5)] = rng.integers(0, 5, int((inner & (item >= 5)).sum()))
+    X = rng.normal(2, 1, (n, 2)) + rng.normal(0, 0.5, USERS)[user][:, None]
+    y = 3 + X @ [1.2, -0.8] + rng.normal(0, 1, USERS)[user] + rng.normal(0, 0.7, ITEMS)[item] + rng.normal(0, 0.3, n)
+    w = rng.uniform(0.2, 3.0, n) if weights else None
+    root.mkdir(parents=True, exist_ok=True)
+    names = np.array([f"u{u:04d}" for u in range(users)])
+    for f, idx in enumerate(np.array_split(rng.permutation(n), 3)):
+        cols = {"x0": X[idx, 0], "user": names[user[idx]].tolist(), "x1": X[idx, 1], "item": item[idx], "y": y[idx]}
+        if weights:
+            cols["w"] = w[idx]
+        pq.write_table(pa.table(cols), root / f"part-{f}.parquet")
+    return X, names[user], item, y, w
+
+
+def _one_hot(X, user, item, y, w, model):
+    """The one-hot normal equations (references and pinned levels dropped), solved by a
+    sparse direct solver."""
+    cols = [sparse.csr_matrix(np.column_stack([np.ones(len(X)), X]))]
+    for doc, values in zip(model["categorical"], (user, item)):
+        levels = [lv for lv in doc["levels"] if lv != doc["reference"] and lv not in doc.get("pinned", ())]
+        pos = {lv: i for i, lv in enumerate(levels)}
+        rows = [i for i, v in enumerate(values.tolist()) if v in pos]
+        cols.append(sparse.csr_matrix((np.ones(len(rows)), (rows, [pos[values[i]] for i in rows])),
+                                      shape=(len(X), len(levels))))
+    D = sparse.hstack(cols).tocsc()
+    Dw = D.multiply(w[:, None]).tocsc() if w is not None else D
+    beta = spsolve((Dw.T @ D).tocsc(), Dw.T @ y)
+    return D, beta
+
+
+def _predict(model, X, user, item):
+    pred = model["b"] + X @ np.asarray(model["m"])
+    for doc, values in zip(model["categorical"], (user, item)):
+        table = dict(zip(doc["levels"], doc["coef"]))
+        pred = pred + np.array([table[v] for v in values.tolist()])
+    return pred
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_two_large_columns_train_to_one_hot_least_squares(tmp_path, rng, threads, weights):
+    X, user, item, y, w = _write(tmp_path / "d", rng, weights=weights)
+    data = {"path": str(tmp_path / "d"), "features": ["x0", "user", "x1", "item"], "target": "y",
+            "categorical": ["item"]}
+    if weights:
+        data["weight"] = "w"
+    cfg = make_config(data, tmp_path)
+    res = fit(cfg, threads)
+    model = json.loads(json.dumps(model_document(cfg, res)))
+    conv = model["convergence"]
+    assert conv["solver"] == "conjugate gradients" and res.converged and conv["bound"] <= 1e-9, conv
+    assert [len(c["levels"]) for c in model["categorical"]] == [USERS, ITEMS]
+    D, beta = _one_hot(X, user, item, y, w, model)
+    ref = D @ beta
+    assert np.max(np.abs(_predict(model, X, user, item) - ref)) <= 1e-9 * np.max(np.abs(ref))
+    ours = np.concatenate([[model["b"]], model["m"]] + [
+        [c for lv, c in zip(doc["levels"], doc["coef"]) if lv != doc["reference"] and lv not in doc.get("pinned", ())]
+        for doc in model["categorical"]])
+    assert np.max(np.abs(ours - beta)) <= 1e-9 * np.max(np.abs(beta))
+    assert model["summary"]["available"] is False and "not computed" in model["summary"]["reason"]
+    sse = float(((y - ref) ** 2) @ (w if weights else np.ones(len(y))))
+    assert abs(model["metrics"]["mse"] * model["metrics"]["n"] - sse) <= 1e-9 * sse
+
+
+def test_the_level_bound_holds_entry_by_entry(rng):
+    """``inverse_bound`` against S_BB⁻¹ v formed densely, on a small problem with Σw."""
+    from gd_dask.kernels.groups import group_moments
+    from gd_dask.optimization import categorical as cat
+    from gd_dask.optimization.two_way import TwoWay
+
+    n, LA, LB = 3000, 120, 90
+    a, b = rng.integers(0, LA, n), rng.integers(0, LB, n)
+    z = np.column_stack([a, b, rng.normal(size=n), rng.normal(size=n), rng.uniform(0.5, 2, n)]).astype(float)
+    g = group_moments(z, [0, 1], weighted=True)
+    enc = cat.encode(g, ["a", "b"], limit=False)
+    tw = TwoWay(g, enc)
+    dense = np.column_stack([tw.s_bb(np.eye(tw.E)[:, [j]])[:, 0] for j in range(tw.E)])
+    assert np.all(dense - np.diag(np.diag(dense)) <= 1e-12)          # a Z-matrix, as the proof needs
+    v = rng.uniform(0, 1, (tw.E, 2))
+    v[::7, 1] = 0
+    P = tw.inverse_bound(v)
+    exact = np.linalg.solve(dense, v)
+    assert np.all(P >= exact) and np.all(P <= 1.5 * exact + 1e-3 * exact.mean(axis=0))
+
+
+def test_the_certificate_bounds_an_unrefined_solution(rng, monkeypatch):
+    """Each coefficient's certified absolute error against its true error: the solution
+    before any correction (its errors some 1e-12) against the refined one (whose own bound
+    is far below them)."""
+    from gd_dask.kernels.groups import group_moments
+    from gd_dask.optimization import categorical as cat
+    from gd_dask.optimization import two_way
+
+    n, LA, LB = 40000, 3000, 2500
+    a, b = rng.integers(0, LA, n), rng.integers(0, LB, n)
+    X = rng.normal(5, 2, (n, 2))
+    y = X @ [2.0, -1.0] + rng.normal(0, 1, LA)[a] + rng.normal(0, 1, LB)[b] + rng.normal(0, 0.5, n)
+    g = group_moments(np.column_stack([a, b, X, y]).astype(float), [0, 1])
+    enc = cat.encode(g, ["a", "b"], limit=False)
+    exact = two_way.fit_two_way(g, enc, 1e-14)
+    monkeypatch.setattr(two_way, "MAX_REFINEMENTS", 0)
+    monkeypatch.setattr(two_way, "SOLVE_RTOL", 1e-7)
+    early = two_way.fit_two_way(g, enc, 1e-14)
+    pairs = [(early.coef.m, exact.coef.m, early.errors.m, exact.errors.m),
+             (early.coef.b, exact.coef.b, early.errors.b, exact.errors.b)]
+    pairs += [(early.coef.levels[c], exact.coef.levels[c], early.errors.levels[c], exact.errors.levels[c])
+              for c in (0, 1)]
+    worst, loose, tight = 0.0, 0.0, 0.0
+    for ours, truth, bound, truth_bound in pairs:
+        err = np.abs(np.asarray(ours) - np.asarray(truth))
+        assert np.all(err <= np.asarray(bound) + np.asarray(truth_bound))
+        worst = max(worst, float(np.max(err / np.maximum(np.asarray(bound), 1e-300))))
+        loose, tight = max(loose, float(np.max(bound))), max(tight, float(np.max(truth_bound)))
+    assert tight < 1e-3 * loose    # the refined solution stands for the truth
+    assert worst > 1e-3            # and the bound is not vacuous: within 10³ of some true error
+
+
+def _cli_config(tmp_path, data):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "two", "data": {"path": str(data), "target": "y", "categorical": ["item"],
+                                                        "features": ["x0", "user", "x1", "item"]},
+                               "output": {"dir": str(tmp_path / "out")}}))
+    return cfg
+
+
+def test_the_command_trains_and_evaluates_two_large_columns(tmp_path, rng):
+    X, user, item, y, _ = _write(tmp_path / "d", rng, n=8000)
+    r = run_cli("train", str(_cli_config(tmp_path, tmp_path / "d")), "--no-plot")
+    assert r.returncode == 0, r.stderr
+    model = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert model["converged"] and model["convergence"]["solver"] == "conjugate gradients"
+    # Users and items seen once, together: sets of their own, each with a pinned item.
+    assert "share no rows with the rest" in r.stderr and model["categorical"][1]["pinned"]
+    r = run_cli("evaluate", str(tmp_path / "out" / "model.json"), str(tmp_path / "d"))
+    assert r.returncode == 0, r.stderr
+    mse = float(np.mean((y - _predict(model, X, user, item)) ** 2))
+    assert abs(json.loads(r.stdout)["mse"] - mse) <= 1e-9 * mse, r.stdout
+
+
+@pytest.mark.parametrize("users, items", [(USERS, ITEMS), (300, 200)])
+def test_levels_in_unlinked_sets_get_a_reference_each(tmp_path, rng, threads, users, items):
+    """Users 0–9 and items 0–4 share no rows with the rest: their set shifts freely against
+    the rest, so one of its items is held at 0 (``pinned``), on the two-column solver and
+    on the dense reduced problem alike, and the model is least squares'."""
+    X, user, item, y, _ = _write(tmp_path / "d", rng, link=False, users=users, items=items)
+    cfg = make_config({"path": str(tmp_path / "d"), "features": ["x0", "user", "x1", "item"], "target": "y",
+                       "categorical": ["item"]}, tmp_path)
+    res = fit(cfg, threads)
+    model = json.loads(json.dumps(model_document(cfg, res)))
+    item_doc = model["categorical"][1]
+    # One reference in each set: the pinned item in the set the reference is not in.
+    assert len(item_doc["pinned"]) == 1 and "pinned" not in model["categorical"][0]
+    assert (item_doc["pinned"][0] < 5) != (item_doc["reference"] < 5)
+    assert all(item_doc["coef"][item_doc["levels"].index(lv)] == 0 for lv in item_doc["pinned"])
+    assert res.converged, model["convergence"]
+    # The dense reduced problem's summary holds for the smaller columns.
+    assert model["summary"]["available"] == (items != ITEMS), model["summary"]
+    D, beta = _one_hot(X, user, item, y, None, model)
+    ref = D @ beta
+    assert np.max(np.abs(_predict(model, X, user, item) - ref)) <= 1e-9 * np.max(np.abs(ref))
+
+
+def test_ridge_with_two_large_columns_is_refused_by_name(tmp_path, rng, threads):
+    _write(tmp_path / "d", rng, n=6000)
+    cfg = make_config({"path": str(tmp_path / "d"), "features": ["x0", "user", "item"], "target": "y",
+                       "categorical": ["item"]}, tmp_path, model={"l2": 0.1})
+    from gd_dask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.l2 with the categorical features"):
+        fit(cfg, threads)
