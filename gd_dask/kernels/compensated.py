@@ -62,6 +62,27 @@ def dd_add(ahi, alo, bhi, blo):
     return two_sum(s, e)
 
 
+def dd_mul(ahi, alo, bhi, blo):
+    """Double-double ``(ahi + alo)·(bhi + blo)``, normalized: off by at most ``DD_OP`` of
+    ``|a|·|b|``."""
+    p, e = two_prod(ahi, bhi)
+    return two_sum(p, e + (ahi * blo + alo * bhi))
+
+
+def dd_div(ahi, alo, bhi, blo):
+    """Double-double ``(ahi + alo)/(bhi + blo)``: a quotient, its remainder exactly, a
+    correction; off by at most ``DD_OP`` of ``|a/b|``."""
+    q = ahi / bhi
+    ph, pl = dd_mul(q, np.zeros_like(q), bhi, blo)
+    rh, _ = dd_add(ahi, alo, -ph, -pl)
+    return two_sum(q, rh / bhi)
+
+
+#: What one double-double operation above (``dd_add``, ``dd_mul``, ``dd_div``) may be off
+#: by, against the magnitudes it combines: a few u², counted generously.
+DD_OP = 16 * U * U
+
+
 def dd_sum(hi, lo):
     """Pairwise double-double sum along axis 0: ``(hi, lo)`` of shape ``hi.shape[1:]``."""
     hi, lo = np.asarray(hi, dtype=np.float64), np.asarray(lo, dtype=np.float64)

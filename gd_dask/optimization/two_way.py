@@ -18,18 +18,18 @@ sum per B-level, O(groups). Memory grows with the levels and the pairs seen.
 Solving (Frisch–Waugh–Lovell): conjugate gradients on S_BB, preconditioned by its
 diagonal, for ``K = S_BB⁻¹ [S_Bx, s_B]`` (d + 1 right-hand sides at once); then the d × d
 system ``Σ θ = s_x − S_xB K_y`` with ``Σ = S_xx − S_xB K_x``, and ``β = K_y − K_x θ``. The
-residual of the whole system is then computed in long double and the same steps solve
-for a correction, the solution kept in long double, until the certificate meets ``tol``
-(iterative refinement).
+residual of the whole system is then computed in double-double and the same steps
+solve for a correction, the solution kept in double-double, until the certificate meets
+``tol`` (iterative refinement).
 
 The certificate. With δ = (δθ, δβ) the error and r = (r_x, r_B) the exact residual
-(computed in long double, its rounding ρ bounded: ``TwoWay.residual``), block
+(computed in double-double, what it is off by, ρ, bounded: ``TwoWay.residual``), block
 elimination gives
 
     δθ = Σ⁻¹ (r_x − Kᵀ r_B),   δβ = S_BB⁻¹ r_B − K δθ.
 
 - S_BB⁻¹ v for v ≥ 0 is bounded entry by entry (``TwoWay.inverse_bound``). S_BB's
-  off-diagonal entries are ≤ 0, so a P > 0 with S_BB P ≥ v > 0, checked in long double,
+  off-diagonal entries are ≤ 0, so a P > 0 with S_BB P ≥ v > 0, checked in double-double,
   proves S_BB a nonsingular M-matrix, whose inverse is ≥ 0 entrywise, and then
   S_BB⁻¹ v ≤ P. No eigenvalue bound is needed, and every level gets its own bound.
 - Hence |δβ| ≤ S_BB⁻¹(|r_B| + ρ_B) + |K|·|δθ|; K's error is S_BB⁻¹ R, R its residual,
@@ -38,17 +38,16 @@ elimination gives
   K̂ by S_xB (K − K̂) = Kᵀ R, so ``λmin(Σ) ≥ λmin(Σ̂) − ‖|K|ᵀ|R|‖`` less Σ̂'s rounding.
 
 The data are the groups' exact sums (``kernels.groups``): X̃ and ỹ are formed from them in
-long double, so what they are off by is a few long-double roundings of the groups' means
-(``TwoWay.Z_err``), carried into ρ. The float64 rounding of the solution is added to each
-coefficient's bound as it is. A coefficient's relative error is then judged as
+double-double, so what they are off by is some u² of the groups' means, plus what the
+sums themselves may be off by (``TwoWay.Z_err``), carried into ρ. The float64 rounding of
+the solution is added to each coefficient's bound as it is: on 1M rows with 20,000
+levels in each column the bound is some 1e-11 (a long-double residual gave 1e-9: S_BB⁻¹
+gathers every level's rounding bound into each level's, the shift of all of B's levels
+against the reference being the least determined direction). A coefficient's relative error is then judged as
 ``certify`` does (``ZERO_FLOOR`` of the largest standardized coefficient). The levels of A,
 the intercept among them, follow as in ``categorical.recover``:
 ``α_ℓ = ȳ_ℓ − x̄_ℓ·θ − B̄_ℓ·β``, whose error is at most ``|x̄_ℓ|·|δθ| + B̄_ℓ·|δβ|`` (B̄_ℓ:
 the shares of ℓ's Σw by level of B) plus its rounding.
-
-What limits the digits: S_BB⁻¹ gathers every level's rounding bound into each level's
-(the shift of all of B's levels against the reference is the least determined
-direction), so the bound grows with B's levels.
 
 Standard errors would need the diagonal of S⁻¹ over B's levels: not computed.
 """
@@ -59,7 +58,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..kernels.compensated import DD_OP, dd_add, dd_div, dd_mul, exact_bincount
 from ..kernels.groups import GroupMoments
+from ..sizes import SLICE_ROWS
 from .categorical import Coefficients, Encoding, numeric_level_means
 from .certify import EPS, EPS_LONG, U, ZERO_FLOOR, sums_accuracy
 
@@ -67,13 +68,10 @@ from .certify import EPS, EPS_LONG, U, ZERO_FLOOR, sums_accuracy
 MAX_ITERATIONS = 20000
 #: A solve stops when every column's residual is this small against its right-hand side.
 SOLVE_RTOL = 1e-12
-#: Corrections from the long-double residual, at most.
+#: Corrections from the double-double residual, at most.
 MAX_REFINEMENTS = 6
 #: The unit roundoff of long double.
 U_LONG = EPS_LONG / 2
-#: Long-double roundings of a group's mean the certificate's X̃, ỹ may carry
-#: (``TwoWay.Z_err``: Σw's, Σz's, their ratio; counted generously).
-DATA_ROUNDINGS = 4
 
 
 class TwoWayFit(NamedTuple):
@@ -131,19 +129,32 @@ class TwoWay:
         LA, LB = len(enc.levels[a]), len(enc.levels[o])
         self.A, self.B = _Levels.of(la, LA), _Levels.of(lb, LB)
         self.d = groups.mean.shape[1] - 1
-        # The certificate's data in long double: Σw per group and per A-level, and X̃, ỹ
-        # (each group's means less its A-level's) from the groups' exact sums, so what they
-        # are off by is some units of long double's rounding (``DATA_ROUNDING``); the
-        # solver's in float64.
+        # The certificate's data in double-double, from the groups' exact sums: Σw per group
+        # and per A-level, X̃ and ỹ (each group's means less its A-level's). The solver's in
+        # float64; the A-levels' means in long double for α.
+        self.n2 = (groups.n, groups.n_lo)
+        self.level_n2 = _dd_bincount(la, groups.n, groups.n_lo, LA)
+        mean = dd_div(groups.total, groups.total_lo, groups.n[:, None], groups.n_lo[:, None])
+        level_total = [_dd_bincount(la, groups.total[:, j], groups.total_lo[:, j], LA)
+                       for j in range(groups.total.shape[1])]
+        lh = np.column_stack([t[0] for t in level_total])
+        ll = np.column_stack([t[1] for t in level_total])
+        level_mean = dd_div(lh, ll, self.level_n2[0][:, None], self.level_n2[1][:, None])
+        self.Z2 = dd_add(mean[0], mean[1], -level_mean[0][la], -level_mean[1][la])
+        self.n, self.level_n, self.Z = groups.n, self.level_n2[0] + self.level_n2[1], self.Z2[0]
+        # What each entry of X̃, ỹ may be off by: a group's sum is exact but for m²·u²·σ
+        # (``compensated.exact_bincount``: m its rows in a slice, σ ≤ 4 × a slice's Σ|w·z|,
+        # itself ≤ Σ_g (Σw·|mean| + √(Σw·m2)) by Cauchy–Schwarz), merged in double-double;
+        # then the double-double division and subtraction (a level mean's own error shifts
+        # its groups alike, which (I − P_A) removes).
+        sigma = 4 * np.sum(groups.n[:, None] * np.abs(groups.mean)
+                           + np.sqrt(np.maximum(groups.n[:, None] * groups.m2, 0)), axis=0)
+        m = np.minimum(groups.count, SLICE_ROWS)
+        sums = (m * m * U * U / groups.n)[:, None] * sigma
+        self.Z_err = 4 * DD_OP * (np.abs(groups.mean) + np.abs(self.Z)) + sums * (1 + 1e-6)
+        _, self.level_meanL, self.level_rms = numeric_level_means(groups, la, LA, precise=True)
+        self.level_nL = self.level_n2[0].astype(np.longdouble) + self.level_n2[1].astype(np.longdouble)
         self.nL = groups.n.astype(np.longdouble) + groups.n_lo.astype(np.longdouble)
-        self.level_nL, self.level_meanL, self.level_rms = numeric_level_means(groups, la, LA, precise=True)
-        total = groups.total.astype(np.longdouble) + groups.total_lo.astype(np.longdouble)
-        self.ZL = total / self.nL[:, None] - self.level_meanL[la]
-        self.n, self.level_n, self.Z = groups.n, self.level_nL.astype(np.float64), self.ZL.astype(np.float64)
-        # What each entry of X̃, ỹ may be off by: the roundings of Σw, Σz, their ratio (of
-        # the group's mean, not its deviation) and the subtraction. A level mean's own
-        # error shifts every group of its level alike, which (I − P_A) removes.
-        self.Z_err = (U_LONG * (DATA_ROUNDINGS * np.abs(groups.mean) + np.abs(self.Z))).astype(np.longdouble)
         self.level_groups = np.bincount(la, minlength=LA)
         self.W = groups.within
         self.ref = enc.reference[o]
@@ -155,16 +166,11 @@ class TwoWay:
         diag = self.B.sums((self.n * (1.0 - self.n / self.level_n[la]))[:, None])[self.nonref, 0]
         self.diag = diag
 
-    # -- products with S_BB and its pieces, in float64 (the solver) or long double (the certificate)
-
-    def _weights(self, dtype):
-        """(Σw per group, per A-level) in float64 or long double."""
-        return (self.n, self.level_n) if dtype == np.float64 else (self.nL, self.level_nL)
+    # -- products with S_BB and its pieces in float64, for the solver
 
     def _center(self, t):
         """(I − P_A) t: t less its Σw-weighted mean over each A-level's groups."""
-        n, lev = self._weights(t.dtype)
-        return t - (self.A.sums(n[:, None] * t) / lev[:, None])[self.A.index]
+        return t - (self.A.sums(self.n[:, None] * t) / self.level_n[:, None])[self.A.index]
 
     def _gather(self, beta):
         """B β per group (0 at the reference level)."""
@@ -174,58 +180,83 @@ class TwoWay:
 
     def _scatter(self, t):
         """Bᵀ N t over the non-reference levels."""
-        return self.B.sums(self._weights(t.dtype)[0][:, None] * t)[self.nonref]
+        return self.B.sums(self.n[:, None] * t)[self.nonref]
 
     def s_bb(self, beta):
         """S_BB β for a matrix of columns β (E × m)."""
         return self._scatter(self._center(self._gather(beta)))
 
+    # -- the same in double-double with bounds on what they are off by, for the certificate
+
+    def _center_dd(self, eh, el, err):
+        """(I − P_A) e for e = eh + el (G × m) off by at most ``err``: (hi, lo, its bound)."""
+        nh, nl = self.n2[0][:, None], self.n2[1][:, None]
+        lh, ll = self.level_n2[0][:, None], self.level_n2[1][:, None]
+        neh, nel = dd_mul(nh, nl, eh, el)
+        n_abs = np.abs(nh) * np.abs(eh)
+        sh, sl, s_err = _dd_level_sums(self.A, neh, nel)
+        ch, cl = dd_div(sh, sl, lh, ll)
+        c_err = ((s_err + self.A.sums(nh * err + DD_OP * n_abs)) / lh + DD_OP * np.abs(ch)) * (1 + 1e-6)
+        A = self.A.index
+        oh, ol = dd_add(eh, el, -ch[A], -cl[A])
+        return oh, ol, err + c_err[A] + DD_OP * (np.abs(eh) + np.abs(ch[A]))
+
     def residual(self, cols, theta, beta):
-        """The residual of the normal equations at (θ, β) (d × m, E × m) for the targets
-        z = the columns ``cols`` of [X̃, ỹ]: ``r_x = W_xz − W_xx θ + X̃ᵀ N e`` and ``r_B =
-        Bᵀ N e`` with ``e = (I − P_A)(z − X̃θ − Bβ)``, in long double, rounded to float64;
-        and bounds ρ_x, ρ_B on how far each is from the exact residual of the data as
-        given, the rounding of X̃ and z included. For the target ỹ: the whole system's
-        residual; for X̃ with θ = 0: r_x is Σ̂ and r_B is K's residual."""
-        Ld = np.longdouble
+        """The residual of the normal equations at (θ, β) (double-double pairs, d × m and
+        E × m) for the targets z = the columns ``cols`` of [X̃, ỹ]: ``r_x = W_xz − W_xx θ +
+        X̃ᵀ N e`` and ``r_B = Bᵀ N e`` with ``e = (I − P_A)(z − X̃θ − Bβ)``, in double-double,
+        rounded to float64; and bounds ρ_x, ρ_B on how far each is from the exact residual
+        of the data as given, the rounding of X̃ and z (``Z_err``) included. For the target
+        ỹ: the whole system's residual; for X̃ with θ = 0: r_x is Σ̂ and r_B is K's
+        residual."""
         d = self.d
-        n = self.nL[:, None]
-        X = self.ZL[:, :d]
-        Xa = np.abs(X)
-        T, target_err, wcol = self.ZL[:, cols], self.Z_err[:, cols], self.W[:d, cols]
-        wroot = np.sqrt(np.maximum(np.diag(self.W)[cols], 0))
-        th, be = theta.astype(Ld), beta.astype(Ld)
-        e = T - X @ th - self._gather(be)
-        # Magnitudes, staged: forming e (d + 2 terms), its level means (a level's groups),
-        # the final sums (every group for r_x, a level's for r_B).
-        ea = np.abs(T) + Xa @ np.abs(th) + self._gather(np.abs(be))
-        err = (d + 3) * U_LONG * ea
-        lev = self.level_nL[self.A.index, None]
-        mean_abs = self.A.sums(n * np.abs(e))[self.A.index] / lev
-        # A level's sum and its Σw (each a chain of its groups), the division.
-        chain = (2 * self.A.count + 3)[self.A.index, None] * U_LONG
-        err = err + self.A.sums(n * err)[self.A.index] / lev + chain * mean_abs
-        e = self._center(e)
-        err = err + U_LONG * np.abs(e)
-        # The data's own rounding, centred as e is.
-        data = target_err + self.Z_err[:, :d] @ np.abs(th)
-        data = data + self.A.sums(n * data)[self.A.index] / lev
-        ne = n * e
-        W = self.W.astype(Ld)
-        wc = wcol.astype(Ld)
-        r_x = wc - W[:d, :d] @ th + X.T @ ne
-        r_B = self.B.sums(ne)[self.nonref]
-        na = n * np.abs(e)
-        rho_x = ((len(self.n) + d + 4) * U_LONG * (np.abs(wc) + np.abs(W[:d, :d]) @ np.abs(th) + Xa.T @ na)
-                 + Xa.T @ (n * (err + data)) + self.Z_err[:, :d].T @ na)
-        rho_B = (((self.B.count + 3) * U_LONG)[self.nonref, None] * self.B.sums(na)[self.nonref]
-                 + self.B.sums(n * (err + data))[self.nonref])
-        # W's own accuracy, as moments' (|W_ij| ≤ √(W_ii·W_jj)).
-        w_x = np.sqrt(np.maximum(np.diag(self.W)[:d], 0))
-        rho_x = rho_x + (sums_accuracy(self.rows) * w_x[:, None] * (wroot[None, :] + w_x @ np.abs(theta))).astype(Ld)
-        r_x, r_B = r_x.astype(np.float64), r_B.astype(np.float64)
-        rho_x = rho_x.astype(np.float64) * (1 + 1e-6) + U * np.abs(r_x)
-        rho_B = rho_B.astype(np.float64) * (1 + 1e-6) + U * np.abs(r_B)
+        Zh, Zl = self.Z2
+        th, tl = theta
+        eh, el = Zh[:, cols].copy(), Zl[:, cols].copy()
+        mag = np.abs(eh)
+        for j in range(d):
+            ph, pl = dd_mul(Zh[:, [j]], Zl[:, [j]], th[[j]], tl[[j]])
+            eh, el = dd_add(eh, el, -ph, -pl)
+            mag = mag + np.abs(Zh[:, [j]]) * np.abs(th[[j]])
+        bh, bl = self._gather(beta[0]), self._gather(beta[1])
+        eh, el = dd_add(eh, el, -bh, -bl)
+        mag = mag + np.abs(bh)
+        err = (2 * d + 2) * DD_OP * mag * (1 + 1e-6)
+        # The data's own error, centred as e is.
+        data = self.Z_err[:, cols] + self.Z_err[:, :d] @ np.abs(th)
+        data = data + self.A.sums(self.n[:, None] * data)[self.A.index] / self.level_n[self.A.index, None]
+        eh, el, err = self._center_dd(eh, el, err + data)
+        nh, nl = self.n2[0][:, None], self.n2[1][:, None]
+        neh, nel = dd_mul(nh, nl, eh, el)
+        ne_abs = np.abs(nh) * np.abs(eh)
+        ne_err = (nh * err + DD_OP * ne_abs) * (1 + 1e-6)
+        rbh, rbl, rb_err = _dd_level_sums(self.B, neh, nel)
+        rho_B = rb_err + self.B.sums(ne_err)
+        # r_x: W's terms, then Σ_g X̃_g·(N e)_g summed pairwise.
+        W = self.W
+        r_x = np.zeros((d, len(cols)))
+        rho_x = np.zeros((d, len(cols)))
+        one = np.zeros(len(self.n), dtype=np.int64)
+        chain = (len(self.n) + 1.0) ** 2 * U * U * 4
+        w_x = np.sqrt(np.maximum(np.diag(W)[:d], 0))
+        w_z = np.sqrt(np.maximum(np.diag(W)[cols], 0))
+        for j in range(d):
+            hi, lo = dd_mul(Zh[:, [j]], Zl[:, [j]], neh, nel)
+            total = [_dd_bincount(one, hi[:, c], lo[:, c], 1) for c in range(len(cols))]
+            sh, sl = np.array([t[0][0] for t in total]), np.array([t[1][0] for t in total])
+            for k in range(d):
+                ph, pl = dd_mul(np.full_like(th[k], W[j, k]), np.zeros_like(th[k]), th[k], tl[k])
+                sh, sl = dd_add(sh, sl, -ph, -pl)
+            sh, sl = dd_add(sh, sl, W[j, cols], np.zeros(len(cols)))
+            r_x[j] = sh + sl
+            mag_x = np.abs(Zh[:, j]) @ ne_abs
+            rho_x[j] = ((chain + 2 * DD_OP) * mag_x + np.abs(Zh[:, j]) @ ne_err + self.Z_err[:, j] @ ne_abs
+                        + (d + 2) * DD_OP * (np.abs(W[j, :d]) @ np.abs(th) + np.abs(W[j, cols]))
+                        # W's own accuracy, as moments' (|W_ij| ≤ √(W_ii·W_jj)).
+                        + sums_accuracy(self.rows) * w_x[j] * (w_z + w_x @ np.abs(th)))
+        r_B = (rbh + rbl)[self.nonref]
+        rho_x = rho_x * (1 + 1e-6) + U * np.abs(r_x)
+        rho_B = rho_B[self.nonref] * (1 + 1e-6) + U * np.abs(r_B)
         return r_x, r_B, rho_x, rho_B
 
     def inverse_bound(self, v):
@@ -234,7 +265,7 @@ class TwoWay:
         S_BB has no positive entry off its diagonal (a Z-matrix: −Σ_ℓ w_ℓj w_ℓk / w_ℓ), so
         a P > 0 with S_BB P ≥ v, v > 0, proves it a nonsingular M-matrix, whose inverse is
         entrywise nonnegative: then S_BB⁻¹ v ≤ P, as P − S_BB⁻¹ v = S_BB⁻¹ (S_BB P − v).
-        P is an approximate solve for v raised a little, checked in long double."""
+        P is an approximate solve for v raised a little, checked in double-double."""
         out = np.zeros_like(v)
         live = v.max(axis=0) > 0
         if not live.any():
@@ -251,15 +282,14 @@ class TwoWay:
         return out
 
     def _s_bb_lower(self, P):
-        """A lower bound, entry by entry, on the exact S_BB P (computed in long double)."""
-        n = self.nL[:, None]
-        t = self._gather(P.astype(np.longdouble))
-        lev = self.level_nL[self.A.index, None]
-        spread = self.A.sums(n * np.abs(t))[self.A.index] / lev
-        out = self._scatter(self._center(t))
-        mag = self.B.sums(n * (np.abs(t) + spread))[self.nonref]
-        eta = (2 * self.A.longest + self.B.longest + 8) * U_LONG
-        return (out - eta * mag).astype(np.float64) * (1 - 1e-12) - 1e-300
+        """A lower bound, entry by entry, on the exact S_BB P (computed in double-double)."""
+        t = self._gather(P)
+        th, tl, err = self._center_dd(t, np.zeros_like(t), np.zeros_like(t))
+        nh, nl = self.n2[0][:, None], self.n2[1][:, None]
+        neh, nel = dd_mul(nh, nl, th, tl)
+        sh, sl, s_err = _dd_level_sums(self.B, neh, nel)
+        bound = s_err + self.B.sums(nh * err + DD_OP * np.abs(nh) * np.abs(th))
+        return ((sh + sl) - bound * (1 + 1e-6) - U * np.abs(sh))[self.nonref] - 1e-300
 
     def rhs(self):
         """[S_Bx, s_B] (E × (d + 1)) and [S_xx, s_x] (d × (d + 1)) in float64, for the solver."""
@@ -300,7 +330,8 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
     rhs_B, rhs_x = tw.rhs()
     K, iterations = tw.pcg(rhs_B)
     Kx, Ky = K[:, :d], K[:, d]
-    sigma, R, rho_sigma, rho_R = tw.residual(np.arange(d), np.zeros((d, d)), Kx)
+    zero = np.zeros((d, d))
+    sigma, R, rho_sigma, rho_R = tw.residual(np.arange(d), (zero, zero), (Kx, np.zeros_like(Kx)))
     sigma = (sigma + sigma.T) / 2
     eps_K = tw.inverse_bound(np.abs(R) + rho_R)          # |K − K̂| entry by entry
     K_abs = np.abs(Kx) + eps_K
@@ -311,13 +342,14 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
         theta = np.linalg.solve(sigma, rhs_x[:, d] - rhs_B[:, :d].T @ Ky)
     else:
         lam_sigma, theta = np.inf, np.zeros(0)
-    # The solution is refined in long double: its float64 rounding then adds to the bound
-    # itself, not through S⁻¹ and the residual it leaves.
-    theta = theta.astype(np.longdouble)
-    beta = (Ky - Kx @ theta.astype(np.float64)).astype(np.longdouble)
+    # The solution is refined in double-double: its float64 rounding then adds to the
+    # bound itself, not through S⁻¹ and the residual it leaves.
+    theta = (theta, np.zeros(d))
+    beta = (Ky - Kx @ theta[0], np.zeros(len(Ky)))
     refinements, best, prev = 0, None, np.inf
     while True:
-        r_x, r_B, rho_x, rho_B = (v[:, 0] for v in tw.residual([d], theta[:, None], beta[:, None]))
+        r_x, r_B, rho_x, rho_B = (v[:, 0] for v in tw.residual([d], (theta[0][:, None], theta[1][:, None]),
+                                                                (beta[0][:, None], beta[1][:, None])))
         a_B = np.abs(r_B) + rho_B
         q = tw.inverse_bound(a_B[:, None])[:, 0]             # ≥ |S_BB⁻¹ r_B|
         if not d:
@@ -327,10 +359,9 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
         else:
             d_theta = np.full(d, np.inf)
         d_beta = q + K_abs @ d_theta
-        theta_f, beta_f = theta.astype(np.float64), beta.astype(np.float64)
-        stored_t = np.abs((theta - theta_f).astype(np.float64)) * (1 + 1e-9)
-        stored_b = np.abs((beta - beta_f).astype(np.float64)) * (1 + 1e-9)
-        coef, bound, sse, errors = _judge(tw, theta_f, beta_f, d_theta + stored_t, d_beta + stored_b)
+        # The float64 model is the pairs' high parts: off by their low parts.
+        coef, bound, sse, errors = _judge(tw, theta[0], beta[0], d_theta + np.abs(theta[1]),
+                                          d_beta + np.abs(beta[1]))
         if best is None or bound < best[1]:
             best = (coef, bound, sse, errors)
         if bound <= tol / 4 or refinements >= MAX_REFINEMENTS or bound >= prev / 2:
@@ -340,8 +371,8 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
         c0, it = tw.pcg(r_B[:, None], rtol=1e-10)
         iterations += it
         dt = np.linalg.solve(sigma, r_x - rhs_B[:, :d].T @ c0[:, 0]) if d else np.zeros(0)
-        theta = theta + dt
-        beta = beta + (c0[:, 0] - Kx @ dt)
+        theta = dd_add(*theta, dt, np.zeros(d))
+        beta = dd_add(*beta, c0[:, 0] - Kx @ dt, np.zeros(len(c0)))
         refinements += 1
     coef, bound, sse, errors = best
     return TwoWayFit(coef, bound, errors, iterations, refinements, sse)
@@ -407,3 +438,25 @@ def _judge(tw: TwoWay, theta, beta, d_theta, d_beta):
     err_levels[tw.a], err_levels[tw.o] = err_a, db_full
     err_a[ref_a] = 0.0
     return coef, float(bound), sse, Coefficients(d_theta, float(err_alpha[ref_a]), err_levels)
+
+
+def _dd_bincount(index, hi, lo, L: int):
+    """Σ of a double-double per level, as a double-double (``exact_bincount`` of each part)."""
+    h1, l1 = exact_bincount(index, hi, L)
+    h2, l2 = exact_bincount(index, lo, L)
+    return dd_add(h1, l1, h2, l2)
+
+
+def _dd_level_sums(levels: _Levels, hi, lo):
+    """Σ over each level's groups of a double-double (G × m): (hi, lo, a bound on what
+    that is off by: each part's ``exact_bincount`` within count²·u²·σ, σ ≤ 4·Σ|part|,
+    and the addition of the two)."""
+    L = len(levels.count)
+    out_h, out_l = np.zeros((L, hi.shape[1])), np.zeros((L, hi.shape[1]))
+    err = np.zeros((L, hi.shape[1]))
+    c2 = (levels.count.astype(np.float64) + 1) ** 2 * U * U
+    for j in range(hi.shape[1]):
+        h, lo_ = _dd_bincount(levels.index, hi[:, j], lo[:, j], L)
+        out_h[:, j], out_l[:, j] = h, lo_
+        err[:, j] = c2 * 4 * (np.abs(hi[:, j]).sum() + np.abs(lo[:, j]).sum()) + DD_OP * np.abs(h)
+    return out_h, out_l, err * (1 + 1e-6)
