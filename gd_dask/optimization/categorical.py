@@ -93,21 +93,23 @@ def encode(groups: GroupMoments, columns, limit: bool = True, names: dict | None
         mass.append(np.bincount(inv.ravel(), weights=groups.n, minlength=len(keys)))
         reference.append(int(np.argmax(n)))  # first maximum: the smallest key among ties
     absorbed = int(np.argmax([len(lv) for lv in levels]))
-    pinned = unlinked(groups, levels, counts, reference, absorbed)
+    pinned = unlinked(groups, columns, levels, counts, reference, absorbed)
     enc = Encoding(list(columns), levels, counts, reference, absorbed, mass, names, pinned)
     if limit:
         check_dense(enc)
     return enc
 
 
-def unlinked(groups: GroupMoments, levels, counts, reference, absorbed: int) -> list | None:
+def unlinked(groups: GroupMoments, columns, levels, counts, reference, absorbed: int) -> list | None:
     """With two categorical columns: per column, the levels held at 0 besides the
     reference. Levels of the two columns are linked when some row has both; a set of
     levels linked among themselves but to none outside (a user whose only items nobody
     else bought) can shift together, +c on one column's, −c on the other's, without
     changing a prediction. The reference pins the set it belongs to; each other set gets
     a reference of its own in the column not absorbed, its level with the most rows (ties:
-    the smallest key), as fixest and reghdfe do. Predictions are unchanged."""
+    the smallest key), as fixest and reghdfe do. Predictions are unchanged. A column every
+    level of which is a set of its own (its levels nest the absorbed one's) is refused by
+    name."""
     if len(levels) != 2 or not len(groups.n):
         return None
     o = 1 - absorbed
@@ -124,6 +126,10 @@ def unlinked(groups: GroupMoments, levels, counts, reference, absorbed: int) -> 
         first = np.ones(len(order), dtype=bool)
         first[1:] = comp[order][1:] != comp[order][:-1]
         pinned[o] = np.sort(order[first])
+    if len(levels[o]) > 1 and len(pinned[o]) == len(levels[o]) - 1:
+        raise DataError(f"categorical features: '{columns[o]}' adds nothing to '{columns[absorbed]}': every level "
+                        f"of '{columns[absorbed]}' has rows of a single level of '{columns[o]}', so the coefficients "
+                        f"of '{columns[o]}' cannot be told from those of '{columns[absorbed]}'; drop '{columns[o]}'")
     return pinned
 
 
@@ -210,6 +216,8 @@ def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
         w[:, :d] = groups.mean[lo:hi, :d]
         w[:, -1] = groups.mean[lo:hi, d]
         for c, idx in indicator:
+            if not len(idx):
+                continue
             pos = np.searchsorted(idx, level_idx[c][lo:hi])      # position among non-reference levels
             hit = (pos < len(idx)) & (idx[np.minimum(pos, len(idx) - 1)] == level_idx[c][lo:hi])
             w[np.nonzero(hit)[0], offsets[c] + pos[hit]] = 1.0
