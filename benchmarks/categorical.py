@@ -9,7 +9,13 @@
   (its normal-equation solver takes at most 4,096 features, so ``auto`` picks L-BFGS
   here; asked for tol 1e-10).
 
-Each peer's slopes are compared with gd-dask's."""
+Each peer's slopes are compared with gd-dask's.
+
+A second job, ``two_way``: 1M rows × (4 numeric + `user`, 20,000 text levels, + `item`,
+20,000 integer levels of Zipf-like popularity), two columns neither of which a dense level
+block can hold (20,000² × 8 bytes = 3.2 GB), with gd-dask, scikit-learn's sparse
+OneHotEncoder + LinearRegression (scipy's LSQR), glum's categorical matrices, and
+pyfixest's ``feols(y ~ x | user + item)`` (alternating projections) where installed."""
 
 from __future__ import annotations
 
@@ -44,7 +50,53 @@ def write(root: Path, rows: int) -> None:
                                  "region": [f"r{r:02d}" for r in region], "y": y}), root / f"part-{f}.parquet")
 
 
-def _sklearn(root: str) -> dict:
+TWO_ROWS, USERS, ITEMS = 1_000_000, 20_000, 20_000
+
+
+def write_two_way(root: Path, rows: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if root.exists():
+        return
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    user = rng.integers(0, USERS, rows)
+    p = 1 / np.arange(1, ITEMS + 1) ** 0.8
+    item = rng.choice(ITEMS, size=rows, p=p / p.sum())
+    X = rng.normal(0, 1, (rows, 4)) + rng.normal(0, 0.3, USERS)[user][:, None]
+    y = (2 + X @ [1.0, 2.0, 3.0, 4.0] + rng.normal(0, 1, USERS)[user] + rng.normal(0, 0.5, ITEMS)[item]
+         + rng.normal(0, 1, rows))
+    names = np.array([f"user-{u:06d}" for u in range(USERS)])
+    for f, idx in enumerate(np.array_split(np.arange(rows), FILES)):
+        pq.write_table(pa.table({**{f"x{j}": X[idx, j] for j in range(4)}, "user": names[user[idx]].tolist(),
+                                 "item": item[idx], "y": y[idx]}), root / f"part-{f}.parquet")
+
+
+def _columns(two_way: bool):
+    return ("user", "item") if two_way else ("region", "store")
+
+
+def _sklearn_two_way(root: str) -> dict:
+    return _sklearn(root, two_way=True)
+
+
+def _glum_two_way(root: str) -> dict:
+    return _glum(root, two_way=True)
+
+
+def _pyfixest(root: str) -> dict:
+    import pyarrow.dataset as ds
+    import pyfixest as pf
+
+    t0 = time.perf_counter()
+    df = ds.dataset(root).to_table().to_pandas()
+    fit = pf.feols("y ~ x0 + x1 + x2 + x3 | user + item", data=df, fixef_tol=1e-10)
+    coef = fit.coef()
+    return {"seconds": time.perf_counter() - t0, "m": [float(coef[f"x{j}"]) for j in range(4)]}
+
+
+def _sklearn(root: str, two_way: bool = False) -> dict:
     import pandas as pd
     import pyarrow.dataset as ds
     import scipy.sparse as sp
@@ -53,22 +105,22 @@ def _sklearn(root: str) -> dict:
 
     t0 = time.perf_counter()
     df: pd.DataFrame = ds.dataset(root).to_table().to_pandas()
-    E = OneHotEncoder(drop="first", sparse_output=True).fit_transform(df[["region", "store"]])
+    E = OneHotEncoder(drop="first", sparse_output=True).fit_transform(df[list(_columns(two_way))])
     X = sp.hstack([sp.csr_matrix(df[[f"x{j}" for j in range(4)]].to_numpy()), E]).tocsr()
     lr = LinearRegression().fit(X, df["y"].to_numpy())
     return {"seconds": time.perf_counter() - t0, "m": lr.coef_[:4].tolist()}
 
 
-def _glum(root: str) -> dict:
+def _glum(root: str, two_way: bool = False) -> dict:
     import pyarrow.dataset as ds
     from glum import GeneralizedLinearRegressor
 
     t0 = time.perf_counter()
     df = ds.dataset(root).to_table().to_pandas()
-    for c in ("region", "store"):
+    for c in _columns(two_way):
         df[c] = df[c].astype("category")
     m = GeneralizedLinearRegressor(family="normal", alpha=0, drop_first=True).fit(
-        df[[f"x{j}" for j in range(4)] + ["region", "store"]], df["y"])
+        df[[f"x{j}" for j in range(4)] + list(_columns(two_way))], df["y"])
     return {"seconds": time.perf_counter() - t0, "m": m.coef_[:4].tolist()}
 
 
@@ -93,15 +145,26 @@ def _spark(root: str) -> dict:
     return out
 
 
-def _peer(name: str, root: Path) -> dict | None:
+def _peer(name: str, root: Path, timeout: float | None = None) -> dict | str | None:
+    """A peer in a fresh process, with its peak RSS (``/usr/bin/time`` where present)."""
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, __file__, name, str(root)], capture_output=True, text=True)
+    cmd = [sys.executable, __file__, name, str(root)]
+    timed = Path("/usr/bin/time").exists()
+    try:
+        res = subprocess.run((["/usr/bin/time", "-f", "RSS %M"] if timed else []) + cmd, capture_output=True,
+                             text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"stopped after {timeout:.0f} s"
     if res.returncode != 0:
         if "ModuleNotFoundError" in res.stderr:
             return None
-        return f"failed: {res.stderr.strip().splitlines()[-1][:200]}"
+        lines = [line for line in res.stderr.strip().splitlines() if not line.startswith("RSS ")]
+        return f"failed: {(lines or ['killed'])[-1][:200]}"
     out = json.loads(res.stdout.strip().splitlines()[-1])
     out["process_s"] = time.perf_counter() - t
+    rss = [line for line in res.stderr.splitlines() if line.startswith("RSS ")]
+    if rss:
+        out["peak_rss_mb"] = int(rss[-1].split()[1]) / 1024
     return out
 
 
@@ -125,7 +188,39 @@ def categorical(work: Path, quick: bool) -> dict:
             res["largest_slope_difference"] = float(np.max(np.abs(np.asarray(res["m"]) - model["m"])))
         out["peers"][name] = res
     out["peers"]["statsmodels"] = "skipped: a dense design of 5,053 columns does not fit at this size"
+    out["two_way"] = two_way(work, quick)
     return out
+
+
+def two_way(work: Path, quick: bool) -> dict:
+    """The two-column job: gd-dask (whole command) and its peers, with peak RSS."""
+    rows = 100_000 if quick else TWO_ROWS
+    root = work / f"two-way-{rows}"
+    write_two_way(root, rows)
+    cfg = {"name": "two", "data": {"path": str(root), "target": "y", "categorical": ["item"],
+                                   "features": ["x0", "x1", "x2", "x3", "user", "item"]},
+           "output": {"dir": str(work / "two-way-out")}}
+    run = train_command(cfg, work / "two-way.yaml")
+    model = run["model"]
+    out = {"rows": rows, "gd_dask": {"whole_s": run["whole_s"], "train_s": run["train_s"],
+                                     "converged": model["converged"], "digits": model["convergence"]["digits"],
+                                     "peak_rss_mb": run.get("peak_rss_mb"), "m": model["m"]},
+           "peers": {}}
+    for name in ("sklearn_two_way", "glum_two_way", "pyfixest"):
+        res = _peer(name, root, timeout=600)
+        if isinstance(res, dict):
+            res["largest_slope_difference"] = float(np.max(np.abs(np.asarray(res["m"]) - model["m"])))
+        out["peers"][name] = res
+    return out
+
+
+def _rows(peers: dict, rss: bool) -> None:
+    for name, p in peers.items():
+        if isinstance(p, str) or p is None:
+            print(f"| {name} | {p or 'not installed'} |" + (" |" if rss else "") + " |")
+        else:
+            mem = f" {p['peak_rss_mb']:.0f} |" if rss and p.get("peak_rss_mb") else (" – |" if rss else "")
+            print(f"| {name} | {p['process_s']:.2f} |{mem} {p['largest_slope_difference']:.1e} |")
 
 
 def report(r: dict) -> None:
@@ -134,12 +229,19 @@ def report(r: dict) -> None:
     print("| tool | seconds (whole process) | slopes vs gd-dask |\n|---|---|---|")
     print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {g['digits']:.1f} digits, "
           f"converged {g['converged']}) | {g['whole_s']:.2f} | – |")
-    for name, p in r["peers"].items():
-        if isinstance(p, str) or p is None:
-            print(f"| {name} | {p or 'not installed'} | |")
-        else:
-            print(f"| {name} | {p['process_s']:.2f} | {p['largest_slope_difference']:.1e} |")
+    _rows(r["peers"], False)
+    if "two_way" in r:
+        t = r["two_way"]
+        g = t["gd_dask"]
+        print(f"\n## Two categorical columns: {t['rows']:,} rows × (4 numeric + 20,000 text + 20,000 integer "
+              "levels)\n")
+        print("| tool | seconds (whole process) | peak RSS (MB) | slopes vs gd-dask |\n|---|---|---|---|")
+        rss = f"{g['peak_rss_mb']:.0f}" if g.get("peak_rss_mb") else "–"
+        print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {g['digits']:.1f} digits, "
+              f"converged {g['converged']}) | {g['whole_s']:.2f} | {rss} | – |")
+        _rows(t["peers"], True)
 
 
 if __name__ == "__main__":
-    print(json.dumps({"sklearn": _sklearn, "glum": _glum, "spark": _spark}[sys.argv[1]](sys.argv[2])))
+    print(json.dumps({"sklearn": _sklearn, "glum": _glum, "spark": _spark, "sklearn_two_way": _sklearn_two_way,
+                      "glum_two_way": _glum_two_way, "pyfixest": _pyfixest}[sys.argv[1]](sys.argv[2])))

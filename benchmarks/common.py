@@ -136,7 +136,8 @@ def best_of(k: int, fn, *args, **kw):
 def train_command(config: dict, cfg_path: Path) -> dict:
     """`gd-dask train` on ``config`` (written to ``cfg_path``) in a fresh process, as a user
     runs it: {whole_s (the process), train_s (training as it reports), model (model.json),
-    pass_s (history.csv's seconds per epoch or pass)}."""
+    pass_s (history.csv's seconds per epoch or pass), peak_rss_mb (the command's, where
+    ``/usr/bin/time`` is)}."""
     import json
     import re
     import shutil
@@ -145,13 +146,16 @@ def train_command(config: dict, cfg_path: Path) -> dict:
 
     cfg_path.write_text(json.dumps(config))
     gd = shutil.which("gd-dask", path=str(Path(sys.executable).parent)) or "gd-dask"
+    timed = ["/usr/bin/time", "-f", "RSS %M"] if Path("/usr/bin/time").exists() else []
     t = time.perf_counter()
-    run = subprocess.run([gd, "train", str(cfg_path), "--no-plot"], capture_output=True, text=True)
+    run = subprocess.run(timed + [gd, "train", str(cfg_path), "--no-plot"], capture_output=True, text=True)
     whole = time.perf_counter() - t
     if run.returncode != 0:
         raise RuntimeError(f"gd-dask {config['name']}: {run.stderr.strip().splitlines()[-1]}")
     out = Path(config["output"]["dir"])
     history = (out / "history.csv").read_text().splitlines()[1:]
+    rss = [line for line in run.stderr.splitlines() if line.startswith("RSS ")]
     return {"whole_s": whole, "train_s": float(re.search(r"seconds: ([0-9.]+)", run.stdout).group(1)),
             "model": json.loads((out / "model.json").read_text()),
-            "pass_s": [float(line.split(",")[-1]) for line in history]}
+            "pass_s": [float(line.split(",")[-1]) for line in history],
+            "peak_rss_mb": int(rss[-1].split()[1]) / 1024 if rss else None}

@@ -112,6 +112,8 @@ class _Levels(NamedTuple):
         """Σ over each level's groups of v's rows (G × m), in v's precision."""
         if v.dtype == np.float64:
             L = len(self.starts)
+            if not v.shape[1]:
+                return np.zeros((L, 0))
             return np.column_stack([np.bincount(self.index, weights=v[:, j], minlength=L) for j in range(v.shape[1])])
         return np.add.reduceat(v[self.order], self.starts, axis=0)
 
@@ -330,8 +332,11 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
     rhs_B, rhs_x = tw.rhs()
     K, iterations = tw.pcg(rhs_B)
     Kx, Ky = K[:, :d], K[:, d]
-    zero = np.zeros((d, d))
-    sigma, R, rho_sigma, rho_R = tw.residual(np.arange(d), (zero, zero), (Kx, np.zeros_like(Kx)))
+    # K's residual and Σ̂, a column at a time (each pass's temporaries are G × 1).
+    zero = np.zeros((d, 1))
+    parts = [tw.residual([j], (zero, zero), (Kx[:, [j]], np.zeros((len(Kx), 1)))) for j in range(d)]
+    sigma, R, rho_sigma, rho_R = (np.hstack([p[i] for p in parts]) if d else
+                                  np.zeros((d, 0) if i in (0, 2) else (len(Kx), 0)) for i in range(4))
     sigma = (sigma + sigma.T) / 2
     eps_K = tw.inverse_bound(np.abs(R) + rho_R)          # |K − K̂| entry by entry
     K_abs = np.abs(Kx) + eps_K

@@ -201,3 +201,34 @@ def test_ridge_with_two_large_columns_is_refused_by_name(tmp_path, rng, threads)
 
     with pytest.raises(ConfigError, match="model.l2 with the categorical features"):
         fit(cfg, threads)
+
+
+def test_levels_alone_without_numeric_features(rng):
+    """No numeric feature (d = 0): the levels' coefficients equal the sparse direct solve's."""
+    from gd_dask.kernels.groups import group_moments
+    from gd_dask.optimization import categorical as cat
+    from gd_dask.optimization.two_way import fit_two_way
+
+    n, LA, LB = 20000, 2600, 2300
+    a, b = rng.integers(0, LA, n), rng.integers(0, LB, n)
+    y = rng.normal(size=LA)[a] + rng.normal(size=LB)[b] + 1 + rng.normal(size=n) * 0.1
+    g = group_moments(np.column_stack([a, b, y]).astype(float), [0, 1])
+    enc = cat.encode(g, ["a", "b"], limit=False)
+    fit = fit_two_way(g, enc, 1e-9)
+    assert fit.bound <= 1e-9 and len(fit.coef.m) == 0
+    la, lb = np.searchsorted(enc.levels[0], a), np.searchsorted(enc.levels[1], b)
+    keep_a, keep_b = enc.non_reference(0), enc.non_reference(1)
+    pos_a = np.full(len(enc.levels[0]), -1)
+    pos_a[keep_a] = np.arange(len(keep_a))
+    pos_b = np.full(len(enc.levels[1]), -1)
+    pos_b[keep_b] = len(keep_a) + np.arange(len(keep_b))
+    rows, cols = [np.arange(n)], [np.zeros(n, dtype=int)]
+    for pos, lv in ((pos_a, la), (pos_b, lb)):
+        hit = pos[lv] >= 0
+        rows.append(np.nonzero(hit)[0])
+        cols.append(1 + pos[lv][hit])
+    D = sparse.csc_matrix((np.ones(sum(len(r) for r in rows)), (np.concatenate(rows), np.concatenate(cols))),
+                          shape=(n, 1 + len(keep_a) + len(keep_b)))
+    beta = spsolve((D.T @ D).tocsc(), D.T @ y)
+    pred = fit.coef.b + fit.coef.levels[0][la] + fit.coef.levels[1][lb]
+    assert np.max(np.abs(pred - D @ beta)) <= 1e-9 * np.max(np.abs(D @ beta))
