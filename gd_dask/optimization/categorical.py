@@ -246,26 +246,23 @@ def reduce(groups: GroupMoments, enc: Encoding) -> Reduced:
                    np.bincount(la, minlength=L), not np.array_equal(groups.n, groups.count))
 
 
-def numeric_level_means(groups: GroupMoments, la, L: int, precise: bool = False):
+def numeric_level_means(groups: GroupMoments, la, L: int):
     """(Σw per level, the numeric columns' level means, their root mean squares within the
     level) for the levels ``la`` (each group's level index among L). Σw from the groups'
     exact double-doubles, in long double (the counts themselves without weights). The
     means from the groups' exact sums, added in long double (``level_mean_error``): about
     one rounding, where float64 means would carry every rounding of their levels' rows.
-    Σ z² per level: its groups' own, plus between its groups. ``precise``: Σw and the
-    means in long double, as summed."""
+    Σ z² per level: its groups' own, plus between its groups."""
     level_n = np.zeros(L, dtype=np.longdouble)
     np.add.at(level_n, la, groups.n.astype(np.longdouble) + groups.n_lo.astype(np.longdouble))
     exact = np.zeros((L, groups.mean.shape[1]), dtype=np.longdouble)
     np.add.at(exact, la, groups.total.astype(np.longdouble))
     np.add.at(exact, la, groups.total_lo.astype(np.longdouble))
-    mean_long = exact / level_n[:, None]
-    mean = mean_long.astype(np.float64)
-    level_n_long, level_n = level_n, level_n.astype(np.float64)
+    mean = (exact / level_n[:, None]).astype(np.float64)
+    level_n = level_n.astype(np.float64)
     sq = np.zeros((L, groups.mean.shape[1]))
     np.add.at(sq, la, groups.m2 + groups.n[:, None] * (groups.mean - mean[la]) ** 2)
-    rms = np.sqrt(mean ** 2 + sq / level_n[:, None])
-    return (level_n_long, mean_long, rms) if precise else (level_n, mean, rms)
+    return level_n, mean, np.sqrt(mean ** 2 + sq / level_n[:, None])
 
 
 def _check_identifiable(S, enc: Encoding, indicator, offsets, d: int) -> None:

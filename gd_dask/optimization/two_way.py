@@ -61,7 +61,7 @@ import numpy as np
 from ..kernels.compensated import DD_OP, dd_add, dd_div, dd_mul, exact_bincount
 from ..kernels.groups import GroupMoments
 from ..sizes import SLICE_ROWS
-from .categorical import Coefficients, Encoding, numeric_level_means
+from .categorical import Coefficients, Encoding
 from .certify import EPS, EPS_LONG, U, ZERO_FLOOR, sums_accuracy
 
 #: Conjugate-gradient iterations per solve, at most.
@@ -154,10 +154,9 @@ class TwoWay:
         m = np.minimum(groups.count, SLICE_ROWS)
         sums = (m * m * U * U / groups.n)[:, None] * sigma
         self.Z_err = 4 * DD_OP * (np.abs(groups.mean) + np.abs(self.Z)) + sums * (1 + 1e-6)
-        _, self.level_meanL, self.level_rms = numeric_level_means(groups, la, LA, precise=True)
+        self.level_meanL = level_mean[0].astype(np.longdouble) + level_mean[1].astype(np.longdouble)
         self.level_nL = self.level_n2[0].astype(np.longdouble) + self.level_n2[1].astype(np.longdouble)
         self.nL = groups.n.astype(np.longdouble) + groups.n_lo.astype(np.longdouble)
-        self.level_groups = np.bincount(la, minlength=LA)
         self.W = groups.within
         self.ref = enc.reference[o]
         self.nonref = enc.non_reference(o)
@@ -267,7 +266,8 @@ class TwoWay:
         S_BB has no positive entry off its diagonal (a Z-matrix: −Σ_ℓ w_ℓj w_ℓk / w_ℓ), so
         a P > 0 with S_BB P ≥ v, v > 0, proves it a nonsingular M-matrix, whose inverse is
         entrywise nonnegative: then S_BB⁻¹ v ≤ P, as P − S_BB⁻¹ v = S_BB⁻¹ (S_BB P − v).
-        P is an approximate solve for v raised a little, checked in double-double."""
+        P is an approximate solve for v raised a little, checked in float64 with each sum's
+        rounding bounded (in double-double where that is not enough)."""
         out = np.zeros_like(v)
         live = v.max(axis=0) > 0
         if not live.any():
@@ -275,23 +275,69 @@ class TwoWay:
         v = v[:, live]
         v_up = v + 1e-3 * v.mean(axis=0)
         p, _ = self.pcg(v_up, rtol=1e-6)
-        for factor in (1.01, 1.1, 2.0):
-            P = p * factor
-            if (P > 0).all() and (self._s_bb_lower(P) >= v).all():
-                out[:, live] = P
-                return out
+        for precise in (False, True):
+            for factor in (1.01, 1.1, 2.0):
+                P = p * factor
+                if (P > 0).all() and (self._s_bb_lower(P, precise) >= v).all():
+                    out[:, live] = P
+                    return out
         out[:, live] = np.inf
         return out
 
-    def _s_bb_lower(self, P):
-        """A lower bound, entry by entry, on the exact S_BB P (computed in double-double)."""
+    def _s_bb_lower(self, P, precise: bool = False):
+        """A lower bound, entry by entry, on the exact S_BB P: computed in float64, each
+        sum's rounding counted by its length (``precise``: in double-double)."""
         t = self._gather(P)
-        th, tl, err = self._center_dd(t, np.zeros_like(t), np.zeros_like(t))
-        nh, nl = self.n2[0][:, None], self.n2[1][:, None]
-        neh, nel = dd_mul(nh, nl, th, tl)
-        sh, sl, s_err = _dd_level_sums(self.B, neh, nel)
-        bound = s_err + self.B.sums(nh * err + DD_OP * np.abs(nh) * np.abs(th))
-        return ((sh + sl) - bound * (1 + 1e-6) - U * np.abs(sh))[self.nonref] - 1e-300
+        if precise:
+            th, tl, err = self._center_dd(t, np.zeros_like(t), np.zeros_like(t))
+            nh, nl = self.n2[0][:, None], self.n2[1][:, None]
+            neh, nel = dd_mul(nh, nl, th, tl)
+            sh, sl, s_err = _dd_level_sums(self.B, neh, nel)
+            bound = s_err + self.B.sums(nh * err + DD_OP * np.abs(nh) * np.abs(th))
+            return ((sh + sl) - bound * (1 + 1e-6) - U * np.abs(sh))[self.nonref] - 1e-300
+        n, lev, A = self.n[:, None], self.level_n[:, None], self.A.index
+        ta = np.abs(t)
+        c = self.A.sums(n * t) / lev
+        # A level's sum, Σw's own rounding (n is Σw's high part), the division.
+        c_err = ((self.A.count + 4) * U)[:, None] * self.A.sums(n * ta) / lev
+        e = t - c[A]
+        err = c_err[A] + U * (np.abs(e) + ta)
+        out = self.B.sums(n * e)
+        bound = ((self.B.count + 3) * U)[:, None] * self.B.sums(n * (np.abs(e) + ta + np.abs(c[A]))) \
+            + self.B.sums(n * err)
+        return (out - bound * (1 + 1e-6))[self.nonref] - 1e-300
+
+    def k_residual(self, K):
+        """(Σ̂, R, ρ_Σ, ρ_R) for K ≈ S_BB⁻¹ S_Bx (E × d), in float64: R = S_Bx − S_BB K, the
+        residual, and Σ̂ = S_xx − S_xB K, with bounds on what each is off by from the exact
+        values for the data as given (``Z_err``, and X̃'s float64 rounding). K only enters
+        the certificate through small terms (|K − K̂|·|δθ|, and λmin(Σ) to a few digits), so
+        float64 suffices: each sum's rounding is counted by its length."""
+        d = self.d
+        X = self.Z[:, :d]
+        Xa = np.abs(X)
+        x_err = self.Z_err[:, :d] + U * Xa
+        n = self.n[:, None]
+        lev = self.level_n[:, None]
+        A = self.A.index
+        t = X - self._gather(K)
+        err = U * np.abs(t)
+        c = self.A.sums(n * t) / lev
+        c_err = (((self.A.count + 2) * U)[:, None] * self.A.sums(n * np.abs(t)) + self.A.sums(n * err)) / lev \
+            + U * np.abs(c)
+        e = t - c[A]
+        err = err + c_err[A] + U * np.abs(e)
+        data = x_err + self.A.sums(n * x_err)[A] / lev[A]
+        ne = n * e
+        ne_abs = n * np.abs(e)
+        R = self.B.sums(ne)[self.nonref]
+        rho_R = (((self.B.count + 2) * U)[:, None] * self.B.sums(ne_abs)
+                 + self.B.sums(n * (err + data)))[self.nonref]
+        sigma = self.W[:d, :d] + X.T @ ne
+        w_x = np.sqrt(np.maximum(np.diag(self.W)[:d], 0))
+        rho_sigma = ((len(self.n) + 2) * U * (Xa.T @ ne_abs) + Xa.T @ (n * (err + data)) + x_err.T @ ne_abs
+                     + sums_accuracy(self.rows) * np.outer(w_x, w_x))
+        return sigma, R, rho_sigma * (1 + 1e-6), rho_R * (1 + 1e-6)
 
     def rhs(self):
         """[S_Bx, s_B] (E × (d + 1)) and [S_xx, s_x] (d × (d + 1)) in float64, for the solver."""
@@ -332,11 +378,7 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
     rhs_B, rhs_x = tw.rhs()
     K, iterations = tw.pcg(rhs_B)
     Kx, Ky = K[:, :d], K[:, d]
-    # K's residual and Σ̂, a column at a time (each pass's temporaries are G × 1).
-    zero = np.zeros((d, 1))
-    parts = [tw.residual([j], (zero, zero), (Kx[:, [j]], np.zeros((len(Kx), 1)))) for j in range(d)]
-    sigma, R, rho_sigma, rho_R = (np.hstack([p[i] for p in parts]) if d else
-                                  np.zeros((d, 0) if i in (0, 2) else (len(Kx), 0)) for i in range(4))
+    sigma, R, rho_sigma, rho_R = tw.k_residual(Kx)
     sigma = (sigma + sigma.T) / 2
     eps_K = tw.inverse_bound(np.abs(R) + rho_R)          # |K − K̂| entry by entry
     K_abs = np.abs(Kx) + eps_K
@@ -403,9 +445,9 @@ def _judge(tw: TwoWay, theta, beta, d_theta, d_beta):
     alpha = (mean[:, d] - mean[:, :d] @ theta.astype(Ld) - bbar).astype(np.float64)
     terms = (np.abs(mean[:, d]) + np.abs(mean[:, :d]) @ np.abs(theta).astype(Ld)
              + tw.A.sums((nL * np.abs(b_full[tw.B.index]))[:, None])[:, 0] / levL).astype(np.float64)
-    # Forming α (a level's groups, d + 2 terms), the level means' own sums, the float64 α.
-    rounding = ((tw.A.count + d + 8) * U_LONG * terms * (1 + 1e-6) + U * np.abs(alpha)
-                + tw.level_groups * EPS_LONG * (tw.level_rms[:, d] + tw.level_rms[:, :d] @ np.abs(theta)))
+    # Forming α (a level's groups, d + 2 terms; the level means double-doubles rounded to
+    # long double), the float64 α.
+    rounding = (tw.A.count + d + 8) * U_LONG * terms * (1 + 1e-6) + U * np.abs(alpha)
     err_alpha = (np.abs(tw.level_meanL[:, :d].astype(np.float64)) @ d_theta
                  + tw.A.sums((tw.n * db_full[tw.B.index])[:, None])[:, 0] / lev * (1 + 1e-9) + rounding)
     ref_a = enc.reference[tw.a]
