@@ -176,6 +176,8 @@ def table(doc: dict, features: list[str], target: str) -> str:
         p = "nan" if c["p_value"] is None else f"{c['p_value']:.3g}"
         lines.append(f"{name[:16]:>16} {c['coef']:>14.6g} {c['std_err']:>12.4g} {t:>9} {p:>9} "
                      f"{c['ci_low']:>14.6g} {c['ci_high']:>14.6g}")
+    if s.get("absorbed"):
+        lines.append(f"{'':>16} levels of {', '.join(s['absorbed'])} absorbed (their coefficients: model.json)")
     lines.append("")
 
     def fmt(x):
@@ -265,6 +267,30 @@ def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: lis
     coefs.append([coef.b])
     variances.append([var_b])
     rows = _level_rows(names, np.concatenate(coefs), np.concatenate(variances), df_resid, q)
+    return _fit_statistics(rows, nobs, p, ssr, sst, weights, "nonrobust" if meat is None else "HC1")
+
+
+def summarize_two_way(theta, sigma_inv, numeric: list[str], absorbed: list[str], nobs: float, p: int, ssr: float,
+                      sst: float, weights: RowSums | None = None) -> dict:
+    """The summary of a least-squares fit with two categorical columns of many levels
+    (``optimization.two_way``), as reghdfe and pyfixest report one: a row per numeric
+    feature, the levels absorbed. With Σ the numeric block's Schur complement (the
+    features' co-moment within both columns' levels), Var(θ) = σ²·Σ⁻¹, σ² = SSR/(n − p),
+    p counting every level's parameter; the levels' own rows would need the diagonal of
+    the inverse over all of them. ``weights``: as ``summarize_levels``."""
+    df_resid = nobs - p
+    sigma2 = ssr / df_resid if df_resid > 0 else math.nan
+    q = t_quantile(df_resid, 0.5 + CONFIDENCE / 2)
+    rows = _level_rows(list(numeric), np.asarray(theta, dtype=np.float64), sigma2 * np.diag(sigma_inv), df_resid, q)
+    return dict(_fit_statistics(rows, nobs, p, ssr, sst, weights, "nonrobust"), absorbed=list(absorbed))
+
+
+def _fit_statistics(rows, nobs: float, p: int, ssr: float, sst: float, weights: RowSums | None,
+                    cov_type: str) -> dict:
+    """A least-squares summary's document around its coefficient rows: R², F, the
+    log-likelihood and its criteria, as statsmodels' OLS (WLS with ``weights``) gives them."""
+    df_resid = nobs - p
+    sigma2 = ssr / df_resid if df_resid > 0 else math.nan
     r2 = 1.0 - ssr / sst if sst > 0 else math.nan
     df_model = p - 1
     adj = 1.0 - (nobs - 1) / df_resid * (1.0 - r2) if df_resid > 0 else math.nan
@@ -277,7 +303,7 @@ def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: lis
     if weights is not None:
         llf += 0.5 * weights.log_w
     return {
-        "method": "OLS" if weights is None else "WLS", "cov_type": "nonrobust" if meat is None else "HC1",
+        "method": "OLS" if weights is None else "WLS", "cov_type": cov_type,
         "nobs": nobs, "df_model": df_model, "df_resid": df_resid,
         "coefficients": rows, "residual_std_err": math.sqrt(sigma2) if sigma2 == sigma2 else None,
         "ssr": ssr, "r2": _num(r2), "r2_adj": _num(adj), "f": _num(f), "f_p_value": _num(f_p),

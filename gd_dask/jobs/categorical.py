@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from ..artifacts.summary import RowSums, summarize_levels
+from ..artifacts.summary import RowSums, summarize_levels, summarize_two_way
 from ..data.write import LevelTable
 from ..errors import ConfigError
 from ..optimization import categorical as cat
@@ -195,11 +195,31 @@ def _two_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True, fit=
         theta = np.concatenate([fit.coef.m] + [fit.coef.levels[c][idx] for c, idx in red.indicator])
         res.summary = _summary(cfg, res, red, enc, fit.coef, theta, enc.columns, sst, prep)
     elif summary:
-        res.summary = {"available": False, "reason": "two categorical columns of many levels each: their levels' "
-                                                     "standard errors need the diagonal of the inverse over "
-                                                     f"{len(enc.levels[1 - enc.absorbed]) - 1} levels; not computed"}
+        res.summary = _two_way_summary(cfg, res, fit, enc, sst, prep)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _two_way_summary(cfg, res, fit, enc: cat.Encoding, sst: float, prep) -> dict:
+    """The numeric slopes' rows with both columns' levels absorbed
+    (``summary.summarize_two_way``), where they hold."""
+    if not res.converged:
+        return {"available": False, "reason": "not converged: these statistics hold at the least-squares solution"}
+    if cfg.summary.cov_type == "HC1":
+        return {"available": False, "reason": "HC1 with two categorical columns of many levels: not computed"}
+    if cfg.data.weight and prep.ex is None:
+        return {"available": False, "reason": "computed by train: weighted statistics need a pass over the rows"}
+    d = len(res.m)
+    rows = RowSums(int(prep.groups.count.sum()), prep.ex.row_sums()[1]) if cfg.data.weight else None
+    nobs = float(rows.rows if rows is not None else prep.mom.n)
+    if d:
+        scale = np.sqrt(np.maximum(np.diag(fit.sigma), 1e-300))
+        inv = np.linalg.inv(fit.sigma / np.outer(scale, scale)) / np.outer(scale, scale)
+    else:
+        inv = np.zeros((0, 0))
+    numeric = [f for f in cfg.data.features if f not in enc.columns]
+    return {"available": True, **summarize_two_way(res.m, inv, numeric, enc.columns, nobs, d + fit.params, fit.sse,
+                                                   sst, rows)}
 
 
 @contextlib.contextmanager

@@ -78,7 +78,9 @@ class TwoWayFit(NamedTuple):
     """coef : the model;  bound : the largest relative error of any coefficient;  errors :
     each coefficient's bound on its absolute error (as ``Coefficients``);
     iterations : conjugate-gradient iterations in all;  refinements : corrections;
-    sse : Σ w·(y − ŷ)² at the solution"""
+    sse : Σ w·(y − ŷ)² at the solution;  sigma : the numeric block's Schur complement
+    S_xx − S_xB S_BB⁻¹ S_Bx (d × d), for the slopes' covariance;  params : the parameters
+    besides the numeric slopes (every level of A, B's free levels)"""
 
     coef: Coefficients
     bound: float
@@ -86,6 +88,8 @@ class TwoWayFit(NamedTuple):
     iterations: int
     refinements: int
     sse: float
+    sigma: np.ndarray
+    params: int
 
 
 class _Levels(NamedTuple):
@@ -424,7 +428,7 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
         beta = dd_add(*beta, c0[:, 0] - Kx @ dt, np.zeros(len(c0)))
         refinements += 1
     coef, bound, sse, errors = best
-    return TwoWayFit(coef, bound, errors, iterations, refinements, sse)
+    return TwoWayFit(coef, bound, errors, iterations, refinements, sse, sigma, len(tw.level_n) + tw.E)
 
 
 def _judge(tw: TwoWay, theta, beta, d_theta, d_beta):

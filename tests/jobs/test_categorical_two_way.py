@@ -90,8 +90,18 @@ def test_two_large_columns_train_to_one_hot_least_squares(tmp_path, rng, threads
         [c for lv, c in zip(doc["levels"], doc["coef"]) if lv != doc["reference"] and lv not in doc.get("pinned", ())]
         for doc in model["categorical"]])
     assert np.max(np.abs(ours - beta)) <= 1e-9 * np.max(np.abs(beta))
-    assert model["summary"]["available"] is False and "not computed" in model["summary"]["reason"]
+    # The slopes' standard errors, the levels absorbed: σ²·[(DᵀWD)⁻¹]_xx from the sparse
+    # factorization, σ² = SSR/(n − p) (as reghdfe and pyfixest report them).
+    summary = model["summary"]
+    assert summary["available"] and summary["nobs"] == len(y), summary
+    assert [r["name"] for r in summary["coefficients"]] == ["x0", "x1"]
+    Dw = D.multiply(w[:, None]).tocsc() if weights else D
+    block = spsolve((Dw.T @ D).tocsc(), sparse.csc_matrix(np.eye(D.shape[1])[:, 1:3])).toarray()[1:3]
     sse = float(((y - ref) ** 2) @ (w if weights else np.ones(len(y))))
+    sigma2 = sse / (len(y) - D.shape[1])
+    assert summary["df_resid"] == len(y) - D.shape[1]
+    for r, var in zip(summary["coefficients"], np.diag(block)):
+        assert abs(r["std_err"] - np.sqrt(sigma2 * var)) <= 1e-8 * r["std_err"], (r, np.sqrt(sigma2 * var))
     assert abs(model["metrics"]["mse"] * model["metrics"]["n"] - sse) <= 1e-9 * sse
 
 
