@@ -196,8 +196,10 @@ def test_levels_in_unlinked_sets_get_a_reference_each(tmp_path, rng, threads, us
     assert (item_doc["pinned"][0] < 5) != (item_doc["reference"] < 5)
     assert all(item_doc["coef"][item_doc["levels"].index(lv)] == 0 for lv in item_doc["pinned"])
     assert res.converged, model["convergence"]
-    # The dense reduced problem's summary holds for the smaller columns.
-    assert model["summary"]["available"] == (items != ITEMS), model["summary"]
+    # The dense reduced problem's summary has every level's row; the two-column one, the
+    # slopes' only.
+    assert model["summary"]["available"], model["summary"]
+    assert ("absorbed" in model["summary"]) == (items == ITEMS)
     D, beta = _one_hot(X, user, item, y, None, model)
     ref = D @ beta
     assert np.max(np.abs(_predict(model, X, user, item) - ref)) <= 1e-9 * np.max(np.abs(ref))
