@@ -222,3 +222,10 @@ def exact_bincount(idx, values, k: int):
     q = (values + sigma) - sigma
     return two_sum(np.bincount(idx, q, k), np.bincount(idx, values - q, k))
 
+
+def dd_bincount(index, hi, lo, L: int):
+    """Σ of a double-double ``hi + lo`` per index, as a double-double (``exact_bincount`` of
+    each part)."""
+    h1, l1 = exact_bincount(index, hi, L)
+    h2, l2 = exact_bincount(index, lo, L)
+    return dd_add(h1, l1, h2, l2)

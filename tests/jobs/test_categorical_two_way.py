@@ -105,10 +105,11 @@ def test_two_large_columns_train_to_one_hot_least_squares(tmp_path, rng, threads
 
 
 def test_the_level_bound_holds_entry_by_entry(rng):
-    """``inverse_bound`` against S_BB⁻¹ v formed densely, on a small problem with Σw."""
+    """``two_way_bounds.inverse_bound`` against S_BB⁻¹ v formed densely, on a small problem with Σw."""
     from gd_dask.kernels.groups import group_moments
     from gd_dask.optimization import categorical as cat
     from gd_dask.optimization.two_way import TwoWay
+    from gd_dask.optimization.two_way_bounds import inverse_bound
 
     n, LA, LB = 3000, 120, 90
     a, b = rng.integers(0, LA, n), rng.integers(0, LB, n)
@@ -120,7 +121,7 @@ def test_the_level_bound_holds_entry_by_entry(rng):
     assert np.all(dense - np.diag(np.diag(dense)) <= 1e-12)          # a Z-matrix, as the proof needs
     v = rng.uniform(0, 1, (tw.E, 2))
     v[::7, 1] = 0
-    P = tw.inverse_bound(v)
+    P = inverse_bound(tw, v)
     exact = np.linalg.solve(dense, v)
     assert np.all(P >= exact) and np.all(P <= 1.5 * exact + 1e-3 * exact.mean(axis=0))
 
