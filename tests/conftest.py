@@ -35,6 +35,17 @@ def write_parquet(root: Path, X: np.ndarray, y: np.ndarray, n_files: int = 3, na
     return {"path": str(root), "features": list(names), "target": target}
 
 
+def predict_levels(model: dict, X, *columns, unseen: float | None = None) -> np.ndarray:
+    """model.json's prediction for numeric rows X (n × d, or n values) and each categorical
+    column's values, every level looked up (one the model lacks: ``unseen``, or KeyError)."""
+    X = np.asarray(X, dtype=np.float64)
+    pred = model["b"] + X.reshape(len(X), -1) @ np.asarray(model["m"])
+    for doc, values in zip(model["categorical"], columns):
+        table = dict(zip(doc["levels"], doc["coef"]))
+        pred = pred + np.array([table[v] if unseen is None else table.get(v, unseen) for v in values.tolist()])
+    return pred
+
+
 def make_config(data: dict, tmp_path: Path, **sections):
     """A validated RunConfig for tests, with the output in tmp_path."""
     from gd_dask.config import validate_config

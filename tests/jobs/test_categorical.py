@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_config, run_cli
+from conftest import make_config, predict_levels, run_cli
 
 from gd_dask.jobs.training import fit
 
@@ -44,14 +44,6 @@ def _one_hot(X, region, store, y, model):
     return D, np.linalg.lstsq(D, y, rcond=None)[0]
 
 
-def _predict(model, X, region, store):
-    pred = model["b"] + X @ np.asarray(model["m"])
-    for doc, values in zip(model["categorical"], (region, store)):
-        table = dict(zip(doc["levels"], doc["coef"]))
-        pred = pred + np.array([table[v] for v in values.tolist()])
-    return pred
-
-
 def test_a_text_and_an_integer_category_train_to_one_hot_least_squares(tmp_path, rng, threads):
     X, region, store, y = _write(tmp_path / "d", rng)
     cfg = make_config({"path": str(tmp_path / "d"), "features": ["x0", "region", "x1", "store"], "target": "y",
@@ -69,7 +61,7 @@ def test_a_text_and_an_integer_category_train_to_one_hot_least_squares(tmp_path,
     assert region_doc["reference"] == max(counts, key=counts.get)
     assert region_doc["coef"][region_doc["levels"].index(region_doc["reference"])] == 0
     D, beta = _one_hot(X, region, store, y, model)
-    ours = _predict(model, X, region, store)
+    ours = predict_levels(model, X, region, store)
     assert np.max(np.abs(ours - D @ beta)) <= 1e-9 * np.max(np.abs(D @ beta))
     assert res.converged and model["convergence"]["bound"] <= 1e-9, model["convergence"]
     assert abs(model["metrics"]["r2"] - (1 - np.sum((y - D @ beta) ** 2) / np.sum((y - y.mean()) ** 2))) < 1e-9
@@ -118,7 +110,7 @@ def test_train_and_predict_from_the_command_line(tmp_path, rng):
     r = run_cli("predict", str(tmp_path / "out" / "model.json"), str(new), str(tmp_path / "pred"))
     assert r.returncode == 0, r.stderr
     pred = pq.read_table(next((tmp_path / "pred").rglob("*.parquet"))).column("prediction").to_numpy()
-    assert np.allclose(pred, _predict(model, X[:50], region[:50], store[:50]), rtol=1e-12)
+    assert np.allclose(pred, predict_levels(model, X[:50], region[:50], store[:50]), rtol=1e-12)
     unseen = region[:50].astype(object)
     unseen[7] = "region-new"
     pq.write_table(pa.table({"x0": X[:50, 0], "x1": X[:50, 1], "region": unseen.tolist(), "store": store[:50]}),
@@ -135,7 +127,7 @@ def test_train_and_predict_from_the_command_line(tmp_path, rng):
     pred = pq.read_table(next((tmp_path / "pred3").rglob("*.parquet"))).column("prediction").to_numpy()
     as_reference = unseen.copy()
     as_reference[7] = model["categorical"][0]["reference"]
-    assert np.allclose(pred, _predict(model, X[:50], as_reference, store[:50]), rtol=1e-12)
+    assert np.allclose(pred, predict_levels(model, X[:50], as_reference, store[:50]), rtol=1e-12)
 
 
 @pytest.mark.parametrize("section,value,culprit", [("optimizer", {"validation_fraction": 0.2},

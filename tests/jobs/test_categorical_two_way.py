@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_config, run_cli
+from conftest import make_config, predict_levels, run_cli
 from scipy import sparse
 from scipy.linalg import cho_factor, cho_solve
 
@@ -62,14 +62,6 @@ def _one_hot(X, user, item, y, w, model):
     return D, cho_solve(factor, Dw.T @ y), factor
 
 
-def _predict(model, X, user, item):
-    pred = model["b"] + X @ np.asarray(model["m"])
-    for doc, values in zip(model["categorical"], (user, item)):
-        table = dict(zip(doc["levels"], doc["coef"]))
-        pred = pred + np.array([table[v] for v in values.tolist()])
-    return pred
-
-
 @pytest.mark.parametrize("weights", [False, True])
 def test_two_large_columns_train_to_one_hot_least_squares(tmp_path, rng, threads, weights):
     X, user, item, y, w = _write(tmp_path / "d", rng, weights=weights)
@@ -85,7 +77,7 @@ def test_two_large_columns_train_to_one_hot_least_squares(tmp_path, rng, threads
     assert [len(c["levels"]) for c in model["categorical"]] == [USERS, ITEMS]
     D, beta, factor = _one_hot(X, user, item, y, w, model)
     ref = D @ beta
-    assert np.max(np.abs(_predict(model, X, user, item) - ref)) <= 1e-9 * np.max(np.abs(ref))
+    assert np.max(np.abs(predict_levels(model, X, user, item) - ref)) <= 1e-9 * np.max(np.abs(ref))
     ours = np.concatenate([[model["b"]], model["m"]] + [
         [c for lv, c in zip(doc["levels"], doc["coef"]) if lv != doc["reference"] and lv not in doc.get("pinned", ())]
         for doc in model["categorical"]])
@@ -176,7 +168,7 @@ def test_the_command_trains_and_evaluates_two_large_columns(tmp_path, rng):
     assert "share no rows with the rest" in r.stderr and model["categorical"][1]["pinned"]
     r = run_cli("evaluate", str(tmp_path / "out" / "model.json"), str(tmp_path / "d"))
     assert r.returncode == 0, r.stderr
-    mse = float(np.mean((y - _predict(model, X, user, item)) ** 2))
+    mse = float(np.mean((y - predict_levels(model, X, user, item)) ** 2))
     assert abs(json.loads(r.stdout)["mse"] - mse) <= 1e-9 * mse, r.stdout
 
 
@@ -202,7 +194,7 @@ def test_levels_in_unlinked_sets_get_a_reference_each(tmp_path, rng, threads, us
     assert ("absorbed" in model["summary"]) == (items == ITEMS)
     D, beta, _ = _one_hot(X, user, item, y, None, model)
     ref = D @ beta
-    assert np.max(np.abs(_predict(model, X, user, item) - ref)) <= 1e-9 * np.max(np.abs(ref))
+    assert np.max(np.abs(predict_levels(model, X, user, item) - ref)) <= 1e-9 * np.max(np.abs(ref))
 
 
 def test_ridge_with_two_large_columns_is_refused_by_name(tmp_path, rng, threads):

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_config
+from conftest import make_config, predict_levels
 
 from gd_dask.artifacts.registry import Registry
 from gd_dask.config import validate_config
@@ -63,14 +63,6 @@ def _rows(tmp_path, dates):
     return (t["x"].to_numpy(), np.array(t["region"].to_pylist()), t["store"].to_numpy(), t["y"].to_numpy())
 
 
-def _predict(model, x, region, store):
-    pred = model["b"] + model["m"][0] * x
-    for doc, values in zip(model["categorical"], (region, store)):
-        table = dict(zip(doc["levels"], doc["coef"]))
-        pred = pred + np.array([table.get(v, 0.0) for v in values.tolist()])
-    return pred
-
-
 def _one_hot_lstsq(model, x, region, store, y):
     cols = [np.ones(len(x)), x]
     for doc, values in zip(model["categorical"], (region, store)):
@@ -98,7 +90,7 @@ def test_refit_with_levels_follows_the_drift_from_cached_grouped_moments(tmp_pat
                  if train[0] <= d <= train[1]]
         x, region, store, y = _rows(tmp_path, dates)
         expect = _one_hot_lstsq(model, x, region, store, y)
-        assert np.max(np.abs(_predict(model, x, region, store) - expect)) <= 1e-9 * np.max(np.abs(expect))
+        assert np.max(np.abs(predict_levels(model, x, region, store, unseen=0.0) - expect)) <= 1e-9 * np.max(np.abs(expect))
         slopes.append(model["m"][0])
         if day >= 3:  # the training nights' grouped moments came from the cache
             assert outcome.files_read == 2, outcome.message
