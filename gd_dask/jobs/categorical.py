@@ -68,7 +68,7 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True):
     if (not converged and len(columns) == 2 and tol > 0 and not cfg.model.l2
             and cfg.optimizer.learning_rate == "auto"):
         # The reduced problem's float64 moments stopped short; the two-column solver
-        # refines from the groups in long double. (A learning rate of the user's, as a
+        # refines from the groups in double-double. (A learning rate of the user's, as a
         # sweep sets, asks for the descent itself.)
         alt = two_way.fit_two_way(prep.groups, enc, tol)
         if alt.bound < (convergence.get("bound") or np.inf):
