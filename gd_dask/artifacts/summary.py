@@ -177,7 +177,8 @@ def table(doc: dict, features: list[str], target: str) -> str:
         lines.append(f"{name[:16]:>16} {c['coef']:>14.6g} {c['std_err']:>12.4g} {t:>9} {p:>9} "
                      f"{c['ci_low']:>14.6g} {c['ci_high']:>14.6g}")
     if s.get("absorbed"):
-        lines.append(f"{'':>16} levels of {', '.join(s['absorbed'])} absorbed (their coefficients: model.json)")
+        lines.append(f"{'':>16} levels of {', '.join(s['absorbed'])} absorbed: their coefficients are the model's, "
+                     "without standard errors")
     lines.append("")
 
     def fmt(x):

@@ -125,7 +125,10 @@ def _renamed(summary, original: dict):
     for r in summary["coefficients"]:
         name, _, level = r["name"].partition("[")
         rows.append(dict(r, name=original.get(name, name) + (f"[{level}" if level else "")))
-    return dict(summary, coefficients=rows)
+    renamed = dict(summary, coefficients=rows)
+    if summary.get("absorbed"):  # two columns of many levels (``summary.summarize_two_way``)
+        renamed["absorbed"] = [original.get(c, c) for c in summary["absorbed"]]
+    return renamed
 
 
 def _is_dask(x) -> bool:

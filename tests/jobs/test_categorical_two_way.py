@@ -236,3 +236,24 @@ def test_levels_alone_without_numeric_features(rng):
     beta = cho_solve(cho_factor((D.T @ D).toarray()), D.T @ y)
     pred = fit.coef.b + fit.coef.levels[0][la] + fit.coef.levels[1][lb]
     assert np.max(np.abs(pred - D @ beta)) <= 1e-9 * np.max(np.abs(D @ beta))
+
+
+def test_the_estimator_takes_two_large_text_columns(tmp_path, rng):
+    """``gd_dask.LinearRegression().fit(df, y)`` with two text columns of thousands of
+    levels: the one-hot least squares, its summary naming the user's columns."""
+    import pandas as pd
+
+    import gd_dask
+
+    X, user, item, y, _ = _write(tmp_path / "d", rng, n=12000)
+    df = pd.DataFrame({"x0": X[:, 0], "user": user, "x1": X[:, 1], "item": [f"i{v}" for v in item]})
+    est = gd_dask.LinearRegression().fit(df, y)
+    assert est.converged_ and est.convergence_["solver"] == "conjugate gradients"
+    model = {"b": est.intercept_, "m": est.coef_,
+             "categorical": [{"levels": list(est.categorical_[c]), "coef": list(est.categorical_[c].values())}
+                             for c in ("user", "item")]}
+    pred = est.predict(df)
+    assert np.max(np.abs(pred - predict_levels(model, X, user, df["item"].to_numpy()))) <= 1e-12 * np.max(np.abs(pred))
+    summary = est.summary()
+    assert [r["name"] for r in summary["coefficients"]] == ["x0", "x1"] and summary["absorbed"] == ["user", "item"]
+    assert "levels of user, item absorbed" in str(summary)
