@@ -6,8 +6,9 @@ second list). ``fit`` trains with the very code of ``gd-dask train`` on a dask D
 source (``data.frame``) whose partitions are the chunks: NumPy and pandas data are
 spread over the workers once in partitions of up to ``PARTITION_ROWS`` rows (so rows
 that the CLI reads as one chunk give the CLI's bits); a dask DataFrame or array is read
-partition by partition where it lives, never gathered and never written. It runs on the current dask client where there is one (as
-dask-ml does), otherwise on an embedded cluster started once per process.
+partition by partition where it lives, never gathered and never written. It runs on the
+current dask client where there is one (as dask-ml does), otherwise on an embedded
+cluster started once per process.
 """
 
 from __future__ import annotations

@@ -93,8 +93,8 @@ def sums_accuracy(n: float) -> float:
     many slices there are; bringing them together adds the rounding of a chain of
     ``merge_chain(n)`` additions (Higham & Mary's λ·√m·u) and the roundings after it. So
     it grows with the chain, not with the rows: 1.6e-14 at a slice's rows or fewer, 3.4e-14
-    at 20M (5.1e-14 with slices of 8,192 rows) (a bound of 1e-10 at 20M rows needed one pass more when this grew like the square
-    root of the slices: 7.2e-13)."""
+    at 20M (5.1e-14 with slices of 8,192 rows). When it grew like the square root of the
+    slices (7.2e-13), a bound of 1e-10 at 20M rows needed one pass more."""
     return ETA + PROB_LAMBDA * math.sqrt(merge_chain(n)) * U + TAIL_ROUNDINGS * U
 
 

@@ -9,10 +9,11 @@
 - ``inverse_diagonal``, ``quad`` and ``abs_inverse_times``: (H⁻¹)_jj, uᵀH⁻¹u and an
   upper bound on |H⁻¹|·e, the per-coefficient parts of the certificate.
 
-A diagonal block is Newton with a high-cardinality categorical column. The levels of one categorical column never share a row, so in the Hessian over
-[numeric features, other levels, this column's levels, intercept] the block of this
-column's levels is diagonal (D: Σℓ″ per level). With the other parameters' dense block A
-and their coupling B to the column's levels,
+A diagonal block is Newton with a high-cardinality categorical column. The levels of one
+categorical column never share a row, so in the Hessian over [numeric features, other
+levels, this column's levels, intercept] the block of this column's levels is diagonal
+(D: Σℓ″ per level). With the other parameters' dense block A and their coupling B to the
+column's levels,
 
     H = [[A, B], [Bᵀ, D]]
 
