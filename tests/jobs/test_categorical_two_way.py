@@ -118,19 +118,27 @@ def test_the_level_bound_holds_entry_by_entry(rng):
     assert np.all(P >= exact) and np.all(P <= 1.5 * exact + 1e-3 * exact.mean(axis=0))
 
 
-def test_the_certificate_bounds_an_unrefined_solution(rng, monkeypatch):
+@pytest.mark.parametrize("skewed", [False, True])
+def test_the_certificate_bounds_an_unrefined_solution(rng, monkeypatch, skewed):
     """Each coefficient's certified absolute error against its true error: the solution
     before any correction (its errors some 1e-12) against the refined one (whose own bound
-    is far below them)."""
+    is far below them). ``skewed``: B's levels Zipf-popular (many with a row or two), y
+    far from 0, and sample weights."""
     from gd_dask.kernels.groups import group_moments
     from gd_dask.optimization import categorical as cat
     from gd_dask.optimization import two_way
 
     n, LA, LB = 40000, 3000, 2500
-    a, b = rng.integers(0, LA, n), rng.integers(0, LB, n)
+    a = rng.integers(0, LA, n)
+    if skewed:
+        p = 1 / np.arange(1, LB + 1) ** 1.1
+        b = rng.choice(LB, size=n, p=p / p.sum())
+    else:
+        b = rng.integers(0, LB, n)
     X = rng.normal(5, 2, (n, 2))
     y = X @ [2.0, -1.0] + rng.normal(0, 1, LA)[a] + rng.normal(0, 1, LB)[b] + rng.normal(0, 0.5, n)
-    g = group_moments(np.column_stack([a, b, X, y]).astype(float), [0, 1])
+    columns = [a, b, X, y + 1000.0 if skewed else y] + ([rng.uniform(0.1, 5, n)] if skewed else [])
+    g = group_moments(np.column_stack(columns).astype(float), [0, 1], weighted=skewed)
     enc = cat.encode(g, ["a", "b"], limit=False)
     exact = two_way.fit_two_way(g, enc, 1e-14)
     monkeypatch.setattr(two_way, "MAX_REFINEMENTS", 0)
