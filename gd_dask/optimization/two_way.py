@@ -256,27 +256,16 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
     beta = (Ky - Kx @ theta[0], np.zeros(len(Ky)))
     refinements, best, prev = 0, None, np.inf
     while True:
-        r_x, r_B, rho_x, rho_B = (v[:, 0] for v in bounds.residual(tw, [d], (theta[0][:, None], theta[1][:, None]),
-                                                                (beta[0][:, None], beta[1][:, None])))
+        r_x, r_B, rho_x, rho_B = (v[:, 0] for v in bounds.residual(
+            tw, [d], (theta[0][:, None], theta[1][:, None]), (beta[0][:, None], beta[1][:, None])))
         # The float64 solve is never certified to tol: correct it once before judging.
         if refinements or not MAX_REFINEMENTS:
-            a_B = np.abs(r_B) + rho_B
-            q = bounds.inverse_bound(tw, a_B[:, None])[:, 0]             # ≥ |S_BB⁻¹ r_B|
-            if not d:
-                d_theta = np.zeros(0)
-            elif lam_sigma > 0:
-                d_theta = np.full(d, float(np.linalg.norm(np.abs(r_x) + rho_x + K_abs.T @ a_B)) / lam_sigma)
-            else:
-                d_theta = np.full(d, np.inf)
-            d_beta = q + K_abs @ d_theta
-            # The float64 model is the pairs' high parts: off by their low parts.
-            coef, bound, sse, errors = bounds.judge(tw, theta[0], beta[0], d_theta + np.abs(theta[1]),
-                                              d_beta + np.abs(beta[1]))
-            if best is None or bound < best[1]:
-                best = (coef, bound, sse, errors)
-            if bound <= tol or refinements >= MAX_REFINEMENTS or bound >= prev / 2:
+            judged = _judged(tw, theta, beta, np.abs(r_x) + rho_x, np.abs(r_B) + rho_B, K_abs, lam_sigma)
+            if best is None or judged[1] < best[1]:
+                best = judged
+            if judged[1] <= tol or refinements >= MAX_REFINEMENTS or judged[1] >= prev / 2:
                 break
-            prev = bound
+            prev = judged[1]
         # A correction: the same elimination for the right-hand side r.
         c0, it = tw.pcg(r_B[:, None], rtol=1e-10)
         iterations += it
@@ -286,3 +275,20 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
         refinements += 1
     coef, bound, sse, errors = best
     return TwoWayFit(coef, bound, errors, iterations, refinements, sse, sigma, len(tw.level_n) + tw.E)
+
+
+def _judged(tw: TwoWay, theta, beta, a_x, a_B, K_abs, lam_sigma: float):
+    """(the model, its bound, Σ w·e², its absolute bounds) at the double-double (θ, β)
+    whose residual is at most a_x, a_B in absolute value: |δβ| ≤ S_BB⁻¹a_B + |K|·|δθ|,
+    ‖δθ‖ ≤ ‖a_x + |K|ᵀa_B‖ / λmin(Σ) (module docstring); the float64 model is the pairs'
+    high parts, off by their low parts."""
+    d = tw.d
+    q = bounds.inverse_bound(tw, a_B[:, None])[:, 0]
+    if not d:
+        d_theta = np.zeros(0)
+    elif lam_sigma > 0:
+        d_theta = np.full(d, float(np.linalg.norm(a_x + K_abs.T @ a_B)) / lam_sigma)
+    else:
+        d_theta = np.full(d, np.inf)
+    d_beta = q + K_abs @ d_theta
+    return bounds.judge(tw, theta[0], beta[0], d_theta + np.abs(theta[1]), d_beta + np.abs(beta[1]))
