@@ -33,15 +33,17 @@ log = logging.getLogger(__name__)
 TIGHTEN_ROUNDS = 4
 
 
-def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True):
+def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True, report: bool = True):
     """A ``FitResult`` for data with categorical features (``prep.groups``): m for the
     numeric features, b at every column's reference level, and ``categorical`` for
-    model.json (``summary``: False leaves it out, for a solve within Huber's rounds)."""
+    model.json (``summary``: False leaves it out, for a solve within Huber's rounds;
+    ``report``: False leaves out the line on unlinked sets of levels, said once already)."""
     from .training import fit_moments
 
     columns = list(prep.source.categorical)
     enc = cat.encode(prep.groups, columns, limit=False, names=prep.level_names)
-    report_pinned(enc)
+    if report:
+        report_pinned(enc)
     if cat.dense_levels(enc) > cat.MAX_DENSE_LEVELS and len(columns) == 2:
         return _two_way(cfg, prep, enc, t0, summary)
     cat.check_dense(enc)

@@ -48,7 +48,7 @@ def fit_categorical_huber(cfg, prep, t0: float, on_epoch=None):
         if on_epoch is not None:
             on_epoch(row)
         step = dataclasses.replace(prep, groups=groups, mom=groups.to_moments())
-        new = fit_categorical(squared, step, t0, summary=False)
+        new = fit_categorical(squared, step, t0, summary=False, report=False)  # the same levels as the start's
         change = _relative_change(res, new)
         res = new
         if tol > 0 and change <= tol:
