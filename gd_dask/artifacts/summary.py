@@ -272,18 +272,25 @@ def summarize_levels(red, enc, coef, theta, numeric: list[str], level_names: lis
 
 
 def summarize_two_way(theta, sigma_inv, numeric: list[str], absorbed: list[str], nobs: float, p: int, ssr: float,
-                      sst: float, weights: RowSums | None = None) -> dict:
+                      sst: float, weights: RowSums | None = None, meat=None) -> dict:
     """The summary of a least-squares fit with two categorical columns of many levels
     (``optimization.two_way``), as reghdfe and pyfixest report one: a row per numeric
     feature, the levels absorbed. With Σ the numeric block's Schur complement (the
     features' co-moment within both columns' levels), Var(θ) = σ²·Σ⁻¹, σ² = SSR/(n − p),
     p counting every level's parameter; the levels' own rows would need the diagonal of
-    the inverse over all of them. ``weights``: as ``summarize_levels``."""
+    the inverse over all of them. ``weights``: as ``summarize_levels``. ``meat``: HC1
+    instead, Σ⁻¹·Ω·Σ⁻¹·n/(n − p) with Ω = Σ (w·e)²·x̃x̃ᵀ over the rows, x̃ each feature
+    less its own fit on the levels (``runtime.level_chunks.chunk_two_way_meat``)."""
     df_resid = nobs - p
     sigma2 = ssr / df_resid if df_resid > 0 else math.nan
     q = t_quantile(df_resid, 0.5 + CONFIDENCE / 2)
-    rows = _level_rows(list(numeric), np.asarray(theta, dtype=np.float64), sigma2 * np.diag(sigma_inv), df_resid, q)
-    return dict(_fit_statistics(rows, nobs, p, ssr, sst, weights, "nonrobust"), absorbed=list(absorbed))
+    if meat is None:
+        var = sigma2 * np.diag(sigma_inv)
+    else:
+        var = np.diag(sigma_inv @ meat @ sigma_inv) * (nobs / df_resid if df_resid > 0 else math.nan)
+    rows = _level_rows(list(numeric), np.asarray(theta, dtype=np.float64), var, df_resid, q)
+    cov_type = "nonrobust" if meat is None else "HC1"
+    return dict(_fit_statistics(rows, nobs, p, ssr, sst, weights, cov_type), absorbed=list(absorbed))
 
 
 def _fit_statistics(rows, nobs: float, p: int, ssr: float, sst: float, weights: RowSums | None,

@@ -207,10 +207,10 @@ def _two_way_summary(cfg, res, fit, enc: cat.Encoding, sst: float, prep) -> dict
     (``summary.summarize_two_way``), where they hold."""
     if not res.converged:
         return {"available": False, "reason": "not converged: these statistics hold at the least-squares solution"}
-    if cfg.summary.cov_type == "HC1":
-        return {"available": False, "reason": "HC1 with two categorical columns of many levels: not computed"}
-    if cfg.data.weight and prep.ex is None:
-        return {"available": False, "reason": "computed by train: weighted statistics need a pass over the rows"}
+    hc1 = cfg.summary.cov_type == "HC1"
+    if (cfg.data.weight or hc1) and prep.ex is None:  # a refit from cached moments: no rows at hand
+        return {"available": False, "reason": "computed by train: weighted statistics and HC1 need a pass over "
+                                              "the rows"}
     d = len(res.m)
     rows = RowSums(int(prep.groups.count.sum()), prep.ex.row_sums()[1]) if cfg.data.weight else None
     nobs = float(rows.rows if rows is not None else prep.mom.n)
@@ -220,8 +220,14 @@ def _two_way_summary(cfg, res, fit, enc: cat.Encoding, sst: float, prep) -> dict
     else:
         inv = np.zeros((0, 0))
     numeric = [f for f in cfg.data.features if f not in enc.columns]
+    meat = None
+    if hc1 and d:
+        tables = [LevelTable(doc["name"], doc["levels"], doc["coef"]) for doc in res.categorical]
+        x_tables = [[LevelTable(doc["name"], doc["levels"], levels[c]) for c, doc in enumerate(res.categorical)]
+                    for levels in fit.x_levels]
+        meat = prep.ex.two_way_meat(res.m, res.b, tables, x_tables)
     return {"available": True, **summarize_two_way(res.m, inv, numeric, enc.columns, nobs, d + fit.params, fit.sse,
-                                                   sst, rows)}
+                                                   sst, rows, meat)}
 
 
 @contextlib.contextmanager

@@ -79,7 +79,9 @@ class TwoWayFit(NamedTuple):
     iterations : conjugate-gradient iterations in all;  refinements : corrections;
     sse : Σ w·(y − ŷ)² at the solution;  sigma : the numeric block's Schur complement
     S_xx − S_xB S_BB⁻¹ S_Bx (d × d), for the slopes' covariance;  params : the parameters
-    besides the numeric slopes (every level of A, B's free levels)"""
+    besides the numeric slopes (every level of A, B's free levels);  x_levels : per numeric
+    feature, its own least-squares fit on the two columns' levels (as ``Coefficients``'
+    ``levels``: A's intercepts, B's coefficients), which HC1's middle takes off the rows"""
 
     coef: Coefficients
     bound: float
@@ -89,6 +91,7 @@ class TwoWayFit(NamedTuple):
     sse: float
     sigma: np.ndarray
     params: int
+    x_levels: list
 
 
 class _Levels(NamedTuple):
@@ -274,7 +277,22 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
         beta = dd_add(*beta, c0[:, 0] - Kx @ dt, np.zeros(len(c0)))
         refinements += 1
     coef, bound, sse, errors = best
-    return TwoWayFit(coef, bound, errors, iterations, refinements, sse, sigma, len(tw.level_n) + tw.E)
+    return TwoWayFit(coef, bound, errors, iterations, refinements, sse, sigma, len(tw.level_n) + tw.E,
+                     _x_levels(tw, Kx))
+
+
+def _x_levels(tw: TwoWay, Kx) -> list:
+    """Each numeric feature's least-squares fit on the levels: β^x = K's column on B's
+    levels, and α^x_ℓ = x̄_ℓ − B̄_ℓ·β^x on A's (float64: for standard errors)."""
+    out = []
+    for j in range(tw.d):
+        b_full = np.zeros(len(tw.enc.levels[tw.o]))
+        b_full[tw.nonref] = Kx[:, j]
+        bbar = tw.A.sums((tw.n * b_full[tw.B.index])[:, None])[:, 0] / tw.level_n
+        levels = [None, None]
+        levels[tw.a], levels[tw.o] = tw.level_meanL[:, j].astype(np.float64) - bbar, b_full
+        out.append(levels)
+    return out
 
 
 def _judged(tw: TwoWay, theta, beta, a_x, a_B, K_abs, lam_sigma: float):

@@ -97,6 +97,25 @@ def chunk_level_meat(chunk, spec, cat_idx, tables, m, b, weighted, absorbed, oth
     return total
 
 
+def chunk_two_way_meat(chunk, spec, cat_idx, tables, m, b, weighted, x_tables) -> np.ndarray:
+    """HC1's middle for the slopes of a two-column fit (``optimization.two_way``), one
+    chunk: Σ (w·e)²·x̃x̃ᵀ with e the model's residual and x̃ each numeric feature less its
+    own least-squares fit on the two columns' levels (``x_tables``: per feature, its
+    tables), the rows the slopes' errors are linear in (Frisch–Waugh–Lovell)."""
+    num = _numeric(spec, cat_idx)
+    where = chunk_where(chunk)
+    total = np.zeros((len(m), len(m)))
+    for z, intercepts in _with_intercepts(chunk, spec, cat_idx, tables, b, {}):
+        X, y, w = split_block(np.ascontiguousarray(z[:, num]), weighted)
+        e = y - (X @ m + intercepts)
+        R = X.copy()
+        for k, feature in enumerate(x_tables):
+            R[:, k] -= sum(t.offsets(z[:, j], where, {}) for j, t in zip(cat_idx, feature))
+        s = e * e if w is None else (w * e) ** 2
+        total += (R * s[:, None]).T @ R
+    return total
+
+
 def _with_intercepts(chunk, spec, cat_idx, tables, b, names: dict):
     """Each of the chunk's slices with each row's intercept: b plus the row's levels'
     coefficients (``data.write.LevelTable``) and its offset (``data.write.OffsetColumn``),

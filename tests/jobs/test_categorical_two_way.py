@@ -265,3 +265,26 @@ def test_the_estimator_takes_two_large_text_columns(tmp_path, rng):
     summary = est.summary()
     assert [r["name"] for r in summary["coefficients"]] == ["x0", "x1"] and summary["absorbed"] == ["user", "item"]
     assert "levels of user, item absorbed" in str(summary)
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_hc1_standard_errors_of_the_slopes_with_two_large_columns(tmp_path, rng, threads, weights):
+    """``summary.cov_type: HC1``: the slopes' White sandwich on the one-hot design,
+    A⁻¹·Dᵀdiag((w·e)²)D·A⁻¹·n/(n − p) with A = DᵀWD, as statsmodels' WLS HC1 forms it."""
+    X, user, item, y, w = _write(tmp_path / "d", rng, n=12000, weights=weights)
+    data = {"path": str(tmp_path / "d"), "features": ["x0", "user", "x1", "item"], "target": "y",
+            "categorical": ["item"]}
+    if weights:
+        data["weight"] = "w"
+    cfg = make_config(data, tmp_path, summary={"cov_type": "HC1"})
+    res = fit(cfg, threads)
+    model = json.loads(json.dumps(model_document(cfg, res)))
+    summary = model["summary"]
+    assert summary["available"] and summary["cov_type"] == "HC1", summary
+    D, beta, factor = _one_hot(X, user, item, y, w, model)
+    e = y - D @ beta
+    s = e ** 2 if w is None else (w * e) ** 2
+    meat = (D.multiply(s[:, None]).T @ D).toarray()
+    cov = cho_solve(factor, cho_solve(factor, meat).T) * len(y) / (len(y) - D.shape[1])
+    for r, var in zip(summary["coefficients"], np.diag(cov)[1:3]):
+        assert abs(r["std_err"] - np.sqrt(var)) <= 1e-8 * r["std_err"], (r, np.sqrt(var))
