@@ -333,8 +333,8 @@ def report_pinned(enc: cat.Encoding) -> None:
     for c, pinned in enumerate(enc.pinned or ()):
         if len(pinned):
             log.warning("%d sets of levels of '%s' and '%s' share no rows with the rest (e.g. %r of '%s'): one level "
-                        "of '%s' in each is held at 0 as that set's reference (model.json: pinned); predictions "
-                        "are those of least squares", len(pinned), enc.columns[1 - c], enc.columns[c],
+                        "of '%s' in each is held at 0 as that set's reference (model.json: pinned), which changes "
+                        "no prediction", len(pinned), enc.columns[1 - c], enc.columns[c],
                         enc.label(c, int(pinned[0])), enc.columns[c], enc.columns[c])
 
 
