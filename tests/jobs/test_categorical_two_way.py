@@ -321,3 +321,24 @@ def test_logistic_with_unlinked_sets_of_levels(tmp_path, rng, threads):
     ours = 1 / (1 + np.exp(-predict_levels(model, X, user, item)))
     assert np.max(np.abs(ours - ref.predict_proba(np.hstack(cols))[:, 1])) <= 1e-8
     assert ref.n_iter_[0] < 1000
+
+
+def test_three_columns_past_the_dense_limit_are_refused_by_name(tmp_path, rng):
+    """Three categorical columns whose levels besides the largest's pass 2,000 together: one
+    line naming the column absorbed and the limit (the two-column solver's certificate does
+    not hold for three)."""
+    X, user, item, y, _ = _write(tmp_path / "d", rng, n=8000)
+    for f in range(3):
+        path = tmp_path / "d" / f"part-{f}.parquet"
+        t = pq.read_table(path)
+        pq.write_table(t.append_column("region", pa.array(rng.integers(0, 5, t.num_rows))), path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "three", "data": {"path": str(tmp_path / "d"), "target": "y",
+                                                          "categorical": ["item", "region"],
+                                                          "features": ["x0", "user", "x1", "item", "region"]},
+                               "output": {"dir": str(tmp_path / "out")}}))
+    r = run_cli("train", str(cfg), "--no-plot")
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "levels outside 'user'" in line and "with 3 categorical columns at most 2000" in line, line
+    assert not (tmp_path / "out" / "model.json").exists()
