@@ -13,9 +13,9 @@ import numpy as np
 from ..artifacts.summary import RowSums, summarize_levels, summarize_two_way
 from ..data.write import LevelTable
 from ..errors import ConfigError
+from ..kernels.metrics import sse_metrics
 from ..optimization import categorical as cat
 from ..optimization import two_way
-from ..optimization.categorical import LEVEL_MEAN_ROUNDINGS
 from ..optimization.certify import (
     EPS,
     EPS_LONG,
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 #: Solves of the reduced problem, each tighter, until the derived bounds meet tol.
 TIGHTEN_ROUNDS = 4
+#: Roundings of a level's numeric mean (``level_mean_error``): the long-double sums of its
+#: groups' double-doubles (a few units of 2⁻⁶⁴ each), the division, the float64 result;
+#: counted generously.
+LEVEL_MEAN_ROUNDINGS = 4
 
 
 def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True, report: bool = True):
@@ -88,7 +92,7 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True, r
     res.converged, res.convergence = converged, convergence
     res.metrics = metrics
     res.source, res.rows_dropped = prep.source, prep.rows_dropped
-    res.categorical = [_column_doc(enc, c, coef.levels[c], prep.level_names or {}) for c in range(len(columns))]
+    res.categorical = [_column_doc(enc, c, coef.levels[c]) for c in range(len(columns))]
     res.summary = _summary(cfg, res, red, enc, coef, theta, columns, sst, prep) if summary else None
     res.seconds = time.perf_counter() - t0
     return res
@@ -148,16 +152,14 @@ def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float, summ
         e = err[others] + err[ref]
         worst.append(float(np.max(e / np.maximum(np.abs(a[others]) - e, max(floor, 1e-300) / sd_level[others]))))
     bound = max(worst)
-    metrics = {"mse": sse / n, "rmse": float(np.sqrt(sse / n)), "mae": None,
-               "r2": 1.0 - sse / sst if sst > 0 else 0.0, "n": n}
+    metrics = sse_metrics(sse, sst, n)
     tol = cfg.optimizer.tol
     res = FitResult(m=np.zeros(0), b=coef.b, epochs_run=0, converged=bool(tol > 0 and bound <= tol),
                     final_loss=metrics["mse"], learning_rate=0.0, momentum=0.0, strategy="gram", metrics=metrics,
                     convergence={"criterion": "coefficients", "tol": tol, "bound": bound, "digits": digits(bound),
                                  "epochs": 0, "refinements": 0},
                     source=prep.source, rows_dropped=prep.rows_dropped)
-    res.categorical = [_column_doc(enc, c, coef.levels[c], prep.level_names or {})
-                       for c in range(len(enc.columns))]
+    res.categorical = [_column_doc(enc, c, coef.levels[c]) for c in range(len(enc.columns))]
     res.summary = _summary(cfg, res, red, enc, coef, np.zeros(0), enc.columns, sst, prep) if summary else None
     res.seconds = time.perf_counter() - t0
     return res
@@ -178,8 +180,7 @@ def _two_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True, fit=
     fit = fit or two_way.fit_two_way(prep.groups, enc, tol)
     mom, n = prep.mom, prep.mom.n
     sst = float(mom.comoment[-1, -1])
-    metrics = {"mse": fit.sse / n, "rmse": float(np.sqrt(fit.sse / n)), "mae": None,
-               "r2": 1.0 - fit.sse / sst if sst > 0 else 0.0, "n": n}
+    metrics = sse_metrics(fit.sse, sst, n)
     converged = bool(tol > 0 and fit.bound <= tol)
     if not converged and tol > 0:
         log.warning("not converged: the coefficients reached %.1f digits of %.1f (the certificate's rounding "
@@ -191,8 +192,7 @@ def _two_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True, fit=
                                  "digits": digits(fit.bound), "epochs": 0, "refinements": fit.refinements,
                                  "solver": "conjugate gradients", "iterations": fit.iterations},
                     source=prep.source, rows_dropped=prep.rows_dropped)
-    res.categorical = [_column_doc(enc, c, fit.coef.levels[c], prep.level_names or {})
-                       for c in range(len(enc.columns))]
+    res.categorical = [_column_doc(enc, c, fit.coef.levels[c]) for c in range(len(enc.columns))]
     if summary and red is not None:
         theta = np.concatenate([fit.coef.m] + [fit.coef.levels[c][idx] for c, idx in red.indicator])
         res.summary = _summary(cfg, res, red, enc, fit.coef, theta, enc.columns, sst, prep)
@@ -314,13 +314,12 @@ def level_mean_error(red: cat.Reduced, theta) -> np.ndarray:
     return err
 
 
-def _column_doc(enc: cat.Encoding, c: int, coef: np.ndarray, names: dict) -> dict:
+def _column_doc(enc: cat.Encoding, c: int, coef: np.ndarray) -> dict:
     """One categorical column as model.json holds it: levels (their text, or integer
     values) in key order, a coefficient per level (0 at the reference), and ``pinned``:
     the levels held at 0 as references of sets of levels linked to no other
     (``categorical.unlinked``), when there are any."""
-    keys = enc.levels[c]
-    levels = [names[k] if k in names else _number(k) for k in keys.tolist()]
+    levels = [enc.label(c, i) for i in range(len(enc.levels[c]))]
     doc = {"name": enc.columns[c], "levels": levels, "reference": levels[enc.reference[c]],
            "counts": [int(n) for n in enc.counts[c]], "coef": [float(v) for v in coef]}
     if enc.pinned is not None and len(enc.pinned[c]):
@@ -336,7 +335,3 @@ def report_pinned(enc: cat.Encoding) -> None:
                         "of '%s' in each is held at 0 as that set's reference (model.json: pinned), which changes "
                         "no prediction", len(pinned), enc.columns[1 - c], enc.columns[c],
                         enc.label(c, int(pinned[0])), enc.columns[c], enc.columns[c])
-
-
-def _number(key: float):
-    return int(key) if float(key).is_integer() else float(key)

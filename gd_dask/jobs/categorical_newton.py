@@ -99,8 +99,7 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     m, b = sc.to_original(theta[:d], float(theta[-1]))
     coef = np.zeros(L)
     coef[keep] = theta[d:-1]
-    names = prep.level_names or {}
-    docs = [_column_doc(enc, c, coef[starts[c]:starts[c] + widths[c]], names) for c in range(len(columns))]
+    docs = [_column_doc(enc, c, coef[starts[c]:starts[c] + widths[c]]) for c in range(len(columns))]
     unseen = cfg.model.unseen_levels
     tables = [LevelTable(doc["name"], doc["levels"], doc["coef"], unseen) for doc in docs]
     if prep.source.offset:

@@ -27,9 +27,10 @@ from ..data.write import LevelTable, OffsetColumn
 from ..errors import ArtifactError, DataError
 from ..kernels import losses
 from ..kernels.groups import GroupMoments
+from ..optimization.categorical import key_value
 from ..runtime.executor import Executor
 from ..runtime.level_chunks import add_named_groups
-from .categorical import _number, fit_categorical
+from .categorical import fit_categorical
 from .prepare import Prepared, check_categorical, check_null_levels, pick_strategy
 
 #: Levels each of the guard's new and vanished lists names (the counts are whole).
@@ -106,7 +107,7 @@ def level_changes(trained: list[dict], night: GroupMoments, names: dict, columns
     by_name = {doc["name"]: doc for doc in trained}
     for c, col in enumerate(columns):
         keys = night.keys[:, c] if len(night.n) else np.zeros(0)
-        seen = {names[k] if k in names else _number(k) for k in np.unique(keys[~np.isnan(keys)]).tolist()}
+        seen = {names[k] if k in names else key_value(k) for k in np.unique(keys[~np.isnan(keys)]).tolist()}
         levels = set(by_name[col]["levels"])
         new, gone = sorted(seen - levels, key=str), sorted(levels - seen, key=str)
         if not new and not gone:

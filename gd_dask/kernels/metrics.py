@@ -70,6 +70,13 @@ def add_errors(a: ErrorSums, b: ErrorSums) -> ErrorSums:
     return ErrorSums(a.abs_err + b.abs_err, a.sq_err + b.sq_err, y.n, float(y.mean[0]), float(y.comoment[0, 0]))
 
 
+def sse_metrics(sse: float, sst: float, n) -> dict:
+    """mse, rmse, r2 and n from the sum of squared errors and of squares about the mean
+    (a fit known from moments: mae needs the rows and is None)."""
+    return {"mse": sse / n, "rmse": float(np.sqrt(sse / n)), "mae": None, "r2": 1.0 - sse / sst if sst > 0 else 0.0,
+            "n": n}
+
+
 def error_metrics(e: ErrorSums) -> dict:
     """mse, rmse, mae, r2, n — the same definitions as scikit-learn's metrics."""
     mse = e.sq_err / e.n

@@ -41,10 +41,6 @@ from ..kernels.moments import Moments
 #: Levels of the categorical columns other than the absorbed one, together (their
 #: indicators are columns of the reduced dense problem).
 MAX_DENSE_LEVELS = 2000
-#: Roundings of a level's numeric mean (``level_mean_error``): the long-double sums of its
-#: groups' double-doubles (a few units of 2⁻⁶⁴ each), the division, the float64 result;
-#: counted generously.
-LEVEL_MEAN_ROUNDINGS = 4
 #: Groups processed at a time when forming the reduced co-moment.
 BATCH_GROUPS = 8192
 
@@ -71,12 +67,18 @@ class Encoding(NamedTuple):
         key = float(self.levels[c][i])
         if self.names and key in self.names:
             return self.names[key]
-        return int(key) if key.is_integer() else key
+        return key_value(key)
 
     def non_reference(self, c: int) -> np.ndarray:
         """Indices of column c's levels other than its reference (and its pinned levels)."""
         drop = [self.reference[c]] + ([] if not self.pinned else list(self.pinned[c]))
         return np.delete(np.arange(len(self.levels[c])), drop)
+
+
+def key_value(key: float):
+    """A numeric level's key as its value: an int where it is whole (integer and boolean
+    columns), else the float."""
+    return int(key) if float(key).is_integer() else float(key)
 
 
 def encode(groups: GroupMoments, columns, limit: bool = True, names: dict | None = None) -> Encoding:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import losses
+from ..kernels.metrics import sse_metrics
 from ..kernels.moments import Gram, Moments, Standardizer, hessian
 from .certify import CoefficientBound, LocalBound, ProxBound
 from .rates import Curvature, choose_rates
@@ -155,10 +156,7 @@ class Setup:
             gram, mom = self.gram, self.mom
         else:
             gram = Gram(mom, self.scaling)
-        sq = float(gram.sums(params[:d], params[d]).loss)
-        cyy = mom.comoment[-1, -1]
-        return {"mse": sq / mom.n, "rmse": float(np.sqrt(sq / mom.n)), "mae": None,
-                "r2": 1.0 - sq / cyy if cyy > 0 else 0.0, "n": mom.n}
+        return sse_metrics(float(gram.sums(params[:d], params[d]).loss), mom.comoment[-1, -1], mom.n)
 
     def validation_loss(self, val_mom: Moments):
         """The loss on the validation rows at any (m, b), exact from their moments."""

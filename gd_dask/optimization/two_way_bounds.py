@@ -184,7 +184,8 @@ def judge(tw: TwoWay, theta, beta, d_theta, d_beta):
     lev = tw.level_n
     # α_ℓ = ȳ_ℓ − x̄_ℓ·θ − B̄_ℓ·β in long double, from the level means as summed;
     # B̄_ℓ·β = Σ_{g∈ℓ} w_g β_b(g) / Σw_ℓ.
-    nL, levL = tw.nL, tw.level_nL
+    nL = tw.n2[0].astype(Ld) + tw.n2[1].astype(Ld)
+    levL = tw.level_n2[0].astype(Ld) + tw.level_n2[1].astype(Ld)
     bbar = tw.A.sums((nL * b_full[tw.B.index].astype(Ld))[:, None])[:, 0] / levL
     mean = tw.level_meanL
     alpha = (mean[:, d] - mean[:, :d] @ theta.astype(Ld) - bbar).astype(np.float64)

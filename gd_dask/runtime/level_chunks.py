@@ -110,7 +110,7 @@ def chunk_two_way_meat(chunk, spec, cat_idx, tables, m, b, weighted, x_tables) -
         e = y - (X @ m + intercepts)
         R = X.copy()
         for k, feature in enumerate(x_tables):
-            R[:, k] -= sum(t.offsets(z[:, j], where, {}) for j, t in zip(cat_idx, feature))
+            R[:, k] -= _level_offsets(z, cat_idx, feature, where, {})
         s = e * e if w is None else (w * e) ** 2
         total += (R * s[:, None]).T @ R
     return total
@@ -122,7 +122,13 @@ def _with_intercepts(chunk, spec, cat_idx, tables, b, names: dict):
     ``tables`` read from the columns ``cat_idx``; ``names`` collects the text of the keys."""
     where = chunk_where(chunk)
     for z in spec.slices(chunk, SLICE_ROWS, names=names):
-        yield z, b + sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
+        yield z, b + _level_offsets(z, cat_idx, tables, where, names)
+
+
+def _level_offsets(z, cat_idx, tables, where: str, names: dict) -> np.ndarray:
+    """Each row of the slice ``z``: the sum of its levels' coefficients in ``tables`` (read
+    from the columns ``cat_idx``)."""
+    return sum((t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)), np.zeros(len(z)))
 
 
 def _numeric(spec, cat_idx) -> list:
