@@ -84,7 +84,7 @@ class Model:
         from ..data.write import LevelTable
 
         unseen = ((self.document.get("config") or {}).get("model") or {}).get("unseen_levels", "error")
-        return [LevelTable(c["name"], c["levels"], c["coef"], unseen) for c in self.document.get("categorical") or ()]
+        return [LevelTable.of_doc(c, unseen) for c in self.document.get("categorical") or ()]
 
     @property
     def offset_terms(self) -> list:

@@ -26,7 +26,11 @@ from ..errors import ArtifactError, first_line as _first_line
 FORMAT = "gd_dask.model/1"
 #: Models with categorical features (``categorical``: levels and their coefficients).
 FORMAT_CATEGORICAL = "gd_dask.model/2"
-FORMATS = (FORMAT, FORMAT_CATEGORICAL)
+#: Format 2 where some level's coefficient is ±∞ (a column's ``separated``: a GLM's
+#: levels whose rows are all of one class): a reader of format 2 alone would score them
+#: as 0, so it is refused there by its version.
+FORMAT_SEPARATED = "gd_dask.model/3"
+FORMATS = (FORMAT, FORMAT_CATEGORICAL, FORMAT_SEPARATED)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 HISTORY_FIELDS = ["epoch", "loss", "grad_norm", "learning_rate", "seconds"]
@@ -105,7 +109,8 @@ def model_document(cfg, result) -> dict:
     categorical = getattr(result, "categorical", None)
     levels = {c["name"] for c in categorical or ()}
     doc = {
-        "format": FORMAT_CATEGORICAL if categorical else FORMAT,
+        "format": (FORMAT_SEPARATED if any(c.get("separated") for c in categorical)
+                   else FORMAT_CATEGORICAL) if categorical else FORMAT,
         "name": cfg.name,
         "features": [f for f in cfg.data.features if f not in levels],
         "target": cfg.data.target,
@@ -142,18 +147,21 @@ def model_document(cfg, result) -> dict:
 def _check_categorical(path, doc: dict) -> None:
     """A format-2 model's ``categorical``: per column a name, levels and as many finite
     coefficients, the reference among the levels."""
-    cols = doc.get("categorical") if doc.get("format") == FORMAT_CATEGORICAL else []
+    cols = doc.get("categorical") if doc.get("format") in (FORMAT_CATEGORICAL, FORMAT_SEPARATED) else []
     if not isinstance(cols, list):
         raise ArtifactError(f"{path}: 'categorical' must be a list")
     for c in cols:
+        sep = c.get("separated", []) if isinstance(c, dict) else None
         ok = (isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("levels"), list)
               and isinstance(c.get("coef"), list) and len(c["levels"]) == len(c["coef"])
               and all(isinstance(v, (int, float)) and math.isfinite(v) for v in c["coef"])
-              and c.get("reference") in c["levels"])
+              and c.get("reference") in c["levels"]
+              and isinstance(sep, list) and all(isinstance(e, dict) and e.get("target") in (0, 1)
+                                                and isinstance(e.get("round"), int) and "level" in e for e in sep))
         if not ok:
             name = c.get("name") if isinstance(c, dict) else "?"
             raise ArtifactError(f"{path}: categorical feature {name!r}: needs levels, as many finite coef and a "
-                                "reference among the levels")
+                                "reference among the levels (and separated levels as {level, target, round})")
 
 
 _SECRET = ("key", "secret", "token", "password", "credential", "session")

@@ -82,6 +82,20 @@ class OffsetColumn:
         return np.log(values)
 
 
+#: |η| from this on: a row at a separated level (``separated_coefficient``).
+SEPARATED_ETA = 2.0 ** 190
+
+
+def separated_coefficient(target: float, round_: int) -> float:
+    """A separated level's coefficient as rows are scored (model.json's ``separated``: a
+    GLM's level whose rows' targets were all 0, or all 1 for logistic, once the levels of
+    earlier rounds had been set aside): −∞ for 0, +∞ for 1 in principle, so its rows are
+    predicted exactly; in arithmetic ±2^(1000 − 4·round), finite and far past any other
+    term, so that a row at separated levels of two rounds takes the earlier round's sign
+    (the limit the likelihood's supremum is approached along) rather than ∞ − ∞."""
+    return float(np.copysign(2.0 ** (1000 - 4 * min(max(int(round_), 1), 200)), target - 0.5))
+
+
 class LevelTable:
     """One categorical feature of a model: its levels' keys in order and their
     coefficients (0 at the reference), and what an unseen level does (``unseen``)."""
@@ -91,6 +105,24 @@ class LevelTable:
         order = np.argsort(keys, kind="stable")
         self.name, self.keys, self.unseen = name, keys[order], unseen
         self.coef = np.asarray(coef, dtype=np.float64)[order]
+
+    @classmethod
+    def of_doc(cls, doc: dict, unseen: str = "error") -> LevelTable:
+        """One column of model.json's ``categorical``: its levels and coefficients, and its
+        ``separated`` levels (``separated_coefficient``)."""
+        sep = doc.get("separated") or []
+        return cls(doc["name"], list(doc["levels"]) + [s["level"] for s in sep],
+                   list(doc["coef"]) + [separated_coefficient(s["target"], s["round"]) for s in sep], unseen)
+
+    @classmethod
+    def of_keys(cls, name: str, keys, coef, unseen: str = "error") -> LevelTable:
+        """The table from level keys already in key order (``data.read.level_key``'s),
+        as training holds them: no text to hash again."""
+        table = cls.__new__(cls)
+        table.name, table.unseen = name, unseen
+        table.keys = np.asarray(keys, dtype=np.float64)
+        table.coef = np.asarray(coef, dtype=np.float64)
+        return table
 
     def contribution(self, column, path: str) -> np.ndarray:
         """Each row's coefficient for an Arrow column of levels (``offsets``)."""

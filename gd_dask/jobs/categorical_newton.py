@@ -56,10 +56,14 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
 
     columns = list(prep.source.categorical)
     enc = cat.encode(prep.groups, columns, limit=False, names=prep.level_names)
-    report_pinned(enc)
     widths = [len(lv) for lv in enc.levels]
     starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
     keep = np.concatenate([starts[c] + enc.non_reference(c) for c in range(len(columns))])
+    if len(columns) == 2 and not _fits(widths, keep.size):
+        from .categorical_irls import fit_two_way_newton
+
+        return fit_two_way_newton(cfg, prep, enc, t0, on_epoch, init, init_levels)
+    report_pinned(enc)
     absorbed = _absorbed(cfg, columns, widths, keep.size)
     setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     sc = setup.scaling
@@ -122,6 +126,16 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
         summary=summary, categorical=docs)
 
 
+def _fits(widths, levels: int) -> bool:
+    """Whether the Hessian's dense part and the largest column's pairs with the others
+    stay within ``MAX_NEWTON_LEVELS`` and ``MAX_PAIR_CELLS`` (``_absorbed``)."""
+    if levels <= MAX_NEWTON_LEVELS:
+        return True
+    big = int(np.argmax(widths))
+    pairs = max((widths[big] * w for c, w in enumerate(widths) if c != big), default=0)
+    return levels - (widths[big] - 1) <= MAX_NEWTON_LEVELS and pairs <= MAX_PAIR_CELLS
+
+
 def _absorbed(cfg, columns, widths, levels: int) -> int | None:
     """The column whose levels' block of the Hessian stays diagonal (``BlockHessian``):
     the largest, where all the non-reference levels together are more than
@@ -131,8 +145,7 @@ def _absorbed(cfg, columns, widths, levels: int) -> int | None:
         return None
     big = int(np.argmax(widths))
     rest = levels - (widths[big] - 1)
-    pairs = max((widths[big] * w for c, w in enumerate(widths) if c != big), default=0)
-    if rest > MAX_NEWTON_LEVELS or pairs > MAX_PAIR_CELLS:
+    if not _fits(widths, levels):
         others = [c for i, c in enumerate(columns) if i != big]
         raise DataError(f"categorical features ({', '.join(others)}): {rest} levels besides the references "
                         f"beside '{columns[big]}'; model.loss {cfg.model.loss} takes at most {MAX_NEWTON_LEVELS} "

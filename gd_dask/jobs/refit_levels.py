@@ -92,7 +92,7 @@ def judge_by_passes(cfg, client, hold_src: ParquetSource, result, current: dict 
     scores = []
     for m, b, docs in models:
         by_name = {doc["name"]: doc for doc in docs}
-        tables = [LevelTable(c, by_name[c]["levels"], by_name[c]["coef"], "reference") for c in hold_src.categorical]
+        tables = [LevelTable.of_doc(by_name[c], "reference") for c in hold_src.categorical]
         if hold_src.offset:
             tables.append(OffsetColumn(cfg.data.offset_column, hold_src.offset == "log"))
         scores.append(ex.level_metrics(np.asarray(m, dtype=np.float64), float(b), tables))

@@ -185,7 +185,7 @@ def class_sums_of(eta, p, y, w, total: float, threshold: float = 0.5) -> ClassSu
     """``ClassSums`` of rows with linear predictors ``eta``, probabilities ``p`` and
     log-loss sum ``total``: both histograms from one bincount (a positive row's bin is
     shifted by ``AUC_BINS``), counts without weights by counting."""
-    bins = ((eta + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64)
+    bins = ((np.clip(eta, -AUC_RANGE, AUC_RANGE) + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).astype(np.int64)
     np.clip(bins, 0, AUC_BINS - 1, out=bins)
     label = p >= threshold
     pos = y > 0.5

@@ -81,7 +81,10 @@ class TwoWayFit(NamedTuple):
     S_xx − S_xB S_BB⁻¹ S_Bx (d × d), for the slopes' covariance;  params : the parameters
     besides the numeric slopes (every level of A, B's free levels);  x_levels : per numeric
     feature, its own least-squares fit on the two columns' levels (as ``Coefficients``'
-    ``levels``: A's intercepts, B's coefficients), which HC1's middle takes off the rows"""
+    ``levels``: A's intercepts, B's coefficients), which HC1's middle takes off the rows;
+    rejudge : the judgement of the same solution with the system's right-hand side off by
+    up to (c_x, c_A, c_B) more, entry by entry (every level of each column): an IRLS
+    step's gradient rounding and the Hessian's change (``jobs.categorical_irls``)"""
 
     coef: Coefficients
     bound: float
@@ -92,6 +95,7 @@ class TwoWayFit(NamedTuple):
     sigma: np.ndarray
     params: int
     x_levels: list
+    rejudge: object = None  # (c_x, c_A, c_B) -> (coef, bound, sse, errors): ``two_way_bounds.carried``
 
 
 class _Levels(NamedTuple):
@@ -253,9 +257,10 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
             tw, [d], (theta[0][:, None], theta[1][:, None]), (beta[0][:, None], beta[1][:, None])))
         # The float64 solve is never certified to tol: correct it once before judging.
         if refinements or not MAX_REFINEMENTS:
-            judged = _judged(tw, theta, beta, np.abs(r_x) + rho_x, np.abs(r_B) + rho_B, K_abs, lam_sigma)
+            a_x, a_B = np.abs(r_x) + rho_x, np.abs(r_B) + rho_B
+            judged = _judged(tw, theta, beta, a_x, a_B, K_abs, lam_sigma)
             if best is None or judged[1] < best[1]:
-                best = judged
+                best, at = judged, (theta, beta, a_x, a_B)
             if judged[1] <= tol or refinements >= MAX_REFINEMENTS or judged[1] >= prev / 2:
                 break
             prev = judged[1]
@@ -267,8 +272,14 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
         beta = dd_add(*beta, c0[:, 0] - Kx @ dt, np.zeros(len(c0)))
         refinements += 1
     coef, bound, sse, errors = best
+
+    def rejudge(c_x, c_A, c_B):
+        theta, beta, a_x, a_B = at
+        e_x, e_B, e_alpha = bounds.carried(tw, c_x, c_A, c_B)
+        return _judged(tw, theta, beta, a_x + e_x, a_B + e_B, K_abs, lam_sigma, e_alpha)
+
     return TwoWayFit(coef, bound, errors, iterations, refinements, sse, sigma, len(tw.level_n) + tw.E,
-                     _x_levels(tw, Kx))
+                     _x_levels(tw, Kx), rejudge)
 
 
 def _x_levels(tw: TwoWay, Kx) -> list:
@@ -285,11 +296,12 @@ def _x_levels(tw: TwoWay, Kx) -> list:
     return out
 
 
-def _judged(tw: TwoWay, theta, beta, a_x, a_B, K_abs, lam_sigma: float):
+def _judged(tw: TwoWay, theta, beta, a_x, a_B, K_abs, lam_sigma: float, e_alpha=None):
     """(the model, its bound, Σ w·e², its absolute bounds) at the double-double (θ, β)
     whose residual is at most a_x, a_B in absolute value: |δβ| ≤ S_BB⁻¹a_B + |K|·|δθ|,
     ‖δθ‖ ≤ ‖a_x + |K|ᵀa_B‖ / λmin(Σ) (module docstring); the float64 model is the pairs'
-    high parts, off by their low parts."""
+    high parts, off by their low parts. ``e_alpha``: what A's levels are off by besides
+    (``two_way_bounds.carried``)."""
     d = tw.d
     q = bounds.inverse_bound(tw, a_B[:, None])[:, 0]
     if not d:
@@ -299,4 +311,4 @@ def _judged(tw: TwoWay, theta, beta, a_x, a_B, K_abs, lam_sigma: float):
     else:
         d_theta = np.full(d, np.inf)
     d_beta = q + K_abs @ d_theta
-    return bounds.judge(tw, theta[0], beta[0], d_theta + np.abs(theta[1]), d_beta + np.abs(beta[1]))
+    return bounds.judge(tw, theta[0], beta[0], d_theta + np.abs(theta[1]), d_beta + np.abs(beta[1]), e_alpha)

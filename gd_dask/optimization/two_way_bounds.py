@@ -172,9 +172,10 @@ def k_residual(tw: TwoWay, K):
     return sigma, R, rho_sigma * (1 + 1e-6), rho_R * (1 + 1e-6)
 
 
-def judge(tw: TwoWay, theta, beta, d_theta, d_beta):
+def judge(tw: TwoWay, theta, beta, d_theta, d_beta, e_alpha=None):
     """(the model, its relative bound, Σ w·e², its absolute bounds) at (θ, β) with |δθ| ≤ d_theta and
-    |δβ| ≤ d_beta entry by entry (module docstring)."""
+    |δβ| ≤ d_beta entry by entry (module docstring); ``e_alpha``: what A's levels are off by
+    besides."""
     Ld = np.longdouble
     enc, d = tw.enc, tw.d
     b_full = np.zeros(len(enc.levels[tw.o]))
@@ -196,6 +197,8 @@ def judge(tw: TwoWay, theta, beta, d_theta, d_beta):
     rounding = (tw.A.count + d + 8) * U_LONG * terms * (1 + 1e-6) + U * np.abs(alpha)
     err_alpha = (np.abs(tw.level_meanL[:, :d].astype(np.float64)) @ d_theta
                  + tw.A.sums((tw.n * db_full[tw.B.index])[:, None])[:, 0] / lev * (1 + 1e-9) + rounding)
+    if e_alpha is not None:
+        err_alpha = err_alpha + e_alpha
     ref_a = enc.reference[tw.a]
     b = float(alpha[ref_a])
     a_coef = alpha - alpha[ref_a]
@@ -207,7 +210,7 @@ def judge(tw: TwoWay, theta, beta, d_theta, d_beta):
     n = tw.rows
     Xn = tw.n[:, None] * tw.Z[:, :d]
     sd_x = np.sqrt(np.maximum(np.diag(tw.W)[:d] + np.einsum("ij,ij->j", Xn, tw.Z[:, :d]), 0) / n)
-    p_a, p_b = lev / n, enc.mass[tw.o] / n
+    p_a, p_b = lev / n, tw.B.sums(tw.n[:, None])[:, 0] / n  # shares of Σw (an IRLS step's: of Σh)
     sd_a, sd_b = np.sqrt(np.maximum(p_a * (1 - p_a), 1e-300)), np.sqrt(np.maximum(p_b * (1 - p_b), 1e-300))
     s = max(float(np.max(np.abs(theta) * sd_x, initial=0.0)), float(np.max(np.abs(b_full) * sd_b)),
             float(np.max(np.abs(a_coef) * sd_a)))
@@ -248,3 +251,19 @@ def dd_level_sums(levels, hi, lo):
         out_h[:, j], out_l[:, j] = h, lo_
         err[:, j] = c2 * 4 * (np.abs(hi[:, j]).sum() + np.abs(lo[:, j]).sum()) + DD_OP * np.abs(h)
     return out_h, out_l, err * (1 + 1e-6)
+
+
+def carried(tw: TwoWay, c_x, c_A, c_B):
+    """The system's right-hand side off by up to c = (c_x, c_A, c_B) ≥ 0 more, entry by
+    entry (the equations of the numeric slopes, of every level of A, of every level of B),
+    as the reduced system sees it: A's equations are eliminated, α = D_A⁻¹(q_A − H_Ax·θ −
+    H_AB·β) with D_A its levels' Σw, so the reduced right-hand sides take −H_xA·D_A⁻¹·q_A
+    and −H_BA·D_A⁻¹·q_A, where |H_xA·D_A⁻¹·q_A| ≤ Σ_ℓ |x̄_ℓ|·c_A,ℓ and H_BA ≥ 0 (Σw per
+    pair of levels); and α itself takes D_A⁻¹·c_A. (e_x, e_B over B's free levels, e_α)."""
+    c_A = np.asarray(c_A, dtype=np.float64)
+    share = c_A / tw.level_n                                     # D_A⁻¹·c_A
+    xbar = np.abs(tw.level_meanL[:, :tw.d].astype(np.float64))
+    e_x = (np.asarray(c_x, dtype=np.float64) + xbar.T @ c_A) * (1 + 1e-9)
+    e_B = (np.asarray(c_B, dtype=np.float64)
+           + tw.B.sums((tw.n * share[tw.A.index])[:, None])[:, 0]) * (1 + 1e-9)
+    return e_x, e_B[tw.nonref], share * (1 + 1e-9)

@@ -58,9 +58,11 @@ from ..optimization.strategy import STREAM, Strategy
 from ..sizes import FAN_IN
 from .level_chunks import (
     add_huber_groups,
+    add_irls_groups,
     add_named_groups,
     chunk_groups,
     chunk_huber_groups,
+    chunk_irls_groups,
     chunk_level_classes,
     chunk_level_errors,
     chunk_level_family,
@@ -279,6 +281,17 @@ class Executor:
                      self.loss, self.weighted) for c in self.source.chunks]
         # Compute: per group a count and means come back (no row does).
         return self._compute(_reduce_tree(leaves, add_huber_groups))
+
+    def irls_groups(self, cat_idx, tables, offset, m, b) -> tuple:
+        """The grouped moments of one IRLS step of ``self.loss`` at the model (m, b,
+        ``tables``, ``offset``): ``level_chunks.chunk_irls_groups``, merged in the fixed
+        tree. One pass."""
+        fn = dask.delayed(chunk_irls_groups, pure=True)
+        spec = self.source.spec
+        leaves = [fn(c, spec, tuple(cat_idx), tuple(tables), offset, np.asarray(m, dtype=np.float64), float(b),
+                     self.loss, self.weighted) for c in self.source.chunks]
+        # Compute: per group a count and means come back (no row does).
+        return self._compute(_reduce_tree(leaves, add_irls_groups))
 
     def groups_by_file(self, categorical) -> dict[str, tuple[GroupMoments, dict]]:
         """``group_moments`` of each file, with its level names: {full path: (groups,

@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.read import add_level_names, chunk_where
+from ..data.write import SEPARATED_ETA
 from ..kernels.blocks import split_block
 from ..kernels.groups import GroupMoments, group_moments, merge_groups
+from ..kernels.irls import irls_slice
 from ..kernels.level_meat import LevelMeat, add_level_meat, slice_level_meat
 from ..kernels.level_newton import add_information, add_level_sums, slice_level_sums
 from ..kernels.metrics import (
@@ -189,3 +191,42 @@ def chunk_huber_groups(chunk, spec, categorical, tables, m, b, loss, weighted: b
 
 def add_huber_groups(a: tuple, b: tuple) -> tuple:
     return (*add_named_groups(a[:2], b[:2]), a[2] + b[2])
+
+
+def chunk_irls_groups(chunk, spec, cat_idx, tables, offset, m, b, loss, weighted: bool) -> tuple:
+    """``chunk_groups`` of one IRLS step of a GLM ``loss`` at the model (m, b, ``tables``:
+    each categorical column's ``LevelTable``, in ``cat_idx``'s order; ``offset``: its
+    ``OffsetColumn`` or None), the groups over [X, z, z_lo, e/h] weighted by h
+    (``kernels.irls``); with the step's Σ w·ℓ, max |x_j|, max size of η, the rows whose
+    h is 0 and the targets the loss refuses: (groups, names, total, xmax, eta_max, lost,
+    bad_targets)."""
+    names: dict = {}
+    where = chunk_where(chunk)
+    off_idx = spec.columns.index(offset.name) if offset is not None else None
+    skip = set(cat_idx) | ({off_idx} if off_idx is not None else set())
+    num = [j for j in range(len(spec.columns)) if j not in skip]
+    d = len(num) - 1 - int(weighted)
+    acc = [0.0, np.zeros(d), 0.0, 0, (0, ())]
+
+    def steps():
+        for z in spec.slices(chunk, SLICE_ROWS, names=names):
+            coefs = [t.offsets(z[:, j], where, names) for j, t in zip(cat_idx, tables)]
+            off = offset.offsets(z[:, off_idx], where) if offset is not None else None
+            X, y, w = split_block(np.ascontiguousarray(z[:, num]), weighted)
+            s = irls_slice(z[:, cat_idx], X, y, w, b, coefs, off, m, loss, SEPARATED_ETA)
+            acc[:] = [acc[0] + s.total, np.maximum(acc[1], s.xmax), max(acc[2], s.eta_max), acc[3] + s.lost,
+                      merge_bad(acc[4], s.bad_targets)]
+            yield s.block
+
+    groups = _grouped(steps(), list(range(len(cat_idx))), True)
+    return (groups, names, *acc)
+
+
+def merge_bad(a: tuple, b: tuple) -> tuple:
+    """Two (count, a few values) of targets a loss refuses, as one."""
+    return a[0] + b[0], tuple(sorted(set(a[1]) | set(b[1])))[:5]
+
+
+def add_irls_groups(a: tuple, b: tuple) -> tuple:
+    return (*add_named_groups(a[:2], b[:2]), a[2] + b[2], np.maximum(a[3], b[3]), max(a[4], b[4]), a[5] + b[5],
+            merge_bad(a[6], b[6]))

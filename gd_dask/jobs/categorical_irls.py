@@ -1,0 +1,350 @@
+"""Logistic, Poisson, Gamma and Tweedie with two categorical columns of many levels each
+(user × item): Newton's method as iteratively reweighted least squares (IRLS), each step
+solved by the two-column least-squares solver (``optimization.two_way``), so no
+level × level block exists anywhere, on the workers or the client.
+
+**A step.** At the model θ_c one pass groups the rows by their pair of levels with each
+row weighing h = ℓ''(η) and its working response z = η − ψ/h (``kernels.irls``). The
+weighted least-squares fit of z is θ_c − Ĥ⁻¹ĝ: Newton's step, whose linear system the
+solver solves to its certified accuracy. A step that raises the loss (measured by the
+next pass) is halved, as damped Newton does, until it does not.
+
+**The certificate** (every coefficient, after the step from θ_c to θ_new). With v the
+way from θ_c to the minimizer θ*, H̄ = ∫₀¹ F''(θ_c + s·v) ds and g the exact gradient
+at θ_c, H̄·v = −g. Each row's curvature moves by at most a factor e^{±|x̃ᵢ·v|} along v
+(|ℓ'''| ≤ ℓ'' for every family here, as ``certify.LocalBound`` uses), and the computed
+Ĥ is within e^{±τ₀} of the exact one at θ_c (η's and ℓ''s rounding). So with the
+step's residual r,
+
+    Ĥ·(θ* − θ_new) = r + (Ĥ − H̄)·v + (ĝ − g),
+
+where for v in a box |v| ≤ V entry by entry, τ = max_i |x̃ᵢ·v| ≤ Σ_j max|x_j|·V_j +
+max V_A + max V_B, and |(Ĥ − H̄)·v|_j ≤ (e^{τ+τ₀} − 1)·τ·Σ_i ĥᵢ|x̃ᵢⱼ|, while |ĝ − g|_j ≤
+Σ_i |x̃ᵢⱼ|·eᵢ from each row's rounding bound eᵢ. These add to the residual's bound and
+the solver's own certificate (the M-matrix bound on S_BB⁻¹, ``two_way_bounds.carried``)
+bounds θ* − θ_new entry by entry. Where |θ_new − θ_c| plus that bound lies within V,
+every y with Ĥ⁻¹H̄(u)·y = −Ĥ⁻¹g for u in the box lies in it too, so (Brouwer) the map
+u ↦ −H̄(u)⁻¹g has a fixed point in the box, which is θ* − θ_c (a convex loss has one
+minimizer): the bound holds. V starts at twice the step and its first bound, and is
+doubled at most twice.
+
+Near the minimum τ is the size of the step, so the Hessian's change is second order
+and the bound is the solver's and the gradient's rounding: on 1M rows with 20,000 ×
+20,000 levels some 1e-13 (a float64 ψ per row, which the M-matrix bound gathers over
+every level only some 20-fold).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from ..data.write import LevelTable, OffsetColumn, separated_coefficient
+from ..errors import ConfigError, DataError, TrainingError
+from ..kernels import losses
+from ..kernels.compensated import dd_add
+from ..kernels.irls import U_ROW
+from ..kernels.groups import GroupMoments
+from ..optimization import categorical as cat
+from ..optimization import two_way
+from ..optimization.certify import PSI_ROUNDINGS, U, digits
+from ..optimization.newton import NEWTON_PASSES
+from .categorical import _column_doc, report_pinned
+from .prepare import target_error
+
+log = logging.getLogger(__name__)
+
+#: Halvings of one step, at most, before the run stops as not converged.
+MAX_HALVINGS = 30
+#: Doublings of the certificate's box (module docstring).
+BOX_TRIES = 3
+#: A step's relative change below which the certificate is tried.
+CERTIFY_BELOW = 1e-3
+
+
+class _Model:
+    """θ in the solver's parameters: slopes m, intercept b, every level's coefficient
+    of each column (0 at its references)."""
+
+    def __init__(self, m, b: float, levels):
+        self.m, self.b = np.asarray(m, dtype=np.float64), float(b)
+        self.levels = [np.asarray(v, dtype=np.float64) for v in levels]
+
+    def absorbed(self, a: int) -> list:
+        """[m, α (b plus A's levels), B's levels]: the parameters the box is over."""
+        return [self.m, self.b + self.levels[a], self.levels[1 - a]]
+
+    def toward(self, other: _Model, t: float) -> _Model:
+        """self + t·(other − self)."""
+        return _Model(self.m + t * (other.m - self.m), self.b + t * (other.b - self.b),
+                      [x + t * (y - x) for x, y in zip(self.levels, other.levels)])
+
+    def change(self, other: _Model) -> float:
+        """The largest change of a coefficient, against the largest coefficient."""
+        a = np.concatenate([self.m, [self.b], *self.levels])
+        b = np.concatenate([other.m, [other.b], *other.levels])
+        return float(np.max(np.abs(b - a)) / max(float(np.max(np.abs(b))), 1e-300))
+
+
+def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init_levels=None):
+    """A ``FitResult`` for a GLM family with two categorical columns past the dense
+    Newton path (module docstring); ``init`` (m, b) and ``init_levels``: a warm start."""
+    from .categorical_newton import warm_levels
+    from .training import FitResult
+
+    if cfg.model.l2:
+        raise ConfigError(f"model.l2 with the categorical features {enc.columns[0]!r} and {enc.columns[1]!r} "
+                          f"({len(enc.levels[0])} and {len(enc.levels[1])} levels): ridge is supported with at most "
+                          "2000 levels outside the column with the most")
+    loss = losses.of(cfg.model)
+    tol = cfg.optimizer.tol
+    d = prep.groups.mean.shape[1] - 1
+    full = enc
+    sep = separate(loss, prep.groups)
+    if sep.rows:
+        if not len(sep.groups.n):
+            raise DataError(f"model.loss {loss.name}: every level's rows are all of one class: nothing to fit")
+        enc = cat.encode(sep.groups, enc.columns, limit=False, names=enc.names)
+        report_separated(sep, full, loss)
+    report_pinned(enc)
+    cat_idx = [prep.source.columns.index(c) for c in enc.columns]
+    offset = OffsetColumn(cfg.data.offset_column, prep.source.offset == "log") if prep.source.offset else None
+    row_terms = d + 3 + int(offset is not None)  # η: the slopes' terms, b, a level per column, the offset
+    y = sep.groups.total[:, d] + sep.groups.total_lo[:, d]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b0 = float(loss.link(np.array(float(y.sum() / sep.groups.n.sum())))) - prep.offset_mean
+    model = _Model(np.zeros(d), b0, [np.zeros(len(lv)) for lv in enc.levels])
+    if init is not None:  # the current model's levels against this window's references
+        levels, b_init = warm_levels(init_levels, enc, float(init[1]))
+        widths = np.cumsum([0] + [len(lv) for lv in enc.levels])
+        model = _Model(init[0], b_init, [levels[widths[c]:widths[c + 1]] for c in range(2)])
+    passes = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
+    n = float(prep.mom.n)
+    history, halvings, last, bound, fit, steps, best, stalled = [], 0, None, math.inf, None, 0, math.inf, 0
+    new = model
+    for k in range(1, passes + 1):
+        tables = _tables(full, enc, sep, model)
+        groups, _, total, xmax, eta_max, lost, bad = prep.ex.irls_groups(cat_idx, tables, offset, model.m, model.b)
+        if bad[0]:
+            raise target_error(cfg, *bad)
+        if lost:
+            raise TrainingError(f"model.loss {loss.name}: {lost} rows reached a linear predictor where the loss's "
+                                "curvature underflows to 0: the levels together separate the targets (no single "
+                                "level's rows are all of one kind, but a combination's are), so the coefficients "
+                                "have no finite optimum")
+        row = {"epoch": k, "loss": total / n, "grad_norm": float("nan"), "learning_rate": 1.0,
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if last is not None and total > last[1] + 1e-12 * abs(last[1]):
+            if halvings >= MAX_HALVINGS:  # no step lowers the loss: stop where it was lowest
+                model, bound = last[0], math.inf
+                break
+            halvings += 1
+            model = last[0].toward(model, 0.5)  # overshot: half the way from where the loss was lower
+            continue
+        halvings, last = 0, (model, total)
+        fit = two_way.fit_two_way(working(groups, d), enc, tol)
+        steps += 1
+        new = _Model(fit.coef.m, fit.coef.b, fit.coef.levels)
+        change = model.change(new)
+        bound = (certify(fit, model, new, groups, enc, xmax, eta_max, row_terms)[0] if change < CERTIFY_BELOW
+                 else math.inf)
+        model = new
+        if tol > 0 and bound <= tol:
+            break
+        # At the rounding floor the bound stops halving: two such steps end the run.
+        stalled = stalled + 1 if math.isfinite(bound) and bound > best / 2 else 0
+        best = min(best, bound)
+        if stalled >= 2:
+            break
+    converged = bool(tol > 0 and bound <= tol)
+    if not converged:
+        log.warning("not converged: %s after %d passes; the model is saved with converged: false",
+                    f"the coefficients reached {digits(bound):.1f} digits of {-math.log10(tol):.1f}"
+                    if math.isfinite(bound) and tol > 0 else "no certified bound", len(history))
+    docs = [_doc(full, enc, sep, c, model.levels[c]) for c in range(2)]
+    metrics = prep.ex.level_metrics(model.m, model.b, _tables(full, enc, sep, model) + ([offset] if offset is not None else []))
+    prep.release()
+    return FitResult(
+        m=model.m, b=model.b, epochs_run=len(history), converged=converged, final_loss=metrics[loss.metric],
+        learning_rate=1.0, momentum=0.0, strategy="newton", metrics=metrics, history=history,
+        seconds=time.perf_counter() - t0, source=prep.source, rows_dropped=prep.rows_dropped,
+        convergence={"criterion": "local_curvature", "tol": tol,
+                     "bound": float(bound) if math.isfinite(bound) else None, "digits": digits(bound),
+                     "epochs": len(history), "refinements": 0, "solver": "IRLS, conjugate gradients",
+                     "steps": steps},
+        summary={"available": False, "reason": "not computed for two categorical columns of this many levels "
+                                               "with this loss"},
+        categorical=docs)
+
+
+class Separated(NamedTuple):
+    """The groups whose targets leave their levels' coefficients a finite optimum, and
+    per column the levels whose do not: their keys, their rows' target (0 or 1) and the
+    round that found them (``separate``); ``rows``: the rows left out with them."""
+
+    groups: GroupMoments
+    keys: list
+    target: list
+    rounds: list
+    rows: int
+
+
+def separate(loss, groups: GroupMoments) -> Separated:
+    """Levels whose rows are all of one class (logistic) or all 0 (a count, a Tweedie
+    amount) have no finite optimum: the likelihood rises without end as their coefficient
+    goes to ∓∞, where their rows are predicted exactly (loss 0) whatever the other
+    coefficients. So the other coefficients' optimum is that of the rows left, as fixest
+    and pyfixest fit fixed-effect GLMs; leaving rows out can leave another level all of
+    one class, so this repeats, round after round, until none is (a row at levels of two
+    rounds is the earlier's: ``data.write.separated_coefficient``). The groups left have
+    no pooled within-group co-moment (NaN): for the encoding and the mean target only."""
+    q = groups.keys.shape[1]
+    inverse = [np.unique(groups.keys[:, c], return_inverse=True) for c in range(q)]
+    found = [np.zeros(len(k), dtype=np.int64) for k, _ in inverse]  # the round, 0: none
+    target = [np.zeros(len(k)) for k, _ in inverse]
+    active = np.ones(len(groups.n), dtype=bool)
+    if loss.target_rule in ("0 or 1", "≥ 0"):
+        d = groups.mean.shape[1] - 1
+        y = groups.total[:, d] + groups.total_lo[:, d]  # Σ w·y per group: exact for 0/1 and counts
+        n = groups.n + groups.n_lo
+        for r in range(1, len(groups.n) + 1):
+            hit = []
+            for c, (keys, inv) in enumerate(inverse):
+                sy = np.bincount(inv, np.where(active, y, 0.0), len(keys))
+                sn = np.bincount(inv, np.where(active, n, 0.0), len(keys))
+                lo = (sn > 0) & (sy <= 0)
+                hi = (sn > 0) & (sy >= sn) if loss.target_rule == "0 or 1" else np.zeros(len(keys), dtype=bool)
+                found[c][lo | hi], target[c][hi] = r, 1.0
+                hit.append((lo | hi)[inv])
+            if not any(h.any() for h in hit):
+                break
+            for h in hit:
+                active &= ~h
+    rows = int(groups.count[~active].sum())
+    kept = groups._replace(keys=groups.keys[active], n=groups.n[active], mean=groups.mean[active],
+                           within=np.full_like(groups.within, np.nan), m2=groups.m2[active],
+                           total=groups.total[active], total_lo=groups.total_lo[active],
+                           count=groups.count[active], n_lo=groups.n_lo[active])
+    return Separated(kept, [k[f > 0] for (k, _), f in zip(inverse, found)],
+                     [t[f > 0] for t, f in zip(target, found)], [f[f > 0] for f in found], rows)
+
+
+def report_separated(sep: Separated, enc, loss) -> None:
+    """One line when some levels' coefficients are ±∞ (``separate``)."""
+    counts = [len(k) for k in sep.keys]
+    if not sum(counts):
+        return
+    c = int(np.argmax(counts))
+    i = int(np.searchsorted(enc.levels[c], sep.keys[c][0]))
+    what = "of one class" if loss.target_rule == "0 or 1" else "0"
+    log.warning("%s: every row's target is %s (e.g. %r of '%s'), so their coefficients are ±inf (model.json: "
+                "separated) and their %d rows are predicted exactly; the other coefficients are fitted to the rest, "
+                "as fixest does", ", ".join(f"{k} levels of '{col}'" for k, col in zip(counts, enc.columns) if k),
+                what, enc.label(c, i), enc.columns[c], sep.rows)
+
+
+def certify(fit, model: _Model, new: _Model, groups, enc, xmax, eta_max: float, row_terms: int) -> tuple:
+    """The relative bound on every coefficient of ``new``, the step from ``model``
+    (module docstring), and each one's absolute bound (as ``TwoWayFit.errors``): (inf,
+    None) where no box holds."""
+    a, o = enc.absorbed, 1 - enc.absorbed
+    d = len(model.m)
+    la = np.searchsorted(enc.levels[a], groups.keys[:, a])
+    lb = np.searchsorted(enc.levels[o], groups.keys[:, o])
+    LA, LB = len(enc.levels[a]), len(enc.levels[o])
+    err = (groups.total[:, d + 2] + groups.total_lo[:, d + 2]) * 1.01  # Σ e per group (e/h weighted by h)
+    e_tot = float(err.sum())
+    c_grad = [xmax * e_tot, np.bincount(la, err, LA), np.bincount(lb, err, LB)]
+    h = groups.n
+    s = [xmax * float(h.sum()), np.bincount(la, h, LA), np.bincount(lb, h, LB)]
+    # Ĥ against the exact Hessian at θ_c: η's rounding through ℓ'' (e^{|δη|}), ℓ'''s own,
+    # its float64 rounding.
+    tau0 = (row_terms + PSI_ROUNDINGS) * U_ROW * (1.0 + eta_max) + 2 * U
+    step = [np.abs(x - y) for x, y in zip(new.absorbed(a), model.absorbed(a))]
+    errors = fit.errors
+    box = [2 * (st + e) + 1e-300 for st, e in zip(step, _box_errors(errors, a, o))]
+    for _ in range(BOX_TRIES):
+        tau = float(xmax @ box[0]) + float(box[1].max(initial=0.0)) + float(box[2].max(initial=0.0))
+        if not tau + tau0 < 1.0:  # far from the minimum: nothing to certify from here
+            return math.inf, None
+        grow = math.expm1(tau + tau0) * tau * 1.01
+        c = [cg + grow * si for cg, si in zip(c_grad, s)]
+        _, bound, _, errors = fit.rejudge(*c)
+        need = [st + e for st, e in zip(step, _box_errors(errors, a, o))]
+        if all(bool(np.all(nd <= bx)) for nd, bx in zip(need, box)):
+            return float(bound), errors
+        box = [2 * nd + 1e-300 for nd in need]
+    return math.inf, None
+
+
+def _tables(full, enc, sep: Separated, model: _Model) -> list:
+    """The model's ``LevelTable``s over every level seen (``full``'s): a separated level's
+    coefficient ±∞ (``data.write.separated_coefficient``), a level with no row left 0
+    (``_doc``)."""
+    out = []
+    for c, name in enumerate(enc.columns):
+        keys = full.levels[c]
+        coef = np.zeros(len(keys))
+        coef[np.searchsorted(keys, enc.levels[c])] = model.levels[c]
+        coef[np.searchsorted(keys, sep.keys[c])] = [separated_coefficient(t, r)
+                                                    for t, r in zip(sep.target[c], sep.rounds[c])]
+        out.append(LevelTable.of_keys(name, keys, coef))
+    return out
+
+
+def _doc(full, enc, sep: Separated, c: int, coef) -> dict:
+    """model.json's column ``c`` (``categorical._column_doc``) with its ``separated``
+    levels ({level, target, round}), and the levels all of whose rows are at another
+    column's separated levels: those are held at 0 (``pinned``, no row left to fit them),
+    as a set of levels linked to no other is."""
+    doc = _column_doc(enc, c, coef)
+    if not sep.rows:
+        return doc
+    keys = full.levels[c]
+    where = np.searchsorted(keys, sep.keys[c])
+    gone = np.zeros(len(keys), dtype=bool)
+    gone[where] = True
+    orphans = np.flatnonzero(~gone & ~np.isin(keys, enc.levels[c]))
+    if len(orphans):
+        labels = [full.label(c, int(i)) for i in orphans]
+        doc["levels"] += labels
+        doc["coef"] += [0.0] * len(orphans)
+        doc["counts"] += [int(full.counts[c][i]) for i in orphans]
+        doc["pinned"] = doc.get("pinned", []) + labels
+    if len(where):
+        doc["separated"] = [{"level": full.label(c, int(i)), "target": int(t), "round": int(r)}
+                            for i, t, r in zip(where, sep.target[c], sep.rounds[c])]
+    return doc
+
+
+def working(groups, d: int):
+    """The IRLS pass's groups over [X, z] (``kernels.irls``: [X, z, z_lo, e/h]), z's low
+    part added in: its totals as double-doubles (what the solver's certificate reads),
+    its means and co-moments in float64 (what its float64 solves read)."""
+    hi, lo = d, d + 1
+    g = groups.columns(np.arange(d + 1))
+    total, total_lo = g.total.copy(), g.total_lo.copy()
+    total[:, d], total_lo[:, d] = dd_add(groups.total[:, hi], groups.total_lo[:, hi], groups.total[:, lo],
+                                         groups.total_lo[:, lo])
+    mean = g.mean.copy()
+    mean[:, d] += groups.mean[:, lo]
+    within = g.within.copy()
+    within[:d, d] += groups.within[:d, lo]
+    within[d, :d] = within[:d, d]
+    within[d, d] += 2 * groups.within[hi, lo] + groups.within[lo, lo]
+    return g._replace(mean=mean, within=within, total=total, total_lo=total_lo)
+
+
+def _box_errors(errors, a: int, o: int) -> list:
+    """A ``TwoWayFit``'s absolute errors over the box's parameters [m, α, B's levels]:
+    α_ℓ's is at most its reported level's (which adds the reference's) or b's."""
+    return [np.asarray(errors.m, dtype=np.float64),
+            np.maximum(np.asarray(errors.levels[a], dtype=np.float64), float(errors.b)),
+            np.asarray(errors.levels[o], dtype=np.float64)]

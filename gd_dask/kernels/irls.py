@@ -1,0 +1,95 @@
+"""A Newton step of a GLM family as weighted least squares (IRLS), row by row: at the
+model's linear predictor η each row weighs h = ℓ''(η) and its working response is
+z = η − ψ/h (ψ = ℓ'(η)), so that the weighted least-squares fit of z on the same design
+is the Newton step's end point. Grouped by level (``kernels.groups``), the rows then feed
+the least-squares solvers unchanged (``optimization.two_way``). Plain NumPy; no dask.
+
+Each row also carries what its gradient term h·(η − z) may be off by from the exact ψ at
+the exact η (``IRLS_ROUNDINGS``·u of its magnitudes, ``newton.newton_rows``' ``size``, and
+the rounding of z), as a column e/h, so that its group's Σh·(e/h) is Σe: the certificate
+of the step (``jobs.categorical_irls``) carries it through H⁻¹ entry by entry.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .losses import Loss
+from .newton import newton_rows
+
+#: The precision a row's terms are computed in: η, ψ, ℓ'' and the working response, in
+#: long double (x86: 64 bits of mantissa, 2¹¹ × float64's), so that the gradient the
+#: grouped rows stand for is off by some u_L per row rather than u: the certificate
+#: gathers a level's rounding over every level (``optimization.two_way``), and float64's
+#: left 5e-11 on 2,300 × 2,100 levels, short of 1e-9 on a level near 0. (Where long
+#: double is float64, as on arm64 macOS, the bound is float64's, counted as such.)
+LONG = np.longdouble
+U_ROW = float(np.finfo(LONG).eps) / 2
+#: Roundings of a row's ψ against the loss's magnitudes and |ψ| (``newton.newton_rows``'
+#: ``size`` at η of size 0): exp or log and the products and differences after it
+#: (``certify.PSI_ROUNDINGS``), its weight, the quotient ψ/ĥ. η's own rounding (one per
+#: term) counts twice more, against ĥ·Σ|terms of η|: in η, and in ψ moved by it; and
+#: the difference η − ψ/ĥ once, against ĥ·|z|.
+IRLS_ROUNDINGS = 16  # certify.PSI_ROUNDINGS (14) + 2
+
+
+class IrlsSlice(NamedTuple):
+    """One slice's rows for grouping, and what the certificate needs of them.
+
+    block : (n, q + d + 4) [level keys, X, z, z_lo, e/h, h], rows of h > 0: the working
+      response (less the offset) as z + z_lo exactly (its long double split in two
+      float64), e a bound on what h·(η − z − z_lo) is off by from the exact ψ at the exact
+      η, and h = ℓ''(η) rounded to float64 (the weight the rows are grouped by)
+    total : Σ w·ℓ (the loss, less its constant terms) at η
+    xmax : (d,) max |x_j| over the rows of positive weight
+    eta_max : max Σ|terms of η| over them (η's own rounding)
+    lost : rows of positive weight and finite η whose h is 0 (η past where the loss's
+      curvature underflows)
+    bad_targets : (count, a few values) the loss refuses
+    """
+
+    block: np.ndarray
+    total: float
+    xmax: np.ndarray
+    eta_max: float
+    lost: int
+    bad_targets: tuple
+
+
+def irls_slice(keys, X, y, w, b: float, coefs, offset, m, loss: Loss, separated: float = np.inf) -> IrlsSlice:
+    """``IrlsSlice`` of a slice: ``keys`` (n, q) its level keys, X (n, d), y, w (None or
+    the sample weights), b, ``coefs`` each row's coefficient of its level, per column,
+    ``offset`` each row's offset (None: none), m the slopes; ``separated``: |η| from
+    which a row is at a separated level (``data.write.SEPARATED_ETA``)."""
+    n = len(y)
+    fixed = X.astype(LONG) @ np.asarray(m, dtype=LONG) + LONG(b)
+    size = np.abs(X) @ np.abs(m) + abs(b)
+    for c in coefs:
+        fixed += c
+        size += np.abs(c)
+    eta = fixed + offset if offset is not None else fixed.copy()
+    if offset is not None:
+        size += np.abs(offset)
+    terms = X.shape[1] + 1 + len(coefs) + int(offset is not None)
+    # A row at a separated level (a coefficient of ±∞) is predicted exactly: no loss, no
+    # gradient, no curvature (``jobs.categorical_irls.separate``).
+    finite = np.abs(eta) < separated
+    keep = finite if w is None else finite & (w > 0)
+    eta_max = float(size[keep].max()) if keep.any() else 0.0
+    xmax = np.abs(X[keep]).max(axis=0) if keep.any() else np.zeros(X.shape[1])
+    w_k = None if w is None else w[finite]
+    rows = newton_rows(y[finite], w_k, eta[finite], np.zeros(int(finite.sum()), dtype=LONG), loss)
+    h = np.zeros(n)
+    h[finite] = rows.h.astype(np.float64)  # size: w·(the loss's magnitudes) + |ψ|
+    lost = int(np.count_nonzero(keep & ~(h > 0)))
+    keep &= h > 0
+    at = keep[finite]  # the kept rows among the finite ones
+    h = h[keep]
+    z = fixed[keep] - rows.psi[at] / h  # with the float64 weight itself: h·(η − z) is ψ
+    z_hi = z.astype(np.float64)
+    z_lo = (z - z_hi).astype(np.float64)  # exact: z less its float64 rounding has 11 bits
+    err = (IRLS_ROUNDINGS * rows.size[at] + (2 * terms + 2) * h * size[keep] + h * np.abs(z)) * (U_ROW * 1.01)
+    block = np.column_stack([keys[keep], X[keep], z_hi, z_lo, (err / h).astype(np.float64), h])
+    return IrlsSlice(block, float(rows.total), xmax, eta_max, lost, rows.bad_targets)
