@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..artifacts.glm_summary import FIXED_SCALE, summarize_two_way_glm
 from ..data.write import LevelTable, OffsetColumn, separated_coefficient
 from ..errors import ConfigError, DataError, TrainingError
 from ..kernels import losses
@@ -62,7 +63,8 @@ log = logging.getLogger(__name__)
 MAX_HALVINGS = 30
 #: Doublings of the certificate's box (module docstring).
 BOX_TRIES = 3
-#: A step's relative change below which the certificate is tried.
+#: A step's relative change below which the certificate is tried, and after which the
+#: next step is solved to be certified.
 CERTIFY_BELOW = 1e-3
 
 
@@ -125,6 +127,7 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
     passes = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
     n = float(prep.mom.n)
     history, halvings, last, bound, fit, steps, best, stalled = [], 0, None, math.inf, None, 0, math.inf, 0
+    change = 1.0 if init is None else 0.0  # a warm start is near the minimum: certified solves from the first
     new = model
     for k in range(1, passes + 1):
         tables = _tables(full, enc, sep, model)
@@ -149,12 +152,16 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
             model = last[0].toward(model, 0.5)  # overshot: half the way from where the loss was lower
             continue
         halvings, last = 0, (model, total)
-        fit = two_way.fit_two_way(working(groups, d), enc, tol)
+        # Far from the minimum only the step's direction matters: a float64 solve. Near it
+        # (the last step moved the coefficients by little, so this one moves them by about
+        # its square) the certified one.
+        precise = change < CERTIFY_BELOW
+        fit = two_way.fit_two_way(working(groups, d), enc, tol, certified=precise)
         steps += 1
         new = _Model(fit.coef.m, fit.coef.b, fit.coef.levels)
         change = model.change(new)
-        bound = (certify(fit, model, new, groups, enc, xmax, eta_max, row_terms)[0] if change < CERTIFY_BELOW
-                 else math.inf)
+        bound = (certify(fit, model, new, groups, enc, xmax, eta_max, row_terms)[0]
+                 if precise and change < CERTIFY_BELOW else math.inf)
         model = new
         if tol > 0 and bound <= tol:
             break
@@ -179,9 +186,21 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
                      "bound": float(bound) if math.isfinite(bound) else None, "digits": digits(bound),
                      "epochs": len(history), "refinements": 0, "solver": "IRLS, conjugate gradients",
                      "steps": steps},
-        summary={"available": False, "reason": "not computed for two categorical columns of this many levels "
-                                               "with this loss"},
+        summary=_summary(cfg, loss, converged, fit, model, enc, int(sep.groups.count.sum()), total),
         categorical=docs)
+
+
+def _summary(cfg, loss, converged: bool, fit, model: _Model, enc, nobs: int, total: float) -> dict:
+    """model.json's summary: the numeric slopes' rows, both columns absorbed
+    (``glm_summary.summarize_two_way_glm``), where they hold."""
+    if not converged:
+        return {"available": False, "reason": "not converged: these statistics hold at the maximum of the likelihood"}
+    if loss.name not in FIXED_SCALE:
+        return {"available": False, "reason": f"model.loss {loss.name} with two categorical columns this large: "
+                                              "its scale needs Fisher's information and Pearson's χ², not computed"}
+    numeric = [f for f in cfg.data.features if f not in enc.columns]
+    return {"available": True, **summarize_two_way_glm(loss, model.m, fit.sigma, numeric, enc.columns, nobs,
+                                                       len(model.m) + fit.params, total)}
 
 
 class Separated(NamedTuple):

@@ -128,7 +128,9 @@ class TwoWay:
     """The reduced problem of the module docstring, from the grouped moments of exactly two
     categorical columns."""
 
-    def __init__(self, groups: GroupMoments, enc: Encoding):
+    def __init__(self, groups: GroupMoments, enc: Encoding, exact: bool = True):
+        """``exact``: False forms the solver's float64 data alone (X̃, ỹ from the groups'
+        float64 means), for a solve that is not to be certified (``fit_two_way``)."""
         a = enc.absorbed
         o = 1 - a
         self.enc, self.a, self.o = enc, a, o
@@ -137,6 +139,17 @@ class TwoWay:
         LA, LB = len(enc.levels[a]), len(enc.levels[o])
         self.A, self.B = _Levels.of(la, LA), _Levels.of(lb, LB)
         self.d = groups.mean.shape[1] - 1
+        self.W = groups.within
+        self.ref = enc.reference[o]
+        self.nonref = enc.non_reference(o)
+        self.E = len(self.nonref)
+        self.rows = groups.rows
+        if not exact:
+            self.n, self.level_n = groups.n, np.bincount(la, groups.n, LA)
+            self.level_mean = self.A.sums(groups.n[:, None] * groups.mean) / self.level_n[:, None]
+            self.Z = groups.mean - self.level_mean[la]
+            self.diag = self._diagonal()
+            return
         # The certificate's data in double-double, from the groups' exact sums: Σw per group
         # and per A-level, X̃ and ỹ (each group's means less its A-level's). The solver's in
         # float64; the A-levels' means in long double for α.
@@ -161,15 +174,13 @@ class TwoWay:
         sums = (m * m * U * U / groups.n)[:, None] * sigma
         self.Z_err = 4 * DD_OP * (np.abs(groups.mean) + np.abs(self.Z)) + sums * (1 + 1e-6)
         self.level_meanL = level_mean[0].astype(np.longdouble) + level_mean[1].astype(np.longdouble)
-        self.W = groups.within
-        self.ref = enc.reference[o]
-        self.nonref = enc.non_reference(o)
-        self.E = len(self.nonref)
-        self.rows = groups.rows
-        # S_BB's diagonal (the preconditioner): positive, every level linked to a reference
-        # (``categorical.unlinked``).
-        diag = self.B.sums((self.n * (1.0 - self.n / self.level_n[la]))[:, None])[self.nonref, 0]
-        self.diag = diag
+        self.level_mean = self.level_meanL.astype(np.float64)
+        self.diag = self._diagonal()
+
+    def _diagonal(self):
+        """S_BB's diagonal (the preconditioner): positive, every level linked to a
+        reference (``categorical.unlinked``)."""
+        return self.B.sums((self.n * (1.0 - self.n / self.level_n[self.A.index]))[:, None])[self.nonref, 0]
 
     # -- products with S_BB and its pieces in float64, for the solver
 
@@ -229,8 +240,12 @@ class TwoWay:
         return x, it
 
 
-def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
-    """The least-squares model and its certified bound (module docstring)."""
+def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float, certified: bool = True) -> TwoWayFit:
+    """The least-squares model and its certified bound (module docstring); ``certified``:
+    False gives the float64 solve alone, its bound inf (an IRLS step far from the
+    minimum, where only the direction matters)."""
+    if not certified:
+        return _solved(groups, enc)
     tw = TwoWay(groups, enc)
     d = tw.d
     rhs_B, rhs_x = tw.rhs()
@@ -280,6 +295,30 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float) -> TwoWayFit:
 
     return TwoWayFit(coef, bound, errors, iterations, refinements, sse, sigma, len(tw.level_n) + tw.E,
                      _x_levels(tw, Kx), rejudge)
+
+
+def _solved(groups: GroupMoments, enc: Encoding) -> TwoWayFit:
+    """``fit_two_way`` in float64, not certified: K by conjugate gradients, θ from the
+    Schur complement Σ, β = K_y − K_x·θ, A's levels from their means."""
+    tw = TwoWay(groups, enc, exact=False)
+    d = tw.d
+    rhs_B, rhs_x = tw.rhs()
+    K, iterations = tw.pcg(rhs_B, rtol=1e-10)
+    Kx, Ky = K[:, :d], K[:, d]
+    e = tw.center(tw.Z[:, :d] - tw.gather(Kx))
+    sigma = tw.W[:d, :d] + tw.Z[:, :d].T @ (tw.n[:, None] * e)
+    sigma = (sigma + sigma.T) / 2
+    theta = np.linalg.solve(sigma, rhs_x[:, d] - rhs_B[:, :d].T @ Ky) if d else np.zeros(0)
+    beta = Ky - Kx @ theta
+    b_full = np.zeros(len(enc.levels[tw.o]))
+    b_full[tw.nonref] = beta
+    bbar = tw.A.sums((tw.n * b_full[tw.B.index])[:, None])[:, 0] / tw.level_n
+    alpha = tw.level_mean[:, d] - tw.level_mean[:, :d] @ theta - bbar
+    ref_a = enc.reference[tw.a]
+    levels = [None, None]
+    levels[tw.a], levels[tw.o] = alpha - alpha[ref_a], b_full
+    coef = Coefficients(theta, float(alpha[ref_a]), levels)
+    return TwoWayFit(coef, np.inf, None, iterations, 0, np.nan, sigma, len(tw.level_n) + tw.E, [])
 
 
 def _x_levels(tw: TwoWay, Kx) -> list:

@@ -118,7 +118,9 @@ def _reference(X, user, item, y, w, t, model, family):
         if size <= 1e-16 or size >= last / 2 and size < 1e-13:  # down to float64's rounding of β
             break
         last = size
-    return beta, names
+    eta = D @ beta + np.asarray(off, dtype=np.float64)
+    h = (1 / (1 + np.exp(-eta)) / (1 + np.exp(eta)) if family == "logistic" else np.exp(eta)) * ww
+    return beta, names, (D.multiply(h[:, None]).T @ D).toarray()
 
 
 def _check_steps(steps, beta, model, names, at_least: int) -> None:
@@ -183,9 +185,15 @@ def test_two_large_columns_glm_against_newton_in_long_double(tmp_path, rng, thre
     assert sep["user"]["u0003"] == 0 and sep["item"][11] == 0
     if family == "logistic":
         assert sep["user"]["u0007"] == 1
-    beta, names = _reference(X, user, item, y, w, t, model, family)
+    beta, names, fisher = _reference(X, user, item, y, w, t, model, family)
     ours = _coefficients(model, names)
     assert np.max(np.abs(ours - beta)) <= 1e-11 * np.max(np.abs(beta))
+    # The slopes' standard errors: Fisher's information on the one-hot design, inverted.
+    d = len(model["m"])
+    se = np.sqrt(np.diag(np.linalg.inv(fisher))[1:1 + d])
+    rows = res.summary["coefficients"]
+    assert res.summary["absorbed"] == ["user", "item"] and [r["name"] for r in rows] == ["x0", "x1"]
+    assert np.allclose([r["std_err"] for r in rows], se, rtol=1e-8, atol=0)
     _check_steps(steps, beta, model, names, at_least=1)
     # From the reference moved by some 1e-8: the first step's certificate carries the
     # Hessian's change along the way (its quadratic term, far above the rounding's), and
@@ -193,7 +201,6 @@ def test_two_large_columns_glm_against_newton_in_long_double(tmp_path, rng, thre
     steps.clear()
     moved = rng.normal(0, 1e-8, len(beta)) * np.abs(beta).max()
     init_levels = []
-    d = len(model["m"])
     at = 1 + d
     for doc, levels in zip(model["categorical"], names):
         table = dict(zip(levels, beta[at:at + len(levels)] + moved[at:at + len(levels)]))
