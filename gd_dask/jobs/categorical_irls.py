@@ -39,23 +39,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import NamedTuple
 
 import numpy as np
 
 from ..artifacts.glm_summary import FIXED_SCALE, summarize_two_way_glm
-from ..data.write import LevelTable, OffsetColumn, separated_coefficient
+from ..data.write import OffsetColumn
 from ..errors import ConfigError, DataError, TrainingError
 from ..kernels import losses
 from ..kernels.compensated import dd_add
 from ..kernels.irls import U_ROW
-from ..kernels.groups import GroupMoments
 from ..optimization import categorical as cat
 from ..optimization import two_way
 from ..optimization.certify import PSI_ROUNDINGS, U, digits
 from ..optimization.newton import NEWTON_PASSES
-from .categorical import _column_doc, report_pinned
+from .categorical import report_pinned
 from .prepare import target_error
+from .separation import column_doc, level_tables, report_separated, separate
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
     change = 1.0 if init is None else 0.0  # a warm start is near the minimum: certified solves from the first
     new = model
     for k in range(1, passes + 1):
-        tables = _tables(full, enc, sep, model)
+        tables = level_tables(full, enc, sep, model.levels)
         groups, _, total, xmax, eta_max, lost, bad = prep.ex.irls_groups(cat_idx, tables, offset, model.m, model.b)
         if bad[0]:
             raise target_error(cfg, *bad)
@@ -175,8 +174,8 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
         log.warning("not converged: %s after %d passes; the model is saved with converged: false",
                     f"the coefficients reached {digits(bound):.1f} digits of {-math.log10(tol):.1f}"
                     if math.isfinite(bound) and tol > 0 else "no certified bound", len(history))
-    docs = [_doc(full, enc, sep, c, model.levels[c]) for c in range(2)]
-    metrics = prep.ex.level_metrics(model.m, model.b, _tables(full, enc, sep, model) + ([offset] if offset is not None else []))
+    docs = [column_doc(full, enc, sep, c, model.levels[c]) for c in range(2)]
+    metrics = prep.ex.level_metrics(model.m, model.b, level_tables(full, enc, sep, model.levels) + ([offset] if offset is not None else []))
     prep.release()
     return FitResult(
         m=model.m, b=model.b, epochs_run=len(history), converged=converged, final_loss=metrics[loss.metric],
@@ -201,72 +200,6 @@ def _summary(cfg, loss, converged: bool, fit, model: _Model, enc, nobs: int, tot
     numeric = [f for f in cfg.data.features if f not in enc.columns]
     return {"available": True, **summarize_two_way_glm(loss, model.m, fit.sigma, numeric, enc.columns, nobs,
                                                        len(model.m) + fit.params, total)}
-
-
-class Separated(NamedTuple):
-    """The groups whose targets leave their levels' coefficients a finite optimum, and
-    per column the levels whose do not: their keys, their rows' target (0 or 1) and the
-    round that found them (``separate``); ``rows``: the rows left out with them."""
-
-    groups: GroupMoments
-    keys: list
-    target: list
-    rounds: list
-    rows: int
-
-
-def separate(loss, groups: GroupMoments) -> Separated:
-    """Levels whose rows are all of one class (logistic) or all 0 (a count, a Tweedie
-    amount) have no finite optimum: the likelihood rises without end as their coefficient
-    goes to ∓∞, where their rows are predicted exactly (loss 0) whatever the other
-    coefficients. So the other coefficients' optimum is that of the rows left, as fixest
-    and pyfixest fit fixed-effect GLMs; leaving rows out can leave another level all of
-    one class, so this repeats, round after round, until none is (a row at levels of two
-    rounds is the earlier's: ``data.write.separated_coefficient``). The groups left have
-    no pooled within-group co-moment (NaN): for the encoding and the mean target only."""
-    q = groups.keys.shape[1]
-    inverse = [np.unique(groups.keys[:, c], return_inverse=True) for c in range(q)]
-    found = [np.zeros(len(k), dtype=np.int64) for k, _ in inverse]  # the round, 0: none
-    target = [np.zeros(len(k)) for k, _ in inverse]
-    active = np.ones(len(groups.n), dtype=bool)
-    if loss.target_rule in ("0 or 1", "≥ 0"):
-        d = groups.mean.shape[1] - 1
-        y = groups.total[:, d] + groups.total_lo[:, d]  # Σ w·y per group: exact for 0/1 and counts
-        n = groups.n + groups.n_lo
-        for r in range(1, len(groups.n) + 1):
-            hit = []
-            for c, (keys, inv) in enumerate(inverse):
-                sy = np.bincount(inv, np.where(active, y, 0.0), len(keys))
-                sn = np.bincount(inv, np.where(active, n, 0.0), len(keys))
-                lo = (sn > 0) & (sy <= 0)
-                hi = (sn > 0) & (sy >= sn) if loss.target_rule == "0 or 1" else np.zeros(len(keys), dtype=bool)
-                found[c][lo | hi], target[c][hi] = r, 1.0
-                hit.append((lo | hi)[inv])
-            if not any(h.any() for h in hit):
-                break
-            for h in hit:
-                active &= ~h
-    rows = int(groups.count[~active].sum())
-    kept = groups._replace(keys=groups.keys[active], n=groups.n[active], mean=groups.mean[active],
-                           within=np.full_like(groups.within, np.nan), m2=groups.m2[active],
-                           total=groups.total[active], total_lo=groups.total_lo[active],
-                           count=groups.count[active], n_lo=groups.n_lo[active])
-    return Separated(kept, [k[f > 0] for (k, _), f in zip(inverse, found)],
-                     [t[f > 0] for t, f in zip(target, found)], [f[f > 0] for f in found], rows)
-
-
-def report_separated(sep: Separated, enc, loss) -> None:
-    """One line when some levels' coefficients are ±∞ (``separate``)."""
-    counts = [len(k) for k in sep.keys]
-    if not sum(counts):
-        return
-    c = int(np.argmax(counts))
-    i = int(np.searchsorted(enc.levels[c], sep.keys[c][0]))
-    what = "of one class" if loss.target_rule == "0 or 1" else "0"
-    log.warning("%s: every row's target is %s (e.g. %r of '%s'), so their coefficients are ±inf (model.json: "
-                "separated) and their %d rows are predicted exactly; the other coefficients are fitted to the rest, "
-                "as fixest does", ", ".join(f"{k} levels of '{col}'" for k, col in zip(counts, enc.columns) if k),
-                what, enc.label(c, i), enc.columns[c], sep.rows)
 
 
 def certify(fit, model: _Model, new: _Model, groups, enc, xmax, eta_max: float, row_terms: int) -> tuple:
@@ -301,46 +234,6 @@ def certify(fit, model: _Model, new: _Model, groups, enc, xmax, eta_max: float, 
             return float(bound), errors
         box = [2 * nd + 1e-300 for nd in need]
     return math.inf, None
-
-
-def _tables(full, enc, sep: Separated, model: _Model) -> list:
-    """The model's ``LevelTable``s over every level seen (``full``'s): a separated level's
-    coefficient ±∞ (``data.write.separated_coefficient``), a level with no row left 0
-    (``_doc``)."""
-    out = []
-    for c, name in enumerate(enc.columns):
-        keys = full.levels[c]
-        coef = np.zeros(len(keys))
-        coef[np.searchsorted(keys, enc.levels[c])] = model.levels[c]
-        coef[np.searchsorted(keys, sep.keys[c])] = [separated_coefficient(t, r)
-                                                    for t, r in zip(sep.target[c], sep.rounds[c])]
-        out.append(LevelTable.of_keys(name, keys, coef))
-    return out
-
-
-def _doc(full, enc, sep: Separated, c: int, coef) -> dict:
-    """model.json's column ``c`` (``categorical._column_doc``) with its ``separated``
-    levels ({level, target, round}), and the levels all of whose rows are at another
-    column's separated levels: those are held at 0 (``pinned``, no row left to fit them),
-    as a set of levels linked to no other is."""
-    doc = _column_doc(enc, c, coef)
-    if not sep.rows:
-        return doc
-    keys = full.levels[c]
-    where = np.searchsorted(keys, sep.keys[c])
-    gone = np.zeros(len(keys), dtype=bool)
-    gone[where] = True
-    orphans = np.flatnonzero(~gone & ~np.isin(keys, enc.levels[c]))
-    if len(orphans):
-        labels = [full.label(c, int(i)) for i in orphans]
-        doc["levels"] += labels
-        doc["coef"] += [0.0] * len(orphans)
-        doc["counts"] += [int(full.counts[c][i]) for i in orphans]
-        doc["pinned"] = doc.get("pinned", []) + labels
-    if len(where):
-        doc["separated"] = [{"level": full.label(c, int(i)), "target": int(t), "round": int(r)}
-                            for i, t, r in zip(where, sep.target[c], sep.rounds[c])]
-    return doc
 
 
 def working(groups, d: int):

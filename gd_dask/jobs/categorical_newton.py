@@ -22,7 +22,7 @@ import numpy as np
 
 from ..artifacts.glm_summary import summarize_glm_levels
 from ..data.read import level_key
-from ..data.write import LevelTable, OffsetColumn
+from ..data.write import OffsetColumn
 from ..errors import DataError
 from ..kernels.level_newton import assemble
 from ..optimization import categorical as cat
@@ -35,8 +35,9 @@ from ..optimization.certify import (
 from ..optimization.descent import Rules
 from ..optimization.newton import NEWTON_PASSES, Newton, start_params
 from ..optimization.setup import Setup
-from .categorical import _column_doc, report_pinned
+from .categorical import report_pinned
 from .prepare import exposure_error, target_error
+from .separation import column_doc, level_tables, report_separated, separate
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,21 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
         from .categorical_irls import fit_two_way_newton
 
         return fit_two_way_newton(cfg, prep, enc, t0, on_epoch, init, init_levels)
+    setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
+    full = enc
+    # With l2 every coefficient has a finite optimum: nothing is set aside.
+    sep = separate(setup.loss if not cfg.model.l2 else None, prep.groups)
+    if sep.rows:
+        if not len(sep.groups.n):
+            raise DataError(f"model.loss {setup.loss.name}: every level's rows are all of one class: nothing to fit")
+        enc = cat.encode(sep.groups, columns, limit=False, names=prep.level_names)
+        report_separated(sep, full, setup.loss)
+        widths = [len(lv) for lv in enc.levels]
+        starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
+        keep = np.concatenate([starts[c] + enc.non_reference(c) for c in range(len(columns))])
+    drop = sep.keys if sep.rows else None
     report_pinned(enc)
     absorbed = _absorbed(cfg, columns, widths, keep.size)
-    setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     sc = setup.scaling
     d, k = sc.center.shape[0], keep.size
     cat_idx = [prep.source.columns.index(c) for c in columns]
@@ -74,7 +87,8 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     def oracle(m_all, b, final, data_terms):
         coef = np.zeros(L)
         coef[keep] = m_all[d:]
-        s = prep.ex.level_newton_sums(cat_idx, enc.levels, m_all[:d], b, coef, sc.center, sc.scale, data_terms)
+        s = prep.ex.level_newton_sums(cat_idx, enc.levels, m_all[:d], b, coef, sc.center, sc.scale, data_terms,
+                                      drop=drop)
         if s.num.bad_targets[0]:
             raise target_error(cfg, *s.num.bad_targets)
         if s.num.bad_exposures[0]:
@@ -89,8 +103,10 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
                                               [PAIRWISE_ROUNDINGS]))  # the levels' Σψ: exact sums
     certifier.hess_eta = certifier.eta + CHAIN_ETA  # the levels' Σℓ'': bincount's chains
     loop = Newton(oracle, certifier, Rules.of(cfg.model, cfg.optimizer))
+    g = sep.groups
     with np.errstate(divide="ignore", invalid="ignore"):
-        b0 = float(setup.loss.link(np.array(float(prep.mom.mean[-1])))) - prep.offset_mean
+        b0 = float(setup.loss.link(np.array(float((g.total[:, -1] + g.total_lo[:, -1]).sum() / g.n.sum())))) \
+            - prep.offset_mean
     epochs = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
     start = start_params(d + k, True, b0)
     if init is not None:  # the current model's levels against this window's references
@@ -103,19 +119,19 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     m, b = sc.to_original(theta[:d], float(theta[-1]))
     coef = np.zeros(L)
     coef[keep] = theta[d:-1]
-    docs = [_column_doc(enc, c, coef[starts[c]:starts[c] + widths[c]]) for c in range(len(columns))]
-    unseen = cfg.model.unseen_levels
-    tables = [LevelTable(doc["name"], doc["levels"], doc["coef"], unseen) for doc in docs]
+    per_column = [coef[starts[c]:starts[c] + widths[c]] for c in range(len(columns))]
+    docs = [column_doc(full, enc, sep, c, per_column[c]) for c in range(len(columns))]
+    tables = level_tables(full, enc, sep, per_column)
     if prep.source.offset:
         tables.append(OffsetColumn(cfg.data.offset_column, prep.source.offset == "log"))
     metrics = prep.ex.level_metrics(np.asarray(m, dtype=np.float64), float(b), tables)
     info = None
     if state.converged and not setup.loss.canonical and not cfg.model.l2:  # Fisher's ≠ the observed curvature
         s, pearson = prep.ex.level_newton_sums(cat_idx, enc.levels, theta[:d], float(theta[-1]), coef, sc.center,
-                                               sc.scale, False, information=True)
+                                               sc.scale, False, information=True, drop=drop)
         info = (assemble(s, widths, keep, absorbed).hess, pearson)
     summary = _summary(cfg, setup, state, loop.kept, m, b, coef[keep], enc, keep, starts, docs, info,
-                       prep.groups.count.sum())
+                       sep.groups.count.sum())
     prep.release()
     return FitResult(
         m=np.asarray(m, dtype=np.float64), b=float(b), epochs_run=state.epoch, converged=state.converged,

@@ -452,11 +452,12 @@ class Executor:
         return self._reduce_rows(block_errors, add_errors, m, float(b), self.weighted, self.loss.link)
 
     def level_newton_sums(self, cat_idx, level_keys, m, b, coef, center, scale, data_terms: bool,
-                          information: bool = False):
+                          information: bool = False, drop=None):
         """``kernels.level_newton.LevelSums`` over every chunk at numeric (m, b) in the
         training space (features standardized by ``center``, ``scale``) and the levels'
         coefficients ``coef``: one pass, streamed from the files. ``information``:
-        (the sums with Fisher's weights, Pearson's χ²) instead."""
+        (the sums with Fisher's weights, Pearson's χ²) instead. ``drop``: per column,
+        sorted level keys whose rows are left out (``jobs.separation``)."""
         cols = self.source.columns
         target = len(cols) - 1 - int(self.weighted)  # [features, (offset,) target, (weight)]
         offset = (target - 1, self.source_offset) if self.source_offset else None
@@ -466,7 +467,8 @@ class Executor:
         args = (num_idx, target, list(cat_idx), [np.asarray(k) for k in level_keys],
                 np.asarray(m, dtype=np.float64), float(b), np.asarray(coef, dtype=np.float64),
                 np.asarray(center, dtype=np.float64), np.asarray(scale, dtype=np.float64), self.loss, data_terms,
-                offset, information, len(cols) - 1 if self.weighted else None)
+                offset, information, len(cols) - 1 if self.weighted else None,
+                None if drop is None else [np.asarray(k) for k in drop])
         combine = add_information if information else add_level_sums
         # Compute: per level a few sums come back (no row does).
         return self._compute(_reduce_tree([fn(c, spec, *args) for c in self.source.chunks], combine))

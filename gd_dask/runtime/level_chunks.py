@@ -67,12 +67,20 @@ def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link, weighted=False)
 
 
 def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
-                       data_terms, offset=None, information=False, weight=None):
+                       data_terms, offset=None, information=False, weight=None, drop=None):
     """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file
-    (``information``: Fisher's, with Pearson's χ²)."""
+    (``information``: Fisher's, with Pearson's χ²); ``drop``: per column, sorted keys of
+    levels whose rows are left out (separated: ``jobs.separation``)."""
     total = None
     combine = add_information if information else add_level_sums
     for z in spec.slices(chunk, SLICE_ROWS, names={}):
+        if drop is not None:
+            out = np.zeros(len(z), dtype=bool)
+            for j, keys in zip(cat_idx, drop):
+                if len(keys):
+                    at = np.minimum(np.searchsorted(keys, z[:, j]), len(keys) - 1)
+                    out |= keys[at] == z[:, j]
+            z = z[~out]
         part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
                                 data_terms, offset, information, weight)
         total = part if total is None else combine(total, part)
