@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import inspect
+import math
 import threading
 
 import numpy as np
@@ -24,6 +25,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from ..artifacts import summary as inference
 from ..config import ModelConfig, OptimizerConfig, validate_config
 from ..data.frame import FrameSource, parquet_data
+from ..data.write import separated_coefficient
 from ..errors import GdDaskError
 from ..kernels import losses
 
@@ -298,8 +300,13 @@ class _Base(BaseEstimator):
         self.feature_names_in_ = np.asarray(cols, dtype=object)
         self.n_features_in_ = len(cols)
         self.numeric_features_ = [str(c) for c in X.columns if c not in text]
-        self.categorical_ = {original[doc["name"]]: dict(zip(doc["levels"], doc["coef"]))
+        self.categorical_ = {original[doc["name"]]: {**dict(zip(doc["levels"], doc["coef"])),
+                                                     **{s["level"]: math.copysign(math.inf, s["target"] - 0.5)
+                                                        for s in doc.get("separated", ())}}
                              for doc in res.categorical or []}
+        # Levels whose rows were all of one class: ±inf above; scored as model.json's are.
+        self.separated_ = {original[doc["name"]]: {s["level"]: (s["target"], s["round"]) for s in doc["separated"]}
+                           for doc in res.categorical or [] if doc.get("separated")}
         return self._fitted(res, _renamed(res.summary, original))
 
     def _levels_eta(self, X):
@@ -315,6 +322,9 @@ class _Base(BaseEstimator):
                                     meta=(None, "f8")).to_dask_array(lengths=True)
         eta = np.asarray(X[self.numeric_features_], dtype=np.float64) @ self.coef_ + self.intercept_
         for col, table in self.categorical_.items():
+            separated = getattr(self, "separated_", {}).get(col)
+            if separated:
+                table = {**table, **{lv: separated_coefficient(*tr) for lv, tr in separated.items()}}
             values = X[col].astype("string")
             if values.isna().any():
                 raise ValueError(f"column '{col}' holds null levels")

@@ -242,3 +242,24 @@ def test_the_command_trains_predicts_and_evaluates_with_separated_levels(tmp_pat
     r = run_cli("evaluate", tmp_path / "out" / "model.json", tmp_path / "d")
     assert r.returncode == 0, r.stderr
     assert np.isfinite(json.loads(r.stdout)["log_loss"])
+
+
+def test_the_logistic_estimator_takes_two_large_text_columns_with_separated_levels(tmp_path, rng):
+    """``gd_dask.LogisticRegression().fit(df, y)``: ``categorical_`` holds ±inf for the
+    separated levels, ``separated_`` their target and round, ``predict_proba`` is exactly
+    the target at their rows, and the summary names the user's columns as absorbed."""
+    import pandas as pd
+
+    import gd_dask
+
+    X, user, item, y, _, _ = _write(tmp_path / "d", rng, "logistic", n=30000)
+    df = pd.DataFrame({"x0": X[:, 0], "user": user, "x1": X[:, 1], "item": [f"i{v}" for v in item]})
+    est = gd_dask.LogisticRegression().fit(df, y)
+    assert est.converged_, est.convergence_
+    assert est.categorical_["user"]["u0007"] == np.inf and est.categorical_["user"]["u0003"] == -np.inf
+    assert est.separated_["user"]["u0007"] == (1, 1) and est.separated_["item"]["i11"][0] == 0
+    p = est.predict_proba(df)[:, 1]
+    at = np.isin(user, list(est.separated_["user"])) | np.isin(df["item"], list(est.separated_["item"]))
+    assert np.array_equal(p[at], y[at]) and np.all((p[~at] > 0) & (p[~at] < 1))
+    summary = est.summary()
+    assert [r["name"] for r in summary["coefficients"]] == ["x0", "x1"] and summary["absorbed"] == ["user", "item"]
