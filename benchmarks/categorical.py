@@ -16,7 +16,12 @@ A second job, ``two_way``: 1M rows × (4 numeric + `user`, 20,000 text levels, +
 block can hold (20,000² × 8 bytes = 3.2 GB), with gd-dask, scikit-learn's sparse
 OneHotEncoder + LinearRegression (scipy's LSQR) and pyfixest's ``feols(y ~ x | user +
 item)`` (alternating projections) where installed; glum is skipped (its Hessian is dense
-over the 40,000 levels)."""
+over the 40,000 levels).
+
+A third, ``two_way_logistic``: the same shape with a 0/1 target (logistic), against
+pyfixest's ``feglm(..., family="logit")`` (IRLS with demeaning; iid standard errors) and
+scikit-learn's sparse OneHotEncoder + LogisticRegression (C=inf: no penalty; lbfgs at its default
+tol, newton-cg at 1e-10)."""
 
 from __future__ import annotations
 
@@ -72,6 +77,59 @@ def write_two_way(root: Path, rows: int) -> None:
     for f, idx in enumerate(np.array_split(np.arange(rows), FILES)):
         pq.write_table(pa.table({**{f"x{j}": X[idx, j] for j in range(4)}, "user": names[user[idx]].tolist(),
                                  "item": item[idx], "y": y[idx]}), root / f"part-{f}.parquet")
+
+
+def write_two_way_logistic(root: Path, rows: int) -> None:
+    """``write_two_way``'s shape with y ~ Bernoulli(σ(η)): rare items whose few rows are
+    all 0 make some levels separated (set aside, as pyfixest does)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if root.exists():
+        return
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    user = rng.integers(0, USERS, rows)
+    p = 1 / np.arange(1, ITEMS + 1) ** 0.8
+    item = rng.choice(ITEMS, size=rows, p=p / p.sum())
+    X = rng.normal(0, 1, (rows, 4)) + rng.normal(0, 0.3, USERS)[user][:, None]
+    eta = -0.5 + X @ [0.3, -0.2, 0.1, 0.25] + rng.normal(0, 0.5, USERS)[user] + rng.normal(0, 0.3, ITEMS)[item]
+    y = (rng.random(rows) < 1 / (1 + np.exp(-eta))).astype(float)
+    names = np.array([f"user-{u:06d}" for u in range(USERS)])
+    for f, idx in enumerate(np.array_split(np.arange(rows), FILES)):
+        pq.write_table(pa.table({**{f"x{j}": X[idx, j] for j in range(4)}, "user": names[user[idx]].tolist(),
+                                 "item": item[idx], "y": y[idx]}), root / f"part-{f}.parquet")
+
+
+def _pyfixest_logit(root: str) -> dict:
+    import pyarrow.dataset as ds
+    import pyfixest as pf
+
+    t0 = time.perf_counter()
+    df = ds.dataset(root).to_table().to_pandas()
+    fit = pf.feglm("y ~ x0 + x1 + x2 + x3 | user + item", data=df, family="logit", vcov="iid")
+    coef, se = fit.coef(), fit.se()
+    return {"seconds": time.perf_counter() - t0, "m": [float(coef[f"x{j}"]) for j in range(4)],
+            "se": [float(se[f"x{j}"]) for j in range(4)]}
+
+
+def _sklearn_logit(root: str, solver: str = "lbfgs", tol: float = 1e-4) -> dict:
+    import pyarrow.dataset as ds
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import OneHotEncoder
+
+    t0 = time.perf_counter()
+    df = ds.dataset(root).to_table().to_pandas()
+    E = OneHotEncoder(drop="first", sparse_output=True).fit_transform(df[["user", "item"]])
+    X = sp.hstack([sp.csr_matrix(df[[f"x{j}" for j in range(4)]].to_numpy()), E]).tocsr()
+    lr = LogisticRegression(C=np.inf, solver=solver, tol=tol, max_iter=10000).fit(X, df["y"].to_numpy())
+    return {"seconds": time.perf_counter() - t0, "m": lr.coef_[0][:4].tolist(), "iterations": int(lr.n_iter_[0])}
+
+
+def _sklearn_logit_newton_cg(root: str) -> dict:
+    """Newton-CG asked for gd-dask's accuracy."""
+    return _sklearn_logit(root, "newton-cg", 1e-10)
 
 
 def _columns(two_way: bool):
@@ -192,6 +250,7 @@ def categorical(work: Path, quick: bool) -> dict:
         out["peers"][name] = res
     out["peers"]["statsmodels"] = "skipped: a dense design of 5,053 columns does not fit at this size"
     out["two_way"] = two_way(work, quick)
+    out["two_way_logistic"] = two_way_logistic(work, quick)
     return out
 
 
@@ -217,6 +276,30 @@ def two_way(work: Path, quick: bool) -> dict:
     # Run once by hand, glum was killed by the kernel: its Hessian is dense over every
     # level (40,000² × 8 bytes = 12.8 GB, and copies), on a 24 GB machine.
     out["peers"]["glum"] = "skipped: its Hessian is dense over 40,000 levels (12.8 GB); killed for memory when tried"
+    return out
+
+
+def two_way_logistic(work: Path, quick: bool) -> dict:
+    """The two-column job with a 0/1 target: gd-dask (whole command) and its peers."""
+    rows = 100_000 if quick else TWO_ROWS
+    root = work / f"two-way-logistic-{rows}"
+    write_two_way_logistic(root, rows)
+    cfg = {"name": "two-logit", "data": {"path": str(root), "target": "y", "categorical": ["item"],
+                                         "features": ["x0", "x1", "x2", "x3", "user", "item"]},
+           "model": {"loss": "logistic"}, "output": {"dir": str(work / "two-way-logistic-out")}}
+    run = train_command(cfg, work / "two-way-logistic.yaml")
+    model = run["model"]
+    out = {"rows": rows, "gd_dask": {"whole_s": run["whole_s"], "train_s": run["train_s"],
+                                     "converged": model["converged"], "digits": model["convergence"]["digits"],
+                                     "passes": model["epochs_run"], "peak_rss_mb": run.get("peak_rss_mb"),
+                                     "m": model["m"], "se": [r["std_err"] for r in model["summary"]["coefficients"]]
+                                     if model["summary"].get("available") else None},
+           "peers": {}}
+    for name in ("pyfixest_logit", "sklearn_logit", "sklearn_logit_newton_cg"):
+        res = _peer(name, root, timeout=300)
+        if isinstance(res, dict):
+            res["largest_slope_difference"] = float(np.max(np.abs(np.asarray(res["m"]) - model["m"])))
+        out["peers"][name] = res
     return out
 
 
@@ -246,9 +329,20 @@ def report(r: dict) -> None:
         print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {g['digits']:.1f} digits, "
               f"converged {g['converged']}) | {g['whole_s']:.2f} | {rss} | – |")
         _rows(t["peers"], True)
+    if "two_way_logistic" in r:
+        t = r["two_way_logistic"]
+        g = t["gd_dask"]
+        print(f"\n## Logistic, two categorical columns: {t['rows']:,} rows × (4 numeric + 20,000 text + 20,000 "
+              "integer levels)\n")
+        print("| tool | seconds (whole process) | peak RSS (MB) | slopes vs gd-dask |\n|---|---|---|---|")
+        rss = f"{g['peak_rss_mb']:.0f}" if g.get("peak_rss_mb") else "–"
+        print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {g['passes']} passes, "
+              f"{g['digits']:.1f} digits, converged {g['converged']}) | {g['whole_s']:.2f} | {rss} | – |")
+        _rows(t["peers"], True)
 
 
 if __name__ == "__main__":
     print(json.dumps({"sklearn": _sklearn, "glum": _glum, "spark": _spark, "sklearn_two_way": _sklearn_two_way,
                       "sklearn_two_way_tol_1e_10": _sklearn_two_way_tol_1e_10,
-                      "pyfixest": _pyfixest}[sys.argv[1]](sys.argv[2])))
+                      "pyfixest": _pyfixest, "pyfixest_logit": _pyfixest_logit, "sklearn_logit": _sklearn_logit,
+                      "sklearn_logit_newton_cg": _sklearn_logit_newton_cg}[sys.argv[1]](sys.argv[2])))

@@ -62,9 +62,11 @@ log = logging.getLogger(__name__)
 MAX_HALVINGS = 30
 #: Doublings of the certificate's box (module docstring).
 BOX_TRIES = 3
-#: A step's relative change below which the certificate is tried, and after which the
-#: next step is solved to be certified.
+#: A step's relative change below which the certificate is tried.
 CERTIFY_BELOW = 1e-3
+#: A step's relative change after which the next is solved to be certified: its change
+#: is then about the square, past where the certificate holds (some 1e-7).
+PRECISE_BELOW = 1e-5
 
 
 class _Model:
@@ -129,8 +131,9 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
     change = 1.0 if init is None else 0.0  # a warm start is near the minimum: certified solves from the first
     new = model
     for k in range(1, passes + 1):
-        tables = level_tables(full, enc, sep, model.levels)
-        groups, _, total, xmax, eta_max, lost, bad = prep.ex.irls_groups(cat_idx, tables, offset, model.m, model.b)
+        coefs = [t.coef for t in level_tables(full, enc, sep, model.levels)]  # over ``full``'s levels
+        groups, _, total, xmax, eta_max, lost, bad = prep.ex.irls_groups(cat_idx, full.levels, sep.keys, offset, coefs,
+                                                                        model.m, model.b)
         if bad[0]:
             raise target_error(cfg, *bad)
         if lost:
@@ -154,7 +157,7 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
         # Far from the minimum only the step's direction matters: a float64 solve. Near it
         # (the last step moved the coefficients by little, so this one moves them by about
         # its square) the certified one.
-        precise = change < CERTIFY_BELOW
+        precise = change < PRECISE_BELOW
         fit = two_way.fit_two_way(working(groups, d), enc, tol, certified=precise)
         steps += 1
         new = _Model(fit.coef.m, fit.coef.b, fit.coef.levels)
@@ -175,7 +178,8 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
                     f"the coefficients reached {digits(bound):.1f} digits of {-math.log10(tol):.1f}"
                     if math.isfinite(bound) and tol > 0 else "no certified bound", len(history))
     docs = [column_doc(full, enc, sep, c, model.levels[c]) for c in range(2)]
-    metrics = prep.ex.level_metrics(model.m, model.b, level_tables(full, enc, sep, model.levels) + ([offset] if offset is not None else []))
+    tables = level_tables(full, enc, sep, model.levels) + ([offset] if offset is not None else [])
+    metrics = prep.ex.level_metrics(model.m, model.b, tables)
     prep.release()
     return FitResult(
         m=model.m, b=model.b, epochs_run=len(history), converged=converged, final_loss=metrics[loss.metric],

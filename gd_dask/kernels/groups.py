@@ -102,11 +102,22 @@ def group_moments(z, categorical, weighted: bool = False) -> GroupMoments:
     keys, values = z[:, cat], np.ascontiguousarray(z[:, num])
     if z.shape[0] == 0:
         return empty(len(cat), len(num))
-    uniq, inv = _unique_rows(keys)
+    return group_moments_at(*unique_rows(keys), values, w)
+
+
+def group_moments_at(uniq, inv, values, w=None, exact: int | None = None) -> GroupMoments:
+    """``group_moments`` of rows whose groups are known: ``uniq`` their keys (G × q, in
+    lexicographic order, every one present), ``inv`` each row's group, ``values`` the
+    rows' numeric columns, ``w`` their weights (none 0) or None. ``exact``: the columns
+    past the first ``exact`` are summed in float64 (``total_lo`` 0): columns whose sums
+    need no more (a rounding bound, a double-double's low part)."""
     G = len(uniq)
     count = np.bincount(inv, minlength=G).astype(np.float64)
     n, n_lo = (count, np.zeros(G)) if w is None else exact_bincount(inv, w, G)
-    exact = [_exact_group_sum(inv, values[:, j], w, G) for j in range(values.shape[1])]
+    k = values.shape[1] if exact is None else exact
+    exact = [_exact_group_sum(inv, values[:, j], w, G) for j in range(k)]
+    exact += [(np.bincount(inv, values[:, j] if w is None else w * values[:, j], G), np.zeros(G))
+              for j in range(k, values.shape[1])]
     total = np.column_stack([hi for hi, _ in exact])
     total_lo = np.column_stack([lo for _, lo in exact])
     mean = (total + total_lo) / n[:, None]
@@ -127,13 +138,13 @@ def _exact_group_sum(inv, v, w, G: int):
     return dd_add(*exact_bincount(inv, p, G), *exact_bincount(inv, e, G))
 
 
-#: Rows from which ``_unique_rows`` codes the keys by hashing (pandas' factorize) rather
+#: Rows from which ``unique_rows`` codes the keys by hashing (pandas' factorize) rather
 #: than sorting them (NumPy's lexsort): 3 × faster on 512K rows of two columns, not worth
 #: importing pandas into a worker for fewer. The same groups, the same order.
 FACTORIZE_ROWS = 1 << 16
 
 
-def _unique_rows(keys):
+def unique_rows(keys):
     """(unique rows in lexicographic order, the index of each row's) for a float array."""
     if keys.shape[0] >= FACTORIZE_ROWS:
         return _factorized_rows(keys)
@@ -152,7 +163,7 @@ def _unique_rows(keys):
 
 
 def _factorized_rows(keys):
-    """``_unique_rows`` by codes: each column's keys coded in sorted order, the codes
+    """``unique_rows`` by codes: each column's keys coded in sorted order, the codes
     combined column by column (recoded after each, so they stay below the rows), the
     unique rows read back at a row of each group."""
     import pandas as pd
@@ -177,7 +188,7 @@ def merge_groups(a: GroupMoments, b: GroupMoments) -> GroupMoments:
     if len(b.n) == 0:
         return a._replace(within=a.within + b.within)
     keys = np.concatenate([a.keys, b.keys])
-    uniq, inv = _unique_rows(keys)
+    uniq, inv = unique_rows(keys)
     ia, ib = inv[:len(a.n)], inv[len(a.n):]
     G = len(uniq)
     n, count, n_lo = np.zeros(G), np.zeros(G), np.zeros(G)

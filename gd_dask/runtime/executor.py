@@ -63,6 +63,8 @@ from .level_chunks import (
     chunk_groups,
     chunk_huber_groups,
     chunk_irls_groups,
+    irls_plan,
+    plan_irls_groups,
     chunk_level_classes,
     chunk_level_errors,
     chunk_level_family,
@@ -150,6 +152,7 @@ class Executor:
         self._blocks: list | None = None
         self._persisted = False  # ``_blocks`` held in cluster memory
         self._exact_gram = None  # refinement's Gram matrix of the raw rows, once computed
+        self._irls_plans = None  # (their arguments' token, the chunks' persisted ``irls_plan``s)
         if cache and not lazy:
             # Persist: every later pass (each stream epoch, the metrics pass) reads the
             # blocks from worker memory; dask keeps the read tasks to recompute any
@@ -282,14 +285,30 @@ class Executor:
         # Compute: per group a count and means come back (no row does).
         return self._compute(_reduce_tree(leaves, add_huber_groups))
 
-    def irls_groups(self, cat_idx, tables, offset, m, b) -> tuple:
-        """The grouped moments of one IRLS step of ``self.loss`` at the model (m, b,
-        ``tables``, ``offset``): ``level_chunks.chunk_irls_groups``, merged in the fixed
-        tree. One pass."""
-        fn = dask.delayed(chunk_irls_groups, pure=True)
+    def irls_groups(self, cat_idx, level_keys, drop, offset, coefs, m, b) -> tuple:
+        """The grouped moments of one IRLS step of ``self.loss`` at the model (m, b, each
+        categorical column's ``coefs`` over its ``level_keys``; ``offset``: an
+        ``OffsetColumn`` or None), the rows at the ``drop`` levels left out: one pass,
+        merged in the fixed tree (``level_chunks.plan_irls_groups``). With ``cache`` the
+        chunks' ``irls_plan``s (the rows read, hashed and grouped) stay in cluster memory
+        from the first step on; else each step forms them again (the same bits)."""
+        plan_args = (tuple(cat_idx), [np.asarray(k) for k in level_keys], [np.asarray(k) for k in drop], offset,
+                     self.weighted)
+        step_args = ([np.asarray(c, dtype=np.float64) for c in coefs], np.asarray(m, dtype=np.float64), float(b),
+                     self.loss, self.weighted)
         spec = self.source.spec
-        leaves = [fn(c, spec, tuple(cat_idx), tuple(tables), offset, np.asarray(m, dtype=np.float64), float(b),
-                     self.loss, self.weighted) for c in self.source.chunks]
+        if self.cache:
+            key = dask.base.tokenize(plan_args)
+            if self._irls_plans is None or self._irls_plans[0] != key:
+                make = dask.delayed(irls_plan, pure=True)
+                with large_graphs_quiet():
+                    self._irls_plans = (key, list(self.client.persist([make(c, spec, *plan_args)
+                                                                       for c in self.source.chunks])))
+            fn = dask.delayed(plan_irls_groups, pure=True)
+            leaves = [fn(p, *step_args) for p in self._irls_plans[1]]
+        else:
+            fn = dask.delayed(chunk_irls_groups, pure=True)
+            leaves = [fn(c, spec, *plan_args[:4], step_args[0], *step_args[1:]) for c in self.source.chunks]
         # Compute: per group a count and means come back (no row does).
         return self._compute(_reduce_tree(leaves, add_irls_groups))
 
@@ -564,9 +583,10 @@ class Executor:
         return compute(self.client, tasks, what="predict")
 
     def release(self) -> None:
-        """Drop the cached blocks from cluster memory."""
+        """Drop the cached blocks (and IRLS plans) from cluster memory."""
         self._blocks = []
         self._persisted = False
+        self._irls_plans = None
 
 
 def _reduce_tree(level: list, combine):
