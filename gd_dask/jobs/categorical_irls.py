@@ -114,7 +114,6 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
         enc = cat.encode(sep.groups, enc.columns, limit=False, names=enc.names)
         report_separated(sep, full, loss)
     report_pinned(enc)
-    cat_idx = [prep.source.columns.index(c) for c in enc.columns]
     offset = OffsetColumn(cfg.data.offset_column, prep.source.offset == "log") if prep.source.offset else None
     row_terms = d + 3 + int(offset is not None)  # η: the slopes' terms, b, a level per column, the offset
     y = sep.groups.total[:, d] + sep.groups.total_lo[:, d]
@@ -125,53 +124,9 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
         levels, b_init = warm_levels(init_levels, enc, float(init[1]))
         widths = np.cumsum([0] + [len(lv) for lv in enc.levels])
         model = _Model(init[0], b_init, [levels[widths[c]:widths[c + 1]] for c in range(2)])
-    passes = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
-    n = float(prep.mom.n)
-    history, halvings, last, bound, fit, steps, best, stalled = [], 0, None, math.inf, None, 0, math.inf, 0
-    change = 1.0 if init is None else 0.0  # a warm start is near the minimum: certified solves from the first
-    new = model
-    for k in range(1, passes + 1):
-        coefs = [t.coef for t in level_tables(full, enc, sep, model.levels)]  # over ``full``'s levels
-        groups, _, total, xmax, eta_max, lost, bad = prep.ex.irls_groups(cat_idx, full.levels, sep.keys, offset, coefs,
-                                                                        model.m, model.b)
-        if bad[0]:
-            raise target_error(cfg, *bad)
-        if lost:
-            raise TrainingError(f"model.loss {loss.name}: {lost} rows reached a linear predictor where the loss's "
-                                "curvature underflows to 0: the levels together separate the targets (no single "
-                                "level's rows are all of one kind, but a combination's are), so the coefficients "
-                                "have no finite optimum")
-        row = {"epoch": k, "loss": total / n, "grad_norm": float("nan"), "learning_rate": 1.0,
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if last is not None and total > last[1] + 1e-12 * abs(last[1]):
-            if halvings >= MAX_HALVINGS:  # no step lowers the loss: stop where it was lowest
-                model, bound = last[0], math.inf
-                break
-            halvings += 1
-            model = last[0].toward(model, 0.5)  # overshot: half the way from where the loss was lower
-            continue
-        halvings, last = 0, (model, total)
-        # Far from the minimum only the step's direction matters: a float64 solve. Near it
-        # (the last step moved the coefficients by little, so this one moves them by about
-        # its square) the certified one.
-        precise = change < PRECISE_BELOW
-        fit = two_way.fit_two_way(working(groups, d), enc, tol, certified=precise)
-        steps += 1
-        new = _Model(fit.coef.m, fit.coef.b, fit.coef.levels)
-        change = model.change(new)
-        bound = (certify(fit, model, new, groups, enc, xmax, eta_max, row_terms)[0]
-                 if precise and change < CERTIFY_BELOW else math.inf)
-        model = new
-        if tol > 0 and bound <= tol:
-            break
-        # At the rounding floor the bound stops halving: two such steps end the run.
-        stalled = stalled + 1 if math.isfinite(bound) and bound > best / 2 else 0
-        best = min(best, bound)
-        if stalled >= 2:
-            break
+    steps = _Steps(cfg, prep, loss, enc, full, sep, offset, row_terms)
+    model, bound = steps.run(model, warm=init is not None, t0=t0, on_epoch=on_epoch)
+    history = steps.history
     converged = bool(tol > 0 and bound <= tol)
     if not converged:
         log.warning("not converged: %s after %d passes; the model is saved with converged: false",
@@ -188,22 +143,95 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
         convergence={"criterion": "local_curvature", "tol": tol,
                      "bound": float(bound) if math.isfinite(bound) else None, "digits": digits(bound),
                      "epochs": len(history), "refinements": 0, "solver": "IRLS, conjugate gradients",
-                     "steps": steps},
-        summary=_summary(cfg, loss, converged, fit, model, enc, int(sep.groups.count.sum()), total),
+                     "steps": steps.solves},
+        summary=_summary(cfg, loss, converged, steps.solved, model, enc, int(sep.groups.count.sum()), steps.total),
         categorical=docs)
 
 
-def _summary(cfg, loss, converged: bool, fit, model: _Model, enc, nobs: int, total: float) -> dict:
+class _Steps:
+    """The IRLS steps of ``fit_two_way_newton`` (module docstring): a pass and a solve
+    each, halved where the loss rose, until the certificate meets tol or stops improving.
+    After ``run``: ``history``, ``solves``, ``total`` (Σ loss at the last step's pass) and
+    ``solved`` (the last solve's Σ and parameter count, for the summary)."""
+
+    def __init__(self, cfg, prep, loss, enc, full, sep, offset, row_terms: int):
+        self.cfg, self.prep, self.loss, self.enc, self.full, self.sep = cfg, prep, loss, enc, full, sep
+        self.offset, self.row_terms = offset, row_terms
+        self.cat_idx = [prep.source.columns.index(c) for c in enc.columns]
+        self.history, self.solves, self.total, self.solved = [], 0, math.nan, None
+
+    def _pass(self, model: _Model) -> tuple:
+        """The IRLS pass at ``model``: (groups, Σ loss, max |x_j|, max size of η), its
+        refusals raised."""
+        coefs = [t.coef for t in level_tables(self.full, self.enc, self.sep, model.levels)]  # over full's levels
+        groups, _, total, xmax, eta_max, lost, bad = self.prep.ex.irls_groups(
+            self.cat_idx, self.full.levels, self.sep.keys, self.offset, coefs, model.m, model.b)
+        if bad[0]:
+            raise target_error(self.cfg, *bad)
+        if lost:
+            raise TrainingError(f"model.loss {self.loss.name}: {lost} rows reached a linear predictor where the "
+                                "loss's curvature underflows to 0: the levels together separate the targets (no "
+                                "single level's rows are all of one kind, but a combination's are), so the "
+                                "coefficients have no finite optimum")
+        return groups, total, xmax, eta_max
+
+    def run(self, model: _Model, warm: bool, t0: float, on_epoch=None) -> tuple:
+        """(the model, its certified bound: inf where none holds) from ``model``
+        (``warm``: a warm start, near the minimum)."""
+        cfg, tol = self.cfg, self.cfg.optimizer.tol
+        passes = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
+        n, d = float(self.prep.mom.n), len(model.m)
+        halvings, last, bound, best, stalled = 0, None, math.inf, math.inf, 0
+        change = 0.0 if warm else 1.0  # a warm start: certified solves from the first
+        for k in range(1, passes + 1):
+            groups, total, xmax, eta_max = self._pass(model)
+            row = {"epoch": k, "loss": total / n, "grad_norm": float("nan"), "learning_rate": 1.0,
+                   "seconds": time.perf_counter() - t0}
+            self.history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+            if last is not None and total > last[1] + 1e-12 * abs(last[1]):
+                if halvings >= MAX_HALVINGS:  # no step lowers the loss: stop where it was lowest
+                    return last[0], math.inf
+                halvings += 1
+                model = last[0].toward(model, 0.5)  # overshot: half the way from where the loss was lower
+                continue
+            halvings, last, self.total = 0, (model, total), total
+            # Far from the minimum only the step's direction matters: a float64 solve. Near
+            # it (the last step moved the coefficients by little, so this one moves them by
+            # about its square) the certified one.
+            precise = change < PRECISE_BELOW
+            fit = two_way.fit_two_way(working(groups, d), self.enc, tol, certified=precise)
+            self.solves += 1
+            new = _Model(fit.coef.m, fit.coef.b, fit.coef.levels)
+            change = model.change(new)
+            bound = (certify(fit, model, new, groups, self.enc, xmax, eta_max, self.row_terms)[0]
+                     if precise and change < CERTIFY_BELOW else math.inf)
+            self.solved, model = (fit.sigma, fit.params), new
+            del fit, groups  # the client's largest arrays, before the next pass
+            if tol > 0 and bound <= tol:
+                break
+            # At the rounding floor the bound stops halving: two such steps end the run.
+            stalled = stalled + 1 if math.isfinite(bound) and bound > best / 2 else 0
+            best = min(best, bound)
+            if stalled >= 2:
+                break
+        return model, bound
+
+
+def _summary(cfg, loss, converged: bool, solved, model: _Model, enc, nobs: int, total: float) -> dict:
     """model.json's summary: the numeric slopes' rows, both columns absorbed
-    (``glm_summary.summarize_two_way_glm``), where they hold."""
+    (``glm_summary.summarize_two_way_glm``), where they hold; ``solved``: the last
+    solve's (Σ, parameters)."""
     if not converged:
         return {"available": False, "reason": "not converged: these statistics hold at the maximum of the likelihood"}
     if loss.name not in FIXED_SCALE:
         return {"available": False, "reason": f"model.loss {loss.name} with two categorical columns this large: "
                                               "its scale needs Fisher's information and Pearson's χ², not computed"}
     numeric = [f for f in cfg.data.features if f not in enc.columns]
-    return {"available": True, **summarize_two_way_glm(loss, model.m, fit.sigma, numeric, enc.columns, nobs,
-                                                       len(model.m) + fit.params, total)}
+    sigma, params = solved
+    return {"available": True, **summarize_two_way_glm(loss, model.m, sigma, numeric, enc.columns, nobs,
+                                                       len(model.m) + params, total)}
 
 
 def certify(fit, model: _Model, new: _Model, groups, enc, xmax, eta_max: float, row_terms: int) -> tuple:
