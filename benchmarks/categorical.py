@@ -256,23 +256,8 @@ def categorical(work: Path, quick: bool) -> dict:
 
 def two_way(work: Path, quick: bool) -> dict:
     """The two-column job: gd-dask (whole command) and its peers, with peak RSS."""
-    rows = 100_000 if quick else TWO_ROWS
-    root = work / f"two-way-{rows}"
-    write_two_way(root, rows)
-    cfg = {"name": "two", "data": {"path": str(root), "target": "y", "categorical": ["item"],
-                                   "features": ["x0", "x1", "x2", "x3", "user", "item"]},
-           "output": {"dir": str(work / "two-way-out")}}
-    run = train_command(cfg, work / "two-way.yaml")
-    model = run["model"]
-    out = {"rows": rows, "gd_dask": {"whole_s": run["whole_s"], "train_s": run["train_s"],
-                                     "converged": model["converged"], "digits": model["convergence"]["digits"],
-                                     "peak_rss_mb": run.get("peak_rss_mb"), "m": model["m"]},
-           "peers": {}}
-    for name in ("sklearn_two_way", "sklearn_two_way_tol_1e_10", "pyfixest"):
-        res = _peer(name, root, timeout=600)
-        if isinstance(res, dict):
-            res["largest_slope_difference"] = float(np.max(np.abs(np.asarray(res["m"]) - model["m"])))
-        out["peers"][name] = res
+    out = _two_way_job(work, quick, "two-way", write_two_way, {},
+                       ("sklearn_two_way", "sklearn_two_way_tol_1e_10", "pyfixest"), timeout=600)
     # Run once by hand, glum was killed by the kernel: its Hessian is dense over every
     # level (40,000² × 8 bytes = 12.8 GB, and copies), on a 24 GB machine.
     out["peers"]["glum"] = "skipped: its Hessian is dense over 40,000 levels (12.8 GB); killed for memory when tried"
@@ -281,25 +266,31 @@ def two_way(work: Path, quick: bool) -> dict:
 
 def two_way_logistic(work: Path, quick: bool) -> dict:
     """The two-column job with a 0/1 target: gd-dask (whole command) and its peers."""
+    return _two_way_job(work, quick, "two-way-logistic", write_two_way_logistic, {"loss": "logistic"},
+                        ("pyfixest_logit", "sklearn_logit", "sklearn_logit_newton_cg"), timeout=300)
+
+
+def _two_way_job(work: Path, quick: bool, name: str, writer, model_cfg: dict, peers, timeout: float) -> dict:
+    """gd-dask's whole command on a two-column dataset (``writer``'s) and each peer in a
+    fresh process: seconds, peak RSS, the slopes' largest difference from gd-dask's."""
     rows = 100_000 if quick else TWO_ROWS
-    root = work / f"two-way-logistic-{rows}"
-    write_two_way_logistic(root, rows)
-    cfg = {"name": "two-logit", "data": {"path": str(root), "target": "y", "categorical": ["item"],
-                                         "features": ["x0", "x1", "x2", "x3", "user", "item"]},
-           "model": {"loss": "logistic"}, "output": {"dir": str(work / "two-way-logistic-out")}}
-    run = train_command(cfg, work / "two-way-logistic.yaml")
+    root = work / f"{name}-{rows}"
+    writer(root, rows)
+    cfg = {"name": name, "data": {"path": str(root), "target": "y", "categorical": ["item"],
+                                  "features": ["x0", "x1", "x2", "x3", "user", "item"]},
+           "model": model_cfg, "output": {"dir": str(work / f"{name}-out")}}
+    run = train_command(cfg, work / f"{name}.yaml")
     model = run["model"]
     out = {"rows": rows, "gd_dask": {"whole_s": run["whole_s"], "train_s": run["train_s"],
                                      "converged": model["converged"], "digits": model["convergence"]["digits"],
                                      "passes": model["epochs_run"], "peak_rss_mb": run.get("peak_rss_mb"),
-                                     "m": model["m"], "se": [r["std_err"] for r in model["summary"]["coefficients"]]
-                                     if model["summary"].get("available") else None},
+                                     "m": model["m"]},
            "peers": {}}
-    for name in ("pyfixest_logit", "sklearn_logit", "sklearn_logit_newton_cg"):
-        res = _peer(name, root, timeout=300)
+    for peer in peers:
+        res = _peer(peer, root, timeout=timeout)
         if isinstance(res, dict):
             res["largest_slope_difference"] = float(np.max(np.abs(np.asarray(res["m"]) - model["m"])))
-        out["peers"][name] = res
+        out["peers"][peer] = res
     return out
 
 
@@ -319,26 +310,17 @@ def report(r: dict) -> None:
     print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {g['digits']:.1f} digits, "
           f"converged {g['converged']}) | {g['whole_s']:.2f} | – |")
     _rows(r["peers"], False)
-    if "two_way" in r:
-        t = r["two_way"]
-        g = t["gd_dask"]
-        print(f"\n## Two categorical columns: {t['rows']:,} rows × (4 numeric + 20,000 text + 20,000 integer "
-              "levels)\n")
-        print("| tool | seconds (whole process) | peak RSS (MB) | slopes vs gd-dask |\n|---|---|---|---|")
-        rss = f"{g['peak_rss_mb']:.0f}" if g.get("peak_rss_mb") else "–"
-        print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {g['digits']:.1f} digits, "
-              f"converged {g['converged']}) | {g['whole_s']:.2f} | {rss} | – |")
-        _rows(t["peers"], True)
-    if "two_way_logistic" in r:
-        t = r["two_way_logistic"]
-        g = t["gd_dask"]
-        print(f"\n## Logistic, two categorical columns: {t['rows']:,} rows × (4 numeric + 20,000 text + 20,000 "
-              "integer levels)\n")
-        print("| tool | seconds (whole process) | peak RSS (MB) | slopes vs gd-dask |\n|---|---|---|---|")
-        rss = f"{g['peak_rss_mb']:.0f}" if g.get("peak_rss_mb") else "–"
-        print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {g['passes']} passes, "
-              f"{g['digits']:.1f} digits, converged {g['converged']}) | {g['whole_s']:.2f} | {rss} | – |")
-        _rows(t["peers"], True)
+    for key, title in (("two_way", "Two categorical columns"), ("two_way_logistic", "Logistic, two categorical "
+                                                                                   "columns")):
+        if key in r:
+            t = r[key]
+            g = t["gd_dask"]
+            print(f"\n## {title}: {t['rows']:,} rows × (4 numeric + 20,000 text + 20,000 integer levels)\n")
+            print("| tool | seconds (whole process) | peak RSS (MB) | slopes vs gd-dask |\n|---|---|---|---|")
+            rss = f"{g['peak_rss_mb']:.0f}" if g.get("peak_rss_mb") else "–"
+            print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {g.get('passes', 0)} passes, "
+                  f"{g['digits']:.1f} digits, converged {g['converged']}) | {g['whole_s']:.2f} | {rss} | – |")
+            _rows(t["peers"], True)
 
 
 if __name__ == "__main__":
