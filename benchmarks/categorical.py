@@ -318,8 +318,9 @@ def report(r: dict) -> None:
             print(f"\n## {title}: {t['rows']:,} rows × (4 numeric + 20,000 text + 20,000 integer levels)\n")
             print("| tool | seconds (whole process) | peak RSS (MB) | slopes vs gd-dask |\n|---|---|---|---|")
             rss = f"{g['peak_rss_mb']:.0f}" if g.get("peak_rss_mb") else "–"
-            print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {g.get('passes', 0)} passes, "
-                  f"{g['digits']:.1f} digits, converged {g['converged']}) | {g['whole_s']:.2f} | {rss} | – |")
+            passes = f"{g['passes']} passes, " if g.get("passes") else ""
+            print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {passes}{g['digits']:.1f} digits, "
+                  f"converged {g['converged']}) | {g['whole_s']:.2f} | {rss} | – |")
             _rows(t["peers"], True)
 
 

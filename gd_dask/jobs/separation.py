@@ -30,8 +30,9 @@ class Separated(NamedTuple):
 
 
 def separate(loss, groups: GroupMoments) -> Separated:
-    """(``loss`` None: none are.) Levels whose rows are all of one class (logistic) or all 0 (a count, a Tweedie
-    amount) have no finite optimum: the likelihood rises without end as their coefficient
+    """Levels whose rows are all of one class (logistic) or all 0 (a count, a Tweedie
+    amount) have no finite optimum (none with ``loss`` None: a penalized fit's all have
+    one): the likelihood rises without end as their coefficient
     goes to ∓∞, where their rows are predicted exactly (loss 0) whatever the other
     coefficients. So the other coefficients' optimum is that of the rows left, as fixest
     and pyfixest fit fixed-effect GLMs; leaving rows out can leave another level all of

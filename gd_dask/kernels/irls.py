@@ -35,10 +35,10 @@ U_ROW = float(np.finfo(LONG).eps) / 2
 IRLS_ROUNDINGS = 16  # certify.PSI_ROUNDINGS (14) + 2
 
 
-class IrlsSlice(NamedTuple):
-    """One slice's rows for grouping, and what the certificate needs of them.
+class IrlsRows(NamedTuple):
+    """Rows for grouping, and what the certificate needs of them.
 
-    block : (n, q + d + 4) [level keys, X, z, z_lo, e/h, h], rows of h > 0: the working
+    block : (n, d + 4) [X, z, z_lo, e/h, h], rows of h > 0: the working
       response (less the offset) as z + z_lo exactly (its long double split in two
       float64), e a bound on what h·(η − z − z_lo) is off by from the exact ψ at the exact
       η, and h = ℓ''(η) rounded to float64 (the weight the rows are grouped by)
@@ -58,11 +58,11 @@ class IrlsSlice(NamedTuple):
     bad_targets: tuple
 
 
-def irls_slice(keys, X, y, w, b: float, coefs, offset, m, loss: Loss, separated: float = np.inf) -> IrlsSlice:
-    """``IrlsSlice`` of a slice: ``keys`` (n, q) its level keys, X (n, d), y, w (None or
-    the sample weights), b, ``coefs`` each row's coefficient of its level, per column,
-    ``offset`` each row's offset (None: none), m the slopes; ``separated``: |η| from
-    which a row is at a separated level (``data.write.SEPARATED_ETA``)."""
+def irls_rows(X, y, w, b: float, coefs, offset, m, loss: Loss, separated: float = np.inf) -> IrlsRows:
+    """``IrlsRows`` of rows: X (n, d), y, w (None or the sample weights), b, ``coefs``
+    each row's coefficient of its level, per column, ``offset`` each row's offset (None:
+    none), m the slopes; ``separated``: |η| from which a row is at a separated level
+    (``data.write.SEPARATED_ETA``)."""
     n = len(y)
     fixed = X.astype(LONG) @ np.asarray(m, dtype=LONG) + LONG(b)
     size = np.abs(X) @ np.abs(m) + abs(b)
@@ -74,7 +74,7 @@ def irls_slice(keys, X, y, w, b: float, coefs, offset, m, loss: Loss, separated:
         size += np.abs(offset)
     terms = X.shape[1] + 1 + len(coefs) + int(offset is not None)
     # A row at a separated level (a coefficient of ±∞) is predicted exactly: no loss, no
-    # gradient, no curvature (``jobs.categorical_irls.separate``).
+    # gradient, no curvature (``jobs.separation``).
     finite = np.abs(eta) < separated
     keep = finite if w is None else finite & (w > 0)
     eta_max = float(size[keep].max()) if keep.any() else 0.0
@@ -91,5 +91,5 @@ def irls_slice(keys, X, y, w, b: float, coefs, offset, m, loss: Loss, separated:
     z_hi = z.astype(np.float64)
     z_lo = (z - z_hi).astype(np.float64)  # exact: z less its float64 rounding has 11 bits
     err = (IRLS_ROUNDINGS * rows.size[at] + (2 * terms + 2) * h * size[keep] + h * np.abs(z)) * (U_ROW * 1.01)
-    block = np.column_stack([keys[keep], X[keep], z_hi, z_lo, (err / h).astype(np.float64), h])
-    return IrlsSlice(block, float(rows.total), xmax, eta_max, lost, rows.bad_targets)
+    block = np.column_stack([X[keep], z_hi, z_lo, (err / h).astype(np.float64), h])
+    return IrlsRows(block, float(rows.total), xmax, eta_max, lost, rows.bad_targets)

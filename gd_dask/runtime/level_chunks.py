@@ -14,7 +14,7 @@ from ..data.read import add_level_names, chunk_where
 from ..data.write import SEPARATED_ETA
 from ..kernels.blocks import split_block
 from ..kernels.groups import GroupMoments, empty, group_moments, group_moments_at, merge_groups, unique_rows
-from ..kernels.irls import irls_slice
+from ..kernels.irls import irls_rows
 from ..kernels.level_meat import LevelMeat, add_level_meat, slice_level_meat
 from ..kernels.level_newton import add_information, add_level_sums, slice_level_sums
 from ..kernels.metrics import (
@@ -77,12 +77,7 @@ def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, 
     combine = add_information if information else add_level_sums
     for z in spec.slices(chunk, SLICE_ROWS, names={}):
         if drop is not None:
-            out = np.zeros(len(z), dtype=bool)
-            for j, keys in zip(cat_idx, drop):
-                if len(keys):
-                    at = np.minimum(np.searchsorted(keys, z[:, j]), len(keys) - 1)
-                    out |= keys[at] == z[:, j]
-            z = z[~out]
+            z = z[~at_levels(z, cat_idx, drop)]
         part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
                                 data_terms, offset, information, weight)
         total = part if total is None else combine(total, part)
@@ -203,12 +198,22 @@ def add_huber_groups(a: tuple, b: tuple) -> tuple:
     return (*add_named_groups(a[:2], b[:2]), a[2] + b[2])
 
 
-class IrlsBatch(NamedTuple):
+def at_levels(z, cat_idx, levels) -> np.ndarray:
+    """Rows of ``z`` at any of ``levels`` (per column ``cat_idx``, sorted keys)."""
+    out = np.zeros(len(z), dtype=bool)
+    for j, keys in zip(cat_idx, levels):
+        if len(keys):
+            at = np.minimum(np.searchsorted(keys, z[:, j]), len(keys) - 1)
+            out |= keys[at] == z[:, j]
+    return out
+
+
+class IrlsPlan(NamedTuple):
     """A chunk's rows as every IRLS pass needs them: the rows of positive weight at no
     separated level, their groups (keys in order, each row's), each categorical column's
-    level index per row, their numeric columns [X, y] (then w) and offset (or None). One
-    batch of the whole chunk: grouped once, no merges of partial groups in each pass (a
-    quarter of a pass in 512K-row batches)."""
+    level index per row, their numeric columns [X, y] (then w) and offset (or None).
+    Grouped once, the chunk whole: no merges of partial groups in each pass (a quarter of
+    a pass in 512K-row batches)."""
 
     uniq: np.ndarray
     inverse: np.ndarray
@@ -217,62 +222,43 @@ class IrlsBatch(NamedTuple):
     offset: np.ndarray | None
 
 
-def irls_plan(chunk, spec, cat_idx, level_keys, drop, offset, weighted: bool) -> list:
-    """A chunk's ``IrlsBatch``es: what does not change from one IRLS pass to the next
-    (the rows read, their level keys hashed, grouped and looked up once), kept in
-    cluster memory where the blocks may be (``Executor.irls_groups``). ``level_keys``:
-    each column's levels in key order; ``drop``: each column's separated levels' keys
+def irls_plan(chunk, spec, cat_idx, level_keys, drop, offset, weighted: bool) -> IrlsPlan:
+    """A chunk's ``IrlsPlan``: what does not change from one IRLS pass to the next (the
+    rows read, their level keys hashed, grouped and looked up once), kept in cluster
+    memory where the blocks may be (``Executor.irls_groups``). ``level_keys``: each
+    column's levels in key order; ``drop``: each column's separated levels' keys
     (``jobs.separation``), whose rows are predicted exactly and take no part."""
-    where = chunk_where(chunk)
     off_idx = spec.columns.index(offset.name) if offset is not None else None
     skip = set(cat_idx) | ({off_idx} if off_idx is not None else set())
     num = [j for j in range(len(spec.columns)) if j not in skip]
-    batches, batch = [], []
-
-    def flush():
-        z = np.concatenate(batch)
-        keep = np.ones(len(z), dtype=bool) if not weighted else z[:, -1] > 0
-        for j, keys in zip(cat_idx, drop):
-            if len(keys):
-                at = np.minimum(np.searchsorted(keys, z[:, j]), len(keys) - 1)
-                keep &= keys[at] != z[:, j]
-        z = z[keep]
-        uniq, inv = unique_rows(z[:, cat_idx]) if len(z) else (np.zeros((0, len(cat_idx))), np.zeros(0, np.int64))
-        levels = [np.searchsorted(keys, z[:, j]) for j, keys in zip(cat_idx, level_keys)]
-        off = offset.offsets(z[:, off_idx], where) if offset is not None else None
-        batches.append(IrlsBatch(uniq, inv, levels, np.ascontiguousarray(z[:, num]), off))
-
-    for z in spec.slices(chunk, SLICE_ROWS, names={}):
-        batch.append(np.array(z))  # each a reused buffer
-    flush()
-    return batches
+    z = np.concatenate([np.array(s) for s in spec.slices(chunk, SLICE_ROWS, names={})])  # each a reused buffer
+    keep = ~at_levels(z, cat_idx, drop)
+    if weighted:
+        keep &= z[:, -1] > 0
+    z = z[keep]
+    uniq, inv = unique_rows(z[:, cat_idx]) if len(z) else (np.zeros((0, len(cat_idx))), np.zeros(0, np.int64))
+    levels = [np.searchsorted(keys, z[:, j]) for j, keys in zip(cat_idx, level_keys)]
+    off = offset.offsets(z[:, off_idx], chunk_where(chunk)) if offset is not None else None
+    return IrlsPlan(uniq, inv, levels, np.ascontiguousarray(z[:, num]), off)
 
 
-def plan_irls_groups(plan: list, coefs, m, b, loss, weighted: bool) -> tuple:
+def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool) -> tuple:
     """One IRLS step of a GLM ``loss`` at the model (m, b, ``coefs``: each column's
     coefficients over its levels) on a chunk's ``irls_plan``: the groups over [X, z, z_lo,
-    e/h] weighted by h (``kernels.irls``), merged pairwise as ``_grouped`` merges; with
-    the step's Σ w·ℓ, max |x_j|, max size of η, the rows whose h is 0 (the groups are
-    then not formed) and the targets the loss refuses: (groups, {}, total, xmax, eta_max,
-    lost, bad_targets)."""
-    parts = []
-    d = plan[0].num.shape[1] - 1 - int(weighted)
-    acc = [0.0, np.zeros(d), 0.0, 0, (0, ())]
-    for p in plan:
-        X, y, w = split_block(p.num, weighted)
-        rows = [c[i] for c, i in zip(coefs, p.levels)]
-        s = irls_slice(np.zeros((len(y), 0)), X, y, w, b, rows, p.offset, m, loss, SEPARATED_ETA)
-        acc[:] = [acc[0] + s.total, np.maximum(acc[1], s.xmax), max(acc[2], s.eta_max), acc[3] + s.lost,
-                  merge_bad(acc[4], s.bad_targets)]
-        if not acc[3]:
-            # z_lo's sums (some u of z's) and e/h's (a bound) need no more than float64.
-            parts.append(group_moments_at(p.uniq, p.inverse, np.ascontiguousarray(s.block[:, :-1]), s.block[:, -1],
-                                          exact=d + 1) if len(p.inverse) else empty(p.uniq.shape[1], d + 3))
-    if acc[3]:
-        return (None, {}, *acc)
-    while len(parts) > 1:
-        parts = [merge_groups(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
-    return (parts[0], {}, *acc)
+    e/h] weighted by h (``kernels.irls``); with the step's Σ w·ℓ, max |x_j|, max size of
+    η, the rows whose h is 0 (the groups are then not formed) and the targets the loss
+    refuses: (groups, {}, total, xmax, eta_max, lost, bad_targets)."""
+    X, y, w = split_block(plan.num, weighted)
+    s = irls_rows(X, y, w, b, [c[i] for c, i in zip(coefs, plan.levels)], plan.offset, m, loss, SEPARATED_ETA)
+    stats = (s.total, s.xmax, s.eta_max, s.lost, s.bad_targets)
+    if s.lost:
+        return (None, {}, *stats)
+    if not len(plan.inverse):
+        return (empty(plan.uniq.shape[1], X.shape[1] + 3), {}, *stats)
+    # z_lo's sums (some u of z's) and e/h's (a bound) need no more than float64.
+    groups = group_moments_at(plan.uniq, plan.inverse, np.ascontiguousarray(s.block[:, :-1]), s.block[:, -1],
+                              exact=X.shape[1] + 1)
+    return (groups, {}, *stats)
 
 
 def chunk_irls_groups(chunk, spec, cat_idx, level_keys, drop, offset, coefs, m, b, loss, weighted: bool) -> tuple:
