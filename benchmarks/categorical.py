@@ -26,6 +26,8 @@ tol, newton-cg at 1e-10)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -211,11 +213,17 @@ def _peer(name: str, root: Path, timeout: float | None = None) -> dict | str | N
     t = time.perf_counter()
     cmd = [sys.executable, __file__, name, str(root)]
     timed = Path("/usr/bin/time").exists()
+    # Its own session, so that a timeout stops the peer too, not only /usr/bin/time (an
+    # orphaned peer kept both cores busy through the runs after it).
+    proc = subprocess.Popen((["/usr/bin/time", "-f", "RSS %M"] if timed else []) + cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        res = subprocess.run((["/usr/bin/time", "-f", "RSS %M"] if timed else []) + cmd, capture_output=True,
-                             text=True, timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return f"stopped after {timeout:.0f} s"
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if res.returncode != 0:
         if "ModuleNotFoundError" in res.stderr:
             return None

@@ -105,12 +105,13 @@ def group_moments(z, categorical, weighted: bool = False) -> GroupMoments:
     return group_moments_at(*unique_rows(keys), values, w)
 
 
-def group_moments_at(uniq, inv, values, w=None, exact: int | None = None) -> GroupMoments:
+def group_moments_at(uniq, inv, values, w=None, exact: int | None = None, rows: int | None = None) -> GroupMoments:
     """``group_moments`` of rows whose groups are known: ``uniq`` their keys (G × q, in
     lexicographic order, every one present), ``inv`` each row's group, ``values`` the
     rows' numeric columns, ``w`` their weights (none 0) or None. ``exact``: the columns
     past the first ``exact`` are summed in float64 (``total_lo`` 0): columns whose sums
-    need no more (a rounding bound, a double-double's low part)."""
+    need no more (a rounding bound, a double-double's low part). ``rows``: the
+    deviations from the groups' means formed that many rows at a time (memory)."""
     G = len(uniq)
     count = np.bincount(inv, minlength=G).astype(np.float64)
     n, n_lo = (count, np.zeros(G)) if w is None else exact_bincount(inv, w, G)
@@ -121,11 +122,16 @@ def group_moments_at(uniq, inv, values, w=None, exact: int | None = None) -> Gro
     total = np.column_stack([hi for hi, _ in exact])
     total_lo = np.column_stack([lo for _, lo in exact])
     mean = (total + total_lo) / n[:, None]
-    dev = values - mean[inv]
-    wdev = dev if w is None else dev * w[:, None]
-    m2 = np.column_stack([np.bincount(inv, weights=wdev[:, j] * dev[:, j], minlength=G)
-                          for j in range(values.shape[1])])
-    return GroupMoments(uniq, n, mean, wdev.T @ dev, m2, total, total_lo, count, n_lo)
+    step = len(inv) if rows is None else rows
+    within, m2 = np.zeros((values.shape[1], values.shape[1])), np.zeros((G, values.shape[1]))
+    for lo in range(0, len(inv), max(step, 1)):
+        at = slice(lo, lo + step)
+        dev = values[at] - mean[inv[at]]
+        wdev = dev if w is None else dev * w[at, None]
+        m2 += np.column_stack([np.bincount(inv[at], weights=wdev[:, j] * dev[:, j], minlength=G)
+                               for j in range(values.shape[1])])
+        within += wdev.T @ dev
+    return GroupMoments(uniq, n, mean, within, m2, total, total_lo, count, n_lo)
 
 
 def _exact_group_sum(inv, v, w, G: int):

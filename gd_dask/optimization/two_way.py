@@ -60,7 +60,6 @@ import numpy as np
 
 from ..kernels.compensated import DD_OP, dd_add, dd_bincount, dd_div
 from ..kernels.groups import GroupMoments
-from ..sizes import SLICE_ROWS
 from . import two_way_bounds as bounds
 from .categorical import Coefficients, Encoding
 from .certify import EPS, U
@@ -164,13 +163,15 @@ class TwoWay:
         self.Z2 = dd_add(mean[0], mean[1], -level_mean[0][la], -level_mean[1][la])
         self.n, self.level_n, self.Z = groups.n, self.level_n2[0] + self.level_n2[1], self.Z2[0]
         # What each entry of X̃, ỹ may be off by: a group's sum is exact but for m²·u²·σ
-        # (``compensated.exact_bincount``: m its rows in a slice, σ ≤ 4 × a slice's Σ|w·z|,
-        # itself ≤ Σ_g (Σw·|mean| + √(Σw·m2)) by Cauchy–Schwarz), merged in double-double;
-        # then the double-double division and subtraction (a level mean's own error shifts
-        # its groups alike, which (I − P_A) removes).
+        # (``compensated.exact_bincount``: m its rows in one call, at most all of its rows
+        # however they were batched: the categorical pass's 16 slices, an IRLS plan's
+        # whole chunk; σ ≤ 4 × a call's Σ|w·z|, itself ≤ Σ_g (Σw·|mean| + √(Σw·m2)) by
+        # Cauchy–Schwarz), merged in double-double; then the double-double division and
+        # subtraction (a level mean's own error shifts its groups alike, which (I − P_A)
+        # removes). (m had been capped at a slice's rows: short of a batch's.)
         sigma = 4 * np.sum(groups.n[:, None] * np.abs(groups.mean)
                            + np.sqrt(np.maximum(groups.n[:, None] * groups.m2, 0)), axis=0)
-        m = np.minimum(groups.count, SLICE_ROWS)
+        m = groups.count
         sums = (m * m * U * U / groups.n)[:, None] * sigma
         self.Z_err = 4 * DD_OP * (np.abs(groups.mean) + np.abs(self.Z)) + sums * (1 + 1e-6)
         self.level_meanL = level_mean[0].astype(np.longdouble) + level_mean[1].astype(np.longdouble)

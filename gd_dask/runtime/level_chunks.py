@@ -208,6 +208,10 @@ def at_levels(z, cat_idx, levels) -> np.ndarray:
     return out
 
 
+#: Rows an IRLS pass forms its long-double terms and deviations for at a time.
+IRLS_ROWS = 4 * SLICE_ROWS
+
+
 class IrlsPlan(NamedTuple):
     """A chunk's rows as every IRLS pass needs them: the rows of positive weight at no
     separated level, their groups (keys in order, each row's), each categorical column's
@@ -247,18 +251,28 @@ def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool) -> tuple
     coefficients over its levels) on a chunk's ``irls_plan``: the groups over [X, z, z_lo,
     e/h] weighted by h (``kernels.irls``); with the step's Σ w·ℓ, max |x_j|, max size of
     η, the rows whose h is 0 (the groups are then not formed) and the targets the loss
-    refuses: (groups, {}, total, xmax, eta_max, lost, bad_targets)."""
+    refuses: (groups, {}, total, xmax, eta_max, lost, bad_targets). The rows' terms are
+    formed ``IRLS_ROWS`` at a time: in long double they took a 1 GiB worker to 85 % on a
+    1M-row chunk whole."""
     X, y, w = split_block(plan.num, weighted)
-    s = irls_rows(X, y, w, b, [c[i] for c, i in zip(coefs, plan.levels)], plan.offset, m, loss, SEPARATED_ETA)
-    stats = (s.total, s.xmax, s.eta_max, s.lost, s.bad_targets)
-    if s.lost:
+    n, d = X.shape
+    values, h = np.empty((n, d + 3)), np.empty(n)
+    total, xmax, eta_max, lost, bad = 0.0, np.zeros(d), 0.0, 0, (0, ())
+    for lo in range(0, n, IRLS_ROWS):
+        at = slice(lo, lo + IRLS_ROWS)
+        s = irls_rows(X[at], y[at], None if w is None else w[at], b, [c[i[at]] for c, i in zip(coefs, plan.levels)],
+                      None if plan.offset is None else plan.offset[at], m, loss, SEPARATED_ETA)
+        total, xmax, eta_max = total + s.total, np.maximum(xmax, s.xmax), max(eta_max, s.eta_max)
+        lost, bad = lost + s.lost, merge_bad(bad, s.bad_targets)
+        if not lost:
+            values[at], h[at] = s.block[:, :-1], s.block[:, -1]
+    stats = (total, xmax, eta_max, lost, bad)
+    if lost:
         return (None, {}, *stats)
-    if not len(plan.inverse):
-        return (empty(plan.uniq.shape[1], X.shape[1] + 3), {}, *stats)
+    if not n:
+        return (empty(plan.uniq.shape[1], d + 3), {}, *stats)
     # z_lo's sums (some u of z's) and e/h's (a bound) need no more than float64.
-    groups = group_moments_at(plan.uniq, plan.inverse, np.ascontiguousarray(s.block[:, :-1]), s.block[:, -1],
-                              exact=X.shape[1] + 1)
-    return (groups, {}, *stats)
+    return (group_moments_at(plan.uniq, plan.inverse, values, h, exact=d + 1, rows=IRLS_ROWS), {}, *stats)
 
 
 def chunk_irls_groups(chunk, spec, cat_idx, level_keys, drop, offset, coefs, m, b, loss, weighted: bool) -> tuple:
