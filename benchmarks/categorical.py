@@ -62,28 +62,26 @@ TWO_ROWS, USERS, ITEMS = 1_000_000, 20_000, 20_000
 
 
 def write_two_way(root: Path, rows: int) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if root.exists():
-        return
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(7)
-    user = rng.integers(0, USERS, rows)
-    p = 1 / np.arange(1, ITEMS + 1) ** 0.8
-    item = rng.choice(ITEMS, size=rows, p=p / p.sum())
-    X = rng.normal(0, 1, (rows, 4)) + rng.normal(0, 0.3, USERS)[user][:, None]
-    y = (2 + X @ [1.0, 2.0, 3.0, 4.0] + rng.normal(0, 1, USERS)[user] + rng.normal(0, 0.5, ITEMS)[item]
-         + rng.normal(0, 1, rows))
-    names = np.array([f"user-{u:06d}" for u in range(USERS)])
-    for f, idx in enumerate(np.array_split(np.arange(rows), FILES)):
-        pq.write_table(pa.table({**{f"x{j}": X[idx, j] for j in range(4)}, "user": names[user[idx]].tolist(),
-                                 "item": item[idx], "y": y[idx]}), root / f"part-{f}.parquet")
+    """y linear in x, the user's and the item's effects, and noise."""
+    _write_users_items(root, rows, lambda rng, X, user, item: (
+        2 + X @ [1.0, 2.0, 3.0, 4.0] + rng.normal(0, 1, USERS)[user] + rng.normal(0, 0.5, ITEMS)[item]
+        + rng.normal(0, 1, rows)))
 
 
 def write_two_way_logistic(root: Path, rows: int) -> None:
     """``write_two_way``'s shape with y ~ Bernoulli(σ(η)): rare items whose few rows are
     all 0 make some levels separated (set aside, as pyfixest does)."""
+    def target(rng, X, user, item):
+        eta = -0.5 + X @ [0.3, -0.2, 0.1, 0.25] + rng.normal(0, 0.5, USERS)[user] + rng.normal(0, 0.3, ITEMS)[item]
+        return (rng.random(rows) < 1 / (1 + np.exp(-eta))).astype(float)
+
+    _write_users_items(root, rows, target)
+
+
+def _write_users_items(root: Path, rows: int, target) -> None:
+    """``rows`` rows of 4 numeric features, ``user`` (text, uniform) and ``item``
+    (integers, Zipf-like popularity), y = ``target(rng, X, user, item)``, in ``FILES``
+    files (none written if ``root`` exists)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -95,8 +93,7 @@ def write_two_way_logistic(root: Path, rows: int) -> None:
     p = 1 / np.arange(1, ITEMS + 1) ** 0.8
     item = rng.choice(ITEMS, size=rows, p=p / p.sum())
     X = rng.normal(0, 1, (rows, 4)) + rng.normal(0, 0.3, USERS)[user][:, None]
-    eta = -0.5 + X @ [0.3, -0.2, 0.1, 0.25] + rng.normal(0, 0.5, USERS)[user] + rng.normal(0, 0.3, ITEMS)[item]
-    y = (rng.random(rows) < 1 / (1 + np.exp(-eta))).astype(float)
+    y = target(rng, X, user, item)
     names = np.array([f"user-{u:06d}" for u in range(USERS)])
     for f, idx in enumerate(np.array_split(np.arange(rows), FILES)):
         pq.write_table(pa.table({**{f"x{j}": X[idx, j] for j in range(4)}, "user": names[user[idx]].tolist(),
