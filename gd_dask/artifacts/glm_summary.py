@@ -98,22 +98,25 @@ def summarize_glm_levels(s, loss, coef, names, center, scale, info=None, nobs: f
     }
 
 
-def summarize_two_way_glm(loss, m, sigma, numeric, absorbed, nobs: float, k: int, total: float) -> dict:
-    """The summary of logistic or Poisson fitted with two categorical columns of many
-    levels (``jobs.categorical_irls``), as fixest's ``feglm`` reports one: a row per
-    numeric feature, the levels absorbed. Their covariance is Σ⁻¹, Σ the slopes' Schur
-    complement of Fisher's information (the last IRLS step's weighted co-moment within
-    both columns' levels; the scale is 1). ``k``: every parameter, the levels' too;
-    ``total``: Σ of the loss at the fit."""
+def summarize_two_way_glm(loss, m, sigma, numeric, absorbed, nobs: float, k: int, total: float,
+                          pearson: float | None = None) -> dict:
+    """The summary of a family fitted with two categorical columns of many levels
+    (``jobs.categorical_irls``), as fixest's ``feglm`` reports one: a row per numeric
+    feature, the levels absorbed. Their covariance is φ·Σ⁻¹, Σ the slopes' Schur
+    complement of Fisher's information within both columns' levels (logistic and Poisson:
+    the last IRLS step's weights, φ = 1; Gamma and Tweedie: a pass of Fisher's weights,
+    φ = Pearson's χ²/(n − k), as statsmodels' GLM scales it). ``k``: every parameter, the
+    levels' too; ``total``: Σ of the reported loss at the fit."""
+    phi = 1.0 if pearson is None else (pearson / (nobs - k) if nobs > k else math.nan)
     sd = np.sqrt(np.maximum(np.diag(sigma), 1e-300))
     inv = np.linalg.inv(sigma / np.outer(sd, sd)) / np.outer(sd, sd) if len(sd) else np.zeros((0, 0))
-    rows = _table(np.asarray(m, dtype=np.float64), np.sqrt(np.maximum(np.diag(inv), 0.0)), list(numeric))
+    rows = _table(np.asarray(m, dtype=np.float64), np.sqrt(np.maximum(phi * np.diag(inv), 0.0)), list(numeric))
     llf = -total if loss.name == "logistic" else None
     method = "GLM binomial (logit link)" if loss.name == "logistic" else f"GLM {loss.name} (log link)"
     return {
         "method": method, "cov_type": "nonrobust", "statistic": "z", "nobs": nobs, "df_model": k - 1,
-        "df_resid": nobs - k, "coefficients": rows, "scale": 1.0, "deviance": total * 2 / loss.penalty_scale,
-        "pearson_chi2": None, "log_likelihood": None if llf is None else _num(llf),
+        "df_resid": nobs - k, "coefficients": rows, "scale": phi, "deviance": total * 2 / loss.penalty_scale,
+        "pearson_chi2": pearson, "log_likelihood": None if llf is None else _num(llf),
         "aic": None if llf is None else _num(-2 * llf + 2 * k), "residual_std_err": None, "ssr": None, "r2": None,
         "r2_adj": None, "f": None, "f_p_value": None, "bic": None,
         "condition_number": float(np.sqrt(np.linalg.cond(sigma / np.outer(sd, sd)))) if len(sd) else None,

@@ -135,6 +135,7 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
     docs = [column_doc(full, enc, sep, c, model.levels[c]) for c in range(2)]
     tables = level_tables(full, enc, sep, model.levels) + ([offset] if offset is not None else [])
     metrics = prep.ex.level_metrics(model.m, model.b, tables)
+    summary = _summary(cfg, loss, converged, steps, model, enc, int(sep.groups.count.sum()))
     prep.release()
     return FitResult(
         m=model.m, b=model.b, epochs_run=len(history), converged=converged, final_loss=metrics[loss.metric],
@@ -144,8 +145,7 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
                      "bound": float(bound) if math.isfinite(bound) else None, "digits": digits(bound),
                      "epochs": len(history), "refinements": 0, "solver": "IRLS, conjugate gradients",
                      "steps": steps.solves},
-        summary=_summary(cfg, loss, converged, steps.solved, model, enc, int(sep.groups.count.sum()), steps.total),
-        categorical=docs)
+        summary=summary, categorical=docs)
 
 
 class _Steps:
@@ -174,6 +174,14 @@ class _Steps:
                                 "single level's rows are all of one kind, but a combination's are), so the "
                                 "coefficients have no finite optimum")
         return groups, total, xmax, eta_max
+
+    def information(self, model: _Model) -> tuple:
+        """(Σ, parameters, Pearson's χ²) at ``model`` from one pass of Fisher's weights."""
+        coefs = [t.coef for t in level_tables(self.full, self.enc, self.sep, model.levels)]
+        groups, _, pearson, *_ = self.prep.ex.irls_groups(self.cat_idx, self.full.levels, self.sep.keys, self.offset,
+                                                          coefs, model.m, model.b, information=True)
+        fit = two_way.fit_two_way(working(groups, len(model.m)), self.enc, self.cfg.optimizer.tol, certified=False)
+        return fit.sigma, fit.params, pearson
 
     def run(self, model: _Model, warm: bool, t0: float, on_epoch=None) -> tuple:
         """(the model, its certified bound: inf where none holds) from ``model``
@@ -219,19 +227,20 @@ class _Steps:
         return model, bound
 
 
-def _summary(cfg, loss, converged: bool, solved, model: _Model, enc, nobs: int, total: float) -> dict:
+def _summary(cfg, loss, converged: bool, steps: _Steps, model: _Model, enc, nobs: int) -> dict:
     """model.json's summary: the numeric slopes' rows, both columns absorbed
-    (``glm_summary.summarize_two_way_glm``), where they hold; ``solved``: the last
-    solve's (Σ, parameters)."""
+    (``glm_summary.summarize_two_way_glm``), where they hold: from the last step's
+    weights for logistic and Poisson (Fisher's information), from a pass of Fisher's
+    weights and Pearson's χ² for Gamma and Tweedie (their observed curvature is not it)."""
     if not converged:
         return {"available": False, "reason": "not converged: these statistics hold at the maximum of the likelihood"}
+    sigma, params = steps.solved
+    pearson = None
     if loss.name not in FIXED_SCALE:
-        return {"available": False, "reason": f"model.loss {loss.name} with two categorical columns this large: "
-                                              "its scale needs Fisher's information and Pearson's χ², not computed"}
+        sigma, params, pearson = steps.information(model)
     numeric = [f for f in cfg.data.features if f not in enc.columns]
-    sigma, params = solved
     return {"available": True, **summarize_two_way_glm(loss, model.m, sigma, numeric, enc.columns, nobs,
-                                                       len(model.m) + params, total)}
+                                                       len(model.m) + params, steps.total, pearson)}
 
 
 def certify(fit, model: _Model, new: _Model, groups, enc, xmax, eta_max: float, row_terms: int) -> tuple:

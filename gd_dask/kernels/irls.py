@@ -42,7 +42,7 @@ class IrlsRows(NamedTuple):
       response (less the offset) as z + z_lo exactly (its long double split in two
       float64), e a bound on what h·(η − z − z_lo) is off by from the exact ψ at the exact
       η, and h = ℓ''(η) rounded to float64 (the weight the rows are grouped by)
-    total : Σ w·ℓ (the loss, less its constant terms) at η
+    total : Σ w·ℓ (the reported loss) at η
     xmax : (d,) max |x_j| over the rows of positive weight
     eta_max : max Σ|terms of η| over them (η's own rounding)
     lost : rows of positive weight and finite η whose h is 0 (η past where the loss's
@@ -58,11 +58,14 @@ class IrlsRows(NamedTuple):
     bad_targets: tuple
 
 
-def irls_rows(X, y, w, b: float, coefs, offset, m, loss: Loss, separated: float = np.inf) -> IrlsRows:
+def irls_rows(X, y, w, b: float, coefs, offset, m, loss: Loss, separated: float = np.inf,
+              information: bool = False) -> IrlsRows:
     """``IrlsRows`` of rows: X (n, d), y, w (None or the sample weights), b, ``coefs``
     each row's coefficient of its level, per column, ``offset`` each row's offset (None:
     none), m the slopes; ``separated``: |η| from which a row is at a separated level
-    (``data.write.SEPARATED_ETA``)."""
+    (``data.write.SEPARATED_ETA``). ``information``: the rows weigh Fisher's weight
+    instead (a non-canonical family's summary), ``total`` is Pearson's χ², the other
+    columns are not formed (0)."""
     n = len(y)
     fixed = X.astype(LONG) @ np.asarray(m, dtype=LONG) + LONG(b)
     size = np.abs(X) @ np.abs(m) + abs(b)
@@ -80,7 +83,11 @@ def irls_rows(X, y, w, b: float, coefs, offset, m, loss: Loss, separated: float 
     eta_max = float(size[keep].max()) if keep.any() else 0.0
     xmax = np.abs(X[keep]).max(axis=0) if keep.any() else np.zeros(X.shape[1])
     w_k = None if w is None else w[finite]
+    if information:
+        return _information(X[keep], y[keep], None if w is None else w[keep], eta[keep], loss, xmax, eta_max)
     rows = newton_rows(y[finite], w_k, eta[finite], np.zeros(int(finite.sum()), dtype=LONG), loss)
+    const = loss.constant_terms(y[finite])  # the reported loss's terms of y alone: the total is the whole loss
+    total = float(rows.total) + (0.0 if const is None else float(const.sum() if w_k is None else w_k @ const))
     h = np.zeros(n)
     h[finite] = rows.h.astype(np.float64)  # size: w·(the loss's magnitudes) + |ψ|
     lost = int(np.count_nonzero(keep & ~(h > 0)))
@@ -92,4 +99,17 @@ def irls_rows(X, y, w, b: float, coefs, offset, m, loss: Loss, separated: float 
     z_lo = (z - z_hi).astype(np.float64)  # exact: z less its float64 rounding has 11 bits
     err = (IRLS_ROUNDINGS * rows.size[at] + (2 * terms + 2) * h * size[keep] + h * np.abs(z)) * (U_ROW * 1.01)
     block = np.column_stack([X[keep], z_hi, z_lo, (err / h).astype(np.float64), h])
-    return IrlsRows(block, float(rows.total), xmax, eta_max, lost, rows.bad_targets)
+    return IrlsRows(block, total, xmax, eta_max, lost, rows.bad_targets)
+
+
+def _information(X, y, w, eta, loss: Loss, xmax, eta_max: float) -> IrlsRows:
+    """``irls_rows(..., information=True)`` of the kept rows: their Fisher weights and
+    Pearson's χ² = Σ w·(y − μ)²/V(μ), in float64."""
+    eta = eta.astype(np.float64)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        mu = loss.link.inverse(eta)
+        chi = (y - mu) ** 2 / loss.variance(mu)
+        h = loss.fisher(eta) * (1.0 if w is None else w)
+    pearson = float(chi.sum() if w is None else w @ chi)
+    zeros = np.zeros((len(y), 3))
+    return IrlsRows(np.column_stack([X, y, zeros[:, :2], h]), pearson, xmax, eta_max, 0, (0, ()))

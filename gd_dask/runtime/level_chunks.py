@@ -246,14 +246,15 @@ def irls_plan(chunk, spec, cat_idx, level_keys, drop, offset, weighted: bool) ->
     return IrlsPlan(uniq, inv, levels, np.ascontiguousarray(z[:, num]), off)
 
 
-def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool) -> tuple:
+def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool, information: bool = False) -> tuple:
     """One IRLS step of a GLM ``loss`` at the model (m, b, ``coefs``: each column's
     coefficients over its levels) on a chunk's ``irls_plan``: the groups over [X, z, z_lo,
     e/h] weighted by h (``kernels.irls``); with the step's Σ w·ℓ, max |x_j|, max size of
     η, the rows whose h is 0 (the groups are then not formed) and the targets the loss
     refuses: (groups, {}, total, xmax, eta_max, lost, bad_targets). The rows' terms are
     formed ``IRLS_ROWS`` at a time: in long double they took a 1 GiB worker to 85 % on a
-    1M-row chunk whole."""
+    1M-row chunk whole. ``information``: the groups of [X, y] weighted by Fisher's
+    weights, ``total`` Pearson's χ² (``kernels.irls``)."""
     X, y, w = split_block(plan.num, weighted)
     n, d = X.shape
     values, h = np.empty((n, d + 3)), np.empty(n)
@@ -261,7 +262,7 @@ def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool) -> tuple
     for lo in range(0, n, IRLS_ROWS):
         at = slice(lo, lo + IRLS_ROWS)
         s = irls_rows(X[at], y[at], None if w is None else w[at], b, [c[i[at]] for c, i in zip(coefs, plan.levels)],
-                      None if plan.offset is None else plan.offset[at], m, loss, SEPARATED_ETA)
+                      None if plan.offset is None else plan.offset[at], m, loss, SEPARATED_ETA, information)
         total, xmax, eta_max = total + s.total, np.maximum(xmax, s.xmax), max(eta_max, s.eta_max)
         lost, bad = lost + s.lost, merge_bad(bad, s.bad_targets)
         if not lost:
@@ -275,11 +276,12 @@ def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool) -> tuple
     return (group_moments_at(plan.uniq, plan.inverse, values, h, exact=d + 1, rows=IRLS_ROWS), {}, *stats)
 
 
-def chunk_irls_groups(chunk, spec, cat_idx, level_keys, drop, offset, coefs, m, b, loss, weighted: bool) -> tuple:
+def chunk_irls_groups(chunk, spec, cat_idx, level_keys, drop, offset, coefs, m, b, loss, weighted: bool,
+                      information: bool = False) -> tuple:
     """``plan_irls_groups`` of a chunk streamed from its file (the plan formed anew: the
     same bits as from a kept one)."""
     return plan_irls_groups(irls_plan(chunk, spec, cat_idx, level_keys, drop, offset, weighted), coefs, m, b, loss,
-                            weighted)
+                            weighted, information)
 
 
 def merge_bad(a: tuple, b: tuple) -> tuple:
