@@ -29,9 +29,10 @@ minimizer): the bound holds. V starts at twice the step and its first bound, and
 doubled at most twice.
 
 Near the minimum τ is the size of the step, so the Hessian's change is second order
-and the bound is the solver's and the gradient's rounding: on 1M rows with 20,000 ×
-20,000 levels some 1e-13 (a float64 ψ per row, which the M-matrix bound gathers over
-every level only some 20-fold).
+and the bound is the solver's and the rows' rounding, which the M-matrix bound gathers
+over every level (some 300-fold on 2,100 × 1,950 levels of uniform popularity): hence
+the rows' terms in long double (``kernels.irls``). On 1M rows with 20,000 × 20,000
+levels the worst coefficient is certified to 6.6e-10 (9.2 digits).
 """
 
 from __future__ import annotations
