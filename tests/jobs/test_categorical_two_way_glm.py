@@ -78,7 +78,10 @@ def _reference(X, user, item, y, w, t, model, family):
     """Newton's method on the one-hot design of the rows not at separated levels (the
     references, pinned and separated levels dropped), its gradient summed in long
     double, its Hessian factored by dense Cholesky: (each coefficient in model order,
-    the design, the rows it fits)."""
+    the level names in that order, Fisher's information there, the scale). It starts
+    from the model's coefficients, to save factorizations: where it ends is where its
+    gradient is 0, wherever it starts (it moves the model's coefficients by their
+    error, which the tests check)."""
     docs = model["categorical"]
     away = np.zeros(len(y), dtype=bool)
     for doc, values in zip(docs, (user, item)):
@@ -98,8 +101,7 @@ def _reference(X, user, item, y, w, t, model, family):
     yy = y[rows]
     ww = np.ones(len(yy)) if w is None else w[rows]
     off = np.zeros(len(yy)) if t is None else np.log(t[rows]).astype(np.longdouble)
-    beta = np.zeros(D.shape[1])
-    beta[0] = np.log(yy.mean()) if family == "poisson" else 0.0
+    beta = _coefficients(model, names)
     Dc = D.tocoo()
     factor, last = None, np.inf
     for _ in range(40):
