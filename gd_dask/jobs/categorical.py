@@ -12,7 +12,7 @@ import numpy as np
 
 from ..artifacts.summary import RowSums, summarize_levels, summarize_two_way
 from ..data.write import LevelTable
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..kernels.metrics import sse_metrics
 from ..optimization import categorical as cat
 from ..optimization import two_way
@@ -52,6 +52,7 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True, r
         return _two_way(cfg, prep, enc, t0, summary)
     cat.check_dense(enc)
     red = cat.reduce(prep.groups, enc)
+    _check_within(cfg, red, enc, prep.mom)
     tol = cfg.optimizer.tol
     if red.mom.mean.shape[0] == 1:  # nothing but levels: each a_ℓ is its level's mean
         return _levels_only(cfg, prep, red, enc, t0, summary)
@@ -96,6 +97,19 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True, r
     res.summary = _summary(cfg, res, red, enc, coef, theta, columns, sst, prep) if summary else None
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _check_within(cfg, red: cat.Reduced, enc: cat.Encoding, mom) -> None:
+    """A numeric feature constant within every level of the absorbed column (each
+    level's rows share one value: a level's own attribute, or one row a level) has
+    nothing left once the levels are absorbed: one line naming it, rather than a
+    reduced problem whose curvature is 0 (it crashed on NaN)."""
+    numeric = [f for f in cfg.data.features if f not in enc.columns]
+    S = red.mom.comoment
+    for j, name in enumerate(numeric[:red.d]):
+        if not S[j, j] > 1e-12 * float(mom.comoment[j, j]):
+            raise DataError(f"feature '{name}' is constant within every level of '{enc.columns[enc.absorbed]}': its "
+                            "coefficient cannot be told from the levels'; drop the feature or the column")
 
 
 def _summary(cfg, res, red, enc, coef, theta, columns, sst: float, prep) -> dict:

@@ -590,3 +590,21 @@ def test_a_null_level_follows_data_missing(tmp_path, rng, threads):
     res = fit(make_config({**data, "missing": "drop"}, tmp_path), threads)
     assert res.converged and sorted(res.categorical[0]["levels"]) == REGIONS[:3]
     assert sum(res.categorical[0]["counts"]) == n - 1
+
+
+@pytest.mark.parametrize("rows", [2, 600])
+def test_a_feature_constant_within_the_levels_is_one_line_naming_it(tmp_path, rng, threads, rows):
+    """A store's own attribute (constant within each store), or one row a store: nothing
+    is left of the feature once the stores are absorbed. It crashed on a NaN momentum
+    (found by the fuzz test with 2 rows)."""
+    from gd_dask.errors import DataError
+
+    store = np.arange(rows) % max(rows // 3, 2)
+    size = rng.normal(0, 1, store.max() + 1)[store]
+    root = tmp_path / "d"
+    root.mkdir()
+    pq.write_table(pa.table({"size": size, "store": [f"s{v}" for v in store], "y": rng.normal(0, 1, rows)}),
+                   root / "part-0.parquet")
+    cfg = make_config({"path": str(root), "features": ["size", "store"], "target": "y"}, tmp_path)
+    with pytest.raises(DataError, match="feature 'size' is constant within every level of 'store'"):
+        fit(cfg, threads)
