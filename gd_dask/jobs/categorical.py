@@ -186,10 +186,7 @@ def _two_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True, fit=
     (``fit``: its result; ``red``: the reduced problem, whose summary then holds)."""
     from .training import FitResult
 
-    if cfg.model.l2:
-        raise ConfigError(f"model.l2 with the categorical features {enc.columns[0]!r} and {enc.columns[1]!r} "
-                          f"({len(enc.levels[0])} and {len(enc.levels[1])} levels): ridge is supported with at most "
-                          f"{cat.MAX_DENSE_LEVELS} levels outside the column with the most")
+    refuse_ridge(cfg, enc)
     tol = cfg.optimizer.tol
     fit = fit or two_way.fit_two_way(prep.groups, enc, tol)
     mom, n = prep.mom, prep.mom.n
@@ -214,6 +211,14 @@ def _two_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True, fit=
         res.summary = _two_way_summary(cfg, res, fit, enc, sst, prep)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def refuse_ridge(cfg, enc: cat.Encoding) -> None:
+    """model.l2 with two categorical columns past the dense limit: one line."""
+    if cfg.model.l2:
+        raise ConfigError(f"model.l2 with the categorical features {enc.columns[0]!r} and {enc.columns[1]!r} "
+                          f"({len(enc.levels[0])} and {len(enc.levels[1])} levels): ridge is supported with at most "
+                          f"{cat.MAX_DENSE_LEVELS} levels outside the column with the most")
 
 
 def _two_way_summary(cfg, res, fit, enc: cat.Encoding, sst: float, prep) -> dict:

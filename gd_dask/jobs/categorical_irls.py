@@ -45,17 +45,16 @@ import numpy as np
 
 from ..artifacts.glm_summary import FIXED_SCALE, summarize_two_way_glm
 from ..data.write import OffsetColumn
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import TrainingError
 from ..kernels import losses
 from ..kernels.compensated import dd_add
 from ..kernels.irls import U_ROW
-from ..optimization import categorical as cat
 from ..optimization import two_way
 from ..optimization.certify import PSI_ROUNDINGS, U, digits
 from ..optimization.newton import NEWTON_PASSES
-from .categorical import report_pinned
+from .categorical import refuse_ridge, report_pinned
 from .prepare import target_error
-from .separation import column_doc, level_tables, report_separated, separate
+from .separation import column_doc, level_tables, set_aside, start_intercept
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +99,16 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
     from .categorical_newton import warm_levels
     from .training import FitResult
 
-    if cfg.model.l2:
-        raise ConfigError(f"model.l2 with the categorical features {enc.columns[0]!r} and {enc.columns[1]!r} "
-                          f"({len(enc.levels[0])} and {len(enc.levels[1])} levels): ridge is supported with at most "
-                          "2000 levels outside the column with the most")
+    refuse_ridge(cfg, enc)
     loss = losses.of(cfg.model)
     tol = cfg.optimizer.tol
     d = prep.groups.mean.shape[1] - 1
     full = enc
-    sep = separate(loss, prep.groups)
-    if sep.rows:
-        if not len(sep.groups.n):
-            raise DataError(f"model.loss {loss.name}: every level's rows are all of one class: nothing to fit")
-        enc = cat.encode(sep.groups, enc.columns, limit=False, names=enc.names)
-        report_separated(sep, full, loss)
+    sep, enc = set_aside(loss, prep.groups, enc)
     report_pinned(enc)
     offset = OffsetColumn(cfg.data.offset_column, prep.source.offset == "log") if prep.source.offset else None
     row_terms = d + 3 + int(offset is not None)  # η: the slopes' terms, b, a level per column, the offset
-    y = sep.groups.total[:, d] + sep.groups.total_lo[:, d]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        b0 = float(loss.link(np.array(float(y.sum() / sep.groups.n.sum())))) - prep.offset_mean
-    model = _Model(np.zeros(d), b0, [np.zeros(len(lv)) for lv in enc.levels])
+    model = _Model(np.zeros(d), start_intercept(loss, sep, prep.offset_mean), [np.zeros(len(lv)) for lv in enc.levels])
     if init is not None:  # the current model's levels against this window's references
         levels, b_init = warm_levels(init_levels, enc, float(init[1]))
         widths = np.cumsum([0] + [len(lv) for lv in enc.levels])
@@ -161,12 +149,16 @@ class _Steps:
         self.cat_idx = [prep.source.columns.index(c) for c in enc.columns]
         self.history, self.solves, self.total, self.solved = [], 0, math.nan, None
 
+    def _groups(self, model: _Model, information: bool = False) -> tuple:
+        """``Executor.irls_groups`` at ``model``."""
+        coefs = [t.coef for t in level_tables(self.full, self.enc, self.sep, model.levels)]  # over full's levels
+        return self.prep.ex.irls_groups(self.cat_idx, self.full.levels, self.sep.keys, self.offset, coefs, model.m,
+                                        model.b, information)
+
     def _pass(self, model: _Model) -> tuple:
         """The IRLS pass at ``model``: (groups, Σ loss, max |x_j|, max size of η), its
         refusals raised."""
-        coefs = [t.coef for t in level_tables(self.full, self.enc, self.sep, model.levels)]  # over full's levels
-        groups, _, total, xmax, eta_max, lost, bad = self.prep.ex.irls_groups(
-            self.cat_idx, self.full.levels, self.sep.keys, self.offset, coefs, model.m, model.b)
+        groups, _, total, xmax, eta_max, lost, bad = self._groups(model)
         if bad[0]:
             raise target_error(self.cfg, *bad)
         if lost:
@@ -178,9 +170,7 @@ class _Steps:
 
     def information(self, model: _Model) -> tuple:
         """(Σ, parameters, Pearson's χ²) at ``model`` from one pass of Fisher's weights."""
-        coefs = [t.coef for t in level_tables(self.full, self.enc, self.sep, model.levels)]
-        groups, _, pearson, *_ = self.prep.ex.irls_groups(self.cat_idx, self.full.levels, self.sep.keys, self.offset,
-                                                          coefs, model.m, model.b, information=True)
+        groups, _, pearson, *_ = self._groups(model, information=True)
         fit = two_way.fit_two_way(working(groups, len(model.m)), self.enc, self.cfg.optimizer.tol, certified=False)
         return fit.sigma, fit.params, pearson
 

@@ -37,7 +37,7 @@ from ..optimization.newton import NEWTON_PASSES, Newton, start_params
 from ..optimization.setup import Setup
 from .categorical import report_pinned
 from .prepare import exposure_error, target_error
-from .separation import column_doc, level_tables, report_separated, separate
+from .separation import column_doc, level_tables, set_aside, start_intercept
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,8 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     setup = Setup.of(cfg.model, cfg.optimizer, prep.mom)
     full = enc
     # With l2 every coefficient has a finite optimum: nothing is set aside.
-    sep = separate(setup.loss if not cfg.model.l2 else None, prep.groups)
+    sep, enc = set_aside(setup.loss if not cfg.model.l2 else None, prep.groups, enc)
     if sep.rows:
-        if not len(sep.groups.n):
-            raise DataError(f"model.loss {setup.loss.name}: every level's rows are all of one class: nothing to fit")
-        enc = cat.encode(sep.groups, columns, limit=False, names=prep.level_names)
-        report_separated(sep, full, setup.loss)
         widths = [len(lv) for lv in enc.levels]
         starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
         keep = np.concatenate([starts[c] + enc.non_reference(c) for c in range(len(columns))])
@@ -103,10 +99,7 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
                                               [PAIRWISE_ROUNDINGS]))  # the levels' Σψ: exact sums
     certifier.hess_eta = certifier.eta + CHAIN_ETA  # the levels' Σℓ'': bincount's chains
     loop = Newton(oracle, certifier, Rules.of(cfg.model, cfg.optimizer))
-    g = sep.groups
-    with np.errstate(divide="ignore", invalid="ignore"):
-        b0 = float(setup.loss.link(np.array(float((g.total[:, -1] + g.total_lo[:, -1]).sum() / g.n.sum())))) \
-            - prep.offset_mean
+    b0 = start_intercept(setup.loss, sep, prep.offset_mean)
     epochs = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
     start = start_params(d + k, True, b0)
     if init is not None:  # the current model's levels against this window's references

@@ -11,6 +11,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..data.write import LevelTable, separated_coefficient
+from ..errors import DataError
+from ..optimization import categorical as cat
 from ..kernels.groups import GroupMoments
 from .categorical import _column_doc
 
@@ -68,6 +70,27 @@ def separate(loss, groups: GroupMoments) -> Separated:
                            count=groups.count[active], n_lo=groups.n_lo[active])
     return Separated(kept, [k[f > 0] for (k, _), f in zip(inverse, found)],
                      [t[f > 0] for t, f in zip(target, found)], [f[f > 0] for f in found], rows)
+
+
+def set_aside(loss, groups: GroupMoments, enc) -> tuple:
+    """(``separate``'s result, the encoding of the groups left): the levels of ``enc``
+    whose coefficients have no finite optimum set aside and said in one line (``loss``
+    None: a penalized fit, nothing set aside); one line where nothing is left."""
+    sep = separate(loss, groups)
+    if not sep.rows:
+        return sep, enc
+    if not len(sep.groups.n):
+        raise DataError(f"model.loss {loss.name}: every level's rows are all of one class: nothing to fit")
+    report_separated(sep, enc, loss)
+    return sep, cat.encode(sep.groups, enc.columns, limit=False, names=enc.names)
+
+
+def start_intercept(loss, sep: Separated, offset_mean: float) -> float:
+    """Newton's starting intercept: link(ȳ) over the rows left, less the offset's mean."""
+    g = sep.groups
+    d = g.mean.shape[1] - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(loss.link(np.array(float((g.total[:, d] + g.total_lo[:, d]).sum() / g.n.sum())))) - offset_mean
 
 
 def report_separated(sep: Separated, enc, loss) -> None:
