@@ -229,3 +229,21 @@ def dd_bincount(index, hi, lo, L: int):
     h1, l1 = exact_bincount(index, hi, L)
     h2, l2 = exact_bincount(index, lo, L)
     return dd_add(h1, l1, h2, l2)
+
+
+def exact_dots(X, hi, lo):
+    """[Σ x_j·(hi + lo) ..., Σ (hi + lo)] over the rows of X (n, d), as double-doubles
+    ``(hi, lo)`` of d + 1: each x_j·hi split exactly (``two_prod``) and every part summed
+    by ``exact_bincount``. What is left is x_j·lo's rounding and that of adding it to the
+    product's error, about 2u² of |x_j·hi| per row, and the sums' m²·u²·σ."""
+    n, d = X.shape
+    one = np.zeros(n, dtype=np.intp)
+    out_hi, out_lo = np.empty(d + 1), np.empty(d + 1)
+    for j in range(d):
+        p, e = two_prod(X[:, j], hi)
+        a = exact_bincount(one, p, 1)
+        b = exact_bincount(one, e + X[:, j] * lo, 1)
+        out_hi[j], out_lo[j] = (float(v[0]) for v in dd_add(*a, *b))
+    a, b = exact_bincount(one, hi, 1), exact_bincount(one, lo, 1)
+    out_hi[d], out_lo[d] = (float(v[0]) for v in dd_add(*a, *b))
+    return out_hi, out_lo

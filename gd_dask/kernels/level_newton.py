@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .compensated import dd_add, exact_bincount
+from .compensated import dd_add, dd_bincount, split_pairs
+from .irls import LONG
 from .losses import Loss
 from .newton import (
     NewtonSums,
@@ -76,7 +77,7 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
     idx = level_indices(z, cat_idx, level_keys)
     sizes = [len(k) for k in level_keys]
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-    eta = X @ m + b
+    eta = X.astype(LONG) @ np.asarray(m, dtype=LONG) + LONG(b)
     ax = np.abs(X)
     size = ax @ np.abs(m) + abs(b)
     for c, i in enumerate(idx):
@@ -86,15 +87,18 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
         eta += off
         size += np.abs(off)
     if information:
+        eta = eta.astype(np.float64)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             mu = loss.link.inverse(eta)
             chi = (y - mu) ** 2 / loss.variance(mu)
             pearson = float(chi.sum() if w is None else w @ chi)
             fisher = loss.fisher(eta) if w is None else loss.fisher(eta) * w
     rows = newton_rows(y, w, eta, size, loss)
-    if information:
-        rows = rows._replace(h=fisher)
-    num = numeric_sums(X, ax, y, w, rows, loss, data_terms, indicators=len(idx))._replace(bad_exposures=bad_exp)
+    psi, psi_lo = split_pairs(rows.psi)  # ψ in long double, as two float64
+    rows = rows._replace(psi=psi, h=np.asarray(fisher if information else rows.h, dtype=np.float64),
+                         size=rows.size.astype(np.float64))
+    num = numeric_sums(X, ax, y, w, rows, loss, data_terms, indicators=len(idx),
+                       psi_lo=psi_lo)._replace(bad_exposures=bad_exp)
     L = int(sum(sizes))
     level_grad, level_lo, level_h, level_scale = np.zeros(L), np.zeros(L), np.zeros(L), np.zeros(L)
     level_x = np.zeros((L, X.shape[1]))
@@ -102,7 +106,7 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
         s, k = starts[c], sizes[c]
         # Σψ per level as a double-double, exact but for ψ's own rounding (the certificate
         # counts no summation roundings for the levels: ``LEVEL_SUM_ROUNDINGS``).
-        level_grad[s:s + k], level_lo[s:s + k] = exact_bincount(i, rows.psi, k)
+        level_grad[s:s + k], level_lo[s:s + k] = dd_bincount(i, psi, psi_lo, k)
         level_h[s:s + k] = np.bincount(i, rows.h, k)
         level_scale[s:s + k] = np.bincount(i, rows.size, k)
         for j in range(X.shape[1]):
@@ -188,16 +192,37 @@ def _with_band(s: LevelSums, A, widths, starts, keep, in_band, absorbed: int, d:
     from ..optimization.hessians import BlockHessian
 
     ga = keep[in_band]
-    la = ga - starts[absorbed]
+    B = np.concatenate(_coupling(s, widths, starts, keep[~in_band], absorbed, ga) + [s.level_h[ga][None, :]])
+    first = d + int(np.flatnonzero(in_band)[0])
+    band = slice(first, first + len(ga))
+    return BlockHessian(A, B, s.level_h[ga], band, d + len(keep) + 1)
+
+
+def _coupling(s: LevelSums, widths, starts, others, column: int, ga) -> list:
+    """The rows of Σℓ'' between the numeric features and then the levels ``others`` (of
+    the other columns) and the levels ``ga`` of ``column`` (global indices)."""
+    la = ga - starts[column]
     pairs = _pair_blocks(s, len(widths))
-    others = keep[~in_band]
     col_of = np.searchsorted(starts, others, side="right") - 1
     rows = [s.level_x[ga].T]
     for g, c in zip(others, col_of):
         local = g - starts[c]
-        rows.append((pairs[(c, absorbed)][local, la] if c < absorbed else pairs[(absorbed, c)][la, local])[None, :])
-    rows.append(s.level_h[ga][None, :])
-    B = np.concatenate(rows)
-    first = d + int(np.flatnonzero(in_band)[0])
-    band = slice(first, first + len(ga))
-    return BlockHessian(A, B, s.level_h[ga], band, d + len(keep) + 1)
+        rows.append((pairs[(c, column)][local, la] if c < column else pairs[(column, c)][la, local])[None, :])
+    return rows
+
+
+def cells(s: LevelSums, A, widths, keep, column: int):
+    """The pass's Hessian in the coordinates where every level of ``column``, its
+    reference too, has a coefficient and the intercept has none
+    (``optimization.hessians.FoldedHessian``): a ``BlockHessian`` over [numeric, the
+    kept levels of the other columns, every level of ``column``]. ``A``: the assembled
+    Hessian's block over the first two."""
+    from ..optimization.hessians import BlockHessian
+
+    starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
+    keep = np.asarray(keep, dtype=np.int64)
+    others = keep[(keep < starts[column]) | (keep >= starts[column] + widths[column])]
+    every = starts[column] + np.arange(widths[column])
+    B = np.concatenate(_coupling(s, widths, starts, others, column, every))
+    p = A.shape[0]
+    return BlockHessian(A, B, s.level_h[every], slice(p, p + len(every)), p + len(every))

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .blocks import _scratch_like, scratch_matrix, scratch_vector, split_block, standardize_block
-from .compensated import dd_add
+from .compensated import dd_add, exact_dots
 from .losses import Loss
 from .metrics import ClassSums, DevianceSums, _error_sums, add_class_sums, add_family_errors, class_sums_of
 
@@ -207,10 +207,13 @@ def newton_rows(y, w, eta, size, loss: Loss) -> Rows:
     return Rows(psi, h, size, total, bad)
 
 
-def numeric_sums(X, ax, y, w, rows: Rows, loss: Loss, data_terms: bool, indicators: int = 0) -> NewtonSums:
+def numeric_sums(X, ax, y, w, rows: Rows, loss: Loss, data_terms: bool, indicators: int = 0,
+                 psi_lo=None) -> NewtonSums:
     """``NewtonSums`` of the numeric features ``X`` (|X| in ``ax``) and the intercept from
     a slice's ``Rows``; ``indicators``: each row's one-hot entries besides (categorical
-    columns), for the largest ‖x̃‖²."""
+    columns), for the largest ‖x̃‖². ``psi_lo``: ψ's low parts (ψ computed in long
+    double as ``rows.psi`` + ``psi_lo``), whose gradient is then summed exactly
+    (``compensated.exact_dots``) rather than pairwise."""
     n, d = X.shape
     psi, h, size = rows.psi, rows.h, rows.size
     xh = np.multiply(X, h[:, None], out=scratch_matrix(X.shape, "weighted"))
@@ -226,9 +229,12 @@ def numeric_sums(X, ax, y, w, rows: Rows, loss: Loss, data_terms: bool, indicato
         c = loss.constant_terms(y)
         constant = 0.0 if c is None else float(c.sum() if w is None else w @ c)
         total += constant
-    g = pairwise_gradient(X, psi)
+    if psi_lo is None:
+        g, g_lo = pairwise_gradient(X, psi), np.zeros(d + 1)
+    else:
+        g, g_lo = exact_dots(X, psi, psi_lo)
     return NewtonSums(g[:d], float(g[d]), total, n if w is None else float(w.sum()), hess, r2, scale,
-                      rows.bad_targets, (0, ()), constant, np.zeros(d + 1),
+                      rows.bad_targets, (0, ()), constant, g_lo,
                       y_terms=y_terms(y, w, loss) if data_terms else np.full(3, math.nan))
 
 

@@ -118,19 +118,25 @@ PAIRWISE_ROUNDINGS = 26 + max(0, math.ceil(math.log2(SLICE_ROWS / 128)))
 #: into the remainder's chain and the double-double's normalization; the chain's own
 #: error (m²·u²·σ) is far below one.
 LEVEL_SUM_ROUNDINGS = 2
+#: Roundings per term, in the unit of a row's terms (long double's), of a gradient summed
+#: exactly from ψ in two float64 parts (``compensated.exact_dots``, ``dd_bincount``): the
+#: low part's product and its addition to the high product's error, about 2u² of the
+#: term, and the double-double sums' own, far below one u_L.
+EXACT_SUM_ROUNDINGS = 1
 #: What a float64 chain of a slice's rows (``np.bincount``: the levels' Σℓ'' and Σℓ''·x)
 #: may be off by, against the magnitudes it adds, at its worst (γ_m).
 CHAIN_ETA = SLICE_ROWS * U * 1.01
 
 
-def newton_gradient_errors(scale, grad, n: float, d: int, summed=PAIRWISE_ROUNDINGS) -> np.ndarray:
+def newton_gradient_errors(scale, grad, n: float, d: int, summed=PAIRWISE_ROUNDINGS, unit: float = U) -> np.ndarray:
     """What each coordinate of a Newton pass's ∇J (``kernels.newton.NewtonSums``) may be
-    off by: each row's ψ within (d + ``PSI_ROUNDINGS``)·u of its magnitudes (d: the terms
-    of a row's η), its product with x̃ and the slice's pairwise sum within ``summed``·u of
-    theirs (``scale`` bounds both; ``summed``: per coordinate, where the levels' exact
-    sums take ``LEVEL_SUM_ROUNDINGS``), the slices' sums added as double-doubles, the
-    result rounded to float64 (u·|∇J|)."""
-    per_row = (d + PSI_ROUNDINGS + np.asarray(summed, dtype=np.float64)) * U * 1.01
+    off by: each row's ψ within (d + ``PSI_ROUNDINGS``)·``unit`` of its magnitudes (d:
+    the terms of a row's η; ``unit``: the roundoff of the precision a row's terms are
+    computed in), its product with x̃ and the slice's sum within ``summed``·``unit`` of
+    theirs (``scale`` bounds both; ``summed``: per coordinate, where exact sums take
+    ``LEVEL_SUM_ROUNDINGS`` or ``EXACT_SUM_ROUNDINGS``), the slices' sums added as
+    double-doubles, the result rounded to float64 (u·|∇J|)."""
+    per_row = (d + PSI_ROUNDINGS + np.asarray(summed, dtype=np.float64)) * unit * 1.01
     return (per_row * np.abs(np.asarray(scale, dtype=np.float64)) + U * np.abs(np.asarray(grad)) * n) / n
 
 
@@ -339,6 +345,7 @@ class LocalBound:
         self.row_terms = None  # the terms of a row's η where fewer than the parameters (levels)
         self._point = None  # what ``after_step`` needs from the last ``certify``
         self.sum_roundings = PAIRWISE_ROUNDINGS  # per gradient coordinate (``newton_gradient_error``)
+        self.row_unit = U  # the roundoff a row's terms are computed with
         self.hess_eta = self.eta  # the Hessian's rounding per entry, against its magnitudes
 
     def _w(self, hess):
@@ -478,8 +485,8 @@ class LocalBound:
         e = np.asarray(errors, dtype=np.float64)[:self.k]
         step, carried = np.abs(hess.solve(g)), hess.abs_inverse_times(e)
         if self.fit_intercept:  # b = u_bᵀθ: its own row of H⁻¹
-            row = hess.solve(self.u_intercept)
-            step[self.d], carried[self.d] = abs(float(row @ g)), float(np.abs(row) @ e)
+            step[self.d] = abs(float(hess.solve(self.u_intercept) @ g))
+            carried[self.d] = hess.abs_inverse_row(self.u_intercept, e)
         eps = _movement(x, grow)
         if eps >= 1:
             return np.full(self.k, math.inf), carried

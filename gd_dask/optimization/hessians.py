@@ -6,8 +6,9 @@
 - ``extremes``: λmin and λmax (for a block: bounds on them, below and above).
 - ``diagonal``, ``scaled`` (diag(s)·H·diag(s)) and ``entries`` (those that are not 0):
   the Jacobi coordinates of the certificate.
-- ``inverse_diagonal``, ``quad`` and ``abs_inverse_times``: (H⁻¹)_jj, uᵀH⁻¹u and an
-  upper bound on |H⁻¹|·e, the per-coefficient parts of the certificate.
+- ``inverse_diagonal``, ``quad``, ``abs_inverse_times`` and ``abs_inverse_row``:
+  (H⁻¹)_jj, uᵀH⁻¹u and upper bounds on |H⁻¹|·e and |uᵀH⁻¹|·e, the per-coefficient
+  parts of the certificate (``FoldedHessian``: the last two level by level).
 
 A diagonal block is Newton with a high-cardinality categorical column. The levels of one
 categorical column never share a row, so in the Hessian over [numeric features, other
@@ -36,6 +37,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import TrainingError
+
+#: The unit roundoff of float64.
+U = float(np.finfo(np.float64).eps) / 2
 
 #: Bisection steps for λmin's lower bound: the bracket shrinks to 2⁻³⁰ of min(D, λmin(A)).
 LMIN_STEPS = 30
@@ -73,6 +77,10 @@ class DenseHessian:
 
     def abs_inverse_times(self, e) -> np.ndarray:
         return np.abs(np.linalg.inv(self.matrix)) @ e
+
+    def abs_inverse_row(self, u, e) -> float:
+        """|uᵀH⁻¹|·e."""
+        return float(np.abs(self.solve(u)) @ e)
 
     def extremes(self) -> tuple[float, float]:
         ev = np.linalg.eigvalsh(self.matrix)
@@ -197,6 +205,8 @@ class BlockHessian:
         out[self.band] = np.abs(W).T @ er + eb / self.D + np.abs(BD).T @ (np.abs(W) @ eb)
         return out
 
+    abs_inverse_row = DenseHessian.abs_inverse_row
+
     def extremes(self) -> tuple[float, float]:
         """(a lower bound on λmin, an upper bound on λmax); λmin's bound is 0 or below
         where H is not positive definite."""
@@ -215,3 +225,93 @@ class BlockHessian:
             except np.linalg.LinAlgError:
                 top = mid
         return lo, hi
+
+
+class FoldedHessian:
+    """H (``inner``, dense or block) whose gradient's rounding the certificate carries
+    through H⁻¹ level by level: ``abs_inverse_times`` and ``abs_inverse_row`` go
+    through ``cells``, the same Hessian in the coordinates a where every level of one
+    categorical column, its reference too, has a coefficient and the intercept none
+    (a_ℓ = c_ℓ + b, a_ref = b); everything else is ``inner``'s.
+
+    Why: the intercept's Σψ adds the rounding of every row, and H⁻¹ carries it into each
+    level through the reference level's rows (between a level and the intercept H⁻¹ is
+    about n/n_ref), so |H⁻¹|·e grew with all the rows, not with a level's own: 5.6 digits
+    on 2,000 levels of 20 rows. In a's coordinates each level's gradient is its own rows'
+    Σψ, the reference's too: with θ = T·a (c_ℓ = a_ℓ − a_ref, b = a_ref) and the
+    rounding δg of the computed gradient, δθ = H⁻¹·δg = T·Hc⁻¹·(Tᵀ·δg), so
+    |δθ| ≤ |T|·|Hc⁻¹|·|Tᵀδg|. (Tᵀδg)_ref = δg_b − Σ_ℓ δg_ℓ is the rounding of the
+    reference's rows' ψ — at most ``ref_share`` (their share of the intercept's
+    rounding scale) of ``e_b`` — and the float64 rounding of g_b and each g_ℓ (the
+    sums are exact double-doubles: ``kernels.level_newton``). Hc's own rounding enters as
+    H's does (``certify._local``): through 1/(1 − κη), κ its Jacobi condition number.
+
+    Parameters: ``levels``, the parameters (indices into θ, the intercept last) of the
+    column's non-reference levels, in level order; ``reference``, the reference's
+    position among the column's levels; ``rest``, the other parameters but the
+    intercept, in Hc's order; ``grad``, the gradient's sums; ``eta``, each entry's
+    rounding against its magnitudes."""
+
+    def __init__(self, inner, cells: BlockHessian, levels, reference: int, rest, ref_share: float, grad,
+                 eta: float):
+        self.inner, self.cells = inner, cells
+        self.levels, self.reference, self.rest = np.asarray(levels), int(reference), np.asarray(rest)
+        self.ref_share, self.grad, self.eta = float(ref_share), np.asarray(grad, dtype=np.float64), eta
+        self._grow = None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def normalized(self, n: float, l2: float, penalized: int):
+        """H/n; with l2 the plain ``inner``'s (the penalty couples each a_ℓ to a_ref)."""
+        if l2:
+            return self.inner.normalized(n, l2, penalized)
+        return FoldedHessian(self.inner.normalized(n, 0.0, penalized), self.cells.normalized(n, 0.0, 0),
+                             self.levels, self.reference, self.rest, self.ref_share, self.grad / n, self.eta)
+
+    def _in_cells(self, v, ref: float) -> np.ndarray:
+        """A vector over θ in Hc's order, with ``ref`` at the reference."""
+        band = np.insert(np.asarray(v, dtype=np.float64)[self.levels], self.reference, ref)
+        return np.concatenate((np.asarray(v, dtype=np.float64)[self.rest], band))
+
+    def _errors(self, e) -> np.ndarray:
+        """|Tᵀδg| bounded entry by entry from ``e`` (θ's) and the gradient."""
+        b = self.inner.k - 1
+        ref = e[b] * self.ref_share + U * (abs(self.grad[b]) + float(np.abs(self.grad[self.levels]).sum()))
+        return self._in_cells(e, ref)
+
+    def growth(self) -> float:
+        """1/(1 − κη) of Hc in Jacobi coordinates (inf past κη = ½)."""
+        if self._grow is None:
+            diag = self.cells.diagonal()
+            self._grow = np.inf
+            if np.all(diag > 0):
+                lmin, _ = self.cells.scaled(1.0 / np.sqrt(diag)).extremes()
+                kappa_eta = np.sqrt(self.cells.entries) * self.eta / lmin if lmin > 0 else np.inf
+                if kappa_eta <= 0.5:
+                    self._grow = 1.0 / (1.0 - kappa_eta) * (1.0 + 1e-6)
+        return self._grow
+
+    def abs_inverse_times(self, e) -> np.ndarray:
+        """An upper bound on |H⁻¹·δg| for the rounding |δg| ≤ e (``inner``'s where Hc is
+        too ill-conditioned to say)."""
+        grow = self.growth()
+        if not np.isfinite(grow):
+            return self.inner.abs_inverse_times(e)
+        x = self.cells.abs_inverse_times(self._errors(e)) * grow
+        p = len(self.rest)
+        out = np.empty(self.inner.k)
+        out[self.rest] = x[:p]
+        band = x[p:]
+        out[self.levels] = np.delete(band, self.reference) + band[self.reference]
+        out[-1] = band[self.reference]
+        return out
+
+    def abs_inverse_row(self, u, e) -> float:
+        """An upper bound on |uᵀH⁻¹·δg|: |Hc⁻¹·Tᵀu|·|Tᵀδg|."""
+        grow = self.growth()
+        if not np.isfinite(grow):
+            return self.inner.abs_inverse_row(u, e)
+        u = np.asarray(u, dtype=np.float64)
+        tu = self._in_cells(u, u[-1] - float(u[self.levels].sum()))
+        return float(np.abs(self.cells.solve(tu)) @ self._errors(e)) * grow

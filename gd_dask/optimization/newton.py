@@ -21,7 +21,7 @@ from ..errors import TrainingError
 from ..kernels.newton import with_data_terms
 from .certify import LocalBound, newton_gradient_errors
 from .descent import Checkpoints, LoopState, Rules, evaluate, keep_row, save_now
-from .hessians import BlockHessian, DenseHessian
+from .hessians import BlockHessian, DenseHessian, FoldedHessian
 
 #: ``optimizer.epochs: auto`` for Newton: passes (separable classes or collinear features
 #: never converge; well-conditioned data needs fewer than ten).
@@ -125,7 +125,7 @@ class Newton:
                 hess = _hessian(s.hess, k).normalized(s.n, rules.l2, d)
                 g = np.asarray(grads[:k], dtype=np.float64)
                 terms = cert.row_terms or d  # of a row's η
-                errors = newton_gradient_errors(s.scale[:k], g, s.n, terms, cert.sum_roundings)
+                errors = newton_gradient_errors(s.scale[:k], g, s.n, terms, cert.sum_roundings, cert.row_unit)
                 grad_error = float(np.linalg.norm(errors))
                 bound, _ = cert.certify(params, g, grad_error, hess, s.radius2, errors)
                 state.bound, state.prev_loss = bound, objective
@@ -162,4 +162,6 @@ class Newton:
 def _hessian(hess, k: int):
     """A pass's Hessian sums (``kernels.newton.NewtonSums.hess``) as ``hessians`` have it:
     a ``BlockHessian`` as it came, a matrix over its first k parameters."""
-    return hess if isinstance(hess, BlockHessian) else DenseHessian(np.asarray(hess, dtype=np.float64)[:k, :k])
+    if isinstance(hess, (BlockHessian, FoldedHessian)):
+        return hess
+    return DenseHessian(np.asarray(hess, dtype=np.float64)[:k, :k])

@@ -58,3 +58,45 @@ def test_the_absolute_inverse_bound_holds(rng):
     band = np.arange(bh.band.start, bh.band.stop)
     np.testing.assert_allclose(bound[bh.rest], exact[bh.rest], rtol=1e-9)  # exact outside the band
     assert np.all(bound[band] <= 10 * exact[band])
+
+
+def test_the_folded_rounding_bound_holds_and_stays_with_a_levels_own_rows(rng):
+    """``FoldedHessian``: for any rounding of the rows' ψ within their bounds, |H⁻¹·δg|
+    and the intercept's |u_bᵀH⁻¹·δg| are within the folded bounds, entry by entry; and on
+    levels of 20 rows (a reference of 20 too) those bounds are far below |H⁻¹|·e, where the
+    intercept's Σψ carries every row's rounding into each level."""
+    from gd_dask.optimization.hessians import DenseHessian, FoldedHessian
+
+    rows, d, levels, ref = 1200, 2, 60, 5
+    level = np.repeat(np.arange(levels), rows // levels)
+    x = rng.normal(size=(rows, d)) + 0.3 * rng.normal(size=levels)[level][:, None]
+    nonref = [lv for lv in range(levels) if lv != ref]
+    onehot = (level[:, None] == np.array(nonref)[None, :]).astype(float)
+    A = np.column_stack([x, onehot, np.ones(rows)])  # θ: [numeric, non-reference levels, intercept]
+    h = rng.uniform(0.05, 0.25, rows)
+    H = (A * h[:, None]).T @ A
+    k = H.shape[0]
+    eps = rng.uniform(0.5, 1.0, rows) * 1e-12  # each row's |δψ| bound
+    e = np.abs(A).T @ eps  # what each gradient coordinate may be off by
+    # Hc: [numeric, every level, the reference too], no intercept.
+    C = np.column_stack([x, (level[:, None] == np.arange(levels)[None, :]).astype(float)])
+    Hc = (C * h[:, None]).T @ C
+    cells = BlockHessian(Hc[:d, :d], Hc[:d, d:], np.diag(Hc)[d:], slice(d, d + levels), d + levels)
+    share = eps[level == ref].sum() / eps.sum()
+    folded = FoldedHessian(DenseHessian(H), cells, d + np.arange(levels - 1), ref, np.arange(d), share,
+                           np.zeros(k), 1e-16)
+    bound = folded.abs_inverse_times(e)
+    u_b = np.zeros(k)
+    u_b[-1], u_b[:d] = 1.0, rng.normal(size=d)
+    row_bound = folded.abs_inverse_row(u_b, e)
+    # The worst rounding for each coefficient: every row's δψ at its bound, with the sign
+    # of that row's entry in H⁻¹·Aᵀ.
+    carry = np.linalg.inv(H) @ A.T
+    worst = np.abs(carry) @ eps
+    assert np.all(worst <= bound)
+    assert np.abs(u_b @ carry) @ eps <= row_bound
+    assert np.all(bound[d:-1] <= 3 * worst[d:-1]), np.max(bound / worst)  # a level's: nearly exact
+    plain = DenseHessian(H).abs_inverse_times(e)
+    assert np.all(bound[d:-1] < plain[d:-1] / 10), np.max(bound[d:-1] / plain[d:-1])
+    # With l2 the folded coordinates would couple every level to the reference: the plain one.
+    assert isinstance(folded.normalized(rows, 0.1, k - 1), DenseHessian)
