@@ -120,6 +120,15 @@ def _text_columns(X) -> list:
             or isinstance(t, (pd.StringDtype, pd.CategoricalDtype))]
 
 
+def _internal_names(cols: list) -> list:
+    """The names a DataFrame's columns train under: their own, so that every warning,
+    error and summary row names them as the user does; x0, x1, … where they cannot be
+    (not distinct as text, empty, or the target's y or the weights' w)."""
+    if len(set(cols)) == len(cols) and all(cols) and not {"y", "w"} & set(cols):
+        return list(cols)
+    return [f"x{j}" for j in range(len(cols))]
+
+
 def _renamed(summary, original: dict):
     """A summary whose rows name the internal columns (x0, x1[level]) by the user's."""
     if not summary or not summary.get("available"):
@@ -160,7 +169,9 @@ class _Base(BaseEstimator):
         import pandas as pd
 
         if not _is_dask(X):
-            names = [f"x{j}" for j in range(X.shape[1])]
+            named = getattr(self, "feature_names_in_", None)  # a pandas DataFrame's (``validate_data``)
+            names = _internal_names([str(c) for c in named]) if named is not None else \
+                [f"x{j}" for j in range(X.shape[1])]
             cols = {n: X[:, j] for j, n in enumerate(names)}
             cols["y"] = y
             if w is not None:
@@ -263,7 +274,7 @@ class _Base(BaseEstimator):
         from ..jobs.training import fit
 
         cols = [str(c) for c in X.columns]
-        names = [f"x{j}" for j in range(len(cols))]
+        names = _internal_names(cols)
         types = {c: ("string" if c in text else "float64") for c in X.columns}
         if isinstance(X, dd.DataFrame):  # read partition by partition where it lives
             if not isinstance(y, (dd.Series, dd.DataFrame)):

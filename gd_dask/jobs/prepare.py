@@ -227,7 +227,9 @@ def _diagnose_nonfinite(mom: Moments, ex: Executor) -> None:
     if total.any():
         j = int(np.flatnonzero(total)[0])
         i = int(np.flatnonzero(counts[:, j])[0])
-        first = getattr(ex.source.chunks[i], "path", f"partition {i}")
+        first = getattr(ex.source.chunks[i], "path", None)
+        if not isinstance(first, str):  # a DataFrame's partition (a Delayed: any attribute is one)
+            first = f"partition {i}"
         raise DataError(f"column '{cols[j]}' has {int(total[j])} NaN/inf/null values (first in {first}); "
                         "fix the data or set data.missing: drop to skip such rows")
     bad = ~(np.isfinite(mom.mean) & np.isfinite(np.diag(mom.comoment)))

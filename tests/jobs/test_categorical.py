@@ -615,3 +615,30 @@ def test_a_feature_constant_within_the_levels_is_one_line_naming_it(tmp_path, rn
     cfg = make_config({"path": str(root), "features": ["size", "store"], "target": "y"}, tmp_path)
     with pytest.raises(DataError, match="feature 'size' is constant within every level of 'store'"):
         fit(cfg, threads)
+
+
+def test_the_estimators_warnings_and_errors_name_the_users_columns(rng, caplog):
+    """A DataFrame's columns train under their own names: the warning on a level whose
+    rows are all of one class and the error on a null level name 'city', not the x1 the
+    estimator once trained under (and the error names the partition, not a Delayed's repr);
+    a column named y (the target's) falls back to x0, x1, … and still trains."""
+    import logging
+
+    import pandas as pd
+
+    import gd_dask
+
+    n = 3000
+    X = pd.DataFrame({"age": rng.normal(size=n), "city": rng.choice(["oslo", "rome", "lima", "kyiv"], n)})
+    y = (rng.random(n) < 1 / (1 + np.exp(-X.age))).astype(int)
+    y[X.city.to_numpy() == "lima"] = 1
+    with caplog.at_level(logging.WARNING, logger="gd_dask"):
+        est = gd_dask.LogisticRegression().fit(X, y)
+    assert est.separated_ == {"city": {"lima": (1.0, 1)}}
+    warned = [r.getMessage() for r in caplog.records if "one class" in r.getMessage()]
+    assert warned and "'city'" in warned[0] and "'x1'" not in warned[0], warned
+    nulls = X.assign(city=X.city.where(np.arange(n) % 50 != 0, None))
+    with pytest.raises(ValueError, match=r"column 'city' has 60 NaN/inf/null values \(first in partition 0\)"):
+        gd_dask.LogisticRegression().fit(nulls, y)
+    clash = gd_dask.LinearRegression().fit(X.rename(columns={"age": "y"}), X.age.to_numpy())
+    assert set(clash.categorical_) == {"city"} and clash.coef_[0] == pytest.approx(1.0)
