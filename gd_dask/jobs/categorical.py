@@ -93,7 +93,7 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True, r
     res.converged, res.convergence = converged, convergence
     res.metrics = metrics
     res.source, res.rows_dropped = prep.source, prep.rows_dropped
-    res.categorical = [_column_doc(enc, c, coef.levels[c]) for c in range(len(columns))]
+    res.categorical = [column_doc(enc, c, coef.levels[c]) for c in range(len(columns))]
     res.summary = _summary(cfg, res, red, enc, coef, theta, columns, sst, prep) if summary else None
     res.seconds = time.perf_counter() - t0
     return res
@@ -173,7 +173,7 @@ def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float, summ
                     convergence={"criterion": "coefficients", "tol": tol, "bound": bound, "digits": digits(bound),
                                  "epochs": 0, "refinements": 0},
                     source=prep.source, rows_dropped=prep.rows_dropped)
-    res.categorical = [_column_doc(enc, c, coef.levels[c]) for c in range(len(enc.columns))]
+    res.categorical = [column_doc(enc, c, coef.levels[c]) for c in range(len(enc.columns))]
     res.summary = _summary(cfg, res, red, enc, coef, np.zeros(0), enc.columns, sst, prep) if summary else None
     res.seconds = time.perf_counter() - t0
     return res
@@ -203,7 +203,7 @@ def _two_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True, fit=
                                  "digits": digits(fit.bound), "epochs": 0, "refinements": fit.refinements,
                                  "solver": "conjugate gradients", "iterations": fit.iterations},
                     source=prep.source, rows_dropped=prep.rows_dropped)
-    res.categorical = [_column_doc(enc, c, fit.coef.levels[c]) for c in range(len(enc.columns))]
+    res.categorical = [column_doc(enc, c, fit.coef.levels[c]) for c in range(len(enc.columns))]
     if summary and red is not None:
         theta = np.concatenate([fit.coef.m] + [fit.coef.levels[c][idx] for c, idx in red.indicator])
         res.summary = _summary(cfg, res, red, enc, fit.coef, theta, enc.columns, sst, prep)
@@ -333,16 +333,37 @@ def level_mean_error(red: cat.Reduced, theta) -> np.ndarray:
     return err
 
 
-def _column_doc(enc: cat.Encoding, c: int, coef: np.ndarray) -> dict:
+def column_doc(enc: cat.Encoding, c: int, coef: np.ndarray, full: cat.Encoding | None = None, sep=None) -> dict:
     """One categorical column as model.json holds it: levels (their text, or integer
     values) in key order, a coefficient per level (0 at the reference), and ``pinned``:
     the levels held at 0 as references of sets of levels linked to no other
-    (``categorical.unlinked``), when there are any."""
+    (``categorical.unlinked``), when there are any.
+
+    With levels set aside (``sep``, a ``separation.Separated`` with rows; ``full``: the
+    encoding before): their ``separated`` list ({level, target, round}), and after the
+    levels above, those all of whose rows are at another column's separated levels, held
+    at 0 (``pinned`` too: no row is left to fit them)."""
     levels = [enc.label(c, i) for i in range(len(enc.levels[c]))]
     doc = {"name": enc.columns[c], "levels": levels, "reference": levels[enc.reference[c]],
            "counts": [int(n) for n in enc.counts[c]], "coef": [float(v) for v in coef]}
     if enc.pinned is not None and len(enc.pinned[c]):
         doc["pinned"] = [levels[i] for i in enc.pinned[c].tolist()]
+    if sep is None or not sep.rows:
+        return doc
+    keys = full.levels[c]
+    where = np.searchsorted(keys, sep.keys[c])
+    gone = np.zeros(len(keys), dtype=bool)
+    gone[where] = True
+    orphans = np.flatnonzero(~gone & ~np.isin(keys, enc.levels[c]))
+    if len(orphans):
+        labels = [full.label(c, int(i)) for i in orphans]
+        doc["levels"] += labels
+        doc["coef"] += [0.0] * len(orphans)
+        doc["counts"] += [int(full.counts[c][i]) for i in orphans]
+        doc["pinned"] = doc.get("pinned", []) + labels
+    if len(where):
+        doc["separated"] = [{"level": full.label(c, int(i)), "target": int(t), "round": int(r)}
+                            for i, t, r in zip(where, sep.target[c], sep.rounds[c])]
     return doc
 
 

@@ -52,9 +52,9 @@ from ..kernels.irls import U_ROW
 from ..optimization import two_way
 from ..optimization.certify import PSI_ROUNDINGS, U, digits
 from ..optimization.newton import NEWTON_PASSES
-from .categorical import refuse_ridge, report_pinned
+from .categorical import column_doc, refuse_ridge, report_pinned
 from .prepare import target_error
-from .separation import column_doc, level_tables, set_aside, start_intercept
+from .separation import level_tables, set_aside, start_intercept
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
         log.warning("not converged: %s after %d passes; the model is saved with converged: false",
                     f"the coefficients reached {digits(bound):.1f} digits of {-math.log10(tol):.1f}"
                     if math.isfinite(bound) and tol > 0 else "no certified bound", len(history))
-    docs = [column_doc(full, enc, sep, c, model.levels[c]) for c in range(2)]
+    docs = [column_doc(enc, c, model.levels[c], full, sep) for c in range(2)]
     tables = level_tables(full, enc, sep, model.levels) + ([offset] if offset is not None else [])
     metrics = prep.ex.level_metrics(model.m, model.b, tables)
     summary = _summary(cfg, loss, converged, steps, model, enc, int(sep.groups.count.sum()))

@@ -39,9 +39,9 @@ from ..optimization.hessians import BlockHessian, DenseHessian, FoldedHessian
 from ..optimization.descent import Rules
 from ..optimization.newton import NEWTON_PASSES, Newton, start_params
 from ..optimization.setup import Setup
-from .categorical import report_pinned
+from .categorical import column_doc, report_pinned
 from .prepare import exposure_error, target_error
-from .separation import column_doc, level_tables, set_aside, start_intercept
+from .separation import level_tables, set_aside, start_intercept
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     coef = np.zeros(L)
     coef[keep] = theta[d:-1]
     per_column = [coef[starts[c]:starts[c] + widths[c]] for c in range(len(columns))]
-    docs = [column_doc(full, enc, sep, c, per_column[c]) for c in range(len(columns))]
+    docs = [column_doc(enc, c, per_column[c], full, sep) for c in range(len(columns))]
     tables = level_tables(full, enc, sep, per_column)
     if prep.source.offset:
         tables.append(OffsetColumn(cfg.data.offset_column, prep.source.offset == "log"))

@@ -14,7 +14,6 @@ from ..data.write import LevelTable, separated_coefficient
 from ..errors import DataError
 from ..optimization import categorical as cat
 from ..kernels.groups import GroupMoments
-from .categorical import _column_doc
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ def report_separated(sep: Separated, enc, loss) -> None:
 def level_tables(full, enc, sep: Separated, levels) -> list:
     """The model's ``LevelTable``s over every level seen (``full``'s), from each column's
     coefficients over ``enc``'s levels (``levels``): a separated level's coefficient ±∞
-    (``data.write.separated_coefficient``), a level with no row left 0 (``column_doc``)."""
+    (``data.write.separated_coefficient``), a level with no row left 0 (``categorical.column_doc``)."""
     out = []
     for c, name in enumerate(enc.columns):
         keys = full.levels[c]
@@ -120,28 +119,3 @@ def level_tables(full, enc, sep: Separated, levels) -> list:
                                                     for t, r in zip(sep.target[c], sep.rounds[c])]
         out.append(LevelTable.of_keys(name, keys, coef))
     return out
-
-
-def column_doc(full, enc, sep: Separated, c: int, coef) -> dict:
-    """model.json's column ``c`` (``categorical._column_doc``) with its ``separated``
-    levels ({level, target, round}), and the levels all of whose rows are at another
-    column's separated levels: those are held at 0 (``pinned``, no row left to fit them),
-    as a set of levels linked to no other is."""
-    doc = _column_doc(enc, c, coef)
-    if not sep.rows:
-        return doc
-    keys = full.levels[c]
-    where = np.searchsorted(keys, sep.keys[c])
-    gone = np.zeros(len(keys), dtype=bool)
-    gone[where] = True
-    orphans = np.flatnonzero(~gone & ~np.isin(keys, enc.levels[c]))
-    if len(orphans):
-        labels = [full.label(c, int(i)) for i in orphans]
-        doc["levels"] += labels
-        doc["coef"] += [0.0] * len(orphans)
-        doc["counts"] += [int(full.counts[c][i]) for i in orphans]
-        doc["pinned"] = doc.get("pinned", []) + labels
-    if len(where):
-        doc["separated"] = [{"level": full.label(c, int(i)), "target": int(t), "round": int(r)}
-                            for i, t, r in zip(where, sep.target[c], sep.rounds[c])]
-    return doc
