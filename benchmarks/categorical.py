@@ -21,7 +21,11 @@ over the 40,000 levels).
 A third, ``two_way_logistic``: the same shape with a 0/1 target (logistic), against
 pyfixest's ``feglm(..., family="logit")`` (IRLS with demeaning; iid standard errors) and
 scikit-learn's sparse OneHotEncoder + LogisticRegression (C=inf: no penalty; lbfgs at its default
-tol, newton-cg at 1e-10)."""
+tol, newton-cg at 1e-10).
+
+A fourth, ``one_column_logistic``: the logistic job's rows with the users alone (the
+items' effects left as noise), against pyfixest's ``feglm(... | user)`` and scikit-learn's
+lbfgs on the sparse one-hot design (at its default tol and at 1e-10)."""
 
 from __future__ import annotations
 
@@ -100,19 +104,19 @@ def _write_users_items(root: Path, rows: int, target) -> None:
                                  "item": item[idx], "y": y[idx]}), root / f"part-{f}.parquet")
 
 
-def _pyfixest_logit(root: str) -> dict:
+def _pyfixest_logit(root: str, columns=("user", "item")) -> dict:
     import pyarrow.dataset as ds
     import pyfixest as pf
 
     t0 = time.perf_counter()
     df = ds.dataset(root).to_table().to_pandas()
-    fit = pf.feglm("y ~ x0 + x1 + x2 + x3 | user + item", data=df, family="logit", vcov="iid")
+    fit = pf.feglm(f"y ~ x0 + x1 + x2 + x3 | {' + '.join(columns)}", data=df, family="logit", vcov="iid")
     coef, se = fit.coef(), fit.se()
     return {"seconds": time.perf_counter() - t0, "m": [float(coef[f"x{j}"]) for j in range(4)],
             "se": [float(se[f"x{j}"]) for j in range(4)]}
 
 
-def _sklearn_logit(root: str, solver: str = "lbfgs", tol: float = 1e-4) -> dict:
+def _sklearn_logit(root: str, solver: str = "lbfgs", tol: float = 1e-4, columns=("user", "item")) -> dict:
     import pyarrow.dataset as ds
     import scipy.sparse as sp
     from sklearn.linear_model import LogisticRegression
@@ -120,7 +124,7 @@ def _sklearn_logit(root: str, solver: str = "lbfgs", tol: float = 1e-4) -> dict:
 
     t0 = time.perf_counter()
     df = ds.dataset(root).to_table().to_pandas()
-    E = OneHotEncoder(drop="first", sparse_output=True).fit_transform(df[["user", "item"]])
+    E = OneHotEncoder(drop="first", sparse_output=True).fit_transform(df[list(columns)])
     X = sp.hstack([sp.csr_matrix(df[[f"x{j}" for j in range(4)]].to_numpy()), E]).tocsr()
     lr = LogisticRegression(C=np.inf, solver=solver, tol=tol, max_iter=10000).fit(X, df["y"].to_numpy())
     return {"seconds": time.perf_counter() - t0, "m": lr.coef_[0][:4].tolist(), "iterations": int(lr.n_iter_[0])}
@@ -129,6 +133,19 @@ def _sklearn_logit(root: str, solver: str = "lbfgs", tol: float = 1e-4) -> dict:
 def _sklearn_logit_newton_cg(root: str) -> dict:
     """Newton-CG asked for gd-dask's accuracy."""
     return _sklearn_logit(root, "newton-cg", 1e-10)
+
+
+def _pyfixest_logit_user(root: str) -> dict:
+    return _pyfixest_logit(root, ("user",))
+
+
+def _sklearn_logit_user(root: str) -> dict:
+    return _sklearn_logit(root, columns=("user",))
+
+
+def _sklearn_logit_user_tol_1e_10(root: str) -> dict:
+    """lbfgs asked for gd-dask's accuracy."""
+    return _sklearn_logit(root, tol=1e-10, columns=("user",))
 
 
 def _columns(two_way: bool):
@@ -256,6 +273,7 @@ def categorical(work: Path, quick: bool) -> dict:
     out["peers"]["statsmodels"] = "skipped: a dense design of 5,053 columns does not fit at this size"
     out["two_way"] = two_way(work, quick)
     out["two_way_logistic"] = two_way_logistic(work, quick)
+    out["one_column_logistic"] = one_column_logistic(work, quick)
     return out
 
 
@@ -275,16 +293,28 @@ def two_way_logistic(work: Path, quick: bool) -> dict:
                         ("pyfixest_logit", "sklearn_logit", "sklearn_logit_newton_cg"), timeout=300)
 
 
-def _two_way_job(work: Path, quick: bool, name: str, writer, model_cfg: dict, peers, timeout: float) -> dict:
-    """gd-dask's whole command on a two-column dataset (``writer``'s) and each peer in a
-    fresh process: seconds, peak RSS, the slopes' largest difference from gd-dask's."""
+def one_column_logistic(work: Path, quick: bool) -> dict:
+    """The logistic job's rows with the users alone (50 rows a level; the items' effects
+    are noise here): gd-dask's Newton with one column's levels a diagonal block, and its
+    peers."""
+    return _two_way_job(work, quick, "two-way-logistic", write_two_way_logistic, {"loss": "logistic"},
+                        ("pyfixest_logit_user", "sklearn_logit_user", "sklearn_logit_user_tol_1e_10"), timeout=300,
+                        columns=("user",))
+
+
+def _two_way_job(work: Path, quick: bool, name: str, writer, model_cfg: dict, peers, timeout: float,
+                 columns=("user", "item")) -> dict:
+    """gd-dask's whole command on a users × items dataset (``writer``'s), with the
+    categorical ``columns``, and each peer in a fresh process: seconds, peak RSS, the
+    slopes' largest difference from gd-dask's."""
     rows = 100_000 if quick else TWO_ROWS
     root = work / f"{name}-{rows}"
     writer(root, rows)
-    cfg = {"name": name, "data": {"path": str(root), "target": "y", "categorical": ["item"],
-                                  "features": ["x0", "x1", "x2", "x3", "user", "item"]},
-           "model": model_cfg, "output": {"dir": str(work / f"{name}-out")}}
-    run = train_command(cfg, work / f"{name}.yaml")
+    integer = ["item"] if "item" in columns else []  # the item column holds integers
+    cfg = {"name": name, "data": {"path": str(root), "target": "y", "categorical": integer,
+                                  "features": ["x0", "x1", "x2", "x3", *columns]},
+           "model": model_cfg, "output": {"dir": str(work / f"{name}-{len(columns)}-out")}}
+    run = train_command(cfg, work / f"{name}-{len(columns)}.yaml")
     model = run["model"]
     out = {"rows": rows, "gd_dask": {"whole_s": run["whole_s"], "train_s": run["train_s"],
                                      "converged": model["converged"], "digits": model["convergence"]["digits"],
@@ -315,12 +345,14 @@ def report(r: dict) -> None:
     print(f"| **gd-dask train** (defaults; training {g['train_s']:.2f} s, {g['digits']:.1f} digits, "
           f"converged {g['converged']}) | {g['whole_s']:.2f} | – |")
     _rows(r["peers"], False)
-    for key, title in (("two_way", "Two categorical columns"), ("two_way_logistic", "Logistic, two categorical "
-                                                                                   "columns")):
+    for key, title, levels in (("two_way", "Two categorical columns", "20,000 text + 20,000 integer levels"),
+                               ("two_way_logistic", "Logistic, two categorical columns",
+                                "20,000 text + 20,000 integer levels"),
+                               ("one_column_logistic", "Logistic, one categorical column", "20,000 text levels")):
         if key in r:
             t = r[key]
             g = t["gd_dask"]
-            print(f"\n## {title}: {t['rows']:,} rows × (4 numeric + 20,000 text + 20,000 integer levels)\n")
+            print(f"\n## {title}: {t['rows']:,} rows × (4 numeric + {levels})\n")
             print("| tool | seconds (whole process) | peak RSS (MB) | slopes vs gd-dask |\n|---|---|---|---|")
             rss = f"{g['peak_rss_mb']:.0f}" if g.get("peak_rss_mb") else "–"
             passes = f"{g['passes']} passes, " if g.get("passes") else ""
@@ -333,4 +365,6 @@ if __name__ == "__main__":
     print(json.dumps({"sklearn": _sklearn, "glum": _glum, "spark": _spark, "sklearn_two_way": _sklearn_two_way,
                       "sklearn_two_way_tol_1e_10": _sklearn_two_way_tol_1e_10,
                       "pyfixest": _pyfixest, "pyfixest_logit": _pyfixest_logit, "sklearn_logit": _sklearn_logit,
-                      "sklearn_logit_newton_cg": _sklearn_logit_newton_cg}[sys.argv[1]](sys.argv[2])))
+                      "sklearn_logit_newton_cg": _sklearn_logit_newton_cg, "pyfixest_logit_user": _pyfixest_logit_user,
+                      "sklearn_logit_user": _sklearn_logit_user,
+                      "sklearn_logit_user_tol_1e_10": _sklearn_logit_user_tol_1e_10}[sys.argv[1]](sys.argv[2])))
