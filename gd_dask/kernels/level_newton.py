@@ -57,7 +57,7 @@ def level_indices(z, cat_idx, level_keys) -> list:
 
 def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, center, scale, loss: Loss,
                      data_terms: bool, offset: tuple | None = None, information: bool = False,
-                     weight: int | None = None):
+                     weight: int | None = None, idx=None):
     """``LevelSums`` of one raw slice at numeric (m, b) in the training space and the
     levels' coefficients ``coef`` (all levels, in column order; references 0);
     ``offset``: (its column, "add" or "log") where the linear predictor has one;
@@ -65,7 +65,8 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
 
     ``information``: (the sums with Fisher's weights in the place of ℓ'', Pearson's χ²)
     instead: a non-canonical family's information at the fitted coefficients (its
-    summary), which the observed curvature is not."""
+    summary), which the observed curvature is not. ``idx``: the rows' level indices
+    (``level_indices``), where already found."""
     X = (z[:, num_idx] - center) / scale
     y = z[:, target]
     w = None if weight is None else z[:, weight]
@@ -74,7 +75,7 @@ def slice_level_sums(z, num_idx, target: int, cat_idx, level_keys, m, b, coef, c
         col, kind = offset
         bad_exp = exposures_refused(z[:, [col]], kind)
         _, off = split_offset(z[:, [col]], kind)
-    idx = level_indices(z, cat_idx, level_keys)
+    idx = level_indices(z, cat_idx, level_keys) if idx is None else idx
     sizes = [len(k) for k in level_keys]
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
     eta = X.astype(LONG) @ np.asarray(m, dtype=LONG) + LONG(b)

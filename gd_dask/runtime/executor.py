@@ -70,6 +70,8 @@ from .level_chunks import (
     chunk_level_family,
     chunk_level_meat,
     chunk_level_newton,
+    level_newton_plan,
+    plan_level_newton,
     chunk_two_way_meat,
 )
 from .waiting import compute, large_graphs_quiet
@@ -153,6 +155,7 @@ class Executor:
         self._persisted = False  # ``_blocks`` held in cluster memory
         self._exact_gram = None  # refinement's Gram matrix of the raw rows, once computed
         self._irls_plans = None  # (their arguments' token, the chunks' persisted ``irls_plan``s)
+        self._level_plans = None  # the same for ``level_newton_plan``s
         if cache and not lazy:
             # Persist: every later pass (each stream epoch, the metrics pass) reads the
             # blocks from worker memory; dask keeps the read tasks to recompute any
@@ -475,23 +478,37 @@ class Executor:
                           information: bool = False, drop=None):
         """``kernels.level_newton.LevelSums`` over every chunk at numeric (m, b) in the
         training space (features standardized by ``center``, ``scale``) and the levels'
-        coefficients ``coef``: one pass, streamed from the files. ``information``:
+        coefficients ``coef``: one pass (from the plans kept in cluster memory where the
+        cache is on, else streamed from the files). ``information``:
         (the sums with Fisher's weights, Pearson's χ²) instead. ``drop``: per column,
         sorted level keys whose rows are left out (``jobs.separation``)."""
         cols = self.source.columns
         target = len(cols) - 1 - int(self.weighted)  # [features, (offset,) target, (weight)]
         offset = (target - 1, self.source_offset) if self.source_offset else None
         num_idx = [j for j in range(target) if j not in set(cat_idx) and (offset is None or j != offset[0])]
-        fn = dask.delayed(chunk_level_newton, pure=True)
         spec = self.source.spec
-        args = (num_idx, target, list(cat_idx), [np.asarray(k) for k in level_keys],
-                np.asarray(m, dtype=np.float64), float(b), np.asarray(coef, dtype=np.float64),
-                np.asarray(center, dtype=np.float64), np.asarray(scale, dtype=np.float64), self.loss, data_terms,
-                offset, information, len(cols) - 1 if self.weighted else None,
-                None if drop is None else [np.asarray(k) for k in drop])
+        keys = [np.asarray(k) for k in level_keys]
+        drop = None if drop is None else [np.asarray(k) for k in drop]
+        args = (num_idx, target, list(cat_idx), keys, np.asarray(m, dtype=np.float64), float(b),
+                np.asarray(coef, dtype=np.float64), np.asarray(center, dtype=np.float64),
+                np.asarray(scale, dtype=np.float64), self.loss, data_terms, offset, information,
+                len(cols) - 1 if self.weighted else None)
+        if self.cache:  # the rows and their level indices stay in cluster memory between passes
+            plan_args = (list(cat_idx), keys, drop)
+            token = dask.base.tokenize(plan_args)
+            if self._level_plans is None or self._level_plans[0] != token:
+                make = dask.delayed(level_newton_plan, pure=True)
+                with large_graphs_quiet():
+                    self._level_plans = (token, list(self.client.persist([make(c, spec, *plan_args)
+                                                                          for c in self.source.chunks])))
+            fn = dask.delayed(plan_level_newton, pure=True)
+            leaves = [fn(p, *args) for p in self._level_plans[1]]
+        else:
+            fn = dask.delayed(chunk_level_newton, pure=True)
+            leaves = [fn(c, spec, *args, drop) for c in self.source.chunks]
         combine = add_information if information else add_level_sums
         # Compute: per level a few sums come back (no row does).
-        return self._compute(_reduce_tree([fn(c, spec, *args) for c in self.source.chunks], combine))
+        return self._compute(_reduce_tree(leaves, combine))
 
     def level_metrics(self, m, b, tables) -> dict:
         """The metrics of a model with categorical features (``tables``: its
@@ -584,10 +601,11 @@ class Executor:
         return compute(self.client, tasks, what="predict")
 
     def release(self) -> None:
-        """Drop the cached blocks (and IRLS plans) from cluster memory."""
+        """Drop the cached blocks (and IRLS and level-Newton plans) from cluster memory."""
         self._blocks = []
         self._persisted = False
         self._irls_plans = None
+        self._level_plans = None
 
 
 def _reduce_tree(level: list, combine):

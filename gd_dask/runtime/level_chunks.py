@@ -16,7 +16,7 @@ from ..kernels.blocks import split_block
 from ..kernels.groups import GroupMoments, empty, group_moments, group_moments_at, merge_groups, unique_rows
 from ..kernels.irls import irls_rows
 from ..kernels.level_meat import LevelMeat, add_level_meat, slice_level_meat
-from ..kernels.level_newton import add_information, add_level_sums, slice_level_sums
+from ..kernels.level_newton import add_information, add_level_sums, level_indices, slice_level_sums
 from ..kernels.metrics import (
     ClassSums,
     ErrorSums,
@@ -73,13 +73,34 @@ def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, 
     """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file
     (``information``: Fisher's, with Pearson's χ²); ``drop``: per column, sorted keys of
     levels whose rows are left out (separated: ``jobs.separation``)."""
-    total = None
-    combine = add_information if information else add_level_sums
+    return plan_level_newton(_level_slices(chunk, spec, cat_idx, level_keys, drop), num_idx, target, cat_idx,
+                             level_keys, m, b, coef, center, scale, loss, data_terms, offset, information, weight)
+
+
+def level_newton_plan(chunk, spec, cat_idx, level_keys, drop=None) -> list:
+    """What ``chunk_level_newton`` reads of a chunk and does not change from one pass to
+    the next: each slice's rows (less ``drop``'s) with their level indices, kept in
+    cluster memory where the blocks may be (``Executor.level_newton_sums``): a pass then
+    neither reads the file nor hashes its text again."""
+    return [(np.array(z), idx) for z, idx in _level_slices(chunk, spec, cat_idx, level_keys, drop)]
+
+
+def _level_slices(chunk, spec, cat_idx, level_keys, drop):
+    """(rows, each column's level indices) of a chunk's slices, ``drop``'s rows left out."""
     for z in spec.slices(chunk, SLICE_ROWS, names={}):
         if drop is not None:
             z = z[~at_levels(z, cat_idx, drop)]
+        yield z, level_indices(z, cat_idx, level_keys)
+
+
+def plan_level_newton(plan, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss, data_terms,
+                      offset=None, information=False, weight=None):
+    """``chunk_level_newton`` from a chunk's slices and level indices (``level_newton_plan``)."""
+    total = None
+    combine = add_information if information else add_level_sums
+    for z, idx in plan:
         part = slice_level_sums(z, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
-                                data_terms, offset, information, weight)
+                                data_terms, offset, information, weight, idx=idx)
         total = part if total is None else combine(total, part)
     return total
 

@@ -174,6 +174,28 @@ def test_the_bits_are_the_same_on_one_and_three_workers(tmp_path, rng, client):
         assert r.categorical == results[0].categorical and r.metrics == results[0].metrics
 
 
+def test_newton_with_levels_gives_the_same_bits_from_kept_plans_and_from_the_files(tmp_path, rng, client, threads):
+    """Logistic with a column of 150 levels (a diagonal block), one of them separated:
+    the passes from the rows and level indices kept in cluster memory, those that read
+    the files again (``optimizer.cache: none``) and those on the session's two worker
+    processes give the same model, summary and metrics, bit for bit."""
+    _, _, store, y = _logistic_files(tmp_path / "d", rng, 9000, 150)
+    assert not y[store == 1070].all()
+    for f in sorted((tmp_path / "d").iterdir()):  # every row of store 1070 a 1: set aside
+        t = pq.read_table(f)
+        s = t.column("store").to_numpy()
+        pq.write_table(t.set_column(t.column_names.index("y"), "y", pa.array(np.where(s == 1070, 1.0, t.column("y")))), f)
+    data = {"path": str(tmp_path / "d"), "features": ["x0", "region", "x1", "store"], "target": "y",
+            "categorical": ["store"]}
+    results = [fit(make_config(data, tmp_path, model={"loss": "logistic"}, optimizer={"cache": cache}), c)
+               for cache, c in (("memory", threads), ("none", threads), ("memory", client))]
+    first = results[0]
+    assert first.converged and first.categorical[1]["separated"] == [{"level": 1070, "target": 1, "round": 1}]
+    for r in results[1:]:
+        assert list(r.m) == list(first.m) and r.b == first.b and r.categorical == first.categorical
+        assert r.summary == first.summary and r.metrics == first.metrics
+
+
 def test_the_estimator_takes_pandas_text_and_category_columns(rng):
     """gd_dask.LinearRegression on a DataFrame with a text and a category column: the
     fit equals one-hot least squares, predict looks levels up (an unseen one is a
