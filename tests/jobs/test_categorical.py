@@ -184,7 +184,8 @@ def test_newton_with_levels_gives_the_same_bits_from_kept_plans_and_from_the_fil
     for f in sorted((tmp_path / "d").iterdir()):  # every row of store 1070 a 1: set aside
         t = pq.read_table(f)
         s = t.column("store").to_numpy()
-        pq.write_table(t.set_column(t.column_names.index("y"), "y", pa.array(np.where(s == 1070, 1.0, t.column("y")))), f)
+        y_new = pa.array(np.where(s == 1070, 1.0, t.column("y")))
+        pq.write_table(t.set_column(t.column_names.index("y"), "y", y_new), f)
     data = {"path": str(tmp_path / "d"), "features": ["x0", "region", "x1", "store"], "target": "y",
             "categorical": ["store"]}
     results = [fit(make_config(data, tmp_path, model={"loss": "logistic"}, optimizer={"cache": cache}), c)
