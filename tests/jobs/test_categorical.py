@@ -665,3 +665,40 @@ def test_the_estimators_warnings_and_errors_name_the_users_columns(rng, caplog):
         gd_dask.LogisticRegression().fit(nulls, y)
     clash = gd_dask.LinearRegression().fit(X.rename(columns={"age": "y"}), X.age.to_numpy())
     assert set(clash.categorical_) == {"city"} and clash.coef_[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("family,weights,exposure", [("poisson", True, True), ("gamma", False, False)])
+def test_one_large_column_glm_bound_holds_against_long_double_newton(tmp_path, rng, threads, family, weights,
+                                                                     exposure):
+    """Poisson with sample weights and an exposure, and Gamma, on a column of 400 levels
+    of some 15 rows (a diagonal block) beside a 5-level one: certified at the default
+    tol, and every coefficient within that bound of Newton's in long double on the
+    one-hot design (the certificate's rounding carried level by level, from long-double
+    rows: ``hessians.FoldedHessian``)."""
+    from newton_reference import coefficients, newton_reference
+
+    n, levels = 6000, 400
+    store = rng.integers(0, levels, n)
+    kind = rng.choice(["a", "b", "c", "d", "e"], n)
+    X = rng.normal(0, 1, (n, 2))
+    eta = -0.3 + X @ [0.4, -0.25] + rng.normal(0, 0.5, levels)[store] + (kind == "b") * 0.3
+    t = rng.uniform(0.5, 2.0, n) if exposure else np.ones(n)
+    y = rng.poisson(t * np.exp(eta)).astype(float) if family == "poisson" else rng.gamma(2.0, t * np.exp(eta) / 2)
+    w = rng.uniform(0.2, 3.0, n) if weights else None
+    cols = {"x0": X[:, 0], "kind": kind.tolist(), "x1": X[:, 1], "store": store, "y": y}
+    if exposure:
+        cols["t"] = t
+    if weights:
+        cols["w"] = w
+    (tmp_path / "d").mkdir()
+    pq.write_table(pa.table(cols), tmp_path / "d" / "part-0.parquet")
+    data = {"path": str(tmp_path / "d"), "features": ["x0", "kind", "x1", "store"], "target": "y",
+            "categorical": ["store"]}
+    data.update({"exposure": "t"} if exposure else {}, **({"weight": "w"} if weights else {}))
+    res = fit(make_config(data, tmp_path, model={"loss": family}), threads)
+    assert res.converged and res.convergence["digits"] >= 9, res.convergence
+    model = {"b": res.b, "m": res.m, "categorical": res.categorical}
+    beta, names, _, _ = newton_reference(X, (kind, store), y, w, t if exposure else None, model, family)
+    err = np.abs(coefficients(model, names) - beta)
+    floor = 1e-6 * np.abs(beta).max()
+    assert np.max(err / np.maximum(np.abs(beta) - err, floor)) <= res.convergence["bound"]
