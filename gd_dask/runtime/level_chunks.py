@@ -28,8 +28,10 @@ from ..kernels.metrics import (
     block_family_errors,
 )
 from ..sizes import GROUP_BATCH_SLICES, SLICE_ROWS
+from .allocator import reusing
 
 
+@reusing
 def chunk_groups(chunk, spec, categorical, weighted: bool = False) -> tuple[GroupMoments, dict]:
     """``groups.group_moments`` of one chunk, streamed slice by slice, and the text of the
     level keys its text columns gave ({key: text})."""
@@ -61,6 +63,7 @@ def add_named_groups(a: tuple, b: tuple) -> tuple:
     return merge_groups(a[0], b[0]), add_level_names(dict(a[1]), b[1].items())
 
 
+@reusing
 def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link, weighted=False) -> ErrorSums:
     """``block_errors`` of one chunk for a model with categorical features: each row's
     levels' coefficients (``data.write.LevelTable``) join its intercept."""
@@ -68,6 +71,7 @@ def chunk_level_errors(chunk, spec, cat_idx, tables, m, b, link, weighted=False)
                        lambda z, b_rows: block_errors(z, m, b_rows, weighted, link), add_errors)
 
 
+@reusing
 def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss,
                        data_terms, offset=None, information=False, weight=None, drop=None):
     """``kernels.level_newton.LevelSums`` of one chunk, slice by slice from its file
@@ -77,6 +81,7 @@ def chunk_level_newton(chunk, spec, num_idx, target, cat_idx, level_keys, m, b, 
                              level_keys, m, b, coef, center, scale, loss, data_terms, offset, information, weight)
 
 
+@reusing
 def level_newton_plan(chunk, spec, cat_idx, level_keys, drop=None) -> list:
     """What ``chunk_level_newton`` reads of a chunk and does not change from one pass to
     the next: each slice's rows (less ``drop``'s) with their level indices, kept in
@@ -93,6 +98,7 @@ def _level_slices(chunk, spec, cat_idx, level_keys, drop):
         yield z, level_indices(z, cat_idx, level_keys)
 
 
+@reusing
 def plan_level_newton(plan, num_idx, target, cat_idx, level_keys, m, b, coef, center, scale, loss, data_terms,
                       offset=None, information=False, weight=None):
     """``chunk_level_newton`` from a chunk's slices and level indices (``level_newton_plan``)."""
@@ -105,6 +111,7 @@ def plan_level_newton(plan, num_idx, target, cat_idx, level_keys, m, b, coef, ce
     return total
 
 
+@reusing
 def chunk_level_meat(chunk, spec, cat_idx, tables, m, b, weighted, absorbed, others, wbar) -> LevelMeat:
     """``kernels.level_meat.LevelMeat`` of one chunk at the model (m, b, ``tables``):
     ``absorbed``: (its column, its level keys); ``others``: per other categorical column
@@ -125,6 +132,7 @@ def chunk_level_meat(chunk, spec, cat_idx, tables, m, b, weighted, absorbed, oth
     return total
 
 
+@reusing
 def chunk_two_way_meat(chunk, spec, cat_idx, tables, m, b, weighted, x_tables) -> np.ndarray:
     """HC1's middle for the slopes of a two-column fit (``optimization.two_way``), one
     chunk: Σ (w·e)²·x̃x̃ᵀ with e the model's residual and x̃ each numeric feature less its
@@ -175,18 +183,21 @@ def _level_fold(chunk, spec, cat_idx, tables, b, on_rows, combine):
     return total
 
 
+@reusing
 def chunk_level_classes(chunk, spec, cat_idx, tables, m, b, loss, weighted=False) -> ClassSums:
     """``block_classification`` of one chunk for a classifier with categorical features."""
     return _level_fold(chunk, spec, cat_idx, tables, b,
                        lambda z, b_rows: block_classification(z, m, b_rows, loss, weighted=weighted), add_class_sums)
 
 
+@reusing
 def chunk_level_family(chunk, spec, cat_idx, tables, m, b, loss, weighted=False) -> tuple:
     """``block_family_errors`` of one chunk for a family with categorical features."""
     return _level_fold(chunk, spec, cat_idx, tables, b,
                        lambda z, b_rows: block_family_errors(z, m, b_rows, loss, weighted), add_family_errors)
 
 
+@reusing
 def chunk_huber_groups(chunk, spec, categorical, tables, m, b, loss, weighted: bool = False) -> tuple:
     """``chunk_groups`` reweighted for one round of Huber's IRLS at the model (m, b,
     ``tables``): each row weighs ψ(r)/r = min(1, δ/|r|) (δ the Huber ``loss``'s, times the
@@ -247,6 +258,7 @@ class IrlsPlan(NamedTuple):
     offset: np.ndarray | None
 
 
+@reusing
 def irls_plan(chunk, spec, cat_idx, level_keys, drop, offset, weighted: bool) -> IrlsPlan:
     """A chunk's ``IrlsPlan``: what does not change from one IRLS pass to the next (the
     rows read, their level keys hashed, grouped and looked up once), kept in cluster
@@ -267,6 +279,7 @@ def irls_plan(chunk, spec, cat_idx, level_keys, drop, offset, weighted: bool) ->
     return IrlsPlan(uniq, inv, levels, np.ascontiguousarray(z[:, num]), off)
 
 
+@reusing
 def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool, information: bool = False) -> tuple:
     """One IRLS step of a GLM ``loss`` at the model (m, b, ``coefs``: each column's
     coefficients over its levels) on a chunk's ``irls_plan``: the groups over [X, z, z_lo,
@@ -297,6 +310,7 @@ def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool, informat
     return (group_moments_at(plan.uniq, plan.inverse, values, h, exact=d + 1, rows=IRLS_ROWS), {}, *stats)
 
 
+@reusing
 def chunk_irls_groups(chunk, spec, cat_idx, level_keys, drop, offset, coefs, m, b, loss, weighted: bool,
                       information: bool = False) -> tuple:
     """``plan_irls_groups`` of a chunk streamed from its file (the plan formed anew: the

@@ -22,10 +22,15 @@ def set_up(worker=None) -> None:
       cores in each would oversubscribe them.
     - The worker's memory limit, below which a task keeps Arrow's freed buffers for the
       next (``data.read.set_memory_limit``).
+    - glibc's main arena for every thread (``allocator.one_arena``), where the nanny set
+      MALLOC_TRIM_THRESHOLD_.
     """
     import os
 
     from gd_dask.data.read import _fetcher, _reader, set_memory_limit, use_fast_pool
+    from gd_dask.runtime.allocator import one_arena
+
+    one_arena()
 
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
 
