@@ -154,8 +154,7 @@ class Executor:
         self._blocks: list | None = None
         self._persisted = False  # ``_blocks`` held in cluster memory
         self._exact_gram = None  # refinement's Gram matrix of the raw rows, once computed
-        self._irls_plans = None  # (their arguments' token, the chunks' persisted ``irls_plan``s)
-        self._level_plans = None  # the same for ``level_newton_plan``s
+        self._plans = {}  # per plan function: (its arguments' token, the chunks' persisted plans)
         if cache and not lazy:
             # Persist: every later pass (each stream epoch, the metrics pass) reads the
             # blocks from worker memory; dask keeps the read tasks to recompute any
@@ -288,6 +287,19 @@ class Executor:
         # Compute: per group a count and means come back (no row does).
         return self._compute(_reduce_tree(leaves, add_huber_groups))
 
+    def _kept(self, make, plan_args) -> list:
+        """Each chunk's ``make(chunk, spec, *plan_args)`` (what a pass reads of it and does
+        not change from one pass to the next), persisted in cluster memory once for these
+        arguments; other arguments replace them."""
+        token = dask.base.tokenize(plan_args)
+        kept = self._plans.get(make.__name__)
+        if kept is None or kept[0] != token:
+            fn = dask.delayed(make, pure=True)
+            with large_graphs_quiet():
+                kept = self._plans[make.__name__] = (token, list(self.client.persist(
+                    [fn(c, self.source.spec, *plan_args) for c in self.source.chunks])))
+        return kept[1]
+
     def irls_groups(self, cat_idx, level_keys, drop, offset, coefs, m, b, information: bool = False) -> tuple:
         """The grouped moments of one IRLS step of ``self.loss`` at the model (m, b, each
         categorical column's ``coefs`` over its ``level_keys``; ``offset``: an
@@ -302,14 +314,8 @@ class Executor:
                      self.loss, self.weighted, information)
         spec = self.source.spec
         if self.cache:
-            key = dask.base.tokenize(plan_args)
-            if self._irls_plans is None or self._irls_plans[0] != key:
-                make = dask.delayed(irls_plan, pure=True)
-                with large_graphs_quiet():
-                    self._irls_plans = (key, list(self.client.persist([make(c, spec, *plan_args)
-                                                                       for c in self.source.chunks])))
             fn = dask.delayed(plan_irls_groups, pure=True)
-            leaves = [fn(p, *step_args) for p in self._irls_plans[1]]
+            leaves = [fn(p, *step_args) for p in self._kept(irls_plan, plan_args)]
         else:
             fn = dask.delayed(chunk_irls_groups, pure=True)
             leaves = [fn(c, spec, *plan_args[:4], step_args[0], *step_args[1:]) for c in self.source.chunks]
@@ -494,15 +500,8 @@ class Executor:
                 np.asarray(scale, dtype=np.float64), self.loss, data_terms, offset, information,
                 len(cols) - 1 if self.weighted else None)
         if self.cache:  # the rows and their level indices stay in cluster memory between passes
-            plan_args = (list(cat_idx), keys, drop)
-            token = dask.base.tokenize(plan_args)
-            if self._level_plans is None or self._level_plans[0] != token:
-                make = dask.delayed(level_newton_plan, pure=True)
-                with large_graphs_quiet():
-                    self._level_plans = (token, list(self.client.persist([make(c, spec, *plan_args)
-                                                                          for c in self.source.chunks])))
             fn = dask.delayed(plan_level_newton, pure=True)
-            leaves = [fn(p, *args) for p in self._level_plans[1]]
+            leaves = [fn(p, *args) for p in self._kept(level_newton_plan, (list(cat_idx), keys, drop))]
         else:
             fn = dask.delayed(chunk_level_newton, pure=True)
             leaves = [fn(c, spec, *args, drop) for c in self.source.chunks]
@@ -604,8 +603,7 @@ class Executor:
         """Drop the cached blocks (and IRLS and level-Newton plans) from cluster memory."""
         self._blocks = []
         self._persisted = False
-        self._irls_plans = None
-        self._level_plans = None
+        self._plans = {}
 
 
 def _reduce_tree(level: list, combine):
