@@ -120,7 +120,7 @@ def _without_offset(groups: GroupMoments, j: int, kind: str, ex: Executor) -> tu
 
 #: What categorical features are trained with so far (issue 33): the rest is refused by name.
 CATEGORICAL_SUPPORT = ("squared or huber loss (grouped moments) or logistic, poisson, gamma, tweedie (newton, "
-                       "offsets too), sample weights, no l1, no validation_fraction")
+                       "offsets too), l2 but with huber, sample weights, no l1, no validation_fraction")
 
 
 def check_categorical(cfg, source: ParquetSource) -> None:
@@ -129,7 +129,10 @@ def check_categorical(cfg, source: ParquetSource) -> None:
     newton = pick_strategy(cfg).newton  # logistic and the log-link families (``categorical_newton``)
     bad = [what for what, wrong in (
         (f"model.loss: {m.loss}", m.loss not in ("squared", "huber") and not newton), ("model.l1 > 0", m.l1 > 0),
-        ("model.fit_intercept: false", newton and not m.fit_intercept),
+        ("model.fit_intercept: false", (newton or m.l2 > 0) and not m.fit_intercept),
+        ("model.l2 with model.loss huber", m.loss == "huber" and m.l2 > 0),
+        ("an optimizer.learning_rate with model.l2 (Newton steps have none)",
+         m.l2 > 0 and o.learning_rate != "auto" and m.loss == "squared"),
         ("data.offset or data.exposure", bool(cfg.data.offset_column) and not newton),
         ("optimizer.validation_fraction > 0", o.validation_fraction > 0),
         (f"optimizer.method: {o.method}", o.method != "batch"),

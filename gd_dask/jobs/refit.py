@@ -412,17 +412,18 @@ def _train(cfg, client, reg: Registry, win: Window, train_src: ParquetSource, in
     """(the challenger's FitResult, files read): from per-file moments where the loss has
     them (gram), else epochs over the training window (``current``: the warm start's
     model.json, for its levels)."""
-    if pick_strategy(cfg).gram and train_src.categorical:
+    if pick_strategy(cfg).gram and train_src.categorical and not cfg.model.l2:  # with l2: Newton passes
         groups, names, files_read = levels.training_groups(cfg, train_src, reg, client)
         return levels.fit_grouped(cfg, train_src, groups, names), files_read
-    if pick_strategy(cfg).gram:
+    if pick_strategy(cfg).gram and not train_src.categorical:
         mom, files_read = training_moments(train_src, reg, client)
         if mom.n < len(cfg.data.features) + int(cfg.model.fit_intercept):
             raise DataError(f"only {mom.n} training rows in {win.train[0]}..{win.train[-1]}")
         # Refinement reads the training files only where the float64 gradient stalls above tol.
         return fit_moments(cfg, mom, init=init, refine_pass=Executor(client, train_src, cache=False).refine_sums), \
             files_read
-    # No sufficient statistics (logistic, Huber): every epoch reads the training window.
+    # No sufficient statistics (logistic, Huber, least squares with levels and l2): every
+    # epoch or Newton pass reads the training window.
     run_cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"checkpoint_every": 0})})
     return fit(run_cfg, client, init=init, source=train_src,
                init_levels=(current or {}).get("categorical")), len(train_src.files)

@@ -23,9 +23,10 @@ def sweep(cfg, client, rates: list, source=None) -> list[dict]:
     ``source``: ``cfg.data``'s footers, if read already."""
     gram = pick_strategy(cfg).gram
     source = source or open_source(cfg.data)
-    if source.categorical and not gram:
+    if source.categorical and (not gram or cfg.model.l2):
+        what = "model.l2 > 0" if gram else f"model.loss {cfg.model.loss}"
         raise ConfigError(f"sweep with categorical features ({', '.join(source.categorical)}) takes model.loss "
-                          f"squared (its rates descend on the grouped moments); model.loss {cfg.model.loss} trains "
+                          f"squared without l2 (its rates descend on the grouped moments); {what} trains "
                           "them by Newton steps, which have no learning rate")
     prep = prepare(cfg, client, source) if gram else None  # one moments pass serves every rate
     rows = []

@@ -98,7 +98,11 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         from .categorical import fit_categorical
         from .categorical_newton import fit_categorical_newton
 
-        if prep.strategy.newton:
+        # Ridge with levels penalizes every level's coefficient (the indicators as they
+        # are) and the standardized slopes, as logistic does: Newton passes, whose first
+        # step is the minimum (the grouped moments' reduced problem would absorb the
+        # largest column's levels unpenalized).
+        if prep.strategy.newton or cfg.model.l2 and cfg.model.loss == "squared":
             return fit_categorical_newton(cfg, prep, t0, on_epoch, init, init_levels)
         if cfg.model.loss == "huber":
             from .categorical_huber import fit_categorical_huber

@@ -702,3 +702,54 @@ def test_one_large_column_glm_bound_holds_against_long_double_newton(tmp_path, r
     err = np.abs(coefficients(model, names) - beta)
     floor = 1e-6 * np.abs(beta).max()
     assert np.max(err / np.maximum(np.abs(beta) - err, floor)) <= res.convergence["bound"]
+
+
+def test_ridge_with_levels_penalizes_every_level_as_scikit_learn_does(tmp_path, rng, threads):
+    """model.l2 with a text and an integer column of 150 levels: least squares and
+    logistic both minimize the documented objective over [standardized slopes, every
+    non-reference level's coefficient, intercept] — scikit-learn's Ridge(alpha = n·l2)
+    and LogisticRegression(C = 1/(n·l2)) on [StandardScaler(x), OneHotEncoder(drop =
+    references)]. (Least squares had absorbed the largest column's levels unpenalized.)
+    Huber with l2 and levels is refused by name."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.preprocessing import OneHotEncoder
+
+    from gd_dask.errors import ConfigError
+
+    X, region, store, y = _logistic_files(tmp_path / "d", rng, 6000, 150)
+    y_num = pd.concat([pq.read_table(f).to_pandas() for f in sorted((tmp_path / "d-num").iterdir())])["y"].to_numpy()
+    data = {"path": str(tmp_path / "d"), "features": ["x0", "region", "x1", "store"], "target": "y",
+            "categorical": ["store"]}
+    frame = pd.DataFrame({"region": region, "store": store})
+    Xs = (X - X.mean(axis=0)) / X.std(axis=0)
+    n, l2 = len(y), 0.01
+    for loss, target in (("squared", y_num), ("logistic", y)):
+        root = tmp_path / loss
+        (root / "d").mkdir(parents=True)
+        for i, f in enumerate(sorted((tmp_path / "d").iterdir())):  # the files' rows in order, 2,000 each
+            t = pq.read_table(f)
+            rows = slice(2000 * i, 2000 * (i + 1))
+            pq.write_table(t.set_column(t.column_names.index("y"), "y", pa.array(target[rows])), root / "d" / f.name)
+        res = fit(make_config(dict(data, path=str(root / "d")), root, model={"loss": loss, "l2": l2}), threads)
+        assert res.converged and res.convergence["digits"] >= 9, res.convergence
+        refs = [doc["reference"] for doc in res.categorical]
+        enc = OneHotEncoder(drop=refs, sparse_output=False).fit(frame)
+        design = np.column_stack([Xs, enc.transform(frame)])
+        if loss == "squared":
+            ref = Ridge(alpha=n * l2, solver="cholesky").fit(design, target)
+        else:
+            ref = LogisticRegression(C=1 / (n * l2), solver="newton-cholesky", tol=1e-12, max_iter=100).fit(design,
+                                                                                                         target)
+        coef = np.ravel(ref.coef_)
+        names = ["x0", "x1", *enc.get_feature_names_out(["region", "store"])]
+        theirs = dict(zip(names, coef))
+        theirs["x0"], theirs["x1"] = coef[0] / X[:, 0].std(), coef[1] / X[:, 1].std()
+        ours = {"x0": res.m[0], "x1": res.m[1]}
+        for doc in res.categorical:
+            ours.update({f"{doc['name']}_{lv}": c for lv, c in zip(doc["levels"], doc["coef"])
+                         if lv != doc["reference"]})
+        worst = max(abs(ours[k] - v) / max(abs(v), 1e-3) for k, v in theirs.items())
+        assert worst <= (1e-9 if loss == "squared" else 1e-7), (loss, worst)
+    with pytest.raises(ConfigError, match="model.l2 with model.loss huber"):
+        fit(make_config(data, tmp_path, model={"loss": "huber", "l2": l2}), threads)

@@ -37,3 +37,15 @@ class Squared(Family):
 
     def second(self, eta, y):
         return np.ones_like(eta)
+
+    def null_term(self, y):
+        """The intercept-only model's deviance Σ w·(y − ȳ)² is Σ w·y² − (Σ w·y)²/Σ w."""
+        return y * y
+
+    def null_deviance(self, n, sum_y, sum_null):
+        return sum_null - sum_y * sum_y / n
+
+    def magnitude(self, eta, y):
+        """ψ = eta − y: the sizes of both (a Newton pass with levels and l2:
+        ``jobs.categorical_newton``)."""
+        return np.abs(eta) + np.abs(y)
