@@ -30,13 +30,12 @@ from ..artifacts.glm_summary import summarize_glm_levels
 from ..data.read import level_key
 from ..data.write import OffsetColumn
 from ..errors import DataError
-from ..kernels.level_newton import assemble
-from ..optimization import categorical as cat
 from ..kernels.irls import U_ROW
-from ..kernels.level_newton import cells
+from ..kernels.level_newton import assemble, cells
+from ..optimization import categorical as cat
 from ..optimization.certify import CHAIN_ETA, EXACT_SUM_ROUNDINGS, LocalBound
-from ..optimization.hessians import BlockHessian, DenseHessian, FoldedHessian
 from ..optimization.descent import Rules
+from ..optimization.hessians import BlockHessian, DenseHessian, FoldedHessian
 from ..optimization.newton import NEWTON_PASSES, Newton, start_params
 from ..optimization.setup import Setup
 from .categorical import column_doc, report_pinned
