@@ -123,8 +123,8 @@ def _text_columns(X) -> list:
 def _internal_names(cols: list) -> list:
     """The names a DataFrame's columns train under: their own, so that every warning,
     error and summary row names them as the user does; x0, x1, … where they cannot be
-    (not distinct as text, empty, or the target's y or the weights' w)."""
-    if len(set(cols)) == len(cols) and all(cols) and not {"y", "w"} & set(cols):
+    (not distinct as text, empty, the target's y, the weights' w, or the summary's b)."""
+    if len(set(cols)) == len(cols) and all(cols) and not {"y", "w", "b"} & set(cols):
         return list(cols)
     return [f"x{j}" for j in range(len(cols))]
 
