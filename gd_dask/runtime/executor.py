@@ -11,7 +11,9 @@ of workers and after dask recomputes blocks lost with a dead worker.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 from functools import reduce
 
 import dask
@@ -300,6 +302,22 @@ class Executor:
                     [fn(c, self.source.spec, *plan_args) for c in self.source.chunks])))
         return kept[1]
 
+    def _kept_slices(self, make, plan_args) -> list:
+        """``_kept`` with each chunk's plan (a list of slices) kept as one persisted object
+        per slice instead: per chunk, its slices in order."""
+        token = dask.base.tokenize(plan_args)
+        kept = self._plans.get(("slices", make.__name__))
+        if kept is None or kept[0] != token:
+            plans = self._kept(make, plan_args)
+            counts = self._compute([dask.delayed(len, pure=True)(p) for p in plans])
+            get = dask.delayed(operator.getitem, pure=True)
+            with large_graphs_quiet():
+                flat = list(self.client.persist([get(p, i) for p, n in zip(plans, counts) for i in range(n)]))
+            del self._plans[make.__name__]  # the slices hold the rows now
+            at = list(itertools.accumulate(counts, initial=0))
+            kept = self._plans[("slices", make.__name__)] = (token, [flat[a:b] for a, b in zip(at, at[1:])])
+        return kept[1]
+
     def irls_groups(self, cat_idx, level_keys, drop, offset, coefs, m, b, information: bool = False) -> tuple:
         """The grouped moments of one IRLS step of ``self.loss`` at the model (m, b, each
         categorical column's ``coefs`` over its ``level_keys``; ``offset``: an
@@ -499,13 +517,18 @@ class Executor:
                 np.asarray(coef, dtype=np.float64), np.asarray(center, dtype=np.float64),
                 np.asarray(scale, dtype=np.float64), self.loss, data_terms, offset, information,
                 len(cols) - 1 if self.weighted else None)
-        if self.cache:  # the rows and their level indices stay in cluster memory between passes
-            fn = dask.delayed(plan_level_newton, pure=True)
-            leaves = [fn(p, *args) for p in self._kept(level_newton_plan, (list(cat_idx), keys, drop))]
+        combine = add_information if information else add_level_sums
+        if self.cache:
+            # The rows and their level indices stay in cluster memory between passes, a
+            # slice each: the slices of one chunk are summed at once (a chunk of 1M rows is
+            # one task's otherwise, one thread's) and folded in their order, as a task
+            # that reads the chunk folds them: the same bits.
+            fn, fold = dask.delayed(plan_level_newton, pure=True), dask.delayed(_fold, pure=True)
+            leaves = [fold(combine, [fn([part], *args) for part in parts])
+                      for parts in self._kept_slices(level_newton_plan, (list(cat_idx), keys, drop))]
         else:
             fn = dask.delayed(chunk_level_newton, pure=True)
             leaves = [fn(c, spec, *args, drop) for c in self.source.chunks]
-        combine = add_information if information else add_level_sums
         # Compute: per level a few sums come back (no row does).
         return self._compute(_reduce_tree(leaves, combine))
 
