@@ -102,7 +102,7 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         # are) and the standardized slopes, as logistic does: Newton passes, whose first
         # step is the minimum (the grouped moments' reduced problem would absorb the
         # largest column's levels unpenalized).
-        if prep.strategy.newton or cfg.model.l2 and cfg.model.loss == "squared":
+        if prep.strategy.newton or (cfg.model.l2 and cfg.model.loss == "squared"):
             return fit_categorical_newton(cfg, prep, t0, on_epoch, init, init_levels)
         if cfg.model.loss == "huber":
             from .categorical_huber import fit_categorical_huber

@@ -47,7 +47,7 @@ import math
 import numpy as np
 
 from ..sizes import CHUNK_BYTES, FAN_IN, SLICE_ROWS
-from .hessians import DenseHessian
+from .hessians import DenseHessian, inverse_growth, jacobi
 
 EPS = float(np.finfo(np.float64).eps)
 EPS_LONG = float(np.finfo(np.longdouble).eps)
@@ -525,11 +525,10 @@ def _jacobi_radius(hess, decrement: float, errors, radius2: float, eta: float) -
     """``_radius`` in Jacobi coordinates (``LocalBound.certify``). H's rounding there: each
     entry's sum is within η of the magnitudes it adds, Σ w·ℓ''·|x̃_i·x̃_j| ≤ √(H_ii·H_jj), so
     each entry of S·δH·S is within η and ‖S·δH·S‖₂ ≤ η·√(the entries that are not 0)."""
-    diag = hess.diagonal()
-    if not np.all(diag > 0):
+    coords = jacobi(hess)
+    if coords is None:
         return math.inf, math.inf, math.inf
-    s = 1.0 / np.sqrt(diag)
-    lmin, _ = hess.scaled(s).extremes()
+    diag, s, lmin = coords
     err = float(np.linalg.norm(s * np.asarray(errors, dtype=np.float64)))
     return _local(lmin, math.sqrt(hess.entries) * eta, decrement, err, radius2 / float(diag.min()))
 
@@ -539,9 +538,9 @@ def _local(lmin: float, delta: float, decrement: float, grad_error: float, radiu
     Bach's bound from λmin, ‖δH‖ ≤ ``delta``, gᵀH⁻¹g, the gradient's rounding (in these
     coordinates) and max ‖x̃‖²; a is inf past ``LOCAL_X_MAX``."""
     kappa_eta = delta / lmin if lmin > 0 else math.inf
-    if kappa_eta > 0.5:
+    grow = inverse_growth(kappa_eta)  # H⁻¹ of the true H from the computed one
+    if not math.isfinite(grow):
         return math.inf, math.inf, math.inf
-    grow = 1.0 / (1.0 - kappa_eta) * (1.0 + 1e-6)  # H⁻¹ of the true H from the computed one
     mu = float(lmin) * (1.0 - kappa_eta)
     lam = math.sqrt(decrement * grow) + grad_error / math.sqrt(mu)
     x = math.sqrt(radius2) * lam / math.sqrt(mu)

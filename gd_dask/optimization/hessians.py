@@ -34,15 +34,31 @@ levels, a contiguous range; the dense part is every other index, in order).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import TrainingError
-
-#: The unit roundoff of float64.
-U = float(np.finfo(np.float64).eps) / 2
+from ..kernels.compensated import U
 
 #: Bisection steps for λmin's lower bound: the bracket shrinks to 2⁻³⁰ of min(D, λmin(A)).
 LMIN_STEPS = 30
+
+
+def jacobi(hess):
+    """(diag(H), s = diag(H)^(−1/2), a lower bound on λmin of diag(s)·H·diag(s)): the
+    Jacobi coordinates of a certificate; None where a diagonal entry is not positive."""
+    diag = hess.diagonal()
+    if not np.all(diag > 0):
+        return None
+    s = 1.0 / np.sqrt(diag)
+    return diag, s, hess.scaled(s).extremes()[0]
+
+
+def inverse_growth(kappa_eta: float) -> float:
+    """How much the true H⁻¹ may exceed the computed H's, the true H within κη·λmin of
+    it: 1/(1 − κη), with a margin; inf past κη = ½, where nothing is certified."""
+    return 1.0 / (1.0 - kappa_eta) * (1.0 + 1e-6) if kappa_eta <= 0.5 else math.inf
 
 
 class DenseHessian:
@@ -283,13 +299,9 @@ class FoldedHessian:
     def growth(self) -> float:
         """1/(1 − κη) of Hc in Jacobi coordinates (inf past κη = ½)."""
         if self._grow is None:
-            diag = self.cells.diagonal()
-            self._grow = np.inf
-            if np.all(diag > 0):
-                lmin, _ = self.cells.scaled(1.0 / np.sqrt(diag)).extremes()
-                kappa_eta = np.sqrt(self.cells.entries) * self.eta / lmin if lmin > 0 else np.inf
-                if kappa_eta <= 0.5:
-                    self._grow = 1.0 / (1.0 - kappa_eta) * (1.0 + 1e-6)
+            coords = jacobi(self.cells)
+            lmin = coords[2] if coords is not None else 0.0
+            self._grow = inverse_growth(math.sqrt(self.cells.entries) * self.eta / lmin if lmin > 0 else math.inf)
         return self._grow
 
     def abs_inverse_times(self, e) -> np.ndarray:

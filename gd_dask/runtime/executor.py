@@ -296,11 +296,14 @@ class Executor:
         token = dask.base.tokenize(plan_args)
         kept = self._plans.get(make.__name__)
         if kept is None or kept[0] != token:
-            fn = dask.delayed(make, pure=True)
-            with large_graphs_quiet():
-                kept = self._plans[make.__name__] = (token, list(self.client.persist(
-                    [fn(c, self.source.spec, *plan_args) for c in self.source.chunks])))
+            kept = self._plans[make.__name__] = (token, self._persist_plans(make, plan_args))
         return kept[1]
+
+    def _persist_plans(self, make, plan_args) -> list:
+        """Each chunk's ``make(chunk, spec, *plan_args)``, persisted in cluster memory."""
+        fn = dask.delayed(make, pure=True)
+        with large_graphs_quiet():
+            return list(self.client.persist([fn(c, self.source.spec, *plan_args) for c in self.source.chunks]))
 
     def _kept_slices(self, make, plan_args) -> list:
         """``_kept`` with each chunk's plan (a list of slices) kept as one persisted object
@@ -308,12 +311,11 @@ class Executor:
         token = dask.base.tokenize(plan_args)
         kept = self._plans.get(("slices", make.__name__))
         if kept is None or kept[0] != token:
-            plans = self._kept(make, plan_args)
+            plans = self._persist_plans(make, plan_args)  # let go once the slices hold the rows
             counts = self._compute([dask.delayed(len, pure=True)(p) for p in plans])
             get = dask.delayed(operator.getitem, pure=True)
             with large_graphs_quiet():
                 flat = list(self.client.persist([get(p, i) for p, n in zip(plans, counts) for i in range(n)]))
-            del self._plans[make.__name__]  # the slices hold the rows now
             at = list(itertools.accumulate(counts, initial=0))
             kept = self._plans[("slices", make.__name__)] = (token, [flat[a:b] for a, b in zip(at, at[1:])])
         return kept[1]
