@@ -46,6 +46,26 @@ def predict_levels(model: dict, X, *columns, unseen: float | None = None) -> np.
     return pred
 
 
+def one_hot_least_squares(X, columns, y, w, model: dict):
+    """The one-hot normal equations of model.json's encoding (each categorical column's
+    reference and pinned levels dropped; ``columns``: their values, in model.json's
+    order), solved by dense Cholesky: (design [1, X, indicators], coefficients, the factor)."""
+    from scipy import sparse
+    from scipy.linalg import cho_factor, cho_solve
+
+    cols = [sparse.csr_matrix(np.column_stack([np.ones(len(X)), X]))]
+    for doc, values in zip(model["categorical"], columns):
+        levels = [lv for lv in doc["levels"] if lv != doc["reference"] and lv not in doc.get("pinned", ())]
+        pos = {lv: i for i, lv in enumerate(levels)}
+        rows = [i for i, v in enumerate(values.tolist()) if v in pos]
+        cols.append(sparse.csr_matrix((np.ones(len(rows)), (rows, [pos[values[i]] for i in rows])),
+                                      shape=(len(X), len(levels))))
+    D = sparse.hstack(cols).tocsc()
+    Dw = D.multiply(w[:, None]).tocsc() if w is not None else D
+    factor = cho_factor((Dw.T @ D).toarray())  # dense Cholesky: 4,400² in a second, where SuperLU took 7 s
+    return D, cho_solve(factor, Dw.T @ y), factor
+
+
 def make_config(data: dict, tmp_path: Path, **sections):
     """A validated RunConfig for tests, with the output in tmp_path."""
     from gd_dask.config import validate_config

@@ -15,7 +15,7 @@ from ..data.write import LevelTable
 from ..errors import ConfigError, DataError
 from ..kernels.metrics import sse_metrics
 from ..optimization import categorical as cat
-from ..optimization import two_way
+from ..optimization import many_way, two_way
 from ..optimization.certify import (
     EPS,
     EPS_LONG,
@@ -50,6 +50,8 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True, r
         report_pinned(enc)
     if cat.dense_levels(enc) > cat.MAX_DENSE_LEVELS and len(columns) == 2:
         return _two_way(cfg, prep, enc, t0, summary)
+    if cat.dense_levels(enc) > cat.MAX_DENSE_LEVELS and len(columns) > 2:
+        return _many_way(cfg, prep, enc, t0, summary)
     cat.check_dense(enc)
     red = cat.reduce(prep.groups, enc)
     _check_within(cfg, red, enc, prep.mom)
@@ -179,11 +181,12 @@ def _levels_only(cfg, prep, red: cat.Reduced, enc: cat.Encoding, t0: float, summ
     return res
 
 
-def _two_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True, fit=None, red=None):
+def _two_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True, fit=None, red=None, lifted=None):
     """Two categorical columns solved by conjugate gradients on the second column's levels,
     certified (``optimization.two_way``): when they have more levels besides the absorbed
     one's than the dense reduced problem takes, or when that problem stopped short of tol
-    (``fit``: its result; ``red``: the reduced problem, whose summary then holds)."""
+    (``fit``: its result; ``red``: the reduced problem, whose summary then holds;
+    ``lifted``: more columns, ``_many_way``'s)."""
     from .training import FitResult
 
     refuse_ridge(cfg, enc)
@@ -208,9 +211,23 @@ def _two_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True, fit=
         theta = np.concatenate([fit.coef.m] + [fit.coef.levels[c][idx] for c, idx in red.indicator])
         res.summary = _summary(cfg, res, red, enc, fit.coef, theta, enc.columns, sst, prep)
     elif summary:
-        res.summary = _two_way_summary(cfg, res, fit, enc, sst, prep)
+        res.summary = _two_way_summary(cfg, res, fit, enc, sst, prep, lifted)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _many_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True):
+    """Three categorical columns or more, two of many levels: the two-column solver with
+    the others' levels as indicator columns (``optimization.many_way``)."""
+    lifted = many_way.lift(prep.groups, enc)
+    refuse_ridge(cfg, lifted.enc)
+    report_pinned(lifted.enc)
+    enc = many_way.pinned(lifted, enc)
+    fit = two_way.fit_two_way(lifted.groups, lifted.enc, cfg.optimizer.tol, identified=lambda sigma: (
+        many_way.check_identified(sigma, lifted, enc)))
+    errors = many_way.lower(fit.errors, lifted, enc) if fit.errors is not None else None
+    fit = fit._replace(coef=many_way.lower(fit.coef, lifted, enc), errors=errors)
+    return _two_way(cfg, prep, enc, t0, summary, fit, lifted=lifted)
 
 
 def refuse_ridge(cfg, enc: cat.Encoding) -> None:
@@ -221,16 +238,24 @@ def refuse_ridge(cfg, enc: cat.Encoding) -> None:
                           f"{cat.MAX_DENSE_LEVELS} levels outside the column with the most")
 
 
-def _two_way_summary(cfg, res, fit, enc: cat.Encoding, sst: float, prep) -> dict:
+def _two_way_summary(cfg, res, fit, enc: cat.Encoding, sst: float, prep, lifted=None) -> dict:
     """The numeric slopes' rows with both columns' levels absorbed
-    (``summary.summarize_two_way``), where they hold."""
+    (``summary.summarize_two_way``), where they hold; ``lifted`` (``_many_way``): the
+    smaller columns' levels have rows too, as the slopes'."""
     if not res.converged:
         return {"available": False, "reason": "not converged: these statistics hold at the least-squares solution"}
     hc1 = cfg.summary.cov_type == "HC1"
+    if hc1 and lifted is not None:
+        return {"available": False, "reason": "HC1 with three categorical columns or more, two of many levels: "
+                                              "not computed (summary.cov_type: nonrobust gives the classical one)"}
     if (cfg.data.weight or hc1) and prep.ex is None:  # a refit from cached moments: no rows at hand
         return {"available": False, "reason": "computed by train: weighted statistics and HC1 need a pass over "
                                               "the rows"}
-    d = len(res.m)
+    theta, names = res.m, [f for f in cfg.data.features if f not in enc.columns]
+    if lifted is not None:
+        theta = np.concatenate([res.m] + [fit.coef.levels[c][idx] for c, idx in lifted.indicator])
+        names += [f"{enc.columns[c]}[{res.categorical[c]['levels'][i]}]" for c, i in lifted.names]
+    d = len(theta)
     rows = RowSums(int(prep.groups.count.sum()), prep.ex.row_sums()[1]) if cfg.data.weight else None
     nobs = float(rows.rows if rows is not None else prep.mom.n)
     if d:
@@ -238,15 +263,15 @@ def _two_way_summary(cfg, res, fit, enc: cat.Encoding, sst: float, prep) -> dict
         inv = np.linalg.inv(fit.sigma / np.outer(scale, scale)) / np.outer(scale, scale)
     else:
         inv = np.zeros((0, 0))
-    numeric = [f for f in cfg.data.features if f not in enc.columns]
     meat = None
     if hc1 and d:
         tables = [LevelTable(doc["name"], doc["levels"], doc["coef"]) for doc in res.categorical]
         x_tables = [[LevelTable(doc["name"], doc["levels"], levels[c]) for c, doc in enumerate(res.categorical)]
                     for levels in fit.x_levels]
         meat = prep.ex.two_way_meat(res.m, res.b, tables, x_tables)
-    return {"available": True, **summarize_two_way(res.m, inv, numeric, enc.columns, nobs, d + fit.params, fit.sse,
-                                                   sst, rows, meat)}
+    absorbed = lifted.enc.columns if lifted is not None else enc.columns
+    return {"available": True, **summarize_two_way(theta, inv, names, absorbed, nobs, d + fit.params, fit.sse, sst,
+                                                   rows, meat)}
 
 
 @contextlib.contextmanager

@@ -34,8 +34,9 @@ the exact residual (computed in double-double, what it is off by, ρ, bounded:
   S_BB⁻¹ v ≤ P. No eigenvalue bound is needed, and every level gets its own bound.
 - Hence |δβ| ≤ S_BB⁻¹(|r_B| + ρ_B) + |K|·|δθ|; K's error is S_BB⁻¹ R, R its residual,
   bounded the same way.
-- ‖δθ‖ ≤ ‖Σ⁻¹‖·‖|r_x| + ρ_x + |K|ᵀ(|r_B| + ρ_B)‖: Σ differs from the Σ̂ computed with
-  K̂ by S_xB (K − K̂) = Kᵀ R, so ``λmin(Σ) ≥ λmin(Σ̂) − ‖|K|ᵀ|R|‖`` less Σ̂'s rounding.
+- |δθ| ≤ |Σ⁻¹|·(|r_x| + ρ_x + |K|ᵀ(|r_B| + ρ_B)) entry by entry, from an inverse of Σ̂
+  and its residual (``two_way_bounds.SchurInverse``): Σ differs from the Σ̂ computed
+  with K̂ by S_xB (K − K̂) = Kᵀ R, so ``‖Σ − Σ̂‖ ≤ ‖|K|ᵀ|R|‖`` plus Σ̂'s rounding.
 
 The data are the groups' exact sums (``kernels.groups``): X̃ and ỹ are formed from them in
 double-double, so what they are off by is some u² of the groups' means, plus what the
@@ -241,12 +242,14 @@ class TwoWay:
         return x, it
 
 
-def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float, certified: bool = True) -> TwoWayFit:
+def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float, certified: bool = True,
+                identified=None) -> TwoWayFit:
     """The least-squares model and its certified bound (module docstring); ``certified``:
     False gives the float64 solve alone, its bound inf (an IRLS step far from the
-    minimum, where only the direction matters)."""
+    minimum, where only the direction matters); ``identified``: called with Σ before it
+    is solved, to refuse a singular one by name (``many_way.check_identified``)."""
     if not certified:
-        return _solved(groups, enc)
+        return _solved(groups, enc, identified)
     tw = TwoWay(groups, enc)
     d = tw.d
     rhs_B, rhs_x = tw.rhs()
@@ -254,15 +257,14 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float, certified: bool
     Kx, Ky = K[:, :d], K[:, d]
     sigma, R, rho_sigma, rho_R = bounds.k_residual(tw, Kx)
     sigma = (sigma + sigma.T) / 2
+    if identified is not None:
+        identified(sigma)
     eps_K = bounds.inverse_bound(tw, np.abs(R) + rho_R)          # |K − K̂| entry by entry
     K_abs = np.abs(Kx) + eps_K
     # Σ − Σ̂ = −Kᵀ R exactly (module docstring), plus Σ̂'s rounding.
     err_sigma = float(np.linalg.norm(K_abs.T @ (np.abs(R) + rho_R))) + float(np.linalg.norm(rho_sigma))
-    if d:
-        lam_sigma = float(np.linalg.eigvalsh(sigma)[0]) - err_sigma - 8 * (d + 1) * EPS * float(np.linalg.norm(sigma))
-        theta = np.linalg.solve(sigma, rhs_x[:, d] - rhs_B[:, :d].T @ Ky)
-    else:
-        lam_sigma, theta = np.inf, np.zeros(0)
+    schur = bounds.SchurInverse(sigma, err_sigma)
+    theta = np.linalg.solve(sigma, rhs_x[:, d] - rhs_B[:, :d].T @ Ky) if d else np.zeros(0)
     # The solution is refined in double-double: its float64 rounding then adds to the
     # bound itself, not through S⁻¹ and the residual it leaves.
     theta = (theta, np.zeros(d))
@@ -274,7 +276,7 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float, certified: bool
         # The float64 solve is never certified to tol: correct it once before judging.
         if refinements or not MAX_REFINEMENTS:
             a_x, a_B = np.abs(r_x) + rho_x, np.abs(r_B) + rho_B
-            judged = _judged(tw, theta, beta, a_x, a_B, K_abs, lam_sigma)
+            judged = _judged(tw, theta, beta, a_x, a_B, K_abs, schur)
             if best is None or judged[1] < best[1]:
                 best, at = judged, (theta, beta, a_x, a_B)
             if judged[1] <= tol or refinements >= MAX_REFINEMENTS or judged[1] >= prev / 2:
@@ -292,13 +294,13 @@ def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float, certified: bool
     def rejudge(c_x, c_A, c_B):
         theta, beta, a_x, a_B = at
         e_x, e_B, e_alpha = bounds.carried(tw, c_x, c_A, c_B)
-        return _judged(tw, theta, beta, a_x + e_x, a_B + e_B, K_abs, lam_sigma, e_alpha)
+        return _judged(tw, theta, beta, a_x + e_x, a_B + e_B, K_abs, schur, e_alpha)
 
     return TwoWayFit(coef, bound, errors, iterations, refinements, sse, sigma, len(tw.level_n) + tw.E,
                      _x_levels(tw, Kx), rejudge)
 
 
-def _solved(groups: GroupMoments, enc: Encoding) -> TwoWayFit:
+def _solved(groups: GroupMoments, enc: Encoding, identified=None) -> TwoWayFit:
     """``fit_two_way`` in float64, not certified: K by conjugate gradients, θ from the
     Schur complement Σ, β = K_y − K_x·θ, A's levels from their means."""
     tw = TwoWay(groups, enc, exact=False)
@@ -309,6 +311,8 @@ def _solved(groups: GroupMoments, enc: Encoding) -> TwoWayFit:
     e = tw.center(tw.Z[:, :d] - tw.gather(Kx))
     sigma = tw.W[:d, :d] + tw.Z[:, :d].T @ (tw.n[:, None] * e)
     sigma = (sigma + sigma.T) / 2
+    if identified is not None:
+        identified(sigma)
     theta = np.linalg.solve(sigma, rhs_x[:, d] - rhs_B[:, :d].T @ Ky) if d else np.zeros(0)
     beta = Ky - Kx @ theta
     b_full = np.zeros(len(enc.levels[tw.o]))
@@ -336,19 +340,14 @@ def _x_levels(tw: TwoWay, Kx) -> list:
     return out
 
 
-def _judged(tw: TwoWay, theta, beta, a_x, a_B, K_abs, lam_sigma: float, e_alpha=None):
+def _judged(tw: TwoWay, theta, beta, a_x, a_B, K_abs, schur: bounds.SchurInverse, e_alpha=None):
     """(the model, its bound, Σ w·e², its absolute bounds) at the double-double (θ, β)
     whose residual is at most a_x, a_B in absolute value: |δβ| ≤ S_BB⁻¹a_B + |K|·|δθ|,
-    ‖δθ‖ ≤ ‖a_x + |K|ᵀa_B‖ / λmin(Σ) (module docstring); the float64 model is the pairs'
-    high parts, off by their low parts. ``e_alpha``: what A's levels are off by besides
+    |δθ| ≤ |Σ⁻¹|(a_x + |K|ᵀa_B) entry by entry (module docstring,
+    ``two_way_bounds.SchurInverse``); the float64 model is the pairs' high parts, off by
+    their low parts. ``e_alpha``: what A's levels are off by besides
     (``two_way_bounds.carried``)."""
-    d = tw.d
     q = bounds.inverse_bound(tw, a_B[:, None])[:, 0]
-    if not d:
-        d_theta = np.zeros(0)
-    elif lam_sigma > 0:
-        d_theta = np.full(d, float(np.linalg.norm(a_x + K_abs.T @ a_B)) / lam_sigma)
-    else:
-        d_theta = np.full(d, np.inf)
+    d_theta = schur.bound(a_x + K_abs.T @ a_B)
     d_beta = q + K_abs @ d_theta
     return bounds.judge(tw, theta[0], beta[0], d_theta + np.abs(theta[1]), d_beta + np.abs(beta[1]), e_alpha)

@@ -172,6 +172,47 @@ def k_residual(tw: TwoWay, K):
     return sigma, R, rho_sigma * (1 + 1e-6), rho_R * (1 + 1e-6)
 
 
+class SchurInverse:
+    """Bounds on |Σ⁻¹v| entry by entry for |v| ≤ a, Σ the exact Schur complement, from
+    Σ̂ (computed with K̂) and ``err``, a bound on ‖Σ − Σ̂‖₂.
+
+    With X ≈ Σ̂⁻¹ (float64), Σ⁻¹ = X + Σ⁻¹(I − ΣX), so |Σ⁻¹v| ≤ |X|·a + ‖I − ΣX‖₂·‖a‖₂ /
+    λmin(Σ), where ‖I − ΣX‖₂ ≤ ‖fl(I − Σ̂X)‖_F + γ·‖|Σ̂|·|X|‖_F + err·‖X‖_F (γ the
+    product's rounding) and λmin(Σ) ≥ λmin(Σ̂) − err less the eigensolver's rounding. The
+    second term is some κ·u of the first: each coefficient of the dense block gets its own
+    bound, where ‖a‖/λmin(Σ) gave every one the worst (the indicators of a smaller
+    column's rare levels set λmin: ``many_way``). The smaller of the two is kept."""
+
+    def __init__(self, sigma: np.ndarray, err: float):
+        d = len(sigma)
+        self.d = d
+        if not d:
+            self.lam, self.X_abs, self.tail = np.inf, np.zeros((0, 0)), 0.0
+            return
+        self.lam = float(np.linalg.eigvalsh(sigma)[0]) - err - 8 * (d + 1) * EPS * float(np.linalg.norm(sigma))
+        if not self.lam > 0:
+            self.X_abs, self.tail = None, np.inf
+            return
+        X = np.linalg.inv(sigma)
+        gamma = (d + 2) * U / (1 - (d + 2) * U)
+        resid = (float(np.linalg.norm(np.eye(d) - sigma @ X)) + gamma * float(np.linalg.norm(np.abs(sigma) @ np.abs(X)))
+                 + err * float(np.linalg.norm(X)))
+        self.X_abs, self.tail = np.abs(X), resid / self.lam * (1 + 1e-6)
+
+    def bound(self, a: np.ndarray) -> np.ndarray:
+        """P ≥ |Σ⁻¹v| entry by entry for every |v| ≤ a (a ≥ 0, length d)."""
+        if not self.d:
+            return np.zeros(0)
+        if not self.lam > 0:
+            return np.full(self.d, np.inf)
+        norm = float(np.linalg.norm(a))
+        whole = norm / self.lam
+        if self.X_abs is None:
+            return np.full(self.d, whole)
+        each = (self.X_abs @ a) * (1 + (self.d + 2) * EPS) + self.tail * norm
+        return np.minimum(each, whole)
+
+
 def judge(tw: TwoWay, theta, beta, d_theta, d_beta, e_alpha=None):
     """(the model, its relative bound, Σ w·e², its absolute bounds) at (θ, β) with |δθ| ≤ d_theta and
     |δβ| ≤ d_beta entry by entry (module docstring); ``e_alpha``: what A's levels are off by

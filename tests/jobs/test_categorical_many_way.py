@@ -1,0 +1,176 @@
+"""Three and four categorical columns, two of them of thousands of levels (user × item
+beside region and device): the two-column solver with the others' levels as indicator
+columns (``optimization.many_way``), against a direct solve of the one-hot normal
+equations; its certificate against the true errors; the limits refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_config, one_hot_least_squares, predict_levels, run_cli
+from scipy.linalg import cho_solve
+
+from gd_dask.artifacts.store import model_document
+from gd_dask.jobs.training import fit
+
+USERS, ITEMS = 2300, 2100  # past the dense reduced problem's 2,000 levels besides the largest
+REGIONS, DEVICES = 7, 4
+
+
+def _write(root, rng, n=24000, weights=False, regions=REGIONS):
+    """x0, x1 numeric; user text, item int64 (every level seen), region text of
+    ``regions`` levels and device int64 of 4, each with its own effect."""
+    user = np.concatenate([np.arange(USERS), rng.integers(0, USERS, n - USERS)])
+    item = rng.integers(0, ITEMS, n)
+    item[:ITEMS] = rng.permutation(ITEMS)
+    region = rng.integers(0, regions, n)
+    device = rng.integers(0, DEVICES, n)
+    X = rng.normal(2, 1, (n, 2)) + rng.normal(0, 0.5, USERS)[user][:, None]
+    y = (3 + X @ [1.2, -0.8] + rng.normal(0, 1, USERS)[user] + rng.normal(0, 0.7, ITEMS)[item]
+         + rng.normal(0, 1, regions)[region] + np.array([0.0, 0.5, -0.3, 1.1])[device] + rng.normal(0, 0.3, n))
+    w = rng.uniform(0.2, 3.0, n) if weights else None
+    root.mkdir(parents=True, exist_ok=True)
+    users = np.array([f"u{u:04d}" for u in range(USERS)])
+    regions_txt = np.array([f"r{r:03d}" for r in range(regions)])
+    for f, idx in enumerate(np.array_split(rng.permutation(n), 3)):
+        cols = {"x0": X[idx, 0], "region": regions_txt[region[idx]].tolist(), "user": users[user[idx]].tolist(),
+                "x1": X[idx, 1], "item": item[idx], "device": device[idx], "y": y[idx]}
+        if weights:
+            cols["w"] = w[idx]
+        pq.write_table(pa.table(cols), root / f"part-{f}.parquet")
+    return X, (regions_txt[region], users[user], item, device), y, w
+
+
+DATA = {"features": ["x0", "region", "user", "x1", "item", "device"], "target": "y",
+        "categorical": ["item", "device"]}
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_four_columns_two_large_train_to_one_hot_least_squares(tmp_path, rng, threads, weights):
+    X, columns, y, w = _write(tmp_path / "d", rng, weights=weights)
+    data = dict(DATA, path=str(tmp_path / "d"), **({"weight": "w"} if weights else {}))
+    cfg = make_config(data, tmp_path)
+    res = fit(cfg, threads)
+    model = json.loads(json.dumps(model_document(cfg, res)))
+    conv = model["convergence"]
+    assert conv["solver"] == "conjugate gradients" and res.converged and conv["bound"] <= 1e-9, conv
+    assert [len(c["levels"]) for c in model["categorical"]] == [REGIONS, USERS, ITEMS, DEVICES]
+    D, beta, factor = one_hot_least_squares(X, columns, y, w, model)
+    ref = D @ beta
+    assert np.max(np.abs(predict_levels(model, X, *columns) - ref)) <= 1e-9 * np.max(np.abs(ref))
+    ours = np.concatenate([[model["b"]], model["m"]] + [
+        [c for lv, c in zip(doc["levels"], doc["coef"]) if lv != doc["reference"] and lv not in doc.get("pinned", ())]
+        for doc in model["categorical"]])
+    assert np.max(np.abs(ours - beta)) <= 1e-9 * np.max(np.abs(beta))
+    # Rows for the slopes and for region's and device's levels (user and item absorbed):
+    # σ²·[(DᵀWD)⁻¹] from the factorization, as statsmodels' OLS on the one-hot design.
+    summary = model["summary"]
+    assert summary["available"] and summary["absorbed"] == ["user", "item"], summary
+    names = ["x0", "x1"] + [f"region[{lv}]" for lv in model["categorical"][0]["levels"]
+                            if lv != model["categorical"][0]["reference"]]
+    names += [f"device[{lv}]" for lv in model["categorical"][3]["levels"] if lv != model["categorical"][3]["reference"]]
+    assert [r["name"] for r in summary["coefficients"]] == names
+    # D's columns: [1, x0, x1, region's, user's, item's, device's levels].
+    at = np.r_[1:3, 3:3 + REGIONS - 1, D.shape[1] - (DEVICES - 1):D.shape[1]]
+    block = cho_solve(factor, np.eye(D.shape[1])[:, at])[at]
+    sse = float(((y - ref) ** 2) @ (w if weights else np.ones(len(y))))
+    sigma2 = sse / (len(y) - D.shape[1])
+    assert summary["df_resid"] == len(y) - D.shape[1]
+    for r, var in zip(summary["coefficients"], np.diag(block)):
+        assert abs(r["std_err"] - np.sqrt(sigma2 * var)) <= 1e-8 * r["std_err"], (r, np.sqrt(sigma2 * var))
+
+
+def test_the_certificate_bounds_an_unrefined_solution(rng, monkeypatch):
+    """Each coefficient's certified absolute error, the smaller columns' levels among the
+    dense block's, against its true error: the solution before any correction against
+    the refined one (whose own bound is far below them)."""
+    from gd_dask.kernels.groups import group_moments
+    from gd_dask.optimization import categorical as cat
+    from gd_dask.optimization import many_way, two_way
+
+    n, LA, LB = 40000, 3000, 2500
+    a, b = rng.integers(0, LA, n), rng.integers(0, LB, n)
+    c = rng.choice(6, size=n, p=[0.5, 0.3, 0.1, 0.07, 0.02, 0.01])
+    X = rng.normal(5, 2, (n, 2))
+    y = X @ [2.0, -1.0] + rng.normal(0, 1, LA)[a] + rng.normal(0, 1, LB)[b] + rng.normal(0, 1, 6)[c] \
+        + rng.normal(0, 0.5, n)
+    g = group_moments(np.column_stack([a, c, b, X, y]).astype(float), [0, 1, 2])
+    enc = cat.encode(g, ["a", "c", "b"], limit=False)
+    lifted = many_way.lift(g, enc)
+    assert lifted.big == [0, 2] and lifted.d == 2 and lifted.groups.mean.shape[1] == 2 + 5 + 1
+    exact = two_way.fit_two_way(lifted.groups, lifted.enc, 1e-14)
+    monkeypatch.setattr(two_way, "MAX_REFINEMENTS", 0)
+    monkeypatch.setattr(two_way, "SOLVE_RTOL", 1e-7)
+    early = two_way.fit_two_way(lifted.groups, lifted.enc, 1e-14)
+    pairs = [(early.coef.m, exact.coef.m, early.errors.m, exact.errors.m),
+             (early.coef.b, exact.coef.b, early.errors.b, exact.errors.b)]
+    pairs += [(early.coef.levels[i], exact.coef.levels[i], early.errors.levels[i], exact.errors.levels[i])
+              for i in (0, 1)]
+    worst, loose, tight = 0.0, 0.0, 0.0
+    for ours, truth, bound, truth_bound in pairs:
+        err = np.abs(np.asarray(ours) - np.asarray(truth))
+        assert np.all(err <= np.asarray(bound) + np.asarray(truth_bound))
+        worst = max(worst, float(np.max(err / np.maximum(np.asarray(bound), 1e-300))))
+        loose, tight = max(loose, float(np.max(bound))), max(tight, float(np.max(truth_bound)))
+    assert tight < 1e-3 * loose
+    assert worst > 1e-3
+    # Each coefficient of the dense block has its own bound: the rare levels' larger.
+    assert early.errors.m[2 + 4] > 3 * early.errors.m[0]
+    coef = many_way.lower(exact.coef, lifted, enc)
+    assert [len(v) for v in coef.levels] == [LA, 6, LB] and coef.levels[1][enc.reference[1]] == 0
+
+
+def test_the_command_trains_and_evaluates_four_columns(tmp_path, rng):
+    X, columns, y, _ = _write(tmp_path / "d", rng, n=8000)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "four", "data": dict(DATA, path=str(tmp_path / "d")),
+                               "output": {"dir": str(tmp_path / "out")}}))
+    r = run_cli("train", str(cfg), "--no-plot")
+    assert r.returncode == 0, r.stderr
+    model = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert model["converged"] and model["convergence"]["solver"] == "conjugate gradients"
+    r = run_cli("evaluate", str(tmp_path / "out" / "model.json"), str(tmp_path / "d"))
+    assert r.returncode == 0, r.stderr
+    mse = float(np.mean((y - predict_levels(model, X, *columns)) ** 2))
+    assert abs(json.loads(r.stdout)["mse"] - mse) <= 1e-9 * mse, r.stdout
+
+
+def test_too_many_levels_beside_the_two_largest_are_refused_by_name(tmp_path, rng):
+    """More than ``many_way.MAX_INDICATORS`` levels outside the two largest columns: one
+    line naming both and the limit, no model."""
+    _write(tmp_path / "d", rng, n=8000, regions=200)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "four", "data": dict(DATA, path=str(tmp_path / "d")),
+                               "output": {"dir": str(tmp_path / "out")}}))
+    r = run_cli("train", str(cfg), "--no-plot")
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "levels outside 'user' and 'item'" in line and "at most 128 together" in line, line
+    assert not (tmp_path / "out" / "model.json").exists()
+
+
+def test_a_level_nested_in_a_large_column_is_refused_by_name(tmp_path, rng):
+    """A region level all of whose rows belong to one user cannot be told from that
+    user's coefficient: one line naming the level."""
+    X, columns, y, _ = _write(tmp_path / "d", rng, n=8000)
+    for f in range(3):
+        path = tmp_path / "d" / f"part-{f}.parquet"
+        t = pq.read_table(path)
+        region = np.array(t.column("region").to_pylist(), dtype=object)
+        region[np.array(t.column("user").to_pylist()) == "u0007"] = "solo"
+        pq.write_table(t.set_column(t.schema.get_field_index("region"), "region", pa.array(region.tolist())), path)
+    for f in range(3):  # and no other user's row is in "solo"
+        t = pq.read_table(tmp_path / "d" / f"part-{f}.parquet")
+        users = np.array(t.column("user").to_pylist())
+        assert set(np.array(t.column("region").to_pylist())[users != "u0007"]) <= {f"r{r:03d}" for r in range(7)}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "four", "data": dict(DATA, path=str(tmp_path / "d")),
+                               "output": {"dir": str(tmp_path / "out")}}))
+    r = run_cli("train", str(cfg), "--no-plot")
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "categorical feature 'region': level 'solo' cannot be told from the levels of 'user' and 'item'" in line, line
