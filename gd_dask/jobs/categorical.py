@@ -222,7 +222,7 @@ def _many_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True):
     lifted = many_way.lift(prep.groups, enc)
     refuse_ridge(cfg, lifted.enc)
     report_pinned(lifted.enc)
-    enc = many_way.pinned(lifted, enc)
+    enc = many_way.pinned(lifted.enc, enc)
     fit = two_way.fit_two_way(lifted.groups, lifted.enc, cfg.optimizer.tol, identified=lambda sigma: (
         many_way.check_identified(sigma, lifted, enc)))
     errors = many_way.lower(fit.errors, lifted, enc) if fit.errors is not None else None

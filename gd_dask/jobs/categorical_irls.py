@@ -49,7 +49,7 @@ from ..errors import TrainingError
 from ..kernels import losses
 from ..kernels.compensated import dd_add
 from ..kernels.irls import U_ROW
-from ..optimization import two_way
+from ..optimization import many_way, two_way
 from ..optimization.certify import PSI_ROUNDINGS, U, digits
 from ..optimization.newton import NEWTON_PASSES
 from .categorical import column_doc, refuse_ridge, report_pinned
@@ -77,10 +77,6 @@ class _Model:
         self.m, self.b = np.asarray(m, dtype=np.float64), float(b)
         self.levels = [np.asarray(v, dtype=np.float64) for v in levels]
 
-    def absorbed(self, a: int) -> list:
-        """[m, α (b plus A's levels), B's levels]: the parameters the box is over."""
-        return [self.m, self.b + self.levels[a], self.levels[1 - a]]
-
     def toward(self, other: _Model, t: float) -> _Model:
         """self + t·(other − self)."""
         return _Model(self.m + t * (other.m - self.m), self.b + t * (other.b - self.b),
@@ -105,15 +101,22 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
     d = prep.groups.mean.shape[1] - 1
     full = enc
     sep, enc = set_aside(loss, prep.groups, enc)
-    report_pinned(enc)
+    layout = None
+    if len(enc.columns) > 2:  # the two largest to the solver, the others' levels as indicators
+        many_way.check(enc)
+        layout = many_way.two_columns(sep.groups, enc)
+        report_pinned(layout)
+        enc = many_way.pinned(layout, enc)
+    else:
+        report_pinned(enc)
     offset = OffsetColumn(cfg.data.offset_column, prep.source.offset == "log") if prep.source.offset else None
     row_terms = d + 3 + int(offset is not None)  # η: the slopes' terms, b, a level per column, the offset
     model = _Model(np.zeros(d), start_intercept(loss, sep, prep.offset_mean), [np.zeros(len(lv)) for lv in enc.levels])
     if init is not None:  # the current model's levels against this window's references
         levels, b_init = warm_levels(init_levels, enc, float(init[1]))
         widths = np.cumsum([0] + [len(lv) for lv in enc.levels])
-        model = _Model(init[0], b_init, [levels[widths[c]:widths[c + 1]] for c in range(2)])
-    steps = _Steps(cfg, prep, loss, enc, full, sep, offset, row_terms)
+        model = _Model(init[0], b_init, [levels[widths[c]:widths[c + 1]] for c in range(len(enc.levels))])
+    steps = _Steps(cfg, prep, loss, enc, full, sep, offset, row_terms, layout)
     model, bound = steps.run(model, warm=init is not None, t0=t0, on_epoch=on_epoch)
     history = steps.history
     converged = bool(tol > 0 and bound <= tol)
@@ -121,7 +124,7 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
         log.warning("not converged: %s after %d passes; the model is saved with converged: false",
                     f"the coefficients reached {digits(bound):.1f} digits of {-math.log10(tol):.1f}"
                     if math.isfinite(bound) and tol > 0 else "no certified bound", len(history))
-    docs = [column_doc(enc, c, model.levels[c], full, sep) for c in range(2)]
+    docs = [column_doc(enc, c, model.levels[c], full, sep) for c in range(len(enc.columns))]
     tables = level_tables(full, enc, sep, model.levels) + ([offset] if offset is not None else [])
     metrics = prep.ex.level_metrics(model.m, model.b, tables)
     summary = _summary(cfg, loss, converged, steps, model, enc, int(sep.groups.count.sum()))
@@ -143,9 +146,9 @@ class _Steps:
     After ``run``: ``history``, ``solves``, ``total`` (Σ loss at the last step's pass) and
     ``solved`` (the last solve's Σ and parameter count, for the summary)."""
 
-    def __init__(self, cfg, prep, loss, enc, full, sep, offset, row_terms: int):
+    def __init__(self, cfg, prep, loss, enc, full, sep, offset, row_terms: int, two=None):
         self.cfg, self.prep, self.loss, self.enc, self.full, self.sep = cfg, prep, loss, enc, full, sep
-        self.offset, self.row_terms = offset, row_terms
+        self.offset, self.row_terms, self.two = offset, row_terms, two
         self.cat_idx = [prep.source.columns.index(c) for c in enc.columns]
         self.history, self.solves, self.total, self.solved = [], 0, math.nan, None
 
@@ -171,8 +174,19 @@ class _Steps:
     def information(self, model: _Model) -> tuple:
         """(Σ, parameters, Pearson's χ²) at ``model`` from one pass of Fisher's weights."""
         groups, _, pearson, *_ = self._groups(model, information=True)
-        fit = two_way.fit_two_way(working(groups, len(model.m)), self.enc, self.cfg.optimizer.tol, certified=False)
+        fit, _ = self._solve(groups, len(model.m), certified=False)
         return fit.sigma, fit.params, pearson
+
+    def _solve(self, groups, d: int, certified: bool) -> tuple:
+        """The weighted least-squares fit of an IRLS pass's ``groups``: (the solver's fit,
+        in its own parameters, the ``many_way.Lifted`` groups or None with two columns)."""
+        tol = self.cfg.optimizer.tol
+        if self.two is None:
+            return two_way.fit_two_way(working(groups, d), self.enc, tol, certified=certified), None
+        lifted = many_way.lift(working(groups, d), self.enc, self.two)
+        fit = two_way.fit_two_way(lifted.groups, self.two, tol, certified=certified,
+                                  identified=lambda sigma: many_way.check_identified(sigma, lifted, self.enc))
+        return fit, lifted
 
     def run(self, model: _Model, warm: bool, t0: float, on_epoch=None) -> tuple:
         """(the model, its certified bound: inf where none holds) from ``model``
@@ -200,14 +214,21 @@ class _Steps:
             # it (the last step moved the coefficients by little, so this one moves them by
             # about its square) the certified one.
             precise = change < PRECISE_BELOW
-            fit = two_way.fit_two_way(working(groups, d), self.enc, tol, certified=precise)
+            fit, lifted = self._solve(groups, d, certified=precise)
             self.solves += 1
-            new = _Model(fit.coef.m, fit.coef.b, fit.coef.levels)
+            coef = fit.coef if lifted is None else many_way.lower(fit.coef, lifted, self.enc)
+            new = _Model(coef.m, coef.b, coef.levels)
             change = model.change(new)
-            bound = (certify(fit, model, new, groups, self.enc, xmax, eta_max, self.row_terms)[0]
-                     if precise and change < CERTIFY_BELOW else math.inf)
+            if not (precise and change < CERTIFY_BELOW):
+                bound = math.inf
+            elif lifted is None:
+                bound = certify(fit, model, new, groups, self.enc, xmax, eta_max, self.row_terms)[0]
+            else:  # in the solver's parameters: the indicators' coefficients among the slopes
+                bound = certify(fit, many_way.raise_(model, lifted), many_way.raise_(new, lifted),
+                                groups._replace(keys=groups.keys[:, lifted.big]), self.two, xmax, eta_max,
+                                self.row_terms, lifted)[0]
             self.solved, model = (fit.sigma, fit.params), new
-            del fit, groups  # the client's largest arrays, before the next pass
+            del fit, groups, lifted  # the client's largest arrays, before the next pass
             if tol > 0 and bound <= tol:
                 break
             # At the rounding floor the bound stops halving: two such steps end the run.
@@ -229,33 +250,49 @@ def _summary(cfg, loss, converged: bool, steps: _Steps, model: _Model, enc, nobs
     pearson = None
     if loss.name not in FIXED_SCALE:
         sigma, params, pearson = steps.information(model)
-    numeric = [f for f in cfg.data.features if f not in enc.columns]
-    return {"available": True, **summarize_two_way_glm(loss, model.m, sigma, numeric, enc.columns, nobs,
-                                                       len(model.m) + params, steps.total, pearson)}
+    names = [f for f in cfg.data.features if f not in enc.columns]
+    theta, absorbed = model.m, enc.columns
+    if steps.two is not None:  # the smaller columns' levels have rows as the slopes do
+        theta, pairs = many_way.dense_block(model, enc)
+        names += [f"{enc.columns[c]}[{enc.label(c, i)}]" for c, i in pairs]
+        absorbed = steps.two.columns
+    return {"available": True, **summarize_two_way_glm(loss, theta, sigma, names, absorbed, nobs,
+                                                       len(theta) + params, steps.total, pearson)}
 
 
-def certify(fit, model: _Model, new: _Model, groups, enc, xmax, eta_max: float, row_terms: int) -> tuple:
+def certify(fit, model, new, groups, enc, xmax, eta_max: float, row_terms: int, lifted=None) -> tuple:
     """The relative bound on every coefficient of ``new``, the step from ``model``
     (module docstring), and each one's absolute bound (as ``TwoWayFit.errors``): (inf,
-    None) where no box holds."""
+    None) where no box holds. ``lifted`` (``many_way.Lifted``): more than two columns,
+    ``model`` and ``new`` in the solver's parameters; an indicator's |x̃| is 1 on its
+    level's rows and 0 elsewhere, and a row has one level of each smaller column."""
     a, o = enc.absorbed, 1 - enc.absorbed
-    d = len(model.m)
+    d = groups.total.shape[1] - 3  # the pass's columns: [X, z, z_lo, e/h]
     la = np.searchsorted(enc.levels[a], groups.keys[:, a])
     lb = np.searchsorted(enc.levels[o], groups.keys[:, o])
     LA, LB = len(enc.levels[a]), len(enc.levels[o])
     err = (groups.total[:, d + 2] + groups.total_lo[:, d + 2]) * 1.01  # Σ e per group (e/h weighted by h)
     e_tot = float(err.sum())
-    c_grad = [xmax * e_tot, np.bincount(la, err, LA), np.bincount(lb, err, LB)]
     h = groups.n
+    c_grad = [xmax * e_tot, np.bincount(la, err, LA), np.bincount(lb, err, LB)]
     s = [xmax * float(h.sum()), np.bincount(la, h, LA), np.bincount(lb, h, LB)]
+    blocks = []
+    if lifted is not None:
+        ind = lifted.groups.mean[:, d:-1]
+        c_grad[0], s[0] = np.concatenate((c_grad[0], err @ ind)), np.concatenate((s[0], h @ ind))
+        at = d
+        for _, idx in lifted.indicator:
+            blocks.append(np.arange(at, at + len(idx)))
+            at += len(idx)
     # Ĥ against the exact Hessian at θ_c: η's rounding through ℓ'' (e^{|δη|}), ℓ'''s own,
     # its float64 rounding.
     tau0 = (row_terms + PSI_ROUNDINGS) * U_ROW * (1.0 + eta_max) + 2 * U
-    step = [np.abs(x - y) for x, y in zip(new.absorbed(a), model.absorbed(a))]
+    step = [np.abs(x - y) for x, y in zip(_absorbed(new, a), _absorbed(model, a))]
     errors = fit.errors
     box = [2 * (st + e) + 1e-300 for st, e in zip(step, _box_errors(errors, a, o))]
     for _ in range(BOX_TRIES):
-        tau = float(xmax @ box[0]) + float(box[1].max(initial=0.0)) + float(box[2].max(initial=0.0))
+        tau = (float(xmax @ box[0][:d]) + sum(float(box[0][i].max(initial=0.0)) for i in blocks)
+               + float(box[1].max(initial=0.0)) + float(box[2].max(initial=0.0)))
         if not tau + tau0 < 1.0:  # far from the minimum: nothing to certify from here
             return math.inf, None
         grow = math.expm1(tau + tau0) * tau * 1.01
@@ -284,6 +321,12 @@ def working(groups, d: int):
     within[d, :d] = within[:d, d]
     within[d, d] += 2 * groups.within[hi, lo] + groups.within[lo, lo]
     return g._replace(mean=mean, within=within, total=total, total_lo=total_lo)
+
+
+def _absorbed(coef, a: int) -> list:
+    """[m, α (b plus A's levels), B's levels] of a model with two columns (``_Model`` or
+    ``Coefficients``): the parameters the box is over."""
+    return [np.asarray(coef.m, dtype=np.float64), coef.b + np.asarray(coef.levels[a]), np.asarray(coef.levels[1 - a])]
 
 
 def _box_errors(errors, a: int, o: int) -> list:

@@ -67,7 +67,7 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     widths = [len(lv) for lv in enc.levels]
     starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
     keep = np.concatenate([starts[c] + enc.non_reference(c) for c in range(len(columns))])
-    if len(columns) == 2 and not _fits(widths, keep.size):
+    if len(columns) >= 2 and not _fits(widths, keep.size):  # two large columns (and others: ``many_way``)
         from .categorical_irls import fit_two_way_newton
 
         return fit_two_way_newton(cfg, prep, enc, t0, on_epoch, init, init_levels)

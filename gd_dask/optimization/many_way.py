@@ -77,14 +77,15 @@ def check(enc: Encoding) -> None:
                         f"most {MAX_INDICATORS} together")
 
 
-def lift(groups: GroupMoments, enc: Encoding) -> Lifted:
+def lift(groups: GroupMoments, enc: Encoding, two: Encoding | None = None) -> Lifted:
     """``Lifted`` (module docstring) from the grouped moments of every categorical column
-    and their encoding."""
+    and their encoding; ``two``: the two large columns' encoding, found already (an IRLS
+    step's groups have the same keys as the first's)."""
     check(enc)
     big = largest_two(enc)
     G, k = groups.mean.shape
     d = k - 1
-    indicator = [(c, enc.non_reference(c)) for c in range(len(enc.levels)) if c not in big]
+    indicator = indicator_columns(enc)
     E = sum(len(idx) for _, idx in indicator)
     ind = np.zeros((G, E))
     at = 0
@@ -106,13 +107,36 @@ def lift(groups: GroupMoments, enc: Encoding) -> Lifted:
                              m2=spliced(groups.m2, np.zeros((G, E))),
                              total=spliced(groups.total, groups.n[:, None] * ind),
                              total_lo=spliced(groups.total_lo, groups.n_lo[:, None] * ind))
+    two = two if two is not None else two_columns(groups, enc)
+    return Lifted(lifted, two, big, indicator, d)
+
+
+def indicator_columns(enc: Encoding) -> list:
+    """(column index, its non-reference levels) per column besides the two largest."""
+    big = largest_two(enc)
+    return [(c, enc.non_reference(c)) for c in range(len(enc.levels)) if c not in big]
+
+
+def dense_block(coef: Coefficients, enc: Encoding) -> tuple:
+    """(θ, names' parts): the slopes and the smaller columns' non-reference levels'
+    coefficients, as the solver's dense block holds them, with (column, level index)
+    for each indicator."""
+    pairs = indicator_columns(enc)
+    theta = np.concatenate([np.asarray(coef.m, dtype=np.float64)] + [np.asarray(coef.levels[c])[idx]
+                                                                      for c, idx in pairs])
+    return theta, [(c, int(i)) for c, idx in pairs for i in idx]
+
+
+def two_columns(groups: GroupMoments, enc: Encoding) -> Encoding:
+    """The two large columns' encoding (the largest absorbed), their unlinked sets of
+    levels pinned as with two columns (``categorical.unlinked``)."""
+    big = largest_two(enc)
     sizes = [len(enc.levels[c]) for c in big]
     absorbed = int(np.argmax(sizes))
     pick = [enc.levels[c] for c in big], [enc.counts[c] for c in big], [enc.reference[c] for c in big]
     columns = [enc.columns[c] for c in big]
-    pinned = unlinked(lifted, columns, *pick, absorbed)
-    two = Encoding(columns, pick[0], pick[1], pick[2], absorbed, [enc.mass[c] for c in big], enc.names, pinned)
-    return Lifted(lifted, two, big, indicator, d)
+    pinned = unlinked(groups._replace(keys=groups.keys[:, big]), columns, *pick, absorbed)
+    return Encoding(columns, pick[0], pick[1], pick[2], absorbed, [enc.mass[c] for c in big], enc.names, pinned)
 
 
 def lower(coef: Coefficients, lifted: Lifted, enc: Encoding) -> Coefficients:
@@ -131,13 +155,21 @@ def lower(coef: Coefficients, lifted: Lifted, enc: Encoding) -> Coefficients:
     return Coefficients(np.asarray(coef.m[:d]), coef.b, levels)
 
 
-def pinned(lifted: Lifted, enc: Encoding) -> Encoding:
-    """``enc`` with the two large columns' pinned levels (``categorical.unlinked``), none
-    in the others'."""
+def raise_(coef: Coefficients, lifted: Lifted) -> Coefficients:
+    """``lower``'s inverse: every column's coefficients as the two-column solver's
+    (the indicators' appended to the slopes)."""
+    m = np.concatenate([np.asarray(coef.m, dtype=np.float64)] + [np.asarray(coef.levels[c])[idx]
+                                                                  for c, idx in lifted.indicator])
+    return Coefficients(m, coef.b, [np.asarray(coef.levels[c]) for c in lifted.big])
+
+
+def pinned(two: Encoding, enc: Encoding) -> Encoding:
+    """``enc`` with the two large columns' pinned levels (``two``'s: ``categorical.
+    unlinked``), none in the others'."""
     out = [np.zeros(0, dtype=np.int64) for _ in enc.levels]
-    for i, c in enumerate(lifted.big):
-        if lifted.enc.pinned is not None:
-            out[c] = lifted.enc.pinned[i]
+    for i, c in enumerate(largest_two(enc)):
+        if two.pinned is not None:
+            out[c] = two.pinned[i]
     return enc._replace(pinned=out)
 
 

@@ -174,3 +174,97 @@ def test_a_level_nested_in_a_large_column_is_refused_by_name(tmp_path, rng):
     assert r.returncode == 1, r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert "categorical feature 'region': level 'solo' cannot be told from the levels of 'user' and 'item'" in line, line
+
+
+def _write_glm(root, rng, family: str, n: int, users: int, items: int):
+    """Four columns as ``_write``'s, y logistic or Poisson; user u0003's rows all 0."""
+    user = np.concatenate([np.arange(users), rng.integers(0, users, n - users)])
+    item = rng.integers(0, items, n)
+    item[:items] = rng.permutation(items)
+    region, device = rng.integers(0, REGIONS, n), rng.integers(0, DEVICES, n)
+    X = rng.normal(0, 1, (n, 2))
+    eta = (-0.4 + X @ [0.7, -0.5] + rng.normal(0, 0.5, users)[user] + rng.normal(0, 0.4, items)[item]
+           + rng.normal(0, 0.5, REGIONS)[region] + np.array([0.0, 0.3, -0.2, 0.6])[device])
+    y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float) if family == "logistic" else rng.poisson(np.exp(eta))
+    y = y.astype(float)
+    y[user == 3] = 0.0
+    root.mkdir(parents=True, exist_ok=True)
+    names = np.array([f"u{u:04d}" for u in range(users)])
+    regions = np.array([f"r{r:03d}" for r in range(REGIONS)])
+    for f, idx in enumerate(np.array_split(rng.permutation(n), 3)):
+        pq.write_table(pa.table({"x0": X[idx, 0], "region": regions[region[idx]].tolist(),
+                                 "user": names[user[idx]].tolist(), "x1": X[idx, 1], "item": item[idx],
+                                 "device": device[idx], "y": y[idx]}), root / f"part-{f}.parquet")
+    return X, (regions[region], names[user], item, device), y
+
+
+@pytest.mark.parametrize("family", ["logistic", "poisson"])
+def test_four_columns_glm_against_newton_in_long_double(tmp_path, rng, threads, monkeypatch, family):
+    """IRLS steps with the smaller columns' levels as indicators (``jobs.categorical_irls``
+    routed there by lowering the dense Newton path's limits, so that the one-hot reference
+    stays small): every coefficient within its certified bound of Newton's on the one-hot
+    design, and the slopes' and levels' standard errors Fisher's."""
+    from newton_reference import coefficients, newton_reference
+
+    import gd_dask.jobs.categorical_irls as irls
+    import gd_dask.jobs.categorical_newton as dense
+
+    monkeypatch.setattr(dense, "MAX_NEWTON_LEVELS", 100)
+    monkeypatch.setattr(dense, "MAX_PAIR_CELLS", 1000)
+    X, columns, y = _write_glm(tmp_path / "d", rng, family, n=20000, users=300, items=250)
+    cfg = make_config(dict(DATA, path=str(tmp_path / "d")), tmp_path, model={"loss": family})
+    steps = []
+    certify = irls.certify
+
+    def recorded(fit_, model, new, groups, enc, *rest):
+        bound, errors = certify(fit_, model, new, groups, enc, *rest)
+        steps.append((new, bound, errors))
+        return bound, errors
+
+    monkeypatch.setattr(irls, "certify", recorded)
+    monkeypatch.setattr(irls, "CERTIFY_BELOW", 1.0)
+    res = fit(cfg, threads)
+    assert res.converged and res.convergence["solver"] == "IRLS, conjugate gradients", res.convergence
+    model = {"b": res.b, "m": res.m, "categorical": res.categorical}
+    assert {s["level"] for s in model["categorical"][1]["separated"]} == {"u0003"}
+    beta, names, fisher, phi = newton_reference(X, columns, y, None, None, model, family)
+    ours = coefficients(model, names)
+    assert np.max(np.abs(ours - beta)) <= 1e-11 * np.max(np.abs(beta))
+    # Each certified step's every coefficient (in the solver's order: b, slopes and the
+    # smaller columns' levels, then user's and item's) within its bound of the reference's.
+    certified = [s for s in steps if np.isfinite(s[1])]
+    assert certified
+    order = [len(model["m"])] + [len(v) for v in names]
+    parts = np.split(beta, np.cumsum([1] + order[:-1]))[1:]  # slopes, region, user, item, device
+    ref_dense = np.concatenate([parts[0], parts[1], parts[4]])
+    for new, _, errors in certified:
+        dense_block = np.asarray(new.m)
+        assert np.all(np.abs(dense_block - ref_dense) <= errors.m), np.max(np.abs(dense_block - ref_dense) - errors.m)
+    # Standard errors: the slopes' and region's and device's levels', Fisher's inverse.
+    d = len(model["m"])
+    k = [1 + d, len(names[0]), len(names[1]) + len(names[2]), len(names[3])]
+    at = np.r_[1:1 + d, k[0]:k[0] + k[1], sum(k[:3]):sum(k)]
+    se = np.sqrt(phi * np.diag(np.linalg.inv(fisher))[at])
+    rows = res.summary["coefficients"]
+    assert res.summary["absorbed"] == ["user", "item"]
+    assert [r["name"] for r in rows][:3] == ["x0", "x1", f"region[{names[0][0]}]"] and len(rows) == len(at)
+    assert np.allclose([r["std_err"] for r in rows], se, rtol=1e-7, atol=0)
+
+
+def test_the_command_trains_logistic_with_four_columns(tmp_path, rng):
+    """At the real limits (2,100 × 1,950 levels: pairs past the dense Newton path's), by
+    command: converged, and evaluate reads the four columns' levels back to training's
+    log loss."""
+    _write_glm(tmp_path / "d", rng, "logistic", n=50000, users=2100, items=1950)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "four", "data": dict(DATA, path=str(tmp_path / "d")),
+                               "model": {"loss": "logistic"}, "output": {"dir": str(tmp_path / "out")}}))
+    r = run_cli("train", str(cfg), "--no-plot")
+    assert r.returncode == 0, r.stderr
+    model = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert model["converged"] and model["convergence"]["solver"] == "IRLS, conjugate gradients", model["convergence"]
+    assert model["summary"]["available"] and model["summary"]["absorbed"] == ["user", "item"]
+    r = run_cli("evaluate", str(tmp_path / "out" / "model.json"), str(tmp_path / "d"))
+    assert r.returncode == 0, r.stderr
+    got, trained = json.loads(r.stdout)["log_loss"], model["metrics"]["log_loss"]
+    assert abs(got - trained) <= 1e-12 * trained, (got, trained)
