@@ -45,14 +45,11 @@ def fit_categorical(cfg, prep, t0: float, on_epoch=None, summary: bool = True, r
     from .training import fit_moments
 
     columns = list(prep.source.categorical)
-    enc = cat.encode(prep.groups, columns, limit=False, names=prep.level_names)
+    enc = cat.encode(prep.groups, columns, names=prep.level_names)
     if report:
         report_pinned(enc)
-    if cat.dense_levels(enc) > cat.MAX_DENSE_LEVELS and len(columns) == 2:
-        return _two_way(cfg, prep, enc, t0, summary)
-    if cat.dense_levels(enc) > cat.MAX_DENSE_LEVELS and len(columns) > 2:
-        return _many_way(cfg, prep, enc, t0, summary)
-    cat.check_dense(enc)
+    if cat.dense_levels(enc) > cat.MAX_DENSE_LEVELS:  # past the dense reduced problem
+        return (_two_way if len(columns) == 2 else _many_way)(cfg, prep, enc, t0, summary)
     red = cat.reduce(prep.groups, enc)
     _check_within(cfg, red, enc, prep.mom)
     tol = cfg.optimizer.tol

@@ -29,7 +29,6 @@ import numpy as np
 from ..artifacts.glm_summary import summarize_glm_levels
 from ..data.read import level_key
 from ..data.write import OffsetColumn
-from ..errors import DataError
 from ..kernels.irls import U_ROW
 from ..kernels.level_newton import assemble, cells
 from ..optimization import categorical as cat
@@ -63,7 +62,7 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     from .training import FitResult, convergence_report, finish
 
     columns = list(prep.source.categorical)
-    enc = cat.encode(prep.groups, columns, limit=False, names=prep.level_names)
+    enc = cat.encode(prep.groups, columns, names=prep.level_names)
     widths = [len(lv) for lv in enc.levels]
     starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
     keep = np.concatenate([starts[c] + enc.non_reference(c) for c in range(len(columns))])
@@ -81,7 +80,7 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
         keep = np.concatenate([starts[c] + enc.non_reference(c) for c in range(len(columns))])
     drop = sep.keys if sep.rows else None
     report_pinned(enc)
-    absorbed = _absorbed(cfg, columns, widths, keep.size)
+    absorbed = _absorbed(widths, keep.size)
     sc = setup.scaling
     d, k = sc.center.shape[0], keep.size
     cat_idx = [prep.source.columns.index(c) for c in columns]
@@ -185,21 +184,15 @@ def _fits(widths, levels: int) -> bool:
     return levels - (widths[big] - 1) <= MAX_NEWTON_LEVELS and pairs <= MAX_PAIR_CELLS
 
 
-def _absorbed(cfg, columns, widths, levels: int) -> int | None:
+def _absorbed(widths, levels: int) -> int | None:
     """The column whose levels' block of the Hessian stays diagonal (``BlockHessian``):
     the largest, where it has ``ABSORB_FROM`` non-reference levels or more, or all the
-    non-reference levels together are more than ``MAX_NEWTON_LEVELS``; the others' stay
-    within it, and the largest's pairs with each of them within ``MAX_PAIR_CELLS``. None
-    where the Hessian is dense."""
+    non-reference levels together are more than ``MAX_NEWTON_LEVELS`` (the others' then
+    within it, and the largest's pairs with each of them within ``MAX_PAIR_CELLS``:
+    ``_fits``, else the IRLS steps take the job). None where the Hessian is dense."""
     big = int(np.argmax(widths))
     if levels <= MAX_NEWTON_LEVELS and widths[big] - 1 < ABSORB_FROM:
         return None
-    rest = levels - (widths[big] - 1)
-    if not _fits(widths, levels):
-        others = [c for i, c in enumerate(columns) if i != big]
-        raise DataError(f"categorical features ({', '.join(others)}): {rest} levels besides the references "
-                        f"beside '{columns[big]}'; model.loss {cfg.model.loss} takes at most {MAX_NEWTON_LEVELS} "
-                        "together besides its largest column's")
     return big
 
 

@@ -81,7 +81,7 @@ def set_aside(loss, groups: GroupMoments, enc) -> tuple:
     if not len(sep.groups.n):
         raise DataError(f"model.loss {loss.name}: every level's rows are all of one class: nothing to fit")
     report_separated(sep, enc, loss)
-    return sep, cat.encode(sep.groups, enc.columns, limit=False, names=enc.names)
+    return sep, cat.encode(sep.groups, enc.columns, names=enc.names)
 
 
 def start_intercept(loss, sep: Separated, offset_mean: float) -> float:

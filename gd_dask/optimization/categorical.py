@@ -25,7 +25,8 @@ and A's coefficients are ``a_ℓ − a_ref``. An error bound on θ bounds those 
 ``|δa_ℓ| ≤ Σ_j |w̄_ℓj|·|δθ_j|``.
 
 The other categorical columns' indicators are dense in the reduced problem: together at
-most ``MAX_DENSE_LEVELS`` levels (any number of levels in the absorbed column).
+most ``MAX_DENSE_LEVELS`` levels (any number of levels in the absorbed column); past
+them, ``two_way`` (two columns) or ``many_way`` (more) take the problem.
 """
 
 from __future__ import annotations
@@ -81,10 +82,9 @@ def key_value(key: float):
     return int(key) if float(key).is_integer() else float(key)
 
 
-def encode(groups: GroupMoments, columns, limit: bool = True, names: dict | None = None) -> Encoding:
+def encode(groups: GroupMoments, columns, names: dict | None = None) -> Encoding:
     """The levels seen, their counts, each column's reference level (most frequent;
-    ties: smallest key), and the column to absorb (most levels; ties: first); ``limit``:
-    ``check_dense``. Frequency
+    ties: smallest key), and the column to absorb (most levels; ties: first). Frequency
     counts rows, with sample weights too."""
     levels, counts, reference, mass = [], [], [], []
     for c in range(groups.keys.shape[1]):
@@ -96,10 +96,7 @@ def encode(groups: GroupMoments, columns, limit: bool = True, names: dict | None
         reference.append(int(np.argmax(n)))  # first maximum: the smallest key among ties
     absorbed = int(np.argmax([len(lv) for lv in levels]))
     pinned = unlinked(groups, columns, levels, counts, reference, absorbed)
-    enc = Encoding(list(columns), levels, counts, reference, absorbed, mass, names, pinned)
-    if limit:
-        check_dense(enc)
-    return enc
+    return Encoding(list(columns), levels, counts, reference, absorbed, mass, names, pinned)
 
 
 def unlinked(groups: GroupMoments, columns, levels, counts, reference, absorbed: int) -> list | None:
@@ -158,16 +155,6 @@ def dense_levels(enc: Encoding) -> int:
     """The non-reference levels outside the absorbed column: the reduced problem's
     indicator columns."""
     return sum(len(enc.non_reference(c)) for c in range(len(enc.levels)) if c != enc.absorbed)
-
-
-def check_dense(enc: Encoding) -> None:
-    """Refuse more than ``MAX_DENSE_LEVELS`` levels outside the absorbed column, with three
-    categorical columns or more (two take any number: ``optimization.two_way``)."""
-    others = dense_levels(enc)
-    if others > MAX_DENSE_LEVELS:
-        raise DataError(f"categorical features: {others} levels outside '{enc.columns[enc.absorbed]}' (the "
-                        f"column with the most levels); with {len(enc.columns)} categorical columns at most "
-                        f"{MAX_DENSE_LEVELS} are supported together (any number with two columns)")
 
 
 class Reduced(NamedTuple):

@@ -179,8 +179,9 @@ def check_identified(sigma: np.ndarray, lifted: Lifted, enc: Encoding) -> None:
     the level, rather than a solve that fails."""
     d = lifted.d
     diag = np.diag(sigma)
+    big = f"'{enc.columns[lifted.big[0]]}' and '{enc.columns[lifted.big[1]]}'"
     for j, (c, i) in enumerate(lifted.names):
         if not diag[d + j] > 1e-9 * max(float(enc.mass[c][i]), 1e-300):
             raise DataError(f"categorical feature '{enc.columns[c]}': level {enc.label(c, i)!r} cannot be told from "
-                            f"the levels of '{enc.columns[lifted.big[0]]}' and '{enc.columns[lifted.big[1]]}' (its rows "
-                            "share one level of theirs); merge it into another level or drop the column")
+                            f"the levels of {big} (its rows share one level of theirs); merge it into another level "
+                            "or drop the column")

@@ -63,7 +63,7 @@ from ..kernels.compensated import DD_OP, dd_add, dd_bincount, dd_div
 from ..kernels.groups import GroupMoments
 from . import two_way_bounds as bounds
 from .categorical import Coefficients, Encoding
-from .certify import EPS, U
+from .certify import U
 
 #: Conjugate-gradient iterations per solve, at most.
 MAX_ITERATIONS = 20000

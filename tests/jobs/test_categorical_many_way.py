@@ -99,7 +99,7 @@ def test_the_certificate_bounds_an_unrefined_solution(rng, monkeypatch):
     y = X @ [2.0, -1.0] + rng.normal(0, 1, LA)[a] + rng.normal(0, 1, LB)[b] + rng.normal(0, 1, 6)[c] \
         + rng.normal(0, 0.5, n)
     g = group_moments(np.column_stack([a, c, b, X, y]).astype(float), [0, 1, 2])
-    enc = cat.encode(g, ["a", "c", "b"], limit=False)
+    enc = cat.encode(g, ["a", "c", "b"])
     lifted = many_way.lift(g, enc)
     assert lifted.big == [0, 2] and lifted.d == 2 and lifted.groups.mean.shape[1] == 2 + 5 + 1
     exact = two_way.fit_two_way(lifted.groups, lifted.enc, 1e-14)
@@ -173,7 +173,8 @@ def test_a_level_nested_in_a_large_column_is_refused_by_name(tmp_path, rng):
     r = run_cli("train", str(cfg), "--no-plot")
     assert r.returncode == 1, r.stderr
     line = r.stderr.strip().splitlines()[-1]
-    assert "categorical feature 'region': level 'solo' cannot be told from the levels of 'user' and 'item'" in line, line
+    assert ("categorical feature 'region': level 'solo' cannot be told from the levels of 'user' and 'item'"
+            in line), line
 
 
 def _write_glm(root, rng, family: str, n: int, users: int, items: int):

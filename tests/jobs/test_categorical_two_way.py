@@ -91,7 +91,7 @@ def test_the_level_bound_holds_entry_by_entry(rng):
     a, b = rng.integers(0, LA, n), rng.integers(0, LB, n)
     z = np.column_stack([a, b, rng.normal(size=n), rng.normal(size=n), rng.uniform(0.5, 2, n)]).astype(float)
     g = group_moments(z, [0, 1], weighted=True)
-    enc = cat.encode(g, ["a", "b"], limit=False)
+    enc = cat.encode(g, ["a", "b"])
     tw = TwoWay(g, enc)
     dense = np.column_stack([tw.s_bb(np.eye(tw.E)[:, [j]])[:, 0] for j in range(tw.E)])
     assert np.all(dense - np.diag(np.diag(dense)) <= 1e-12)          # a Z-matrix, as the proof needs
@@ -123,7 +123,7 @@ def test_the_certificate_bounds_an_unrefined_solution(rng, monkeypatch, skewed):
     y = X @ [2.0, -1.0] + rng.normal(0, 1, LA)[a] + rng.normal(0, 1, LB)[b] + rng.normal(0, 0.5, n)
     columns = [a, b, X, y + 1000.0 if skewed else y] + ([rng.uniform(0.1, 5, n)] if skewed else [])
     g = group_moments(np.column_stack(columns).astype(float), [0, 1], weighted=skewed)
-    enc = cat.encode(g, ["a", "b"], limit=False)
+    enc = cat.encode(g, ["a", "b"])
     exact = two_way.fit_two_way(g, enc, 1e-14)
     monkeypatch.setattr(two_way, "MAX_REFINEMENTS", 0)
     monkeypatch.setattr(two_way, "SOLVE_RTOL", 1e-7)
@@ -209,7 +209,7 @@ def test_levels_alone_without_numeric_features(rng):
     a, b = rng.integers(0, LA, n), rng.integers(0, LB, n)
     y = rng.normal(size=LA)[a] + rng.normal(size=LB)[b] + 1 + rng.normal(size=n) * 0.1
     g = group_moments(np.column_stack([a, b, y]).astype(float), [0, 1])
-    enc = cat.encode(g, ["a", "b"], limit=False)
+    enc = cat.encode(g, ["a", "b"])
     fit = fit_two_way(g, enc, 1e-9)
     assert fit.bound <= 1e-9 and len(fit.coef.m) == 0
     la, lb = np.searchsorted(enc.levels[0], a), np.searchsorted(enc.levels[1], b)
