@@ -152,16 +152,16 @@ class _Steps:
         self.cat_idx = [prep.source.columns.index(c) for c in enc.columns]
         self.history, self.solves, self.total, self.solved = [], 0, math.nan, None
 
-    def _groups(self, model: _Model, information: bool = False) -> tuple:
+    def _groups(self, model: _Model, information: bool = False, fast: bool = False) -> tuple:
         """``Executor.irls_groups`` at ``model``."""
         coefs = [t.coef for t in level_tables(self.full, self.enc, self.sep, model.levels)]  # over full's levels
         return self.prep.ex.irls_groups(self.cat_idx, self.full.levels, self.sep.keys, self.offset, coefs, model.m,
-                                        model.b, information)
+                                        model.b, information, fast)
 
-    def _pass(self, model: _Model) -> tuple:
+    def _pass(self, model: _Model, fast: bool) -> tuple:
         """The IRLS pass at ``model``: (groups, Σ loss, max |x_j|, max size of η), its
-        refusals raised."""
-        groups, _, total, xmax, eta_max, lost, bad = self._groups(model)
+        refusals raised; ``fast``: in float64 (a step that will not be certified)."""
+        groups, _, total, xmax, eta_max, lost, bad = self._groups(model, fast=fast)
         if bad[0]:
             raise target_error(self.cfg, *bad)
         if lost:
@@ -174,19 +174,25 @@ class _Steps:
     def information(self, model: _Model) -> tuple:
         """(Σ, parameters, Pearson's χ²) at ``model`` from one pass of Fisher's weights."""
         groups, _, pearson, *_ = self._groups(model, information=True)
-        fit, _ = self._solve(groups, len(model.m), certified=False)
+        fit, _ = self._solve(groups, model, "sigma")
         return fit.sigma, fit.params, pearson
 
-    def _solve(self, groups, d: int, certified: bool) -> tuple:
+    def _solve(self, groups, model: _Model, kind: str) -> tuple:
         """The weighted least-squares fit of an IRLS pass's ``groups``: (the solver's fit,
-        in its own parameters, the ``many_way.Lifted`` groups or None with two columns)."""
-        tol = self.cfg.optimizer.tol
-        if self.two is None:
-            return two_way.fit_two_way(working(groups, d), self.enc, tol, certified=certified), None
-        lifted = many_way.lift(working(groups, d), self.enc, self.two)
-        fit = two_way.fit_two_way(lifted.groups, self.two, tol, certified=certified,
-                                  identified=lambda sigma: many_way.check_identified(sigma, lifted, self.enc))
-        return fit, lifted
+        in its own parameters, the ``many_way.Lifted`` groups or None with two columns).
+        ``kind``: "certified" (``two_way.fit_two_way``), "step" (the model alone, from
+        ``model``: ``two_way.solve_step``) or "sigma" (uncertified, with Σ)."""
+        tol, d = self.cfg.optimizer.tol, len(model.m)
+        groups = working(groups, d)
+        lifted, enc = None, self.enc
+        if self.two is not None:
+            lifted, enc = many_way.lift(groups, self.enc, self.two), self.two
+            groups = lifted.groups
+        if kind == "step":
+            start = model if lifted is None else many_way.raise_(model, lifted)
+            return two_way.solve_step(groups, enc, start), lifted
+        identified = None if lifted is None else (lambda sigma: many_way.check_identified(sigma, lifted, self.enc))
+        return two_way.fit_two_way(groups, enc, tol, certified=kind == "certified", identified=identified), lifted
 
     def run(self, model: _Model, warm: bool, t0: float, on_epoch=None) -> tuple:
         """(the model, its certified bound: inf where none holds) from ``model``
@@ -197,7 +203,11 @@ class _Steps:
         halvings, last, bound, best, stalled = 0, None, math.inf, math.inf, 0
         change = 0.0 if warm else 1.0  # a warm start: certified solves from the first
         for k in range(1, passes + 1):
-            groups, total, xmax, eta_max = self._pass(model)
+            # Far from the minimum only the step's direction matters: a float64 pass and
+            # solve. Near it (the last step moved the coefficients by little, so this one
+            # moves them by about its square) the certified ones.
+            precise = change < PRECISE_BELOW
+            groups, total, xmax, eta_max = self._pass(model, fast=not precise)
             row = {"epoch": k, "loss": total / n, "grad_norm": float("nan"), "learning_rate": 1.0,
                    "seconds": time.perf_counter() - t0}
             self.history.append(row)
@@ -210,11 +220,7 @@ class _Steps:
                 model = last[0].toward(model, 0.5)  # overshot: half the way from where the loss was lower
                 continue
             halvings, last, self.total = 0, (model, total), total
-            # Far from the minimum only the step's direction matters: a float64 solve. Near
-            # it (the last step moved the coefficients by little, so this one moves them by
-            # about its square) the certified one.
-            precise = change < PRECISE_BELOW
-            fit, lifted = self._solve(groups, d, certified=precise)
+            fit, lifted = self._solve(groups, model, "certified" if precise else "step")
             self.solves += 1
             coef = fit.coef if lifted is None else many_way.lower(fit.coef, lifted, self.enc)
             new = _Model(coef.m, coef.b, coef.levels)

@@ -105,13 +105,15 @@ def group_moments(z, categorical, weighted: bool = False) -> GroupMoments:
     return group_moments_at(*unique_rows(keys), values, w)
 
 
-def group_moments_at(uniq, inv, values, w=None, exact: int | None = None, rows: int | None = None) -> GroupMoments:
+def group_moments_at(uniq, inv, values, w=None, exact: int | None = None, rows: int | None = None,
+                     spread: bool = True) -> GroupMoments:
     """``group_moments`` of rows whose groups are known: ``uniq`` their keys (G × q, in
     lexicographic order, every one present), ``inv`` each row's group, ``values`` the
     rows' numeric columns, ``w`` their weights (none 0) or None. ``exact``: the columns
     past the first ``exact`` are summed in float64 (``total_lo`` 0): columns whose sums
     need no more (a rounding bound, a double-double's low part). ``rows``: the
-    deviations from the groups' means formed that many rows at a time (memory)."""
+    deviations from the groups' means formed that many rows at a time (memory).
+    ``spread``: False leaves ``m2`` 0 (what only rounding bounds read)."""
     G = len(uniq)
     count = np.bincount(inv, minlength=G).astype(np.float64)
     n, n_lo = (count, np.zeros(G)) if w is None else exact_bincount(inv, w, G)
@@ -128,8 +130,9 @@ def group_moments_at(uniq, inv, values, w=None, exact: int | None = None, rows: 
         at = slice(lo, lo + step)
         dev = values[at] - mean[inv[at]]
         wdev = dev if w is None else dev * w[at, None]
-        m2 += np.column_stack([np.bincount(inv[at], weights=wdev[:, j] * dev[:, j], minlength=G)
-                               for j in range(values.shape[1])])
+        if spread:
+            m2 += np.column_stack([np.bincount(inv[at], weights=wdev[:, j] * dev[:, j], minlength=G)
+                                   for j in range(values.shape[1])])
         within += wdev.T @ dev
     return GroupMoments(uniq, n, mean, within, m2, total, total_lo, count, n_lo)
 
@@ -184,6 +187,17 @@ def _factorized_rows(keys):
     first = np.empty(int(inv.max()) + 1 if len(inv) else 0, dtype=np.int64)
     first[inv[::-1]] = np.arange(len(inv) - 1, -1, -1)  # each group's first row
     return keys[first], inv
+
+
+def padded(g: GroupMoments, extra: int) -> GroupMoments:
+    """``g`` with ``extra`` more columns of zeros (of sums nobody reads: a fast IRLS pass's
+    z_lo and e/h)."""
+    G, k = g.mean.shape
+    zeros = np.zeros((G, extra))
+    within = np.zeros((k + extra, k + extra))
+    within[:k, :k] = g.within
+    return g._replace(mean=np.hstack([g.mean, zeros]), m2=np.hstack([g.m2, zeros]), within=within,
+                      total=np.hstack([g.total, zeros]), total_lo=np.hstack([g.total_lo, zeros]))
 
 
 def merge_groups(a: GroupMoments, b: GroupMoments) -> GroupMoments:

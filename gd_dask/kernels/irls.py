@@ -59,15 +59,17 @@ class IrlsRows(NamedTuple):
 
 
 def irls_rows(X, y, w, b: float, coefs, offset, m, loss: Loss, separated: float = np.inf,
-              information: bool = False) -> IrlsRows:
+              information: bool = False, fast: bool = False) -> IrlsRows:
     """``IrlsRows`` of rows: X (n, d), y, w (None or the sample weights), b, ``coefs``
     each row's coefficient of its level, per column, ``offset`` each row's offset (None:
     none), m the slopes; ``separated``: |η| from which a row is at a separated level
     (``data.write.SEPARATED_ETA``). ``information``: the rows weigh Fisher's weight
     instead (a non-canonical family's summary), ``total`` is Pearson's χ², the other
-    columns are not formed (0)."""
+    columns are not formed (0). ``fast``: η, ψ, h and z in float64, z_lo and e/h 0: a step
+    far from the minimum, which is not certified (``jobs.categorical_irls``)."""
     n = len(y)
-    fixed = X.astype(LONG) @ np.asarray(m, dtype=LONG) + LONG(b)
+    row = np.float64 if fast else LONG
+    fixed = X.astype(row) @ np.asarray(m, dtype=row) + row(b)
     size = np.abs(X) @ np.abs(m) + abs(b)
     for c in coefs:
         fixed += c
@@ -85,7 +87,7 @@ def irls_rows(X, y, w, b: float, coefs, offset, m, loss: Loss, separated: float 
     w_k = None if w is None else w[finite]
     if information:
         return _information(X[keep], y[keep], None if w is None else w[keep], eta[keep], loss, xmax, eta_max)
-    rows = newton_rows(y[finite], w_k, eta[finite], np.zeros(int(finite.sum()), dtype=LONG), loss)
+    rows = newton_rows(y[finite], w_k, eta[finite], np.zeros(int(finite.sum()), dtype=row), loss)
     const = loss.constant_terms(y[finite])  # the reported loss's terms of y alone: the total is the whole loss
     total = float(rows.total) + (0.0 if const is None else float(const.sum() if w_k is None else w_k @ const))
     h = np.zeros(n)
@@ -95,6 +97,9 @@ def irls_rows(X, y, w, b: float, coefs, offset, m, loss: Loss, separated: float 
     at = keep[finite]  # the kept rows among the finite ones
     h = h[keep]
     z = fixed[keep] - rows.psi[at] / h  # with the float64 weight itself: h·(η − z) is ψ
+    if fast:
+        zeros = np.zeros(len(z))
+        return IrlsRows(np.column_stack([X[keep], z, zeros, zeros, h]), total, xmax, eta_max, lost, rows.bad_targets)
     z_hi = z.astype(np.float64)
     z_lo = (z - z_hi).astype(np.float64)  # exact: z less its float64 rounding has 11 bits
     err = (IRLS_ROUNDINGS * rows.size[at] + (2 * terms + 2) * h * size[keep] + h * np.abs(z)) * (U_ROW * 1.01)

@@ -320,18 +320,20 @@ class Executor:
             kept = self._plans[("slices", make.__name__)] = (token, [flat[a:b] for a, b in zip(at, at[1:])])
         return kept[1]
 
-    def irls_groups(self, cat_idx, level_keys, drop, offset, coefs, m, b, information: bool = False) -> tuple:
+    def irls_groups(self, cat_idx, level_keys, drop, offset, coefs, m, b, information: bool = False,
+                    fast: bool = False) -> tuple:
         """The grouped moments of one IRLS step of ``self.loss`` at the model (m, b, each
         categorical column's ``coefs`` over its ``level_keys``; ``offset``: an
         ``OffsetColumn`` or None), the rows at the ``drop`` levels left out: one pass,
         merged in the fixed tree (``level_chunks.plan_irls_groups``). With ``cache`` the
         chunks' ``irls_plan``s (the rows read, hashed and grouped) stay in cluster memory
         from the first step on; else each step forms them again (the same bits).
-        ``information``: Fisher's weights and Pearson's χ² instead (a summary's pass)."""
+        ``information``: Fisher's weights and Pearson's χ² instead (a summary's pass);
+        ``fast``: in float64 throughout (a step that is not certified)."""
         plan_args = (tuple(cat_idx), [np.asarray(k) for k in level_keys], [np.asarray(k) for k in drop], offset,
                      self.weighted)
         step_args = ([np.asarray(c, dtype=np.float64) for c in coefs], np.asarray(m, dtype=np.float64), float(b),
-                     self.loss, self.weighted, information)
+                     self.loss, self.weighted, information, fast)
         spec = self.source.spec
         if self.cache:
             fn = dask.delayed(plan_irls_groups, pure=True)

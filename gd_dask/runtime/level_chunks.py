@@ -13,7 +13,15 @@ import numpy as np
 from ..data.read import add_level_names, chunk_where
 from ..data.write import SEPARATED_ETA
 from ..kernels.blocks import split_block
-from ..kernels.groups import GroupMoments, empty, group_moments, group_moments_at, merge_groups, unique_rows
+from ..kernels.groups import (
+    GroupMoments,
+    empty,
+    group_moments,
+    group_moments_at,
+    merge_groups,
+    padded,
+    unique_rows,
+)
 from ..kernels.irls import irls_rows
 from ..kernels.level_meat import LevelMeat, add_level_meat, slice_level_meat
 from ..kernels.level_newton import add_information, add_level_sums, level_indices, slice_level_sums
@@ -280,7 +288,8 @@ def irls_plan(chunk, spec, cat_idx, level_keys, drop, offset, weighted: bool) ->
 
 
 @reusing
-def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool, information: bool = False) -> tuple:
+def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool, information: bool = False,
+                     fast: bool = False) -> tuple:
     """One IRLS step of a GLM ``loss`` at the model (m, b, ``coefs``: each column's
     coefficients over its levels) on a chunk's ``irls_plan``: the groups over [X, z, z_lo,
     e/h] weighted by h (``kernels.irls``); with the step's Σ w·ℓ, max |x_j|, max size of
@@ -288,7 +297,8 @@ def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool, informat
     refuses: (groups, {}, total, xmax, eta_max, lost, bad_targets). The rows' terms are
     formed ``IRLS_ROWS`` at a time: in long double they took a 1 GiB worker to 85 % on a
     1M-row chunk whole. ``information``: the groups of [X, y] weighted by Fisher's
-    weights, ``total`` Pearson's χ² (``kernels.irls``)."""
+    weights, ``total`` Pearson's χ² (``kernels.irls``). ``fast``: the rows' terms in
+    float64 and the groups' sums too (z_lo, e/h and m2 0): a step that is not certified."""
     X, y, w = split_block(plan.num, weighted)
     n, d = X.shape
     values, h = np.empty((n, d + 3)), np.empty(n)
@@ -296,7 +306,7 @@ def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool, informat
     for lo in range(0, n, IRLS_ROWS):
         at = slice(lo, lo + IRLS_ROWS)
         s = irls_rows(X[at], y[at], None if w is None else w[at], b, [c[i[at]] for c, i in zip(coefs, plan.levels)],
-                      None if plan.offset is None else plan.offset[at], m, loss, SEPARATED_ETA, information)
+                      None if plan.offset is None else plan.offset[at], m, loss, SEPARATED_ETA, information, fast)
         total, xmax, eta_max = total + s.total, np.maximum(xmax, s.xmax), max(eta_max, s.eta_max)
         lost, bad = lost + s.lost, merge_bad(bad, s.bad_targets)
         if not lost:
@@ -306,17 +316,20 @@ def plan_irls_groups(plan: IrlsPlan, coefs, m, b, loss, weighted: bool, informat
         return (None, {}, *stats)
     if not n:
         return (empty(plan.uniq.shape[1], d + 3), {}, *stats)
+    if fast:
+        g = group_moments_at(plan.uniq, plan.inverse, values[:, :d + 1], h, exact=0, rows=IRLS_ROWS, spread=False)
+        return (padded(g, 2), {}, *stats)
     # z_lo's sums (some u of z's) and e/h's (a bound) need no more than float64.
     return (group_moments_at(plan.uniq, plan.inverse, values, h, exact=d + 1, rows=IRLS_ROWS), {}, *stats)
 
 
 @reusing
 def chunk_irls_groups(chunk, spec, cat_idx, level_keys, drop, offset, coefs, m, b, loss, weighted: bool,
-                      information: bool = False) -> tuple:
+                      information: bool = False, fast: bool = False) -> tuple:
     """``plan_irls_groups`` of a chunk streamed from its file (the plan formed anew: the
     same bits as from a kept one)."""
     return plan_irls_groups(irls_plan(chunk, spec, cat_idx, level_keys, drop, offset, weighted), coefs, m, b, loss,
-                            weighted, information)
+                            weighted, information, fast)
 
 
 def merge_bad(a: tuple, b: tuple) -> tuple:
