@@ -199,7 +199,7 @@ class _Steps:
         (``warm``: a warm start, near the minimum)."""
         cfg, tol = self.cfg, self.cfg.optimizer.tol
         passes = NEWTON_PASSES if cfg.optimizer.epochs == "auto" else cfg.optimizer.epochs
-        n, d = float(self.prep.mom.n), len(model.m)
+        n = float(self.prep.mom.n)
         halvings, last, bound, best, stalled = 0, None, math.inf, math.inf, 0
         change = 0.0 if warm else 1.0  # a warm start: certified solves from the first
         for k in range(1, passes + 1):
