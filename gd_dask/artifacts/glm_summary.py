@@ -87,7 +87,8 @@ def summarize_glm_levels(s, loss, coef, names, center, scale, info=None, nobs: f
     else:
         rows, cond = _rows(np.asarray(hess, dtype=np.float64), _to_original(center, scale, True), coef, phi, names)
     llf = -s.loss if loss.name == "logistic" else None
-    method = "GLM binomial (logit link)" if loss.name == "logistic" else f"GLM {loss.name} (log link)"
+    method = {"logistic": "GLM binomial (logit link)", "squared": "GLM gaussian (identity link)"}.get(
+        loss.name, f"GLM {loss.name} (log link)")
     return {
         "method": method,
         "cov_type": "nonrobust", "statistic": "z", "nobs": nobs, "df_model": k - 1, "df_resid": nobs - k,

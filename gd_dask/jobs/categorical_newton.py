@@ -134,6 +134,8 @@ def fit_categorical_newton(cfg, prep, t0: float, on_epoch=None, init=None, init_
     if kept is not None and isinstance(kept.hess, FoldedHessian):  # the summary's: as ``assemble`` gave it
         inner = kept.hess.inner
         kept = kept._replace(hess=inner.matrix if isinstance(inner, DenseHessian) else inner)
+    if setup.loss.name == "squared" and kept is not None and not cfg.model.l2:  # ``strategy: stream``
+        info = (kept.hess, float(metrics["mse"]) * float(prep.mom.n))  # Gaussian: φ = SSR/(n − k), as OLS's σ²
     summary = _summary(cfg, setup, state, kept, m, b, coef[keep], enc, keep, starts, docs, info,
                        sep.groups.count.sum())
     prep.release()

@@ -120,13 +120,24 @@ def _without_offset(groups: GroupMoments, j: int, kind: str, ex: Executor) -> tu
 
 #: What categorical features are trained with so far (issue 33): the rest is refused by name.
 CATEGORICAL_SUPPORT = ("squared or huber loss (grouped moments) or logistic, poisson, gamma, tweedie (newton, "
-                       "offsets too), l2 but with huber, sample weights, no l1, no validation_fraction")
+                       "offsets too), l2 but with huber, sample weights, no l1, no validation_fraction, method batch")
+
+
+def streams_levels(cfg) -> bool:
+    """``optimizer.strategy: stream`` with categorical features and a loss Newton's passes
+    take (least squares, the GLM families): each pass streams the rows and sums the
+    gradient and Hessian per level (``categorical_newton``), where ``auto`` trains least
+    squares from the grouped moments; Huber's rounds stream their grouped passes as they
+    are."""
+    return cfg.optimizer.strategy == "stream" and cfg.model.loss != "huber"
 
 
 def check_categorical(cfg, source: ParquetSource) -> None:
     """Categorical features with what supports them, or one line saying what does not."""
     o, m = cfg.optimizer, cfg.model
-    newton = pick_strategy(cfg).newton  # logistic and the log-link families (``categorical_newton``)
+    # Logistic and the log-link families (``categorical_newton``); ``stream`` trains by the
+    # same Newton passes over the rows (``streams_levels``).
+    newton = pick_strategy(cfg).newton or streams_levels(cfg)
     bad = [what for what, wrong in (
         (f"model.loss: {m.loss}", m.loss not in ("squared", "huber") and not newton), ("model.l1 > 0", m.l1 > 0),
         ("model.fit_intercept: false", (newton or m.l2 > 0) and not m.fit_intercept),
@@ -135,8 +146,7 @@ def check_categorical(cfg, source: ParquetSource) -> None:
          m.l2 > 0 and o.learning_rate != "auto" and m.loss == "squared"),
         ("data.offset or data.exposure", bool(cfg.data.offset_column) and not newton),
         ("optimizer.validation_fraction > 0", o.validation_fraction > 0),
-        (f"optimizer.method: {o.method}", o.method != "batch"),
-        (f"optimizer.strategy: {o.strategy}", o.strategy not in ("auto", "gram", "newton"))) if wrong]
+        (f"optimizer.method: {o.method}", o.method != "batch")) if wrong]
     if bad:
         raise ConfigError(f"categorical features ({', '.join(source.categorical)}) are trained with "
                           f"{CATEGORICAL_SUPPORT} so far; not with {', '.join(bad)}")

@@ -44,7 +44,7 @@ from ..optimization.refine import AUTO_PASSES, refine
 from ..optimization.setup import Setup
 from ..optimization.strategy import GRAM
 from ..runtime.executor import Executor
-from .prepare import Prepared, exposure_error, prepare, target_error
+from .prepare import Prepared, exposure_error, prepare, streams_levels, target_error
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,10 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         # are) and the standardized slopes, as logistic does: Newton passes, whose first
         # step is the minimum (the grouped moments' reduced problem would absorb the
         # largest column's levels unpenalized).
-        if prep.strategy.newton or (cfg.model.l2 and cfg.model.loss == "squared"):
+        if prep.strategy.newton or (cfg.model.l2 and cfg.model.loss == "squared") or streams_levels(cfg):
+            if streams_levels(cfg):
+                log.info("strategy stream with categorical features: Newton passes over the rows, the gradient "
+                         "and Hessian summed per level")
             return fit_categorical_newton(cfg, prep, t0, on_epoch, init, init_levels)
         if cfg.model.loss == "huber":
             from .categorical_huber import fit_categorical_huber
