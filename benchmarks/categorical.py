@@ -25,7 +25,14 @@ tol, newton-cg at 1e-10).
 
 A fourth, ``one_column_logistic``: the logistic job's rows with the users alone (the
 items' effects left as noise), against pyfixest's ``feglm(... | user)`` and scikit-learn's
-lbfgs on the sparse one-hot design (at its default tol and at 1e-10)."""
+lbfgs on the sparse one-hot design (at its default tol and at 1e-10).
+
+A fifth, ``many_way``: 1M rows × (4 numeric + `region`, 50 text levels, + `store`, 3,000
+integers of Zipf-like popularity, + `device`, 5 integers, + `product`, 8,000 text levels),
+least squares: gd-dask's two-column solver with region's and device's levels as indicator
+columns (``optimization.many_way``), against scikit-learn's sparse OneHotEncoder +
+LinearRegression and pyfixest's ``feols(y ~ x + C(region) + C(device) | store +
+product)`` where installed."""
 
 from __future__ import annotations
 
@@ -104,6 +111,56 @@ def _write_users_items(root: Path, rows: int, target) -> None:
                                  "item": item[idx], "y": y[idx]}), root / f"part-{f}.parquet")
 
 
+MANY_STORES, MANY_PRODUCTS = 3_000, 8_000
+
+
+def write_many_way(root: Path, rows: int) -> None:
+    """y linear in x and the four columns' effects, and noise."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if root.exists():
+        return
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    region, device = rng.integers(0, REGIONS, rows), rng.integers(0, 5, rows)
+    store, product = rng.zipf(1.3, rows) % MANY_STORES, rng.integers(0, MANY_PRODUCTS, rows)
+    X = rng.normal(0, 1, (rows, 4))
+    y = (X @ [1.0, -2.0, 0.5, 3.0] + rng.normal(0, 1, REGIONS)[region] + rng.normal(0, 0.5, MANY_STORES)[store]
+         + np.array([0.0, 0.4, -0.3, 0.8, 0.1])[device] + rng.normal(0, 0.3, MANY_PRODUCTS)[product]
+         + rng.normal(0, 1, rows))
+    regions = np.array([f"r{r:02d}" for r in range(REGIONS)])
+    products = np.array([f"p{p:05d}" for p in range(MANY_PRODUCTS)])
+    for f, idx in enumerate(np.array_split(np.arange(rows), FILES)):
+        pq.write_table(pa.table({**{f"x{j}": X[idx, j] for j in range(4)}, "region": regions[region[idx]].tolist(),
+                                 "store": store[idx], "device": device[idx], "product": products[product[idx]].tolist(),
+                                 "y": y[idx]}), root / f"part-{f}.parquet")
+
+
+MANY_COLUMNS = ("region", "store", "device", "product")
+
+
+def _sklearn_many_way(root: str) -> dict:
+    """scikit-learn at its defaults on the four columns' sparse one-hot design."""
+    return _sklearn(root, columns=MANY_COLUMNS)
+
+
+def _sklearn_many_way_tol_1e_10(root: str) -> dict:
+    """LSQR asked for gd-dask's accuracy."""
+    return _sklearn(root, tol=1e-10, columns=MANY_COLUMNS)
+
+
+def _pyfixest_many_way(root: str) -> dict:
+    import pyarrow.dataset as ds
+    import pyfixest as pf
+
+    t0 = time.perf_counter()
+    df = ds.dataset(root).to_table().to_pandas()
+    fit = pf.feols("y ~ x0 + x1 + x2 + x3 + C(region) + C(device) | store + product", data=df, fixef_tol=1e-10)
+    coef = fit.coef()
+    return {"seconds": time.perf_counter() - t0, "m": [float(coef[f"x{j}"]) for j in range(4)]}
+
+
 def _pyfixest_logit(root: str, columns=("user", "item")) -> dict:
     import pyarrow.dataset as ds
     import pyfixest as pf
@@ -172,7 +229,7 @@ def _pyfixest(root: str) -> dict:
     return {"seconds": time.perf_counter() - t0, "m": [float(coef[f"x{j}"]) for j in range(4)]}
 
 
-def _sklearn(root: str, two_way: bool = False, tol: float = 1e-6) -> dict:
+def _sklearn(root: str, two_way: bool = False, tol: float = 1e-6, columns=None) -> dict:
     """scikit-learn at its defaults (LinearRegression's sparse path: scipy's LSQR, tol 1e-6)."""
     import pandas as pd
     import pyarrow.dataset as ds
@@ -182,7 +239,7 @@ def _sklearn(root: str, two_way: bool = False, tol: float = 1e-6) -> dict:
 
     t0 = time.perf_counter()
     df: pd.DataFrame = ds.dataset(root).to_table().to_pandas()
-    E = OneHotEncoder(drop="first", sparse_output=True).fit_transform(df[list(_columns(two_way))])
+    E = OneHotEncoder(drop="first", sparse_output=True).fit_transform(df[list(columns or _columns(two_way))])
     X = sp.hstack([sp.csr_matrix(df[[f"x{j}" for j in range(4)]].to_numpy()), E]).tocsr()
     lr = (LinearRegression(tol=tol) if tol != 1e-6 else LinearRegression()).fit(X, df["y"].to_numpy())
     return {"seconds": time.perf_counter() - t0, "m": lr.coef_[:4].tolist()}
@@ -274,6 +331,7 @@ def categorical(work: Path, quick: bool) -> dict:
     out["two_way"] = two_way(work, quick)
     out["two_way_logistic"] = two_way_logistic(work, quick)
     out["one_column_logistic"] = one_column_logistic(work, quick)
+    out["many_way"] = many_way(work, quick)
     return out
 
 
@@ -302,15 +360,23 @@ def one_column_logistic(work: Path, quick: bool) -> dict:
                         columns=("user",))
 
 
+def many_way(work: Path, quick: bool) -> dict:
+    """Four categorical columns, two of many levels: gd-dask (whole command) and its peers."""
+    peers = ("sklearn_many_way", "sklearn_many_way_tol_1e_10", "pyfixest_many_way")
+    return _two_way_job(work, quick, "many-way", write_many_way, {}, peers, timeout=600, columns=MANY_COLUMNS,
+                        integer=["store", "device"])
+
+
 def _two_way_job(work: Path, quick: bool, name: str, writer, model_cfg: dict, peers, timeout: float,
-                 columns=("user", "item")) -> dict:
+                 columns=("user", "item"), integer=None) -> dict:
     """gd-dask's whole command on a users × items dataset (``writer``'s), with the
     categorical ``columns``, and each peer in a fresh process: seconds, peak RSS, the
     slopes' largest difference from gd-dask's."""
     rows = 100_000 if quick else TWO_ROWS
     root = work / f"{name}-{rows}"
     writer(root, rows)
-    integer = ["item"] if "item" in columns else []  # the item column holds integers
+    if integer is None:
+        integer = ["item"] if "item" in columns else []  # the item column holds integers
     cfg = {"name": name, "data": {"path": str(root), "target": "y", "categorical": integer,
                                   "features": ["x0", "x1", "x2", "x3", *columns]},
            "model": model_cfg, "output": {"dir": str(work / f"{name}-{len(columns)}-out")}}
@@ -348,7 +414,9 @@ def report(r: dict) -> None:
     for key, title, levels in (("two_way", "Two categorical columns", "20,000 text + 20,000 integer levels"),
                                ("two_way_logistic", "Logistic, two categorical columns",
                                 "20,000 text + 20,000 integer levels"),
-                               ("one_column_logistic", "Logistic, one categorical column", "20,000 text levels")):
+                               ("one_column_logistic", "Logistic, one categorical column", "20,000 text levels"),
+                               ("many_way", "Four categorical columns",
+                                "50 text + 3,000 integer + 5 integer + 8,000 text levels")):
         if key in r:
             t = r[key]
             g = t["gd_dask"]
@@ -367,4 +435,7 @@ if __name__ == "__main__":
                       "pyfixest": _pyfixest, "pyfixest_logit": _pyfixest_logit, "sklearn_logit": _sklearn_logit,
                       "sklearn_logit_newton_cg": _sklearn_logit_newton_cg, "pyfixest_logit_user": _pyfixest_logit_user,
                       "sklearn_logit_user": _sklearn_logit_user,
-                      "sklearn_logit_user_tol_1e_10": _sklearn_logit_user_tol_1e_10}[sys.argv[1]](sys.argv[2])))
+                      "sklearn_logit_user_tol_1e_10": _sklearn_logit_user_tol_1e_10,
+                      "sklearn_many_way": _sklearn_many_way, "sklearn_many_way_tol_1e_10": _sklearn_many_way_tol_1e_10,
+                      "pyfixest_many_way": _pyfixest_many_way,
+                      }[sys.argv[1]](sys.argv[2])))
