@@ -242,9 +242,6 @@ def _two_way_summary(cfg, res, fit, enc: cat.Encoding, sst: float, prep, lifted=
     if not res.converged:
         return {"available": False, "reason": "not converged: these statistics hold at the least-squares solution"}
     hc1 = cfg.summary.cov_type == "HC1"
-    if hc1 and lifted is not None:
-        return {"available": False, "reason": "HC1 with three categorical columns or more, two of many levels: "
-                                              "not computed (summary.cov_type: nonrobust gives the classical one)"}
     if (cfg.data.weight or hc1) and prep.ex is None:  # a refit from cached moments: no rows at hand
         return {"available": False, "reason": "computed by train: weighted statistics and HC1 need a pass over "
                                               "the rows"}
@@ -263,9 +260,16 @@ def _two_way_summary(cfg, res, fit, enc: cat.Encoding, sst: float, prep, lifted=
     meat = None
     if hc1 and d:
         tables = [LevelTable(doc["name"], doc["levels"], doc["coef"]) for doc in res.categorical]
+        x_levels, dummies = fit.x_levels, ()
+        if lifted is not None:  # the fits over every column (0 on the smaller ones'), and the indicators
+            width = lifted.d + len(lifted.names)
+            x_levels = [many_way.lower(cat.Coefficients(np.zeros(width), 0.0, levels), lifted, enc).levels
+                        for levels in fit.x_levels]
+            dummies = [(c, LevelTable(res.categorical[c]["name"], res.categorical[c]["levels"],
+                                      np.eye(len(res.categorical[c]["levels"]))[i])) for c, i in lifted.names]
         x_tables = [[LevelTable(doc["name"], doc["levels"], levels[c]) for c, doc in enumerate(res.categorical)]
-                    for levels in fit.x_levels]
-        meat = prep.ex.two_way_meat(res.m, res.b, tables, x_tables)
+                    for levels in x_levels]
+        meat = prep.ex.two_way_meat(res.m, res.b, tables, x_tables, dummies)
     absorbed = lifted.enc.columns if lifted is not None else enc.columns
     return {"available": True, **summarize_two_way(theta, inv, names, absorbed, nobs, d + fit.params, fit.sse, sst,
                                                    rows, meat)}

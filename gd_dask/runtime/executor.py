@@ -570,14 +570,14 @@ class Executor:
         # Compute: per absorbed level a few sums come back (no row does).
         return self._compute(_reduce_tree(leaves, add_level_meat))
 
-    def two_way_meat(self, m, b, tables, x_tables) -> np.ndarray:
-        """HC1's middle for the slopes of a two-column fit (``chunk_two_way_meat``): one
-        pass, a d × d matrix back."""
+    def two_way_meat(self, m, b, tables, x_tables, dummies=()) -> np.ndarray:
+        """HC1's middle for the slopes of a two-column fit (``chunk_two_way_meat``; with
+        ``dummies``, the smaller columns' indicators too): one pass, a small matrix back."""
         cols = self.source.columns
         fn = dask.delayed(chunk_two_way_meat, pure=True)
         idx = [cols.index(t.name) for t in tables]
         leaves = [fn(c, self.source.spec, idx, tuple(tables), np.asarray(m, dtype=np.float64), float(b),
-                     self.weighted, tuple(tuple(f) for f in x_tables)) for c in self.source.chunks]
+                     self.weighted, tuple(tuple(f) for f in x_tables), tuple(dummies)) for c in self.source.chunks]
         return self._compute(_reduce_tree(leaves, np.add))
 
     def class_sums(self, m, b, threshold: float = 0.5) -> ClassSums:

@@ -141,18 +141,21 @@ def chunk_level_meat(chunk, spec, cat_idx, tables, m, b, weighted, absorbed, oth
 
 
 @reusing
-def chunk_two_way_meat(chunk, spec, cat_idx, tables, m, b, weighted, x_tables) -> np.ndarray:
+def chunk_two_way_meat(chunk, spec, cat_idx, tables, m, b, weighted, x_tables, dummies=()) -> np.ndarray:
     """HC1's middle for the slopes of a two-column fit (``optimization.two_way``), one
     chunk: Σ (w·e)²·x̃x̃ᵀ with e the model's residual and x̃ each numeric feature less its
     own least-squares fit on the two columns' levels (``x_tables``: per feature, its
-    tables), the rows the slopes' errors are linear in (Frisch–Waugh–Lovell)."""
+    tables), the rows the slopes' errors are linear in (Frisch–Waugh–Lovell).
+    ``dummies``: (a column's position in ``cat_idx``, a table of 1 at one level) per
+    indicator of the dense block after the numeric features (``optimization.many_way``),
+    each fitted on the levels as a feature is."""
     num = _numeric(spec, cat_idx)
     where = chunk_where(chunk)
-    total = np.zeros((len(m), len(m)))
+    total = np.zeros((len(x_tables), len(x_tables)))
     for z, intercepts in _with_intercepts(chunk, spec, cat_idx, tables, b, {}):
         X, y, w = split_block(np.ascontiguousarray(z[:, num]), weighted)
         e = y - (X @ m + intercepts)
-        R = X.copy()
+        R = np.column_stack([X] + [t.offsets(z[:, cat_idx[c]], where, {}) for c, t in dummies])
         for k, feature in enumerate(x_tables):
             R[:, k] -= _level_offsets(z, cat_idx, feature, where, {})
         s = e * e if w is None else (w * e) ** 2

@@ -269,3 +269,27 @@ def test_the_command_trains_logistic_with_four_columns(tmp_path, rng):
     assert r.returncode == 0, r.stderr
     got, trained = json.loads(r.stdout)["log_loss"], model["metrics"]["log_loss"]
     assert abs(got - trained) <= 1e-12 * trained, (got, trained)
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_hc1_standard_errors_of_the_dense_block(tmp_path, rng, threads, weights):
+    """``summary.cov_type: HC1``: the slopes' and the smaller columns' levels' rows equal
+    the one-hot design's sandwich (DᵀWD)⁻¹·Dᵀ diag((w·e)²) D·(DᵀWD)⁻¹·n/(n − p)."""
+    X, columns, y, w = _write(tmp_path / "d", rng, n=12000, weights=weights)
+    data = dict(DATA, path=str(tmp_path / "d"), **({"weight": "w"} if weights else {}))
+    cfg = make_config(data, tmp_path, summary={"cov_type": "HC1"})
+    res = fit(cfg, threads)
+    model = json.loads(json.dumps(model_document(cfg, res)))
+    summary = model["summary"]
+    assert summary["available"] and summary["cov_type"] == "HC1", summary
+    D, beta, factor = one_hot_least_squares(X, columns, y, w, model)
+    e = y - D @ beta
+    s = e * e if w is None else (w * e) ** 2
+    meat = (D.multiply(s[:, None])).T @ D
+    at = np.r_[1:3, 3:3 + REGIONS - 1, D.shape[1] - (DEVICES - 1):D.shape[1]]
+    left = cho_solve(factor, np.eye(D.shape[1])[:, at])
+    cov = left.T @ (meat @ left) * len(y) / (len(y) - D.shape[1])
+    se = np.sqrt(np.diag(cov))
+    assert len(summary["coefficients"]) == len(at)
+    for r, want in zip(summary["coefficients"], se):
+        assert abs(r["std_err"] - want) <= 1e-8 * want, (r, want)
