@@ -293,3 +293,68 @@ def test_hc1_standard_errors_of_the_dense_block(tmp_path, rng, threads, weights)
     assert len(summary["coefficients"]) == len(at)
     for r, want in zip(summary["coefficients"], se):
         assert abs(r["std_err"] - want) <= 1e-8 * want, (r, want)
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+def test_a_nightly_refit_with_four_columns(tmp_path, threads, monkeypatch, loss):
+    """Nightly refits through the many-way solvers (routed there by lowering the dense
+    paths' limits, so that a night stays small): least squares from the cached grouped
+    moments equals the one-hot fit of the window; logistic warm-starts from the current
+    model over all four columns and lands where a cold fit of the same nights does."""
+    from datetime import date, timedelta
+
+    import gd_dask.jobs.categorical_newton as dense
+    import gd_dask.optimization.categorical as cat
+    from gd_dask.artifacts.registry import Registry
+    from gd_dask.config import validate_config
+    from gd_dask.jobs.refit import refit
+
+    monkeypatch.setattr(cat, "MAX_DENSE_LEVELS", 20)
+    monkeypatch.setattr(dense, "MAX_NEWTON_LEVELS", 20)
+    monkeypatch.setattr(dense, "MAX_PAIR_CELLS", 100)
+    start = date(2026, 11, 1)
+
+    def night(day):
+        rng = np.random.default_rng(day)
+        n = 3000
+        user, item = rng.integers(0, 60, n), rng.integers(0, 40, n)
+        region, device = rng.integers(0, 5, n), rng.integers(0, 3, n)
+        x = rng.normal(0, 1, n)
+        eta = (0.5 + 0.1 * day) * x + np.sin(user) + np.cos(item) * 0.5 + 0.3 * region - 0.4 * device
+        y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float) if loss == "logistic" \
+            else eta + rng.normal(0, 0.3, n)
+        folder = tmp_path / "data" / f"date={(start + timedelta(days=day)).isoformat()}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"x": x, "user": [f"u{u}" for u in user], "item": item,
+                                 "region": [f"r{r}" for r in region], "device": device, "y": y}),
+                       folder / "part-0.parquet")
+
+    features = ["x", "user", "item", "region", "device"]
+    cfg = validate_config({"name": "four", "model": {"loss": loss},
+                           "data": {"path": str(tmp_path / "data"), "features": features,
+                                    "categorical": ["item", "device"], "target": "y", "window_days": 3},
+                           "registry": {"dir": str(tmp_path / "models")}})
+    reg = Registry(cfg.registry.dir, cfg.name)
+    for day in range(2):
+        night(day)
+    for day in range(1, 5):
+        if day > 1:
+            night(day)
+        outcome = refit(cfg, threads, start + timedelta(days=day))
+        assert outcome.status in ("promoted", "rejected"), outcome.message
+    model = reg.current_model()
+    assert model["converged"], model["convergence"]
+    assert model["convergence"].get("solver") in ("conjugate gradients", "IRLS, conjugate gradients")
+    train = outcome.verdict["train_dates"]
+    data = {"path": str(tmp_path / "data"), "features": features, "categorical": ["item", "device"], "target": "y",
+            "filters": [["date", ">=", train[0]], ["date", "<=", train[1]]]}
+    cold = fit(make_config(data, tmp_path, model={"loss": loss}), threads)
+    import json as _json
+    from pathlib import Path
+
+    latest = _json.loads((Path(reg.version_dir(outcome.version)) / "model.json").read_text())
+    scale = max(np.max(np.abs(cold.m)), abs(cold.b))
+    assert np.max(np.abs(np.asarray(latest["m"]) - cold.m)) <= 2e-9 * scale
+    for doc, cold_doc in zip(latest["categorical"], cold.categorical):
+        assert doc["levels"] == cold_doc["levels"] and doc["reference"] == cold_doc["reference"]
+        assert np.max(np.abs(np.asarray(doc["coef"]) - cold_doc["coef"])) <= 2e-9 * scale
