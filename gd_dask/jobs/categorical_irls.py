@@ -284,8 +284,9 @@ def certify(fit, model, new, groups, enc, xmax, eta_max: float, row_terms: int, 
     s = [xmax * float(h.sum()), np.bincount(la, h, LA), np.bincount(lb, h, LB)]
     blocks = []
     if lifted is not None:
-        ind = lifted.groups.mean[:, d:-1]
-        c_grad[0], s[0] = np.concatenate((c_grad[0], err @ ind)), np.concatenate((s[0], h @ ind))
+        ind = lifted.groups
+        c_grad[0] = np.concatenate((c_grad[0], ind.indicator_sums(err)))
+        s[0] = np.concatenate((s[0], ind.indicator_sums(h)))
         at = d
         for _, idx in lifted.indicator:
             blocks.append(np.arange(at, at + len(idx)))

@@ -76,6 +76,11 @@ class GroupMoments(NamedTuple):
         dev = self.mean - mean
         return Moments(self.moments_n, mean, self.within + (dev * self.n[:, None]).T @ dev)
 
+    def block(self, J: slice) -> tuple:
+        """(total, total_lo, mean, m2) of the columns ``J``: what a solver reads a block of
+        columns at a time (``optimization.two_way``; ``many_way.LiftedGroups`` forms them)."""
+        return self.total[:, J], self.total_lo[:, J], self.mean[:, J], self.m2[:, J]
+
     def columns(self, keep) -> GroupMoments:
         """The same groups over the columns ``keep`` only."""
         keep = np.asarray(keep)

@@ -16,8 +16,9 @@ Two levels of the two large columns that no row links are pinned as with two col
 them. A level of a smaller column whose rows all fall in one level of a large column
 leaves Σ singular: one line naming it.
 
-Memory: the lifted groups hold G × (d + E + 1) values, G the combinations seen, so the
-smaller columns' levels together are at most ``MAX_INDICATORS``.
+Memory: the solver's data hold G × (d + E + 1) values, G the combinations seen, three
+times (``LiftedGroups`` forms the indicators' columns a block at a time), so the smaller
+columns' levels together are at most ``MAX_INDICATORS``.
 """
 
 from __future__ import annotations
@@ -36,13 +37,11 @@ MAX_INDICATORS = 128
 
 
 class Lifted(NamedTuple):
-    """groups : the grouped moments over the two large columns' keys, with an indicator
-    column per smaller column's non-reference level between the numeric features and the
-    target;  enc : the two large columns' encoding (the largest absorbed);  big : their
+    """groups : ``LiftedGroups``;  enc : the two large columns' encoding (the largest absorbed);  big : their
     indices among the categorical columns;  indicator : per smaller column, (its index,
     its non-reference levels) in indicator order;  d : the numeric features"""
 
-    groups: GroupMoments
+    groups: object  # LiftedGroups
     enc: Encoding
     big: list
     indicator: list
@@ -77,38 +76,77 @@ def check(enc: Encoding) -> None:
                         f"most {MAX_INDICATORS} together")
 
 
+class LiftedGroups:
+    """The grouped moments over the two large columns' keys, with an indicator column per
+    smaller column's non-reference level between the numeric features and the target,
+    formed ``block`` by block rather than held: an indicator's mean is 0 or 1, its sum the
+    group's Σw (double-double), its spread 0. What ``two_way.TwoWay`` reads of a
+    ``GroupMoments``: ``keys``, ``n``, ``n_lo``, ``count``, ``rows``, ``within``, ``block``."""
+
+    def __init__(self, groups: GroupMoments, big: list, codes: list, E: int):
+        """``codes``: per smaller column, each group's indicator (its position among all
+        E), −1 at the reference level."""
+        self.base, self.codes, self.E = groups, codes, E
+        self.keys = groups.keys[:, big]
+        self.n, self.n_lo, self.count, self.rows = groups.n, groups.n_lo, groups.count, groups.rows
+        k = groups.within.shape[0]
+        self.d = k - 1
+        keep = np.r_[0:self.d, self.d + E:k + E]
+        self.within = np.zeros((k + E, k + E))
+        self.within[np.ix_(keep, keep)] = groups.within
+
+    def indicators(self, J: slice) -> np.ndarray:
+        """The indicators among the lifted columns ``J`` (G × |J|; 0 for the others)."""
+        out = np.zeros((len(self.n), J.stop - J.start))
+        lo, hi = max(J.start - self.d, 0), min(J.stop - self.d, self.E)
+        for code in self.codes:
+            rows = np.flatnonzero((code >= lo) & (code < hi))
+            out[rows, code[rows] + self.d - J.start] = 1.0
+        return out
+
+    def block(self, J: slice) -> tuple:
+        """(total, total_lo, mean, m2) of the lifted columns ``J``."""
+        d, E = self.d, self.E
+        g = self.base
+        ind = self.indicators(J)
+        col = np.arange(J.start, J.stop)
+        src = np.where(col < d, col, np.where(col >= d + E, col - E, -1))
+        real = src >= 0
+
+        def pick(v, fill):
+            out = fill.copy()
+            out[:, real] = v[:, src[real]]
+            return out
+
+        return (pick(g.total, self.n[:, None] * ind), pick(g.total_lo, self.n_lo[:, None] * ind), pick(g.mean, ind),
+                pick(g.m2, np.zeros_like(ind)))
+
+    def indicator_sums(self, v: np.ndarray) -> np.ndarray:
+        """Σ of v (G) over each indicator's groups (E)."""
+        out = np.zeros(self.E)
+        for code in self.codes:
+            at = code >= 0
+            out += np.bincount(code[at], v[at], self.E)
+        return out
+
+
 def lift(groups: GroupMoments, enc: Encoding, two: Encoding | None = None) -> Lifted:
     """``Lifted`` (module docstring) from the grouped moments of every categorical column
     and their encoding; ``two``: the two large columns' encoding, found already (an IRLS
     step's groups have the same keys as the first's)."""
     check(enc)
     big = largest_two(enc)
-    G, k = groups.mean.shape
-    d = k - 1
     indicator = indicator_columns(enc)
-    E = sum(len(idx) for _, idx in indicator)
-    ind = np.zeros((G, E))
-    at = 0
+    codes, at = [], 0
     for c, idx in indicator:
         level = np.searchsorted(enc.levels[c], groups.keys[:, c])
         pos = np.searchsorted(idx, level)
         hit = (pos < len(idx)) & (idx[np.minimum(pos, len(idx) - 1)] == level)
-        ind[np.flatnonzero(hit), at + pos[hit]] = 1.0
+        codes.append(np.where(hit, at + pos, -1))
         at += len(idx)
-
-    def spliced(v, middle):
-        return np.concatenate((v[:, :d], middle, v[:, d:]), axis=1)
-
-    within = np.zeros((k + E, k + E))
-    keep = np.r_[0:d, d + E:k + E]
-    within[np.ix_(keep, keep)] = groups.within
-    keys = groups.keys[:, big]
-    lifted = groups._replace(keys=keys, mean=spliced(groups.mean, ind), within=within,
-                             m2=spliced(groups.m2, np.zeros((G, E))),
-                             total=spliced(groups.total, groups.n[:, None] * ind),
-                             total_lo=spliced(groups.total_lo, groups.n_lo[:, None] * ind))
+    lifted = LiftedGroups(groups, big, codes, at)
     two = two if two is not None else two_columns(groups, enc)
-    return Lifted(lifted, two, big, indicator, d)
+    return Lifted(lifted, two, big, indicator, groups.within.shape[0] - 1)
 
 
 def indicator_columns(enc: Encoding) -> list:

@@ -71,6 +71,9 @@ MAX_ITERATIONS = 20000
 SOLVE_RTOL = 1e-12
 #: A step's solve (``solve_step``) stops when its residual is this small against its first.
 STEP_RTOL = 1e-10
+#: Columns of the groups' data formed (``TwoWay``) or multiplied by S_BB (``s_bb``) at a
+#: time: G values each (``many_way``'s indicators made them dozens).
+COLUMN_BLOCK = 8
 #: Corrections from the double-double residual, at most.
 MAX_REFINEMENTS = 6
 
@@ -140,16 +143,22 @@ class TwoWay:
         lb = np.searchsorted(enc.levels[o], groups.keys[:, o])
         LA, LB = len(enc.levels[a]), len(enc.levels[o])
         self.A, self.B = _Levels.of(la, LA), _Levels.of(lb, LB)
-        self.d = groups.mean.shape[1] - 1
+        k = groups.within.shape[0]
+        self.d = k - 1
         self.W = groups.within
         self.ref = enc.reference[o]
         self.nonref = enc.non_reference(o)
         self.E = len(self.nonref)
         self.rows = groups.rows
+        G = len(groups.n)
         if not exact:
             self.n, self.level_n = groups.n, np.bincount(la, groups.n, LA)
-            self.level_mean = self.A.sums(groups.n[:, None] * groups.mean) / self.level_n[:, None]
-            self.Z = groups.mean - self.level_mean[la]
+            self.level_mean, self.Z = np.empty((LA, k)), np.empty((G, k))
+            for lo in range(0, k, COLUMN_BLOCK):
+                J = slice(lo, min(lo + COLUMN_BLOCK, k))
+                mean = groups.block(J)[2]
+                self.level_mean[:, J] = self.A.sums(groups.n[:, None] * mean) / self.level_n[:, None]
+                self.Z[:, J] = mean - self.level_mean[la, J]
             self.diag = self._diagonal()
             return
         # The certificate's data in double-double, from the groups' exact sums: Σw per group
@@ -157,14 +166,7 @@ class TwoWay:
         # float64; the A-levels' means in long double for α.
         self.n2 = (groups.n, groups.n_lo)
         self.level_n2 = dd_bincount(la, groups.n, groups.n_lo, LA)
-        mean = dd_div(groups.total, groups.total_lo, groups.n[:, None], groups.n_lo[:, None])
-        level_total = [dd_bincount(la, groups.total[:, j], groups.total_lo[:, j], LA)
-                       for j in range(groups.total.shape[1])]
-        lh = np.column_stack([t[0] for t in level_total])
-        ll = np.column_stack([t[1] for t in level_total])
-        level_mean = dd_div(lh, ll, self.level_n2[0][:, None], self.level_n2[1][:, None])
-        self.Z2 = dd_add(mean[0], mean[1], -level_mean[0][la], -level_mean[1][la])
-        self.n, self.level_n, self.Z = groups.n, self.level_n2[0] + self.level_n2[1], self.Z2[0]
+        self.n, self.level_n = groups.n, self.level_n2[0] + self.level_n2[1]
         # What each entry of X̃, ỹ may be off by: a group's sum is exact but for m²·u²·σ
         # (``compensated.exact_bincount``: m its rows in one call, at most all of its rows
         # however they were batched: the categorical pass's 16 slices, an IRLS plan's
@@ -172,12 +174,24 @@ class TwoWay:
         # Cauchy–Schwarz), merged in double-double; then the double-double division and
         # subtraction (a level mean's own error shifts its groups alike, which (I − P_A)
         # removes). (m had been capped at a slice's rows: short of a batch's.)
-        sigma = 4 * np.sum(groups.n[:, None] * np.abs(groups.mean)
-                           + np.sqrt(np.maximum(groups.n[:, None] * groups.m2, 0)), axis=0)
-        m = groups.count
-        sums = (m * m * U * U / groups.n)[:, None] * sigma
-        self.Z_err = 4 * DD_OP * (np.abs(groups.mean) + np.abs(self.Z)) + sums * (1 + 1e-6)
-        self.level_meanL = level_mean[0].astype(np.longdouble) + level_mean[1].astype(np.longdouble)
+        # ``COLUMN_BLOCK`` columns at a time: G values each, a dozen arrays.
+        Zh, Zl, self.Z_err = np.empty((G, k)), np.empty((G, k)), np.empty((G, k))
+        lmh, lml = np.empty((LA, k)), np.empty((LA, k))
+        unit = groups.count * groups.count * U * U / groups.n
+        for lo in range(0, k, COLUMN_BLOCK):
+            J = slice(lo, min(lo + COLUMN_BLOCK, k))
+            total, total_lo, g_mean, m2 = groups.block(J)
+            mean = dd_div(total, total_lo, groups.n[:, None], groups.n_lo[:, None])
+            level_total = [dd_bincount(la, total[:, j], total_lo[:, j], LA) for j in range(total.shape[1])]
+            lh = np.column_stack([t[0] for t in level_total])
+            ll = np.column_stack([t[1] for t in level_total])
+            lmh[:, J], lml[:, J] = dd_div(lh, ll, self.level_n2[0][:, None], self.level_n2[1][:, None])
+            Zh[:, J], Zl[:, J] = dd_add(mean[0], mean[1], -lmh[la, J], -lml[la, J])
+            sigma = 4 * np.sum(groups.n[:, None] * np.abs(g_mean) + np.sqrt(np.maximum(groups.n[:, None] * m2, 0)),
+                               axis=0)
+            self.Z_err[:, J] = 4 * DD_OP * (np.abs(g_mean) + np.abs(Zh[:, J])) + unit[:, None] * sigma * (1 + 1e-6)
+        self.Z2, self.Z = (Zh, Zl), Zh
+        self.level_meanL = lmh.astype(np.longdouble) + lml.astype(np.longdouble)
         self.level_mean = self.level_meanL.astype(np.float64)
         self.diag = self._diagonal()
 
@@ -202,15 +216,20 @@ class TwoWay:
         """S_BB β = Bᵀ N (I − P_A) B β for a matrix of columns β (E × m): ``center(gather(β))``
         summed per level of B, with a column per row of an (m × G) array, where bincount
         reads contiguous weights (1.7 × faster on 1M groups than rows of G × m)."""
-        full = np.zeros((beta.shape[1], len(self.enc.levels[self.o])))
-        full[:, self.nonref] = beta.T
-        t = np.take(full, self.B.index, axis=1)
-        nt = t * self.n
-        means = np.stack([np.bincount(self.A.index, weights=r, minlength=len(self.level_n)) for r in nt])
-        t -= np.take(means / self.level_n, self.A.index, axis=1)
-        t *= self.n
-        out = np.stack([np.bincount(self.B.index, weights=r, minlength=full.shape[1]) for r in t])
-        return out[:, self.nonref].T
+        m = beta.shape[1]
+        out = np.empty((m, self.E))
+        for lo in range(0, m, COLUMN_BLOCK):
+            J = slice(lo, min(lo + COLUMN_BLOCK, m))
+            full = np.zeros((J.stop - lo, len(self.enc.levels[self.o])))
+            full[:, self.nonref] = beta[:, J].T
+            t = np.take(full, self.B.index, axis=1)
+            nt = t * self.n
+            means = np.stack([np.bincount(self.A.index, weights=r, minlength=len(self.level_n)) for r in nt])
+            t -= np.take(means / self.level_n, self.A.index, axis=1)
+            t *= self.n
+            sums = np.stack([np.bincount(self.B.index, weights=r, minlength=full.shape[1]) for r in t])
+            out[J] = sums[:, self.nonref]
+        return out.T
 
     def rhs(self):
         """[S_Bx, s_B] (E × (d + 1)) and [S_xx, s_x] (d × (d + 1)) in float64, for the solver."""
@@ -244,15 +263,17 @@ class TwoWay:
         return x, it
 
 
-def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float, certified: bool = True,
+def fit_two_way(groups: GroupMoments | TwoWay, enc: Encoding, tol: float, certified: bool = True,
                 identified=None) -> TwoWayFit:
     """The least-squares model and its certified bound (module docstring); ``certified``:
     False gives the float64 solve alone, its bound inf (an IRLS step far from the
     minimum, where only the direction matters); ``identified``: called with Σ before it
-    is solved, to refuse a singular one by name (``many_way.check_identified``)."""
+    is solved, to refuse a singular one by name (``many_way.check_identified``).
+    ``groups``: a ``TwoWay`` formed already, its groups let go (``many_way``'s, large)."""
     if not certified:
         return _solved(groups, enc, identified)
-    tw = TwoWay(groups, enc)
+    tw = groups if isinstance(groups, TwoWay) else TwoWay(groups, enc)
+    del groups
     d = tw.d
     rhs_B, rhs_x = tw.rhs()
     K, iterations = tw.pcg(rhs_B)

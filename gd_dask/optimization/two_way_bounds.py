@@ -92,6 +92,11 @@ def residual(tw: TwoWay, cols, theta, beta):
     rho_B = rho_B[tw.nonref] * (1 + 1e-6) + U * np.abs(r_B)
     return r_x, r_B, rho_x, rho_B
 
+#: Columns ``k_residual`` and ``s_bb_lower`` form at a time (G values each, a dozen
+#: arrays: memory with many columns, ``many_way``'s indicators).
+K_BLOCK = 8
+
+
 def inverse_bound(tw: TwoWay, v):
     """P ≥ S_BB⁻¹ v, entry by entry, for v ≥ 0 (E × m); inf where it cannot be shown.
 
@@ -118,7 +123,16 @@ def inverse_bound(tw: TwoWay, v):
 
 def s_bb_lower(tw: TwoWay, P, precise: bool = False):
     """A lower bound, entry by entry, on the exact S_BB P: computed in float64, each
-    sum's rounding counted by its length (``precise``: in double-double)."""
+    sum's rounding counted by its length (``precise``: in double-double); ``K_BLOCK``
+    columns of P at a time (each G values, a dozen arrays)."""
+    m = P.shape[1]
+    if m <= K_BLOCK:
+        return _s_bb_lower(tw, P, precise)
+    return np.column_stack([_s_bb_lower(tw, P[:, lo:lo + K_BLOCK], precise) for lo in range(0, m, K_BLOCK)])
+
+
+def _s_bb_lower(tw: TwoWay, P, precise: bool):
+    """``s_bb_lower`` of a few columns."""
     t = tw.gather(P)
     if precise:
         th, tl, err = center_dd(tw, t, np.zeros_like(t), np.zeros_like(t))
@@ -144,31 +158,43 @@ def k_residual(tw: TwoWay, K):
     residual, and Σ̂ = S_xx − S_xB K, with bounds on what each is off by from the exact
     values for the data as given (``Z_err``, and X̃'s float64 rounding). K only enters
     the certificate through small terms (|K − K̂|·|δθ|, and λmin(Σ) to a few digits), so
-    float64 suffices: each sum's rounding is counted by its length."""
+    float64 suffices: each sum's rounding is counted by its length. ``K_BLOCK`` columns
+    at a time, each pair of blocks for Σ̂ (|X̃| and its error formed anew for each)."""
     d = tw.d
     X = tw.Z[:, :d]
-    Xa = np.abs(X)
-    x_err = tw.Z_err[:, :d] + U * Xa
     n = tw.n[:, None]
     lev = tw.level_n[:, None]
     A = tw.A.index
-    t = X - tw.gather(K)
-    err = U * np.abs(t)
-    c = tw.A.sums(n * t) / lev
-    c_err = (((tw.A.count + 2) * U)[:, None] * tw.A.sums(n * np.abs(t)) + tw.A.sums(n * err)) / lev \
-        + U * np.abs(c)
-    e = t - c[A]
-    err = err + c_err[A] + U * np.abs(e)
-    data = x_err + tw.A.sums(n * x_err)[A] / lev[A]
-    ne = n * e
-    ne_abs = n * np.abs(e)
-    R = tw.B.sums(ne)[tw.nonref]
-    rho_R = (((tw.B.count + 2) * U)[:, None] * tw.B.sums(ne_abs)
-             + tw.B.sums(n * (err + data)))[tw.nonref]
-    sigma = tw.W[:d, :d] + X.T @ ne
     w_x = np.sqrt(np.maximum(np.diag(tw.W)[:d], 0))
-    rho_sigma = ((len(tw.n) + 2) * U * (Xa.T @ ne_abs) + Xa.T @ (n * (err + data)) + x_err.T @ ne_abs
-                 + sums_accuracy(tw.rows) * np.outer(w_x, w_x))
+    sigma, rho_sigma = np.empty((d, d)), np.empty((d, d))
+    R, rho_R = np.empty((tw.E, d)), np.empty((tw.E, d))
+    blocks = [slice(lo, min(lo + K_BLOCK, d)) for lo in range(0, d, K_BLOCK)]
+
+    def x_abs_err(I):
+        Xa = np.abs(X[:, I])
+        return Xa, tw.Z_err[:, I] + U * Xa
+
+    for J in blocks:
+        t = X[:, J] - tw.gather(K[:, J])
+        err = U * np.abs(t)
+        c = tw.A.sums(n * t) / lev
+        c_err = (((tw.A.count + 2) * U)[:, None] * tw.A.sums(n * np.abs(t)) + tw.A.sums(n * err)) / lev \
+            + U * np.abs(c)
+        e = t - c[A]
+        err = err + c_err[A] + U * np.abs(e)
+        x_err_J = x_abs_err(J)[1]
+        data = x_err_J + tw.A.sums(n * x_err_J)[A] / lev[A]
+        ne = n * e
+        ne_abs = n * np.abs(e)
+        R[:, J] = tw.B.sums(ne)[tw.nonref]
+        rho_R[:, J] = (((tw.B.count + 2) * U)[:, None] * tw.B.sums(ne_abs)
+                       + tw.B.sums(n * (err + data)))[tw.nonref]
+        spread = n * (err + data)
+        for I in blocks:
+            Xa, x_err = x_abs_err(I)
+            sigma[I, J] = tw.W[I, J] + X[:, I].T @ ne
+            rho_sigma[I, J] = ((len(tw.n) + 2) * U * (Xa.T @ ne_abs) + Xa.T @ spread + x_err.T @ ne_abs
+                               + sums_accuracy(tw.rows) * np.outer(w_x[I], w_x[J]))
     return sigma, R, rho_sigma * (1 + 1e-6), rho_R * (1 + 1e-6)
 
 

@@ -101,7 +101,7 @@ def test_the_certificate_bounds_an_unrefined_solution(rng, monkeypatch):
     g = group_moments(np.column_stack([a, c, b, X, y]).astype(float), [0, 1, 2])
     enc = cat.encode(g, ["a", "c", "b"])
     lifted = many_way.lift(g, enc)
-    assert lifted.big == [0, 2] and lifted.d == 2 and lifted.groups.mean.shape[1] == 2 + 5 + 1
+    assert lifted.big == [0, 2] and lifted.d == 2 and lifted.groups.within.shape[0] == 2 + 5 + 1
     exact = two_way.fit_two_way(lifted.groups, lifted.enc, 1e-14)
     monkeypatch.setattr(two_way, "MAX_REFINEMENTS", 0)
     monkeypatch.setattr(two_way, "SOLVE_RTOL", 1e-7)
