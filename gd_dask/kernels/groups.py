@@ -77,9 +77,12 @@ class GroupMoments(NamedTuple):
         return Moments(self.moments_n, mean, self.within + (dev * self.n[:, None]).T @ dev)
 
     def block(self, J: slice) -> tuple:
-        """(total, total_lo, mean, m2) of the columns ``J``: what a solver reads a block of
-        columns at a time (``optimization.two_way``; ``many_way.LiftedGroups`` forms them)."""
-        return self.total[:, J], self.total_lo[:, J], self.mean[:, J], self.m2[:, J]
+        """(total, total_lo, mean, m2, exact) of the columns ``J``: what a solver reads a
+        block of columns at a time (``optimization.two_way``; ``many_way.LiftedGroups``
+        forms them); ``exact``: per column, whether ``mean`` is its total's exact quotient
+        (an indicator's 0 or 1), none here."""
+        return (self.total[:, J], self.total_lo[:, J], self.mean[:, J], self.m2[:, J],
+                np.zeros(self.total[:, J].shape[1], dtype=bool))
 
     def columns(self, keep) -> GroupMoments:
         """The same groups over the columns ``keep`` only."""

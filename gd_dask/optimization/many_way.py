@@ -105,7 +105,8 @@ class LiftedGroups:
         return out
 
     def block(self, J: slice) -> tuple:
-        """(total, total_lo, mean, m2) of the lifted columns ``J``."""
+        """(total, total_lo, mean, m2, exact) of the lifted columns ``J`` (``GroupMoments.
+        block``): an indicator's mean is exact."""
         d, E = self.d, self.E
         g = self.base
         ind = self.indicators(J)
@@ -119,7 +120,7 @@ class LiftedGroups:
             return out
 
         return (pick(g.total, self.n[:, None] * ind), pick(g.total_lo, self.n_lo[:, None] * ind), pick(g.mean, ind),
-                pick(g.m2, np.zeros_like(ind)))
+                pick(g.m2, np.zeros_like(ind)), ~real)
 
     def indicator_sums(self, v: np.ndarray) -> np.ndarray:
         """Σ of v (G) over each indicator's groups (E)."""

@@ -156,7 +156,7 @@ class TwoWay:
             self.level_mean, self.Z = np.empty((LA, k)), np.empty((G, k))
             for lo in range(0, k, COLUMN_BLOCK):
                 J = slice(lo, min(lo + COLUMN_BLOCK, k))
-                mean = groups.block(J)[2]
+                mean = groups.block(J)[2]  # float64 means: the solver's alone
                 self.level_mean[:, J] = self.A.sums(groups.n[:, None] * mean) / self.level_n[:, None]
                 self.Z[:, J] = mean - self.level_mean[la, J]
             self.diag = self._diagonal()
@@ -180,8 +180,13 @@ class TwoWay:
         unit = groups.count * groups.count * U * U / groups.n
         for lo in range(0, k, COLUMN_BLOCK):
             J = slice(lo, min(lo + COLUMN_BLOCK, k))
-            total, total_lo, g_mean, m2 = groups.block(J)
-            mean = dd_div(total, total_lo, groups.n[:, None], groups.n_lo[:, None])
+            total, total_lo, g_mean, m2, exact = groups.block(J)
+            # A mean that is its total's exact quotient (an indicator's 0 or 1) is its own
+            # double-double: dd_div would return it as it is.
+            mean = (g_mean.copy(), np.zeros_like(g_mean))
+            if not exact.all():
+                q = dd_div(total[:, ~exact], total_lo[:, ~exact], groups.n[:, None], groups.n_lo[:, None])
+                mean[0][:, ~exact], mean[1][:, ~exact] = q
             level_total = [dd_bincount(la, total[:, j], total_lo[:, j], LA) for j in range(total.shape[1])]
             lh = np.column_stack([t[0] for t in level_total])
             ll = np.column_stack([t[1] for t in level_total])
