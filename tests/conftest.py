@@ -46,6 +46,24 @@ def predict_levels(model: dict, X, *columns, unseen: float | None = None) -> np.
     return pred
 
 
+def assert_bounds_hold(early, exact, levels: int = 2) -> None:
+    """Each coefficient of an unrefined two-column fit (``early``) within its certified
+    bound of the refined one (``exact``, whose own bound is far below), and the bound not
+    vacuous: within 10³ of some true error."""
+    pairs = [(early.coef.m, exact.coef.m, early.errors.m, exact.errors.m),
+             (early.coef.b, exact.coef.b, early.errors.b, exact.errors.b)]
+    pairs += [(early.coef.levels[c], exact.coef.levels[c], early.errors.levels[c], exact.errors.levels[c])
+              for c in range(levels)]
+    worst, loose, tight = 0.0, 0.0, 0.0
+    for ours, truth, bound, truth_bound in pairs:
+        err = np.abs(np.asarray(ours) - np.asarray(truth))
+        assert np.all(err <= np.asarray(bound) + np.asarray(truth_bound))
+        worst = max(worst, float(np.max(err / np.maximum(np.asarray(bound), 1e-300))))
+        loose, tight = max(loose, float(np.max(bound))), max(tight, float(np.max(truth_bound)))
+    assert tight < 1e-3 * loose    # the refined solution stands for the truth
+    assert worst > 1e-3            # and the bound is not vacuous
+
+
 def one_hot_least_squares(X, columns, y, w, model: dict):
     """The one-hot normal equations of model.json's encoding (each categorical column's
     reference and pinned levels dropped; ``columns``: their values, in model.json's

@@ -342,16 +342,22 @@ def _solved(groups: GroupMoments, enc: Encoding, identified=None) -> TwoWayFit:
     if identified is not None:
         identified(sigma)
     theta = np.linalg.solve(sigma, rhs_x[:, d] - rhs_B[:, :d].T @ Ky) if d else np.zeros(0)
-    beta = Ky - Kx @ theta
-    b_full = np.zeros(len(enc.levels[tw.o]))
+    coef = _float64_model(tw, theta, Ky - Kx @ theta)
+    return TwoWayFit(coef, np.inf, None, iterations, 0, np.nan, sigma, len(tw.level_n) + tw.E, [])
+
+
+def _float64_model(tw: TwoWay, theta, beta) -> Coefficients:
+    """The model from an uncertified (θ, β): A's levels from their means,
+    ``α_ℓ = ȳ_ℓ − x̄_ℓ·θ − B̄_ℓ·β``, the intercept A's reference's."""
+    d = tw.d
+    b_full = np.zeros(len(tw.enc.levels[tw.o]))
     b_full[tw.nonref] = beta
     bbar = tw.A.sums((tw.n * b_full[tw.B.index])[:, None])[:, 0] / tw.level_n
     alpha = tw.level_mean[:, d] - tw.level_mean[:, :d] @ theta - bbar
-    ref_a = enc.reference[tw.a]
+    ref_a = tw.enc.reference[tw.a]
     levels = [None, None]
     levels[tw.a], levels[tw.o] = alpha - alpha[ref_a], b_full
-    coef = Coefficients(theta, float(alpha[ref_a]), levels)
-    return TwoWayFit(coef, np.inf, None, iterations, 0, np.nan, sigma, len(tw.level_n) + tw.E, [])
+    return Coefficients(theta, float(alpha[ref_a]), levels)
 
 
 def solve_step(groups: GroupMoments, enc: Encoding, start: Coefficients | None = None) -> TwoWayFit:
@@ -411,16 +417,7 @@ def solve_step(groups: GroupMoments, enc: Encoding, start: Coefficients | None =
         rz, rz_old = float(r @ z), rz
         p = z + (rz / rz_old) * p
         it += 1
-    theta, beta = x[:d], x[d:]
-    b_full = np.zeros(len(enc.levels[tw.o]))
-    b_full[tw.nonref] = beta
-    bbar = tw.A.sums((tw.n * b_full[tw.B.index])[:, None])[:, 0] / tw.level_n
-    alpha = tw.level_mean[:, d] - tw.level_mean[:, :d] @ theta - bbar
-    ref_a = enc.reference[tw.a]
-    levels = [None, None]
-    levels[tw.a], levels[tw.o] = alpha - alpha[ref_a], b_full
-    coef = Coefficients(theta, float(alpha[ref_a]), levels)
-    return TwoWayFit(coef, np.inf, None, it, 0, np.nan, None, len(tw.level_n) + tw.E, [])
+    return TwoWayFit(_float64_model(tw, x[:d], x[d:]), np.inf, None, it, 0, np.nan, None, len(tw.level_n) + tw.E, [])
 
 
 def _x_levels(tw: TwoWay, Kx) -> list:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_config, one_hot_least_squares, predict_levels, run_cli
+from conftest import assert_bounds_hold, make_config, one_hot_least_squares, predict_levels, run_cli
 from scipy.linalg import cho_solve
 
 from gd_dask.artifacts.store import model_document
@@ -47,6 +47,14 @@ def _write(root, rng, n=24000, weights=False, regions=REGIONS):
 
 DATA = {"features": ["x0", "region", "user", "x1", "item", "device"], "target": "y",
         "categorical": ["item", "device"]}
+
+
+def _command_config(tmp_path, **sections):
+    """A run config for ``gd-dask train`` on ``tmp_path / "d"``, the output in ``tmp_path / "out"``."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": "four", "data": dict(DATA, path=str(tmp_path / "d")),
+                               "output": {"dir": str(tmp_path / "out")}, **sections}))
+    return cfg
 
 
 @pytest.mark.parametrize("weights", [False, True])
@@ -106,18 +114,7 @@ def test_the_certificate_bounds_an_unrefined_solution(rng, monkeypatch):
     monkeypatch.setattr(two_way, "MAX_REFINEMENTS", 0)
     monkeypatch.setattr(two_way, "SOLVE_RTOL", 1e-7)
     early = two_way.fit_two_way(lifted.groups, lifted.enc, 1e-14)
-    pairs = [(early.coef.m, exact.coef.m, early.errors.m, exact.errors.m),
-             (early.coef.b, exact.coef.b, early.errors.b, exact.errors.b)]
-    pairs += [(early.coef.levels[i], exact.coef.levels[i], early.errors.levels[i], exact.errors.levels[i])
-              for i in (0, 1)]
-    worst, loose, tight = 0.0, 0.0, 0.0
-    for ours, truth, bound, truth_bound in pairs:
-        err = np.abs(np.asarray(ours) - np.asarray(truth))
-        assert np.all(err <= np.asarray(bound) + np.asarray(truth_bound))
-        worst = max(worst, float(np.max(err / np.maximum(np.asarray(bound), 1e-300))))
-        loose, tight = max(loose, float(np.max(bound))), max(tight, float(np.max(truth_bound)))
-    assert tight < 1e-3 * loose
-    assert worst > 1e-3
+    assert_bounds_hold(early, exact)
     # Each coefficient of the dense block has its own bound: the rare levels' larger.
     assert early.errors.m[2 + 4] > 3 * early.errors.m[0]
     coef = many_way.lower(exact.coef, lifted, enc)
@@ -126,10 +123,7 @@ def test_the_certificate_bounds_an_unrefined_solution(rng, monkeypatch):
 
 def test_the_command_trains_and_evaluates_four_columns(tmp_path, rng):
     X, columns, y, _ = _write(tmp_path / "d", rng, n=8000)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps({"name": "four", "data": dict(DATA, path=str(tmp_path / "d")),
-                               "output": {"dir": str(tmp_path / "out")}}))
-    r = run_cli("train", str(cfg), "--no-plot")
+    r = run_cli("train", str(_command_config(tmp_path)), "--no-plot")
     assert r.returncode == 0, r.stderr
     model = json.loads((tmp_path / "out" / "model.json").read_text())
     assert model["converged"] and model["convergence"]["solver"] == "conjugate gradients"
@@ -143,10 +137,7 @@ def test_too_many_levels_beside_the_two_largest_are_refused_by_name(tmp_path, rn
     """More than ``many_way.MAX_INDICATORS`` levels outside the two largest columns: one
     line naming both and the limit, no model."""
     _write(tmp_path / "d", rng, n=8000, regions=200)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps({"name": "four", "data": dict(DATA, path=str(tmp_path / "d")),
-                               "output": {"dir": str(tmp_path / "out")}}))
-    r = run_cli("train", str(cfg), "--no-plot")
+    r = run_cli("train", str(_command_config(tmp_path)), "--no-plot")
     assert r.returncode == 1, r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert "levels outside 'user' and 'item'" in line and "at most 128 together" in line, line
@@ -167,10 +158,7 @@ def test_a_level_nested_in_a_large_column_is_refused_by_name(tmp_path, rng):
         t = pq.read_table(tmp_path / "d" / f"part-{f}.parquet")
         users = np.array(t.column("user").to_pylist())
         assert set(np.array(t.column("region").to_pylist())[users != "u0007"]) <= {f"r{r:03d}" for r in range(7)}
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps({"name": "four", "data": dict(DATA, path=str(tmp_path / "d")),
-                               "output": {"dir": str(tmp_path / "out")}}))
-    r = run_cli("train", str(cfg), "--no-plot")
+    r = run_cli("train", str(_command_config(tmp_path)), "--no-plot")
     assert r.returncode == 1, r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert ("categorical feature 'region': level 'solo' cannot be told from the levels of 'user' and 'item'"
@@ -257,10 +245,7 @@ def test_the_command_trains_logistic_with_four_columns(tmp_path, rng):
     command: converged, and evaluate reads the four columns' levels back to training's
     log loss."""
     _write_glm(tmp_path / "d", rng, "logistic", n=50000, users=2100, items=1950)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps({"name": "four", "data": dict(DATA, path=str(tmp_path / "d")),
-                               "model": {"loss": "logistic"}, "output": {"dir": str(tmp_path / "out")}}))
-    r = run_cli("train", str(cfg), "--no-plot")
+    r = run_cli("train", str(_command_config(tmp_path, model={"loss": "logistic"})), "--no-plot")
     assert r.returncode == 0, r.stderr
     model = json.loads((tmp_path / "out" / "model.json").read_text())
     assert model["converged"] and model["convergence"]["solver"] == "IRLS, conjugate gradients", model["convergence"]

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_config, one_hot_least_squares, predict_levels, run_cli
+from conftest import assert_bounds_hold, make_config, one_hot_least_squares, predict_levels, run_cli
 from scipy import sparse
 from scipy.linalg import cho_factor, cho_solve
 
@@ -128,18 +128,7 @@ def test_the_certificate_bounds_an_unrefined_solution(rng, monkeypatch, skewed):
     monkeypatch.setattr(two_way, "MAX_REFINEMENTS", 0)
     monkeypatch.setattr(two_way, "SOLVE_RTOL", 1e-7)
     early = two_way.fit_two_way(g, enc, 1e-14)
-    pairs = [(early.coef.m, exact.coef.m, early.errors.m, exact.errors.m),
-             (early.coef.b, exact.coef.b, early.errors.b, exact.errors.b)]
-    pairs += [(early.coef.levels[c], exact.coef.levels[c], early.errors.levels[c], exact.errors.levels[c])
-              for c in (0, 1)]
-    worst, loose, tight = 0.0, 0.0, 0.0
-    for ours, truth, bound, truth_bound in pairs:
-        err = np.abs(np.asarray(ours) - np.asarray(truth))
-        assert np.all(err <= np.asarray(bound) + np.asarray(truth_bound))
-        worst = max(worst, float(np.max(err / np.maximum(np.asarray(bound), 1e-300))))
-        loose, tight = max(loose, float(np.max(bound))), max(tight, float(np.max(truth_bound)))
-    assert tight < 1e-3 * loose    # the refined solution stands for the truth
-    assert worst > 1e-3            # and the bound is not vacuous: within 10³ of some true error
+    assert_bounds_hold(early, exact)
 
 
 def _cli_config(tmp_path, data):
