@@ -343,3 +343,19 @@ def test_a_nightly_refit_with_four_columns(tmp_path, threads, monkeypatch, loss)
     for doc, cold_doc in zip(latest["categorical"], cold.categorical):
         assert doc["levels"] == cold_doc["levels"] and doc["reference"] == cold_doc["reference"]
         assert np.max(np.abs(np.asarray(doc["coef"]) - cold_doc["coef"])) <= 2e-9 * scale
+
+
+def test_logistic_with_four_columns_has_the_same_bits_on_threads_and_processes(tmp_path, rng, threads, client,
+                                                                               monkeypatch):
+    """The IRLS steps, float64 ones and certified ones, on threads of this process and on
+    two worker processes: the same model, bit for bit (the passes merge in a fixed tree)."""
+    import gd_dask.jobs.categorical_newton as dense
+
+    monkeypatch.setattr(dense, "MAX_NEWTON_LEVELS", 100)
+    monkeypatch.setattr(dense, "MAX_PAIR_CELLS", 1000)
+    _write_glm(tmp_path / "d", rng, "logistic", n=20000, users=300, items=250)
+    cfg = make_config(dict(DATA, path=str(tmp_path / "d")), tmp_path, model={"loss": "logistic"})
+    a, b = fit(cfg, threads), fit(cfg, client)
+    assert a.convergence["solver"] == "IRLS, conjugate gradients" and a.converged
+    assert np.array_equal(a.m, b.m) and a.b == b.b and a.epochs_run == b.epochs_run
+    assert [c["coef"] for c in a.categorical] == [c["coef"] for c in b.categorical]
