@@ -1,13 +1,18 @@
 """Logistic, Poisson, Gamma and Tweedie with two categorical columns of many levels each
-(user × item): Newton's method as iteratively reweighted least squares (IRLS), each step
-solved by the two-column least-squares solver (``optimization.two_way``), so no
-level × level block exists anywhere, on the workers or the client.
+(user × item), and other columns of few levels beside them (``optimization.many_way``:
+their levels' indicators join the slopes): Newton's method as iteratively reweighted
+least squares (IRLS), each step solved by the two-column least-squares solver
+(``optimization.two_way``), so no level × level block exists anywhere, on the workers
+or the client.
 
-**A step.** At the model θ_c one pass groups the rows by their pair of levels with each
-row weighing h = ℓ''(η) and its working response z = η − ψ/h (``kernels.irls``). The
+**A step.** At the model θ_c one pass groups the rows by their levels with each row
+weighing h = ℓ''(η) and its working response z = η − ψ/h (``kernels.irls``). The
 weighted least-squares fit of z is θ_c − Ĥ⁻¹ĝ: Newton's step, whose linear system the
 solver solves to its certified accuracy. A step that raises the loss (measured by the
-next pass) is halved, as damped Newton does, until it does not.
+next pass) is halved, as damped Newton does, until it does not. Far from the minimum
+(the last step moved a coefficient by more than ``PRECISE_BELOW``) only the step's
+direction matters: its pass is float64 throughout and its solve one conjugate-gradient
+system from θ_c (``two_way.solve_step``); the steps near it are certified.
 
 **The certificate** (every coefficient, after the step from θ_c to θ_new). With v the
 way from θ_c to the minimizer θ*, H̄ = ∫₀¹ F''(θ_c + s·v) ds and g the exact gradient
@@ -110,7 +115,8 @@ def fit_two_way_newton(cfg, prep, enc, t0: float, on_epoch=None, init=None, init
     else:
         report_pinned(enc)
     offset = OffsetColumn(cfg.data.offset_column, prep.source.offset == "log") if prep.source.offset else None
-    row_terms = d + 3 + int(offset is not None)  # η: the slopes' terms, b, a level per column, the offset
+    # η: the slopes' terms, b, a level per column (the smaller columns' too), the offset.
+    row_terms = d + 1 + len(enc.columns) + int(offset is not None)
     model = _Model(np.zeros(d), start_intercept(loss, sep, prep.offset_mean), [np.zeros(len(lv)) for lv in enc.levels])
     if init is not None:  # the current model's levels against this window's references
         levels, b_init = warm_levels(init_levels, enc, float(init[1]))
