@@ -159,7 +159,7 @@ def k_residual(tw: TwoWay, K):
     values for the data as given (``Z_err``, and X̃'s float64 rounding). K only enters
     the certificate through small terms (|K − K̂|·|δθ|, and λmin(Σ) to a few digits), so
     float64 suffices: each sum's rounding is counted by its length. ``K_BLOCK`` columns
-    at a time, each pair of blocks for Σ̂ (|X̃| and its error formed anew for each)."""
+    at a time, each pair of blocks for Σ̂ (|X̃| formed anew for each)."""
     d = tw.d
     X = tw.Z[:, :d]
     n = tw.n[:, None]
@@ -170,10 +170,6 @@ def k_residual(tw: TwoWay, K):
     R, rho_R = np.empty((tw.E, d)), np.empty((tw.E, d))
     blocks = [slice(lo, min(lo + K_BLOCK, d)) for lo in range(0, d, K_BLOCK)]
 
-    def x_abs_err(I):
-        Xa = np.abs(X[:, I])
-        return Xa, tw.Z_err[:, I] + U * Xa
-
     for J in blocks:
         t = X[:, J] - tw.gather(K[:, J])
         err = U * np.abs(t)
@@ -182,18 +178,19 @@ def k_residual(tw: TwoWay, K):
             + U * np.abs(c)
         e = t - c[A]
         err = err + c_err[A] + U * np.abs(e)
-        x_err_J = x_abs_err(J)[1]
+        x_err_J = tw.Z_err[:, J] + U * np.abs(X[:, J])
         data = x_err_J + tw.A.sums(n * x_err_J)[A] / lev[A]
         ne = n * e
         ne_abs = n * np.abs(e)
         R[:, J] = tw.B.sums(ne)[tw.nonref]
         rho_R[:, J] = (((tw.B.count + 2) * U)[:, None] * tw.B.sums(ne_abs)
                        + tw.B.sums(n * (err + data)))[tw.nonref]
-        spread = n * (err + data)
+        # (G + 2)·u·|X̃|ᵀ|Ne| + |X̃|ᵀ(N·(err + data)) + x_errᵀ|Ne|, x_err = Z_err + u·|X̃|:
+        # two products a pair of blocks, |X̃| formed once a block.
+        spread = (len(tw.n) + 3) * U * ne_abs + n * (err + data)
         for I in blocks:
-            Xa, x_err = x_abs_err(I)
             sigma[I, J] = tw.W[I, J] + X[:, I].T @ ne
-            rho_sigma[I, J] = ((len(tw.n) + 2) * U * (Xa.T @ ne_abs) + Xa.T @ spread + x_err.T @ ne_abs
+            rho_sigma[I, J] = (np.abs(X[:, I]).T @ spread + tw.Z_err[:, I].T @ ne_abs
                                + sums_accuracy(tw.rows) * np.outer(w_x[I], w_x[J]))
     return sigma, R, rho_sigma * (1 + 1e-6), rho_R * (1 + 1e-6)
 
