@@ -153,7 +153,7 @@ class TwoWay:
         G = len(groups.n)
         if not exact:
             self.n, self.level_n = groups.n, np.bincount(la, groups.n, LA)
-            self.level_mean, self.Z = np.empty((LA, k)), np.empty((G, k))
+            self.level_mean, self.Z = np.empty((LA, k)), np.empty((G, k), order="F")
             for lo in range(0, k, COLUMN_BLOCK):
                 J = slice(lo, min(lo + COLUMN_BLOCK, k))
                 mean = groups.block(J)[2]  # float64 means: the solver's alone
@@ -175,7 +175,9 @@ class TwoWay:
         # subtraction (a level mean's own error shifts its groups alike, which (I − P_A)
         # removes). (m had been capped at a slice's rows: short of a batch's.)
         # ``COLUMN_BLOCK`` columns at a time: G values each, a dozen arrays.
-        Zh, Zl, self.Z_err = np.empty((G, k)), np.empty((G, k)), np.empty((G, k))
+        # Column-major: the solver and its certificate read X̃ a column or a block of
+        # columns at a time (a column of a row-major G × k array touches every row's cache line).
+        Zh, Zl, self.Z_err = (np.empty((G, k), order="F") for _ in range(3))
         lmh, lml = np.empty((LA, k)), np.empty((LA, k))
         unit = groups.count * groups.count * U * U / groups.n
         for lo in range(0, k, COLUMN_BLOCK):

@@ -35,16 +35,11 @@ def center_dd(tw: TwoWay, eh, el, err):
     return oh, ol, err + c_err[A] + DD_OP * (np.abs(eh) + np.abs(ch[A]))
 
 def _columns(tw: TwoWay, d: int):
-    """(j, X̃_j's high and low parts as G × 1, its error bound) for the first d columns,
-    ``K_BLOCK`` at a time copied contiguous: a column of the G × k arrays read in place
-    touches every row's cache line (some 10 s of the residual's 14 on 57 columns)."""
+    """(j, X̃_j's high and low parts as G × 1, its error bound) for the first d columns
+    (``TwoWay`` holds them column-major: each is contiguous)."""
     Zh, Zl = tw.Z2
-    for lo in range(0, d, K_BLOCK):
-        J = slice(lo, min(lo + K_BLOCK, d))
-        hT, lT = np.ascontiguousarray(Zh[:, J].T), np.ascontiguousarray(Zl[:, J].T)
-        eT = np.ascontiguousarray(tw.Z_err[:, J].T)
-        for i, j in enumerate(range(J.start, J.stop)):
-            yield j, hT[i][:, None], lT[i][:, None], eT[i]
+    for j in range(d):
+        yield j, Zh[:, j:j + 1], Zl[:, j:j + 1], tw.Z_err[:, j]
 
 
 def residual(tw: TwoWay, cols, theta, beta):
