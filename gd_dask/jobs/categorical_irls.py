@@ -195,7 +195,7 @@ class _Steps:
             lifted, enc = many_way.lift(groups, self.enc, self.two), self.two
             groups = lifted.groups
         if kind == "step":
-            start = model if lifted is None else many_way.raise_(model, lifted)
+            start = model if lifted is None else many_way.to_solver(model, lifted)
             return two_way.solve_step(groups, enc, start), lifted
         identified = None if lifted is None else (lambda sigma: many_way.check_identified(sigma, lifted, self.enc))
         return two_way.fit_two_way(groups, enc, tol, certified=kind == "certified", identified=identified), lifted
@@ -236,7 +236,7 @@ class _Steps:
             elif lifted is None:
                 bound = certify(fit, model, new, groups, self.enc, xmax, eta_max, self.row_terms)[0]
             else:  # in the solver's parameters: the indicators' coefficients among the slopes
-                bound = certify(fit, many_way.raise_(model, lifted), many_way.raise_(new, lifted),
+                bound = certify(fit, many_way.to_solver(model, lifted), many_way.to_solver(new, lifted),
                                 groups._replace(keys=groups.keys[:, lifted.big]), self.two, xmax, eta_max,
                                 self.row_terms, lifted)[0]
             self.solved, model = (fit.sigma, fit.params), new

@@ -1,6 +1,7 @@
 """Least squares with three categorical columns or more, two of them of many levels
-(store × product beside region and device). Pure NumPy on the client, from the grouped
-moments (``kernels.groups``: one group per combination of levels seen).
+(store × product beside region and device), and each IRLS step's weighted least squares
+with them (``jobs.categorical_irls``). Pure NumPy on the client, from the grouped moments
+(``kernels.groups``: one group per combination of levels seen).
 
 The two columns with the most levels go to the two-column solver (``optimization.
 two_way``): the largest absorbed, the second by conjugate gradients on its levels. The
@@ -194,9 +195,9 @@ def lower(coef: Coefficients, lifted: Lifted, enc: Encoding) -> Coefficients:
     return Coefficients(np.asarray(coef.m[:d]), coef.b, levels)
 
 
-def raise_(coef: Coefficients, lifted: Lifted) -> Coefficients:
-    """``lower``'s inverse: every column's coefficients as the two-column solver's
-    (the indicators' appended to the slopes)."""
+def to_solver(coef: Coefficients, lifted: Lifted) -> Coefficients:
+    """``lower``'s inverse: every column's coefficients in the two-column solver's
+    parameters (the indicators' appended to the slopes)."""
     m = np.concatenate([np.asarray(coef.m, dtype=np.float64)] + [np.asarray(coef.levels[c])[idx]
                                                                   for c, idx in lifted.indicator])
     return Coefficients(m, coef.b, [np.asarray(coef.levels[c]) for c in lifted.big])
