@@ -220,12 +220,8 @@ def _many_way(cfg, prep, enc: cat.Encoding, t0: float, summary: bool = True):
     refuse_ridge(cfg, lifted.enc)
     report_pinned(lifted.enc)
     enc = many_way.pinned(lifted.enc, enc)
-    # The solver's data formed, the lifted groups (G × (d + E) values, four times) let go.
-    tw = two_way.TwoWay(lifted.groups, lifted.enc)
-    lifted = lifted._replace(groups=None)
-    fit = two_way.fit_two_way(tw, lifted.enc, cfg.optimizer.tol, identified=lambda sigma: (
+    fit = two_way.fit_two_way(lifted.groups, lifted.enc, cfg.optimizer.tol, identified=lambda sigma: (
         many_way.check_identified(sigma, lifted, enc)))
-    del tw
     errors = many_way.lower(fit.errors, lifted, enc) if fit.errors is not None else None
     fit = fit._replace(coef=many_way.lower(fit.coef, lifted, enc), errors=errors)
     return _two_way(cfg, prep, enc, t0, summary, fit, lifted=lifted)

@@ -102,8 +102,9 @@ def fit(cfg, client, init: tuple[np.ndarray, float] | None = None, on_epoch=None
         # are) and the standardized slopes, as logistic does: Newton passes, whose first
         # step is the minimum (the grouped moments' reduced problem would absorb the
         # largest column's levels unpenalized).
-        if prep.strategy.newton or (cfg.model.l2 and cfg.model.loss == "squared") or streams_levels(cfg):
-            if streams_levels(cfg):
+        stream = streams_levels(cfg)
+        if prep.strategy.newton or (cfg.model.l2 and cfg.model.loss == "squared") or stream:
+            if stream:
                 log.info("strategy stream with categorical features: Newton passes over the rows, the gradient "
                          "and Hessian summed per level")
             return fit_categorical_newton(cfg, prep, t0, on_epoch, init, init_levels)

@@ -244,43 +244,49 @@ class TwoWay:
         nZ = self.n[:, None] * Zc
         return self.B.sums(nZ)[self.nonref], self.W[:self.d] + self.Z[:, :self.d].T @ nZ
 
-    def pcg(self, rhs, x0=None, rtol: float | None = None):
+    def pcg(self, rhs, rtol: float | None = None):
         """S_BB X = rhs by conjugate gradients preconditioned by S_BB's diagonal, every column
         at once; (X, iterations)."""
         rtol = SOLVE_RTOL if rtol is None else rtol
-        x = np.zeros_like(rhs) if x0 is None else x0.copy()
-        r = rhs - self.s_bb(x) if x0 is not None else rhs.copy()
-        target = rtol * np.linalg.norm(rhs, axis=0)
-        z = r / self.diag[:, None]
-        p = z.copy()
-        rz = np.einsum("ij,ij->j", r, z)
-        it = 0
-        while it < MAX_ITERATIONS and (np.linalg.norm(r, axis=0) > target).any():
-            q = self.s_bb(p)
-            pq = np.einsum("ij,ij->j", p, q)
-            alpha = np.divide(rz, pq, out=np.zeros_like(rz), where=pq > 0)
-            x += alpha * p
-            r -= alpha * q
-            z = r / self.diag[:, None]
-            rz_new = np.einsum("ij,ij->j", r, z)
-            beta = np.divide(rz_new, rz, out=np.zeros_like(rz), where=rz > 0)
-            p = z + beta * p
-            rz = rz_new
-            it += 1
-        return x, it
+        return conjugate_gradients(self.s_bb, lambda r: r / self.diag[:, None], np.zeros_like(rhs), rhs.copy(),
+                                   rtol * np.linalg.norm(rhs, axis=0))
 
 
-def fit_two_way(groups: GroupMoments | TwoWay, enc: Encoding, tol: float, certified: bool = True,
+def conjugate_gradients(product, precondition, x, r, target):
+    """Preconditioned conjugate gradients for every column of x (n × m) at once, from x
+    with residual r = b − product(x), until each column's residual norm is at most its
+    ``target`` (or no column can move: pᵀq ≤ 0 in all); (x, iterations)."""
+    z = precondition(r)
+    p = z.copy()
+    rz = np.einsum("ij,ij->j", r, z)
+    it = 0
+    while it < MAX_ITERATIONS and (np.linalg.norm(r, axis=0) > target).any():
+        q = product(p)
+        pq = np.einsum("ij,ij->j", p, q)
+        if not (pq > 0).any():
+            break
+        alpha = np.divide(rz, pq, out=np.zeros_like(rz), where=pq > 0)
+        x += alpha * p
+        r -= alpha * q
+        z = precondition(r)
+        rz_new = np.einsum("ij,ij->j", r, z)
+        beta = np.divide(rz_new, rz, out=np.zeros_like(rz), where=rz > 0)
+        p = z + beta * p
+        rz = rz_new
+        it += 1
+    return x, it
+
+
+def fit_two_way(groups: GroupMoments, enc: Encoding, tol: float, certified: bool = True,
                 identified=None) -> TwoWayFit:
     """The least-squares model and its certified bound (module docstring); ``certified``:
     False gives the float64 solve alone, its bound inf (an IRLS step far from the
     minimum, where only the direction matters); ``identified``: called with Σ before it
     is solved, to refuse a singular one by name (``many_way.check_identified``).
-    ``groups``: a ``TwoWay`` formed already, its groups let go (``many_way``'s, large)."""
+    ``groups``: a ``GroupMoments`` or ``many_way.LiftedGroups``."""
     if not certified:
         return _solved(groups, enc, identified)
-    tw = groups if isinstance(groups, TwoWay) else TwoWay(groups, enc)
-    del groups
+    tw = TwoWay(groups, enc)
     d = tw.d
     rhs_B, rhs_x = tw.rhs()
     K, iterations = tw.pcg(rhs_B)
@@ -385,40 +391,25 @@ def solve_step(groups: GroupMoments, enc: Encoding, start: Coefficients | None =
     W = tw.W[:d, :d]
 
     def product(v):
-        u, p = v[:d], v[d:]
-        t = X @ u + tw.gather(p[:, None])[:, 0]
-        nt = tw.n * tw.center(t[:, None])[:, 0]
-        return np.concatenate((W @ u + X.T @ nt, tw.B.sums(nt[:, None])[tw.nonref, 0]))
+        u, p = v[:d, 0], v[d:]
+        nt = tw.n[:, None] * tw.center((X @ u)[:, None] + tw.gather(p))
+        return np.concatenate(((W @ u)[:, None] + X.T @ nt, tw.B.sums(nt)[tw.nonref]))
 
     def precondition(r):
         u = np.linalg.solve(chol.T, np.linalg.solve(chol, r[:d])) if d else r[:0]
-        return np.concatenate((u, r[d:] / tw.diag))
+        return np.concatenate((u, r[d:] / tw.diag[:, None]))
 
-    x = np.zeros(len(b))
+    x = np.zeros((len(b), 1))
     if start is not None:
-        x[:d] = np.asarray(start.m, dtype=np.float64)
-        x[d:] = np.asarray(start.levels[tw.o], dtype=np.float64)[tw.nonref]
-    r = b - product(x)
+        x[:d, 0] = np.asarray(start.m, dtype=np.float64)
+        x[d:, 0] = np.asarray(start.levels[tw.o], dtype=np.float64)[tw.nonref]
+    r = b[:, None] - product(x)
     # The step x − start to STEP_RTOL of its own size, however near start it ends (a
     # residual relative to ‖b‖ alone left the last steps at float64's κ·u and cost a
     # second certified solve), and no further than float64's reach.
     target = max(STEP_RTOL * float(np.linalg.norm(r)), U * float(np.linalg.norm(b)))
-    z = precondition(r)
-    p = z.copy()
-    rz = float(r @ z)
-    it = 0
-    while it < MAX_ITERATIONS and float(np.linalg.norm(r)) > target:
-        q = product(p)
-        pq = float(p @ q)
-        if not pq > 0:
-            break
-        alpha = rz / pq
-        x += alpha * p
-        r -= alpha * q
-        z = precondition(r)
-        rz, rz_old = float(r @ z), rz
-        p = z + (rz / rz_old) * p
-        it += 1
+    x, it = conjugate_gradients(product, precondition, x, r, np.array([target]))
+    x = x[:, 0]
     return TwoWayFit(_float64_model(tw, x[:d], x[d:]), np.inf, None, it, 0, np.nan, None, len(tw.level_n) + tw.E, [])
 
 

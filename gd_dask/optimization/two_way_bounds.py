@@ -221,8 +221,7 @@ class SchurInverse:
             self.lam, self.X_abs, self.tail = np.inf, np.zeros((0, 0)), 0.0
             return
         self.lam = float(np.linalg.eigvalsh(sigma)[0]) - err - 8 * (d + 1) * EPS * float(np.linalg.norm(sigma))
-        if not self.lam > 0:
-            self.X_abs, self.tail = None, np.inf
+        if not self.lam > 0:  # nothing certified (``bound``)
             return
         X = np.linalg.inv(sigma)
         gamma = (d + 2) * U / (1 - (d + 2) * U)
@@ -238,8 +237,6 @@ class SchurInverse:
             return np.full(self.d, np.inf)
         norm = float(np.linalg.norm(a))
         whole = norm / self.lam
-        if self.X_abs is None:
-            return np.full(self.d, whole)
         each = (self.X_abs @ a) * (1 + (self.d + 2) * EPS) + self.tail * norm
         return np.minimum(each, whole)
 
