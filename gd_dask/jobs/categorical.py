@@ -247,7 +247,7 @@ def _two_way_summary(cfg, res, fit, enc: cat.Encoding, sst: float, prep, lifted=
                                               "the rows"}
     theta, names = res.m, [f for f in cfg.data.features if f not in enc.columns]
     if lifted is not None:
-        theta = np.concatenate([res.m] + [fit.coef.levels[c][idx] for c, idx in lifted.indicator])
+        theta = many_way.dense_block(fit.coef, lifted.indicator)
         names += [f"{enc.columns[c]}[{res.categorical[c]['levels'][i]}]" for c, i in lifted.names]
     d = len(theta)
     rows = RowSums(int(prep.groups.count.sum()), prep.ex.row_sums()[1]) if cfg.data.weight else None

@@ -265,8 +265,9 @@ def _summary(cfg, loss, converged: bool, steps: _Steps, model: _Model, enc, nobs
     names = [f for f in cfg.data.features if f not in enc.columns]
     theta, absorbed = model.m, enc.columns
     if steps.two is not None:  # the smaller columns' levels have rows as the slopes do
-        theta, pairs = many_way.dense_block(model, enc)
-        names += [f"{enc.columns[c]}[{enc.label(c, i)}]" for c, i in pairs]
+        indicator = many_way.indicator_columns(enc)
+        theta = many_way.dense_block(model, indicator)
+        names += [f"{enc.columns[c]}[{enc.label(c, int(i))}]" for c, idx in indicator for i in idx]
         absorbed = steps.two.columns
     return {"available": True, **summarize_two_way_glm(loss, theta, sigma, names, absorbed, nobs,
                                                        len(theta) + params, steps.total, pearson)}

@@ -60,15 +60,9 @@ def largest_two(enc: Encoding) -> list:
     return sorted(order[:2])
 
 
-def indicators(enc: Encoding) -> int:
-    """The non-reference levels outside the two largest columns."""
-    big = largest_two(enc)
-    return sum(len(enc.non_reference(c)) for c in range(len(enc.levels)) if c not in big)
-
-
 def check(enc: Encoding) -> None:
     """Refuse more than ``MAX_INDICATORS`` levels outside the two largest columns."""
-    E = indicators(enc)
+    E = sum(len(idx) for _, idx in indicator_columns(enc))
     if E > MAX_INDICATORS:
         big = largest_two(enc)
         raise DataError(f"categorical features: {E} levels outside '{enc.columns[big[0]]}' and "
@@ -157,14 +151,11 @@ def indicator_columns(enc: Encoding) -> list:
     return [(c, enc.non_reference(c)) for c in range(len(enc.levels)) if c not in big]
 
 
-def dense_block(coef: Coefficients, enc: Encoding) -> tuple:
-    """(θ, names' parts): the slopes and the smaller columns' non-reference levels'
-    coefficients, as the solver's dense block holds them, with (column, level index)
-    for each indicator."""
-    pairs = indicator_columns(enc)
-    theta = np.concatenate([np.asarray(coef.m, dtype=np.float64)] + [np.asarray(coef.levels[c])[idx]
-                                                                      for c, idx in pairs])
-    return theta, [(c, int(i)) for c, idx in pairs for i in idx]
+def dense_block(coef: Coefficients, indicator: list) -> np.ndarray:
+    """θ as the solver's dense block holds it: the slopes, then the smaller columns'
+    non-reference levels' coefficients (``indicator``: ``indicator_columns``)."""
+    return np.concatenate([np.asarray(coef.m, dtype=np.float64)] + [np.asarray(coef.levels[c])[idx]
+                                                                      for c, idx in indicator])
 
 
 def two_columns(groups: GroupMoments, enc: Encoding) -> Encoding:
@@ -197,10 +188,8 @@ def lower(coef: Coefficients, lifted: Lifted, enc: Encoding) -> Coefficients:
 
 def to_solver(coef: Coefficients, lifted: Lifted) -> Coefficients:
     """``lower``'s inverse: every column's coefficients in the two-column solver's
-    parameters (the indicators' appended to the slopes)."""
-    m = np.concatenate([np.asarray(coef.m, dtype=np.float64)] + [np.asarray(coef.levels[c])[idx]
-                                                                  for c, idx in lifted.indicator])
-    return Coefficients(m, coef.b, [np.asarray(coef.levels[c]) for c in lifted.big])
+    parameters (the indicators' appended to the slopes: ``dense_block``)."""
+    return Coefficients(dense_block(coef, lifted.indicator), coef.b, [np.asarray(coef.levels[c]) for c in lifted.big])
 
 
 def pinned(two: Encoding, enc: Encoding) -> Encoding:
